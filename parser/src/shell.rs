@@ -159,6 +159,10 @@ pub enum ShellErrorKind {
         /// The word after `?`, or a default text when it is empty.
         message: String,
     },
+    /// `${` nested deeper than [`MAX_NESTING`] (`BuildKit` has no limit; this one keeps
+    /// hostile input from exhausting the stack).
+    #[error("substitutions nested more than {MAX_NESTING} deep")]
+    TooDeep,
     /// A pattern in `${v#p}`, `${v%p}` or `${v/p/r}` that is not valid.
     #[error("invalid pattern ({pattern}) in substitution: {reason}")]
     InvalidPattern {
@@ -168,6 +172,9 @@ pub enum ShellErrorKind {
         reason: String,
     },
 }
+
+/// How deep `${...}` may nest inside `${...}`.
+pub const MAX_NESTING: usize = 200;
 
 /// An error in a word, with the place in the word where the failing construct starts.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -279,6 +286,7 @@ impl Lexer {
             env,
             sc: Scanner::new(word),
             raw_escapes: self.raw_escapes,
+            depth: 0,
             matched: BTreeSet::new(),
             unmatched: BTreeSet::new(),
         };
@@ -417,6 +425,7 @@ struct State<'a, E: Env + ?Sized> {
     env: &'a E,
     sc: Scanner,
     raw_escapes: bool,
+    depth: usize,
     matched: BTreeSet<String>,
     unmatched: BTreeSet<String>,
 }
@@ -604,6 +613,17 @@ impl<E: Env + ?Sized> State<'_, E> {
         }
 
         self.sc.next(); // the `{`
+        if self.depth >= MAX_NESTING {
+            return fail(ShellErrorKind::TooDeep, start);
+        }
+        self.depth += 1;
+        let r = self.process_braced(start);
+        self.depth -= 1;
+        r
+    }
+
+    /// `${...}` after the `{`; `start` is the offset of the `$`.
+    fn process_braced(&mut self, start: usize) -> Result<String, Fail> {
         match self.sc.peek() {
             None => return fail(ShellErrorKind::MissingBrace, start),
             Some('{' | '}' | ':') => return fail(ShellErrorKind::BadSubstitution, start),
@@ -957,4 +977,486 @@ fn expand_template(out: &mut String, template: &str, matched: &str) {
         }
     }
     out.push_str(rest);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn env(pairs: &[(&str, &str)]) -> BTreeMap<String, String> {
+        pairs
+            .iter()
+            .map(|&(k, v)| (k.to_owned(), v.to_owned()))
+            .collect()
+    }
+
+    fn set(names: &[&str]) -> BTreeSet<String> {
+        names.iter().map(|&n| n.to_owned()).collect()
+    }
+
+    fn expand(word: &str, pairs: &[(&str, &str)]) -> String {
+        Lexer::new('\\')
+            .expand(word, &env(pairs))
+            .unwrap_or_else(|e| panic!("{word:?}: {e}"))
+    }
+
+    fn error(word: &str, pairs: &[(&str, &str)]) -> ShellError {
+        match Lexer::new('\\').process_word(word, &env(pairs)) {
+            Ok(e) => panic!("{word:?} should fail, gave {:?}", e.result),
+            Err(e) => e,
+        }
+    }
+
+    #[test]
+    fn plain_and_braced_names() {
+        let e = [("FOO", "foo"), ("EMPTY", "")];
+        assert_eq!(expand("a$FOO.b", &e), "afoo.b");
+        assert_eq!(expand("a${FOO}b", &e), "afoob");
+        assert_eq!(expand("a${FOO}${EMPTY}$NOPE-b", &e), "afoo-b");
+        assert_eq!(expand("$", &e), "$");
+        assert_eq!(expand("a$ b", &e), "a$ b");
+        assert_eq!(expand("$1$9x", &e), "x");
+        assert_eq!(expand("$FOO_BAR$FOO", &e), "foo");
+    }
+
+    #[test]
+    fn default_operators_distinguish_unset_and_empty() {
+        let e = [("SET", "v"), ("EMPTY", "")];
+        assert_eq!(expand("${SET:-d}|${EMPTY:-d}|${UNSET:-d}", &e), "v|d|d");
+        assert_eq!(expand("${SET-d}|${EMPTY-d}|${UNSET-d}", &e), "v||d");
+        assert_eq!(expand("${SET:+a}|${EMPTY:+a}|${UNSET:+a}", &e), "a||");
+        assert_eq!(expand("${SET+a}|${EMPTY+a}|${UNSET+a}", &e), "a|a|");
+        // The word is expanded, and may be quoted.
+        assert_eq!(expand("${UNSET:-$SET and \"${SET}\"}", &e), "v and v");
+        assert_eq!(expand("${UNSET:-'}'}", &e), "}");
+        assert_eq!(expand("${UNSET:-a\\}b}", &e), "a}b");
+    }
+
+    #[test]
+    fn required_operators() {
+        let e = [("VAR", "plain"), ("EMPTY", ""), ("ARG", "x")];
+        assert_eq!(expand("${VAR:?msg}", &e), "plain");
+        assert_eq!(expand("${VAR?msg}", &e), "plain");
+        assert_eq!(expand("${EMPTY?msg}", &e), "");
+
+        let err = error("ab${EMPTY:?message here$ARG}", &e);
+        assert_eq!(
+            err.kind,
+            ShellErrorKind::Required {
+                name: "EMPTY".into(),
+                message: "message herex".into()
+            }
+        );
+        assert_eq!(err.offset, 2);
+        assert_eq!(
+            err.to_string(),
+            "failed to process \"ab${EMPTY:?message here$ARG}\": EMPTY: message herex"
+        );
+        assert!(
+            error("${UNSET?}", &e)
+                .to_string()
+                .ends_with("UNSET: is not allowed to be unset")
+        );
+        assert!(
+            error("${EMPTY:?}", &e)
+                .to_string()
+                .ends_with("EMPTY: is not allowed to be empty")
+        );
+        assert!(
+            error("${UNSET:?}", &e)
+                .to_string()
+                .ends_with("UNSET: is not allowed to be unset")
+        );
+    }
+
+    #[test]
+    fn prefix_and_suffix_removal() {
+        let e = [("P", "dir/sub/file.tar.gz"), ("X", "xxyy"), ("BAR", "x")];
+        assert_eq!(expand("${P#*/}", &e), "sub/file.tar.gz");
+        assert_eq!(expand("${P##*/}", &e), "file.tar.gz");
+        assert_eq!(expand("${P%.*}", &e), "dir/sub/file.tar");
+        assert_eq!(expand("${P%%.*}", &e), "dir/sub/file");
+        assert_eq!(expand("${P#nomatch}", &e), "dir/sub/file.tar.gz");
+        assert_eq!(expand("${X#*x*y}", &e), "y");
+        assert_eq!(expand("${X#*}", &e), "xxyy");
+        assert_eq!(expand("${X##*}", &e), "");
+        assert_eq!(expand("${X#$BAR}", &e), "xyy");
+        assert_eq!(
+            expand("${X#}|${X##}|${X%}|${X%%}", &e),
+            "xxyy|xxyy|xxyy|xxyy"
+        );
+        assert_eq!(expand("${X##*x}", &e), "yy");
+        assert_eq!(expand("${X%y}|${X%%y*}|${X%y*}", &e), "xxy|xx|xxy");
+        assert_eq!(expand("${UNSET#x}", &e), "");
+        // `?` is one character; escapes make wildcards literal.
+        assert_eq!(expand("${Q#?\\?}", &[("Q", "???y")]), "?y");
+        assert_eq!(expand("${Q%%\\**}", &[("Q", "xx**")]), "xx");
+        assert_eq!(expand("${Q%%\\**\\*}", &[("Q", "a***yy*")]), "a");
+        // Regex-special characters are literal; `\}` does not close the `${`.
+        assert_eq!(
+            expand("${Q#()[]{\\}^$.\\*\\?|\\\\}", &[("Q", "()[]{}^$.*?|\\x")]),
+            "x"
+        );
+        // Wildcards do not match a newline (Go's `.`).
+        assert_eq!(expand("${Q#*b}", &[("Q", "a\nb")]), "a\nb");
+        assert_eq!(expand("${Q##*}", &[("Q", "a\nb")]), "\nb");
+        // Characters, not bytes.
+        assert_eq!(expand("${Q#?}|${Q%?}", &[("Q", "한국어")]), "국어|한국");
+    }
+
+    #[test]
+    fn replacement() {
+        let e = [
+            ("FOO", "/foo*/*/*.txt"),
+            ("NEEDLE", "\\*/"),
+            ("T", "/tmp/tmp/bar.txt"),
+            ("U", "http://google.de"),
+        ];
+        assert_eq!(
+            expand("${FOO/$NEEDLE/.} - ${FOO//$NEEDLE/.}", &e),
+            "/foo.*/*.txt - /foo..*.txt"
+        );
+        assert_eq!(
+            expand("${T/\\/tmp/} - ${T//\\/tmp/}", &e),
+            "/tmp/bar.txt - /bar.txt"
+        );
+        assert_eq!(
+            expand("${U/http:\\/\\//https:\\/\\/}", &e),
+            "https:\\/\\/google.de"
+        );
+        assert_eq!(expand("${U/http:\\/\\//https://}", &e), "https://google.de");
+        assert_eq!(
+            expand(
+                "${P/\\/?\\//\\/} - ${P//\\/?\\//\\/}",
+                &[("P", "/a/foo/b/c.txt")]
+            ),
+            "\\/foo/b/c.txt - \\/foo\\/c.txt"
+        );
+        // `*` is greedy: the longest match at the leftmost place.
+        assert_eq!(expand("${P/o*o/0}", &[("P", "foo boo")]), "f0");
+        assert_eq!(expand("${P//o/0}", &[("P", "foo boo")]), "f00 b00");
+        assert_eq!(expand("${P/x/y}", &[("P", "foo")]), "foo");
+        // An empty pattern matches everywhere, as Go's ReplaceAllString does it.
+        assert_eq!(expand("${P/$E/-}", &[("P", "abc"), ("E", "")]), "-abc");
+        assert_eq!(expand("${P//$E/-}", &[("P", "abc"), ("E", "")]), "-a-b-c-");
+        // `*` can match empty: no second replacement right after a match.
+        assert_eq!(expand("${P//b*/-}", &[("P", "abc")]), "a-");
+        assert_eq!(expand("${P///}|${UNSET///}", &[("P", "xxyy")]), "xxyy|");
+        // In a replace-all, `$0` written as `\$0` is the matched text and `$$` a `$`.
+        assert_eq!(expand("${P//o/<\\$0>}", &[("P", "foo")]), "f<\\o><\\o>");
+        assert_eq!(expand("${P//o/\\$\\$}", &[("P", "fo")]), "f\\$\\$");
+        assert_eq!(
+            expand("${P//o/<'$0'>}|${P/o/<'$0'>}", &[("P", "foo")]),
+            "f<o><o>|f<$0>o"
+        );
+        assert_eq!(expand("${P//o/'$$'}", &[("P", "fo")]), "f$");
+    }
+
+    #[test]
+    fn quotes_and_escapes() {
+        let e = [("V", "v")];
+        assert_eq!(expand(r#"'$V "x"' "$V 'y'" \$V"#, &e), r#"$V "x" v 'y' $V"#);
+        assert_eq!(expand(r#""a\"b\$V\\c\d""#, &e), r#"a"b$V\c\d"#);
+        assert_eq!(expand(r"a\ b\\", &e), r"a b\");
+        assert_eq!(expand(r"trailing\", &e), "trailing");
+        assert_eq!(expand("'it''s'", &e), "its");
+    }
+
+    #[test]
+    fn backtick_escape() {
+        let lex = Lexer::new('`');
+        let e = env(&[("V", "v")]);
+        assert_eq!(lex.escape(), '`');
+        assert_eq!(lex.expand(r"C:\path\$V", &e).unwrap(), r"C:\path\v");
+        assert_eq!(lex.expand("a`$V`` b", &e).unwrap(), "a$V` b");
+        assert_eq!(lex.expand("\"x`\"y`$V\\\"", &e).unwrap(), "x\"y$V\\");
+        assert_eq!(
+            lex.process_words("a` b c", &e).unwrap(),
+            vec!["a b".to_owned(), "c".to_owned()]
+        );
+    }
+
+    #[test]
+    fn word_splitting() {
+        let lex = Lexer::new('\\');
+        let e = env(&[("SP", " a  b "), ("ONE", "x")]);
+        let words = |w: &str| lex.process_words(w, &e).unwrap();
+        assert_eq!(words("  a   b  "), ["a", "b"]);
+        assert_eq!(words("x${SP}y"), ["x", "a", "b", "y"]);
+        assert_eq!(words("x\"${SP}\"y"), ["x a  b y"]);
+        assert_eq!(words("'' \"\" a"), ["a"]);
+        assert_eq!(words("a\\ b c"), ["a b", "c"]);
+        assert_eq!(words("$ONE${UNSET:-d}z"), ["xdz"]);
+        assert_eq!(words("pre${UNSET:-d e}post"), ["pred", "epost"]);
+        assert!(words("").is_empty());
+        // The unsplit result keeps every space.
+        assert_eq!(lex.expand("x${SP}y", &e).unwrap(), "x a  b y");
+    }
+
+    #[test]
+    fn matched_and_unmatched_names() {
+        let lex = Lexer::new('\\');
+        let e = env(&[("FOO", "xxx"), ("BAR", "")]);
+        let r = lex
+            .process_word("${FOO-aaa} ${BAR-bbb} ${BAZ-ccc}", &e)
+            .unwrap();
+        assert_eq!(r.result, "xxx  ccc");
+        assert_eq!(r.matched, set(&["BAR", "FOO"]));
+        assert_eq!(r.unmatched, set(&["BAZ"]));
+
+        let r = lex.process_word("x", &e).unwrap();
+        assert!(r.matched.is_empty() && r.unmatched.is_empty());
+
+        // Names in a default word are looked up only when the word is processed,
+        // which is always (as in `BuildKit`).
+        let r = lex.process_word("${FOO:-$OTHER}'$QUOTED'", &e).unwrap();
+        assert_eq!(r.result, "xxx$QUOTED");
+        assert_eq!(r.matched, set(&["FOO"]));
+        assert_eq!(r.unmatched, set(&["OTHER"]));
+
+        let r = lex
+            .process_word(
+                "something-${VERSION}.${TARGETOS}-${TARGETARCH}${TARGETVARIANT:+-${TARGETVARIANT}}.tar.gz",
+                &env(&[("VERSION", "v1.2.3"), ("TARGETOS", "linux"), ("TARGETARCH", "arm")]),
+            )
+            .unwrap();
+        assert_eq!(r.result, "something-v1.2.3.linux-arm.tar.gz");
+        assert_eq!(r.matched, set(&["TARGETARCH", "TARGETOS", "VERSION"]));
+        assert_eq!(r.unmatched, set(&["TARGETVARIANT"]));
+    }
+
+    #[test]
+    fn errors_with_offsets() {
+        let cases: &[(&str, ShellErrorKind, usize)] = &[
+            ("ab'cd", ShellErrorKind::UnterminatedSingleQuote, 2),
+            ("a\"bc\\\"", ShellErrorKind::UnterminatedDoubleQuote, 1),
+            ("he${PWD", ShellErrorKind::MissingBrace, 2),
+            ("he${", ShellErrorKind::MissingBrace, 2),
+            ("x${A:-${B}", ShellErrorKind::MissingBrace, 1),
+            ("${A:-\"}", ShellErrorKind::MissingBrace, 0),
+            ("${}", ShellErrorKind::BadSubstitution, 0),
+            ("${{a}", ShellErrorKind::BadSubstitution, 0),
+            ("${:-a}", ShellErrorKind::BadSubstitution, 0),
+            ("${A/x", ShellErrorKind::MissingSlash, 0),
+            ("${A/x/y", ShellErrorKind::MissingBrace, 0),
+            (
+                "${A:=x}",
+                ShellErrorKind::UnsupportedModifier(":=".into()),
+                0,
+            ),
+            ("${A=x}", ShellErrorKind::UnsupportedModifier("=".into()), 0),
+            (
+                "${A:#x}",
+                ShellErrorKind::UnsupportedModifier(":#".into()),
+                0,
+            ),
+            (
+                "${A:%x}",
+                ShellErrorKind::UnsupportedModifier(":%".into()),
+                0,
+            ),
+            ("${A.}", ShellErrorKind::UnsupportedModifier(".".into()), 0),
+            (
+                "${A#\\x}",
+                ShellErrorKind::InvalidPattern {
+                    pattern: "\\x".into(),
+                    reason: "invalid escape '\\x'".into(),
+                },
+                0,
+            ),
+            (
+                "z${A//a\\b/}",
+                ShellErrorKind::InvalidPattern {
+                    pattern: "a\\b".into(),
+                    reason: "invalid escape '\\b'".into(),
+                },
+                1,
+            ),
+        ];
+        for (word, kind, offset) in cases {
+            let err = error(word, &[("A", "abc")]);
+            assert_eq!(&err.kind, kind, "{word:?}");
+            assert_eq!(err.offset, *offset, "{word:?}");
+            assert_eq!(&err.word, word);
+        }
+        // A `?` error inside a `${` that is never closed reads as the missing `}`.
+        assert_eq!(
+            error("${A:-${B?no}", &[]).kind,
+            ShellErrorKind::MissingBrace
+        );
+        assert_eq!(
+            error("${A:-${B?no}}", &[]).kind,
+            ShellErrorKind::Required {
+                name: "B".into(),
+                message: "no".into()
+            }
+        );
+        let err = error("안녕${}", &[]);
+        assert_eq!((err.offset, err.column()), (6, 3));
+        assert_eq!(
+            err.to_string(),
+            "failed to process \"안녕${}\": syntax error: bad substitution"
+        );
+    }
+
+    #[test]
+    fn invalid_pattern_escapes() {
+        assert!(parse_pattern("\\").is_err());
+        assert!(parse_pattern("\\x").is_err());
+        assert!(parse_pattern("\\\\\\").is_err());
+        assert_eq!(
+            parse_pattern("\\*\\?\\\\\\}\\/*?").unwrap(),
+            [
+                Tok::Lit('*'),
+                Tok::Lit('?'),
+                Tok::Lit('\\'),
+                Tok::Lit('}'),
+                Tok::Lit('/'),
+                Tok::Star,
+                Tok::Any
+            ]
+        );
+    }
+
+    #[test]
+    fn nesting_limit() {
+        let deep = "${A:-".repeat(MAX_NESTING) + "x" + &"}".repeat(MAX_NESTING);
+        assert_eq!(expand(&deep, &[]), "x");
+        let too_deep = "${A:-".repeat(MAX_NESTING + 1) + "x" + &"}".repeat(MAX_NESTING + 1);
+        assert_eq!(error(&too_deep, &[]).kind, ShellErrorKind::TooDeep);
+        let hostile = "${A:-".repeat(100_000);
+        assert!(Lexer::new('\\').process_word(&hostile, &NoEnv).is_err());
+    }
+
+    #[test]
+    fn skip_unset_env_keeps_references() {
+        let lex = Lexer::new('\\').with_skip_unset_env(true);
+        let e = env(&[("SET", "v"), ("EMPTY", "")]);
+        let x = |w: &str| lex.expand(w, &e).unwrap();
+        assert_eq!(x("$SET $UNSET ${UNSET}"), "v $UNSET ${UNSET}");
+        assert_eq!(
+            x("${UNSET:-$SET} ${UNSET+a} ${EMPTY:-d}"),
+            "${UNSET:-v} ${UNSET+a} d"
+        );
+        assert_eq!(x("${UNSET?must} ${UNSET#p}"), "${UNSET?must} ${UNSET#p}");
+        assert_eq!(
+            x("${UNSET/a/b} ${UNSET//a/b}"),
+            "${UNSET/a/b} ${UNSET//a/b}"
+        );
+        assert_eq!(x("$1"), "$1");
+    }
+
+    #[test]
+    fn raw_quotes_and_raw_escapes() {
+        let e = env(&[("V", "v")]);
+        let lex = Lexer::new('\\').with_raw_quotes(true);
+        assert_eq!(
+            lex.expand(r#"'$V' "$V" a\ b"#, &e).unwrap(),
+            r#"'$V' "v" a b"#
+        );
+        assert_eq!(lex.process_words("'a b' c", &e).unwrap(), ["'a b'", "c"]);
+        let lex = Lexer::new('\\').with_raw_escapes(true);
+        assert_eq!(
+            lex.expand(r#"a\ b \$V "\$V\x""#, &e).unwrap(),
+            r"a\ b \$V \$V\\x"
+        );
+    }
+
+    #[test]
+    fn skip_process_quotes_treats_quotes_as_text() {
+        let lex = Lexer::new('\\').with_skip_process_quotes(true);
+        let e = env(&[("V", "v")]);
+        assert_eq!(
+            lex.expand(r#"'$V' "$V" it's"#, &e).unwrap(),
+            r#"'v' "v" it's"#
+        );
+        assert_eq!(lex.process_words("'a b'", &e).unwrap(), ["'a", "b'"]);
+    }
+
+    #[test]
+    fn special_and_positional_parameters_are_names() {
+        let e = [("@", "at"), ("1", "one"), ("10", "ten")];
+        assert_eq!(expand("$@@ $1 ${10} $10x $#", &e), "at@ one ten tenx ");
+        let r = Lexer::new('\\').process_word("$# $0", &NoEnv).unwrap();
+        assert_eq!(r.unmatched, set(&["#", "0"]));
+    }
+
+    #[test]
+    fn unicode_names_follow_go_letter_and_digit_classes() {
+        let e = [("한국어", "ko"), ("X", "x")];
+        assert_eq!(expand("$한국어!", &e), "ko!");
+        // Superscript two is a number but neither a letter nor a decimal digit.
+        assert_eq!(expand("$X²", &e), "x²");
+        // Arabic-Indic digits are decimal digits.
+        assert_eq!(expand("${X٣}", &e), "");
+    }
+
+    #[test]
+    fn env_implementations() {
+        let pairs = vec![
+            ("A".to_owned(), "1".to_owned()),
+            ("A".to_owned(), "2".to_owned()),
+        ];
+        assert_eq!(Lexer::default().expand("$A", &pairs).unwrap(), "2");
+        assert_eq!(Lexer::default().expand("$A", &[("A", "3")]).unwrap(), "3");
+        let hm: HashMap<&str, &str> = [("A", "4")].into_iter().collect();
+        assert_eq!(Lexer::default().expand("$A", &hm).unwrap(), "4");
+        let list = env_from_list(["A=1=2", "B", "A=5"]);
+        assert_eq!(list.get("A").map(String::as_str), Some("5"));
+        assert_eq!(list.get("B").map(String::as_str), Some(""));
+        assert_eq!(Lexer::default().expand("${B-unset}", &list).unwrap(), "");
+    }
+
+    #[test]
+    fn leading_byte_order_mark_is_ignored() {
+        assert_eq!(expand("\u{feff}$A", &[("A", "a")]), "a");
+        assert_eq!(expand("x\u{feff}", &[]), "x\u{feff}");
+    }
+
+    proptest::proptest! {
+        #[test]
+        fn no_input_panics(
+            word in "[a-zA-Z0-9_${}:?#%/*+=\\-\\\\'\" `\t\n.@!é한]{0,48}",
+            opts in 0u8..32,
+        ) {
+            let lex = Lexer::new(if opts & 16 == 0 { '\\' } else { '`' })
+                .with_raw_quotes(opts & 1 != 0)
+                .with_raw_escapes(opts & 2 != 0)
+                .with_skip_process_quotes(opts & 4 != 0)
+                .with_skip_unset_env(opts & 8 != 0);
+            let e = env(&[("a", "x y"), ("A", ""), ("b", "*/?\\"), ("é", "한")]);
+            if let Err(err) = lex.process_word(&word, &e) {
+                proptest::prop_assert!(err.offset <= word.len());
+                proptest::prop_assert!(word.is_char_boundary(err.offset));
+                proptest::prop_assert!(!err.to_string().is_empty());
+            }
+        }
+
+        #[test]
+        fn arbitrary_strings_never_panic(word in proptest::prelude::any::<String>()) {
+            let _ = Lexer::new('\\').process_word(&word, &NoEnv);
+        }
+
+        #[test]
+        fn suffix_trim_agrees_with_brute_force(
+            value in "[ab*\n]{0,8}",
+            pattern in "[ab*?]{0,5}",
+            greedy: bool,
+        ) {
+            let toks = parse_pattern(&pattern).unwrap();
+            let got = trim_suffix(&toks, &value, greedy);
+            let chars: Vec<char> = value.chars().collect();
+            let n = chars.len();
+            let full = |s: &[char]| match_prefix(&toks, s, true) == Some(s.len());
+            let mut cuts: Vec<usize> = (0..=n).filter(|&k| full(&chars[n - k..])).collect();
+            if !greedy {
+                cuts.reverse();
+            }
+            let want: String = match cuts.last() {
+                Some(&k) => chars[..n - k].iter().collect(),
+                None => value.clone(),
+            };
+            proptest::prop_assert_eq!(got, want);
+        }
+    }
 }
