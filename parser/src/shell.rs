@@ -315,9 +315,10 @@ impl Lexer {
     /// separates words; whitespace inside quotes or after the escape character does
     /// not; empty words are dropped (`""` alone gives no word).
     ///
-    /// (`BuildKit` 0.13+ shares one word buffer between a word and the `${v:-w}` words
-    /// nested in it, so `a${X:-b}c` splits as `["bc"]` there; this lexer gives
-    /// `["abc"]`, as `BuildKit` did before.)
+    /// (Recent `BuildKit` sources share one words buffer, `shellWord.wordsBuffer`,
+    /// between a word and the `${v:-w}` word nested in it, which by reading the code
+    /// splits `a${X:-b}c` as `["bc"]`; this lexer gives `["abc"]`, as older `BuildKit`
+    /// did.)
     pub fn process_words<E: Env + ?Sized>(
         &self,
         word: &str,
