@@ -97,6 +97,27 @@ impl Env for NoEnv {
     }
 }
 
+/// An environment with some names hidden: they read as unset. With
+/// [`Lexer::skip_unset_env`] on, references to exactly those names are left as written
+/// (e.g. to leave them for the shell that later runs the text) while others expand.
+#[derive(Debug, Clone, Copy)]
+pub struct EnvWithout<'a, E: ?Sized> {
+    /// Where the other names come from.
+    pub env: &'a E,
+    /// The names to hide.
+    pub hidden: &'a [&'a str],
+}
+
+impl<E: Env + ?Sized> Env for EnvWithout<'_, E> {
+    fn get(&self, name: &str) -> Option<&str> {
+        if self.hidden.contains(&name) {
+            None
+        } else {
+            self.env.get(name)
+        }
+    }
+}
+
 /// Builds a map from `KEY=VALUE` strings (`BuildKit`'s `BuildEnvs`/`EnvsFromSlice`): the
 /// first `=` separates name and value, an entry without `=` is set to the empty string,
 /// and a later entry for the same name overrides an earlier one.
@@ -1345,6 +1366,20 @@ mod tests {
             "${UNSET/a/b} ${UNSET//a/b}"
         );
         assert_eq!(x("$1"), "$1");
+    }
+
+    #[test]
+    fn hidden_names_stay_unexpanded() {
+        let e = env(&[("A", "a"), ("B", "b")]);
+        let hidden = EnvWithout {
+            env: &e,
+            hidden: &["B"],
+        };
+        let lex = Lexer::new('\\').with_skip_unset_env(true);
+        let r = lex.process_word("$A ${B} ${B:-x} $C", &hidden).unwrap();
+        assert_eq!(r.result, "a ${B} ${B:-x} $C");
+        assert_eq!(r.matched, set(&["A"]));
+        assert_eq!(r.unmatched, set(&["B", "C"]));
     }
 
     #[test]
