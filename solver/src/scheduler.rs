@@ -226,6 +226,7 @@ impl Solver {
             permits: Semaphore::new(self.jobs),
             no_cache: self.no_cache,
             events,
+            key_locks: std::sync::Mutex::new(HashMap::new()),
         });
 
         let mut solved: HashMap<VertexId, Solved> = HashMap::new();
@@ -292,9 +293,18 @@ struct Shared {
     permits: Semaphore,
     no_cache: bool,
     events: EventSender,
+    /// One lock per cache key being solved: two different vertices with the
+    /// same key (e.g. `COPY --from` of identical content) execute once, the
+    /// second is then a cache hit.
+    key_locks: std::sync::Mutex<HashMap<CacheKey, Arc<tokio::sync::Mutex<()>>>>,
 }
 
 impl Shared {
+    fn key_lock(&self, key: CacheKey) -> Arc<tokio::sync::Mutex<()>> {
+        let mut locks = self.key_locks.lock().expect("key lock table");
+        Arc::clone(locks.entry(key).or_default())
+    }
+
     fn emit(&self, event: Event) {
         let _ = self.events.send(event);
     }
@@ -390,6 +400,12 @@ async fn solve_one(
     let index_error = |source| SolveError::CacheIndex {
         name: vertex.description.name.clone(),
         source,
+    };
+    let key_lock = shared.key_lock(key);
+    let _same_key = if cacheable {
+        Some(key_lock.lock().await)
+    } else {
+        None
     };
 
     if cacheable && !shared.no_cache && !vertex.ignore_cache {

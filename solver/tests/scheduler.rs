@@ -693,3 +693,46 @@ fn events_have_a_json_form() {
         r#"{"event":"vertex_log","id":1,"stream":"stderr","line":"hello"}"#
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn vertices_with_the_same_key_execute_once() {
+    // Two copies of the same content from two different (named) contexts
+    // onto the same base: different vertices, one cache key.
+    let env = Env::new();
+    set_context(&env.fake, &[("a.txt", "same")]);
+    let mut g = BuildGraph::new();
+    let base = image(&mut g, "alpine");
+    let ctx1 = context(&mut g);
+    let ctx2 = g
+        .add(Vertex::new(
+            SourceOp::Context {
+                name: "other".into(),
+                include_patterns: vec![],
+                exclude_patterns: vec![],
+                follow_paths: vec![],
+            },
+            vec![],
+            "load other context",
+        ))
+        .unwrap();
+    let first = copy(&mut g, base, ctx1, "a.txt");
+    let mut v = g.get(first).unwrap().clone();
+    v.inputs = vec![base, ctx2];
+    v.description.name = "COPY a.txt again".into();
+    let second = g.add(v).unwrap();
+    assert_ne!(first, second);
+    let (r, _) = solve(&env.solver(4), &g, &[first, second]).await;
+    let out = r.unwrap();
+    assert_eq!(out.get(first).unwrap().key, out.get(second).unwrap().key);
+    let copies = env
+        .fake
+        .executed()
+        .into_iter()
+        .filter(|n| n.starts_with("COPY"))
+        .count();
+    assert_eq!(copies, 1);
+    assert_eq!(
+        out.get(first).unwrap().result,
+        out.get(second).unwrap().result
+    );
+}
