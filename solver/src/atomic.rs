@@ -19,12 +19,19 @@ fn temp_path(dest: &Path) -> PathBuf {
 
 /// Replace `dest` with `data` so that readers see the old or the new content,
 /// never a mix, even if the process is killed.
-pub(crate) fn write(dest: &Path, data: &[u8]) -> std::io::Result<()> {
+///
+/// No `fsync` unless `durable`: the solver's files (cache records, checksum
+/// caches) are validated when read and a damaged one counts as absent, so
+/// after a power loss the worst case is a cache miss; an fsync per record
+/// costs milliseconds per build step.
+pub(crate) fn write(dest: &Path, data: &[u8], durable: bool) -> std::io::Result<()> {
     let tmp = temp_path(dest);
     let result = (|| {
         let mut f = fs_err::File::create(&tmp)?;
         f.write_all(data)?;
-        f.sync_all()?;
+        if durable {
+            f.sync_all()?;
+        }
         fs_err::rename(&tmp, dest)
     })();
     if result.is_err() {

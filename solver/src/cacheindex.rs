@@ -121,7 +121,7 @@ impl CacheIndex {
             source,
         })?;
         let _guard = self.lock()?;
-        crate::atomic::write(&self.entry_path(&record.key), &bytes)?;
+        crate::atomic::write(&self.entry_path(&record.key), &bytes, false)?;
         Ok(())
     }
 

@@ -289,7 +289,7 @@ impl ContextChecksummer {
             state.dirty = false;
             encode_cache(&state.files)
         };
-        crate::atomic::write(path, &bytes)?;
+        crate::atomic::write(path, &bytes, false)?;
         Ok(())
     }
 
