@@ -442,7 +442,12 @@ async fn solve_one(
     let result = result.map_err(|e| vertex_error(id, vertex, input_results, e))?;
     if cacheable {
         let record = CacheRecord::new(key, result.clone(), vertex.description.name.clone());
-        shared.cache.put(&record).map_err(index_error)?;
+        // `put` takes the index's file lock, which maintenance may hold.
+        let cache = shared.cache.clone();
+        tokio::task::spawn_blocking(move || cache.put(&record))
+            .await
+            .map_err(|e| SolveError::Internal(e.to_string()))?
+            .map_err(index_error)?;
     }
     shared.emit(Event::VertexDone {
         id,
