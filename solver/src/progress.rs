@@ -60,6 +60,9 @@ pub enum Event {
     },
     /// Failed; the solve stops.
     VertexFailed { id: VertexId, error: String },
+    /// Was running (or computing its key) when another vertex failed, and
+    /// was stopped.
+    VertexCanceled { id: VertexId },
 }
 
 impl Event {
@@ -71,7 +74,8 @@ impl Event {
             | Event::VertexLog { id, .. }
             | Event::VertexProgress { id, .. }
             | Event::VertexDone { id, .. }
-            | Event::VertexFailed { id, .. } => *id,
+            | Event::VertexFailed { id, .. }
+            | Event::VertexCanceled { id } => *id,
         }
     }
 

@@ -227,6 +227,7 @@ impl Solver {
             no_cache: self.no_cache,
             events,
             key_locks: std::sync::Mutex::new(HashMap::new()),
+            in_progress: std::sync::Mutex::new(std::collections::BTreeSet::new()),
         });
 
         let mut solved: HashMap<VertexId, Solved> = HashMap::new();
@@ -247,7 +248,19 @@ impl Solver {
                     .collect();
                 let shared = Arc::clone(&shared);
                 tasks.spawn(async move {
+                    shared
+                        .in_progress
+                        .lock()
+                        .expect("in-progress set")
+                        .insert(id);
                     let r = solve_one(&shared, id, &vertex, &inputs).await;
+                    // Not reached when the task is aborted: what is left in
+                    // the set was cancelled.
+                    shared
+                        .in_progress
+                        .lock()
+                        .expect("in-progress set")
+                        .remove(&id);
                     (id, r)
                 });
             }
@@ -258,6 +271,7 @@ impl Solver {
                 Ok(pair) => pair,
                 Err(e) => {
                     tasks.shutdown().await;
+                    shared.emit_cancelled();
                     return Err(SolveError::Internal(e.to_string()));
                 }
             };
@@ -274,10 +288,11 @@ impl Solver {
                 }
                 Err(e) => {
                     tasks.shutdown().await;
-                    let _ = shared.events.send(Event::VertexFailed {
+                    shared.emit(Event::VertexFailed {
                         id,
                         error: e.to_string(),
                     });
+                    shared.emit_cancelled();
                     return Err(e);
                 }
             }
@@ -297,6 +312,8 @@ struct Shared {
     /// same key (e.g. `COPY --from` of identical content) execute once, the
     /// second is then a cache hit.
     key_locks: std::sync::Mutex<HashMap<CacheKey, Arc<tokio::sync::Mutex<()>>>>,
+    /// Vertices whose task started and has not finished.
+    in_progress: std::sync::Mutex<std::collections::BTreeSet<VertexId>>,
 }
 
 impl Shared {
@@ -307,6 +324,14 @@ impl Shared {
 
     fn emit(&self, event: Event) {
         let _ = self.events.send(event);
+    }
+
+    /// After the tasks were shut down: report the ones that were cut short.
+    fn emit_cancelled(&self) {
+        let cancelled = std::mem::take(&mut *self.in_progress.lock().expect("in-progress set"));
+        for id in cancelled {
+            self.emit(Event::VertexCanceled { id });
+        }
     }
 }
 
