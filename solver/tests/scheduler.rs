@@ -736,3 +736,66 @@ async fn vertices_with_the_same_key_execute_once() {
         out.get(second).unwrap().result
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn volatile_input_without_checksum_makes_dependents_uncacheable() {
+    // The fake gives no content checksum for an HTTP source without
+    // `--checksum`: what reads it cannot be answered from the cache.
+    let env = Env::new();
+    let mut g = BuildGraph::new();
+    let base = image(&mut g, "alpine");
+    let http = g
+        .add(Vertex::new(
+            SourceOp::Http {
+                url: "http://127.0.0.1:1/file".into(),
+                checksum: None,
+                filename: None,
+                chmod: None,
+            },
+            vec![],
+            "ADD http://127.0.0.1:1/file",
+        ))
+        .unwrap();
+    let added = copy(&mut g, base, http, "file");
+    let after = run(&mut g, added, "use it");
+    let (r, _) = solve(&env.solver(2), &g, &[after]).await;
+    let out = r.unwrap();
+    assert!(!out.get(after).unwrap().cacheable);
+    env.reset_log();
+    let (r, _) = solve(&env.solver(2), &g, &[after]).await;
+    r.unwrap();
+    let mut ran = env.fake.executed();
+    ran.sort();
+    assert_eq!(
+        ran,
+        vec![
+            "ADD http://127.0.0.1:1/file",
+            "COPY file /app/",
+            "RUN use it"
+        ]
+    );
+
+    // With a pinned checksum the download is cacheable, and so is the rest.
+    let mut g = BuildGraph::new();
+    let base = image(&mut g, "alpine");
+    let http = g
+        .add(Vertex::new(
+            SourceOp::Http {
+                url: "http://127.0.0.1:1/file".into(),
+                checksum: Some("sha256:0000".into()),
+                filename: None,
+                chmod: None,
+            },
+            vec![],
+            "ADD --checksum http://127.0.0.1:1/file",
+        ))
+        .unwrap();
+    let added = copy(&mut g, base, http, "file");
+    let after = run(&mut g, added, "use it");
+    let (r, _) = solve(&env.solver(2), &g, &[after]).await;
+    r.unwrap();
+    env.reset_log();
+    let (r, _) = solve(&env.solver(2), &g, &[after]).await;
+    assert!(r.unwrap().get(after).unwrap().cached);
+    assert!(env.fake.executed().is_empty());
+}
