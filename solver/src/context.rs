@@ -323,6 +323,10 @@ impl ContextChecksummer {
             Err(e) if e.raw_os_error() == Some(nix::libc::ENOTDIR) => return Ok(None),
             Err(e) => return Err(e.into()),
         };
+        self.entry(rel, meta).map(Some)
+    }
+
+    fn entry(&self, rel: &str, meta: std::fs::Metadata) -> Result<Entry, ContextError> {
         let ft = meta.file_type();
         let kind = if ft.is_symlink() {
             Kind::Symlink
@@ -340,11 +344,11 @@ impl ContextChecksummer {
             Kind::Socket
         };
         let link = if kind == Kind::Symlink {
-            Some(fs_err::read_link(&path)?)
+            Some(fs_err::read_link(self.root.join(rel))?)
         } else {
             None
         };
-        Ok(Some(Entry { kind, meta, link }))
+        Ok(Entry { kind, meta, link })
     }
 
     /// Add what one source pattern selects.
@@ -478,29 +482,56 @@ impl ContextChecksummer {
         let Some(e) = self.lstat(rel)? else {
             return Ok(());
         };
+        out.extend(self.walk(rel.to_owned(), e, filter)?);
+        Ok(())
+    }
+
+    /// The entry at `rel` (unless excluded, or the root) and everything
+    /// under it; subdirectories are walked in parallel.
+    fn walk(
+        &self,
+        rel: String,
+        e: Entry,
+        filter: &dyn PathFilter,
+    ) -> Result<Vec<(String, Entry)>, ContextError> {
         let is_dir = e.kind == Kind::Dir;
         let excluded = !rel.is_empty() && filter.is_excluded(Path::new(&rel), is_dir);
         if excluded && !(is_dir && filter.descend_excluded_dir(Path::new(&rel))) {
-            return Ok(());
+            return Ok(Vec::new());
         }
-        if !excluded && !rel.is_empty() {
-            out.insert(rel.to_owned(), e);
-        }
+        let mut children: Vec<(String, std::fs::Metadata)> = Vec::new();
         if is_dir {
             let dir = if rel.is_empty() {
                 self.root.clone()
             } else {
-                self.root.join(rel)
+                self.root.join(&rel)
             };
-            let mut names: Vec<String> = Vec::new();
             for entry in fs_err::read_dir(&dir)? {
-                names.push(entry?.file_name().to_string_lossy().into_owned());
-            }
-            for name in names {
-                self.add_tree(&join(rel, &name), filter, out)?;
+                let entry = entry?;
+                let name = entry.file_name().to_string_lossy().into_owned();
+                // fstatat on the directory, without following symlinks.
+                match entry.metadata() {
+                    Ok(meta) => children.push((join(&rel, &name), meta)),
+                    Err(err) if err.kind() == std::io::ErrorKind::NotFound => {}
+                    Err(err) => return Err(err.into()),
+                }
             }
         }
-        Ok(())
+        let nested: Vec<Vec<(String, Entry)>> = children
+            .into_par_iter()
+            .map(|(child, meta)| {
+                let e = self.entry(&child, meta)?;
+                self.walk(child, e, filter)
+            })
+            .collect::<Result<_, ContextError>>()?;
+        let mut out = Vec::with_capacity(1 + nested.iter().map(Vec::len).sum::<usize>());
+        if !excluded && !rel.is_empty() {
+            out.push((rel, e));
+        }
+        for n in nested {
+            out.extend(n);
+        }
+        Ok(out)
     }
 }
 
