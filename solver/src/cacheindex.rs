@@ -40,6 +40,10 @@ pub struct CacheRecord {
     pub description: String,
     /// Seconds since the Unix epoch when it was recorded.
     pub created_unix: u64,
+    /// Seconds since the Unix epoch when it was recorded or last used (the
+    /// entry file's mtime, see [`CacheIndex::touch`]); for LRU pruning.
+    #[serde(skip)]
+    pub last_used_unix: u64,
 }
 
 impl CacheRecord {
@@ -53,6 +57,7 @@ impl CacheRecord {
             result,
             description: description.into(),
             created_unix,
+            last_used_unix: created_unix,
         }
     }
 }
@@ -105,13 +110,26 @@ impl CacheIndex {
     /// incompatible version) counts as absent.
     pub fn get(&self, key: &CacheKey) -> Result<Option<CacheRecord>, CacheIndexError> {
         let path = self.entry_path(key);
-        match fs_err::read(&path) {
-            Ok(bytes) => Ok(serde_json::from_slice::<CacheRecord>(&bytes)
-                .ok()
-                .filter(|r| r.key == *key)),
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
-            Err(e) => Err(e.into()),
-        }
+        let mut file = match fs_err::File::open(&path) {
+            Ok(f) => f,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+            Err(e) => return Err(e.into()),
+        };
+        let mut bytes = Vec::new();
+        std::io::Read::read_to_end(&mut file, &mut bytes)?;
+        let Some(mut record) = serde_json::from_slice::<CacheRecord>(&bytes)
+            .ok()
+            .filter(|r| r.key == *key)
+        else {
+            return Ok(None);
+        };
+        record.last_used_unix = file
+            .metadata()?
+            .modified()
+            .ok()
+            .and_then(|t| t.duration_since(UNIX_EPOCH).ok())
+            .map_or(record.created_unix, |d| d.as_secs());
+        Ok(Some(record))
     }
 
     /// Record (or replace) an entry.
@@ -122,6 +140,15 @@ impl CacheIndex {
         })?;
         let _guard = self.lock()?;
         crate::atomic::write(&self.entry_path(&record.key), &bytes, false)?;
+        Ok(())
+    }
+
+    /// Mark an entry as used now (sets its file's mtime; no rewrite).
+    pub fn touch(&self, key: &CacheKey) -> Result<(), CacheIndexError> {
+        let file = fs_err::File::options()
+            .write(true)
+            .open(self.entry_path(key))?;
+        file.set_modified(SystemTime::now())?;
         Ok(())
     }
 

@@ -436,6 +436,8 @@ async fn solve_one(
     if cacheable && !shared.no_cache && !vertex.ignore_cache {
         if let Some(record) = shared.cache.get(&key).map_err(index_error)? {
             if shared.executor.result_exists(&record.result) {
+                // Best effort: only feeds LRU pruning.
+                let _ = shared.cache.touch(&key);
                 shared.emit(Event::VertexCached {
                     id,
                     name: vertex.description.name.clone(),

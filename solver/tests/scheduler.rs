@@ -614,6 +614,20 @@ fn cache_index_persists_and_survives_concurrent_writers() {
     for e in &entries {
         assert_eq!(index.get(&e.key).unwrap().as_ref(), Some(e));
     }
+    let old = std::time::SystemTime::now() - Duration::from_secs(7200);
+    std::fs::File::options()
+        .write(true)
+        .open(index.dir().join("entries").join(format!("{}.json", key(2))))
+        .unwrap()
+        .set_modified(old)
+        .unwrap();
+    let before = index.get(&key(2)).unwrap().unwrap().last_used_unix;
+    index.touch(&key(2)).unwrap();
+    let after = index.get(&key(2)).unwrap().unwrap().last_used_unix;
+    assert!(
+        after >= before + 7000,
+        "touch marks the entry used: {before} -> {after}"
+    );
     assert!(index.remove(&key(0)).unwrap());
     assert!(!index.remove(&key(0)).unwrap());
     assert!(index.get(&key(0)).unwrap().is_none());
