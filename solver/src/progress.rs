@@ -32,7 +32,9 @@ pub enum Stream {
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(tag = "event", rename_all = "snake_case")]
 pub enum Event {
-    /// The vertex is being worked on (key computation, then execution).
+    /// The vertex is being worked on: it got a job slot to execute, or it is
+    /// about to be reported `VertexCached`, or it failed computing its key.
+    /// Vertices waiting for a job slot have not started.
     VertexStarted {
         id: VertexId,
         name: String,

@@ -248,11 +248,6 @@ impl Solver {
                     .collect();
                 let shared = Arc::clone(&shared);
                 tasks.spawn(async move {
-                    shared
-                        .in_progress
-                        .lock()
-                        .expect("in-progress set")
-                        .insert(id);
                     let r = solve_one(&shared, id, &vertex, &inputs).await;
                     // Not reached when the task is aborted: what is left in
                     // the set was cancelled.
@@ -312,7 +307,7 @@ struct Shared {
     /// same key (e.g. `COPY --from` of identical content) execute once, the
     /// second is then a cache hit.
     key_locks: std::sync::Mutex<HashMap<CacheKey, Arc<tokio::sync::Mutex<()>>>>,
-    /// Vertices whose task started and has not finished.
+    /// Vertices that sent `VertexStarted` and have not finished.
     in_progress: std::sync::Mutex<std::collections::BTreeSet<VertexId>>,
 }
 
@@ -411,14 +406,26 @@ async fn solve_one(
     inputs: &[(Arc<Vertex>, Solved)],
 ) -> Result<Solved, SolveError> {
     let input_results: Vec<ResultRef> = inputs.iter().map(|(_, s)| s.result.clone()).collect();
-    shared.emit(Event::VertexStarted {
-        id,
-        name: vertex.description.name.clone(),
-        location: vertex.description.location.clone(),
-    });
+    // `VertexStarted` is sent when the vertex is answered from the cache or
+    // gets a job slot, not while it waits for one (or fails before).
+    let started = || {
+        shared
+            .in_progress
+            .lock()
+            .expect("in-progress set")
+            .insert(id);
+        shared.emit(Event::VertexStarted {
+            id,
+            name: vertex.description.name.clone(),
+            location: vertex.description.location.clone(),
+        });
+    };
     let (keys, inputs_cacheable) = match input_keys(shared, vertex, inputs).await {
         Ok(k) => k,
-        Err(e) => return Err(vertex_error(id, vertex, input_results, e)),
+        Err(e) => {
+            started();
+            return Err(vertex_error(id, vertex, input_results, e));
+        }
     };
     let key = cache_key(&vertex.op, &keys);
     let cacheable = inputs_cacheable && !vertex.op.is_volatile();
@@ -438,6 +445,7 @@ async fn solve_one(
             if shared.executor.result_exists(&record.result) {
                 // Best effort: only feeds LRU pruning.
                 let _ = shared.cache.touch(&key);
+                started();
                 shared.emit(Event::VertexCached {
                     id,
                     name: vertex.description.name.clone(),
@@ -458,6 +466,7 @@ async fn solve_one(
         .acquire()
         .await
         .map_err(|e| SolveError::Internal(e.to_string()))?;
+    started();
     let start = Instant::now();
     let ctx = ExecContext {
         id,
@@ -465,7 +474,6 @@ async fn solve_one(
         logger: VertexLogger::new(id, shared.events.clone()),
     };
     let result = shared.executor.execute(vertex, &input_results, ctx).await;
-    drop(permit);
     let result = result.map_err(|e| vertex_error(id, vertex, input_results, e))?;
     if cacheable {
         let record = CacheRecord::new(key, result.clone(), vertex.description.name.clone());
@@ -480,6 +488,9 @@ async fn solve_one(
         id,
         duration: start.elapsed(),
     });
+    // Released after `VertexDone`, so progress never shows more than `jobs`
+    // vertices running.
+    drop(permit);
     Ok(Solved {
         result,
         key,

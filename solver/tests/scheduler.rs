@@ -379,13 +379,28 @@ async fn jobs_bound_is_respected() {
             );
             targets.push(run(&mut g, base, &name));
         }
-        let (r, _) = solve(&env.solver(jobs), &g, &targets).await;
+        let (r, events) = solve(&env.solver(jobs), &g, &targets).await;
         r.unwrap();
         assert_eq!(
             env.fake.max_running.load(Ordering::SeqCst),
             jobs,
             "jobs={jobs}"
         );
+        // Progress shows no more than `jobs` vertices running at a time:
+        // waiting for a slot is not "started".
+        let mut open = std::collections::HashSet::new();
+        for e in &events {
+            match e {
+                Event::VertexStarted { id, .. } => {
+                    open.insert(*id);
+                    assert!(open.len() <= jobs, "jobs={jobs}: {open:?} started at once");
+                }
+                Event::VertexDone { id, .. } => {
+                    open.remove(id);
+                }
+                _ => {}
+            }
+        }
     }
 }
 
