@@ -402,6 +402,16 @@ impl ContextChecksummer {
             let mut kept = Vec::new();
             for rel in next {
                 let Some(e) = self.lstat(&rel)? else { continue };
+                // A symlink on the way to the last component is followed
+                // (inside the root, as the root were `/`).
+                let (rel, e) = if !last && e.kind == Kind::Symlink {
+                    match self.resolve(&rel)? {
+                        Some(found) => found,
+                        None => continue,
+                    }
+                } else {
+                    (rel, e)
+                };
                 let is_dir = e.kind == Kind::Dir;
                 if !last && !is_dir {
                     continue;
@@ -438,6 +448,21 @@ impl ContextChecksummer {
         Ok(())
     }
 
+    /// Follow `rel` through symlinks (scoped to the root) to what it names.
+    fn resolve(&self, rel: &str) -> Result<Option<(String, Entry)>, ContextError> {
+        let mut rel = rel.to_owned();
+        for _ in 0..=40 {
+            let Some(e) = self.lstat(&rel)? else {
+                return Ok(None);
+            };
+            let Some(target) = &e.link else {
+                return Ok(Some((rel, e)));
+            };
+            rel = scoped_target(&rel, target);
+        }
+        Err(ContextError::SymlinkLoop { path: rel })
+    }
+
     /// Add a selected path; if it is a symlink, add it and (resolved inside
     /// the root) what it points to.
     fn add_followed(
@@ -461,14 +486,7 @@ impl ContextChecksummer {
             return self.add_tree(rel, filter, out);
         };
         out.insert(rel.to_owned(), e);
-        // Scoped resolution: the root is `/`, `..` never leaves it.
-        let joined = if target.is_absolute() {
-            target.to_string_lossy().into_owned()
-        } else {
-            let parent = rel.rsplit_once('/').map_or("", |(p, _)| p);
-            format!("{parent}/{}", target.to_string_lossy())
-        };
-        let resolved = clean_scoped(&joined).join("/");
+        let resolved = scoped_target(rel, &target);
         self.add_followed(&resolved, filter, out, depth + 1)
     }
 
@@ -572,6 +590,18 @@ fn clean(path: &str) -> Result<Vec<String>, ContextError> {
         }
     }
     Ok(out)
+}
+
+/// Where the symlink at `rel` pointing to `target` leads, resolved inside the
+/// root: the root is `/`, `..` never leaves it.
+fn scoped_target(rel: &str, target: &Path) -> String {
+    let joined = if target.is_absolute() {
+        target.to_string_lossy().into_owned()
+    } else {
+        let parent = rel.rsplit_once('/').map_or("", |(p, _)| p);
+        format!("{parent}/{}", target.to_string_lossy())
+    };
+    clean_scoped(&joined).join("/")
 }
 
 /// Like [`clean`], but `..` at the root stays at the root.

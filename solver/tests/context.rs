@@ -255,3 +255,33 @@ fn corrupt_cache_file_is_rebuilt() {
     assert_eq!(first, second);
     assert_eq!(read, 5);
 }
+
+#[test]
+fn symlinked_directories_on_the_way_are_followed_inside_the_root() {
+    let ctx = tempfile::tempdir().unwrap();
+    sample(ctx.path());
+    std::os::unix::fs::symlink("src", ctx.path().join("alias")).unwrap();
+    // An absolute link resolves against the context root, not the host.
+    std::os::unix::fs::symlink("/src/lib", ctx.path().join("abs")).unwrap();
+    let c = ContextChecksummer::open(ctx.path(), None).unwrap();
+    let direct = c
+        .checksum(&Selection::paths(["src/main.rs"]), &NoFilter)
+        .unwrap();
+    let via = c
+        .checksum(&Selection::paths(["alias/main.rs"]), &NoFilter)
+        .unwrap();
+    assert_eq!(direct, via);
+    let lib = c
+        .checksum(&Selection::paths(["src/lib/mod.rs"]), &NoFilter)
+        .unwrap();
+    let abs = c
+        .checksum(&Selection::paths(["abs/mod.rs"]), &NoFilter)
+        .unwrap();
+    assert_eq!(lib, abs);
+    // A link loop is an error, not a hang.
+    std::os::unix::fs::symlink("loop", ctx.path().join("loop")).unwrap();
+    let err = c
+        .checksum(&Selection::paths(["loop/x"]), &NoFilter)
+        .unwrap_err();
+    assert!(matches!(err, ContextError::SymlinkLoop { .. }), "{err}");
+}
