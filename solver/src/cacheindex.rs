@@ -167,6 +167,22 @@ impl CacheIndex {
         }
     }
 
+    /// Keep the records `keep` accepts and remove the others, holding the
+    /// writers' lock throughout (`prune`). Returns the removed records.
+    pub fn retain(
+        &self,
+        mut keep: impl FnMut(&CacheRecord) -> bool,
+    ) -> Result<Vec<CacheRecord>, CacheIndexError> {
+        let _guard = self.lock()?;
+        let mut removed = Vec::new();
+        for record in self.entries()? {
+            if !keep(&record) && self.remove_locked(&record.key)? {
+                removed.push(record);
+            }
+        }
+        Ok(removed)
+    }
+
     /// All records, sorted by key. Undecodable records are skipped.
     pub fn entries(&self) -> Result<Vec<CacheRecord>, CacheIndexError> {
         let mut out = Vec::new();

@@ -643,6 +643,17 @@ fn cache_index_persists_and_survives_concurrent_writers() {
         after >= before + 7000,
         "touch marks the entry used: {before} -> {after}"
     );
+    // Prune what one writer wrote.
+    let removed = index
+        .retain(|r| !r.result.as_str().starts_with("snap-3-") || r.key == key(0))
+        .unwrap();
+    assert!(!removed.is_empty());
+    assert!(
+        removed
+            .iter()
+            .all(|r| r.result.as_str().starts_with("snap-3-"))
+    );
+    assert_eq!(index.entries().unwrap().len(), 125 - removed.len());
     assert!(index.remove(&key(0)).unwrap());
     assert!(!index.remove(&key(0)).unwrap());
     assert!(index.get(&key(0)).unwrap().is_none());
