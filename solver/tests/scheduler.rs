@@ -839,3 +839,18 @@ async fn volatile_input_without_checksum_makes_dependents_uncacheable() {
     assert!(r.unwrap().get(after).unwrap().cached);
     assert!(env.fake.executed().is_empty());
 }
+
+#[test]
+fn solver_and_its_future_are_send() {
+    fn assert_send<T: Send>(_: &T) {}
+    fn assert_sync<T: Sync>() {}
+    assert_sync::<Solver>();
+    assert_sync::<BuildGraph>();
+    let env = Env::new();
+    let solver = env.solver(1);
+    let g = BuildGraph::new();
+    let (tx, _rx) = progress::channel();
+    let fut = solver.solve(&g, &[], tx);
+    assert_send(&fut);
+    drop(fut);
+}
