@@ -1,0 +1,173 @@
+//! Cache keys: blake3 of a canonical encoding of an op's definition and of
+//! what each input contributes (its own key, or a content checksum of exactly
+//! the paths the op reads from it).
+//!
+//! What is in the key: the op (every field of [`Op`]), the number and order of
+//! inputs, and per input either its key or its content checksums. What is not:
+//! the vertex description (progress name, Dockerfile location),
+//! `ignore_cache`, secrets' contents (ops only carry a secret's id and
+//! placement), vertex ids.
+
+use std::fmt;
+use std::str::FromStr;
+
+use serde::{Deserialize, Deserializer, Serialize, Serializer};
+
+use crate::graph::VertexId;
+use crate::ops::{Op, Selection, Vertex};
+use crate::scheduler::{ExecError, ResultRef};
+
+/// Domain separation so our keys never collide with other blake3 uses.
+const KEY_CONTEXT: &str = "rbuild solver cache key v1";
+const DEFINITION_CONTEXT: &str = "rbuild solver vertex definition v1";
+
+macro_rules! digest_type {
+    ($(#[$m:meta])* $name:ident) => {
+        $(#[$m])*
+        #[derive(Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+        pub struct $name(pub [u8; 32]);
+
+        impl $name {
+            pub fn as_bytes(&self) -> &[u8; 32] {
+                &self.0
+            }
+            /// Lowercase hex, 64 characters.
+            pub fn to_hex(&self) -> String {
+                blake3::Hash::from_bytes(self.0).to_hex().to_string()
+            }
+        }
+
+        impl From<blake3::Hash> for $name {
+            fn from(h: blake3::Hash) -> Self {
+                Self(*h.as_bytes())
+            }
+        }
+
+        impl fmt::Display for $name {
+            fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str(&self.to_hex())
+            }
+        }
+
+        impl fmt::Debug for $name {
+            fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                write!(f, "{}({})", stringify!($name), self.to_hex())
+            }
+        }
+
+        impl FromStr for $name {
+            type Err = ParseDigestError;
+            fn from_str(s: &str) -> Result<Self, Self::Err> {
+                blake3::Hash::from_hex(s)
+                    .map(Self::from)
+                    .map_err(|_| ParseDigestError(s.to_owned()))
+            }
+        }
+
+        impl Serialize for $name {
+            fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+                s.serialize_str(&self.to_hex())
+            }
+        }
+
+        impl<'de> Deserialize<'de> for $name {
+            fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+                let s = String::deserialize(d)?;
+                s.parse().map_err(serde::de::Error::custom)
+            }
+        }
+    };
+}
+
+digest_type!(
+    /// The cache key of a vertex (32 bytes, shown as hex).
+    CacheKey
+);
+digest_type!(
+    /// A content checksum of selected files (see [`crate::context`]).
+    Checksum
+);
+
+/// A string that is not 64 hex digits.
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+#[error("not a 64-digit hex digest: {0:?}")]
+pub struct ParseDigestError(pub String);
+
+/// What one input contributes to a vertex's key.
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub enum InputKey {
+    /// The input's own cache key.
+    Key(CacheKey),
+    /// Content checksums of what the op reads from the input, one per
+    /// selection, in the order of [`Op::content_selections`]. Replaces the
+    /// input's key: the same files give the same key whatever produced them.
+    Content(Vec<Checksum>),
+}
+
+/// The hook the executor implements so keys can depend on file content.
+pub trait ContentChecksum: Send + Sync {
+    /// A checksum of exactly the paths `selection` picks in `result`, the
+    /// result of `input` (tar-header fields without mtime, then content; see
+    /// [`crate::context::ContextChecksummer`]).
+    ///
+    /// `Ok(None)` means "not computed": the input's own key is used instead.
+    /// For a volatile input ([`Op::is_volatile`]) `None` makes its dependent
+    /// uncacheable.
+    ///
+    /// Called from a blocking thread; may take long.
+    fn content_checksum(
+        &self,
+        input: &Vertex,
+        result: &ResultRef,
+        selection: &Selection,
+    ) -> Result<Option<Checksum>, ExecError>;
+}
+
+fn canonical_op(op: &Op) -> Vec<u8> {
+    // Structs and enums only (no maps, no floats): serde_json's output is
+    // deterministic, in declaration order.
+    serde_json::to_vec(op).expect("ops serialise to JSON")
+}
+
+fn put_len(h: &mut blake3::Hasher, n: usize) {
+    h.update(&(n as u64).to_le_bytes());
+}
+
+/// The cache key of a vertex whose op is `op` and whose inputs contribute
+/// `inputs` (one per [`Vertex::inputs`] entry, in order).
+pub fn cache_key(op: &Op, inputs: &[InputKey]) -> CacheKey {
+    let mut h = blake3::Hasher::new_derive_key(KEY_CONTEXT);
+    let def = canonical_op(op);
+    put_len(&mut h, def.len());
+    h.update(&def);
+    put_len(&mut h, inputs.len());
+    for input in inputs {
+        match input {
+            InputKey::Key(k) => {
+                h.update(&[0]);
+                h.update(k.as_bytes());
+            }
+            InputKey::Content(sums) => {
+                h.update(&[1]);
+                put_len(&mut h, sums.len());
+                for s in sums {
+                    h.update(s.as_bytes());
+                }
+            }
+        }
+    }
+    h.finalize().into()
+}
+
+/// Identity of a vertex inside one graph (op + input vertex ids), for dedup.
+pub fn definition_digest(op: &Op, inputs: &[VertexId]) -> [u8; 32] {
+    let mut h = blake3::Hasher::new_derive_key(DEFINITION_CONTEXT);
+    let def = canonical_op(op);
+    put_len(&mut h, def.len());
+    h.update(&def);
+    put_len(&mut h, inputs.len());
+    for i in inputs {
+        h.update(&i.0.to_le_bytes());
+    }
+    *h.finalize().as_bytes()
+}

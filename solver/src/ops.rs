@@ -1,0 +1,549 @@
+//! The op vocabulary the frontend emits, modelled on `BuildKit`'s LLB
+//! (`solver/pb/ops.proto`).
+//!
+//! Everything here is plain data. The only behaviour is what the cache key
+//! needs: [`Op::content_selections`] says which inputs are read by content
+//! (so their key contribution is a checksum of exactly the selected files), and
+//! [`Op::is_volatile`] says which ops must never be answered from the cache.
+//!
+//! Inputs are referred to by [`InputIndex`]: a position in [`Vertex::inputs`],
+//! as LLB does with `Input` indexes.
+
+use serde::{Deserialize, Serialize};
+
+use crate::graph::VertexId;
+
+/// A position in [`Vertex::inputs`].
+pub type InputIndex = usize;
+
+/// One node of the build graph: an op, the vertices it reads, and what the
+/// progress display shows for it.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Vertex {
+    pub op: Op,
+    /// The vertices this op reads; ops refer to them by position.
+    pub inputs: Vec<VertexId>,
+    /// Progress name and Dockerfile location; not part of any key.
+    pub description: Description,
+    /// Never answer this vertex from the cache (`--no-cache-filter STAGE`).
+    /// Not part of the cache key.
+    pub ignore_cache: bool,
+}
+
+impl Vertex {
+    /// A vertex with the given op and inputs, no location and caching allowed.
+    pub fn new(op: impl Into<Op>, inputs: Vec<VertexId>, name: impl Into<String>) -> Self {
+        Self {
+            op: op.into(),
+            inputs,
+            description: Description {
+                name: name.into(),
+                location: None,
+            },
+            ignore_cache: false,
+        }
+    }
+}
+
+/// What the progress display shows for a vertex.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Description {
+    /// E.g. `[stage-1 3/7] RUN make`.
+    pub name: String,
+    /// Where the instruction is in the Dockerfile.
+    pub location: Option<SourceLocation>,
+}
+
+/// A range of lines in a Dockerfile (1-based, inclusive).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SourceLocation {
+    pub file: String,
+    pub start_line: u32,
+    pub end_line: u32,
+}
+
+/// An operation.
+#[derive(Clone, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(tag = "type", rename_all = "snake_case")]
+pub enum Op {
+    Source(SourceOp),
+    Exec(ExecOp),
+    File(FileOp),
+    Merge(MergeOp),
+}
+
+impl From<SourceOp> for Op {
+    fn from(op: SourceOp) -> Self {
+        Op::Source(op)
+    }
+}
+impl From<ExecOp> for Op {
+    fn from(op: ExecOp) -> Self {
+        Op::Exec(op)
+    }
+}
+impl From<FileOp> for Op {
+    fn from(op: FileOp) -> Self {
+        Op::File(op)
+    }
+}
+impl From<MergeOp> for Op {
+    fn from(op: MergeOp) -> Self {
+        Op::Merge(op)
+    }
+}
+
+// ---------------------------------------------------------------- sources
+
+/// A vertex with no inputs that brings content in.
+#[derive(Clone, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(tag = "source", rename_all = "snake_case")]
+pub enum SourceOp {
+    /// A base image (`FROM`, `COPY --from=image`).
+    Image {
+        /// As written, normalised by the frontend (`docker.io/library/alpine:3.20`).
+        reference: String,
+        /// `sha256:...` of the manifest when the frontend resolved it. With it
+        /// the key pins the content; without it the key is the reference.
+        resolved_digest: Option<String>,
+        /// `os/arch[/variant]`, when not the host's.
+        platform: Option<String>,
+    },
+    /// The local build context (or a named context).
+    Context {
+        /// `context` for the main build context.
+        name: String,
+        /// Only these paths are needed (followpaths / include patterns).
+        include_patterns: Vec<String>,
+        /// `.dockerignore` patterns, in order.
+        exclude_patterns: Vec<String>,
+        /// Paths whose symlinks must be followed when read.
+        follow_paths: Vec<String>,
+    },
+    /// `ADD https://...`.
+    Http {
+        url: String,
+        /// `--checksum=sha256:...`; when present the download is cacheable by
+        /// definition.
+        checksum: Option<String>,
+        /// Name of the downloaded file inside the result.
+        filename: Option<String>,
+        /// Mode of the downloaded file.
+        chmod: Option<u32>,
+    },
+    /// An empty filesystem (`FROM scratch`).
+    Scratch,
+}
+
+// ---------------------------------------------------------------- exec
+
+/// `RUN`: a process over a root filesystem and mounts.
+#[derive(Clone, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub struct ExecOp {
+    /// argv, already expanded by the frontend (shell form is `[sh, -c, cmd]`).
+    pub args: Vec<String>,
+    /// `KEY=value`, in order.
+    pub env: Vec<String>,
+    /// Absolute working directory.
+    pub cwd: String,
+    /// `user[:group]`, names or ids; empty for root.
+    pub user: String,
+    /// The input that is the root filesystem; its result plus the process's
+    /// changes is the op's result.
+    pub rootfs: InputIndex,
+    pub mounts: Vec<Mount>,
+    pub network: NetworkMode,
+    pub security: SecurityMode,
+    /// `hostname` seen by the process, when not the default.
+    pub hostname: Option<String>,
+    /// `--add-host` entries `(name, ip)`.
+    pub extra_hosts: Vec<(String, String)>,
+}
+
+impl ExecOp {
+    /// A RUN with default settings (root, `/`, sandboxed network).
+    pub fn new(args: Vec<String>, rootfs: InputIndex) -> Self {
+        Self {
+            args,
+            env: Vec::new(),
+            cwd: "/".to_owned(),
+            user: String::new(),
+            rootfs,
+            mounts: Vec::new(),
+            network: NetworkMode::Sandbox,
+            security: SecurityMode::Sandbox,
+            hostname: None,
+            extra_hosts: Vec::new(),
+        }
+    }
+}
+
+/// `RUN --network`.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum NetworkMode {
+    /// The default: whatever the sandbox provides (`BuildKit` `default`).
+    #[default]
+    Sandbox,
+    Host,
+    None,
+}
+
+/// `RUN --security`.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum SecurityMode {
+    #[default]
+    Sandbox,
+    Insecure,
+}
+
+/// One `RUN --mount`.
+#[derive(Clone, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub struct Mount {
+    /// Absolute path inside the container.
+    pub target: String,
+    pub kind: MountKind,
+}
+
+/// The kinds of `RUN --mount`.
+#[derive(Clone, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(tag = "type", rename_all = "snake_case")]
+pub enum MountKind {
+    /// `type=bind,from=...,source=...`.
+    Bind {
+        input: InputIndex,
+        /// Path inside the input (`source=`); empty or `/` for all of it.
+        selector: String,
+        readonly: bool,
+    },
+    /// `type=cache`: a persistent directory shared between builds.
+    Cache {
+        id: String,
+        sharing: CacheSharing,
+        /// Seed content (`from=`, `source=`).
+        from: Option<(InputIndex, String)>,
+        readonly: bool,
+        uid: u32,
+        gid: u32,
+        mode: u32,
+    },
+    /// `type=tmpfs`.
+    Tmpfs {
+        /// Bytes; `None` is the kernel's default.
+        size: Option<u64>,
+    },
+    /// `type=secret`. The secret's content is never part of any key; only
+    /// its id and placement are.
+    Secret {
+        id: String,
+        required: bool,
+        mode: u32,
+        uid: u32,
+        gid: u32,
+    },
+    /// `type=ssh`: an agent socket.
+    Ssh {
+        id: String,
+        required: bool,
+        mode: u32,
+        uid: u32,
+        gid: u32,
+    },
+}
+
+/// `RUN --mount=type=cache,sharing=...`.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum CacheSharing {
+    #[default]
+    Shared,
+    Private,
+    Locked,
+}
+
+// ---------------------------------------------------------------- file
+
+/// `COPY`, `ADD`, `WORKDIR` creation, heredoc files: actions applied in order
+/// on a base.
+#[derive(Clone, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub struct FileOp {
+    /// The input the actions apply to; `None` starts from an empty tree
+    /// (`COPY --link`).
+    pub base: Option<InputIndex>,
+    pub actions: Vec<FileAction>,
+}
+
+/// One action of a [`FileOp`].
+#[derive(Clone, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(tag = "action", rename_all = "snake_case")]
+pub enum FileAction {
+    Copy(Copy),
+    Mkdir(Mkdir),
+    Mkfile(Mkfile),
+    Rm(Rm),
+}
+
+/// Copy paths from an input into the base.
+#[allow(clippy::struct_excessive_bools)] // mirrors LLB's FileActionCopy flags
+#[derive(Clone, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub struct Copy {
+    /// Where the sources are read from.
+    pub src_input: InputIndex,
+    /// Paths or globs (Go `filepath.Match` rules) inside the source input.
+    pub src_paths: Vec<String>,
+    /// Destination path (absolute; a trailing `/` means "into this directory").
+    pub dest: String,
+    /// Follow a symlink given as a source path.
+    pub follow_symlinks: bool,
+    /// Copy a directory's contents, not the directory itself.
+    pub dir_contents_only: bool,
+    /// Create missing parents of `dest`.
+    pub create_dest_path: bool,
+    /// Source paths may hold wildcards.
+    pub allow_wildcard: bool,
+    /// A wildcard that matches nothing is not an error.
+    pub allow_empty_wildcard: bool,
+    /// `--chown`.
+    pub owner: Option<Chown>,
+    /// `--chmod`.
+    pub mode: Option<Chmod>,
+    /// Only copy paths matching these (`--include`-like filters).
+    pub include_patterns: Vec<String>,
+    /// `--exclude` patterns.
+    pub exclude_patterns: Vec<String>,
+    /// `ADD`: unpack local tar archives (`BuildKit`'s
+    /// `attemptUnpackDockerCompatibility`).
+    pub attempt_unpack: bool,
+    /// `COPY --parents`: keep the source's parent directories.
+    pub parents: bool,
+    /// Clamp the mtime of copied files (`SOURCE_DATE_EPOCH`), seconds.
+    pub timestamp: Option<i64>,
+}
+
+impl Copy {
+    /// A plain `COPY src... dest` with Dockerfile defaults.
+    pub fn new(src_input: InputIndex, src_paths: Vec<String>, dest: impl Into<String>) -> Self {
+        Self {
+            src_input,
+            src_paths,
+            dest: dest.into(),
+            follow_symlinks: true,
+            dir_contents_only: true,
+            create_dest_path: true,
+            allow_wildcard: true,
+            allow_empty_wildcard: true,
+            owner: None,
+            mode: None,
+            include_patterns: Vec::new(),
+            exclude_patterns: Vec::new(),
+            attempt_unpack: false,
+            parents: false,
+            timestamp: None,
+        }
+    }
+}
+
+/// `--chown=user[:group]`.
+#[derive(Clone, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub struct Chown {
+    pub user: UserRef,
+    pub group: Option<UserRef>,
+}
+
+/// A user or group, by number or by a name to look up in the base's
+/// `/etc/passwd` / `/etc/group`.
+#[derive(Clone, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum UserRef {
+    Id(u32),
+    Name(String),
+}
+
+/// `--chmod`: octal (`0755`) or symbolic (`u+x,g-w`).
+#[derive(Clone, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Chmod {
+    Octal(u32),
+    Symbolic(String),
+}
+
+/// Create a directory.
+#[derive(Clone, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub struct Mkdir {
+    pub path: String,
+    pub mode: u32,
+    pub make_parents: bool,
+    pub owner: Option<Chown>,
+    pub timestamp: Option<i64>,
+}
+
+/// Create a file with the given content (heredocs).
+#[derive(Clone, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub struct Mkfile {
+    pub path: String,
+    pub data: Vec<u8>,
+    pub mode: u32,
+    pub owner: Option<Chown>,
+    pub timestamp: Option<i64>,
+}
+
+/// Remove a path.
+#[derive(Clone, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub struct Rm {
+    pub path: String,
+    pub allow_not_found: bool,
+    pub allow_wildcard: bool,
+}
+
+// ---------------------------------------------------------------- merge
+
+/// Stack inputs' filesystems in order, later over earlier (`COPY --link`).
+#[derive(Clone, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub struct MergeOp {
+    pub inputs: Vec<InputIndex>,
+}
+
+// ---------------------------------------------------------------- key rules
+
+/// Which part of an input an op reads by content: the cache key uses a
+/// checksum of exactly these paths instead of the input's own key (`BuildKit`'s
+/// content-based cache keys).
+#[derive(Clone, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub struct Selection {
+    /// Paths or globs (Go `filepath.Match`, per path component), relative to
+    /// the input's root. `.` or `/` selects everything.
+    pub paths: Vec<String>,
+    /// Glob characters in `paths` are patterns (otherwise literal).
+    pub allow_wildcard: bool,
+    /// A pattern matching nothing is not an error.
+    pub allow_empty_wildcard: bool,
+    /// Follow a symlink that a selected path names.
+    pub follow_symlinks: bool,
+    /// Extra include filters (from the op), empty for all.
+    pub include_patterns: Vec<String>,
+    /// Extra exclude filters (from the op).
+    pub exclude_patterns: Vec<String>,
+}
+
+impl Selection {
+    /// Everything in the input.
+    pub fn all() -> Self {
+        Self {
+            paths: vec![".".to_owned()],
+            allow_wildcard: false,
+            allow_empty_wildcard: false,
+            follow_symlinks: false,
+            include_patterns: Vec::new(),
+            exclude_patterns: Vec::new(),
+        }
+    }
+
+    /// Literal paths, no wildcards.
+    pub fn paths<S: Into<String>>(paths: impl IntoIterator<Item = S>) -> Self {
+        Self {
+            paths: paths.into_iter().map(Into::into).collect(),
+            ..Self::all()
+        }
+    }
+}
+
+impl Op {
+    /// The inputs this op reads by content, with what it reads. An input may
+    /// appear several times (two COPYs from the context in one `FileOp`).
+    ///
+    /// - every `Copy` action's source input, with its source paths;
+    /// - read-only bind mounts, with their selector.
+    pub fn content_selections(&self) -> Vec<(InputIndex, Selection)> {
+        match self {
+            Op::File(f) => f
+                .actions
+                .iter()
+                .filter_map(|a| match a {
+                    FileAction::Copy(c) => Some((
+                        c.src_input,
+                        Selection {
+                            paths: c.src_paths.clone(),
+                            allow_wildcard: c.allow_wildcard,
+                            allow_empty_wildcard: c.allow_empty_wildcard,
+                            follow_symlinks: c.follow_symlinks,
+                            include_patterns: c.include_patterns.clone(),
+                            exclude_patterns: c.exclude_patterns.clone(),
+                        },
+                    )),
+                    _ => None,
+                })
+                .collect(),
+            Op::Exec(e) => e
+                .mounts
+                .iter()
+                .filter_map(|m| match &m.kind {
+                    MountKind::Bind {
+                        input,
+                        selector,
+                        readonly: true,
+                    } => {
+                        let path = if selector.is_empty() {
+                            ".".to_owned()
+                        } else {
+                            selector.clone()
+                        };
+                        Some((
+                            *input,
+                            Selection {
+                                paths: vec![path],
+                                ..Selection::all()
+                            },
+                        ))
+                    }
+                    _ => None,
+                })
+                .collect(),
+            Op::Source(_) | Op::Merge(_) => Vec::new(),
+        }
+    }
+
+    /// Ops whose result may change while their definition does not: they are
+    /// never looked up in or recorded to the cache, and run every solve. Their
+    /// dependents key on a content checksum of what they read instead.
+    ///
+    /// - a build context (the files on disk are the truth);
+    /// - an HTTP download without `--checksum`.
+    pub fn is_volatile(&self) -> bool {
+        matches!(
+            self,
+            Op::Source(SourceOp::Context { .. } | SourceOp::Http { checksum: None, .. })
+        )
+    }
+
+    /// Highest input index the op refers to, for validation.
+    pub fn max_input_index(&self) -> Option<InputIndex> {
+        let mut all: Vec<InputIndex> = Vec::new();
+        match self {
+            Op::Source(_) => {}
+            Op::Exec(e) => {
+                all.push(e.rootfs);
+                for m in &e.mounts {
+                    if let MountKind::Bind { input, .. }
+                    | MountKind::Cache {
+                        from: Some((input, _)),
+                        ..
+                    } = &m.kind
+                    {
+                        all.push(*input);
+                    }
+                }
+            }
+            Op::File(f) => {
+                all.extend(f.base);
+                for a in &f.actions {
+                    if let FileAction::Copy(c) = a {
+                        all.push(c.src_input);
+                    }
+                }
+            }
+            Op::Merge(m) => all.extend(m.inputs.iter().copied()),
+        }
+        all.into_iter().max()
+    }
+}
