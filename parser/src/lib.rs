@@ -4,3 +4,6 @@
 //! diagnostics out.
 
 pub mod shell;
+mod error;
+mod grammar;
+mod span;
