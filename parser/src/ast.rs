@@ -118,11 +118,18 @@ impl Node {
 impl Ast {
     /// BuildKit's AST dump: one `(instruction ...)` line per instruction.
     pub fn dump(&self) -> String {
-        self.nodes
-            .iter()
-            .map(|n| format!("({})\n", n.dump()))
-            .collect()
+        dump_nodes(self.nodes.iter())
     }
+}
+
+pub(crate) fn dump_nodes<'a>(nodes: impl Iterator<Item = &'a Node>) -> String {
+    let mut out = String::new();
+    for n in nodes {
+        out.push('(');
+        out.push_str(&n.dump());
+        out.push_str(")\n");
+    }
+    out
 }
 
 /// A logical line: physical lines joined, with a map back to the source.
@@ -241,11 +248,7 @@ impl Builder<'_> {
 
     fn logical_span(&self, logical: &Logical, start: usize, end: usize) -> Span {
         let s = logical.map(start);
-        let e = if end > start {
-            logical.map_end(end)
-        } else {
-            s
-        };
+        let e = if end > start { logical.map_end(end) } else { s };
         self.span(s, e.min(self.src.len()))
     }
 
@@ -316,7 +319,9 @@ impl Builder<'_> {
             }
             "arg" => node.args = grammar::parse_words(rest, self.esc),
             "env" | "label" => {
-                node.args = self.name_val(rest, &node.keyword.to_uppercase()).map_err(err)?;
+                node.args = self
+                    .name_val(rest, &node.keyword.to_uppercase())
+                    .map_err(err)?;
             }
             "expose" | "from" => node.args = whitespace_split(rest),
             "healthcheck" => {
@@ -329,15 +334,11 @@ impl Builder<'_> {
                     node.json = json;
                 }
             }
-            "maintainer" | "stopsignal" | "user" | "workdir" => {
-                if !rest.is_empty() {
-                    node.args = vec![rest.to_string()];
-                }
+            "maintainer" | "stopsignal" | "user" | "workdir" if !rest.is_empty() => {
+                node.args = vec![rest.to_string()];
             }
-            "onbuild" => {
-                if !rest.is_empty() {
-                    node.child = Some(Box::new(self.node(logical, rest_off, rest)?));
-                }
+            "onbuild" if !rest.is_empty() => {
+                node.child = Some(Box::new(self.node(logical, rest_off, rest)?));
             }
             _ => {}
         }
@@ -520,12 +521,16 @@ pub fn parse_ast(src: &str) -> Result<Ast, ParseError> {
                 if !terminated {
                     let at = logical.text.find(word.as_str()).unwrap_or(0);
                     let span = b.logical_span(&logical, at, at + word.len());
-                    return Err(ParseError::new(span, "unterminated heredoc").with_help(
-                        format!(
+                    return Err(
+                        ParseError::new(span, "unterminated heredoc").with_help(format!(
                             "end the heredoc with a line containing only `{name}`{}",
-                            if marker.chomp { " (leading tabs allowed)" } else { "" }
-                        ),
-                    ));
+                            if marker.chomp {
+                                " (leading tabs allowed)"
+                            } else {
+                                ""
+                            }
+                        )),
+                    );
                 }
                 if marker.chomp {
                     content = chomp_tabs(&content);
@@ -546,8 +551,10 @@ pub fn parse_ast(src: &str) -> Result<Ast, ParseError> {
     }
     if nodes.is_empty() {
         let end = src.len();
-        return Err(ParseError::new(b.span(end, end), "file with no instructions")
-            .with_help("a Dockerfile needs at least one instruction, usually `FROM <image>`"));
+        return Err(
+            ParseError::new(b.span(end, end), "file with no instructions")
+                .with_help("a Dockerfile needs at least one instruction, usually `FROM <image>`"),
+        );
     }
     Ok(Ast {
         directives: directives.directives,

@@ -85,15 +85,12 @@ fn split_parser<'a>() -> impl Parser<'a, &'a str, Split<'a>, Extra<'a>> {
         .repeated()
         .collect::<Vec<_>>();
     let terminator = flag.filter(|w| w.text == "--").or_not();
-    let rest = uspace.repeated().ignore_then(
-        any()
-            .repeated()
-            .to_slice()
-            .map_with(|s: &str, e| {
-                let span: SimpleSpan = e.span();
-                (s, span.start)
-            }),
-    );
+    let rest = uspace
+        .repeated()
+        .ignore_then(any().repeated().to_slice().map_with(|s: &str, e| {
+            let span: SimpleSpan = e.span();
+            (s, span.start)
+        }));
     keyword
         .then(
             any()
@@ -138,7 +135,7 @@ enum JsonChar {
     Unit(u32),
 }
 
-fn decode_json_string(parts: Vec<JsonChar>) -> String {
+fn decode_json_string(parts: &[JsonChar]) -> String {
     let mut out = String::new();
     let mut i = 0;
     while i < parts.len() {
@@ -191,7 +188,7 @@ fn json_parser<'a>() -> impl Parser<'a, &'a str, Json, Extra<'a>> {
         let string = just('"')
             .ignore_then(choice((escape, plain)).repeated().collect::<Vec<_>>())
             .then_ignore(just('"'))
-            .map(decode_json_string);
+            .map(|parts| decode_json_string(&parts));
         let digits = one_of("0123456789").repeated();
         let number = just('-')
             .or_not()
@@ -210,16 +207,11 @@ fn json_parser<'a>() -> impl Parser<'a, &'a str, Json, Extra<'a>> {
             .ignored();
         let array = just('[')
             .ignore_then(ws)
-            .ignore_then(
-                value
-                    .clone()
-                    .separated_by(just(','))
-                    .collect::<Vec<Json>>(),
-            )
+            .ignore_then(value.clone().separated_by(just(',')).collect::<Vec<Json>>())
             .then_ignore(ws)
             .then_ignore(just(']'));
         let member = ws
-            .ignore_then(string.clone())
+            .ignore_then(string)
             .then_ignore(ws)
             .then_ignore(just(':'))
             .then_ignore(value.clone());
@@ -321,7 +313,7 @@ fn words_parser<'a>(esc: char) -> impl Parser<'a, &'a str, Vec<String>, Extra<'a
         .ignore_then(
             choice((
                 esc_end.clone(),
-                esc_pair.clone(),
+                esc_pair,
                 none_of('"').map(String::from),
             ))
             .repeated()
@@ -346,7 +338,11 @@ fn words_parser<'a>(esc: char) -> impl Parser<'a, &'a str, Vec<String>, Extra<'a
         .map(|parts| parts.concat());
     space
         .repeated()
-        .ignore_then(word.then_ignore(space.repeated()).repeated().collect::<Vec<_>>())
+        .ignore_then(
+            word.then_ignore(space.repeated())
+                .repeated()
+                .collect::<Vec<_>>(),
+        )
         .then_ignore(end())
         .map(|words| words.into_iter().filter(|w| !w.is_empty()).collect())
 }
@@ -374,11 +370,13 @@ pub(crate) fn heredoc_marker(word: &str) -> Option<HeredocMarker<'_>> {
         .then(just('-').or_not().map(|c| c.is_some()))
         .then(none_of('<').repeated().to_slice())
         .then_ignore(end())
-        .map(|((digits, chomp), word): ((&str, bool), &str)| HeredocMarker {
-            fd: digits.parse().ok(),
-            chomp,
-            word,
-        });
+        .map(
+            |((digits, chomp), word): ((&str, bool), &str)| HeredocMarker {
+                fd: digits.parse().ok(),
+                chomp,
+                word,
+            },
+        );
     let m = parser.parse(word).into_result().ok()?;
     (!m.word.is_empty()).then_some(m)
 }
@@ -389,15 +387,24 @@ pub(crate) fn heredoc_marker(word: &str) -> Option<HeredocMarker<'_>> {
 pub(crate) fn raw_shell_words(line: &str) -> Option<Vec<String>> {
     let space = any::<&str, Extra<'_>>().filter(|c: &char| c.is_whitespace());
     let esc = just('\\').then(any().or_not()).to_slice();
-    let single = just('\'').then(none_of('\'').repeated()).then(just('\'')).to_slice();
+    let single = just('\'')
+        .then(none_of('\'').repeated())
+        .then(just('\''))
+        .to_slice();
     let double = just('"')
         .then(
-            choice((just('\\').then(any()).to_slice(), none_of("\"\\").to_slice()))
-                .repeated(),
+            choice((
+                just('\\').then(any()).to_slice(),
+                none_of("\"\\").to_slice(),
+            ))
+            .repeated(),
         )
         .then(just('"'))
         .to_slice();
-    let brace = just("${").then(none_of('}').repeated()).then(just('}')).to_slice();
+    let brace = just("${")
+        .then(none_of('}').repeated())
+        .then(just('}'))
+        .to_slice();
     let plain = any()
         .filter(|c: &char| !c.is_whitespace() && !matches!(c, '\\' | '\'' | '"'))
         .to_slice();
@@ -408,7 +415,11 @@ pub(crate) fn raw_shell_words(line: &str) -> Option<Vec<String>> {
         .map(ToString::to_string);
     space
         .repeated()
-        .ignore_then(word.then_ignore(space.repeated()).repeated().collect::<Vec<_>>())
+        .ignore_then(
+            word.then_ignore(space.repeated())
+                .repeated()
+                .collect::<Vec<_>>(),
+        )
         .then_ignore(end())
         .parse(line)
         .into_result()
@@ -546,7 +557,10 @@ mod tests {
         let flags: Vec<_> = s.flags.iter().map(|f| f.text.as_str()).collect();
         assert_eq!(flags, ["--from=a", "--chown=x y"]);
         assert_eq!(s.rest, "foo /tmp/");
-        assert_eq!(&"COPY --from=a --chown=\"x y\" -- foo /tmp/"[s.rest_start..], "foo /tmp/");
+        assert_eq!(
+            &"COPY --from=a --chown=\"x y\" -- foo /tmp/"[s.rest_start..],
+            "foo /tmp/"
+        );
     }
 
     #[test]
@@ -564,7 +578,10 @@ mod tests {
         );
         assert_eq!(parse_json_array("[]"), JsonForm::Strings(vec![]));
         assert_eq!(parse_json_array("['a']"), JsonForm::NotJson);
-        assert_eq!(parse_json_array(r#"["a", ["b"]]"#), JsonForm::NotStringArray);
+        assert_eq!(
+            parse_json_array(r#"["a", ["b"]]"#),
+            JsonForm::NotStringArray
+        );
         assert_eq!(parse_json_array(r#"["a", 1]"#), JsonForm::NotStringArray);
         assert_eq!(parse_json_array(r#"["a",]"#), JsonForm::NotJson);
         assert_eq!(

@@ -59,12 +59,4 @@ impl<'a> LineIndex<'a> {
             end_column,
         }
     }
-
-    /// Byte offset where the 1-based `line` starts.
-    pub(crate) fn line_start(&self, line: usize) -> usize {
-        self.starts
-            .get(line.saturating_sub(1))
-            .copied()
-            .unwrap_or(self.src.len())
-    }
 }

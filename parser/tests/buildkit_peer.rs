@@ -52,7 +52,11 @@ fn testfiles_dump_like_buildkit() {
         cases.len() - failures.len(),
         cases.len()
     );
-    assert!(cases.len() >= 33, "expected 33 cases, found {}", cases.len());
+    assert!(
+        cases.len() >= 33,
+        "expected 33 cases, found {}",
+        cases.len()
+    );
     assert!(failures.is_empty(), "{}", failures.join("\n"));
 }
 
@@ -63,7 +67,7 @@ fn negative_testfiles_are_rejected() {
     let mut accepted = Vec::new();
     for case in &cases {
         let src = std::fs::read_to_string(case.join("Dockerfile")).unwrap();
-        if let Ok(df) = rbuild_parser::parse_ast(&src) {
+        if let Ok(df) = rbuild_parser::parse(&src) {
             accepted.push(format!("{}: {df:?}", case.display()));
         }
     }
