@@ -319,9 +319,12 @@ impl Builder<'_> {
             }
             "arg" => node.args = grammar::parse_words(rest, self.esc),
             "env" | "label" => {
-                node.args = self
-                    .name_val(rest, &node.keyword.to_uppercase())
-                    .map_err(err)?;
+                let name = node.keyword.to_uppercase();
+                node.args = self.name_val(rest, &name).map_err(|m| {
+                    err(m).with_help(format!(
+                        "give a value: {name} <key>=<value> ... (or the legacy {name} <key> <value>)"
+                    ))
+                })?;
             }
             "expose" | "from" => node.args = whitespace_split(rest),
             "healthcheck" => {

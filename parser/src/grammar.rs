@@ -311,13 +311,9 @@ fn words_parser<'a>(esc: char) -> impl Parser<'a, &'a str, Vec<String>, Extra<'a
         .map(ToString::to_string);
     let double = just('"')
         .ignore_then(
-            choice((
-                esc_end.clone(),
-                esc_pair,
-                none_of('"').map(String::from),
-            ))
-            .repeated()
-            .collect::<Vec<String>>(),
+            choice((esc_end.clone(), esc_pair, none_of('"').map(String::from)))
+                .repeated()
+                .collect::<Vec<String>>(),
         )
         .then(just('"').or_not())
         .map(|(inner, close)| {

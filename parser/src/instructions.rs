@@ -514,7 +514,8 @@ fn command_of(node: &Node) -> Command {
 
 fn pairs_of(node: &Node) -> Result<(Vec<KeyValue>, bool), ParseError> {
     if node.args.is_empty() {
-        return Err(at_least_one(node));
+        let name = node.keyword.to_uppercase();
+        return Err(at_least_one(node).with_help(format!("{name} <key>=<value> ...")));
     }
     let mut pairs = Vec::new();
     let mut legacy = false;
