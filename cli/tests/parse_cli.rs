@@ -251,7 +251,7 @@ fn heredocs_are_attached() {
     assert_eq!(h(2)[0]["chomp"], true);
     assert_eq!(
         h(2)[0]["content"],
-        "set -e\necho \"tabs are stripped: $HOME\"\n"
+        "\tset -e\n\techo \"tabs are stripped: $HOME\"\n"
     );
     assert_eq!(h(3)[0]["expand"], false);
     assert_eq!(h(4).as_array().unwrap().len(), 2);
@@ -259,7 +259,7 @@ fn heredocs_are_attached() {
     assert_eq!(h(4)[1]["expand"], false);
     assert_eq!(ins[5]["kind"]["dest"], "/etc/motd");
     assert_eq!(ins[5]["kind"]["sources"], serde_json::json!([]));
-    assert_eq!(h(6)[0]["content"], "#!/bin/sh\necho hello\n");
+    assert_eq!(h(6)[0]["content"], "\t#!/bin/sh\n\techo hello\n");
     assert_eq!(ins[7]["kind"]["instruction"], "add");
 }
 

@@ -41,12 +41,25 @@ pub struct Heredoc {
     pub fd: Option<u32>,
     /// False when any part of the delimiter was quoted: no `$VAR` expansion.
     pub expand: bool,
-    /// `<<-`: leading tabs were stripped from every line of `content`.
+    /// `<<-`: leading tabs are to be stripped from every line (see [`Heredoc::body`]).
     pub chomp: bool,
-    /// The body, every line with its newline, without the terminator line.
+    /// The body as written, every line with its newline, without the
+    /// terminator line (tabs not yet stripped, like BuildKit's parser).
     pub content: String,
     /// The body and terminator lines.
     pub span: Span,
+}
+
+impl Heredoc {
+    /// The body as the build uses it: `content`, with leading tabs removed
+    /// from every line when `chomp` (`<<-`).
+    pub fn body(&self) -> String {
+        if self.chomp {
+            chomp_tabs(&self.content)
+        } else {
+            self.content.clone()
+        }
+    }
 }
 
 /// Something accepted but discouraged.
@@ -420,7 +433,7 @@ fn can_contain_heredoc(node: &Node) -> bool {
 }
 
 /// Removes leading tabs from every line (`<<-`).
-pub(crate) fn chomp_tabs(content: &str) -> String {
+fn chomp_tabs(content: &str) -> String {
     content
         .split_inclusive('\n')
         .map(|l| l.trim_start_matches('\t'))
@@ -534,9 +547,6 @@ pub fn parse_ast(src: &str) -> Result<Ast, ParseError> {
                             }
                         )),
                     );
-                }
-                if marker.chomp {
-                    content = chomp_tabs(&content);
                 }
                 node.heredocs.push(Heredoc {
                     name,

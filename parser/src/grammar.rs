@@ -350,7 +350,7 @@ pub(crate) fn parse_words(rest: &str, esc: char) -> Vec<String> {
         .unwrap_or_default()
 }
 
-/// A `[n]<<[-]WORD` heredoc marker (BuildKit's `^(\d*)<<(-?)([^<]*)$`).
+/// A `[n]<<[-]WORD` heredoc marker (BuildKit's `^(\d*)<<(-?)\s*([^<]*)$`).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(crate) struct HeredocMarker<'a> {
     pub fd: Option<u32>,
@@ -364,6 +364,7 @@ pub(crate) fn heredoc_marker(word: &str) -> Option<HeredocMarker<'_>> {
         .to_slice()
         .then_ignore(just("<<"))
         .then(just('-').or_not().map(|c| c.is_some()))
+        .then_ignore(one_of(" \t\n\u{c}\r").repeated())
         .then(none_of('<').repeated().to_slice())
         .then_ignore(end())
         .map(
@@ -404,7 +405,11 @@ pub(crate) fn raw_shell_words(line: &str) -> Option<Vec<String>> {
     let plain = any()
         .filter(|c: &char| !c.is_whitespace() && !matches!(c, '\\' | '\'' | '"'))
         .to_slice();
-    let word = choice((brace, esc, single, double, plain))
+    // BuildKit's lexer keeps whitespace after `<<` in the word (`<<  EOF`).
+    let heredoc = just("<<")
+        .then(one_of(" \t\n\r\u{b}\u{c}").repeated())
+        .to_slice();
+    let word = choice((heredoc, brace, esc, single, double, plain))
         .repeated()
         .at_least(1)
         .to_slice()
@@ -604,6 +609,13 @@ mod tests {
         assert_eq!(heredoc_name("'EOF'"), Some(("EOF".into(), false)));
         assert_eq!(heredoc_name("E\"O\"F"), Some(("EOF".into(), false)));
         assert_eq!(heredoc_name("EOF"), Some(("EOF".into(), true)));
+        assert_eq!(heredoc_marker("<<  EOF").unwrap().word, "EOF");
+        let m = heredoc_marker("<< -EOF").unwrap();
+        assert_eq!((m.chomp, m.word), (false, "-EOF"));
+        assert_eq!(
+            raw_shell_words("RUN <<  EOF  > foo 3<<'a b'").unwrap(),
+            ["RUN", "<<  EOF", ">", "foo", "3<<'a b'"]
+        );
     }
 
     #[test]
