@@ -440,6 +440,9 @@ fn chomp_tabs(content: &str) -> String {
         .collect()
 }
 
+/// The longest physical line BuildKit's line scanner accepts.
+const MAX_LINE: usize = 65535;
+
 /// Parses `src` at BuildKit's parser level (see the module docs).
 pub fn parse_ast(src: &str) -> Result<Ast, ParseError> {
     let body_start = if src.starts_with('\u{feff}') { 3 } else { 0 };
@@ -454,6 +457,14 @@ pub fn parse_ast(src: &str) -> Result<Ast, ParseError> {
         index: LineIndex::new(src),
         esc: '\\',
     };
+    // BuildKit reads lines with a bufio.Scanner and its 64 KiB token limit.
+    if let Some((start, long)) = lines.iter().find(|(_, l)| l.len() > MAX_LINE + 1) {
+        return Err(ParseError::new(
+            b.span(*start, start + long.len()),
+            format!("dockerfile line greater than max allowed size of {MAX_LINE}"),
+        )
+        .with_help("split the line with line continuations, or move data into a file"));
+    }
     let mut directives = DirectiveState::default();
     let mut nodes = Vec::new();
     let mut warnings = Vec::new();
