@@ -223,7 +223,7 @@ impl DirectiveState {
                         span(),
                         format!("invalid escape token '{other}' does not match ` or \\"),
                     )
-                    .with_help("use `# escape=\\` (the default) or `# escape=``"));
+                    .with_help("the escape character is \\ (the default) or ` (backtick)"));
                 }
             },
             "syntax" => self.directives.syntax = Some(value.to_string()),
@@ -574,11 +574,8 @@ pub fn parse_ast(src: &str) -> Result<Ast, ParseError> {
         nodes.push(node);
     }
     if nodes.is_empty() {
-        let end = src.len();
-        return Err(
-            ParseError::new(b.span(end, end), "file with no instructions")
-                .with_help("a Dockerfile needs at least one instruction, usually `FROM <image>`"),
-        );
+        return Err(ParseError::new(b.span(0, 0), "file with no instructions")
+            .with_help("a Dockerfile needs at least one instruction, usually `FROM <image>`"));
     }
     Ok(Ast {
         directives: directives.directives,
