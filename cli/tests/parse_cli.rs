@@ -375,3 +375,34 @@ fn version_and_help() {
     let out = rbuild().args(["parse", "--help"]).output().unwrap();
     assert!(String::from_utf8_lossy(&out.stdout).contains("--format"));
 }
+
+#[test]
+fn dump_matches_buildkit_peer_results() {
+    let dir = Path::new(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../../shared/peer-tests/buildkit-parser/testfiles"
+    ));
+    let Ok(entries) = fs_err::read_dir(dir) else {
+        println!("skipping: {} is absent", dir.display());
+        return;
+    };
+    let mut checked = 0;
+    for entry in entries {
+        let case = entry.unwrap().path();
+        let out = rbuild()
+            .args(["parse", "--format", "dump", "-f"])
+            .arg(case.join("Dockerfile"))
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "{}", case.display());
+        let want = fs_err::read_to_string(case.join("result")).unwrap();
+        assert_eq!(
+            String::from_utf8(out.stdout).unwrap(),
+            want,
+            "{}",
+            case.display()
+        );
+        checked += 1;
+    }
+    assert_eq!(checked, 33);
+}

@@ -36,20 +36,23 @@ pub fn run(args: &ParseArgs) -> anyhow::Result<ExitCode> {
         let src = fs_err::read_to_string(&args.file)?;
         (args.file.display().to_string(), src)
     };
-    let dockerfile = match rbuild_parser::parse(&src) {
-        Ok(d) => d,
+    // The dump shows BuildKit's parser level, like BuildKit's own dumper: it
+    // accepts what only the later instruction checks reject.
+    let rendered = match args.format {
+        Format::Json => match rbuild_parser::parse(&src) {
+            Ok(d) => Ok(serde_json::to_string_pretty(&d)? + "\n"),
+            Err(e) => Err(e),
+        },
+        Format::Dump => rbuild_parser::parse_ast(&src).map(|ast| ast.dump()),
+    };
+    match rendered {
+        Ok(text) => {
+            std::io::stdout().lock().write_all(text.as_bytes())?;
+            Ok(ExitCode::SUCCESS)
+        }
         Err(e) => {
             eprint!("{}", e.render(&name, &src));
-            return Ok(ExitCode::FAILURE);
+            Ok(ExitCode::FAILURE)
         }
-    };
-    let mut out = std::io::stdout().lock();
-    match args.format {
-        Format::Json => {
-            serde_json::to_writer_pretty(&mut out, &dockerfile)?;
-            writeln!(out)?;
-        }
-        Format::Dump => write!(out, "{}", dockerfile.dump())?,
     }
-    Ok(ExitCode::SUCCESS)
 }
