@@ -4,6 +4,8 @@
 //! them), heredoc bodies attached. Nothing is validated per instruction here;
 //! that is `instructions`' job. [`Ast::dump`] prints BuildKit's test format.
 
+use std::ops::Range;
+
 use serde::Serialize;
 
 use crate::error::ParseError;
@@ -95,6 +97,9 @@ pub struct Node {
     pub flag_spans: Vec<Span>,
     /// The arguments after the flags (empty span after the keyword if none).
     pub args_span: Span,
+    /// One span per entry of `args` (for ENV/LABEL the separator's span is
+    /// the `=`, or empty for the legacy form; JSON strings include quotes).
+    pub arg_spans: Vec<Span>,
 }
 
 /// A parsed Dockerfile at BuildKit's parser level.
@@ -284,6 +289,7 @@ impl Builder<'_> {
                 keyword_span: here,
                 flag_spans: Vec::new(),
                 args_span: here,
+                arg_spans: Vec::new(),
             });
         };
         let keyword_span = self.logical_span(
@@ -316,6 +322,7 @@ impl Builder<'_> {
             keyword_span,
             flag_spans,
             args_span,
+            arg_spans: Vec::new(),
         };
         let err = |msg: String| ParseError::new(args_span, msg);
         match node.keyword.to_lowercase().as_str() {
@@ -358,6 +365,10 @@ impl Builder<'_> {
             }
             _ => {}
         }
+        node.arg_spans = arg_ranges(rest, &node)
+            .into_iter()
+            .map(|r| self.logical_span(logical, rest_off + r.start, rest_off + r.end))
+            .collect();
         Ok(node)
     }
 
@@ -387,6 +398,91 @@ impl Builder<'_> {
             out.extend([k.to_string(), v.to_string(), "=".to_string()]);
         }
         Ok(out)
+    }
+}
+
+/// Byte ranges of the JSON string tokens in `s`, quotes included.
+fn json_string_ranges(s: &str) -> Vec<Range<usize>> {
+    let mut out = Vec::new();
+    let mut start = None;
+    let mut escaped = false;
+    for (i, c) in s.char_indices() {
+        match start {
+            None if c == '"' => start = Some(i),
+            None => {}
+            Some(_) if escaped => escaped = false,
+            Some(_) if c == '\\' => escaped = true,
+            Some(st) if c == '"' => {
+                out.push(st..i + 1);
+                start = None;
+            }
+            Some(_) => {}
+        }
+    }
+    out
+}
+
+/// Where each of `node.args` is in `rest` (the text after the flags).
+fn arg_ranges(rest: &str, node: &Node) -> Vec<Range<usize>> {
+    let whole = || vec![0..rest.len(); node.args.len()];
+    let lower = node.keyword.to_lowercase();
+    // Finds each word in order, from a moving cursor.
+    let sequential = |words: &[String], from: usize| {
+        let mut cursor = from;
+        let mut out = Vec::with_capacity(words.len());
+        for w in words {
+            let at = rest.get(cursor..).and_then(|r| r.find(w.as_str()))?;
+            out.push(cursor + at..cursor + at + w.len());
+            cursor += at + w.len();
+        }
+        Some(out)
+    };
+    let ranges = match lower.as_str() {
+        _ if node.args.is_empty() => Some(Vec::new()),
+        "healthcheck" => {
+            let sep = node.args[0].len();
+            let after = sep + (rest[sep..].len() - rest[sep..].trim_start().len());
+            let mut out = vec![0..sep];
+            if node.json {
+                out.extend(
+                    json_string_ranges(&rest[after..])
+                        .into_iter()
+                        .map(|r| after + r.start..after + r.end),
+                );
+            } else if node.args.len() > 1 {
+                out.push(after..rest.len());
+            }
+            Some(out)
+        }
+        _ if node.json => Some(json_string_ranges(rest)),
+        "env" | "label" => {
+            let mut out = Vec::new();
+            let mut cursor = 0;
+            for triple in node.args.chunks(3) {
+                let [k, v, sep] = triple else { break };
+                let Some(at) = rest.get(cursor..).and_then(|r| r.find(k.as_str())) else {
+                    break;
+                };
+                let k_start = cursor + at;
+                let k_end = k_start + k.len();
+                if sep.is_empty() {
+                    let v_start = rest.len() - v.len();
+                    out.extend([k_start..k_end, v_start..rest.len(), k_end..k_end]);
+                    cursor = rest.len();
+                } else {
+                    let v_start = k_end + 1;
+                    out.extend([k_start..k_end, v_start..v_start + v.len(), k_end..v_start]);
+                    cursor = v_start + v.len();
+                }
+            }
+            Some(out)
+        }
+        "add" | "copy" | "volume" | "expose" | "from" | "arg" => sequential(&node.args, 0),
+        _ => Some(vec![0..rest.len()]),
+    };
+    match ranges {
+        Some(r) if r.len() == node.args.len() && r.iter().all(|r| r.end <= rest.len()) => r,
+        _ => whole(),
     }
 }
 

@@ -11,6 +11,11 @@ fn check(src: &str) {
             for i in &df.instructions {
                 assert!(i.span.start <= i.span.end && i.span.end <= src.len());
                 assert!(i.span.start_line <= i.span.end_line);
+                assert_eq!(i.node.arg_spans.len(), i.node.args.len());
+                for a in &i.node.arg_spans {
+                    assert!(a.start <= a.end && a.end <= src.len());
+                    assert!(src.is_char_boundary(a.start) && src.is_char_boundary(a.end));
+                }
             }
         }
         Err(e) => {

@@ -676,3 +676,24 @@ fn dockerfile_dump_matches_ast_dump() {
         "(from \"a\")\n(onbuild (run \"x\"))\n(env \"a\" \"b\" \"=\" \"c\" \"d\" \"=\")\n"
     );
 }
+
+#[test]
+fn argument_spans() {
+    let src = "FROM img AS b\nCOPY --from=b a  \\\n  c /d/\nENV k=\"v 1\" legacy=x\nCMD [\"a\", \"b\"]\nLABEL old value here\n";
+    let df = ok(src);
+    let text = |span: rbuild_parser::Span| &src[span.start..span.end];
+    let spans = |i: usize| -> Vec<&str> {
+        df.instructions[i]
+            .node
+            .arg_spans
+            .iter()
+            .map(|s| text(*s))
+            .collect()
+    };
+    assert_eq!(spans(0), ["img", "AS", "b"]);
+    assert_eq!(spans(1), ["a", "c", "/d/"]);
+    assert_eq!(df.instructions[1].node.arg_spans[1].start_line, 3);
+    assert_eq!(spans(2), ["k", "\"v 1\"", "=", "legacy", "x", "="]);
+    assert_eq!(spans(3), ["\"a\"", "\"b\""]);
+    assert_eq!(spans(4), ["old", "value here", ""]);
+}
