@@ -409,14 +409,13 @@ fn json_string_ranges(s: &str) -> Vec<Range<usize>> {
     for (i, c) in s.char_indices() {
         match start {
             None if c == '"' => start = Some(i),
-            None => {}
             Some(_) if escaped => escaped = false,
             Some(_) if c == '\\' => escaped = true,
             Some(st) if c == '"' => {
                 out.push(st..i + 1);
                 start = None;
             }
-            Some(_) => {}
+            _ => {}
         }
     }
     out
@@ -442,7 +441,7 @@ fn arg_ranges(rest: &str, node: &Node) -> Vec<Range<usize>> {
         "healthcheck" => {
             let sep = node.args[0].len();
             let after = sep + (rest[sep..].len() - rest[sep..].trim_start().len());
-            let mut out = vec![0..sep];
+            let mut out = Vec::from([0..sep]);
             if node.json {
                 out.extend(
                     json_string_ranges(&rest[after..])
@@ -478,7 +477,7 @@ fn arg_ranges(rest: &str, node: &Node) -> Vec<Range<usize>> {
             Some(out)
         }
         "add" | "copy" | "volume" | "expose" | "from" | "arg" => sequential(&node.args, 0),
-        _ => Some(vec![0..rest.len()]),
+        _ => Some(Vec::from([0..rest.len()])),
     };
     match ranges {
         Some(r) if r.len() == node.args.len() && r.iter().all(|r| r.end <= rest.len()) => r,
