@@ -441,7 +441,8 @@ fn arg_ranges(rest: &str, node: &Node) -> Vec<Range<usize>> {
         "healthcheck" => {
             let sep = node.args[0].len();
             let after = sep + (rest[sep..].len() - rest[sep..].trim_start().len());
-            let mut out = Vec::from([0..sep]);
+            let mut out = Vec::with_capacity(node.args.len());
+            out.push(0..sep);
             if node.json {
                 out.extend(
                     json_string_ranges(&rest[after..])
@@ -477,7 +478,7 @@ fn arg_ranges(rest: &str, node: &Node) -> Vec<Range<usize>> {
             Some(out)
         }
         "add" | "copy" | "volume" | "expose" | "from" | "arg" => sequential(&node.args, 0),
-        _ => Some(Vec::from([0..rest.len()])),
+        _ => Some(std::iter::once(0..rest.len()).collect()),
     };
     match ranges {
         Some(r) if r.len() == node.args.len() && r.iter().all(|r| r.end <= rest.len()) => r,
