@@ -71,6 +71,19 @@ pub struct Warning {
     pub message: String,
 }
 
+impl Warning {
+    /// Renders like [`ParseError::render`], with `warning: ` before the message.
+    pub fn render(&self, file_name: &str, src: &str) -> String {
+        crate::error::render_at(
+            file_name,
+            src,
+            &self.span,
+            &format!("warning: {}", self.message),
+            None,
+        )
+    }
+}
+
 /// One instruction as BuildKit's parser sees it: not yet validated.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct Node {

@@ -51,61 +51,76 @@ impl ParseError {
     ///
     /// `src` must be the text that was parsed; `file_name` is only printed.
     pub fn render(&self, file_name: &str, src: &str) -> String {
-        let mut out = format!(
-            "{file_name}:{}:{}: {}\n",
-            self.line, self.column, self.message
-        );
-        let text = src
-            .split('\n')
-            .nth(self.line.saturating_sub(1))
-            .unwrap_or("")
-            .trim_end_matches(['\r', '\n']);
-        let text = text.strip_prefix('\u{feff}').unwrap_or(text);
-        let number = self.line.to_string();
-        let pad = " ".repeat(number.len());
-
-        // Display tabs as 4 spaces so the caret lines up.
-        let mut shown = String::new();
-        let mut caret_at = None;
-        let mut caret_end = None;
-        let span_cols = if self.span.end_line == self.line {
-            self.span.end_column.max(self.column + 1)
-        } else {
-            usize::MAX
-        };
-        for (i, c) in text.chars().enumerate() {
-            let col = i + 1;
-            if col == self.column {
-                caret_at = Some(shown.chars().count());
-            }
-            if col == span_cols {
-                caret_end = Some(shown.chars().count());
-            }
-            if c == '\t' {
-                shown.push_str("    ");
-            } else if c.is_control() {
-                shown.push(' ');
-            } else {
-                shown.push(c);
-            }
-        }
-        let width = shown.chars().count();
-        let caret_at = caret_at.unwrap_or(width);
-        let caret_end = caret_end.unwrap_or(width).max(caret_at + 1);
-
-        let _ = writeln!(out, "{pad} |");
-        let _ = writeln!(out, "{number} | {shown}");
-        let _ = writeln!(
-            out,
-            "{pad} | {}{}",
-            " ".repeat(caret_at),
-            "^".repeat(caret_end - caret_at)
-        );
-        if let Some(help) = &self.help {
-            let _ = writeln!(out, "{pad} = help: {help}");
-        }
-        out
+        render_at(
+            file_name,
+            src,
+            &self.span,
+            &self.message,
+            self.help.as_deref(),
+        )
     }
+}
+
+/// `file:line:col: message`, the source line, a caret line, and the help.
+pub(crate) fn render_at(
+    file_name: &str,
+    src: &str,
+    span: &Span,
+    message: &str,
+    help: Option<&str>,
+) -> String {
+    let (line, column) = (span.start_line, span.start_column);
+    let mut out = format!("{file_name}:{line}:{column}: {message}\n");
+    let text = src
+        .split('\n')
+        .nth(line.saturating_sub(1))
+        .unwrap_or("")
+        .trim_end_matches(['\r', '\n']);
+    let text = text.strip_prefix('\u{feff}').unwrap_or(text);
+    let number = line.to_string();
+    let pad = " ".repeat(number.len());
+
+    // Display tabs as 4 spaces so the caret lines up.
+    let mut shown = String::new();
+    let mut caret_at = None;
+    let mut caret_end = None;
+    let span_cols = if span.end_line == line {
+        span.end_column.max(column + 1)
+    } else {
+        usize::MAX
+    };
+    for (i, c) in text.chars().enumerate() {
+        let col = i + 1;
+        if col == column {
+            caret_at = Some(shown.chars().count());
+        }
+        if col == span_cols {
+            caret_end = Some(shown.chars().count());
+        }
+        if c == '\t' {
+            shown.push_str("    ");
+        } else if c.is_control() {
+            shown.push(' ');
+        } else {
+            shown.push(c);
+        }
+    }
+    let width = shown.chars().count();
+    let caret_at = caret_at.unwrap_or(width);
+    let caret_end = caret_end.unwrap_or(width).max(caret_at + 1);
+
+    let _ = writeln!(out, "{pad} |");
+    let _ = writeln!(out, "{number} | {shown}");
+    let _ = writeln!(
+        out,
+        "{pad} | {}{}",
+        " ".repeat(caret_at),
+        "^".repeat(caret_end - caret_at)
+    );
+    if let Some(help) = help {
+        let _ = writeln!(out, "{pad} = help: {help}");
+    }
+    out
 }
 
 /// Levenshtein distance between two ASCII-case-insensitive strings.

@@ -42,7 +42,11 @@ impl<'a> LineIndex<'a> {
             Ok(i) => i,
             Err(i) => i - 1,
         };
-        let col = self.src[self.starts[line]..offset].chars().count() + 1;
+        let mut col = self.src[self.starts[line]..offset].chars().count() + 1;
+        // A byte-order mark is not a column.
+        if line == 0 && offset >= 3 && self.src.starts_with('\u{feff}') {
+            col -= 1;
+        }
         (line + 1, col)
     }
 

@@ -102,3 +102,18 @@ fn onbuild_from() {
 fn copy_without_destination() {
     insta::assert_snapshot!(render("FROM alpine\nCOPY app.tar.gz\n"));
 }
+
+#[test]
+fn empty_continuation_line_warning() {
+    let src = "FROM alpine\nRUN apk add \\\n\n    curl\n";
+    let df = parse(src).unwrap();
+    insta::assert_snapshot!(df.warnings[0].render("Dockerfile", src));
+}
+
+#[test]
+fn byte_order_mark_is_not_a_column() {
+    let src = "\u{feff}FORM alpine\n";
+    let e = parse(src).unwrap_err();
+    assert_eq!((e.line, e.column), (1, 1));
+    insta::assert_snapshot!(e.render("Dockerfile", src));
+}

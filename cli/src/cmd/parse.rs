@@ -40,7 +40,12 @@ pub fn run(args: &ParseArgs) -> anyhow::Result<ExitCode> {
     // accepts what only the later instruction checks reject.
     let rendered = match args.format {
         Format::Json => match rbuild_parser::parse(&src) {
-            Ok(d) => Ok(serde_json::to_string_pretty(&d)? + "\n"),
+            Ok(d) => {
+                for w in &d.warnings {
+                    eprint!("{}", w.render(&name, &src));
+                }
+                Ok(serde_json::to_string_pretty(&d)? + "\n")
+            }
             Err(e) => Err(e),
         },
         Format::Dump => rbuild_parser::parse_ast(&src).map(|ast| ast.dump()),
