@@ -44,7 +44,7 @@ pub(crate) enum Op {
         target: CString,
         link: CString,
     },
-    /// pivot_root into the directory, detach the old root.
+    /// `pivot_root` into the directory, detach the old root.
     PivotRoot {
         dir: CString,
     },
@@ -67,12 +67,12 @@ pub(crate) enum Op {
 impl Op {
     fn path(&self) -> &CStr {
         match self {
-            Op::Mkdir { path, .. } | Op::MkFile { path, .. } => path,
-            Op::Mount { target, .. } | Op::RemountRo { target, .. } => target,
+            Op::Mkdir { path, .. } | Op::MkFile { path, .. } | Op::OpenTree { path, .. } => path,
+            Op::Mount { target, .. }
+            | Op::RemountRo { target, .. }
+            | Op::MoveMount { target, .. } => target,
             Op::Symlink { link, .. } => link,
             Op::PivotRoot { dir } => dir,
-            Op::OpenTree { path, .. } => path,
-            Op::MoveMount { target, .. } => target,
         }
     }
 }

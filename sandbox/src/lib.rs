@@ -1,5 +1,5 @@
 //! rbuild-sandbox: runs one process isolated in Linux namespaces over a root
-//! directory, the way runc runs a RUN step for BuildKit.
+//! directory, the way runc runs a RUN step for `BuildKit`.
 //!
 //! ```no_run
 //! use rbuild_sandbox::{run, ProcessSpec, Rootfs, Output};
@@ -55,7 +55,7 @@ pub use crate::user::{ResolvedUser, resolve_user};
 pub enum NetworkMode {
     /// A new network namespace with only `lo`, up.
     None,
-    /// The host's network namespace (BuildKit's default for RUN without a bridge).
+    /// The host's network namespace (`BuildKit`'s default for RUN without a bridge).
     #[default]
     Host,
 }
@@ -941,7 +941,7 @@ pub fn run(rootfs: &Rootfs, mut spec: ProcessSpec) -> Result<ExitStatus, Sandbox
                 ops.mount_point(target, true);
                 let mut data = "mode=1777".to_string();
                 if let Some(s) = size {
-                    data.push_str(&format!(",size={s}"));
+                    data = format!("{data},size={s}");
                 }
                 ops.push(
                     Op::Mount {
@@ -1278,11 +1278,8 @@ pub fn run(rootfs: &Rootfs, mut spec: ProcessSpec) -> Result<ExitStatus, Sandbox
     let (_, init_status) = sys::waitpid(pid).map_err(sys_err("waitpid"))?;
     std::mem::forget(guard);
     // Everything in the pid namespace is gone now: drain what is left.
-    loop {
-        match read_some(&err_r, &mut buf) {
-            ReadResult::Data(n) => err_bytes.extend_from_slice(&buf[..n]),
-            _ => break,
-        }
+    while let ReadResult::Data(n) = read_some(&err_r, &mut buf) {
+        err_bytes.extend_from_slice(&buf[..n]);
     }
     for (r, lb) in &mut readers {
         while let ReadResult::Data(n) = read_some(r, &mut buf) {

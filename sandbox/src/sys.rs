@@ -45,7 +45,7 @@ pub fn clone_fork(flags: c_int) -> SysResult<libc::pid_t> {
     let ret = unsafe {
         libc::syscall(
             libc::SYS_clone,
-            c_ulong::from(flags.cast_unsigned()) | libc::SIGCHLD as c_ulong,
+            c_ulong::from(u32::from_ne_bytes(flags.to_ne_bytes())) | libc::SIGCHLD as c_ulong,
             ptr::null_mut::<libc::c_void>(),
             ptr::null_mut::<libc::c_void>(),
             ptr::null_mut::<libc::c_void>(),
@@ -267,7 +267,7 @@ pub fn write_all(fd: RawFd, mut buf: &[u8]) {
             }
             return;
         }
-        buf = &buf[n.cast_unsigned()..];
+        buf = &buf[usize::try_from(n).unwrap_or(0)..];
     }
 }
 
@@ -347,14 +347,14 @@ pub fn loopback_up() -> SysResult<()> {
         check(unsafe { libc::socket(libc::AF_INET, libc::SOCK_DGRAM | libc::SOCK_CLOEXEC, 0) })?;
     // SAFETY: ifreq is plain data; zeroed is a valid value.
     let mut req: libc::ifreq = unsafe { std::mem::zeroed() };
-    req.ifr_name[0] = b'l'.cast_signed();
-    req.ifr_name[1] = b'o'.cast_signed();
+    req.ifr_name[0] = c_char::try_from(b'l').unwrap_or(0);
+    req.ifr_name[1] = c_char::try_from(b'o').unwrap_or(0);
     // SAFETY: SIOCGIFFLAGS / SIOCSIFFLAGS read and write `req`, a valid ifreq.
     let r = unsafe {
         if libc::ioctl(sock, libc::SIOCGIFFLAGS, &raw mut req) == -1 {
             -1
         } else {
-            req.ifr_ifru.ifru_flags |= libc::IFF_UP as libc::c_short;
+            req.ifr_ifru.ifru_flags |= libc::c_short::try_from(libc::IFF_UP).unwrap_or(1);
             libc::ioctl(sock, libc::SIOCSIFFLAGS, &raw mut req)
         }
     };
@@ -398,7 +398,7 @@ pub fn open_tree_at(path: &CStr, at: RawFd) -> SysResult<()> {
             libc::SYS_open_tree,
             libc::AT_FDCWD,
             path.as_ptr(),
-            OPEN_TREE_CLONE | libc::O_CLOEXEC.cast_unsigned() | AT_RECURSIVE,
+            OPEN_TREE_CLONE | libc::O_CLOEXEC as libc::c_uint | AT_RECURSIVE,
         )
     })?;
     let fd = RawFd::try_from(fd).map_err(|_| Errno::EBADF)?;

@@ -1,6 +1,6 @@
 //! `USER` resolution against the image's own `/etc/passwd` and `/etc/group`.
 //!
-//! Semantics follow moby/sys/user's `GetExecUser` (what runc and BuildKit use):
+//! Semantics follow moby/sys/user's `GetExecUser` (what runc and `BuildKit` use):
 //! `name`, `name:group`, `uid`, `uid:gid`, `uid:group`, `name:gid`. A user name must
 //! exist in passwd; a numeric uid need not. Without an explicit group the primary
 //! group comes from passwd and the supplementary groups are the groups listing the
