@@ -46,7 +46,7 @@ fn main() {
             times[n / 2].as_secs_f64() * 1e3,
             times[0].as_secs_f64() * 1e3,
             times[n - 1].as_secs_f64() * 1e3,
-            total.as_secs_f64() * 1e3 / n as f64
+            total.as_secs_f64() * 1e3 / f64::from(u32::try_from(n).unwrap_or(u32::MAX))
         );
         return;
     }

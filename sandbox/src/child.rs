@@ -143,6 +143,7 @@ pub(crate) fn init(plan: &mut Plan) -> ! {
     // Die with the parent thread (rbuild killed → every process of the step dies
     // with this pid 1).
     let _ = sys::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL as c_ulong);
+    sys::set_name(c"rbuild-init");
     if plan.sync_fd >= 0 && !sys::read_byte(plan.sync_fd) {
         // The parent gave up (could not write the id maps).
         sys::exit(125);

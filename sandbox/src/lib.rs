@@ -1212,6 +1212,7 @@ pub fn run(rootfs: &Rootfs, mut spec: ProcessSpec) -> Result<ExitStatus, Sandbox
     let mut err_bytes = Vec::new();
     let mut err_open = true;
     let mut killed: Option<SandboxError> = None;
+    let mut grace: Option<Instant> = None;
     let mut buf = vec![0u8; 64 * 1024];
     loop {
         let mut pfds = vec![libc::pollfd {
@@ -1234,7 +1235,10 @@ pub fn run(rootfs: &Rootfs, mut spec: ProcessSpec) -> Result<ExitStatus, Sandbox
             });
         }
         let mut timeout_ms: i32 = -1;
-        if killed.is_none() {
+        if let Some(g) = grace {
+            let left = g.saturating_duration_since(Instant::now());
+            timeout_ms = i32::try_from(left.as_millis()).unwrap_or(i32::MAX).max(0) + 1;
+        } else {
             if let Some(d) = deadline {
                 let left = d.saturating_duration_since(Instant::now());
                 timeout_ms = i32::try_from(left.as_millis()).unwrap_or(i32::MAX).max(0) + 1;
@@ -1263,15 +1267,26 @@ pub fn run(rootfs: &Rootfs, mut spec: ProcessSpec) -> Result<ExitStatus, Sandbox
         if pfds[0].revents != 0 {
             break;
         }
-        if killed.is_none() {
+        if let Some(g) = grace {
+            if Instant::now() >= g {
+                // init did not finish its cleanup in time: kill it, and with it
+                // (the kernel's doing) every process of its pid namespace.
+                sys::kill(pid, libc::SIGKILL);
+                grace = Some(Instant::now() + Duration::from_secs(3600));
+            }
+        } else {
             if let Some(d) = deadline
                 && Instant::now() >= d
             {
-                sys::kill(pid, libc::SIGKILL);
                 killed = Some(SandboxError::TimedOut(spec.timeout.unwrap_or_default()));
             } else if spec.cancel.as_ref().is_some_and(CancelToken::is_cancelled) {
-                sys::kill(pid, libc::SIGKILL);
                 killed = Some(SandboxError::Cancelled);
+            }
+            if killed.is_some() {
+                // Kill init's children (the main process): init then kills the
+                // rest, undoes its mounts and mount points, and exits.
+                kill_children(pid);
+                grace = Some(Instant::now() + KILL_GRACE);
             }
         }
     }
@@ -1320,6 +1335,27 @@ pub fn run(rootfs: &Rootfs, mut spec: ProcessSpec) -> Result<ExitStatus, Sandbox
             ExitStatus::from_wait(init_status)
         ),
     })
+}
+
+/// How long init gets to clean up after a timeout or cancel killed the main
+/// process, before it is killed too.
+const KILL_GRACE: Duration = Duration::from_secs(2);
+
+/// SIGKILLs the children of `pid` (listed by /proc/PID/task/PID/children); kills
+/// `pid` itself when they cannot be listed.
+fn kill_children(pid: libc::pid_t) {
+    let list = std::fs::read_to_string(format!("/proc/{pid}/task/{pid}/children"));
+    match list {
+        Ok(l) if !l.trim().is_empty() => {
+            for c in l
+                .split_whitespace()
+                .filter_map(|c| c.parse::<libc::pid_t>().ok())
+            {
+                sys::kill(c, libc::SIGKILL);
+            }
+        }
+        _ => sys::kill(pid, libc::SIGKILL),
+    }
 }
 
 /// Kills the sandbox's init if `run` returns early with an error.

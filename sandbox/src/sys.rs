@@ -426,3 +426,9 @@ pub fn move_mount(fd: RawFd, target: &CStr) -> SysResult<()> {
     })
     .map(drop)
 }
+
+/// Names the calling thread (what `ps` shows as its command name).
+pub fn set_name(name: &CStr) {
+    // SAFETY: PR_SET_NAME reads a NUL-terminated string of at most 16 bytes.
+    unsafe { libc::prctl(libc::PR_SET_NAME, name.as_ptr()) };
+}
