@@ -169,19 +169,27 @@ pub fn sethostname(name: &CStr) -> SysResult<()> {
     check(unsafe { libc::sethostname(b.as_ptr().cast(), b.len()) }).map(drop)
 }
 
+// The credential calls below are raw syscalls on purpose: glibc's wrappers
+// (setgroups, setresuid, setresgid) broadcast the change to every thread of the
+// process and take glibc's thread-list lock to do so. After a raw `clone` from a
+// multi-threaded parent, glibc still believes in the parent's threads and the lock
+// may have been copied held: the wrappers would deadlock. The raw syscalls change
+// the calling thread only, which here is the whole process.
+
 pub fn setgroups(groups: &[libc::gid_t]) -> SysResult<()> {
     // SAFETY: pointer and length describe the slice.
-    check(unsafe { libc::setgroups(groups.len(), groups.as_ptr()) }).map(drop)
+    check_long(unsafe { libc::syscall(libc::SYS_setgroups, groups.len(), groups.as_ptr()) })
+        .map(drop)
 }
 
 pub fn setresgid(gid: u32) -> SysResult<()> {
     // SAFETY: plain integer arguments.
-    check(unsafe { libc::setresgid(gid, gid, gid) }).map(drop)
+    check_long(unsafe { libc::syscall(libc::SYS_setresgid, gid, gid, gid) }).map(drop)
 }
 
 pub fn setresuid(uid: u32) -> SysResult<()> {
     // SAFETY: plain integer arguments.
-    check(unsafe { libc::setresuid(uid, uid, uid) }).map(drop)
+    check_long(unsafe { libc::syscall(libc::SYS_setresuid, uid, uid, uid) }).map(drop)
 }
 
 pub fn setsid() {
