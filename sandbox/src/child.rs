@@ -316,13 +316,21 @@ fn cleanup(plan: &Plan) {
         }
         CStr::from_bytes_with_nul(rest).ok()
     };
+    // Only mounts on mount points this run created need undoing (a lazy detach
+    // takes the mounts below along); the rest go with the mount namespace.
     for i in (0..plan.ops.len()).rev() {
-        if !plan.done[i] {
+        if !plan.done[i] || !matches!(plan.ops[i], Op::Mount { .. } | Op::MoveMount { .. }) {
             continue;
         }
-        if let Op::Mount { .. } | Op::MoveMount { .. } = plan.ops[i]
-            && let Some(p) = inside(i)
-        {
+        let created_here = (0..i).any(|j| {
+            plan.done[j]
+                && matches!(
+                    plan.ops[j],
+                    Op::Mkdir { remove: true, .. } | Op::MkFile { remove: true, .. }
+                )
+                && plan.ops[j].path() == plan.ops[i].path()
+        });
+        if created_here && let Some(p) = inside(i) {
             let _ = sys::umount_detach(p);
         }
     }

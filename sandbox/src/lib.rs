@@ -788,7 +788,7 @@ pub fn run(rootfs: &Rootfs, mut spec: ProcessSpec) -> Result<ExitStatus, Sandbox
         );
         Ok(())
     };
-    mkdir_pre(&mut ops, "/proc", 0o555, true)?;
+    mkdir_pre(&mut ops, "/proc", 0o555, false)?;
     mount_pre(
         &mut ops,
         c"proc",
@@ -798,7 +798,7 @@ pub fn run(rootfs: &Rootfs, mut spec: ProcessSpec) -> Result<ExitStatus, Sandbox
         None,
         false,
     )?;
-    mkdir_pre(&mut ops, "/dev", 0o755, true)?;
+    mkdir_pre(&mut ops, "/dev", 0o755, false)?;
     mount_pre(
         &mut ops,
         c"tmpfs",
@@ -872,7 +872,7 @@ pub fn run(rootfs: &Rootfs, mut spec: ProcessSpec) -> Result<ExitStatus, Sandbox
         None,
         true,
     )?;
-    mkdir_pre(&mut ops, "/sys", 0o555, true)?;
+    mkdir_pre(&mut ops, "/sys", 0o555, false)?;
     // sysfs needs a network namespace of our own in a user namespace; without one
     // /sys stays an empty directory.
     mount_pre(
@@ -887,7 +887,11 @@ pub fn run(rootfs: &Rootfs, mut spec: ProcessSpec) -> Result<ExitStatus, Sandbox
     let pivot_at = ops.ops.len();
     ops.push(Op::PivotRoot { dir: r.clone() }, NEVER_UNDO);
 
-    // /etc files, bound over placeholders.
+    // /etc files, bound over placeholders. Like runc under BuildKit, the empty
+    // placeholders of /proc, /dev, /sys and these three files stay in the rootfs
+    // (removing them after every run costs more than the whole rest of the run:
+    // unmount and rmdir wait for RCU grace periods); the mount points of the
+    // requested mounts are removed.
     ops.mkdir_all(Path::new("/etc"), 0o755, true, None);
     for (file, src) in [
         ("hosts", &hosts),
@@ -899,7 +903,7 @@ pub fn run(rootfs: &Rootfs, mut spec: ProcessSpec) -> Result<ExitStatus, Sandbox
         ops.push(
             Op::MkFile {
                 path: cpath(&target)?,
-                remove: true,
+                remove: false,
                 optional: true,
             },
             0,
