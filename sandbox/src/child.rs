@@ -102,6 +102,8 @@ pub(crate) struct Plan {
     pub last_cap: u32,
     pub no_new_privs: bool,
     pub stdio: [RawFd; 3],
+    /// Stay in the caller's session (interactive terminal).
+    pub terminal: bool,
     /// Write end of the error pipe (close-on-exec: EOF in the parent = exec done).
     pub err_fd: RawFd,
     /// Write end of the status pipe: init writes the main process's wait status.
@@ -149,6 +151,10 @@ pub(crate) fn init(plan: &mut Plan) -> ! {
         sys::exit(125);
     }
     sys::reset_signals();
+    if plan.terminal {
+        // pid 1 would die of the terminal's SIGINT and take the step with it.
+        sys::ignore_terminal_signals();
+    }
     close_other_fds(&plan.keep_fds);
     sys::umask(0);
 
@@ -358,7 +364,11 @@ fn cleanup(plan: &Plan) {
 
 /// The main process: stdio, cwd, credentials, capabilities, exec.
 fn exec_main(plan: &Plan) -> ! {
-    sys::setsid();
+    if plan.terminal {
+        sys::reset_signals();
+    } else {
+        sys::setsid();
+    }
     sys::umask(0o022);
     for (i, &fd) in plan.stdio.iter().enumerate() {
         #[allow(clippy::cast_possible_truncation, clippy::cast_possible_wrap)]

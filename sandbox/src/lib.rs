@@ -206,6 +206,11 @@ pub struct ProcessSpec {
     pub timeout: Option<Duration>,
     pub cancel: Option<CancelToken>,
     pub stdin: Input,
+    /// Interactive use on the caller's terminal (`rbuild run -t`, with inherited
+    /// stdio): the process stays in the caller's session so the terminal is its
+    /// controlling terminal and Ctrl-C reaches it; the sandbox's init ignores the
+    /// terminal's signals. Otherwise the process gets a session of its own.
+    pub terminal: bool,
     pub stdout: Output,
     pub stderr: Output,
 }
@@ -228,6 +233,7 @@ impl ProcessSpec {
             timeout: None,
             cancel: None,
             stdin: Input::Null,
+            terminal: false,
             stdout: Output::Null,
             stderr: Output::Null,
         }
@@ -1159,6 +1165,7 @@ pub fn run(rootfs: &Rootfs, mut spec: ProcessSpec) -> Result<ExitStatus, Sandbox
         last_cap: last_cap(),
         no_new_privs: spec.security == SecurityMode::Sandbox,
         stdio: [stdin_fd, stdout_fd, stderr_fd],
+        terminal: spec.terminal,
         err_fd: err_w.as_raw_fd(),
         status_fd: status_w.as_raw_fd(),
         sync_fd: sync.as_ref().map_or(-1, |(r, _)| r.as_raw_fd()),

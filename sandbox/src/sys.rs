@@ -340,6 +340,20 @@ pub fn reset_signals() {
     }
 }
 
+/// Ignores the signals a terminal sends to its foreground process group.
+pub fn ignore_terminal_signals() {
+    for sig in [
+        libc::SIGINT,
+        libc::SIGQUIT,
+        libc::SIGTSTP,
+        libc::SIGTTIN,
+        libc::SIGTTOU,
+    ] {
+        // SAFETY: SIG_IGN is a valid disposition for these signals.
+        unsafe { libc::signal(sig, libc::SIG_IGN) };
+    }
+}
+
 /// `execve(path, argv, envp)`; returns only on failure.
 pub fn execve(path: &CStr, argv: &[*const c_char], envp: &[*const c_char]) -> Errno {
     // SAFETY: argv and envp are null-terminated arrays of pointers to NUL-terminated

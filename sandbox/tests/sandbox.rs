@@ -807,3 +807,74 @@ fn nonroot_child() {
         Err(e) => println!("NONROOT-RESULT: err {e}"),
     }
 }
+
+/// SIGTERM (or SIGKILL) to the process running the sandbox: every process of the
+/// step dies with it, no mount is left.
+#[test]
+fn killing_the_caller_kills_the_step() {
+    use std::io::BufRead;
+    let Some(root) = test_root() else { return };
+    let mounts_before = host_mounts();
+    for (sig, token) in [
+        (nix::sys::signal::Signal::SIGTERM, "kill-token-term-3b1d"),
+        (nix::sys::signal::Signal::SIGKILL, "kill-token-kill-3b1d"),
+    ] {
+        let mut child = Command::new(std::env::current_exe().unwrap())
+            .args([
+                "--exact",
+                "killed_caller_child",
+                "--include-ignored",
+                "--nocapture",
+                "--test-threads=1",
+            ])
+            .env("RBUILD_SANDBOX_KILL_ROOTFS", root.path())
+            .env("RBUILD_SANDBOX_KILL_TOKEN", token)
+            .stdout(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        let stdout = child.stdout.take().unwrap();
+        let started = std::io::BufReader::new(stdout)
+            .lines()
+            .map_while(Result::ok)
+            .any(|l| l.contains("SANDBOX-STARTED"));
+        assert!(started, "the child never started its step");
+        assert!(!processes_with(token).is_empty(), "the step is not running");
+        nix::sys::signal::kill(nix::unistd::Pid::from_raw(child.id().cast_signed()), sig).unwrap();
+        child.wait().unwrap();
+        // The kernel tears the pid namespace down asynchronously: wait for it.
+        let mut left = processes_with(token);
+        for _ in 0..100 {
+            if left.is_empty() {
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+            left = processes_with(token);
+        }
+        assert_eq!(left, Vec::<String>::new(), "processes left after {sig}");
+        assert_eq!(host_mounts(), mounts_before);
+    }
+}
+
+/// The half of the test above that gets killed (run only through it).
+#[test]
+#[ignore = "run by killing_the_caller_kills_the_step"]
+fn killed_caller_child() {
+    let (Ok(rootfs), Ok(token)) = (
+        std::env::var("RBUILD_SANDBOX_KILL_ROOTFS"),
+        std::env::var("RBUILD_SANDBOX_KILL_TOKEN"),
+    ) else {
+        return;
+    };
+    let mut spec = sh(&format!(
+        "(sleep 1000; : {token}) & echo started; sleep 1000; : {token}"
+    ));
+    spec.stdout = Output::lines(|l| {
+        if l == b"started" {
+            use std::io::Write;
+            println!("SANDBOX-STARTED");
+            std::io::stdout().flush().unwrap();
+        }
+    });
+    spec.timeout = Some(Duration::from_secs(120));
+    let _ = run(&Rootfs::Dir(rootfs.into()), spec);
+}
