@@ -77,6 +77,7 @@ impl Op {
     }
 }
 
+#[allow(clippy::struct_excessive_bools)] // independent switches of one flat plan
 pub(crate) struct Plan {
     pub ops: Vec<Op>,
     /// For ops before the pivot: how many leading bytes of the path are the host
