@@ -2,16 +2,28 @@
 
 use clap::Parser;
 
+mod run;
+
 #[derive(Parser)]
-#[command(name = "rbuild", version, about = "Build container images from Dockerfiles, without a daemon")]
+#[command(
+    name = "rbuild",
+    version,
+    about = "Build container images from Dockerfiles, without a daemon"
+)]
 struct Cli {
     #[command(subcommand)]
     command: Command,
 }
 
 #[derive(clap::Subcommand)]
-enum Command {}
+enum Command {
+    Run(run::RunArgs),
+}
 
 fn main() {
-    let _cli = Cli::parse();
+    let cli = Cli::parse();
+    let code = match cli.command {
+        Command::Run(args) => run::main(args),
+    };
+    std::process::exit(code);
 }
