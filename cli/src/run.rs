@@ -66,8 +66,8 @@ enum Network {
 
 /// Runs the command; returns the exit code for rbuild (the command's own, or
 /// 125/126/127 like `docker run` when it could not be started).
-pub fn main(args: RunArgs) -> i32 {
-    match run_cmd(&args) {
+pub fn main(args: &RunArgs) -> i32 {
+    match run_cmd(args) {
         Ok(code) => code,
         Err(e) => {
             let code = e
