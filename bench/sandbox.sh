@@ -33,7 +33,7 @@ echo "machine: $(nproc) cores, kernel $(uname -r), load $(cut -d' ' -f1-3 /proc/
 echo "rbuild sandbox, network host:  $("$bin" --bench "$runs" "$work/root")"
 echo "rbuild sandbox, network none:  $(SANDBOX_NET=none "$bin" --bench "$runs" "$work/root")"
 
-# median of the wall times (ms) of running "$@" slow_runs times
+# median of the wall times (ms) of running "$@" slow_runs times (or $2 times)
 median_of() {
   local times=() t0 t1
   for _ in $(seq "$slow_runs"); do
@@ -42,6 +42,9 @@ median_of() {
   done
   printf '%s\n' "${times[@]}" | sort -n | awk '{a[NR]=$1} END {printf "runs=%d median_ms=%.3f min_ms=%.3f max_ms=%.3f\n", NR, a[int((NR+1)/2)]/1000, a[1]/1000, a[NR]/1000}'
 }
+
+cargo build -q --release -p rbuild
+echo "rbuild run --rm --rootfs DIR true: $(median_of target/release/rbuild run --rm --rootfs "$work/root" true)"
 
 if command -v buildah >/dev/null; then
   ctr=$(buildah from scratch)

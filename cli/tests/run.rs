@@ -161,3 +161,51 @@ fn unknown_user_and_missing_image_are_clear_errors() {
     assert_eq!(o.status.code(), Some(125));
     assert!(String::from_utf8_lossy(&o.stderr).contains("no command"));
 }
+
+/// As an unprivileged user (`setpriv` to nobody): works in a user namespace that
+/// maps nobody to root (overlay in the user namespace, or the copy fallback), or
+/// fails saying what is missing.
+#[test]
+fn non_root_run_works_or_says_what_is_missing() {
+    let Some((d, root)) = rootfs() else { return };
+    if Command::new("setpriv").arg("--version").output().is_err() {
+        eprintln!("skipping: setpriv is not installed");
+        return;
+    }
+    assert!(
+        Command::new("chown")
+            .args(["-R", "65534:65534"])
+            .arg(d.path())
+            .status()
+            .unwrap()
+            .success()
+    );
+    for dir in Path::new(env!("CARGO_BIN_EXE_rbuild"))
+        .ancestors()
+        .skip(1)
+        .chain(d.path().ancestors())
+    {
+        use std::os::unix::fs::PermissionsExt;
+        if std::fs::metadata(dir).is_ok_and(|m| m.permissions().mode() & 0o001 == 0) {
+            eprintln!("skipping: {} is not searchable by nobody", dir.display());
+            return;
+        }
+    }
+    let o = Command::new("setpriv")
+        .args(["--reuid=65534", "--regid=65534", "--clear-groups", "--"])
+        .arg(env!("CARGO_BIN_EXE_rbuild"))
+        .args(["run", "--rm", "--network", "none", "--rootfs"])
+        .arg(&root)
+        .args(["sh", "-c", "id -u; echo x > /new; cat /new"])
+        .env("TMPDIR", d.path())
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&o.stderr);
+    if o.status.code() == Some(0) {
+        assert_eq!(stdout(&o), "0\nx\n");
+        assert!(!root.join("new").exists());
+    } else {
+        assert!(err.contains("user namespace"), "unclear error: {err}");
+        eprintln!("non-root rbuild run unavailable here: {err}");
+    }
+}

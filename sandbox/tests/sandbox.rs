@@ -496,6 +496,8 @@ fn two_hundred_runs_leave_mounts_and_rootfs_as_they_were() {
     let Some(root) = test_root() else { return };
     let mounts_before = host_mounts();
     let tree_before = tree(&root.path());
+    let fds = || std::fs::read_dir("/proc/self/fd").unwrap().count();
+    let fds_before = fds();
     for i in 0..200 {
         let mut spec = ProcessSpec::new(["true"]);
         if i % 2 == 0 {
@@ -511,6 +513,8 @@ fn two_hundred_runs_leave_mounts_and_rootfs_as_they_were() {
         assert_eq!(run(&root.rootfs(), spec).unwrap().code, 0, "run {i}");
     }
     assert_eq!(host_mounts(), mounts_before);
+    // No fd leaks (other tests run in parallel threads: allow their few fds).
+    assert!(fds() < fds_before + 16, "fds: {fds_before} before, {} after", fds());
     assert_eq!(tree(&root.path()), tree_before);
 }
 
