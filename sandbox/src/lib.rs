@@ -746,6 +746,14 @@ pub fn run(rootfs: &Rootfs, mut spec: ProcessSpec) -> Result<ExitStatus, Sandbox
             if userns {
                 data.extend(b",userxattr");
             }
+            if data.len() > 4095 {
+                return Err(SandboxError::InvalidSpec(format!(
+                    "overlay options for {} layers are {} bytes, over the kernel's one-page \
+                     limit; merge layers or use a directory rootfs",
+                    lower.len(),
+                    data.len()
+                )));
+            }
             ops.push(
                 Op::Mount {
                     source: Some(c"overlay".into()),
@@ -1211,7 +1219,12 @@ pub fn run(rootfs: &Rootfs, mut spec: ProcessSpec) -> Result<ExitStatus, Sandbox
 
     if let Some((sync_r, sync_w)) = sync {
         drop(sync_r);
-        write_id_maps(pid)?;
+        write_id_maps(pid).map_err(|e| {
+            SandboxError::UserNamespace(format!(
+                "cannot map the user into the sandbox's user namespace as non-root ({e}); \
+                 run as root or allow unprivileged user namespaces"
+            ))
+        })?;
         nix::unistd::write(&sync_w, b"1").map_err(sys_err("sync with sandbox"))?;
     }
     let pidfd = sys::pidfd_open(pid).map_err(sys_err("pidfd_open"))?;
@@ -1333,8 +1346,16 @@ pub fn run(rootfs: &Rootfs, mut spec: ProcessSpec) -> Result<ExitStatus, Sandbox
             });
         }
         let msg = msg.strip_suffix(": ").unwrap_or(&msg).to_string();
+        let hint =
+            if userns && matches!(errno, nix::errno::Errno::EPERM | nix::errno::Errno::EACCES) {
+                " (running as non-root in a user namespace: the kernel or a security module \
+             may restrict what unprivileged user namespaces can mount, e.g. \
+             kernel.apparmor_restrict_unprivileged_userns=1; run as root)"
+            } else {
+                ""
+            };
         return Err(SandboxError::Setup {
-            message: format!("{msg}: {}", errno.desc()),
+            message: format!("{msg}: {}{hint}", errno.desc()),
         });
     }
     if let Ok(b) = <[u8; 4]>::try_from(status_bytes.as_slice()) {

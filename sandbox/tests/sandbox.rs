@@ -514,7 +514,11 @@ fn two_hundred_runs_leave_mounts_and_rootfs_as_they_were() {
     }
     assert_eq!(host_mounts(), mounts_before);
     // No fd leaks (other tests run in parallel threads: allow their few fds).
-    assert!(fds() < fds_before + 16, "fds: {fds_before} before, {} after", fds());
+    assert!(
+        fds() < fds_before + 16,
+        "fds: {fds_before} before, {} after",
+        fds()
+    );
     assert_eq!(tree(&root.path()), tree_before);
 }
 
