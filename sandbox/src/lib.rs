@@ -1125,6 +1125,7 @@ pub fn run(rootfs: &Rootfs, mut spec: ProcessSpec) -> Result<ExitStatus, Sandbox
                     LineBuf {
                         buf: Vec::new(),
                         sink,
+                        eof: false,
                     },
                 ));
                 raw
@@ -1234,7 +1235,6 @@ pub fn run(rootfs: &Rootfs, mut spec: ProcessSpec) -> Result<ExitStatus, Sandbox
     let start = Instant::now();
     let deadline = spec.timeout.map(|t| start + t);
     let mut err_bytes = Vec::new();
-    let mut err_open = true;
     let mut killed: Option<SandboxError> = None;
     let mut grace: Option<Instant> = None;
     let mut buf = vec![0u8; 64 * 1024];
@@ -1244,14 +1244,8 @@ pub fn run(rootfs: &Rootfs, mut spec: ProcessSpec) -> Result<ExitStatus, Sandbox
             events: libc::POLLIN,
             revents: 0,
         }];
-        if err_open {
-            pfds.push(libc::pollfd {
-                fd: err_r.as_raw_fd(),
-                events: libc::POLLIN,
-                revents: 0,
-            });
-        }
-        for (r, _) in &readers {
+        // (The error pipe is read after the end: its few bytes fit in the pipe.)
+        for (r, _) in readers.iter().filter(|(_, lb)| !lb.eof) {
             pfds.push(libc::pollfd {
                 fd: r.as_raw_fd(),
                 events: libc::POLLIN,
@@ -1276,16 +1270,16 @@ pub fn run(rootfs: &Rootfs, mut spec: ProcessSpec) -> Result<ExitStatus, Sandbox
             }
         }
         let _ = sys_poll(&mut pfds, timeout_ms);
-        if err_open {
-            match read_some(&err_r, &mut buf) {
-                ReadResult::Data(n) => err_bytes.extend_from_slice(&buf[..n]),
-                ReadResult::Eof => err_open = false,
-                ReadResult::WouldBlock => {}
-            }
-        }
-        for (r, lb) in &mut readers {
-            while let ReadResult::Data(n) = read_some(r, &mut buf) {
-                lb.push(&buf[..n]);
+        for (r, lb) in readers.iter_mut().filter(|(_, lb)| !lb.eof) {
+            loop {
+                match read_some(r, &mut buf) {
+                    ReadResult::Data(n) => lb.push(&buf[..n]),
+                    ReadResult::Eof => {
+                        lb.eof = true;
+                        break;
+                    }
+                    ReadResult::WouldBlock => break,
+                }
             }
         }
         if pfds[0].revents != 0 {
@@ -1435,6 +1429,7 @@ fn read_some(fd: &OwnedFd, buf: &mut [u8]) -> ReadResult {
 struct LineBuf {
     buf: Vec<u8>,
     sink: LineSink,
+    eof: bool,
 }
 
 const MAX_LINE: usize = 1 << 20;
