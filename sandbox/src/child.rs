@@ -56,6 +56,17 @@ pub(crate) enum Op {
         path: CString,
         fd: RawFd,
     },
+    /// Create a file with these contents, mode and owner (exclusively).
+    WriteFile {
+        path: CString,
+        data: Vec<u8>,
+        mode: u32,
+        owner: (u32, u32),
+    },
+    /// Remove a file (errors ignored).
+    Unlink {
+        path: CString,
+    },
     /// After the pivot: attach the tree of an `OpenTree` at `target`.
     MoveMount {
         fd: RawFd,
@@ -67,7 +78,11 @@ pub(crate) enum Op {
 impl Op {
     fn path(&self) -> &CStr {
         match self {
-            Op::Mkdir { path, .. } | Op::MkFile { path, .. } | Op::OpenTree { path, .. } => path,
+            Op::Mkdir { path, .. }
+            | Op::MkFile { path, .. }
+            | Op::OpenTree { path, .. }
+            | Op::WriteFile { path, .. }
+            | Op::Unlink { path } => path,
             Op::Mount { target, .. }
             | Op::RemountRo { target, .. }
             | Op::MoveMount { target, .. } => target,
@@ -283,6 +298,19 @@ fn run_op(op: &Op) -> Result<bool, (&'static str, Errno)> {
             Ok(()) | Err(Errno::EEXIST) => Ok(false),
             Err(e) => Err(("symlink", e)),
         },
+        Op::WriteFile {
+            path,
+            data,
+            mode,
+            owner,
+        } => {
+            sys::write_new_file(path, data, *mode, *owner).map_err(|e| ("write", e))?;
+            Ok(false)
+        }
+        Op::Unlink { path } => {
+            let _ = sys::unlink(path);
+            Ok(false)
+        }
         Op::OpenTree { path, fd } => {
             sys::open_tree_at(path, *fd).map_err(|e| ("open_tree", e))?;
             Ok(false)

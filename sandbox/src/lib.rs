@@ -38,7 +38,6 @@ use std::fmt;
 use std::io::Read;
 use std::os::fd::{AsRawFd, OwnedFd, RawFd};
 use std::os::unix::ffi::OsStrExt;
-use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -523,6 +522,31 @@ impl OpList {
         }
     }
 
+    /// A file with `data` made by init in its /dev tmpfs, bound at `target` (whose
+    /// mount point must exist), then unlinked from /dev (after the pivot).
+    fn memory_file(
+        &mut self,
+        name: &str,
+        data: Vec<u8>,
+        mode: u32,
+        owner: (u32, u32),
+        target: &Path,
+        readonly: bool,
+    ) {
+        let staging = CString::new(format!("/dev/.rbuild-{name}")).expect("no NUL");
+        self.push(
+            Op::WriteFile {
+                path: staging.clone(),
+                data,
+                mode,
+                owner,
+            },
+            0,
+        );
+        self.bind(staging.clone(), target, readonly, false);
+        self.push(Op::Unlink { path: staging }, 0);
+    }
+
     /// Attaches the tree cloned from `fd` at `target` (after the pivot).
     fn attach(&mut self, fd: &OwnedFd, target: &Path, readonly: bool, optional: bool) {
         let target = cpath(target).expect("validated");
@@ -574,18 +598,6 @@ fn resolv_conf() -> Vec<u8> {
         // unreachable from another namespace): BuildKit's default.
         _ => b"nameserver 8.8.8.8\nnameserver 8.8.4.4\nnameserver 2001:4860:4860::8888\nnameserver 2001:4860:4860::8844\n".to_vec(),
     }
-}
-
-fn write_state_file(
-    dir: &Path,
-    name: &str,
-    data: &[u8],
-    mode: u32,
-) -> Result<PathBuf, SandboxError> {
-    let p = dir.join(name);
-    fs_err::write(&p, data)?;
-    fs_err::set_permissions(&p, std::fs::Permissions::from_mode(mode))?;
-    Ok(p)
 }
 
 fn validate(spec: &ProcessSpec) -> Result<(), SandboxError> {
@@ -657,18 +669,24 @@ pub fn run(rootfs: &Rootfs, mut spec: ProcessSpec) -> Result<ExitStatus, Sandbox
         )));
     }
 
-    let state = tempfile::Builder::new()
-        .prefix("rbuild-sandbox-")
-        .tempdir()
-        .map_err(SandboxError::Io)?;
-    let state_dir = state.path();
-    let root_host: PathBuf = match rootfs {
-        Rootfs::Dir(d) => fs_err::canonicalize(d)?,
-        Rootfs::Overlay { .. } => {
-            let p = state_dir.join("root");
+    // A mount point for an overlay the sandbox mounts itself.
+    let state = match rootfs {
+        Rootfs::Dir(_) => None,
+        Rootfs::Overlay { .. } => Some(
+            tempfile::Builder::new()
+                .prefix("rbuild-sandbox-")
+                .tempdir()
+                .map_err(SandboxError::Io)?,
+        ),
+    };
+    let root_host: PathBuf = match (rootfs, &state) {
+        (Rootfs::Dir(d), _) => fs_err::canonicalize(d)?,
+        (Rootfs::Overlay { .. }, Some(state)) => {
+            let p = state.path().join("root");
             fs_err::create_dir(&p)?;
             p
         }
+        (Rootfs::Overlay { .. }, None) => unreachable!("state dir made above"),
     };
     if !root_host.is_dir() {
         return Err(SandboxError::InvalidSpec(format!(
@@ -676,23 +694,9 @@ pub fn run(rootfs: &Rootfs, mut spec: ProcessSpec) -> Result<ExitStatus, Sandbox
             root_host.display()
         )));
     }
-
-    // Files the sandbox sees but the layer never gets.
+    // Host paths bound into the sandbox (cloned with open_tree before the pivot).
     let mut keep: Vec<OwnedFd> = Vec::new();
     let mut keep_paths: Vec<PathBuf> = Vec::new();
-    let hosts = write_state_file(
-        state_dir,
-        "hosts",
-        hosts_file(&spec.hostname).as_bytes(),
-        0o644,
-    )?;
-    let hostname = write_state_file(
-        state_dir,
-        "hostname",
-        format!("{}\n", spec.hostname).as_bytes(),
-        0o644,
-    )?;
-    let resolv = write_state_file(state_dir, "resolv.conf", &resolv_conf(), 0o644)?;
 
     // ---- the op list ----
     let r = cpath(&root_host)?;
@@ -906,13 +910,14 @@ pub fn run(rootfs: &Rootfs, mut spec: ProcessSpec) -> Result<ExitStatus, Sandbox
     // (removing them after every run costs more than the whole rest of the run:
     // unmount and rmdir wait for RCU grace periods); the mount points of the
     // requested mounts are removed.
+    // Their contents are written by init into its /dev tmpfs (memory only, gone
+    // with the run), bound read-only like BuildKit does, and unlinked there.
     ops.mkdir_all(Path::new("/etc"), 0o755, true, None);
-    for (file, src) in [
-        ("hosts", &hosts),
-        ("hostname", &hostname),
-        ("resolv.conf", &resolv),
+    for (file, data) in [
+        ("hosts", hosts_file(&spec.hostname).into_bytes()),
+        ("hostname", format!("{}\n", spec.hostname).into_bytes()),
+        ("resolv.conf", resolv_conf()),
     ] {
-        let fd = open_path(src)?;
         let target = PathBuf::from("/etc").join(file);
         ops.push(
             Op::MkFile {
@@ -922,9 +927,7 @@ pub fn run(rootfs: &Rootfs, mut spec: ProcessSpec) -> Result<ExitStatus, Sandbox
             },
             0,
         );
-        ops.attach(&fd, &target, false, false);
-        keep.push(fd);
-        keep_paths.push(src.clone());
+        ops.memory_file(file, data, 0o644, (0, 0), &target, true);
     }
 
     // Requested mounts.
@@ -980,16 +983,17 @@ pub fn run(rootfs: &Rootfs, mut spec: ProcessSpec) -> Result<ExitStatus, Sandbox
                 gid,
                 mode,
             } => {
-                let p = write_state_file(state_dir, &format!("secret-{i}"), data, *mode & 0o7777)?;
-                if !userns {
-                    nix::unistd::chown(&p, Some((*uid).into()), Some((*gid).into()))
-                        .map_err(sys_err(format!("chown {}", p.display())))?;
-                }
-                let fd = open_path(&p)?;
+                // In a user namespace only root is mapped: the file stays root's.
+                let owner = if userns { (0, 0) } else { (*uid, *gid) };
                 ops.mount_point(target, false);
-                ops.attach(&fd, target, true, false);
-                keep.push(fd);
-                keep_paths.push(p);
+                ops.memory_file(
+                    &format!("secret-{i}"),
+                    data.clone(),
+                    *mode & 0o7777,
+                    owner,
+                    target,
+                    true,
+                );
             }
         }
     }

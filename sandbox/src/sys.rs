@@ -109,6 +109,39 @@ pub fn create_file(path: &CStr, mode: u32) -> SysResult<()> {
     Ok(())
 }
 
+/// Creates `path` (it must not exist) with `data`, `mode` and `owner`.
+pub fn write_new_file(path: &CStr, data: &[u8], mode: u32, owner: (u32, u32)) -> SysResult<()> {
+    // SAFETY: valid NUL-terminated path.
+    let fd = check(unsafe {
+        libc::open(
+            path.as_ptr(),
+            libc::O_CREAT | libc::O_EXCL | libc::O_WRONLY | libc::O_CLOEXEC,
+            0o600,
+        )
+    })?;
+    let mut rest = data;
+    let mut res = Ok(());
+    while !rest.is_empty() {
+        // SAFETY: pointer and length describe `rest`.
+        let n = unsafe { libc::write(fd, rest.as_ptr().cast(), rest.len()) };
+        if n < 0 {
+            let e = Errno::last();
+            if e == Errno::EINTR {
+                continue;
+            }
+            res = Err(e);
+            break;
+        }
+        rest = &rest[usize::try_from(n).unwrap_or(0)..];
+    }
+    // SAFETY: integer fd and ids / mode.
+    let res = res
+        .and_then(|()| check(unsafe { libc::fchown(fd, owner.0, owner.1) }).map(drop))
+        .and_then(|()| check(unsafe { libc::fchmod(fd, mode) }).map(drop));
+    close(fd);
+    res
+}
+
 /// `(is_regular_file, size)` of `path`, following symlinks.
 pub fn stat_file(path: &CStr) -> SysResult<(bool, i64)> {
     // SAFETY: zeroed stat is a valid out-parameter; the path is NUL-terminated.

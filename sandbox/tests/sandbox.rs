@@ -221,13 +221,17 @@ fn ps_shows_only_the_sandbox_processes() {
 fn hostname_is_the_sandboxes() {
     let Some(root) = test_root() else { return };
     let host = nix::unistd::gethostname().unwrap();
-    let mut spec = sh("hostname; cat /etc/hostname; grep sbx-host /etc/hosts");
+    let mut spec = sh(
+        "hostname; cat /etc/hostname; grep sbx-host /etc/hosts; echo x >> /etc/hosts || echo ro; ls -a /dev | grep rbuild | wc -l",
+    );
     spec.hostname = "sbx-host".into();
     let c = run_captured(&root.rootfs(), spec);
     assert_eq!(code(&c), 0, "{:?}", c.err);
     assert_eq!(c.out[0], "sbx-host");
     assert_eq!(c.out[1], "sbx-host");
     assert!(c.out[2].starts_with("127.0.0.1"), "{:?}", c.out);
+    // Read-only like BuildKit's, and its staging file is gone from /dev.
+    assert_eq!(&c.out[3..], ["ro", "0"]);
     assert_eq!(nix::unistd::gethostname().unwrap(), host);
 }
 
