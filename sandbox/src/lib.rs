@@ -38,6 +38,7 @@ use std::fmt;
 use std::io::Read;
 use std::os::fd::{AsRawFd, OwnedFd, RawFd};
 use std::os::unix::ffi::OsStrExt;
+use std::os::unix::fs::{FileTypeExt, MetadataExt};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -447,6 +448,32 @@ fn read_image_file(rootfs: &Rootfs, path: &str) -> Result<Option<Vec<u8>>, Sandb
     Ok(None)
 }
 
+/// /proc, /dev and /sys are mounted before the pivot, through host paths: refuse
+/// an image where they are anything but directories (a symlink would be followed
+/// on the host side).
+fn check_mount_dirs(rootfs: &Rootfs) -> Result<(), SandboxError> {
+    let dirs: Vec<&Path> = match rootfs {
+        Rootfs::Dir(d) => vec![d],
+        Rootfs::Overlay { lower, upper, .. } => std::iter::once(upper.as_path())
+            .chain(lower.iter().map(PathBuf::as_path))
+            .collect(),
+    };
+    for name in ["proc", "dev", "sys"] {
+        // The top-most layer that has the name decides.
+        if let Some(m) = dirs
+            .iter()
+            .find_map(|d| std::fs::symlink_metadata(d.join(name)).ok())
+            && !m.is_dir()
+            && !(m.file_type().is_char_device() && m.rdev() == 0)
+        {
+            return Err(SandboxError::InvalidSpec(format!(
+                "the image's /{name} is not a directory; refusing to mount over it"
+            )));
+        }
+    }
+    Ok(())
+}
+
 fn resolve(rootfs: &Rootfs, spec: &str) -> Result<ResolvedUser, SandboxError> {
     let passwd = read_image_file(rootfs, "/etc/passwd")?;
     let group = read_image_file(rootfs, "/etc/group")?;
@@ -694,6 +721,7 @@ pub fn run(rootfs: &Rootfs, mut spec: ProcessSpec) -> Result<ExitStatus, Sandbox
             root_host.display()
         )));
     }
+    check_mount_dirs(rootfs)?;
     // Host paths bound into the sandbox (cloned with open_tree before the pivot).
     let mut keep: Vec<OwnedFd> = Vec::new();
     let mut keep_paths: Vec<PathBuf> = Vec::new();

@@ -721,6 +721,11 @@ fn bad_specs_are_clear_errors() {
     });
     let e = run(&root.rootfs(), spec).unwrap_err().to_string();
     assert!(e.contains("relative"), "{e}");
+    std::os::unix::fs::symlink("/", root.path().join("dev")).unwrap();
+    let e = run(&root.rootfs(), ProcessSpec::new(["true"]))
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("/dev is not a directory"), "{e}");
     let e = run(
         &Rootfs::Dir("/nonexistent-rootfs".into()),
         ProcessSpec::new(["true"]),
