@@ -1488,3 +1488,76 @@ impl LineBuf {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn collect(chunks: &[&[u8]]) -> Vec<String> {
+        let out = Arc::new(std::sync::Mutex::new(Vec::new()));
+        let o2 = Arc::clone(&out);
+        let mut lb = LineBuf {
+            buf: Vec::new(),
+            sink: Box::new(move |l| {
+                o2.lock()
+                    .unwrap()
+                    .push(String::from_utf8_lossy(l).into_owned());
+            }),
+            eof: false,
+        };
+        for c in chunks {
+            lb.push(c);
+        }
+        lb.finish();
+        out.lock().unwrap().clone()
+    }
+
+    #[test]
+    fn lines_are_split_across_chunks() {
+        assert_eq!(collect(&[b"a\nb", b"c\n\nd"]), ["a", "bc", "", "d"]);
+        assert_eq!(collect(&[b"x\n"]), ["x"]);
+        assert_eq!(collect(&[]), Vec::<String>::new());
+    }
+
+    #[test]
+    fn overlong_lines_are_cut() {
+        let big = vec![b'x'; MAX_LINE + 10];
+        let lines = collect(&[&big, b"\n"]);
+        assert_eq!(lines.len(), 2);
+        assert_eq!(lines[0].len(), MAX_LINE + 10);
+        assert_eq!(lines[1], "");
+    }
+
+    #[test]
+    fn exit_status_like_a_shell() {
+        assert_eq!(
+            ExitStatus::from_wait(3 << 8),
+            ExitStatus {
+                code: 3,
+                signal: None
+            }
+        );
+        assert_eq!(
+            ExitStatus::from_wait(9),
+            ExitStatus {
+                code: 137,
+                signal: Some(9)
+            }
+        );
+    }
+
+    #[test]
+    fn exec_errors_map_to_shell_codes() {
+        let e = SandboxError::Exec {
+            command: "x".into(),
+            errno: nix::errno::Errno::ENOENT,
+        };
+        assert_eq!(e.exit_code(), 127);
+        assert!(e.to_string().contains("not found"));
+        let e = SandboxError::Exec {
+            command: "x".into(),
+            errno: nix::errno::Errno::EACCES,
+        };
+        assert_eq!(e.exit_code(), 126);
+    }
+}
