@@ -43,7 +43,7 @@ pub struct RunArgs {
     /// Keep stdin open (pass rbuild's stdin to the command)
     #[arg(short = 'i', long)]
     interactive: bool,
-    /// Run on rbuild's terminal (with -i: an interactive shell)
+    /// Allocate a pseudo-terminal (with -i: an interactive shell)
     #[arg(short = 't', long)]
     tty: bool,
     /// Use this directory as the container's root filesystem instead of an image
@@ -110,7 +110,7 @@ fn run_cmd(args: &RunArgs) -> anyhow::Result<i32> {
     }
 
     let cancel = CancelToken::new();
-    install_signal_handlers(&cancel, args.tty)?;
+    install_signal_handlers(&cancel)?;
 
     let spec = || {
         let mut spec = ProcessSpec::new(args.args.clone());
@@ -164,18 +164,15 @@ fn run_cmd(args: &RunArgs) -> anyhow::Result<i32> {
     Ok(status.code)
 }
 
-/// SIGINT and SIGTERM cancel the run (every process of the container is killed).
-/// On a terminal (`-t`) SIGINT and SIGQUIT are left to the container's processes,
-/// which get them from the terminal themselves.
-fn install_signal_handlers(cancel: &CancelToken, tty: bool) -> anyhow::Result<()> {
+/// SIGINT, SIGTERM and SIGHUP cancel the run (every process of the container is
+/// killed). With `-t` the terminal is in raw mode: Ctrl-C reaches the container's
+/// own terminal as a character, not rbuild as a signal.
+fn install_signal_handlers(cancel: &CancelToken) -> anyhow::Result<()> {
     use nix::sys::signal::{SigSet, Signal};
     let mut set = SigSet::empty();
     set.add(Signal::SIGTERM);
     set.add(Signal::SIGINT);
     set.add(Signal::SIGHUP);
-    if tty {
-        set.add(Signal::SIGQUIT);
-    }
     // Blocked here (inherited by the thread below and by the sandbox, which
     // unblocks everything in its processes), taken with sigwait by that thread.
     set.thread_block().context("blocking signals")?;
@@ -183,7 +180,6 @@ fn install_signal_handlers(cancel: &CancelToken, tty: bool) -> anyhow::Result<()
     std::thread::spawn(move || {
         loop {
             match set.wait() {
-                Ok(Signal::SIGINT | Signal::SIGQUIT) if tty => {}
                 Ok(_) => cancel.cancel(),
                 Err(_) => return,
             }

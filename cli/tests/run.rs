@@ -209,3 +209,27 @@ fn non_root_run_works_or_says_what_is_missing() {
         eprintln!("non-root rbuild run unavailable here: {err}");
     }
 }
+
+#[test]
+fn tty_gives_a_pseudo_terminal() {
+    let Some((_d, root)) = rootfs() else { return };
+    let o = run(
+        &root,
+        &[
+            "-t",
+            "sh",
+            "-c",
+            "tty; test -t 0 && test -t 1 && echo both-ttys; exit 5",
+        ],
+    );
+    assert_eq!(
+        o.status.code(),
+        Some(5),
+        "{}",
+        String::from_utf8_lossy(&o.stderr)
+    );
+    // The pty's line discipline turns \n into \r\n.
+    assert_eq!(stdout(&o), "/dev/pts/0\r\nboth-ttys\r\n");
+    let o = run(&root, &["sh", "-c", "test -t 1 || echo no-tty"]);
+    assert_eq!(stdout(&o), "no-tty\n");
+}

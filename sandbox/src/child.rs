@@ -118,8 +118,8 @@ pub(crate) struct Plan {
     pub last_cap: u32,
     pub no_new_privs: bool,
     pub stdio: [RawFd; 3],
-    /// Stay in the caller's session (interactive terminal).
-    pub terminal: bool,
+    /// Unix socket to send a new pty's master to the parent over (-1: no pty).
+    pub pty_sock: RawFd,
     /// Write end of the error pipe (close-on-exec: EOF in the parent = exec done).
     pub err_fd: RawFd,
     /// Write end of the status pipe: init writes the main process's wait status.
@@ -167,10 +167,6 @@ pub(crate) fn init(plan: &mut Plan) -> ! {
         sys::exit(125);
     }
     sys::reset_signals();
-    if plan.terminal {
-        // pid 1 would die of the terminal's SIGINT and take the step with it.
-        sys::ignore_terminal_signals();
-    }
     close_other_fds(&plan.keep_fds);
     sys::umask(0);
 
@@ -194,6 +190,20 @@ pub(crate) fn init(plan: &mut Plan) -> ! {
         fail(plan, "bring up loopback interface", c"lo", e);
     }
 
+    if plan.pty_sock >= 0 {
+        // A terminal from the sandbox's own devpts: the master goes to the parent,
+        // the slave becomes the main process's stdio and controlling terminal.
+        let (master, slave) = match sys::open_pty() {
+            Ok(p) => p,
+            Err(e) => fail(plan, "open a pseudo-terminal", c"/dev/ptmx", e),
+        };
+        if let Err(e) = sys::send_fd(plan.pty_sock, master) {
+            fail(plan, "pass the terminal to rbuild", c"", e);
+        }
+        sys::close(master);
+        sys::close(plan.pty_sock);
+        plan.stdio = [slave, slave, slave];
+    }
     let main = match sys::clone_fork(0) {
         Ok(0) => exec_main(plan),
         Ok(pid) => pid,
@@ -393,17 +403,18 @@ fn cleanup(plan: &Plan) {
 
 /// The main process: stdio, cwd, credentials, capabilities, exec.
 fn exec_main(plan: &Plan) -> ! {
-    if plan.terminal {
-        sys::reset_signals();
-    } else {
-        sys::setsid();
-    }
+    sys::setsid();
     sys::umask(0o022);
     for (i, &fd) in plan.stdio.iter().enumerate() {
         #[allow(clippy::cast_possible_truncation, clippy::cast_possible_wrap)]
         if let Err(e) = sys::dup2(fd, i as RawFd) {
             fail(plan, "set up stdio", c"", e);
         }
+    }
+    if plan.pty_sock >= 0
+        && let Err(e) = sys::set_controlling_tty(0)
+    {
+        fail(plan, "set the controlling terminal", c"", e);
     }
     if let Err(e) = sys::chdir(&plan.cwd) {
         fail(plan, "chdir to working directory", &plan.cwd, e);

@@ -206,10 +206,11 @@ pub struct ProcessSpec {
     pub timeout: Option<Duration>,
     pub cancel: Option<CancelToken>,
     pub stdin: Input,
-    /// Interactive use on the caller's terminal (`rbuild run -t`, with inherited
-    /// stdio): the process stays in the caller's session so the terminal is its
-    /// controlling terminal and Ctrl-C reaches it; the sandbox's init ignores the
-    /// terminal's signals. Otherwise the process gets a session of its own.
+    /// Give the process a pseudo-terminal (`rbuild run -t`), allocated in the
+    /// sandbox's own devpts and made its controlling terminal. The caller's stdin
+    /// (when `stdin` is [`Input::Inherit`]) is relayed to it and its output to the
+    /// caller's stdout; `stdout`/`stderr` are then unused. The caller's terminal, if
+    /// stdin is one, is put in raw mode for the run and its window size copied.
     pub terminal: bool,
     pub stdout: Output,
     pub stderr: Output,
@@ -1164,6 +1165,16 @@ pub fn run(rootfs: &Rootfs, mut spec: ProcessSpec) -> Result<ExitStatus, Sandbox
             }
         })
     };
+    let relay_stdin = spec.terminal && spec.stdin == Input::Inherit;
+    if spec.terminal {
+        spec.stdout = Output::Null;
+        spec.stderr = Output::Null;
+    }
+    let pty_sock = if spec.terminal {
+        Some(sys::socketpair().map_err(sys_err("socketpair"))?)
+    } else {
+        None
+    };
     let stdout_fd = out_fd(std::mem::take(&mut spec.stdout), 1, &mut readers)?;
     let stderr_fd = out_fd(std::mem::take(&mut spec.stderr), 2, &mut readers)?;
 
@@ -1177,6 +1188,9 @@ pub fn run(rootfs: &Rootfs, mut spec: ProcessSpec) -> Result<ExitStatus, Sandbox
     ]);
     if let Some((r, _)) = &sync {
         keep_fds.push(r.as_raw_fd());
+    }
+    if let Some((_, child_end)) = &pty_sock {
+        keep_fds.push(child_end.as_raw_fd());
     }
     keep_fds.sort_unstable();
     keep_fds.dedup();
@@ -1206,7 +1220,7 @@ pub fn run(rootfs: &Rootfs, mut spec: ProcessSpec) -> Result<ExitStatus, Sandbox
         last_cap: last_cap(),
         no_new_privs: spec.security == SecurityMode::Sandbox,
         stdio: [stdin_fd, stdout_fd, stderr_fd],
-        terminal: spec.terminal,
+        pty_sock: pty_sock.as_ref().map_or(-1, |(_, c)| c.as_raw_fd()),
         err_fd: err_w.as_raw_fd(),
         status_fd: status_w.as_raw_fd(),
         sync_fd: sync.as_ref().map_or(-1, |(r, _)| r.as_raw_fd()),
@@ -1262,6 +1276,17 @@ pub fn run(rootfs: &Rootfs, mut spec: ProcessSpec) -> Result<ExitStatus, Sandbox
     }
     let pidfd = sys::pidfd_open(pid).map_err(sys_err("pidfd_open"))?;
     fcntl(&err_r, FcntlArg::F_SETFL(OFlag::O_NONBLOCK)).map_err(sys_err("fcntl"))?;
+    let mut relay = match pty_sock {
+        Some((ours, child_end)) => {
+            drop(child_end);
+            // None when init failed before making the terminal: reported below.
+            match sys::recv_fd(ours.as_raw_fd()).map_err(sys_err("receive the terminal"))? {
+                Some(master) => Some(TermRelay::new(master, relay_stdin)?),
+                None => None,
+            }
+        }
+        None => None,
+    };
 
     // ---- wait: stream output, watch the deadline and the cancel token ----
     let start = Instant::now();
@@ -1276,6 +1301,9 @@ pub fn run(rootfs: &Rootfs, mut spec: ProcessSpec) -> Result<ExitStatus, Sandbox
             events: libc::POLLIN,
             revents: 0,
         }];
+        if let Some(t) = &relay {
+            t.poll_fds(&mut pfds);
+        }
         // (The error pipe is read after the end: its few bytes fit in the pipe.)
         for (r, _) in readers.iter().filter(|(_, lb)| !lb.eof) {
             pfds.push(libc::pollfd {
@@ -1302,6 +1330,9 @@ pub fn run(rootfs: &Rootfs, mut spec: ProcessSpec) -> Result<ExitStatus, Sandbox
             }
         }
         let _ = sys_poll(&mut pfds, timeout_ms);
+        if let Some(t) = &mut relay {
+            t.pump(&pfds, &mut buf);
+        }
         for (r, lb) in readers.iter_mut().filter(|(_, lb)| !lb.eof) {
             loop {
                 match read_some(r, &mut buf) {
@@ -1343,6 +1374,10 @@ pub fn run(rootfs: &Rootfs, mut spec: ProcessSpec) -> Result<ExitStatus, Sandbox
     let (_, init_status) = sys::waitpid(pid).map_err(sys_err("waitpid"))?;
     std::mem::forget(guard);
     // Everything in the pid namespace is gone now: drain what is left.
+    if let Some(t) = &mut relay {
+        t.drain(&mut buf);
+    }
+    drop(relay);
     while let ReadResult::Data(n) = read_some(&err_r, &mut buf) {
         err_bytes.extend_from_slice(&buf[..n]);
     }
@@ -1452,7 +1487,98 @@ fn read_some(fd: &OwnedFd, buf: &mut [u8]) -> ReadResult {
             Ok(0) => return ReadResult::Eof,
             Ok(n) => return ReadResult::Data(n),
             Err(nix::errno::Errno::EINTR) => {}
-            Err(_) => return ReadResult::WouldBlock,
+            Err(nix::errno::Errno::EAGAIN) => return ReadResult::WouldBlock,
+            // EIO from a pty master whose slave is closed; any other error ends
+            // the stream too.
+            Err(_) => return ReadResult::Eof,
+        }
+    }
+}
+
+/// Relays between the caller's terminal and a pty master (`ProcessSpec::terminal`).
+struct TermRelay {
+    master: OwnedFd,
+    master_open: bool,
+    stdin_open: bool,
+    saved: Option<nix::sys::termios::Termios>,
+}
+
+impl TermRelay {
+    fn new(master: OwnedFd, relay_stdin: bool) -> Result<Self, SandboxError> {
+        use nix::sys::termios::{SetArg, cfmakeraw, tcgetattr, tcsetattr};
+        fcntl(&master, FcntlArg::F_SETFL(OFlag::O_NONBLOCK)).map_err(sys_err("fcntl"))?;
+        let stdin = std::io::stdin();
+        let mut saved = None;
+        if relay_stdin && nix::unistd::isatty(&stdin).unwrap_or(false) {
+            sys::copy_winsize(0, master.as_raw_fd());
+            if let Ok(t) = tcgetattr(&stdin) {
+                let mut raw = t.clone();
+                cfmakeraw(&mut raw);
+                if tcsetattr(&stdin, SetArg::TCSANOW, &raw).is_ok() {
+                    saved = Some(t);
+                }
+            }
+        } else if nix::unistd::isatty(std::io::stdout()).unwrap_or(false) {
+            sys::copy_winsize(1, master.as_raw_fd());
+        }
+        Ok(TermRelay {
+            master,
+            master_open: true,
+            stdin_open: relay_stdin,
+            saved,
+        })
+    }
+
+    fn poll_fds(&self, pfds: &mut Vec<libc::pollfd>) {
+        if self.master_open {
+            pfds.push(libc::pollfd {
+                fd: self.master.as_raw_fd(),
+                events: libc::POLLIN,
+                revents: 0,
+            });
+        }
+        if self.stdin_open {
+            pfds.push(libc::pollfd {
+                fd: 0,
+                events: libc::POLLIN,
+                revents: 0,
+            });
+        }
+    }
+
+    fn pump(&mut self, pfds: &[libc::pollfd], buf: &mut [u8]) {
+        self.drain(buf);
+        let stdin_ready = pfds.iter().any(|p| p.fd == 0 && p.revents != 0);
+        if self.stdin_open && stdin_ready {
+            // One read: poll said it will not block.
+            match nix::unistd::read(std::io::stdin(), buf) {
+                Ok(0) | Err(_) => self.stdin_open = false,
+                Ok(n) => sys::write_all(self.master.as_raw_fd(), &buf[..n]),
+            }
+        }
+    }
+
+    /// Copies what the master has to the caller's stdout.
+    fn drain(&mut self, buf: &mut [u8]) {
+        while self.master_open {
+            match read_some(&self.master, buf) {
+                ReadResult::Data(n) => sys::write_all(1, &buf[..n]),
+                ReadResult::WouldBlock => break,
+                // EIO once the last slave fd is closed.
+                ReadResult::Eof => self.master_open = false,
+            }
+        }
+    }
+}
+
+impl Drop for TermRelay {
+    fn drop(&mut self) {
+        if let Some(t) = &self.saved {
+            let _ = nix::sys::termios::tcsetattr(
+                std::io::stdin(),
+                nix::sys::termios::SetArg::TCSANOW,
+                t,
+            );
         }
     }
 }

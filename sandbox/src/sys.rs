@@ -373,20 +373,6 @@ pub fn reset_signals() {
     }
 }
 
-/// Ignores the signals a terminal sends to its foreground process group.
-pub fn ignore_terminal_signals() {
-    for sig in [
-        libc::SIGINT,
-        libc::SIGQUIT,
-        libc::SIGTSTP,
-        libc::SIGTTIN,
-        libc::SIGTTOU,
-    ] {
-        // SAFETY: SIG_IGN is a valid disposition for these signals.
-        unsafe { libc::signal(sig, libc::SIG_IGN) };
-    }
-}
-
 /// `execve(path, argv, envp)`; returns only on failure.
 pub fn execve(path: &CStr, argv: &[*const c_char], envp: &[*const c_char]) -> Errno {
     // SAFETY: argv and envp are null-terminated arrays of pointers to NUL-terminated
@@ -486,4 +472,142 @@ pub fn move_mount(fd: RawFd, target: &CStr) -> SysResult<()> {
 pub fn set_name(name: &CStr) {
     // SAFETY: PR_SET_NAME reads a NUL-terminated string of at most 16 bytes.
     unsafe { libc::prctl(libc::PR_SET_NAME, name.as_ptr()) };
+}
+
+/// Opens a new pseudo-terminal in this mount namespace's `/dev/ptmx`:
+/// `(master, slave)`.
+pub fn open_pty() -> SysResult<(RawFd, RawFd)> {
+    // SAFETY: valid NUL-terminated path.
+    let master = check(unsafe {
+        libc::open(
+            c"/dev/ptmx".as_ptr(),
+            libc::O_RDWR | libc::O_NOCTTY | libc::O_CLOEXEC,
+        )
+    })?;
+    let unlock: c_int = 0;
+    // SAFETY: TIOCSPTLCK reads an int; TIOCGPTPEER takes open flags and returns
+    // a new fd for the slave side.
+    let slave = unsafe {
+        if libc::ioctl(master, libc::TIOCSPTLCK, &raw const unlock) == -1 {
+            -1
+        } else {
+            libc::ioctl(
+                master,
+                libc::TIOCGPTPEER,
+                libc::O_RDWR | libc::O_NOCTTY | libc::O_CLOEXEC,
+            )
+        }
+    };
+    match check(slave) {
+        Ok(slave) => Ok((master, slave)),
+        Err(e) => {
+            close(master);
+            Err(e)
+        }
+    }
+}
+
+/// Makes the terminal on `fd` the calling process's controlling terminal.
+pub fn set_controlling_tty(fd: RawFd) -> SysResult<()> {
+    // SAFETY: TIOCSCTTY takes an integer argument.
+    check(unsafe { libc::ioctl(fd, libc::TIOCSCTTY, 0) }).map(drop)
+}
+
+/// Copies the window size of the terminal `from` to the terminal `to`.
+pub fn copy_winsize(from: RawFd, to: RawFd) {
+    // SAFETY: zeroed winsize is valid; TIOCGWINSZ/TIOCSWINSZ read/write it.
+    unsafe {
+        let mut ws: libc::winsize = std::mem::zeroed();
+        if libc::ioctl(from, libc::TIOCGWINSZ, &raw mut ws) == 0 {
+            libc::ioctl(to, libc::TIOCSWINSZ, &raw const ws);
+        }
+    }
+}
+
+const FD_SPACE: usize = 64;
+
+/// Sends `fd` over the unix socket `sock` (`SCM_RIGHTS`).
+pub fn send_fd(sock: RawFd, fd: RawFd) -> SysResult<()> {
+    let mut byte = [0u8; 1];
+    let mut iov = libc::iovec {
+        iov_base: byte.as_mut_ptr().cast(),
+        iov_len: 1,
+    };
+    let mut space = [0u8; FD_SPACE];
+    // SAFETY: msghdr points at the iovec and the control buffer above, both alive
+    // and large enough for one fd (CMSG_SPACE(4) = 24 on Linux, buffer is 64).
+    unsafe {
+        let mut msg: libc::msghdr = std::mem::zeroed();
+        msg.msg_iov = &raw mut iov;
+        msg.msg_iovlen = 1;
+        msg.msg_control = space.as_mut_ptr().cast();
+        msg.msg_controllen = libc::CMSG_SPACE(4) as usize;
+        let cmsg = libc::CMSG_FIRSTHDR(&raw const msg);
+        (*cmsg).cmsg_level = libc::SOL_SOCKET;
+        (*cmsg).cmsg_type = libc::SCM_RIGHTS;
+        (*cmsg).cmsg_len = libc::CMSG_LEN(4) as usize;
+        std::ptr::write_unaligned(libc::CMSG_DATA(cmsg).cast::<c_int>(), fd);
+        check_long(libc::sendmsg(sock, &raw const msg, 0) as libc::c_long).map(drop)
+    }
+}
+
+/// Receives an fd sent with [`send_fd`]; `None` when the peer closed first.
+pub fn recv_fd(sock: RawFd) -> SysResult<Option<std::os::fd::OwnedFd>> {
+    use std::os::fd::FromRawFd;
+    let mut byte = [0u8; 1];
+    let mut iov = libc::iovec {
+        iov_base: byte.as_mut_ptr().cast(),
+        iov_len: 1,
+    };
+    let mut space = [0u8; FD_SPACE];
+    // SAFETY: as in send_fd; the received fd (if any) is owned by us from here.
+    unsafe {
+        let mut msg: libc::msghdr = std::mem::zeroed();
+        msg.msg_iov = &raw mut iov;
+        msg.msg_iovlen = 1;
+        msg.msg_control = space.as_mut_ptr().cast();
+        msg.msg_controllen = space.len();
+        let n = loop {
+            let n = libc::recvmsg(sock, &raw mut msg, libc::MSG_CMSG_CLOEXEC);
+            if n == -1 && Errno::last() == Errno::EINTR {
+                continue;
+            }
+            break n;
+        };
+        check_long(n as libc::c_long)?;
+        if n == 0 {
+            return Ok(None);
+        }
+        let cmsg = libc::CMSG_FIRSTHDR(&raw const msg);
+        if cmsg.is_null()
+            || (*cmsg).cmsg_level != libc::SOL_SOCKET
+            || (*cmsg).cmsg_type != libc::SCM_RIGHTS
+        {
+            return Ok(None);
+        }
+        let fd = std::ptr::read_unaligned(libc::CMSG_DATA(cmsg).cast::<c_int>());
+        Ok(Some(std::os::fd::OwnedFd::from_raw_fd(fd)))
+    }
+}
+
+/// A connected pair of close-on-exec unix stream sockets.
+pub fn socketpair() -> SysResult<(std::os::fd::OwnedFd, std::os::fd::OwnedFd)> {
+    use std::os::fd::FromRawFd;
+    let mut fds = [0 as c_int; 2];
+    // SAFETY: `fds` has room for the two fds socketpair(2) writes.
+    check(unsafe {
+        libc::socketpair(
+            libc::AF_UNIX,
+            libc::SOCK_STREAM | libc::SOCK_CLOEXEC,
+            0,
+            fds.as_mut_ptr(),
+        )
+    })?;
+    // SAFETY: the kernel just returned these fds; we are their only owner.
+    Ok(unsafe {
+        (
+            std::os::fd::OwnedFd::from_raw_fd(fds[0]),
+            std::os::fd::OwnedFd::from_raw_fd(fds[1]),
+        )
+    })
 }
