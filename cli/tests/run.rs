@@ -233,3 +233,34 @@ fn tty_gives_a_pseudo_terminal() {
     let o = run(&root, &["sh", "-c", "test -t 1 || echo no-tty"]);
     assert_eq!(stdout(&o), "no-tty\n");
 }
+
+#[test]
+fn sigterm_to_rbuild_kills_the_container() {
+    use std::io::BufRead;
+    let Some((_d, root)) = rootfs() else { return };
+    let token = "rbuild-run-sigterm-token-8d2f";
+    let mut child = rbuild()
+        .args(["run", "--rm", "--rootfs"])
+        .arg(&root)
+        .args(["sh", "-c", &format!("echo started; sleep 1000; : {token}")])
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut lines = std::io::BufReader::new(child.stdout.take().unwrap()).lines();
+    assert_eq!(lines.next().unwrap().unwrap(), "started");
+    let running = |t: &str| {
+        std::fs::read_dir("/proc").unwrap().flatten().any(|e| {
+            std::fs::read(e.path().join("cmdline"))
+                .is_ok_and(|c| String::from_utf8_lossy(&c).contains(t))
+        })
+    };
+    assert!(running(token));
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(i32::try_from(child.id()).unwrap()),
+        nix::sys::signal::Signal::SIGTERM,
+    )
+    .unwrap();
+    let status = child.wait().unwrap();
+    assert_eq!(status.code(), Some(137));
+    assert!(!running(token), "container processes left");
+}
