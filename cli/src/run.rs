@@ -147,7 +147,7 @@ fn run_cmd(args: &RunArgs) -> anyhow::Result<i32> {
         upper,
         work,
     };
-    let status = match run(&overlay, spec()) {
+    let result = match run(&overlay, spec()) {
         // The overlay could not be mounted (no overlayfs here, or not in a user
         // namespace): nothing ran yet, so run again over a copy.
         Err(SandboxError::Setup { message })
@@ -156,12 +156,18 @@ fn run_cmd(args: &RunArgs) -> anyhow::Result<i32> {
         {
             let copy = scratch.path().join("copy");
             rbuild_snapshotter::overlay::copy_lower_stack(std::slice::from_ref(&lower), &copy)
-                .context("copying the root filesystem (overlayfs is not available)")?;
-            run(&Rootfs::Dir(copy), spec())?
+                .context("copying the root filesystem (overlayfs is not available)")
+                .and_then(|()| Ok(run(&Rootfs::Dir(copy), spec())?))
         }
-        other => other?,
+        other => other.map_err(anyhow::Error::from),
     };
-    Ok(status.code)
+    // overlayfs leaves work/work with mode 000: as non-root the scratch dir could
+    // not be removed without opening it up first.
+    let _ = fs_err::set_permissions(
+        scratch.path().join("work/work"),
+        std::os::unix::fs::PermissionsExt::from_mode(0o700),
+    );
+    Ok(result?.code)
 }
 
 /// SIGINT, SIGTERM and SIGHUP cancel the run (every process of the container is

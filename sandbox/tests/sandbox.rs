@@ -31,14 +31,18 @@ fn base_tar() -> Option<&'static Path> {
             eprintln!("skipping: {BASE_SH} is absent");
             return None;
         }
-        let dir = std::env::temp_dir().join(format!("rbuild-sandbox-test-{}", std::process::id()));
-        std::fs::create_dir_all(&dir).unwrap();
-        let tar = dir.join("base.tar");
+        // In cargo's per-target scratch dir (not /tmp: a static is never dropped),
+        // made under a temporary name and renamed into place.
+        let dir = Path::new(env!("CARGO_TARGET_TMPDIR"));
+        std::fs::create_dir_all(dir).unwrap();
+        let tar = dir.join("sandbox-base.tar");
+        let tmp = dir.join(format!("sandbox-base.tar.{}", std::process::id()));
         let ok = Command::new("sh")
             .arg(BASE_SH)
-            .arg(&tar)
+            .arg(&tmp)
             .status()
-            .is_ok_and(|s| s.success());
+            .is_ok_and(|s| s.success())
+            && std::fs::rename(&tmp, &tar).is_ok();
         if !ok {
             eprintln!("skipping: base.sh failed (is busybox-static installed?)");
             return None;
