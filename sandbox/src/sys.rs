@@ -1,0 +1,613 @@
+//! The raw system calls of the sandbox: the one module of the workspace holding
+//! `unsafe` code, each block commented.
+//!
+//! Every function here is allocation-free and async-signal-safe so that it can be
+//! called between `clone` and `execve` in a child of a multi-threaded parent (where
+//! another thread may have held the allocator's lock at the time of the fork).
+//! Paths are passed as `&CStr` prepared by the parent before the fork.
+
+use std::ffi::CStr;
+use std::os::fd::RawFd;
+use std::ptr;
+
+use libc::{c_char, c_int, c_ulong};
+pub use nix::errno::Errno;
+
+pub type SysResult<T> = Result<T, Errno>;
+
+fn check(ret: c_int) -> SysResult<c_int> {
+    if ret == -1 {
+        Err(Errno::last())
+    } else {
+        Ok(ret)
+    }
+}
+
+fn check_long(ret: libc::c_long) -> SysResult<libc::c_long> {
+    if ret == -1 {
+        Err(Errno::last())
+    } else {
+        Ok(ret)
+    }
+}
+
+fn opt_ptr(s: Option<&CStr>) -> *const c_char {
+    s.map_or(ptr::null(), CStr::as_ptr)
+}
+
+/// `clone(flags | SIGCHLD)` without a new stack: like `fork`, the child continues on
+/// a copy of the parent's stack and returns 0; the parent gets the child's pid.
+pub fn clone_fork(flags: c_int) -> SysResult<libc::pid_t> {
+    // SAFETY: the raw clone syscall with a null stack pointer behaves like fork(2):
+    // the child gets a copy-on-write copy of the address space, including this stack
+    // frame. No pointers are passed. The caller's child branch only calls the
+    // allocation-free functions of this module and ends in execve or _exit.
+    let ret = unsafe {
+        libc::syscall(
+            libc::SYS_clone,
+            c_ulong::from(u32::from_ne_bytes(flags.to_ne_bytes())) | libc::SIGCHLD as c_ulong,
+            ptr::null_mut::<libc::c_void>(),
+            ptr::null_mut::<libc::c_void>(),
+            ptr::null_mut::<libc::c_void>(),
+            0 as c_ulong,
+        )
+    };
+    check_long(ret).map(|p| libc::pid_t::try_from(p).unwrap_or(-1))
+}
+
+pub fn mount(
+    src: Option<&CStr>,
+    target: &CStr,
+    fstype: Option<&CStr>,
+    flags: c_ulong,
+    data: Option<&CStr>,
+) -> SysResult<()> {
+    // SAFETY: all pointers are NUL-terminated strings or null, valid for the call.
+    check(unsafe {
+        libc::mount(
+            opt_ptr(src),
+            target.as_ptr(),
+            opt_ptr(fstype),
+            flags,
+            opt_ptr(data).cast(),
+        )
+    })
+    .map(drop)
+}
+
+pub fn umount_detach(target: &CStr) -> SysResult<()> {
+    // SAFETY: valid NUL-terminated path.
+    check(unsafe { libc::umount2(target.as_ptr(), libc::MNT_DETACH) }).map(drop)
+}
+
+pub fn mkdir(path: &CStr, mode: u32) -> SysResult<()> {
+    // SAFETY: valid NUL-terminated path.
+    check(unsafe { libc::mkdir(path.as_ptr(), mode) }).map(drop)
+}
+
+pub fn rmdir(path: &CStr) -> SysResult<()> {
+    // SAFETY: valid NUL-terminated path.
+    check(unsafe { libc::rmdir(path.as_ptr()) }).map(drop)
+}
+
+pub fn unlink(path: &CStr) -> SysResult<()> {
+    // SAFETY: valid NUL-terminated path.
+    check(unsafe { libc::unlink(path.as_ptr()) }).map(drop)
+}
+
+/// Creates an empty file; `Err(EEXIST)` when something is already there.
+pub fn create_file(path: &CStr, mode: u32) -> SysResult<()> {
+    // SAFETY: valid NUL-terminated path; the fd is closed right away.
+    let fd = check(unsafe {
+        libc::open(
+            path.as_ptr(),
+            libc::O_CREAT | libc::O_EXCL | libc::O_WRONLY | libc::O_CLOEXEC,
+            mode,
+        )
+    })?;
+    close(fd);
+    Ok(())
+}
+
+/// Creates `path` (it must not exist) with `data`, `mode` and `owner`.
+pub fn write_new_file(path: &CStr, data: &[u8], mode: u32, owner: (u32, u32)) -> SysResult<()> {
+    // SAFETY: valid NUL-terminated path.
+    let fd = check(unsafe {
+        libc::open(
+            path.as_ptr(),
+            libc::O_CREAT | libc::O_EXCL | libc::O_WRONLY | libc::O_CLOEXEC,
+            0o600,
+        )
+    })?;
+    let mut rest = data;
+    let mut res = Ok(());
+    while !rest.is_empty() {
+        // SAFETY: pointer and length describe `rest`.
+        let n = unsafe { libc::write(fd, rest.as_ptr().cast(), rest.len()) };
+        if n < 0 {
+            let e = Errno::last();
+            if e == Errno::EINTR {
+                continue;
+            }
+            res = Err(e);
+            break;
+        }
+        rest = &rest[usize::try_from(n).unwrap_or(0)..];
+    }
+    // SAFETY: integer fd and ids / mode.
+    let res = res
+        .and_then(|()| check(unsafe { libc::fchown(fd, owner.0, owner.1) }).map(drop))
+        .and_then(|()| check(unsafe { libc::fchmod(fd, mode) }).map(drop));
+    close(fd);
+    res
+}
+
+/// `(is_regular_file, size)` of `path`, following symlinks.
+pub fn stat_file(path: &CStr) -> SysResult<(bool, i64)> {
+    // SAFETY: zeroed stat is a valid out-parameter; the path is NUL-terminated.
+    let mut st: libc::stat = unsafe { std::mem::zeroed() };
+    // SAFETY: as above.
+    check(unsafe { libc::stat(path.as_ptr(), &raw mut st) })?;
+    Ok((st.st_mode & libc::S_IFMT == libc::S_IFREG, st.st_size))
+}
+
+/// Mount flags of the filesystem at `path` that a read-only remount must keep (in a
+/// user namespace the kernel refuses to clear locked flags).
+pub fn locked_mount_flags(path: &CStr) -> SysResult<c_ulong> {
+    // SAFETY: zeroed statvfs is a valid out-parameter; the path is NUL-terminated.
+    let mut st: libc::statvfs = unsafe { std::mem::zeroed() };
+    // SAFETY: as above.
+    check(unsafe { libc::statvfs(path.as_ptr(), &raw mut st) })?;
+    let mut flags = 0;
+    for (st_flag, ms_flag) in [
+        (libc::ST_NOSUID, libc::MS_NOSUID),
+        (libc::ST_NODEV, libc::MS_NODEV),
+        (libc::ST_NOEXEC, libc::MS_NOEXEC),
+        (libc::ST_NOATIME, libc::MS_NOATIME),
+        (libc::ST_NODIRATIME, libc::MS_NODIRATIME),
+        (libc::ST_RELATIME, libc::MS_RELATIME),
+    ] {
+        if st.f_flag & st_flag != 0 {
+            flags |= ms_flag;
+        }
+    }
+    Ok(flags)
+}
+
+pub fn symlink(target: &CStr, link: &CStr) -> SysResult<()> {
+    // SAFETY: valid NUL-terminated strings.
+    check(unsafe { libc::symlink(target.as_ptr(), link.as_ptr()) }).map(drop)
+}
+
+pub fn chown(path: &CStr, uid: u32, gid: u32) -> SysResult<()> {
+    // SAFETY: valid NUL-terminated path.
+    check(unsafe { libc::chown(path.as_ptr(), uid, gid) }).map(drop)
+}
+
+pub fn chdir(path: &CStr) -> SysResult<()> {
+    // SAFETY: valid NUL-terminated path.
+    check(unsafe { libc::chdir(path.as_ptr()) }).map(drop)
+}
+
+pub fn pivot_root_here() -> SysResult<()> {
+    let dot = c".";
+    // SAFETY: pivot_root(".", ".") with valid strings: stacks the old root on top of
+    // the new one at the current directory (see pivot_root(2), NOTES).
+    check_long(unsafe { libc::syscall(libc::SYS_pivot_root, dot.as_ptr(), dot.as_ptr()) }).map(drop)
+}
+
+pub fn sethostname(name: &CStr) -> SysResult<()> {
+    let b = name.to_bytes();
+    // SAFETY: pointer and length describe the bytes of `name`.
+    check(unsafe { libc::sethostname(b.as_ptr().cast(), b.len()) }).map(drop)
+}
+
+// The credential calls below are raw syscalls on purpose: glibc's wrappers
+// (setgroups, setresuid, setresgid) broadcast the change to every thread of the
+// process and take glibc's thread-list lock to do so. After a raw `clone` from a
+// multi-threaded parent, glibc still believes in the parent's threads and the lock
+// may have been copied held: the wrappers would deadlock. The raw syscalls change
+// the calling thread only, which here is the whole process.
+
+pub fn setgroups(groups: &[libc::gid_t]) -> SysResult<()> {
+    // SAFETY: pointer and length describe the slice.
+    check_long(unsafe { libc::syscall(libc::SYS_setgroups, groups.len(), groups.as_ptr()) })
+        .map(drop)
+}
+
+pub fn setresgid(gid: u32) -> SysResult<()> {
+    // SAFETY: plain integer arguments.
+    check_long(unsafe { libc::syscall(libc::SYS_setresgid, gid, gid, gid) }).map(drop)
+}
+
+pub fn setresuid(uid: u32) -> SysResult<()> {
+    // SAFETY: plain integer arguments.
+    check_long(unsafe { libc::syscall(libc::SYS_setresuid, uid, uid, uid) }).map(drop)
+}
+
+pub fn setsid() {
+    // SAFETY: no arguments; failure (already a group leader) is harmless.
+    unsafe { libc::setsid() };
+}
+
+pub fn prctl(option: c_int, arg: c_ulong) -> SysResult<()> {
+    // SAFETY: the prctl options used here (PR_SET_PDEATHSIG, PR_CAPBSET_DROP,
+    // PR_SET_NO_NEW_PRIVS, PR_SET_KEEPCAPS) take integer arguments only.
+    check(unsafe { libc::prctl(option, arg, 0 as c_ulong, 0 as c_ulong, 0 as c_ulong) }).map(drop)
+}
+
+#[repr(C)]
+struct CapHeader {
+    version: u32,
+    pid: c_int,
+}
+
+#[repr(C)]
+struct CapData {
+    effective: u32,
+    permitted: u32,
+    inheritable: u32,
+}
+
+/// Sets the effective, permitted and inheritable capability sets to `caps`.
+pub fn capset(caps: u64) -> SysResult<()> {
+    let mut header = CapHeader {
+        version: 0x2008_0522, // _LINUX_CAPABILITY_VERSION_3
+        pid: 0,
+    };
+    #[allow(clippy::cast_possible_truncation)]
+    let (lo, hi) = (caps as u32, (caps >> 32) as u32);
+    let data = [
+        CapData {
+            effective: lo,
+            permitted: lo,
+            inheritable: lo,
+        },
+        CapData {
+            effective: hi,
+            permitted: hi,
+            inheritable: hi,
+        },
+    ];
+    // SAFETY: header and two data structs as capset(2) wants for version 3.
+    check_long(unsafe { libc::syscall(libc::SYS_capset, &raw mut header, data.as_ptr()) }).map(drop)
+}
+
+pub fn dup2(from: RawFd, to: RawFd) -> SysResult<()> {
+    if from == to {
+        return clear_cloexec(to);
+    }
+    // SAFETY: integer fds; dup2 clears FD_CLOEXEC on `to`.
+    check(unsafe { libc::dup2(from, to) }).map(drop)
+}
+
+fn clear_cloexec(fd: RawFd) -> SysResult<()> {
+    // SAFETY: integer fd and flag.
+    check(unsafe { libc::fcntl(fd, libc::F_SETFD, 0) }).map(drop)
+}
+
+pub fn close(fd: RawFd) {
+    // SAFETY: closes an fd this process owns (a copy inherited over the fork).
+    unsafe { libc::close(fd) };
+}
+
+/// Closes every fd in `first..=last`.
+pub fn close_range(first: u32, last: u32) {
+    // SAFETY: close_range(2) on integer bounds; errors (old kernels) are ignored,
+    // the fds are close-on-exec anyway.
+    unsafe { libc::syscall(libc::SYS_close_range, first, last, 0 as c_ulong) };
+}
+
+pub fn write_all(fd: RawFd, mut buf: &[u8]) {
+    while !buf.is_empty() {
+        // SAFETY: pointer and length describe `buf`.
+        let n = unsafe { libc::write(fd, buf.as_ptr().cast(), buf.len()) };
+        if n < 0 {
+            if Errno::last() == Errno::EINTR {
+                continue;
+            }
+            return;
+        }
+        buf = &buf[usize::try_from(n).unwrap_or(0)..];
+    }
+}
+
+/// Blocks until one byte (or EOF) arrives on `fd`; true when a byte came.
+pub fn read_byte(fd: RawFd) -> bool {
+    let mut b = 0u8;
+    loop {
+        // SAFETY: reads at most one byte into `b`.
+        let n = unsafe { libc::read(fd, (&raw mut b).cast(), 1) };
+        if n < 0 && Errno::last() == Errno::EINTR {
+            continue;
+        }
+        return n == 1;
+    }
+}
+
+/// `waitpid(pid, 0)`, retried on EINTR: `(pid, raw status)`.
+pub fn waitpid(pid: libc::pid_t) -> SysResult<(libc::pid_t, c_int)> {
+    let mut status = 0;
+    loop {
+        // SAFETY: `status` is a valid out-parameter.
+        let r = unsafe { libc::waitpid(pid, &raw mut status, libc::__WALL) };
+        if r == -1 {
+            let e = Errno::last();
+            if e == Errno::EINTR {
+                continue;
+            }
+            return Err(e);
+        }
+        return Ok((r, status));
+    }
+}
+
+pub fn kill(pid: libc::pid_t, sig: c_int) {
+    // SAFETY: integer arguments.
+    unsafe { libc::kill(pid, sig) };
+}
+
+pub fn exit(code: c_int) -> ! {
+    // SAFETY: _exit ends the process without running Rust or libc destructors,
+    // which must not run in a forked child.
+    unsafe { libc::_exit(code) }
+}
+
+/// Resets every signal disposition to the default and unblocks all signals (a
+/// forked child inherits the parent's handlers and mask; ignored signals such as
+/// Rust's SIGPIPE would stay ignored across execve).
+pub fn reset_signals() {
+    for sig in 1..libc::SIGRTMAX() {
+        if sig == libc::SIGKILL || sig == libc::SIGSTOP {
+            continue;
+        }
+        // SAFETY: SIG_DFL is a valid disposition for every catchable signal;
+        // errors (for signals reserved by libc) are ignored.
+        unsafe { libc::signal(sig, libc::SIG_DFL) };
+    }
+    // SAFETY: an empty, initialised set passed by pointer.
+    unsafe {
+        let mut set: libc::sigset_t = std::mem::zeroed();
+        libc::sigemptyset(&raw mut set);
+        libc::sigprocmask(libc::SIG_SETMASK, &raw const set, ptr::null_mut());
+    }
+}
+
+/// `execve(path, argv, envp)`; returns only on failure.
+pub fn execve(path: &CStr, argv: &[*const c_char], envp: &[*const c_char]) -> Errno {
+    // SAFETY: argv and envp are null-terminated arrays of pointers to NUL-terminated
+    // strings owned by the caller's plan, alive for the call.
+    unsafe { libc::execve(path.as_ptr(), argv.as_ptr(), envp.as_ptr()) };
+    Errno::last()
+}
+
+/// Brings the loopback interface up (in a fresh network namespace it is down).
+pub fn loopback_up() -> SysResult<()> {
+    // SAFETY: a plain socket(2) call.
+    let sock =
+        check(unsafe { libc::socket(libc::AF_INET, libc::SOCK_DGRAM | libc::SOCK_CLOEXEC, 0) })?;
+    // SAFETY: ifreq is plain data; zeroed is a valid value.
+    let mut req: libc::ifreq = unsafe { std::mem::zeroed() };
+    req.ifr_name[0] = c_char::try_from(b'l').unwrap_or(0);
+    req.ifr_name[1] = c_char::try_from(b'o').unwrap_or(0);
+    // SAFETY: SIOCGIFFLAGS / SIOCSIFFLAGS read and write `req`, a valid ifreq.
+    let r = unsafe {
+        if libc::ioctl(sock, libc::SIOCGIFFLAGS, &raw mut req) == -1 {
+            -1
+        } else {
+            req.ifr_ifru.ifru_flags |= libc::c_short::try_from(libc::IFF_UP).unwrap_or(1);
+            libc::ioctl(sock, libc::SIOCSIFFLAGS, &raw mut req)
+        }
+    };
+    let res = check(r).map(drop);
+    close(sock);
+    res
+}
+
+/// `pidfd_open(pid)`: an fd that becomes readable when the process exits.
+pub fn pidfd_open(pid: libc::pid_t) -> SysResult<std::os::fd::OwnedFd> {
+    use std::os::fd::FromRawFd;
+    // SAFETY: integer arguments.
+    let fd = check_long(unsafe { libc::syscall(libc::SYS_pidfd_open, pid, 0 as c_ulong) })?;
+    let fd = RawFd::try_from(fd).map_err(|_| Errno::EBADF)?;
+    // SAFETY: the kernel just returned this fd; we are its only owner.
+    Ok(unsafe { std::os::fd::OwnedFd::from_raw_fd(fd) })
+}
+
+pub fn poll(fds: &mut [libc::pollfd], timeout_ms: c_int) -> SysResult<c_int> {
+    let n = libc::nfds_t::try_from(fds.len()).map_err(|_| Errno::EINVAL)?;
+    // SAFETY: pointer and length describe the slice of pollfd structs.
+    check(unsafe { libc::poll(fds.as_mut_ptr(), n, timeout_ms) })
+}
+
+pub fn umask(mask: u32) {
+    // SAFETY: integer argument.
+    unsafe { libc::umask(mask) };
+}
+
+const OPEN_TREE_CLONE: libc::c_uint = 1;
+const AT_RECURSIVE: libc::c_uint = 0x8000;
+const MOVE_MOUNT_F_EMPTY_PATH: libc::c_uint = 0x4;
+
+/// `open_tree(path, OPEN_TREE_CLONE | AT_RECURSIVE)`: a detached copy of the mount
+/// tree at `path`, put at fd number `at`. Such a copy can be attached with
+/// [`move_mount`] after the pivot, when `path` itself is no longer reachable.
+pub fn open_tree_at(path: &CStr, at: RawFd) -> SysResult<()> {
+    // SAFETY: valid NUL-terminated path and integer flags.
+    let fd = check_long(unsafe {
+        libc::syscall(
+            libc::SYS_open_tree,
+            libc::AT_FDCWD,
+            path.as_ptr(),
+            OPEN_TREE_CLONE | libc::O_CLOEXEC as libc::c_uint | AT_RECURSIVE,
+        )
+    })?;
+    let fd = RawFd::try_from(fd).map_err(|_| Errno::EBADF)?;
+    if fd == at {
+        return Ok(());
+    }
+    // SAFETY: integer fds; `at` is an fd number this process owns.
+    let r = check(unsafe { libc::dup3(fd, at, libc::O_CLOEXEC) });
+    close(fd);
+    r.map(drop)
+}
+
+/// Attaches the detached mount tree `fd` (from [`open_tree_at`]) at `target`.
+pub fn move_mount(fd: RawFd, target: &CStr) -> SysResult<()> {
+    // SAFETY: an fd, an empty string, and a valid NUL-terminated path.
+    check_long(unsafe {
+        libc::syscall(
+            libc::SYS_move_mount,
+            fd,
+            c"".as_ptr(),
+            libc::AT_FDCWD,
+            target.as_ptr(),
+            MOVE_MOUNT_F_EMPTY_PATH,
+        )
+    })
+    .map(drop)
+}
+
+/// Names the calling thread (what `ps` shows as its command name).
+pub fn set_name(name: &CStr) {
+    // SAFETY: PR_SET_NAME reads a NUL-terminated string of at most 16 bytes.
+    unsafe { libc::prctl(libc::PR_SET_NAME, name.as_ptr()) };
+}
+
+/// Opens a new pseudo-terminal in this mount namespace's `/dev/ptmx`:
+/// `(master, slave)`.
+pub fn open_pty() -> SysResult<(RawFd, RawFd)> {
+    // SAFETY: valid NUL-terminated path.
+    let master = check(unsafe {
+        libc::open(
+            c"/dev/ptmx".as_ptr(),
+            libc::O_RDWR | libc::O_NOCTTY | libc::O_CLOEXEC,
+        )
+    })?;
+    let unlock: c_int = 0;
+    // SAFETY: TIOCSPTLCK reads an int; TIOCGPTPEER takes open flags and returns
+    // a new fd for the slave side.
+    let slave = unsafe {
+        if libc::ioctl(master, libc::TIOCSPTLCK, &raw const unlock) == -1 {
+            -1
+        } else {
+            libc::ioctl(
+                master,
+                libc::TIOCGPTPEER,
+                libc::O_RDWR | libc::O_NOCTTY | libc::O_CLOEXEC,
+            )
+        }
+    };
+    match check(slave) {
+        Ok(slave) => Ok((master, slave)),
+        Err(e) => {
+            close(master);
+            Err(e)
+        }
+    }
+}
+
+/// Makes the terminal on `fd` the calling process's controlling terminal.
+pub fn set_controlling_tty(fd: RawFd) -> SysResult<()> {
+    // SAFETY: TIOCSCTTY takes an integer argument.
+    check(unsafe { libc::ioctl(fd, libc::TIOCSCTTY, 0) }).map(drop)
+}
+
+/// Copies the window size of the terminal `from` to the terminal `to`.
+pub fn copy_winsize(from: RawFd, to: RawFd) {
+    // SAFETY: zeroed winsize is valid; TIOCGWINSZ/TIOCSWINSZ read/write it.
+    unsafe {
+        let mut ws: libc::winsize = std::mem::zeroed();
+        if libc::ioctl(from, libc::TIOCGWINSZ, &raw mut ws) == 0 {
+            libc::ioctl(to, libc::TIOCSWINSZ, &raw const ws);
+        }
+    }
+}
+
+const FD_SPACE: usize = 64;
+
+/// Sends `fd` over the unix socket `sock` (`SCM_RIGHTS`).
+pub fn send_fd(sock: RawFd, fd: RawFd) -> SysResult<()> {
+    let mut byte = [0u8; 1];
+    let mut iov = libc::iovec {
+        iov_base: byte.as_mut_ptr().cast(),
+        iov_len: 1,
+    };
+    let mut space = [0u8; FD_SPACE];
+    // SAFETY: msghdr points at the iovec and the control buffer above, both alive
+    // and large enough for one fd (CMSG_SPACE(4) = 24 on Linux, buffer is 64).
+    unsafe {
+        let mut msg: libc::msghdr = std::mem::zeroed();
+        msg.msg_iov = &raw mut iov;
+        msg.msg_iovlen = 1;
+        msg.msg_control = space.as_mut_ptr().cast();
+        msg.msg_controllen = libc::CMSG_SPACE(4) as usize;
+        let cmsg = libc::CMSG_FIRSTHDR(&raw const msg);
+        (*cmsg).cmsg_level = libc::SOL_SOCKET;
+        (*cmsg).cmsg_type = libc::SCM_RIGHTS;
+        (*cmsg).cmsg_len = libc::CMSG_LEN(4) as usize;
+        std::ptr::write_unaligned(libc::CMSG_DATA(cmsg).cast::<c_int>(), fd);
+        check_long(libc::sendmsg(sock, &raw const msg, 0) as libc::c_long).map(drop)
+    }
+}
+
+/// Receives an fd sent with [`send_fd`]; `None` when the peer closed first.
+pub fn recv_fd(sock: RawFd) -> SysResult<Option<std::os::fd::OwnedFd>> {
+    use std::os::fd::FromRawFd;
+    let mut byte = [0u8; 1];
+    let mut iov = libc::iovec {
+        iov_base: byte.as_mut_ptr().cast(),
+        iov_len: 1,
+    };
+    let mut space = [0u8; FD_SPACE];
+    // SAFETY: as in send_fd; the received fd (if any) is owned by us from here.
+    unsafe {
+        let mut msg: libc::msghdr = std::mem::zeroed();
+        msg.msg_iov = &raw mut iov;
+        msg.msg_iovlen = 1;
+        msg.msg_control = space.as_mut_ptr().cast();
+        msg.msg_controllen = space.len();
+        let n = loop {
+            let n = libc::recvmsg(sock, &raw mut msg, libc::MSG_CMSG_CLOEXEC);
+            if n == -1 && Errno::last() == Errno::EINTR {
+                continue;
+            }
+            break n;
+        };
+        check_long(n as libc::c_long)?;
+        if n == 0 {
+            return Ok(None);
+        }
+        let cmsg = libc::CMSG_FIRSTHDR(&raw const msg);
+        if cmsg.is_null()
+            || (*cmsg).cmsg_level != libc::SOL_SOCKET
+            || (*cmsg).cmsg_type != libc::SCM_RIGHTS
+        {
+            return Ok(None);
+        }
+        let fd = std::ptr::read_unaligned(libc::CMSG_DATA(cmsg).cast::<c_int>());
+        Ok(Some(std::os::fd::OwnedFd::from_raw_fd(fd)))
+    }
+}
+
+/// A connected pair of close-on-exec unix stream sockets.
+pub fn socketpair() -> SysResult<(std::os::fd::OwnedFd, std::os::fd::OwnedFd)> {
+    use std::os::fd::FromRawFd;
+    let mut fds = [0 as c_int; 2];
+    // SAFETY: `fds` has room for the two fds socketpair(2) writes.
+    check(unsafe {
+        libc::socketpair(
+            libc::AF_UNIX,
+            libc::SOCK_STREAM | libc::SOCK_CLOEXEC,
+            0,
+            fds.as_mut_ptr(),
+        )
+    })?;
+    // SAFETY: the kernel just returned these fds; we are their only owner.
+    Ok(unsafe {
+        (
+            std::os::fd::OwnedFd::from_raw_fd(fds[0]),
+            std::os::fd::OwnedFd::from_raw_fd(fds[1]),
+        )
+    })
+}

@@ -1,0 +1,3 @@
+//! Layers and snapshots. Overlay snapshots (mounting) live in `overlay`.
+
+pub mod overlay;
