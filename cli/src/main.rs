@@ -1,17 +1,46 @@
 //! The `rbuild` binary: clap commands, progress rendering and error reports.
 
+mod cmd;
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
 use clap::Parser;
 
 #[derive(Parser)]
-#[command(name = "rbuild", version, about = "Build container images from Dockerfiles, without a daemon")]
+#[command(
+    name = "rbuild",
+    version,
+    about = "Build container images from Dockerfiles, without a daemon"
+)]
 struct Cli {
+    /// State root (default: /var/lib/rbuild as root, $XDG_DATA_HOME/rbuild otherwise)
+    #[arg(long, global = true, env = "RBUILD_ROOT", value_name = "DIR")]
+    root: Option<PathBuf>,
     #[command(subcommand)]
     command: Command,
 }
 
 #[derive(clap::Subcommand)]
-enum Command {}
+enum Command {
+    #[command(flatten)]
+    Image(cmd::image::ImageCommand),
+    #[command(flatten)]
+    System(cmd::system::SystemCommand),
+}
 
-fn main() {
-    let _cli = Cli::parse();
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let root = cmd::state_root(cli.root.as_deref());
+    let result = match cli.command {
+        Command::Image(c) => cmd::image::run(c, &root),
+        Command::System(c) => cmd::system::run(c, &root).map(|()| ExitCode::SUCCESS),
+    };
+    match result {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("Error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
 }
