@@ -769,7 +769,7 @@ pub fn check_layer(path: &Path) -> Result<()> {
     let mut a = tar::Archive::new(f);
     let entries = a.entries().map_err(|e| Error::BadTar(e.to_string()))?;
     for e in entries {
-        let mut e = e.map_err(|e| Error::BadTar(e.to_string()))?;
+        let mut e = e.map_err(|e| Error::BadTar(format!("truncated or corrupt: {e}")))?;
         rbuild_snapshotter::apply::clean_name(&e.path_bytes())?;
         if e.header().entry_type() == tar::EntryType::Link {
             if let Some(l) = e.link_name_bytes() {
