@@ -179,7 +179,7 @@ impl Store {
             .write(true)
             .open(self.root.join("lock"))?;
         let f = f.into_file();
-        f.lock()?;
+        rustix::fs::flock(&f, rustix::fs::FlockOperation::LockExclusive).map_err(io::Error::from)?;
         self.clean_stale_tmp()?;
         Ok(LockGuard { _file: f })
     }

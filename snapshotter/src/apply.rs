@@ -222,6 +222,7 @@ fn bad(name: &str, reason: &(impl std::fmt::Display + ?Sized)) -> Error {
     }
 }
 
+#[allow(clippy::needless_pass_by_value)]
 fn at(path: &Path, e: io::Error) -> io::Error {
     io::Error::new(e.kind(), format!("{e}: {}", path.display()))
 }

@@ -232,7 +232,7 @@ impl Decoder {
             Format::Gzip => Box::new(flate2::bufread::MultiGzDecoder::new(br)),
             Format::Zstd => Box::new(zstd::stream::read::Decoder::with_buffer(br)?),
             Format::Bzip2 => Box::new(bzip2::bufread::MultiBzDecoder::new(br)),
-            Format::Xz => Box::new(XzReader::spawn(br)?),
+            Format::Xz => Box::new(XzReader::spawn(br)),
         };
         Ok(Self { inner, format })
     }
@@ -270,41 +270,59 @@ fn fill_at_least<R: Read>(br: &mut BufReader<R>, n: usize) -> io::Result<Vec<u8>
     }
 }
 
-/// xz through lzma-rs, which decodes into a writer: run it on a thread feeding a pipe,
-/// and report its error (not a silent end of stream) when the pipe runs dry.
+/// xz through lzma-rs, which decodes into a writer: run it on a thread feeding a
+/// bounded channel, and report its error (not a silent end of stream) at the end.
 struct XzReader {
-    pipe: io::PipeReader,
+    rx: std::sync::mpsc::Receiver<Vec<u8>>,
+    buf: Vec<u8>,
+    pos: usize,
     worker: Option<JoinHandle<io::Result<()>>>,
 }
 
+struct ChanWriter(std::sync::mpsc::SyncSender<Vec<u8>>);
+
+impl Write for ChanWriter {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        self.0.send(buf.to_vec()).map_err(|_| io::Error::new(io::ErrorKind::BrokenPipe, "xz reader dropped"))?;
+        Ok(buf.len())
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        Ok(())
+    }
+}
+
 impl XzReader {
-    fn spawn<R: BufRead + Send + 'static>(mut input: R) -> io::Result<Self>
-    where
-        R: Sized,
-    {
-        let (pipe, mut w) = io::pipe()?;
+    fn spawn<R: BufRead + Send + 'static>(mut input: R) -> Self {
+        let (tx, rx) = std::sync::mpsc::sync_channel(16);
         let worker = std::thread::spawn(move || {
-            lzma_rs::xz_decompress(&mut input, &mut w)
-                .map_err(|e| io::Error::new(io::ErrorKind::InvalidData, format!("xz: {e}")))
+            let mut w = io::BufWriter::with_capacity(128 * 1024, ChanWriter(tx));
+            lzma_rs::xz_decompress(&mut input, &mut w).map_err(|e| io::Error::new(io::ErrorKind::InvalidData, format!("xz: {e}")))?;
+            w.flush()
         });
-        Ok(Self {
-            pipe,
-            worker: Some(worker),
-        })
+        Self { rx, buf: Vec::new(), pos: 0, worker: Some(worker) }
     }
 }
 
 impl Read for XzReader {
-    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
-        let n = self.pipe.read(buf)?;
-        if n == 0 && !buf.is_empty() {
-            if let Some(w) = self.worker.take() {
-                match w.join() {
-                    Ok(r) => r?,
-                    Err(_) => return Err(io::Error::other("xz decoder thread panicked")),
+    fn read(&mut self, out: &mut [u8]) -> io::Result<usize> {
+        while self.pos >= self.buf.len() {
+            if let Ok(chunk) = self.rx.recv() {
+                self.buf = chunk;
+                self.pos = 0;
+            } else {
+                if let Some(w) = self.worker.take() {
+                    match w.join() {
+                        Ok(r) => r?,
+                        Err(_) => return Err(io::Error::other("xz decoder thread panicked")),
+                    }
                 }
+                return Ok(0);
             }
         }
+        let n = out.len().min(self.buf.len() - self.pos);
+        out[..n].copy_from_slice(&self.buf[self.pos..self.pos + n]);
+        self.pos += n;
         Ok(n)
     }
 }

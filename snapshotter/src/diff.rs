@@ -32,7 +32,7 @@ pub fn write_diff<W: Write>(
         links: HashMap::new(),
         pending_parents: Vec::new(),
     };
-    d.walk_dir(lower, upper, Vec::new())?;
+    d.walk_dir(lower, upper, &[])?;
     Ok(d.tar.finish()?)
 }
 
@@ -62,7 +62,7 @@ fn join_rel(rel: &[u8], name: &[u8]) -> Vec<u8> {
 }
 
 impl<W: Write> Differ<W> {
-    fn walk_dir(&mut self, lower: Option<&Path>, upper: &Path, rel: Vec<u8>) -> Result<()> {
+    fn walk_dir(&mut self, lower: Option<&Path>, upper: &Path, rel: &[u8]) -> Result<()> {
         let up_names = sorted_children(upper)?;
         let low_names = match lower {
             Some(l) if fs_err::symlink_metadata(l).is_ok_and(|m| m.is_dir()) => sorted_children(l)?,
@@ -78,21 +78,21 @@ impl<W: Write> Differ<W> {
                     j += 1;
                 }
                 i += 1;
-                let child_rel = join_rel(&rel, name.as_bytes());
+                let child_rel = join_rel(rel, name.as_bytes());
                 let up_path = upper.join(name);
                 let low_path = lower.map(|l| l.join(name));
-                self.visit(low_path.as_deref(), &up_path, child_rel)?;
+                self.visit(low_path.as_deref(), &up_path, &child_rel)?;
             } else {
                 let name = &low_names[j];
                 j += 1;
                 self.flush_parents()?;
-                self.tar.append_whiteout(&join_rel(&rel, name.as_bytes()))?;
+                self.tar.append_whiteout(&join_rel(rel, name.as_bytes()))?;
             }
         }
         Ok(())
     }
 
-    fn visit(&mut self, lower: Option<&Path>, upper: &Path, rel: Vec<u8>) -> Result<()> {
+    fn visit(&mut self, lower: Option<&Path>, upper: &Path, rel: &[u8]) -> Result<()> {
         let um = fs_err::symlink_metadata(upper)?;
         let lm = lower.and_then(|l| std::fs::symlink_metadata(l).ok());
         let ft = um.file_type();
@@ -110,11 +110,11 @@ impl<W: Write> Differ<W> {
             };
             if changed {
                 self.flush_parents()?;
-                self.emit(upper, &um, &rel)?;
+                self.emit(upper, &um, rel)?;
                 self.walk_dir(lower_dir, upper, rel)?;
             } else {
                 self.pending_parents
-                    .push((rel.clone(), upper.to_path_buf()));
+                    .push((rel.to_vec(), upper.to_path_buf()));
                 self.walk_dir(lower_dir, upper, rel)?;
                 self.pending_parents.pop();
             }
@@ -122,7 +122,7 @@ impl<W: Write> Differ<W> {
         }
         if changed {
             self.flush_parents()?;
-            self.emit(upper, &um, &rel)?;
+            self.emit(upper, &um, rel)?;
         }
         Ok(())
     }
@@ -226,7 +226,6 @@ fn differs(
 }
 
 fn same_content(a: &Path, b: &Path) -> Result<bool> {
-    use std::io::Read;
     let mut fa = fs_err::File::open(a)?;
     let mut fb = fs_err::File::open(b)?;
     let mut ba = vec![0u8; 64 * 1024];
@@ -241,16 +240,18 @@ fn same_content(a: &Path, b: &Path) -> Result<bool> {
             return Ok(true);
         }
     }
-    fn read_full(f: &mut fs_err::File, buf: &mut [u8]) -> io::Result<usize> {
-        let mut n = 0;
-        while n < buf.len() {
-            match f.read(&mut buf[n..])? {
-                0 => break,
-                k => n += k,
-            }
+}
+
+fn read_full(f: &mut fs_err::File, buf: &mut [u8]) -> io::Result<usize> {
+    use std::io::Read;
+    let mut n = 0;
+    while n < buf.len() {
+        match f.read(&mut buf[n..])? {
+            0 => break,
+            k => n += k,
         }
-        Ok(n)
     }
+    Ok(n)
 }
 
 /// The extended attributes of `path` (not following symlinks), sorted, without
@@ -290,6 +291,7 @@ pub fn read_xattrs(path: &Path) -> Result<Vec<(String, Vec<u8>)>> {
     Ok(out)
 }
 
+#[allow(clippy::needless_pass_by_value)]
 fn io_at(path: &Path, e: io::Error) -> io::Error {
     io::Error::new(e.kind(), format!("{e} (xattrs of {})", path.display()))
 }

@@ -229,6 +229,7 @@ fn set_ustar_name(header: &mut tar::Header, name: &[u8]) -> bool {
 }
 
 #[cfg(test)]
+#[allow(clippy::many_single_char_names)]
 mod tests {
     use super::*;
 
