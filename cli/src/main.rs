@@ -14,7 +14,7 @@ use clap::Parser;
     about = "Build container images from Dockerfiles, without a daemon"
 )]
 struct Cli {
-    /// State root (default: /var/lib/rbuild as root, $XDG_DATA_HOME/rbuild otherwise)
+    /// State root (default: /var/lib/rbuild as root, $`XDG_DATA_HOME/rbuild` otherwise)
     #[arg(long, global = true, env = "RBUILD_ROOT", value_name = "DIR")]
     root: Option<PathBuf>,
     #[command(subcommand)]
@@ -34,7 +34,7 @@ fn main() -> ExitCode {
     let root = cmd::state_root(cli.root.as_deref());
     let result = match cli.command {
         Command::Image(c) => cmd::image::run(c, &root),
-        Command::System(c) => cmd::system::run(c, &root).map(|()| ExitCode::SUCCESS),
+        Command::System(c) => cmd::system::run(&c, &root).map(|()| ExitCode::SUCCESS),
     };
     match result {
         Ok(code) => code,

@@ -27,14 +27,16 @@ fn big_rootfs(path: &std::path::Path) {
         let mut h = tar::Header::new_ustar();
         h.set_size(data.len() as u64);
         h.set_mode(0o644);
-        b.append_data(&mut h, format!("small/{:02}/f{i}", i % 20), data.as_bytes()).unwrap();
+        b.append_data(&mut h, format!("small/{:02}/f{i}", i % 20), data.as_bytes())
+            .unwrap();
     }
     for i in 0..4 {
         let data = rnd(11 << 20);
         let mut h = tar::Header::new_ustar();
         h.set_size(data.len() as u64);
         h.set_mode(0o644);
-        b.append_data(&mut h, format!("big/blob{i}"), &data[..]).unwrap();
+        b.append_data(&mut h, format!("big/blob{i}"), &data[..])
+            .unwrap();
     }
     b.into_inner().unwrap().flush().unwrap();
 }
@@ -44,7 +46,10 @@ fn killed_loads_leave_a_working_store() {
     let src = Env::new();
     let rootfs = src.path("big-rootfs.tar");
     big_rootfs(&rootfs);
-    let id = src.ok(&["import", rootfs.to_str().unwrap(), "big:1"]).trim().to_owned();
+    let id = src
+        .ok(&["import", rootfs.to_str().unwrap(), "big:1"])
+        .trim()
+        .to_owned();
     let archive = src.path("big.tar");
     src.ok(&["save", "-o", archive.to_str().unwrap(), "big:1"]);
     drop(fs_err::remove_file(&rootfs));
@@ -53,19 +58,29 @@ fn killed_loads_leave_a_working_store() {
     let timing = Env::new();
     let t0 = std::time::Instant::now();
     timing.ok(&["load", "-i", archive.to_str().unwrap()]);
-    let full = u32::try_from(t0.elapsed().as_millis()).unwrap_or(u32::MAX).max(20);
+    let full = u32::try_from(t0.elapsed().as_millis())
+        .unwrap_or(u32::MAX)
+        .max(20);
     drop(timing);
 
     let env = Env::new();
     env.import_rootfs("small:1", "s");
-    let mut seed = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().subsec_nanos() | 1;
+    let mut seed = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .subsec_nanos()
+        | 1;
     let mut killed_midway = 0;
     for round in 0..8 {
         seed ^= seed << 13;
         seed ^= seed >> 17;
         seed ^= seed << 5;
         let delay = u64::from(seed % full);
-        let mut child = env.cmd(&["load", "-i", archive.to_str().unwrap()]).stdout(std::process::Stdio::null()).spawn().unwrap();
+        let mut child = env
+            .cmd(&["load", "-i", archive.to_str().unwrap()])
+            .stdout(std::process::Stdio::null())
+            .spawn()
+            .unwrap();
         std::thread::sleep(std::time::Duration::from_millis(delay));
         let finished = child.try_wait().unwrap().is_some();
         child.kill().ok(); // SIGKILL
@@ -83,12 +98,25 @@ fn killed_loads_leave_a_working_store() {
     println!("{killed_midway} of 8 loads were interrupted before they committed");
     let out = env.ok(&["load", "-i", archive.to_str().unwrap()]);
     assert_eq!(out, "Loaded image: big:1\n");
-    assert_eq!(env.ok(&["images", "-q", "--no-trunc", "big"]), format!("{id}\n"));
+    assert_eq!(
+        env.ok(&["images", "-q", "--no-trunc", "big"]),
+        format!("{id}\n")
+    );
     // The loaded image is intact: saving it again gives the same archive.
     let again = env.path("again.tar");
     env.ok(&["save", "-o", again.to_str().unwrap(), "big:1"]);
-    assert!(fs_err::read(&again).unwrap() == fs_err::read(&archive).unwrap(), "re-saved archive differs");
+    assert!(
+        fs_err::read(&again).unwrap() == fs_err::read(&archive).unwrap(),
+        "re-saved archive differs"
+    );
     // Staging left by the killed processes is gone after the next write.
-    let leftovers: Vec<_> = std::fs::read_dir(env.root().join("tmp")).unwrap().flatten().map(|e| e.file_name()).collect();
-    assert!(leftovers.is_empty(), "stale staging left behind: {leftovers:?}");
+    let leftovers: Vec<_> = std::fs::read_dir(env.root().join("tmp"))
+        .unwrap()
+        .flatten()
+        .map(|e| e.file_name())
+        .collect();
+    assert!(
+        leftovers.is_empty(),
+        "stale staging left behind: {leftovers:?}"
+    );
 }

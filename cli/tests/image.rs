@@ -189,6 +189,7 @@ fn import_changes_and_message_reach_the_config() {
 }
 
 #[test]
+#[allow(clippy::many_single_char_names)]
 fn images_lists_formats_and_filters() {
     let env = Env::new();
     let a = env.import_rootfs("alpha:1", "a");
@@ -707,7 +708,7 @@ fn bad_input_leaves_the_store_exactly_as_it_was() {
     for e in a.entries().unwrap() {
         let e = e.unwrap();
         if e.header().size().unwrap() > 1000 {
-            layer_off = Some(e.raw_file_position() as usize);
+            layer_off = Some(usize::try_from(e.raw_file_position()).unwrap());
         }
     }
     corrupt[layer_off.unwrap() + 700] ^= 0xff;

@@ -185,7 +185,7 @@ pub fn save<W: Write>(store: &Store, items: &[SaveItem], out: W, opts: &SaveOpti
                 tw.append(&meta(&name, EntryKind::File, *size), Some(&mut f))?;
             }
             BlobSource::Bytes(b) => {
-                tw.append(&meta(&name, EntryKind::File, *size), Some(&mut &b[..]))?
+                tw.append(&meta(&name, EntryKind::File, *size), Some(&mut &b[..]))?;
             }
         }
     }
@@ -327,6 +327,7 @@ pub fn load<R: Read + Send + 'static>(store: &Store, input: R) -> Result<LoadRep
     Ok(report)
 }
 
+#[allow(clippy::many_single_char_names)]
 fn extract<R: Read>(input: R, root: &Path) -> Result<Extracted> {
     let mut ex = Extracted {
         root: root.to_path_buf(),

@@ -1,5 +1,5 @@
 //! The image config: the OCI image configuration plus the fields Docker adds
-//! (Healthcheck, OnBuild, Shell, ArgsEscaped, ...). Fields this crate does not
+//! (Healthcheck, `OnBuild`, Shell, `ArgsEscaped`, ...). Fields this crate does not
 //! know are kept in `extra` and written back, so nothing is ever dropped.
 //!
 //! oci-spec's `ImageConfiguration` has no place for Docker's fields and no way to
@@ -12,6 +12,7 @@ use serde_json::Value;
 
 use crate::Digest;
 
+#[allow(clippy::trivially_copy_pass_by_ref)] // serde's skip_serializing_if passes a reference
 fn is_false(b: &bool) -> bool {
     !*b
 }
@@ -41,7 +42,7 @@ pub struct ImageConfig {
     pub rootfs: RootFs,
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub history: Vec<History>,
-    /// Docker's and others' fields this crate does not model (container, docker_version, ...).
+    /// Docker's and others' fields this crate does not model (container, `docker_version`, ...).
     #[serde(flatten)]
     pub extra: BTreeMap<String, Value>,
 }

@@ -3,8 +3,8 @@
 //! - [`Store`]: blobs by sha256 under `blobs/sha256/`, image records and tags in an
 //!   index (`index.json`) written atomically under a lock file; [`Txn`] stages
 //!   blobs and images and commits them in one step.
-//! - [`config`]: the image config (OCI fields plus Docker's Healthcheck, OnBuild,
-//!   Shell, ArgsEscaped; unknown fields kept).
+//! - [`config`]: the image config (OCI fields plus Docker's Healthcheck, `OnBuild`,
+//!   Shell, `ArgsEscaped`; unknown fields kept).
 //! - [`json::canonical`]: sorted-key JSON, so the same content has the same ID.
 //! - [`archive`]: `save` (docker-archive + OCI layout in one tarball) and `load`
 //!   (legacy and current docker-archive, OCI layout; plain or compressed).

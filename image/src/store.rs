@@ -179,7 +179,8 @@ impl Store {
             .write(true)
             .open(self.root.join("lock"))?;
         let f = f.into_file();
-        rustix::fs::flock(&f, rustix::fs::FlockOperation::LockExclusive).map_err(io::Error::from)?;
+        rustix::fs::flock(&f, rustix::fs::FlockOperation::LockExclusive)
+            .map_err(io::Error::from)?;
         self.clean_stale_tmp()?;
         Ok(LockGuard { _file: f })
     }
@@ -440,6 +441,7 @@ impl Store {
         Ok(results)
     }
 
+    #[allow(clippy::unused_self)]
     fn children(&self, idx: &IndexFile, id: &Digest) -> usize {
         idx.images
             .values()
@@ -646,6 +648,7 @@ impl Txn<'_> {
     }
 
     /// Stages a blob from a stream, verifying it against `expected` when given.
+    #[allow(clippy::many_single_char_names)]
     pub fn put_blob<R: Read>(
         &mut self,
         mut r: R,

@@ -41,7 +41,7 @@ pub fn utc_parts(secs: i64) -> (i64, u32, u32, u32, u32, u32) {
     (y, mo, d, s / 3600, s / 60 % 60, s % 60)
 }
 
-/// `2006-01-02T15:04:05.999999999Z` (fraction trimmed, as Go's RFC3339Nano).
+/// `2006-01-02T15:04:05.999999999Z` (fraction trimmed, as Go's `RFC3339Nano`).
 pub fn format_rfc3339(secs: i64, nanos: u32) -> String {
     let (y, mo, d, h, mi, s) = utc_parts(secs);
     let mut out = format!("{y:04}-{mo:02}-{d:02}T{h:02}:{mi:02}:{s:02}");
@@ -55,6 +55,7 @@ pub fn format_rfc3339(secs: i64, nanos: u32) -> String {
 }
 
 /// Parses an RFC 3339 timestamp into (seconds, nanoseconds) since the epoch.
+#[allow(clippy::many_single_char_names)]
 pub fn parse_rfc3339(s: &str) -> Option<(i64, u32)> {
     let b = s.as_bytes();
     if b.len() < 20

@@ -283,7 +283,9 @@ struct ChanWriter(std::sync::mpsc::SyncSender<Vec<u8>>);
 
 impl Write for ChanWriter {
     fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
-        self.0.send(buf.to_vec()).map_err(|_| io::Error::new(io::ErrorKind::BrokenPipe, "xz reader dropped"))?;
+        self.0
+            .send(buf.to_vec())
+            .map_err(|_| io::Error::new(io::ErrorKind::BrokenPipe, "xz reader dropped"))?;
         Ok(buf.len())
     }
 
@@ -297,10 +299,16 @@ impl XzReader {
         let (tx, rx) = std::sync::mpsc::sync_channel(16);
         let worker = std::thread::spawn(move || {
             let mut w = io::BufWriter::with_capacity(128 * 1024, ChanWriter(tx));
-            lzma_rs::xz_decompress(&mut input, &mut w).map_err(|e| io::Error::new(io::ErrorKind::InvalidData, format!("xz: {e}")))?;
+            lzma_rs::xz_decompress(&mut input, &mut w)
+                .map_err(|e| io::Error::new(io::ErrorKind::InvalidData, format!("xz: {e}")))?;
             w.flush()
         });
-        Self { rx, buf: Vec::new(), pos: 0, worker: Some(worker) }
+        Self {
+            rx,
+            buf: Vec::new(),
+            pos: 0,
+            worker: Some(worker),
+        }
     }
 }
 

@@ -200,7 +200,7 @@ fn key_values(rest: &str, what: &str) -> Result<Vec<(String, String)>, String> {
     words(rest)?
         .into_iter()
         .map(|w| match w.split_once('=') {
-            Some((k, _)) if k.is_empty() => Err(format!("{what} names can not be blank")),
+            Some(("", _)) => Err(format!("{what} names can not be blank")),
             Some((k, v)) => Ok((k.to_owned(), v.to_owned())),
             None => Err(format!(
                 "{what}: syntax error - can't find = in {w:?}. Must be of the form: name=value"

@@ -239,10 +239,9 @@ fn parse_action(a: &str) -> Result<Vec<Arg>, String> {
             word.push(c);
             chars.next();
         }
-        if word.starts_with('.') {
+        if let Some(path) = word.strip_prefix('.') {
             args.push(Arg::Path(
-                word[1..]
-                    .split('.')
+                path.split('.')
                     .filter(|s| !s.is_empty())
                     .map(str::to_owned)
                     .collect(),
@@ -288,6 +287,7 @@ fn value(a: &Arg, v: &Value) -> Result<Value, String> {
     }
 }
 
+#[allow(clippy::many_single_char_names)]
 fn eval(args: &[Arg], v: &Value) -> Result<String, String> {
     let Arg::Func(f) = &args[0] else {
         if args.len() != 1 {

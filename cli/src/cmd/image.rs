@@ -95,6 +95,7 @@ pub struct LoadArgs {
 }
 
 #[derive(clap::Args)]
+#[allow(clippy::struct_excessive_bools)] // one per docker flag
 pub struct ImagesArgs {
     /// REPOSITORY[:TAG]
     reference: Option<String>,
@@ -181,8 +182,8 @@ pub fn run(cmd: ImageCommand, root: &Path) -> Result<std::process::ExitCode> {
         || Store::open(root).with_context(|| format!("opening the state root {}", root.display()));
     match cmd {
         ImageCommand::Import(a) | ImageCommand::Image(ImageSub::Import(a)) => import(&store()?, a),
-        ImageCommand::Save(a) | ImageCommand::Image(ImageSub::Save(a)) => save(&store()?, a),
-        ImageCommand::Load(a) | ImageCommand::Image(ImageSub::Load(a)) => load(&store()?, a),
+        ImageCommand::Save(a) | ImageCommand::Image(ImageSub::Save(a)) => save(&store()?, &a),
+        ImageCommand::Load(a) | ImageCommand::Image(ImageSub::Load(a)) => load(&store()?, &a),
         ImageCommand::Images(a) | ImageCommand::Image(ImageSub::Ls(a)) => images(&store()?, &a),
         ImageCommand::Tag(a) | ImageCommand::Image(ImageSub::Tag(a)) => tag(&store()?, &a),
         ImageCommand::Rmi(a) | ImageCommand::Image(ImageSub::Rm(a)) => rmi(&store()?, &a),
@@ -238,7 +239,7 @@ fn import(store: &Store, a: ImportArgs) -> Result<std::process::ExitCode> {
     Ok(OK)
 }
 
-fn save(store: &Store, a: SaveArgs) -> Result<std::process::ExitCode> {
+fn save(store: &Store, a: &SaveArgs) -> Result<std::process::ExitCode> {
     let compression = Compression::from_name(&a.compression).ok_or_else(|| {
         anyhow!(
             "unknown compression {:?}: use none, gzip or zstd",
@@ -265,54 +266,47 @@ fn save(store: &Store, a: SaveArgs) -> Result<std::process::ExitCode> {
         compression,
         threads: 0,
     };
-    match &a.output {
-        Some(path) => {
-            let dir = path
-                .parent()
-                .filter(|p| !p.as_os_str().is_empty())
-                .unwrap_or(Path::new("."));
-            let tmp = tempfile::Builder::new()
-                .prefix(".rbuild-save-")
-                .tempfile_in(dir)
-                .with_context(|| format!("creating a file in {}", dir.display()))?;
-            let (f, tmp_path) = tmp.into_parts();
-            let w = std::io::BufWriter::with_capacity(1 << 20, f);
-            let w = rbuild_image::archive::save(store, &items, w, &opts)?;
-            let f = w
-                .into_inner()
-                .map_err(std::io::IntoInnerError::into_error)?;
-            f.sync_all()?;
-            tmp_path
-                .persist(path)
-                .map_err(|e| anyhow!("writing {}: {}", path.display(), e.error))?;
+    if let Some(path) = &a.output {
+        let dir = path
+            .parent()
+            .filter(|p| !p.as_os_str().is_empty())
+            .unwrap_or(Path::new("."));
+        let tmp = tempfile::Builder::new()
+            .prefix(".rbuild-save-")
+            .tempfile_in(dir)
+            .with_context(|| format!("creating a file in {}", dir.display()))?;
+        let (f, tmp_path) = tmp.into_parts();
+        let w = std::io::BufWriter::with_capacity(1 << 20, f);
+        let w = rbuild_image::archive::save(store, &items, w, &opts)?;
+        let f = w
+            .into_inner()
+            .map_err(std::io::IntoInnerError::into_error)?;
+        f.sync_all()?;
+        tmp_path
+            .persist(path)
+            .map_err(|e| anyhow!("writing {}: {}", path.display(), e.error))?;
+    } else {
+        let out = std::io::stdout();
+        if out.is_terminal() {
+            bail!("cowardly refusing to save to a terminal. Use the -o flag or redirect");
         }
-        None => {
-            let out = std::io::stdout();
-            if out.is_terminal() {
-                bail!("cowardly refusing to save to a terminal. Use the -o flag or redirect");
-            }
-            let w = std::io::BufWriter::with_capacity(1 << 20, out.lock());
-            let mut w = rbuild_image::archive::save(store, &items, w, &opts)?;
-            w.flush()?;
-        }
+        let w = std::io::BufWriter::with_capacity(1 << 20, out.lock());
+        let mut w = rbuild_image::archive::save(store, &items, w, &opts)?;
+        w.flush()?;
     }
     Ok(OK)
 }
 
-fn load(store: &Store, a: LoadArgs) -> Result<std::process::ExitCode> {
-    let report = match &a.input {
-        Some(p) => {
-            let f = fs_err::File::open(p)?;
-            rbuild_image::archive::load(store, f)
-                .with_context(|| format!("loading {}", p.display()))?
+fn load(store: &Store, a: &LoadArgs) -> Result<std::process::ExitCode> {
+    let report = if let Some(p) = &a.input {
+        let f = fs_err::File::open(p)?;
+        rbuild_image::archive::load(store, f).with_context(|| format!("loading {}", p.display()))?
+    } else {
+        let stdin = std::io::stdin();
+        if stdin.is_terminal() {
+            bail!("requested load from stdin, but stdin is empty");
         }
-        None => {
-            let stdin = std::io::stdin();
-            if stdin.is_terminal() {
-                bail!("requested load from stdin, but stdin is empty");
-            }
-            rbuild_image::archive::load(store, stdin).context("loading from standard input")?
-        }
+        rbuild_image::archive::load(store, stdin).context("loading from standard input")?
     };
     for (tag, old) in &report.retagged {
         println!(
@@ -582,10 +576,10 @@ fn print_events(events: &[RemoveEvent], lower: bool) {
     for e in events {
         match e {
             RemoveEvent::Untagged(t) => {
-                println!("{}: {t}", if lower { "untagged" } else { "Untagged" })
+                println!("{}: {t}", if lower { "untagged" } else { "Untagged" });
             }
             RemoveEvent::Deleted(d) => {
-                println!("{}: {d}", if lower { "deleted" } else { "Deleted" })
+                println!("{}: {d}", if lower { "deleted" } else { "Deleted" });
             }
         }
     }
@@ -769,21 +763,18 @@ fn inspect(store: &Store, a: &InspectArgs) -> Result<std::process::ExitCode> {
             Err(e) => errors.push(e.to_string()),
         }
     }
-    match &a.format {
-        Some(f) => {
-            let t = Template::parse(f).map_err(|e| anyhow!(e))?;
-            for v in &values {
-                println!("{}", t.render(v).map_err(|e| anyhow!("template: {e}"))?);
-            }
+    if let Some(f) = &a.format {
+        let t = Template::parse(f).map_err(|e| anyhow!(e))?;
+        for v in &values {
+            println!("{}", t.render(v).map_err(|e| anyhow!("template: {e}"))?);
         }
-        None => {
-            let mut buf = Vec::new();
-            let fmt = serde_json::ser::PrettyFormatter::with_indent(b"    ");
-            let mut ser = serde_json::Serializer::with_formatter(&mut buf, fmt);
-            serde::Serialize::serialize(&Value::Array(values), &mut ser)?;
-            buf.push(b'\n');
-            std::io::stdout().write_all(&buf)?;
-        }
+    } else {
+        let mut buf = Vec::new();
+        let fmt = serde_json::ser::PrettyFormatter::with_indent(b"    ");
+        let mut ser = serde_json::Serializer::with_formatter(&mut buf, fmt);
+        serde::Serialize::serialize(&Value::Array(values), &mut ser)?;
+        buf.push(b'\n');
+        std::io::stdout().write_all(&buf)?;
     }
     for e in &errors {
         eprintln!("Error: {e}");

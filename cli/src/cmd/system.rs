@@ -1,6 +1,7 @@
 //! `rbuild system df`.
 
 use std::collections::HashSet;
+use std::fmt::Write as _;
 use std::path::Path;
 
 use anyhow::Result;
@@ -25,8 +26,9 @@ pub enum SystemSub {
     },
 }
 
-pub fn run(cmd: SystemCommand, root: &Path) -> Result<()> {
+pub fn run(cmd: &SystemCommand, root: &Path) -> Result<()> {
     let SystemCommand::System(SystemSub::Df { verbose }) = cmd;
+    let verbose = *verbose;
     let store = Store::open(root)?;
     let images = store.images()?;
     let blobs = store.blobs()?;
@@ -51,28 +53,31 @@ pub fn run(cmd: SystemCommand, root: &Path) -> Result<()> {
         .collect();
     let orphan_size: u64 = orphans.iter().map(|(_, s)| *s).sum();
     let reclaim = layers_size - active_size;
-    let pct = |part: u64, total: u64| if total == 0 { 0 } else { part * 100 / total };
+    let pct = |part: u64, total: u64| (part * 100).checked_div(total).unwrap_or(0);
     let cache_dir = root.join("cache");
     let (cache_n, cache_size) = dir_usage(&cache_dir);
     let mut t = String::from("TYPE\tTOTAL\tACTIVE\tSIZE\tRECLAIMABLE\n");
-    t += &format!(
-        "Images\t{}\t{}\t{}\t{} ({}%)\n",
+    let _ = writeln!(
+        t,
+        "Images\t{}\t{}\t{}\t{} ({}%)",
         images.len(),
         tagged.len(),
         human_size(layers_size),
         human_size(reclaim),
         pct(reclaim, layers_size)
     );
-    t += &format!(
-        "Layers\t{}\t{}\t{}\t{} ({}%)\n",
+    let _ = writeln!(
+        t,
+        "Layers\t{}\t{}\t{}\t{} ({}%)",
         layer_ids.len() + orphans.len(),
         active_layers.len(),
         human_size(layers_size + orphan_size),
         human_size(reclaim + orphan_size),
         pct(reclaim + orphan_size, layers_size + orphan_size)
     );
-    t += &format!(
-        "Build Cache\t{cache_n}\t0\t{}\t{}\n",
+    let _ = writeln!(
+        t,
+        "Build Cache\t{cache_n}\t0\t{}\t{}",
         human_size(cache_size),
         human_size(cache_size)
     );
@@ -83,15 +88,17 @@ pub fn run(cmd: SystemCommand, root: &Path) -> Result<()> {
         for i in &images {
             let size = store.image_size(i)?;
             if i.tags.is_empty() {
-                v += &format!(
-                    "<none>\t<none>\t{}\t{}\n",
+                let _ = writeln!(
+                    v,
+                    "<none>\t<none>\t{}\t{}",
                     &i.id.hex()[..12],
                     human_size(size)
                 );
             }
             for tag in &i.tags {
-                v += &format!(
-                    "{}\t{}\t{}\t{}\n",
+                let _ = writeln!(
+                    v,
+                    "{}\t{}\t{}\t{}",
                     tag.repo,
                     tag.tag.as_deref().unwrap_or("<none>"),
                     &i.id.hex()[..12],

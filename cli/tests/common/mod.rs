@@ -105,7 +105,7 @@ impl Env {
 /// A small rootfs tar: dirs, a file whose content depends on `seed`, a symlink, a hard link.
 pub fn rootfs_tar(seed: &str) -> Vec<u8> {
     let mut b = tar::Builder::new(Vec::new());
-    let mut dir = |b: &mut tar::Builder<Vec<u8>>, p: &str| {
+    let dir = |b: &mut tar::Builder<Vec<u8>>, p: &str| {
         let mut h = tar::Header::new_ustar();
         h.set_entry_type(tar::EntryType::Directory);
         h.set_mode(0o755);
@@ -115,7 +115,7 @@ pub fn rootfs_tar(seed: &str) -> Vec<u8> {
     };
     dir(&mut b, "etc/");
     dir(&mut b, "bin/");
-    let mut file = |b: &mut tar::Builder<Vec<u8>>, p: &str, data: &[u8]| {
+    let file = |b: &mut tar::Builder<Vec<u8>>, p: &str, data: &[u8]| {
         let mut h = tar::Header::new_ustar();
         h.set_mode(0o644);
         h.set_mtime(1_600_000_000);
