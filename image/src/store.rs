@@ -293,6 +293,11 @@ impl Store {
         self.load_image(id, rec, &idx)
     }
 
+    /// The image `name` resolves to (see [`Self::resolve`]).
+    pub fn find(&self, name: &str) -> Result<Image> {
+        self.image(&self.resolve(name)?)
+    }
+
     /// Finds an image by `name[:tag]`, full or short ID, or `name@sha256:...`.
     pub fn resolve(&self, name: &str) -> Result<Digest> {
         let idx = self.read_index()?;
@@ -696,6 +701,50 @@ impl Txn<'_> {
         Ok((d, n))
     }
 
+    /// Stages an uncompressed layer written by `produce` (e.g. a tar writer);
+    /// returns its diff ID and size. Nothing is held in memory.
+    pub fn write_layer<F>(&mut self, produce: F) -> Result<(Digest, u64)>
+    where
+        F: FnOnce(&mut dyn Write) -> io::Result<()>,
+    {
+        let path = self.staging_path();
+        let mut w = HashingWriter::new(io::BufWriter::with_capacity(
+            256 * 1024,
+            fs_err::File::create(&path)?,
+        ));
+        produce(&mut w)?;
+        let (buf, d, n) = w.finish();
+        let f = buf.into_inner().map_err(io::IntoInnerError::into_error)?;
+        f.sync_all()?;
+        self.adopt(path, d.clone());
+        Ok((d, n))
+    }
+
+    /// Stages the layer that turns `lower` (None: empty) into `upper`, with
+    /// whiteouts; returns its diff ID and size.
+    pub fn add_diff(
+        &mut self,
+        lower: Option<&Path>,
+        upper: &Path,
+        opts: &rbuild_snapshotter::DiffOptions,
+    ) -> Result<(Digest, u64)> {
+        let mut err = None;
+        let r = self.write_layer(
+            |w| match rbuild_snapshotter::write_diff(lower, upper, w, opts) {
+                Ok(_) => Ok(()),
+                Err(rbuild_snapshotter::Error::Io(e)) => Err(e),
+                Err(e) => {
+                    err = Some(e);
+                    Err(io::Error::other("diff failed"))
+                }
+            },
+        );
+        match (r, err) {
+            (_, Some(e)) => Err(e.into()),
+            (r, None) => r,
+        }
+    }
+
     /// Stages an image whose config blob is `config` (canonical bytes written by the
     /// caller or taken as is) and tags it. Layers must be staged or stored.
     pub fn add_image(
@@ -783,4 +832,83 @@ pub fn check_layer(path: &Path) -> Result<()> {
             .map_err(|err| Error::BadTar(format!("truncated tarball: {err}")))?;
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::{ImageConfig, RootFs};
+
+    #[test]
+    fn a_build_writes_diff_layers_and_unpacks_them_again() {
+        let t = tempfile::tempdir().unwrap();
+        let store = Store::open(t.path().join("root")).unwrap();
+        let (low, up) = (t.path().join("low"), t.path().join("up"));
+        fs_err::create_dir_all(low.join("etc")).unwrap();
+        fs_err::write(low.join("etc/a"), "a").unwrap();
+        fs_err::write(low.join("etc/gone"), "g").unwrap();
+        fs_err::create_dir_all(up.join("etc")).unwrap();
+        fs_err::write(up.join("etc/a"), "a2").unwrap();
+        fs_err::write(up.join("etc/new"), "n").unwrap();
+        let opts = rbuild_snapshotter::DiffOptions {
+            source_date_epoch: Some(1_600_000_000),
+        };
+        let mut txn = store.begin().unwrap();
+        let (base, _) = txn.add_diff(None, &low, &opts).unwrap();
+        let (top, _) = txn.add_diff(Some(&low), &up, &opts).unwrap();
+        let cfg = ImageConfig {
+            architecture: "amd64".into(),
+            os: "linux".into(),
+            rootfs: RootFs {
+                kind: "layers".into(),
+                diff_ids: vec![base, top],
+            },
+            ..ImageConfig::default()
+        };
+        let id = txn
+            .add_config(&cfg, vec![Reference::parse("built").unwrap()], None)
+            .unwrap();
+        assert!(!store.has_blob(&id), "nothing is visible before commit");
+        txn.commit().unwrap();
+        let img = store.find("built:latest").unwrap();
+        assert_eq!(img.id, id);
+        let dest = t.path().join("dest");
+        fs_err::create_dir(&dest).unwrap();
+        store
+            .unpack(
+                &img,
+                &dest,
+                &rbuild_snapshotter::ApplyOptions { chown: false },
+            )
+            .unwrap();
+        assert_eq!(fs_err::read_to_string(dest.join("etc/a")).unwrap(), "a2");
+        assert_eq!(fs_err::read_to_string(dest.join("etc/new")).unwrap(), "n");
+        assert!(!dest.join("etc/gone").exists());
+    }
+
+    #[test]
+    fn a_dropped_transaction_leaves_nothing() {
+        let t = tempfile::tempdir().unwrap();
+        let store = Store::open(t.path()).unwrap();
+        {
+            let mut txn = store.begin().unwrap();
+            txn.put_bytes(b"hello").unwrap();
+        }
+        assert!(store.blobs().unwrap().is_empty());
+        assert_eq!(fs_err::read_dir(t.path().join("tmp")).unwrap().count(), 0);
+    }
+
+    #[test]
+    fn put_blob_verifies_the_digest() {
+        let t = tempfile::tempdir().unwrap();
+        let store = Store::open(t.path()).unwrap();
+        let mut txn = store.begin().unwrap();
+        let wrong = Digest::of(b"other");
+        assert!(matches!(
+            txn.put_blob(&b"hello"[..], Some(&wrong)),
+            Err(Error::DigestMismatch { .. })
+        ));
+        let right = Digest::of(b"hello");
+        assert_eq!(txn.put_blob(&b"hello"[..], Some(&right)).unwrap().0, right);
+    }
 }
