@@ -541,7 +541,7 @@ mod metadata_tests {
         if root {
             rustix::fs::mknodat(
                 rustix::fs::CWD,
-                &up.join("null"),
+                up.join("null"),
                 rustix::fs::FileType::CharacterDevice,
                 rustix::fs::Mode::from_bits_truncate(0o666),
                 rustix::fs::makedev(1, 3),
