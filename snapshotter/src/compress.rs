@@ -10,8 +10,6 @@
 use std::io::{self, BufRead, BufReader, Read, Write};
 use std::thread::JoinHandle;
 
-use rayon::prelude::*;
-
 use crate::digest::{Digest, HashingWriter};
 
 /// How a layer blob is compressed.
@@ -93,10 +91,11 @@ impl<W: Write> Encoder<W> {
             Compression::Gzip => Encoder::Gzip(ParallelGzEncoder::new(inner, threads, 6)),
             Compression::Zstd => {
                 let mut e = zstd::stream::write::Encoder::new(inner, 3)?;
-                if threads > 1 {
-                    e.multithread(u32::try_from(threads).unwrap_or(1))?;
-                }
-                // Keep the output identical whatever the thread count.
+                // Always the multithreaded mode (even with one worker): its output depends
+                // on the job size, not on the number of workers, so every machine agrees.
+                e.multithread(u32::try_from(threads).unwrap_or(1).max(1))?;
+                // Small jobs keep memory bounded (the default is several MiB per worker).
+                e.set_parameter(zstd::stream::raw::CParameter::JobSize(1 << 20))?;
                 e.include_checksum(false)?;
                 Encoder::Zstd(e)
             }
@@ -132,14 +131,16 @@ impl<W: Write> Write for Encoder<W> {
 }
 
 /// gzip on several threads: the input is cut into [`GZIP_CHUNK`]-byte pieces, each
-/// compressed as its own gzip member (mtime 0, no name), members written in order.
-/// Every gzip reader (Go's, zlib's, Python's) reads a multi-member stream as one.
-/// Memory is bounded by `2 × threads` chunks.
+/// compressed as its own gzip member (mtime 0, no name) on the rayon pool while the
+/// caller keeps producing input; members are written in order. Every gzip reader
+/// (Go's, zlib's, Python's) reads a multi-member stream as one. At most
+/// `2 × threads` chunks are in flight, so memory stays bounded.
 pub struct ParallelGzEncoder<W: Write> {
     inner: W,
-    pending: Vec<Vec<u8>>,
+    in_flight: std::collections::VecDeque<std::sync::mpsc::Receiver<io::Result<Vec<u8>>>>,
     current: Vec<u8>,
-    batch: usize,
+    max_in_flight: usize,
+    threads: usize,
     level: u32,
     wrote_any: bool,
 }
@@ -148,38 +149,51 @@ impl<W: Write> ParallelGzEncoder<W> {
     pub fn new(inner: W, threads: usize, level: u32) -> Self {
         Self {
             inner,
-            pending: Vec::new(),
+            in_flight: std::collections::VecDeque::new(),
             current: Vec::with_capacity(GZIP_CHUNK),
-            batch: threads.max(1) * 2,
+            max_in_flight: threads.max(1) * 2,
+            threads: threads.max(1),
             level,
             wrote_any: false,
         }
     }
 
-    fn compress_pending(&mut self) -> io::Result<()> {
-        if self.pending.is_empty() {
-            return Ok(());
-        }
-        let level = self.level;
-        let chunks = std::mem::take(&mut self.pending);
-        let members: Vec<io::Result<Vec<u8>>> = if chunks.len() == 1 {
-            chunks.iter().map(|c| gzip_member(c, level)).collect()
-        } else {
-            chunks.par_iter().map(|c| gzip_member(c, level)).collect()
-        };
-        for m in members {
-            self.inner.write_all(&m?)?;
-        }
+    fn submit(&mut self, chunk: Vec<u8>) -> io::Result<()> {
         self.wrote_any = true;
+        if self.threads == 1 {
+            let m = gzip_member(&chunk, self.level)?;
+            return self.inner.write_all(&m);
+        }
+        while self.in_flight.len() >= self.max_in_flight {
+            self.write_oldest()?;
+        }
+        let (tx, rx) = std::sync::mpsc::sync_channel(1);
+        let level = self.level;
+        rayon::spawn(move || {
+            let _ = tx.send(gzip_member(&chunk, level));
+        });
+        self.in_flight.push_back(rx);
+        Ok(())
+    }
+
+    fn write_oldest(&mut self) -> io::Result<()> {
+        if let Some(rx) = self.in_flight.pop_front() {
+            let member = rx
+                .recv()
+                .map_err(|_| io::Error::other("gzip worker vanished"))??;
+            self.inner.write_all(&member)?;
+        }
         Ok(())
     }
 
     pub fn finish(mut self) -> io::Result<W> {
-        if !self.current.is_empty() || (!self.wrote_any && self.pending.is_empty()) {
+        if !self.current.is_empty() || !self.wrote_any {
             let last = std::mem::take(&mut self.current);
-            self.pending.push(last);
+            self.submit(last)?;
         }
-        self.compress_pending()?;
+        while !self.in_flight.is_empty() {
+            self.write_oldest()?;
+        }
         self.inner.flush()?;
         Ok(self.inner)
     }
@@ -201,10 +215,7 @@ impl<W: Write> Write for ParallelGzEncoder<W> {
         self.current.extend_from_slice(&buf[..n]);
         if self.current.len() == GZIP_CHUNK {
             let full = std::mem::replace(&mut self.current, Vec::with_capacity(GZIP_CHUNK));
-            self.pending.push(full);
-            if self.pending.len() >= self.batch {
-                self.compress_pending()?;
-            }
+            self.submit(full)?;
         }
         Ok(n)
     }
@@ -438,7 +449,7 @@ mod tests {
     fn zstd_round_trips_and_is_deterministic() {
         let data = sample(GZIP_CHUNK + 77);
         let a = {
-            let mut e = Encoder::new(Vec::new(), Compression::Zstd, 1).unwrap();
+            let mut e = Encoder::new(Vec::new(), Compression::Zstd, 3).unwrap();
             e.write_all(&data).unwrap();
             e.finish().unwrap()
         };
