@@ -587,3 +587,64 @@ mod metadata_tests {
         }
     }
 }
+
+#[cfg(test)]
+mod containment_props {
+    use super::*;
+    use proptest::prelude::*;
+
+    fn raw_entry(name: &[u8], ty: tar::EntryType, link: &[u8]) -> Vec<u8> {
+        let mut h = tar::Header::new_gnu();
+        let n = name.len().min(99);
+        h.as_gnu_mut().unwrap().name[..n].copy_from_slice(&name[..n]);
+        let l = link.len().min(99);
+        h.as_gnu_mut().unwrap().linkname[..l].copy_from_slice(&link[..l]);
+        h.set_entry_type(ty);
+        h.set_size(if ty == tar::EntryType::Regular { 1 } else { 0 });
+        h.set_mode(0o755);
+        h.set_cksum();
+        let mut out = h.as_bytes().to_vec();
+        if ty == tar::EntryType::Regular {
+            out.push(b'x');
+            out.resize(1024, 0);
+        }
+        out
+    }
+
+    fn path_strategy() -> impl Strategy<Value = Vec<u8>> {
+        prop::collection::vec(
+            prop::sample::select(vec!["a", "b", "..", ".", "", "/abs", "c/.."]),
+            1..6,
+        )
+        .prop_map(|parts| parts.join("/").into_bytes())
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(64))]
+        /// Whatever names, symlinks and hard links a layer holds, nothing lands outside the target.
+        #[test]
+        fn nothing_is_written_outside_the_target(
+            entries in prop::collection::vec((path_strategy(), 0u8..4, path_strategy()), 1..8)
+        ) {
+            let t = tempfile::tempdir().unwrap();
+            let target = t.path().join("target");
+            fs_err::create_dir(&target).unwrap();
+            let mut layer = Vec::new();
+            for (name, kind, link) in &entries {
+                let ty = match kind {
+                    0 => tar::EntryType::Regular,
+                    1 => tar::EntryType::Directory,
+                    2 => tar::EntryType::Symlink,
+                    _ => tar::EntryType::Link,
+                };
+                let link = if *kind == 2 { [b"../../..".as_slice(), link].concat() } else { link.clone() };
+                layer.extend(raw_entry(name, ty, &link));
+            }
+            layer.extend_from_slice(&[0; 1024]);
+            let _ = apply_layer(&target, &layer[..], &ApplyOptions { chown: false });
+            let outside: Vec<_> = fs_err::read_dir(t.path()).unwrap().flatten().map(|e| e.file_name()).collect();
+            prop_assert_eq!(outside, vec![std::ffi::OsString::from("target")]);
+            prop_assert!(!Path::new("/abs").exists());
+        }
+    }
+}
