@@ -600,7 +600,7 @@ mod containment_props {
         let l = link.len().min(99);
         h.as_gnu_mut().unwrap().linkname[..l].copy_from_slice(&link[..l]);
         h.set_entry_type(ty);
-        h.set_size(if ty == tar::EntryType::Regular { 1 } else { 0 });
+        h.set_size(u64::from(ty == tar::EntryType::Regular));
         h.set_mode(0o755);
         h.set_cksum();
         let mut out = h.as_bytes().to_vec();
