@@ -44,13 +44,14 @@ PY
 t() { # t LABEL CMD... : run with /usr/bin/time -v, print wall time and peak RSS
   local label=$1; shift
   /usr/bin/time -v "$@" 2>"$work/time.log" >"$work/out.log" || { cat "$work/time.log" "$work/out.log"; exit 1; }
-  local wall rss
+  local wall rss cpu
   wall=$(grep "Elapsed (wall clock)" "$work/time.log" | awk '{print $NF}')
   rss=$(grep "Maximum resident set size" "$work/time.log" | awk '{print $NF}')
-  printf '%-40s wall %-10s peak RSS %6d MiB\n' "$label" "$wall" "$((rss / 1024))"
+  cpu=$(grep "Percent of CPU" "$work/time.log" | awk '{print $NF}')
+  printf '%-42s wall %-9s CPU %5s  peak RSS %5d MiB\n' "$label" "$wall" "$cpu" "$((rss / 1024))"
 }
 
-echo "== rbuild"
+echo "== rbuild ($(nproc) CPUs, load average $(cut -d' ' -f1-3 /proc/loadavg))"
 t "rbuild import" "$rb" import "$work/rootfs.tar" bench:1
 t "rbuild save (uncompressed layers)" "$rb" save -o "$work/save.tar" bench:1
 "$rb" rmi bench:1 >/dev/null
