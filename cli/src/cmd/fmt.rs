@@ -9,6 +9,11 @@ use serde_json::Value;
 
 /// go-units `HumanSizeWithPrecision(size, 3)`: decimal units, 3 significant digits.
 pub fn human_size(bytes: u64) -> String {
+    human_size_prec(bytes, 3)
+}
+
+/// go-units `HumanSizeWithPrecision(size, digits)`.
+pub fn human_size_prec(bytes: u64, digits: i32) -> String {
     const UNITS: [&str; 9] = ["B", "kB", "MB", "GB", "TB", "PB", "EB", "ZB", "YB"];
     #[allow(clippy::cast_precision_loss)]
     let mut v = bytes as f64;
@@ -17,17 +22,18 @@ pub fn human_size(bytes: u64) -> String {
         v /= 1000.0;
         i += 1;
     }
-    format!("{}{}", g3(v), UNITS[i])
+    format!("{}{}", g(v, digits), UNITS[i])
 }
 
-/// `%.3g` for 0 <= v < 1000.
-fn g3(v: f64) -> String {
+/// `%.{digits}g` for 0 <= v < 1000.
+fn g(v: f64, digits: i32) -> String {
     if v == 0.0 {
         return "0".into();
     }
+    let want = digits;
     #[allow(clippy::cast_possible_truncation)]
     let digits = (v.log10().floor() as i32 + 1).max(1);
-    let decimals = usize::try_from((3 - digits).max(0)).unwrap_or(0);
+    let decimals = usize::try_from((want - digits).max(0)).unwrap_or(0);
     let s = format!("{v:.decimals$}");
     if s.contains('.') {
         s.trim_end_matches('0').trim_end_matches('.').to_owned()
@@ -362,6 +368,7 @@ mod tests {
         assert_eq!(human_size(4_261_888), "4.26MB");
         assert_eq!(human_size(1_000_000), "1MB");
         assert_eq!(human_size(12_345), "12.3kB");
+        assert_eq!(human_size_prec(1_984_123, 4), "1.984MB");
         assert_eq!(human_duration(5 * 86_400), "5 days");
         assert_eq!(human_duration(0), "Less than a second");
         assert_eq!(human_duration(90), "About a minute");

@@ -502,7 +502,7 @@ fn images(store: &Store, a: &ImagesArgs) -> Result<std::process::ExitCode> {
             "Size": human_size(r.size),
             "Tag": r.tag,
             "UniqueSize": "N/A",
-            "VirtualSize": human_size(r.size),
+            "VirtualSize": super::fmt::human_size_prec(r.size, 4),
         })
     };
     let format = a.format.clone().unwrap_or_else(|| {
