@@ -458,7 +458,11 @@ fn history_and_inspect() {
     );
     assert_eq!(o["Os"], "linux");
     assert_eq!(o["RootFS"]["Type"], "layers");
-    assert!(o["Size"].as_u64().unwrap() > 0);
+    assert_eq!(
+        o["Size"].as_u64().unwrap(),
+        38,
+        "docker's size: files (30 + 1) and the symlink target (7)"
+    );
     for k in [
         "Created",
         "Author",

@@ -87,6 +87,14 @@ fn docker_loads_and_runs_what_rbuild_saves_and_rbuild_loads_docker_save() {
         ok && out.trim() == id,
         "docker sees the same image ID: {out} vs {id}"
     );
+    let (ok, out) =
+        sh(Command::new("docker").args(["image", "inspect", "--format", "{{.Size}}", &name]));
+    assert!(ok, "{out}");
+    assert_eq!(
+        out.trim(),
+        env.ok(&["inspect", "--format", "{{.Size}}", &name]).trim(),
+        "same size as docker"
+    );
     // And back: docker save → rbuild load.
     let dsave = env.path("docker.tar");
     let (ok, out) = sh(Command::new("docker")

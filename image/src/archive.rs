@@ -24,7 +24,7 @@ use crate::config::ImageConfig;
 use crate::error::{Error, Result};
 use crate::manifest::{self, ArchiveEntry, Descriptor, Index, Manifest};
 use crate::reference::Reference;
-use crate::store::{CommitReport, Image, Store, check_layer};
+use crate::store::{CommitReport, Image, Store};
 
 /// Options for [`save`].
 #[derive(Clone, Debug)]
@@ -445,10 +445,7 @@ fn stage_layer(txn: &mut crate::store::Txn<'_>, path: PathBuf, digest: Digest) -
     let mut magic = [0u8; 6];
     let n = fs_err::File::open(&path)?.read(&mut magic)?;
     if Format::detect(&magic[..n]) == Format::Plain {
-        if !txn.has_blob(&digest) {
-            check_layer(&path)?;
-            txn.adopt(path, digest.clone());
-        }
+        txn.adopt_layer(path, digest.clone())?;
         return Ok(digest);
     }
     let f = fs_err::File::open(&path)?.into_file();

@@ -42,6 +42,16 @@ struct IndexFile {
     images: BTreeMap<Digest, ImageRecord>,
     /// Familiar `repo:tag` → image ID.
     tags: BTreeMap<String, Digest>,
+    /// What is known about layer blobs (by diff ID).
+    #[serde(default)]
+    layers: BTreeMap<Digest, LayerRecord>,
+}
+
+/// What the index knows about a layer.
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+pub struct LayerRecord {
+    /// Sum of the sizes of the regular files in the layer (docker's layer size).
+    pub size: u64,
 }
 
 /// An image in the store.
@@ -78,7 +88,10 @@ impl Image {
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Layer {
     pub diff_id: Digest,
+    /// Size of the blob (the uncompressed tar).
     pub size: u64,
+    /// Size of the files it holds, as docker counts an image's size.
+    pub content_size: u64,
     pub path: PathBuf,
 }
 
@@ -245,6 +258,7 @@ impl Store {
             dir,
             blobs: Vec::new(),
             images: Vec::new(),
+            layer_sizes: Vec::new(),
             n: 0,
         })
     }
@@ -359,22 +373,30 @@ impl Store {
 
     /// Layers of an image, bottom first.
     pub fn layers(&self, img: &Image) -> Result<Vec<Layer>> {
+        let idx = self.read_index()?;
         img.diff_ids()
             .iter()
             .map(|d| {
+                let size = self.blob_size(d)?;
                 Ok(Layer {
                     diff_id: d.clone(),
-                    size: self.blob_size(d)?,
+                    size,
+                    content_size: idx.layers.get(d).map_or(size, |l| l.size),
                     path: self.blob_path(d),
                 })
             })
             .collect()
     }
 
-    /// Total size of an image's layers.
+    /// An image's size as docker reports it: the files of its distinct layers.
     pub fn image_size(&self, img: &Image) -> Result<u64> {
-        let uniq: BTreeSet<&Digest> = img.diff_ids().iter().collect();
-        uniq.into_iter().map(|d| self.blob_size(d)).sum()
+        let mut seen = BTreeSet::new();
+        Ok(self
+            .layers(img)?
+            .into_iter()
+            .filter(|l| seen.insert(l.diff_id.clone()))
+            .map(|l| l.content_size)
+            .sum())
     }
 
     /// The OCI manifest `save` writes for an image (uncompressed layers), its
@@ -524,6 +546,7 @@ impl Store {
         let mut seen = HashSet::new();
         for d in &cfg.rootfs.diff_ids {
             if !used.contains(d) && seen.insert(d.clone()) {
+                idx.layers.remove(d);
                 events.push(RemoveEvent::Deleted(d.clone()));
                 freed.push(d.clone());
             }
@@ -585,8 +608,9 @@ impl Store {
                 events.push(RemoveEvent::Deleted(id));
             }
         }
-        self.write_index(&idx, &lock)?;
         let used = self.used_blobs(&idx)?;
+        idx.layers.retain(|d, _| used.contains(d));
+        self.write_index(&idx, &lock)?;
         let mut reclaimed = 0;
         let mut layer_events = Vec::new();
         for (d, size) in self.blobs()? {
@@ -621,6 +645,7 @@ pub struct Txn<'s> {
     dir: tempfile::TempDir,
     blobs: Vec<(PathBuf, Digest)>,
     images: Vec<(Digest, Vec<Reference>, Option<Digest>)>,
+    layer_sizes: Vec<(Digest, u64)>,
     n: usize,
 }
 
@@ -697,7 +722,8 @@ impl Txn<'_> {
             .find(|(_, b)| *b == d)
             .map(|(p, _)| p.clone());
         let path = path.unwrap_or_else(|| self.store.blob_path(&d));
-        check_layer(&path)?;
+        let content = check_layer(&path)?;
+        self.layer_sizes.push((d.clone(), content));
         Ok((d, n))
     }
 
@@ -716,8 +742,20 @@ impl Txn<'_> {
         let (buf, d, n) = w.finish();
         let f = buf.into_inner().map_err(io::IntoInnerError::into_error)?;
         f.sync_all()?;
-        self.adopt(path, d.clone());
+        self.adopt_layer(path, d.clone())?;
         Ok((d, n))
+    }
+
+    /// Stages an uncompressed layer file already inside the staging dir whose diff ID
+    /// the caller computed; the tar is checked (complete, nothing escaping).
+    pub fn adopt_layer(&mut self, path: PathBuf, diff_id: Digest) -> Result<()> {
+        if self.has_blob(&diff_id) {
+            return Ok(());
+        }
+        let content = check_layer(&path)?;
+        self.layer_sizes.push((diff_id.clone(), content));
+        self.adopt(path, diff_id);
+        Ok(())
     }
 
     /// Stages the layer that turns `lower` (None: empty) into `upper`, with
@@ -790,6 +828,11 @@ impl Txn<'_> {
         }
         fsync_dir(&self.store.root.join("blobs/sha256"))?;
         let mut idx = self.store.read_index()?;
+        for (d, size) in &self.layer_sizes {
+            idx.layers
+                .entry(d.clone())
+                .or_insert(LayerRecord { size: *size });
+        }
         let mut report = CommitReport::default();
         let now = now_rfc3339();
         for (id, tags, parent) in &self.images {
@@ -816,7 +859,9 @@ impl Txn<'_> {
 }
 
 /// Reads a layer tar through: complete, well-formed, no entry escaping its root.
-pub fn check_layer(path: &Path) -> Result<()> {
+/// Returns its content size: regular files' sizes plus symlink target lengths.
+pub fn check_layer(path: &Path) -> Result<u64> {
+    let mut content = 0;
     let f = io::BufReader::new(fs_err::File::open(path)?);
     let mut a = tar::Archive::new(f);
     let entries = a.entries().map_err(|e| Error::BadTar(e.to_string()))?;
@@ -828,10 +873,23 @@ pub fn check_layer(path: &Path) -> Result<()> {
                 rbuild_snapshotter::apply::clean_name(&l)?;
             }
         }
-        io::copy(&mut e, &mut io::sink())
+        let want = e.header().size().unwrap_or(0);
+        let got = io::copy(&mut e, &mut io::sink())
             .map_err(|err| Error::BadTar(format!("truncated tarball: {err}")))?;
+        if got != want {
+            let name = String::from_utf8_lossy(&e.path_bytes()).into_owned();
+            return Err(Error::BadTar(format!(
+                "truncated tarball: {name} has {got} of {want} bytes"
+            )));
+        }
+        // As docker's graph drivers measure a layer: file sizes plus symlink lengths.
+        match e.header().entry_type() {
+            t if t.is_file() => content += want,
+            tar::EntryType::Symlink => content += e.link_name_bytes().map_or(0, |l| l.len() as u64),
+            _ => {}
+        }
     }
-    Ok(())
+    Ok(content)
 }
 
 #[cfg(test)]

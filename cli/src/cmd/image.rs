@@ -616,7 +616,7 @@ fn history(store: &Store, a: &HistoryArgs) -> Result<std::process::ExitCode> {
         let size = if h.empty_layer {
             0
         } else {
-            let s = layers.get(li).map_or(0, |l| l.size);
+            let s = layers.get(li).map_or(0, |l| l.content_size);
             li += 1;
             s
         };
