@@ -11,7 +11,7 @@
 //! staged on disk (never held in memory), every blob is checked against its digest
 //! and every layer against the config's diff IDs before anything is committed.
 
-use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::collections::{BTreeMap, HashMap};
 use std::io::{self, Read, Write};
 use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
@@ -528,12 +528,4 @@ fn resolve_manifest(ex: &Extracted, desc: &Descriptor) -> Result<Manifest> {
             .map_err(|e| Error::BadArchive(format!("manifest {}: {e}", desc.digest)));
     }
     Err(Error::BadArchive("indexes nested too deeply".into()))
-}
-
-/// The distinct layer diff IDs of a set of images (for reporting).
-pub fn layer_set(images: &[Image]) -> BTreeSet<Digest> {
-    images
-        .iter()
-        .flat_map(|i| i.diff_ids().iter().cloned())
-        .collect()
 }
