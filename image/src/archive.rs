@@ -18,7 +18,7 @@ use std::path::{Path, PathBuf};
 
 use rbuild_snapshotter::compress::Format;
 use rbuild_snapshotter::tarwrite::{EntryKind, EntryMeta, TarWriter};
-use rbuild_snapshotter::{Compression, Decoder, Digest, HashingWriter};
+use rbuild_snapshotter::{Compression, Decoder, Digest, Encoder, HashingWriter};
 
 use crate::config::ImageConfig;
 use crate::error::{Error, Result};
@@ -102,16 +102,19 @@ pub fn save<W: Write>(store: &Store, items: &[SaveItem], out: W, opts: &SaveOpti
                 c.clone()
             } else {
                 let path = scratch.path().join(l.digest.hex());
-                let f = io::BufWriter::new(fs_err::File::create(&path)?);
-                let mut src = store.open_blob(&l.digest)?;
-                let (f, d) =
-                    rbuild_snapshotter::write_layer(f, opts.compression, opts.threads, |w| {
-                        io::copy(&mut src, w).map(|_| ())
-                    })?;
+                // The diff ID is known: hash only the compressed bytes.
+                let f = HashingWriter::new(io::BufWriter::with_capacity(
+                    1 << 20,
+                    fs_err::File::create(&path)?,
+                ));
+                let mut enc = Encoder::new(f, opts.compression, opts.threads)?;
+                let mut src = io::BufReader::with_capacity(1 << 20, store.open_blob(&l.digest)?);
+                io::copy(&mut src, &mut enc)?;
+                let (f, digest, size) = enc.finish()?.finish();
                 f.into_inner().map_err(io::IntoInnerError::into_error)?;
-                blobs.insert(d.digest.clone(), (BlobSource::File(path), d.size));
-                compressed.insert(l.digest.clone(), (d.digest.clone(), d.size));
-                (d.digest, d.size)
+                blobs.insert(digest.clone(), (BlobSource::File(path), size));
+                compressed.insert(l.digest.clone(), (digest.clone(), size));
+                (digest, size)
             };
             *l = Descriptor::new(opts.compression.oci_layer_media_type(), cd, csize);
         }
