@@ -523,7 +523,8 @@ impl Store {
         Ok((events, freed))
     }
 
-    /// Drops an image record; returns the blobs no longer used (config and layers).
+    /// Drops an image record; returns the blobs no longer used (config and layers,
+    /// top layer first, in the order docker reports them).
     fn delete_image(
         &self,
         idx: &mut IndexFile,
@@ -544,7 +545,7 @@ impl Store {
         let cfg = ImageConfig::from_slice(&self.read_blob(id)?)?;
         let used = self.used_blobs(idx)?;
         let mut seen = HashSet::new();
-        for d in &cfg.rootfs.diff_ids {
+        for d in cfg.rootfs.diff_ids.iter().rev() {
             if !used.contains(d) && seen.insert(d.clone()) {
                 idx.layers.remove(d);
                 events.push(RemoveEvent::Deleted(d.clone()));
