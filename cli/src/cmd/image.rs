@@ -262,9 +262,14 @@ fn save(store: &Store, a: &SaveArgs) -> Result<std::process::ExitCode> {
             }),
         }
     }
+    // RBUILD_COMPRESS_THREADS: compression threads (default 0: all cores), for benchmarks.
+    let threads = std::env::var("RBUILD_COMPRESS_THREADS")
+        .ok()
+        .and_then(|t| t.parse().ok())
+        .unwrap_or(0);
     let opts = SaveOptions {
         compression,
-        threads: 0,
+        threads,
     };
     if let Some(path) = &a.output {
         let dir = path
