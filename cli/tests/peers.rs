@@ -58,6 +58,7 @@ fn docker_loads_and_runs_what_rbuild_saves_and_rbuild_loads_docker_save() {
     }
     let env = Env::new();
     let name = format!("rbuild-peer-test-{}:latest", std::process::id());
+    let _cleanup = RemoveOnDrop(name.clone());
     let Some(id) = import_busybox(&env, &name) else {
         return;
     };
@@ -106,7 +107,15 @@ fn docker_loads_and_runs_what_rbuild_saves_and_rbuild_loads_docker_save() {
     let out = other.ok(&["load", "-i", dsave.to_str().unwrap()]);
     assert_eq!(out, format!("Loaded image: {name}\n"));
     assert_eq!(other.ok(&["images", "-q", "--no-trunc"]), format!("{id}\n"));
-    let _ = Command::new("docker").args(["rmi", "-f", &name]).output();
+}
+
+/// Removes the test's image from dockerd even when an assertion fails.
+struct RemoveOnDrop(String);
+
+impl Drop for RemoveOnDrop {
+    fn drop(&mut self) {
+        let _ = Command::new("docker").args(["rmi", "-f", &self.0]).output();
+    }
 }
 
 #[test]
