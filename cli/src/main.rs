@@ -2,6 +2,7 @@
 
 mod cmd;
 
+use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::Parser;
@@ -13,6 +14,9 @@ use clap::Parser;
     about = "Build container images from Dockerfiles, without a daemon"
 )]
 struct Cli {
+    /// State root (default: /var/lib/rbuild as root, $`XDG_DATA_HOME/rbuild` otherwise)
+    #[arg(long, global = true, env = "RBUILD_ROOT", value_name = "DIR")]
+    root: Option<PathBuf>,
     #[command(subcommand)]
     command: Command,
 }
@@ -23,18 +27,25 @@ enum Command {
     Parse(cmd::parse::ParseArgs),
     /// Run a command in a throwaway sandbox over a root filesystem.
     Run(cmd::run::RunArgs),
+    #[command(flatten)]
+    Image(cmd::image::ImageCommand),
+    #[command(flatten)]
+    System(cmd::system::SystemCommand),
 }
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
+    let root = cmd::state_root(cli.root.as_deref());
     let result = match cli.command {
         Command::Parse(args) => cmd::parse::run(&args),
         Command::Run(args) => Ok(exit_code(cmd::run::main(&args))),
+        Command::Image(c) => cmd::image::run(c, &root),
+        Command::System(c) => cmd::system::run(&c, &root).map(|()| ExitCode::SUCCESS),
     };
     match result {
         Ok(code) => code,
-        Err(err) => {
-            eprintln!("error: {err:#}");
+        Err(e) => {
+            eprintln!("Error: {e:#}");
             ExitCode::FAILURE
         }
     }

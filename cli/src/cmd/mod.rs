@@ -1,4 +1,28 @@
-//! One module per subcommand.
+//! The commands, one module per command group.
 
+pub mod change;
+pub mod fmt;
+pub mod image;
 pub mod parse;
 pub mod run;
+pub mod system;
+
+use std::path::{Path, PathBuf};
+
+/// The state root: `--root`/`RBUILD_ROOT`, else `/var/lib/rbuild` as root, else
+/// `$XDG_DATA_HOME/rbuild` (`~/.local/share/rbuild`).
+pub fn state_root(given: Option<&Path>) -> PathBuf {
+    if let Some(p) = given {
+        return p.to_path_buf();
+    }
+    let is_root =
+        std::fs::metadata("/proc/self").is_ok_and(|m| std::os::unix::fs::MetadataExt::uid(&m) == 0);
+    if is_root {
+        return PathBuf::from("/var/lib/rbuild");
+    }
+    if let Some(x) = std::env::var_os("XDG_DATA_HOME").filter(|x| !x.is_empty()) {
+        return PathBuf::from(x).join("rbuild");
+    }
+    let home = std::env::var_os("HOME").map_or_else(|| PathBuf::from("/tmp"), PathBuf::from);
+    home.join(".local/share/rbuild")
+}

@@ -1,0 +1,188 @@
+//! Helpers for tests that run the real `rbuild` binary.
+#![allow(dead_code)]
+
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output, Stdio};
+
+use sha2::Digest as _;
+
+pub const BIN: &str = env!("CARGO_BIN_EXE_rbuild");
+
+/// A state root in a temp dir plus a scratch dir.
+pub struct Env {
+    pub dir: tempfile::TempDir,
+}
+
+impl Env {
+    pub fn new() -> Self {
+        Self {
+            dir: tempfile::tempdir().unwrap(),
+        }
+    }
+
+    pub fn root(&self) -> PathBuf {
+        self.dir.path().join("root")
+    }
+
+    pub fn path(&self, name: &str) -> PathBuf {
+        self.dir.path().join(name)
+    }
+
+    pub fn cmd(&self, args: &[&str]) -> Command {
+        let mut c = Command::new(BIN);
+        c.args(args)
+            .env("RBUILD_ROOT", self.root())
+            .env_remove("SOURCE_DATE_EPOCH");
+        c
+    }
+
+    /// Runs and returns the output whatever the exit status.
+    pub fn run(&self, args: &[&str]) -> Output {
+        self.cmd(args).stdin(Stdio::null()).output().unwrap()
+    }
+
+    /// Runs, asserts success, returns stdout.
+    pub fn ok(&self, args: &[&str]) -> String {
+        let o = self.run(args);
+        assert!(
+            o.status.success(),
+            "rbuild {args:?} failed:\nstdout: {}\nstderr: {}",
+            String::from_utf8_lossy(&o.stdout),
+            String::from_utf8_lossy(&o.stderr)
+        );
+        String::from_utf8(o.stdout).unwrap()
+    }
+
+    /// Runs, asserts failure with a one-line error, returns stderr.
+    pub fn fails(&self, args: &[&str]) -> String {
+        let o = self.run(args);
+        let err = String::from_utf8_lossy(&o.stderr).into_owned();
+        assert!(
+            !o.status.success(),
+            "rbuild {args:?} should fail; stdout: {}",
+            String::from_utf8_lossy(&o.stdout)
+        );
+        assert_eq!(
+            err.trim_end().lines().count(),
+            1,
+            "one-line error expected, got {err:?}"
+        );
+        assert!(!err.contains("panicked"), "{err}");
+        err
+    }
+
+    pub fn with_stdin(&self, args: &[&str], input: &[u8]) -> Output {
+        let mut child = self
+            .cmd(args)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let mut stdin = child.stdin.take().unwrap();
+        let data = input.to_vec();
+        let t = std::thread::spawn(move || {
+            let _ = stdin.write_all(&data);
+        });
+        let o = child.wait_with_output().unwrap();
+        t.join().unwrap();
+        o
+    }
+
+    /// Imports a small generated rootfs as `tag`; returns the image ID.
+    pub fn import_rootfs(&self, tag: &str, seed: &str) -> String {
+        let tar = self.path(&format!("rootfs-{seed}.tar"));
+        fs_err::write(&tar, rootfs_tar(seed)).unwrap();
+        let mut args = vec!["import", tar.to_str().unwrap()];
+        if !tag.is_empty() {
+            args.push(tag);
+        }
+        self.ok(&args).trim().to_owned()
+    }
+}
+
+/// A small rootfs tar: dirs, a file whose content depends on `seed`, a symlink, a hard link.
+pub fn rootfs_tar(seed: &str) -> Vec<u8> {
+    let mut b = tar::Builder::new(Vec::new());
+    let dir = |b: &mut tar::Builder<Vec<u8>>, p: &str| {
+        let mut h = tar::Header::new_ustar();
+        h.set_entry_type(tar::EntryType::Directory);
+        h.set_mode(0o755);
+        h.set_mtime(1_600_000_000);
+        h.set_size(0);
+        b.append_data(&mut h, p, &[][..]).unwrap();
+    };
+    dir(&mut b, "etc/");
+    dir(&mut b, "bin/");
+    let file = |b: &mut tar::Builder<Vec<u8>>, p: &str, data: &[u8]| {
+        let mut h = tar::Header::new_ustar();
+        h.set_mode(0o644);
+        h.set_mtime(1_600_000_000);
+        h.set_size(data.len() as u64);
+        b.append_data(&mut h, p, data).unwrap();
+    };
+    file(&mut b, "etc/passwd", b"root:x:0:0:root:/root:/bin/sh\n");
+    file(&mut b, "etc/seed", seed.as_bytes());
+    let mut h = tar::Header::new_ustar();
+    h.set_entry_type(tar::EntryType::Symlink);
+    h.set_mode(0o777);
+    h.set_mtime(1_600_000_000);
+    h.set_size(0);
+    b.append_link(&mut h, "bin/sh", "busybox").unwrap();
+    let mut h = tar::Header::new_ustar();
+    h.set_entry_type(tar::EntryType::Link);
+    h.set_mtime(1_600_000_000);
+    h.set_size(0);
+    b.append_link(&mut h, "etc/passwd.link", "etc/passwd")
+        .unwrap();
+    b.into_inner().unwrap()
+}
+
+/// Every path under `root` with its type, size and content hash: equal listings mean
+/// the directory was left exactly as it was.
+pub fn snapshot(root: &Path) -> Vec<String> {
+    let mut out = Vec::new();
+    walk(root, root, &mut out);
+    out.sort();
+    out
+}
+
+fn walk(base: &Path, p: &Path, out: &mut Vec<String>) {
+    let Ok(rd) = std::fs::read_dir(p) else { return };
+    for e in rd.flatten() {
+        let path = e.path();
+        let rel = path.strip_prefix(base).unwrap().display().to_string();
+        let m = std::fs::symlink_metadata(&path).unwrap();
+        if m.is_dir() {
+            out.push(format!("{rel}/"));
+            walk(base, &path, out);
+        } else {
+            let data = std::fs::read(&path).unwrap_or_default();
+            out.push(format!(
+                "{rel} {} {:x}",
+                m.len(),
+                sha2::Sha256::digest(&data)
+            ));
+        }
+    }
+}
+
+pub fn have(tool: &str) -> bool {
+    Command::new("sh")
+        .arg("-c")
+        .arg(format!("command -v {tool}"))
+        .stdout(Stdio::null())
+        .status()
+        .is_ok_and(|s| s.success())
+}
+
+/// The shared conformance base script, when present.
+pub fn base_sh() -> Option<PathBuf> {
+    let p = PathBuf::from(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../../shared/conformance/base.sh"
+    ));
+    let alt = PathBuf::from("/work/shared/conformance/base.sh");
+    [p, alt].into_iter().find(|p| p.is_file())
+}

@@ -1,0 +1,27 @@
+//! The local image store and image formats.
+//!
+//! - [`Store`]: blobs by sha256 under `blobs/sha256/`, image records and tags in an
+//!   index (`index.json`) written atomically under a lock file; [`Txn`] stages
+//!   blobs and images and commits them in one step.
+//! - [`config`]: the image config (OCI fields plus Docker's Healthcheck, `OnBuild`,
+//!   Shell, `ArgsEscaped`; unknown fields kept).
+//! - [`json::canonical`]: sorted-key JSON, so the same content has the same ID.
+//! - [`archive`]: `save` (docker-archive + OCI layout in one tarball) and `load`
+//!   (legacy and current docker-archive, OCI layout; plain or compressed).
+//! - [`import`]: a rootfs tarball as a one-layer image.
+
+pub mod archive;
+pub mod config;
+pub mod error;
+pub mod import;
+pub mod json;
+pub mod manifest;
+pub mod reference;
+pub mod store;
+pub mod time;
+
+pub use config::{ContainerConfig, Healthcheck, History, ImageConfig, RootFs};
+pub use error::{Error, Result};
+pub use rbuild_snapshotter::{Compression, Digest};
+pub use reference::Reference;
+pub use store::{Image, Layer, RemoveEvent, Store, Txn};

@@ -1,0 +1,973 @@
+//! The content store and image index.
+//!
+//! Layout under the root:
+//!
+//! ```text
+//! blobs/sha256/<hex>   configs (by image ID) and uncompressed layers (by diff ID)
+//! index.json           image records and tags
+//! lock                 flock(2)ed by every writer of index.json and blobs/
+//! tmp/                 staging for transactions (txn-<pid>-*), cleaned when stale
+//! ```
+//!
+//! Every write goes to a temporary file that is fsynced, verified against its digest
+//! and renamed into place; index.json is rewritten whole the same way while the lock
+//! is held. Readers never lock: they see either the old or the new index.
+
+use std::collections::{BTreeMap, BTreeSet, HashSet};
+use std::io::{self, Read, Write};
+use std::path::{Path, PathBuf};
+
+use rbuild_snapshotter::{ApplyOptions, Decoder, Digest, HashingWriter};
+use serde::{Deserialize, Serialize};
+
+use crate::config::ImageConfig;
+use crate::error::{Error, Result};
+use crate::manifest::{self, Descriptor, Manifest};
+use crate::reference::Reference;
+
+/// One image record in the index.
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+pub struct ImageRecord {
+    /// When the image entered this store (RFC 3339).
+    pub added: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub parent: Option<Digest>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_tag_time: Option<String>,
+}
+
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+struct IndexFile {
+    version: u32,
+    images: BTreeMap<Digest, ImageRecord>,
+    /// Familiar `repo:tag` → image ID.
+    tags: BTreeMap<String, Digest>,
+    /// What is known about layer blobs (by diff ID).
+    #[serde(default)]
+    layers: BTreeMap<Digest, LayerRecord>,
+}
+
+/// What the index knows about a layer.
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+pub struct LayerRecord {
+    /// Sum of the sizes of the regular files in the layer (docker's layer size).
+    pub size: u64,
+}
+
+/// An image in the store.
+#[derive(Clone, Debug)]
+pub struct Image {
+    /// The image ID: the digest of the config blob.
+    pub id: Digest,
+    pub config: ImageConfig,
+    /// The config blob exactly as stored.
+    pub raw_config: Vec<u8>,
+    /// Tags pointing at this image, sorted.
+    pub tags: Vec<Reference>,
+    pub record: ImageRecord,
+}
+
+impl Image {
+    /// Diff IDs of the layers, bottom first.
+    pub fn diff_ids(&self) -> &[Digest] {
+        &self.config.rootfs.diff_ids
+    }
+
+    /// `created` of the config, seconds since the epoch.
+    pub fn created_unix(&self) -> i64 {
+        self.config.created_unix()
+    }
+
+    /// Whether no tag points at it.
+    pub fn dangling(&self) -> bool {
+        self.tags.is_empty()
+    }
+}
+
+/// A layer blob in the store (an uncompressed tar, named by its diff ID).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Layer {
+    pub diff_id: Digest,
+    /// Size of the blob (the uncompressed tar).
+    pub size: u64,
+    /// Size of the files it holds, as docker counts an image's size.
+    pub content_size: u64,
+    pub path: PathBuf,
+}
+
+/// What `remove` and `prune` did, in docker's order.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum RemoveEvent {
+    Untagged(String),
+    Deleted(Digest),
+}
+
+/// What a committed transaction changed.
+#[derive(Clone, Debug, Default)]
+pub struct CommitReport {
+    /// Each image with the tags it got.
+    pub images: Vec<(Digest, Vec<Reference>)>,
+    /// Tags that moved: (tag, image they pointed at before).
+    pub retagged: Vec<(Reference, Digest)>,
+}
+
+/// The store at one root directory.
+#[derive(Clone, Debug)]
+pub struct Store {
+    root: PathBuf,
+}
+
+/// Held while writing; released on drop.
+pub struct LockGuard {
+    _file: std::fs::File,
+}
+
+fn fsync_dir(p: &Path) -> Result<()> {
+    fs_err::File::open(p)?.sync_all()?;
+    Ok(())
+}
+
+impl Store {
+    /// Opens (creating if needed) the store at `root`.
+    pub fn open(root: impl AsRef<Path>) -> Result<Self> {
+        let root = root.as_ref().to_path_buf();
+        fs_err::create_dir_all(root.join("blobs/sha256"))?;
+        fs_err::create_dir_all(root.join("tmp"))?;
+        Ok(Self { root })
+    }
+
+    pub fn root(&self) -> &Path {
+        &self.root
+    }
+
+    /// Where a blob lives (whether or not it exists).
+    pub fn blob_path(&self, d: &Digest) -> PathBuf {
+        self.root.join("blobs/sha256").join(d.hex())
+    }
+
+    pub fn has_blob(&self, d: &Digest) -> bool {
+        self.blob_path(d).is_file()
+    }
+
+    /// Size of a stored blob.
+    pub fn blob_size(&self, d: &Digest) -> Result<u64> {
+        match std::fs::metadata(self.blob_path(d)) {
+            Ok(m) => Ok(m.len()),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => Err(Error::MissingBlob(d.clone())),
+            Err(e) => Err(Error::Io(e)),
+        }
+    }
+
+    pub fn open_blob(&self, d: &Digest) -> Result<fs_err::File> {
+        if !self.has_blob(d) {
+            return Err(Error::MissingBlob(d.clone()));
+        }
+        Ok(fs_err::File::open(self.blob_path(d))?)
+    }
+
+    pub fn read_blob(&self, d: &Digest) -> Result<Vec<u8>> {
+        let mut v = Vec::new();
+        self.open_blob(d)?.read_to_end(&mut v)?;
+        Ok(v)
+    }
+
+    /// Every blob in the store with its size.
+    pub fn blobs(&self) -> Result<Vec<(Digest, u64)>> {
+        let mut out = Vec::new();
+        for e in fs_err::read_dir(self.root.join("blobs/sha256"))? {
+            let e = e?;
+            if let Ok(d) = Digest::from_hex(&e.file_name().to_string_lossy()) {
+                out.push((d, e.metadata()?.len()));
+            }
+        }
+        out.sort();
+        Ok(out)
+    }
+
+    /// Takes the writer lock (blocking) and removes staging left by dead processes.
+    pub fn lock(&self) -> Result<LockGuard> {
+        let f = fs_err::OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(self.root.join("lock"))?;
+        let f = f.into_file();
+        rustix::fs::flock(&f, rustix::fs::FlockOperation::LockExclusive)
+            .map_err(io::Error::from)?;
+        self.clean_stale_tmp()?;
+        Ok(LockGuard { _file: f })
+    }
+
+    fn clean_stale_tmp(&self) -> Result<()> {
+        for e in fs_err::read_dir(self.root.join("tmp"))? {
+            let e = e?;
+            let name = e.file_name().to_string_lossy().into_owned();
+            let pid = name.split('-').nth(1).and_then(|p| p.parse::<u32>().ok());
+            if let Some(pid) = pid {
+                if pid != std::process::id() && !Path::new(&format!("/proc/{pid}")).exists() {
+                    let p = e.path();
+                    if p.is_dir() {
+                        fs_err::remove_dir_all(&p)?;
+                    } else {
+                        fs_err::remove_file(&p)?;
+                    }
+                }
+            }
+        }
+        Ok(())
+    }
+
+    fn read_index(&self) -> Result<IndexFile> {
+        let p = self.root.join("index.json");
+        match std::fs::read(&p) {
+            Ok(b) => serde_json::from_slice(&b).map_err(|e| Error::CorruptIndex {
+                path: p.display().to_string(),
+                reason: e.to_string(),
+            }),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(IndexFile {
+                version: 1,
+                ..IndexFile::default()
+            }),
+            Err(e) => Err(Error::Io(e)),
+        }
+    }
+
+    fn write_index(&self, idx: &IndexFile, _lock: &LockGuard) -> Result<()> {
+        let tmp =
+            self.root
+                .join("tmp")
+                .join(format!("index-{}-{}.json", std::process::id(), unique()));
+        let data = crate::json::canonical(idx)?;
+        {
+            let mut f = fs_err::File::create(&tmp)?;
+            f.write_all(&data)?;
+            f.sync_all()?;
+        }
+        fs_err::rename(&tmp, self.root.join("index.json"))?;
+        fsync_dir(&self.root)?;
+        Ok(())
+    }
+
+    /// Starts a transaction: blobs and images staged, then committed in one step.
+    pub fn begin(&self) -> Result<Txn<'_>> {
+        let dir = tempfile::Builder::new()
+            .prefix(&format!("txn-{}-", std::process::id()))
+            .tempdir_in(self.root.join("tmp"))?;
+        Ok(Txn {
+            store: self,
+            dir,
+            blobs: Vec::new(),
+            images: Vec::new(),
+            layer_sizes: Vec::new(),
+            n: 0,
+        })
+    }
+
+    fn load_image(&self, id: &Digest, rec: &ImageRecord, idx: &IndexFile) -> Result<Image> {
+        let raw_config = self.read_blob(id)?;
+        let config = ImageConfig::from_slice(&raw_config)?;
+        let mut tags: Vec<Reference> = idx
+            .tags
+            .iter()
+            .filter(|(_, v)| *v == id)
+            .filter_map(|(k, _)| Reference::parse(k).ok())
+            .collect();
+        tags.sort();
+        Ok(Image {
+            id: id.clone(),
+            config,
+            raw_config,
+            tags,
+            record: rec.clone(),
+        })
+    }
+
+    /// All images, newest first (by `created`, then ID).
+    pub fn images(&self) -> Result<Vec<Image>> {
+        let idx = self.read_index()?;
+        let mut out = Vec::new();
+        for (id, rec) in &idx.images {
+            out.push(self.load_image(id, rec, &idx)?);
+        }
+        out.sort_by(|a, b| {
+            b.created_unix()
+                .cmp(&a.created_unix())
+                .then_with(|| a.id.cmp(&b.id))
+        });
+        Ok(out)
+    }
+
+    /// The image with this ID.
+    pub fn image(&self, id: &Digest) -> Result<Image> {
+        let idx = self.read_index()?;
+        let rec = idx
+            .images
+            .get(id)
+            .ok_or_else(|| Error::NoSuchImage(id.to_string()))?;
+        self.load_image(id, rec, &idx)
+    }
+
+    /// The image `name` resolves to (see [`Self::resolve`]).
+    pub fn find(&self, name: &str) -> Result<Image> {
+        self.image(&self.resolve(name)?)
+    }
+
+    /// Finds an image by `name[:tag]`, full or short ID, or `name@sha256:...`.
+    pub fn resolve(&self, name: &str) -> Result<Digest> {
+        let idx = self.read_index()?;
+        self.resolve_in(&idx, name).map(|(d, _)| d)
+    }
+
+    /// Resolves `name`; the second value is the tag when it was found by tag.
+    fn resolve_in(&self, idx: &IndexFile, name: &str) -> Result<(Digest, Option<Reference>)> {
+        let not_found = || Error::NoSuchImage(name.to_owned());
+        if let Ok(d) = Digest::parse(name) {
+            return if idx.images.contains_key(&d) {
+                Ok((d, None))
+            } else {
+                Err(not_found())
+            };
+        }
+        if let Ok(r) = Reference::parse(name) {
+            if let Some(d) = &r.digest {
+                if idx.images.contains_key(d) {
+                    return Ok((d.clone(), None));
+                }
+                for id in idx.images.keys() {
+                    if let Ok(img) = self.image(id) {
+                        if self.manifest(&img).is_ok_and(|(_, _, md)| md == *d) {
+                            return Ok((id.clone(), None));
+                        }
+                    }
+                }
+                return Err(not_found());
+            }
+            let r = r.with_default_tag();
+            if let Some(d) = idx.tags.get(&r.to_string()) {
+                return Ok((d.clone(), Some(r)));
+            }
+        }
+        let short = name.strip_prefix("sha256:").unwrap_or(name);
+        if !short.is_empty()
+            && short.len() <= 64
+            && short
+                .bytes()
+                .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
+        {
+            let hits: Vec<&Digest> = idx
+                .images
+                .keys()
+                .filter(|d| d.hex().starts_with(short))
+                .collect();
+            return match hits.len() {
+                0 => Err(not_found()),
+                1 => Ok((hits[0].clone(), None)),
+                _ => Err(Error::Ambiguous(name.to_owned())),
+            };
+        }
+        match Reference::parse(name) {
+            Ok(_) => Err(not_found()),
+            Err(e) => Err(e),
+        }
+    }
+
+    /// Layers of an image, bottom first.
+    pub fn layers(&self, img: &Image) -> Result<Vec<Layer>> {
+        let idx = self.read_index()?;
+        img.diff_ids()
+            .iter()
+            .map(|d| {
+                let size = self.blob_size(d)?;
+                Ok(Layer {
+                    diff_id: d.clone(),
+                    size,
+                    content_size: idx.layers.get(d).map_or(size, |l| l.size),
+                    path: self.blob_path(d),
+                })
+            })
+            .collect()
+    }
+
+    /// An image's size as docker reports it: the files of its distinct layers.
+    pub fn image_size(&self, img: &Image) -> Result<u64> {
+        let mut seen = BTreeSet::new();
+        Ok(self
+            .layers(img)?
+            .into_iter()
+            .filter(|l| seen.insert(l.diff_id.clone()))
+            .map(|l| l.content_size)
+            .sum())
+    }
+
+    /// The OCI manifest `save` writes for an image (uncompressed layers), its
+    /// canonical bytes and its digest (shown as the image's repo digest).
+    pub fn manifest(&self, img: &Image) -> Result<(Manifest, Vec<u8>, Digest)> {
+        let layers = self
+            .layers(img)?
+            .into_iter()
+            .map(|l| Descriptor::new(manifest::OCI_LAYER, l.diff_id, l.size))
+            .collect();
+        let m = Manifest {
+            schema_version: 2,
+            media_type: Some(manifest::OCI_MANIFEST.into()),
+            config: Descriptor::new(
+                manifest::OCI_CONFIG,
+                img.id.clone(),
+                img.raw_config.len() as u64,
+            ),
+            layers,
+            annotations: None,
+            extra: BTreeMap::new(),
+        };
+        let bytes = crate::json::canonical(&m)?;
+        let d = Digest::of(&bytes);
+        Ok((m, bytes, d))
+    }
+
+    /// Unpacks an image's layers, in order, into `dest` (which must exist).
+    pub fn unpack(&self, img: &Image, dest: &Path, opts: &ApplyOptions) -> Result<()> {
+        for l in self.layers(img)? {
+            let f = fs_err::File::open(&l.path)?;
+            rbuild_snapshotter::apply_layer(dest, io::BufReader::new(f), opts)?;
+        }
+        Ok(())
+    }
+
+    /// Points `target` at the image `source` resolves to. Returns the image the tag
+    /// pointed at before, if it moved.
+    pub fn tag(&self, source: &str, target: &Reference) -> Result<Option<Digest>> {
+        let lock = self.lock()?;
+        let mut idx = self.read_index()?;
+        let (id, _) = self.resolve_in(&idx, source)?;
+        let key = target.clone().with_default_tag().to_string();
+        let old = idx.tags.insert(key, id.clone());
+        if let Some(rec) = idx.images.get_mut(&id) {
+            rec.last_tag_time = Some(now_rfc3339());
+        }
+        self.write_index(&idx, &lock)?;
+        Ok(old.filter(|o| *o != id))
+    }
+
+    /// `rmi`: removes tags and images with docker's rules; see the crate docs.
+    pub fn remove(&self, names: &[String], force: bool) -> Result<Vec<Result<Vec<RemoveEvent>>>> {
+        let lock = self.lock()?;
+        let mut results = Vec::new();
+        for name in names {
+            let mut idx = self.read_index()?;
+            let r = self.remove_one(&mut idx, name, force);
+            let r = match r {
+                Ok((events, freed)) => {
+                    self.write_index(&idx, &lock)?;
+                    self.delete_blobs(&freed)?;
+                    Ok(events)
+                }
+                Err(e) => Err(e),
+            };
+            results.push(r);
+        }
+        Ok(results)
+    }
+
+    #[allow(clippy::unused_self)]
+    fn children(&self, idx: &IndexFile, id: &Digest) -> usize {
+        idx.images
+            .values()
+            .filter(|r| r.parent.as_ref() == Some(id))
+            .count()
+    }
+
+    fn remove_one(
+        &self,
+        idx: &mut IndexFile,
+        name: &str,
+        force: bool,
+    ) -> Result<(Vec<RemoveEvent>, Vec<Digest>)> {
+        let (id, by_tag) = self.resolve_in(idx, name)?;
+        let tags: Vec<String> = idx
+            .tags
+            .iter()
+            .filter(|(_, v)| **v == id)
+            .map(|(k, _)| k.clone())
+            .collect();
+        let mut events = Vec::new();
+        if let Some(tag) = by_tag {
+            let key = tag.to_string();
+            idx.tags.remove(&key);
+            events.push(RemoveEvent::Untagged(key));
+            if tags.len() > 1 || self.children(idx, &id) > 0 {
+                return Ok((events, Vec::new()));
+            }
+        } else {
+            let repos: BTreeSet<&str> = tags
+                .iter()
+                .map(|t| t.rsplit_once(':').map_or(t.as_str(), |(r, _)| r))
+                .collect();
+            if repos.len() > 1 && !force {
+                return Err(Error::Conflict {
+                    id: id.hex()[..12].to_owned(),
+                    reason: "image is referenced in multiple repositories".into(),
+                });
+            }
+            if self.children(idx, &id) > 0 && !force {
+                return Err(Error::Conflict {
+                    id: id.hex()[..12].to_owned(),
+                    reason: "image has dependent child images".into(),
+                });
+            }
+            for t in &tags {
+                idx.tags.remove(t);
+                events.push(RemoveEvent::Untagged(t.clone()));
+            }
+        }
+        let freed = self.delete_image(idx, &id, &mut events)?;
+        Ok((events, freed))
+    }
+
+    /// Drops an image record; returns the blobs no longer used (config and layers,
+    /// top layer first, in the order docker reports them).
+    fn delete_image(
+        &self,
+        idx: &mut IndexFile,
+        id: &Digest,
+        events: &mut Vec<RemoveEvent>,
+    ) -> Result<Vec<Digest>> {
+        let img = idx.images.remove(id);
+        if img.is_none() {
+            return Ok(Vec::new());
+        }
+        for r in idx.images.values_mut() {
+            if r.parent.as_ref() == Some(id) {
+                r.parent = None;
+            }
+        }
+        events.push(RemoveEvent::Deleted(id.clone()));
+        let mut freed = vec![id.clone()];
+        let cfg = ImageConfig::from_slice(&self.read_blob(id)?)?;
+        let used = self.used_blobs(idx)?;
+        let mut seen = HashSet::new();
+        for d in cfg.rootfs.diff_ids.iter().rev() {
+            if !used.contains(d) && seen.insert(d.clone()) {
+                idx.layers.remove(d);
+                events.push(RemoveEvent::Deleted(d.clone()));
+                freed.push(d.clone());
+            }
+        }
+        Ok(freed)
+    }
+
+    fn used_blobs(&self, idx: &IndexFile) -> Result<HashSet<Digest>> {
+        let mut used = HashSet::new();
+        for id in idx.images.keys() {
+            used.insert(id.clone());
+            let cfg = ImageConfig::from_slice(&self.read_blob(id)?)?;
+            used.extend(cfg.rootfs.diff_ids);
+        }
+        Ok(used)
+    }
+
+    fn delete_blobs(&self, ds: &[Digest]) -> Result<()> {
+        for d in ds {
+            match std::fs::remove_file(self.blob_path(d)) {
+                Ok(()) => {}
+                Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+                Err(e) => return Err(Error::Io(e)),
+            }
+        }
+        Ok(())
+    }
+
+    /// `image prune`: removes dangling images (all images with `all`: rbuild has no
+    /// containers, so none is in use) that are no other image's parent, and blobs no
+    /// image uses. Returns the events and the bytes reclaimed.
+    pub fn prune(&self, all: bool) -> Result<(Vec<RemoveEvent>, u64)> {
+        let lock = self.lock()?;
+        let mut idx = self.read_index()?;
+        let mut events = Vec::new();
+        loop {
+            let tagged: HashSet<Digest> = idx.tags.values().cloned().collect();
+            let victims: Vec<Digest> = idx
+                .images
+                .keys()
+                .filter(|id| (all || !tagged.contains(*id)) && self.children(&idx, id) == 0)
+                .cloned()
+                .collect();
+            if victims.is_empty() {
+                break;
+            }
+            for id in victims {
+                let tags: Vec<String> = idx
+                    .tags
+                    .iter()
+                    .filter(|(_, v)| **v == id)
+                    .map(|(k, _)| k.clone())
+                    .collect();
+                for t in tags {
+                    idx.tags.remove(&t);
+                    events.push(RemoveEvent::Untagged(t));
+                }
+                idx.images.remove(&id);
+                events.push(RemoveEvent::Deleted(id));
+            }
+        }
+        let used = self.used_blobs(&idx)?;
+        idx.layers.retain(|d, _| used.contains(d));
+        self.write_index(&idx, &lock)?;
+        let mut reclaimed = 0;
+        let mut layer_events = Vec::new();
+        for (d, size) in self.blobs()? {
+            if !used.contains(&d) {
+                reclaimed += size;
+                std::fs::remove_file(self.blob_path(&d))?;
+                if !events.contains(&RemoveEvent::Deleted(d.clone())) {
+                    layer_events.push(RemoveEvent::Deleted(d));
+                }
+            }
+        }
+        events.extend(layer_events);
+        Ok((events, reclaimed))
+    }
+}
+
+fn now_rfc3339() -> String {
+    let (s, n) = crate::time::now();
+    crate::time::format_rfc3339(s, n)
+}
+
+fn unique() -> u64 {
+    use std::sync::atomic::{AtomicU64, Ordering};
+    static N: AtomicU64 = AtomicU64::new(0);
+    N.fetch_add(1, Ordering::Relaxed)
+}
+
+/// A set of staged blobs and images, committed together by [`Txn::commit`]. Dropped
+/// without commit, it leaves the store exactly as it was.
+pub struct Txn<'s> {
+    store: &'s Store,
+    dir: tempfile::TempDir,
+    blobs: Vec<(PathBuf, Digest)>,
+    images: Vec<(Digest, Vec<Reference>, Option<Digest>)>,
+    layer_sizes: Vec<(Digest, u64)>,
+    n: usize,
+}
+
+impl Txn<'_> {
+    /// A directory for scratch files of this transaction (removed with it).
+    pub fn staging_dir(&self) -> &Path {
+        self.dir.path()
+    }
+
+    /// A fresh staging path.
+    pub fn staging_path(&mut self) -> PathBuf {
+        self.n += 1;
+        self.dir.path().join(format!("blob-{}", self.n))
+    }
+
+    fn staged(&self, d: &Digest) -> bool {
+        self.blobs.iter().any(|(_, b)| b == d)
+    }
+
+    /// Whether the blob is in the store or staged here.
+    pub fn has_blob(&self, d: &Digest) -> bool {
+        self.staged(d) || self.store.has_blob(d)
+    }
+
+    /// Stages a file already written inside the staging dir whose digest the caller computed.
+    pub fn adopt(&mut self, path: PathBuf, digest: Digest) {
+        if !self.has_blob(&digest) {
+            self.blobs.push((path, digest));
+        }
+    }
+
+    /// Stages a blob from a stream, verifying it against `expected` when given.
+    #[allow(clippy::many_single_char_names)]
+    pub fn put_blob<R: Read>(
+        &mut self,
+        mut r: R,
+        expected: Option<&Digest>,
+    ) -> Result<(Digest, u64)> {
+        let path = self.staging_path();
+        let mut w = HashingWriter::new(io::BufWriter::new(fs_err::File::create(&path)?));
+        io::copy(&mut r, &mut w)?;
+        let (buf, d, n) = w.finish();
+        let f = buf.into_inner().map_err(io::IntoInnerError::into_error)?;
+        f.sync_all()?;
+        if let Some(e) = expected {
+            if *e != d {
+                return Err(Error::DigestMismatch {
+                    expected: e.clone(),
+                    actual: d,
+                });
+            }
+        }
+        self.adopt(path, d.clone());
+        Ok((d, n))
+    }
+
+    /// Stages a small blob.
+    pub fn put_bytes(&mut self, data: &[u8]) -> Result<Digest> {
+        Ok(self.put_blob(data, None)?.0)
+    }
+
+    /// Stages a layer from a tar stream, plain or compressed (gzip, zstd, bzip2,
+    /// xz); the stored blob is the uncompressed tar, named by its diff ID. The tar
+    /// is checked: it must be complete and no entry may escape its root.
+    pub fn put_layer<R: Read + Send + 'static>(&mut self, r: R) -> Result<(Digest, u64)> {
+        let dec = Decoder::new(r)?;
+        let (d, n) = self.put_blob(dec, None)?;
+        if n == 0 {
+            return Err(Error::BadTar("empty input".into()));
+        }
+        let path = self
+            .blobs
+            .iter()
+            .find(|(_, b)| *b == d)
+            .map(|(p, _)| p.clone());
+        let path = path.unwrap_or_else(|| self.store.blob_path(&d));
+        let content = check_layer(&path)?;
+        self.layer_sizes.push((d.clone(), content));
+        Ok((d, n))
+    }
+
+    /// Stages an uncompressed layer written by `produce` (e.g. a tar writer);
+    /// returns its diff ID and size. Nothing is held in memory.
+    pub fn write_layer<F>(&mut self, produce: F) -> Result<(Digest, u64)>
+    where
+        F: FnOnce(&mut dyn Write) -> io::Result<()>,
+    {
+        let path = self.staging_path();
+        let mut w = HashingWriter::new(io::BufWriter::with_capacity(
+            256 * 1024,
+            fs_err::File::create(&path)?,
+        ));
+        produce(&mut w)?;
+        let (buf, d, n) = w.finish();
+        let f = buf.into_inner().map_err(io::IntoInnerError::into_error)?;
+        f.sync_all()?;
+        self.adopt_layer(path, d.clone())?;
+        Ok((d, n))
+    }
+
+    /// Stages an uncompressed layer file already inside the staging dir whose diff ID
+    /// the caller computed; the tar is checked (complete, nothing escaping).
+    pub fn adopt_layer(&mut self, path: PathBuf, diff_id: Digest) -> Result<()> {
+        if self.has_blob(&diff_id) {
+            return Ok(());
+        }
+        let content = check_layer(&path)?;
+        self.layer_sizes.push((diff_id.clone(), content));
+        self.adopt(path, diff_id);
+        Ok(())
+    }
+
+    /// Stages the layer that turns `lower` (None: empty) into `upper`, with
+    /// whiteouts; returns its diff ID and size.
+    pub fn add_diff(
+        &mut self,
+        lower: Option<&Path>,
+        upper: &Path,
+        opts: &rbuild_snapshotter::DiffOptions,
+    ) -> Result<(Digest, u64)> {
+        let mut err = None;
+        let r = self.write_layer(
+            |w| match rbuild_snapshotter::write_diff(lower, upper, w, opts) {
+                Ok(_) => Ok(()),
+                Err(rbuild_snapshotter::Error::Io(e)) => Err(e),
+                Err(e) => {
+                    err = Some(e);
+                    Err(io::Error::other("diff failed"))
+                }
+            },
+        );
+        match (r, err) {
+            (_, Some(e)) => Err(e.into()),
+            (r, None) => r,
+        }
+    }
+
+    /// Stages an image whose config blob is `config` (canonical bytes written by the
+    /// caller or taken as is) and tags it. Layers must be staged or stored.
+    pub fn add_image(
+        &mut self,
+        config: &[u8],
+        tags: Vec<Reference>,
+        parent: Option<Digest>,
+    ) -> Result<Digest> {
+        let cfg = ImageConfig::from_slice(config)?;
+        let id = self.put_bytes(config)?;
+        for d in &cfg.rootfs.diff_ids {
+            if !self.has_blob(d) {
+                return Err(Error::MissingBlob(d.clone()));
+            }
+        }
+        self.images.push((
+            id.clone(),
+            tags.into_iter().map(Reference::with_default_tag).collect(),
+            parent,
+        ));
+        Ok(id)
+    }
+
+    /// Stages an image from a config value (written as canonical JSON).
+    pub fn add_config(
+        &mut self,
+        config: &ImageConfig,
+        tags: Vec<Reference>,
+        parent: Option<Digest>,
+    ) -> Result<Digest> {
+        let bytes = config.to_canonical()?;
+        self.add_image(&bytes, tags, parent)
+    }
+
+    /// Moves the staged blobs into the store and records the images and tags, under the lock.
+    pub fn commit(self) -> Result<CommitReport> {
+        let lock = self.store.lock()?;
+        for (path, d) in &self.blobs {
+            let dest = self.store.blob_path(d);
+            if !dest.exists() {
+                fs_err::rename(path, &dest)?;
+            }
+        }
+        fsync_dir(&self.store.root.join("blobs/sha256"))?;
+        let mut idx = self.store.read_index()?;
+        for (d, size) in &self.layer_sizes {
+            idx.layers
+                .entry(d.clone())
+                .or_insert(LayerRecord { size: *size });
+        }
+        let mut report = CommitReport::default();
+        let now = now_rfc3339();
+        for (id, tags, parent) in &self.images {
+            let rec = idx.images.entry(id.clone()).or_insert_with(|| ImageRecord {
+                added: now.clone(),
+                parent: parent.clone(),
+                last_tag_time: None,
+            });
+            if !tags.is_empty() {
+                rec.last_tag_time = Some(now.clone());
+            }
+            for t in tags {
+                if let Some(old) = idx.tags.insert(t.to_string(), id.clone()) {
+                    if old != *id {
+                        report.retagged.push((t.clone(), old));
+                    }
+                }
+            }
+            report.images.push((id.clone(), tags.clone()));
+        }
+        self.store.write_index(&idx, &lock)?;
+        Ok(report)
+    }
+}
+
+/// Reads a layer tar through: complete, well-formed, no entry escaping its root.
+/// Returns its content size: regular files' sizes plus symlink target lengths.
+pub fn check_layer(path: &Path) -> Result<u64> {
+    let mut content = 0;
+    let f = io::BufReader::new(fs_err::File::open(path)?);
+    let mut a = tar::Archive::new(f);
+    let entries = a.entries().map_err(|e| Error::BadTar(e.to_string()))?;
+    for e in entries {
+        let mut e = e.map_err(|e| Error::BadTar(format!("truncated or corrupt: {e}")))?;
+        rbuild_snapshotter::apply::clean_name(&e.path_bytes())?;
+        if e.header().entry_type() == tar::EntryType::Link {
+            if let Some(l) = e.link_name_bytes() {
+                rbuild_snapshotter::apply::clean_name(&l)?;
+            }
+        }
+        let want = e.header().size().unwrap_or(0);
+        let got = io::copy(&mut e, &mut io::sink())
+            .map_err(|err| Error::BadTar(format!("truncated tarball: {err}")))?;
+        if got != want {
+            let name = String::from_utf8_lossy(&e.path_bytes()).into_owned();
+            return Err(Error::BadTar(format!(
+                "truncated tarball: {name} has {got} of {want} bytes"
+            )));
+        }
+        // As docker's graph drivers measure a layer: file sizes plus symlink lengths.
+        match e.header().entry_type() {
+            t if t.is_file() => content += want,
+            tar::EntryType::Symlink => content += e.link_name_bytes().map_or(0, |l| l.len() as u64),
+            _ => {}
+        }
+    }
+    Ok(content)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::{ImageConfig, RootFs};
+
+    #[test]
+    fn a_build_writes_diff_layers_and_unpacks_them_again() {
+        let t = tempfile::tempdir().unwrap();
+        let store = Store::open(t.path().join("root")).unwrap();
+        let (low, up) = (t.path().join("low"), t.path().join("up"));
+        fs_err::create_dir_all(low.join("etc")).unwrap();
+        fs_err::write(low.join("etc/a"), "a").unwrap();
+        fs_err::write(low.join("etc/gone"), "g").unwrap();
+        fs_err::create_dir_all(up.join("etc")).unwrap();
+        fs_err::write(up.join("etc/a"), "a2").unwrap();
+        fs_err::write(up.join("etc/new"), "n").unwrap();
+        let opts = rbuild_snapshotter::DiffOptions {
+            source_date_epoch: Some(1_600_000_000),
+        };
+        let mut txn = store.begin().unwrap();
+        let (base, _) = txn.add_diff(None, &low, &opts).unwrap();
+        let (top, _) = txn.add_diff(Some(&low), &up, &opts).unwrap();
+        let cfg = ImageConfig {
+            architecture: "amd64".into(),
+            os: "linux".into(),
+            rootfs: RootFs {
+                kind: "layers".into(),
+                diff_ids: vec![base, top],
+            },
+            ..ImageConfig::default()
+        };
+        let id = txn
+            .add_config(&cfg, vec![Reference::parse("built").unwrap()], None)
+            .unwrap();
+        assert!(!store.has_blob(&id), "nothing is visible before commit");
+        txn.commit().unwrap();
+        let img = store.find("built:latest").unwrap();
+        assert_eq!(img.id, id);
+        let dest = t.path().join("dest");
+        fs_err::create_dir(&dest).unwrap();
+        store
+            .unpack(
+                &img,
+                &dest,
+                &rbuild_snapshotter::ApplyOptions { chown: false },
+            )
+            .unwrap();
+        assert_eq!(fs_err::read_to_string(dest.join("etc/a")).unwrap(), "a2");
+        assert_eq!(fs_err::read_to_string(dest.join("etc/new")).unwrap(), "n");
+        assert!(!dest.join("etc/gone").exists());
+    }
+
+    #[test]
+    fn a_dropped_transaction_leaves_nothing() {
+        let t = tempfile::tempdir().unwrap();
+        let store = Store::open(t.path()).unwrap();
+        {
+            let mut txn = store.begin().unwrap();
+            txn.put_bytes(b"hello").unwrap();
+        }
+        assert!(store.blobs().unwrap().is_empty());
+        assert_eq!(fs_err::read_dir(t.path().join("tmp")).unwrap().count(), 0);
+    }
+
+    #[test]
+    fn put_blob_verifies_the_digest() {
+        let t = tempfile::tempdir().unwrap();
+        let store = Store::open(t.path()).unwrap();
+        let mut txn = store.begin().unwrap();
+        let wrong = Digest::of(b"other");
+        assert!(matches!(
+            txn.put_blob(&b"hello"[..], Some(&wrong)),
+            Err(Error::DigestMismatch { .. })
+        ));
+        let right = Digest::of(b"hello");
+        assert_eq!(txn.put_blob(&b"hello"[..], Some(&right)).unwrap().0, right);
+    }
+}

@@ -1,0 +1,499 @@
+//! Layer compression: gzip (independent gzip members per chunk, compressed in
+//! parallel on the rayon pool, header mtime 0, so the output does not depend on the
+//! number of threads), zstd (multithreaded), or none; and decompression of
+//! gzip, zstd, bzip2 and xz streams detected by their magic bytes.
+//!
+//! [`write_layer`] streams an uncompressed layer through the compressor and two
+//! hashers at once: the diff ID of the uncompressed bytes and the digest of the
+//! compressed ones, so a layer is never held in memory.
+
+use std::io::{self, BufRead, BufReader, Read, Write};
+use std::thread::JoinHandle;
+
+use crate::digest::{Digest, HashingWriter};
+
+/// How a layer blob is compressed.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Compression {
+    None,
+    Gzip,
+    Zstd,
+}
+
+impl Compression {
+    /// The OCI layer media type for this compression.
+    pub fn oci_layer_media_type(self) -> &'static str {
+        match self {
+            Compression::None => "application/vnd.oci.image.layer.v1.tar",
+            Compression::Gzip => "application/vnd.oci.image.layer.v1.tar+gzip",
+            Compression::Zstd => "application/vnd.oci.image.layer.v1.tar+zstd",
+        }
+    }
+
+    /// Parses `gzip`, `zstd`, `none` / `uncompressed`.
+    pub fn from_name(s: &str) -> Option<Self> {
+        match s {
+            "gzip" | "gz" => Some(Self::Gzip),
+            "zstd" | "zst" => Some(Self::Zstd),
+            "none" | "uncompressed" | "tar" => Some(Self::None),
+            _ => None,
+        }
+    }
+}
+
+/// The compression formats a stream can be recognised as.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Format {
+    Plain,
+    Gzip,
+    Zstd,
+    Bzip2,
+    Xz,
+}
+
+impl Format {
+    /// Recognises a stream by its first bytes (at least 6 are needed for xz).
+    pub fn detect(magic: &[u8]) -> Self {
+        if magic.starts_with(&[0x1f, 0x8b]) {
+            Format::Gzip
+        } else if magic.starts_with(&[0x28, 0xb5, 0x2f, 0xfd]) {
+            Format::Zstd
+        } else if magic.starts_with(b"BZh") {
+            Format::Bzip2
+        } else if magic.starts_with(&[0xfd, b'7', b'z', b'X', b'Z', 0x00]) {
+            Format::Xz
+        } else {
+            Format::Plain
+        }
+    }
+}
+
+/// Size of the independent gzip members the parallel encoder cuts its input into.
+pub const GZIP_CHUNK: usize = 1 << 20;
+
+/// A compressing writer; [`Encoder::finish`] must be called to write the trailer.
+pub enum Encoder<W: Write> {
+    None(W),
+    Gzip(ParallelGzEncoder<W>),
+    Zstd(zstd::stream::write::Encoder<'static, W>),
+}
+
+impl<W: Write> Encoder<W> {
+    /// A new encoder; `threads` is the parallelism to use (0 = number of CPUs).
+    pub fn new(inner: W, compression: Compression, threads: usize) -> io::Result<Self> {
+        let threads = if threads == 0 {
+            rayon::current_num_threads()
+        } else {
+            threads
+        };
+        Ok(match compression {
+            Compression::None => Encoder::None(inner),
+            Compression::Gzip => Encoder::Gzip(ParallelGzEncoder::new(inner, threads, 6)),
+            Compression::Zstd => {
+                let mut e = zstd::stream::write::Encoder::new(inner, 3)?;
+                // Always the multithreaded mode (even with one worker): its output depends
+                // on the job size, not on the number of workers, so every machine agrees.
+                e.multithread(u32::try_from(threads).unwrap_or(1).max(1))?;
+                // Small jobs keep memory bounded (the default is several MiB per worker).
+                e.set_parameter(zstd::stream::raw::CParameter::JobSize(1 << 20))?;
+                e.include_checksum(false)?;
+                Encoder::Zstd(e)
+            }
+        })
+    }
+
+    /// Writes any trailer and returns the inner writer.
+    pub fn finish(self) -> io::Result<W> {
+        match self {
+            Encoder::None(w) => Ok(w),
+            Encoder::Gzip(g) => g.finish(),
+            Encoder::Zstd(z) => z.finish(),
+        }
+    }
+}
+
+impl<W: Write> Write for Encoder<W> {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        match self {
+            Encoder::None(w) => w.write(buf),
+            Encoder::Gzip(g) => g.write(buf),
+            Encoder::Zstd(z) => z.write(buf),
+        }
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        match self {
+            Encoder::None(w) => w.flush(),
+            Encoder::Gzip(g) => g.flush(),
+            Encoder::Zstd(z) => z.flush(),
+        }
+    }
+}
+
+/// gzip on several threads: the input is cut into [`GZIP_CHUNK`]-byte pieces, each
+/// compressed as its own gzip member (mtime 0, no name) on the rayon pool while the
+/// caller keeps producing input; members are written in order. Every gzip reader
+/// (Go's, zlib's, Python's) reads a multi-member stream as one. At most
+/// `2 × threads` chunks are in flight, so memory stays bounded.
+pub struct ParallelGzEncoder<W: Write> {
+    inner: W,
+    in_flight: std::collections::VecDeque<std::sync::mpsc::Receiver<io::Result<Vec<u8>>>>,
+    current: Vec<u8>,
+    max_in_flight: usize,
+    threads: usize,
+    level: u32,
+    wrote_any: bool,
+}
+
+impl<W: Write> ParallelGzEncoder<W> {
+    pub fn new(inner: W, threads: usize, level: u32) -> Self {
+        Self {
+            inner,
+            in_flight: std::collections::VecDeque::new(),
+            current: Vec::with_capacity(GZIP_CHUNK),
+            max_in_flight: threads.max(1) * 2,
+            threads: threads.max(1),
+            level,
+            wrote_any: false,
+        }
+    }
+
+    fn submit(&mut self, chunk: Vec<u8>) -> io::Result<()> {
+        self.wrote_any = true;
+        if self.threads == 1 {
+            let m = gzip_member(&chunk, self.level)?;
+            return self.inner.write_all(&m);
+        }
+        while self.in_flight.len() >= self.max_in_flight {
+            self.write_oldest()?;
+        }
+        let (tx, rx) = std::sync::mpsc::sync_channel(1);
+        let level = self.level;
+        rayon::spawn(move || {
+            let _ = tx.send(gzip_member(&chunk, level));
+        });
+        self.in_flight.push_back(rx);
+        Ok(())
+    }
+
+    fn write_oldest(&mut self) -> io::Result<()> {
+        if let Some(rx) = self.in_flight.pop_front() {
+            let member = rx
+                .recv()
+                .map_err(|_| io::Error::other("gzip worker vanished"))??;
+            self.inner.write_all(&member)?;
+        }
+        Ok(())
+    }
+
+    pub fn finish(mut self) -> io::Result<W> {
+        if !self.current.is_empty() || !self.wrote_any {
+            let last = std::mem::take(&mut self.current);
+            self.submit(last)?;
+        }
+        while !self.in_flight.is_empty() {
+            self.write_oldest()?;
+        }
+        self.inner.flush()?;
+        Ok(self.inner)
+    }
+}
+
+fn gzip_member(data: &[u8], level: u32) -> io::Result<Vec<u8>> {
+    let mut e = flate2::GzBuilder::new().mtime(0).write(
+        Vec::with_capacity(data.len() / 2 + 64),
+        flate2::Compression::new(level),
+    );
+    e.write_all(data)?;
+    e.finish()
+}
+
+impl<W: Write> Write for ParallelGzEncoder<W> {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        let room = GZIP_CHUNK - self.current.len();
+        let n = room.min(buf.len());
+        self.current.extend_from_slice(&buf[..n]);
+        if self.current.len() == GZIP_CHUNK {
+            let full = std::mem::replace(&mut self.current, Vec::with_capacity(GZIP_CHUNK));
+            self.submit(full)?;
+        }
+        Ok(n)
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        // Members are cut at fixed offsets only, so flushing never changes the output.
+        self.inner.flush()
+    }
+}
+
+/// A decompressing reader chosen from the stream's magic bytes.
+pub struct Decoder {
+    inner: Box<dyn Read + Send>,
+    format: Format,
+}
+
+impl Decoder {
+    /// Wraps `r`, detecting plain, gzip, zstd, bzip2 or xz.
+    pub fn new<R: Read + Send + 'static>(r: R) -> io::Result<Self> {
+        let mut br = BufReader::with_capacity(256 * 1024, r);
+        let magic = fill_at_least(&mut br, 6)?;
+        let format = Format::detect(&magic);
+        let inner: Box<dyn Read + Send> = match format {
+            Format::Plain => Box::new(br),
+            Format::Gzip => Box::new(flate2::bufread::MultiGzDecoder::new(br)),
+            Format::Zstd => Box::new(zstd::stream::read::Decoder::with_buffer(br)?),
+            Format::Bzip2 => Box::new(bzip2::bufread::MultiBzDecoder::new(br)),
+            Format::Xz => Box::new(XzReader::spawn(br)),
+        };
+        Ok(Self { inner, format })
+    }
+
+    /// What the stream was recognised as.
+    pub fn format(&self) -> Format {
+        self.format
+    }
+}
+
+impl Read for Decoder {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        self.inner.read(buf)
+    }
+}
+
+fn fill_at_least<R: Read>(br: &mut BufReader<R>, n: usize) -> io::Result<Vec<u8>> {
+    // BufReader::fill_buf may return fewer bytes than available; peek by reading
+    // into the buffer until it holds n bytes or the stream ends.
+    loop {
+        let avail = br.buffer().len();
+        if avail >= n {
+            return Ok(br.buffer()[..n].to_vec());
+        }
+        if avail == 0 {
+            let got = br.fill_buf()?.len();
+            if got == 0 {
+                return Ok(Vec::new());
+            }
+            continue;
+        }
+        // A short buffer: the stream is either tiny or split oddly; what we have is
+        // enough to decide for everything but xz.
+        return Ok(br.buffer().to_vec());
+    }
+}
+
+/// xz through lzma-rs, which decodes into a writer: run it on a thread feeding a
+/// bounded channel, and report its error (not a silent end of stream) at the end.
+struct XzReader {
+    rx: std::sync::mpsc::Receiver<Vec<u8>>,
+    buf: Vec<u8>,
+    pos: usize,
+    worker: Option<JoinHandle<io::Result<()>>>,
+}
+
+struct ChanWriter(std::sync::mpsc::SyncSender<Vec<u8>>);
+
+impl Write for ChanWriter {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        self.0
+            .send(buf.to_vec())
+            .map_err(|_| io::Error::new(io::ErrorKind::BrokenPipe, "xz reader dropped"))?;
+        Ok(buf.len())
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        Ok(())
+    }
+}
+
+impl XzReader {
+    fn spawn<R: BufRead + Send + 'static>(mut input: R) -> Self {
+        let (tx, rx) = std::sync::mpsc::sync_channel(16);
+        let worker = std::thread::spawn(move || {
+            let mut w = io::BufWriter::with_capacity(128 * 1024, ChanWriter(tx));
+            lzma_rs::xz_decompress(&mut input, &mut w)
+                .map_err(|e| io::Error::new(io::ErrorKind::InvalidData, format!("xz: {e}")))?;
+            w.flush()
+        });
+        Self {
+            rx,
+            buf: Vec::new(),
+            pos: 0,
+            worker: Some(worker),
+        }
+    }
+}
+
+impl Read for XzReader {
+    fn read(&mut self, out: &mut [u8]) -> io::Result<usize> {
+        while self.pos >= self.buf.len() {
+            if let Ok(chunk) = self.rx.recv() {
+                self.buf = chunk;
+                self.pos = 0;
+            } else {
+                if let Some(w) = self.worker.take() {
+                    match w.join() {
+                        Ok(r) => r?,
+                        Err(_) => return Err(io::Error::other("xz decoder thread panicked")),
+                    }
+                }
+                return Ok(0);
+            }
+        }
+        let n = out.len().min(self.buf.len() - self.pos);
+        out[..n].copy_from_slice(&self.buf[self.pos..self.pos + n]);
+        self.pos += n;
+        Ok(n)
+    }
+}
+
+/// The two digests of a written layer.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct LayerDigests {
+    /// sha256 of the uncompressed tar stream.
+    pub diff_id: Digest,
+    /// Size of the uncompressed tar stream.
+    pub uncompressed_size: u64,
+    /// sha256 of the bytes written to the output.
+    pub digest: Digest,
+    /// Size of the bytes written to the output.
+    pub size: u64,
+}
+
+/// Streams `produce`'s uncompressed tar output through `compression` into `out`,
+/// computing the diff ID and the compressed digest in the same pass.
+pub fn write_layer<W, F>(
+    out: W,
+    compression: Compression,
+    threads: usize,
+    produce: F,
+) -> io::Result<(W, LayerDigests)>
+where
+    W: Write,
+    F: FnOnce(&mut dyn Write) -> io::Result<()>,
+{
+    let outer = HashingWriter::new(out);
+    let enc = Encoder::new(outer, compression, threads)?;
+    let mut inner = HashingWriter::new(io::BufWriter::with_capacity(256 * 1024, enc));
+    produce(&mut inner)?;
+    let (buf, diff_id, uncompressed_size) = inner.finish();
+    let enc = buf.into_inner().map_err(io::IntoInnerError::into_error)?;
+    let outer = enc.finish()?;
+    let (out, digest, size) = outer.finish();
+    Ok((
+        out,
+        LayerDigests {
+            diff_id,
+            uncompressed_size,
+            digest,
+            size,
+        },
+    ))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn sample(n: usize) -> Vec<u8> {
+        // Half compressible, half pseudo-random.
+        let mut x: u64 = 0x9e37_79b9_7f4a_7c15;
+        (0..n)
+            .map(|i| {
+                if (i / 4096) % 2 == 0 {
+                    u8::try_from(i % 7).unwrap()
+                } else {
+                    x ^= x << 13;
+                    x ^= x >> 7;
+                    x ^= x << 17;
+                    x.to_le_bytes()[0]
+                }
+            })
+            .collect()
+    }
+
+    #[test]
+    fn parallel_gzip_round_trips_and_does_not_depend_on_thread_count() {
+        let data = sample(3 * GZIP_CHUNK + 1234);
+        let mut outs = Vec::new();
+        for threads in [1, 2, 4] {
+            let mut e = Encoder::new(Vec::new(), Compression::Gzip, threads).unwrap();
+            e.write_all(&data).unwrap();
+            outs.push(e.finish().unwrap());
+        }
+        assert_eq!(outs[0], outs[1]);
+        assert_eq!(outs[0], outs[2]);
+        let mut back = Vec::new();
+        Decoder::new(io::Cursor::new(outs[0].clone()))
+            .unwrap()
+            .read_to_end(&mut back)
+            .unwrap();
+        assert_eq!(back, data);
+        // gzip header: mtime field (bytes 4..8) is zero.
+        assert_eq!(&outs[0][4..8], &[0, 0, 0, 0]);
+    }
+
+    #[test]
+    fn empty_gzip_is_a_valid_stream() {
+        let e = Encoder::new(Vec::new(), Compression::Gzip, 2).unwrap();
+        let out = e.finish().unwrap();
+        let mut back = Vec::new();
+        Decoder::new(io::Cursor::new(out.clone()))
+            .unwrap()
+            .read_to_end(&mut back)
+            .unwrap();
+        assert!(back.is_empty());
+        assert!(!out.is_empty());
+    }
+
+    #[test]
+    fn zstd_round_trips_and_is_deterministic() {
+        let data = sample(GZIP_CHUNK + 77);
+        let a = {
+            let mut e = Encoder::new(Vec::new(), Compression::Zstd, 3).unwrap();
+            e.write_all(&data).unwrap();
+            e.finish().unwrap()
+        };
+        let b = {
+            let mut e = Encoder::new(Vec::new(), Compression::Zstd, 1).unwrap();
+            e.write_all(&data).unwrap();
+            e.finish().unwrap()
+        };
+        assert_eq!(a, b);
+        let mut back = Vec::new();
+        let mut d = Decoder::new(io::Cursor::new(a.clone())).unwrap();
+        assert_eq!(d.format(), Format::Zstd);
+        d.read_to_end(&mut back).unwrap();
+        assert_eq!(back, data);
+    }
+
+    #[test]
+    fn write_layer_reports_both_digests() {
+        let data = sample(100_000);
+        let (out, d) =
+            write_layer(Vec::new(), Compression::Gzip, 2, |w| w.write_all(&data)).unwrap();
+        assert_eq!(d.diff_id, Digest::of(&data));
+        assert_eq!(d.uncompressed_size, data.len() as u64);
+        assert_eq!(d.digest, Digest::of(&out));
+        assert_eq!(d.size, out.len() as u64);
+        let (out, d) =
+            write_layer(Vec::new(), Compression::None, 1, |w| w.write_all(&data)).unwrap();
+        assert_eq!(out, data);
+        assert_eq!(d.digest, d.diff_id);
+    }
+
+    #[test]
+    fn truncated_gzip_is_an_error() {
+        let data = sample(200_000);
+        let mut e = Encoder::new(Vec::new(), Compression::Gzip, 1).unwrap();
+        e.write_all(&data).unwrap();
+        let out = e.finish().unwrap();
+        let cut = &out[..out.len() / 2];
+        let mut back = Vec::new();
+        assert!(
+            Decoder::new(io::Cursor::new(cut.to_vec()))
+                .unwrap()
+                .read_to_end(&mut back)
+                .is_err()
+        );
+    }
+}
