@@ -924,6 +924,9 @@ impl Planner<'_> {
                     };
                     run.st.state = Some(self.push(op, Vec::new(), name, Some(&from_span), false));
                 }
+                // The triggers run in this stage (they were put in front of its
+                // instructions); the new image does not carry them on.
+                img.config.on_build.clear();
                 run.st.image = img;
                 run.st.base = Some(resolved);
             }
