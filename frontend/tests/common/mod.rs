@@ -1,4 +1,5 @@
 //! A fake image store for frontend tests.
+#![allow(dead_code)] // each test binary uses a part
 
 use std::cell::RefCell;
 use std::collections::BTreeMap;
