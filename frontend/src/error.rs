@@ -9,7 +9,10 @@ use rbuild_solver::GraphError;
 pub enum FrontendError {
     /// The Dockerfile (or an ONBUILD trigger of a base image) does not parse.
     #[error("{file}:{}:{}: {}", .error.line, .error.column, .error.message)]
-    Parse { file: String, error: ParseError },
+    Parse {
+        file: String,
+        error: Box<ParseError>,
+    },
     /// A problem with one instruction (bad value, unknown stage, ...).
     #[error("{file}:{line}: {message}")]
     Instruction {

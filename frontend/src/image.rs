@@ -5,6 +5,10 @@
 //! an `extra` map, so a config read from a store and written back loses nothing.
 //! `null` where a list or object is expected reads as empty.
 
+// Docker's JSON has maps to empty objects: `{"80/tcp": {}}`, `{"/data": {}}`
+// (also inside the serde-generated code, hence module-wide).
+#![allow(clippy::zero_sized_map_values)]
+
 use std::collections::BTreeMap;
 use std::fmt;
 
@@ -228,7 +232,7 @@ impl ImageConfig {
             variant: platform.variant.clone(),
             ..Self::default()
         };
-        img.config.working_dir = "/".to_owned();
+        "/".clone_into(&mut img.config.working_dir);
         img.config.env = vec![format!("PATH={DEFAULT_PATH}")];
         img
     }
@@ -286,11 +290,11 @@ impl Platform {
             None => (host.architecture.clone(), host.variant.clone()),
         };
         match arch.as_str() {
-            "x86_64" | "x86-64" => arch = "amd64".to_owned(),
-            "aarch64" => arch = "arm64".to_owned(),
-            "i386" => arch = "386".to_owned(),
+            "x86_64" | "x86-64" => "amd64".clone_into(&mut arch),
+            "aarch64" => "arm64".clone_into(&mut arch),
+            "i386" => "386".clone_into(&mut arch),
             "armhf" => {
-                arch = "arm".to_owned();
+                "arm".clone_into(&mut arch);
                 variant = Some("v7".to_owned());
             }
             _ => {}

@@ -8,6 +8,7 @@
 //! added to a [`BuildGraph`] in order.
 
 use std::collections::{BTreeMap, BTreeSet};
+use std::fmt::Write as _;
 
 use rbuild_parser::shell::Lexer;
 use rbuild_parser::{Command, Dockerfile, Heredoc, Instruction, InstructionKind, Mount, Span};
@@ -124,7 +125,7 @@ pub fn plan_source(
 ) -> Result<BuildPlan, FrontendError> {
     let df = rbuild_parser::parse(src).map_err(|error| FrontendError::Parse {
         file: opts.dockerfile_path.clone(),
-        error,
+        error: Box::new(error),
     })?;
     build_plan(&df, opts, resolver)
 }
@@ -195,7 +196,7 @@ impl Run {
             out.push_str(&self.display);
             out.push(' ');
         }
-        out.push_str(&format!("{:>width$}/{}] ", self.cmd_index, self.cmd_total));
+        let _ = write!(out, "{:>width$}/{}] ", self.cmd_index, self.cmd_total);
         if self.on_build {
             out.push_str("ONBUILD ");
         }
@@ -219,7 +220,7 @@ impl Run {
 
 fn env_set(env: &mut Vec<(String, String)>, k: &str, v: &str) {
     if let Some(e) = env.iter_mut().find(|(ek, _)| ek == k) {
-        e.1 = v.to_owned();
+        v.clone_into(&mut e.1);
     } else {
         env.push((k.to_owned(), v.to_owned()));
     }
@@ -346,12 +347,12 @@ impl Planner<'_> {
         }
     }
 
-    fn location(&self, span: &Span) -> Option<SourceLocation> {
-        Some(SourceLocation {
+    fn location(&self, span: &Span) -> SourceLocation {
+        SourceLocation {
             file: self.file.clone(),
             start_line: u32::try_from(span.start_line).unwrap_or(u32::MAX),
             end_line: u32::try_from(span.end_line.max(span.start_line)).unwrap_or(u32::MAX),
-        })
+        }
     }
 
     fn push(
@@ -362,7 +363,7 @@ impl Planner<'_> {
         span: Option<&Span>,
         ignore_cache: bool,
     ) -> Local {
-        let location = span.and_then(|s| self.location(s));
+        let location = span.map(|s| self.location(s));
         self.vertices.push(PVertex {
             op: op.into(),
             inputs,
@@ -969,7 +970,7 @@ impl Planner<'_> {
                 for kv in &e.pairs {
                     let k = self.expand(&kv.key, &env, span)?;
                     let v = self.expand(&kv.value, &env, span)?;
-                    msg.push_str(&format!(" {k}={v}"));
+                    let _ = write!(msg, " {k}={v}");
                     pairs.push((k, v));
                 }
                 for (k, v) in pairs {
@@ -983,7 +984,7 @@ impl Planner<'_> {
                 for kv in &l.pairs {
                     let k = self.expand(&kv.key, &env, span)?;
                     let v = self.expand(&kv.value, &env, span)?;
-                    msg.push_str(&format!(" {k}={v}"));
+                    let _ = write!(msg, " {k}={v}");
                     run.st.image.config.labels.insert(k, v);
                 }
                 run.history(msg, None, epoch);
@@ -1274,10 +1275,10 @@ impl Planner<'_> {
             msg.push_str(" --parents");
         }
         if let Some(c) = &chown_s {
-            msg.push_str(&format!(" --chown={c}"));
+            let _ = write!(msg, " --chown={c}");
         }
         if let Some(c) = &chmod_s {
-            msg.push_str(&format!(" --chmod={c}"));
+            let _ = write!(msg, " --chmod={c}");
         }
         let name = self
             .lexer
@@ -1367,7 +1368,7 @@ impl Planner<'_> {
             actions.push(FileAction::Copy(c));
         }
         for h in spec.heredocs {
-            msg.push_str(&format!(" <<{}", h.name));
+            let _ = write!(msg, " <<{}", h.name);
             let body = h.body();
             let data = if h.expand {
                 Lexer::new('\\')
@@ -1422,6 +1423,7 @@ impl Planner<'_> {
         Ok(())
     }
 
+    #[allow(clippy::single_match_else, clippy::many_single_char_names)]
     fn dispatch_run(
         &mut self,
         run: &mut Run,
@@ -1475,7 +1477,7 @@ impl Planner<'_> {
                 } else {
                     args = vec![data.clone()];
                 }
-                custom.push_str(&format!(" ({})", summarize_heredoc(&first.content)));
+                let _ = write!(custom, " ({})", summarize_heredoc(&first.content));
             } else {
                 let mut b = args[0].clone();
                 for h in &r.heredocs {

@@ -162,15 +162,14 @@ pub(crate) fn parse_port_spec(spec: &str) -> Result<Vec<String>, String> {
         return Err(format!("no port specified: {spec}<empty>"));
     }
     let bad = || format!("invalid containerPort: {container}");
-    let (start, end) = match container.split_once('-') {
-        Some((a, b)) => (
+    let (start, end) = if let Some((a, b)) = container.split_once('-') {
+        (
             a.parse::<u16>().map_err(|_| bad())?,
             b.parse::<u16>().map_err(|_| bad())?,
-        ),
-        None => {
-            let p = container.parse::<u16>().map_err(|_| bad())?;
-            (p, p)
-        }
+        )
+    } else {
+        let p = container.parse::<u16>().map_err(|_| bad())?;
+        (p, p)
     };
     if end < start {
         return Err(format!(

@@ -1,4 +1,5 @@
 //! Behaviour of `build_plan`, one rule per test.
+#![allow(clippy::many_single_char_names)] // p(lan), e(xecs), h(istory), r(esolver)
 
 mod common;
 
