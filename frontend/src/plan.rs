@@ -267,6 +267,7 @@ const PROXY_ARGS: &[&str] = &[
 ];
 
 const PLATFORM_ARGS: &[&str] = &[
+    "SOURCE_DATE_EPOCH",
     "BUILDPLATFORM",
     "BUILDOS",
     "BUILDARCH",
@@ -290,6 +291,7 @@ struct Planner<'a> {
     declared: BTreeSet<String>,
     stages: Vec<Stage>,
     epoch: Option<String>,
+    epoch_secs: Option<i64>,
 }
 
 /// Turns a parsed Dockerfile into a build graph and the target's image config.
@@ -310,8 +312,14 @@ pub fn build_plan(
         global: Vec::new(),
         declared: BTreeSet::new(),
         stages: Vec::new(),
-        epoch: opts.source_date_epoch.map(epoch_rfc3339),
+        epoch: None,
+        epoch_secs: opts.source_date_epoch.or_else(|| {
+            opts.build_args
+                .get("SOURCE_DATE_EPOCH")
+                .and_then(|v| v.parse().ok())
+        }),
     };
+    p.epoch = p.epoch_secs.map(epoch_rfc3339);
     p.run(df)
 }
 
@@ -909,8 +917,8 @@ impl Planner<'_> {
                 }
                 let is_scratch =
                     img.rootfs.diff_ids.is_empty() && img.history.iter().all(|h| h.empty_layer);
-                let name = run.prefix(&format!("FROM {}", display_ref(&resolved)));
                 if !is_scratch {
+                    let name = run.prefix(&format!("FROM {}", display_ref(&resolved)));
                     let platform = self.stages[i]
                         .platform
                         .clone()
@@ -1081,7 +1089,7 @@ impl Planner<'_> {
                             mode: 0o755,
                             make_parents: true,
                             owner: parse_chown(&run.st.image.config.user),
-                            timestamp: self.opts.source_date_epoch,
+                            timestamp: self.epoch_secs,
                         })],
                     };
                     layer = Some(self.push(op, inputs, name, Some(span), run.ignore_cache));
@@ -1266,8 +1274,8 @@ impl Planner<'_> {
             }
         }
         if let Some(c) = &checksum {
-            if !c.starts_with("sha256:") && !c.starts_with("sha384:") && !c.starts_with("sha512:") {
-                return Err(self.err(span, format!("invalid checksum digest format: {c}")));
+            if !valid_digest(c) {
+                return Err(self.err(span, format!("invalid checksum digest format: {c:?}")));
             }
         }
         let mut msg = kw.to_owned();
@@ -1303,6 +1311,12 @@ impl Planner<'_> {
         for src in &sources {
             msg.push(' ');
             msg.push_str(src);
+            if is_git(src) {
+                return Err(self.err(
+                    span,
+                    format!("{kw} of a git source ({src}) is not supported"),
+                ));
+            }
             if is_http(src) {
                 if !spec.add {
                     return Err(self.err(span, "source can't be a URL for COPY"));
@@ -1325,7 +1339,7 @@ impl Planner<'_> {
                 c.owner.clone_from(&owner);
                 c.mode.clone_from(&mode);
                 c.exclude_patterns.clone_from(&excludes);
-                c.timestamp = self.opts.source_date_epoch;
+                c.timestamp = self.epoch_secs;
                 actions.push(FileAction::Copy(c));
                 continue;
             }
@@ -1364,7 +1378,7 @@ impl Planner<'_> {
             c.owner.clone_from(&owner);
             c.mode.clone_from(&mode);
             c.exclude_patterns.clone_from(&excludes);
-            c.timestamp = self.opts.source_date_epoch;
+            c.timestamp = self.epoch_secs;
             actions.push(FileAction::Copy(c));
         }
         for h in spec.heredocs {
@@ -1387,7 +1401,7 @@ impl Planner<'_> {
                     data: data.into_bytes(),
                     mode: 0o644,
                     owner: None,
-                    timestamp: self.opts.source_date_epoch,
+                    timestamp: self.epoch_secs,
                 })],
             };
             let f = self.push(
@@ -1405,7 +1419,7 @@ impl Planner<'_> {
             c.allow_empty_wildcard = false;
             c.owner.clone_from(&owner);
             c.mode.clone_from(&mode);
-            c.timestamp = self.opts.source_date_epoch;
+            c.timestamp = self.epoch_secs;
             actions.push(FileAction::Copy(c));
         }
         msg.push(' ');
@@ -1454,7 +1468,7 @@ impl Planner<'_> {
                             data: data.clone().into_bytes(),
                             mode: 0o755,
                             owner: None,
-                            timestamp: self.opts.source_date_epoch,
+                            timestamp: self.epoch_secs,
                         })],
                     };
                     let f = self.push(
@@ -1623,6 +1637,7 @@ impl Planner<'_> {
                         None => target
                             .as_deref()
                             .map(|t| t.rsplit('/').next().unwrap_or(t).to_owned())
+                            .or_else(|| env_name.clone())
                             .ok_or_else(|| {
                                 self.err(span, "secret mount needs an id or a target")
                             })?,
@@ -1823,7 +1838,32 @@ fn display_ref(r: &ResolvedImage) -> String {
 }
 
 fn is_http(s: &str) -> bool {
-    s.starts_with("http://") || s.starts_with("https://")
+    (s.starts_with("http://") || s.starts_with("https://")) && !is_git(s)
+}
+
+/// Git sources (`BuildKit`'s `isGitSource`, roughly): not supported by rbuild.
+fn is_git(s: &str) -> bool {
+    s.starts_with("git@")
+        || s.starts_with("git://")
+        || s.starts_with("ssh://")
+        || ((s.starts_with("http://") || s.starts_with("https://"))
+            && s.split(['#', '?'])
+                .next()
+                .is_some_and(|u| u.ends_with(".git")))
+}
+
+/// `algorithm:hex` with the hex length the algorithm needs (go-digest's `Parse`).
+fn valid_digest(d: &str) -> bool {
+    let Some((alg, hex)) = d.split_once(':') else {
+        return false;
+    };
+    let len = match alg {
+        "sha256" => 64,
+        "sha384" => 96,
+        "sha512" => 128,
+        _ => return false,
+    };
+    hex.len() == len && hex.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f'))
 }
 
 /// The file name an `ADD URL` download gets (`__unnamed__` when the URL's path

@@ -432,7 +432,7 @@ fn chown_chmod_exclude_parents_flags() {
 #[test]
 fn add_archives_urls_and_checksum() {
     let p = plan(
-        "FROM busybox\nADD a.tar.gz /x/\nADD --checksum=sha256:abcd https://example.com/f.tgz /y/\nADD --unpack=false b.tar /z/\n",
+        "FROM busybox\nADD a.tar.gz /x/\nADD --checksum=sha256:abababababababababababababababababababababababababababababababab https://example.com/f.tgz /y/\nADD --unpack=false b.tar /z/\n",
     );
     let copies: Vec<_> = files(&p)
         .iter()
@@ -454,13 +454,20 @@ fn add_archives_urls_and_checksum() {
         http,
         Some(SourceOp::Http {
             url: "https://example.com/f.tgz".into(),
-            checksum: Some("sha256:abcd".into()),
+            checksum: Some(
+                "sha256:abababababababababababababababababababababababababababababababab".into()
+            ),
             filename: Some("f.tgz".into()),
             chmod: None
         })
     );
     assert!(err("FROM busybox\nCOPY https://example.com/x /x\n").contains("URL for COPY"));
     assert!(err("FROM busybox\nADD --checksum=sha256:ab a b /x/\n").contains("multiple sources"));
+    assert!(
+        err("FROM busybox\nADD --checksum=sha256:ab https://e.com/a /x/\n")
+            .contains("invalid checksum")
+    );
+    assert!(err("FROM busybox\nADD https://github.com/o/r.git /src\n").contains("git source"));
 }
 
 #[test]
@@ -744,4 +751,48 @@ fn config_json_round_trips_docker_field_names() {
     let again = serde_json::to_value(&odd).unwrap();
     assert_eq!(again["docker_version"], "24");
     assert_eq!(again["config"]["Hostname"], "h");
+}
+
+#[test]
+fn source_date_epoch_build_arg_clamps_times() {
+    let mut o = opts();
+    o.build_args
+        .insert("SOURCE_DATE_EPOCH".into(), "1700000000".into());
+    let p = plan_with("FROM busybox\nCOPY a /a\nWORKDIR /w\n", &o);
+    assert!(p.warnings.is_empty(), "{:?}", p.warnings);
+    let new: Vec<_> = p.image.history.iter().skip(1).collect();
+    assert!(
+        new.iter()
+            .all(|h| h.created.as_deref() == Some("2023-11-14T22:13:20Z"))
+    );
+    for f in files(&p) {
+        for a in f.actions {
+            match a {
+                FileAction::Copy(c) => assert_eq!(c.timestamp, Some(1_700_000_000)),
+                FileAction::Mkdir(m) => assert_eq!(m.timestamp, Some(1_700_000_000)),
+                _ => {}
+            }
+        }
+    }
+}
+
+#[test]
+fn empty_base_image_is_scratch_and_from_is_not_shown() {
+    let mut r = FakeResolver::new();
+    let mut empty = busybox_config();
+    empty.rootfs.diff_ids.clear();
+    empty.history.clear();
+    r.add("empty", empty);
+    let p = plan_source("FROM empty\nCOPY a /a\n", &opts(), &r).unwrap();
+    assert!(
+        !vertices(&p)
+            .iter()
+            .any(|(_, v)| matches!(v.op, Op::Source(SourceOp::Image { .. })))
+    );
+    assert_eq!(files(&p)[0].base, None);
+    let names: Vec<String> = vertices(&p)
+        .into_iter()
+        .map(|(_, v)| v.description.name)
+        .collect();
+    assert!(names.contains(&"[1/2] COPY a /a".to_owned()), "{names:?}");
 }

@@ -62,7 +62,7 @@ fn heredoc_and_add_graph() {
          COPY <<EOF /etc/conf\n\
          v=$V\n\
          EOF\n\
-         ADD --checksum=sha256:0123 https://example.com/a.tar.gz /dl/\n\
+         ADD --checksum=sha256:0123012301230123012301230123012301230123012301230123012301230123 https://example.com/a.tar.gz /dl/\n\
          ADD local.tar.xz /x/\n",
         &opts(),
     );
