@@ -1849,7 +1849,7 @@ fn is_git(s: &str) -> bool {
         || ((s.starts_with("http://") || s.starts_with("https://"))
             && s.split(['#', '?'])
                 .next()
-                .is_some_and(|u| u.ends_with(".git")))
+                .is_some_and(|u| u.to_ascii_lowercase().ends_with(".git")))
 }
 
 /// `algorithm:hex` with the hex length the algorithm needs (go-digest's `Parse`).
