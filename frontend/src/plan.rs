@@ -218,7 +218,14 @@ impl Run {
     }
 }
 
+/// `llb.EnvList.AddOrReplace`: a name set again moves to the end.
 fn env_set(env: &mut Vec<(String, String)>, k: &str, v: &str) {
+    env.retain(|(ek, _)| ek != k);
+    env.push((k.to_owned(), v.to_owned()));
+}
+
+/// Sets in place, keeping the first position (`runCommandString`'s list).
+fn env_set_in_place(env: &mut Vec<(String, String)>, k: &str, v: &str) {
     if let Some(e) = env.iter_mut().find(|(ek, _)| ek == k) {
         v.clone_into(&mut e.1);
     } else {
@@ -1677,6 +1684,9 @@ impl Planner<'_> {
                     }
                 }
             };
+            if mount.target == "/" {
+                return Err(self.err(span, "invalid mount target \"/\""));
+            }
             mounts.push(mount);
         }
         let mut exec_env: Vec<String> = env.iter().map(|(k, v)| format!("{k}={v}")).collect();
@@ -1715,7 +1725,7 @@ impl Planner<'_> {
                 .map(str::to_owned)
                 .or_else(|| default.clone())
                 .unwrap_or_default();
-            env_set(&mut shown, k, &v);
+            env_set_in_place(&mut shown, k, &v);
         }
         let mut parts: Vec<String> = Vec::new();
         if !shown.is_empty() {

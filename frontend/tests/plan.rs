@@ -796,3 +796,16 @@ fn empty_base_image_is_scratch_and_from_is_not_shown() {
         .collect();
     assert!(names.contains(&"[1/2] COPY a /a".to_owned()), "{names:?}");
 }
+
+#[test]
+fn env_order_follows_llb_add_or_replace() {
+    let p = plan("FROM busybox\nENV A=1 B=2\nENV A=3\nRUN x\n");
+    assert_eq!(execs(&p)[0].env[1..], ["B=2".to_owned(), "A=3".to_owned()]);
+    // the config keeps the first position
+    assert_eq!(
+        p.image.config.env[1..],
+        ["A=3".to_owned(), "B=2".to_owned()]
+    );
+    let e = err("FROM busybox\nRUN --mount=type=tmpfs,target=/ true\n");
+    assert!(e.contains("invalid mount target"), "{e}");
+}
