@@ -107,6 +107,19 @@ fn conformance_cases_plan_to_the_reference_config() {
             }
         };
         checked += 1;
+        // Layers relative to the imported busybox (one layer), as imgview counts.
+        let base_layers = plan
+            .base
+            .as_ref()
+            .map_or(0, |b| b.config.rootfs.diff_ids.len());
+        let layers = base_layers + plan.layer_vertices.len();
+        let want = usize::try_from(expected["layers"].as_u64().unwrap()).unwrap();
+        if layers != want + 1 {
+            failures.push(format!(
+                "{name}: {} layers over busybox, reference {want}",
+                layers.saturating_sub(1)
+            ));
+        }
         let got = Value::Object(view(&plan));
         if got != expected["config"] {
             failures.push(format!(
