@@ -117,6 +117,41 @@ pub struct BuildPlan {
     pub warnings: Vec<String>,
 }
 
+impl BuildPlan {
+    /// The graph as text, one vertex per two lines (id, progress name, location,
+    /// inputs, then the op as JSON), then the target and the layer vertices. For
+    /// `--print-graph`-style debugging and snapshot tests.
+    pub fn render(&self) -> String {
+        let mut out = String::new();
+        for (id, v) in self.graph.to_serializable() {
+            let loc = v
+                .description
+                .location
+                .as_ref()
+                .map(|l| format!(" @{}:{}", l.file, l.start_line))
+                .unwrap_or_default();
+            let inputs: Vec<String> = v.inputs.iter().map(ToString::to_string).collect();
+            let _ = writeln!(
+                out,
+                "{id} {:?}{loc} inputs=[{}]{}",
+                v.description.name,
+                inputs.join(" "),
+                if v.ignore_cache { " ignore_cache" } else { "" }
+            );
+            let op = serde_json::to_string(&v.op).unwrap_or_else(|e| format!("<{e}>"));
+            let _ = writeln!(out, "    {op}");
+        }
+        let _ = writeln!(out, "target {}", self.target);
+        let layers: Vec<String> = self
+            .layer_vertices
+            .iter()
+            .map(ToString::to_string)
+            .collect();
+        let _ = writeln!(out, "layers [{}]", layers.join(" "));
+        out
+    }
+}
+
 /// Parses `src` and plans it (parse errors become [`FrontendError::Parse`]).
 pub fn plan_source(
     src: &str,

@@ -809,3 +809,21 @@ fn env_order_follows_llb_add_or_replace() {
     let e = err("FROM busybox\nRUN --mount=type=tmpfs,target=/ true\n");
     assert!(e.contains("invalid mount target"), "{e}");
 }
+
+#[test]
+fn copy_from_a_stage_defined_later_errors() {
+    let mut o = opts();
+    o.target = Some("a".into());
+    let e = try_plan(
+        "FROM busybox AS a\nCOPY --from=b /x /x\nFROM busybox AS b\n",
+        &o,
+    )
+    .unwrap_err()
+    .to_string();
+    assert!(
+        e.contains(
+            "cannot copy from stage \"b\", it needs to be defined before current stage \"a\""
+        ),
+        "{e}"
+    );
+}

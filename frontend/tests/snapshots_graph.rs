@@ -2,36 +2,7 @@
 
 mod common;
 
-use std::fmt::Write as _;
-
 use common::{opts, plan_with};
-use rbuild_frontend::BuildPlan;
-
-/// One line per vertex: id, description, location, inputs, then the op as JSON.
-fn render(p: &BuildPlan) -> String {
-    let mut out = String::new();
-    for (id, v) in p.graph.to_serializable() {
-        let loc = v
-            .description
-            .location
-            .as_ref()
-            .map(|l| format!(" @{}:{}", l.file, l.start_line))
-            .unwrap_or_default();
-        let inputs: Vec<String> = v.inputs.iter().map(ToString::to_string).collect();
-        let _ = writeln!(
-            out,
-            "{id} {:?}{loc} inputs=[{}]{}",
-            v.description.name,
-            inputs.join(" "),
-            if v.ignore_cache { " ignore_cache" } else { "" }
-        );
-        let _ = writeln!(out, "    {}", serde_json::to_string(&v.op).unwrap());
-    }
-    let _ = writeln!(out, "target {}", p.target);
-    let layers: Vec<String> = p.layer_vertices.iter().map(ToString::to_string).collect();
-    let _ = writeln!(out, "layers [{}]", layers.join(" "));
-    out
-}
 
 #[test]
 fn multi_stage_graph() {
@@ -48,7 +19,7 @@ fn multi_stage_graph() {
          ENTRYPOINT [\"/app\"]\n",
         &opts(),
     );
-    insta::assert_snapshot!(render(&p));
+    insta::assert_snapshot!(p.render());
 }
 
 #[test]
@@ -66,5 +37,5 @@ fn heredoc_and_add_graph() {
          ADD local.tar.xz /x/\n",
         &opts(),
     );
-    insta::assert_snapshot!(render(&p));
+    insta::assert_snapshot!(p.render());
 }
