@@ -1062,19 +1062,20 @@ impl Planner<'_> {
                 run.history(format!("ARG {}", parts.join(" ")), None, epoch);
             }
             InstructionKind::Expose(e) => {
-                let mut ports = BTreeSet::new();
+                let mut ports = Vec::new();
                 for p in &e.ports {
                     for w in self.expand_words(p, &env, span)? {
-                        for key in parse_port_spec(&w).map_err(|m| self.err(span, m))? {
-                            ports.insert(key);
-                        }
+                        ports.extend(parse_port_spec(&w).map_err(|m| self.err(span, m))?);
                     }
                 }
-                let shown: Vec<String> = ports.iter().map(|p| format!("{p}:{{}}")).collect();
-                for p in ports {
-                    run.st.image.config.exposed_ports.insert(p, Empty {});
+                for p in &ports {
+                    run.st
+                        .image
+                        .config
+                        .exposed_ports
+                        .insert(p.clone(), Empty {});
                 }
-                run.history(format!("EXPOSE map[{}]", shown.join(" ")), None, epoch);
+                run.history(format!("EXPOSE [{}]", ports.join(" ")), None, epoch);
             }
             InstructionKind::Volume(v) => {
                 let mut vols = Vec::new();

@@ -144,39 +144,52 @@ pub(crate) fn dest_path(workdir: &str, p: &str) -> String {
     }
 }
 
-/// `EXPOSE` port specs (docker's `nat.ParsePortSpecs`) to `port/proto` keys.
-pub(crate) fn parse_port_spec(spec: &str) -> Result<Vec<String>, String> {
-    let (rest, proto) = match spec.rsplit_once('/') {
-        Some((r, p)) => (r, p.to_ascii_lowercase()),
-        None => (spec, "tcp".to_owned()),
+/// `EXPOSE` port specs (`BuildKit`'s `parsePortSpec`: `[ip:[hostPort]:]port[-end][/proto]`)
+/// to `port/proto` keys.
+pub(crate) fn parse_port_spec(raw: &str) -> Result<Vec<String>, String> {
+    let parts: Vec<&str> = raw.split(':').collect();
+    let n = parts.len();
+    let (ip, host_port, container) = match n {
+        1 => (String::new(), "", parts[0]),
+        2 => (String::new(), parts[0], parts[1]),
+        _ => (parts[..n - 2].join(":"), parts[n - 2], parts[n - 1]),
     };
-    if !matches!(proto.as_str(), "tcp" | "udp" | "sctp") {
-        return Err(format!("invalid proto: {proto}"));
+    let (port, proto) = container.split_once('/').unwrap_or((container, ""));
+    if port.is_empty() {
+        return Err(format!("no port specified: {container}<empty>"));
     }
-    // ip:hostPort:containerPort, hostPort:containerPort, containerPort
-    let container = match rest.rsplit_once(':') {
-        Some((_, c)) => c,
-        None => rest,
+    let proto = match proto.to_ascii_lowercase().as_str() {
+        "" => "tcp".to_owned(),
+        p @ ("tcp" | "udp" | "sctp") => p.to_owned(),
+        p => return Err(format!("invalid proto: {p}")),
     };
-    if container.is_empty() {
-        return Err(format!("no port specified: {spec}<empty>"));
+    if !ip.is_empty() {
+        let bare = ip.trim_start_matches('[').trim_end_matches(']');
+        if bare.parse::<std::net::IpAddr>().is_err() {
+            return Err(format!("invalid IP address: {ip}"));
+        }
     }
-    let bad = || format!("invalid containerPort: {container}");
-    let (start, end) = if let Some((a, b)) = container.split_once('-') {
-        (
-            a.parse::<u16>().map_err(|_| bad())?,
-            b.parse::<u16>().map_err(|_| bad())?,
-        )
-    } else {
-        let p = container.parse::<u16>().map_err(|_| bad())?;
-        (p, p)
-    };
-    if end < start {
-        return Err(format!(
-            "invalid range specified for container port: {container}"
-        ));
+    let (start, end) = port_range(port).ok_or_else(|| format!("invalid containerPort: {port}"))?;
+    if !host_port.is_empty() {
+        let (hs, he) =
+            port_range(host_port).ok_or_else(|| format!("invalid hostPort: {host_port}"))?;
+        if end - start != he - hs && end != start {
+            return Err(format!(
+                "invalid ranges specified for container and host Ports: {port} and {host_port}"
+            ));
+        }
     }
     Ok((start..=end).map(|p| format!("{p}/{proto}")).collect())
+}
+
+fn port_range(s: &str) -> Option<(u16, u16)> {
+    match s.split_once('-') {
+        None => s.parse().ok().map(|p| (p, p)),
+        Some((a, b)) => {
+            let (a, b): (u16, u16) = (a.parse().ok()?, b.parse().ok()?);
+            (a <= b).then_some((a, b))
+        }
+    }
 }
 
 const SIGNALS: &[&str] = &[
@@ -313,6 +326,10 @@ mod tests {
             vec!["8000/tcp", "8001/tcp"]
         );
         assert!(parse_port_spec("http").is_err());
+        assert_eq!(parse_port_spec("127.0.0.1:8080:80").unwrap(), vec!["80/tcp"]);
+        assert_eq!(parse_port_spec("8080:80/udp").unwrap(), vec!["80/udp"]);
+        assert!(parse_port_spec("nohost:1:2").unwrap_err().contains("invalid IP"));
+        assert!(parse_port_spec("9-8").is_err());
         assert!(parse_port_spec("80/xyz").is_err());
     }
 

@@ -77,7 +77,7 @@ fn history_created_by_matches_buildkit() {
             ("COPY a.txt /x # buildkit".into(), false),
             ("WORKDIR /w".into(), false),
             ("USER nobody".into(), true),
-            ("EXPOSE map[53/udp:{} 80/tcp:{}]".into(), true),
+            ("EXPOSE [80/tcp 53/udp]".into(), true),
             ("VOLUME [/a /b]".into(), true),
             ("STOPSIGNAL SIGKILL".into(), true),
             ("SHELL [/bin/bash -c]".into(), true),
