@@ -326,9 +326,16 @@ mod tests {
             vec!["8000/tcp", "8001/tcp"]
         );
         assert!(parse_port_spec("http").is_err());
-        assert_eq!(parse_port_spec("127.0.0.1:8080:80").unwrap(), vec!["80/tcp"]);
+        assert_eq!(
+            parse_port_spec("127.0.0.1:8080:80").unwrap(),
+            vec!["80/tcp"]
+        );
         assert_eq!(parse_port_spec("8080:80/udp").unwrap(), vec!["80/udp"]);
-        assert!(parse_port_spec("nohost:1:2").unwrap_err().contains("invalid IP"));
+        assert!(
+            parse_port_spec("nohost:1:2")
+                .unwrap_err()
+                .contains("invalid IP")
+        );
         assert!(parse_port_spec("9-8").is_err());
         assert!(parse_port_spec("80/xyz").is_err());
     }
