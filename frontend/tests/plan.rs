@@ -827,3 +827,36 @@ fn copy_from_a_stage_defined_later_errors() {
         "{e}"
     );
 }
+
+#[test]
+fn which_instructions_expand_variables() {
+    let mut r = FakeResolver::new();
+    r.add("busybox:amd64", busybox_config());
+    let p = plan_source(
+        "FROM busybox:$TARGETARCH\nENV V=x U=app S=SIGINT\nLABEL l=$V\nVOLUME /$V\nUSER $U\n\
+         STOPSIGNAL $S\nCMD echo $V\nENTRYPOINT [\"$V\"]\nSHELL [\"$V\", \"-c\"]\nONBUILD RUN echo $V\n",
+        &opts(),
+        &r,
+    )
+    .unwrap();
+    assert!(r.calls.borrow().contains(&"busybox:amd64".to_owned()));
+    let c = &p.image.config;
+    assert_eq!(c.labels["l"], "x");
+    assert!(c.volumes.contains_key("/x"));
+    assert_eq!(c.user, "app");
+    assert_eq!(c.stop_signal, "SIGINT");
+    assert_eq!(
+        c.cmd.as_deref(),
+        Some(&["/bin/sh".to_owned(), "-c".into(), "echo $V".into()][..])
+    );
+    assert_eq!(c.entrypoint.as_deref(), Some(&["$V".to_owned()][..]));
+    assert_eq!(c.shell, vec!["$V", "-c"]);
+    assert_eq!(c.on_build, vec!["RUN echo $V"]);
+}
+
+#[test]
+fn references_in_one_label_see_old_values() {
+    let p = plan("FROM busybox\nENV A=old\nLABEL A=$A\nENV A=new B=$A\n");
+    assert_eq!(p.image.config.labels["A"], "old");
+    assert!(p.image.config.env.contains(&"B=old".to_owned()));
+}
