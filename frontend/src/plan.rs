@@ -1499,6 +1499,9 @@ impl Planner<'_> {
             Command::Shell(s) => (vec![s.clone()], true),
             Command::Exec(v) => (v.clone(), false),
         };
+        if args.is_empty() || (prepend && args[0].trim().is_empty() && r.heredocs.is_empty()) {
+            return Err(self.err(span, "RUN has no command to run"));
+        }
         if !r.heredocs.is_empty() && prepend {
             let first = &r.heredocs[0];
             if is_single_heredoc(&args[0]) {

@@ -860,3 +860,9 @@ fn references_in_one_label_see_old_values() {
     assert_eq!(p.image.config.labels["A"], "old");
     assert!(p.image.config.env.contains(&"B=old".to_owned()));
 }
+
+#[test]
+fn empty_exec_form_run_is_an_error() {
+    let e = err("FROM busybox\nRUN []\n");
+    assert!(e.contains("Dockerfile:2"), "{e}");
+}
