@@ -237,6 +237,10 @@ pub enum MountKind {
     /// its id and placement are.
     Secret {
         id: String,
+        /// `env=NAME`: also (or, with an empty `target`, only) expose the
+        /// secret as this environment variable.
+        #[serde(default)]
+        env: Option<String>,
         required: bool,
         mode: u32,
         uid: u32,

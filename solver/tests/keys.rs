@@ -45,6 +45,7 @@ fn exec_strategy() -> impl Strategy<Value = ExecOp> {
                     target: format!("/run/secrets/{id}"),
                     kind: MountKind::Secret {
                         id,
+                        env: None,
                         required: false,
                         mode: 0o400,
                         uid: 0,
