@@ -481,7 +481,12 @@ fn unpack_overlay<R: Read>(upper: &Path, reader: R) -> io::Result<()> {
                     b"y",
                     rustix::fs::XattrFlags::empty(),
                 )
-                .map_err(|e| io::Error::new(io::Error::from(e).kind(), format!("{e} (opaque xattr on {})", dir.display())))?;
+                .map_err(|e| {
+                    io::Error::new(
+                        io::Error::from(e).kind(),
+                        format!("{e} (opaque xattr on {})", dir.display()),
+                    )
+                })?;
             } else {
                 let target = dir.join(std::ffi::OsStr::from_bytes(&base[4..]));
                 if target.symlink_metadata().is_ok() {
@@ -498,7 +503,9 @@ fn unpack_overlay<R: Read>(upper: &Path, reader: R) -> io::Result<()> {
             continue;
         }
         fs_err::create_dir_all(upper.join(&parent_rel))?;
-        let dest = upper.join(&parent_rel).join(std::ffi::OsStr::from_bytes(base));
+        let dest = upper
+            .join(&parent_rel)
+            .join(std::ffi::OsStr::from_bytes(base));
         if entry.header().entry_type().is_dir() {
             if let Ok(m) = dest.symlink_metadata() {
                 if !m.is_dir() {

@@ -1,0 +1,240 @@
+//! `SourceOp::Http`: a small HTTP/1.1 client (plain `http://` only), the
+//! download stored as a one-file snapshot.
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::TcpStream;
+use std::os::unix::fs::PermissionsExt;
+use std::time::Duration;
+
+use rbuild_snapshotter::{Digest, HashingWriter};
+
+use super::{Inner, err, snap_ref};
+use crate::scheduler::{ExecError, ResultRef};
+
+struct Url {
+    host: String,
+    port: u16,
+    path: String,
+}
+
+fn parse_url(url: &str) -> Result<Url, ExecError> {
+    let rest = if let Some(r) = url.strip_prefix("http://") {
+        r
+    } else if url.starts_with("https://") {
+        return Err(ExecError::msg(format!(
+            "{url}: https downloads are not supported yet (only http://)"
+        )));
+    } else {
+        return Err(ExecError::msg(format!("{url}: not an http URL")));
+    };
+    let (hostport, path) = match rest.find('/') {
+        Some(i) => (&rest[..i], &rest[i..]),
+        None => (rest, "/"),
+    };
+    let (host, port) = match hostport.rsplit_once(':') {
+        Some((h, p)) if !h.ends_with(']') || h.starts_with('[') => (
+            h.to_owned(),
+            p.parse()
+                .map_err(|_| ExecError::msg(format!("{url}: bad port")))?,
+        ),
+        _ => (hostport.to_owned(), 80),
+    };
+    if host.is_empty() {
+        return Err(ExecError::msg(format!("{url}: no host")));
+    }
+    Ok(Url {
+        host,
+        port,
+        path: path.split('#').next().unwrap_or("/").to_owned(),
+    })
+}
+
+/// The body of a response, de-chunked.
+enum Body<R> {
+    Length(std::io::Take<R>),
+    Eof(R),
+    Chunked { r: R, left: u64, done: bool },
+}
+
+impl<R: BufRead> Read for Body<R> {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        match self {
+            Body::Length(t) => t.read(buf),
+            Body::Eof(r) => r.read(buf),
+            Body::Chunked { r, left, done } => {
+                if *done {
+                    return Ok(0);
+                }
+                if *left == 0 {
+                    let mut line = String::new();
+                    r.read_line(&mut line)?;
+                    if line.trim().is_empty() {
+                        line.clear();
+                        r.read_line(&mut line)?;
+                    }
+                    let size = line.trim().split(';').next().unwrap_or("");
+                    *left = u64::from_str_radix(size, 16)
+                        .map_err(|_| std::io::Error::other("bad chunk size"))?;
+                    if *left == 0 {
+                        *done = true;
+                        return Ok(0);
+                    }
+                }
+                let max = usize::try_from(*left).unwrap_or(usize::MAX).min(buf.len());
+                let n = r.read(&mut buf[..max])?;
+                if n == 0 {
+                    return Err(std::io::Error::other("truncated chunked body"));
+                }
+                *left -= n as u64;
+                Ok(n)
+            }
+        }
+    }
+}
+
+fn get(url: &str) -> Result<(Body<BufReader<TcpStream>>, String), ExecError> {
+    let mut url = url.to_owned();
+    for _ in 0..10 {
+        let u = parse_url(&url)?;
+        let net = |e: std::io::Error| ExecError::msg(format!("{url}: {e}"));
+        let stream = TcpStream::connect((u.host.as_str(), u.port)).map_err(net)?;
+        stream
+            .set_read_timeout(Some(Duration::from_secs(300)))
+            .map_err(net)?;
+        let mut w = stream.try_clone().map_err(net)?;
+        write!(
+            w,
+            "GET {} HTTP/1.1\r\nHost: {}\r\nUser-Agent: rbuild\r\nAccept: */*\r\nConnection: close\r\n\r\n",
+            u.path, u.host
+        )
+        .map_err(net)?;
+        let mut r = BufReader::new(stream);
+        let mut status = String::new();
+        r.read_line(&mut status).map_err(net)?;
+        let code: u16 = status
+            .split_whitespace()
+            .nth(1)
+            .and_then(|c| c.parse().ok())
+            .ok_or_else(|| ExecError::msg(format!("{url}: bad HTTP response {status:?}")))?;
+        let mut length = None;
+        let mut chunked = false;
+        let mut location = None;
+        let mut disposition = None;
+        loop {
+            let mut line = String::new();
+            if r.read_line(&mut line).map_err(net)? == 0 {
+                break;
+            }
+            let line = line.trim_end();
+            if line.is_empty() {
+                break;
+            }
+            if let Some((k, v)) = line.split_once(':') {
+                let v = v.trim();
+                match k.trim().to_ascii_lowercase().as_str() {
+                    "content-length" => length = v.parse::<u64>().ok(),
+                    "transfer-encoding" => chunked = v.eq_ignore_ascii_case("chunked"),
+                    "location" => location = Some(v.to_owned()),
+                    "content-disposition" => disposition = Some(v.to_owned()),
+                    _ => {}
+                }
+            }
+        }
+        if (300..400).contains(&code) {
+            let loc = location
+                .ok_or_else(|| ExecError::msg(format!("{url}: redirect without Location")))?;
+            url = if loc.starts_with('/') {
+                format!("http://{}:{}{loc}", u.host, u.port)
+            } else {
+                loc
+            };
+            continue;
+        }
+        if !(200..300).contains(&code) {
+            return Err(ExecError::msg(format!(
+                "{url}: invalid response status {}",
+                status.trim()
+            )));
+        }
+        let name = disposition
+            .and_then(|d| {
+                d.split(';')
+                    .find_map(|p| p.trim().strip_prefix("filename=").map(str::to_owned))
+            })
+            .map(|n| n.trim_matches('"').to_owned())
+            .filter(|n| !n.is_empty() && !n.contains('/'))
+            .unwrap_or_else(|| {
+                let path = u.path.split('?').next().unwrap_or("");
+                let base = path.rsplit('/').next().unwrap_or("");
+                if base.is_empty() {
+                    "index".to_owned()
+                } else {
+                    base.to_owned()
+                }
+            });
+        let body = if chunked {
+            Body::Chunked {
+                r,
+                left: 0,
+                done: false,
+            }
+        } else if let Some(n) = length {
+            Body::Length(r.take(n))
+        } else {
+            Body::Eof(r)
+        };
+        return Ok((body, name));
+    }
+    Err(ExecError::msg(format!("{url}: too many redirects")))
+}
+
+pub(super) fn download(
+    inner: &Inner,
+    url: &str,
+    checksum: Option<&str>,
+    filename: Option<&str>,
+    chmod: Option<u32>,
+) -> Result<ResultRef, ExecError> {
+    let expected = checksum
+        .map(|c| {
+            Digest::parse(c).map_err(|_| {
+                ExecError::msg(format!(
+                    "invalid checksum {c:?}: expected sha256:<64 hex digits>"
+                ))
+            })
+        })
+        .transpose()?;
+    let (mut body, name) = get(url)?;
+    let name = filename.map_or(name, str::to_owned);
+    let active = inner.snapshots.prepare(None, "http").map_err(err)?;
+    let path = active.upper.join(&name);
+    let result = (|| {
+        let f = fs_err::File::create(&path).map_err(err)?;
+        let mut w = HashingWriter::new(f);
+        std::io::copy(&mut body, &mut w).map_err(|e| ExecError::msg(format!("{url}: {e}")))?;
+        let (mut f, digest, _) = w.finish();
+        f.flush().map_err(err)?;
+        if let Some(e) = &expected {
+            if *e != digest {
+                return Err(ExecError::msg(format!(
+                    "{url}: digest mismatch: expected {e}, got {digest}"
+                )));
+            }
+        }
+        fs_err::set_permissions(
+            &path,
+            std::fs::Permissions::from_mode(chmod.unwrap_or(0o600) & 0o7777),
+        )
+        .map_err(err)?;
+        let t = filetime::FileTime::from_unix_time(0, 0);
+        filetime::set_file_mtime(&path, t).map_err(err)?;
+        Ok(())
+    })();
+    match result {
+        Ok(()) => Ok(snap_ref(&inner.snapshots.commit(active).map_err(err)?)),
+        Err(e) => {
+            let _ = inner.snapshots.abort(active);
+            Err(e)
+        }
+    }
+}
