@@ -247,6 +247,7 @@ impl SnapshotStore {
     }
 
     /// Throws a prepared snapshot away.
+    #[allow(clippy::needless_pass_by_value)] // consumes the active snapshot
     pub fn abort(&self, active: Active) -> Result<()> {
         remove_tree(&active.dir)?;
         Ok(())
@@ -553,7 +554,9 @@ fn sorted_children(dir: &Path) -> io::Result<Vec<OsString>> {
     Ok(names)
 }
 
-fn layer_xattrs(path: &Path) -> io::Result<(Vec<(String, Vec<u8>)>, bool)> {
+type Xattrs = Vec<(String, Vec<u8>)>;
+
+fn layer_xattrs(path: &Path) -> io::Result<(Xattrs, bool)> {
     let all = crate::diff::read_xattrs(path).map_err(|e| match e {
         crate::Error::Io(e) => e,
         e => io::Error::other(e.to_string()),

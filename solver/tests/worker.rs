@@ -3,6 +3,8 @@
 //! an image store and checked by unpacking. Needs root (overlay mounts and
 //! namespaces) and busybox; skipped with a message otherwise.
 
+#![allow(clippy::many_single_char_names)]
+
 use std::collections::HashMap;
 use std::io::{Read, Write};
 use std::os::unix::fs::{MetadataExt, PermissionsExt};

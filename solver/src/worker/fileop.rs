@@ -511,9 +511,9 @@ fn apply_action(
             match inner.resolve(r)? {
                 Res::Context(dir) => copy_action(&dir, dest_root, c, inner.ignore.as_deref(), true),
                 Res::Snap(id) => {
-                    if !guards.contains_key(&c.src_input) {
-                        let g = inner.snapshots.mount_ro(&id).map_err(err)?;
-                        guards.insert(c.src_input, g);
+                    if let std::collections::hash_map::Entry::Vacant(v) = guards.entry(c.src_input)
+                    {
+                        v.insert(inner.snapshots.mount_ro(&id).map_err(err)?);
                     }
                     let src = guards[&c.src_input].path().to_path_buf();
                     copy_action(&src, dest_root, c, None, false)

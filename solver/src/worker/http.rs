@@ -18,13 +18,12 @@ struct Url {
 }
 
 fn parse_url(url: &str) -> Result<Url, ExecError> {
-    let rest = if let Some(r) = url.strip_prefix("http://") {
-        r
-    } else if url.starts_with("https://") {
+    if url.starts_with("https://") {
         return Err(ExecError::msg(format!(
             "{url}: https downloads are not supported yet (only http://)"
         )));
-    } else {
+    }
+    let Some(rest) = url.strip_prefix("http://") else {
         return Err(ExecError::msg(format!("{url}: not an http URL")));
     };
     let (hostport, path) = match rest.find('/') {
