@@ -361,9 +361,15 @@ impl SnapshotStore {
         let active = self.prepare(parent, "layer")?;
         if let Err(e) = unpack_overlay(&active.upper, reader) {
             let _ = self.abort(active);
+            let mut reason = e.to_string();
+            let mut src = std::error::Error::source(&e);
+            while let Some(s) = src {
+                reason = format!("{reason}: {s}");
+                src = s.source();
+            }
             return Err(SnapshotError::BadLayer {
                 diff_id: diff_id.to_string(),
-                reason: e.to_string(),
+                reason,
             });
         }
         let id = self.commit_with(active, Some(diff_id.clone()), Some(chain_id.clone()))?;
