@@ -19,17 +19,14 @@ fn layer(entries: &[(&str, Option<&str>)]) -> Vec<u8> {
     let mut b = tar::Builder::new(Vec::new());
     for (name, data) in entries {
         let mut h = tar::Header::new_ustar();
-        match data {
-            Some(d) => {
-                h.set_entry_type(tar::EntryType::Regular);
-                h.set_size(d.len() as u64);
-                h.set_mode(0o644);
-            }
-            None => {
-                h.set_entry_type(tar::EntryType::Directory);
-                h.set_size(0);
-                h.set_mode(0o755);
-            }
+        if let Some(d) = data {
+            h.set_entry_type(tar::EntryType::Regular);
+            h.set_size(d.len() as u64);
+            h.set_mode(0o644);
+        } else {
+            h.set_entry_type(tar::EntryType::Directory);
+            h.set_size(0);
+            h.set_mode(0o755);
         }
         h.set_mtime(1_600_000_000);
         h.set_uid(0);
