@@ -569,8 +569,14 @@ fn serve_once(body: &'static [u8]) -> u16 {
     std::thread::spawn(move || {
         for s in l.incoming().take(4) {
             let mut s = s.unwrap();
-            let mut buf = [0u8; 4096];
-            let _ = s.read(&mut buf);
+            let mut req = Vec::new();
+            let mut buf = [0u8; 1024];
+            while !req.windows(4).any(|w| w == b"\r\n\r\n") {
+                match s.read(&mut buf) {
+                    Ok(0) | Err(_) => break,
+                    Ok(n) => req.extend_from_slice(&buf[..n]),
+                }
+            }
             let _ = write!(
                 s,
                 "HTTP/1.1 200 OK\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
@@ -626,4 +632,189 @@ async fn add_http_url_with_checksum() {
     let (g, t) = build(wrong);
     let e = env.solve(&w, &g, t).await.unwrap_err();
     assert!(e.to_string().contains("digest mismatch"), "{e}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn exec_mounts_bind_secret_tmpfs() {
+    let Some(env) = setup() else { return };
+    write(&env.ctx, "src/input.txt", "from context");
+    let mut secrets = HashMap::new();
+    secrets.insert("token".to_owned(), b"s3cr3t".to_vec());
+    let w = env.worker_with(WorkerOptions {
+        secrets,
+        ..WorkerOptions::default()
+    });
+    let mut g = BuildGraph::new();
+    let base = image(&mut g);
+    let ctx = context(&mut g);
+    let mut op = ExecOp::new(
+        vec![
+            "/bin/sh".into(),
+            "-c".into(),
+            "cat /src/input.txt > /out1; cat /run/secrets/token > /out2; \
+             echo t > /tmpfs/x && cat /tmpfs/x > /out3; \
+             echo scribble > /rw/input.txt && cat /rw/input.txt > /out4"
+                .into(),
+        ],
+        0,
+    );
+    op.mounts = vec![
+        Mount {
+            target: "/src".into(),
+            kind: MountKind::Bind {
+                input: 1,
+                selector: "src".into(),
+                readonly: true,
+            },
+        },
+        Mount {
+            target: "/run/secrets/token".into(),
+            kind: MountKind::Secret {
+                id: "token".into(),
+                required: true,
+                mode: 0o400,
+                uid: 0,
+                gid: 0,
+            },
+        },
+        Mount {
+            target: "/tmpfs".into(),
+            kind: MountKind::Tmpfs { size: None },
+        },
+        Mount {
+            target: "/rw".into(),
+            kind: MountKind::Bind {
+                input: 1,
+                selector: "src".into(),
+                readonly: false,
+            },
+        },
+    ];
+    let v = g
+        .add(Vertex::new(op.clone(), vec![base, ctx], "RUN --mount"))
+        .unwrap();
+    let (r, _) = env.solve(&w, &g, v).await.unwrap();
+    let dir = env.export(&w, &r, 1);
+    let read = |p: &str| std::fs::read_to_string(dir.join(p)).unwrap();
+    assert_eq!(read("out1"), "from context");
+    assert_eq!(read("out2"), "s3cr3t");
+    assert_eq!(read("out3"), "t\n");
+    assert_eq!(read("out4"), "scribble\n");
+    assert!(!dir.join("run/secrets/token").exists());
+    // Writes to a read-write bind are discarded.
+    assert_eq!(
+        std::fs::read_to_string(env.ctx.join("src/input.txt")).unwrap(),
+        "from context"
+    );
+
+    // A required secret that was not given (another command: the first one
+    // is cached, secrets are not part of keys).
+    op.args[2].push_str(" ");
+    let mut g = BuildGraph::new();
+    let base = image(&mut g);
+    let ctx = context(&mut g);
+    let v = g
+        .add(Vertex::new(op, vec![base, ctx], "RUN --mount"))
+        .unwrap();
+    let e = env.solve(&env.worker(), &g, v).await.unwrap_err();
+    assert!(e.to_string().contains("secret token: not found"), "{e}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn file_actions_symlinked_sources_and_opaque_dirs() {
+    let Some(env) = setup() else { return };
+    write(&env.ctx, "real.txt", "real");
+    write(&env.ctx, "skip.log", "ignored");
+    write(&env.ctx, "keep/k", "k");
+    std::os::unix::fs::symlink("real.txt", env.ctx.join("alias")).unwrap();
+    let w = env.worker();
+    let mut g = BuildGraph::new();
+    let base = image(&mut g);
+    let ctx = context(&mut g);
+    let opq = run(
+        &mut g,
+        base,
+        "rm -rf /var && mkdir /var && echo new > /var/only",
+    );
+    // The symlink given as a source is followed.
+    let s1 = copy(
+        &mut g,
+        opq,
+        ctx,
+        Copy::new(1, vec!["alias".into()], "/alias"),
+        "COPY alias",
+    );
+    let mut all = Copy::new(1, vec![".".into()], "/app/");
+    all.exclude_patterns = vec!["*.log".into()];
+    all.mode = Some(Chmod::Symbolic("u=rwx,go=r".into()));
+    let s2 = copy(&mut g, s1, ctx, all, "COPY --exclude=*.log . /app/");
+    let actions = g
+        .add(Vertex::new(
+            FileOp {
+                base: Some(0),
+                actions: vec![
+                    FileAction::Mkdir(rbuild_solver::ops::Mkdir {
+                        path: "/w/x/y".into(),
+                        mode: 0o750,
+                        make_parents: true,
+                        owner: Some(Chown {
+                            user: UserRef::Name("nobody".into()),
+                            group: None,
+                        }),
+                        timestamp: None,
+                    }),
+                    FileAction::Mkfile(rbuild_solver::ops::Mkfile {
+                        path: "/w/x/y/file".into(),
+                        data: b"heredoc\n".to_vec(),
+                        mode: 0o644,
+                        owner: None,
+                        timestamp: Some(1_000),
+                    }),
+                    FileAction::Rm(rbuild_solver::ops::Rm {
+                        path: "/app/keep".into(),
+                        allow_not_found: false,
+                        allow_wildcard: false,
+                    }),
+                ],
+            },
+            vec![s2],
+            "file actions",
+        ))
+        .unwrap();
+    let (r, _) = env.solve(&w, &g, actions).await.unwrap();
+    let dir = env.export(&w, &r, 4);
+    let alias = std::fs::symlink_metadata(dir.join("alias")).unwrap();
+    assert!(alias.is_file());
+    assert_eq!(std::fs::read_to_string(dir.join("alias")).unwrap(), "real");
+    assert_eq!(
+        std::fs::read_to_string(dir.join("app/real.txt")).unwrap(),
+        "real"
+    );
+    assert_eq!(
+        std::fs::metadata(dir.join("app/real.txt")).unwrap().mode() & 0o777,
+        0o744
+    );
+    assert!(
+        std::fs::symlink_metadata(dir.join("app/alias"))
+            .unwrap()
+            .is_symlink()
+    );
+    assert!(!dir.join("app/skip.log").exists());
+    assert!(!dir.join("app/keep").exists());
+    let y = std::fs::metadata(dir.join("w/x/y")).unwrap();
+    assert_eq!((y.uid(), y.gid(), y.mode() & 0o777), (65534, 65534, 0o750));
+    let f = std::fs::metadata(dir.join("w/x/y/file")).unwrap();
+    assert_eq!(f.mtime(), 1_000);
+    // The replaced /var is opaque: the base's files are gone.
+    assert!(!dir.join("var/tmp").exists());
+    assert_eq!(
+        std::fs::read_to_string(dir.join("var/only")).unwrap(),
+        "new\n"
+    );
+    let img = env.store.find("out:latest").unwrap();
+    assert!(
+        layer_names(&env.store, &img.id, 1).contains(&"var/.wh..wh..opq".to_owned()),
+        "{:?}",
+        layer_names(&env.store, &img.id, 1)
+    );
 }

@@ -101,12 +101,11 @@ fn get(url: &str) -> Result<(Body<BufReader<TcpStream>>, String), ExecError> {
             .set_read_timeout(Some(Duration::from_secs(300)))
             .map_err(net)?;
         let mut w = stream.try_clone().map_err(net)?;
-        write!(
-            w,
+        let request = format!(
             "GET {} HTTP/1.1\r\nHost: {}\r\nUser-Agent: rbuild\r\nAccept: */*\r\nConnection: close\r\n\r\n",
             u.path, u.host
-        )
-        .map_err(net)?;
+        );
+        w.write_all(request.as_bytes()).map_err(net)?;
         let mut r = BufReader::new(stream);
         let mut status = String::new();
         r.read_line(&mut status).map_err(net)?;
