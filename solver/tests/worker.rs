@@ -709,7 +709,7 @@ async fn exec_mounts_bind_secret_tmpfs() {
 
     // A required secret that was not given (another command: the first one
     // is cached, secrets are not part of keys).
-    op.args[2].push_str(" ");
+    op.args[2].push(' ');
     let mut g = BuildGraph::new();
     let base = image(&mut g);
     let ctx = context(&mut g);
