@@ -150,6 +150,7 @@ impl Env {
                     config: serde_json::to_vec(&cfg).unwrap(),
                     base_image: Some(base.id.clone()),
                     tags: vec![Reference::parse("out:latest").unwrap()],
+                    ..ExportOptions::default()
                 },
             )
             .unwrap();
@@ -259,6 +260,42 @@ async fn run_writes_files_and_a_deleted_base_file_is_a_whiteout() {
     // The base layer is the imported blob, reused.
     let base_img = env.store.find("busybox:latest").unwrap();
     assert_eq!(img.diff_ids()[0], base_img.diff_ids()[0]);
+
+    // Classic-builder style: the empty step keeps an (empty) layer.
+    let id = w
+        .export_image(
+            &env.store,
+            &r,
+            &ExportOptions {
+                config: {
+                    let mut c: serde_json::Value =
+                        serde_json::from_slice(&env.store.read_blob(&base_img.id).unwrap())
+                            .unwrap();
+                    for _ in 0..3 {
+                        c["history"]
+                            .as_array_mut()
+                            .unwrap()
+                            .push(serde_json::json!({"created_by": "RUN"}));
+                    }
+                    serde_json::to_vec(&c).unwrap()
+                },
+                base_image: Some(base_img.id.clone()),
+                tags: vec![],
+                keep_empty_layers: true,
+            },
+        )
+        .unwrap();
+    let kept = env.store.image(&id).unwrap();
+    assert_eq!(kept.diff_ids().len(), 4);
+    let cfg: serde_json::Value =
+        serde_json::from_slice(&env.store.read_blob(&id).unwrap()).unwrap();
+    assert!(
+        cfg["history"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .all(|h| h.get("empty_layer").is_none())
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

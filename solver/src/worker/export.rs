@@ -16,6 +16,10 @@ pub struct ExportOptions {
     pub base_image: Option<Digest>,
     /// Tags to set (may be empty: a dangling image).
     pub tags: Vec<Reference>,
+    /// Write a (tar-with-no-entries) layer for steps whose diff is empty,
+    /// as the classic builder does, instead of leaving them out and marking
+    /// their history entry `empty_layer`.
+    pub keep_empty_layers: bool,
 }
 
 pub(super) fn export_image(
@@ -48,7 +52,10 @@ pub(super) fn export_image(
         if info.kind == "scratch" {
             continue;
         }
-        if info.layer.is_none() && inner.snapshots.is_empty(id).map_err(err)? {
+        if info.layer.is_none()
+            && !opts.keep_empty_layers
+            && inner.snapshots.is_empty(id).map_err(err)?
+        {
             steps.push(false);
             continue;
         }
