@@ -690,7 +690,8 @@ async fn exec_mounts_bind_secret_tmpfs() {
             "-c".into(),
             "cat /src/input.txt > /out1; cat /run/secrets/token > /out2; \
              echo t > /tmpfs/x && cat /tmpfs/x > /out3; \
-             echo scribble > /rw/input.txt && cat /rw/input.txt > /out4"
+             echo scribble > /rw/input.txt && cat /rw/input.txt > /out4; \
+             cat /mnt/a.txt > /out5"
                 .into(),
         ],
         0,
@@ -719,6 +720,14 @@ async fn exec_mounts_bind_secret_tmpfs() {
             kind: MountKind::Tmpfs { size: None },
         },
         Mount {
+            target: "/mnt/a.txt".into(),
+            kind: MountKind::Bind {
+                input: 1,
+                selector: "src/input.txt".into(),
+                readonly: true,
+            },
+        },
+        Mount {
             target: "/rw".into(),
             kind: MountKind::Bind {
                 input: 1,
@@ -737,6 +746,12 @@ async fn exec_mounts_bind_secret_tmpfs() {
     assert_eq!(read("out2"), "s3cr3t");
     assert_eq!(read("out3"), "t\n");
     assert_eq!(read("out4"), "scribble\n");
+    assert_eq!(read("out5"), "from context");
+    // Mount point directories stay (as BuildKit leaves them), file stubs do not.
+    for d in ["src", "tmpfs", "rw", "mnt"] {
+        assert!(dir.join(d).is_dir(), "/{d}");
+        assert_eq!(std::fs::read_dir(dir.join(d)).unwrap().count(), 0, "/{d}");
+    }
     assert!(!dir.join("run/secrets/token").exists());
     // Writes to a read-write bind are discarded.
     assert_eq!(

@@ -261,6 +261,52 @@ fn mounts(
     Ok(out)
 }
 
+/// Creates the directories mount targets need (a directory target itself, a
+/// file target's parent) in the step's snapshot before the run, so they stay
+/// in the image as `BuildKit` leaves them; the sandbox then only creates (and
+/// removes) file stubs.
+fn stub_mount_dirs(
+    inner: &Inner,
+    active: &rbuild_snapshotter::snapshots::Active,
+    mounts: &[SbMount],
+) -> Result<(), ExecError> {
+    let mut dirs = Vec::new();
+    for m in mounts {
+        match m {
+            SbMount::Bind { source, target, .. } => {
+                if source.is_dir() {
+                    dirs.push(target.clone());
+                } else if let Some(p) = target.parent() {
+                    dirs.push(p.to_path_buf());
+                }
+            }
+            SbMount::Cache { target, .. } | SbMount::Tmpfs { target, .. } => {
+                dirs.push(target.clone());
+            }
+            SbMount::Secret { .. } => {}
+        }
+    }
+    if dirs.is_empty() {
+        return Ok(());
+    }
+    let t = tempfile::Builder::new()
+        .prefix("stub-")
+        .tempdir_in(inner.snapshots.root().join("mounts"))
+        .map_err(err)?;
+    let layout = rbuild_snapshotter::overlay::OverlayLayout {
+        lower: active.lowers.clone(),
+        upper: active.upper.clone(),
+        work: active.work.clone(),
+    };
+    let mount = rbuild_snapshotter::overlay::mount_overlay(&layout, t.path()).map_err(err)?;
+    for d in dirs {
+        let rel = super::fileop::clean_rel(&d.to_string_lossy())?;
+        super::fileop::mkdir_all(mount.target(), &rel, None)?;
+    }
+    mount.unmount().map_err(err)?;
+    Ok(())
+}
+
 fn sink(
     logger: crate::progress::VertexLogger,
     stream: Stream,
@@ -301,6 +347,7 @@ pub(super) fn run(
     let mut keep = Keep::default();
     let result = (|| {
         let mounts = mounts(inner, op, inputs, &mut keep)?;
+        stub_mount_dirs(inner, &active, &mounts)?;
         let last = Arc::new(Mutex::new(VecDeque::new()));
         let mut spec = ProcessSpec::new(op.args.clone());
         spec.env.clone_from(&op.env);

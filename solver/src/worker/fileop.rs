@@ -19,7 +19,7 @@ fn io_msg(what: &str, p: &Path, e: impl std::fmt::Display) -> ExecError {
 }
 
 /// `a/./b/../c` → `a/c`, relative; refuses climbing above the root.
-fn clean_rel(p: &str) -> Result<PathBuf, ExecError> {
+pub(super) fn clean_rel(p: &str) -> Result<PathBuf, ExecError> {
     let mut out = PathBuf::new();
     for c in Path::new(p).components() {
         match c {
@@ -266,7 +266,11 @@ fn create_dir(p: &Path) -> Result<(), ExecError> {
 }
 
 /// `mkdir -p` inside `root`; new directories get `owner` (mode 0755).
-fn mkdir_all(root: &Path, rel: &Path, owner: Option<(u32, u32)>) -> Result<PathBuf, ExecError> {
+pub(super) fn mkdir_all(
+    root: &Path,
+    rel: &Path,
+    owner: Option<(u32, u32)>,
+) -> Result<PathBuf, ExecError> {
     let mut cur = PathBuf::new();
     for c in rel.components() {
         cur.push(c);
