@@ -351,9 +351,23 @@ async fn copy_from_context_globs_contents_dest_dirs_chown_chmod() {
         Copy::new(1, vec!["c.md".into()], "/file-no-slash"),
         "COPY c.md",
     );
-    let (r, _) = env.solve(&w, &g, s4).await.unwrap();
-    let dir = env.export(&w, &r, 4);
+    let mut parents = Copy::new(1, vec!["dir/sub/y".into()], "/p/");
+    parents.parents = true;
+    let s5 = copy(&mut g, s4, ctx, parents, "COPY --parents dir/sub/y /p/");
+    let mut clamped = Copy::new(1, vec!["a.txt".into()], "/clamped");
+    clamped.timestamp = Some(1_000);
+    let s6 = copy(&mut g, s5, ctx, clamped, "COPY a.txt /clamped");
+    let (r, _) = env.solve(&w, &g, s6).await.unwrap();
+    let dir = env.export(&w, &r, 6);
 
+    assert_eq!(
+        std::fs::read_to_string(dir.join("p/dir/sub/y")).unwrap(),
+        "Y"
+    );
+    assert_eq!(
+        std::fs::metadata(dir.join("clamped")).unwrap().mtime(),
+        1_000
+    );
     assert_eq!(std::fs::read_to_string(dir.join("dst/a.txt")).unwrap(), "A");
     let b = std::fs::metadata(dir.join("dst/b.txt")).unwrap();
     assert_eq!(b.mode() & 0o7777, 0o751);

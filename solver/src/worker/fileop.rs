@@ -154,10 +154,12 @@ impl CopyCtx<'_> {
             };
             fs_err::set_permissions(dst, std::fs::Permissions::from_mode(mode)).map_err(err)?;
         }
-        let t = self.timestamp.map_or_else(
-            || filetime::FileTime::from_last_modification_time(m),
-            |ts| filetime::FileTime::from_unix_time(ts, 0),
-        );
+        // `timestamp` clamps (SOURCE_DATE_EPOCH): never later than it.
+        let mtime = filetime::FileTime::from_last_modification_time(m);
+        let t = match self.timestamp {
+            Some(ts) if mtime.unix_seconds() > ts => filetime::FileTime::from_unix_time(ts, 0),
+            _ => mtime,
+        };
         filetime::set_symlink_file_times(dst, t, t).map_err(|e| io_msg("set times", dst, e))?;
         Ok(())
     }
@@ -442,6 +444,32 @@ fn copy_action(
             || std::ffi::OsString::from(""),
             std::ffi::OsStr::to_os_string,
         );
+        if c.parents {
+            // `COPY --parents`: the source keeps its path under dest.
+            let t_rel = dest_rel.join(&rel);
+            if let Some(parent) = t_rel.parent() {
+                mkdir_all(dest_root, parent, created_owner)?;
+            }
+            if m.is_dir() {
+                let target = mkdir_all(dest_root, &t_rel, created_owner)?;
+                for name in sorted(&src)? {
+                    ctx.entry(
+                        &src.join(&name),
+                        &target.join(&name),
+                        &rel.join(&name),
+                        false,
+                    )?;
+                }
+            } else {
+                ctx.entry(
+                    &src,
+                    &resolve_nofollow(dest_root, &t_rel),
+                    Path::new(""),
+                    false,
+                )?;
+            }
+            continue;
+        }
         if m.is_dir() {
             if c.dir_contents_only {
                 let target = mkdir_all(dest_root, &dest_rel, created_owner)?;
