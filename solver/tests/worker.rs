@@ -261,6 +261,13 @@ async fn run_writes_files_and_a_deleted_base_file_is_a_whiteout() {
     let base_img = env.store.find("busybox:latest").unwrap();
     assert_eq!(img.diff_ids()[0], base_img.diff_ids()[0]);
 
+    // `--output type=local`: the merged tree.
+    let local = env.root.join("local-out");
+    w.export_dir(&r, &local).unwrap();
+    assert_eq!(std::fs::read_to_string(local.join("hello")).unwrap(), "hello\n");
+    assert!(!local.join("etc/group").exists());
+    assert!(local.join("etc/passwd").exists());
+
     // Classic-builder style: the empty step keeps an (empty) layer.
     let id = w
         .export_image(
@@ -883,4 +890,42 @@ async fn file_actions_symlinked_sources_and_opaque_dirs() {
         "{:?}",
         layer_names(&env.store, &img.id, 1)
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failure_cancels_running_steps_and_leaves_no_half_made_snapshot() {
+    let Some(env) = setup() else { return };
+    let w = env.worker();
+    let mut g = BuildGraph::new();
+    let base = image(&mut g);
+    // Without cancellation this test would wait ten minutes.
+    let slow = run(&mut g, base, "echo started; sleep 600");
+    let fail = run(&mut g, base, "sleep 1; exit 1");
+    let both = g
+        .add(Vertex::new(
+            FileOp {
+                base: Some(0),
+                actions: vec![FileAction::Copy(Copy::new(1, vec!["/etc".into()], "/x/"))],
+            },
+            vec![slow, fail],
+            "join",
+        ))
+        .unwrap();
+    let e = env.solve(&w, &g, both).await.unwrap_err();
+    assert!(e.to_string().contains("exit code: 1"), "{e}");
+    // The killed step's snapshot is thrown away once its thread returns.
+    let snaps = w.snapshots().root().to_path_buf();
+    let mut leftovers = Vec::new();
+    for _ in 0..600 {
+        leftovers = std::fs::read_dir(&snaps)
+            .unwrap()
+            .map(|e| e.unwrap().file_name().into_string().unwrap())
+            .filter(|n| n.starts_with("tmp-"))
+            .collect();
+        if leftovers.is_empty() {
+            break;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+    assert!(leftovers.is_empty(), "{leftovers:?}");
 }
