@@ -264,7 +264,10 @@ async fn run_writes_files_and_a_deleted_base_file_is_a_whiteout() {
     // `--output type=local`: the merged tree.
     let local = env.root.join("local-out");
     w.export_dir(&r, &local).unwrap();
-    assert_eq!(std::fs::read_to_string(local.join("hello")).unwrap(), "hello\n");
+    assert_eq!(
+        std::fs::read_to_string(local.join("hello")).unwrap(),
+        "hello\n"
+    );
     assert!(!local.join("etc/group").exists());
     assert!(local.join("etc/passwd").exists());
 
