@@ -640,7 +640,7 @@ fn serve_once(body: &'static [u8]) -> u16 {
             }
             let _ = write!(
                 s,
-                "HTTP/1.1 200 OK\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
+                "HTTP/1.1 200 OK\r\nContent-Length: {}\r\nLast-Modified: Wed, 21 Oct 2015 07:28:00 GMT\r\nConnection: close\r\n\r\n",
                 body.len()
             );
             let _ = s.write_all(body);
@@ -684,10 +684,9 @@ async fn add_http_url_with_checksum() {
     let (r, _) = env.solve(&w, &g, t).await.unwrap();
     let dir = env.export(&w, &r, 1);
     assert_eq!(std::fs::read(dir.join("dl/data.txt")).unwrap(), body);
-    assert_eq!(
-        std::fs::metadata(dir.join("dl/data.txt")).unwrap().mode() & 0o777,
-        0o600
-    );
+    let m = std::fs::metadata(dir.join("dl/data.txt")).unwrap();
+    assert_eq!(m.mode() & 0o777, 0o600);
+    assert_eq!(m.mtime(), 1_445_412_480, "Last-Modified");
 
     let wrong = format!("sha256:{}", "0".repeat(64));
     let (g, t) = build(wrong);

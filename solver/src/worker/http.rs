@@ -91,7 +91,36 @@ impl<R: BufRead> Read for Body<R> {
     }
 }
 
-fn get(url: &str) -> Result<(Body<BufReader<TcpStream>>, String), ExecError> {
+/// `Wed, 21 Oct 2015 07:28:00 GMT` (RFC 7231 IMF-fixdate) → Unix seconds.
+fn parse_http_date(s: &str) -> Option<i64> {
+    let mut it = s.split_whitespace().skip(1);
+    let day: i64 = it.next()?.parse().ok()?;
+    let month = it.next()?;
+    let year: i64 = it.next()?.parse().ok()?;
+    let mut hms = it.next()?.split(':').map(str::parse::<i64>);
+    let (h, m, sec) = (hms.next()?.ok()?, hms.next()?.ok()?, hms.next()?.ok()?);
+    let months = [
+        "Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec",
+    ];
+    let mon = i64::try_from(months.iter().position(|&x| x == month)?).ok()? + 1;
+    // Days from the civil date (Howard Hinnant's algorithm).
+    let y = if mon <= 2 { year - 1 } else { year };
+    let era = y.div_euclid(400);
+    let yoe = y - era * 400;
+    let mp = (mon + 9) % 12;
+    let doy = (153 * mp + 2) / 5 + day - 1;
+    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
+    let days = era * 146_097 + doe - 719_468;
+    Some(days * 86_400 + h * 3600 + m * 60 + sec)
+}
+
+struct Response {
+    body: Body<BufReader<TcpStream>>,
+    name: String,
+    mtime: i64,
+}
+
+fn get(url: &str) -> Result<Response, ExecError> {
     let mut url = url.to_owned();
     for _ in 0..10 {
         let u = parse_url(&url)?;
@@ -118,6 +147,7 @@ fn get(url: &str) -> Result<(Body<BufReader<TcpStream>>, String), ExecError> {
         let mut chunked = false;
         let mut location = None;
         let mut disposition = None;
+        let mut mtime = 0;
         loop {
             let mut line = String::new();
             if r.read_line(&mut line).map_err(net)? == 0 {
@@ -134,6 +164,7 @@ fn get(url: &str) -> Result<(Body<BufReader<TcpStream>>, String), ExecError> {
                     "transfer-encoding" => chunked = v.eq_ignore_ascii_case("chunked"),
                     "location" => location = Some(v.to_owned()),
                     "content-disposition" => disposition = Some(v.to_owned()),
+                    "last-modified" => mtime = parse_http_date(v).unwrap_or(0),
                     _ => {}
                 }
             }
@@ -181,7 +212,7 @@ fn get(url: &str) -> Result<(Body<BufReader<TcpStream>>, String), ExecError> {
         } else {
             Body::Eof(r)
         };
-        return Ok((body, name));
+        return Ok(Response { body, name, mtime });
     }
     Err(ExecError::msg(format!("{url}: too many redirects")))
 }
@@ -202,7 +233,11 @@ pub(super) fn download(
             })
         })
         .transpose()?;
-    let (mut body, name) = get(url)?;
+    let Response {
+        mut body,
+        name,
+        mtime,
+    } = get(url)?;
     let name = filename.map_or(name, str::to_owned);
     let active = inner.snapshots.prepare(None, "http").map_err(err)?;
     let path = active.upper.join(&name);
@@ -224,7 +259,8 @@ pub(super) fn download(
             std::fs::Permissions::from_mode(chmod.unwrap_or(0o600) & 0o7777),
         )
         .map_err(err)?;
-        let t = filetime::FileTime::from_unix_time(0, 0);
+        // BuildKit: the Last-Modified time, else the epoch.
+        let t = filetime::FileTime::from_unix_time(mtime, 0);
         filetime::set_file_mtime(&path, t).map_err(err)?;
         Ok(())
     })();
@@ -234,5 +270,21 @@ pub(super) fn download(
             let _ = inner.snapshots.abort(active);
             Err(e)
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn http_dates() {
+        assert_eq!(
+            super::parse_http_date("Wed, 21 Oct 2015 07:28:00 GMT"),
+            Some(1_445_412_480)
+        );
+        assert_eq!(
+            super::parse_http_date("Thu, 01 Jan 1970 00:00:00 GMT"),
+            Some(0)
+        );
+        assert_eq!(super::parse_http_date("yesterday"), None);
     }
 }
