@@ -10,6 +10,49 @@
 //!
 //! Running steps needs overlay mounts: root, or a user namespace where the
 //! kernel allows overlayfs. [`LocalWorker::check_support`] says so clearly.
+//!
+//! State under the state root: `snapshots/` (the snapshot store),
+//! `cache-mounts/` (`RUN --mount=type=cache`), `context-checksums/` (the
+//! context checksum cache); the solver's [`crate::CacheIndex`] lives there too.
+//!
+//! # Use
+//!
+//! ```no_run
+//! # async fn build(graph: rbuild_solver::BuildGraph, target: rbuild_solver::VertexId)
+//! # -> Result<(), Box<dyn std::error::Error>> {
+//! use std::sync::Arc;
+//! use rbuild_solver::worker::{ExportOptions, LocalWorker, WorkerOptions};
+//! use rbuild_solver::{CacheIndex, Solver, progress};
+//!
+//! let state = std::path::PathBuf::from("/var/lib/rbuild");
+//! let store = Arc::new(rbuild_image::Store::open(state.join("images"))?);
+//! let mut opts = WorkerOptions {
+//!     state_root: state.clone(),
+//!     ..WorkerOptions::default()
+//! };
+//! opts.contexts.insert("context".into(), "/src/app".into());
+//! // `.dockerignore`: any `PathFilter`, e.g. a closure over the frontend's matcher.
+//! opts.ignore = Some(Arc::new(|rel: &std::path::Path, _is_dir: bool| {
+//!     rel.starts_with("target")
+//! }));
+//! let worker = LocalWorker::new(Arc::clone(&store), opts)?;
+//! worker.check_support()?;
+//! let solver = Solver::new(Arc::new(worker.clone()), CacheIndex::open(&state)?, 4);
+//! let (tx, _rx) = progress::channel(); // render _rx
+//! let outputs = solver.solve(&graph, &[target], tx).await?;
+//! let result = &outputs.get(target).expect("solved").result;
+//! let image_id = worker.export_image(
+//!     &store,
+//!     result,
+//!     &ExportOptions {
+//!         config: br#"{"architecture":"amd64","os":"linux","rootfs":{"type":"layers","diff_ids":[]}}"#.to_vec(),
+//!         base_image: None,
+//!         tags: vec![rbuild_image::Reference::parse("app:latest")?],
+//!         keep_empty_layers: false,
+//!     },
+//! )?;
+//! # let _ = image_id; Ok(()) }
+//! ```
 
 mod exec;
 mod export;
