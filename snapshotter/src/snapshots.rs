@@ -415,6 +415,25 @@ impl SnapshotStore {
         Ok(())
     }
 
+    /// Removes every snapshot that is not in the chain of one of `keep`
+    /// (e.g. the results the cache index still names); returns what went.
+    pub fn prune(&self, keep: &[SnapshotId]) -> Result<Vec<SnapshotId>> {
+        let mut live = std::collections::HashSet::new();
+        for k in keep {
+            if let Ok(chain) = self.chain(k) {
+                live.extend(chain);
+            }
+        }
+        let mut removed = Vec::new();
+        for (id, _) in self.list()? {
+            if !live.contains(&id) {
+                self.remove(&id)?;
+                removed.push(id);
+            }
+        }
+        Ok(removed)
+    }
+
     /// All committed snapshots.
     pub fn list(&self) -> Result<Vec<(SnapshotId, SnapshotInfo)>> {
         let mut out = Vec::new();
