@@ -9,6 +9,7 @@ use std::time::Duration;
 use rbuild_snapshotter::{Digest, HashingWriter};
 
 use super::{Inner, err, snap_ref};
+use crate::progress::VertexLogger;
 use crate::scheduler::{ExecError, ResultRef};
 
 struct Url {
@@ -118,6 +119,7 @@ struct Response {
     body: Body<BufReader<TcpStream>>,
     name: String,
     mtime: i64,
+    length: Option<u64>,
 }
 
 fn get(url: &str) -> Result<Response, ExecError> {
@@ -212,7 +214,12 @@ fn get(url: &str) -> Result<Response, ExecError> {
         } else {
             Body::Eof(r)
         };
-        return Ok(Response { body, name, mtime });
+        return Ok(Response {
+            body,
+            name,
+            mtime,
+            length: if chunked { None } else { length },
+        });
     }
     Err(ExecError::msg(format!("{url}: too many redirects")))
 }
@@ -223,6 +230,7 @@ pub(super) fn download(
     checksum: Option<&str>,
     filename: Option<&str>,
     chmod: Option<u32>,
+    logger: &VertexLogger,
 ) -> Result<ResultRef, ExecError> {
     let expected = checksum
         .map(|c| {
@@ -237,6 +245,7 @@ pub(super) fn download(
         mut body,
         name,
         mtime,
+        length,
     } = get(url)?;
     let name = filename.map_or(name, str::to_owned);
     let active = inner.snapshots.prepare(None, "http").map_err(err)?;
@@ -244,7 +253,22 @@ pub(super) fn download(
     let result = (|| {
         let f = fs_err::File::create(&path).map_err(err)?;
         let mut w = HashingWriter::new(f);
-        std::io::copy(&mut body, &mut w).map_err(|e| ExecError::msg(format!("{url}: {e}")))?;
+        let mut buf = vec![0u8; 256 * 1024];
+        let mut done = 0u64;
+        loop {
+            let n = body
+                .read(&mut buf)
+                .map_err(|e| ExecError::msg(format!("{url}: {e}")))?;
+            if n == 0 {
+                break;
+            }
+            w.write_all(&buf[..n]).map_err(err)?;
+            done += n as u64;
+            logger.progress(done, length);
+        }
+        if length.is_some_and(|l| l != done) {
+            return Err(ExecError::msg(format!("{url}: connection closed early")));
+        }
         let (mut f, digest, _) = w.finish();
         f.flush().map_err(err)?;
         if let Some(e) = &expected {

@@ -69,6 +69,7 @@ use rbuild_snapshotter::snapshots::{SnapshotId, SnapshotStore};
 use crate::cachekey::{Checksum, ContentChecksum};
 use crate::context::{ContextChecksummer, PathFilter};
 use crate::ops::{Op, Selection, SourceOp, Vertex};
+use crate::progress::VertexLogger;
 use crate::scheduler::{BoxFuture, ExecContext, ExecError, Executor, ResultRef};
 
 pub use export::ExportOptions;
@@ -217,7 +218,7 @@ impl Inner {
         Ok(c)
     }
 
-    fn source(&self, op: &SourceOp) -> Result<ResultRef, ExecError> {
+    fn source(&self, op: &SourceOp, logger: &VertexLogger) -> Result<ResultRef, ExecError> {
         match op {
             SourceOp::Scratch => {
                 let a = self.snapshots.prepare(None, "scratch").map_err(err)?;
@@ -234,17 +235,29 @@ impl Inner {
                 reference,
                 resolved_digest,
                 ..
-            } => self.image_source(reference, resolved_digest.as_deref()),
+            } => self.image_source(reference, resolved_digest.as_deref(), logger),
             SourceOp::Http {
                 url,
                 checksum,
                 filename,
                 chmod,
-            } => http::download(self, url, checksum.as_deref(), filename.as_deref(), *chmod),
+            } => http::download(
+                self,
+                url,
+                checksum.as_deref(),
+                filename.as_deref(),
+                *chmod,
+                logger,
+            ),
         }
     }
 
-    fn image_source(&self, reference: &str, digest: Option<&str>) -> Result<ResultRef, ExecError> {
+    fn image_source(
+        &self,
+        reference: &str,
+        digest: Option<&str>,
+        logger: &VertexLogger,
+    ) -> Result<ResultRef, ExecError> {
         let not_found = |e: rbuild_image::Error| {
             ExecError::msg(format!(
                 "{reference}: image not found in the local store ({e}); pull or load it first"
@@ -267,7 +280,9 @@ impl Inner {
             }
         };
         let mut parent: Option<SnapshotId> = None;
-        for d in img.diff_ids() {
+        let total = img.diff_ids().len() as u64;
+        for (i, d) in img.diff_ids().iter().enumerate() {
+            logger.progress(i as u64, Some(total));
             let blob = self.images.open_blob(d).map_err(err)?;
             let r = std::io::BufReader::with_capacity(256 * 1024, blob);
             parent = Some(
@@ -278,7 +293,7 @@ impl Inner {
         }
         match parent {
             Some(id) => Ok(snap_ref(&id)),
-            None => self.source(&SourceOp::Scratch),
+            None => self.source(&SourceOp::Scratch, logger),
         }
     }
 }
@@ -390,7 +405,7 @@ impl Executor for LocalWorker {
             let token = rbuild_sandbox::CancelToken::new();
             let _guard = CancelOnDrop(token.clone());
             tokio::task::spawn_blocking(move || match &op {
-                Op::Source(s) => inner.source(s),
+                Op::Source(s) => inner.source(s, &ctx.logger),
                 Op::Exec(e) => exec::run(&inner, e, &inputs, &ctx, token),
                 Op::File(f) => fileop::run(&inner, f, &inputs),
                 Op::Merge(m) => fileop::merge(&inner, m, &inputs),
