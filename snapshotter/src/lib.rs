@@ -9,6 +9,7 @@ pub mod diff;
 pub mod digest;
 pub mod error;
 pub mod overlay;
+pub mod snapshots;
 pub mod tarwrite;
 
 pub use apply::{ApplyOptions, ApplyStats, apply_layer};

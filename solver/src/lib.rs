@@ -51,6 +51,7 @@ pub mod graph;
 pub mod ops;
 pub mod progress;
 pub mod scheduler;
+pub mod worker;
 
 pub use cacheindex::{CacheIndex, CacheIndexError, CacheRecord};
 pub use cachekey::{CacheKey, Checksum, ContentChecksum, InputKey};

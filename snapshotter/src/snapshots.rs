@@ -1,0 +1,671 @@
+//! A persistent store of overlay snapshots under `<state root>/snapshots/`.
+//!
+//! A snapshot is a directory `<id>/` holding `fs/` (an overlayfs upper dir:
+//! the changes against its parent, with overlay whiteouts — a 0/0 character
+//! device for a removed path, `trusted.overlay.opaque=y` on a directory that
+//! hides what is below) and `meta.json` (its parent and, for snapshots made
+//! from an image layer, the layer's diff ID). A chain of snapshots is mounted
+//! as one overlay (lower dirs top-most first).
+//!
+//! Atomicity: [`SnapshotStore::prepare`] works in `tmp-<id>/`, and
+//! [`SnapshotStore::commit`] renames it to `<id>/` once `meta.json` is written
+//! (itself temp + rename), so a killed build leaves only `tmp-*` directories,
+//! which [`SnapshotStore::open`] removes.
+//!
+//! Overlay mounts need root (or a user namespace where the kernel allows
+//! overlay): builds that run steps need it; [`SnapshotStore::check_overlay`]
+//! gives a clear error otherwise.
+
+use std::collections::HashMap;
+use std::ffi::OsString;
+use std::io::{self, Read, Write};
+use std::os::unix::ffi::{OsStrExt, OsStringExt};
+use std::os::unix::fs::{FileTypeExt, MetadataExt, PermissionsExt};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use serde::{Deserialize, Serialize};
+
+use crate::digest::Digest;
+use crate::overlay::{OverlayLayout, OverlayMount, copy_lower_stack, mount_overlay};
+use crate::tarwrite::{EntryKind, EntryMeta, TarWriter};
+
+/// Errors of the snapshot store.
+#[derive(Debug, thiserror::Error)]
+pub enum SnapshotError {
+    #[error(transparent)]
+    Io(#[from] io::Error),
+    #[error("snapshot {0} does not exist")]
+    NotFound(String),
+    #[error("invalid snapshot metadata {path}: {reason}")]
+    BadMeta { path: PathBuf, reason: String },
+    #[error("layer {diff_id}: {reason}")]
+    BadLayer { diff_id: String, reason: String },
+    #[error(transparent)]
+    Overlay(#[from] crate::overlay::OverlayError),
+    #[error(transparent)]
+    Layer(#[from] crate::Error),
+    #[error(
+        "overlay mounts are not available ({0}); rbuild build needs root (or a user namespace \
+         where the kernel allows overlayfs)"
+    )]
+    NoOverlay(String),
+}
+
+pub type Result<T, E = SnapshotError> = std::result::Result<T, E>;
+
+/// A snapshot's name: a short hex string (keeps overlay option strings short).
+#[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(transparent)]
+pub struct SnapshotId(pub String);
+
+impl SnapshotId {
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+    fn valid(s: &str) -> bool {
+        !s.is_empty() && s.len() <= 32 && s.bytes().all(|b| b.is_ascii_hexdigit())
+    }
+    /// Parses an id, refusing anything that is not a short hex string.
+    pub fn parse(s: &str) -> Option<Self> {
+        Self::valid(s).then(|| Self(s.to_owned()))
+    }
+}
+
+impl std::fmt::Display for SnapshotId {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+/// What `meta.json` records.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SnapshotInfo {
+    pub parent: Option<SnapshotId>,
+    /// The diff ID of the image layer this snapshot was made from.
+    #[serde(default)]
+    pub layer: Option<Digest>,
+    /// The chain ID (image layers only), for dedup.
+    #[serde(default)]
+    pub chain_id: Option<Digest>,
+    /// A free-form label (`scratch`, `exec`, `file`, `http`, `flat`).
+    #[serde(default)]
+    pub kind: String,
+}
+
+/// A snapshot being written: run a step over `lowers` + `upper`.
+#[derive(Debug)]
+pub struct Active {
+    pub id: SnapshotId,
+    /// The changes land here.
+    pub upper: PathBuf,
+    /// overlayfs work dir (same filesystem as `upper`).
+    pub work: PathBuf,
+    /// The parent chain's upper dirs, top-most first (empty without parent).
+    pub lowers: Vec<PathBuf>,
+    dir: PathBuf,
+    info: SnapshotInfo,
+}
+
+/// A read-only view of a snapshot chain; unmounted when dropped.
+#[derive(Debug)]
+pub struct ReadGuard {
+    path: PathBuf,
+    _mount: Option<OverlayMount>,
+    _dir: Option<tempfile::TempDir>,
+}
+
+impl ReadGuard {
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+}
+
+/// The snapshot store.
+#[derive(Debug)]
+pub struct SnapshotStore {
+    root: PathBuf,
+    counter: AtomicU64,
+}
+
+/// Longest lowerdir option string we build before flattening a chain.
+const MAX_LOWER_CHARS: usize = 3000;
+
+impl SnapshotStore {
+    /// Opens (creating) `<state_root>/snapshots`, removing half-made snapshots.
+    pub fn open(state_root: &Path) -> Result<Self> {
+        let root = state_root.join("snapshots");
+        fs_err::create_dir_all(root.join("chains"))?;
+        fs_err::create_dir_all(root.join("mounts"))?;
+        for e in fs_err::read_dir(&root)? {
+            let e = e?;
+            if e.file_name().as_bytes().starts_with(b"tmp-") {
+                let _ = remove_tree(&e.path());
+            }
+        }
+        Ok(Self {
+            root,
+            counter: AtomicU64::new(0),
+        })
+    }
+
+    pub fn root(&self) -> &Path {
+        &self.root
+    }
+
+    /// Fails with a clear message when overlay cannot be mounted here.
+    pub fn check_overlay(&self) -> Result<()> {
+        let t = tempfile::Builder::new()
+            .prefix("ovl-check")
+            .tempdir_in(self.root.join("mounts"))?;
+        for d in ["l1", "l2", "m"] {
+            fs_err::create_dir(t.path().join(d))?;
+        }
+        let layout = OverlayLayout {
+            lower: vec![t.path().join("l1"), t.path().join("l2")],
+            upper: PathBuf::new(),
+            work: PathBuf::new(),
+        };
+        match mount_overlay(&layout, &t.path().join("m")) {
+            Ok(m) => {
+                m.unmount()?;
+                Ok(())
+            }
+            Err(e) => Err(SnapshotError::NoOverlay(e.to_string())),
+        }
+    }
+
+    fn new_id(&self) -> SnapshotId {
+        let n = self.counter.fetch_add(1, Ordering::Relaxed);
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_nanos());
+        let seed = format!("{now} {} {n} {}", std::process::id(), self.root.display());
+        SnapshotId(Digest::of(seed.as_bytes()).hex()[..12].to_owned())
+    }
+
+    fn dir(&self, id: &SnapshotId) -> PathBuf {
+        self.root.join(&id.0)
+    }
+
+    /// The upper dir of a committed snapshot.
+    pub fn upper(&self, id: &SnapshotId) -> PathBuf {
+        self.dir(id).join("fs")
+    }
+
+    pub fn exists(&self, id: &SnapshotId) -> bool {
+        self.dir(id).join("meta.json").is_file()
+    }
+
+    /// Starts a snapshot on `parent`.
+    pub fn prepare(&self, parent: Option<&SnapshotId>, kind: &str) -> Result<Active> {
+        let lowers = match parent {
+            Some(p) => self.mount_lowers(p)?,
+            None => Vec::new(),
+        };
+        let id = self.new_id();
+        let dir = self.root.join(format!("tmp-{id}"));
+        fs_err::create_dir(&dir)?;
+        let upper = dir.join("fs");
+        let work = dir.join("work");
+        fs_err::create_dir(&upper)?;
+        fs_err::set_permissions(&upper, std::fs::Permissions::from_mode(0o755))?;
+        fs_err::create_dir(&work)?;
+        Ok(Active {
+            id,
+            upper,
+            work,
+            lowers,
+            dir,
+            info: SnapshotInfo {
+                parent: parent.cloned(),
+                kind: kind.to_owned(),
+                ..SnapshotInfo::default()
+            },
+        })
+    }
+
+    /// Commits a prepared snapshot; it becomes readable under its id.
+    pub fn commit(&self, active: Active) -> Result<SnapshotId> {
+        self.commit_with(active, None, None)
+    }
+
+    fn commit_with(
+        &self,
+        mut active: Active,
+        layer: Option<Digest>,
+        chain_id: Option<Digest>,
+    ) -> Result<SnapshotId> {
+        active.info.layer = layer;
+        active.info.chain_id = chain_id;
+        let _ = remove_tree(&active.work);
+        let bytes = serde_json::to_vec(&active.info).map_err(io::Error::other)?;
+        write_atomic(&active.dir.join("meta.json"), &bytes)?;
+        let dest = self.dir(&active.id);
+        fs_err::rename(&active.dir, &dest)?;
+        Ok(active.id)
+    }
+
+    /// Throws a prepared snapshot away.
+    #[allow(clippy::needless_pass_by_value)] // consumes the active snapshot
+    pub fn abort(&self, active: Active) -> Result<()> {
+        remove_tree(&active.dir)?;
+        Ok(())
+    }
+
+    /// The metadata of a committed snapshot.
+    pub fn info(&self, id: &SnapshotId) -> Result<SnapshotInfo> {
+        let path = self.dir(id).join("meta.json");
+        let bytes = match fs_err::read(&path) {
+            Ok(b) => b,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => {
+                return Err(SnapshotError::NotFound(id.0.clone()));
+            }
+            Err(e) => return Err(e.into()),
+        };
+        serde_json::from_slice(&bytes).map_err(|e| SnapshotError::BadMeta {
+            path,
+            reason: e.to_string(),
+        })
+    }
+
+    /// The chain from `id` down to its root: ids, top-most first.
+    pub fn chain(&self, id: &SnapshotId) -> Result<Vec<SnapshotId>> {
+        let mut out = vec![id.clone()];
+        let mut cur = self.info(id)?.parent;
+        while let Some(p) = cur {
+            cur = self.info(&p)?.parent;
+            out.push(p);
+        }
+        Ok(out)
+    }
+
+    /// The upper dirs of the chain, top-most first.
+    pub fn lowers(&self, id: &SnapshotId) -> Result<Vec<PathBuf>> {
+        Ok(self.chain(id)?.iter().map(|i| self.upper(i)).collect())
+    }
+
+    /// The lower dirs to mount for `id`: the chain, or (when its option string
+    /// would be too long for the kernel) one flattened copy of it, made once.
+    pub fn mount_lowers(&self, id: &SnapshotId) -> Result<Vec<PathBuf>> {
+        let lowers = self.lowers(id)?;
+        let len: usize = lowers.iter().map(|p| p.as_os_str().len() + 1).sum();
+        if len <= MAX_LOWER_CHARS {
+            return Ok(lowers);
+        }
+        let flat = self.dir(id).join("flat");
+        if !flat.is_dir() {
+            let tmp = self.dir(id).join(format!("flat-tmp-{}", self.new_id()));
+            copy_lower_stack(&lowers, &tmp)?;
+            // Whiteouts of the bottom-most layer are meaningless once flattened.
+            match fs_err::rename(&tmp, &flat) {
+                Ok(()) => {}
+                Err(_) if flat.is_dir() => remove_tree(&tmp)?,
+                Err(e) => return Err(e.into()),
+            }
+        }
+        Ok(vec![flat])
+    }
+
+    /// A read-only view of the chain of `id`: the directory itself for a
+    /// parentless snapshot, an overlay otherwise.
+    pub fn mount_ro(&self, id: &SnapshotId) -> Result<ReadGuard> {
+        let lowers = self.mount_lowers(id)?;
+        if lowers.len() == 1 {
+            return Ok(ReadGuard {
+                path: lowers[0].clone(),
+                _mount: None,
+                _dir: None,
+            });
+        }
+        let t = tempfile::Builder::new()
+            .prefix("ro-")
+            .tempdir_in(self.root.join("mounts"))?;
+        let layout = OverlayLayout {
+            lower: lowers,
+            upper: PathBuf::new(),
+            work: PathBuf::new(),
+        };
+        let m = mount_overlay(&layout, t.path()).map_err(|e| match e {
+            crate::overlay::OverlayError::Mount { .. } => SnapshotError::NoOverlay(e.to_string()),
+            e => e.into(),
+        })?;
+        Ok(ReadGuard {
+            path: t.path().to_path_buf(),
+            _mount: Some(m),
+            _dir: Some(t),
+        })
+    }
+
+    /// The snapshot for image layer `diff_id` on `parent`, applying `reader`
+    /// (an uncompressed layer tar) when no snapshot has that chain ID yet.
+    pub fn from_layer<R: Read>(
+        &self,
+        parent: Option<&SnapshotId>,
+        diff_id: &Digest,
+        reader: R,
+    ) -> Result<SnapshotId> {
+        let chain_id = match parent {
+            Some(p) => {
+                let pinfo = self.info(p)?;
+                let base = pinfo
+                    .chain_id
+                    .map_or_else(|| format!("snapshot:{p}"), |c| c.to_string());
+                Digest::of(format!("{base} {diff_id}").as_bytes())
+            }
+            None => diff_id.clone(),
+        };
+        if let Some(id) = self.by_chain(&chain_id) {
+            return Ok(id);
+        }
+        let active = self.prepare(parent, "layer")?;
+        if let Err(e) = unpack_overlay(&active.upper, reader) {
+            let _ = self.abort(active);
+            let mut reason = e.to_string();
+            let mut src = std::error::Error::source(&e);
+            while let Some(s) = src {
+                reason = format!("{reason}: {s}");
+                src = s.source();
+            }
+            return Err(SnapshotError::BadLayer {
+                diff_id: diff_id.to_string(),
+                reason,
+            });
+        }
+        let id = self.commit_with(active, Some(diff_id.clone()), Some(chain_id.clone()))?;
+        write_atomic(
+            &self.root.join("chains").join(chain_id.hex()),
+            id.0.as_bytes(),
+        )?;
+        Ok(id)
+    }
+
+    fn by_chain(&self, chain_id: &Digest) -> Option<SnapshotId> {
+        let s = fs_err::read_to_string(self.root.join("chains").join(chain_id.hex())).ok()?;
+        let id = SnapshotId::parse(s.trim())?;
+        self.exists(&id).then_some(id)
+    }
+
+    /// Whether the snapshot's upper dir holds no change at all.
+    pub fn is_empty(&self, id: &SnapshotId) -> Result<bool> {
+        Ok(fs_err::read_dir(self.upper(id))?.next().is_none()
+            && !crate::diff::read_xattrs(&self.upper(id))?
+                .iter()
+                .any(|(k, _)| k == "trusted.overlay.opaque"))
+    }
+
+    /// Writes the snapshot's changes as a deterministic OCI layer tar
+    /// (overlay whiteouts become `.wh.` entries, opaque dirs `.wh..wh..opq`).
+    pub fn write_layer<W: Write>(&self, id: &SnapshotId, out: W, epoch: Option<u64>) -> Result<W> {
+        let mut tar = TarWriter::new(out, epoch);
+        let mut links = HashMap::new();
+        write_upper_dir(&mut tar, &self.upper(id), &[], &mut links)?;
+        Ok(tar.finish()?)
+    }
+
+    /// Removes a committed snapshot (children are not checked).
+    pub fn remove(&self, id: &SnapshotId) -> Result<()> {
+        let dir = self.dir(id);
+        if !dir.exists() {
+            return Err(SnapshotError::NotFound(id.0.clone()));
+        }
+        let trash = self.root.join(format!("tmp-rm-{id}"));
+        fs_err::rename(&dir, &trash)?;
+        remove_tree(&trash)?;
+        Ok(())
+    }
+
+    /// Removes every snapshot that is not in the chain of one of `keep`
+    /// (e.g. the results the cache index still names); returns what went.
+    pub fn prune(&self, keep: &[SnapshotId]) -> Result<Vec<SnapshotId>> {
+        let mut live = std::collections::HashSet::new();
+        for k in keep {
+            if let Ok(chain) = self.chain(k) {
+                live.extend(chain);
+            }
+        }
+        let mut removed = Vec::new();
+        for (id, _) in self.list()? {
+            if !live.contains(&id) {
+                self.remove(&id)?;
+                removed.push(id);
+            }
+        }
+        Ok(removed)
+    }
+
+    /// All committed snapshots.
+    pub fn list(&self) -> Result<Vec<(SnapshotId, SnapshotInfo)>> {
+        let mut out = Vec::new();
+        for e in fs_err::read_dir(&self.root)? {
+            let e = e?;
+            let name = e.file_name();
+            let Some(id) = name.to_str().and_then(SnapshotId::parse) else {
+                continue;
+            };
+            if let Ok(info) = self.info(&id) {
+                out.push((id, info));
+            }
+        }
+        out.sort_by(|a, b| a.0.cmp(&b.0));
+        Ok(out)
+    }
+}
+
+fn remove_tree(p: &Path) -> io::Result<()> {
+    match std::fs::remove_dir_all(p) {
+        Err(e) if e.kind() != io::ErrorKind::NotFound => Err(io::Error::new(
+            e.kind(),
+            format!("{e} (removing {})", p.display()),
+        )),
+        _ => Ok(()),
+    }
+}
+
+/// Writes `data` to `path` through a temporary file and a rename.
+pub fn write_atomic(path: &Path, data: &[u8]) -> io::Result<()> {
+    let dir = path.parent().unwrap_or(Path::new("."));
+    let mut tmp = tempfile::NamedTempFile::new_in(dir)?;
+    tmp.write_all(data)?;
+    tmp.as_file().sync_all()?;
+    tmp.persist(path).map_err(|e| e.error)?;
+    Ok(())
+}
+
+/// Applies an OCI layer tar into an (empty) overlay upper dir: `.wh.NAME`
+/// becomes a 0/0 character device, `.wh..wh..opq` an opaque xattr.
+fn unpack_overlay<R: Read>(upper: &Path, reader: R) -> io::Result<()> {
+    let mut archive = tar::Archive::new(reader);
+    archive.set_preserve_permissions(true);
+    archive.set_preserve_mtime(true);
+    archive.set_preserve_ownerships(rustix::process::geteuid().is_root());
+    archive.set_unpack_xattrs(true);
+    archive.set_overwrite(true);
+    let mut dir_times: Vec<(PathBuf, i64)> = Vec::new();
+    for entry in archive.entries()? {
+        let mut entry = entry?;
+        let raw = entry.path_bytes().into_owned();
+        let comps = crate::apply::clean_name(&raw)
+            .map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e.to_string()))?;
+        let Some(base) = comps.last() else {
+            // The root entry: take its mode only.
+            let mode = entry.header().mode()?;
+            fs_err::set_permissions(upper, std::fs::Permissions::from_mode(mode & 0o7777))?;
+            continue;
+        };
+        let parent_rel: PathBuf = comps[..comps.len() - 1]
+            .iter()
+            .map(|c| PathBuf::from(OsString::from_vec(c.clone())))
+            .collect();
+        if base.starts_with(b".wh.") {
+            let dir = upper.join(&parent_rel);
+            fs_err::create_dir_all(&dir)?;
+            if base == b".wh..wh..opq" {
+                rustix::fs::setxattr(
+                    &dir,
+                    "trusted.overlay.opaque",
+                    b"y",
+                    rustix::fs::XattrFlags::empty(),
+                )
+                .map_err(|e| {
+                    io::Error::new(
+                        io::Error::from(e).kind(),
+                        format!("{e} (opaque xattr on {})", dir.display()),
+                    )
+                })?;
+            } else {
+                let target = dir.join(std::ffi::OsStr::from_bytes(&base[4..]));
+                if target.symlink_metadata().is_ok() {
+                    remove_any(&target)?;
+                }
+                nix::sys::stat::mknod(
+                    &target,
+                    nix::sys::stat::SFlag::S_IFCHR,
+                    nix::sys::stat::Mode::empty(),
+                    0,
+                )
+                .map_err(|e| io::Error::other(format!("{e} (whiteout {})", target.display())))?;
+            }
+            continue;
+        }
+        fs_err::create_dir_all(upper.join(&parent_rel))?;
+        let dest = upper
+            .join(&parent_rel)
+            .join(std::ffi::OsStr::from_bytes(base));
+        if entry.header().entry_type().is_dir() {
+            if let Ok(m) = dest.symlink_metadata() {
+                if !m.is_dir() {
+                    remove_any(&dest)?;
+                }
+            }
+            #[allow(clippy::cast_possible_wrap)]
+            dir_times.push((dest.clone(), entry.header().mtime().unwrap_or(0) as i64));
+        } else if let Ok(m) = dest.symlink_metadata() {
+            if m.is_dir() {
+                remove_any(&dest)?;
+            }
+        }
+        if !entry.unpack_in(upper)? {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidData,
+                format!(
+                    "entry {:?} escapes the layer root",
+                    String::from_utf8_lossy(&raw)
+                ),
+            ));
+        }
+    }
+    for (d, t) in dir_times.iter().rev() {
+        let ft = filetime::FileTime::from_unix_time(*t, 0);
+        let _ = filetime::set_symlink_file_times(d, ft, ft);
+    }
+    Ok(())
+}
+
+fn remove_any(p: &Path) -> io::Result<()> {
+    let m = p.symlink_metadata()?;
+    if m.is_dir() {
+        remove_tree(p)
+    } else {
+        fs_err::remove_file(p)
+    }
+}
+
+fn sorted_children(dir: &Path) -> io::Result<Vec<OsString>> {
+    let mut names: Vec<OsString> = fs_err::read_dir(dir)?
+        .map(|e| e.map(|e| e.file_name()))
+        .collect::<io::Result<_>>()?;
+    names.sort_by(|a, b| a.as_bytes().cmp(b.as_bytes()));
+    Ok(names)
+}
+
+type Xattrs = Vec<(String, Vec<u8>)>;
+
+fn layer_xattrs(path: &Path) -> io::Result<(Xattrs, bool)> {
+    let all = crate::diff::read_xattrs(path).map_err(|e| match e {
+        crate::Error::Io(e) => e,
+        e => io::Error::other(e.to_string()),
+    })?;
+    let opaque = all
+        .iter()
+        .any(|(k, v)| k == "trusted.overlay.opaque" && v == b"y");
+    let kept = all
+        .into_iter()
+        .filter(|(k, _)| !k.starts_with("trusted.overlay."))
+        .collect();
+    Ok((kept, opaque))
+}
+
+#[allow(clippy::cast_sign_loss)]
+fn write_upper_dir<W: Write>(
+    tar: &mut TarWriter<W>,
+    dir: &Path,
+    rel: &[u8],
+    links: &mut HashMap<(u64, u64), Vec<u8>>,
+) -> io::Result<()> {
+    for name in sorted_children(dir)? {
+        let path = dir.join(&name);
+        let mut p = rel.to_vec();
+        if !p.is_empty() {
+            p.push(b'/');
+        }
+        p.extend_from_slice(name.as_bytes());
+        let m = fs_err::symlink_metadata(&path)?;
+        let ft = m.file_type();
+        if ft.is_char_device() && m.rdev() == 0 {
+            tar.append_whiteout(&p)?;
+            continue;
+        }
+        let (xattrs, opaque) = layer_xattrs(&path)?;
+        let mut meta = EntryMeta {
+            path: p.clone(),
+            kind: EntryKind::File,
+            mode: m.mode() & 0o7777,
+            uid: u64::from(m.uid()),
+            gid: u64::from(m.gid()),
+            mtime: m.mtime().max(0) as u64,
+            size: 0,
+            xattrs,
+        };
+        if ft.is_dir() {
+            meta.kind = EntryKind::Dir;
+            tar.append(&meta, None)?;
+            if opaque {
+                tar.append_opaque(&p)?;
+            }
+            write_upper_dir(tar, &path, &p, links)?;
+        } else if ft.is_symlink() {
+            meta.kind = EntryKind::Symlink(fs_err::read_link(&path)?.into_os_string().into_vec());
+            tar.append(&meta, None)?;
+        } else if ft.is_file() {
+            if m.nlink() > 1 {
+                if let Some(first) = links.get(&(m.dev(), m.ino())) {
+                    meta.kind = EntryKind::Hardlink(first.clone());
+                    tar.append(&meta, None)?;
+                    continue;
+                }
+                links.insert((m.dev(), m.ino()), p.clone());
+            }
+            meta.size = m.len();
+            let mut f = fs_err::File::open(&path)?;
+            tar.append(&meta, Some(&mut f))?;
+        } else if ft.is_char_device() || ft.is_block_device() {
+            #[allow(clippy::cast_possible_truncation)]
+            let (ma, mi) = (
+                nix::sys::stat::major(m.rdev()) as u32,
+                nix::sys::stat::minor(m.rdev()) as u32,
+            );
+            meta.kind = if ft.is_char_device() {
+                EntryKind::Char(ma, mi)
+            } else {
+                EntryKind::Block(ma, mi)
+            };
+            tar.append(&meta, None)?;
+        } else if ft.is_fifo() {
+            meta.kind = EntryKind::Fifo;
+            tar.append(&meta, None)?;
+        }
+        // Sockets are not part of a layer.
+    }
+    Ok(())
+}

@@ -1,0 +1,140 @@
+//! The snapshot store: OCI layers into overlay upper dirs and back. Root is
+//! needed (whiteout devices, `trusted.*` xattrs); skipped otherwise.
+
+use std::os::unix::fs::{FileTypeExt, MetadataExt};
+
+use rbuild_snapshotter::Digest;
+use rbuild_snapshotter::snapshots::SnapshotStore;
+
+fn root() -> bool {
+    if rustix::process::geteuid().is_root() {
+        true
+    } else {
+        eprintln!("skipped: snapshot tests need root");
+        false
+    }
+}
+
+fn layer(entries: &[(&str, Option<&str>)]) -> Vec<u8> {
+    let mut b = tar::Builder::new(Vec::new());
+    for (name, data) in entries {
+        let mut h = tar::Header::new_ustar();
+        if let Some(d) = data {
+            h.set_entry_type(tar::EntryType::Regular);
+            h.set_size(d.len() as u64);
+            h.set_mode(0o644);
+        } else {
+            h.set_entry_type(tar::EntryType::Directory);
+            h.set_size(0);
+            h.set_mode(0o755);
+        }
+        h.set_mtime(1_600_000_000);
+        h.set_uid(0);
+        h.set_gid(0);
+        h.set_cksum();
+        b.append_data(&mut h, name, data.unwrap_or("").as_bytes())
+            .unwrap();
+    }
+    b.into_inner().unwrap()
+}
+
+fn names(tar_bytes: &[u8]) -> Vec<String> {
+    let mut a = tar::Archive::new(tar_bytes);
+    a.entries()
+        .unwrap()
+        .map(|e| e.unwrap().path().unwrap().to_string_lossy().into_owned())
+        .collect()
+}
+
+#[test]
+fn layer_whiteouts_become_overlay_whiteouts_and_back() {
+    if !root() {
+        return;
+    }
+    let tmp = tempfile::tempdir().unwrap();
+    let store = SnapshotStore::open(tmp.path()).unwrap();
+    let l1 = layer(&[("etc/", None), ("etc/a", Some("a")), ("etc/b", Some("b"))]);
+    let d1 = Digest::of(&l1);
+    let s1 = store.from_layer(None, &d1, &l1[..]).unwrap();
+    let l2 = layer(&[
+        ("etc/", None),
+        ("etc/.wh.a", Some("")),
+        ("opq/", None),
+        ("opq/.wh..wh..opq", Some("")),
+        ("opq/new", Some("n")),
+    ]);
+    let d2 = Digest::of(&l2);
+    let s2 = store.from_layer(Some(&s1), &d2, &l2[..]).unwrap();
+
+    let up = store.upper(&s2);
+    let wh = std::fs::symlink_metadata(up.join("etc/a")).unwrap();
+    assert!(wh.file_type().is_char_device() && wh.rdev() == 0);
+    let mut v = [0u8; 4];
+    let n = rustix::fs::getxattr(up.join("opq"), "trusted.overlay.opaque", &mut v).unwrap();
+    assert_eq!(&v[..n], b"y");
+    assert_eq!(store.info(&s2).unwrap().layer, Some(d2.clone()));
+    assert_eq!(
+        store.lowers(&s2).unwrap(),
+        [store.upper(&s2), store.upper(&s1)]
+    );
+
+    let out = store.write_layer(&s2, Vec::new(), None).unwrap();
+    assert_eq!(
+        names(&out),
+        ["etc/", "etc/.wh.a", "opq/", "opq/.wh..wh..opq", "opq/new"]
+    );
+
+    // The same layers again: unpacked once (the reader is not even read).
+    assert_eq!(store.from_layer(None, &d1, &b"garbage"[..]).unwrap(), s1);
+    assert_eq!(store.from_layer(Some(&s1), &d2, &b""[..]).unwrap(), s2);
+
+    // A read-only view of the chain merges it.
+    let view = store.mount_ro(&s2).unwrap();
+    assert!(!view.path().join("etc/a").exists());
+    assert_eq!(
+        std::fs::read_to_string(view.path().join("etc/b")).unwrap(),
+        "b"
+    );
+    drop(view);
+
+    let all: Vec<_> = store
+        .list()
+        .unwrap()
+        .into_iter()
+        .map(|(id, _)| id)
+        .collect();
+    assert_eq!(all.len(), 2);
+    store.remove(&s2).unwrap();
+    assert!(!store.exists(&s2));
+}
+
+#[test]
+fn aborted_and_half_made_snapshots_leave_nothing() {
+    if !root() {
+        return;
+    }
+    let tmp = tempfile::tempdir().unwrap();
+    let store = SnapshotStore::open(tmp.path()).unwrap();
+    let a = store.prepare(None, "file").unwrap();
+    std::fs::write(a.upper.join("x"), "x").unwrap();
+    store.abort(a).unwrap();
+    let b = store.prepare(None, "file").unwrap();
+    std::fs::write(b.upper.join("y"), "y").unwrap();
+    std::mem::forget(b); // as if killed
+    let store = SnapshotStore::open(tmp.path()).unwrap();
+    assert!(store.list().unwrap().is_empty());
+    let leftovers: Vec<_> = std::fs::read_dir(store.root())
+        .unwrap()
+        .map(|e| e.unwrap().file_name().into_string().unwrap())
+        .filter(|n| n.starts_with("tmp-"))
+        .collect();
+    assert!(leftovers.is_empty(), "{leftovers:?}");
+
+    // A bad layer is refused and leaves nothing either.
+    let bad = b"not a tar at all, definitely not".repeat(40);
+    let err = store
+        .from_layer(None, &Digest::of(&bad), &bad[..])
+        .unwrap_err();
+    assert!(err.to_string().contains("layer"), "{err}");
+    assert!(store.list().unwrap().is_empty());
+}

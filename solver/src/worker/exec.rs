@@ -1,0 +1,397 @@
+//! `ExecOp`: a process in the sandbox over an overlay of the rootfs chain.
+
+use std::collections::VecDeque;
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+
+use rbuild_sandbox::{CancelToken, Mount as SbMount, Output, ProcessSpec, Rootfs};
+use rbuild_snapshotter::snapshots::ReadGuard;
+
+use super::{Inner, Res, err, snap_ref};
+use crate::ops::{CacheSharing, ExecOp, MountKind, NetworkMode, SecurityMode};
+use crate::progress::Stream;
+use crate::scheduler::{ExecContext, ExecError, ResultRef};
+
+const LAST_LINES: usize = 20;
+
+/// Holds what a run's mounts need alive: read-only views, cache locks, copies.
+#[derive(Default)]
+struct Keep {
+    guards: Vec<ReadGuard>,
+    locks: Vec<nix::fcntl::Flock<std::fs::File>>,
+    temps: Vec<tempfile::TempDir>,
+}
+
+fn join_selector(root: &Path, selector: &str) -> PathBuf {
+    let sel = selector.trim_start_matches('/');
+    if sel.is_empty() || sel == "." {
+        root.to_path_buf()
+    } else {
+        rbuild_sandbox::user::resolve_in_root(root, Path::new(sel))
+    }
+}
+
+fn input_path(
+    inner: &Inner,
+    inputs: &[ResultRef],
+    index: usize,
+    keep: &mut Keep,
+) -> Result<PathBuf, ExecError> {
+    let r = inputs
+        .get(index)
+        .ok_or_else(|| ExecError::msg(format!("mount input {index} does not exist")))?;
+    match inner.resolve(r)? {
+        Res::Context(dir) => Ok(dir),
+        Res::Snap(id) => {
+            let g = inner.snapshots.mount_ro(&id).map_err(err)?;
+            let p = g.path().to_path_buf();
+            keep.guards.push(g);
+            Ok(p)
+        }
+    }
+}
+
+fn sanitize(id: &str) -> String {
+    let h = blake3::hash(id.as_bytes()).to_hex();
+    let clean: String = id
+        .chars()
+        .map(|c| if c.is_ascii_alphanumeric() { c } else { '_' })
+        .take(40)
+        .collect();
+    format!("{clean}-{}", &h[..16])
+}
+
+fn try_lock(
+    path: &Path,
+    blocking: bool,
+) -> Result<Option<nix::fcntl::Flock<std::fs::File>>, ExecError> {
+    let f = fs_err::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(path)
+        .map_err(err)?
+        .into_parts()
+        .0;
+    let arg = if blocking {
+        nix::fcntl::FlockArg::LockExclusive
+    } else {
+        nix::fcntl::FlockArg::LockExclusiveNonblock
+    };
+    match nix::fcntl::Flock::lock(f, arg) {
+        Ok(l) => Ok(Some(l)),
+        Err((_, nix::errno::Errno::EWOULDBLOCK)) if !blocking => Ok(None),
+        Err((_, e)) => Err(ExecError::msg(format!("locking {}: {e}", path.display()))),
+    }
+}
+
+#[allow(clippy::too_many_arguments)]
+fn cache_dir(
+    inner: &Inner,
+    inputs: &[ResultRef],
+    id: &str,
+    sharing: CacheSharing,
+    from: Option<&(usize, String)>,
+    uid: u32,
+    gid: u32,
+    mode: u32,
+    keep: &mut Keep,
+) -> Result<PathBuf, ExecError> {
+    let base = inner.state_root.join("cache-mounts");
+    fs_err::create_dir_all(&base).map_err(err)?;
+    let name = sanitize(id);
+    let dir = match sharing {
+        CacheSharing::Shared => base.join(&name),
+        CacheSharing::Locked => {
+            let l = try_lock(&base.join(format!("{name}.lock")), true)?;
+            keep.locks.extend(l);
+            base.join(&name)
+        }
+        CacheSharing::Private => {
+            let mut n = 0;
+            loop {
+                let candidate = if n == 0 {
+                    name.clone()
+                } else {
+                    format!("{name}.{n}")
+                };
+                if let Some(l) = try_lock(&base.join(format!("{candidate}.lock")), false)? {
+                    keep.locks.push(l);
+                    break base.join(candidate);
+                }
+                n += 1;
+            }
+        }
+    };
+    if !dir.exists() {
+        let tmp = base.join(format!(".tmp-{name}-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&tmp);
+        match from {
+            Some((input, sel)) => {
+                let src = input_path(inner, inputs, *input, keep)?;
+                let src = join_selector(&src, sel);
+                rbuild_snapshotter::overlay::copy_lower_stack(&[src], &tmp).map_err(err)?;
+            }
+            None => fs_err::create_dir(&tmp).map_err(err)?,
+        }
+        fs_err::set_permissions(&tmp, std::fs::Permissions::from_mode(mode & 0o7777))
+            .map_err(err)?;
+        nix::unistd::chown(&tmp, Some(uid.into()), Some(gid.into()))
+            .map_err(|e| ExecError::msg(format!("chown {}: {e}", tmp.display())))?;
+        if fs_err::rename(&tmp, &dir).is_err() && !dir.exists() {
+            return Err(ExecError::msg(format!(
+                "cannot create cache dir {}",
+                dir.display()
+            )));
+        }
+        let _ = std::fs::remove_dir_all(&tmp);
+    }
+    Ok(dir)
+}
+
+fn mounts(
+    inner: &Inner,
+    op: &ExecOp,
+    inputs: &[ResultRef],
+    keep: &mut Keep,
+) -> Result<Vec<SbMount>, ExecError> {
+    let mut out = Vec::new();
+    for m in &op.mounts {
+        let target = PathBuf::from(&m.target);
+        match &m.kind {
+            MountKind::Bind {
+                input,
+                selector,
+                readonly,
+            } => {
+                let src = join_selector(&input_path(inner, inputs, *input, keep)?, selector);
+                if !src.exists() {
+                    return Err(ExecError::msg(format!(
+                        "bind mount source \"/{}\": not found",
+                        selector.trim_start_matches('/')
+                    )));
+                }
+                if *readonly {
+                    out.push(SbMount::bind(src, target));
+                } else {
+                    // Writes to a read-write bind are discarded (BuildKit):
+                    // bind a scratch copy.
+                    let t = tempfile::Builder::new()
+                        .prefix("rwbind-")
+                        .tempdir_in(inner.snapshots.root().join("mounts"))
+                        .map_err(err)?;
+                    let copy = t.path().join("d");
+                    if src.is_dir() {
+                        rbuild_snapshotter::overlay::copy_lower_stack(&[src], &copy)
+                            .map_err(err)?;
+                    } else {
+                        fs_err::copy(&src, &copy).map_err(err)?;
+                    }
+                    keep.temps.push(t);
+                    out.push(SbMount::Bind {
+                        source: copy,
+                        target,
+                        readonly: false,
+                    });
+                }
+            }
+            MountKind::Cache {
+                id,
+                sharing,
+                from,
+                readonly,
+                uid,
+                gid,
+                mode,
+            } => {
+                let id = if id.is_empty() { &m.target } else { id };
+                let dir = cache_dir(
+                    inner,
+                    inputs,
+                    id,
+                    *sharing,
+                    from.as_ref(),
+                    *uid,
+                    *gid,
+                    *mode,
+                    keep,
+                )?;
+                if *readonly {
+                    out.push(SbMount::bind(dir, target));
+                } else {
+                    out.push(SbMount::Cache {
+                        source: dir,
+                        target,
+                    });
+                }
+            }
+            MountKind::Tmpfs { size } => out.push(SbMount::Tmpfs {
+                target,
+                size: *size,
+            }),
+            MountKind::Secret {
+                id,
+                required,
+                mode,
+                uid,
+                gid,
+            } => match inner.secrets.get(id) {
+                Some(data) => out.push(SbMount::Secret {
+                    target,
+                    data: data.clone(),
+                    uid: *uid,
+                    gid: *gid,
+                    mode: *mode,
+                }),
+                None if *required => {
+                    return Err(ExecError::msg(format!("secret {id}: not found")));
+                }
+                None => {}
+            },
+            MountKind::Ssh { id, required, .. } => {
+                if *required {
+                    return Err(ExecError::msg(format!(
+                        "ssh mount {id}: ssh agent forwarding is not supported"
+                    )));
+                }
+            }
+        }
+    }
+    Ok(out)
+}
+
+/// Creates the directories mount targets need (a directory target itself, a
+/// file target's parent) in the step's snapshot before the run, so they stay
+/// in the image as `BuildKit` leaves them; the sandbox then only creates (and
+/// removes) file stubs.
+fn stub_mount_dirs(
+    inner: &Inner,
+    active: &rbuild_snapshotter::snapshots::Active,
+    mounts: &[SbMount],
+) -> Result<(), ExecError> {
+    let mut dirs = Vec::new();
+    for m in mounts {
+        match m {
+            SbMount::Bind { source, target, .. } => {
+                if source.is_dir() {
+                    dirs.push(target.clone());
+                } else if let Some(p) = target.parent() {
+                    dirs.push(p.to_path_buf());
+                }
+            }
+            SbMount::Cache { target, .. } | SbMount::Tmpfs { target, .. } => {
+                dirs.push(target.clone());
+            }
+            SbMount::Secret { .. } => {}
+        }
+    }
+    if dirs.is_empty() {
+        return Ok(());
+    }
+    let t = tempfile::Builder::new()
+        .prefix("stub-")
+        .tempdir_in(inner.snapshots.root().join("mounts"))
+        .map_err(err)?;
+    let layout = rbuild_snapshotter::overlay::OverlayLayout {
+        lower: active.lowers.clone(),
+        upper: active.upper.clone(),
+        work: active.work.clone(),
+    };
+    let mount = rbuild_snapshotter::overlay::mount_overlay(&layout, t.path()).map_err(err)?;
+    for d in dirs {
+        let rel = super::fileop::clean_rel(&d.to_string_lossy())?;
+        super::fileop::mkdir_all(mount.target(), &rel, None)?;
+    }
+    mount.unmount().map_err(err)?;
+    Ok(())
+}
+
+fn sink(
+    logger: crate::progress::VertexLogger,
+    stream: Stream,
+    last: Arc<Mutex<VecDeque<String>>>,
+) -> Output {
+    Output::lines(move |line: &[u8]| {
+        let s = String::from_utf8_lossy(line).into_owned();
+        {
+            let mut l = last.lock().expect("last lines");
+            if l.len() == LAST_LINES {
+                l.pop_front();
+            }
+            l.push_back(s.clone());
+        }
+        logger.log(stream, s);
+    })
+}
+
+pub(super) fn run(
+    inner: &Inner,
+    op: &ExecOp,
+    inputs: &[ResultRef],
+    ctx: &ExecContext,
+    cancel: CancelToken,
+) -> Result<ResultRef, ExecError> {
+    let rootfs = inputs
+        .get(op.rootfs)
+        .ok_or_else(|| ExecError::msg("exec rootfs input does not exist"))?;
+    let Res::Snap(parent) = inner.resolve(rootfs)? else {
+        return Err(ExecError::msg(
+            "a build context cannot be a RUN root filesystem",
+        ));
+    };
+    let active = inner
+        .snapshots
+        .prepare(Some(&parent), "exec")
+        .map_err(err)?;
+    let mut keep = Keep::default();
+    let result = (|| {
+        let mounts = mounts(inner, op, inputs, &mut keep)?;
+        stub_mount_dirs(inner, &active, &mounts)?;
+        let last = Arc::new(Mutex::new(VecDeque::new()));
+        let mut spec = ProcessSpec::new(op.args.clone());
+        spec.env.clone_from(&op.env);
+        spec.cwd.clone_from(&op.cwd);
+        spec.user.clone_from(&op.user);
+        if let Some(h) = &op.hostname {
+            spec.hostname.clone_from(h);
+        }
+        spec.network = match op.network {
+            NetworkMode::Sandbox | NetworkMode::Host => rbuild_sandbox::NetworkMode::Host,
+            NetworkMode::None => rbuild_sandbox::NetworkMode::None,
+        };
+        spec.security = match op.security {
+            SecurityMode::Sandbox => rbuild_sandbox::SecurityMode::Sandbox,
+            SecurityMode::Insecure => rbuild_sandbox::SecurityMode::Insecure,
+        };
+        spec.mounts = mounts;
+        spec.cancel = Some(cancel);
+        spec.stdout = sink(ctx.logger.clone(), Stream::Stdout, Arc::clone(&last));
+        spec.stderr = sink(ctx.logger.clone(), Stream::Stderr, Arc::clone(&last));
+        let rootfs = Rootfs::Overlay {
+            lower: active.lowers.clone(),
+            upper: active.upper.clone(),
+            work: active.work.clone(),
+        };
+        let status = rbuild_sandbox::run(&rootfs, spec).map_err(|e| match e {
+            rbuild_sandbox::SandboxError::Io(_) => err(e),
+            e => ExecError::msg(e.to_string()),
+        })?;
+        if !status.success() {
+            return Err(ExecError::ProcessFailed {
+                command: op.args.clone(),
+                code: status.code,
+                last_lines: last.lock().expect("last lines").iter().cloned().collect(),
+            });
+        }
+        Ok(())
+    })();
+    drop(keep);
+    match result {
+        Ok(()) => Ok(snap_ref(&inner.snapshots.commit(active).map_err(err)?)),
+        Err(e) => {
+            let _ = inner.snapshots.abort(active);
+            Err(e)
+        }
+    }
+}

@@ -1,0 +1,151 @@
+//! Exporting a result's snapshot chain as an image in the store.
+
+use rbuild_image::{Digest, History, ImageConfig, Reference, RootFs, Store};
+
+use super::{Inner, Res, err};
+use crate::scheduler::{ExecError, ResultRef};
+
+/// What [`super::LocalWorker::export_image`] writes.
+#[derive(Clone, Debug, Default)]
+pub struct ExportOptions {
+    /// The image config as JSON (from the frontend). Its `rootfs` is
+    /// replaced; its `history` is kept, with `empty_layer` set to match the
+    /// layers actually written (a step whose diff is empty gets no layer).
+    pub config: Vec<u8>,
+    /// The base image (`FROM`), recorded as the image's parent.
+    pub base_image: Option<Digest>,
+    /// Tags to set (may be empty: a dangling image).
+    pub tags: Vec<Reference>,
+    /// Write a (tar-with-no-entries) layer for steps whose diff is empty,
+    /// as the classic builder does, instead of leaving them out and marking
+    /// their history entry `empty_layer`.
+    pub keep_empty_layers: bool,
+}
+
+pub(super) fn export_image(
+    inner: &Inner,
+    store: &Store,
+    target: &ResultRef,
+    opts: &ExportOptions,
+) -> Result<Digest, ExecError> {
+    let mut cfg = ImageConfig::from_slice(&opts.config)
+        .map_err(|e| ExecError::msg(format!("invalid image config: {e}")))?;
+    let Res::Snap(top) = inner.resolve(target)? else {
+        return Err(ExecError::msg("cannot export a build context as an image"));
+    };
+    let mut chain = inner.snapshots.chain(&top).map_err(err)?;
+    chain.reverse();
+    let mut txn = store.begin().map_err(err)?;
+    let mut diff_ids = Vec::new();
+    let mut reused = 0usize;
+    // For every snapshot made by a step (not a base layer): did it give a layer?
+    let mut steps: Vec<bool> = Vec::new();
+    for id in &chain {
+        let info = inner.snapshots.info(id).map_err(err)?;
+        if let Some(d) = &info.layer {
+            if store.has_blob(d) {
+                diff_ids.push(d.clone());
+                reused += 1;
+                continue;
+            }
+        }
+        if info.kind == "scratch" {
+            continue;
+        }
+        if info.layer.is_none()
+            && !opts.keep_empty_layers
+            && inner.snapshots.is_empty(id).map_err(err)?
+        {
+            steps.push(false);
+            continue;
+        }
+        let mut failure = None;
+        let (d, _) = txn
+            .write_layer(|w| match inner.snapshots.write_layer(id, w, inner.epoch) {
+                Ok(_) => Ok(()),
+                Err(e) => {
+                    let msg = e.to_string();
+                    failure = Some(e);
+                    Err(std::io::Error::other(msg))
+                }
+            })
+            .map_err(|e| match failure.take() {
+                Some(f) => err(f),
+                None => err(e),
+            })?;
+        diff_ids.push(d);
+        if info.layer.is_none() {
+            steps.push(true);
+        } else {
+            reused += 1;
+        }
+    }
+    fix_history(&mut cfg.history, reused, &steps);
+    cfg.rootfs = RootFs {
+        kind: "layers".into(),
+        diff_ids,
+    };
+    let id = txn
+        .add_config(&cfg, opts.tags.clone(), opts.base_image.clone())
+        .map_err(err)?;
+    txn.commit().map_err(err)?;
+    Ok(id)
+}
+
+/// Makes the non-empty history entries match the layers: the first `base`
+/// non-empty entries are the base image's layers, the following ones the
+/// steps in order (an entry whose step wrote nothing becomes `empty_layer`).
+/// Missing entries are added; surplus ones are marked empty.
+fn fix_history(history: &mut Vec<History>, base: usize, steps: &[bool]) {
+    let mut seen = 0usize;
+    let mut step = 0usize;
+    for h in history.iter_mut() {
+        if h.empty_layer {
+            continue;
+        }
+        if seen < base {
+            seen += 1;
+            continue;
+        }
+        match steps.get(step) {
+            Some(&wrote) => h.empty_layer = !wrote,
+            None => h.empty_layer = true,
+        }
+        step += 1;
+    }
+    let layers_left = steps.iter().skip(step).filter(|&&w| w).count();
+    let missing_base = base.saturating_sub(seen);
+    for _ in 0..missing_base + layers_left {
+        history.push(History {
+            created_by: Some("rbuild".into()),
+            ..History::default()
+        });
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn h(empty: bool) -> History {
+        History {
+            empty_layer: empty,
+            ..History::default()
+        }
+    }
+
+    #[test]
+    fn history_marks_steps_without_diff_empty() {
+        let mut hist = vec![h(false), h(true), h(false), h(false)];
+        fix_history(&mut hist, 1, &[false, true]);
+        let empties: Vec<bool> = hist.iter().map(|h| h.empty_layer).collect();
+        assert_eq!(empties, [false, true, true, false]);
+    }
+
+    #[test]
+    fn history_gains_entries_for_unlisted_layers() {
+        let mut hist = vec![h(false)];
+        fix_history(&mut hist, 1, &[true, true]);
+        assert_eq!(hist.iter().filter(|h| !h.empty_layer).count(), 3);
+    }
+}

@@ -1,0 +1,697 @@
+//! `FileOp`: COPY/ADD, mkdir, mkfile, rm on an overlay of the base, with
+//! `BuildKit`'s fileop copy semantics (fsutil `copy`).
+
+use std::collections::HashMap;
+use std::io::Read;
+use std::os::unix::fs::{FileTypeExt, MetadataExt, PermissionsExt};
+use std::path::{Component, Path, PathBuf};
+
+use rbuild_snapshotter::overlay::{OverlayLayout, mount_overlay};
+use rbuild_snapshotter::snapshots::ReadGuard;
+
+use super::{Inner, Res, SelectionFilter, err, snap_ref};
+use crate::context::{PathFilter, go_match};
+use crate::ops::{Chmod, Chown, Copy, FileAction, FileOp, MergeOp, UserRef};
+use crate::scheduler::{ExecError, ResultRef};
+
+fn io_msg(what: &str, p: &Path, e: impl std::fmt::Display) -> ExecError {
+    ExecError::msg(format!("{what} {}: {e}", p.display()))
+}
+
+/// `a/./b/../c` → `a/c`, relative; refuses climbing above the root.
+pub(super) fn clean_rel(p: &str) -> Result<PathBuf, ExecError> {
+    let mut out = PathBuf::new();
+    for c in Path::new(p).components() {
+        match c {
+            Component::Normal(s) => out.push(s),
+            Component::ParentDir => {
+                if !out.pop() {
+                    return Err(ExecError::msg(format!(
+                        "\"{p}\": path is outside the build context"
+                    )));
+                }
+            }
+            Component::RootDir | Component::CurDir | Component::Prefix(_) => {}
+        }
+    }
+    Ok(out)
+}
+
+fn resolve(root: &Path, rel: &Path) -> PathBuf {
+    if rel.as_os_str().is_empty() {
+        return root.to_path_buf();
+    }
+    rbuild_sandbox::user::resolve_in_root(root, rel)
+}
+
+/// The parent resolved inside the root, the last component kept as is.
+fn resolve_nofollow(root: &Path, rel: &Path) -> PathBuf {
+    match (rel.parent(), rel.file_name()) {
+        (Some(parent), Some(name)) => resolve(root, parent).join(name),
+        _ => root.to_path_buf(),
+    }
+}
+
+fn has_meta(s: &str) -> bool {
+    s.contains(['*', '?', '['])
+}
+
+fn resolve_owner(dest_root: &Path, c: &Chown) -> Result<(u32, u32), ExecError> {
+    let read = |p: &str| std::fs::read_to_string(resolve(dest_root, Path::new(p))).ok();
+    let passwd = read("etc/passwd");
+    let group = read("etc/group");
+    let part = |u: &UserRef| match u {
+        UserRef::Id(i) => i.to_string(),
+        UserRef::Name(n) => n.clone(),
+    };
+    let spec = part(&c.user);
+    let user = rbuild_sandbox::user::resolve_user_in(&spec, passwd.as_deref(), group.as_deref())
+        .map_err(|e| ExecError::msg(format!("--chown {spec}: {e}")))?;
+    let gid = match &c.group {
+        None => user.uid,
+        Some(g) => {
+            let gs = part(g);
+            rbuild_sandbox::user::resolve_user_in(
+                &format!("{}:{gs}", user.uid),
+                passwd.as_deref(),
+                group.as_deref(),
+            )
+            .map_err(|e| ExecError::msg(format!("--chown {spec}:{gs}: {e}")))?
+            .gid
+        }
+    };
+    Ok((user.uid, gid))
+}
+
+/// Applies `u+x,g-w,o=r,a+X`-style changes to `mode`.
+fn symbolic_mode(spec: &str, mode: u32, is_dir: bool) -> Result<u32, ExecError> {
+    let bad = || ExecError::msg(format!("invalid --chmod {spec:?}"));
+    let mut m = mode & 0o7777;
+    for clause in spec.split(',') {
+        let op_at = clause.find(['+', '-', '=']).ok_or_else(bad)?;
+        let (who, rest) = clause.split_at(op_at);
+        let mut mask = 0;
+        for c in who.chars() {
+            mask |= match c {
+                'u' => 0o4700,
+                'g' => 0o2070,
+                'o' => 0o1007,
+                'a' => 0o7777,
+                _ => return Err(bad()),
+            };
+        }
+        if who.is_empty() {
+            mask = 0o7777;
+        }
+        let op = rest.chars().next().ok_or_else(bad)?;
+        let mut bits = 0;
+        for c in rest[1..].chars() {
+            bits |= match c {
+                'r' => 0o444,
+                'w' => 0o222,
+                'x' => 0o111,
+                'X' if is_dir || m & 0o111 != 0 => 0o111,
+                'X' => 0,
+                's' => 0o6000,
+                't' => 0o1000,
+                _ => return Err(bad()),
+            };
+        }
+        let bits = bits & mask;
+        m = match op {
+            '+' => m | bits,
+            '-' => m & !bits,
+            _ => (m & !(mask & 0o777)) | bits,
+        };
+    }
+    Ok(m)
+}
+
+struct CopyCtx<'a> {
+    filter: &'a dyn PathFilter,
+    owner: Option<(u32, u32)>,
+    mode: Option<&'a Chmod>,
+    timestamp: Option<i64>,
+    links: HashMap<(u64, u64), PathBuf>,
+}
+
+impl CopyCtx<'_> {
+    fn meta(&self, dst: &Path, m: &std::fs::Metadata, symlink: bool) -> Result<(), ExecError> {
+        let (uid, gid) = self.owner.unwrap_or((m.uid(), m.gid()));
+        nix::unistd::fchownat(
+            nix::fcntl::AT_FDCWD,
+            dst,
+            Some(uid.into()),
+            Some(gid.into()),
+            nix::fcntl::AtFlags::AT_SYMLINK_NOFOLLOW,
+        )
+        .map_err(|e| io_msg("chown", dst, e))?;
+        if !symlink {
+            let mode = match self.mode {
+                None => m.mode() & 0o7777,
+                Some(Chmod::Octal(o)) => *o & 0o7777,
+                Some(Chmod::Symbolic(s)) => symbolic_mode(s, m.mode(), m.is_dir())?,
+            };
+            fs_err::set_permissions(dst, std::fs::Permissions::from_mode(mode)).map_err(err)?;
+        }
+        // `timestamp` clamps (SOURCE_DATE_EPOCH): never later than it.
+        let mtime = filetime::FileTime::from_last_modification_time(m);
+        let t = match self.timestamp {
+            Some(ts) if mtime.unix_seconds() > ts => filetime::FileTime::from_unix_time(ts, 0),
+            _ => mtime,
+        };
+        filetime::set_symlink_file_times(dst, t, t).map_err(|e| io_msg("set times", dst, e))?;
+        Ok(())
+    }
+
+    /// Copies `src` (not followed) to `dst`; `rel` is its path for filters.
+    fn entry(&mut self, src: &Path, dst: &Path, rel: &Path, follow: bool) -> Result<(), ExecError> {
+        let m = if follow {
+            fs_err::metadata(src)
+        } else {
+            fs_err::symlink_metadata(src)
+        }
+        .map_err(err)?;
+        let ft = m.file_type();
+        if !rel.as_os_str().is_empty() && self.filter.is_excluded(rel, ft.is_dir()) {
+            if ft.is_dir() && self.filter.descend_excluded_dir(rel) {
+                // Something below may be re-included.
+                if let Ok(existing) = fs_err::symlink_metadata(dst) {
+                    if !existing.is_dir() {
+                        fs_err::remove_file(dst).map_err(err)?;
+                    }
+                }
+                let mut any = false;
+                for name in sorted(src)? {
+                    let child_rel = rel.join(&name);
+                    let cm = fs_err::symlink_metadata(src.join(&name)).map_err(err)?;
+                    if !self.filter.is_excluded(&child_rel, cm.is_dir())
+                        || (cm.is_dir() && self.filter.descend_excluded_dir(&child_rel))
+                    {
+                        if !any {
+                            create_dir(dst)?;
+                            any = true;
+                        }
+                        self.entry(&src.join(&name), &dst.join(&name), &child_rel, false)?;
+                    }
+                }
+                if any {
+                    self.meta(dst, &m, false)?;
+                }
+            }
+            return Ok(());
+        }
+        if let Ok(existing) = fs_err::symlink_metadata(dst) {
+            if existing.is_dir() && !ft.is_dir() {
+                fs_err::remove_dir_all(dst).map_err(err)?;
+            } else if !existing.is_dir() {
+                fs_err::remove_file(dst).map_err(err)?;
+            }
+        }
+        if ft.is_dir() {
+            create_dir(dst)?;
+            for name in sorted(src)? {
+                self.entry(&src.join(&name), &dst.join(&name), &rel.join(&name), false)?;
+            }
+            self.meta(dst, &m, false)
+        } else if ft.is_symlink() {
+            let target = fs_err::read_link(src).map_err(err)?;
+            std::os::unix::fs::symlink(&target, dst).map_err(|e| io_msg("symlink", dst, e))?;
+            self.meta(dst, &m, true)
+        } else if ft.is_file() {
+            if m.nlink() > 1 {
+                if let Some(first) = self.links.get(&(m.dev(), m.ino())) {
+                    return fs_err::hard_link(first, dst).map_err(err);
+                }
+                self.links.insert((m.dev(), m.ino()), dst.to_path_buf());
+            }
+            fs_err::copy(src, dst).map_err(err)?;
+            self.meta(dst, &m, false)
+        } else {
+            let kind = if ft.is_fifo() {
+                nix::sys::stat::SFlag::S_IFIFO
+            } else if ft.is_char_device() {
+                nix::sys::stat::SFlag::S_IFCHR
+            } else if ft.is_block_device() {
+                nix::sys::stat::SFlag::S_IFBLK
+            } else {
+                return Ok(()); // sockets are not copied
+            };
+            nix::sys::stat::mknod(
+                dst,
+                kind,
+                nix::sys::stat::Mode::from_bits_truncate(m.mode() & 0o7777),
+                m.rdev(),
+            )
+            .map_err(|e| io_msg("mknod", dst, e))?;
+            self.meta(dst, &m, false)
+        }
+    }
+}
+
+fn sorted(dir: &Path) -> Result<Vec<std::ffi::OsString>, ExecError> {
+    let mut names: Vec<_> = fs_err::read_dir(dir)
+        .map_err(err)?
+        .map(|e| e.map(|e| e.file_name()))
+        .collect::<Result<_, _>>()
+        .map_err(err)?;
+    names.sort();
+    Ok(names)
+}
+
+fn create_dir(p: &Path) -> Result<(), ExecError> {
+    match fs_err::create_dir(p) {
+        Ok(()) => Ok(()),
+        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists && p.is_dir() => Ok(()),
+        Err(e) => Err(err(e)),
+    }
+}
+
+/// `mkdir -p` inside `root`; new directories get `owner` (mode 0755).
+pub(super) fn mkdir_all(
+    root: &Path,
+    rel: &Path,
+    owner: Option<(u32, u32)>,
+) -> Result<PathBuf, ExecError> {
+    let mut cur = PathBuf::new();
+    for c in rel.components() {
+        cur.push(c);
+        let p = resolve(root, &cur);
+        match fs_err::symlink_metadata(&p) {
+            Ok(m) if m.is_dir() => {}
+            Ok(_) => {
+                return Err(ExecError::msg(format!(
+                    "\"/{}\": not a directory",
+                    cur.display()
+                )));
+            }
+            Err(_) => {
+                fs_err::create_dir(&p).map_err(err)?;
+                fs_err::set_permissions(&p, std::fs::Permissions::from_mode(0o755)).map_err(err)?;
+                if let Some((u, g)) = owner {
+                    nix::unistd::chown(&p, Some(u.into()), Some(g.into()))
+                        .map_err(|e| io_msg("chown", &p, e))?;
+                }
+            }
+        }
+    }
+    Ok(resolve(root, rel))
+}
+
+/// Expands a source path (maybe a glob) into existing paths relative to `root`.
+fn expand(
+    root: &Path,
+    raw: &str,
+    wildcard: bool,
+    filter: &dyn PathFilter,
+) -> Result<Vec<PathBuf>, ExecError> {
+    let rel = clean_rel(raw)?;
+    if !(wildcard && has_meta(raw)) {
+        let p = resolve_nofollow(root, &rel);
+        if fs_err::symlink_metadata(&p).is_err()
+            || (!rel.as_os_str().is_empty() && filter.is_excluded(&rel, p.is_dir()))
+        {
+            return Err(ExecError::msg(format!("\"/{}\": not found", rel.display())));
+        }
+        return Ok(vec![rel]);
+    }
+    let mut found = vec![PathBuf::new()];
+    for comp in rel.components() {
+        let comp = comp.as_os_str().to_string_lossy().into_owned();
+        let mut next = Vec::new();
+        for base in &found {
+            let dir = resolve(root, base);
+            if has_meta(&comp) {
+                let Ok(names) = sorted(&dir) else { continue };
+                for n in names {
+                    let ns = n.to_string_lossy();
+                    let matched = go_match(&comp, &ns).map_err(|_| {
+                        ExecError::msg(format!("\"{raw}\": syntax error in pattern"))
+                    })?;
+                    if matched {
+                        let r = base.join(&n);
+                        let is_dir = dir.join(&n).is_dir();
+                        if !filter.is_excluded(&r, is_dir) {
+                            next.push(r);
+                        }
+                    }
+                }
+            } else if fs_err::symlink_metadata(dir.join(&comp)).is_ok() {
+                next.push(base.join(&comp));
+            }
+        }
+        found = next;
+    }
+    Ok(found)
+}
+
+/// Whether the file starts like a tar archive (maybe compressed).
+fn is_archive(p: &Path) -> bool {
+    let Ok(f) = std::fs::File::open(p) else {
+        return false;
+    };
+    let Ok(mut dec) = rbuild_snapshotter::Decoder::new(f) else {
+        return false;
+    };
+    let mut buf = vec![0u8; 512];
+    let mut n = 0;
+    while n < 512 {
+        match dec.read(&mut buf[n..]) {
+            Ok(0) | Err(_) => break,
+            Ok(k) => n += k,
+        }
+    }
+    n == 512 && (&buf[257..262] == b"ustar" || tar_checksum_ok(&buf))
+}
+
+fn tar_checksum_ok(h: &[u8]) -> bool {
+    let field = String::from_utf8_lossy(&h[148..156]);
+    let Ok(want) = u32::from_str_radix(field.trim_matches(|c: char| c == '\0' || c == ' '), 8)
+    else {
+        return false;
+    };
+    let sum: u32 = h
+        .iter()
+        .enumerate()
+        .map(|(i, &b)| {
+            if (148..156).contains(&i) {
+                32
+            } else {
+                u32::from(b)
+            }
+        })
+        .sum();
+    sum == want && h[0] != 0
+}
+
+fn copy_action(
+    src_root: &Path,
+    dest_root: &Path,
+    c: &Copy,
+    ignore: Option<&(dyn PathFilter + Send + Sync)>,
+    from_context: bool,
+) -> Result<(), ExecError> {
+    let owner = match &c.owner {
+        Some(o) => Some(resolve_owner(dest_root, o)?),
+        None if from_context => Some((0, 0)),
+        None => None,
+    };
+    let filter = SelectionFilter {
+        ignore,
+        include: &c.include_patterns,
+        exclude: &c.exclude_patterns,
+    };
+    let mut sources = Vec::new();
+    for raw in &c.src_paths {
+        let found = expand(src_root, raw, c.allow_wildcard, &filter)?;
+        if found.is_empty() && !c.allow_empty_wildcard {
+            return Err(ExecError::msg(format!(
+                "lstat \"{raw}\": no source files were specified"
+            )));
+        }
+        sources.extend(found);
+    }
+    let dest_rel = clean_rel(&c.dest)?;
+    let dest_path = resolve(dest_root, &dest_rel);
+    let dest_is_dir = c.dest.ends_with('/')
+        || c.dest.ends_with("/.")
+        || dest_rel.as_os_str().is_empty()
+        || fs_err::metadata(&dest_path).is_ok_and(|m| m.is_dir());
+    let created_owner = if c.owner.is_some() { owner } else { None };
+    if c.create_dest_path {
+        if dest_is_dir {
+            mkdir_all(dest_root, &dest_rel, created_owner)?;
+        } else if let Some(parent) = dest_rel.parent() {
+            mkdir_all(dest_root, parent, created_owner)?;
+        }
+    }
+    let mut ctx = CopyCtx {
+        filter: &filter,
+        owner,
+        mode: c.mode.as_ref(),
+        timestamp: c.timestamp,
+        links: HashMap::new(),
+    };
+    for rel in sources {
+        let src = if c.follow_symlinks {
+            resolve(src_root, &rel)
+        } else {
+            resolve_nofollow(src_root, &rel)
+        };
+        let m = fs_err::symlink_metadata(&src)
+            .map_err(|_| ExecError::msg(format!("\"/{}\": not found", rel.display())))?;
+        let base_name = rel.file_name().map_or_else(
+            || std::ffi::OsString::from(""),
+            std::ffi::OsStr::to_os_string,
+        );
+        if c.parents {
+            // `COPY --parents`: the source keeps its path under dest.
+            let t_rel = dest_rel.join(&rel);
+            if let Some(parent) = t_rel.parent() {
+                mkdir_all(dest_root, parent, created_owner)?;
+            }
+            if m.is_dir() {
+                let target = mkdir_all(dest_root, &t_rel, created_owner)?;
+                for name in sorted(&src)? {
+                    ctx.entry(
+                        &src.join(&name),
+                        &target.join(&name),
+                        &rel.join(&name),
+                        false,
+                    )?;
+                }
+            } else {
+                ctx.entry(
+                    &src,
+                    &resolve_nofollow(dest_root, &t_rel),
+                    Path::new(""),
+                    false,
+                )?;
+            }
+            continue;
+        }
+        if m.is_dir() {
+            if c.dir_contents_only {
+                let target = mkdir_all(dest_root, &dest_rel, created_owner)?;
+                for name in sorted(&src)? {
+                    ctx.entry(
+                        &src.join(&name),
+                        &target.join(&name),
+                        &rel.join(&name),
+                        false,
+                    )?;
+                }
+            } else {
+                let target = if dest_is_dir {
+                    dest_path.join(&base_name)
+                } else {
+                    dest_path.clone()
+                };
+                ctx.entry(&src, &target, &rel, false)?;
+            }
+        } else if c.attempt_unpack && m.is_file() && is_archive(&src) {
+            let target = mkdir_all(dest_root, &dest_rel, created_owner)?;
+            let f = fs_err::File::open(&src).map_err(err)?.into_parts().0;
+            let dec = rbuild_snapshotter::Decoder::new(f).map_err(err)?;
+            rbuild_snapshotter::apply_layer(
+                &target,
+                dec,
+                &rbuild_snapshotter::ApplyOptions::default(),
+            )
+            .map_err(|e| ExecError::msg(format!("extracting \"/{}\": {e}", rel.display())))?;
+        } else {
+            let target = if dest_is_dir {
+                dest_path.join(&base_name)
+            } else {
+                dest_path.clone()
+            };
+            ctx.entry(&src, &target, Path::new(""), false)?;
+        }
+    }
+    Ok(())
+}
+
+fn set_meta(
+    p: &Path,
+    mode: u32,
+    owner: Option<(u32, u32)>,
+    ts: Option<i64>,
+) -> Result<(), ExecError> {
+    fs_err::set_permissions(p, std::fs::Permissions::from_mode(mode & 0o7777)).map_err(err)?;
+    if let Some((u, g)) = owner {
+        nix::unistd::chown(p, Some(u.into()), Some(g.into())).map_err(|e| io_msg("chown", p, e))?;
+    }
+    if let Some(ts) = ts {
+        let t = filetime::FileTime::from_unix_time(ts, 0);
+        filetime::set_symlink_file_times(p, t, t).map_err(|e| io_msg("set times", p, e))?;
+    }
+    Ok(())
+}
+
+fn apply_action(
+    inner: &Inner,
+    dest_root: &Path,
+    action: &FileAction,
+    inputs: &[ResultRef],
+    guards: &mut HashMap<usize, ReadGuard>,
+) -> Result<(), ExecError> {
+    match action {
+        FileAction::Copy(c) => {
+            let r = inputs
+                .get(c.src_input)
+                .ok_or_else(|| ExecError::msg("copy source input does not exist"))?;
+            match inner.resolve(r)? {
+                Res::Context(dir) => copy_action(&dir, dest_root, c, inner.ignore.as_deref(), true),
+                Res::Snap(id) => {
+                    if let std::collections::hash_map::Entry::Vacant(v) = guards.entry(c.src_input)
+                    {
+                        v.insert(inner.snapshots.mount_ro(&id).map_err(err)?);
+                    }
+                    let src = guards[&c.src_input].path().to_path_buf();
+                    copy_action(&src, dest_root, c, None, false)
+                }
+            }
+        }
+        FileAction::Mkdir(m) => {
+            let rel = clean_rel(&m.path)?;
+            let owner = m
+                .owner
+                .as_ref()
+                .map(|o| resolve_owner(dest_root, o))
+                .transpose()?;
+            let p = if m.make_parents {
+                mkdir_all(dest_root, &rel, owner)?
+            } else {
+                let p = resolve_nofollow(dest_root, &rel);
+                create_dir(&p)?;
+                p
+            };
+            set_meta(&p, m.mode, owner, m.timestamp)
+        }
+        FileAction::Mkfile(f) => {
+            let rel = clean_rel(&f.path)?;
+            let owner = f
+                .owner
+                .as_ref()
+                .map(|o| resolve_owner(dest_root, o))
+                .transpose()?;
+            let p = resolve_nofollow(dest_root, &rel);
+            fs_err::write(&p, &f.data).map_err(err)?;
+            set_meta(&p, f.mode, owner, f.timestamp)
+        }
+        FileAction::Rm(r) => {
+            let found = if r.allow_wildcard && has_meta(&r.path) {
+                expand(dest_root, &r.path, true, &crate::context::NoFilter)?
+            } else {
+                let rel = clean_rel(&r.path)?;
+                if fs_err::symlink_metadata(resolve_nofollow(dest_root, &rel)).is_ok() {
+                    vec![rel]
+                } else {
+                    Vec::new()
+                }
+            };
+            if found.is_empty() && !r.allow_not_found {
+                return Err(ExecError::msg(format!(
+                    "\"/{}\": not found",
+                    r.path.trim_start_matches('/')
+                )));
+            }
+            for rel in found {
+                let p = resolve_nofollow(dest_root, &rel);
+                let m = fs_err::symlink_metadata(&p).map_err(err)?;
+                if m.is_dir() {
+                    fs_err::remove_dir_all(&p).map_err(err)?;
+                } else {
+                    fs_err::remove_file(&p).map_err(err)?;
+                }
+            }
+            Ok(())
+        }
+    }
+}
+
+pub(super) fn run(
+    inner: &Inner,
+    op: &FileOp,
+    inputs: &[ResultRef],
+) -> Result<ResultRef, ExecError> {
+    let base = match op.base {
+        None => None,
+        Some(i) => match inner.resolve(
+            inputs
+                .get(i)
+                .ok_or_else(|| ExecError::msg("file op base input does not exist"))?,
+        )? {
+            Res::Snap(id) => Some(id),
+            Res::Context(_) => {
+                return Err(ExecError::msg("a build context cannot be a file op base"));
+            }
+        },
+    };
+    let active = inner
+        .snapshots
+        .prepare(base.as_ref(), "file")
+        .map_err(err)?;
+    let result = (|| {
+        let mnt_dir;
+        let mount;
+        let dest_root = if active.lowers.is_empty() {
+            active.upper.clone()
+        } else {
+            mnt_dir = tempfile::Builder::new()
+                .prefix("rw-")
+                .tempdir_in(inner.snapshots.root().join("mounts"))
+                .map_err(err)?;
+            let layout = OverlayLayout {
+                lower: active.lowers.clone(),
+                upper: active.upper.clone(),
+                work: active.work.clone(),
+            };
+            mount = mount_overlay(&layout, mnt_dir.path()).map_err(err)?;
+            mount.target().to_path_buf()
+        };
+        let mut guards = HashMap::new();
+        for a in &op.actions {
+            apply_action(inner, &dest_root, a, inputs, &mut guards)?;
+        }
+        drop(guards);
+        Ok::<(), ExecError>(())
+    })();
+    match result {
+        Ok(()) => Ok(snap_ref(&inner.snapshots.commit(active).map_err(err)?)),
+        Err(e) => {
+            let _ = inner.snapshots.abort(active);
+            Err(e)
+        }
+    }
+}
+
+/// `MergeOp`: the inputs' filesystems stacked, later over earlier (copied).
+pub(super) fn merge(
+    inner: &Inner,
+    op: &MergeOp,
+    inputs: &[ResultRef],
+) -> Result<ResultRef, ExecError> {
+    let active = inner.snapshots.prepare(None, "merge").map_err(err)?;
+    let result = (|| {
+        let mut lowers = Vec::new();
+        for &i in op.inputs.iter().rev() {
+            let r = inputs
+                .get(i)
+                .ok_or_else(|| ExecError::msg("merge input does not exist"))?;
+            match inner.resolve(r)? {
+                Res::Snap(id) => lowers.extend(inner.snapshots.lowers(&id).map_err(err)?),
+                Res::Context(dir) => lowers.push(dir),
+            }
+        }
+        let _ = fs_err::remove_dir(&active.upper);
+        rbuild_snapshotter::overlay::copy_lower_stack(&lowers, &active.upper).map_err(err)
+    })();
+    match result {
+        Ok(()) => Ok(snap_ref(&inner.snapshots.commit(active).map_err(err)?)),
+        Err(e) => {
+            let _ = inner.snapshots.abort(active);
+            Err(e)
+        }
+    }
+}

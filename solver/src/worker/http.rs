@@ -1,0 +1,314 @@
+//! `SourceOp::Http`: a small HTTP/1.1 client (plain `http://` only), the
+//! download stored as a one-file snapshot.
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::TcpStream;
+use std::os::unix::fs::PermissionsExt;
+use std::time::Duration;
+
+use rbuild_snapshotter::{Digest, HashingWriter};
+
+use super::{Inner, err, snap_ref};
+use crate::progress::VertexLogger;
+use crate::scheduler::{ExecError, ResultRef};
+
+struct Url {
+    host: String,
+    port: u16,
+    path: String,
+}
+
+fn parse_url(url: &str) -> Result<Url, ExecError> {
+    if url.starts_with("https://") {
+        return Err(ExecError::msg(format!(
+            "{url}: https downloads are not supported yet (only http://)"
+        )));
+    }
+    let Some(rest) = url.strip_prefix("http://") else {
+        return Err(ExecError::msg(format!("{url}: not an http URL")));
+    };
+    let (hostport, path) = match rest.find('/') {
+        Some(i) => (&rest[..i], &rest[i..]),
+        None => (rest, "/"),
+    };
+    let (host, port) = match hostport.rsplit_once(':') {
+        Some((h, p)) if !h.ends_with(']') || h.starts_with('[') => (
+            h.to_owned(),
+            p.parse()
+                .map_err(|_| ExecError::msg(format!("{url}: bad port")))?,
+        ),
+        _ => (hostport.to_owned(), 80),
+    };
+    if host.is_empty() {
+        return Err(ExecError::msg(format!("{url}: no host")));
+    }
+    Ok(Url {
+        host,
+        port,
+        path: path.split('#').next().unwrap_or("/").to_owned(),
+    })
+}
+
+/// The body of a response, de-chunked.
+enum Body<R> {
+    Length(std::io::Take<R>),
+    Eof(R),
+    Chunked { r: R, left: u64, done: bool },
+}
+
+impl<R: BufRead> Read for Body<R> {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        match self {
+            Body::Length(t) => t.read(buf),
+            Body::Eof(r) => r.read(buf),
+            Body::Chunked { r, left, done } => {
+                if *done {
+                    return Ok(0);
+                }
+                if *left == 0 {
+                    let mut line = String::new();
+                    r.read_line(&mut line)?;
+                    if line.trim().is_empty() {
+                        line.clear();
+                        r.read_line(&mut line)?;
+                    }
+                    let size = line.trim().split(';').next().unwrap_or("");
+                    *left = u64::from_str_radix(size, 16)
+                        .map_err(|_| std::io::Error::other("bad chunk size"))?;
+                    if *left == 0 {
+                        *done = true;
+                        return Ok(0);
+                    }
+                }
+                let max = usize::try_from(*left).unwrap_or(usize::MAX).min(buf.len());
+                let n = r.read(&mut buf[..max])?;
+                if n == 0 {
+                    return Err(std::io::Error::other("truncated chunked body"));
+                }
+                *left -= n as u64;
+                Ok(n)
+            }
+        }
+    }
+}
+
+/// `Wed, 21 Oct 2015 07:28:00 GMT` (RFC 7231 IMF-fixdate) → Unix seconds.
+fn parse_http_date(s: &str) -> Option<i64> {
+    let mut it = s.split_whitespace().skip(1);
+    let day: i64 = it.next()?.parse().ok()?;
+    let month = it.next()?;
+    let year: i64 = it.next()?.parse().ok()?;
+    let mut hms = it.next()?.split(':').map(str::parse::<i64>);
+    let (h, m, sec) = (hms.next()?.ok()?, hms.next()?.ok()?, hms.next()?.ok()?);
+    let months = [
+        "Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec",
+    ];
+    let mon = i64::try_from(months.iter().position(|&x| x == month)?).ok()? + 1;
+    // Days from the civil date (Howard Hinnant's algorithm).
+    let y = if mon <= 2 { year - 1 } else { year };
+    let era = y.div_euclid(400);
+    let yoe = y - era * 400;
+    let mp = (mon + 9) % 12;
+    let doy = (153 * mp + 2) / 5 + day - 1;
+    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
+    let days = era * 146_097 + doe - 719_468;
+    Some(days * 86_400 + h * 3600 + m * 60 + sec)
+}
+
+struct Response {
+    body: Body<BufReader<TcpStream>>,
+    name: String,
+    mtime: i64,
+    length: Option<u64>,
+}
+
+fn get(url: &str) -> Result<Response, ExecError> {
+    let mut url = url.to_owned();
+    for _ in 0..10 {
+        let u = parse_url(&url)?;
+        let net = |e: std::io::Error| ExecError::msg(format!("{url}: {e}"));
+        let stream = TcpStream::connect((u.host.as_str(), u.port)).map_err(net)?;
+        stream
+            .set_read_timeout(Some(Duration::from_secs(300)))
+            .map_err(net)?;
+        let mut w = stream.try_clone().map_err(net)?;
+        let request = format!(
+            "GET {} HTTP/1.1\r\nHost: {}\r\nUser-Agent: rbuild\r\nAccept: */*\r\nConnection: close\r\n\r\n",
+            u.path, u.host
+        );
+        w.write_all(request.as_bytes()).map_err(net)?;
+        let mut r = BufReader::new(stream);
+        let mut status = String::new();
+        r.read_line(&mut status).map_err(net)?;
+        let code: u16 = status
+            .split_whitespace()
+            .nth(1)
+            .and_then(|c| c.parse().ok())
+            .ok_or_else(|| ExecError::msg(format!("{url}: bad HTTP response {status:?}")))?;
+        let mut length = None;
+        let mut chunked = false;
+        let mut location = None;
+        let mut disposition = None;
+        let mut mtime = 0;
+        loop {
+            let mut line = String::new();
+            if r.read_line(&mut line).map_err(net)? == 0 {
+                break;
+            }
+            let line = line.trim_end();
+            if line.is_empty() {
+                break;
+            }
+            if let Some((k, v)) = line.split_once(':') {
+                let v = v.trim();
+                match k.trim().to_ascii_lowercase().as_str() {
+                    "content-length" => length = v.parse::<u64>().ok(),
+                    "transfer-encoding" => chunked = v.eq_ignore_ascii_case("chunked"),
+                    "location" => location = Some(v.to_owned()),
+                    "content-disposition" => disposition = Some(v.to_owned()),
+                    "last-modified" => mtime = parse_http_date(v).unwrap_or(0),
+                    _ => {}
+                }
+            }
+        }
+        if (300..400).contains(&code) {
+            let loc = location
+                .ok_or_else(|| ExecError::msg(format!("{url}: redirect without Location")))?;
+            url = if loc.starts_with('/') {
+                format!("http://{}:{}{loc}", u.host, u.port)
+            } else {
+                loc
+            };
+            continue;
+        }
+        if !(200..300).contains(&code) {
+            return Err(ExecError::msg(format!(
+                "{url}: invalid response status {}",
+                status.trim()
+            )));
+        }
+        let name = disposition
+            .and_then(|d| {
+                d.split(';')
+                    .find_map(|p| p.trim().strip_prefix("filename=").map(str::to_owned))
+            })
+            .map(|n| n.trim_matches('"').to_owned())
+            .filter(|n| !n.is_empty() && !n.contains('/'))
+            .unwrap_or_else(|| {
+                let path = u.path.split('?').next().unwrap_or("");
+                let base = path.rsplit('/').next().unwrap_or("");
+                if base.is_empty() {
+                    "index".to_owned()
+                } else {
+                    base.to_owned()
+                }
+            });
+        let body = if chunked {
+            Body::Chunked {
+                r,
+                left: 0,
+                done: false,
+            }
+        } else if let Some(n) = length {
+            Body::Length(r.take(n))
+        } else {
+            Body::Eof(r)
+        };
+        return Ok(Response {
+            body,
+            name,
+            mtime,
+            length: if chunked { None } else { length },
+        });
+    }
+    Err(ExecError::msg(format!("{url}: too many redirects")))
+}
+
+pub(super) fn download(
+    inner: &Inner,
+    url: &str,
+    checksum: Option<&str>,
+    filename: Option<&str>,
+    chmod: Option<u32>,
+    logger: &VertexLogger,
+) -> Result<ResultRef, ExecError> {
+    let expected = checksum
+        .map(|c| {
+            Digest::parse(c).map_err(|_| {
+                ExecError::msg(format!(
+                    "invalid checksum {c:?}: expected sha256:<64 hex digits>"
+                ))
+            })
+        })
+        .transpose()?;
+    let Response {
+        mut body,
+        name,
+        mtime,
+        length,
+    } = get(url)?;
+    let name = filename.map_or(name, str::to_owned);
+    let active = inner.snapshots.prepare(None, "http").map_err(err)?;
+    let path = active.upper.join(&name);
+    let result = (|| {
+        let f = fs_err::File::create(&path).map_err(err)?;
+        let mut w = HashingWriter::new(f);
+        let mut buf = vec![0u8; 256 * 1024];
+        let mut done = 0u64;
+        loop {
+            let n = body
+                .read(&mut buf)
+                .map_err(|e| ExecError::msg(format!("{url}: {e}")))?;
+            if n == 0 {
+                break;
+            }
+            w.write_all(&buf[..n]).map_err(err)?;
+            done += n as u64;
+            logger.progress(done, length);
+        }
+        if length.is_some_and(|l| l != done) {
+            return Err(ExecError::msg(format!("{url}: connection closed early")));
+        }
+        let (mut f, digest, _) = w.finish();
+        f.flush().map_err(err)?;
+        if let Some(e) = &expected {
+            if *e != digest {
+                return Err(ExecError::msg(format!(
+                    "{url}: digest mismatch: expected {e}, got {digest}"
+                )));
+            }
+        }
+        fs_err::set_permissions(
+            &path,
+            std::fs::Permissions::from_mode(chmod.unwrap_or(0o600) & 0o7777),
+        )
+        .map_err(err)?;
+        // BuildKit: the Last-Modified time, else the epoch.
+        let t = filetime::FileTime::from_unix_time(mtime, 0);
+        filetime::set_file_mtime(&path, t).map_err(err)?;
+        Ok(())
+    })();
+    match result {
+        Ok(()) => Ok(snap_ref(&inner.snapshots.commit(active).map_err(err)?)),
+        Err(e) => {
+            let _ = inner.snapshots.abort(active);
+            Err(e)
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn http_dates() {
+        assert_eq!(
+            super::parse_http_date("Wed, 21 Oct 2015 07:28:00 GMT"),
+            Some(1_445_412_480)
+        );
+        assert_eq!(
+            super::parse_http_date("Thu, 01 Jan 1970 00:00:00 GMT"),
+            Some(0)
+        );
+        assert_eq!(super::parse_http_date("yesterday"), None);
+    }
+}
