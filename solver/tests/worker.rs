@@ -714,7 +714,7 @@ async fn exec_mounts_bind_secret_tmpfs() {
             "cat /src/input.txt > /out1; cat /run/secrets/token > /out2; \
              echo t > /tmpfs/x && cat /tmpfs/x > /out3; \
              echo scribble > /rw/input.txt && cat /rw/input.txt > /out4; \
-             cat /mnt/a.txt > /out5"
+             cat /mnt/a.txt > /out5; echo \"$TOKEN\" > /out6"
                 .into(),
         ],
         0,
@@ -736,6 +736,19 @@ async fn exec_mounts_bind_secret_tmpfs() {
                 mode: 0o400,
                 uid: 0,
                 gid: 0,
+                env: None,
+            },
+        },
+        Mount {
+            // A secret as an environment variable only: no file.
+            target: String::new(),
+            kind: MountKind::Secret {
+                id: "token".into(),
+                required: true,
+                mode: 0o400,
+                uid: 0,
+                gid: 0,
+                env: Some("TOKEN".into()),
             },
         },
         Mount {
@@ -770,6 +783,7 @@ async fn exec_mounts_bind_secret_tmpfs() {
     assert_eq!(read("out3"), "t\n");
     assert_eq!(read("out4"), "scribble\n");
     assert_eq!(read("out5"), "from context");
+    assert_eq!(read("out6"), "s3cr3t\n");
     // Mount point directories stay (as BuildKit leaves them), file stubs do not.
     for d in ["src", "tmpfs", "rw", "mnt"] {
         assert!(dir.join(d).is_dir(), "/{d}");

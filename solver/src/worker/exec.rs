@@ -150,11 +150,14 @@ fn cache_dir(
     Ok(dir)
 }
 
+/// The sandbox mounts of a RUN, and the environment entries of secrets mounted
+/// as environment variables (`--mount=type=secret,env=NAME`).
 fn mounts(
     inner: &Inner,
     op: &ExecOp,
     inputs: &[ResultRef],
     keep: &mut Keep,
+    secret_env: &mut Vec<String>,
 ) -> Result<Vec<SbMount>, ExecError> {
     let mut out = Vec::new();
     for m in &op.mounts {
@@ -236,14 +239,23 @@ fn mounts(
                 mode,
                 uid,
                 gid,
+                env,
             } => match inner.secrets.get(id) {
-                Some(data) => out.push(SbMount::Secret {
-                    target,
-                    data: data.clone(),
-                    uid: *uid,
-                    gid: *gid,
-                    mode: *mode,
-                }),
+                Some(data) => {
+                    if let Some(name) = env {
+                        secret_env.push(format!("{name}={}", String::from_utf8_lossy(data)));
+                    }
+                    // With only `env=`, the secret is not mounted as a file.
+                    if !m.target.is_empty() {
+                        out.push(SbMount::Secret {
+                            target,
+                            data: data.clone(),
+                            uid: *uid,
+                            gid: *gid,
+                            mode: *mode,
+                        });
+                    }
+                }
                 None if *required => {
                     return Err(ExecError::msg(format!("secret {id}: not found")));
                 }
@@ -346,11 +358,13 @@ pub(super) fn run(
         .map_err(err)?;
     let mut keep = Keep::default();
     let result = (|| {
-        let mounts = mounts(inner, op, inputs, &mut keep)?;
+        let mut secret_env = Vec::new();
+        let mounts = mounts(inner, op, inputs, &mut keep, &mut secret_env)?;
         stub_mount_dirs(inner, &active, &mounts)?;
         let last = Arc::new(Mutex::new(VecDeque::new()));
         let mut spec = ProcessSpec::new(op.args.clone());
         spec.env.clone_from(&op.env);
+        spec.env.extend(secret_env);
         spec.cwd.clone_from(&op.cwd);
         spec.user.clone_from(&op.user);
         if let Some(h) = &op.hostname {
