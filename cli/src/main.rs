@@ -25,7 +25,7 @@ struct Cli {
 enum Command {
     /// Parse a Dockerfile and print its syntax tree.
     Parse(cmd::parse::ParseArgs),
-    /// Run a command in a throwaway sandbox over a root filesystem.
+    /// Run a command in a throwaway container of an image.
     Run(cmd::run::RunArgs),
     #[command(flatten)]
     Image(cmd::image::ImageCommand),
@@ -38,7 +38,7 @@ fn main() -> ExitCode {
     let root = cmd::state_root(cli.root.as_deref());
     let result = match cli.command {
         Command::Parse(args) => cmd::parse::run(&args),
-        Command::Run(args) => Ok(exit_code(cmd::run::main(&args))),
+        Command::Run(args) => Ok(exit_code(cmd::run::main(&args, &root))),
         Command::Image(c) => cmd::image::run(c, &root),
         Command::System(c) => cmd::system::run(&c, &root).map(|()| ExitCode::SUCCESS),
     };
