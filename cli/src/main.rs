@@ -1,6 +1,7 @@
 //! The `rbuild` binary: clap commands, progress rendering and error reports.
 
 mod cmd;
+mod progress;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
