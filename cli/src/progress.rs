@@ -13,6 +13,7 @@
 //! [`KEEP_LINES`] lines of output for the failure report.
 
 use std::collections::{HashMap, VecDeque};
+use std::fmt::Write as _;
 use std::io::Write;
 use std::time::Duration;
 
@@ -178,20 +179,26 @@ impl Renderer {
             if self.printed_any {
                 text.push('\n');
             }
-            text.push_str(&format!("#{n} {}\n", step.name));
+            let _ = writeln!(text, "#{n} {}", step.name);
             self.current = Some(id);
         }
         match ev {
             Event::VertexStarted { .. } | Event::VertexProgress { .. } => {}
-            Event::VertexCached { .. } => text.push_str(&format!("#{n} CACHED\n")),
-            Event::VertexLog { line, .. } => text.push_str(&format!("#{n} {line}\n")),
+            Event::VertexCached { .. } => {
+                let _ = writeln!(text, "#{n} CACHED");
+            }
+            Event::VertexLog { line, .. } => {
+                let _ = writeln!(text, "#{n} {line}");
+            }
             Event::VertexDone { duration, .. } => {
-                text.push_str(&format!("#{n} DONE {}\n", seconds(*duration)));
+                let _ = writeln!(text, "#{n} DONE {}", seconds(*duration));
             }
             Event::VertexFailed { error, .. } => {
-                text.push_str(&format!("#{n} ERROR: {error}\n"));
+                let _ = writeln!(text, "#{n} ERROR: {error}");
             }
-            Event::VertexCanceled { .. } => text.push_str(&format!("#{n} CANCELED\n")),
+            Event::VertexCanceled { .. } => {
+                let _ = writeln!(text, "#{n} CANCELED");
+            }
         }
         if !text.is_empty() {
             self.printed_any = true;
