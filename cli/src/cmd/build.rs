@@ -43,9 +43,9 @@ pub struct BuildArgs {
     /// Set a label on the image
     #[arg(long = "label", value_name = "K=V")]
     labels: Vec<String>,
-    /// Network for RUN steps without `--network`
-    #[arg(long, value_enum, default_value_t = Network::Host)]
-    network: Network,
+    /// Network for RUN steps without `--network` (default: the sandbox's, host)
+    #[arg(long, value_enum)]
+    network: Option<Network>,
     /// A secret for `RUN --mount=type=secret` (`id=ID,src=PATH` or `id=ID,env=VAR`)
     #[arg(long = "secret", value_name = "SPEC")]
     secrets: Vec<String>,
@@ -188,7 +188,7 @@ pub struct Request {
     pub labels: BTreeMap<String, String>,
     pub no_cache: bool,
     pub no_cache_filter: Vec<String>,
-    pub network: Network,
+    pub network: Option<Network>,
     pub secrets: HashMap<String, Vec<u8>>,
     pub tags: Vec<rbuild_image::Reference>,
     pub output: OutputSpec,
@@ -198,8 +198,8 @@ pub struct Request {
 
 /// What a successful build made.
 pub struct Built {
-    /// The image ID (also for `--output` exports).
-    pub id: rbuild_image::Digest,
+    /// The image ID (none for `--output type=tar|local`).
+    pub id: Option<rbuild_image::Digest>,
     /// Warnings from planning, shown before the result.
     pub warnings: Vec<String>,
 }
@@ -255,15 +255,20 @@ pub fn run(args: &BuildArgs, root: &Path) -> anyhow::Result<ExitCode> {
                     eprintln!("WARNING: {w}");
                 }
             }
+            let Some(id) = built.id else {
+                return Ok(ExitCode::SUCCESS);
+            };
             if let Some(f) = &args.iidfile {
-                fs_err::write(f, built.id.to_string())?;
+                fs_err::write(f, id.to_string())?;
             }
             if args.quiet {
-                println!("{}", built.id);
+                println!("{id}");
             } else {
-                println!("Successfully built {}", short_id(&built.id));
-                for t in &req.tags {
-                    println!("Successfully tagged {t}");
+                println!("Successfully built {}", short_id(&id));
+                if req.output == OutputSpec::Store {
+                    for t in &req.tags {
+                        println!("Successfully tagged {t}");
+                    }
                 }
             }
             Ok(ExitCode::SUCCESS)
