@@ -232,6 +232,12 @@ impl From<anyhow::Error> for BuildFailure {
     }
 }
 
+impl From<std::io::Error> for BuildFailure {
+    fn from(e: std::io::Error) -> Self {
+        BuildFailure::Other(e.into())
+    }
+}
+
 pub fn run(args: &BuildArgs, root: &Path) -> anyhow::Result<ExitCode> {
     let (req, _tmp) = match prepare(args, root)? {
         Prepared::Ready(req, tmp) => (req, tmp),

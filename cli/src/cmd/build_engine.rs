@@ -128,7 +128,8 @@ pub fn build(req: &Request, progress: &mut Renderer) -> Result<Built, BuildFailu
         .context("starting the runtime")?;
     let solved = rt.block_on(async {
         let (tx, mut rx) = rbuild_solver::progress::channel();
-        let mut solve = Box::pin(solver.solve(&plan.graph, &[plan.target], tx));
+        let targets = [plan.target];
+        let mut solve = Box::pin(solver.solve(&plan.graph, &targets, tx));
         let mut interrupted = std::pin::pin!(async {
             let mut term =
                 tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).ok();
