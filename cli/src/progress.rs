@@ -228,7 +228,7 @@ impl Renderer {
             Event::VertexStarted { .. } => {
                 let bar = t.multi.add(indicatif::ProgressBar::new_spinner());
                 bar.set_style(
-                    indicatif::ProgressStyle::with_template("{spinner} {prefix} {msg}")
+                    indicatif::ProgressStyle::with_template("{spinner} {prefix} {elapsed}{msg}")
                         .unwrap_or_else(|_| indicatif::ProgressStyle::default_spinner()),
                 );
                 bar.set_prefix(format!("#{n} {name}"));
