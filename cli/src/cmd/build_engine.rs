@@ -2,11 +2,15 @@
 //! the frontend's planner (`rbuild_frontend::build_plan`) and the solver's local
 //! worker (`rbuild_solver::worker::LocalWorker`).
 //!
-//! NOT COMPILED ON THE `buildcmd` BRANCH: those APIs live on the `frontend` and
-//! `worker` branches. Once they are merged, replace the inline `mod engine { .. }`
-//! stub at the end of `build.rs` with
-//! `#[path = "build_engine.rs"] mod engine;` (checked to compile and pass the
-//! tests in `cli/tests/build.rs` against the two branches as of 17:55 UTC).
+//! NOT COMPILED ON THE `buildcmd` BRANCH: those APIs live on the `frontend` (now in
+//! main) and `worker` branches. Once both are merged: replace the inline
+//! `mod engine { .. }` stub at the end of `build.rs` with
+//! `#[path = "build_engine.rs"] mod engine;` and delete the three
+//! `#[expect(dead_code, ..)]` attributes (on `Request` and `BuildFailure` in
+//! `build.rs`, on `mod progress` in `main.rs`). Checked at 17:57 UTC on a scratch
+//! tree of main (with frontend) + worker (its `exec.rs` then needs `..` in its
+//! `MountKind::Secret` pattern, since main's ops added `env`): builds, clippy
+//! clean, every cli test passes, including `cli/tests/build_run.rs`.
 
 use std::collections::HashMap;
 use std::path::Path;
