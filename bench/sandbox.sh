@@ -2,6 +2,9 @@
 # Sandbox benchmark: median wall time of running `true` in
 #   - rbuild's sandbox alone (sandbox/examples/sandbox-run.rs, N runs in-process,
 #     host network and network none),
+#   - `rbuild run --rm busybox true` against the image store (the rootfs imported
+#     with `rbuild import` into a temporary state root; the first, unpacking run is
+#     not counted) and `rbuild run --rm --rootfs DIR true`,
 #   - `buildah run` on a working container made from the same rootfs,
 #   - `docker run --rm` on the same rootfs imported with `docker import` (never pulled),
 # over the busybox rootfs of shared/conformance/base.sh. Needs root.
@@ -45,6 +48,11 @@ median_of() {
 
 cargo build -q --release -p rbuild
 echo "rbuild run --rm --rootfs DIR true: $(median_of target/release/rbuild run --rm --rootfs "$work/root" true)"
+export RBUILD_ROOT="$work/state"
+target/release/rbuild import "$work/base.tar" busybox:latest >/dev/null
+target/release/rbuild run --rm busybox true
+echo "rbuild run --rm busybox true:   $(median_of target/release/rbuild run --rm busybox true)"
+unset RBUILD_ROOT
 
 if command -v buildah >/dev/null; then
   ctr=$(buildah from scratch)

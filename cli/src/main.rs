@@ -1,6 +1,11 @@
 //! The `rbuild` binary: clap commands, progress rendering and error reports.
 
 mod cmd;
+#[expect(
+    dead_code,
+    reason = "the build engine that feeds it events is not wired on this branch yet"
+)]
+mod progress;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -23,9 +28,11 @@ struct Cli {
 
 #[derive(clap::Subcommand)]
 enum Command {
+    /// Build an image from a Dockerfile.
+    Build(cmd::build::BuildArgs),
     /// Parse a Dockerfile and print its syntax tree.
     Parse(cmd::parse::ParseArgs),
-    /// Run a command in a throwaway sandbox over a root filesystem.
+    /// Run a command in a throwaway container of an image.
     Run(cmd::run::RunArgs),
     #[command(flatten)]
     Image(cmd::image::ImageCommand),
@@ -37,8 +44,9 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     let root = cmd::state_root(cli.root.as_deref());
     let result = match cli.command {
+        Command::Build(args) => cmd::build::run(&args, &root),
         Command::Parse(args) => cmd::parse::run(&args),
-        Command::Run(args) => Ok(exit_code(cmd::run::main(&args))),
+        Command::Run(args) => Ok(exit_code(cmd::run::main(&args, &root))),
         Command::Image(c) => cmd::image::run(c, &root),
         Command::System(c) => cmd::system::run(&c, &root).map(|()| ExitCode::SUCCESS),
     };

@@ -1,5 +1,6 @@
-//! `rbuild run` over a root filesystem directory (the busybox rootfs of
-//! `shared/conformance/base.sh`). Needs root; skips with a message otherwise.
+//! `rbuild run` over images in the local store (the busybox rootfs of
+//! `shared/conformance/base.sh` imported with `rbuild import`) and over a root
+//! filesystem directory (`--rootfs`). Needs root; skips with a message otherwise.
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
@@ -153,10 +154,6 @@ fn unknown_user_and_missing_image_are_clear_errors() {
     let o = run(&root, &["-u", "ghost", "id"]);
     assert_eq!(o.status.code(), Some(125));
     assert!(String::from_utf8_lossy(&o.stderr).contains("ghost"));
-    let o = rbuild().args(["run", "busybox", "true"]).output().unwrap();
-    assert_eq!(o.status.code(), Some(125));
-    let err = String::from_utf8_lossy(&o.stderr);
-    assert!(err.contains("busybox") && err.contains("--rootfs"), "{err}");
     let o = run(&root, &[]);
     assert_eq!(o.status.code(), Some(125));
     assert!(String::from_utf8_lossy(&o.stderr).contains("no command"));
@@ -263,4 +260,330 @@ fn sigterm_to_rbuild_kills_the_container() {
     let status = child.wait().unwrap();
     assert_eq!(status.code(), Some(137));
     assert!(!running(token), "container processes left");
+}
+
+// ---- over images in the store ----
+
+/// A state root holding `busybox:latest` (the base rootfs as `rbuild import` makes
+/// it), `withcmd` (the same with CMD, ENV and WORKDIR) and `app` (a passwd/group
+/// with user app, and `USER app`).
+struct Images {
+    dir: tempfile::TempDir,
+}
+
+impl Images {
+    fn new() -> Option<Self> {
+        let (dir, rootfs) = rootfs()?;
+        let s = Self { dir };
+        s.import(&s.dir.path().join("base.tar"), "busybox:latest", &[]);
+        s.import(
+            &s.dir.path().join("base.tar"),
+            "withcmd",
+            &[
+                r#"CMD ["sh", "-c", "echo cmd:$FOO:$(pwd)"]"#,
+                "ENV FOO=from-image BAR=kept",
+                "WORKDIR /tmp",
+            ],
+        );
+        let append = |file: &str, line: &str| {
+            use std::io::Write;
+            let mut f = std::fs::OpenOptions::new()
+                .append(true)
+                .open(rootfs.join(file))
+                .unwrap();
+            f.write_all(line.as_bytes()).unwrap();
+        };
+        append("etc/passwd", "app:x:1234:1234:app:/home/app:/bin/sh\n");
+        append("etc/group", "app:x:1234:\nextra:x:2345:app\n");
+        let app_tar = s.dir.path().join("app.tar");
+        assert!(
+            Command::new("tar")
+                .arg("-C")
+                .arg(&rootfs)
+                .arg("-cf")
+                .arg(&app_tar)
+                .arg(".")
+                .status()
+                .unwrap()
+                .success()
+        );
+        s.import(&app_tar, "app", &["USER app"]);
+        Some(s)
+    }
+
+    fn root(&self) -> PathBuf {
+        self.dir.path().join("state")
+    }
+
+    fn import(&self, tar: &Path, name: &str, changes: &[&str]) {
+        let mut c = rbuild();
+        c.arg("--root").arg(self.root()).arg("import");
+        for ch in changes {
+            c.args(["-c", ch]);
+        }
+        let o = c.arg(tar).arg(name).output().unwrap();
+        assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    }
+
+    /// `rbuild run --rm ARGS`, with its scratch directories under the test's dir.
+    fn cmd(&self, args: &[&str]) -> Command {
+        let mut c = rbuild();
+        c.arg("--root")
+            .arg(self.root())
+            .args(["run", "--rm"])
+            .args(args)
+            .env("TMPDIR", self.dir.path())
+            .stdin(std::process::Stdio::null());
+        c
+    }
+
+    fn run(&self, args: &[&str]) -> Output {
+        self.cmd(args).output().unwrap()
+    }
+
+    /// Runs, asserts exit 0, returns stdout.
+    fn ok(&self, args: &[&str]) -> String {
+        let o = self.run(args);
+        assert_eq!(
+            o.status.code(),
+            Some(0),
+            "rbuild run {args:?}: {}",
+            String::from_utf8_lossy(&o.stderr)
+        );
+        stdout(&o)
+    }
+
+    /// Lines of /proc/mounts that mention this test's directory or rbuild (other
+    /// tests and other programs may mount things meanwhile; those are not ours).
+    fn our_mounts(&self) -> Vec<String> {
+        let dir = self.dir.path().to_string_lossy().into_owned();
+        std::fs::read_to_string("/proc/mounts")
+            .unwrap()
+            .lines()
+            .filter(|l| l.contains(&dir) || l.contains("rbuild"))
+            .map(str::to_owned)
+            .collect()
+    }
+}
+
+fn processes_mentioning(token: &str) -> Vec<String> {
+    std::fs::read_dir("/proc")
+        .unwrap()
+        .flatten()
+        .filter_map(|e| {
+            let c = std::fs::read(e.path().join("cmdline")).ok()?;
+            let c = String::from_utf8_lossy(&c).replace('\0', " ");
+            c.contains(token).then_some(c)
+        })
+        .collect()
+}
+
+#[test]
+fn image_exit_codes_pass_through() {
+    let Some(im) = Images::new() else { return };
+    for (cmd, code) in [
+        ("exit 0", 0),
+        ("exit 1", 1),
+        ("exit 3", 3),
+        ("no-such-cmd", 127),
+        ("kill -TERM $$", 143),
+        ("kill -KILL $$", 137),
+    ] {
+        let o = im.run(&["busybox", "sh", "-c", cmd]);
+        assert_eq!(
+            o.status.code(),
+            Some(code),
+            "{cmd}: {}",
+            String::from_utf8_lossy(&o.stderr)
+        );
+    }
+    let o = im.run(&["busybox", "no-such-cmd"]);
+    assert_eq!(o.status.code(), Some(127));
+}
+
+#[test]
+fn image_sandbox_sees_only_itself() {
+    let Some(im) = Images::new() else { return };
+    // ps: the sandbox's init, sh and ps, nothing of the host.
+    let ps = im.ok(&["busybox", "sh", "-c", "ps -o pid,comm | tail -n +2"]);
+    let pids: Vec<u32> = ps
+        .lines()
+        .map(|l| l.split_whitespace().next().unwrap().parse().unwrap())
+        .collect();
+    assert!(pids.len() <= 4 && pids.iter().all(|&p| p <= 10), "{ps}");
+    assert!(!ps.contains("cargo"), "{ps}");
+    assert_eq!(im.ok(&["busybox", "hostname"]), "rbuild\n");
+    assert_eq!(
+        im.ok(&[
+            "--network",
+            "none",
+            "busybox",
+            "sh",
+            "-c",
+            "tail -n +3 /proc/net/dev | cut -d: -f1 | tr -d ' '; ip -o link | cut -d: -f2 | tr -d ' '"
+        ]),
+        "lo\nlo\n"
+    );
+    // A host file outside the image and the host's mounts are not visible.
+    let marker = im.dir.path().join("host-marker");
+    std::fs::write(&marker, "x").unwrap();
+    let m = marker.to_str().unwrap();
+    let out = im.ok(&[
+        "busybox",
+        "sh",
+        "-c",
+        &format!("test -e {m} && echo visible; cat /proc/mounts"),
+    ]);
+    assert!(!out.contains("visible"), "{out}");
+    let dir = im.dir.path().to_string_lossy().into_owned();
+    for line in out.lines() {
+        let target = line.split_whitespace().nth(1).unwrap_or("");
+        assert!(
+            !target.contains(&dir) && target != "/work" && !target.starts_with("/work/"),
+            "host mount visible: {line}"
+        );
+    }
+}
+
+#[test]
+fn image_writes_change_neither_host_nor_image() {
+    let Some(im) = Images::new() else { return };
+    let name = format!("rbuild-run-test-{}", std::process::id());
+    let script =
+        format!("echo x > /{name}; rm /bin/ls; mkdir /made-{name}; rm -rf /etc; cat /{name}");
+    assert_eq!(im.ok(&["busybox", "sh", "-c", &script]), "x\n");
+    assert!(!Path::new("/").join(&name).exists(), "written on the host");
+    assert!(!Path::new("/").join(format!("made-{name}")).exists());
+    // A second run of the same image sees none of it.
+    assert_eq!(
+        im.ok(&[
+            "busybox",
+            "sh",
+            "-c",
+            &format!("test -e /{name} || test -e /made-{name} || echo clean; test -x /bin/ls && test -f /etc/passwd && echo intact")
+        ]),
+        "clean\nintact\n"
+    );
+    // One unpacked copy, no temporary left over.
+    let cache: Vec<_> = std::fs::read_dir(im.root().join("rootfs-cache"))
+        .unwrap()
+        .flatten()
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .collect();
+    assert_eq!(cache.len(), 1, "{cache:?}");
+    assert!(!cache[0].starts_with('.'), "{cache:?}");
+}
+
+#[test]
+fn image_user_from_its_own_passwd() {
+    let Some(im) = Images::new() else { return };
+    assert_eq!(
+        im.ok(&["app", "id"]),
+        "uid=1234(app) gid=1234(app) groups=1234(app),2345(extra)\n"
+    );
+    assert_eq!(im.ok(&["app", "sh", "-c", "echo $HOME"]), "/home/app\n");
+    // -u overrides the image's USER.
+    assert_eq!(im.ok(&["-u", "0", "app", "id", "-u"]), "0\n");
+    assert_eq!(im.ok(&["-u", "nobody", "busybox", "id", "-u"]), "65534\n");
+    let o = im.run(&["-u", "ghost", "busybox", "id"]);
+    assert_eq!(o.status.code(), Some(125));
+    assert!(String::from_utf8_lossy(&o.stderr).contains("ghost"));
+}
+
+#[test]
+fn image_config_gives_the_defaults() {
+    let Some(im) = Images::new() else { return };
+    // CMD, ENV and WORKDIR of the image.
+    assert_eq!(im.ok(&["withcmd"]), "cmd:from-image:/tmp\n");
+    // -e and -w override them; other image variables stay.
+    assert_eq!(
+        im.ok(&["-e", "FOO=given", "-w", "/var", "withcmd"]),
+        "cmd:given:/var\n"
+    );
+    // A given command replaces CMD.
+    assert_eq!(
+        im.ok(&["-e", "NEW=1", "withcmd", "sh", "-c", "echo $FOO $BAR $NEW"]),
+        "from-image kept 1\n"
+    );
+    // No ENTRYPOINT or CMD and no command: a clear error.
+    let o = im.run(&["busybox"]);
+    assert_eq!(o.status.code(), Some(125));
+    assert!(
+        String::from_utf8_lossy(&o.stderr).contains("no command"),
+        "{}",
+        String::from_utf8_lossy(&o.stderr)
+    );
+}
+
+#[test]
+fn unknown_image_is_a_one_line_error() {
+    let Some(im) = Images::new() else { return };
+    let o = im.run(&["nosuch:latest", "true"]);
+    assert_ne!(o.status.code(), Some(0));
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert_eq!(err.lines().count(), 1, "{err}");
+    assert!(err.contains("nosuch"), "{err}");
+    let o = rbuild()
+        .arg("--root")
+        .arg(im.root())
+        .arg("run")
+        .output()
+        .unwrap();
+    assert_ne!(o.status.code(), Some(0));
+    assert!(String::from_utf8_lossy(&o.stderr).contains("no image"));
+}
+
+#[test]
+fn image_sigterm_leaves_no_process_and_no_mount() {
+    use std::io::BufRead;
+    let Some(im) = Images::new() else { return };
+    im.ok(&["busybox", "true"]); // unpacked beforehand
+    let before = im.our_mounts();
+    let token = "rbuild-image-sigterm-token-51c7";
+    let mut child = im
+        .cmd(&[
+            "busybox",
+            "sh",
+            "-c",
+            &format!("echo started; sleep 1000; : {token}"),
+        ])
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut lines = std::io::BufReader::new(child.stdout.take().unwrap()).lines();
+    assert_eq!(lines.next().unwrap().unwrap(), "started");
+    assert!(!processes_mentioning(token).is_empty());
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(i32::try_from(child.id()).unwrap()),
+        nix::sys::signal::Signal::SIGTERM,
+    )
+    .unwrap();
+    assert_eq!(child.wait().unwrap().code(), Some(137));
+    assert_eq!(processes_mentioning(token), Vec::<String>::new());
+    assert_eq!(im.our_mounts(), before);
+}
+
+/// Slow: 200 runs one after the other.
+#[test]
+fn two_hundred_runs_leave_the_mounts_as_they_were() {
+    let Some(im) = Images::new() else { return };
+    im.ok(&["busybox", "true"]);
+    let before = im.our_mounts();
+    for i in 0..200 {
+        let o = im.run(&["busybox", "true"]);
+        assert_eq!(
+            o.status.code(),
+            Some(0),
+            "run {i}: {}",
+            String::from_utf8_lossy(&o.stderr)
+        );
+    }
+    assert_eq!(im.our_mounts(), before);
+    // Scratch directories are gone too.
+    let left: Vec<_> = std::fs::read_dir(im.dir.path())
+        .unwrap()
+        .flatten()
+        .filter(|e| e.file_name().to_string_lossy().starts_with("rbuild-run-"))
+        .collect();
+    assert!(left.is_empty(), "{left:?}");
 }

@@ -1,5 +1,6 @@
 //! The commands, one module per command group.
 
+pub mod build;
 pub mod change;
 pub mod fmt;
 pub mod image;

@@ -5,10 +5,14 @@
 //! the root filesystem is never modified and nothing is left behind. Where overlayfs
 //! cannot be used, the root filesystem is copied to a temporary directory instead.
 //!
-//! Until the image store is wired in, the root filesystem is a directory given with
-//! `--rootfs`; `IMAGE` arguments are refused with a message saying so.
+//! `IMAGE` is resolved in the local image store; its layers are unpacked once into
+//! `<root>/rootfs-cache/<image id>` (written to a temporary name and renamed into
+//! place, then reused read-only as the overlay's lower layer) and its config gives
+//! the defaults: ENTRYPOINT + CMD (CMD replaced by a given command), Env,
+//! `WorkingDir` and `User`, overridden by `-e`, `-w` and `-u`. With `--rootfs DIR` a
+//! directory is the root filesystem instead and every argument is the command.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 use anyhow::{Context, bail};
 use rbuild_sandbox::{
@@ -18,7 +22,7 @@ use rbuild_sandbox::{
 #[derive(clap::Args, Debug)]
 #[command(
     about = "Run a command in a throwaway container",
-    override_usage = "rbuild run [OPTIONS] --rootfs DIR CMD [ARG...]\n       rbuild run [OPTIONS] IMAGE [CMD [ARG...]]"
+    override_usage = "rbuild run [OPTIONS] IMAGE [CMD [ARG...]]\n       rbuild run [OPTIONS] --rootfs DIR CMD [ARG...]"
 )]
 pub struct RunArgs {
     /// Remove the container when it exits (runs are always throwaway: the root
@@ -66,8 +70,8 @@ enum Network {
 
 /// Runs the command; returns the exit code for rbuild (the command's own, or
 /// 125/126/127 like `docker run` when it could not be started).
-pub fn main(args: &RunArgs) -> i32 {
-    match run_cmd(args) {
+pub fn main(args: &RunArgs, root: &Path) -> i32 {
+    match run_cmd(args, root) {
         Ok(code) => code,
         Err(e) => {
             let code = e
@@ -91,32 +95,144 @@ fn env_entries(env: &[String]) -> Vec<String> {
         .collect()
 }
 
-fn run_cmd(args: &RunArgs) -> anyhow::Result<i32> {
-    let Some(dir) = &args.rootfs else {
-        match args.args.first() {
-            Some(image) => bail!(
-                "cannot run image {image:?}: this rbuild has no image store yet; \
-                 use --rootfs DIR to run over a root filesystem directory"
-            ),
-            None => bail!("no image given (usage: rbuild run [OPTIONS] --rootfs DIR CMD...)"),
+/// What to run and over what: the lower directory and the process defaults.
+struct Target {
+    lower: PathBuf,
+    argv: Vec<String>,
+    env: Vec<String>,
+    user: String,
+    cwd: String,
+}
+
+/// `KEY` of a `KEY=value` entry.
+fn env_key(e: &str) -> &str {
+    e.split_once('=').map_or(e, |(k, _)| k)
+}
+
+/// `base` with `over` applied: a key in `over` replaces the same key in `base`.
+fn merge_env(base: &[String], over: Vec<String>) -> Vec<String> {
+    let mut out: Vec<String> = base
+        .iter()
+        .filter(|b| !over.iter().any(|o| env_key(o) == env_key(b)))
+        .cloned()
+        .collect();
+    out.extend(over);
+    out
+}
+
+fn target(args: &RunArgs, root: &Path) -> anyhow::Result<Target> {
+    let env = env_entries(&args.env);
+    if let Some(dir) = &args.rootfs {
+        if args.args.is_empty() {
+            bail!("no command specified");
         }
+        let lower = fs_err::canonicalize(dir).with_context(|| "the --rootfs directory")?;
+        if !lower.is_dir() {
+            bail!("--rootfs {} is not a directory", lower.display());
+        }
+        return Ok(Target {
+            lower,
+            argv: args.args.clone(),
+            env,
+            user: args.user.clone().unwrap_or_default(),
+            cwd: args.workdir.clone().unwrap_or_else(|| "/".into()),
+        });
+    }
+    let Some((name, cmd)) = args.args.split_first() else {
+        bail!("no image given (usage: rbuild run [OPTIONS] IMAGE [CMD...])");
     };
-    if args.args.is_empty() {
-        bail!("no command specified");
+    let store = rbuild_image::Store::open(root)
+        .with_context(|| format!("opening the image store {}", root.display()))?;
+    let image = match store.find(name) {
+        Ok(i) => i,
+        Err(rbuild_image::Error::NoSuchImage(_)) => {
+            bail!("no such image: {name} (see `rbuild images`)")
+        }
+        Err(e) => return Err(anyhow::Error::from(e).context(format!("image {name:?}"))),
+    };
+    let lower = unpacked_rootfs(&store, &image)?;
+    let config = image.config.config.clone().unwrap_or_default();
+    let mut argv = config.entrypoint.clone().unwrap_or_default();
+    if cmd.is_empty() {
+        argv.extend(config.cmd.clone().unwrap_or_default());
+    } else {
+        argv.extend(cmd.iter().cloned());
     }
-    let lower = fs_err::canonicalize(dir).with_context(|| "the --rootfs directory")?;
-    if !lower.is_dir() {
-        bail!("--rootfs {} is not a directory", lower.display());
+    if argv.is_empty() {
+        bail!("no command specified: image {name} has no ENTRYPOINT or CMD");
     }
+    Ok(Target {
+        lower,
+        argv,
+        env: merge_env(config.env.as_deref().unwrap_or_default(), env),
+        user: args.user.clone().or(config.user).unwrap_or_default(),
+        cwd: args
+            .workdir
+            .clone()
+            .or(config.working_dir.filter(|w| !w.is_empty()))
+            .unwrap_or_else(|| "/".into()),
+    })
+}
+
+/// The image's layers unpacked in `<root>/rootfs-cache/<id>`: made once (unpacked
+/// in a temporary directory beside it, then renamed into place) and reused.
+fn unpacked_rootfs(
+    store: &rbuild_image::Store,
+    image: &rbuild_image::Image,
+) -> anyhow::Result<PathBuf> {
+    let cache = store.root().join("rootfs-cache");
+    let dest = cache.join(image.id.hex());
+    if dest.is_dir() {
+        return Ok(dest);
+    }
+    fs_err::create_dir_all(&cache)?;
+    let tmp = tempfile::Builder::new()
+        .prefix(".tmp-")
+        .tempdir_in(&cache)
+        .with_context(|| format!("creating a temporary directory in {}", cache.display()))?;
+    fs_err::set_permissions(
+        tmp.path(),
+        std::os::unix::fs::PermissionsExt::from_mode(0o755),
+    )?;
+    store
+        .unpack(
+            image,
+            tmp.path(),
+            &rbuild_snapshotter::ApplyOptions::default(),
+        )
+        .with_context(|| format!("unpacking image {}", image.id))?;
+    match std::fs::rename(tmp.path(), &dest) {
+        Ok(()) => {}
+        // Another run unpacked it meanwhile: use theirs (ours is removed on drop).
+        Err(_) if dest.is_dir() => {}
+        Err(e) => {
+            return Err(anyhow::Error::from(e).context(format!(
+                "renaming {} to {}",
+                tmp.path().display(),
+                dest.display()
+            )));
+        }
+    }
+    Ok(dest)
+}
+
+fn run_cmd(args: &RunArgs, root: &Path) -> anyhow::Result<i32> {
+    let Target {
+        lower,
+        argv,
+        env,
+        user,
+        cwd,
+    } = target(args, root)?;
 
     let cancel = CancelToken::new();
     install_signal_handlers(&cancel)?;
 
     let spec = || {
-        let mut spec = ProcessSpec::new(args.args.clone());
-        spec.env = env_entries(&args.env);
-        spec.user = args.user.clone().unwrap_or_default();
-        spec.cwd = args.workdir.clone().unwrap_or_else(|| "/".into());
+        let mut spec = ProcessSpec::new(argv.clone());
+        spec.env.clone_from(&env);
+        spec.user.clone_from(&user);
+        spec.cwd.clone_from(&cwd);
         spec.hostname.clone_from(&args.hostname);
         spec.network = match args.network {
             Network::Host => NetworkMode::Host,

@@ -1,0 +1,569 @@
+//! `rbuild build`: a Dockerfile and its context to an image.
+//!
+//! This module does the command's part: it reads the context (a directory, or a
+//! tar[.gz] on stdin unpacked to a temporary directory), the Dockerfile (`-f`, `-f
+//! -`, or `Dockerfile` in the context), the ignore file (`<Dockerfile>.dockerignore`
+//! before `.dockerignore`), build args, secrets and the `--output` spec; parses the
+//! Dockerfile (errors rendered with file, line and caret; exit 1); then hands a
+//! [`Request`] to [`engine`] (plan → solve → export) while rendering progress, and
+//! reports the result like `docker build` or the failing step with its last output.
+
+use std::collections::{BTreeMap, HashMap};
+use std::io::{IsTerminal, Read};
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+
+use anyhow::{Context, anyhow, bail};
+use rbuild_solver::ops::SourceLocation;
+
+use crate::progress::{ProgressMode, Renderer};
+
+#[derive(clap::Args, Debug)]
+#[command(about = "Build an image from a Dockerfile")]
+#[allow(clippy::struct_field_names)] // named after the flags
+pub struct BuildArgs {
+    /// The Dockerfile (default: CONTEXT/Dockerfile; `-` reads it from stdin)
+    #[arg(short = 'f', long = "file", value_name = "FILE")]
+    file: Option<String>,
+    /// Name and optionally tag the image (`name:tag`)
+    #[arg(short = 't', long = "tag", value_name = "NAME")]
+    tags: Vec<String>,
+    /// Set a build-time variable (`NAME` alone takes its value from the environment)
+    #[arg(long = "build-arg", value_name = "K[=V]")]
+    build_args: Vec<String>,
+    /// The stage to build
+    #[arg(long, value_name = "STAGE")]
+    target: Option<String>,
+    /// Do not use the cache
+    #[arg(long)]
+    no_cache: bool,
+    /// Do not use the cache for this stage
+    #[arg(long = "no-cache-filter", value_name = "STAGE")]
+    no_cache_filter: Vec<String>,
+    /// Set a label on the image
+    #[arg(long = "label", value_name = "K=V")]
+    labels: Vec<String>,
+    /// Network for RUN steps without `--network` (default: the sandbox's, host)
+    #[arg(long, value_enum)]
+    network: Option<Network>,
+    /// A secret for `RUN --mount=type=secret` (`id=ID,src=PATH` or `id=ID,env=VAR`)
+    #[arg(long = "secret", value_name = "SPEC")]
+    secrets: Vec<String>,
+    /// How to show progress
+    #[arg(long, value_enum, default_value_t = ProgressMode::Auto)]
+    progress: ProgressMode,
+    /// Print only the image ID
+    #[arg(short = 'q', long)]
+    quiet: bool,
+    /// Write the image ID to this file
+    #[arg(long, value_name = "FILE")]
+    iidfile: Option<PathBuf>,
+    /// Where the result goes instead of the store (`type=docker|oci|tar|local,dest=PATH`)
+    #[arg(short = 'o', long, value_name = "SPEC")]
+    output: Option<String>,
+    /// Steps run at once (default: the number of CPUs)
+    #[arg(long, value_name = "N")]
+    jobs: Option<usize>,
+    /// The build context: a directory, or `-` for a tar[.gz] on stdin
+    #[arg(value_name = "CONTEXT")]
+    context: String,
+}
+
+#[derive(clap::ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Network {
+    Host,
+    None,
+}
+
+/// `--output`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum OutputSpec {
+    /// Into the local store under the tags (the default).
+    Store,
+    /// A `docker save` archive (which `docker load` takes).
+    Docker(PathBuf),
+    /// An OCI archive.
+    Oci(PathBuf),
+    /// The final root filesystem as a tar.
+    Tar(PathBuf),
+    /// The final root filesystem copied into a directory.
+    Local(PathBuf),
+}
+
+/// Parses `--output`: `type=T,dest=PATH` (`docker` without `dest` means the
+/// store), or a bare `PATH` (`type=local`), `-` for stdout not being supported.
+pub fn parse_output(spec: &str) -> anyhow::Result<OutputSpec> {
+    if !spec.contains('=') {
+        return Ok(OutputSpec::Local(PathBuf::from(spec)));
+    }
+    let mut kind = None;
+    let mut dest = None;
+    for field in spec.split(',') {
+        let (k, v) = field
+            .split_once('=')
+            .ok_or_else(|| anyhow!("invalid --output field {field:?} (want key=value)"))?;
+        match k {
+            "type" => kind = Some(v.to_owned()),
+            "dest" => dest = Some(PathBuf::from(v)),
+            _ => bail!("--output: unknown field {k:?} (known: type, dest)"),
+        }
+    }
+    let kind = kind.ok_or_else(|| anyhow!("--output {spec:?} has no type="))?;
+    let need = |dest: Option<PathBuf>| {
+        dest.filter(|d| d.as_os_str() != "-")
+            .ok_or_else(|| anyhow!("--output type={kind} needs dest=PATH"))
+    };
+    Ok(match kind.as_str() {
+        "docker" | "image" => dest.map_or(OutputSpec::Store, OutputSpec::Docker),
+        "oci" => OutputSpec::Oci(need(dest)?),
+        "tar" => OutputSpec::Tar(need(dest)?),
+        "local" => OutputSpec::Local(need(dest)?),
+        other => bail!("--output: unknown type {other:?} (known: docker, oci, tar, local)"),
+    })
+}
+
+/// Parses one `--secret` and reads its value: `id=ID[,src|source=PATH][,env=VAR]`
+/// (`type=file|env` accepted). With neither, the file or environment variable named
+/// after the id is used, as buildx does.
+pub fn parse_secret(spec: &str) -> anyhow::Result<(String, Vec<u8>)> {
+    let mut id = None;
+    let mut src = None;
+    let mut env = None;
+    let mut kind = None;
+    for field in spec.split(',') {
+        let (k, v) = field
+            .split_once('=')
+            .ok_or_else(|| anyhow!("invalid --secret field {field:?} (want key=value)"))?;
+        match k {
+            "id" => id = Some(v.to_owned()),
+            "src" | "source" => src = Some(v.to_owned()),
+            "env" => env = Some(v.to_owned()),
+            "type" if v == "file" || v == "env" => kind = Some(v.to_owned()),
+            _ => bail!("--secret: unknown field {field:?} (known: id, src, env, type)"),
+        }
+    }
+    let id = id.ok_or_else(|| anyhow!("--secret {spec:?} has no id="))?;
+    if src.is_none() && env.is_none() {
+        if kind.as_deref() == Some("env") {
+            env = Some(id.clone());
+        } else {
+            src = Some(id.clone());
+        }
+    }
+    let data = if let Some(var) = env {
+        std::env::var_os(&var)
+            .map(std::os::unix::ffi::OsStringExt::into_vec)
+            .ok_or_else(|| anyhow!("secret {id}: environment variable {var} is not set"))?
+    } else {
+        let path = src.expect("src or env set above");
+        fs_err::read(&path).with_context(|| format!("secret {id}"))?
+    };
+    Ok((id, data))
+}
+
+/// `--build-arg`s as a map: `K=V`, or `K` with the value of the environment
+/// variable `K` (left out when it is not set, like docker).
+pub fn build_arg_map(args: &[String]) -> BTreeMap<String, String> {
+    args.iter()
+        .filter_map(|a| match a.split_once('=') {
+            Some((k, v)) => Some((k.to_owned(), v.to_owned())),
+            None => std::env::var(a).ok().map(|v| (a.clone(), v)),
+        })
+        .collect()
+}
+
+/// Everything the engine needs, read and checked.
+#[expect(dead_code, reason = "read by the engine, not wired on this branch yet")]
+pub struct Request {
+    /// The context directory (a temporary one for `-`).
+    pub context: PathBuf,
+    /// The Dockerfile's name for messages (`Dockerfile`, the `-f` path, or `-`).
+    pub dockerfile_name: String,
+    pub dockerfile_src: String,
+    pub dockerfile: rbuild_parser::Dockerfile,
+    /// `.dockerignore` patterns and the file they came from.
+    pub ignore: Option<(PathBuf, Vec<String>)>,
+    pub build_args: BTreeMap<String, String>,
+    pub target: Option<String>,
+    pub labels: BTreeMap<String, String>,
+    pub no_cache: bool,
+    pub no_cache_filter: Vec<String>,
+    pub network: Option<Network>,
+    pub secrets: HashMap<String, Vec<u8>>,
+    pub tags: Vec<rbuild_image::Reference>,
+    pub output: OutputSpec,
+    pub jobs: usize,
+    pub state_root: PathBuf,
+}
+
+/// What a successful build made.
+pub struct Built {
+    /// The image ID (none for `--output type=tar|local`).
+    pub id: Option<rbuild_image::Digest>,
+    /// Warnings from planning, shown before the result.
+    pub warnings: Vec<String>,
+}
+
+/// A failed step, as the report shows it.
+pub struct StepFailure {
+    /// The step's progress name (`[stage-0 2/3] RUN make`).
+    pub name: String,
+    pub location: Option<SourceLocation>,
+    /// The command and its exit code, when a process failed.
+    pub command: Option<(Vec<String>, i32)>,
+    /// The error as one line.
+    pub error: String,
+    /// The last lines of output, oldest first.
+    pub last_lines: Vec<String>,
+    /// What `rbuild run` takes to open a shell in the last good state, if any.
+    pub last_good: Option<String>,
+}
+
+/// Why a build failed.
+#[expect(dead_code, reason = "made by the engine, not wired on this branch yet")]
+pub enum BuildFailure {
+    Step(Box<StepFailure>),
+    Other(anyhow::Error),
+}
+
+impl From<anyhow::Error> for BuildFailure {
+    fn from(e: anyhow::Error) -> Self {
+        BuildFailure::Other(e)
+    }
+}
+
+impl From<std::io::Error> for BuildFailure {
+    fn from(e: std::io::Error) -> Self {
+        BuildFailure::Other(e.into())
+    }
+}
+
+pub fn run(args: &BuildArgs, root: &Path) -> anyhow::Result<ExitCode> {
+    let (req, _tmp) = match prepare(args, root)? {
+        Prepared::Ready(req, tmp) => (req, tmp),
+        Prepared::ParseError(rendered) => {
+            eprint!("{rendered}");
+            return Ok(ExitCode::FAILURE);
+        }
+    };
+    let mode = if args.quiet {
+        ProgressMode::Quiet
+    } else {
+        args.progress.resolve(std::io::stderr().is_terminal())
+    };
+    let mut progress = Renderer::new(mode, Box::new(std::io::stderr()));
+    let result = engine::build(&req, &mut progress);
+    progress.finish();
+    match result {
+        Ok(built) => {
+            for w in &built.warnings {
+                if mode != ProgressMode::Quiet {
+                    eprintln!("WARNING: {w}");
+                }
+            }
+            let Some(id) = built.id else {
+                return Ok(ExitCode::SUCCESS);
+            };
+            if let Some(f) = &args.iidfile {
+                fs_err::write(f, id.to_string())?;
+            }
+            if args.quiet {
+                println!("{id}");
+            } else {
+                println!("Successfully built {}", short_id(&id));
+                if req.output == OutputSpec::Store {
+                    for t in &req.tags {
+                        println!("Successfully tagged {t}");
+                    }
+                }
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        Err(BuildFailure::Step(f)) => {
+            eprint!("{}", failure_report(&f, &req.dockerfile_src));
+            Ok(ExitCode::FAILURE)
+        }
+        Err(BuildFailure::Other(e)) => Err(e),
+    }
+}
+
+/// The first 12 hex digits of an ID, as docker shows it.
+fn short_id(id: &rbuild_image::Digest) -> String {
+    id.hex().chars().take(12).collect()
+}
+
+enum Prepared {
+    /// The request and the temporary context directory to keep alive.
+    Ready(Box<Request>, Option<tempfile::TempDir>),
+    ParseError(String),
+}
+
+fn prepare(args: &BuildArgs, root: &Path) -> anyhow::Result<Prepared> {
+    let df_stdin = args.file.as_deref() == Some("-");
+    let mut stdin_dockerfile = None;
+    let mut tmp = None;
+    let context = if args.context == "-" {
+        if df_stdin {
+            bail!("cannot read both the Dockerfile (-f -) and the context (-) from stdin");
+        }
+        let mut data = Vec::new();
+        std::io::stdin()
+            .read_to_end(&mut data)
+            .context("reading the context from stdin")?;
+        let dir = tempfile::Builder::new()
+            .prefix("rbuild-context-")
+            .tempdir()
+            .context("creating a directory for the context")?;
+        if is_tar(&data) {
+            unpack_context(&data, dir.path())?;
+        } else {
+            // Like docker: a plain Dockerfile on stdin, with an empty context.
+            stdin_dockerfile = Some(String::from_utf8(data).map_err(|_| {
+                anyhow!("stdin is neither a tar archive nor a Dockerfile in UTF-8")
+            })?);
+        }
+        let p = dir.path().to_path_buf();
+        tmp = Some(dir);
+        p
+    } else {
+        let p = fs_err::canonicalize(&args.context)
+            .with_context(|| format!("context {:?}", args.context))?;
+        if !p.is_dir() {
+            bail!("context {} is not a directory", args.context);
+        }
+        p
+    };
+
+    // The Dockerfile: stdin, -f (relative to the working directory, may be outside
+    // the context), or CONTEXT/Dockerfile.
+    let (dockerfile_name, dockerfile_path, src) = if df_stdin {
+        let mut s = String::new();
+        std::io::stdin()
+            .read_to_string(&mut s)
+            .context("reading the Dockerfile from stdin")?;
+        ("-".to_owned(), None, s)
+    } else if let Some(s) = stdin_dockerfile {
+        ("Dockerfile".to_owned(), None, s)
+    } else {
+        let path = match &args.file {
+            Some(f) => PathBuf::from(f),
+            None => context.join("Dockerfile"),
+        };
+        let src = fs_err::read_to_string(&path).map_err(|e| {
+            anyhow!(
+                "cannot read the Dockerfile: {}",
+                e.to_string().lines().next().unwrap_or_default()
+            )
+        })?;
+        let name = args.file.clone().unwrap_or_else(|| "Dockerfile".into());
+        (name, Some(path), src)
+    };
+    let dockerfile = match rbuild_parser::parse(&src) {
+        Ok(d) => d,
+        Err(e) => return Ok(Prepared::ParseError(e.render(&dockerfile_name, &src))),
+    };
+    let ignore = rbuild_frontend::dockerignore::load(&context, dockerfile_path.as_deref())
+        .context("reading the .dockerignore file")?;
+
+    let labels = args
+        .labels
+        .iter()
+        .map(|l| match l.split_once('=') {
+            Some((k, v)) => (k.to_owned(), v.to_owned()),
+            None => (l.clone(), String::new()),
+        })
+        .collect();
+    let secrets = args
+        .secrets
+        .iter()
+        .map(|s| parse_secret(s))
+        .collect::<anyhow::Result<_>>()?;
+    let tags = args
+        .tags
+        .iter()
+        .map(|t| {
+            rbuild_image::Reference::parse(t)
+                .map(rbuild_image::Reference::with_default_tag)
+                .map_err(|e| anyhow!("invalid tag {t:?}: {e}"))
+        })
+        .collect::<anyhow::Result<_>>()?;
+    let output = match &args.output {
+        Some(o) => parse_output(o)?,
+        None => OutputSpec::Store,
+    };
+    let jobs = args.jobs.unwrap_or_else(|| {
+        std::thread::available_parallelism().map_or(1, std::num::NonZeroUsize::get)
+    });
+    if jobs == 0 {
+        bail!("--jobs must be at least 1");
+    }
+    Ok(Prepared::Ready(
+        Box::new(Request {
+            context,
+            dockerfile_name,
+            dockerfile_src: src,
+            dockerfile,
+            ignore,
+            build_args: build_arg_map(&args.build_args),
+            target: args.target.clone(),
+            labels,
+            no_cache: args.no_cache,
+            no_cache_filter: args.no_cache_filter.clone(),
+            network: args.network,
+            secrets,
+            tags,
+            output,
+            jobs,
+            state_root: root.to_path_buf(),
+        }),
+        tmp,
+    ))
+}
+
+/// A tar (ustar magic at 257), or gzip (which is taken to hold one).
+fn is_tar(data: &[u8]) -> bool {
+    data.starts_with(&[0x1f, 0x8b]) || data.get(257..262) == Some(b"ustar")
+}
+
+/// Unpacks a tar[.gz] context into `dest`, refusing entries that leave it.
+fn unpack_context(data: &[u8], dest: &Path) -> anyhow::Result<()> {
+    let reader: Box<dyn Read> = if data.starts_with(&[0x1f, 0x8b]) {
+        Box::new(flate2::read::GzDecoder::new(data))
+    } else {
+        Box::new(data)
+    };
+    let mut ar = tar::Archive::new(reader);
+    ar.set_preserve_permissions(true);
+    ar.set_preserve_mtime(true);
+    ar.set_overwrite(true);
+    for entry in ar.entries().context("reading the context tar from stdin")? {
+        let mut entry = entry.context("reading the context tar from stdin")?;
+        // unpack_in refuses paths that climb out of dest.
+        entry
+            .unpack_in(dest)
+            .context("unpacking the context tar from stdin")?;
+    }
+    Ok(())
+}
+
+/// The report of a failed step: the instruction with `file:line`, the command and
+/// its exit code, the last lines of output, and the last good state.
+pub fn failure_report(f: &StepFailure, dockerfile_src: &str) -> String {
+    use std::fmt::Write as _;
+    let mut out = String::new();
+    let _ = writeln!(out, "------");
+    let _ = writeln!(out, " > {}:", f.name);
+    for l in &f.last_lines {
+        let _ = writeln!(out, "{l}");
+    }
+    let _ = writeln!(out, "------");
+    if let Some(loc) = &f.location {
+        let lines: Vec<&str> = dockerfile_src.lines().collect();
+        let _ = writeln!(out, "{}:{}", loc.file, loc.start_line);
+        let first = loc.start_line.max(1) as usize;
+        let last = (loc.end_line as usize).max(first);
+        for n in first..=last.min(lines.len()) {
+            let _ = writeln!(out, " {n:>4} | >>> {}", lines[n - 1]);
+        }
+        let _ = writeln!(out, "------");
+    }
+    match &f.command {
+        Some((cmd, code)) => {
+            let _ = writeln!(
+                out,
+                "ERROR: process \"{}\" did not complete successfully: exit code: {code}",
+                cmd.join(" ")
+            );
+        }
+        None => {
+            let _ = writeln!(out, "ERROR: {}", f.error);
+        }
+    }
+    if let Some(id) = &f.last_good {
+        let _ = writeln!(
+            out,
+            "The last good step's state is {id}; to open a shell there: rbuild run {id} sh"
+        );
+    }
+    out
+}
+
+/// Planning, solving and exporting.
+mod engine {
+    use super::{BuildFailure, Built, Renderer, Request};
+
+    /// Builds the request. The frontend's planner (`rbuild_frontend::build_plan`)
+    /// and the solver's worker (`rbuild_solver::worker::LocalWorker`) are not on
+    /// this branch yet; until they are merged this stops here with a clear error.
+    pub fn build(_req: &Request, _progress: &mut Renderer) -> Result<Built, BuildFailure> {
+        Err(BuildFailure::Other(anyhow::anyhow!(
+            "not yet implemented: planning and running the build (this rbuild has no \
+             Dockerfile planner and no step executor yet)"
+        )))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn output_specs() {
+        assert_eq!(
+            parse_output("type=docker,dest=/tmp/x.tar").unwrap(),
+            OutputSpec::Docker("/tmp/x.tar".into())
+        );
+        assert_eq!(parse_output("type=docker").unwrap(), OutputSpec::Store);
+        assert_eq!(
+            parse_output("type=oci,dest=o.tar").unwrap(),
+            OutputSpec::Oci("o.tar".into())
+        );
+        assert_eq!(
+            parse_output("type=tar,dest=r.tar").unwrap(),
+            OutputSpec::Tar("r.tar".into())
+        );
+        assert_eq!(
+            parse_output("out").unwrap(),
+            OutputSpec::Local("out".into())
+        );
+        for bad in ["type=local", "type=zip,dest=x", "dest=x", "type=tar,foo=1"] {
+            assert!(parse_output(bad).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn secrets_from_file_and_env() {
+        let dir = tempfile::tempdir().unwrap();
+        let f = dir.path().join("s");
+        std::fs::write(&f, "hunter2").unwrap();
+        let (id, data) = parse_secret(&format!("id=pw,src={}", f.display())).unwrap();
+        assert_eq!((id.as_str(), data.as_slice()), ("pw", &b"hunter2"[..]));
+        // PATH is always set in the test environment.
+        let (_, data) = parse_secret("id=p,env=PATH").unwrap();
+        assert_eq!(data, std::env::var("PATH").unwrap().into_bytes());
+        assert!(parse_secret("src=x").is_err());
+        assert!(parse_secret("id=x,env=RBUILD_SURELY_UNSET_VAR_1234").is_err());
+        assert!(parse_secret("id=x,src=/nonexistent/file").is_err());
+    }
+
+    #[test]
+    fn failure_report_shows_instruction_command_output_and_last_good() {
+        let src = "FROM busybox\nRUN echo hi && \\\n    exit 3\n";
+        let f = StepFailure {
+            name: "[stage-0 2/2] RUN echo hi &&     exit 3".into(),
+            location: Some(SourceLocation {
+                file: "Dockerfile".into(),
+                start_line: 2,
+                end_line: 3,
+            }),
+            command: Some((
+                vec!["/bin/sh".into(), "-c".into(), "echo hi && exit 3".into()],
+                3,
+            )),
+            error: String::new(),
+            last_lines: vec!["hi".into()],
+            last_good: Some("3f2a9c".into()),
+        };
+        insta::assert_snapshot!(failure_report(&f, src));
+    }
+}

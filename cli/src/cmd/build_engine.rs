@@ -1,0 +1,296 @@
+//! Planning, solving and exporting a build: the part of `rbuild build` that needs
+//! the frontend's planner (`rbuild_frontend::build_plan`) and the solver's local
+//! worker (`rbuild_solver::worker::LocalWorker`).
+//!
+//! NOT COMPILED ON THE `buildcmd` BRANCH: those APIs live on the `frontend` (now in
+//! main) and `worker` branches. Once both are merged: replace the inline
+//! `mod engine { .. }` stub at the end of `build.rs` with
+//! `#[path = "build_engine.rs"] mod engine;` and delete the three
+//! `#[expect(dead_code, ..)]` attributes (on `Request` and `BuildFailure` in
+//! `build.rs`, on `mod progress` in `main.rs`). Checked at 17:57 UTC on a scratch
+//! tree of main (with frontend) + worker (its `exec.rs` then needs `..` in its
+//! `MountKind::Secret` pattern, since main's ops added `env`): builds, clippy
+//! clean, every cli test passes, including `cli/tests/build_run.rs`.
+
+use std::collections::HashMap;
+use std::path::Path;
+use std::sync::Arc;
+
+use anyhow::{Context, anyhow};
+use rbuild_frontend::dockerignore::PatternMatcher;
+use rbuild_frontend::{
+    BuildOptions, ImageResolver, Platform, ResolveError, ResolvedImage, build_plan,
+};
+use rbuild_image::{Digest, Store};
+use rbuild_solver::ops::NetworkMode;
+use rbuild_solver::worker::{ExportOptions, LocalWorker, WorkerOptions};
+use rbuild_solver::{CacheIndex, ExecError, ResultRef, SolveError, Solver};
+
+use super::{BuildFailure, Built, Network, OutputSpec, Renderer, Request, StepFailure};
+
+/// Base images come from the local store (no pulling).
+struct StoreResolver<'a>(&'a Store);
+
+impl ImageResolver for StoreResolver<'_> {
+    fn resolve(&self, reference: &str, _: &Platform) -> Result<ResolvedImage, ResolveError> {
+        let img = self.0.find(reference).map_err(|e| {
+            ResolveError(format!(
+                "image not found in the local store ({e}); pull, load or import it first"
+            ))
+        })?;
+        let config = serde_json::from_slice(&img.raw_config)
+            .map_err(|e| ResolveError(format!("unreadable image config: {e}")))?;
+        Ok(ResolvedImage {
+            reference: reference.to_owned(),
+            digest: Some(img.id.to_string()),
+            config,
+        })
+    }
+}
+
+/// `.dockerignore` for the context reader, with moby's re-inclusion rules.
+struct Ignore(PatternMatcher);
+
+impl rbuild_solver::context::PathFilter for Ignore {
+    fn is_excluded(&self, rel: &Path, _is_dir: bool) -> bool {
+        self.0.matches(&rel.to_string_lossy())
+    }
+    fn descend_excluded_dir(&self, rel: &Path) -> bool {
+        !self.0.can_skip_excluded_dir(&rel.to_string_lossy())
+    }
+}
+
+fn source_line(src: &str, line: usize) -> String {
+    src.lines()
+        .nth(line.saturating_sub(1))
+        .map(|l| format!("\n {line:>4} | {l}"))
+        .unwrap_or_default()
+}
+
+pub fn build(req: &Request, progress: &mut Renderer) -> Result<Built, BuildFailure> {
+    let store = Arc::new(
+        Store::open(&req.state_root)
+            .with_context(|| format!("opening the image store {}", req.state_root.display()))?,
+    );
+    let epoch = std::env::var("SOURCE_DATE_EPOCH")
+        .ok()
+        .and_then(|v| v.parse::<i64>().ok());
+    let opts = BuildOptions {
+        dockerfile_path: req.dockerfile_name.clone(),
+        build_args: req.build_args.clone(),
+        target: req.target.clone(),
+        labels: req.labels.clone(),
+        no_cache: req.no_cache,
+        no_cache_filter: req.no_cache_filter.clone(),
+        network: match req.network {
+            Some(Network::Host) => NetworkMode::Host,
+            Some(Network::None) => NetworkMode::None,
+            None => NetworkMode::Sandbox,
+        },
+        dockerignore: req.ignore.as_ref().map(|(_, p)| p.clone()).unwrap_or_default(),
+        source_date_epoch: epoch,
+        ..BuildOptions::default()
+    };
+    let plan = build_plan(&req.dockerfile, &opts, &StoreResolver(&store)).map_err(|e| {
+        let at = e
+            .line()
+            .map(|l| source_line(&req.dockerfile_src, l))
+            .unwrap_or_default();
+        anyhow!("{e}{at}")
+    })?;
+    for w in &plan.warnings {
+        progress.println(&format!("WARNING: {w}"));
+    }
+
+    let ignore = match &req.ignore {
+        Some((file, patterns)) if !patterns.is_empty() => {
+            let pm = PatternMatcher::new(patterns)
+                .map_err(|e| anyhow!("{}: {e}", file.display()))?;
+            Some(Arc::new(Ignore(pm)) as rbuild_solver::worker::IgnoreFilter)
+        }
+        _ => None,
+    };
+    let worker = LocalWorker::new(
+        Arc::clone(&store),
+        WorkerOptions {
+            state_root: req.state_root.clone(),
+            contexts: HashMap::from([("context".to_owned(), req.context.clone())]),
+            ignore,
+            secrets: req.secrets.clone(),
+            source_date_epoch: epoch.and_then(|e| u64::try_from(e).ok()),
+        },
+    )
+    .map_err(|e| anyhow!("{e}"))?;
+    worker.check_support().map_err(|e| anyhow!("{e}"))?;
+    let cache = CacheIndex::open(&req.state_root).map_err(|e| anyhow!("{e}"))?;
+    let solver = Solver::new(Arc::new(worker.clone()), cache, req.jobs).with_no_cache(req.no_cache);
+
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(req.jobs.max(2))
+        .enable_all()
+        .build()
+        .context("starting the runtime")?;
+    let solved = rt.block_on(async {
+        let (tx, mut rx) = rbuild_solver::progress::channel();
+        let targets = [plan.target];
+        let mut solve = Box::pin(solver.solve(&plan.graph, &targets, tx));
+        let mut interrupted = std::pin::pin!(async {
+            let mut term =
+                tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).ok();
+            tokio::select! {
+                _ = tokio::signal::ctrl_c() => {}
+                () = async { match &mut term { Some(t) => { t.recv().await; } None => std::future::pending().await } } => {}
+            }
+        });
+        let result = loop {
+            tokio::select! {
+                Some(ev) = rx.recv() => progress.handle(&ev),
+                r = &mut solve => break Some(r),
+                () = &mut interrupted => break None,
+            }
+        };
+        // Dropping the solve (on interrupt) cancels it: the worker kills its
+        // processes and removes half-made snapshots.
+        drop(solve);
+        while let Ok(ev) = rx.try_recv() {
+            progress.handle(&ev);
+        }
+        result
+    });
+    let outputs = match solved {
+        None => return Err(anyhow!("interrupted").into()),
+        Some(Ok(o)) => o,
+        Some(Err(SolveError::Vertex {
+            id,
+            name,
+            location,
+            inputs,
+            source,
+        })) => {
+            let kept: Vec<String> = progress
+                .step(id)
+                .map(|s| s.last_lines.iter().cloned().collect())
+                .unwrap_or_default();
+            let (command, last_lines) = match &source {
+                ExecError::ProcessFailed {
+                    command,
+                    code,
+                    last_lines,
+                } => (
+                    Some((command.clone(), *code)),
+                    if last_lines.is_empty() { kept } else { last_lines.clone() },
+                ),
+                _ => (None, kept),
+            };
+            let last_good = inputs
+                .first()
+                .and_then(|r| save_last_good(&worker, &store, r, &plan.image).ok());
+            return Err(BuildFailure::Step(Box::new(StepFailure {
+                name,
+                location,
+                command,
+                error: source.to_string(),
+                last_lines: last_lines
+                    .iter()
+                    .skip(last_lines.len().saturating_sub(crate::progress::KEEP_LINES))
+                    .cloned()
+                    .collect(),
+                last_good,
+            })));
+        }
+        Some(Err(e)) => return Err(anyhow!("{e}").into()),
+    };
+    let target = outputs
+        .get(plan.target)
+        .ok_or_else(|| anyhow!("internal error: the target was not solved"))?
+        .result
+        .clone();
+
+    let export = |tags: Vec<rbuild_image::Reference>| -> anyhow::Result<Digest> {
+        let config = serde_json::to_vec(&plan.image).context("serialising the image config")?;
+        worker
+            .export_image(
+                &store,
+                &target,
+                &ExportOptions {
+                    config,
+                    base_image: plan
+                        .base
+                        .as_ref()
+                        .and_then(|b| b.digest.as_deref())
+                        .and_then(|d| Digest::parse(d).ok()),
+                    tags,
+                },
+            )
+            .map_err(|e| anyhow!("exporting the image: {e}"))
+    };
+    let id = match &req.output {
+        OutputSpec::Store => Some(export(req.tags.clone())?),
+        OutputSpec::Docker(dest) | OutputSpec::Oci(dest) => {
+            let id = export(Vec::new())?;
+            let image = store.image(&id).map_err(|e| anyhow!("{e}"))?;
+            let out = fs_err::File::create(dest)?;
+            rbuild_image::archive::save(
+                &store,
+                &[rbuild_image::archive::SaveItem {
+                    image,
+                    tags: req.tags.clone(),
+                }],
+                std::io::BufWriter::new(out),
+                &rbuild_image::archive::SaveOptions::default(),
+            )
+            .map_err(|e| anyhow!("writing {}: {e}", dest.display()))?;
+            Some(id)
+        }
+        OutputSpec::Local(dest) => {
+            fs_err::create_dir_all(dest)?;
+            worker
+                .export_dir(&target, dest)
+                .map_err(|e| anyhow!("exporting to {}: {e}", dest.display()))?;
+            None
+        }
+        OutputSpec::Tar(dest) => {
+            let tmp = tempfile::Builder::new()
+                .prefix("rbuild-export-")
+                .tempdir()
+                .context("creating a temporary directory")?;
+            worker
+                .export_dir(&target, tmp.path())
+                .map_err(|e| anyhow!("exporting the root filesystem: {e}"))?;
+            let out = std::io::BufWriter::new(fs_err::File::create(dest)?);
+            let mut ar = tar::Builder::new(out);
+            ar.follow_symlinks(false);
+            ar.append_dir_all(".", tmp.path())
+                .and_then(|()| ar.into_inner().map(drop))
+                .with_context(|| format!("writing {}", dest.display()))?;
+            None
+        }
+    };
+    Ok(Built {
+        id,
+        warnings: Vec::new(),
+    })
+}
+
+/// The state before the failing step as a dangling image (the final stage's
+/// config), so `rbuild run ID sh` opens a shell there. Returns its short ID.
+fn save_last_good(
+    worker: &LocalWorker,
+    store: &Store,
+    result: &ResultRef,
+    config: &rbuild_frontend::ImageConfig,
+) -> anyhow::Result<String> {
+    LocalWorker::snapshot_of(result).ok_or_else(|| anyhow!("not a snapshot"))?;
+    let id = worker
+        .export_image(
+            store,
+            result,
+            &ExportOptions {
+                config: serde_json::to_vec(config)?,
+                base_image: None,
+                tags: Vec::new(),
+            },
+        )
+        .map_err(|e| anyhow!("{e}"))?;
+    Ok(id.hex().chars().take(12).collect())
+}
