@@ -1,10 +1,6 @@
 //! The `rbuild` binary: clap commands, progress rendering and error reports.
 
 mod cmd;
-#[expect(
-    dead_code,
-    reason = "the build engine that feeds it events is not wired on this branch yet"
-)]
 mod progress;
 
 use std::path::PathBuf;

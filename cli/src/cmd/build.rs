@@ -173,7 +173,6 @@ pub fn build_arg_map(args: &[String]) -> BTreeMap<String, String> {
 }
 
 /// Everything the engine needs, read and checked.
-#[expect(dead_code, reason = "read by the engine, not wired on this branch yet")]
 pub struct Request {
     /// The context directory (a temporary one for `-`).
     pub context: PathBuf,
@@ -220,7 +219,6 @@ pub struct StepFailure {
 }
 
 /// Why a build failed.
-#[expect(dead_code, reason = "made by the engine, not wired on this branch yet")]
 pub enum BuildFailure {
     Step(Box<StepFailure>),
     Other(anyhow::Error),
@@ -489,19 +487,8 @@ pub fn failure_report(f: &StepFailure, dockerfile_src: &str) -> String {
 }
 
 /// Planning, solving and exporting.
-mod engine {
-    use super::{BuildFailure, Built, Renderer, Request};
-
-    /// Builds the request. The frontend's planner (`rbuild_frontend::build_plan`)
-    /// and the solver's worker (`rbuild_solver::worker::LocalWorker`) are not on
-    /// this branch yet; until they are merged this stops here with a clear error.
-    pub fn build(_req: &Request, _progress: &mut Renderer) -> Result<Built, BuildFailure> {
-        Err(BuildFailure::Other(anyhow::anyhow!(
-            "not yet implemented: planning and running the build (this rbuild has no \
-             Dockerfile planner and no step executor yet)"
-        )))
-    }
-}
+#[path = "build_engine.rs"]
+mod engine;
 
 #[cfg(test)]
 mod tests {

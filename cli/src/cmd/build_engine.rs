@@ -1,16 +1,6 @@
 //! Planning, solving and exporting a build: the part of `rbuild build` that needs
 //! the frontend's planner (`rbuild_frontend::build_plan`) and the solver's local
 //! worker (`rbuild_solver::worker::LocalWorker`).
-//!
-//! NOT COMPILED ON THE `buildcmd` BRANCH: those APIs live on the `frontend` (now in
-//! main) and `worker` branches. Once both are merged: replace the inline
-//! `mod engine { .. }` stub at the end of `build.rs` with
-//! `#[path = "build_engine.rs"] mod engine;` and delete the three
-//! `#[expect(dead_code, ..)]` attributes (on `Request` and `BuildFailure` in
-//! `build.rs`, on `mod progress` in `main.rs`). Checked at 17:57 UTC on a scratch
-//! tree of main (with frontend) + worker (its `exec.rs` then needs `..` in its
-//! `MountKind::Secret` pattern, since main's ops added `env`): builds, clippy
-//! clean, every cli test passes, including `cli/tests/build_run.rs`.
 
 use std::collections::HashMap;
 use std::path::Path;
@@ -87,7 +77,11 @@ pub fn build(req: &Request, progress: &mut Renderer) -> Result<Built, BuildFailu
             Some(Network::None) => NetworkMode::None,
             None => NetworkMode::Sandbox,
         },
-        dockerignore: req.ignore.as_ref().map(|(_, p)| p.clone()).unwrap_or_default(),
+        dockerignore: req
+            .ignore
+            .as_ref()
+            .map(|(_, p)| p.clone())
+            .unwrap_or_default(),
         source_date_epoch: epoch,
         ..BuildOptions::default()
     };
@@ -104,8 +98,8 @@ pub fn build(req: &Request, progress: &mut Renderer) -> Result<Built, BuildFailu
 
     let ignore = match &req.ignore {
         Some((file, patterns)) if !patterns.is_empty() => {
-            let pm = PatternMatcher::new(patterns)
-                .map_err(|e| anyhow!("{}: {e}", file.display()))?;
+            let pm =
+                PatternMatcher::new(patterns).map_err(|e| anyhow!("{}: {e}", file.display()))?;
             Some(Arc::new(Ignore(pm)) as rbuild_solver::worker::IgnoreFilter)
         }
         _ => None,
@@ -178,7 +172,11 @@ pub fn build(req: &Request, progress: &mut Renderer) -> Result<Built, BuildFailu
                     last_lines,
                 } => (
                     Some((command.clone(), *code)),
-                    if last_lines.is_empty() { kept } else { last_lines.clone() },
+                    if last_lines.is_empty() {
+                        kept
+                    } else {
+                        last_lines.clone()
+                    },
                 ),
                 _ => (None, kept),
             };
@@ -220,6 +218,10 @@ pub fn build(req: &Request, progress: &mut Renderer) -> Result<Built, BuildFailu
                         .and_then(|b| b.digest.as_deref())
                         .and_then(|d| Digest::parse(d).ok()),
                     tags,
+                    // BuildKit exports a layer for every step that makes one, even
+                    // when its diff is empty; keeping them keeps the history and
+                    // the frontend's layer_vertices aligned.
+                    keep_empty_layers: true,
                 },
             )
             .map_err(|e| anyhow!("exporting the image: {e}"))
@@ -289,6 +291,7 @@ fn save_last_good(
                 config: serde_json::to_vec(config)?,
                 base_image: None,
                 tags: Vec::new(),
+                keep_empty_layers: true,
             },
         )
         .map_err(|e| anyhow!("{e}"))?;
