@@ -91,6 +91,11 @@ pub struct SnapshotInfo {
     /// A free-form label (`scratch`, `exec`, `file`, `http`, `flat`).
     #[serde(default)]
     pub kind: String,
+    /// When the snapshot was committed: seconds and nanoseconds since the Unix
+    /// epoch. A cached step keeps its snapshot and so its time, which is what
+    /// gives a fully cached rebuild the same image ID (as in `BuildKit`).
+    #[serde(default)]
+    pub created: Option<(i64, u32)>,
 }
 
 /// A snapshot being written: run a step over `lowers` + `upper`.
@@ -238,6 +243,13 @@ impl SnapshotStore {
     ) -> Result<SnapshotId> {
         active.info.layer = layer;
         active.info.chain_id = chain_id;
+        let since_epoch = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap_or_default();
+        active.info.created = Some((
+            i64::try_from(since_epoch.as_secs()).unwrap_or(i64::MAX),
+            since_epoch.subsec_nanos(),
+        ));
         let _ = remove_tree(&active.work);
         let bytes = serde_json::to_vec(&active.info).map_err(io::Error::other)?;
         write_atomic(&active.dir.join("meta.json"), &bytes)?;

@@ -204,6 +204,26 @@ pub fn build(req: &Request, progress: &mut Renderer) -> Result<Built, BuildFailu
         .result
         .clone();
 
+    // Timestamps: what SOURCE_DATE_EPOCH gave (the frontend set those), else the
+    // time the target's snapshot was made, so a fully cached rebuild gives the
+    // same image ID, as with BuildKit.
+    let mut plan = plan;
+    if plan.image.created.is_none() {
+        let (secs, nanos) = LocalWorker::snapshot_of(&target)
+            .and_then(|id| worker.snapshots().info(&id).ok())
+            .and_then(|info| info.created)
+            .unwrap_or_else(rbuild_image::time::now);
+        let created = rbuild_image::time::format_rfc3339(secs, nanos);
+        let base_entries = plan.base.as_ref().map_or(0, |b| b.config.history.len());
+        for h in plan.image.history.iter_mut().skip(base_entries) {
+            if h.created.is_none() {
+                h.created = Some(created.clone());
+            }
+        }
+        plan.image.created = Some(created);
+    }
+    let plan = plan;
+
     let export = |tags: Vec<rbuild_image::Reference>| -> anyhow::Result<Digest> {
         let config = serde_json::to_vec(&plan.image).context("serialising the image config")?;
         worker
