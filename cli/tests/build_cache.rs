@@ -426,3 +426,48 @@ fn a_mode_only_change_reruns_the_copy_that_selects_the_file() {
         .ok(&["run", "--rm", &id, "stat", "-c", "%a", "/b.txt"]);
     assert_eq!(mode.trim(), "755");
 }
+
+#[test]
+fn dockerfile_edits_rerun_only_the_steps_they_change() {
+    let Some(b) = B::new() else { return };
+    b.write(
+        "ctx/Dockerfile",
+        "FROM busybox\nLABEL a=1\nCOPY src/*.txt /x/\nRUN ls /x > /l\nENV E=1\nRUN echo e > /e\nCMD [\"sh\"]\n",
+    );
+    b.write("ctx/src/x.txt", "x\n");
+    b.write("ctx/src/m.md", "m\n");
+    let g1 = "[1/4] FROM busybox";
+    let g2 = "[2/4] COPY src/*.txt /x/";
+    let g3 = "[3/4] RUN ls /x > /l";
+    let g4 = "[4/4] RUN echo e > /e";
+    let ctx = b.p("ctx");
+    let (_, id1) = b.build(&[&ctx]);
+
+    // Comments, blank lines (so every line number moves), LABEL and CMD change the
+    // image config only: no step runs, but the image is a new one.
+    b.write(
+        "ctx/Dockerfile",
+        "# a comment\n\nFROM busybox\nLABEL a=2\nCOPY src/*.txt /x/\nRUN ls /x > /l\nENV E=1\nRUN echo e > /e\nCMD [\"ls\"]\n",
+    );
+    let (s, id2) = b.build(&[&ctx]);
+    s.assert(&[], &[g1, g2, g3, g4]);
+    assert_ne!(id1, id2);
+
+    // An ENV value is in the environment of every later RUN.
+    b.write(
+        "ctx/Dockerfile",
+        "FROM busybox\nLABEL a=1\nCOPY src/*.txt /x/\nRUN ls /x > /l\nENV E=2\nRUN echo e > /e\nCMD [\"sh\"]\n",
+    );
+    let (s, _) = b.build(&[&ctx]);
+    s.assert(&[g4], &[g1, g2, g3]);
+
+    // A glob's selection: a new file it does not match changes nothing, one it
+    // matches re-runs the COPY.
+    b.write("ctx/src/n.md", "n\n");
+    let (s, _) = b.build(&[&ctx]);
+    s.assert(&[], &[g1, g2, g3, g4]);
+    b.write("ctx/src/n.txt", "n\n");
+    let (s, id) = b.build(&[&ctx]);
+    s.assert(&[g2, g3, g4], &[g1]);
+    assert_eq!(b.cat(&id, "/l"), "n.txt\nx.txt\n");
+}
