@@ -471,3 +471,35 @@ fn dockerfile_edits_rerun_only_the_steps_they_change() {
     s.assert(&[g2, g3, g4], &[g1]);
     assert_eq!(b.cat(&id, "/l"), "n.txt\nx.txt\n");
 }
+
+#[test]
+fn a_proxy_build_arg_reruns_nothing_unless_declared() {
+    // BuildKit: the predefined proxy ARGs reach RUN but are exempt from the
+    // cache unless the Dockerfile declares them with ARG.
+    let Some(b) = B::new() else { return };
+    b.write(
+        "ctx/Dockerfile",
+        "FROM busybox\nRUN echo \"p=$HTTP_PROXY\" > /p\n",
+    );
+    let p1 = "[1/2] FROM busybox";
+    let p2 = "[2/2] RUN echo \"p=$HTTP_PROXY\" > /p";
+    let ctx = b.p("ctx");
+    b.build(&[&ctx]);
+    let proxy = "HTTP_PROXY=http://127.0.0.1:3128";
+    let (s, _) = b.build(&["--build-arg", proxy, &ctx]);
+    s.assert(&[], &[p1, p2]);
+    // It does reach the process.
+    let (s, id) = b.build(&["--no-cache", "--build-arg", proxy, &ctx]);
+    s.assert(&[p1, p2], &[]);
+    assert_eq!(b.cat(&id, "/p"), "p=http://127.0.0.1:3128\n");
+
+    // Declared, it is an ordinary build arg.
+    b.write(
+        "ctx/Dockerfile",
+        "FROM busybox\nARG HTTP_PROXY\nRUN echo \"p=$HTTP_PROXY\" > /p\n",
+    );
+    b.build(&[&ctx]);
+    let (s, _) = b.build(&["--build-arg", proxy, &ctx]);
+    let p2 = "[2/2] RUN echo \"p=http://127.0.0.1:3128\" > /p";
+    s.assert(&[p2], &[p1]);
+}
