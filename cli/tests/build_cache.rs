@@ -503,3 +503,45 @@ fn a_proxy_build_arg_reruns_nothing_unless_declared() {
     let p2 = "[2/2] RUN echo \"p=http://127.0.0.1:3128\" > /p";
     s.assert(&[p2], &[p1]);
 }
+
+#[test]
+fn run_mounts_key_on_bind_sources_not_on_secrets() {
+    // A bind mount from the context is keyed by the content of its source (as a
+    // COPY is); a secret's content is not part of the key, as in BuildKit.
+    let Some(b) = B::new() else { return };
+    b.write(
+        "ctx/Dockerfile",
+        "FROM busybox\n\
+         RUN --mount=type=bind,source=a.txt,target=/a cat /a > /out1\n\
+         RUN --mount=type=bind,source=sub,target=/s cat /s/s.txt > /out2\n\
+         RUN --mount=type=secret,id=k wc -c < /run/secrets/k > /out3\n",
+    );
+    b.write("ctx/a.txt", "a1\n");
+    b.write("ctx/sub/s.txt", "s1\n");
+    b.write("secret", "one\n");
+    let m1 = "[1/4] FROM busybox";
+    let m2 = "[2/4] RUN --mount=type=bind,source=a.txt,target=/a cat /a > /out1";
+    let m3 = "[3/4] RUN --mount=type=bind,source=sub,target=/s cat /s/s.txt > /out2";
+    let m4 = "[4/4] RUN --mount=type=secret,id=k wc -c < /run/secrets/k > /out3";
+    let secret = format!("id=k,src={}", b.p("secret"));
+    let ctx = b.p("ctx");
+    let build = || b.build(&["--secret", &secret, &ctx]);
+    build();
+
+    b.write("ctx/sub/s.txt", "s2\n");
+    let (s, id) = build();
+    s.assert(&[m3, m4], &[m1, m2]);
+    assert_eq!(b.cat(&id, "/out2"), "s2\n");
+
+    b.write("ctx/a.txt", "a2\n");
+    let (s, _) = build();
+    s.assert(&[m2, m3, m4], &[m1]);
+
+    set_mtimes(
+        &b.env.path("ctx"),
+        SystemTime::UNIX_EPOCH + Duration::from_secs(1_111_111_111),
+    );
+    b.write("secret", "a longer secret\n");
+    let (s, _) = build();
+    s.assert(&[], &[m1, m2, m3, m4]);
+}
