@@ -1728,14 +1728,14 @@ impl Planner<'_> {
             }
             mounts.push(mount);
         }
-        let mut exec_env: Vec<String> = env.iter().map(|(k, v)| format!("{k}={v}")).collect();
-        for (k, v) in &self.opts.build_args {
-            if PROXY_ARGS.iter().any(|p| p.eq_ignore_ascii_case(k)) && env_get(&env, k).is_none() {
-                exec_env.push(format!("{k}={v}"));
-            }
-        }
+        let exec_env: Vec<String> = env.iter().map(|(k, v)| format!("{k}={v}")).collect();
         let mut op = ExecOp::new(args.clone(), 0);
         op.env = exec_env;
+        for (k, v) in &self.opts.build_args {
+            if PROXY_ARGS.iter().any(|p| p.eq_ignore_ascii_case(k)) && env_get(&env, k).is_none() {
+                op.proxy_env.push(format!("{k}={v}"));
+            }
+        }
         op.cwd = cwd;
         op.user.clone_from(&run.st.image.config.user);
         op.mounts = mounts;

@@ -173,12 +173,18 @@ fn proxy_args_reach_run_only_when_given() {
     o.build_args
         .insert("HTTP_PROXY".into(), "http://p:3128".into());
     let p = plan_with("FROM busybox\nRUN true\n", &o);
-    assert!(
-        execs(&p)[0]
-            .env
-            .contains(&"HTTP_PROXY=http://p:3128".to_owned())
+    // Kept apart from `env`: the solver leaves them out of the cache key.
+    assert_eq!(
+        execs(&p)[0].proxy_env,
+        vec!["HTTP_PROXY=http://p:3128".to_owned()]
     );
+    assert!(!execs(&p)[0].env.iter().any(|e| e.contains("PROXY")));
     assert!(p.warnings.is_empty());
+    // Declared with ARG, it is an ordinary build arg (and part of the key).
+    let p = plan_with("FROM busybox\nARG HTTP_PROXY\nRUN true\n", &o);
+    let e = &execs(&p)[0];
+    assert!(e.env.contains(&"HTTP_PROXY=http://p:3128".to_owned()));
+    assert!(e.proxy_env.is_empty());
 }
 
 #[test]

@@ -137,7 +137,16 @@ fn put_len(h: &mut blake3::Hasher, n: usize) {
 /// `inputs` (one per [`Vertex::inputs`] entry, in order).
 pub fn cache_key(op: &Op, inputs: &[InputKey]) -> CacheKey {
     let mut h = blake3::Hasher::new_derive_key(KEY_CONTEXT);
-    let def = canonical_op(op);
+    let def = match op {
+        // The proxy variables are not part of what a step is (BuildKit clears
+        // `ProxyEnv` before hashing an ExecOp).
+        Op::Exec(e) if !e.proxy_env.is_empty() => {
+            let mut e = e.clone();
+            e.proxy_env.clear();
+            canonical_op(&Op::Exec(e))
+        }
+        _ => canonical_op(op),
+    };
     put_len(&mut h, def.len());
     h.update(&def);
     put_len(&mut h, inputs.len());

@@ -158,6 +158,12 @@ pub struct ExecOp {
     pub hostname: Option<String>,
     /// `--add-host` entries `(name, ip)`.
     pub extra_hosts: Vec<(String, String)>,
+    /// `KEY=value` proxy variables (`HTTP_PROXY` and friends given as build args
+    /// the Dockerfile does not declare), appended to `env` when the process runs.
+    /// Left out of the cache key, as BuildKit leaves `ProxyEnv` out: changing a
+    /// proxy does not re-run anything.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub proxy_env: Vec<String>,
 }
 
 impl ExecOp {
@@ -174,6 +180,7 @@ impl ExecOp {
             security: SecurityMode::Sandbox,
             hostname: None,
             extra_hosts: Vec::new(),
+            proxy_env: Vec::new(),
         }
     }
 }

@@ -181,6 +181,16 @@ proptest! {
     }
 
     #[test]
+    fn proxy_env_is_not_part_of_the_key(op in exec_strategy(), proxy in "[a-z:/.0-9]{0,12}") {
+        // BuildKit clears ExecOp's ProxyEnv before hashing: HTTP_PROXY given as
+        // a build arg re-runs nothing.
+        let key = cache_key(&Op::Exec(op.clone()), &inputs());
+        let mut with_proxy = op;
+        with_proxy.proxy_env.push(format!("HTTP_PROXY={proxy}"));
+        prop_assert_eq!(key, cache_key(&Op::Exec(with_proxy), &inputs()));
+    }
+
+    #[test]
     fn copy_key_is_stable_and_sensitive(c in copy_strategy(), which in 0usize..16) {
         let key = cache_key(&file_op(c.clone()), &inputs());
         prop_assert_eq!(key, cache_key(&file_op(c.clone()), &inputs()));

@@ -364,6 +364,7 @@ pub(super) fn run(
         let last = Arc::new(Mutex::new(VecDeque::new()));
         let mut spec = ProcessSpec::new(op.args.clone());
         spec.env.clone_from(&op.env);
+        spec.env.extend(op.proxy_env.iter().cloned());
         spec.env.extend(secret_env);
         spec.cwd.clone_from(&op.cwd);
         spec.user.clone_from(&op.user);
