@@ -383,6 +383,7 @@ fn add_of_an_https_url_verifies_the_certificate() {
         .unwrap();
     assert!(!o.status.success());
     let err = String::from_utf8_lossy(&o.stderr);
+    eprintln!("{err}");
     assert!(
         err.lines().any(|l| l.contains("https://127.0.0.1:")
             && l.contains("/other.txt")

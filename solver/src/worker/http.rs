@@ -146,6 +146,26 @@ fn tls_config(url: &str) -> Result<Arc<rustls::ClientConfig>, ExecError> {
     Ok(Arc::new(config))
 }
 
+/// A readable reason for a failed handshake.
+fn tls_reason(e: &std::io::Error) -> String {
+    use rustls::{CertificateError as C, Error};
+    let Some(Error::InvalidCertificate(c)) = e.get_ref().and_then(|i| i.downcast_ref::<Error>())
+    else {
+        return e.to_string();
+    };
+    match c {
+        C::UnknownIssuer => "certificate signed by an unknown authority".to_owned(),
+        C::Expired | C::ExpiredContext { .. } => "certificate has expired".to_owned(),
+        C::NotValidYet | C::NotValidYetContext { .. } => "certificate is not valid yet".to_owned(),
+        C::NotValidForName | C::NotValidForNameContext { .. } => {
+            "certificate is not valid for this host name".to_owned()
+        }
+        C::Revoked => "certificate has been revoked".to_owned(),
+        C::BadSignature => "certificate has a bad signature".to_owned(),
+        other => format!("invalid certificate: {other:?}"),
+    }
+}
+
 /// Connects to the URL's host, with a finished TLS handshake for https.
 fn connect(
     url: &str,
@@ -169,8 +189,9 @@ fn connect(
     let mut conn = rustls::ClientConnection::new(config, name)
         .map_err(|e| ExecError::msg(format!("{url}: TLS setup: {e}")))?;
     while conn.is_handshaking() {
-        conn.complete_io(&mut sock)
-            .map_err(|e| ExecError::msg(format!("{url}: TLS handshake failed: {e}")))?;
+        conn.complete_io(&mut sock).map_err(|e| {
+            ExecError::msg(format!("{url}: TLS handshake failed: {}", tls_reason(&e)))
+        })?;
     }
     Ok(Conn::Tls(Box::new(rustls::StreamOwned::new(conn, sock))))
 }
