@@ -11,7 +11,7 @@
 # Per run and builder: cold build (empty cache), no-op rebuild, rebuild after one
 # context file changed, export to a docker-archive tarball. The medians of the N runs
 # are printed per workload with the rbuild/BuildKit ratios and the goals.
-# Must run as root (sandbox, dockerd, buildah chroot isolation).
+# Must run as root (sandbox, dockerd, buildah; it runs with --isolation oci, as chroot isolation refuses --network none).
 set -euo pipefail
 N=${1:-${N:-3}}
 WORKLOADS=${WORKLOADS:-steps parallel bigctx biglayer}
@@ -133,7 +133,7 @@ bh_run() {
     local s=(--root "$st/root" --runroot "$st/run" --storage-driver overlay)
     [ -d "$st" ] && { buildah "${s[@]}" rm -a >/dev/null 2>&1 || true; rm -rf "$st"; }
     buildah "${s[@]}" pull -q "docker-archive:$WORK/busybox-archive.tar" >/dev/null
-    local b=("${s[@]}" bud --layers --isolation chroot --network none --pull=never
+    local b=("${s[@]}" bud --layers --isolation oci --network none --pull=never
         -t "bench-$w" -f "$ctx/Dockerfile" "$ctx")
     sync
     timed buildah "$w" cold "$r" buildah "${b[@]}"
@@ -156,7 +156,6 @@ for w in $WORKLOADS; do
         [ $have_buildah = 1 ] && bh_run "$w" "$r"
     done
 done
-"$DOCKER" rmi busybox:latest >/dev/null 2>&1 || true
 
 # --- the tables ---------------------------------------------------------------------
 cp "$RES" "$HERE/last-build-results.tsv"
