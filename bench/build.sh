@@ -13,13 +13,50 @@
 # are printed per workload with the rbuild/BuildKit ratios and the issue's goals.
 # Must run as root (sandbox, dockerd, buildah; it runs with --isolation oci, as chroot isolation refuses --network none).
 set -euo pipefail
+HERE=$(cd "$(dirname "$0")" && pwd)
+# bench/build.sh --table FILE: only print the tables of a results file
+# (lines: builder, workload, phase, run, seconds; the last run leaves bench/last-build-results.tsv)
+if [ "${1:-}" = --table ]; then TABLE_ONLY=${2:?usage: build.sh --table FILE}; fi
 N=${1:-${N:-3}}
 WORKLOADS=${WORKLOADS:-steps parallel bigctx biglayer}
 PEERS=${PEERS-buildkit buildah}
-HERE=$(cd "$(dirname "$0")" && pwd)
 REPO=$(dirname "$HERE")
 SHARED=$(cd "$REPO/../shared" 2>/dev/null && pwd || echo /work/shared)
 BW=$SHARED/bench-workloads
+tables() {
+    python3 - "$1" "$2" <<'PY'
+import sys, statistics as st
+rows = [l.rstrip("\n").split("\t") for l in open(sys.argv[1]) if l.strip()]
+t = {}
+for b, w, p, r, s in rows:
+    t.setdefault((b, w, p), {})[r] = float(s)
+# cold+export per run, for biglayer's goal
+for (b, w, p), runs in list(t.items()):
+    if p == "cold" and (b, w, "export") in t:
+        ex = t[(b, w, "export")]
+        t[(b, w, "cold+export")] = {r: runs[r] + ex[r] for r in runs if r in ex}
+goals = {("steps", "cold"): 0.5, ("steps", "noop"): 0.25, ("parallel", "noop"): 0.25,
+         ("bigctx", "noop"): 0.25, ("biglayer", "noop"): 0.25, ("bigctx", "cold"): 0.5,
+         ("bigctx", "changed"): 0.5, ("parallel", "cold"): 0.9, ("biglayer", "cold+export"): 0.7}
+med = lambda b, w, p: st.median(t[(b, w, p)].values()) if t.get((b, w, p)) else None
+fmt = lambda x: "—" if x is None else f"{x:.2f} s"
+label = {"cold": "cold build", "noop": "no-op rebuild", "changed": "one file changed",
+         "export": "export (docker-archive)", "cold+export": "cold + export"}
+print(f"\nMedians of {sys.argv[2]} run(s), wall time; ratio = rbuild / BuildKit")
+for w in dict.fromkeys(r[1] for r in rows):
+    print(f"\n### {w}\n")
+    print("| phase | rbuild | BuildKit | buildah | rbuild/BuildKit | goal | met |")
+    print("|---|---|---|---|---|---|---|")
+    for p in ["cold", "noop", "changed", "export", "cold+export"]:
+        a, k, h = med("rbuild", w, p), med("buildkit", w, p), med("buildah", w, p)
+        ratio = a / k if a is not None and k else None
+        g = goals.get((w, p))
+        met = "" if g is None or ratio is None else ("yes" if ratio <= g else "**no**")
+        print(f"| {label[p]} | {fmt(a)} | {fmt(k)} | {fmt(h)} | "
+              f"{'—' if ratio is None else f'{ratio:.2f}'} | {'' if g is None else f'≤ {g}'} | {met} |")
+PY
+}
+if [ -n "${TABLE_ONLY:-}" ]; then tables "$TABLE_ONLY" "?"; exit 0; fi
 [ -d "$BW" ] || { echo "build.sh: $BW not found" >&2; exit 1; }
 [ "$(id -u)" = 0 ] || { echo "build.sh: run as root" >&2; exit 1; }
 
@@ -33,7 +70,7 @@ export DOCKER_BUILDKIT=1
 WORK=$(mktemp -d /var/tmp/rbuild-benchbuild.XXXXXX)
 LOG=$WORK/logs
 mkdir -p "$LOG"
-RES=$WORK/results.tsv
+RES=$HERE/last-build-results.tsv # written as it goes: a cut-short run keeps its figures
 : >"$RES"
 cleanup() {
     if [ "${KEEP:-}" = 1 ]; then echo "work folder kept: $WORK"; else rm -rf "$WORK"; fi
@@ -158,35 +195,4 @@ for w in $WORKLOADS; do
 done
 
 # --- the tables ---------------------------------------------------------------------
-cp "$RES" "$HERE/last-build-results.tsv"
-python3 - "$RES" "$N" <<'PY'
-import sys, statistics as st
-rows = [l.rstrip("\n").split("\t") for l in open(sys.argv[1]) if l.strip()]
-t = {}
-for b, w, p, r, s in rows:
-    t.setdefault((b, w, p), {})[r] = float(s)
-# cold+export per run, for biglayer's goal
-for (b, w, p), runs in list(t.items()):
-    if p == "cold" and (b, w, "export") in t:
-        ex = t[(b, w, "export")]
-        t[(b, w, "cold+export")] = {r: runs[r] + ex[r] for r in runs if r in ex}
-goals = {("steps", "cold"): 0.5, ("steps", "noop"): 0.25, ("parallel", "noop"): 0.25,
-         ("bigctx", "noop"): 0.25, ("biglayer", "noop"): 0.25, ("bigctx", "cold"): 0.5,
-         ("bigctx", "changed"): 0.5, ("parallel", "cold"): 0.9, ("biglayer", "cold+export"): 0.7}
-med = lambda b, w, p: st.median(t[(b, w, p)].values()) if t.get((b, w, p)) else None
-fmt = lambda x: "—" if x is None else f"{x:.2f} s"
-label = {"cold": "cold build", "noop": "no-op rebuild", "changed": "one file changed",
-         "export": "export (docker-archive)", "cold+export": "cold + export"}
-print(f"\nMedians of {sys.argv[2]} run(s), wall time; ratio = rbuild / BuildKit")
-for w in dict.fromkeys(r[1] for r in rows):
-    print(f"\n### {w}\n")
-    print("| phase | rbuild | BuildKit | buildah | rbuild/BuildKit | goal | met |")
-    print("|---|---|---|---|---|---|---|")
-    for p in ["cold", "noop", "changed", "export", "cold+export"]:
-        a, k, h = med("rbuild", w, p), med("buildkit", w, p), med("buildah", w, p)
-        ratio = a / k if a is not None and k else None
-        g = goals.get((w, p))
-        met = "" if g is None or ratio is None else ("yes" if ratio <= g else "**no**")
-        print(f"| {label[p]} | {fmt(a)} | {fmt(k)} | {fmt(h)} | "
-              f"{'—' if ratio is None else f'{ratio:.2f}'} | {'' if g is None else f'≤ {g}'} | {met} |")
-PY
+tables "$RES" "$N"
