@@ -70,6 +70,8 @@ export DOCKER_BUILDKIT=1
 WORK=$(mktemp -d /var/tmp/rbuild-benchbuild.XXXXXX)
 LOG=$WORK/logs
 mkdir -p "$LOG"
+cp "$RBUILD" "$WORK/rbuild" # a rebuild of the binary during the run changes nothing
+RBUILD=$WORK/rbuild
 RES=$HERE/last-build-results.tsv # written as it goes: a cut-short run keeps its figures
 : >"$RES"
 cleanup() {
