@@ -12,6 +12,7 @@
 # context file changed, export to a docker-archive tarball. The medians of the N runs
 # are printed per workload with the rbuild/BuildKit ratios and the issue's goals.
 # Must run as root (sandbox, dockerd, buildah; it runs with --isolation oci, as chroot isolation refuses --network none).
+{ # read whole before running: editing the file during a run changes nothing
 set -euo pipefail
 HERE=$(cd "$(dirname "$0")" && pwd)
 # bench/build.sh --table FILE: only print the tables of a results file
@@ -198,3 +199,5 @@ done
 
 # --- the tables ---------------------------------------------------------------------
 tables "$RES" "$N"
+exit
+}
