@@ -261,6 +261,26 @@ async fn run_writes_files_and_a_deleted_base_file_is_a_whiteout() {
     let base_img = env.store.find("busybox:latest").unwrap();
     assert_eq!(img.diff_ids()[0], base_img.diff_ids()[0]);
 
+    // A second export of the same snapshots reuses the layers written the
+    // first time: a file slipped into the top snapshot afterwards is not
+    // diffed again, so the image is the same.
+    let top = LocalWorker::snapshot_of(&r).unwrap();
+    std::fs::write(w.snapshots().upper(&top).join("late"), "x").unwrap();
+    let again = w
+        .export_image(
+            &env.store,
+            &r,
+            &ExportOptions {
+                config: env.store.read_blob(&img.id).unwrap(),
+                base_image: Some(base_img.id.clone()),
+                tags: vec![],
+                keep_empty_layers: false,
+            },
+        )
+        .unwrap();
+    assert_eq!(env.store.image(&again).unwrap().diff_ids(), img.diff_ids());
+    std::fs::remove_file(w.snapshots().upper(&top).join("late")).unwrap();
+
     // `--output type=local`: the merged tree.
     let local = env.root.join("local-out");
     w.export_dir(&r, &local).unwrap();

@@ -2,6 +2,8 @@
 
 use rbuild_image::{Digest, History, ImageConfig, Reference, RootFs, Store};
 
+use rbuild_snapshotter::snapshots::SnapshotId;
+
 use super::{Inner, Res, err};
 use crate::scheduler::{ExecError, ResultRef};
 
@@ -59,6 +61,17 @@ pub(super) fn export_image(
             steps.push(false);
             continue;
         }
+        // A step's layer was written by an earlier export of the same snapshot:
+        // reuse its diff ID instead of diffing, tarring and hashing it again.
+        if let Some(d) = cached_layer(inner, id).filter(|d| store.has_blob(d)) {
+            diff_ids.push(d);
+            if info.layer.is_none() {
+                steps.push(true);
+            } else {
+                reused += 1;
+            }
+            continue;
+        }
         let mut failure = None;
         let (d, _) = txn
             .write_layer(|w| match inner.snapshots.write_layer(id, w, inner.epoch) {
@@ -73,6 +86,7 @@ pub(super) fn export_image(
                 Some(f) => err(f),
                 None => err(e),
             })?;
+        remember_layer(inner, id, &d);
         diff_ids.push(d);
         if info.layer.is_none() {
             steps.push(true);
@@ -90,6 +104,33 @@ pub(super) fn export_image(
         .map_err(err)?;
     txn.commit().map_err(err)?;
     Ok(id)
+}
+
+/// Where the diff ID of a committed snapshot's layer is remembered. Snapshot
+/// IDs are unique and a committed snapshot never changes; the layer's bytes
+/// also depend on the mtime clamp, so the epoch is part of the name.
+fn layer_cache_path(inner: &Inner, id: &SnapshotId) -> std::path::PathBuf {
+    let epoch = inner
+        .epoch
+        .map_or_else(|| "none".to_owned(), |e| e.to_string());
+    inner
+        .state_root
+        .join("layer-cache")
+        .join(format!("{}-{epoch}", id.as_str()))
+}
+
+fn cached_layer(inner: &Inner, id: &SnapshotId) -> Option<Digest> {
+    let text = fs_err::read_to_string(layer_cache_path(inner, id)).ok()?;
+    Digest::parse(text.trim()).ok()
+}
+
+/// Best effort: a cache entry that cannot be written only costs a re-diff.
+fn remember_layer(inner: &Inner, id: &SnapshotId, d: &Digest) {
+    let path = layer_cache_path(inner, id);
+    if let Some(dir) = path.parent() {
+        let _ = fs_err::create_dir_all(dir);
+    }
+    let _ = rbuild_snapshotter::snapshots::write_atomic(&path, d.to_string().as_bytes());
 }
 
 /// Makes the non-empty history entries match the layers: the first `base`

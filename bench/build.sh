@@ -1,0 +1,203 @@
+#!/bin/bash
+# Build benchmark (issue 5): rbuild against BuildKit and buildah on the four workloads
+# of shared/bench-workloads, each FROM the busybox base, --network none.
+#
+#   bench/build.sh [N]            N runs per figure (default 3; env N works too)
+#
+# Env: WORKLOADS="steps parallel bigctx biglayer", PEERS="buildkit buildah"
+#      (set PEERS= to time rbuild alone), RBUILD=path (default: builds
+#      target/release/rbuild), KEEP=1 keeps the work folder.
+#
+# Per run and builder: cold build (empty cache), no-op rebuild, rebuild after one
+# context file changed, export to a docker-archive tarball. The medians of the N runs
+# are printed per workload with the rbuild/BuildKit ratios and the issue's goals.
+# Must run as root (sandbox, dockerd, buildah; it runs with --isolation oci, as chroot isolation refuses --network none).
+{ # read whole before running: editing the file during a run changes nothing
+set -euo pipefail
+HERE=$(cd "$(dirname "$0")" && pwd)
+# bench/build.sh --table FILE: only print the tables of a results file
+# (lines: builder, workload, phase, run, seconds; the last run leaves bench/last-build-results.tsv)
+if [ "${1:-}" = --table ]; then TABLE_ONLY=${2:?usage: build.sh --table FILE}; fi
+N=${1:-${N:-3}}
+WORKLOADS=${WORKLOADS:-steps parallel bigctx biglayer}
+PEERS=${PEERS-buildkit buildah}
+REPO=$(dirname "$HERE")
+SHARED=$(cd "$REPO/../shared" 2>/dev/null && pwd || echo /work/shared)
+BW=$SHARED/bench-workloads
+tables() {
+    python3 - "$1" "$2" <<'PY'
+import sys, statistics as st
+rows = [l.rstrip("\n").split("\t") for l in open(sys.argv[1]) if l.strip()]
+t = {}
+for b, w, p, r, s in rows:
+    t.setdefault((b, w, p), {})[r] = float(s)
+# cold+export per run, for biglayer's goal
+for (b, w, p), runs in list(t.items()):
+    if p == "cold" and (b, w, "export") in t:
+        ex = t[(b, w, "export")]
+        t[(b, w, "cold+export")] = {r: runs[r] + ex[r] for r in runs if r in ex}
+goals = {("steps", "cold"): 0.5, ("steps", "noop"): 0.25, ("parallel", "noop"): 0.25,
+         ("bigctx", "noop"): 0.25, ("biglayer", "noop"): 0.25, ("bigctx", "cold"): 0.5,
+         ("bigctx", "changed"): 0.5, ("parallel", "cold"): 0.9, ("biglayer", "cold+export"): 0.7}
+med = lambda b, w, p: st.median(t[(b, w, p)].values()) if t.get((b, w, p)) else None
+fmt = lambda x: "—" if x is None else f"{x:.2f} s"
+label = {"cold": "cold build", "noop": "no-op rebuild", "changed": "one file changed",
+         "export": "export (docker-archive)", "cold+export": "cold + export"}
+print(f"\nMedians of {sys.argv[2]} run(s), wall time; ratio = rbuild / BuildKit")
+for w in dict.fromkeys(r[1] for r in rows):
+    print(f"\n### {w}\n")
+    print("| phase | rbuild | BuildKit | buildah | rbuild/BuildKit | goal | met |")
+    print("|---|---|---|---|---|---|---|")
+    for p in ["cold", "noop", "changed", "export", "cold+export"]:
+        a, k, h = med("rbuild", w, p), med("buildkit", w, p), med("buildah", w, p)
+        ratio = a / k if a is not None and k else None
+        g = goals.get((w, p))
+        met = "" if g is None or ratio is None else ("yes" if ratio <= g else "**no**")
+        print(f"| {label[p]} | {fmt(a)} | {fmt(k)} | {fmt(h)} | "
+              f"{'—' if ratio is None else f'{ratio:.2f}'} | {'' if g is None else f'≤ {g}'} | {met} |")
+PY
+}
+if [ -n "${TABLE_ONLY:-}" ]; then tables "$TABLE_ONLY" "?"; exit 0; fi
+[ -d "$BW" ] || { echo "build.sh: $BW not found" >&2; exit 1; }
+[ "$(id -u)" = 0 ] || { echo "build.sh: run as root" >&2; exit 1; }
+
+if [ -z "${RBUILD:-}" ]; then
+    (cd "$REPO" && cargo build --release -q -p rbuild)
+    RBUILD=$REPO/target/release/rbuild
+fi
+DOCKER=/usr/bin/docker # Debian's 20.10 client: the v28 client on PATH has no buildx
+export DOCKER_BUILDKIT=1
+
+WORK=$(mktemp -d /var/tmp/rbuild-benchbuild.XXXXXX)
+LOG=$WORK/logs
+mkdir -p "$LOG"
+cp "$RBUILD" "$WORK/rbuild" # a rebuild of the binary during the run changes nothing
+RBUILD=$WORK/rbuild
+RES=$HERE/last-build-results.tsv # written as it goes: a cut-short run keeps its figures
+: >"$RES"
+cleanup() {
+    if [ "${KEEP:-}" = 1 ]; then echo "work folder kept: $WORK"; else rm -rf "$WORK"; fi
+}
+trap cleanup EXIT
+echo "work folder: $WORK  (N=$N, load: $(cut -d' ' -f1-3 /proc/loadavg))"
+
+now() { date +%s.%N; }
+# timed BUILDER WORKLOAD PHASE RUN CMD...: runs CMD, appends its wall time to results
+timed() {
+    local b=$1 w=$2 p=$3 r=$4 t0 t1
+    shift 4
+    t0=$(now)
+    if "$@" >"$LOG/$b-$w-$p-$r.log" 2>&1; then
+        t1=$(now)
+        printf '%s\t%s\t%s\t%s\t%s\n' "$b" "$w" "$p" "$r" "$(echo "$t1 - $t0" | bc)" >>"$RES"
+        printf '  %-9s %-9s %-8s run %s: %6.2f s\n' "$b" "$w" "$p" "$r" "$(echo "$t1 - $t0" | bc)"
+    else
+        echo "  $b $w $p run $r FAILED (log: $LOG/$b-$w-$p-$r.log):" >&2
+        tail -5 "$LOG/$b-$w-$p-$r.log" >&2
+        KEEP=1
+        return 1
+    fi
+}
+
+# --- the base image -------------------------------------------------------------
+"$SHARED/conformance/base.sh" "$WORK/base.tar"
+BASEROOT=$WORK/rbuild-base
+"$RBUILD" --root "$BASEROOT" import "$WORK/base.tar" busybox:latest >/dev/null
+"$RBUILD" --root "$BASEROOT" save busybox:latest -o "$WORK/busybox-archive.tar"
+
+have_buildkit=0 have_buildah=0
+case " $PEERS " in *" buildkit "*)
+    if [ -x "$DOCKER" ] && "$DOCKER" info >/dev/null 2>&1; then
+        "$DOCKER" import "$WORK/base.tar" busybox:latest >/dev/null
+        have_buildkit=1
+    else
+        echo "BuildKit: dockerd not reachable through $DOCKER (start: dockerd --bridge=none --iptables=false); skipped"
+    fi ;;
+esac
+case " $PEERS " in *" buildah "*)
+    if command -v buildah >/dev/null; then have_buildah=1; else echo "buildah not installed; skipped"; fi ;;
+esac
+
+# --- one context copy per workload (the shared folder is read-only) -----------------
+# changed file per workload: a file a COPY selects where there is one; parallel and
+# biglayer select no context file, so there an unselected file changes (all cached).
+changed_file() {
+    case $1 in
+        steps) echo f8.txt ;;
+        bigctx) echo src/d100/f050.dat ;;
+        *) echo unselected.txt ;;
+    esac
+}
+for w in $WORKLOADS; do
+    ctx=$WORK/ctx/$w
+    mkdir -p "$ctx"
+    cp -a "$BW/$w/." "$ctx/"
+    if [ -f "$ctx/gen.sh" ]; then sh "$ctx/gen.sh"; rm "$ctx/gen.sh"; fi
+    [ "$(changed_file "$w")" = unselected.txt ] && echo 0 >"$ctx/unselected.txt"
+done
+sync
+
+# --- the builders -----------------------------------------------------------------
+rb_run() { # WORKLOAD RUN
+    local w=$1 r=$2 ctx=$WORK/ctx/$1 root=$WORK/rbuild-root
+    rm -rf "$root"
+    "$RBUILD" --root "$root" import "$WORK/base.tar" busybox:latest >/dev/null
+    local b=(--root "$root" build --progress plain --network none -t "bench-$w" -f "$ctx/Dockerfile" "$ctx")
+    sync
+    timed rbuild "$w" cold "$r" "$RBUILD" "${b[@]}"
+    timed rbuild "$w" noop "$r" "$RBUILD" "${b[@]}"
+    printf x >>"$ctx/$(changed_file "$w")"
+    timed rbuild "$w" changed "$r" "$RBUILD" "${b[@]}"
+    timed rbuild "$w" export "$r" "$RBUILD" --root "$root" save "bench-$w" -o "$WORK/out.tar"
+    rm -rf "$root" "$WORK/out.tar"
+}
+
+bk_run() {
+    local w=$1 r=$2 ctx=$WORK/ctx/$1
+    "$DOCKER" rmi -f "bench-$w" >/dev/null 2>&1 || true
+    "$DOCKER" builder prune -af >/dev/null
+    local b=(build --network none -t "bench-$w" -f "$ctx/Dockerfile" "$ctx")
+    sync
+    timed buildkit "$w" cold "$r" "$DOCKER" "${b[@]}"
+    timed buildkit "$w" noop "$r" "$DOCKER" "${b[@]}"
+    printf x >>"$ctx/$(changed_file "$w")"
+    timed buildkit "$w" changed "$r" "$DOCKER" "${b[@]}"
+    timed buildkit "$w" export "$r" "$DOCKER" save "bench-$w" -o "$WORK/out.tar"
+    rm -f "$WORK/out.tar"
+    "$DOCKER" rmi -f "bench-$w" >/dev/null 2>&1 || true
+    "$DOCKER" builder prune -af >/dev/null
+}
+
+bh_run() {
+    local w=$1 r=$2 ctx=$WORK/ctx/$1 st=$WORK/buildah
+    local s=(--root "$st/root" --runroot "$st/run" --storage-driver overlay)
+    [ -d "$st" ] && { buildah "${s[@]}" rm -a >/dev/null 2>&1 || true; rm -rf "$st"; }
+    buildah "${s[@]}" pull -q "docker-archive:$WORK/busybox-archive.tar" >/dev/null
+    local b=("${s[@]}" bud --layers --isolation oci --network none --pull=never
+        -t "bench-$w" -f "$ctx/Dockerfile" "$ctx")
+    sync
+    timed buildah "$w" cold "$r" buildah "${b[@]}"
+    timed buildah "$w" noop "$r" buildah "${b[@]}"
+    printf x >>"$ctx/$(changed_file "$w")"
+    timed buildah "$w" changed "$r" buildah "${b[@]}"
+    timed buildah "$w" export "$r" buildah "${s[@]}" push "bench-$w" "docker-archive:$WORK/out.tar:bench-$w:latest"
+    rm -f "$WORK/out.tar"
+    buildah "${s[@]}" rm -a >/dev/null 2>&1 || true
+    buildah "${s[@]}" rmi -a -f >/dev/null 2>&1 || true
+    mount | awk -v p="$st" 'index($3, p) == 1 {print $3}' | sort -r | xargs -r umount 2>/dev/null || true
+    rm -rf "$st"
+}
+
+for w in $WORKLOADS; do
+    echo "== $w"
+    for r in $(seq "$N"); do
+        rb_run "$w" "$r"
+        [ $have_buildkit = 1 ] && bk_run "$w" "$r"
+        [ $have_buildah = 1 ] && bh_run "$w" "$r"
+    done
+done
+
+# --- the tables ---------------------------------------------------------------------
+tables "$RES" "$N"
+exit
+}
