@@ -133,9 +133,35 @@ struct CopyCtx<'a> {
     mode: Option<&'a Chmod>,
     timestamp: Option<i64>,
     links: HashMap<(u64, u64), PathBuf>,
+    /// Regular files whose (empty) destination exists and whose content and
+    /// metadata are still to be copied: done in parallel by [`CopyCtx::flush`].
+    pending: Vec<(PathBuf, PathBuf, std::fs::Metadata)>,
 }
 
 impl CopyCtx<'_> {
+    /// Copies the content and metadata of the pending files, on the rayon pool.
+    /// Their destinations were created during the walk, so the directories'
+    /// times (set after their children were created) are not disturbed.
+    fn flush(&mut self) -> Result<(), ExecError> {
+        use rayon::prelude::*;
+        let jobs = std::mem::take(&mut self.pending);
+        let this = &*self;
+        let one = |(src, dst, m): &(PathBuf, PathBuf, std::fs::Metadata)| {
+            let mut from = fs_err::File::open(src).map_err(err)?;
+            let mut to = fs_err::OpenOptions::new()
+                .write(true)
+                .open(dst)
+                .map_err(err)?;
+            std::io::copy(&mut from, &mut to).map_err(|e| io_msg("copy to", dst, e))?;
+            this.meta(dst, m, false)
+        };
+        if jobs.len() < 16 {
+            jobs.iter().try_for_each(one)
+        } else {
+            jobs.par_iter().try_for_each(one)
+        }
+    }
+
     fn meta(&self, dst: &Path, m: &std::fs::Metadata, symlink: bool) -> Result<(), ExecError> {
         let (uid, gid) = self.owner.unwrap_or((m.uid(), m.gid()));
         nix::unistd::fchownat(
@@ -224,9 +250,13 @@ impl CopyCtx<'_> {
                     return fs_err::hard_link(first, dst).map_err(err);
                 }
                 self.links.insert((m.dev(), m.ino()), dst.to_path_buf());
+                // A file other links point to is copied now, before them.
+                fs_err::copy(src, dst).map_err(err)?;
+                return self.meta(dst, &m, false);
             }
-            fs_err::copy(src, dst).map_err(err)?;
-            self.meta(dst, &m, false)
+            fs_err::File::create(dst).map_err(err)?;
+            self.pending.push((src.to_path_buf(), dst.to_path_buf(), m));
+            Ok(())
         } else {
             let kind = if ft.is_fifo() {
                 nix::sys::stat::SFlag::S_IFIFO
@@ -431,8 +461,12 @@ fn copy_action(
         mode: c.mode.as_ref(),
         timestamp: c.timestamp,
         links: HashMap::new(),
+        pending: Vec::new(),
     };
     for rel in sources {
+        // A later source may replace what an earlier one copied: finish each
+        // source's files before the next.
+        ctx.flush()?;
         let src = if c.follow_symlinks {
             resolve(src_root, &rel)
         } else {
@@ -508,7 +542,7 @@ fn copy_action(
             ctx.entry(&src, &target, Path::new(""), false)?;
         }
     }
-    Ok(())
+    ctx.flush()
 }
 
 fn set_meta(
