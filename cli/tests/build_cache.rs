@@ -86,27 +86,7 @@ impl Steps {
 
 impl B {
     fn new() -> Option<Self> {
-        if !nix::unistd::geteuid().is_root() {
-            eprintln!("skipping: building needs root");
-            return None;
-        }
-        let Some(base) = common::base_sh() else {
-            eprintln!("skipping: shared/conformance/base.sh is absent");
-            return None;
-        };
-        let env = Env::new();
-        let tar = env.path("base.tar");
-        let ok = std::process::Command::new("sh")
-            .arg(&base)
-            .arg(&tar)
-            .status()
-            .is_ok_and(|s| s.success());
-        if !ok {
-            eprintln!("skipping: base.sh failed (is busybox-static installed?)");
-            return None;
-        }
-        env.ok(&["import", tar.to_str().unwrap(), "busybox:latest"]);
-        Some(Self { env })
+        common::build_env().map(|env| Self { env })
     }
 
     fn p(&self, rel: &str) -> String {

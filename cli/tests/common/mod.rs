@@ -186,3 +186,30 @@ pub fn base_sh() -> Option<PathBuf> {
     let alt = PathBuf::from("/work/shared/conformance/base.sh");
     [p, alt].into_iter().find(|p| p.is_file())
 }
+
+/// A fresh state root with the busybox base (from the shared `base.sh`) imported
+/// as `busybox:latest`, for tests that build. `None`, after saying why, when not
+/// root (building needs it) or when the base cannot be made.
+pub fn build_env() -> Option<Env> {
+    if !nix::unistd::geteuid().is_root() {
+        eprintln!("skipping: building needs root");
+        return None;
+    }
+    let Some(base) = base_sh() else {
+        eprintln!("skipping: shared/conformance/base.sh is absent");
+        return None;
+    };
+    let env = Env::new();
+    let tar = env.path("base.tar");
+    let ok = Command::new("sh")
+        .arg(&base)
+        .arg(&tar)
+        .status()
+        .is_ok_and(|s| s.success());
+    if !ok {
+        eprintln!("skipping: base.sh failed (is busybox-static installed?)");
+        return None;
+    }
+    env.ok(&["import", tar.to_str().unwrap(), "busybox:latest"]);
+    Some(env)
+}
