@@ -525,3 +525,119 @@ fn run_mounts_key_on_bind_sources_not_on_secrets() {
     let (s, _) = build();
     s.assert(&[], &[m1, m2, m3, m4]);
 }
+
+/// The layer diff IDs of image `id` in the state root `root`.
+fn diff_ids(env: &Env, root: &str, id: &str) -> Vec<String> {
+    let out = env.ok(&["--root", root, "inspect", id]);
+    let v: serde_json::Value = serde_json::from_str(&out).unwrap();
+    v[0]["RootFS"]["Layers"]
+        .as_array()
+        .unwrap_or_else(|| panic!("no RootFS.Layers in {out}"))
+        .iter()
+        .map(|l| l.as_str().unwrap().to_owned())
+        .collect()
+}
+
+/// Inodes of `rel` in every step snapshot of `root` that has it.
+fn snapshot_inodes(root: &std::path::Path, rel: &str) -> Vec<u64> {
+    use std::os::unix::fs::MetadataExt;
+    let mut out = Vec::new();
+    for e in fs_err::read_dir(root.join("snapshots")).unwrap() {
+        let p = e.unwrap().path().join("fs").join(rel);
+        if let Ok(m) = std::fs::symlink_metadata(&p) {
+            out.push(m.ino());
+        }
+    }
+    out
+}
+
+#[test]
+fn a_copy_rerun_after_a_change_gives_the_layer_a_cold_build_gives() {
+    // A COPY that runs again after some context files changed links the files
+    // that did not change from its previous result instead of copying them.
+    // Whatever it links, its layer must be the one a cold build of the same
+    // context writes: same content, modes, mtimes and hard links.
+    use std::os::unix::fs::PermissionsExt;
+    let Some(b) = B::new() else { return };
+    b.write(
+        "ctx/Dockerfile",
+        "FROM busybox\nWORKDIR /app\nCOPY . /app\n\
+         RUN find /app -exec stat -c '%A %u %s %Y %n' {} + | sort > /listing\n",
+    );
+    for (f, text) in [
+        ("src/a.txt", "a\n"),
+        ("src/b.txt", "b1\n"),
+        ("src/run.sh", "#!/bin/sh\n"),
+        ("src/sub/c.txt", "c\n"),
+        ("src/sub/d.txt", "same\n"),
+        ("src/sub/e.txt", "same\n"),
+        ("src/h1", "linked\n"),
+    ] {
+        b.write(&format!("ctx/{f}"), text);
+    }
+    let ctx = b.env.path("ctx");
+    fs_err::set_permissions(
+        ctx.join("src/run.sh"),
+        std::fs::Permissions::from_mode(0o755),
+    )
+    .unwrap();
+    fs_err::hard_link(ctx.join("src/h1"), ctx.join("src/h2")).unwrap();
+    std::os::unix::fs::symlink("a.txt", ctx.join("src/link")).unwrap();
+    let (first, _) = b.build(&[&b.p("ctx")]);
+    assert!(first.ran.contains("[3/4] COPY . /app"), "{}", first.log);
+
+    // Content, mode and mtime changes, and a hard link broken into two files.
+    b.write("ctx/src/b.txt", "b2\n");
+    fs_err::set_permissions(
+        ctx.join("src/run.sh"),
+        std::fs::Permissions::from_mode(0o700),
+    )
+    .unwrap();
+    fs_err::File::options()
+        .write(true)
+        .open(ctx.join("src/sub/c.txt"))
+        .unwrap()
+        .set_modified(SystemTime::now() + Duration::from_secs(3600))
+        .unwrap();
+    fs_err::remove_file(ctx.join("src/h2")).unwrap();
+    fs_err::copy(ctx.join("src/h1"), ctx.join("src/h2")).unwrap();
+    let (second, id) = b.build(&[&b.p("ctx")]);
+    assert!(second.ran.contains("[3/4] COPY . /app"), "{}", second.log);
+
+    // The unchanged a.txt is one inode in both COPY results; b.txt is two.
+    let root = b.env.root();
+    let a = snapshot_inodes(&root, "app/src/a.txt");
+    assert_eq!(a.len(), 2, "a.txt in two snapshots: {a:?}");
+    assert_eq!(a[0], a[1], "unchanged a.txt was copied again, not linked");
+    let bs = snapshot_inodes(&root, "app/src/b.txt");
+    assert_eq!(bs.len(), 2);
+    assert_ne!(bs[0], bs[1], "changed b.txt must be a new file");
+
+    // A cold build of the same context in another state root: same layers.
+    let other = b.p("other-root");
+    let base = b.p("base.tar");
+    b.env
+        .ok(&["--root", &other, "import", &base, "busybox:latest"]);
+    let iid = b.p("iid-cold");
+    b.env.ok(&[
+        "--root",
+        &other,
+        "build",
+        "--progress",
+        "quiet",
+        "--iidfile",
+        &iid,
+        &b.p("ctx"),
+    ]);
+    let cold = fs_err::read_to_string(&iid).unwrap();
+    assert_eq!(
+        diff_ids(&b.env, &root.to_string_lossy(), &id),
+        diff_ids(&b.env, &other, &cold),
+        "the incremental COPY's layers differ from a cold build's"
+    );
+    let listing = b.cat(&id, "/listing");
+    assert!(
+        listing.contains("-rwx------ 0 10 ") && listing.contains("/app/src/run.sh"),
+        "{listing}"
+    );
+}

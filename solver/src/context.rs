@@ -276,6 +276,17 @@ impl ContextChecksummer {
         Ok(sum)
     }
 
+    /// The content hash of the file at `rel` (relative to the root) if this
+    /// checksummer has hashed it and `meta` (its current `lstat`) still has
+    /// the stamp it had then.
+    pub fn known_hash(&self, rel: &str, meta: &std::fs::Metadata) -> Option<[u8; 32]> {
+        let state = self.state.lock().expect("checksum cache lock");
+        match state.files.get(rel) {
+            Some((s, h)) if *s == Stamp::of(meta) => Some(*h),
+            _ => None,
+        }
+    }
+
     /// Write the content-hash cache if it changed (atomically).
     pub fn persist(&self) -> Result<(), ContextError> {
         let Some(path) = &self.cache_file else {

@@ -9,8 +9,8 @@ use std::path::{Component, Path, PathBuf};
 use rbuild_snapshotter::overlay::{OverlayLayout, mount_overlay};
 use rbuild_snapshotter::snapshots::ReadGuard;
 
-use super::{Inner, Res, SelectionFilter, err, snap_ref};
-use crate::context::{PathFilter, go_match};
+use super::{Inner, Res, SelectionFilter, err, reuse, snap_ref};
+use crate::context::{ContextChecksummer, PathFilter, go_match};
 use crate::ops::{Chmod, Chown, Copy, FileAction, FileOp, MergeOp, UserRef};
 use crate::scheduler::{ExecError, ResultRef};
 
@@ -132,10 +132,29 @@ struct CopyCtx<'a> {
     owner: Option<(u32, u32)>,
     mode: Option<&'a Chmod>,
     timestamp: Option<i64>,
+    /// First destination (relative to `root`) of each source inode with
+    /// several links.
     links: HashMap<(u64, u64), PathBuf>,
     /// Regular files whose (empty) destination exists and whose content and
     /// metadata are still to be copied: done in parallel by [`CopyCtx::flush`].
     pending: Vec<(PathBuf, PathBuf, std::fs::Metadata)>,
+    /// Where destinations are: the overlay's mount point while the base is
+    /// mounted, else the new snapshot's upper directory.
+    root: PathBuf,
+    /// Whether `root` is an overlay mount. Then a directory that does not
+    /// exist yet is created through the overlay (which copies its parents
+    /// up) and filled later, straight in the upper directory, with the
+    /// mount gone: no overlay in the way of creating its files, and files
+    /// can be linked from an earlier result ([`reuse`]).
+    overlay: bool,
+    /// Directories to fill once unmounted: (source, destination relative to
+    /// the root, path for filters).
+    deferred: Vec<(PathBuf, PathBuf, PathBuf)>,
+    /// The build context the sources come from (for content hashes).
+    context: Option<(&'a Path, &'a ContextChecksummer)>,
+    /// An earlier result of the same op to link unchanged files from.
+    base: Option<&'a mut reuse::Base>,
+    manifest: &'a mut reuse::Manifest,
 }
 
 impl CopyCtx<'_> {
@@ -147,11 +166,15 @@ impl CopyCtx<'_> {
         let jobs = std::mem::take(&mut self.pending);
         let this = &*self;
         let one = |(src, dst, m): &(PathBuf, PathBuf, std::fs::Metadata)| {
-            let mut from = fs_err::File::open(src).map_err(err)?;
+            // Plain `std::fs::File`s: `std::io::copy` then copies in the kernel
+            // (`copy_file_range`, or `sendfile` across file systems).
+            let mut from = fs_err::File::open(src).map_err(err)?.into_parts().0;
             let mut to = fs_err::OpenOptions::new()
                 .write(true)
                 .open(dst)
-                .map_err(err)?;
+                .map_err(err)?
+                .into_parts()
+                .0;
             std::io::copy(&mut from, &mut to).map_err(|e| io_msg("copy to", dst, e))?;
             this.meta(dst, m, false)
         };
@@ -162,8 +185,33 @@ impl CopyCtx<'_> {
         }
     }
 
-    fn meta(&self, dst: &Path, m: &std::fs::Metadata, symlink: bool) -> Result<(), ExecError> {
+    /// Owner, mode (`None` for symlinks) and mtime a copy of `m` gets.
+    fn target_meta(
+        &self,
+        m: &std::fs::Metadata,
+        symlink: bool,
+    ) -> Result<(u32, u32, Option<u32>, filetime::FileTime), ExecError> {
         let (uid, gid) = self.owner.unwrap_or((m.uid(), m.gid()));
+        let mode = if symlink {
+            None
+        } else {
+            Some(match self.mode {
+                None => m.mode() & 0o7777,
+                Some(Chmod::Octal(o)) => *o & 0o7777,
+                Some(Chmod::Symbolic(s)) => symbolic_mode(s, m.mode(), m.is_dir())?,
+            })
+        };
+        // `timestamp` clamps (SOURCE_DATE_EPOCH): never later than it.
+        let mtime = filetime::FileTime::from_last_modification_time(m);
+        let t = match self.timestamp {
+            Some(ts) if mtime.unix_seconds() > ts => filetime::FileTime::from_unix_time(ts, 0),
+            _ => mtime,
+        };
+        Ok((uid, gid, mode, t))
+    }
+
+    fn meta(&self, dst: &Path, m: &std::fs::Metadata, symlink: bool) -> Result<(), ExecError> {
+        let (uid, gid, mode, t) = self.target_meta(m, symlink)?;
         nix::unistd::fchownat(
             nix::fcntl::AT_FDCWD,
             dst,
@@ -172,22 +220,35 @@ impl CopyCtx<'_> {
             nix::fcntl::AtFlags::AT_SYMLINK_NOFOLLOW,
         )
         .map_err(|e| io_msg("chown", dst, e))?;
-        if !symlink {
-            let mode = match self.mode {
-                None => m.mode() & 0o7777,
-                Some(Chmod::Octal(o)) => *o & 0o7777,
-                Some(Chmod::Symbolic(s)) => symbolic_mode(s, m.mode(), m.is_dir())?,
-            };
+        if let Some(mode) = mode {
             fs_err::set_permissions(dst, std::fs::Permissions::from_mode(mode)).map_err(err)?;
         }
-        // `timestamp` clamps (SOURCE_DATE_EPOCH): never later than it.
-        let mtime = filetime::FileTime::from_last_modification_time(m);
-        let t = match self.timestamp {
-            Some(ts) if mtime.unix_seconds() > ts => filetime::FileTime::from_unix_time(ts, 0),
-            _ => mtime,
-        };
         filetime::set_symlink_file_times(dst, t, t).map_err(|e| io_msg("set times", dst, e))?;
         Ok(())
+    }
+
+    fn rel<'p>(&self, dst: &'p Path) -> &'p Path {
+        dst.strip_prefix(&self.root).unwrap_or(dst)
+    }
+
+    /// The content hash of the context file `src`, if the checksummer knows it.
+    fn source_hash(&self, src: &Path, m: &std::fs::Metadata) -> Option<[u8; 32]> {
+        let (root, summer) = self.context?;
+        let rel = src.strip_prefix(root).ok()?.to_str()?;
+        summer.known_hash(rel, m)
+    }
+
+    /// Fills the deferred directories straight in `upper` (the overlay is
+    /// unmounted), then goes on writing there.
+    fn fill_deferred(&mut self, upper: &Path) -> Result<(), ExecError> {
+        self.flush()?;
+        self.root = upper.to_path_buf();
+        self.overlay = false;
+        for (src, rel, filter_rel) in std::mem::take(&mut self.deferred) {
+            let dst = upper.join(&rel);
+            self.entry(&src, &dst, &filter_rel, false)?;
+        }
+        self.flush()
     }
 
     /// Copies `src` (not followed) to `dst`; `rel` is its path for filters.
@@ -205,6 +266,7 @@ impl CopyCtx<'_> {
                 if let Ok(existing) = fs_err::symlink_metadata(dst) {
                     if !existing.is_dir() {
                         fs_err::remove_file(dst).map_err(err)?;
+                        self.manifest.record(self.rel(dst), None);
                     }
                 }
                 let mut any = false;
@@ -227,14 +289,26 @@ impl CopyCtx<'_> {
             }
             return Ok(());
         }
-        if let Ok(existing) = fs_err::symlink_metadata(dst) {
+        let existing = fs_err::symlink_metadata(dst).ok();
+        if let Some(existing) = &existing {
             if existing.is_dir() && !ft.is_dir() {
                 fs_err::remove_dir_all(dst).map_err(err)?;
+                self.manifest.poison();
             } else if !existing.is_dir() {
                 fs_err::remove_file(dst).map_err(err)?;
+                self.manifest.record(self.rel(dst), None);
             }
         }
         if ft.is_dir() {
+            if self.overlay && existing.is_none() {
+                // A new directory: create it through the overlay now, fill it
+                // once the overlay is unmounted (see `CopyCtx::overlay`).
+                create_dir(dst)?;
+                let to = self.rel(dst).to_path_buf();
+                self.deferred
+                    .push((src.to_path_buf(), to, rel.to_path_buf()));
+                return Ok(());
+            }
             create_dir(dst)?;
             for name in sorted(src)? {
                 self.entry(&src.join(&name), &dst.join(&name), &rel.join(&name), false)?;
@@ -247,12 +321,34 @@ impl CopyCtx<'_> {
         } else if ft.is_file() {
             if m.nlink() > 1 {
                 if let Some(first) = self.links.get(&(m.dev(), m.ino())) {
+                    let first = self.root.join(first);
+                    self.manifest.record(self.rel(dst), None);
                     return fs_err::hard_link(first, dst).map_err(err);
                 }
-                self.links.insert((m.dev(), m.ino()), dst.to_path_buf());
+                let to = self.rel(dst).to_path_buf();
+                self.manifest.record(&to, None);
+                self.links.insert((m.dev(), m.ino()), to);
                 // A file other links point to is copied now, before them.
                 fs_err::copy(src, dst).map_err(err)?;
                 return self.meta(dst, &m, false);
+            }
+            let hash = self.source_hash(src, &m);
+            let to = self.rel(dst).to_path_buf();
+            self.manifest.record(&to, hash);
+            if let (Some(h), false) = (hash, self.overlay) {
+                let (uid, gid, mode, mtime) = self.target_meta(&m, false)?;
+                let want = reuse::Wanted {
+                    size: m.size(),
+                    mode: mode.unwrap_or(0),
+                    uid,
+                    gid,
+                    mtime,
+                };
+                if let Some(base) = self.base.as_deref_mut() {
+                    if base.link(&to, dst, &h, &want) {
+                        return Ok(());
+                    }
+                }
             }
             fs_err::File::create(dst).map_err(err)?;
             self.pending.push((src.to_path_buf(), dst.to_path_buf(), m));
@@ -414,13 +510,73 @@ fn tar_checksum_ok(h: &[u8]) -> bool {
     sum == want && h[0] != 0
 }
 
+/// Where a file op writes: the new snapshot's upper directory, through an
+/// overlay of the base while mounted (mounted lazily, unmounted to write in
+/// the upper directory directly).
+pub(super) struct Target {
+    upper: PathBuf,
+    layout: Option<OverlayLayout>,
+    mounts: PathBuf,
+    mnt_dir: Option<tempfile::TempDir>,
+    mount: Option<rbuild_snapshotter::overlay::OverlayMount>,
+}
+
+impl Target {
+    /// The root to write under: the overlay (mounted now if needed), or the
+    /// upper directory when there is no base.
+    fn root(&mut self) -> Result<PathBuf, ExecError> {
+        let Some(layout) = &self.layout else {
+            return Ok(self.upper.clone());
+        };
+        if let Some(m) = &self.mount {
+            return Ok(m.target().to_path_buf());
+        }
+        if self.mnt_dir.is_none() {
+            let d = tempfile::Builder::new()
+                .prefix("rw-")
+                .tempdir_in(&self.mounts)
+                .map_err(err)?;
+            self.mnt_dir = Some(d);
+        }
+        let dir = self
+            .mnt_dir
+            .as_ref()
+            .map_or_else(PathBuf::new, |d| d.path().to_path_buf());
+        let m = mount_overlay(layout, &dir).map_err(err)?;
+        let root = m.target().to_path_buf();
+        self.mount = Some(m);
+        Ok(root)
+    }
+
+    fn overlaid(&self) -> bool {
+        self.layout.is_some()
+    }
+
+    fn unmount(&mut self) -> Result<(), ExecError> {
+        match self.mount.take() {
+            Some(m) => m.unmount().map_err(err),
+            None => Ok(()),
+        }
+    }
+}
+
+/// A COPY action's inputs besides the op itself.
+struct CopyInputs<'a> {
+    ignore: Option<&'a (dyn PathFilter + Send + Sync)>,
+    context: Option<(&'a Path, &'a ContextChecksummer)>,
+    base: Option<&'a mut reuse::Base>,
+    manifest: &'a mut reuse::Manifest,
+}
+
 fn copy_action(
     src_root: &Path,
-    dest_root: &Path,
+    tgt: &mut Target,
     c: &Copy,
-    ignore: Option<&(dyn PathFilter + Send + Sync)>,
-    from_context: bool,
+    inp: CopyInputs<'_>,
 ) -> Result<(), ExecError> {
+    let from_context = inp.context.is_some();
+    let ignore = inp.ignore;
+    let dest_root = &tgt.root()?;
     let owner = match &c.owner {
         Some(o) => Some(resolve_owner(dest_root, o)?),
         None if from_context => Some((0, 0)),
@@ -462,11 +618,23 @@ fn copy_action(
         timestamp: c.timestamp,
         links: HashMap::new(),
         pending: Vec::new(),
+        root: dest_root.clone(),
+        overlay: tgt.overlaid(),
+        deferred: Vec::new(),
+        context: inp.context,
+        base: inp.base,
+        manifest: inp.manifest,
     };
     for rel in sources {
         // A later source may replace what an earlier one copied: finish each
         // source's files before the next.
         ctx.flush()?;
+        if !ctx.deferred.is_empty() {
+            tgt.unmount()?;
+            ctx.fill_deferred(&tgt.upper)?;
+            ctx.root = tgt.root()?;
+            ctx.overlay = true;
+        }
         let src = if c.follow_symlinks {
             resolve(src_root, &rel)
         } else {
@@ -525,6 +693,7 @@ fn copy_action(
             }
         } else if c.attempt_unpack && m.is_file() && is_archive(&src) {
             let target = mkdir_all(dest_root, &dest_rel, created_owner)?;
+            ctx.manifest.poison();
             let f = fs_err::File::open(&src).map_err(err)?.into_parts().0;
             let dec = rbuild_snapshotter::Decoder::new(f).map_err(err)?;
             rbuild_snapshotter::apply_layer(
@@ -542,7 +711,12 @@ fn copy_action(
             ctx.entry(&src, &target, Path::new(""), false)?;
         }
     }
-    ctx.flush()
+    ctx.flush()?;
+    if !ctx.deferred.is_empty() {
+        tgt.unmount()?;
+        ctx.fill_deferred(&tgt.upper)?;
+    }
+    Ok(())
 }
 
 fn set_meta(
@@ -564,28 +738,47 @@ fn set_meta(
 
 fn apply_action(
     inner: &Inner,
-    dest_root: &Path,
+    tgt: &mut Target,
     action: &FileAction,
     inputs: &[ResultRef],
     guards: &mut HashMap<usize, ReadGuard>,
+    base: Option<&mut reuse::Base>,
+    manifest: &mut reuse::Manifest,
 ) -> Result<(), ExecError> {
-    match action {
-        FileAction::Copy(c) => {
-            let r = inputs
-                .get(c.src_input)
-                .ok_or_else(|| ExecError::msg("copy source input does not exist"))?;
-            match inner.resolve(r)? {
-                Res::Context(dir) => copy_action(&dir, dest_root, c, inner.ignore.as_deref(), true),
-                Res::Snap(id) => {
-                    if let std::collections::hash_map::Entry::Vacant(v) = guards.entry(c.src_input)
-                    {
-                        v.insert(inner.snapshots.mount_ro(&id).map_err(err)?);
-                    }
-                    let src = guards[&c.src_input].path().to_path_buf();
-                    copy_action(&src, dest_root, c, None, false)
-                }
+    if let FileAction::Copy(c) = action {
+        let r = inputs
+            .get(c.src_input)
+            .ok_or_else(|| ExecError::msg("copy source input does not exist"))?;
+        return match inner.resolve(r)? {
+            Res::Context(dir) => {
+                let summer = inner.checksummer(&dir)?;
+                let inp = CopyInputs {
+                    ignore: inner.ignore.as_deref(),
+                    context: Some((&dir, &summer)),
+                    base,
+                    manifest,
+                };
+                copy_action(&dir, tgt, c, inp)
             }
-        }
+            Res::Snap(id) => {
+                if let std::collections::hash_map::Entry::Vacant(v) = guards.entry(c.src_input) {
+                    v.insert(inner.snapshots.mount_ro(&id).map_err(err)?);
+                }
+                let src = guards[&c.src_input].path().to_path_buf();
+                let inp = CopyInputs {
+                    ignore: None,
+                    context: None,
+                    base: None,
+                    manifest,
+                };
+                copy_action(&src, tgt, c, inp)
+            }
+        };
+    }
+    manifest.poison();
+    let dest_root = &tgt.root()?;
+    match action {
+        FileAction::Copy(_) => unreachable!("handled above"),
         FileAction::Mkdir(m) => {
             let rel = clean_rel(&m.path)?;
             let owner = m
@@ -666,33 +859,54 @@ pub(super) fn run(
         .snapshots
         .prepare(base.as_ref(), "file")
         .map_err(err)?;
+    // An earlier result of the same copies on the same base: its unchanged
+    // files are linked instead of copied (see `reuse`).
+    let contexts: Vec<PathBuf> = inputs
+        .iter()
+        .filter_map(|r| match inner.resolve(r) {
+            Ok(Res::Context(dir)) => Some(dir),
+            _ => None,
+        })
+        .collect();
+    let key = reuse::key(op, base.as_ref(), &contexts);
+    let mut reuse_base = key.as_deref().and_then(|k| reuse::lookup(inner, k));
+    let mut manifest = reuse::Manifest::default();
+    let mut tgt = Target {
+        upper: active.upper.clone(),
+        layout: (!active.lowers.is_empty()).then(|| OverlayLayout {
+            lower: active.lowers.clone(),
+            upper: active.upper.clone(),
+            work: active.work.clone(),
+        }),
+        mounts: inner.snapshots.root().join("mounts"),
+        mnt_dir: None,
+        mount: None,
+    };
     let result = (|| {
-        let mnt_dir;
-        let mount;
-        let dest_root = if active.lowers.is_empty() {
-            active.upper.clone()
-        } else {
-            mnt_dir = tempfile::Builder::new()
-                .prefix("rw-")
-                .tempdir_in(inner.snapshots.root().join("mounts"))
-                .map_err(err)?;
-            let layout = OverlayLayout {
-                lower: active.lowers.clone(),
-                upper: active.upper.clone(),
-                work: active.work.clone(),
-            };
-            mount = mount_overlay(&layout, mnt_dir.path()).map_err(err)?;
-            mount.target().to_path_buf()
-        };
         let mut guards = HashMap::new();
         for a in &op.actions {
-            apply_action(inner, &dest_root, a, inputs, &mut guards)?;
+            apply_action(
+                inner,
+                &mut tgt,
+                a,
+                inputs,
+                &mut guards,
+                reuse_base.as_mut(),
+                &mut manifest,
+            )?;
         }
         drop(guards);
-        Ok::<(), ExecError>(())
+        tgt.unmount()
     })();
+    drop(tgt);
     match result {
-        Ok(()) => Ok(snap_ref(&inner.snapshots.commit(active).map_err(err)?)),
+        Ok(()) => {
+            let id = inner.snapshots.commit(active).map_err(err)?;
+            if let Some(k) = &key {
+                reuse::remember(inner, k, &id, &manifest);
+            }
+            Ok(snap_ref(&id))
+        }
         Err(e) => {
             let _ = inner.snapshots.abort(active);
             Err(e)

@@ -58,6 +58,7 @@ mod exec;
 mod export;
 mod fileop;
 mod http;
+mod reuse;
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
