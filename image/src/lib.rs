@@ -24,4 +24,4 @@ pub use config::{ContainerConfig, Healthcheck, History, ImageConfig, RootFs};
 pub use error::{Error, Result};
 pub use rbuild_snapshotter::{Compression, Digest};
 pub use reference::Reference;
-pub use store::{Image, Layer, RemoveEvent, Store, Txn};
+pub use store::{Blob, Image, Layer, RemoveEvent, Store, Txn};

@@ -17,6 +17,7 @@ use std::collections::{BTreeMap, BTreeSet, HashSet};
 use std::io::{self, Read, Write};
 use std::path::{Path, PathBuf};
 
+use rbuild_snapshotter::snapshots::{SnapshotId, SnapshotStore};
 use rbuild_snapshotter::{ApplyOptions, Decoder, Digest, HashingWriter};
 use serde::{Deserialize, Serialize};
 
@@ -92,7 +93,6 @@ pub struct Layer {
     pub size: u64,
     /// Size of the files it holds, as docker counts an image's size.
     pub content_size: u64,
-    pub path: PathBuf,
 }
 
 /// What `remove` and `prune` did, in docker's order.
@@ -109,6 +109,145 @@ pub struct CommitReport {
     pub images: Vec<(Digest, Vec<Reference>)>,
     /// Tags that moved: (tag, image they pointed at before).
     pub retagged: Vec<(Reference, Digest)>,
+}
+
+/// Where layers kept as build snapshots are recorded (see [`Txn::add_snapshot_layer`]).
+const SNAP_LAYERS: &str = "snaplayers/sha256";
+
+/// A layer kept as a build snapshot rather than as a tar.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+struct SnapLayer {
+    /// The state root of the snapshot store holding it; absent: this store's root.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    state_root: Option<PathBuf>,
+    snapshot: String,
+    epoch: Option<u64>,
+    /// Size of the tar.
+    size: u64,
+}
+
+/// A blob being read: a file of the store, or a layer tar written from a
+/// snapshot on a helper thread (and checked against its diff ID).
+pub struct Blob(BlobSource);
+
+enum BlobSource {
+    File(fs_err::File),
+    Generated(Generated),
+}
+
+impl Read for Blob {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        match &mut self.0 {
+            BlobSource::File(f) => f.read(buf),
+            BlobSource::Generated(g) => g.read(buf),
+        }
+    }
+}
+
+/// The receiving end of a layer tar written by a helper thread in chunks.
+struct Generated {
+    rx: std::sync::mpsc::Receiver<io::Result<Vec<u8>>>,
+    chunk: Vec<u8>,
+    pos: usize,
+    done: bool,
+}
+
+/// Sends what is written in chunks of `CHUNK` bytes.
+struct ChunkSender {
+    tx: std::sync::mpsc::SyncSender<io::Result<Vec<u8>>>,
+    buf: Vec<u8>,
+}
+
+const CHUNK: usize = 1 << 20;
+
+impl Write for ChunkSender {
+    fn write(&mut self, data: &[u8]) -> io::Result<usize> {
+        let n = data.len().min(CHUNK - self.buf.len());
+        self.buf.extend_from_slice(&data[..n]);
+        if self.buf.len() == CHUNK {
+            self.flush()?;
+        }
+        Ok(n)
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        if self.buf.is_empty() {
+            return Ok(());
+        }
+        let full = std::mem::replace(&mut self.buf, Vec::with_capacity(CHUNK));
+        self.tx
+            .send(Ok(full))
+            .map_err(|_| io::Error::new(io::ErrorKind::BrokenPipe, "layer reader gone"))
+    }
+}
+
+impl Generated {
+    fn start(upper: PathBuf, epoch: Option<u64>, diff_id: Digest) -> Self {
+        let (tx, rx) = std::sync::mpsc::sync_channel(4);
+        std::thread::spawn(move || {
+            let sender = ChunkSender {
+                tx: tx.clone(),
+                buf: Vec::with_capacity(CHUNK),
+            };
+            let result =
+                SnapshotStore::write_upper_layer(&upper, HashingWriter::new(sender), epoch)
+                    .map_err(|e| io::Error::other(e.to_string()))
+                    .and_then(|(w, _)| {
+                        let (mut sender, d, _) = w.finish();
+                        sender.flush()?;
+                        if d == diff_id {
+                            // The end (an empty chunk): a thread that dies
+                            // before it leaves the reader with an error.
+                            let _ = tx.send(Ok(Vec::new()));
+                            Ok(())
+                        } else {
+                            Err(io::Error::other(format!(
+                                "layer {diff_id} written again from {} came out as {d}",
+                                upper.display()
+                            )))
+                        }
+                    });
+            if let Err(e) = result {
+                let _ = tx.send(Err(e));
+            }
+        });
+        Self {
+            rx,
+            chunk: Vec::new(),
+            pos: 0,
+            done: false,
+        }
+    }
+
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        while self.pos == self.chunk.len() {
+            if self.done {
+                return Ok(0);
+            }
+            match self.rx.recv() {
+                Ok(Ok(c)) if c.is_empty() => {
+                    self.done = true;
+                    return Ok(0);
+                }
+                Ok(Ok(c)) => {
+                    self.chunk = c;
+                    self.pos = 0;
+                }
+                Ok(Err(e)) => {
+                    self.done = true;
+                    return Err(e);
+                }
+                Err(_) => {
+                    self.done = true;
+                    return Err(io::Error::other("the layer writer stopped before the end"));
+                }
+            }
+        }
+        let n = buf.len().min(self.chunk.len() - self.pos);
+        buf[..n].copy_from_slice(&self.chunk[self.pos..self.pos + n]);
+        self.pos += n;
+        Ok(n)
+    }
 }
 
 /// The store at one root directory.
@@ -132,6 +271,7 @@ impl Store {
     pub fn open(root: impl AsRef<Path>) -> Result<Self> {
         let root = root.as_ref().to_path_buf();
         fs_err::create_dir_all(root.join("blobs/sha256"))?;
+        fs_err::create_dir_all(root.join(SNAP_LAYERS))?;
         fs_err::create_dir_all(root.join("tmp"))?;
         Ok(Self { root })
     }
@@ -145,24 +285,54 @@ impl Store {
         self.root.join("blobs/sha256").join(d.hex())
     }
 
+    /// Where the record of a layer kept as a snapshot lives.
+    fn snap_layer_path(&self, d: &Digest) -> PathBuf {
+        self.root.join(SNAP_LAYERS).join(d.hex())
+    }
+
+    /// The snapshot a layer is kept as (its upper dir), if it is one and the
+    /// snapshot exists.
+    fn snap_layer(&self, d: &Digest) -> Option<(SnapLayer, PathBuf)> {
+        let bytes = std::fs::read(self.snap_layer_path(d)).ok()?;
+        let l: SnapLayer = serde_json::from_slice(&bytes).ok()?;
+        let id = SnapshotId::parse(&l.snapshot)?;
+        let state_root = l.state_root.as_deref().unwrap_or(&self.root);
+        let upper = SnapshotStore::upper_at(state_root, &id);
+        SnapshotStore::exists_at(state_root, &id).then_some((l, upper))
+    }
+
     pub fn has_blob(&self, d: &Digest) -> bool {
-        self.blob_path(d).is_file()
+        self.blob_path(d).is_file() || self.snap_layer(d).is_some()
     }
 
     /// Size of a stored blob.
     pub fn blob_size(&self, d: &Digest) -> Result<u64> {
         match std::fs::metadata(self.blob_path(d)) {
             Ok(m) => Ok(m.len()),
-            Err(e) if e.kind() == io::ErrorKind::NotFound => Err(Error::MissingBlob(d.clone())),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => self
+                .snap_layer(d)
+                .map(|(l, _)| l.size)
+                .ok_or_else(|| Error::MissingBlob(d.clone())),
             Err(e) => Err(Error::Io(e)),
         }
     }
 
-    pub fn open_blob(&self, d: &Digest) -> Result<fs_err::File> {
-        if !self.has_blob(d) {
-            return Err(Error::MissingBlob(d.clone()));
+    /// Reads a blob. A layer kept as a snapshot is written from it on the fly
+    /// and checked against its diff ID: a mismatch is a read error at the end.
+    pub fn open_blob(&self, d: &Digest) -> Result<Blob> {
+        match fs_err::File::open(self.blob_path(d)) {
+            Ok(f) => return Ok(Blob(BlobSource::File(f))),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+            Err(e) => return Err(e.into()),
         }
-        Ok(fs_err::File::open(self.blob_path(d))?)
+        let (l, upper) = self
+            .snap_layer(d)
+            .ok_or_else(|| Error::MissingBlob(d.clone()))?;
+        Ok(Blob(BlobSource::Generated(Generated::start(
+            upper,
+            l.epoch,
+            d.clone(),
+        ))))
     }
 
     pub fn read_blob(&self, d: &Digest) -> Result<Vec<u8>> {
@@ -171,7 +341,7 @@ impl Store {
         Ok(v)
     }
 
-    /// Every blob in the store with its size.
+    /// Every blob in the store with its size (layers kept as snapshots too).
     pub fn blobs(&self) -> Result<Vec<(Digest, u64)>> {
         let mut out = Vec::new();
         for e in fs_err::read_dir(self.root.join("blobs/sha256"))? {
@@ -180,8 +350,32 @@ impl Store {
                 out.push((d, e.metadata()?.len()));
             }
         }
+        for e in fs_err::read_dir(self.root.join(SNAP_LAYERS))? {
+            let e = e?;
+            if let Ok(d) = Digest::from_hex(&e.file_name().to_string_lossy()) {
+                if !out.iter().any(|(o, _)| *o == d) {
+                    let size = std::fs::read(e.path())
+                        .ok()
+                        .and_then(|b| serde_json::from_slice::<SnapLayer>(&b).ok())
+                        .map_or(0, |l| l.size);
+                    out.push((d, size));
+                }
+            }
+        }
         out.sort();
         Ok(out)
+    }
+
+    /// Removes a blob, whichever way it is kept.
+    fn remove_blob(&self, d: &Digest) -> Result<()> {
+        for p in [self.blob_path(d), self.snap_layer_path(d)] {
+            match std::fs::remove_file(p) {
+                Ok(()) => {}
+                Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+                Err(e) => return Err(Error::Io(e)),
+            }
+        }
+        Ok(())
     }
 
     /// Takes the writer lock (blocking) and removes staging left by dead processes.
@@ -259,6 +453,7 @@ impl Store {
             blobs: Vec::new(),
             images: Vec::new(),
             layer_sizes: Vec::new(),
+            snap_layers: Vec::new(),
             n: 0,
         })
     }
@@ -382,7 +577,6 @@ impl Store {
                     diff_id: d.clone(),
                     size,
                     content_size: idx.layers.get(d).map_or(size, |l| l.size),
-                    path: self.blob_path(d),
                 })
             })
             .collect()
@@ -426,9 +620,13 @@ impl Store {
 
     /// Unpacks an image's layers, in order, into `dest` (which must exist).
     pub fn unpack(&self, img: &Image, dest: &Path, opts: &ApplyOptions) -> Result<()> {
-        for l in self.layers(img)? {
-            let f = fs_err::File::open(&l.path)?;
-            rbuild_snapshotter::apply_layer(dest, io::BufReader::new(f), opts)?;
+        for d in img.diff_ids() {
+            let f = self.open_blob(d)?;
+            rbuild_snapshotter::apply_layer(
+                dest,
+                io::BufReader::with_capacity(256 * 1024, f),
+                opts,
+            )?;
         }
         Ok(())
     }
@@ -567,11 +765,7 @@ impl Store {
 
     fn delete_blobs(&self, ds: &[Digest]) -> Result<()> {
         for d in ds {
-            match std::fs::remove_file(self.blob_path(d)) {
-                Ok(()) => {}
-                Err(e) if e.kind() == io::ErrorKind::NotFound => {}
-                Err(e) => return Err(Error::Io(e)),
-            }
+            self.remove_blob(d)?;
         }
         Ok(())
     }
@@ -617,7 +811,7 @@ impl Store {
         for (d, size) in self.blobs()? {
             if !used.contains(&d) {
                 reclaimed += size;
-                std::fs::remove_file(self.blob_path(&d))?;
+                self.remove_blob(&d)?;
                 if !events.contains(&RemoveEvent::Deleted(d.clone())) {
                     layer_events.push(RemoveEvent::Deleted(d));
                 }
@@ -647,6 +841,8 @@ pub struct Txn<'s> {
     blobs: Vec<(PathBuf, Digest)>,
     images: Vec<(Digest, Vec<Reference>, Option<Digest>)>,
     layer_sizes: Vec<(Digest, u64)>,
+    /// Layers kept as snapshots: the record staged, and its diff ID.
+    snap_layers: Vec<(PathBuf, Digest)>,
     n: usize,
 }
 
@@ -663,7 +859,47 @@ impl Txn<'_> {
     }
 
     fn staged(&self, d: &Digest) -> bool {
-        self.blobs.iter().any(|(_, b)| b == d)
+        self.blobs.iter().any(|(_, b)| b == d) || self.snap_layers.iter().any(|(_, b)| b == d)
+    }
+
+    /// Stages a layer kept as the committed snapshot `snapshot` of the
+    /// snapshot store at `state_root` instead of as a tar: `diff_id`, `size`
+    /// and `content_size` are those of the tar
+    /// [`SnapshotStore::write_upper_layer`] writes from it with `epoch`.
+    /// Reading the blob writes that tar again (and checks it). The snapshot
+    /// must stay as long as the layer is in the store.
+    pub fn add_snapshot_layer(
+        &mut self,
+        state_root: &Path,
+        snapshot: &SnapshotId,
+        epoch: Option<u64>,
+        diff_id: Digest,
+        size: u64,
+        content_size: u64,
+    ) -> Result<()> {
+        if self.has_blob(&diff_id) {
+            return Ok(());
+        }
+        let same = |a: &Path, b: &Path| match (fs_err::canonicalize(a), fs_err::canonicalize(b)) {
+            (Ok(a), Ok(b)) => a == b,
+            _ => false,
+        };
+        let state_root = if same(state_root, &self.store.root) {
+            None
+        } else {
+            Some(fs_err::canonicalize(state_root)?)
+        };
+        let rec = SnapLayer {
+            state_root,
+            snapshot: snapshot.as_str().to_owned(),
+            epoch,
+            size,
+        };
+        let path = self.staging_path();
+        fs_err::write(&path, serde_json::to_vec(&rec).map_err(io::Error::other)?)?;
+        self.layer_sizes.push((diff_id.clone(), content_size));
+        self.snap_layers.push((path, diff_id));
+        Ok(())
     }
 
     /// Whether the blob is in the store or staged here.
@@ -828,6 +1064,14 @@ impl Txn<'_> {
             }
         }
         fsync_dir(&self.store.root.join("blobs/sha256"))?;
+        for (path, d) in &self.snap_layers {
+            if !self.store.blob_path(d).exists() {
+                fs_err::rename(path, self.store.snap_layer_path(d))?;
+            }
+        }
+        if !self.snap_layers.is_empty() {
+            fsync_dir(&self.store.root.join(SNAP_LAYERS))?;
+        }
         let mut idx = self.store.read_index()?;
         for (d, size) in &self.layer_sizes {
             idx.layers
@@ -897,6 +1141,74 @@ pub fn check_layer(path: &Path) -> Result<u64> {
 mod tests {
     use super::*;
     use crate::config::{ImageConfig, RootFs};
+
+    #[test]
+    fn a_layer_kept_as_a_snapshot_reads_as_its_tar_and_is_checked() {
+        use rbuild_snapshotter::snapshots::SnapshotStore;
+        let t = tempfile::tempdir().unwrap();
+        let root = t.path().join("root");
+        let store = Store::open(&root).unwrap();
+        let snaps = SnapshotStore::open(&root).unwrap();
+        let a = snaps.prepare(None, "test").unwrap();
+        fs_err::create_dir_all(a.upper.join("app")).unwrap();
+        fs_err::write(a.upper.join("app/f"), "content").unwrap();
+        std::os::unix::fs::symlink("f", a.upper.join("app/l")).unwrap();
+        let sid = snaps.commit(a).unwrap();
+        let upper = snaps.upper(&sid);
+        let (d, size, content) =
+            SnapshotStore::upper_layer_digest(&upper, Some(1_600_000_000)).unwrap();
+        let (tar, content2) =
+            SnapshotStore::write_upper_layer(&upper, Vec::new(), Some(1_600_000_000)).unwrap();
+        assert_eq!(d, Digest::of(&tar), "the digest is the tar's");
+        assert_eq!((size, content, content2), (tar.len() as u64, 8, 8));
+
+        let mut txn = store.begin().unwrap();
+        txn.add_snapshot_layer(&root, &sid, Some(1_600_000_000), d.clone(), size, content)
+            .unwrap();
+        let cfg = ImageConfig {
+            architecture: "amd64".into(),
+            os: "linux".into(),
+            rootfs: RootFs {
+                kind: "layers".into(),
+                diff_ids: vec![d.clone()],
+            },
+            ..ImageConfig::default()
+        };
+        txn.add_config(&cfg, vec![Reference::parse("snap").unwrap()], None)
+            .unwrap();
+        assert!(!store.has_blob(&d), "nothing is visible before commit");
+        txn.commit().unwrap();
+        assert!(store.has_blob(&d));
+        assert!(!store.blob_path(&d).exists(), "no tar was written");
+        assert_eq!(store.blob_size(&d).unwrap(), size);
+        assert_eq!(store.read_blob(&d).unwrap(), tar);
+        let img = store.find("snap").unwrap();
+        let dest = t.path().join("dest");
+        fs_err::create_dir(&dest).unwrap();
+        store
+            .unpack(
+                &img,
+                &dest,
+                &rbuild_snapshotter::ApplyOptions { chown: false },
+            )
+            .unwrap();
+        assert_eq!(
+            fs_err::read_to_string(dest.join("app/f")).unwrap(),
+            "content"
+        );
+        assert_eq!(store.image_size(&img).unwrap(), 8);
+
+        // A snapshot changed behind the store's back is an error, not a wrong tar.
+        fs_err::write(upper.join("app/f"), "CONTENT").unwrap();
+        let e = store.read_blob(&d).unwrap_err().to_string();
+        assert!(e.contains("came out as"), "{e}");
+
+        // Removing the image drops the record, not the snapshot.
+        store.remove(&["snap".to_owned()], false).unwrap();
+        assert!(!store.has_blob(&d));
+        assert!(store.blobs().unwrap().is_empty());
+        assert!(snaps.exists(&sid));
+    }
 
     #[test]
     fn a_build_writes_diff_layers_and_unpacks_them_again() {

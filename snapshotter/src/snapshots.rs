@@ -415,6 +415,92 @@ impl SnapshotStore {
         Ok(tar.finish()?)
     }
 
+    /// Where the upper dir of snapshot `id` of the store at `state_root` is,
+    /// without opening the store (opening removes half-made snapshots, which
+    /// a reader must not do while a build runs).
+    pub fn upper_at(state_root: &Path, id: &SnapshotId) -> PathBuf {
+        state_root.join("snapshots").join(&id.0).join("fs")
+    }
+
+    /// Whether snapshot `id` of the store at `state_root` is committed.
+    pub fn exists_at(state_root: &Path, id: &SnapshotId) -> bool {
+        state_root
+            .join("snapshots")
+            .join(&id.0)
+            .join("meta.json")
+            .is_file()
+    }
+
+    /// [`SnapshotStore::write_layer`] for the upper dir `upper`.
+    pub fn write_upper_layer<W: Write>(
+        upper: &Path,
+        out: W,
+        epoch: Option<u64>,
+    ) -> Result<(W, u64)> {
+        let mut tar = TarWriter::new(out, epoch);
+        let mut links = HashMap::new();
+        write_upper_dir(&mut tar, upper, &[], &mut links)?;
+        let content = tar.content_size();
+        Ok((tar.finish()?, content))
+    }
+
+    /// The diff ID, size and content size of the layer
+    /// [`SnapshotStore::write_upper_layer`] writes for `upper`, without
+    /// writing it anywhere: the tar is made on this thread and hashed on
+    /// another, so reading the files and hashing them overlap.
+    pub fn upper_layer_digest(upper: &Path, epoch: Option<u64>) -> Result<(Digest, u64, u64)> {
+        const CHUNK: usize = 1 << 20;
+        struct Chunks {
+            tx: std::sync::mpsc::SyncSender<Vec<u8>>,
+            buf: Vec<u8>,
+        }
+        impl Write for Chunks {
+            fn write(&mut self, data: &[u8]) -> io::Result<usize> {
+                let n = data.len().min(CHUNK - self.buf.len());
+                self.buf.extend_from_slice(&data[..n]);
+                if self.buf.len() == CHUNK {
+                    self.flush()?;
+                }
+                Ok(n)
+            }
+            fn flush(&mut self) -> io::Result<()> {
+                if self.buf.is_empty() {
+                    return Ok(());
+                }
+                let full = std::mem::replace(&mut self.buf, Vec::with_capacity(CHUNK));
+                self.tx
+                    .send(full)
+                    .map_err(|_| io::Error::other("layer hasher stopped"))
+            }
+        }
+        let (tx, rx) = std::sync::mpsc::sync_channel::<Vec<u8>>(4);
+        let hasher = std::thread::spawn(move || {
+            let mut h = crate::digest::HashingWriter::new(io::sink());
+            for chunk in rx {
+                h.write_all(&chunk).expect("writing to a sink");
+            }
+            let (_, d, n) = h.finish();
+            (d, n)
+        });
+        let written = Self::write_upper_layer(
+            upper,
+            Chunks {
+                tx,
+                buf: Vec::with_capacity(CHUNK),
+            },
+            epoch,
+        )
+        .and_then(|(mut w, content)| {
+            w.flush()?;
+            drop(w);
+            Ok(content)
+        });
+        let (d, size) = hasher
+            .join()
+            .map_err(|_| io::Error::other("layer hasher panicked"))?;
+        Ok((d, size, written?))
+    }
+
     /// Removes a committed snapshot (children are not checked).
     pub fn remove(&self, id: &SnapshotId) -> Result<()> {
         let dir = self.dir(id);

@@ -34,12 +34,23 @@ pub struct EntryMeta {
 pub struct TarWriter<W: Write> {
     out: W,
     epoch: Option<u64>,
+    content: u64,
 }
 
 impl<W: Write> TarWriter<W> {
     /// `epoch`: clamp every mtime to at most this (`SOURCE_DATE_EPOCH`).
     pub fn new(out: W, epoch: Option<u64>) -> Self {
-        Self { out, epoch }
+        Self {
+            out,
+            epoch,
+            content: 0,
+        }
+    }
+
+    /// The layer's content size so far, as docker's graph drivers measure it:
+    /// regular files' sizes plus symlink target lengths.
+    pub fn content_size(&self) -> u64 {
+        self.content
     }
 
     /// Appends one entry; `data` must yield exactly `meta.size` bytes for files.
@@ -80,6 +91,11 @@ impl<W: Write> TarWriter<W> {
         };
         header.set_entry_type(ty);
         header.set_size(size);
+        self.content += match &meta.kind {
+            EntryKind::File => size,
+            EntryKind::Symlink(t) => t.len() as u64,
+            _ => 0,
+        };
         header.set_mode(meta.mode & 0o7777);
         header.set_uid(meta.uid);
         header.set_gid(meta.gid);

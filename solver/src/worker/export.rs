@@ -72,20 +72,15 @@ pub(super) fn export_image(
             }
             continue;
         }
-        let mut failure = None;
-        let (d, _) = txn
-            .write_layer(|w| match inner.snapshots.write_layer(id, w, inner.epoch) {
-                Ok(_) => Ok(()),
-                Err(e) => {
-                    let msg = e.to_string();
-                    failure = Some(e);
-                    Err(std::io::Error::other(msg))
-                }
-            })
-            .map_err(|e| match failure.take() {
-                Some(f) => err(f),
-                None => err(e),
-            })?;
+        // The layer stays the snapshot: only its diff ID is computed here
+        // (the tar is written, and checked, when the image is read).
+        let (d, size, content) = rbuild_snapshotter::snapshots::SnapshotStore::upper_layer_digest(
+            &inner.snapshots.upper(id),
+            inner.epoch,
+        )
+        .map_err(err)?;
+        txn.add_snapshot_layer(&inner.state_root, id, inner.epoch, d.clone(), size, content)
+            .map_err(err)?;
         remember_layer(inner, id, &d);
         diff_ids.push(d);
         if info.layer.is_none() {
