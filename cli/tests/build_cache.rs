@@ -682,3 +682,41 @@ fn a_copy_rerun_after_a_change_gives_the_layer_a_cold_build_gives() {
     assert_eq!(bs.len(), 2);
     assert_ne!(bs[0], bs[1], "changed b.txt must be a new file");
 }
+
+#[test]
+fn copy_from_a_stage_is_keyed_by_the_content_it_copies() {
+    // BuildKit keys `COPY --from=stage` by a checksum of what it copies, not by
+    // the stage's cache key: when `--no-cache-filter` makes a stage run again,
+    // a copy of files that came out the same stays cached, and a copy of files
+    // that came out different runs again (with the new content).
+    let Some(b) = B::new() else { return };
+    b.write(
+        "ctx/Dockerfile",
+        "FROM busybox AS deps\n\
+         RUN echo same > /same && cat /proc/sys/kernel/random/uuid > /random\n\
+         FROM busybox AS final\n\
+         COPY --from=deps /same /same\n\
+         RUN cat /same > /out1\n\
+         COPY --from=deps /random /random\n\
+         RUN cat /random > /out2\n",
+    );
+    let d2 = "[deps 2/2] RUN echo same > /same && cat /proc/sys/kernel/random/uuid > /random";
+    let f2 = "[final 2/5] COPY --from=deps /same /same";
+    let f3 = "[final 3/5] RUN cat /same > /out1";
+    let f4 = "[final 4/5] COPY --from=deps /random /random";
+    let f5 = "[final 5/5] RUN cat /random > /out2";
+    // Both stages' FROM are one vertex (identical ops are solved once).
+    let from = "[deps 1/2] FROM busybox";
+    let ctx = b.p("ctx");
+    let (_, id1) = b.build(&[&ctx]);
+    let first = b.cat(&id1, "/out2");
+
+    let (s, _) = b.build(&[&ctx]);
+    s.assert(&[], &[from, d2, f2, f3, f4, f5]);
+
+    let (s, id2) = b.build(&["--no-cache-filter", "deps", &ctx]);
+    s.assert(&[d2, f4, f5], &[from, f2, f3]);
+    let second = b.cat(&id2, "/out2");
+    assert_ne!(first, second, "the new random content was not copied");
+    assert_eq!(b.cat(&id2, "/random"), second);
+}

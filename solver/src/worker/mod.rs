@@ -209,6 +209,43 @@ impl Inner {
         Err(ExecError::msg(format!("unknown result {r}")))
     }
 
+    /// The content checksum of what `selection` picks in snapshot `id`, as
+    /// for a build context (so `COPY --from=stage` is keyed by the content it
+    /// copies, as BuildKit keys it: a stage that runs again and makes the
+    /// same files leaves the copy cached, one that makes other files does
+    /// not). A committed snapshot never changes, so the sum is kept in
+    /// `STATE/snapshot-checksums/`. `None` (key on the input's key) when the
+    /// selection cannot be read: the copy then reports what is wrong.
+    fn snapshot_checksum(&self, id: &SnapshotId, selection: &Selection) -> Option<Checksum> {
+        let mut h = blake3::Hasher::new_derive_key("rbuild snapshot checksum v1");
+        h.update(id.as_str().as_bytes());
+        h.update(&[0]);
+        h.update(format!("{selection:?}").as_bytes());
+        let path = self
+            .state_root
+            .join("snapshot-checksums")
+            .join(h.finalize().to_hex().as_str());
+        if let Ok(bytes) = std::fs::read(&path) {
+            if let Ok(sum) = <[u8; 32]>::try_from(bytes.as_slice()) {
+                return Some(Checksum(sum));
+            }
+        }
+        let guard = self.snapshots.mount_ro(id).ok()?;
+        let summer = ContextChecksummer::open(guard.path(), None).ok()?;
+        let filter = SelectionFilter {
+            ignore: None,
+            include: &selection.include_patterns,
+            exclude: &selection.exclude_patterns,
+        };
+        let sum = summer.checksum(selection, &filter).ok()?;
+        drop(guard);
+        if let Some(dir) = path.parent() {
+            let _ = fs_err::create_dir_all(dir);
+        }
+        let _ = crate::atomic::write(&path, sum.as_bytes(), false);
+        Some(sum)
+    }
+
     fn checksummer(&self, dir: &Path) -> Result<Arc<ContextChecksummer>, ExecError> {
         let mut map = self.checksummers.lock().expect("checksummer table");
         if let Some(c) = map.get(dir) {
@@ -360,12 +397,10 @@ impl ContentChecksum for LocalWorker {
         result: &ResultRef,
         selection: &Selection,
     ) -> Result<Option<Checksum>, ExecError> {
-        let Op::Source(SourceOp::Context { .. }) = &input.op else {
-            // Snapshots: key on the input's own key.
-            return Ok(None);
-        };
-        let Res::Context(dir) = self.inner.resolve(result)? else {
-            return Ok(None);
+        let dir = match (&input.op, self.inner.resolve(result)?) {
+            (Op::Source(SourceOp::Context { .. }), Res::Context(dir)) => dir,
+            (_, Res::Snap(id)) => return Ok(self.inner.snapshot_checksum(&id, selection)),
+            _ => return Ok(None),
         };
         let summer = self.inner.checksummer(&dir)?;
         let filter = SelectionFilter {
