@@ -415,3 +415,38 @@ fn add_of_an_https_url_verifies_the_certificate() {
     let err = String::from_utf8_lossy(&o.stderr);
     assert!(err.contains("digest mismatch"), "{err}");
 }
+
+#[test]
+fn add_chown_owns_what_an_archive_extracts() {
+    // BuildKit (v0.23 on) applies `ADD --chown` to the entries it extracts from
+    // a local archive, not only to the destination directory.
+    let Some(b) = B::new() else { return };
+    let ctx = b.env.path("ctx");
+    b.write("ctx/tree/sub/f.txt", "f\n");
+    b.write("ctx/tree/g.txt", "g\n");
+    let st = std::process::Command::new("tar")
+        .args(["--owner=42", "--group=43", "-czf"])
+        .arg(ctx.join("t.tar.gz"))
+        .arg("-C")
+        .arg(ctx.join("tree"))
+        .args(["sub", "g.txt"])
+        .status()
+        .unwrap();
+    assert!(st.success());
+    b.write(
+        "ctx/Dockerfile",
+        "FROM busybox\n\
+         ADD --chown=1234:5678 t.tar.gz /owned/\n\
+         ADD t.tar.gz /kept/\n\
+         RUN stat -c '%u:%g %n' /owned /owned/sub /owned/sub/f.txt /owned/g.txt \
+         /kept/sub/f.txt > /owners\n\
+         CMD [\"cat\", \"/owners\"]\n",
+    );
+    b.build_ok(&["-t", "owned", &b.p("ctx")]);
+    let out = b.env.ok(&["run", "--rm", "owned"]);
+    assert_eq!(
+        out,
+        "1234:5678 /owned\n1234:5678 /owned/sub\n1234:5678 /owned/sub/f.txt\n\
+         1234:5678 /owned/g.txt\n42:43 /kept/sub/f.txt\n"
+    );
+}

@@ -1189,7 +1189,10 @@ mod tests {
             .unpack(
                 &img,
                 &dest,
-                &rbuild_snapshotter::ApplyOptions { chown: false },
+                &rbuild_snapshotter::ApplyOptions {
+                    chown: false,
+                    owner: None,
+                },
             )
             .unwrap();
         assert_eq!(
@@ -1249,7 +1252,10 @@ mod tests {
             .unpack(
                 &img,
                 &dest,
-                &rbuild_snapshotter::ApplyOptions { chown: false },
+                &rbuild_snapshotter::ApplyOptions {
+                    chown: false,
+                    owner: None,
+                },
             )
             .unwrap();
         assert_eq!(fs_err::read_to_string(dest.join("etc/a")).unwrap(), "a2");

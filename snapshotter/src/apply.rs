@@ -22,12 +22,16 @@ use crate::error::{Error, Result};
 pub struct ApplyOptions {
     /// Set owners from the tar (default: when running as root).
     pub chown: bool,
+    /// Give every entry this owner (uid, gid) instead of the tar's
+    /// (`ADD --chown` of an archive).
+    pub owner: Option<(u32, u32)>,
 }
 
 impl Default for ApplyOptions {
     fn default() -> Self {
         Self {
             chown: rustix::process::geteuid().is_root(),
+            owner: None,
         }
     }
 }
@@ -235,7 +239,9 @@ fn finish_meta<R: Read>(
     opts: &ApplyOptions,
     is_link: bool,
 ) -> Result<()> {
-    if opts.chown {
+    if let Some((uid, gid)) = opts.owner {
+        std::os::unix::fs::lchown(path, Some(uid), Some(gid)).map_err(|e| at(path, e))?;
+    } else if opts.chown {
         let uid = u32::try_from(h.uid().unwrap_or(0)).unwrap_or(0);
         let gid = u32::try_from(h.gid().unwrap_or(0)).unwrap_or(0);
         std::os::unix::fs::lchown(path, Some(uid), Some(gid)).map_err(|e| at(path, e))?;
@@ -392,7 +398,10 @@ mod tests {
     fn whiteouts_and_opaque_directories_follow_the_oci_spec() {
         let t = tempfile::tempdir().unwrap();
         let root = t.path();
-        let opts = ApplyOptions { chown: false };
+        let opts = ApplyOptions {
+            chown: false,
+            owner: None,
+        };
         apply_layer(
             root,
             &layer(&[
@@ -429,7 +438,15 @@ mod tests {
         let inner = t.path().join("root");
         fs_err::create_dir(&inner).unwrap();
         let tar = raw_tar("../evil", tar::EntryType::Regular, None, b"boom");
-        let err = apply_layer(&inner, &tar[..], &ApplyOptions { chown: false }).unwrap_err();
+        let err = apply_layer(
+            &inner,
+            &tar[..],
+            &ApplyOptions {
+                chown: false,
+                owner: None,
+            },
+        )
+        .unwrap_err();
         assert!(matches!(err, Error::Escape(_)), "{err}");
         assert!(!t.path().join("evil").exists());
     }
@@ -441,7 +458,10 @@ mod tests {
         fs_err::create_dir(&inner).unwrap();
         let outside = t.path().join("outside");
         fs_err::create_dir(&outside).unwrap();
-        let opts = ApplyOptions { chown: false };
+        let opts = ApplyOptions {
+            chown: false,
+            owner: None,
+        };
         // A symlink pointing out, then a file written through it.
         let l1 = layer(&[(
             m(
@@ -479,7 +499,10 @@ mod tests {
         let t = tempfile::tempdir().unwrap();
         let inner = t.path().join("root");
         fs_err::create_dir(&inner).unwrap();
-        let opts = ApplyOptions { chown: false };
+        let opts = ApplyOptions {
+            chown: false,
+            owner: None,
+        };
         let tar = raw_tar("h", tar::EntryType::Link, Some("../secret"), b"");
         assert!(apply_layer(&inner, &tar[..], &opts).is_err());
         let tar = raw_tar("h", tar::EntryType::Link, Some("/etc/passwd"), b"");
@@ -506,7 +529,10 @@ mod tests {
         fs_err::write(up.join("keep"), "k2").unwrap();
         fs_err::write(up.join("d/new"), "n").unwrap();
         std::os::unix::fs::symlink("keep", up.join("s")).unwrap();
-        let opts = ApplyOptions { chown: false };
+        let opts = ApplyOptions {
+            chown: false,
+            owner: None,
+        };
         let base = crate::diff::write_diff(None, &low, Vec::new(), &crate::DiffOptions::default())
             .unwrap();
         apply_layer(&out, &base[..], &opts).unwrap();
@@ -559,7 +585,10 @@ mod metadata_tests {
             },
         )
         .unwrap();
-        let opts = ApplyOptions { chown: root };
+        let opts = ApplyOptions {
+            chown: root,
+            owner: None,
+        };
         apply_layer(&out, &layer[..], &opts).unwrap();
         let m = fs_err::symlink_metadata(out.join("file")).unwrap();
         assert_eq!(
@@ -641,7 +670,7 @@ mod containment_props {
                 layer.extend(raw_entry(name, ty, &link));
             }
             layer.extend_from_slice(&[0; 1024]);
-            let _ = apply_layer(&target, &layer[..], &ApplyOptions { chown: false });
+            let _ = apply_layer(&target, &layer[..], &ApplyOptions { chown: false, owner: None });
             let outside: Vec<_> = fs_err::read_dir(t.path()).unwrap().flatten().map(|e| e.file_name()).collect();
             prop_assert_eq!(outside, vec![std::ffi::OsString::from("target")]);
             prop_assert!(!Path::new("/abs").exists());

@@ -696,12 +696,13 @@ fn copy_action(
             ctx.manifest.poison();
             let f = fs_err::File::open(&src).map_err(err)?.into_parts().0;
             let dec = rbuild_snapshotter::Decoder::new(f).map_err(err)?;
-            rbuild_snapshotter::apply_layer(
-                &target,
-                dec,
-                &rbuild_snapshotter::ApplyOptions::default(),
-            )
-            .map_err(|e| ExecError::msg(format!("extracting \"/{}\": {e}", rel.display())))?;
+            // `ADD --chown` owns the extracted entries too (BuildKit ≥ 0.23).
+            let opts = rbuild_snapshotter::ApplyOptions {
+                owner: c.owner.as_ref().and(owner),
+                ..rbuild_snapshotter::ApplyOptions::default()
+            };
+            rbuild_snapshotter::apply_layer(&target, dec, &opts)
+                .map_err(|e| ExecError::msg(format!("extracting \"/{}\": {e}", rel.display())))?;
         } else {
             let target = if dest_is_dir {
                 dest_path.join(&base_name)
