@@ -78,6 +78,22 @@ RES=$HERE/last-build-results.tsv # written as it goes: a cut-short run keeps its
 cleanup() {
     if [ "${KEEP:-}" = 1 ]; then echo "work folder kept: $WORK"; else rm -rf "$WORK"; fi
 }
+# Deleting big trees between timed runs slows the next builder down on these
+# machines: their root file system is ext4 without a journal, where the inode
+# allocator skips every inode freed in the last 60 s (more while its inode table
+# block is dirty; kernel: ialloc.c recently_deleted()), so creating 20,000 files
+# after deleting 40,000 costs seconds (perf: find_inode_bit / recently_deleted
+# at 60 % of a COPY's time). So rbuild's and buildah's state folders are moved
+# aside and deleted at the end, and after BuildKit's `builder prune` (which
+# must delete) and after buildah (whose `bud` deletes its intermediate
+# containers) the bench waits SETTLE seconds (bigctx only; default 65) so that
+# whoever builds next does not pay for it.
+TRASH=$WORK/trash
+mkdir -p "$TRASH"
+discard() { [ -e "$1" ] && mv "$1" "$TRASH/$(date +%s%N)" || true; }
+settle() { # WORKLOAD
+    if [ "$1" = bigctx ] && [ "${SETTLE:-65}" != 0 ]; then sync; sleep "${SETTLE:-65}"; fi
+}
 trap cleanup EXIT
 echo "work folder: $WORK  (N=$N, load: $(cut -d' ' -f1-3 /proc/loadavg))"
 
@@ -140,7 +156,7 @@ sync
 # --- the builders -----------------------------------------------------------------
 rb_run() { # WORKLOAD RUN
     local w=$1 r=$2 ctx=$WORK/ctx/$1 root=$WORK/rbuild-root
-    rm -rf "$root"
+    discard "$root"
     "$RBUILD" --root "$root" import "$WORK/base.tar" busybox:latest >/dev/null
     local b=(--root "$root" build --progress plain --network none -t "bench-$w" -f "$ctx/Dockerfile" "$ctx")
     sync
@@ -149,7 +165,8 @@ rb_run() { # WORKLOAD RUN
     printf x >>"$ctx/$(changed_file "$w")"
     timed rbuild "$w" changed "$r" "$RBUILD" "${b[@]}"
     timed rbuild "$w" export "$r" "$RBUILD" --root "$root" save "bench-$w" -o "$WORK/out.tar"
-    rm -rf "$root" "$WORK/out.tar"
+    rm -f "$WORK/out.tar"
+    discard "$root"
 }
 
 bk_run() {
@@ -166,12 +183,13 @@ bk_run() {
     rm -f "$WORK/out.tar"
     "$DOCKER" rmi -f "bench-$w" >/dev/null 2>&1 || true
     "$DOCKER" builder prune -af >/dev/null
+    settle "$w"
 }
 
 bh_run() {
     local w=$1 r=$2 ctx=$WORK/ctx/$1 st=$WORK/buildah
     local s=(--root "$st/root" --runroot "$st/run" --storage-driver overlay)
-    [ -d "$st" ] && { buildah "${s[@]}" rm -a >/dev/null 2>&1 || true; rm -rf "$st"; }
+    [ -d "$st" ] && { buildah "${s[@]}" rm -a >/dev/null 2>&1 || true; discard "$st"; }
     buildah "${s[@]}" pull -q "docker-archive:$WORK/busybox-archive.tar" >/dev/null
     local b=("${s[@]}" bud --layers --isolation oci --network none --pull=never
         -t "bench-$w" -f "$ctx/Dockerfile" "$ctx")
@@ -183,9 +201,9 @@ bh_run() {
     timed buildah "$w" export "$r" buildah "${s[@]}" push "bench-$w" "docker-archive:$WORK/out.tar:bench-$w:latest"
     rm -f "$WORK/out.tar"
     buildah "${s[@]}" rm -a >/dev/null 2>&1 || true
-    buildah "${s[@]}" rmi -a -f >/dev/null 2>&1 || true
     mount | awk -v p="$st" 'index($3, p) == 1 {print $3}' | sort -r | xargs -r umount 2>/dev/null || true
-    rm -rf "$st"
+    discard "$st"
+    settle "$w" # `bud --layers` deletes its intermediate containers as it goes
 }
 
 for w in $WORKLOADS; do
