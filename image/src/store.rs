@@ -152,43 +152,16 @@ struct Generated {
     done: bool,
 }
 
-/// Sends what is written in chunks of `CHUNK` bytes.
-struct ChunkSender {
-    tx: std::sync::mpsc::SyncSender<io::Result<Vec<u8>>>,
-    buf: Vec<u8>,
-}
-
-const CHUNK: usize = 1 << 20;
-
-impl Write for ChunkSender {
-    fn write(&mut self, data: &[u8]) -> io::Result<usize> {
-        let n = data.len().min(CHUNK - self.buf.len());
-        self.buf.extend_from_slice(&data[..n]);
-        if self.buf.len() == CHUNK {
-            self.flush()?;
-        }
-        Ok(n)
-    }
-
-    fn flush(&mut self) -> io::Result<()> {
-        if self.buf.is_empty() {
-            return Ok(());
-        }
-        let full = std::mem::replace(&mut self.buf, Vec::with_capacity(CHUNK));
-        self.tx
-            .send(Ok(full))
-            .map_err(|_| io::Error::new(io::ErrorKind::BrokenPipe, "layer reader gone"))
-    }
-}
-
 impl Generated {
     fn start(upper: PathBuf, epoch: Option<u64>, diff_id: Digest) -> Self {
         let (tx, rx) = std::sync::mpsc::sync_channel(4);
         std::thread::spawn(move || {
-            let sender = ChunkSender {
-                tx: tx.clone(),
-                buf: Vec::with_capacity(CHUNK),
-            };
+            let chunks = tx.clone();
+            let sender = rbuild_snapshotter::ChunkWriter::new(1 << 20, move |c| {
+                chunks
+                    .send(Ok(c))
+                    .map_err(|_| io::Error::new(io::ErrorKind::BrokenPipe, "layer reader gone"))
+            });
             let result =
                 SnapshotStore::write_upper_layer(&upper, HashingWriter::new(sender), epoch)
                     .map_err(|e| io::Error::other(e.to_string()))

@@ -15,5 +15,5 @@ pub mod tarwrite;
 pub use apply::{ApplyOptions, ApplyStats, apply_layer};
 pub use compress::{Compression, Decoder, Encoder, LayerDigests, write_layer};
 pub use diff::{DiffOptions, write_diff};
-pub use digest::{Digest, HashingReader, HashingWriter};
+pub use digest::{ChunkWriter, Digest, HashingReader, HashingWriter};
 pub use error::Error;

@@ -449,30 +449,6 @@ impl SnapshotStore {
     /// writing it anywhere: the tar is made on this thread and hashed on
     /// another, so reading the files and hashing them overlap.
     pub fn upper_layer_digest(upper: &Path, epoch: Option<u64>) -> Result<(Digest, u64, u64)> {
-        const CHUNK: usize = 1 << 20;
-        struct Chunks {
-            tx: std::sync::mpsc::SyncSender<Vec<u8>>,
-            buf: Vec<u8>,
-        }
-        impl Write for Chunks {
-            fn write(&mut self, data: &[u8]) -> io::Result<usize> {
-                let n = data.len().min(CHUNK - self.buf.len());
-                self.buf.extend_from_slice(&data[..n]);
-                if self.buf.len() == CHUNK {
-                    self.flush()?;
-                }
-                Ok(n)
-            }
-            fn flush(&mut self) -> io::Result<()> {
-                if self.buf.is_empty() {
-                    return Ok(());
-                }
-                let full = std::mem::replace(&mut self.buf, Vec::with_capacity(CHUNK));
-                self.tx
-                    .send(full)
-                    .map_err(|_| io::Error::other("layer hasher stopped"))
-            }
-        }
         let (tx, rx) = std::sync::mpsc::sync_channel::<Vec<u8>>(4);
         let hasher = std::thread::spawn(move || {
             let mut h = crate::digest::HashingWriter::new(io::sink());
@@ -482,15 +458,11 @@ impl SnapshotStore {
             let (_, d, n) = h.finish();
             (d, n)
         });
-        let written = Self::write_upper_layer(
-            upper,
-            Chunks {
-                tx,
-                buf: Vec::with_capacity(CHUNK),
-            },
-            epoch,
-        )
-        .and_then(|(mut w, content)| {
+        let chunks = crate::digest::ChunkWriter::new(1 << 20, move |c| {
+            tx.send(c)
+                .map_err(|_| io::Error::other("layer hasher stopped"))
+        });
+        let written = Self::write_upper_layer(upper, chunks, epoch).and_then(|(mut w, content)| {
             w.flush()?;
             drop(w);
             Ok(content)
