@@ -174,6 +174,43 @@ impl<R: Read> Read for HashingReader<R> {
     }
 }
 
+/// Hands what is written on to `send` in chunks of `size` bytes (the last one
+/// on `flush`): a writer for one end of a channel to another thread.
+pub struct ChunkWriter<F: FnMut(Vec<u8>) -> io::Result<()>> {
+    send: F,
+    size: usize,
+    buf: Vec<u8>,
+}
+
+impl<F: FnMut(Vec<u8>) -> io::Result<()>> ChunkWriter<F> {
+    pub fn new(size: usize, send: F) -> Self {
+        Self {
+            send,
+            size,
+            buf: Vec::with_capacity(size),
+        }
+    }
+}
+
+impl<F: FnMut(Vec<u8>) -> io::Result<()>> Write for ChunkWriter<F> {
+    fn write(&mut self, data: &[u8]) -> io::Result<usize> {
+        let n = data.len().min(self.size - self.buf.len());
+        self.buf.extend_from_slice(&data[..n]);
+        if self.buf.len() == self.size {
+            self.flush()?;
+        }
+        Ok(n)
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        if self.buf.is_empty() {
+            return Ok(());
+        }
+        let full = std::mem::replace(&mut self.buf, Vec::with_capacity(self.size));
+        (self.send)(full)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -210,42 +247,5 @@ mod tests {
         assert_eq!(out, b"hello world");
         assert_eq!(n, 11);
         assert_eq!(d, Digest::of(b"hello world"));
-    }
-}
-
-/// Hands what is written on to `send` in chunks of `size` bytes (the last one
-/// on `flush`): a writer for one end of a channel to another thread.
-pub struct ChunkWriter<F: FnMut(Vec<u8>) -> io::Result<()>> {
-    send: F,
-    size: usize,
-    buf: Vec<u8>,
-}
-
-impl<F: FnMut(Vec<u8>) -> io::Result<()>> ChunkWriter<F> {
-    pub fn new(size: usize, send: F) -> Self {
-        Self {
-            send,
-            size,
-            buf: Vec::with_capacity(size),
-        }
-    }
-}
-
-impl<F: FnMut(Vec<u8>) -> io::Result<()>> Write for ChunkWriter<F> {
-    fn write(&mut self, data: &[u8]) -> io::Result<usize> {
-        let n = data.len().min(self.size - self.buf.len());
-        self.buf.extend_from_slice(&data[..n]);
-        if self.buf.len() == self.size {
-            self.flush()?;
-        }
-        Ok(n)
-    }
-
-    fn flush(&mut self) -> io::Result<()> {
-        if self.buf.is_empty() {
-            return Ok(());
-        }
-        let full = std::mem::replace(&mut self.buf, Vec::with_capacity(self.size));
-        (self.send)(full)
     }
 }
