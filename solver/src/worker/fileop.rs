@@ -135,9 +135,12 @@ struct CopyCtx<'a> {
     /// First destination (relative to `root`) of each source inode with
     /// several links.
     links: HashMap<(u64, u64), PathBuf>,
-    /// Regular files whose (empty) destination exists and whose content and
-    /// metadata are still to be copied: done in parallel by [`CopyCtx::flush`].
+    /// Regular files still to be created and copied (content and metadata):
+    /// done in parallel by [`CopyCtx::flush`].
     pending: Vec<(PathBuf, PathBuf, std::fs::Metadata)>,
+    /// Directories whose metadata (times last) is set by [`CopyCtx::flush`],
+    /// once the files in them exist.
+    dir_metas: Vec<(PathBuf, std::fs::Metadata)>,
     /// Where destinations are: the overlay's mount point while the base is
     /// mounted, else the new snapshot's upper directory.
     root: PathBuf,
@@ -158,9 +161,10 @@ struct CopyCtx<'a> {
 }
 
 impl CopyCtx<'_> {
-    /// Copies the content and metadata of the pending files, on the rayon pool.
-    /// Their destinations were created during the walk, so the directories'
-    /// times (set after their children were created) are not disturbed.
+    /// Creates the pending files and copies their content and metadata on the
+    /// rayon pool, a directory's files per job (creating files in different
+    /// directories does not contend for a directory lock), then sets the
+    /// directories' metadata, so that their times are not disturbed.
     fn flush(&mut self) -> Result<(), ExecError> {
         use rayon::prelude::*;
         let jobs = std::mem::take(&mut self.pending);
@@ -171,6 +175,8 @@ impl CopyCtx<'_> {
             let mut from = fs_err::File::open(src).map_err(err)?.into_parts().0;
             let mut to = fs_err::OpenOptions::new()
                 .write(true)
+                .create(true)
+                .truncate(true)
                 .open(dst)
                 .map_err(err)?
                 .into_parts()
@@ -179,10 +185,20 @@ impl CopyCtx<'_> {
             this.meta(dst, m, false)
         };
         if jobs.len() < 16 {
-            jobs.iter().try_for_each(one)
+            jobs.iter().try_for_each(one)?;
         } else {
-            jobs.par_iter().try_for_each(one)
+            let groups: Vec<_> = jobs
+                .chunk_by(|a, b| a.1.parent() == b.1.parent())
+                .flat_map(|g| g.chunks(256))
+                .collect();
+            groups
+                .par_iter()
+                .try_for_each(|g| g.iter().try_for_each(one))?;
         }
+        for (dst, m) in std::mem::take(&mut self.dir_metas) {
+            self.meta(&dst, &m, false)?;
+        }
+        Ok(())
     }
 
     /// Owner, mode (`None` for symlinks) and mtime a copy of `m` gets.
@@ -284,7 +300,7 @@ impl CopyCtx<'_> {
                     }
                 }
                 if any {
-                    self.meta(dst, &m, false)?;
+                    self.dir_metas.push((dst.to_path_buf(), m));
                 }
             }
             return Ok(());
@@ -313,7 +329,8 @@ impl CopyCtx<'_> {
             for name in sorted(src)? {
                 self.entry(&src.join(&name), &dst.join(&name), &rel.join(&name), false)?;
             }
-            self.meta(dst, &m, false)
+            self.dir_metas.push((dst.to_path_buf(), m));
+            Ok(())
         } else if ft.is_symlink() {
             let target = fs_err::read_link(src).map_err(err)?;
             std::os::unix::fs::symlink(&target, dst).map_err(|e| io_msg("symlink", dst, e))?;
@@ -350,7 +367,6 @@ impl CopyCtx<'_> {
                     }
                 }
             }
-            fs_err::File::create(dst).map_err(err)?;
             self.pending.push((src.to_path_buf(), dst.to_path_buf(), m));
             Ok(())
         } else {
@@ -618,6 +634,7 @@ fn copy_action(
         timestamp: c.timestamp,
         links: HashMap::new(),
         pending: Vec::new(),
+        dir_metas: Vec::new(),
         root: dest_root.clone(),
         overlay: tgt.overlaid(),
         deferred: Vec::new(),
