@@ -84,10 +84,10 @@ cleanup() {
 # block is dirty; kernel: ialloc.c recently_deleted()), so creating 20,000 files
 # after deleting 40,000 costs seconds (perf: find_inode_bit / recently_deleted
 # at 60 % of a COPY's time). So rbuild's and buildah's state folders are moved
-# aside and deleted at the end, and after BuildKit's `builder prune` (which
-# must delete) and after buildah (whose `bud` deletes its intermediate
-# containers) the bench waits SETTLE seconds (bigctx only; default 65) so that
-# whoever builds next does not pay for it.
+# aside and deleted at the end, and before each cold build the bench waits
+# SETTLE seconds (bigctx only; default 65), so that no builder pays for what
+# was deleted before it (BuildKit's `builder prune`, which must delete; the
+# intermediate containers buildah's `bud` deletes; whatever ran before).
 TRASH=$WORK/trash
 mkdir -p "$TRASH"
 discard() { [ -e "$1" ] && mv "$1" "$TRASH/$(date +%s%N)" || true; }
@@ -160,6 +160,7 @@ rb_run() { # WORKLOAD RUN
     "$RBUILD" --root "$root" import "$WORK/base.tar" busybox:latest >/dev/null
     local b=(--root "$root" build --progress plain --network none -t "bench-$w" -f "$ctx/Dockerfile" "$ctx")
     sync
+    settle "$w"
     timed rbuild "$w" cold "$r" "$RBUILD" "${b[@]}"
     timed rbuild "$w" noop "$r" "$RBUILD" "${b[@]}"
     printf x >>"$ctx/$(changed_file "$w")"
@@ -175,6 +176,7 @@ bk_run() {
     "$DOCKER" builder prune -af >/dev/null
     local b=(build --network none -t "bench-$w" -f "$ctx/Dockerfile" "$ctx")
     sync
+    settle "$w"
     timed buildkit "$w" cold "$r" "$DOCKER" "${b[@]}"
     timed buildkit "$w" noop "$r" "$DOCKER" "${b[@]}"
     printf x >>"$ctx/$(changed_file "$w")"
@@ -183,7 +185,6 @@ bk_run() {
     rm -f "$WORK/out.tar"
     "$DOCKER" rmi -f "bench-$w" >/dev/null 2>&1 || true
     "$DOCKER" builder prune -af >/dev/null
-    settle "$w"
 }
 
 bh_run() {
@@ -194,6 +195,7 @@ bh_run() {
     local b=("${s[@]}" bud --layers --isolation oci --network none --pull=never
         -t "bench-$w" -f "$ctx/Dockerfile" "$ctx")
     sync
+    settle "$w"
     timed buildah "$w" cold "$r" buildah "${b[@]}"
     timed buildah "$w" noop "$r" buildah "${b[@]}"
     printf x >>"$ctx/$(changed_file "$w")"
@@ -203,7 +205,6 @@ bh_run() {
     buildah "${s[@]}" rm -a >/dev/null 2>&1 || true
     mount | awk -v p="$st" 'index($3, p) == 1 {print $3}' | sort -r | xargs -r umount 2>/dev/null || true
     discard "$st"
-    settle "$w" # `bud --layers` deletes its intermediate containers as it goes
 }
 
 for w in $WORKLOADS; do
