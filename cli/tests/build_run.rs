@@ -450,3 +450,37 @@ fn add_chown_owns_what_an_archive_extracts() {
          1234:5678 /owned/g.txt\n42:43 /kept/sub/f.txt\n"
     );
 }
+
+#[test]
+fn copy_link_reads_nothing_of_the_stage_it_lands_on() {
+    // `COPY --link` copies onto an empty tree merged onto the stage (BuildKit's
+    // MergeOp): it follows no symlink of the stage, and the directories it
+    // creates on the way keep their default metadata over the stage's.
+    let Some(b) = B::new() else { return };
+    b.write("ctx/f.txt", "f\n");
+    b.write("ctx/g.txt", "g\n");
+    b.write(
+        "ctx/Dockerfile",
+        "FROM busybox\n\
+         RUN mkdir -m 700 /app && chown 1000:1000 /app && mkdir /real && ln -s /real /via\n\
+         COPY --link f.txt /app/\n\
+         COPY --link g.txt /via/g.txt\n\
+         COPY f.txt /plain/\n\
+         RUN stat -c '%a %u %n' /app /app/f.txt > /out && \
+         (test -d /via && test ! -L /via && echo via-is-a-dir) >> /out && \
+         (test -e /real/g.txt || echo real-untouched) >> /out && cat /via/g.txt >> /out\n\
+         CMD [\"cat\", \"/out\"]\n",
+    );
+    let (_, err) = b.build_ok(&["-t", "linked", &b.p("ctx")]);
+    assert!(err.contains("COPY --link f.txt /app/"), "{err}");
+    let out = b.env.ok(&["run", "--rm", "linked"]);
+    assert_eq!(
+        out,
+        "755 0 /app\n644 0 /app/f.txt\nvia-is-a-dir\nreal-untouched\ng\n"
+    );
+    // One layer per COPY --link, as for any COPY.
+    let v: serde_json::Value = serde_json::from_str(&b.env.ok(&["inspect", "linked"])).unwrap();
+    let base: serde_json::Value = serde_json::from_str(&b.env.ok(&["inspect", "busybox"])).unwrap();
+    let n = |v: &serde_json::Value| v[0]["RootFS"]["Layers"].as_array().unwrap().len();
+    assert_eq!(n(&v), n(&base) + 5, "{v}");
+}

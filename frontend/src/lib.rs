@@ -21,8 +21,8 @@
 //!   when one of them selects `.`), and whose `exclude_patterns` are
 //!   [`BuildOptions::dockerignore`].
 //! - COPY/ADD heredocs are `Mkfile`s in an empty tree, copied like any source.
-//! - `COPY --link` is planned as a plain copy onto the current state (same files,
-//!   same layer); the `MergeOp` rebasing `BuildKit` does is not used.
+//! - `COPY --link`/`ADD --link` are planned as `BuildKit` plans them: a copy onto
+//!   an empty tree, then a `MergeOp` of the stage and that tree (one new layer).
 //! - `--chown` names stay names ([`rbuild_solver::ops::UserRef::Name`]): the worker
 //!   resolves them against the destination's `/etc/passwd` and `/etc/group`. So
 //!   does the `USER` owner of a WORKDIR `mkdir`.

@@ -13,8 +13,8 @@ use std::fmt::Write as _;
 use rbuild_parser::shell::Lexer;
 use rbuild_parser::{Command, Dockerfile, Heredoc, Instruction, InstructionKind, Mount, Span};
 use rbuild_solver::ops::{
-    CacheSharing, Copy, Description, ExecOp, FileAction, FileOp, Mkdir, Mkfile, Mount as OpMount,
-    MountKind, NetworkMode, SecurityMode, SourceLocation, SourceOp,
+    CacheSharing, Copy, Description, ExecOp, FileAction, FileOp, MergeOp, Mkdir, Mkfile,
+    Mount as OpMount, MountKind, NetworkMode, SecurityMode, SourceLocation, SourceOp,
 };
 use rbuild_solver::{BuildGraph, Op, Vertex, VertexId};
 
@@ -1228,6 +1228,7 @@ impl Planner<'_> {
                     exclude: &c.exclude,
                     checksum: None,
                     unpack: None,
+                    link: c.link,
                 };
                 self.dispatch_copy(run, ins, &spec)?;
             }
@@ -1244,6 +1245,7 @@ impl Planner<'_> {
                     exclude: &a.exclude,
                     checksum: a.checksum.as_deref(),
                     unpack: a.unpack,
+                    link: a.link,
                 };
                 self.dispatch_copy(run, ins, &spec)?;
             }
@@ -1338,10 +1340,19 @@ impl Planner<'_> {
         let name = run.prefix(&uppercase_cmd(&name));
 
         let mut inputs: Vec<Local> = Vec::new();
-        let base = run.st.state.map(|s| {
-            inputs.push(s);
-            0
-        });
+        // `--link` copies onto an empty tree (so it reads nothing of the
+        // stage: no symlink of it is followed, a destination without a
+        // trailing slash is not taken as its directory), merged onto the stage
+        // afterwards. On an empty stage that is a plain copy.
+        let link = spec.link.then_some(run.st.state).flatten();
+        let base = if link.is_some() {
+            None
+        } else {
+            run.st.state.map(|s| {
+                inputs.push(s);
+                0
+            })
+        };
         let input_of = |inputs: &mut Vec<Local>, l: Local| -> usize {
             if let Some(p) = inputs.iter().position(|x| *x == l) {
                 p
@@ -1468,13 +1479,23 @@ impl Planner<'_> {
         msg.push(' ');
         msg.push_str(&dest_raw);
         msg.push_str(" # buildkit");
-        let v = self.push(
+        let merge_name = format!("[internal] merging {name}");
+        let mut v = self.push(
             FileOp { base, actions },
             inputs,
             name,
             Some(span),
             run.ignore_cache,
         );
+        if let Some(stage) = link {
+            v = self.push(
+                MergeOp { inputs: vec![0, 1] },
+                vec![stage, v],
+                merge_name,
+                Some(span),
+                run.ignore_cache,
+            );
+        }
         let epoch = self.epoch.clone();
         run.history(msg, Some(v), epoch.as_deref());
         Ok(())
@@ -1880,6 +1901,8 @@ struct CopySpec<'a> {
     exclude: &'a [String],
     checksum: Option<&'a str>,
     unpack: Option<bool>,
+    /// `--link`: copy onto an empty tree, then merge that onto the stage.
+    link: bool,
 }
 
 fn display_ref(r: &ResolvedImage) -> String {

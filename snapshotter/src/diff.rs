@@ -291,6 +291,15 @@ pub fn read_xattrs(path: &Path) -> Result<Vec<(String, Vec<u8>)>> {
     Ok(out)
 }
 
+/// Sets extended attributes on `path` (not following symlinks).
+pub fn write_xattrs(path: &Path, xattrs: &[(String, Vec<u8>)]) -> Result<()> {
+    for (k, v) in xattrs {
+        rustix::fs::lsetxattr(path, k.as_str(), v, rustix::fs::XattrFlags::empty())
+            .map_err(|e| io_at(path, e.into()))?;
+    }
+    Ok(())
+}
+
 #[allow(clippy::needless_pass_by_value)]
 fn io_at(path: &Path, e: io::Error) -> io::Error {
     io::Error::new(e.kind(), format!("{e} (xattrs of {})", path.display()))
