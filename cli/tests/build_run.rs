@@ -484,3 +484,33 @@ fn copy_link_reads_nothing_of_the_stage_it_lands_on() {
     let n = |v: &serde_json::Value| v[0]["RootFS"]["Layers"].as_array().unwrap().len();
     assert_eq!(n(&v), n(&base) + 5, "{v}");
 }
+
+#[test]
+fn copy_refuses_to_put_a_directory_on_a_file_or_a_file_on_a_directory() {
+    // As BuildKit's copy (fsutil): no silent replacement either way.
+    let Some(b) = B::new() else { return };
+    b.write("ctx/asdir/y", "y\n");
+    b.write("ctx/tree/x", "file\n");
+    for (df, want) in [
+        (
+            "FROM busybox\nRUN echo f > /asdir\nCOPY asdir /asdir\n",
+            "cannot copy to non-directory: /asdir",
+        ),
+        (
+            "FROM busybox\nRUN mkdir -p /t/x/inner\nCOPY tree /t\n",
+            "cannot replace to directory /t/x with file",
+        ),
+    ] {
+        b.write("ctx/Dockerfile", df);
+        let o = b.build(&[&b.p("ctx")]);
+        let err = String::from_utf8_lossy(&o.stderr);
+        assert_eq!(o.status.code(), Some(1), "{df}\n{err}");
+        assert!(err.contains(want), "{df}: want {want:?} in\n{err}");
+    }
+    // A file onto a file, or a directory into a directory, is fine.
+    b.write(
+        "ctx/Dockerfile",
+        "FROM busybox\nRUN mkdir -p /t && echo old > /t/x\nCOPY tree /t\nRUN cat /t/x\n",
+    );
+    b.build_ok(&[&b.p("ctx")]);
+}

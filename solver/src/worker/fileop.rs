@@ -243,6 +243,13 @@ impl CopyCtx<'_> {
         Ok(())
     }
 
+    fn not_a_dir(&self, dst: &Path) -> ExecError {
+        ExecError::msg(format!(
+            "cannot copy to non-directory: /{}",
+            self.rel(dst).display()
+        ))
+    }
+
     fn rel<'p>(&self, dst: &'p Path) -> &'p Path {
         dst.strip_prefix(&self.root).unwrap_or(dst)
     }
@@ -279,11 +286,8 @@ impl CopyCtx<'_> {
         if !rel.as_os_str().is_empty() && self.filter.is_excluded(rel, ft.is_dir()) {
             if ft.is_dir() && self.filter.descend_excluded_dir(rel) {
                 // Something below may be re-included.
-                if let Ok(existing) = fs_err::symlink_metadata(dst) {
-                    if !existing.is_dir() {
-                        fs_err::remove_file(dst).map_err(err)?;
-                        self.manifest.record(self.rel(dst), None);
-                    }
+                if fs_err::symlink_metadata(dst).is_ok_and(|e| !e.is_dir()) {
+                    return Err(self.not_a_dir(dst));
                 }
                 let mut any = false;
                 for name in sorted(src)? {
@@ -307,9 +311,15 @@ impl CopyCtx<'_> {
         }
         let existing = fs_err::symlink_metadata(dst).ok();
         if let Some(existing) = &existing {
-            if existing.is_dir() && !ft.is_dir() {
-                fs_err::remove_dir_all(dst).map_err(err)?;
-                self.manifest.poison();
+            // BuildKit (fsutil's copy) refuses to put a directory where a
+            // non-directory is, or anything else where a directory is.
+            if ft.is_dir() && !existing.is_dir() {
+                return Err(self.not_a_dir(dst));
+            } else if existing.is_dir() && !ft.is_dir() {
+                return Err(ExecError::msg(format!(
+                    "cannot replace to directory /{} with file",
+                    self.rel(dst).display()
+                )));
             } else if !existing.is_dir() {
                 fs_err::remove_file(dst).map_err(err)?;
                 self.manifest.record(self.rel(dst), None);
@@ -691,6 +701,12 @@ fn copy_action(
         }
         if m.is_dir() {
             if c.dir_contents_only {
+                if fs_err::symlink_metadata(&dest_path).is_ok_and(|d| !d.is_dir()) {
+                    return Err(ExecError::msg(format!(
+                        "cannot copy to non-directory: /{}",
+                        dest_rel.display()
+                    )));
+                }
                 let target = mkdir_all(dest_root, &dest_rel, created_owner)?;
                 for name in sorted(&src)? {
                     ctx.entry(
