@@ -514,3 +514,22 @@ fn copy_refuses_to_put_a_directory_on_a_file_or_a_file_on_a_directory() {
     );
     b.build_ok(&[&b.p("ctx")]);
 }
+
+#[test]
+fn workdir_leaves_an_existing_directory_as_it_is() {
+    // WORKDIR is BuildKit's `mkdir -p`: a directory the image already has keeps
+    // its owner and mode.
+    let Some(b) = B::new() else { return };
+    b.write(
+        "ctx/Dockerfile",
+        "FROM busybox\n\
+         RUN mkdir -p /data/keep && chown 1000:1000 /data/keep && chmod 700 /data/keep\n\
+         WORKDIR /data/keep\n\
+         WORKDIR /data/new\n\
+         RUN stat -c '%a %u:%g %n' /data/keep /data/new > /out\n\
+         CMD [\"cat\", \"/out\"]\n",
+    );
+    b.build_ok(&["-t", "wd", &b.p("ctx")]);
+    let out = b.env.ok(&["run", "--rm", "wd"]);
+    assert_eq!(out, "700 1000:1000 /data/keep\n755 0:0 /data/new\n");
+}

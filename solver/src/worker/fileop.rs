@@ -820,6 +820,11 @@ fn apply_action(
                 .as_ref()
                 .map(|o| resolve_owner(dest_root, o))
                 .transpose()?;
+            // An existing directory is left as it is (BuildKit's mkdir -p):
+            // a WORKDIR does not take over a directory the image has.
+            if fs_err::metadata(resolve(dest_root, &rel)).is_ok_and(|d| d.is_dir()) {
+                return Ok(());
+            }
             let p = if m.make_parents {
                 mkdir_all(dest_root, &rel, owner)?
             } else {
