@@ -68,6 +68,9 @@ fn resolve_owner(dest_root: &Path, c: &Chown) -> Result<(u32, u32), ExecError> {
     let user = rbuild_sandbox::user::resolve_user_in(&spec, passwd.as_deref(), group.as_deref())
         .map_err(|e| ExecError::msg(format!("--chown {spec}: {e}")))?;
     let gid = match &c.group {
+        // A name alone takes the user's group from /etc/passwd; an ID alone
+        // is also the group ID (BuildKit's readUser).
+        None if matches!(c.user, UserRef::Name(_)) => user.gid,
         None => user.uid,
         Some(g) => {
             let gs = part(g);

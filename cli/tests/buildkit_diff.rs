@@ -1,0 +1,32 @@
+//! rbuild against BuildKit itself: `testdata/buildkit-diff/run.sh` builds each of
+//! its cases with `DOCKER_BUILDKIT=1 docker build` and with rbuild and compares the
+//! images path by path (type, mode, owner, size, content) and config, as the
+//! conformance harness does. Needs root and a running dockerd (CI starts one);
+//! skips with a message otherwise.
+
+#[test]
+fn images_match_what_buildkit_builds_from_the_same_contexts() {
+    if !nix::unistd::geteuid().is_root() {
+        eprintln!("skipping: building needs root");
+        return;
+    }
+    let script = concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../testdata/buildkit-diff/run.sh"
+    );
+    let o = std::process::Command::new(script)
+        .arg(env!("CARGO_BIN_EXE_rbuild"))
+        .output()
+        .unwrap();
+    let out = String::from_utf8_lossy(&o.stdout);
+    let err = String::from_utf8_lossy(&o.stderr);
+    if o.status.code() == Some(77) {
+        eprintln!("skipping: {out}");
+        return;
+    }
+    assert!(o.status.success(), "{out}\n{err}");
+    assert!(
+        out.lines().filter(|l| l.starts_with("ok ")).count() >= 5,
+        "{out}"
+    );
+}
