@@ -20,7 +20,8 @@ docker=${DOCKER:-/usr/bin/docker}
 work=$(mktemp -d /tmp/rbuild-buildkit-diff.XXXXXX)
 trap 'rm -rf "$work"' EXIT
 "$shared/conformance/base.sh" "$work/base.tar" >/dev/null
-"$docker" image inspect busybox:latest >/dev/null 2>&1 || "$docker" import "$work/base.tar" busybox:latest >/dev/null
+# Both builders start from the same base: (re)tag it as busybox:latest in docker.
+"$docker" import "$work/base.tar" busybox:latest >/dev/null
 "$docker" save busybox:latest -o "$work/bk-base.tar"
 "$rbuild" --root "$work/root" import "$work/base.tar" busybox:latest >/dev/null
 "$rbuild" --root "$work/root" save busybox:latest -o "$work/rb-base.tar"
