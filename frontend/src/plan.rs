@@ -405,6 +405,28 @@ impl Planner<'_> {
         }
     }
 
+    /// A heredoc as a file `path` in an empty tree (BuildKit's "preparing
+    /// inline document" vertex).
+    fn inline_document(&mut self, path: &str, data: Vec<u8>, mode: u32, span: &Span) -> Local {
+        let op = FileOp {
+            base: None,
+            actions: vec![FileAction::Mkfile(Mkfile {
+                path: path.to_owned(),
+                data,
+                mode,
+                owner: None,
+                timestamp: self.epoch_secs,
+            })],
+        };
+        self.push(
+            op,
+            Vec::new(),
+            "[internal] preparing inline document".to_owned(),
+            Some(span),
+            false,
+        )
+    }
+
     fn push(
         &mut self,
         op: impl Into<Op>,
@@ -1448,23 +1470,7 @@ impl Planner<'_> {
                 body
             };
             let path = join("/", &h.name);
-            let op = FileOp {
-                base: None,
-                actions: vec![FileAction::Mkfile(Mkfile {
-                    path: path.clone(),
-                    data: data.into_bytes(),
-                    mode: 0o644,
-                    owner: None,
-                    timestamp: self.epoch_secs,
-                })],
-            };
-            let f = self.push(
-                op,
-                Vec::new(),
-                "[internal] preparing inline document".to_owned(),
-                Some(span),
-                false,
-            );
+            let f = self.inline_document(&path, data.into_bytes(), 0o644, span);
             let idx = input_of(&mut inputs, f);
             let mut c = Copy::new(idx, vec![path], dest.clone());
             c.follow_symlinks = false;
@@ -1528,22 +1534,11 @@ impl Planner<'_> {
             if is_single_heredoc(&args[0]) {
                 let data = first.body();
                 if data.starts_with("#!") {
-                    let op = FileOp {
-                        base: None,
-                        actions: vec![FileAction::Mkfile(Mkfile {
-                            path: join("/", &first.name),
-                            data: data.clone().into_bytes(),
-                            mode: 0o755,
-                            owner: None,
-                            timestamp: self.epoch_secs,
-                        })],
-                    };
-                    let f = self.push(
-                        op,
-                        Vec::new(),
-                        "[internal] preparing inline document".to_owned(),
-                        Some(span),
-                        false,
+                    let f = self.inline_document(
+                        &join("/", &first.name),
+                        data.clone().into_bytes(),
+                        0o755,
+                        span,
                     );
                     inputs.push(f);
                     mounts.push(OpMount {

@@ -409,10 +409,7 @@ impl SnapshotStore {
     /// Writes the snapshot's changes as a deterministic OCI layer tar
     /// (overlay whiteouts become `.wh.` entries, opaque dirs `.wh..wh..opq`).
     pub fn write_layer<W: Write>(&self, id: &SnapshotId, out: W, epoch: Option<u64>) -> Result<W> {
-        let mut tar = TarWriter::new(out, epoch);
-        let mut links = HashMap::new();
-        write_upper_dir(&mut tar, &self.upper(id), &[], &mut links)?;
-        Ok(tar.finish()?)
+        Ok(Self::write_upper_layer(&self.upper(id), out, epoch)?.0)
     }
 
     /// Where the upper dir of snapshot `id` of the store at `state_root` is,

@@ -264,17 +264,42 @@ impl CopyCtx<'_> {
         summer.known_hash(rel, m)
     }
 
-    /// Fills the deferred directories straight in `upper` (the overlay is
-    /// unmounted), then goes on writing there.
-    fn fill_deferred(&mut self, upper: &Path) -> Result<(), ExecError> {
+    /// Finishes what one source wrote: the pending files, then the deferred
+    /// directories, filled straight in the upper directory with the overlay
+    /// unmounted. With `go_on`, the overlay is mounted again for the next
+    /// source.
+    fn finish_source(&mut self, tgt: &mut Target, go_on: bool) -> Result<(), ExecError> {
         self.flush()?;
-        self.root = upper.to_path_buf();
+        if self.deferred.is_empty() {
+            return Ok(());
+        }
+        tgt.unmount()?;
+        self.root.clone_from(&tgt.upper);
         self.overlay = false;
         for (src, rel, filter_rel) in std::mem::take(&mut self.deferred) {
-            let dst = upper.join(&rel);
+            let dst = tgt.upper.join(&rel);
             self.entry(&src, &dst, &filter_rel, false)?;
         }
-        self.flush()
+        self.flush()?;
+        if go_on {
+            self.root = tgt.root()?;
+            self.overlay = true;
+        }
+        Ok(())
+    }
+
+    /// Copies the entries of directory `src` into `target` (`rel`: `src`'s
+    /// path for filters).
+    fn children(&mut self, src: &Path, target: &Path, rel: &Path) -> Result<(), ExecError> {
+        for name in sorted(src)? {
+            self.entry(
+                &src.join(&name),
+                &target.join(&name),
+                &rel.join(&name),
+                false,
+            )?;
+        }
+        Ok(())
     }
 
     /// Copies `src` (not followed) to `dst`; `rel` is its path for filters.
@@ -339,9 +364,7 @@ impl CopyCtx<'_> {
                 return Ok(());
             }
             create_dir(dst)?;
-            for name in sorted(src)? {
-                self.entry(&src.join(&name), &dst.join(&name), &rel.join(&name), false)?;
-            }
+            self.children(src, dst, rel)?;
             self.dir_metas.push((dst.to_path_buf(), m));
             Ok(())
         } else if ft.is_symlink() {
@@ -658,13 +681,7 @@ fn copy_action(
     for rel in sources {
         // A later source may replace what an earlier one copied: finish each
         // source's files before the next.
-        ctx.flush()?;
-        if !ctx.deferred.is_empty() {
-            tgt.unmount()?;
-            ctx.fill_deferred(&tgt.upper)?;
-            ctx.root = tgt.root()?;
-            ctx.overlay = true;
-        }
+        ctx.finish_source(tgt, true)?;
         let src = if c.follow_symlinks {
             resolve(src_root, &rel)
         } else {
@@ -684,14 +701,7 @@ fn copy_action(
             }
             if m.is_dir() {
                 let target = mkdir_all(dest_root, &t_rel, created_owner)?;
-                for name in sorted(&src)? {
-                    ctx.entry(
-                        &src.join(&name),
-                        &target.join(&name),
-                        &rel.join(&name),
-                        false,
-                    )?;
-                }
+                ctx.children(&src, &target, &rel)?;
             } else {
                 ctx.entry(
                     &src,
@@ -711,14 +721,7 @@ fn copy_action(
                     )));
                 }
                 let target = mkdir_all(dest_root, &dest_rel, created_owner)?;
-                for name in sorted(&src)? {
-                    ctx.entry(
-                        &src.join(&name),
-                        &target.join(&name),
-                        &rel.join(&name),
-                        false,
-                    )?;
-                }
+                ctx.children(&src, &target, &rel)?;
             } else {
                 let target = if dest_is_dir {
                     dest_path.join(&base_name)
@@ -748,12 +751,7 @@ fn copy_action(
             ctx.entry(&src, &target, Path::new(""), false)?;
         }
     }
-    ctx.flush()?;
-    if !ctx.deferred.is_empty() {
-        tgt.unmount()?;
-        ctx.fill_deferred(&tgt.upper)?;
-    }
-    Ok(())
+    ctx.finish_source(tgt, false)
 }
 
 fn set_meta(
