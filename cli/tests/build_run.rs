@@ -5,6 +5,7 @@
 
 mod common;
 
+use std::os::unix::fs::MetadataExt;
 use std::process::Output;
 
 use common::Env;
@@ -532,4 +533,85 @@ fn workdir_leaves_an_existing_directory_as_it_is() {
     b.build_ok(&["-t", "wd", &b.p("ctx")]);
     let out = b.env.ok(&["run", "--rm", "wd"]);
     assert_eq!(out, "700 1000:1000 /data/keep\n755 0:0 /data/new\n");
+}
+
+#[test]
+fn run_leaves_no_mount_stubs_in_the_snapshot() {
+    // BuildKit's mount-stub cleaner: the empty files made as mount points
+    // (/etc/hosts, /etc/hostname, /etc/resolv.conf, file targets of bind and
+    // secret mounts) go when they did not exist before the step; every directory
+    // made for a mount stays as an empty 0755 0:0 directory, whatever USER is.
+    let Some(b) = B::new() else { return };
+    b.write("ctx/a.txt", "bound\n");
+    b.write("ctx/secret.txt", "s3cr3t\n");
+    b.write(
+        "ctx/Dockerfile",
+        "FROM busybox AS s\n\
+         RUN mkdir /keep && touch /keep/existing && chmod 600 /keep/existing && mkdir -m 700 /keepdir\n\
+         USER 1000:1000\n\
+         RUN --mount=type=cache,target=/cache/deep,uid=1000 \
+             --mount=type=bind,source=a.txt,target=/mnt/sub/a.txt \
+             --mount=type=bind,source=a.txt,target=/keep/existing \
+             --mount=type=tmpfs,target=/keepdir \
+             --mount=type=secret,id=s,uid=1000 \
+             cat /mnt/sub/a.txt /run/secrets/s /keep/existing /etc/hosts > /dev/null\n\
+         USER root\n\
+         RUN echo done > /done\n\
+         FROM scratch\n\
+         COPY --from=s / /all/\n",
+    );
+    let out = b.p("out");
+    b.build_ok(&[
+        "--secret",
+        &format!("id=s,src={}", b.p("ctx/secret.txt")),
+        "--output",
+        &format!("type=local,dest={out}"),
+        &b.p("ctx"),
+    ]);
+    let all = b.env.path("out/all");
+    assert_eq!(std::fs::read_to_string(all.join("done")).unwrap(), "done\n");
+    for stub in [
+        "etc/hosts",
+        "etc/hostname",
+        "etc/resolv.conf",
+        "mnt/sub/a.txt",
+        "run/secrets/s",
+    ] {
+        assert!(
+            std::fs::symlink_metadata(all.join(stub)).is_err(),
+            "mount stub /{stub} is in the image"
+        );
+    }
+    let meta = |rel: &str| {
+        let m = std::fs::symlink_metadata(all.join(rel))
+            .unwrap_or_else(|e| panic!("/{rel} missing: {e}"));
+        (m.is_dir(), m.mode() & 0o7777, m.uid(), m.gid())
+    };
+    for dir in [
+        "proc",
+        "sys",
+        "dev",
+        "cache",
+        "cache/deep",
+        "mnt",
+        "mnt/sub",
+        "run",
+        "run/secrets",
+    ] {
+        assert_eq!(meta(dir), (true, 0o755, 0, 0), "/{dir}");
+    }
+    for leaf in ["proc", "sys", "dev", "cache/deep", "mnt/sub", "run/secrets"] {
+        assert_eq!(
+            std::fs::read_dir(all.join(leaf)).unwrap().count(),
+            0,
+            "/{leaf} should be empty"
+        );
+    }
+    // Existing mount points keep their own metadata.
+    assert_eq!(meta("keep/existing"), (false, 0o600, 0, 0));
+    assert_eq!(meta("keepdir"), (true, 0o700, 0, 0));
+    assert_eq!(
+        std::fs::metadata(all.join("keep/existing")).unwrap().len(),
+        0
+    );
 }

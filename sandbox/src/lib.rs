@@ -835,7 +835,7 @@ pub fn run(rootfs: &Rootfs, mut spec: ProcessSpec) -> Result<ExitStatus, Sandbox
         );
         Ok(())
     };
-    mkdir_pre(&mut ops, "/proc", 0o555, false)?;
+    mkdir_pre(&mut ops, "/proc", 0o755, false)?;
     mount_pre(
         &mut ops,
         c"proc",
@@ -919,7 +919,7 @@ pub fn run(rootfs: &Rootfs, mut spec: ProcessSpec) -> Result<ExitStatus, Sandbox
         None,
         true,
     )?;
-    mkdir_pre(&mut ops, "/sys", 0o555, false)?;
+    mkdir_pre(&mut ops, "/sys", 0o755, false)?;
     // sysfs needs a network namespace of our own in a user namespace; without one
     // /sys stays an empty directory.
     mount_pre(
@@ -934,11 +934,14 @@ pub fn run(rootfs: &Rootfs, mut spec: ProcessSpec) -> Result<ExitStatus, Sandbox
     let pivot_at = ops.ops.len();
     ops.push(Op::PivotRoot { dir: r.clone() }, NEVER_UNDO);
 
-    // /etc files, bound over placeholders. Like runc under BuildKit, the empty
-    // placeholders of /proc, /dev, /sys and these three files stay in the rootfs
-    // (removing them after every run costs more than the whole rest of the run:
-    // unmount and rmdir wait for RCU grace periods); the mount points of the
-    // requested mounts are removed.
+    // /etc files, bound over placeholders. The placeholders of /proc, /dev, /sys
+    // (0755 directories, as runc makes them) and these three files stay in the
+    // rootfs: removing them here would mean unmounting first, which waits for an
+    // RCU grace period and costs more than the whole rest of the run. A caller
+    // that keeps the rootfs (the build's exec worker) removes the empty file
+    // placeholders that did not exist before from its upper dir once the run is
+    // over and nothing is mounted. The mount points of the requested mounts are
+    // removed here.
     // Their contents are written by init into its /dev tmpfs (memory only, gone
     // with the run), bound read-only like BuildKit does, and unlinked there.
     ops.mkdir_all(Path::new("/etc"), 0o755, true, None);

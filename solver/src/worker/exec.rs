@@ -295,7 +295,11 @@ fn stub_mount_dirs(
             SbMount::Cache { target, .. } | SbMount::Tmpfs { target, .. } => {
                 dirs.push(target.clone());
             }
-            SbMount::Secret { .. } => {}
+            SbMount::Secret { target, .. } => {
+                if let Some(p) = target.parent() {
+                    dirs.push(p.to_path_buf());
+                }
+            }
         }
     }
     if dirs.is_empty() {
@@ -317,6 +321,89 @@ fn stub_mount_dirs(
     }
     mount.unmount().map_err(err)?;
     Ok(())
+}
+
+/// The files the sandbox creates as mount points (`/etc/hosts`, `/etc/hostname`,
+/// `/etc/resolv.conf`, the file targets of bind and secret mounts) that do not
+/// exist in the step's parent chain: where each would land in the upper dir.
+/// After the run those still empty are removed, as `BuildKit`'s mount-stub cleaner
+/// does, so no stub reaches the snapshot, a layer or a later `COPY --from`.
+fn file_stubs(lowers: &[PathBuf], mounts: &[SbMount]) -> Result<Vec<PathBuf>, ExecError> {
+    let mut targets: Vec<PathBuf> = ["/etc/hosts", "/etc/hostname", "/etc/resolv.conf"]
+        .iter()
+        .map(PathBuf::from)
+        .collect();
+    for m in mounts {
+        match m {
+            SbMount::Bind { source, target, .. } if !source.is_dir() => {
+                targets.push(target.clone());
+            }
+            SbMount::Secret { target, .. } => targets.push(target.clone()),
+            _ => {}
+        }
+    }
+    let mut out = Vec::new();
+    for t in targets {
+        let found = rbuild_snapshotter::lookup::lookup(lowers, &t).map_err(err)?;
+        if found.meta.is_none() && !found.rel.as_os_str().is_empty() {
+            out.push(found.rel);
+        }
+    }
+    Ok(out)
+}
+
+/// Removes the stubs `file_stubs` listed from `upper` (only empty regular files),
+/// then each parent directory that overlayfs copied up only to hold a stub: one
+/// now empty, not opaque, with the mode and owner of the directory the lowers
+/// show there (only its mtime changed, by the stub coming and going). So a RUN
+/// that writes nothing leaves an empty upper dir, as it did before the stubs.
+fn remove_file_stubs(upper: &Path, lowers: &[PathBuf], stubs: &[PathBuf]) -> Result<(), ExecError> {
+    use std::os::unix::fs::MetadataExt;
+    for rel in stubs {
+        let p = upper.join(rel);
+        match std::fs::symlink_metadata(&p) {
+            Ok(m) if m.file_type().is_file() && m.len() == 0 => {
+                fs_err::remove_file(&p).map_err(err)?;
+            }
+            _ => continue,
+        }
+        let mut dir = rel.parent();
+        while let Some(d) = dir.filter(|d| !d.as_os_str().is_empty()) {
+            let up = upper.join(d);
+            let Ok(um) = std::fs::symlink_metadata(&up) else {
+                break;
+            };
+            let empty = um.is_dir() && fs_err::read_dir(&up).map_err(err)?.next().is_none();
+            let below = rbuild_snapshotter::lookup::lookup(lowers, d).map_err(err)?;
+            let same = below.rel == d
+                && below.meta.as_ref().is_some_and(|lm| {
+                    lm.is_dir()
+                        && lm.mode() == um.mode()
+                        && lm.uid() == um.uid()
+                        && lm.gid() == um.gid()
+                });
+            if !(empty && same && !has_own_xattrs(&up)) {
+                break;
+            }
+            fs_err::remove_dir(&up).map_err(err)?;
+            dir = d.parent();
+        }
+    }
+    Ok(())
+}
+
+/// Whether an upper directory carries xattrs of its own beyond overlayfs's
+/// bookkeeping (`trusted.overlay.*`, `user.overlay.*`): an opaque marker, or
+/// attributes a command set, make it a real change.
+fn has_own_xattrs(dir: &Path) -> bool {
+    match rbuild_snapshotter::diff::read_xattrs(dir) {
+        Ok(x) => x.iter().any(|(k, _)| {
+            k == "trusted.overlay.opaque"
+                || k == "user.overlay.opaque"
+                || !(k.starts_with("trusted.overlay.") || k.starts_with("user.overlay."))
+        }),
+        Err(_) => true,
+    }
 }
 
 fn sink(
@@ -360,6 +447,7 @@ pub(super) fn run(
     let result = (|| {
         let mut secret_env = Vec::new();
         let mounts = mounts(inner, op, inputs, &mut keep, &mut secret_env)?;
+        let stubs = file_stubs(&active.lowers, &mounts)?;
         stub_mount_dirs(inner, &active, &mounts)?;
         let last = Arc::new(Mutex::new(VecDeque::new()));
         let mut spec = ProcessSpec::new(op.args.clone());
@@ -392,6 +480,7 @@ pub(super) fn run(
             rbuild_sandbox::SandboxError::Io(_) => err(e),
             e => ExecError::msg(e.to_string()),
         })?;
+        remove_file_stubs(&active.upper, &active.lowers, &stubs)?;
         if !status.success() {
             return Err(ExecError::ProcessFailed {
                 command: op.args.clone(),
