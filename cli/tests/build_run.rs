@@ -1,7 +1,7 @@
 //! `rbuild build` end to end on the busybox base image (imported with `rbuild
 //! import`): build, run the result, the cache, a failing step and its last good
 //! state, exports and progress modes. Needs root (steps run in the sandbox over
-//! overlay mounts); skips with a message otherwise.
+//! overlay mounts); fails saying what is missing otherwise.
 
 mod common;
 
@@ -251,7 +251,7 @@ print(srv.server_address[1], flush=True)\n\
 srv.serve_forever()\n";
 
 /// A self-signed certificate for 127.0.0.1 in `dir` (c.pem, k.pem) and a TLS
-/// server for the files in `dir/www`; `None` (skip) without openssl/python3.
+/// server for the files in `dir/www`; fails without openssl/python3.
 fn tls_server(dir: &std::path::Path) -> Option<TlsServer> {
     use std::io::BufRead as _;
     use std::process::{Command, Stdio};
@@ -283,8 +283,7 @@ fn tls_server(dir: &std::path::Path) -> Option<TlsServer> {
         .status()
         .is_ok_and(|s| s.success());
     if !ok {
-        eprintln!("skipping: openssl could not make a certificate");
-        return None;
+        panic!("cannot run: openssl could not make a certificate");
     }
     let Ok(mut child) = Command::new("python3")
         .args(["-c", TLS_SERVER])
@@ -295,16 +294,14 @@ fn tls_server(dir: &std::path::Path) -> Option<TlsServer> {
         .stderr(Stdio::null())
         .spawn()
     else {
-        eprintln!("skipping: python3 is absent");
-        return None;
+        panic!("cannot run: python3 is absent");
     };
     let mut line = String::new();
     let out = child.stdout.take().unwrap();
     let _ = std::io::BufReader::new(out).read_line(&mut line);
     let mut server = TlsServer { port: 0, child };
     let Ok(port) = line.trim().parse() else {
-        eprintln!("skipping: the python3 TLS server did not start");
-        return None;
+        panic!("cannot run: the python3 TLS server did not start");
     };
     server.port = port;
     Some(server)

@@ -383,8 +383,7 @@ fn dump_matches_buildkit_peer_results() {
         "/../../shared/peer-tests/buildkit-parser/testfiles"
     ));
     let Ok(entries) = fs_err::read_dir(dir) else {
-        println!("skipping: {} is absent", dir.display());
-        return;
+        panic!("cannot run: {} is absent", dir.display());
     };
     let mut checked = 0;
     for entry in entries {

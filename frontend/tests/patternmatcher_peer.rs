@@ -27,8 +27,7 @@ fn matches_tsv() {
         "/../../shared/peer-tests/patternmatcher/matches.tsv"
     ));
     let Ok(text) = std::fs::read_to_string(&path) else {
-        println!("skipped: {} is absent", path.display());
-        return;
+        panic!("cannot run: {} is absent", path.display());
     };
     let mut passed = 0;
     let mut failures = Vec::new();

@@ -11,8 +11,7 @@ fn peer_dir() -> Option<PathBuf> {
     if dir.is_dir() {
         Some(dir.to_path_buf())
     } else {
-        println!("skipping: {} is absent", dir.display());
-        None
+        panic!("cannot run: {} is absent", dir.display());
     }
 }
 

@@ -109,8 +109,7 @@ fn mutated_peer_testfiles_do_not_panic() {
         "/../../shared/peer-tests/buildkit-parser/testfiles"
     ));
     let Ok(entries) = std::fs::read_dir(dir) else {
-        println!("skipping: {} is absent", dir.display());
-        return;
+        panic!("cannot run: {} is absent", dir.display());
     };
     let mut count = 0;
     for entry in entries {
