@@ -6,7 +6,7 @@
 //! `--no-cache-filter STAGE` and files excluded by `.dockerignore`.
 //!
 //! Needs root (steps run in the sandbox over overlay mounts) and the busybox base
-//! from `shared/conformance/base.sh`; fails saying what is missing otherwise.
+//! from `testdata/examples/busybox-base.sh`; fails saying what is missing otherwise.
 
 mod common;
 

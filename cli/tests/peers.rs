@@ -21,7 +21,7 @@ fn docker_available() -> bool {
 /// Imports the busybox rootfs from the conformance base script as `name`.
 fn import_busybox(env: &Env, name: &str) -> Option<String> {
     let Some(base) = base_sh() else {
-        panic!("cannot run: shared/conformance/base.sh not found");
+        panic!("cannot run: testdata/examples/busybox-base.sh not found");
     };
     if !have("busybox") {
         panic!("cannot run: busybox not installed");

@@ -1,5 +1,5 @@
 //! `rbuild run` over images in the local store (the busybox rootfs of
-//! `shared/conformance/base.sh` imported with `rbuild import`) and over a root
+//! `testdata/examples/busybox-base.sh` imported with `rbuild import`) and over a root
 //! filesystem directory (`--rootfs`). Needs root; fails saying what is missing otherwise.
 
 use std::path::{Path, PathBuf};
@@ -7,7 +7,7 @@ use std::process::{Command, Output};
 
 const BASE_SH: &str = concat!(
     env!("CARGO_MANIFEST_DIR"),
-    "/../../shared/conformance/base.sh"
+    "/../testdata/examples/busybox-base.sh"
 );
 
 fn rbuild() -> Command {

@@ -1,4 +1,4 @@
-//! The sandbox over the busybox rootfs of `shared/conformance/base.sh`.
+//! The sandbox over the busybox rootfs of `testdata/examples/busybox-base.sh`.
 //!
 //! Needs root (namespaces, mounts); every test prints why and passes without
 //! checking anything when it cannot run here (not root, no base.sh, no busybox).
@@ -17,7 +17,7 @@ use rbuild_sandbox::{
 
 const BASE_SH: &str = concat!(
     env!("CARGO_MANIFEST_DIR"),
-    "/../../shared/conformance/base.sh"
+    "/../testdata/examples/busybox-base.sh"
 );
 
 fn base_tar() -> Option<&'static Path> {
@@ -758,7 +758,10 @@ fn non_root_works_or_says_what_is_missing() {
         use std::os::unix::fs::PermissionsExt;
         let m = std::fs::metadata(parent).unwrap().permissions().mode();
         if m & 0o001 == 0 {
-            panic!("cannot run: {} is not searchable by nobody", parent.display());
+            panic!(
+                "cannot run: {} is not searchable by nobody",
+                parent.display()
+            );
         }
         p = parent.to_path_buf();
     }

@@ -32,7 +32,7 @@ struct Env {
 fn base_script() -> PathBuf {
     PathBuf::from(concat!(
         env!("CARGO_MANIFEST_DIR"),
-        "/../../shared/conformance/base.sh"
+        "/../testdata/examples/busybox-base.sh"
     ))
 }
 
@@ -41,7 +41,7 @@ fn setup() -> Option<Env> {
         panic!("cannot run: the worker tests need root (overlay mounts, namespaces)");
     }
     if !base_script().exists() || which("busybox").is_none() {
-        panic!("cannot run: shared/conformance/base.sh or busybox is missing");
+        panic!("cannot run: testdata/examples/busybox-base.sh or busybox is missing");
     }
     let tmp = tempfile::tempdir().unwrap();
     let root = tmp.path().to_path_buf();

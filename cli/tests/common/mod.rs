@@ -177,17 +177,17 @@ pub fn have(tool: &str) -> bool {
         .is_ok_and(|s| s.success())
 }
 
-/// The shared conformance base script, when present.
+/// The project's busybox base script (`testdata/examples/busybox-base.sh`: the
+/// same rootfs as the conformance corpus's `base.sh`).
 pub fn base_sh() -> Option<PathBuf> {
     let p = PathBuf::from(concat!(
         env!("CARGO_MANIFEST_DIR"),
-        "/../../shared/conformance/base.sh"
+        "/../testdata/examples/busybox-base.sh"
     ));
-    let alt = PathBuf::from("/work/shared/conformance/base.sh");
-    [p, alt].into_iter().find(|p| p.is_file())
+    p.is_file().then_some(p)
 }
 
-/// A fresh state root with the busybox base (from the shared `base.sh`) imported
+/// A fresh state root with the busybox base (from `busybox-base.sh`) imported
 /// as `busybox:latest`, for tests that build. `None`, after saying why, when not
 /// root (building needs it) or when the base cannot be made.
 pub fn build_env() -> Option<Env> {
@@ -195,7 +195,7 @@ pub fn build_env() -> Option<Env> {
         panic!("cannot run: building needs root");
     }
     let Some(base) = base_sh() else {
-        panic!("cannot run: shared/conformance/base.sh is absent");
+        panic!("cannot run: testdata/examples/busybox-base.sh is absent");
     };
     let env = Env::new();
     let tar = env.path("base.tar");
