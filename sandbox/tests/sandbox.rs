@@ -1,7 +1,7 @@
 //! The sandbox over the busybox rootfs of `testdata/examples/busybox-base.sh`.
 //!
-//! Needs root (namespaces, mounts); every test prints why and passes without
-//! checking anything when it cannot run here (not root, no base.sh, no busybox).
+//! Needs root (namespaces, mounts); every test fails saying what is missing when
+//! it cannot run here (not root, no busybox-base.sh, no busybox).
 
 use std::collections::BTreeSet;
 use std::os::unix::fs::MetadataExt;
@@ -182,8 +182,16 @@ fn code(c: &Captured) -> i32 {
     }
 }
 
-fn host_mounts() -> String {
-    std::fs::read_to_string("/proc/self/mountinfo").unwrap()
+/// The host's mounts that mention `own` (the test's own rootfs): a mount another
+/// process made elsewhere is not this test's leak.
+fn host_mounts(own: &Path) -> Vec<String> {
+    let own = own.to_string_lossy().into_owned();
+    std::fs::read_to_string("/proc/self/mountinfo")
+        .unwrap()
+        .lines()
+        .filter(|l| l.contains(&own))
+        .map(str::to_owned)
+        .collect()
 }
 
 /// Pids whose command line contains `token`.
@@ -351,7 +359,7 @@ fn writes_in_an_overlay_change_nothing_below() {
     .collect();
     assert_eq!(names, want);
     // The overlay lived in the sandbox's mount namespace only.
-    assert!(!host_mounts().contains(upper.to_str().unwrap()));
+    assert_eq!(host_mounts(&upper), Vec::<String>::new());
 }
 
 fn add_app_user(root: &TestRoot) {
@@ -458,7 +466,7 @@ fn exit_codes_pass_through() {
 #[test]
 fn a_timeout_kills_everything_and_leaves_no_mounts() {
     let Some(root) = test_root() else { return };
-    let mounts_before = host_mounts();
+    let mounts_before = host_mounts(&root.path());
     let tree_before = tree(&root.path());
     let token = "timeout-token-91c2";
     let mut spec = sh(&format!(
@@ -473,14 +481,14 @@ fn a_timeout_kills_everything_and_leaves_no_mounts() {
     );
     assert_eq!(c.out, ["started"]);
     assert_eq!(processes_with(token), Vec::<String>::new());
-    assert_eq!(host_mounts(), mounts_before);
+    assert_eq!(host_mounts(&root.path()), mounts_before);
     assert_eq!(tree(&root.path()), tree_before);
 }
 
 #[test]
 fn cancel_kills_everything() {
     let Some(root) = test_root() else { return };
-    let mounts_before = host_mounts();
+    let mounts_before = host_mounts(&root.path());
     let token = CancelToken::new();
     let t2 = token.clone();
     let mut spec = sh("echo go; sleep 1000; : cancel-token-55e1");
@@ -493,13 +501,13 @@ fn cancel_kills_everything() {
     let r = run(&root.rootfs(), spec);
     assert!(matches!(r, Err(SandboxError::Cancelled)));
     assert_eq!(processes_with("cancel-token-55e1"), Vec::<String>::new());
-    assert_eq!(host_mounts(), mounts_before);
+    assert_eq!(host_mounts(&root.path()), mounts_before);
 }
 
 #[test]
 fn two_hundred_runs_leave_mounts_and_rootfs_as_they_were() {
     let Some(root) = test_root() else { return };
-    let mounts_before = host_mounts();
+    let mounts_before = host_mounts(&root.path());
     let tree_before = tree(&root.path());
     let fds = || std::fs::read_dir("/proc/self/fd").unwrap().count();
     let fds_before = fds();
@@ -517,7 +525,7 @@ fn two_hundred_runs_leave_mounts_and_rootfs_as_they_were() {
         }
         assert_eq!(run(&root.rootfs(), spec).unwrap().code, 0, "run {i}");
     }
-    assert_eq!(host_mounts(), mounts_before);
+    assert_eq!(host_mounts(&root.path()), mounts_before);
     // No fd leaks (other tests run in parallel threads: allow their few fds).
     assert!(
         fds() < fds_before + 16,
@@ -833,7 +841,7 @@ fn nonroot_child() {
 fn killing_the_caller_kills_the_step() {
     use std::io::BufRead;
     let Some(root) = test_root() else { return };
-    let mounts_before = host_mounts();
+    let mounts_before = host_mounts(&root.path());
     for (sig, token) in [
         (nix::sys::signal::Signal::SIGTERM, "kill-token-term-3b1d"),
         (nix::sys::signal::Signal::SIGKILL, "kill-token-kill-3b1d"),
@@ -870,7 +878,7 @@ fn killing_the_caller_kills_the_step() {
             left = processes_with(token);
         }
         assert_eq!(left, Vec::<String>::new(), "processes left after {sig}");
-        assert_eq!(host_mounts(), mounts_before);
+        assert_eq!(host_mounts(&root.path()), mounts_before);
     }
 }
 
