@@ -15,8 +15,10 @@ struct B {
 }
 
 impl B {
-    fn new() -> Option<Self> {
-        common::build_env().map(|env| Self { env })
+    fn new() -> Self {
+        Self {
+            env: common::build_env(),
+        }
     }
 
     fn p(&self, rel: &str) -> String {
@@ -60,7 +62,7 @@ const HELLO: &str = "FROM busybox\nENV WHO=world\nCOPY name.txt /name.txt\nRUN e
 
 #[test]
 fn build_tag_and_run_the_image() {
-    let Some(b) = B::new() else { return };
+    let b = B::new();
     b.write("ctx/Dockerfile", HELLO);
     b.write("ctx/name.txt", "ctx\n");
     let (out, err) = b.build_ok(&["-t", "hello", &b.p("ctx")]);
@@ -80,7 +82,7 @@ fn build_tag_and_run_the_image() {
 
 #[test]
 fn a_rebuild_is_cached_and_gives_the_same_id() {
-    let Some(b) = B::new() else { return };
+    let b = B::new();
     b.write("ctx/Dockerfile", HELLO);
     b.write("ctx/name.txt", "ctx\n");
     let iid = b.p("iid");
@@ -105,7 +107,7 @@ fn a_rebuild_is_cached_and_gives_the_same_id() {
 
 #[test]
 fn a_failing_step_reports_and_leaves_a_runnable_last_good_state() {
-    let Some(b) = B::new() else { return };
+    let b = B::new();
     b.write(
         "ctx/Dockerfile",
         "FROM busybox\nRUN echo good > /state\nRUN echo before-fail && \\\n    exit 3\n",
@@ -132,7 +134,7 @@ fn a_failing_step_reports_and_leaves_a_runnable_last_good_state() {
 
 #[test]
 fn outputs_docker_archive_and_local_dir() {
-    let Some(b) = B::new() else { return };
+    let b = B::new();
     b.write("ctx/Dockerfile", HELLO);
     b.write("ctx/name.txt", "ctx\n");
     let tar = b.p("out.tar");
@@ -159,7 +161,7 @@ fn outputs_docker_archive_and_local_dir() {
 
 #[test]
 fn json_progress_is_one_event_per_line() {
-    let Some(b) = B::new() else { return };
+    let b = B::new();
     b.write("ctx/Dockerfile", "FROM busybox\nRUN echo json-line\n");
     let o = b.env.run(&["build", "--progress", "json", &b.p("ctx")]);
     assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
@@ -196,7 +198,7 @@ fn serve(body: &'static str) -> u16 {
 #[test]
 fn add_of_an_http_url_checks_its_checksum() {
     use sha2::Digest as _;
-    let Some(b) = B::new() else { return };
+    let b = B::new();
     let body = "remote content\n";
     let port = serve(body);
     let sum = format!("{:x}", sha2::Sha256::digest(body.as_bytes()));
@@ -252,7 +254,7 @@ srv.serve_forever()\n";
 
 /// A self-signed certificate for 127.0.0.1 in `dir` (c.pem, k.pem) and a TLS
 /// server for the files in `dir/www`; fails without openssl/python3.
-fn tls_server(dir: &std::path::Path) -> Option<TlsServer> {
+fn tls_server(dir: &std::path::Path) -> TlsServer {
     use std::io::BufRead as _;
     use std::process::{Command, Stdio};
     let ok = Command::new("openssl")
@@ -282,9 +284,7 @@ fn tls_server(dir: &std::path::Path) -> Option<TlsServer> {
         .stderr(Stdio::null())
         .status()
         .is_ok_and(|s| s.success());
-    if !ok {
-        panic!("cannot run: openssl could not make a certificate");
-    }
+    assert!(ok, "cannot run: openssl could not make a certificate");
     let Ok(mut child) = Command::new("python3")
         .args(["-c", TLS_SERVER])
         .arg(dir.join("www"))
@@ -304,7 +304,7 @@ fn tls_server(dir: &std::path::Path) -> Option<TlsServer> {
         panic!("cannot run: the python3 TLS server did not start");
     };
     server.port = port;
-    Some(server)
+    server
 }
 
 /// A plain-http server that redirects every request to `to`.
@@ -329,15 +329,13 @@ fn redirect(to: String) -> u16 {
 #[test]
 fn add_of_an_https_url_verifies_the_certificate() {
     use sha2::Digest as _;
-    let Some(b) = B::new() else { return };
+    let b = B::new();
     let dir = b.env.path("tls");
     std::fs::create_dir_all(dir.join("www")).unwrap();
     let body = "secure content\n";
     std::fs::write(dir.join("www/file.txt"), body).unwrap();
     std::fs::write(dir.join("www/other.txt"), "other\n").unwrap();
-    let Some(server) = tls_server(&dir) else {
-        return;
-    };
+    let server = tls_server(&dir);
     let sum = format!("{:x}", sha2::Sha256::digest(body.as_bytes()));
     let url = format!("https://127.0.0.1:{}/file.txt", server.port);
     let cert = dir.join("c.pem");
@@ -418,7 +416,7 @@ fn add_of_an_https_url_verifies_the_certificate() {
 fn add_chown_owns_what_an_archive_extracts() {
     // BuildKit (v0.23 on) applies `ADD --chown` to the entries it extracts from
     // a local archive, not only to the destination directory.
-    let Some(b) = B::new() else { return };
+    let b = B::new();
     let ctx = b.env.path("ctx");
     b.write("ctx/tree/sub/f.txt", "f\n");
     b.write("ctx/tree/g.txt", "g\n");
@@ -454,7 +452,7 @@ fn copy_link_reads_nothing_of_the_stage_it_lands_on() {
     // `COPY --link` copies onto an empty tree merged onto the stage (BuildKit's
     // MergeOp): it follows no symlink of the stage, and the directories it
     // creates on the way keep their default metadata over the stage's.
-    let Some(b) = B::new() else { return };
+    let b = B::new();
     b.write("ctx/f.txt", "f\n");
     b.write("ctx/g.txt", "g\n");
     b.write(
@@ -486,7 +484,7 @@ fn copy_link_reads_nothing_of_the_stage_it_lands_on() {
 #[test]
 fn copy_refuses_to_put_a_directory_on_a_file_or_a_file_on_a_directory() {
     // As BuildKit's copy (fsutil): no silent replacement either way.
-    let Some(b) = B::new() else { return };
+    let b = B::new();
     b.write("ctx/asdir/y", "y\n");
     b.write("ctx/tree/x", "file\n");
     for (df, want) in [
@@ -517,7 +515,7 @@ fn copy_refuses_to_put_a_directory_on_a_file_or_a_file_on_a_directory() {
 fn workdir_leaves_an_existing_directory_as_it_is() {
     // WORKDIR is BuildKit's `mkdir -p`: a directory the image already has keeps
     // its owner and mode.
-    let Some(b) = B::new() else { return };
+    let b = B::new();
     b.write(
         "ctx/Dockerfile",
         "FROM busybox\n\
@@ -538,7 +536,7 @@ fn run_leaves_no_mount_stubs_in_the_snapshot() {
     // (/etc/hosts, /etc/hostname, /etc/resolv.conf, file targets of bind and
     // secret mounts) go when they did not exist before the step; every directory
     // made for a mount stays as an empty 0755 0:0 directory, whatever USER is.
-    let Some(b) = B::new() else { return };
+    let b = B::new();
     b.write("ctx/a.txt", "bound\n");
     b.write("ctx/secret.txt", "s3cr3t\n");
     b.write(

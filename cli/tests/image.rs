@@ -108,9 +108,7 @@ fn import_reads_compressed_tarballs_and_stdin() {
         ("xz", "xz"),
         ("zstd", "zst"),
     ] {
-        if !have(tool) {
-            panic!("cannot run: {tool}: not installed");
-        }
+        assert!(have(tool), "cannot run: {tool}: not installed");
         let st = std::process::Command::new(tool)
             .arg("-k")
             .arg("-f")

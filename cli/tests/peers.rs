@@ -19,21 +19,17 @@ fn docker_available() -> bool {
 }
 
 /// Imports the busybox rootfs from the conformance base script as `name`.
-fn import_busybox(env: &Env, name: &str) -> Option<String> {
+fn import_busybox(env: &Env, name: &str) -> String {
     let Some(base) = base_sh() else {
         panic!("cannot run: testdata/examples/busybox-base.sh not found");
     };
-    if !have("busybox") {
-        panic!("cannot run: busybox not installed");
-    }
+    assert!(have("busybox"), "cannot run: busybox not installed");
     let tar = env.path("busybox-rootfs.tar");
     let st = Command::new(base).arg(&tar).status().unwrap();
     assert!(st.success());
-    Some(
-        env.ok(&["import", "-c", "CMD [\"sh\"]", tar.to_str().unwrap(), name])
-            .trim()
-            .to_owned(),
-    )
+    env.ok(&["import", "-c", "CMD [\"sh\"]", tar.to_str().unwrap(), name])
+        .trim()
+        .to_owned()
 }
 
 fn sh(cmd: &mut Command) -> (bool, String) {
@@ -50,15 +46,14 @@ fn sh(cmd: &mut Command) -> (bool, String) {
 
 #[test]
 fn docker_loads_and_runs_what_rbuild_saves_and_rbuild_loads_docker_save() {
-    if !docker_available() {
-        panic!("cannot run: dockerd is not reachable (docker info failed)");
-    }
+    assert!(
+        docker_available(),
+        "cannot run: dockerd is not reachable (docker info failed)"
+    );
     let env = Env::new();
     let name = format!("rbuild-peer-test-{}:latest", std::process::id());
     let _cleanup = RemoveOnDrop(name.clone());
-    let Some(id) = import_busybox(&env, &name) else {
-        return;
-    };
+    let id = import_busybox(&env, &name);
     let archive = env.path("rb.tar");
     env.ok(&["save", "-o", archive.to_str().unwrap(), &name]);
     let (ok, out) = sh(Command::new("docker").args(["load", "-i"]).arg(&archive));
@@ -117,9 +112,7 @@ impl Drop for RemoveOnDrop {
 
 #[test]
 fn skopeo_reads_the_oci_side_and_rbuild_reads_skopeo_docker_archives() {
-    if !have("skopeo") {
-        panic!("cannot run: skopeo not installed");
-    }
+    assert!(have("skopeo"), "cannot run: skopeo not installed");
     let env = Env::new();
     let id = env.import_rootfs("sk/app:1", "skopeo");
     let archive = env.path("rb.tar");
@@ -176,9 +169,7 @@ fn skopeo_reads_the_oci_side_and_rbuild_reads_skopeo_docker_archives() {
 
 #[test]
 fn umoci_unpacks_the_oci_layout() {
-    if !have("umoci") {
-        panic!("cannot run: umoci not installed");
-    }
+    assert!(have("umoci"), "cannot run: umoci not installed");
     let env = Env::new();
     env.import_rootfs("umo:1", "umoci");
     let archive = env.path("rb.tar");

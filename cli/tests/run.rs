@@ -14,14 +14,16 @@ fn rbuild() -> Command {
     Command::new(env!("CARGO_BIN_EXE_rbuild"))
 }
 
-/// A busybox rootfs in a temp dir, or None (with the reason printed).
-fn rootfs() -> Option<(tempfile::TempDir, PathBuf)> {
-    if !nix::unistd::geteuid().is_root() {
-        panic!("cannot run: rbuild run tests need root");
-    }
-    if !Path::new(BASE_SH).exists() {
-        panic!("cannot run: {BASE_SH} is absent");
-    }
+/// A busybox rootfs in a temp dir; panics saying what is missing.
+fn rootfs() -> (tempfile::TempDir, PathBuf) {
+    assert!(
+        nix::unistd::geteuid().is_root(),
+        "cannot run: rbuild run tests need root"
+    );
+    assert!(
+        Path::new(BASE_SH).exists(),
+        "cannot run: {BASE_SH} is absent"
+    );
     let dir = tempfile::tempdir().unwrap();
     let tar = dir.path().join("base.tar");
     if !Command::new("sh")
@@ -45,7 +47,7 @@ fn rootfs() -> Option<(tempfile::TempDir, PathBuf)> {
             .success()
     );
     std::fs::set_permissions(&root, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
-    Some((dir, root))
+    (dir, root)
 }
 
 fn run(root: &Path, args: &[&str]) -> Output {
@@ -65,7 +67,7 @@ fn stdout(o: &Output) -> String {
 
 #[test]
 fn exit_codes_pass_through() {
-    let Some((_d, root)) = rootfs() else { return };
+    let (_d, root) = rootfs();
     for (cmd, code) in [
         ("exit 0", 0),
         ("exit 1", 1),
@@ -92,7 +94,7 @@ fn exit_codes_pass_through() {
 
 #[test]
 fn options_reach_the_process() {
-    let Some((_d, root)) = rootfs() else { return };
+    let (_d, root) = rootfs();
     let o = run(
         &root,
         &[
@@ -122,7 +124,7 @@ fn options_reach_the_process() {
 
 #[test]
 fn the_rootfs_is_never_changed() {
-    let Some((_d, root)) = rootfs() else { return };
+    let (_d, root) = rootfs();
     let o = run(
         &root,
         &[
@@ -147,7 +149,7 @@ fn the_rootfs_is_never_changed() {
 
 #[test]
 fn unknown_user_and_missing_image_are_clear_errors() {
-    let Some((_d, root)) = rootfs() else { return };
+    let (_d, root) = rootfs();
     let o = run(&root, &["-u", "ghost", "id"]);
     assert_eq!(o.status.code(), Some(125));
     assert!(String::from_utf8_lossy(&o.stderr).contains("ghost"));
@@ -161,10 +163,11 @@ fn unknown_user_and_missing_image_are_clear_errors() {
 /// fails saying what is missing.
 #[test]
 fn non_root_run_works_or_says_what_is_missing() {
-    let Some((d, root)) = rootfs() else { return };
-    if Command::new("setpriv").arg("--version").output().is_err() {
-        panic!("cannot run: setpriv is not installed");
-    }
+    let (d, root) = rootfs();
+    assert!(
+        Command::new("setpriv").arg("--version").output().is_ok(),
+        "cannot run: setpriv is not installed"
+    );
     assert!(
         Command::new("chown")
             .args(["-R", "65534:65534"])
@@ -179,9 +182,11 @@ fn non_root_run_works_or_says_what_is_missing() {
         .chain(d.path().ancestors())
     {
         use std::os::unix::fs::PermissionsExt;
-        if std::fs::metadata(dir).is_ok_and(|m| m.permissions().mode() & 0o001 == 0) {
-            panic!("cannot run: {} is not searchable by nobody", dir.display());
-        }
+        assert!(
+            !std::fs::metadata(dir).is_ok_and(|m| m.permissions().mode() & 0o001 == 0),
+            "cannot run: {} is not searchable by nobody",
+            dir.display()
+        );
     }
     let o = Command::new("setpriv")
         .args(["--reuid=65534", "--regid=65534", "--clear-groups", "--"])
@@ -204,7 +209,7 @@ fn non_root_run_works_or_says_what_is_missing() {
 
 #[test]
 fn tty_gives_a_pseudo_terminal() {
-    let Some((_d, root)) = rootfs() else { return };
+    let (_d, root) = rootfs();
     let o = run(
         &root,
         &[
@@ -229,7 +234,7 @@ fn tty_gives_a_pseudo_terminal() {
 #[test]
 fn sigterm_to_rbuild_kills_the_container() {
     use std::io::BufRead;
-    let Some((_d, root)) = rootfs() else { return };
+    let (_d, root) = rootfs();
     let token = "rbuild-run-sigterm-token-8d2f";
     let mut child = rbuild()
         .args(["run", "--rm", "--rootfs"])
@@ -267,8 +272,8 @@ struct Images {
 }
 
 impl Images {
-    fn new() -> Option<Self> {
-        let (dir, rootfs) = rootfs()?;
+    fn new() -> Self {
+        let (dir, rootfs) = rootfs();
         let s = Self { dir };
         s.import(&s.dir.path().join("base.tar"), "busybox:latest", &[]);
         s.import(
@@ -303,7 +308,7 @@ impl Images {
                 .success()
         );
         s.import(&app_tar, "app", &["USER app"]);
-        Some(s)
+        s
     }
 
     fn root(&self) -> PathBuf {
@@ -375,7 +380,7 @@ fn processes_mentioning(token: &str) -> Vec<String> {
 
 #[test]
 fn image_exit_codes_pass_through() {
-    let Some(im) = Images::new() else { return };
+    let im = Images::new();
     for (cmd, code) in [
         ("exit 0", 0),
         ("exit 1", 1),
@@ -398,7 +403,7 @@ fn image_exit_codes_pass_through() {
 
 #[test]
 fn image_sandbox_sees_only_itself() {
-    let Some(im) = Images::new() else { return };
+    let im = Images::new();
     // ps: the sandbox's init, sh and ps, nothing of the host.
     let ps = im.ok(&["busybox", "sh", "-c", "ps -o pid,comm | tail -n +2"]);
     let pids: Vec<u32> = ps
@@ -442,7 +447,7 @@ fn image_sandbox_sees_only_itself() {
 
 #[test]
 fn image_writes_change_neither_host_nor_image() {
-    let Some(im) = Images::new() else { return };
+    let im = Images::new();
     let name = format!("rbuild-run-test-{}", std::process::id());
     let script =
         format!("echo x > /{name}; rm /bin/ls; mkdir /made-{name}; rm -rf /etc; cat /{name}");
@@ -471,7 +476,7 @@ fn image_writes_change_neither_host_nor_image() {
 
 #[test]
 fn image_user_from_its_own_passwd() {
-    let Some(im) = Images::new() else { return };
+    let im = Images::new();
     assert_eq!(
         im.ok(&["app", "id"]),
         "uid=1234(app) gid=1234(app) groups=1234(app),2345(extra)\n"
@@ -487,7 +492,7 @@ fn image_user_from_its_own_passwd() {
 
 #[test]
 fn image_config_gives_the_defaults() {
-    let Some(im) = Images::new() else { return };
+    let im = Images::new();
     // CMD, ENV and WORKDIR of the image.
     assert_eq!(im.ok(&["withcmd"]), "cmd:from-image:/tmp\n");
     // -e and -w override them; other image variables stay.
@@ -512,7 +517,7 @@ fn image_config_gives_the_defaults() {
 
 #[test]
 fn unknown_image_is_a_one_line_error() {
-    let Some(im) = Images::new() else { return };
+    let im = Images::new();
     let o = im.run(&["nosuch:latest", "true"]);
     assert_ne!(o.status.code(), Some(0));
     let err = String::from_utf8_lossy(&o.stderr);
@@ -531,7 +536,7 @@ fn unknown_image_is_a_one_line_error() {
 #[test]
 fn image_sigterm_leaves_no_process_and_no_mount() {
     use std::io::BufRead;
-    let Some(im) = Images::new() else { return };
+    let im = Images::new();
     im.ok(&["busybox", "true"]); // unpacked beforehand
     let before = im.our_mounts();
     let token = "rbuild-image-sigterm-token-51c7";
@@ -561,7 +566,7 @@ fn image_sigterm_leaves_no_process_and_no_mount() {
 /// Slow: 200 runs one after the other.
 #[test]
 fn two_hundred_runs_leave_the_mounts_as_they_were() {
-    let Some(im) = Images::new() else { return };
+    let im = Images::new();
     im.ok(&["busybox", "true"]);
     let before = im.our_mounts();
     for i in 0..200 {

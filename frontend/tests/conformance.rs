@@ -51,9 +51,7 @@ fn conformance_cases_plan_to_the_reference_config() {
         env!("CARGO_MANIFEST_DIR"),
         "/../../shared/conformance/cases"
     ));
-    if !cases.is_dir() {
-        panic!("cannot run: {} is absent", cases.display());
-    }
+    assert!(cases.is_dir(), "cannot run: {} is absent", cases.display());
     let mut names: Vec<_> = std::fs::read_dir(cases)
         .unwrap()
         .map(|e| e.unwrap().path())

@@ -3,16 +3,13 @@
 
 use std::path::{Path, PathBuf};
 
-fn peer_dir() -> Option<PathBuf> {
+fn peer_dir() -> PathBuf {
     let dir = Path::new(concat!(
         env!("CARGO_MANIFEST_DIR"),
         "/../../shared/peer-tests/buildkit-parser"
     ));
-    if dir.is_dir() {
-        Some(dir.to_path_buf())
-    } else {
-        panic!("cannot run: {} is absent", dir.display());
-    }
+    assert!(dir.is_dir(), "cannot run: {} is absent", dir.display());
+    dir.to_path_buf()
 }
 
 fn cases(dir: &Path) -> Vec<PathBuf> {
@@ -27,7 +24,7 @@ fn cases(dir: &Path) -> Vec<PathBuf> {
 
 #[test]
 fn testfiles_dump_like_buildkit() {
-    let Some(dir) = peer_dir() else { return };
+    let dir = peer_dir();
     let cases = cases(&dir.join("testfiles"));
     let mut failures = Vec::new();
     for case in &cases {
@@ -61,7 +58,7 @@ fn testfiles_dump_like_buildkit() {
 
 #[test]
 fn negative_testfiles_are_rejected() {
-    let Some(dir) = peer_dir() else { return };
+    let dir = peer_dir();
     let cases = cases(&dir.join("testfiles-negative"));
     let mut accepted = Vec::new();
     for case in &cases {

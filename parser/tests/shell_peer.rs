@@ -7,20 +7,17 @@ use std::path::PathBuf;
 
 use rbuild_parser::shell::{Env, Lexer, env_from_list};
 
-fn peer_dir() -> Option<PathBuf> {
+fn peer_dir() -> PathBuf {
     let dir = PathBuf::from(concat!(
         env!("CARGO_MANIFEST_DIR"),
         "/../../shared/peer-tests/buildkit-shell"
     ));
-    if dir.is_dir() {
-        Some(dir)
-    } else {
-        panic!(
-            "cannot run: {} is absent (peer test vectors live beside the checkout)",
-            dir.display()
-        );
-        None
-    }
+    assert!(
+        dir.is_dir(),
+        "cannot run: {} is absent (peer test vectors live beside the checkout)",
+        dir.display()
+    );
+    dir
 }
 
 fn read(path: &std::path::Path) -> String {
@@ -46,7 +43,7 @@ fn word_with_all_envs(lex: Lexer, source: &str, entries: &[&str]) -> Option<Stri
 
 #[test]
 fn env_var_test() {
-    let Some(dir) = peer_dir() else { return };
+    let dir = peer_dir();
     let text = read(&dir.join("envVarTest"));
     let env = ["PWD=/home", "SHELL=bash", "KOREAN=한국어", "NULL="];
     let lex = Lexer::new('\\');
@@ -95,7 +92,7 @@ fn env_var_test() {
 
 #[test]
 fn words_test() {
-    let Some(dir) = peer_dir() else { return };
+    let dir = peer_dir();
     let text = read(&dir.join("wordsTest"));
     let lex = Lexer::new('\\');
     let mut env: Vec<String> = Vec::new();

@@ -20,15 +20,17 @@ const BASE_SH: &str = concat!(
     "/../testdata/examples/busybox-base.sh"
 );
 
-fn base_tar() -> Option<&'static Path> {
-    static TAR: std::sync::OnceLock<Option<PathBuf>> = std::sync::OnceLock::new();
+fn base_tar() -> &'static Path {
+    static TAR: std::sync::OnceLock<PathBuf> = std::sync::OnceLock::new();
     TAR.get_or_init(|| {
-        if !nix::unistd::geteuid().is_root() {
-            panic!("cannot run: the sandbox tests need root");
-        }
-        if !Path::new(BASE_SH).exists() {
-            panic!("cannot run: {BASE_SH} is absent");
-        }
+        assert!(
+            nix::unistd::geteuid().is_root(),
+            "cannot run: the sandbox tests need root"
+        );
+        assert!(
+            Path::new(BASE_SH).exists(),
+            "cannot run: {BASE_SH} is absent"
+        );
         // In cargo's per-target scratch dir (not /tmp: a static is never dropped),
         // made under a temporary name and renamed into place.
         let dir = Path::new(env!("CARGO_TARGET_TMPDIR"));
@@ -41,12 +43,12 @@ fn base_tar() -> Option<&'static Path> {
             .status()
             .is_ok_and(|s| s.success())
             && std::fs::rename(&tmp, &tar).is_ok();
-        if !ok {
-            panic!("cannot run: base.sh failed (is busybox-static installed?)");
-        }
-        Some(tar)
+        assert!(
+            ok,
+            "cannot run: base.sh failed (is busybox-static installed?)"
+        );
+        tar
     })
-    .as_deref()
 }
 
 /// A fresh copy of the busybox rootfs (removed on drop).
@@ -63,8 +65,8 @@ impl TestRoot {
     }
 }
 
-fn test_root() -> Option<TestRoot> {
-    let tar = base_tar()?;
+fn test_root() -> TestRoot {
+    let tar = base_tar();
     let dir = tempfile::tempdir().unwrap();
     let root = dir.path().join("root");
     std::fs::create_dir(&root).unwrap();
@@ -72,7 +74,7 @@ fn test_root() -> Option<TestRoot> {
     // base.sh's tar gives `./` mode 0700 (its mktemp dir); make / traversable for
     // the non-root users of the tests, as an image's root normally is.
     std::fs::set_permissions(&root, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
-    Some(TestRoot { dir })
+    TestRoot { dir }
 }
 
 fn extract(tar: &Path, into: &Path) {
@@ -214,7 +216,7 @@ fn processes_with(token: &str) -> Vec<String> {
 
 #[test]
 fn ps_shows_only_the_sandbox_processes() {
-    let Some(root) = test_root() else { return };
+    let root = test_root();
     let c = run_captured(&root.rootfs(), ProcessSpec::new(["ps", "-o", "pid,comm"]));
     assert_eq!(code(&c), 0, "{:?}", c.err);
     let pids: Vec<&str> = c.out[1..]
@@ -228,7 +230,7 @@ fn ps_shows_only_the_sandbox_processes() {
 
 #[test]
 fn hostname_is_the_sandboxes() {
-    let Some(root) = test_root() else { return };
+    let root = test_root();
     let host = nix::unistd::gethostname().unwrap();
     let mut spec = sh(
         "hostname; cat /etc/hostname; grep sbx-host /etc/hosts; echo x >> /etc/hosts || echo ro; ls -a /dev | grep rbuild | wc -l",
@@ -246,7 +248,7 @@ fn hostname_is_the_sandboxes() {
 
 #[test]
 fn network_none_has_only_loopback_up() {
-    let Some(root) = test_root() else { return };
+    let root = test_root();
     let mut spec = sh("tail -n +3 /proc/net/dev; ip -o link");
     spec.network = NetworkMode::None;
     let c = run_captured(&root.rootfs(), spec);
@@ -262,7 +264,7 @@ fn network_none_has_only_loopback_up() {
 
 #[test]
 fn network_host_sees_the_host_interfaces() {
-    let Some(root) = test_root() else { return };
+    let root = test_root();
     let host = std::fs::read_to_string("/proc/net/dev")
         .unwrap()
         .lines()
@@ -274,7 +276,7 @@ fn network_host_sees_the_host_interfaces() {
 
 #[test]
 fn host_files_and_mounts_are_not_visible() {
-    let Some(root) = test_root() else { return };
+    let root = test_root();
     let marker = root.dir.path().join("host-only-marker-7f3a");
     std::fs::write(&marker, "x").unwrap();
     let c = run_sh(
@@ -308,7 +310,7 @@ fn host_files_and_mounts_are_not_visible() {
 
 #[test]
 fn writes_in_an_overlay_change_nothing_below() {
-    let Some(root) = test_root() else { return };
+    let root = test_root();
     let lower = root.path();
     let before = tree(&lower);
     let upper = root.dir.path().join("upper");
@@ -374,7 +376,7 @@ fn add_app_user(root: &TestRoot) {
 
 #[test]
 fn user_from_the_image_passwd_and_group() {
-    let Some(root) = test_root() else { return };
+    let root = test_root();
     add_app_user(&root);
     let mut spec = sh("id; echo $HOME; cat /proc/self/status | grep -E '^(CapEff|NoNewPrivs)'");
     spec.user = "app".into();
@@ -410,7 +412,7 @@ fn user_from_the_image_passwd_and_group() {
 
 #[test]
 fn unknown_user_is_an_error_naming_it() {
-    let Some(root) = test_root() else { return };
+    let root = test_root();
     let mut spec = ProcessSpec::new(["id"]);
     spec.user = "ghost".into();
     let c = run_captured(&root.rootfs(), spec);
@@ -420,7 +422,7 @@ fn unknown_user_is_an_error_naming_it() {
 
 #[test]
 fn root_gets_dockers_default_capabilities() {
-    let Some(root) = test_root() else { return };
+    let root = test_root();
     let c = run_sh(&root, "grep -E '^Cap(Eff|Bnd)' /proc/self/status");
     assert_eq!(code(&c), 0, "{:?}", c.err);
     assert_eq!(
@@ -441,7 +443,7 @@ fn root_gets_dockers_default_capabilities() {
 
 #[test]
 fn exit_codes_pass_through() {
-    let Some(root) = test_root() else { return };
+    let root = test_root();
     for (script, want, sig) in [
         ("exit 0", 0, None),
         ("exit 1", 1, None),
@@ -465,7 +467,7 @@ fn exit_codes_pass_through() {
 
 #[test]
 fn a_timeout_kills_everything_and_leaves_no_mounts() {
-    let Some(root) = test_root() else { return };
+    let root = test_root();
     let mounts_before = host_mounts(&root.path());
     let tree_before = tree(&root.path());
     let token = "timeout-token-91c2";
@@ -487,7 +489,7 @@ fn a_timeout_kills_everything_and_leaves_no_mounts() {
 
 #[test]
 fn cancel_kills_everything() {
-    let Some(root) = test_root() else { return };
+    let root = test_root();
     let mounts_before = host_mounts(&root.path());
     let token = CancelToken::new();
     let t2 = token.clone();
@@ -506,7 +508,7 @@ fn cancel_kills_everything() {
 
 #[test]
 fn two_hundred_runs_leave_mounts_and_rootfs_as_they_were() {
-    let Some(root) = test_root() else { return };
+    let root = test_root();
     let mounts_before = host_mounts(&root.path());
     let tree_before = tree(&root.path());
     let fds = || std::fs::read_dir("/proc/self/fd").unwrap().count();
@@ -537,7 +539,7 @@ fn two_hundred_runs_leave_mounts_and_rootfs_as_they_were() {
 
 #[test]
 fn output_is_streamed_line_by_line() {
-    let Some(root) = test_root() else { return };
+    let root = test_root();
     // The process waits for a file that the sink creates when it sees "ready":
     // without streaming it would wait until the timeout.
     let sync = root.dir.path().join("sync");
@@ -566,7 +568,7 @@ fn output_is_streamed_line_by_line() {
 
 #[test]
 fn read_only_bind_cannot_be_written_and_rw_can() {
-    let Some(root) = test_root() else { return };
+    let root = test_root();
     let data = root.dir.path().join("data");
     std::fs::create_dir(&data).unwrap();
     std::fs::write(data.join("f"), "host\n").unwrap();
@@ -599,7 +601,7 @@ fn read_only_bind_cannot_be_written_and_rw_can() {
 
 #[test]
 fn cache_and_tmpfs_mounts() {
-    let Some(root) = test_root() else { return };
+    let root = test_root();
     let cache = root.dir.path().join("cache");
     std::fs::create_dir(&cache).unwrap();
     let mut spec = sh(
@@ -628,7 +630,7 @@ fn cache_and_tmpfs_mounts() {
 
 #[test]
 fn secret_is_readable_inside_and_absent_afterwards() {
-    let Some(root) = test_root() else { return };
+    let root = test_root();
     let upper = root.dir.path().join("upper");
     let work = root.dir.path().join("work");
     std::fs::create_dir(&upper).unwrap();
@@ -669,7 +671,7 @@ fn secret_is_readable_inside_and_absent_afterwards() {
 
 #[test]
 fn cwd_env_and_missing_workdir() {
-    let Some(root) = test_root() else { return };
+    let root = test_root();
     add_app_user(&root);
     let mut spec = sh("pwd; echo $FOO; echo $PATH; touch f");
     spec.cwd = "/work/dir".into();
@@ -695,7 +697,7 @@ fn cwd_env_and_missing_workdir() {
 
 #[test]
 fn dev_has_the_minimal_devices() {
-    let Some(root) = test_root() else { return };
+    let root = test_root();
     let c = run_sh(
         &root,
         "ls /dev | tr '\\n' ' '; echo; head -c 4 /dev/zero | wc -c; echo x > /dev/null && echo null-ok; echo x > /dev/full || echo full-ok; df /dev/shm | tail -1 | tr -s ' ' | cut -d' ' -f6",
@@ -716,7 +718,7 @@ fn dev_has_the_minimal_devices() {
 
 #[test]
 fn bad_specs_are_clear_errors() {
-    let Some(root) = test_root() else { return };
+    let root = test_root();
     let c = run_captured(&root.rootfs(), ProcessSpec::new(Vec::<String>::new()));
     assert!(c.status.unwrap_err().to_string().contains("no command"));
     let mut spec = ProcessSpec::new(["true"]);
@@ -749,10 +751,11 @@ fn bad_specs_are_clear_errors() {
 /// is missing.
 #[test]
 fn non_root_works_or_says_what_is_missing() {
-    let Some(root) = test_root() else { return };
-    if Command::new("setpriv").arg("--version").output().is_err() {
-        panic!("cannot run: setpriv is not installed");
-    }
+    let root = test_root();
+    assert!(
+        Command::new("setpriv").arg("--version").output().is_ok(),
+        "cannot run: setpriv is not installed"
+    );
     // The rootfs belongs to the unprivileged user (as an image unpacked by that
     // user would); the way to it must be open to it.
     let st = Command::new("chown")
@@ -765,12 +768,11 @@ fn non_root_works_or_says_what_is_missing() {
     while let Some(parent) = p.parent() {
         use std::os::unix::fs::PermissionsExt;
         let m = std::fs::metadata(parent).unwrap().permissions().mode();
-        if m & 0o001 == 0 {
-            panic!(
-                "cannot run: {} is not searchable by nobody",
-                parent.display()
-            );
-        }
+        assert!(
+            m & 0o001 != 0,
+            "cannot run: {} is not searchable by nobody",
+            parent.display()
+        );
         p = parent.to_path_buf();
     }
     let exe = std::env::current_exe().unwrap();
@@ -840,7 +842,7 @@ fn nonroot_child() {
 #[test]
 fn killing_the_caller_kills_the_step() {
     use std::io::BufRead;
-    let Some(root) = test_root() else { return };
+    let root = test_root();
     let mounts_before = host_mounts(&root.path());
     for (sig, token) in [
         (nix::sys::signal::Signal::SIGTERM, "kill-token-term-3b1d"),

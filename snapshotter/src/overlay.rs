@@ -479,9 +479,10 @@ mod tests {
 
     #[test]
     fn overlay_mount_writes_go_to_upper() {
-        if !nix::unistd::geteuid().is_root() {
-            panic!("cannot run: overlay mounts need root");
-        }
+        assert!(
+            nix::unistd::geteuid().is_root(),
+            "cannot run: overlay mounts need root"
+        );
         let d = tempfile::tempdir().unwrap();
         let support = detect_overlay(d.path());
         if let OverlaySupport::Unavailable(why) = &support {

@@ -36,13 +36,15 @@ fn base_script() -> PathBuf {
     ))
 }
 
-fn setup() -> Option<Env> {
-    if !nix::unistd::geteuid().is_root() {
-        panic!("cannot run: the worker tests need root (overlay mounts, namespaces)");
-    }
-    if !base_script().exists() || which("busybox").is_none() {
-        panic!("cannot run: testdata/examples/busybox-base.sh or busybox is missing");
-    }
+fn setup() -> Env {
+    assert!(
+        nix::unistd::geteuid().is_root(),
+        "cannot run: the worker tests need root (overlay mounts, namespaces)"
+    );
+    assert!(
+        base_script().exists() && which("busybox").is_some(),
+        "cannot run: testdata/examples/busybox-base.sh or busybox is missing"
+    );
     let tmp = tempfile::tempdir().unwrap();
     let root = tmp.path().to_path_buf();
     let tar = root.join("base.tar");
@@ -66,12 +68,12 @@ fn setup() -> Option<Env> {
     .unwrap();
     let ctx = root.join("ctx");
     std::fs::create_dir(&ctx).unwrap();
-    Some(Env {
+    Env {
         _tmp: tmp,
         root,
         store: Arc::new(store),
         ctx,
-    })
+    }
 }
 
 fn which(cmd: &str) -> Option<PathBuf> {
@@ -219,7 +221,7 @@ fn layer_names(store: &Store, image_id: &rbuild_image::Digest, index: usize) -> 
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn run_writes_files_and_a_deleted_base_file_is_a_whiteout() {
-    let Some(env) = setup() else { return };
+    let env = setup();
     let w = env.worker();
     let mut g = BuildGraph::new();
     let base = image(&mut g);
@@ -328,7 +330,7 @@ async fn run_writes_files_and_a_deleted_base_file_is_a_whiteout() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn copy_from_context_globs_contents_dest_dirs_chown_chmod() {
-    let Some(env) = setup() else { return };
+    let env = setup();
     write(&env.ctx, "a.txt", "A");
     write(&env.ctx, "b.txt", "B");
     write(&env.ctx, "c.md", "C");
@@ -461,7 +463,7 @@ fn tar_gz(entries: &[(&str, &str)]) -> Vec<u8> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn copy_from_another_chain_and_add_extracts_archives() {
-    let Some(env) = setup() else { return };
+    let env = setup();
     std::fs::write(
         env.ctx.join("a.tar.gz"),
         tar_gz(&[("top.txt", "T"), ("sub/in.txt", "I")]),
@@ -514,7 +516,7 @@ async fn copy_from_another_chain_and_add_extracts_archives() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn cache_mount_persists_between_runs() {
-    let Some(env) = setup() else { return };
+    let env = setup();
     let w = env.worker();
     let cache = Mount {
         target: "/cache".into(),
@@ -558,7 +560,7 @@ async fn cache_mount_persists_between_runs() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn failing_run_reports_exit_code_and_last_lines() {
-    let Some(env) = setup() else { return };
+    let env = setup();
     let w = env.worker();
     let mut g = BuildGraph::new();
     let base = image(&mut g);
@@ -594,7 +596,7 @@ async fn failing_run_reports_exit_code_and_last_lines() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn second_solve_is_cached_and_a_changed_file_reruns_its_copy_and_dependents() {
-    let Some(env) = setup() else { return };
+    let env = setup();
     write(&env.ctx, "a.txt", "one");
     write(&env.ctx, "b.txt", "bee");
     let graph = || {
@@ -669,7 +671,7 @@ fn serve_once(body: &'static [u8]) -> u16 {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn add_http_url_with_checksum() {
-    let Some(env) = setup() else { return };
+    let env = setup();
     let body: &'static [u8] = b"downloaded content\n";
     let port = serve_once(body);
     let sum = rbuild_snapshotter::Digest::of(body).to_string();
@@ -714,7 +716,7 @@ async fn add_http_url_with_checksum() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn exec_mounts_bind_secret_tmpfs() {
-    let Some(env) = setup() else { return };
+    let env = setup();
     write(&env.ctx, "src/input.txt", "from context");
     let mut secrets = HashMap::new();
     secrets.insert("token".to_owned(), b"s3cr3t".to_vec());
@@ -829,7 +831,7 @@ async fn exec_mounts_bind_secret_tmpfs() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn file_actions_symlinked_sources_and_opaque_dirs() {
-    let Some(env) = setup() else { return };
+    let env = setup();
     write(&env.ctx, "real.txt", "real");
     write(&env.ctx, "skip.log", "ignored");
     write(&env.ctx, "keep/k", "k");
@@ -928,7 +930,7 @@ async fn file_actions_symlinked_sources_and_opaque_dirs() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_failure_cancels_running_steps_and_leaves_no_half_made_snapshot() {
-    let Some(env) = setup() else { return };
+    let env = setup();
     let w = env.worker();
     let mut g = BuildGraph::new();
     let base = image(&mut g);

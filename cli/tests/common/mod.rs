@@ -188,12 +188,13 @@ pub fn base_sh() -> Option<PathBuf> {
 }
 
 /// A fresh state root with the busybox base (from `busybox-base.sh`) imported
-/// as `busybox:latest`, for tests that build. `None`, after saying why, when not
-/// root (building needs it) or when the base cannot be made.
-pub fn build_env() -> Option<Env> {
-    if !nix::unistd::geteuid().is_root() {
-        panic!("cannot run: building needs root");
-    }
+/// as `busybox:latest`, for tests that build. Panics saying why when not root
+/// (building needs it) or when the base cannot be made.
+pub fn build_env() -> Env {
+    assert!(
+        nix::unistd::geteuid().is_root(),
+        "cannot run: building needs root"
+    );
     let Some(base) = base_sh() else {
         panic!("cannot run: testdata/examples/busybox-base.sh is absent");
     };
@@ -204,9 +205,10 @@ pub fn build_env() -> Option<Env> {
         .arg(&tar)
         .status()
         .is_ok_and(|s| s.success());
-    if !ok {
-        panic!("cannot run: base.sh failed (is busybox-static installed?)");
-    }
+    assert!(
+        ok,
+        "cannot run: base.sh failed (is busybox-static installed?)"
+    );
     env.ok(&["import", tar.to_str().unwrap(), "busybox:latest"]);
-    Some(env)
+    env
 }
