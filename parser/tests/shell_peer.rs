@@ -106,6 +106,7 @@ fn words_test() {
         if let Some(rest) = line.strip_prefix("ENV ") {
             // Trailing spaces of the value are significant.
             env.push(rest.trim_start_matches(' ').to_owned());
+            continue;
         }
         let parts: Vec<&str> = line.split('|').collect();
         assert_eq!(parts.len(), 2, "line {lineno}: expected one '|': {line:?}");
