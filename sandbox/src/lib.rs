@@ -712,6 +712,7 @@ pub fn run(rootfs: &Rootfs, mut spec: ProcessSpec) -> Result<ExitStatus, Sandbox
         Rootfs::Overlay { .. } => Some(
             tempfile::Builder::new()
                 .prefix("rbuild-sandbox-")
+                .permissions(std::os::unix::fs::PermissionsExt::from_mode(0o700))
                 .tempdir()
                 .map_err(SandboxError::Io)?,
         ),
