@@ -40,5 +40,6 @@ pub use image::{
     ContainerConfig, DEFAULT_PATH, Empty, Healthcheck, History, ImageConfig, Platform, RootFs,
 };
 pub use plan::{
-    BuildOptions, BuildPlan, HISTORY_COMMENT, ImageResolver, ResolvedImage, build_plan, plan_source,
+    BuildOptions, BuildPlan, Entitlements, HISTORY_COMMENT, ImageResolver, ResolvedImage,
+    build_plan, plan_source,
 };

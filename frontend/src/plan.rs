@@ -44,8 +44,11 @@ pub struct BuildOptions {
     pub no_cache: bool,
     /// `--no-cache-filter`: stage names whose vertices get `ignore_cache`.
     pub no_cache_filter: Vec<String>,
-    /// `--network`: the default for RUN without `--network`.
+    /// `--network`: the default for RUN without `--network`. The user's own
+    /// choice: it needs no entitlement, unlike a Dockerfile's `RUN --network=host`.
     pub network: NetworkMode,
+    /// `--allow`: what the Dockerfile's RUN steps may ask for beyond the sandbox.
+    pub allow: Entitlements,
     /// The platform built for (`TARGETPLATFORM`); the host's by default.
     pub platform: Platform,
     /// The platform built on (`BUILDPLATFORM`); the host's.
@@ -68,11 +71,33 @@ impl Default for BuildOptions {
             no_cache: false,
             no_cache_filter: Vec::new(),
             network: NetworkMode::Sandbox,
+            allow: Entitlements::default(),
             platform: Platform::host(),
             build_platform: Platform::host(),
             context_name: "context".to_owned(),
             dockerignore: Vec::new(),
             source_date_epoch: None,
+        }
+    }
+}
+
+/// `BuildKit`'s entitlements (`--allow`): a Dockerfile's `RUN --network=host` and
+/// `RUN --security=insecure` fail to plan unless the user allows them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct Entitlements {
+    /// `network.host`: `RUN --network=host`.
+    pub network_host: bool,
+    /// `security.insecure`: `RUN --security=insecure` (every capability, every
+    /// device, nothing masked).
+    pub security_insecure: bool,
+}
+
+impl Entitlements {
+    /// Every entitlement.
+    pub fn all() -> Self {
+        Entitlements {
+            network_host: true,
+            security_insecure: true,
         }
     }
 }
@@ -395,6 +420,27 @@ impl Planner<'_> {
             line: span.start_line,
             message: message.into(),
         }
+    }
+
+    /// `BuildKit`'s entitlement check of a RUN flag: `Err` naming the flag and the
+    /// `--allow` to pass unless `allowed`.
+    fn entitled(
+        &self,
+        span: &Span,
+        allowed: bool,
+        flag: &str,
+        entitlement: &str,
+    ) -> Result<(), FrontendError> {
+        if allowed {
+            return Ok(());
+        }
+        Err(self.err(
+            span,
+            format!(
+                "{entitlement} is not allowed: RUN {flag} needs the entitlement \
+                 {entitlement}; pass --allow {entitlement}"
+            ),
+        ))
     }
 
     fn location(&self, span: &Span) -> SourceLocation {
@@ -1759,10 +1805,26 @@ impl Planner<'_> {
             None => self.opts.network,
             Some(rbuild_parser::NetworkMode::Default) => NetworkMode::Sandbox,
             Some(rbuild_parser::NetworkMode::None) => NetworkMode::None,
-            Some(rbuild_parser::NetworkMode::Host) => NetworkMode::Host,
+            Some(rbuild_parser::NetworkMode::Host) => {
+                self.entitled(
+                    span,
+                    self.opts.allow.network_host,
+                    "--network=host",
+                    "network.host",
+                )?;
+                NetworkMode::Host
+            }
         };
         op.security = match r.security {
-            Some(rbuild_parser::SecurityMode::Insecure) => SecurityMode::Insecure,
+            Some(rbuild_parser::SecurityMode::Insecure) => {
+                self.entitled(
+                    span,
+                    self.opts.allow.security_insecure,
+                    "--security=insecure",
+                    "security.insecure",
+                )?;
+                SecurityMode::Insecure
+            }
             _ => SecurityMode::Sandbox,
         };
         let raw = Lexer::new(self.lexer.escape())

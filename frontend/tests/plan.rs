@@ -4,10 +4,10 @@
 mod common;
 
 use common::{FakeResolver, busybox_config, opts, plan, plan_with, try_plan};
-use rbuild_frontend::{BuildPlan, FrontendError, plan_source};
+use rbuild_frontend::{BuildPlan, Entitlements, FrontendError, plan_source};
 use rbuild_solver::ops::{
-    CacheSharing, Chmod, Chown, ExecOp, FileAction, FileOp, MountKind, NetworkMode, SourceOp,
-    UserRef,
+    CacheSharing, Chmod, Chown, ExecOp, FileAction, FileOp, MountKind, NetworkMode, SecurityMode,
+    SourceOp, UserRef,
 };
 use rbuild_solver::{Op, Vertex, VertexId};
 
@@ -191,6 +191,7 @@ fn proxy_args_reach_run_only_when_given() {
 fn run_is_not_expanded_but_gets_user_cwd_and_network() {
     let mut o = opts();
     o.network = NetworkMode::None;
+    o.allow.network_host = true;
     let p = plan_with(
         "FROM busybox\nENV X=1\nWORKDIR /app\nUSER 1000:1000\nRUN echo $X\nRUN --network=host [\"a\", \"$X\"]\n",
         &o,
@@ -202,6 +203,55 @@ fn run_is_not_expanded_but_gets_user_cwd_and_network() {
     assert_eq!(e[0].network, NetworkMode::None);
     assert_eq!(e[1].args, vec!["a", "$X"]);
     assert_eq!(e[1].network, NetworkMode::Host);
+}
+
+/// `BuildKit`'s entitlements: a Dockerfile's `RUN --network=host` needs
+/// `network.host` and `RUN --security=insecure` needs `security.insecure`, whatever
+/// the build's own `--network`; the error names the line and the `--allow`.
+#[test]
+fn host_network_and_insecure_runs_need_their_entitlement() {
+    let host = "FROM busybox\nRUN true\nRUN --network=host true\n";
+    let insecure = "FROM busybox\n\nRUN --security=insecure true\n";
+    for network in [NetworkMode::Sandbox, NetworkMode::Host, NetworkMode::None] {
+        let mut o = opts();
+        o.network = network;
+        let e = try_plan(host, &o).unwrap_err();
+        assert_eq!(e.line(), Some(3));
+        assert_eq!(
+            e.to_string(),
+            "Dockerfile:3: network.host is not allowed: RUN --network=host needs the \
+             entitlement network.host; pass --allow network.host"
+        );
+        o.allow.security_insecure = true;
+        assert!(
+            try_plan(host, &o).is_err(),
+            "security.insecure is not network.host"
+        );
+    }
+    let e = try_plan(insecure, &opts()).unwrap_err();
+    assert_eq!(
+        e.to_string(),
+        "Dockerfile:3: security.insecure is not allowed: RUN --security=insecure needs the \
+         entitlement security.insecure; pass --allow security.insecure"
+    );
+    let mut o = opts();
+    o.allow.network_host = true;
+    assert!(try_plan(insecure, &o).is_err());
+    // A stage the target does not need is not checked (nothing of it runs).
+    let unused = "FROM busybox AS unused\nRUN --security=insecure true\nFROM busybox\nRUN true\n";
+    try_plan(unused, &opts()).unwrap();
+
+    let mut o = opts();
+    o.allow = Entitlements::all();
+    let e = execs(&plan_with(host, &o));
+    assert_eq!(e[1].network, NetworkMode::Host);
+    let e = execs(&plan_with(insecure, &o));
+    assert_eq!(e[0].security, SecurityMode::Insecure);
+    // The build's own --network=host needs nothing.
+    let mut o = opts();
+    o.network = NetworkMode::Host;
+    let e = execs(&plan_with("FROM busybox\nRUN true\n", &o));
+    assert_eq!(e[0].network, NetworkMode::Host);
 }
 
 #[test]

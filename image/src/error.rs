@@ -28,6 +28,8 @@ pub enum Error {
     Conflict { id: String, reason: String },
     #[error("state index {path} is corrupt: {reason}")]
     CorruptIndex { path: String, reason: String },
+    #[error("state root {path} {reason}")]
+    UnsafeRoot { path: String, reason: String },
 }
 
 pub type Result<T, E = Error> = std::result::Result<T, E>;

@@ -239,10 +239,54 @@ fn fsync_dir(p: &Path) -> Result<()> {
     Ok(())
 }
 
+/// Makes the state root private, so that no other user reaches into it (its
+/// snapshots hold whatever images carry, setuid binaries included): a missing
+/// root is created `0700`; an existing one of ours open to others (as older
+/// rbuild made them) is changed to `0700`. A root every user may write to (such
+/// as `/tmp`) is refused; one of another owner is left as it is.
+pub fn private_root(root: &Path) -> Result<()> {
+    use std::os::unix::fs::{DirBuilderExt, MetadataExt, PermissionsExt};
+    if let Some(parent) = root.parent().filter(|p| !p.as_os_str().is_empty()) {
+        fs_err::create_dir_all(parent)?;
+    }
+    match std::fs::DirBuilder::new().mode(0o700).create(root) {
+        Ok(()) => {}
+        Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {}
+        Err(e) => {
+            return Err(io::Error::new(
+                e.kind(),
+                format!("creating the state root {}: {e}", root.display()),
+            )
+            .into());
+        }
+    }
+    let m = fs_err::metadata(root)?;
+    let unsafe_root = |reason: String| Error::UnsafeRoot {
+        path: root.display().to_string(),
+        reason,
+    };
+    if !m.is_dir() {
+        return Err(unsafe_root("is not a directory".into()));
+    }
+    let mode = m.mode() & 0o7777;
+    if mode & 0o002 != 0 {
+        return Err(unsafe_root(format!(
+            "is writable by every user (mode {mode:04o}): use a directory of its own"
+        )));
+    }
+    let me = fs_err::metadata("/proc/self")?.uid();
+    if m.uid() == me && mode & 0o077 != 0 {
+        fs_err::set_permissions(root, std::fs::Permissions::from_mode(0o700))?;
+    }
+    Ok(())
+}
+
 impl Store {
-    /// Opens (creating if needed) the store at `root`.
+    /// Opens (creating if needed) the store at `root`, which is made private:
+    /// see [`private_root`].
     pub fn open(root: impl AsRef<Path>) -> Result<Self> {
         let root = root.as_ref().to_path_buf();
+        private_root(&root)?;
         fs_err::create_dir_all(root.join("blobs/sha256"))?;
         fs_err::create_dir_all(root.join(SNAP_LAYERS))?;
         fs_err::create_dir_all(root.join("tmp"))?;

@@ -67,11 +67,18 @@ pub(crate) enum Op {
     Unlink {
         path: CString,
     },
-    /// After the pivot: attach the tree of an `OpenTree` at `target`.
+    /// After the pivot: attach the tree of an `OpenTree` at `target`, first made
+    /// `nodev` (every mount of it) when `nodev` is set.
     MoveMount {
         fd: RawFd,
         target: CString,
         optional: bool,
+        nodev: bool,
+    },
+    /// Make the mount at `target` and every mount below it `nodev`: device nodes
+    /// there can still be made (`mknod`) but not opened.
+    Nodev {
+        target: CString,
     },
 }
 
@@ -85,7 +92,8 @@ impl Op {
             | Op::Unlink { path } => path,
             Op::Mount { target, .. }
             | Op::RemountRo { target, .. }
-            | Op::MoveMount { target, .. } => target,
+            | Op::MoveMount { target, .. }
+            | Op::Nodev { target } => target,
             Op::Symlink { link, .. } => link,
             Op::PivotRoot { dir } => dir,
         }
@@ -329,11 +337,21 @@ fn run_op(op: &Op) -> Result<bool, (&'static str, Errno)> {
             fd,
             target,
             optional,
-        } => match sys::move_mount(*fd, target) {
-            Ok(()) => Ok(true),
-            Err(_) if *optional => Ok(false),
-            Err(e) => Err(("mount", e)),
-        },
+            nodev,
+        } => {
+            if *nodev {
+                sys::set_nodev_fd(*fd).map_err(|e| ("set nodev on the mount", e))?;
+            }
+            match sys::move_mount(*fd, target) {
+                Ok(()) => Ok(true),
+                Err(_) if *optional => Ok(false),
+                Err(e) => Err(("mount", e)),
+            }
+        }
+        Op::Nodev { target } => {
+            sys::set_nodev_recursive(target).map_err(|e| ("set nodev on the mount", e))?;
+            Ok(false)
+        }
         Op::PivotRoot { dir } => {
             sys::chdir(dir).map_err(|e| ("chdir", e))?;
             sys::pivot_root_here().map_err(|e| ("pivot_root", e))?;

@@ -13,10 +13,11 @@
 //! pid, uts, ipc, cgroup and (for [`NetworkMode::None`]) network namespaces, plus a
 //! user namespace mapping the caller to root when not running as root. That child
 //! is pid 1 of the new pid namespace, the sandbox's init: it makes every mount
-//! private, binds (or overlay-mounts) the rootfs, mounts `/proc`, a minimal `/dev`
-//! and `/sys`, `pivot_root`s into it, bind-mounts generated `/etc/hosts`,
-//! `/etc/hostname` and `/etc/resolv.conf` and the requested mounts, sets the
-//! hostname and brings `lo` up, then forks the main process, which sets its user,
+//! private, binds (or overlay-mounts) the rootfs `nodev`, mounts `/proc`, a
+//! minimal `/dev` (binds of the allowed host devices on a `nodev` tmpfs) and
+//! `/sys`, `pivot_root`s into it, bind-mounts generated `/etc/hosts`,
+//! `/etc/hostname` and `/etc/resolv.conf` and the requested mounts (`nodev`
+//! too), sets the hostname and brings `lo` up, then forks the main process, which sets its user,
 //! groups and capabilities and execs. Init reaps every process until the main one
 //! ends, kills the rest, unmounts and removes the mount points it created, reports
 //! the status and exits; the kernel then kills anything left in the pid namespace
@@ -63,10 +64,15 @@ pub enum NetworkMode {
 /// `RUN --security=`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum SecurityMode {
-    /// Docker's default capability set for root, `no_new_privs`, masked /proc paths.
+    /// Docker's default capability set for root, `no_new_privs`, masked /proc
+    /// paths, and only Docker's default devices can be opened (`/dev/null`,
+    /// `zero`, `full`, `random`, `urandom`, `tty`, the ptys): every other mount is
+    /// `nodev`, so device nodes can be made but not opened.
     #[default]
     Sandbox,
-    /// Every capability kept, nothing masked (`--security=insecure`).
+    /// Every capability kept, nothing masked, any device node can be opened
+    /// (`--security=insecure`, as `docker run --privileged`; `/dev` still holds
+    /// only the default devices).
     Insecure,
 }
 
@@ -495,6 +501,8 @@ fn pipe() -> Result<(OwnedFd, OwnedFd), SandboxError> {
 struct OpList {
     ops: Vec<Op>,
     offsets: Vec<usize>,
+    /// Whether attached trees are made `nodev` (see [`SecurityMode`]).
+    nodev: bool,
 }
 
 /// Marks an op that cleanup must never undo (the rootfs mounts, the pivot).
@@ -583,6 +591,7 @@ impl OpList {
                 fd: fd.as_raw_fd(),
                 target: target.clone(),
                 optional,
+                nodev: self.nodev,
             },
             0,
         );
@@ -703,6 +712,7 @@ pub fn run(rootfs: &Rootfs, mut spec: ProcessSpec) -> Result<ExitStatus, Sandbox
         Rootfs::Overlay { .. } => Some(
             tempfile::Builder::new()
                 .prefix("rbuild-sandbox-")
+                .permissions(std::os::unix::fs::PermissionsExt::from_mode(0o700))
                 .tempdir()
                 .map_err(SandboxError::Io)?,
         ),
@@ -731,9 +741,18 @@ pub fn run(rootfs: &Rootfs, mut spec: ProcessSpec) -> Result<ExitStatus, Sandbox
     let r = cpath(&root_host)?;
     let rlen = r.as_bytes().len();
     let under = |p: &str| cstr([r.as_bytes(), p.as_bytes()].concat(), "path");
+    // Devices: Docker's default device cgroup lets a container make any device
+    // node (CAP_MKNOD) but read or write only /dev/null, zero, full, random,
+    // urandom, tty and the ptys. Here every mount of the sandbox is `nodev` but
+    // the binds of those host devices and the sandbox's own devpts: a node made
+    // by `mknod`, shipped in a layer or found in a cache or bind mount lands in
+    // the layer but cannot be opened. `--security=insecure` lifts it, as
+    // BuildKit's insecure mode allows every device.
+    let nodev = spec.security == SecurityMode::Sandbox;
     let mut ops = OpList {
         ops: Vec::new(),
         offsets: Vec::new(),
+        nodev,
     };
     ops.push(
         Op::Mount {
@@ -747,17 +766,24 @@ pub fn run(rootfs: &Rootfs, mut spec: ProcessSpec) -> Result<ExitStatus, Sandbox
         NEVER_UNDO,
     );
     match rootfs {
-        Rootfs::Dir(_) => ops.push(
-            Op::Mount {
-                source: Some(r.clone()),
-                target: r.clone(),
-                fstype: None,
-                flags: libc::MS_BIND | libc::MS_REC,
-                data: None,
-                optional: false,
-            },
-            NEVER_UNDO,
-        ),
+        Rootfs::Dir(_) => {
+            ops.push(
+                Op::Mount {
+                    source: Some(r.clone()),
+                    target: r.clone(),
+                    fstype: None,
+                    flags: libc::MS_BIND | libc::MS_REC,
+                    data: None,
+                    optional: false,
+                },
+                NEVER_UNDO,
+            );
+            if nodev {
+                // A bind takes its flags from the source mount, not from
+                // `mount(2)`'s: set them on the new mounts.
+                ops.push(Op::Nodev { target: r.clone() }, NEVER_UNDO);
+            }
+        }
         Rootfs::Overlay { lower, upper, work } => {
             if lower.is_empty() {
                 return Err(SandboxError::InvalidSpec(
@@ -792,7 +818,7 @@ pub fn run(rootfs: &Rootfs, mut spec: ProcessSpec) -> Result<ExitStatus, Sandbox
                     source: Some(c"overlay".into()),
                     target: r.clone(),
                     fstype: Some(c"overlay".into()),
-                    flags: 0,
+                    flags: if nodev { libc::MS_NODEV } else { 0 },
                     data: Some(cstr(data, "overlay options")?),
                     optional: false,
                 },
@@ -846,12 +872,14 @@ pub fn run(rootfs: &Rootfs, mut spec: ProcessSpec) -> Result<ExitStatus, Sandbox
         false,
     )?;
     mkdir_pre(&mut ops, "/dev", 0o755, false)?;
+    // The device binds below keep their own (the host /dev's) flags over the
+    // nodev tmpfs.
     mount_pre(
         &mut ops,
         c"tmpfs",
         "/dev",
         Some(c"tmpfs"),
-        libc::MS_NOSUID | libc::MS_STRICTATIME,
+        libc::MS_NOSUID | libc::MS_STRICTATIME | if nodev { libc::MS_NODEV } else { 0 },
         Some("mode=755,size=65536k"),
         false,
     )?;

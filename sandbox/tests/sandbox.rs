@@ -716,6 +716,131 @@ fn dev_has_the_minimal_devices() {
     assert_eq!(&c.out[1..], ["4", "null-ok", "full-ok", "/dev/shm"]);
 }
 
+/// A marker no earlier run wrote to the kernel log.
+fn kmsg_marker(what: &str) -> String {
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_nanos();
+    format!("rbuild-kmsg-{what}-{}-{nanos}", std::process::id())
+}
+
+fn host_kernel_log() -> String {
+    let o = Command::new("dmesg")
+        .output()
+        .unwrap_or_else(|e| panic!("dmesg is missing ({e}): install util-linux"));
+    assert!(o.status.success(), "dmesg failed: {o:?}");
+    String::from_utf8_lossy(&o.stdout).into_owned()
+}
+
+fn mknod(path: &Path, major: u32, minor: u32) {
+    let st = Command::new("mknod")
+        .args(["-m", "666"])
+        .arg(path)
+        .args(["c", &major.to_string(), &minor.to_string()])
+        .status()
+        .unwrap();
+    assert!(st.success(), "mknod {}", path.display());
+}
+
+/// Docker's device allowlist: a node outside it (1:11, /dev/kmsg) can be made
+/// (and lands in the rootfs) but not opened, whether made by `mknod` in the run,
+/// shipped in the rootfs (a lower layer) or found in a cache or bind mount, as
+/// root or as another user; the allowed devices and the ptys keep working.
+#[test]
+fn devices_outside_the_allowlist_cannot_be_opened() {
+    let Some(root) = test_root() else { return };
+    let marker = kmsg_marker("sandbox");
+    mknod(&root.path().join("shipped"), 1, 11);
+    let cache = root.dir.path().join("cache");
+    let data = root.dir.path().join("data");
+    for d in [&cache, &data] {
+        std::fs::create_dir(d).unwrap();
+        mknod(&d.join("node"), 1, 11);
+    }
+    let upper = root.dir.path().join("upper");
+    let work = root.dir.path().join("work");
+    std::fs::create_dir(&upper).unwrap();
+    std::fs::create_dir(&work).unwrap();
+    let rootfs = Rootfs::Overlay {
+        lower: vec![root.path()],
+        upper: upper.clone(),
+        work,
+    };
+    let try_write = |p: &str| {
+        format!("if echo {marker} > {p}; then echo {p}-opened; else echo {p}-refused; fi; ")
+    };
+    let script = format!(
+        "mknod /made c 1 11 && echo made; {}{}{}{}{}\
+         echo x > /dev/null && echo null-ok; head -c 1 /dev/urandom | wc -c; \
+         echo x > /dev/full || echo full-ok; \
+         (exec 3<>/dev/ptmx) && echo ptmx-ok",
+        try_write("/made"),
+        try_write("/shipped"),
+        try_write("/cache/node"),
+        try_write("/data/node"),
+        try_write("/tmp/../made"),
+    );
+    let mut spec = sh(&script);
+    spec.mounts.push(Mount::Cache {
+        source: cache.clone(),
+        target: "/cache".into(),
+    });
+    spec.mounts.push(Mount::Bind {
+        source: data.clone(),
+        target: "/data".into(),
+        readonly: false,
+    });
+    let c = run_captured(&rootfs, spec);
+    assert_eq!(code(&c), 0, "{:?} {:?}", c.out, c.err);
+    assert_eq!(
+        c.out,
+        [
+            "made",
+            "/made-refused",
+            "/shipped-refused",
+            "/cache/node-refused",
+            "/data/node-refused",
+            "/tmp/../made-refused",
+            "null-ok",
+            "1",
+            "full-ok",
+            "ptmx-ok"
+        ],
+        "{:?}",
+        c.err
+    );
+    // The node made by mknod is in the run's layer.
+    let m = std::fs::symlink_metadata(upper.join("made")).unwrap();
+    assert!(std::os::unix::fs::FileTypeExt::is_char_device(
+        &m.file_type()
+    ));
+    assert_eq!(m.rdev(), libc_makedev(1, 11));
+
+    // Another user, through the world-writable shipped node, on a directory rootfs.
+    let mut spec = sh(&try_write("/shipped"));
+    spec.user = "nobody".into();
+    let c = run_captured(&root.rootfs(), spec);
+    assert_eq!(c.out, ["/shipped-refused"], "{:?}", c.err);
+    assert!(
+        !host_kernel_log().contains(&marker),
+        "a sandboxed write reached the host's kernel log"
+    );
+
+    // --security=insecure allows every device (as BuildKit's insecure mode).
+    let mut spec = sh("mknod /n c 1 3 && echo x > /n && echo opened; rm /n");
+    spec.security = SecurityMode::Insecure;
+    let c = run_captured(&root.rootfs(), spec);
+    assert_eq!(c.out, ["opened"], "{:?}", c.err);
+}
+
+fn libc_makedev(major: u64, minor: u64) -> u64 {
+    ((major & 0xffff_f000) << 32)
+        | ((major & 0xfff) << 8)
+        | ((minor & 0xffff_ff00) << 12)
+        | (minor & 0xff)
+}
+
 #[test]
 fn bad_specs_are_clear_errors() {
     let root = test_root();
@@ -758,6 +883,10 @@ fn non_root_works_or_says_what_is_missing() {
     );
     // The rootfs belongs to the unprivileged user (as an image unpacked by that
     // user would); the way to it must be open to it.
+    // A world-writable device node outside the allowlist, as a layer may ship it:
+    // nobody, root in its user namespace, must not open it either.
+    mknod(&root.path().join("shipped"), 1, 11);
+    let marker = kmsg_marker("nonroot");
     let st = Command::new("chown")
         .args(["-R", "65534:65534"])
         .arg(root.dir.path())
@@ -787,6 +916,7 @@ fn non_root_works_or_says_what_is_missing() {
             "--test-threads=1",
         ])
         .env("RBUILD_SANDBOX_NONROOT_ROOTFS", root.path())
+        .env("RBUILD_SANDBOX_NONROOT_MARKER", &marker)
         .env("TMPDIR", root.dir.path())
         .output()
         .unwrap();
@@ -807,10 +937,14 @@ fn non_root_works_or_says_what_is_missing() {
         eprintln!("non-root sandbox unavailable here: {err}");
     } else {
         assert_eq!(
-            line, "NONROOT-RESULT: ok uid=0(root) gid=0(root) lo-only",
+            line, "NONROOT-RESULT: ok uid=0(root) gid=0(root) lo-only shipped-refused",
             "{text}"
         );
     }
+    assert!(
+        !host_kernel_log().contains(&marker),
+        "a sandboxed write reached the host's kernel log"
+    );
 }
 
 /// The unprivileged half of the test above (run only through it).
@@ -820,17 +954,21 @@ fn nonroot_child() {
     let Ok(rootfs) = std::env::var("RBUILD_SANDBOX_NONROOT_ROOTFS") else {
         return;
     };
-    let mut spec = sh("id | cut -d' ' -f1-2; tail -n +3 /proc/net/dev | wc -l");
+    let marker = std::env::var("RBUILD_SANDBOX_NONROOT_MARKER").unwrap_or_default();
+    let mut spec = sh(&format!(
+        "id | cut -d' ' -f1-2; tail -n +3 /proc/net/dev | wc -l; \
+         if echo {marker} > /shipped; then echo shipped-opened; else echo shipped-refused; fi"
+    ));
     spec.network = NetworkMode::None;
     let c = run_captured(&Rootfs::Dir(rootfs.into()), spec);
     match c.status {
-        Ok(s) if s.code == 0 && c.out.len() == 2 => {
+        Ok(s) if s.code == 0 && c.out.len() == 3 => {
             let lo = if c.out[1].trim() == "1" {
                 "lo-only"
             } else {
                 "more-than-lo"
             };
-            println!("NONROOT-RESULT: ok {} {lo}", c.out[0]);
+            println!("NONROOT-RESULT: ok {} {lo} {}", c.out[0], c.out[2]);
         }
         Ok(s) => println!("NONROOT-RESULT: failed {s} {:?} {:?}", c.out, c.err),
         Err(e) => println!("NONROOT-RESULT: err {e}"),

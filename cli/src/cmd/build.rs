@@ -46,6 +46,15 @@ pub struct BuildArgs {
     /// Network for RUN steps without `--network` (default: the sandbox's, host)
     #[arg(long, value_enum)]
     network: Option<Network>,
+    /// Allow an entitlement the Dockerfile asks for: `network.host` (`RUN
+    /// --network=host`), `security.insecure` (`RUN --security=insecure`)
+    #[arg(
+        long = "allow",
+        value_enum,
+        value_name = "ENTITLEMENT",
+        value_delimiter = ','
+    )]
+    allow: Vec<Entitlement>,
     /// A secret for `RUN --mount=type=secret` (`id=ID,src=PATH` or `id=ID,env=VAR`)
     #[arg(long = "secret", value_name = "SPEC")]
     secrets: Vec<String>,
@@ -73,6 +82,15 @@ pub struct BuildArgs {
 pub enum Network {
     Host,
     None,
+}
+
+/// `--allow` (`BuildKit`'s entitlements).
+#[derive(clap::ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Entitlement {
+    #[value(name = "network.host")]
+    NetworkHost,
+    #[value(name = "security.insecure")]
+    SecurityInsecure,
 }
 
 /// `--output`.
@@ -188,6 +206,7 @@ pub struct Request {
     pub no_cache: bool,
     pub no_cache_filter: Vec<String>,
     pub network: Option<Network>,
+    pub allow: Vec<Entitlement>,
     pub secrets: HashMap<String, Vec<u8>>,
     pub tags: Vec<rbuild_image::Reference>,
     pub output: OutputSpec,
@@ -310,6 +329,7 @@ fn prepare(args: &BuildArgs, root: &Path) -> anyhow::Result<Prepared> {
             .context("reading the context from stdin")?;
         let dir = tempfile::Builder::new()
             .prefix("rbuild-context-")
+            .permissions(std::os::unix::fs::PermissionsExt::from_mode(0o700))
             .tempdir()
             .context("creating a directory for the context")?;
         if is_tar(&data) {
@@ -408,6 +428,7 @@ fn prepare(args: &BuildArgs, root: &Path) -> anyhow::Result<Prepared> {
             no_cache: args.no_cache,
             no_cache_filter: args.no_cache_filter.clone(),
             network: args.network,
+            allow: args.allow.clone(),
             secrets,
             tags,
             output,

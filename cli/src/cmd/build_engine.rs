@@ -9,14 +9,16 @@ use std::sync::Arc;
 use anyhow::{Context, anyhow};
 use rbuild_frontend::dockerignore::PatternMatcher;
 use rbuild_frontend::{
-    BuildOptions, ImageResolver, Platform, ResolveError, ResolvedImage, build_plan,
+    BuildOptions, Entitlements, ImageResolver, Platform, ResolveError, ResolvedImage, build_plan,
 };
 use rbuild_image::{Digest, Store};
 use rbuild_solver::ops::NetworkMode;
 use rbuild_solver::worker::{ExportOptions, LocalWorker, WorkerOptions};
 use rbuild_solver::{CacheIndex, ExecError, ResultRef, SolveError, Solver};
 
-use super::{BuildFailure, Built, Network, OutputSpec, Renderer, Request, StepFailure};
+use super::{
+    BuildFailure, Built, Entitlement, Network, OutputSpec, Renderer, Request, StepFailure,
+};
 
 /// Base images come from the local store (no pulling).
 struct StoreResolver<'a>(&'a Store);
@@ -76,6 +78,10 @@ pub fn build(req: &Request, progress: &mut Renderer) -> Result<Built, BuildFailu
             Some(Network::Host) => NetworkMode::Host,
             Some(Network::None) => NetworkMode::None,
             None => NetworkMode::Sandbox,
+        },
+        allow: Entitlements {
+            network_host: req.allow.contains(&Entitlement::NetworkHost),
+            security_insecure: req.allow.contains(&Entitlement::SecurityInsecure),
         },
         dockerignore: req
             .ignore
@@ -274,6 +280,7 @@ pub fn build(req: &Request, progress: &mut Renderer) -> Result<Built, BuildFailu
         OutputSpec::Tar(dest) => {
             let tmp = tempfile::Builder::new()
                 .prefix("rbuild-export-")
+                .permissions(std::os::unix::fs::PermissionsExt::from_mode(0o700))
                 .tempdir()
                 .context("creating a temporary directory")?;
             worker

@@ -252,6 +252,7 @@ fn run_cmd(args: &RunArgs, root: &Path) -> anyhow::Result<i32> {
 
     let scratch = tempfile::Builder::new()
         .prefix("rbuild-run-")
+        .permissions(std::os::unix::fs::PermissionsExt::from_mode(0o700))
         .tempdir()
         .context("creating the container's scratch directory")?;
     let upper = scratch.path().join("upper");
