@@ -124,9 +124,7 @@ fn import_device_base(env: &Env) {
 /// image.
 #[test]
 fn devices_outside_the_allowlist_cannot_be_opened() {
-    let Some(env) = common::build_env() else {
-        return;
-    };
+    let env = common::build_env();
     import_device_base(&env);
     let marker = kmsg_marker();
     let nodes = env.path("nodes");
@@ -248,9 +246,7 @@ fn devices_outside_the_allowlist_cannot_be_opened() {
 /// `--network`; the error names the line and the flag to pass.
 #[test]
 fn host_network_and_insecure_need_allow() {
-    let Some(env) = common::build_env() else {
-        return;
-    };
+    let env = common::build_env();
     let insecure = write(
         &env,
         "insecure/Dockerfile",
@@ -337,9 +333,7 @@ fn host_network_and_insecure_need_allow() {
 /// may write to is refused.
 #[test]
 fn other_users_cannot_reach_into_the_state_root() {
-    let Some(env) = common::build_env() else {
-        return;
-    };
+    let env = common::build_env();
     // The way to the root is open: only the root's own mode protects it.
     std::fs::set_permissions(env.dir.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
     let root = env.root();
@@ -395,15 +389,28 @@ fn other_users_cannot_reach_into_the_state_root() {
     assert!(err.contains("writable by every user"), "{err}");
     assert!(err.contains(root.to_str().unwrap()), "{err}");
     assert_eq!(std::fs::metadata(&root).unwrap().mode() & 0o7777, 0o1777);
+    // Another directory others can enter (a home, `/`) is never re-moded: refused.
+    let foreign = env.path("foreign");
+    std::fs::create_dir(&foreign).unwrap();
+    std::fs::write(foreign.join("notes.txt"), "mine\n").unwrap();
+    std::fs::set_permissions(&foreign, std::fs::Permissions::from_mode(0o755)).unwrap();
+    let o = env
+        .cmd(&["images"])
+        .env("RBUILD_ROOT", &foreign)
+        .output()
+        .unwrap();
+    assert!(!o.status.success());
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(err.contains("will not change its mode"), "{err}");
+    assert_eq!(std::fs::metadata(&foreign).unwrap().mode() & 0o7777, 0o755);
+    assert!(!foreign.join("blobs").exists());
 }
 
 /// The scratch directories rbuild makes outside the state root (`rbuild run`'s
 /// upper layer, the sandbox's overlay mount point) are private too.
 #[test]
 fn scratch_directories_outside_the_root_are_private() {
-    let Some(env) = common::build_env() else {
-        return;
-    };
+    let env = common::build_env();
     let tmpdir = env.path("tmp");
     std::fs::create_dir(&tmpdir).unwrap();
     std::fs::set_permissions(&tmpdir, std::fs::Permissions::from_mode(0o1777)).unwrap();

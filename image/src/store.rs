@@ -241,9 +241,12 @@ fn fsync_dir(p: &Path) -> Result<()> {
 
 /// Makes the state root private, so that no other user reaches into it (its
 /// snapshots hold whatever images carry, setuid binaries included): a missing
-/// root is created `0700`; an existing one of ours open to others (as older
-/// rbuild made them) is changed to `0700`. A root every user may write to (such
-/// as `/tmp`) is refused; one of another owner is left as it is.
+/// root is created `0700`; an existing rbuild root of ours (it has `blobs/`) or an
+/// empty directory of ours that is open to others (as older rbuild made them) is
+/// changed to `0700`. Any other directory is never re-moded behind the user's
+/// back: one that others can enter and that holds something else is refused, as
+/// is a root every user may write to (such as `/tmp`); one of another owner is
+/// left as it is.
 pub fn private_root(root: &Path) -> Result<()> {
     use std::os::unix::fs::{DirBuilderExt, MetadataExt, PermissionsExt};
     if let Some(parent) = root.parent().filter(|p| !p.as_os_str().is_empty()) {
@@ -276,6 +279,14 @@ pub fn private_root(root: &Path) -> Result<()> {
     }
     let me = fs_err::metadata("/proc/self")?.uid();
     if m.uid() == me && mode & 0o077 != 0 {
+        let ours = root.join("blobs").is_dir() || fs_err::read_dir(root)?.next().is_none();
+        if !ours {
+            return Err(unsafe_root(format!(
+                "is a directory others can enter (mode {mode:04o}) that holds something other \
+                 than an rbuild state root; rbuild will not change its mode: use a new or \
+                 empty directory"
+            )));
+        }
         fs_err::set_permissions(root, std::fs::Permissions::from_mode(0o700))?;
     }
     Ok(())
