@@ -1163,7 +1163,7 @@ impl Planner<'_> {
                         self.charge(v.len(), ins, what)?;
                         value = Some(v.clone());
                     } else if let Some(d) = &def.default {
-                        value = Some(self.expand(d, &run.st.env.clone(), ins)?);
+                        value = Some(self.expand(d, &run.st.env, ins)?);
                     } else if let Some(g) = env_get(&self.global, &def.name) {
                         self.charge(g.len(), ins, what)?;
                         value = Some(g.to_owned());
