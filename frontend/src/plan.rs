@@ -349,6 +349,8 @@ struct Planner<'a> {
     epoch_secs: Option<i64>,
     /// Bytes charged to [`MAX_EXPANDED_TOTAL`] so far.
     charged: Cell<usize>,
+    /// An ONBUILD trigger is being dispatched.
+    in_trigger: Cell<bool>,
 }
 
 /// Turns a parsed Dockerfile into a build graph and the target's image config.
@@ -371,6 +373,7 @@ pub fn build_plan(
         stages: Vec::new(),
         epoch: None,
         charged: Cell::new(0),
+        in_trigger: Cell::new(false),
         epoch_secs: opts.source_date_epoch.or_else(|| {
             opts.build_args
                 .get("SOURCE_DATE_EPOCH")
@@ -510,7 +513,7 @@ impl Planner<'_> {
             .process_word(word, env)
             .map_err(|e| self.shell_error(ins, word, &e))?;
         self.charge(e.result.len().saturating_sub(word.len()), ins, || {
-            locate(ins, word, 0).0
+            locate(ins, self.in_file(ins), word, 0).0
         })?;
         Ok(e)
     }
@@ -569,7 +572,7 @@ impl Planner<'_> {
         }
         Err(FrontendError::Expansion {
             file: self.file.clone(),
-            span: keyword_span(ins),
+            span: keyword_span(ins, self.in_file(ins)),
             message: format!(
                 "{}: the expanded values in this build add up to over {}",
                 what(),
@@ -578,9 +581,16 @@ impl Planner<'_> {
         })
     }
 
+    /// Whether the spans of `ins`'s node are positions in the Dockerfile: not for an
+    /// ONBUILD trigger, which is parsed from its own text (its instruction takes the
+    /// span of the `FROM`).
+    fn in_file(&self, ins: &Instruction) -> bool {
+        !self.in_trigger.get() && ins.node.span == ins.span
+    }
+
     /// A lexer error in `word` of `ins`, pointing at the construct that failed.
     fn shell_error(&self, ins: &Instruction, word: &str, e: &ShellError) -> FrontendError {
-        let (what, span) = locate(ins, word, e.offset);
+        let (what, span) = locate(ins, self.in_file(ins), word, e.offset);
         let message = match e.kind {
             ShellErrorKind::TooLong { .. } | ShellErrorKind::TooExpensive => {
                 format!("{what}: {}", e.kind)
@@ -1108,8 +1118,10 @@ impl Planner<'_> {
         let commands = self.stages[i].commands.clone();
         for (ins, on_build) in &commands {
             run.on_build = *on_build;
+            self.in_trigger.set(*on_build);
             self.dispatch(&mut run, ins)?;
         }
+        self.in_trigger.set(false);
         run.st.charged = self.charged.get() - charged_before;
         self.stages[i].result = Some(run.st);
         Ok(())
@@ -1991,10 +2003,10 @@ struct CopySpec<'a> {
 }
 
 /// The instruction's keyword in the Dockerfile, or the whole instruction when its
-/// node's spans are not positions in the Dockerfile (an ONBUILD trigger of a base
-/// image is parsed from its own text; its instruction takes the span of the `FROM`).
-fn keyword_span(ins: &Instruction) -> Span {
-    if ins.node.span == ins.span {
+/// node's spans are not positions in the Dockerfile (`in_file`, see
+/// `Planner::in_file`).
+fn keyword_span(ins: &Instruction, in_file: bool) -> Span {
+    if in_file {
         ins.node.keyword_span
     } else {
         ins.span
@@ -2006,11 +2018,10 @@ fn keyword_span(ins: &Instruction) -> Span {
 /// the end of the word when the word is found in an argument that is written as it
 /// reads, that whole argument when it is found in one written otherwise (with
 /// quotes, continuation lines), else the instruction's keyword.
-fn locate(ins: &Instruction, word: &str, offset: usize) -> (String, Span) {
+fn locate(ins: &Instruction, in_file: bool, word: &str, offset: usize) -> (String, Span) {
     let node = &ins.node;
     let keyword = ins.keyword.to_uppercase();
-    let in_file = node.span == ins.span;
-    let fallback = (keyword.clone(), keyword_span(ins));
+    let fallback = (keyword.clone(), keyword_span(ins, in_file));
     if !in_file {
         return fallback;
     }

@@ -929,6 +929,29 @@ fn expansion_errors_point_at_the_word() {
 }
 
 #[test]
+fn an_expansion_error_in_an_onbuild_trigger_points_at_the_from() {
+    // The trigger is parsed from the base image's config: its own positions are not
+    // the Dockerfile's, so the error points at the FROM that ran it.
+    let mut r = FakeResolver::new();
+    let mut base = busybox_config();
+    base.config.on_build = vec!["WORKDIR ${NOPE:?unset}".into()];
+    r.add("onbase", base);
+    let e = plan_source("# c\nFROM onbase\n", &opts(), &r).unwrap_err();
+    let span = e.span().expect("a span");
+    assert_eq!((span.start_line, span.start_column), (2, 1), "{e}");
+    assert!(e.to_string().contains("NOPE: unset"), "{e}");
+    // Even when the trigger's text happens to span the same bytes as the FROM.
+    let mut r = FakeResolver::new();
+    let mut base = busybox_config();
+    base.config.on_build = vec!["ENV ABC=${}".into()];
+    r.add("onbase", base);
+    let e = plan_source("FROM onbase\n", &opts(), &r).unwrap_err();
+    let span = e.span().expect("a span");
+    assert_eq!((span.start_line, span.start_column), (1, 1), "{e}");
+    assert!(e.to_string().contains("bad substitution"), "{e}");
+}
+
+#[test]
 fn many_words_under_the_word_limit_stop_at_the_total() {
     // Each `ARG Bn=$A10` adds 1 MiB.
     let mut src = doubling(10);
