@@ -49,10 +49,20 @@ fn main() -> ExitCode {
     match result {
         Ok(code) => code,
         Err(e) => {
-            eprintln!("Error: {e:#}");
+            eprintln!("Error: {}", error_line(&e));
             ExitCode::FAILURE
         }
     }
+}
+
+/// The error and its causes on one line; a full disk reads "no space left on device"
+/// whichever layer met it (the I/O errors of the library crates carry the OS's text,
+/// `No space left on device (os error 28)`, inside their own).
+fn error_line(e: &anyhow::Error) -> String {
+    format!("{e:#}").replace(
+        "No space left on device (os error 28)",
+        "no space left on device",
+    )
 }
 
 /// A process exit status as an `ExitCode` (statuses outside 0..=255 become 1).

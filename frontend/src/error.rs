@@ -1,7 +1,7 @@
 //! The frontend's error type: every variant names the Dockerfile and, where
 //! there is one, the line.
 
-use rbuild_parser::ParseError;
+use rbuild_parser::{ParseError, Span};
 use rbuild_solver::GraphError;
 
 /// Why a Dockerfile cannot be turned into a build plan.
@@ -18,6 +18,15 @@ pub enum FrontendError {
     Instruction {
         file: String,
         line: usize,
+        message: String,
+    },
+    /// A word that cannot be expanded (`${` errors), or values grown past a limit;
+    /// `span` is the failing construct in the Dockerfile (the instruction when the
+    /// word cannot be found in its source).
+    #[error("{file}:{}:{}: {message}", .span.start_line, .span.start_column)]
+    Expansion {
+        file: String,
+        span: Span,
         message: String,
     },
     /// `--target` names no stage.
@@ -64,10 +73,29 @@ impl FrontendError {
     pub fn line(&self) -> Option<usize> {
         match self {
             Self::Parse { error, .. } => Some(error.line),
+            Self::Expansion { span, .. } => Some(span.start_line),
             Self::Instruction { line, .. }
             | Self::CircularDependency { line, .. }
             | Self::Resolve { line, .. } => Some(*line),
             _ => None,
+        }
+    }
+
+    /// The part of the Dockerfile the error points at, when it is known to the column.
+    pub fn span(&self) -> Option<Span> {
+        match self {
+            Self::Parse { error, .. } => Some(error.span),
+            Self::Expansion { span, .. } => Some(*span),
+            _ => None,
+        }
+    }
+
+    /// The message without the `file:line:` in front.
+    pub fn message(&self) -> String {
+        match self {
+            Self::Parse { error, .. } => error.message.clone(),
+            Self::Expansion { message, .. } | Self::Instruction { message, .. } => message.clone(),
+            other => other.to_string(),
         }
     }
 }

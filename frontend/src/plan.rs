@@ -7,10 +7,11 @@
 //! mounts select from it — once every stage has been dispatched; then the list is
 //! added to a [`BuildGraph`] in order.
 
+use std::cell::Cell;
 use std::collections::{BTreeMap, BTreeSet};
 use std::fmt::Write as _;
 
-use rbuild_parser::shell::Lexer;
+use rbuild_parser::shell::{Lexer, ShellError, ShellErrorKind, human_size_exact};
 use rbuild_parser::{Command, Dockerfile, Heredoc, Instruction, InstructionKind, Mount, Span};
 use rbuild_solver::ops::{
     CacheSharing, Copy, Description, ExecOp, FileAction, FileOp, MergeOp, Mkdir, Mkfile,
@@ -27,6 +28,15 @@ use crate::util::{
 
 /// The `comment` of every history entry the frontend writes.
 pub const HISTORY_COMMENT: &str = "buildkit.dockerfile.v0";
+
+/// The most bytes that variable values may add to a build plan (16 MiB): what
+/// expansions add beyond the words as written, values ARG copies from build args and
+/// global ARGs, the environment each RUN step carries, and what a stage inherits from
+/// the stage it is built `FROM`. One word is limited to
+/// [`rbuild_parser::shell::MAX_WORD_LEN`]; this stops many words that each stay under
+/// it (`ARG B1=$A`, `ARG B2=$A`, ... or `RUN true` a thousand times under a large
+/// `ENV`) from filling memory. `BuildKit` has neither limit.
+pub const MAX_EXPANDED_TOTAL: usize = 16 << 20;
 
 /// What the caller decides about a build.
 #[derive(Debug, Clone)]
@@ -230,6 +240,9 @@ struct StageResult {
     build_args: Vec<(String, Option<String>)>,
     layers: Vec<Local>,
     base: Option<ResolvedImage>,
+    /// What was charged to [`MAX_EXPANDED_TOTAL`] for this stage, including what it
+    /// inherited: a stage built `FROM` it copies as much again.
+    charged: usize,
 }
 
 /// The state of one stage while its instructions are dispatched.
@@ -359,6 +372,10 @@ struct Planner<'a> {
     stages: Vec<Stage>,
     epoch: Option<String>,
     epoch_secs: Option<i64>,
+    /// Bytes charged to [`MAX_EXPANDED_TOTAL`] so far.
+    charged: Cell<usize>,
+    /// An ONBUILD trigger is being dispatched.
+    in_trigger: Cell<bool>,
 }
 
 /// Turns a parsed Dockerfile into a build graph and the target's image config.
@@ -380,6 +397,8 @@ pub fn build_plan(
         declared: BTreeSet::new(),
         stages: Vec::new(),
         epoch: None,
+        charged: Cell::new(0),
+        in_trigger: Cell::new(false),
         epoch_secs: opts.source_date_epoch.or_else(|| {
             opts.build_args
                 .get("SOURCE_DATE_EPOCH")
@@ -528,27 +547,107 @@ impl Planner<'_> {
         c
     }
 
+    /// Expands `word` of `ins` with `lexer`, charging what it grew by.
+    fn expand_with(
+        &self,
+        lexer: &Lexer,
+        word: &str,
+        env: &[(String, String)],
+        ins: &Instruction,
+    ) -> Result<rbuild_parser::shell::Expanded, FrontendError> {
+        let e = lexer
+            .process_word(word, env)
+            .map_err(|e| self.shell_error(ins, word, &e))?;
+        self.charge(e.result.len().saturating_sub(word.len()), ins, || {
+            locate(ins, self.in_file(ins), word, 0).0
+        })?;
+        Ok(e)
+    }
+
     fn expand(
         &self,
         word: &str,
         env: &[(String, String)],
-        span: &Span,
+        ins: &Instruction,
     ) -> Result<String, FrontendError> {
-        self.lexer
-            .process_word(word, env)
+        self.expand_with(&self.lexer, word, env, ins)
             .map(|e| e.result)
-            .map_err(|e| self.err(span, e.to_string()))
     }
 
     fn expand_words(
         &self,
         word: &str,
         env: &[(String, String)],
-        span: &Span,
+        ins: &Instruction,
     ) -> Result<Vec<String>, FrontendError> {
-        self.lexer
-            .process_words(word, env)
-            .map_err(|e| self.err(span, e.to_string()))
+        self.expand_with(&self.lexer, word, env, ins)
+            .map(|e| e.words)
+    }
+
+    /// A step's progress name with variables expanded (`text` as it is when it does
+    /// not expand), charging what it grew by.
+    fn expand_name(
+        &self,
+        lexer: &Lexer,
+        text: &str,
+        env: &[(String, String)],
+        ins: &Instruction,
+    ) -> Result<String, FrontendError> {
+        match lexer.process_word(text, env) {
+            Ok(e) => {
+                let label = || ins.keyword.to_uppercase();
+                self.charge(e.result.len().saturating_sub(text.len()), ins, label)?;
+                Ok(e.result)
+            }
+            Err(_) => Ok(text.to_owned()),
+        }
+    }
+
+    /// Adds `bytes` to what variable values put into the plan; past
+    /// [`MAX_EXPANDED_TOTAL`], an error at `ins` named by `what`.
+    fn charge(
+        &self,
+        bytes: usize,
+        ins: &Instruction,
+        what: impl FnOnce() -> String,
+    ) -> Result<(), FrontendError> {
+        let total = self.charged.get().saturating_add(bytes);
+        self.charged.set(total);
+        if total <= MAX_EXPANDED_TOTAL {
+            return Ok(());
+        }
+        Err(FrontendError::Expansion {
+            file: self.file.clone(),
+            span: keyword_span(ins, self.in_file(ins)),
+            message: format!(
+                "{}: the expanded values in this build add up to over {}",
+                what(),
+                human_size_exact(MAX_EXPANDED_TOTAL)
+            ),
+        })
+    }
+
+    /// Whether the spans of `ins`'s node are positions in the Dockerfile: not for an
+    /// ONBUILD trigger, which is parsed from its own text (its instruction takes the
+    /// span of the `FROM`).
+    fn in_file(&self, ins: &Instruction) -> bool {
+        !self.in_trigger.get() && ins.node.span == ins.span
+    }
+
+    /// A lexer error in `word` of `ins`, pointing at the construct that failed.
+    fn shell_error(&self, ins: &Instruction, word: &str, e: &ShellError) -> FrontendError {
+        let (what, span) = locate(ins, self.in_file(ins), word, e.offset);
+        let message = match e.kind {
+            ShellErrorKind::TooLong { .. } | ShellErrorKind::TooExpensive => {
+                format!("{what}: {}", e.kind)
+            }
+            _ => e.to_string(),
+        };
+        FrontendError::Expansion {
+            file: self.file.clone(),
+            span,
+            message,
+        }
     }
 
     // ------------------------------------------------------------ stages
@@ -578,10 +677,11 @@ impl Planner<'_> {
             for def in &arg.args {
                 self.declared.insert(def.name.clone());
                 let value = if let Some(v) = opts.build_args.get(&def.name) {
+                    self.charge(v.len(), ins, || format!("ARG {}", def.name))?;
                     Some(v.clone())
                 } else if let Some(d) = &def.default {
                     let global = self.global.clone();
-                    Some(self.expand(d, &global, &ins.span)?)
+                    Some(self.expand(d, &global, ins)?)
                 } else {
                     None
                 };
@@ -593,11 +693,7 @@ impl Planner<'_> {
         // Stages.
         for ins in iter {
             if let InstructionKind::From(from) = &ins.kind {
-                let image = self
-                    .lexer
-                    .process_word(&from.image, &self.global)
-                    .map_err(|e| self.err(&ins.span, e.to_string()))?
-                    .result;
+                let image = self.expand(&from.image, &self.global, ins)?;
                 if image.is_empty() {
                     return Err(self.err(
                         &ins.span,
@@ -606,7 +702,7 @@ impl Planner<'_> {
                 }
                 let platform = match &from.platform {
                     Some(p) => {
-                        let text = self.expand(p, &self.global.clone(), &ins.span)?;
+                        let text = self.expand(p, &self.global.clone(), ins)?;
                         Some(Platform::parse(&text).ok_or_else(|| {
                             self.err(
                                 &ins.span,
@@ -985,6 +1081,7 @@ impl Planner<'_> {
                 build_args: Vec::new(),
                 layers: Vec::new(),
                 base: None,
+                charged: 0,
             },
             display: self.stages[i].display.clone(),
             cmd_index: 0,
@@ -995,6 +1092,7 @@ impl Planner<'_> {
             ssh_count: 0,
         };
         let from_span = self.stages[i].from.span;
+        let charged_before = self.charged.get();
         match self.stages[i].base.clone() {
             BaseRef::Stage(j) => {
                 let base = self.stages[j].result.clone().ok_or_else(|| {
@@ -1006,6 +1104,9 @@ impl Planner<'_> {
                         ),
                     )
                 })?;
+                // The stage's copy of its base's environment, config and history.
+                let from = self.stages[i].from.clone();
+                self.charge(base.charged, &from, || "FROM".to_owned())?;
                 run.st = base;
                 run.st.image.config.on_build.clear();
             }
@@ -1063,8 +1164,11 @@ impl Planner<'_> {
         let commands = self.stages[i].commands.clone();
         for (ins, on_build) in &commands {
             run.on_build = *on_build;
+            self.in_trigger.set(*on_build);
             self.dispatch(&mut run, ins)?;
         }
+        self.in_trigger.set(false);
+        run.st.charged = self.charged.get() - charged_before;
         self.stages[i].result = Some(run.st);
         Ok(())
     }
@@ -1086,8 +1190,8 @@ impl Planner<'_> {
                 let mut msg = "ENV".to_owned();
                 let mut pairs = Vec::new();
                 for kv in &e.pairs {
-                    let k = self.expand(&kv.key, &env, span)?;
-                    let v = self.expand(&kv.value, &env, span)?;
+                    let k = self.expand(&kv.key, &env, ins)?;
+                    let v = self.expand(&kv.value, &env, ins)?;
                     let _ = write!(msg, " {k}={v}");
                     pairs.push((k, v));
                 }
@@ -1100,8 +1204,8 @@ impl Planner<'_> {
             InstructionKind::Label(l) => {
                 let mut msg = "LABEL".to_owned();
                 for kv in &l.pairs {
-                    let k = self.expand(&kv.key, &env, span)?;
-                    let v = self.expand(&kv.value, &env, span)?;
+                    let k = self.expand(&kv.key, &env, ins)?;
+                    let v = self.expand(&kv.value, &env, ins)?;
                     let _ = write!(msg, " {k}={v}");
                     run.st.image.config.labels.insert(k, v);
                 }
@@ -1112,11 +1216,14 @@ impl Planner<'_> {
                 for def in &a.args {
                     self.declared.insert(def.name.clone());
                     let mut value = None;
+                    let what = || format!("ARG {}", def.name);
                     if let Some(v) = self.opts.build_args.get(&def.name) {
+                        self.charge(v.len(), ins, what)?;
                         value = Some(v.clone());
                     } else if let Some(d) = &def.default {
-                        value = Some(self.expand(d, &run.st.env.clone(), span)?);
+                        value = Some(self.expand(d, &run.st.env, ins)?);
                     } else if let Some(g) = env_get(&self.global, &def.name) {
+                        self.charge(g.len(), ins, what)?;
                         value = Some(g.to_owned());
                     }
                     if let Some(v) = &value {
@@ -1132,7 +1239,7 @@ impl Planner<'_> {
             InstructionKind::Expose(e) => {
                 let mut ports = Vec::new();
                 for p in &e.ports {
-                    for w in self.expand_words(p, &env, span)? {
+                    for w in self.expand_words(p, &env, ins)? {
                         ports.extend(parse_port_spec(&w).map_err(|m| self.err(span, m))?);
                     }
                 }
@@ -1148,7 +1255,7 @@ impl Planner<'_> {
             InstructionKind::Volume(v) => {
                 let mut vols = Vec::new();
                 for path in &v.paths {
-                    let p = self.expand(path, &env, span)?;
+                    let p = self.expand(path, &env, ins)?;
                     if p.is_empty() {
                         return Err(self.err(span, "VOLUME specified can not be an empty string"));
                     }
@@ -1158,12 +1265,12 @@ impl Planner<'_> {
                 run.history(format!("VOLUME [{}]", vols.join(" ")), None, epoch);
             }
             InstructionKind::User(u) => {
-                let user = self.expand(&u.user, &env, span)?;
+                let user = self.expand(&u.user, &env, ins)?;
                 run.history(format!("USER {user}"), None, epoch);
                 run.st.image.config.user = user;
             }
             InstructionKind::Stopsignal(s) => {
-                let sig = self.expand(&s.signal, &env, span)?;
+                let sig = self.expand(&s.signal, &env, ins)?;
                 if !valid_signal(&sig) {
                     return Err(self.err(span, format!("Invalid signal: {sig}")));
                 }
@@ -1171,7 +1278,7 @@ impl Planner<'_> {
                 run.st.image.config.stop_signal = sig;
             }
             InstructionKind::Workdir(w) => {
-                let requested = self.expand(&w.path, &env, span)?;
+                let requested = self.expand(&w.path, &env, ins)?;
                 if requested.is_empty() {
                     return Err(self.err(span, "normalizing workdir: cannot normalize nothing"));
                 }
@@ -1184,10 +1291,7 @@ impl Planner<'_> {
                 run.st.image.config.working_dir.clone_from(&wd);
                 let mut layer = None;
                 if wd != "/" {
-                    let name = self
-                        .lexer
-                        .process_word(&ins.original, &run.st.env)
-                        .map_or_else(|_| ins.original.clone(), |e| e.result);
+                    let name = self.expand_name(&self.lexer, &ins.original, &run.st.env, ins)?;
                     let name = run.prefix(&uppercase_cmd(&name));
                     let (base, inputs) = match run.st.state {
                         Some(s) => (Some(0), vec![s]),
@@ -1351,14 +1455,14 @@ impl Planner<'_> {
         let span = &ins.span;
         let env = run.st.env.clone();
         let kw = if spec.add { "ADD" } else { "COPY" };
-        let dest_raw = self.expand(spec.dest, &env, span)?;
+        let dest_raw = self.expand(spec.dest, &env, ins)?;
         let dest = dest_path(&run.st.image.config.working_dir, &dest_raw);
         let chown_s = match spec.chown {
-            Some(c) => Some(self.expand(c, &env, span)?),
+            Some(c) => Some(self.expand(c, &env, ins)?),
             None => None,
         };
         let chmod_s = match spec.chmod {
-            Some(c) => Some(self.expand(c, &env, span)?),
+            Some(c) => Some(self.expand(c, &env, ins)?),
             None => None,
         };
         let mode = match &chmod_s {
@@ -1368,15 +1472,15 @@ impl Planner<'_> {
         let owner = chown_s.as_deref().and_then(parse_chown);
         let mut excludes = Vec::new();
         for e in spec.exclude {
-            excludes.push(self.expand(e, &env, span)?);
+            excludes.push(self.expand(e, &env, ins)?);
         }
         let checksum = match spec.checksum {
-            Some(c) => Some(self.expand(c, &env, span)?),
+            Some(c) => Some(self.expand(c, &env, ins)?),
             None => None,
         };
         let mut sources = Vec::new();
         for s in spec.sources {
-            sources.push(self.expand(s, &env, span)?);
+            sources.push(self.expand(s, &env, ins)?);
         }
         if checksum.is_some() {
             if sources.len() != 1 {
@@ -1401,10 +1505,7 @@ impl Planner<'_> {
         if let Some(c) = &chmod_s {
             let _ = write!(msg, " --chmod={c}");
         }
-        let name = self
-            .lexer
-            .process_word(&ins.original, &env)
-            .map_or_else(|_| ins.original.clone(), |e| e.result);
+        let name = self.expand_name(&self.lexer, &ins.original, &env, ins)?;
         let name = run.prefix(&uppercase_cmd(&name));
 
         let mut inputs: Vec<Local> = Vec::new();
@@ -1507,11 +1608,8 @@ impl Planner<'_> {
             let _ = write!(msg, " <<{}", h.name);
             let body = h.body();
             let data = if h.expand {
-                Lexer::new('\\')
-                    .with_skip_process_quotes(true)
-                    .process_word(&body, &env)
-                    .map_err(|e| self.err(span, e.to_string()))?
-                    .result
+                let lexer = Lexer::new('\\').with_skip_process_quotes(true);
+                self.expand_with(&lexer, &body, &env, ins)?.result
             } else {
                 body
             };
@@ -1620,7 +1718,7 @@ impl Planner<'_> {
         for m in &r.mounts {
             let ex = |me: &Self, s: &Option<String>| -> Result<Option<String>, FrontendError> {
                 match s {
-                    Some(v) => me.expand(v, &env, span).map(Some),
+                    Some(v) => me.expand(v, &env, ins).map(Some),
                     None => Ok(None),
                 }
             };
@@ -1791,6 +1889,9 @@ impl Planner<'_> {
             mounts.push(mount);
         }
         let exec_env: Vec<String> = env.iter().map(|(k, v)| format!("{k}={v}")).collect();
+        // Every RUN step carries the whole environment.
+        let carried: usize = exec_env.iter().map(String::len).sum();
+        self.charge(carried, ins, || "RUN".to_owned())?;
         let mut op = ExecOp::new(args.clone(), 0);
         op.env = exec_env;
         for (k, v) in &self.opts.build_args {
@@ -1830,9 +1931,7 @@ impl Planner<'_> {
         let raw = Lexer::new(self.lexer.escape())
             .with_raw_quotes(true)
             .with_skip_unset_env(true);
-        let name = raw
-            .process_word(&custom, &env)
-            .map_or(custom.clone(), |e| e.result);
+        let name = self.expand_name(&raw, &custom, &env, ins)?;
         let name = run.prefix(&uppercase_cmd(&name));
         let v = self.push(op, inputs, name, Some(span), run.ignore_cache);
         // runCommandString: the build args in scope, then argv.
@@ -1849,6 +1948,9 @@ impl Planner<'_> {
             parts.push(format!("|{}", shown.len()));
             parts.extend(shown.iter().map(|(k, v)| format!("{k}={v}")));
         }
+        // And its history line the build args in scope.
+        let carried: usize = shown.iter().map(|(k, v)| k.len() + v.len() + 1).sum();
+        self.charge(carried, ins, || "RUN".to_owned())?;
         parts.extend(args);
         let epoch = self.epoch.clone();
         run.history(
@@ -1960,6 +2062,88 @@ struct CopySpec<'a> {
     unpack: Option<bool>,
     /// `--link`: copy onto an empty tree, then merge that onto the stage.
     link: bool,
+}
+
+/// The instruction's keyword in the Dockerfile, or the whole instruction when its
+/// node's spans are not positions in the Dockerfile (`in_file`, see
+/// `Planner::in_file`).
+fn keyword_span(ins: &Instruction, in_file: bool) -> Span {
+    if in_file {
+        ins.node.keyword_span
+    } else {
+        ins.span
+    }
+}
+
+/// What `word` of `ins` is (`ARG NAME`, `ENV NAME`, `LABEL KEY`, `COPY --chown`, or
+/// the instruction's name) and where byte `offset` of it is written: from there to
+/// the end of the word when the word is found in an argument that is written as it
+/// reads, that whole argument when it is found in one written otherwise (with
+/// quotes, continuation lines), else the instruction's keyword.
+fn locate(ins: &Instruction, in_file: bool, word: &str, offset: usize) -> (String, Span) {
+    let node = &ins.node;
+    let keyword = ins.keyword.to_uppercase();
+    let fallback = (keyword.clone(), keyword_span(ins, in_file));
+    if !in_file {
+        return fallback;
+    }
+    let is_arg = matches!(ins.kind, InstructionKind::Arg(_));
+    let pairs = matches!(
+        ins.kind,
+        InstructionKind::Env(_) | InstructionKind::Label(_)
+    );
+    for (i, (arg, span)) in node.args.iter().zip(&node.arg_spans).enumerate() {
+        // An ARG's default comes after `NAME=`.
+        let from = if is_arg {
+            arg.find('=').map_or(arg.len(), |e| e + 1)
+        } else {
+            0
+        };
+        let Some(at) = arg[from..].find(word).map(|a| a + from) else {
+            continue;
+        };
+        let what = if is_arg {
+            let name = arg.split_once('=').map_or(arg.as_str(), |(n, _)| n);
+            format!("{keyword} {name}")
+        } else if pairs {
+            // ENV and LABEL arguments are (key, value, separator) triples.
+            format!("{keyword} {}", node.args[i - i % 3])
+        } else {
+            keyword
+        };
+        return (what, sub_span(span, arg, at + offset, at + word.len()));
+    }
+    for (flag, span) in node.flags.iter().zip(&node.flag_spans) {
+        if let Some(at) = flag.find(word) {
+            let name = flag.split('=').next().unwrap_or(flag);
+            let what = format!("{keyword} {name}");
+            return (what, sub_span(span, flag, at + offset, at + word.len()));
+        }
+    }
+    fallback
+}
+
+/// The part `start..end` (bytes) of `text`, which `span` covers: exact when `text`
+/// is written on one line byte for byte, else the whole `span`.
+fn sub_span(span: &Span, text: &str, start: usize, end: usize) -> Span {
+    let end = end.max(start);
+    if span.start_line != span.end_line
+        || span.end - span.start != text.len()
+        || !text.is_char_boundary(start)
+        || end > text.len()
+        || !text.is_char_boundary(end)
+    {
+        return *span;
+    }
+    let col = |b: usize| span.start_column + text[..b].chars().count();
+    Span {
+        start: span.start + start,
+        end: span.start + end,
+        start_line: span.start_line,
+        start_column: col(start),
+        end_line: span.start_line,
+        end_column: col(end),
+    }
 }
 
 fn display_ref(r: &ResolvedImage) -> String {

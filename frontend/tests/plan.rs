@@ -3,6 +3,8 @@
 
 mod common;
 
+use std::fmt::Write as _;
+
 use common::{FakeResolver, busybox_config, opts, plan, plan_with, try_plan};
 use rbuild_frontend::{BuildPlan, Entitlements, FrontendError, plan_source};
 use rbuild_solver::ops::{
@@ -921,4 +923,125 @@ fn references_in_one_label_see_old_values() {
 fn empty_exec_form_run_is_an_error() {
     let e = err("FROM busybox\nRUN []\n");
     assert!(e.contains("Dockerfile:2"), "{e}");
+}
+
+/// `ARG A0=<1 KiB>` then `ARG A{i}=${A{i-1}}${A{i-1}}`: the doubling that fills memory.
+fn doubling(lines: usize) -> String {
+    let mut src = format!("FROM busybox\nARG A0={}\n", "x".repeat(1024));
+    for i in 1..=lines {
+        let _ = writeln!(src, "ARG A{i}=${{A{}}}${{A{}}}", i - 1, i - 1);
+    }
+    src
+}
+
+#[test]
+fn an_expansion_over_one_mebibyte_is_an_error_at_its_line_and_column() {
+    let mut o = opts();
+    o.dockerfile_path = "Dockerfile".into();
+    let t = std::time::Instant::now();
+    let e = try_plan(&doubling(20), &o).unwrap_err();
+    assert!(
+        t.elapsed() < std::time::Duration::from_secs(60),
+        "hang guard"
+    );
+    // 1 KiB doubled ten times is exactly 1 MiB (A10, line 12); A11 is over.
+    let FrontendError::Expansion { span, .. } = &e else {
+        panic!("{e:?}")
+    };
+    // `ARG A11=${A10}${A10}`: the second `${A10}` crosses the limit.
+    assert_eq!((span.start_line, span.start_column), (13, 15), "{e}");
+    assert_eq!(span.end_column, 21);
+    assert_eq!(
+        e.to_string(),
+        "Dockerfile:13:15: ARG A11: the expanded value is over 1 MiB (1048576 bytes)"
+    );
+    assert_eq!(e.line(), Some(13));
+    assert_eq!(e.span(), Some(*span));
+    // Up to A10 it plans.
+    try_plan(&doubling(10), &o).unwrap();
+}
+
+#[test]
+fn expansion_errors_point_at_the_word() {
+    let e = try_plan("FROM busybox\nENV A=1 B=x${NOPE:?required}\n", &opts()).unwrap_err();
+    let span = e.span().expect("a column");
+    assert_eq!((span.start_line, span.start_column), (2, 12), "{e}");
+    assert!(e.to_string().ends_with("NOPE: required"), "{e}");
+    // A flag, and a word written over two lines (the whole argument then).
+    let e = try_plan("FROM busybox\nCOPY --chown=${U:?} a /b\n", &opts()).unwrap_err();
+    assert_eq!(
+        e.span().map(|s| (s.start_line, s.start_column)),
+        Some((2, 14))
+    );
+    let e = try_plan("FROM busybox\nWORKDIR /a${X\n", &opts()).unwrap_err();
+    assert_eq!(e.span().map(|s| s.start_column), Some(11), "{e}");
+    assert!(e.to_string().contains("missing '}'"), "{e}");
+}
+
+#[test]
+fn an_expansion_error_in_an_onbuild_trigger_points_at_the_from() {
+    // The trigger is parsed from the base image's config: its own positions are not
+    // the Dockerfile's, so the error points at the FROM that ran it.
+    let mut r = FakeResolver::new();
+    let mut base = busybox_config();
+    base.config.on_build = vec!["WORKDIR ${NOPE:?unset}".into()];
+    r.add("onbase", base);
+    let e = plan_source("# c\nFROM onbase\n", &opts(), &r).unwrap_err();
+    let span = e.span().expect("a span");
+    assert_eq!((span.start_line, span.start_column), (2, 1), "{e}");
+    assert!(e.to_string().contains("NOPE: unset"), "{e}");
+    // Even when the trigger's text happens to span the same bytes as the FROM.
+    let mut r = FakeResolver::new();
+    let mut base = busybox_config();
+    base.config.on_build = vec!["ENV ABC=${}".into()];
+    r.add("onbase", base);
+    let e = plan_source("FROM onbase\n", &opts(), &r).unwrap_err();
+    let span = e.span().expect("a span");
+    assert_eq!((span.start_line, span.start_column), (1, 1), "{e}");
+    assert!(e.to_string().contains("bad substitution"), "{e}");
+}
+
+#[test]
+fn many_words_under_the_word_limit_stop_at_the_total() {
+    // Each `ARG Bn=$A10` adds 1 MiB.
+    let mut src = doubling(10);
+    for n in 0..40 {
+        let _ = writeln!(src, "ARG B{n}=$A10");
+    }
+    let e = try_plan(&src, &opts()).unwrap_err();
+    let msg = e.to_string();
+    assert!(
+        msg.contains("the expanded values in this build add up to over 16 MiB (16777216 bytes)"),
+        "{msg}"
+    );
+    // A1..A10 grew by about 2 MiB, B0..B13 by 14 MiB: B14 (line 27) is the first over.
+    assert!(msg.contains("Dockerfile:27:1: ARG B14:"), "{msg}");
+    // The same through a build arg copied into a stage by each `ARG G`, and through
+    // RUN steps that each carry a 1 MiB environment. (A line is at most 64 KiB, so
+    // big values come from build args or expansions.)
+    let mut o = opts();
+    o.build_args.insert("G".into(), "g".repeat(1 << 20));
+    let mut src = "ARG G\nFROM busybox\n".to_owned();
+    for _ in 0..40 {
+        src.push_str("ARG G\n");
+    }
+    let e = try_plan(&src, &o).unwrap_err().to_string();
+    // 1 MiB for the global ARG (line 1), 1 MiB per copy from line 3: line 18 is over.
+    assert!(e.contains(":18:1: ARG G: the expanded values"), "{e}");
+    let mut src = doubling(10) + "ENV E=$A10\n";
+    for _ in 0..40 {
+        src.push_str("RUN true\n");
+    }
+    let e = try_plan(&src, &opts()).unwrap_err().to_string();
+    assert!(e.contains("RUN: the expanded values"), "{e}");
+    // And through stages built FROM a stage that holds much.
+    let mut src = doubling(10).replace("FROM busybox", "FROM busybox AS s0");
+    for n in 1..40 {
+        let _ = write!(src, "FROM s{} AS s{n}\nRUN true\n", n - 1);
+    }
+    let e = try_plan(&src, &opts()).unwrap_err().to_string();
+    assert!(
+        e.contains("the expanded values in this build add up"),
+        "{e}"
+    );
 }

@@ -275,11 +275,17 @@ pub fn load<R: Read + Send + 'static>(store: &Store, input: R) -> Result<LoadRep
                 diff_ids.push(stage_layer(&mut txn, lp, ld)?);
             }
             check_diff_ids(&config, &diff_ids)?;
+            // As docker: a RepoTag with a digest fails the load (before anything is
+            // committed, so the store is left as it was).
             let tags = e
                 .repo_tags
                 .unwrap_or_default()
                 .iter()
-                .map(|t| Reference::parse_tagged(t))
+                .map(|t| {
+                    Reference::parse_tag(t).map_err(|err| {
+                        Error::BadArchive(format!("manifest.json: invalid tag {t:?}: {err}"))
+                    })
+                })
                 .collect::<Result<Vec<_>>>()?;
             images.push((config, tags));
         }
@@ -372,9 +378,7 @@ fn extract<R: Read>(input: R, root: &Path) -> Result<Extracted> {
                     256 * 1024,
                     fs_err::File::create(&dest)?,
                 ));
-                io::copy(&mut e, &mut w).map_err(|err| {
-                    Error::BadArchive(format!("truncated archive at {rel}: {err}"))
-                })?;
+                copy_entry(&mut e, &mut w, &rel)?;
                 let (buf, d, n) = w.finish();
                 if n != want {
                     return Err(Error::BadArchive(format!(
@@ -405,6 +409,25 @@ fn extract<R: Read>(input: R, root: &Path) -> Result<Extracted> {
         return Err(Error::BadArchive("empty archive".into()));
     }
     Ok(ex)
+}
+
+/// Copies a tar entry to `w`: a failing read is a truncated archive, a failing write
+/// an I/O error of the store (a full disk says "No space left on device").
+fn copy_entry(e: &mut impl Read, w: &mut impl Write, rel: &str) -> Result<()> {
+    let mut buf = vec![0u8; 64 * 1024];
+    loop {
+        let n = match e.read(&mut buf) {
+            Ok(0) => return Ok(()),
+            Ok(n) => n,
+            Err(err) if err.kind() == io::ErrorKind::Interrupted => continue,
+            Err(err) => {
+                return Err(Error::BadArchive(format!(
+                    "truncated archive at {rel}: {err}"
+                )));
+            }
+        };
+        w.write_all(&buf[..n])?;
+    }
 }
 
 fn blob_name(d: &Digest) -> String {
@@ -475,18 +498,20 @@ fn check_diff_ids(config: &[u8], diff_ids: &[Digest]) -> Result<()> {
     Ok(())
 }
 
+/// The tag an OCI layout's descriptor names. A name pinned by digest (containerd
+/// exports an image pulled by digest so) is no tag: the image loads untagged.
 fn oci_tags(desc: &Descriptor) -> Vec<Reference> {
     let Some(ann) = &desc.annotations else {
         return Vec::new();
     };
     if let Some(n) = ann.get(manifest::ANNOTATION_IMAGE_NAME) {
-        if let Ok(r) = Reference::parse_tagged(n) {
+        if let Ok(r) = Reference::parse_tag(n) {
             return vec![r];
         }
     }
     if let Some(n) = ann.get(manifest::ANNOTATION_REF_NAME) {
         if n.contains(':') || n.contains('/') {
-            if let Ok(r) = Reference::parse_tagged(n) {
+            if let Ok(r) = Reference::parse_tag(n) {
                 return vec![r];
             }
         }

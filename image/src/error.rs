@@ -10,6 +10,10 @@ pub enum Error {
     Layer(#[from] rbuild_snapshotter::Error),
     #[error("invalid reference format: {0:?}")]
     InvalidReference(String),
+    /// A tag was to be made from a reference with a digest (`name@sha256:...`), which
+    /// docker refuses with these words.
+    #[error("refusing to create a tag with a digest reference: {0}")]
+    DigestTag(String),
     #[error("No such image: {0}")]
     NoSuchImage(String),
     #[error("ambiguous image ID {0:?}: it matches several images")]

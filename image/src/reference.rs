@@ -127,6 +127,23 @@ impl Reference {
         Ok(Self::parse(s)?.with_default_tag())
     }
 
+    /// Parses a name to tag an image with (`:latest` added when it has no tag): a
+    /// reference with a digest is refused ([`Error::DigestTag`]), as docker refuses it.
+    pub fn parse_tag(s: &str) -> Result<Self> {
+        let r = Self::parse_tagged(s)?;
+        r.check_tag()?;
+        Ok(r)
+    }
+
+    /// Fails with [`Error::DigestTag`] when this reference has a digest: a tag names
+    /// a repository and a tag only.
+    pub fn check_tag(&self) -> Result<()> {
+        if self.digest.is_some() {
+            return Err(Error::DigestTag(self.to_string()));
+        }
+        Ok(())
+    }
+
     #[must_use]
     pub fn with_default_tag(mut self) -> Self {
         if self.tag.is_none() && self.digest.is_none() {
@@ -208,6 +225,25 @@ mod tests {
         assert_eq!(
             Reference::parse_tagged("me/app:x").unwrap().full_name(),
             "docker.io/me/app:x"
+        );
+    }
+
+    #[test]
+    fn tags_cannot_have_a_digest() {
+        let hex = "a".repeat(64);
+        for s in [format!("app@sha256:{hex}"), format!("app:1@sha256:{hex}")] {
+            assert!(Reference::parse(&s).is_ok(), "{s} is a reference");
+            let e = Reference::parse_tag(&s).unwrap_err();
+            assert!(matches!(e, Error::DigestTag(_)), "{s}: {e}");
+            assert!(
+                e.to_string()
+                    .starts_with("refusing to create a tag with a digest reference: app"),
+                "{e}"
+            );
+        }
+        assert_eq!(
+            Reference::parse_tag("app").unwrap().to_string(),
+            "app:latest"
         );
     }
 

@@ -664,6 +664,7 @@ impl Store {
     pub fn tag(&self, source: &str, target: &Reference) -> Result<Option<Digest>> {
         let lock = self.lock()?;
         let mut idx = self.read_index()?;
+        target.check_tag()?;
         let (id, _) = self.resolve_in(&idx, source)?;
         let key = target.clone().with_default_tag().to_string();
         let old = idx.tags.insert(key, id.clone());
@@ -1056,6 +1057,9 @@ impl Txn<'_> {
         tags: Vec<Reference>,
         parent: Option<Digest>,
     ) -> Result<Digest> {
+        for t in &tags {
+            t.check_tag()?;
+        }
         let cfg = ImageConfig::from_slice(config)?;
         let id = self.put_bytes(config)?;
         for d in &cfg.rootfs.diff_ids {

@@ -192,10 +192,52 @@ pub enum ShellErrorKind {
         /// Why it is not valid.
         reason: String,
     },
+    /// The expanded word (or a part of it) grew past the limit (see [`Lexer::max_len`]).
+    /// `BuildKit` has no limit; this one keeps `ARG B=$A$A` repeated from exhausting
+    /// memory.
+    #[error("the expanded value is over {}", human_size_exact(*.limit))]
+    TooLong {
+        /// The limit that was crossed, in bytes.
+        limit: usize,
+    },
+    /// The glob patterns of one word need more than [`MAX_MATCH_STEPS`] steps to match
+    /// (e.g. `${v//*a*b*/x}` over a value of a megabyte).
+    #[error("pattern matching in substitution needs more than {MAX_MATCH_STEPS} steps")]
+    TooExpensive,
 }
 
 /// How deep `${...}` may nest inside `${...}`.
 pub const MAX_NESTING: usize = 200;
+
+/// The default limit of an expanded word in bytes (1 MiB). A word written longer
+/// than this in the Dockerfile may still expand to its own length.
+pub const MAX_WORD_LEN: usize = 1 << 20;
+
+/// How many steps (a pattern position tried against a character) the glob patterns
+/// of one word may take: enough for any pattern over a megabyte value in one pass,
+/// not for a quadratic search across it.
+pub const MAX_MATCH_STEPS: u64 = 1 << 26;
+
+/// `1 MiB`, `64 KiB`, or `N bytes` when it is not a whole number of either.
+pub fn human_size(n: usize) -> String {
+    if n >= 1 << 20 && n % (1 << 20) == 0 {
+        format!("{} MiB", n >> 20)
+    } else if n >= 1 << 10 && n % (1 << 10) == 0 {
+        format!("{} KiB", n >> 10)
+    } else {
+        format!("{n} bytes")
+    }
+}
+
+/// [`human_size`] with the exact count after it: `1 MiB (1048576 bytes)`, `10 bytes`.
+pub fn human_size_exact(n: usize) -> String {
+    let h = human_size(n);
+    if h.ends_with(" bytes") {
+        h
+    } else {
+        format!("{h} ({n} bytes)")
+    }
+}
 
 /// An error in a word, with the place in the word where the failing construct starts.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -240,6 +282,11 @@ pub struct Lexer {
     /// `BuildKit`'s `SkipUnsetEnv`. (`BuildKit` writes `${v//p/r}` back as `${v/p/r}`;
     /// this lexer keeps the `//`.)
     pub skip_unset_env: bool,
+    /// The most bytes a word may expand to ([`MAX_WORD_LEN`] by default), or its own
+    /// length when it is written longer; past it, [`ShellErrorKind::TooLong`]. Checked
+    /// before each piece is appended, so a word that would cross it fails without
+    /// allocating what it would have grown to.
+    pub max_len: usize,
 }
 
 impl Default for Lexer {
@@ -258,6 +305,7 @@ impl Lexer {
             raw_escapes: false,
             skip_process_quotes: false,
             skip_unset_env: false,
+            max_len: MAX_WORD_LEN,
         }
     }
 
@@ -294,6 +342,13 @@ impl Lexer {
         self
     }
 
+    /// Sets [`Lexer::max_len`].
+    #[must_use]
+    pub fn with_max_len(mut self, bytes: usize) -> Self {
+        self.max_len = bytes;
+        self
+    }
+
     /// Processes `word`: removes quotes, applies escapes, expands variables from `env`.
     /// Returns the result, its split into words, and which names were looked up
     /// (`BuildKit`'s `ProcessWordWithMatches`).
@@ -308,6 +363,8 @@ impl Lexer {
             sc: Scanner::new(word),
             raw_escapes: self.raw_escapes,
             depth: 0,
+            limit: self.max_len.max(word.len()),
+            steps: MAX_MATCH_STEPS,
             matched: BTreeSet::new(),
             unmatched: BTreeSet::new(),
         };
@@ -448,6 +505,10 @@ struct State<'a, E: Env + ?Sized> {
     sc: Scanner,
     raw_escapes: bool,
     depth: usize,
+    /// The most bytes a (partial) result may have.
+    limit: usize,
+    /// Pattern-matching steps left.
+    steps: u64,
     matched: BTreeSet<String>,
     unmatched: BTreeSet<String>,
 }
@@ -476,16 +537,20 @@ impl<E: Env + ?Sized> State<'_, E> {
                 self.sc.next();
                 return Ok((result, words.finish()));
             }
+            let at = self.sc.offset();
             if ch == '$' {
                 let tmp = self.process_dollar()?;
+                self.check_len(result.len() + tmp.len(), at)?;
                 result.push_str(&tmp);
                 words.add_string(&tmp);
             } else if quotes && ch == '\'' {
                 let tmp = self.process_single_quote()?;
+                self.check_len(result.len() + tmp.len(), at)?;
                 result.push_str(&tmp);
                 words.add_raw_string(&tmp);
             } else if quotes && ch == '"' {
                 let tmp = self.process_double_quote()?;
+                self.check_len(result.len() + tmp.len(), at)?;
                 result.push_str(&tmp);
                 words.add_raw_string(&tmp);
             } else {
@@ -502,6 +567,7 @@ impl<E: Env + ?Sized> State<'_, E> {
                 } else {
                     words.add_char(ch);
                 }
+                self.check_len(result.len() + ch.len_utf8(), at)?;
                 result.push(ch);
             }
         }
@@ -510,6 +576,14 @@ impl<E: Env + ?Sized> State<'_, E> {
             return fail(ShellErrorKind::MissingBrace, self.sc.offset());
         }
         Ok((result, words.finish()))
+    }
+
+    /// Fails with [`ShellErrorKind::TooLong`] at `at` when `len` is over the limit.
+    fn check_len(&self, len: usize, at: usize) -> Result<(), Fail> {
+        if len > self.limit {
+            return fail(ShellErrorKind::TooLong { limit: self.limit }, at);
+        }
+        Ok(())
     }
 
     fn process_single_quote(&mut self) -> Result<String, Fail> {
@@ -554,7 +628,9 @@ impl<E: Env + ?Sized> State<'_, E> {
                     return Ok(result);
                 }
                 Some('$') => {
+                    let at = self.sc.offset();
                     let v = self.process_dollar()?;
+                    self.check_len(result.len() + v.len(), at)?;
                     result.push_str(&v);
                 }
                 Some(c) => {
@@ -734,10 +810,14 @@ impl<E: Env + ?Sized> State<'_, E> {
                     offset: start,
                 })?;
                 let value = value.unwrap_or_default();
-                Ok(if c == '#' {
-                    trim_prefix(&toks, &value, greedy)
+                let trimmed = if c == '#' {
+                    trim_prefix(&toks, &value, greedy, &mut self.steps)
                 } else {
-                    trim_suffix(&toks, &value, greedy)
+                    trim_suffix(&toks, &value, greedy, &mut self.steps)
+                };
+                trimmed.map_err(|_| Fail {
+                    kind: ShellErrorKind::TooExpensive,
+                    offset: start,
                 })
             }
             _ => fail(ShellErrorKind::UnsupportedModifier(modifier), start),
@@ -779,10 +859,20 @@ impl<E: Env + ?Sized> State<'_, E> {
             offset: start,
         })?;
         let chars: Vec<char> = value.chars().collect();
+        let expensive = || Fail {
+            kind: ShellErrorKind::TooExpensive,
+            offset: start,
+        };
         if replace_all {
-            Ok(replace_all_matches(&toks, &chars, &replacement))
+            match replace_all_matches(&toks, &chars, &replacement, self.limit, &mut self.steps) {
+                Ok(out) => Ok(out),
+                Err(Stop::Steps) => Err(expensive()),
+                Err(Stop::Length) => fail(ShellErrorKind::TooLong { limit: self.limit }, start),
+            }
         } else {
-            Ok(match find_leftmost_longest(&toks, &chars, 0) {
+            let found = find_leftmost_longest(&toks, &chars, 0, &mut self.steps)
+                .map_err(|_| expensive())?;
+            Ok(match found {
                 Some((s, e)) => {
                     let mut out: String = chars[..s].iter().collect();
                     out.push_str(&replacement);
@@ -861,9 +951,32 @@ fn parse_pattern(pattern: &str) -> Result<Vec<Tok>, String> {
     Ok(out)
 }
 
+/// Why a pattern search stopped early.
+#[derive(Debug, PartialEq, Eq)]
+enum Stop {
+    /// The step budget ran out.
+    Steps,
+    /// The result grew past the length limit.
+    Length,
+}
+
+/// Takes the cost of one character against `m` pattern positions from `steps`;
+/// [`Stop::Steps`] when the budget is spent.
+fn spend(steps: &mut u64, m: usize) -> Result<(), Stop> {
+    let cost = u64::try_from(m).unwrap_or(u64::MAX).max(1);
+    *steps = steps.checked_sub(cost).ok_or(Stop::Steps)?;
+    Ok(())
+}
+
 /// The length of the shortest (or, `greedy`, the longest) prefix of `text` that the
-/// whole pattern matches; `None` if no prefix matches.
-fn match_prefix(toks: &[Tok], text: &[char], greedy: bool) -> Option<usize> {
+/// whole pattern matches (`None` if no prefix matches); [`Stop::Steps`] when `steps`
+/// runs out first.
+fn match_prefix(
+    toks: &[Tok],
+    text: &[char],
+    greedy: bool,
+    steps: &mut u64,
+) -> Result<Option<usize>, Stop> {
     let m = toks.len();
     let mut set = vec![false; m + 1];
     let mut next = vec![false; m + 1];
@@ -872,11 +985,12 @@ fn match_prefix(toks: &[Tok], text: &[char], greedy: bool) -> Option<usize> {
     let mut best = None;
     if set[m] {
         if !greedy {
-            return Some(0);
+            return Ok(Some(0));
         }
         best = Some(0);
     }
     for (k, &c) in text.iter().enumerate() {
+        spend(steps, m)?;
         next.fill(false);
         let mut any = false;
         for i in 0..m {
@@ -899,12 +1013,12 @@ fn match_prefix(toks: &[Tok], text: &[char], greedy: bool) -> Option<usize> {
         std::mem::swap(&mut set, &mut next);
         if set[m] {
             if !greedy {
-                return Some(k + 1);
+                return Ok(Some(k + 1));
             }
             best = Some(k + 1);
         }
     }
-    best
+    Ok(best)
 }
 
 /// Adds the states reachable by letting a `*` match nothing.
@@ -916,42 +1030,61 @@ fn close(toks: &[Tok], set: &mut [bool]) {
     }
 }
 
-fn trim_prefix(toks: &[Tok], value: &str, greedy: bool) -> String {
+/// `value` without its shortest (`greedy`: longest) prefix matching the pattern.
+fn trim_prefix(toks: &[Tok], value: &str, greedy: bool, steps: &mut u64) -> Result<String, Stop> {
     let chars: Vec<char> = value.chars().collect();
-    match match_prefix(toks, &chars, greedy) {
+    Ok(match match_prefix(toks, &chars, greedy, steps)? {
         Some(n) => chars[n..].iter().collect(),
         None => value.to_owned(),
-    }
+    })
 }
 
-fn trim_suffix(toks: &[Tok], value: &str, greedy: bool) -> String {
+/// `value` without its shortest (`greedy`: longest) suffix matching the pattern.
+fn trim_suffix(toks: &[Tok], value: &str, greedy: bool, steps: &mut u64) -> Result<String, Stop> {
     let rtoks: Vec<Tok> = toks.iter().rev().copied().collect();
     let rchars: Vec<char> = value.chars().rev().collect();
-    match match_prefix(&rtoks, &rchars, greedy) {
+    Ok(match match_prefix(&rtoks, &rchars, greedy, steps)? {
         Some(n) => {
             let chars: Vec<char> = value.chars().collect();
             chars[..chars.len() - n].iter().collect()
         }
         None => value.to_owned(),
-    }
+    })
 }
 
 /// The leftmost match starting at or after `from`, as long as possible there
 /// (what a Go regexp with greedy `.*` finds).
-fn find_leftmost_longest(toks: &[Tok], text: &[char], from: usize) -> Option<(usize, usize)> {
-    (from..=text.len()).find_map(|s| match_prefix(toks, &text[s..], true).map(|n| (s, s + n)))
+fn find_leftmost_longest(
+    toks: &[Tok],
+    text: &[char],
+    from: usize,
+    steps: &mut u64,
+) -> Result<Option<(usize, usize)>, Stop> {
+    for s in from..=text.len() {
+        if let Some(n) = match_prefix(toks, &text[s..], true, steps)? {
+            return Ok(Some((s, s + n)));
+        }
+    }
+    Ok(None)
 }
 
 /// Replaces every match like Go's `Regexp.ReplaceAllString`: non-overlapping matches
 /// left to right, an empty match right after a match is not replaced, and `$0`/`${0}`
 /// in the replacement stand for the matched text (`$$` for `$`; other `$name`s for
-/// nothing, as the pattern has no groups).
-fn replace_all_matches(toks: &[Tok], text: &[char], replacement: &str) -> String {
+/// nothing, as the pattern has no groups). Stops when the result passes `limit` bytes
+/// or `steps` runs out.
+fn replace_all_matches(
+    toks: &[Tok],
+    text: &[char],
+    replacement: &str,
+    limit: usize,
+    steps: &mut u64,
+) -> Result<String, Stop> {
     let mut out = String::new();
     let mut last_end = 0;
     let mut search = 0;
     while search <= text.len() {
-        let Some((s, e)) = find_leftmost_longest(toks, text, search) else {
+        let Some((s, e)) = find_leftmost_longest(toks, text, search, steps)? else {
             break;
         };
         out.extend(&text[last_end..s]);
@@ -959,12 +1092,15 @@ fn replace_all_matches(toks: &[Tok], text: &[char], replacement: &str) -> String
             let matched: String = text[s..e].iter().collect();
             expand_template(&mut out, replacement, &matched);
         }
+        if out.len() > limit {
+            return Err(Stop::Length);
+        }
         last_end = e;
         // Always advance, by one character after an empty match.
         search = if e <= search { search + 1 } else { e };
     }
     out.extend(&text[last_end..]);
-    out
+    Ok(out)
 }
 
 /// Go's `Regexp.Expand` for a pattern without capture groups.
@@ -1322,6 +1458,96 @@ mod tests {
     }
 
     #[test]
+    fn expansion_past_the_limit_fails_where_it_crosses() {
+        let lex = Lexer::new('\\').with_max_len(12);
+        let e = env(&[("A", "123456"), ("B", "1234567")]);
+        let too_long = ShellErrorKind::TooLong { limit: 12 };
+        // Exactly at the limit is fine, one byte over is not.
+        assert_eq!(lex.expand("$A$A", &e).unwrap(), "123456123456");
+        let err = lex.process_word("$A$B", &e).unwrap_err();
+        assert_eq!(err.kind, too_long);
+        assert_eq!((err.offset, err.column()), (2, 3), "at the second `$`");
+        assert_eq!(
+            err.to_string(),
+            "failed to process \"$A$B\": the expanded value is over 12 bytes"
+        );
+        // Inside double quotes, in a default word, after literal text, in a replacement.
+        for (word, offset) in [
+            ("\"$A$B\"", 3),
+            ("x${U:-$A$B}", 8),
+            ("${B}123456", 9),
+            ("${A//?/$B}", 0),
+            ("${A/1/$B}x", 9),
+        ] {
+            let err = lex.process_word(word, &e).unwrap_err();
+            assert_eq!(err.kind, too_long, "{word}");
+            assert_eq!(err.offset, offset, "{word}");
+        }
+        // A word written longer than the limit may keep its own length, no more.
+        assert_eq!(
+            lex.expand("'0123456789abcd'", &e).unwrap(),
+            "0123456789abcd"
+        );
+        let err = lex.process_word("0123456789ab$A", &e).unwrap_err();
+        assert_eq!(
+            (err.kind, err.offset),
+            (ShellErrorKind::TooLong { limit: 14 }, 12)
+        );
+        assert_eq!(human_size(MAX_WORD_LEN), "1 MiB");
+        assert_eq!(human_size(64 << 10), "64 KiB");
+        assert_eq!(human_size_exact(MAX_WORD_LEN), "1 MiB (1048576 bytes)");
+    }
+
+    #[test]
+    fn doubling_stops_at_one_mebibyte_without_growing_further() {
+        let lex = Lexer::new('\\');
+        let mut e = env(&[("A0", &"x".repeat(1024))]);
+        let mut failed_at = None;
+        for i in 1..=20 {
+            let word = format!("${{A{}}}${{A{}}}", i - 1, i - 1);
+            match lex.expand(&word, &e) {
+                Ok(v) => {
+                    e.insert(format!("A{i}"), v);
+                }
+                Err(err) => {
+                    assert_eq!(
+                        err.kind,
+                        ShellErrorKind::TooLong {
+                            limit: MAX_WORD_LEN
+                        }
+                    );
+                    failed_at = Some(i);
+                    break;
+                }
+            }
+        }
+        // 1 KiB doubled ten times is exactly 1 MiB; the eleventh doubling is over.
+        assert_eq!(failed_at, Some(11));
+        assert_eq!(e["A10"].len(), MAX_WORD_LEN);
+    }
+
+    #[test]
+    fn quadratic_pattern_searches_are_cut_off() {
+        let lex = Lexer::new('\\');
+        let e = env(&[("A", &"a".repeat(200_000))]);
+        let t = std::time::Instant::now();
+        for word in ["${A//a*b/x}", "${A/*b/x}", "${A#$A}"] {
+            let err = lex.process_word(word, &e).unwrap_err();
+            assert_eq!(err.kind, ShellErrorKind::TooExpensive, "{word}");
+            assert_eq!(err.offset, 0);
+        }
+        assert!(
+            t.elapsed() < std::time::Duration::from_secs(60),
+            "hang guard"
+        );
+        // Linear searches over the same value are well within the budget.
+        assert_eq!(lex.expand("${A//b/x}", &e).unwrap().len(), 200_000);
+        assert_eq!(lex.expand("${A##*a}", &e).unwrap(), "");
+        assert_eq!(lex.expand("${A%%a*}", &e).unwrap(), "");
+        assert_eq!(lex.expand("${A//a/}", &e).unwrap(), "");
+    }
+
+    #[test]
     fn invalid_pattern_escapes() {
         assert!(parse_pattern("\\").is_err());
         assert!(parse_pattern("\\x").is_err());
@@ -1480,10 +1706,11 @@ mod tests {
             greedy: bool,
         ) {
             let toks = parse_pattern(&pattern).unwrap();
-            let got = trim_suffix(&toks, &value, greedy);
+            let got = trim_suffix(&toks, &value, greedy, &mut u64::MAX.clone()).unwrap();
             let chars: Vec<char> = value.chars().collect();
             let n = chars.len();
-            let full = |s: &[char]| match_prefix(&toks, s, true) == Some(s.len());
+            let full =
+                |s: &[char]| match_prefix(&toks, s, true, &mut u64::MAX.clone()) == Ok(Some(s.len()));
             let mut cuts: Vec<usize> = (0..=n).filter(|&k| full(&chars[n - k..])).collect();
             if !greedy {
                 cuts.reverse();

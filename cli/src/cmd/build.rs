@@ -161,6 +161,14 @@ pub fn parse_secret(spec: &str) -> anyhow::Result<(String, Vec<u8>)> {
         }
     }
     let id = id.ok_or_else(|| anyhow!("--secret {spec:?} has no id="))?;
+    if id.is_empty() {
+        bail!("--secret {spec:?}: the id is empty (want id=ID,src=PATH or id=ID,env=VAR)");
+    }
+    for (name, value) in [("src", &src), ("env", &env)] {
+        if value.as_deref() == Some("") {
+            bail!("--secret {spec:?}: {name} is empty");
+        }
+    }
     if src.is_none() && env.is_none() {
         if kind.as_deref() == Some("env") {
             env = Some(id.clone());
@@ -171,10 +179,10 @@ pub fn parse_secret(spec: &str) -> anyhow::Result<(String, Vec<u8>)> {
     let data = if let Some(var) = env {
         std::env::var_os(&var)
             .map(std::os::unix::ffi::OsStringExt::into_vec)
-            .ok_or_else(|| anyhow!("secret {id}: environment variable {var} is not set"))?
+            .ok_or_else(|| anyhow!("--secret {spec:?}: environment variable {var} is not set"))?
     } else {
         let path = src.expect("src or env set above");
-        fs_err::read(&path).with_context(|| format!("secret {id}"))?
+        fs_err::read(&path).map_err(|e| anyhow!("--secret {spec:?}: {e}"))?
     };
     Ok((id, data))
 }
@@ -240,6 +248,8 @@ pub struct StepFailure {
 /// Why a build failed.
 pub enum BuildFailure {
     Step(Box<StepFailure>),
+    /// An error in the Dockerfile, rendered with its line and a caret.
+    Dockerfile(String),
     Other(anyhow::Error),
 }
 
@@ -298,6 +308,10 @@ pub fn run(args: &BuildArgs, root: &Path) -> anyhow::Result<ExitCode> {
         }
         Err(BuildFailure::Step(f)) => {
             eprint!("{}", failure_report(&f, &req.dockerfile_src));
+            Ok(ExitCode::FAILURE)
+        }
+        Err(BuildFailure::Dockerfile(rendered)) => {
+            eprint!("{rendered}");
             Ok(ExitCode::FAILURE)
         }
         Err(BuildFailure::Other(e)) => Err(e),
@@ -400,9 +414,14 @@ fn prepare(args: &BuildArgs, root: &Path) -> anyhow::Result<Prepared> {
         .tags
         .iter()
         .map(|t| {
-            rbuild_image::Reference::parse(t)
+            let r = rbuild_image::Reference::parse(t)
                 .map(rbuild_image::Reference::with_default_tag)
-                .map_err(|e| anyhow!("invalid tag {t:?}: {e}"))
+                .map_err(|e| anyhow!("invalid tag {t:?}: {e}"))?;
+            if r.digest.is_some() {
+                // docker build's words (moby's sanitizeRepoAndTags).
+                bail!("invalid tag {t:?}: build tag cannot contain a digest");
+            }
+            Ok(r)
         })
         .collect::<anyhow::Result<_>>()?;
     let output = match &args.output {
@@ -550,6 +569,19 @@ mod tests {
         let (_, data) = parse_secret("id=p,env=PATH").unwrap();
         assert_eq!(data, std::env::var("PATH").unwrap().into_bytes());
         assert!(parse_secret("src=x").is_err());
+        for bad in ["id=", "id=,src=/etc/hostname", "id=x,src=", "id=x,env="] {
+            let e = parse_secret(bad).unwrap_err().to_string();
+            assert!(e.starts_with(&format!("--secret {bad:?}: ")), "{e}");
+            assert!(e.contains("empty"), "{e}");
+        }
+        let e = parse_secret("id=x,src=/nonexistent/file")
+            .unwrap_err()
+            .to_string();
+        assert_eq!(
+            e,
+            "--secret \"id=x,src=/nonexistent/file\": failed to open file \
+             `/nonexistent/file`: No such file or directory (os error 2)"
+        );
         assert!(parse_secret("id=x,env=RBUILD_SURELY_UNSET_VAR_1234").is_err());
         assert!(parse_secret("id=x,src=/nonexistent/file").is_err());
     }

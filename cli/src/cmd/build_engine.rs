@@ -92,11 +92,24 @@ pub fn build(req: &Request, progress: &mut Renderer) -> Result<Built, BuildFailu
         ..BuildOptions::default()
     };
     let plan = build_plan(&req.dockerfile, &opts, &StoreResolver(&store)).map_err(|e| {
+        // With a column: rendered like a parse error, the line and a caret under it.
+        if let Some(span) = e.span() {
+            let diagnostic = rbuild_parser::ParseError {
+                line: span.start_line,
+                column: span.start_column,
+                span,
+                message: e.message(),
+                help: None,
+            };
+            return BuildFailure::Dockerfile(
+                diagnostic.render(&req.dockerfile_name, &req.dockerfile_src),
+            );
+        }
         let at = e
             .line()
             .map(|l| source_line(&req.dockerfile_src, l))
             .unwrap_or_default();
-        anyhow!("{e}{at}")
+        BuildFailure::Other(anyhow!("{e}{at}"))
     })?;
     for w in &plan.warnings {
         progress.println(&format!("WARNING: {w}"));
