@@ -218,7 +218,8 @@ impl Inner {
     /// `STATE/snapshot-checksums/`. `None` (key on the input's key) when the
     /// selection cannot be read: the copy then reports what is wrong.
     fn snapshot_checksum(&self, id: &SnapshotId, selection: &Selection) -> Option<Checksum> {
-        let mut h = blake3::Hasher::new_derive_key("rbuild snapshot checksum v1");
+        // v2: a selection's include/exclude patterns match below each source.
+        let mut h = blake3::Hasher::new_derive_key("rbuild snapshot checksum v2");
         h.update(id.as_str().as_bytes());
         h.update(&[0]);
         h.update(format!("{selection:?}").as_bytes());
