@@ -426,3 +426,29 @@ fn parallel_nested_cache_mounts_build_20_times_in_a_row() {
         let _ = std::fs::remove_dir_all(&root);
     }
 }
+
+/// BuildKit's `testCacheMountParallel`: two stages with nested cache mounts,
+/// built 20 times with `--no-cache` on one state root.
+#[test]
+fn cache_mount_parallel_builds_20_times_with_no_cache() {
+    let b = B::new();
+    b.write(
+        "cp/Dockerfile",
+        "FROM busybox AS b1
+RUN --mount=type=cache,target=/foo/bar --mount=type=cache,target=/foo/bar/baz echo 1
+FROM busybox AS b2
+RUN --mount=type=cache,target=/foo/bar --mount=type=cache,target=/foo/bar/baz echo 2
+FROM scratch
+COPY --from=b1 /etc/passwd p1
+COPY --from=b2 /etc/passwd p2
+",
+    );
+    for i in 0..20 {
+        let o = b.build(&["--no-cache", &b.p("cp")]);
+        assert!(
+            o.status.success(),
+            "build {i} failed:\n{}",
+            String::from_utf8_lossy(&o.stderr)
+        );
+    }
+}
