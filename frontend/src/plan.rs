@@ -347,6 +347,7 @@ const PROXY_ARGS: &[&str] = &[
 ];
 
 const PLATFORM_ARGS: &[&str] = &[
+    "TARGETSTAGE",
     "SOURCE_DATE_EPOCH",
     "BUILDPLATFORM",
     "BUILDOS",
@@ -657,7 +658,26 @@ impl Planner<'_> {
         // Platform ARGs, then the meta ARGs before the first FROM.
         let bp = &opts.build_platform;
         let tp = &opts.platform;
+        // TARGETSTAGE: the --target stage, else the last stage's name, else
+        // `default` (a --build-arg overrides it).
+        let last_name = df
+            .instructions
+            .iter()
+            .filter_map(|i| match &i.kind {
+                InstructionKind::From(f) => Some(f.alias.clone()),
+                _ => None,
+            })
+            .next_back()
+            .flatten();
+        let target_stage = opts
+            .build_args
+            .get("TARGETSTAGE")
+            .cloned()
+            .or_else(|| opts.target.clone().filter(|t| !t.is_empty()))
+            .or(last_name)
+            .unwrap_or_else(|| "default".to_owned());
         for (k, v) in [
+            ("TARGETSTAGE", target_stage),
             ("BUILDPLATFORM", bp.to_string()),
             ("BUILDOS", bp.os.clone()),
             ("BUILDARCH", bp.architecture.clone()),
@@ -992,6 +1012,7 @@ impl Planner<'_> {
                     let from = match m {
                         Mount::Bind(b) => b.from.as_ref(),
                         Mount::Cache(c) => c.from.as_ref(),
+                        Mount::Unexpanded(u) => u.from.as_ref(),
                         _ => None,
                     };
                     if let Some(from) = from {
@@ -1566,19 +1587,24 @@ impl Planner<'_> {
                 actions.push(FileAction::Copy(c));
                 continue;
             }
-            let (src_path, include) = if spec.parents {
-                match src.split_once("/./") {
-                    Some((parent, pattern)) => (
-                        parent.to_owned(),
-                        vec![clean(pattern).trim_start_matches('/').to_owned()],
-                    ),
-                    None => (
-                        "/".to_owned(),
-                        vec![clean(src).trim_start_matches('/').to_owned()],
-                    ),
-                }
+            // `--parents` (BuildKit's dockerfile2llb): the contents of the
+            // directory before the first `/./` pivot (else of the root) are
+            // copied, keeping only what the rest of the path matches, so the
+            // path after the pivot is kept under the destination. Without
+            // wildcards that path must exist.
+            let (src_path, include, required) = if spec.parents {
+                let (parent, pattern) = src.split_once("/./").unwrap_or(("/", src.as_str()));
+                let pattern = clean(&join("/", pattern))
+                    .trim_start_matches('/')
+                    .to_owned();
+                let required = if has_wildcards(parent) || has_wildcards(&pattern) {
+                    Vec::new()
+                } else {
+                    vec![clean(&join(&join("/", parent), &pattern))]
+                };
+                (parent.to_owned(), vec![pattern], required)
             } else {
-                (src.clone(), Vec::new())
+                (src.clone(), Vec::new(), Vec::new())
             };
             let src_input = if let Some(s) = spec.from {
                 self.stage_state(s, span, run)?
@@ -1596,7 +1622,7 @@ impl Planner<'_> {
             let idx = input_of(&mut inputs, src_input);
             let mut c = Copy::new(idx, vec![join("/", &src_path)], dest.clone());
             c.include_patterns = include;
-            c.parents = spec.parents;
+            c.required_paths = required;
             c.attempt_unpack = spec.add && spec.unpack.unwrap_or(true);
             c.owner.clone_from(&owner);
             c.mode.clone_from(&mode);
@@ -1716,6 +1742,23 @@ impl Planner<'_> {
             w => w.to_owned(),
         };
         for m in &r.mounts {
+            // `type=$VAR`: the type comes from the stage's variables (ARG, or
+            // ENV, also inherited from the base stage).
+            let typed;
+            let m = match m {
+                Mount::Unexpanded(u) => {
+                    let ty = self.expand(&u.ty, &env, span)?;
+                    typed = m.with_type(&ty).map_err(|e| {
+                        let msg = match &e.help {
+                            Some(h) => format!("{} ({h})", e.message),
+                            None => e.message.clone(),
+                        };
+                        self.err(span, msg)
+                    })?;
+                    &typed
+                }
+                m => m,
+            };
             let ex = |me: &Self, s: &Option<String>| -> Result<Option<String>, FrontendError> {
                 match s {
                     Some(v) => me.expand(v, &env, ins).map(Some),
@@ -1865,6 +1908,9 @@ impl Planner<'_> {
                         },
                     }
                 }
+                Mount::Unexpanded(_) => {
+                    return Err(self.err(span, "mount type is still a variable after expansion"));
+                }
                 Mount::Ssh(s) => {
                     let target = match ex(self, &s.target)? {
                         Some(t) => abs_target(&t),
@@ -1894,9 +1940,23 @@ impl Planner<'_> {
         self.charge(carried, ins, || "RUN".to_owned())?;
         let mut op = ExecOp::new(args.clone(), 0);
         op.env = exec_env;
-        for (k, v) in &self.opts.build_args {
-            if PROXY_ARGS.iter().any(|p| p.eq_ignore_ascii_case(k)) && env_get(&env, k).is_none() {
-                op.proxy_env.push(format!("{k}={v}"));
+        // Proxy build args, in either case, reach the process as both
+        // `HTTP_PROXY` and `http_proxy` (BuildKit's ProxyEnv; of two spellings
+        // given, the later in sorted order wins), unless the step's
+        // environment has that name.
+        for p in PROXY_ARGS {
+            let lower = p.to_ascii_lowercase();
+            let given = self
+                .opts
+                .build_args
+                .iter()
+                .rfind(|(k, _)| k.eq_ignore_ascii_case(p));
+            if let Some((_, v)) = given {
+                for name in [*p, lower.as_str()] {
+                    if env_get(&env, name).is_none() {
+                        op.proxy_env.push(format!("{name}={v}"));
+                    }
+                }
             }
         }
         op.cwd = cwd;
@@ -2148,6 +2208,22 @@ fn sub_span(span: &Span, text: &str, start: usize, end: usize) -> Span {
 
 fn display_ref(r: &ResolvedImage) -> String {
     r.reference.clone()
+}
+
+/// Whether a path has `*`, `?` or `[` not escaped by `\\` (`BuildKit`'s
+/// `containsWildcards`).
+fn has_wildcards(s: &str) -> bool {
+    let mut chars = s.chars();
+    while let Some(c) = chars.next() {
+        match c {
+            '*' | '?' | '[' => return true,
+            '\\' => {
+                chars.next();
+            }
+            _ => {}
+        }
+    }
+    false
 }
 
 fn is_http(s: &str) -> bool {

@@ -3,7 +3,7 @@
 //! the walk variant, and the directory-skipping helper.
 
 use rbuild_frontend::dockerignore::{
-    DockerignoreError, MatchInfo, PatternMatcher, clean, load, read_all, read_all_bytes,
+    MatchInfo, PatternError, PatternMatcher, clean, load, read_all, read_all_bytes,
 };
 
 fn pm(patterns: &[&str]) -> PatternMatcher {
@@ -149,19 +149,19 @@ fn bad_patterns_are_errors() {
         "[Local-Only]/",
     ] {
         match PatternMatcher::new([bad]) {
-            Err(DockerignoreError::BadPattern { reason, .. }) => {
+            Err(PatternError::BadPattern { reason, .. }) => {
                 assert!(!reason.is_empty(), "{bad:?}");
             }
             other => panic!("{bad:?}: expected a bad-pattern error, got {other:?}"),
         }
     }
     let err = PatternMatcher::new(["ok", "!"]).unwrap_err();
-    assert!(matches!(err, DockerignoreError::IllegalExclusion));
+    assert!(matches!(err, PatternError::IllegalExclusion));
     assert_eq!(err.to_string(), "illegal exclusion pattern: \"!\"");
     let err = PatternMatcher::new(["a["]).unwrap_err();
     assert_eq!(
         err.to_string(),
-        "syntax error in .dockerignore pattern \"a[\": unterminated '['"
+        "syntax error in pattern \"a[\": unterminated '['"
     );
 }
 

@@ -176,9 +176,13 @@ fn proxy_args_reach_run_only_when_given() {
         .insert("HTTP_PROXY".into(), "http://p:3128".into());
     let p = plan_with("FROM busybox\nRUN true\n", &o);
     // Kept apart from `env`: the solver leaves them out of the cache key.
+    // Both spellings reach the process (BuildKit's ProxyEnv).
     assert_eq!(
         execs(&p)[0].proxy_env,
-        vec!["HTTP_PROXY=http://p:3128".to_owned()]
+        vec![
+            "HTTP_PROXY=http://p:3128".to_owned(),
+            "http_proxy=http://p:3128".to_owned()
+        ]
     );
     assert!(!execs(&p)[0].env.iter().any(|e| e.contains("PROXY")));
     assert!(p.warnings.is_empty());
@@ -186,7 +190,7 @@ fn proxy_args_reach_run_only_when_given() {
     let p = plan_with("FROM busybox\nARG HTTP_PROXY\nRUN true\n", &o);
     let e = &execs(&p)[0];
     assert!(e.env.contains(&"HTTP_PROXY=http://p:3128".to_owned()));
-    assert!(e.proxy_env.is_empty());
+    assert_eq!(e.proxy_env, vec!["http_proxy=http://p:3128".to_owned()]);
 }
 
 #[test]
@@ -460,7 +464,7 @@ fn dockerignore_goes_to_the_context_source() {
 #[test]
 fn chown_chmod_exclude_parents_flags() {
     let p = plan(
-        "FROM busybox\nARG U=app\nCOPY --chown=$U:1234 --chmod=0640 --exclude=*.md a /a\nCOPY --chmod=u+x b /b\nCOPY --parents x/./y/*.txt /p/\n",
+        "FROM busybox\nARG U=app\nCOPY --chown=$U:1234 --chmod=0640 --exclude=*.md a /a\nCOPY --chmod=u+x b /b\nCOPY --parents x/./y/*.txt /p/\nCOPY --parents a/./b/./c d/e /q/\n",
     );
     let copies: Vec<_> = files(&p)
         .iter()
@@ -480,9 +484,17 @@ fn chown_chmod_exclude_parents_flags() {
     assert_eq!(copies[0].mode, Some(Chmod::Octal(0o640)));
     assert_eq!(copies[0].exclude_patterns, vec!["*.md"]);
     assert_eq!(copies[1].mode, Some(Chmod::Symbolic("u+x".into())));
-    assert!(copies[2].parents);
+    // --parents: the directory before the pivot, the rest as an include
+    // pattern; without wildcards the path is required.
     assert_eq!(copies[2].src_paths, vec!["/x"]);
     assert_eq!(copies[2].include_patterns, vec!["y/*.txt"]);
+    assert!(copies[2].required_paths.is_empty());
+    assert_eq!(copies[3].src_paths, vec!["/a"]);
+    assert_eq!(copies[3].include_patterns, vec!["b/c"]);
+    assert_eq!(copies[3].required_paths, vec!["/a/b/c"]);
+    assert_eq!(copies[4].src_paths, vec!["/"]);
+    assert_eq!(copies[4].include_patterns, vec!["d/e"]);
+    assert_eq!(copies[4].required_paths, vec!["/d/e"]);
     let h = history(&p);
     assert_eq!(h[1].0, "COPY --chown=app:1234 --chmod=0640 a /a # buildkit");
 }

@@ -113,6 +113,34 @@ pub enum Mount {
     Tmpfs(TmpfsMount),
     Secret(SecretMount),
     Ssh(SshMount),
+    /// A mount whose `type` is a variable (`type=$MNT_TYPE`): typed by
+    /// [`Mount::with_type`] once the frontend has expanded it, as `BuildKit`
+    /// parses mounts again with the stage's variables.
+    Unexpanded(UnexpandedMount),
+}
+
+/// A `--mount` value whose type is not known before expansion.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct UnexpandedMount {
+    /// The `type` value as written (`$MNT_TYPE`).
+    pub ty: String,
+    /// `from=`, which cannot hold a variable, for the stage dependencies.
+    pub from: Option<String>,
+    /// The whole `--mount` value (quotes already removed by the flag splitter).
+    spec: String,
+    span: Span,
+}
+
+impl Mount {
+    /// Types an [`Mount::Unexpanded`] mount: `ty` is its expanded `type`; the
+    /// other values stay raw, for the frontend to expand like any mount's.
+    /// Any other mount is returned as it is.
+    pub fn with_type(&self, ty: &str) -> Result<Mount, ParseError> {
+        match self {
+            Mount::Unexpanded(u) => parse_mount_typed(&u.spec, u.span, Some(ty)),
+            m => Ok(m.clone()),
+        }
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Default)]
@@ -661,8 +689,18 @@ fn mount_keys(ty: &str) -> &'static [&'static str] {
 }
 
 /// BuildKit's `parseMount` for one `--mount` value (quotes already removed by
-/// the flag splitter), typed per mount type.
+/// the flag splitter), typed per mount type; with a variable as the type,
+/// kept for [`Mount::with_type`].
 fn parse_mount(value: &str, span: Span) -> Result<Mount, ParseError> {
+    parse_mount_typed(value, span, None)
+}
+
+/// [`parse_mount`], with `ty_override` (the expanded type) for the `type` value.
+fn parse_mount_typed(
+    value: &str,
+    span: Span,
+    ty_override: Option<&str>,
+) -> Result<Mount, ParseError> {
     let err = |msg: String| ParseError::new(span, msg);
     let fields = if value.is_empty() {
         None
@@ -681,11 +719,35 @@ fn parse_mount(value: &str, span: Span) -> Result<Mount, ParseError> {
         };
         kv.push((k, v, field.as_str()));
     }
-    let ty = kv
+    let raw_ty = kv
         .iter()
         .rev()
         .find(|(k, _, _)| k == "type")
-        .and_then(|(_, v, _)| v.clone())
+        .and_then(|(_, v, _)| v.clone());
+    if ty_override.is_none() {
+        if let Some(t) = raw_ty.as_ref().filter(|t| t.contains('$')) {
+            let mut from = None;
+            for (k, v, _) in &kv {
+                if k == "from" {
+                    if v.as_ref().is_some_and(|v| v.contains('$')) {
+                        return Err(err(format!(
+                            "'{k}' doesn't support variable expansion, define alias stage instead"
+                        )));
+                    }
+                    from.clone_from(v);
+                }
+            }
+            return Ok(Mount::Unexpanded(UnexpandedMount {
+                ty: t.clone(),
+                from,
+                spec: value.to_owned(),
+                span,
+            }));
+        }
+    }
+    let ty = ty_override
+        .map(str::to_owned)
+        .or(raw_ty)
         .unwrap_or_else(|| "bind".to_string())
         .to_ascii_lowercase();
     if !MOUNT_TYPES.contains(&ty.as_str()) {

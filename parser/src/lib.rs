@@ -23,7 +23,7 @@ pub use instructions::{
     Add, Arg, ArgDef, BindMount, CacheMount, Cmd, Command, Copy, Dockerfile, Duration, Entrypoint,
     Env, Expose, From, Healthcheck, Instruction, InstructionKind, KeyValue, Label, Maintainer,
     Mount, NetworkMode, Onbuild, Run, SecretMount, SecurityMode, Shell, SshMount, Stopsignal,
-    TmpfsMount, User, Volume, Workdir,
+    TmpfsMount, UnexpandedMount, User, Volume, Workdir,
 };
 pub use span::Span;
 

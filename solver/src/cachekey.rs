@@ -2,11 +2,15 @@
 //! what each input contributes (its own key, or a content checksum of exactly
 //! the paths the op reads from it).
 //!
-//! What is in the key: the op (every field of [`Op`]), the number and order of
-//! inputs, and per input either its key or its content checksums. What is not:
+//! What is in the key: the op (every field of [`Op`]: for a copy also its
+//! include and exclude patterns and its required paths, which is how a
+//! `COPY --parents` pivot and `--exclude` reach the key), the number and order
+//! of inputs, and per input either its key or its content checksums (of
+//! exactly what the copy takes: its patterns match below each selected
+//! source, as the copy applies them). What is not:
 //! the vertex description (progress name, Dockerfile location),
 //! `ignore_cache`, secrets' contents (ops only carry a secret's id and
-//! placement), vertex ids.
+//! placement), a RUN's proxy variables (`ExecOp::proxy_env`), vertex ids.
 
 use std::fmt;
 use std::str::FromStr;

@@ -55,6 +55,20 @@ pub trait PathFilter: Sync {
     fn descend_excluded_dir(&self, _rel: &Path) -> bool {
         false
     }
+
+    /// [`PathFilter::is_excluded`] for `rel` (from the root) met while copying
+    /// the source `source` (from the root; `rel` is `source` or below it):
+    /// a copy's own patterns apply to the path below the source, as
+    /// `BuildKit`'s copy matches them, and never to the source itself.
+    /// Default: the source does not matter.
+    fn is_excluded_below(&self, _source: &Path, rel: &Path, is_dir: bool) -> bool {
+        self.is_excluded(rel, is_dir)
+    }
+
+    /// [`PathFilter::descend_excluded_dir`] for a directory below `source`.
+    fn descend_excluded_dir_below(&self, _source: &Path, rel: &Path) -> bool {
+        self.descend_excluded_dir(rel)
+    }
 }
 
 impl<F: Fn(&Path, bool) -> bool + Sync> PathFilter for F {
@@ -427,8 +441,9 @@ impl ContextChecksummer {
                 if !last && !is_dir {
                     continue;
                 }
-                if filter.is_excluded(Path::new(&rel), is_dir)
-                    && !(is_dir && filter.descend_excluded_dir(Path::new(&rel)))
+                let r = Path::new(&rel);
+                if filter.is_excluded_below(r, r, is_dir)
+                    && !(is_dir && filter.descend_excluded_dir_below(r, r))
                 {
                     continue;
                 }
@@ -511,21 +526,23 @@ impl ContextChecksummer {
         let Some(e) = self.lstat(rel)? else {
             return Ok(());
         };
-        out.extend(self.walk(rel.to_owned(), e, filter)?);
+        out.extend(self.walk(rel.to_owned(), e, filter, Path::new(rel))?);
         Ok(())
     }
 
     /// The entry at `rel` (unless excluded, or the root) and everything
-    /// under it; subdirectories are walked in parallel.
+    /// under it; subdirectories are walked in parallel. `source` is the
+    /// selected path the walk started at (for the filter).
     fn walk(
         &self,
         rel: String,
         e: Entry,
         filter: &dyn PathFilter,
+        source: &Path,
     ) -> Result<Vec<(String, Entry)>, ContextError> {
         let is_dir = e.kind == Kind::Dir;
-        let excluded = !rel.is_empty() && filter.is_excluded(Path::new(&rel), is_dir);
-        if excluded && !(is_dir && filter.descend_excluded_dir(Path::new(&rel))) {
+        let excluded = !rel.is_empty() && filter.is_excluded_below(source, Path::new(&rel), is_dir);
+        if excluded && !(is_dir && filter.descend_excluded_dir_below(source, Path::new(&rel))) {
             return Ok(Vec::new());
         }
         let mut children: Vec<(String, std::fs::Metadata)> = Vec::new();
@@ -550,7 +567,7 @@ impl ContextChecksummer {
             .into_par_iter()
             .map(|(child, meta)| {
                 let e = self.entry(&child, meta)?;
-                self.walk(child, e, filter)
+                self.walk(child, e, filter, source)
             })
             .collect::<Result<_, ContextError>>()?;
         let mut out = Vec::with_capacity(1 + nested.iter().map(Vec::len).sum::<usize>());

@@ -49,6 +49,7 @@ pub mod cachekey;
 pub mod context;
 pub mod graph;
 pub mod ops;
+pub mod patterns;
 pub mod progress;
 pub mod scheduler;
 pub mod worker;

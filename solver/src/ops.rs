@@ -319,15 +319,22 @@ pub struct Copy {
     pub owner: Option<Chown>,
     /// `--chmod`.
     pub mode: Option<Chmod>,
-    /// Only copy paths matching these (`--include`-like filters).
+    /// Only copy the paths below a source that match one of these
+    /// (moby/patternmatcher patterns, matched against the path below the
+    /// source; the pattern after a `COPY --parents` pivot). A directory that
+    /// does not match is made only when something below it is copied.
     pub include_patterns: Vec<String>,
-    /// `--exclude` patterns.
+    /// `--exclude` patterns, matched against the path below the source.
     pub exclude_patterns: Vec<String>,
     /// `ADD`: unpack local tar archives (`BuildKit`'s
     /// `attemptUnpackDockerCompatibility`).
     pub attempt_unpack: bool,
-    /// `COPY --parents`: keep the source's parent directories.
-    pub parents: bool,
+    /// Paths (from the source root) that must exist, or the copy fails with
+    /// "not found": a `COPY --parents` source without wildcards, which the
+    /// frontend turns into a copy of the directory before its `/./` pivot
+    /// with the rest as an include pattern (`BuildKit`'s `RequiredPaths`).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub required_paths: Vec<String>,
     /// Clamp the mtime of copied files (`SOURCE_DATE_EPOCH`), seconds.
     pub timestamp: Option<i64>,
 }
@@ -349,7 +356,7 @@ impl Copy {
             include_patterns: Vec::new(),
             exclude_patterns: Vec::new(),
             attempt_unpack: false,
-            parents: false,
+            required_paths: Vec::new(),
             timestamp: None,
         }
     }

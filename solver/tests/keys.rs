@@ -109,7 +109,9 @@ fn copy_strategy() -> impl Strategy<Value = Copy> {
             c.allow_wildcard = flags[3];
             c.allow_empty_wildcard = flags[4];
             c.attempt_unpack = flags[5];
-            c.parents = flags[6];
+            if flags[6] {
+                c.required_paths = vec!["/a/b".into()];
+            }
             if flags[7] {
                 c.owner = Some(Chown {
                     user: UserRef::Name("app".into()),
@@ -133,7 +135,7 @@ fn mutate_copy(c: &Copy, which: usize) -> Copy {
         6 => m.allow_wildcard ^= true,
         7 => m.allow_empty_wildcard ^= true,
         8 => m.attempt_unpack ^= true,
-        9 => m.parents ^= true,
+        9 => m.required_paths.push("/req".into()),
         10 => {
             m.owner = match m.owner {
                 Some(_) => None,

@@ -381,8 +381,11 @@ async fn copy_from_context_globs_contents_dest_dirs_chown_chmod() {
         Copy::new(1, vec!["c.md".into()], "/file-no-slash"),
         "COPY c.md",
     );
-    let mut parents = Copy::new(1, vec!["dir/sub/y".into()], "/p/");
-    parents.parents = true;
+    // `COPY --parents dir/sub/y /p/`, as the frontend lowers it: the root's
+    // contents, keeping what the path matches.
+    let mut parents = Copy::new(1, vec!["/".into()], "/p/");
+    parents.include_patterns = vec!["dir/sub/y".into()];
+    parents.required_paths = vec!["/dir/sub/y".into()];
     let s5 = copy(&mut g, s4, ctx, parents, "COPY --parents dir/sub/y /p/");
     let mut clamped = Copy::new(1, vec!["a.txt".into()], "/clamped");
     clamped.timestamp = Some(1_000);

@@ -381,13 +381,27 @@ fn prepare(args: &BuildArgs, root: &Path) -> anyhow::Result<Prepared> {
             Some(f) => PathBuf::from(f),
             None => context.join("Dockerfile"),
         };
-        let src = fs_err::read_to_string(&path).map_err(|e| {
+        let mut name = args.file.clone().unwrap_or_else(|| "Dockerfile".into());
+        // A missing `Dockerfile` may be spelt `dockerfile` (BuildKit's
+        // dockerui, moby/moby#10858); `Dockerfile.dockerignore` is still the
+        // ignore file's name.
+        let mut read = fs_err::read_to_string(&path);
+        if read.is_err() && path.file_name().is_some_and(|n| n == "Dockerfile") {
+            let lower = path.with_file_name("dockerfile");
+            if let Ok(s) = fs_err::read_to_string(&lower) {
+                name = match &args.file {
+                    Some(_) => lower.display().to_string(),
+                    None => "dockerfile".to_owned(),
+                };
+                read = Ok(s);
+            }
+        }
+        let src = read.map_err(|e| {
             anyhow!(
                 "cannot read the Dockerfile: {}",
                 e.to_string().lines().next().unwrap_or_default()
             )
         })?;
-        let name = args.file.clone().unwrap_or_else(|| "Dockerfile".into());
         (name, Some(path), src)
     };
     let dockerfile = match rbuild_parser::parse(&src) {

@@ -125,27 +125,46 @@ fn cache_dir(
         }
     };
     if !dir.exists() {
-        let tmp = base.join(format!(".tmp-{name}-{}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&tmp);
+        // Made under a name of its own (two steps of one build, or two
+        // builds, may make the same cache at once), then renamed into place
+        // unless another got there first: the first one made is the cache.
+        let tmp = tempfile::Builder::new()
+            .prefix(&format!(".tmp-{name}-"))
+            .tempdir_in(&base)
+            .map_err(err)?;
+        let made = tmp.path().join("d");
         match from {
             Some((input, sel)) => {
                 let src = input_path(inner, inputs, *input, keep)?;
                 let src = join_selector(&src, sel);
-                rbuild_snapshotter::overlay::copy_lower_stack(&[src], &tmp).map_err(err)?;
+                rbuild_snapshotter::overlay::copy_lower_stack(&[src], &made).map_err(err)?;
             }
-            None => fs_err::create_dir(&tmp).map_err(err)?,
+            None => fs_err::create_dir(&made).map_err(err)?,
         }
-        fs_err::set_permissions(&tmp, std::fs::Permissions::from_mode(mode & 0o7777))
+        fs_err::set_permissions(&made, std::fs::Permissions::from_mode(mode & 0o7777))
             .map_err(err)?;
-        nix::unistd::chown(&tmp, Some(uid.into()), Some(gid.into()))
-            .map_err(|e| ExecError::msg(format!("chown {}: {e}", tmp.display())))?;
-        if fs_err::rename(&tmp, &dir).is_err() && !dir.exists() {
-            return Err(ExecError::msg(format!(
-                "cannot create cache dir {}",
-                dir.display()
-            )));
+        nix::unistd::chown(&made, Some(uid.into()), Some(gid.into()))
+            .map_err(|e| ExecError::msg(format!("chown {}: {e}", made.display())))?;
+        match nix::fcntl::renameat2(
+            nix::fcntl::AT_FDCWD,
+            &made,
+            nix::fcntl::AT_FDCWD,
+            &dir,
+            nix::fcntl::RenameFlags::RENAME_NOREPLACE,
+        ) {
+            Ok(()) => {}
+            Err(nix::errno::Errno::EEXIST) if dir.is_dir() => {}
+            // A file system without RENAME_NOREPLACE: a plain rename, which
+            // fails onto a directory another filled first.
+            Err(nix::errno::Errno::EINVAL)
+                if fs_err::rename(&made, &dir).is_ok() || dir.is_dir() => {}
+            Err(e) => {
+                return Err(ExecError::msg(format!(
+                    "cannot create cache dir {}: {e}",
+                    dir.display()
+                )));
+            }
         }
-        let _ = std::fs::remove_dir_all(&tmp);
     }
     Ok(dir)
 }
@@ -317,9 +336,65 @@ fn stub_mount_dirs(
     let mount = rbuild_snapshotter::overlay::mount_overlay(&layout, t.path()).map_err(err)?;
     for d in dirs {
         let rel = super::fileop::clean_rel(&d.to_string_lossy())?;
-        super::fileop::mkdir_all(mount.target(), &rel, None)?;
+        super::fileop::mkdir_all(mount.target(), &rel, None, 0o755)?;
     }
     mount.unmount().map_err(err)?;
+    Ok(())
+}
+
+/// Makes the mount points of mounts nested in a cache mount (`--mount=type=cache,
+/// target=/c --mount=type=cache,target=/c/sub`) in the cache directory itself
+/// before the run. Made by the sandbox, they would be removed after the run:
+/// in a cache that steps running at the same time share, one step's removal
+/// pulls the mount point from under another's nested mount. They stay in the
+/// cache, as `BuildKit` leaves them.
+fn nested_cache_mount_points(inner: &Inner, mounts: &[SbMount]) -> Result<(), ExecError> {
+    let caches = inner.state_root.join("cache-mounts");
+    let target_of = |m: &SbMount| -> PathBuf {
+        match m {
+            SbMount::Bind { target, .. }
+            | SbMount::Cache { target, .. }
+            | SbMount::Tmpfs { target, .. }
+            | SbMount::Secret { target, .. } => target.clone(),
+        }
+    };
+    for (i, m) in mounts.iter().enumerate() {
+        let t = target_of(m);
+        let outer = mounts
+            .iter()
+            .enumerate()
+            .filter(|&(j, o)| j != i && t.starts_with(target_of(o)) && t != target_of(o))
+            .max_by_key(|(_, o)| target_of(o).components().count());
+        let Some((_, o)) = outer else { continue };
+        let source = match o {
+            SbMount::Cache { source, .. } => source,
+            SbMount::Bind { source, .. } if source.starts_with(&caches) => source,
+            _ => continue,
+        };
+        let Ok(rel) = t.strip_prefix(target_of(o)) else {
+            continue;
+        };
+        let is_dir = match m {
+            SbMount::Bind { source, .. } => source.is_dir(),
+            SbMount::Cache { .. } | SbMount::Tmpfs { .. } => true,
+            SbMount::Secret { .. } => false,
+        };
+        if is_dir {
+            super::fileop::mkdir_all(source, rel, None, 0o755)?;
+        } else if let (Some(parent), Some(name)) = (rel.parent(), rel.file_name()) {
+            let dir = super::fileop::mkdir_all(source, parent, None, 0o755)?;
+            // Never through a symlink a step left in the cache.
+            match fs_err::OpenOptions::new()
+                .create_new(true)
+                .write(true)
+                .open(dir.join(name))
+            {
+                Ok(_) => {}
+                Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {}
+                Err(e) => return Err(err(e)),
+            }
+        }
+    }
     Ok(())
 }
 
@@ -449,6 +524,7 @@ pub(super) fn run(
         let mounts = mounts(inner, op, inputs, &mut keep, &mut secret_env)?;
         let stubs = file_stubs(&active.lowers, &mounts)?;
         stub_mount_dirs(inner, &active, &mounts)?;
+        nested_cache_mount_points(inner, &mounts)?;
         let last = Arc::new(Mutex::new(VecDeque::new()));
         let mut spec = ProcessSpec::new(op.args.clone());
         spec.env.clone_from(&op.env);

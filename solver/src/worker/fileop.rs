@@ -132,6 +132,14 @@ fn symbolic_mode(spec: &str, mode: u32, is_dir: bool) -> Result<u32, ExecError> 
 
 struct CopyCtx<'a> {
     filter: &'a dyn PathFilter,
+    /// The source being copied (from the source root), for `filter`: a
+    /// copy's patterns match the paths below it.
+    source: PathBuf,
+    /// The directories on the way down to the current entry that are left
+    /// out themselves but may hold entries that are copied: each is made
+    /// (with its source's metadata) only when one is, as fsutil delays the
+    /// parents of an included path (`COPY --parents a/./*/c`, `!` exceptions).
+    held: Vec<HeldDir>,
     owner: Option<(u32, u32)>,
     mode: Option<&'a Chmod>,
     timestamp: Option<i64>,
@@ -163,7 +171,32 @@ struct CopyCtx<'a> {
     manifest: &'a mut reuse::Manifest,
 }
 
+/// A directory of [`CopyCtx::held`].
+struct HeldDir {
+    dst: PathBuf,
+    meta: std::fs::Metadata,
+    made: bool,
+}
+
 impl CopyCtx<'_> {
+    /// Makes the held directories that are not made yet, from the top: an
+    /// entry below them is about to be copied.
+    fn make_held(&mut self) -> Result<(), ExecError> {
+        for i in 0..self.held.len() {
+            if self.held[i].made {
+                continue;
+            }
+            let dst = self.held[i].dst.clone();
+            if fs_err::symlink_metadata(&dst).is_ok_and(|e| !e.is_dir()) {
+                return Err(self.not_a_dir(&dst));
+            }
+            create_dir(&dst)?;
+            self.dir_metas.push((dst, self.held[i].meta.clone()));
+            self.held[i].made = true;
+        }
+        Ok(())
+    }
+
     /// Creates the pending files and copies their content and metadata on the
     /// rayon pool, a directory's files per job (creating files in different
     /// directories does not contend for a directory lock), then sets the
@@ -311,32 +344,25 @@ impl CopyCtx<'_> {
         }
         .map_err(err)?;
         let ft = m.file_type();
-        if !rel.as_os_str().is_empty() && self.filter.is_excluded(rel, ft.is_dir()) {
-            if ft.is_dir() && self.filter.descend_excluded_dir(rel) {
-                // Something below may be re-included.
-                if fs_err::symlink_metadata(dst).is_ok_and(|e| !e.is_dir()) {
-                    return Err(self.not_a_dir(dst));
-                }
-                let mut any = false;
-                for name in sorted(src)? {
-                    let child_rel = rel.join(&name);
-                    let cm = fs_err::symlink_metadata(src.join(&name)).map_err(err)?;
-                    if !self.filter.is_excluded(&child_rel, cm.is_dir())
-                        || (cm.is_dir() && self.filter.descend_excluded_dir(&child_rel))
-                    {
-                        if !any {
-                            create_dir(dst)?;
-                            any = true;
-                        }
-                        self.entry(&src.join(&name), &dst.join(&name), &child_rel, false)?;
-                    }
-                }
-                if any {
-                    self.dir_metas.push((dst.to_path_buf(), m));
-                }
+        if !rel.as_os_str().is_empty()
+            && self
+                .filter
+                .is_excluded_below(&self.source, rel, ft.is_dir())
+        {
+            if ft.is_dir() && self.filter.descend_excluded_dir_below(&self.source, rel) {
+                // Left out itself, but something below may be copied.
+                self.held.push(HeldDir {
+                    dst: dst.to_path_buf(),
+                    meta: m,
+                    made: false,
+                });
+                let r = self.children(src, dst, rel);
+                self.held.pop();
+                r?;
             }
             return Ok(());
         }
+        self.make_held()?;
         let existing = fs_err::symlink_metadata(dst).ok();
         if let Some(existing) = &existing {
             // BuildKit (fsutil's copy) refuses to put a directory where a
@@ -445,35 +471,44 @@ fn create_dir(p: &Path) -> Result<(), ExecError> {
     }
 }
 
-/// `mkdir -p` inside `root`; new directories get `owner` (mode 0755).
+/// `mkdir -p` of `rel` resolved inside `root` (`BuildKit`'s `MkdirAll` of the
+/// path its `RootPath` gives): symlinks on the way are followed inside the
+/// root, a dangling one too (`COPY f /link/` with `link -> ../tmp/x` makes
+/// `/tmp/x`). New directories get `mode` and `owner`. Returns the resolved path.
 pub(super) fn mkdir_all(
     root: &Path,
     rel: &Path,
     owner: Option<(u32, u32)>,
+    mode: u32,
 ) -> Result<PathBuf, ExecError> {
-    let mut cur = PathBuf::new();
-    for c in rel.components() {
+    let full = resolve(root, rel);
+    let inside = full
+        .strip_prefix(root)
+        .unwrap_or(Path::new(""))
+        .to_path_buf();
+    let mut cur = root.to_path_buf();
+    for c in inside.components() {
         cur.push(c);
-        let p = resolve(root, &cur);
-        match fs_err::symlink_metadata(&p) {
+        match fs_err::symlink_metadata(&cur) {
             Ok(m) if m.is_dir() => {}
             Ok(_) => {
                 return Err(ExecError::msg(format!(
                     "\"/{}\": not a directory",
-                    cur.display()
+                    cur.strip_prefix(root).unwrap_or(&cur).display()
                 )));
             }
             Err(_) => {
-                fs_err::create_dir(&p).map_err(err)?;
-                fs_err::set_permissions(&p, std::fs::Permissions::from_mode(0o755)).map_err(err)?;
+                create_dir(&cur)?;
+                fs_err::set_permissions(&cur, std::fs::Permissions::from_mode(mode & 0o777))
+                    .map_err(err)?;
                 if let Some((u, g)) = owner {
-                    nix::unistd::chown(&p, Some(u.into()), Some(g.into()))
-                        .map_err(|e| io_msg("chown", &p, e))?;
+                    nix::unistd::chown(&cur, Some(u.into()), Some(g.into()))
+                        .map_err(|e| io_msg("chown", &cur, e))?;
                 }
             }
         }
     }
-    Ok(resolve(root, rel))
+    Ok(full)
 }
 
 /// Expands a source path (maybe a glob) into existing paths relative to `root`.
@@ -487,7 +522,7 @@ fn expand(
     if !(wildcard && has_meta(raw)) {
         let p = resolve_nofollow(root, &rel);
         if fs_err::symlink_metadata(&p).is_err()
-            || (!rel.as_os_str().is_empty() && filter.is_excluded(&rel, p.is_dir()))
+            || (!rel.as_os_str().is_empty() && filter.is_excluded_below(&rel, &rel, p.is_dir()))
         {
             return Err(ExecError::msg(format!("\"/{}\": not found", rel.display())));
         }
@@ -509,7 +544,8 @@ fn expand(
                     if matched {
                         let r = base.join(&n);
                         let is_dir = dir.join(&n).is_dir();
-                        if !filter.is_excluded(&r, is_dir) {
+                        // Only the `.dockerignore` applies to a source itself.
+                        if !filter.is_excluded_below(&r, &r, is_dir) {
                             next.push(r);
                         }
                     }
@@ -634,11 +670,7 @@ fn copy_action(
         None if from_context => Some((0, 0)),
         None => None,
     };
-    let filter = SelectionFilter {
-        ignore,
-        include: &c.include_patterns,
-        exclude: &c.exclude_patterns,
-    };
+    let filter = SelectionFilter::new(ignore, &c.include_patterns, &c.exclude_patterns)?;
     let mut sources = Vec::new();
     for raw in &c.src_paths {
         let found = expand(src_root, raw, c.allow_wildcard, &filter)?;
@@ -649,6 +681,17 @@ fn copy_action(
         }
         sources.extend(found);
     }
+    // `COPY --parents` without wildcards: the path must exist (BuildKit's
+    // required paths).
+    for raw in &c.required_paths {
+        let rel = clean_rel(raw)?;
+        let p = resolve_nofollow(src_root, &rel);
+        if fs_err::symlink_metadata(&p).is_err()
+            || (!rel.as_os_str().is_empty() && filter.is_excluded_below(&rel, &rel, p.is_dir()))
+        {
+            return Err(ExecError::msg(format!("\"/{}\": not found", rel.display())));
+        }
+    }
     let dest_rel = clean_rel(&c.dest)?;
     let dest_path = resolve(dest_root, &dest_rel);
     let dest_is_dir = c.dest.ends_with('/')
@@ -657,14 +700,24 @@ fn copy_action(
         || fs_err::metadata(&dest_path).is_ok_and(|m| m.is_dir());
     let created_owner = if c.owner.is_some() { owner } else { None };
     if c.create_dest_path {
+        // The directories made for the destination path take an octal
+        // `--chmod` (fsutil's `MkdirAll` of the destination's directory); the
+        // directory a directory copy makes as its target stays 0755 (below),
+        // as the conformance corpus's BuildKit made it.
+        let mode = match &c.mode {
+            Some(Chmod::Octal(o)) => *o,
+            _ => 0o755,
+        };
         if dest_is_dir {
-            mkdir_all(dest_root, &dest_rel, created_owner)?;
+            mkdir_all(dest_root, &dest_rel, created_owner, mode)?;
         } else if let Some(parent) = dest_rel.parent() {
-            mkdir_all(dest_root, parent, created_owner)?;
+            mkdir_all(dest_root, parent, created_owner, mode)?;
         }
     }
     let mut ctx = CopyCtx {
         filter: &filter,
+        source: PathBuf::new(),
+        held: Vec::new(),
         owner,
         mode: c.mode.as_ref(),
         timestamp: c.timestamp,
@@ -693,25 +746,7 @@ fn copy_action(
             || std::ffi::OsString::from(""),
             std::ffi::OsStr::to_os_string,
         );
-        if c.parents {
-            // `COPY --parents`: the source keeps its path under dest.
-            let t_rel = dest_rel.join(&rel);
-            if let Some(parent) = t_rel.parent() {
-                mkdir_all(dest_root, parent, created_owner)?;
-            }
-            if m.is_dir() {
-                let target = mkdir_all(dest_root, &t_rel, created_owner)?;
-                ctx.children(&src, &target, &rel)?;
-            } else {
-                ctx.entry(
-                    &src,
-                    &resolve_nofollow(dest_root, &t_rel),
-                    Path::new(""),
-                    false,
-                )?;
-            }
-            continue;
-        }
+        ctx.source.clone_from(&rel);
         if m.is_dir() {
             if c.dir_contents_only {
                 if fs_err::symlink_metadata(&dest_path).is_ok_and(|d| !d.is_dir()) {
@@ -720,7 +755,7 @@ fn copy_action(
                         dest_rel.display()
                     )));
                 }
-                let target = mkdir_all(dest_root, &dest_rel, created_owner)?;
+                let target = mkdir_all(dest_root, &dest_rel, created_owner, 0o755)?;
                 ctx.children(&src, &target, &rel)?;
             } else {
                 let target = if dest_is_dir {
@@ -731,7 +766,7 @@ fn copy_action(
                 ctx.entry(&src, &target, &rel, false)?;
             }
         } else if c.attempt_unpack && m.is_file() && is_archive(&src) {
-            let target = mkdir_all(dest_root, &dest_rel, created_owner)?;
+            let target = mkdir_all(dest_root, &dest_rel, created_owner, 0o755)?;
             ctx.manifest.poison();
             let f = fs_err::File::open(&src).map_err(err)?.into_parts().0;
             let dec = rbuild_snapshotter::Decoder::new(f).map_err(err)?;
@@ -748,7 +783,7 @@ fn copy_action(
             } else {
                 dest_path.clone()
             };
-            ctx.entry(&src, &target, Path::new(""), false)?;
+            ctx.entry(&src, &target, &rel, false)?;
         }
     }
     ctx.finish_source(tgt, false)
@@ -827,7 +862,7 @@ fn apply_action(
                 return Ok(());
             }
             let p = if m.make_parents {
-                mkdir_all(dest_root, &rel, owner)?
+                mkdir_all(dest_root, &rel, owner, m.mode)?
             } else {
                 let p = resolve_nofollow(dest_root, &rel);
                 create_dir(&p)?;

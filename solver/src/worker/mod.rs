@@ -70,6 +70,7 @@ use rbuild_snapshotter::snapshots::{SnapshotId, SnapshotStore};
 use crate::cachekey::{Checksum, ContentChecksum};
 use crate::context::{ContextChecksummer, PathFilter};
 use crate::ops::{Op, Selection, SourceOp, Vertex};
+use crate::patterns::PatternMatcher;
 use crate::progress::VertexLogger;
 use crate::scheduler::{BoxFuture, ExecContext, ExecError, Executor, ResultRef};
 
@@ -217,7 +218,8 @@ impl Inner {
     /// `STATE/snapshot-checksums/`. `None` (key on the input's key) when the
     /// selection cannot be read: the copy then reports what is wrong.
     fn snapshot_checksum(&self, id: &SnapshotId, selection: &Selection) -> Option<Checksum> {
-        let mut h = blake3::Hasher::new_derive_key("rbuild snapshot checksum v1");
+        // v2: a selection's include/exclude patterns match below each source.
+        let mut h = blake3::Hasher::new_derive_key("rbuild snapshot checksum v2");
         h.update(id.as_str().as_bytes());
         h.update(&[0]);
         h.update(format!("{selection:?}").as_bytes());
@@ -232,11 +234,12 @@ impl Inner {
         }
         let guard = self.snapshots.mount_ro(id).ok()?;
         let summer = ContextChecksummer::open(guard.path(), None).ok()?;
-        let filter = SelectionFilter {
-            ignore: None,
-            include: &selection.include_patterns,
-            exclude: &selection.exclude_patterns,
-        };
+        let filter = SelectionFilter::new(
+            None,
+            &selection.include_patterns,
+            &selection.exclude_patterns,
+        )
+        .ok()?;
         let sum = summer.checksum(selection, &filter).ok()?;
         drop(guard);
         if let Some(dir) = path.parent() {
@@ -336,57 +339,89 @@ impl Inner {
     }
 }
 
-/// `.dockerignore` plus a selection's include/exclude patterns.
+/// `.dockerignore` plus a copy's include and exclude patterns. The ignore
+/// filter sees paths from the root (the context's own paths); the copy's
+/// patterns see the path below the copied source, as `BuildKit`'s copy
+/// (fsutil) matches them: `COPY --exclude=*.mp3 dir/ /d/` leaves out
+/// `dir/a.mp3`. The source itself is never matched by them.
 pub(crate) struct SelectionFilter<'a> {
-    pub(crate) ignore: Option<&'a (dyn PathFilter + Send + Sync)>,
-    pub(crate) include: &'a [String],
-    pub(crate) exclude: &'a [String],
+    ignore: Option<&'a (dyn PathFilter + Send + Sync)>,
+    include: Option<PatternMatcher>,
+    exclude: Option<PatternMatcher>,
 }
 
-fn pattern_hits(pattern: &str, rel: &str) -> bool {
-    let p = pattern.trim_start_matches('/').trim_end_matches('/');
-    if p.is_empty() {
-        return true;
+impl<'a> SelectionFilter<'a> {
+    pub(crate) fn new(
+        ignore: Option<&'a (dyn PathFilter + Send + Sync)>,
+        include: &[String],
+        exclude: &[String],
+    ) -> Result<Self, ExecError> {
+        let compile = |ps: &[String], what: &str| -> Result<Option<PatternMatcher>, ExecError> {
+            if ps.is_empty() {
+                return Ok(None);
+            }
+            PatternMatcher::new(ps)
+                .map(|m| (!m.is_empty()).then_some(m))
+                .map_err(|e| ExecError::msg(format!("invalid {what} patterns: {e}")))
+        };
+        Ok(Self {
+            ignore,
+            include: compile(include, "include")?,
+            exclude: compile(exclude, "exclude")?,
+        })
     }
-    // The pattern matches the path or one of its parents.
-    let mut prefix = String::new();
-    for comp in rel.split('/') {
-        if !prefix.is_empty() {
-            prefix.push('/');
-        }
-        prefix.push_str(comp);
-        if crate::context::go_match(p, &prefix).unwrap_or(false) {
-            return true;
-        }
+
+    /// `rel` below `source`, `/`-separated; `None` for the source itself.
+    fn below(source: &Path, rel: &Path) -> Option<String> {
+        let r = rel.strip_prefix(source).ok()?;
+        (!r.as_os_str().is_empty()).then(|| r.to_string_lossy().into_owned())
     }
-    false
 }
 
 impl PathFilter for SelectionFilter<'_> {
     fn is_excluded(&self, rel: &Path, is_dir: bool) -> bool {
-        if let Some(i) = self.ignore {
-            if i.is_excluded(rel, is_dir) {
-                return true;
-            }
-        }
-        let rel = rel.to_string_lossy();
-        if self.exclude.iter().any(|p| pattern_hits(p, &rel)) {
-            return true;
-        }
-        if !self.include.is_empty() && !self.include.iter().any(|p| pattern_hits(p, &rel)) {
-            // A directory on the way to an included path stays.
-            let on_way = is_dir
-                && self
-                    .include
-                    .iter()
-                    .any(|p| p.trim_start_matches('/').starts_with(&format!("{rel}/")));
-            return !on_way;
-        }
-        false
+        self.is_excluded_below(Path::new(""), rel, is_dir)
     }
 
     fn descend_excluded_dir(&self, rel: &Path) -> bool {
-        self.ignore.is_some_and(|i| i.descend_excluded_dir(rel)) || !self.include.is_empty()
+        self.descend_excluded_dir_below(Path::new(""), rel)
+    }
+
+    fn is_excluded_below(&self, source: &Path, rel: &Path, is_dir: bool) -> bool {
+        if self.ignore.is_some_and(|i| i.is_excluded(rel, is_dir)) {
+            return true;
+        }
+        let Some(below) = Self::below(source, rel) else {
+            return false;
+        };
+        self.include.as_ref().is_some_and(|m| !m.matches(&below))
+            || self.exclude.as_ref().is_some_and(|m| m.matches(&below))
+    }
+
+    /// Whether something below the excluded directory `rel` may still be
+    /// copied: every reason it is left out must allow one (a `!` exception
+    /// of the `.dockerignore` or of `--exclude`, an include pattern that
+    /// goes deeper).
+    fn descend_excluded_dir_below(&self, source: &Path, rel: &Path) -> bool {
+        if let Some(i) = self.ignore {
+            if i.is_excluded(rel, true) && !i.descend_excluded_dir(rel) {
+                return false;
+            }
+        }
+        let Some(below) = Self::below(source, rel) else {
+            return true;
+        };
+        if let Some(m) = &self.include {
+            if !m.matches(&below) && !m.may_match_below(&below) {
+                return false;
+            }
+        }
+        if let Some(m) = &self.exclude {
+            if m.matches(&below) && !m.has_exclusions() {
+                return false;
+            }
+        }
+        true
     }
 }
 
@@ -403,11 +438,11 @@ impl ContentChecksum for LocalWorker {
             _ => return Ok(None),
         };
         let summer = self.inner.checksummer(&dir)?;
-        let filter = SelectionFilter {
-            ignore: self.inner.ignore.as_deref(),
-            include: &selection.include_patterns,
-            exclude: &selection.exclude_patterns,
-        };
+        let filter = SelectionFilter::new(
+            self.inner.ignore.as_deref(),
+            &selection.include_patterns,
+            &selection.exclude_patterns,
+        )?;
         summer
             .checksum(selection, &filter)
             .map(Some)
