@@ -1747,7 +1747,7 @@ impl Planner<'_> {
             let typed;
             let m = match m {
                 Mount::Unexpanded(u) => {
-                    let ty = self.expand(&u.ty, &env, span)?;
+                    let ty = self.expand(&u.ty, &env, ins)?;
                     typed = m.with_type(&ty).map_err(|e| {
                         let msg = match &e.help {
                             Some(h) => format!("{} ({h})", e.message),
