@@ -125,10 +125,14 @@ impl Dir {
 struct Root {
     dir: Rc<Dir>,
     shown: String,
-    /// The last directory resolved (its components and itself): consecutive entries
-    /// of one directory resolve it once. Dropped whenever anything is removed.
-    last: Option<(Vec<Vec<u8>>, Rc<Dir>)>,
+    /// The directories resolved last (their components and themselves), most
+    /// recent first: entries of one directory, and of a parent again after a
+    /// subdirectory, resolve it once. Dropped whenever anything is removed.
+    recent: Vec<(Vec<Vec<u8>>, Rc<Dir>)>,
 }
+
+/// How many resolved directories [`Root`] keeps open.
+const RECENT: usize = 8;
 
 const DIR_FLAGS: OFlags = OFlags::PATH.union(OFlags::DIRECTORY).union(OFlags::CLOEXEC);
 
@@ -147,12 +151,12 @@ impl Root {
         Ok(Self {
             dir: Rc::new(Dir::new(fd)?),
             shown: target.display().to_string(),
-            last: None,
+            recent: Vec::new(),
         })
     }
 
     fn forget(&mut self) {
-        self.last = None;
+        self.recent.clear();
     }
 
     /// The directory `comps` names, resolved inside the root as a chroot would:
@@ -162,13 +166,15 @@ impl Root {
         if comps.is_empty() {
             return Ok(self.dir.clone());
         }
-        if let Some((k, d)) = &self.last {
-            if k.as_slice() == comps {
-                return Ok(d.clone());
-            }
+        if let Some(i) = self.recent.iter().position(|(k, _)| k.as_slice() == comps) {
+            let hit = self.recent.remove(i);
+            let d = hit.1.clone();
+            self.recent.insert(0, hit);
+            return Ok(d);
         }
         let d = Rc::new(self.lookup(comps, create)?);
-        self.last = Some((comps.to_vec(), d.clone()));
+        self.recent.truncate(RECENT - 1);
+        self.recent.insert(0, (comps.to_vec(), d.clone()));
         Ok(d)
     }
 
