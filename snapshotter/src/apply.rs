@@ -2,18 +2,28 @@
 //! (`.wh.NAME` removes NAME, `.wh..wh..opq` hides what lower layers had in that
 //! directory), hard links, symlinks, devices, owners, modes, mtimes, xattrs.
 //!
-//! Nothing is ever written outside the target: entry names are cleaned (a leading
-//! `/` is dropped, `..` that would climb above the root is refused), parent
-//! directories are resolved inside the root (a symlink on the way is followed as if
-//! the root were `/`), the last component is never followed, and hard-link targets
-//! are resolved the same way.
+//! Nothing is ever touched outside the target, whatever the layer holds. Entry
+//! names are cleaned (a leading `/` is dropped, `..` that would climb above the
+//! root is refused). The parent directory of every entry — regular files,
+//! directories, links, devices, whiteouts and opaque markers alike — is opened
+//! with `openat2(RESOLVE_IN_ROOT)` (or, to create missing directories, an
+//! equivalent walk one component at a time with `O_NOFOLLOW`), so a symlink on the
+//! way is followed as if the root were `/` and can never lead out. Every change is
+//! then made relative to that directory's descriptor with the `*at()` calls, never
+//! following the last component. Hard-link targets are resolved the same way.
+//! FIFOs and device nodes are created with `mknodat` and never opened: their
+//! owner, mode and times are set with `fchownat`/`fchmodat`/`utimensat`.
 
 use std::collections::HashSet;
-use std::ffi::OsStr;
+use std::ffi::OsString;
 use std::io::{self, Read};
-use std::os::unix::ffi::OsStrExt;
-use std::os::unix::fs::PermissionsExt;
-use std::path::{Path, PathBuf};
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd};
+use std::os::unix::ffi::OsStringExt;
+use std::path::Path;
+use std::rc::Rc;
+
+use rustix::fs::{AtFlags, FileType, Mode, OFlags, ResolveFlags, Timespec, Timestamps};
+use rustix::io::Errno;
 
 use crate::error::{Error, Result};
 
@@ -70,12 +80,337 @@ pub fn clean_name(raw: &[u8]) -> Result<Vec<Vec<u8>>> {
     Ok(out)
 }
 
+/// What whiteouts become.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Whiteouts {
+    /// Remove what they name: the target holds every layer so far.
+    Remove,
+    /// Keep them as overlayfs does in the upper dir of this one layer: `.wh.NAME`
+    /// becomes a 0/0 character device, `.wh..wh..opq` the opaque xattr.
+    Overlay,
+}
+
 /// Applies the layer tar read from `layer` to `target`.
 pub fn apply_layer<R: Read>(target: &Path, layer: R, opts: &ApplyOptions) -> Result<ApplyStats> {
-    let root = fs_err::canonicalize(target)?;
+    apply(target, layer, opts, Whiteouts::Remove)
+}
+
+/// Unpacks the layer tar read from `layer` into `upper`, the (empty) overlay upper
+/// dir of this layer: whiteouts are kept the overlayfs way (a 0/0 character device
+/// for `.wh.NAME`, `trusted.overlay.opaque=y` for `.wh..wh..opq`). Owners are set
+/// when running as root.
+pub fn apply_overlay_layer<R: Read>(upper: &Path, layer: R) -> Result<ApplyStats> {
+    apply(upper, layer, &ApplyOptions::default(), Whiteouts::Overlay)
+}
+
+/// An open directory inside the root, with its identity.
+struct Dir {
+    fd: OwnedFd,
+    dev: u64,
+    ino: u64,
+}
+
+impl Dir {
+    fn new(fd: OwnedFd) -> io::Result<Self> {
+        let st = rustix::fs::fstat(&fd)?;
+        Ok(Self {
+            fd,
+            dev: st.st_dev,
+            ino: st.st_ino,
+        })
+    }
+}
+
+/// The target directory, opened once; every path is resolved inside it.
+struct Root {
+    dir: Rc<Dir>,
+    shown: String,
+    /// The directories resolved last (their components and themselves), most
+    /// recent first: entries of one directory, and of a parent again after a
+    /// subdirectory, resolve it once. Dropped whenever anything is removed.
+    recent: Vec<(Vec<Vec<u8>>, Rc<Dir>)>,
+}
+
+/// How many resolved directories [`Root`] keeps open.
+const RECENT: usize = 8;
+
+const DIR_FLAGS: OFlags = OFlags::PATH.union(OFlags::DIRECTORY).union(OFlags::CLOEXEC);
+
+fn joined(comps: &[Vec<u8>]) -> Vec<u8> {
+    comps.join(&b'/')
+}
+
+fn shown(comps: &[Vec<u8>]) -> String {
+    String::from_utf8_lossy(&joined(comps)).into_owned()
+}
+
+impl Root {
+    fn open(target: &Path) -> Result<Self> {
+        let fd = rustix::fs::open(target, DIR_FLAGS, Mode::empty())
+            .map_err(|e| io_at(&target.display().to_string(), "opening", e))?;
+        Ok(Self {
+            dir: Rc::new(Dir::new(fd)?),
+            shown: target.display().to_string(),
+            recent: Vec::new(),
+        })
+    }
+
+    fn forget(&mut self) {
+        self.recent.clear();
+    }
+
+    /// The directory `comps` names, resolved inside the root as a chroot would:
+    /// symlinks on the way are followed with the root as `/`, `..` stops at the root.
+    /// Missing directories are created (mode 0755) when `create` is set.
+    fn resolve(&mut self, comps: &[Vec<u8>], create: bool) -> Result<Rc<Dir>> {
+        if comps.is_empty() {
+            return Ok(self.dir.clone());
+        }
+        if let Some(i) = self.recent.iter().position(|(k, _)| k.as_slice() == comps) {
+            let hit = self.recent.remove(i);
+            let d = hit.1.clone();
+            self.recent.insert(0, hit);
+            return Ok(d);
+        }
+        let d = Rc::new(self.lookup(comps, create)?);
+        self.recent.truncate(RECENT - 1);
+        self.recent.insert(0, (comps.to_vec(), d.clone()));
+        Ok(d)
+    }
+
+    fn lookup(&self, comps: &[Vec<u8>], create: bool) -> Result<Dir> {
+        let path = joined(comps);
+        let how = ResolveFlags::IN_ROOT | ResolveFlags::NO_MAGICLINKS;
+        match rustix::fs::openat2(&self.dir.fd, &path[..], DIR_FLAGS, Mode::empty(), how) {
+            Ok(fd) => Ok(Dir::new(fd)?),
+            Err(Errno::NOENT) if create => self.walk(comps, true),
+            // No openat2 (old kernel), a rename race, a path too long for one call:
+            // the same resolution one component at a time.
+            Err(Errno::NOSYS | Errno::AGAIN | Errno::XDEV | Errno::NAMETOOLONG | Errno::PERM) => {
+                self.walk(comps, create)
+            }
+            Err(e) => Err(resolve_err(comps, e)),
+        }
+    }
+
+    /// [`Root::lookup`] one component at a time: each is opened with `O_NOFOLLOW`
+    /// relative to the directory before it, a symlink is read and its target
+    /// walked instead (from the root when absolute), `..` goes back one directory
+    /// and never above the root.
+    fn walk(&self, comps: &[Vec<u8>], create: bool) -> Result<Dir> {
+        let mut stack: Vec<OwnedFd> = Vec::new();
+        let mut todo: Vec<Vec<u8>> = comps.iter().rev().cloned().collect();
+        let mut links = 0;
+        while let Some(c) = todo.pop() {
+            match c.as_slice() {
+                b"" | b"." => continue,
+                b".." => {
+                    stack.pop();
+                    continue;
+                }
+                _ => {}
+            }
+            let cur = stack.last().map_or(self.dir.fd.as_fd(), AsFd::as_fd);
+            let kind = match rustix::fs::statat(cur, &c[..], AtFlags::SYMLINK_NOFOLLOW) {
+                Ok(st) => Some(FileType::from_raw_mode(st.st_mode)),
+                Err(Errno::NOENT) if create => None,
+                Err(e) => return Err(resolve_err(comps, e)),
+            };
+            match kind {
+                Some(FileType::Symlink) => {
+                    links += 1;
+                    if links > 40 {
+                        return Err(resolve_err(comps, Errno::LOOP));
+                    }
+                    let t = rustix::fs::readlinkat(cur, &c[..], Vec::new())
+                        .map_err(|e| resolve_err(comps, e))?;
+                    let t = t.as_bytes();
+                    if t.starts_with(b"/") {
+                        stack.clear();
+                    }
+                    todo.extend(t.split(|&b| b == b'/').rev().map(<[u8]>::to_vec));
+                }
+                Some(FileType::Directory) | None => {
+                    if kind.is_none() {
+                        rustix::fs::mkdirat(cur, &c[..], Mode::from_raw_mode(0o755))
+                            .map_err(|e| resolve_err(comps, e))?;
+                    }
+                    let fd = rustix::fs::openat(
+                        cur,
+                        &c[..],
+                        DIR_FLAGS | OFlags::NOFOLLOW,
+                        Mode::empty(),
+                    )
+                    .map_err(|e| resolve_err(comps, e))?;
+                    stack.push(fd);
+                }
+                Some(_) => return Err(resolve_err(comps, Errno::NOTDIR)),
+            }
+        }
+        match stack.pop() {
+            Some(fd) => Ok(Dir::new(fd)?),
+            None => Ok(Dir::new(self.dir.fd.try_clone()?)?),
+        }
+    }
+}
+
+fn resolve_err(comps: &[Vec<u8>], e: Errno) -> Error {
+    let reason = match e {
+        Errno::NOTDIR => "a parent path is not a directory".to_owned(),
+        Errno::LOOP => "too many levels of symbolic links".to_owned(),
+        Errno::NOENT => "a parent directory does not exist".to_owned(),
+        e => io::Error::from(e).to_string(),
+    };
+    Error::BadEntry {
+        path: shown(comps),
+        reason,
+    }
+}
+
+fn io_at(what: &str, op: &str, e: Errno) -> Error {
+    let e = io::Error::from(e);
+    Error::Io(io::Error::new(e.kind(), format!("{op} {what}: {e}")))
+}
+
+/// A layer entry's place: the resolved parent and the last component.
+struct Place<'a> {
+    dir: &'a Dir,
+    name: &'a [u8],
+    /// The entry's name as the tar has it, for messages.
+    shown: &'a str,
+}
+
+impl Place<'_> {
+    fn err(&self, op: &str, e: Errno) -> Error {
+        io_at(&format!("{:?}", self.shown), op, e)
+    }
+
+    fn kind(&self) -> Result<Option<FileType>> {
+        match rustix::fs::statat(&self.dir.fd, self.name, AtFlags::SYMLINK_NOFOLLOW) {
+            Ok(st) => Ok(Some(FileType::from_raw_mode(st.st_mode))),
+            Err(Errno::NOENT) => Ok(None),
+            Err(e) => Err(self.err("inspecting", e)),
+        }
+    }
+
+    fn remove(&self) -> Result<()> {
+        remove_at(self.dir.fd.as_fd(), self.name).map_err(|e| self.err("removing", e))
+    }
+
+    /// `/proc/self/fd/N/NAME`: the entry without following it, for the calls that
+    /// have no `*at()` form (xattrs on symlinks, devices and directories).
+    fn proc_path(&self) -> OsString {
+        let mut p = format!("/proc/self/fd/{}/", self.dir.fd.as_raw_fd()).into_bytes();
+        p.extend_from_slice(self.name);
+        OsString::from_vec(p)
+    }
+
+    fn chown(&self, owner: Option<(u32, u32)>) -> Result<()> {
+        if let Some((u, g)) = owner {
+            rustix::fs::chownat(
+                &self.dir.fd,
+                self.name,
+                Some(rustix::fs::Uid::from_raw(u)),
+                Some(rustix::fs::Gid::from_raw(g)),
+                AtFlags::SYMLINK_NOFOLLOW,
+            )
+            .map_err(|e| self.err("changing the owner of", e))?;
+        }
+        Ok(())
+    }
+
+    fn set_xattrs(&self, xattrs: &[(String, Vec<u8>)]) -> Result<()> {
+        if xattrs.is_empty() {
+            return Ok(());
+        }
+        let p = self.proc_path();
+        for (k, v) in xattrs {
+            xattr_ok(rustix::fs::lsetxattr(
+                &p,
+                k.as_str(),
+                v,
+                rustix::fs::XattrFlags::empty(),
+            ))
+            .map_err(|e| self.err(&format!("setting xattr {k} on"), e))?;
+        }
+        Ok(())
+    }
+
+    fn set_mtime(&self, mtime: i64) -> Result<()> {
+        rustix::fs::utimensat(
+            &self.dir.fd,
+            self.name,
+            &times(mtime),
+            AtFlags::SYMLINK_NOFOLLOW,
+        )
+        .map_err(|e| self.err("setting the mtime of", e))
+    }
+}
+
+/// Ignores what a filesystem or an unprivileged user cannot hold.
+fn xattr_ok(r: rustix::io::Result<()>) -> rustix::io::Result<()> {
+    match r {
+        Err(Errno::NOTSUP | Errno::PERM) => Ok(()),
+        r => r,
+    }
+}
+
+fn times(mtime: i64) -> Timestamps {
+    let t = Timespec {
+        tv_sec: mtime,
+        tv_nsec: 0,
+    };
+    Timestamps {
+        last_access: t,
+        last_modification: t,
+    }
+}
+
+/// The owner an entry gets, if any.
+fn owner_of(h: &tar::Header, opts: &ApplyOptions) -> Option<(u32, u32)> {
+    if opts.owner.is_some() {
+        return opts.owner;
+    }
+    opts.chown.then(|| {
+        (
+            u32::try_from(h.uid().unwrap_or(0)).unwrap_or(0),
+            u32::try_from(h.gid().unwrap_or(0)).unwrap_or(0),
+        )
+    })
+}
+
+/// The entry's `SCHILY.xattr.*` PAX records, without overlayfs' own attributes
+/// (a layer must not steer the overlay mount its snapshot ends up in).
+fn xattrs_of<R: Read>(entry: &mut tar::Entry<'_, R>) -> Vec<(String, Vec<u8>)> {
+    let mut out = Vec::new();
+    if let Ok(Some(exts)) = entry.pax_extensions() {
+        for ext in exts.flatten() {
+            if let Ok(key) = ext.key() {
+                if let Some(attr) = key.strip_prefix("SCHILY.xattr.") {
+                    if !attr.starts_with("trusted.overlay.") && !attr.starts_with("user.overlay.") {
+                        out.push((attr.to_owned(), ext.value_bytes().to_vec()));
+                    }
+                }
+            }
+        }
+    }
+    out
+}
+
+/// Applies a layer to `target` (see the module docs for how it stays inside).
+#[allow(clippy::too_many_lines)]
+fn apply<R: Read>(
+    target: &Path,
+    layer: R,
+    opts: &ApplyOptions,
+    whiteouts: Whiteouts,
+) -> Result<ApplyStats> {
+    let mut root = Root::open(target)?;
     let mut stats = ApplyStats::default();
-    let mut written: HashSet<PathBuf> = HashSet::new();
-    let mut dirs: Vec<(PathBuf, u32, i64)> = Vec::new();
+    // What this layer wrote, by (parent dev, parent inode, name): an opaque marker
+    // hides only what lower layers had.
+    let mut written: HashSet<(u64, u64, Vec<u8>)> = HashSet::new();
+    let mut dirs: Vec<(Vec<Vec<u8>>, u32, i64)> = Vec::new();
     let mut archive = tar::Archive::new(layer);
     let entries = archive
         .entries()
@@ -86,23 +421,23 @@ pub fn apply_layer<R: Read>(target: &Path, layer: R, opts: &ApplyOptions) -> Res
         let name = String::from_utf8_lossy(&raw).into_owned();
         let comps = clean_name(&raw)?;
         stats.entries += 1;
+        let h = entry.header().clone();
+        let ty = h.entry_type();
+        if matches!(ty, tar::EntryType::XGlobalHeader | tar::EntryType::XHeader) {
+            continue;
+        }
         let Some((base, parents)) = comps.split_last() else {
             // The root itself: only its metadata.
-            if entry.header().entry_type().is_dir() {
-                let h = entry.header();
-                dirs.push((root.clone(), h.mode().unwrap_or(0o755), mtime(h)));
+            if ty.is_dir() {
+                dirs.push((Vec::new(), h.mode().unwrap_or(0o755), mtime(&h)));
             }
             continue;
         };
-        let parent = resolve_dir(&root, parents, true)?;
         if base.as_slice() == b".wh..wh..opq" {
             stats.whiteouts += 1;
-            for child in fs_err::read_dir(&parent)? {
-                let p = child?.path();
-                if !written.contains(&p) {
-                    remove_any(&p)?;
-                }
-            }
+            let dir = root.resolve(parents, true)?;
+            opaque(&dir, &name, whiteouts, &written)?;
+            root.forget();
             continue;
         }
         if let Some(victim) = base.strip_prefix(b".wh.") {
@@ -111,47 +446,107 @@ pub fn apply_layer<R: Read>(target: &Path, layer: R, opts: &ApplyOptions) -> Res
             {
                 continue; // reserved names (e.g. .wh..wh.plnk)
             }
-            remove_any(&parent.join(OsStr::from_bytes(victim)))?;
+            let dir = match root.resolve(parents, whiteouts == Whiteouts::Overlay) {
+                Ok(d) => d,
+                // Nothing there to remove.
+                Err(Error::BadEntry { .. }) if whiteouts == Whiteouts::Remove => continue,
+                Err(e) => return Err(e),
+            };
+            let place = Place {
+                dir: &dir,
+                name: victim,
+                shown: &name,
+            };
+            place.remove()?;
+            root.forget();
+            if whiteouts == Whiteouts::Overlay {
+                rustix::fs::mknodat(&dir.fd, victim, FileType::CharacterDevice, Mode::empty(), 0)
+                    .map_err(|e| place.err("making the whiteout", e))?;
+            }
             continue;
         }
-        let path = parent.join(OsStr::from_bytes(base));
-        let h = entry.header().clone();
-        let ty = h.entry_type();
+        let dir = root.resolve(parents, true)?;
+        let place = Place {
+            dir: &dir,
+            name: base,
+            shown: &name,
+        };
         let mode = h.mode().map_err(|e| bad(&name, &e))?;
-        let existing = fs_err::symlink_metadata(&path).ok();
+        let owner = owner_of(&h, opts);
+        let xattrs = xattrs_of(&mut entry);
+        let existing = place.kind()?;
         if ty.is_dir() {
-            if existing.as_ref().is_some_and(|m| !m.is_dir()) {
-                remove_any(&path)?;
+            if existing.is_some_and(|k| k != FileType::Directory) {
+                place.remove()?;
+                root.forget();
             }
-            if !path.is_dir()
-                || fs_err::symlink_metadata(&path).is_ok_and(|m| m.file_type().is_symlink())
-            {
-                fs_err::create_dir(&path)?;
+            if existing != Some(FileType::Directory) {
+                rustix::fs::mkdirat(&dir.fd, base, Mode::from_raw_mode(0o755))
+                    .map_err(|e| place.err("creating directory", e))?;
             }
-            finish_meta(&path, &h, &mut entry, opts, false)?;
-            dirs.push((path.clone(), mode, mtime(&h)));
-            written.insert(path);
+            place.chown(owner)?;
+            place.set_xattrs(&xattrs)?;
+            dirs.push((comps.clone(), mode, mtime(&h)));
+            written.insert((dir.dev, dir.ino, base.clone()));
             continue;
         }
         if existing.is_some() {
-            remove_any(&path)?;
+            place.remove()?;
+            root.forget();
         }
         match ty {
             tar::EntryType::Regular | tar::EntryType::Continuous | tar::EntryType::GNUSparse => {
-                let mut f = fs_err::OpenOptions::new()
-                    .write(true)
-                    .create_new(true)
-                    .open(&path)?;
-                stats.bytes += io::copy(&mut entry, &mut f)?;
-                f.set_permissions(std::fs::Permissions::from_mode(mode & 0o777))?;
+                let fd = rustix::fs::openat(
+                    &dir.fd,
+                    base.as_slice(),
+                    OFlags::WRONLY
+                        | OFlags::CREATE
+                        | OFlags::EXCL
+                        | OFlags::NOFOLLOW
+                        | OFlags::CLOEXEC,
+                    Mode::from_raw_mode(0o600),
+                )
+                .map_err(|e| place.err("creating", e))?;
+                let mut f = std::fs::File::from(fd);
+                stats.bytes += io::copy(&mut entry, &mut f).map_err(|e| {
+                    Error::Io(io::Error::new(e.kind(), format!("writing {name:?}: {e}")))
+                })?;
+                if let Some((u, g)) = owner {
+                    rustix::fs::fchown(
+                        &f,
+                        Some(rustix::fs::Uid::from_raw(u)),
+                        Some(rustix::fs::Gid::from_raw(g)),
+                    )
+                    .map_err(|e| place.err("changing the owner of", e))?;
+                }
+                for (k, v) in &xattrs {
+                    xattr_ok(rustix::fs::fsetxattr(
+                        &f,
+                        k.as_str(),
+                        v,
+                        rustix::fs::XattrFlags::empty(),
+                    ))
+                    .map_err(|e| place.err(&format!("setting xattr {k} on"), e))?;
+                }
+                // After chown, which clears set-id bits.
+                rustix::fs::fchmod(&f, Mode::from_raw_mode(mode & 0o7777))
+                    .map_err(|e| place.err("setting the mode of", e))?;
+                rustix::fs::futimens(&f, &times(mtime(&h)))
+                    .map_err(|e| place.err("setting the mtime of", e))?;
             }
             tar::EntryType::Symlink => {
                 let t = entry
                     .link_name_bytes()
                     .ok_or_else(|| bad(&name, "symlink without a target"))?
                     .into_owned();
-                std::os::unix::fs::symlink(OsStr::from_bytes(&t), &path)
-                    .map_err(|e| at(&path, e))?;
+                if t.contains(&0) {
+                    return Err(bad(&name, "NUL in the symlink target"));
+                }
+                rustix::fs::symlinkat(&t[..], &dir.fd, base.as_slice())
+                    .map_err(|e| place.err("creating symlink", e))?;
+                place.chown(owner)?;
+                place.set_xattrs(&xattrs)?;
+                place.set_mtime(mtime(&h))?;
             }
             tar::EntryType::Link => {
                 let t = entry
@@ -162,48 +557,202 @@ pub fn apply_layer<R: Read>(target: &Path, layer: R, opts: &ApplyOptions) -> Res
                 let Some((tbase, tparents)) = tc.split_last() else {
                     return Err(bad(&name, "hard link to the root"));
                 };
-                let tpath = resolve_dir(&root, tparents, false)?.join(OsStr::from_bytes(tbase));
-                let tm = fs_err::symlink_metadata(&tpath)
-                    .map_err(|_| bad(&name, "hard link target does not exist"))?;
-                if tm.is_dir() {
-                    return Err(bad(&name, "hard link to a directory"));
+                let missing = || bad(&name, "hard link target does not exist");
+                let tdir = root.resolve(tparents, false).map_err(|_| missing())?;
+                let target = Place {
+                    dir: &tdir,
+                    name: tbase,
+                    shown: &name,
+                };
+                match target.kind()? {
+                    None => return Err(missing()),
+                    Some(FileType::Directory) => {
+                        return Err(bad(&name, "hard link to a directory"));
+                    }
+                    Some(_) => {}
                 }
-                fs_err::hard_link(&tpath, &path)?;
-                written.insert(path);
-                continue;
+                // Without AT_SYMLINK_FOLLOW: a symlink is linked, never followed.
+                rustix::fs::linkat(
+                    &tdir.fd,
+                    tbase.as_slice(),
+                    &dir.fd,
+                    base.as_slice(),
+                    AtFlags::empty(),
+                )
+                .map_err(|e| place.err("hard linking", e))?;
             }
             tar::EntryType::Char | tar::EntryType::Block | tar::EntryType::Fifo => {
                 let (ft, dev) = match ty {
-                    tar::EntryType::Char => (rustix::fs::FileType::CharacterDevice, devno(&h)),
-                    tar::EntryType::Block => (rustix::fs::FileType::BlockDevice, devno(&h)),
-                    _ => (rustix::fs::FileType::Fifo, 0),
+                    tar::EntryType::Char => (FileType::CharacterDevice, devno(&h)),
+                    tar::EntryType::Block => (FileType::BlockDevice, devno(&h)),
+                    _ => (FileType::Fifo, 0),
                 };
-                let m = rustix::fs::Mode::from_bits_truncate(mode & 0o777);
-                match rustix::fs::mknodat(rustix::fs::CWD, &path, ft, m, dev) {
+                match rustix::fs::mknodat(
+                    &dir.fd,
+                    base.as_slice(),
+                    ft,
+                    Mode::from_raw_mode(mode & 0o777),
+                    dev,
+                ) {
                     Ok(()) => {}
-                    Err(e)
-                        if ft != rustix::fs::FileType::Fifo
-                            && (e == rustix::io::Errno::PERM || e == rustix::io::Errno::ACCESS) =>
-                    {
+                    Err(Errno::PERM | Errno::ACCESS) if ft != FileType::Fifo => {
                         stats.skipped_devices += 1;
                         continue;
                     }
-                    Err(e) => return Err(at(&path, e.into()).into()),
+                    Err(e) => return Err(place.err("creating node", e)),
                 }
+                // Never opened: a FIFO would block, a device would act.
+                place.chown(owner)?;
+                place.set_xattrs(&xattrs)?;
+                // The node was made just now in this directory: fchmodat's
+                // following of a last symlink cannot apply.
+                rustix::fs::chmodat(
+                    &dir.fd,
+                    base.as_slice(),
+                    Mode::from_raw_mode(mode & 0o7777),
+                    AtFlags::empty(),
+                )
+                .map_err(|e| place.err("setting the mode of", e))?;
+                place.set_mtime(mtime(&h))?;
             }
-            tar::EntryType::XGlobalHeader | tar::EntryType::XHeader => continue,
             other => return Err(bad(&name, &format!("unsupported entry type {other:?}"))),
         }
-        finish_meta(&path, &h, &mut entry, opts, ty == tar::EntryType::Symlink)?;
-        written.insert(path);
+        written.insert((dir.dev, dir.ino, base.clone()));
     }
-    // Directory modes and mtimes last, deepest first: filling a directory changes its mtime.
-    for (path, mode, mt) in dirs.into_iter().rev() {
-        fs_err::set_permissions(&path, std::fs::Permissions::from_mode(mode & 0o7777))?;
-        filetime::set_file_mtime(&path, filetime::FileTime::from_unix_time(mt, 0))
-            .map_err(|e| at(&path, e))?;
+    // Directory modes and mtimes last, deepest first: filling a directory changes
+    // its mtime. Each is found again inside the root; one that is gone or no longer
+    // a directory (a later entry replaced it) is left alone.
+    for (comps, mode, mt) in dirs.into_iter().rev() {
+        let mode = Mode::from_raw_mode(mode & 0o7777);
+        let Some((base, parents)) = comps.split_last() else {
+            rustix::fs::chmod(target, mode).map_err(|e| io_at(&root.shown, "chmod", e))?;
+            rustix::fs::utimensat(rustix::fs::CWD, target, &times(mt), AtFlags::empty())
+                .map_err(|e| io_at(&root.shown, "setting the mtime of", e))?;
+            continue;
+        };
+        let Ok(dir) = root.resolve(parents, false) else {
+            continue;
+        };
+        let shown = shown(&comps);
+        let place = Place {
+            dir: &dir,
+            name: base,
+            shown: &shown,
+        };
+        if place.kind()? != Some(FileType::Directory) {
+            continue;
+        }
+        rustix::fs::chmodat(&dir.fd, base.as_slice(), mode, AtFlags::empty())
+            .map_err(|e| place.err("setting the mode of", e))?;
+        place.set_mtime(mt)?;
     }
     Ok(stats)
+}
+
+/// An opaque marker in `dir`: removes what lower layers had there, or marks the
+/// overlay upper dir opaque.
+fn opaque(
+    dir: &Dir,
+    name: &str,
+    whiteouts: Whiteouts,
+    written: &HashSet<(u64, u64, Vec<u8>)>,
+) -> Result<()> {
+    let err = |op: &str, e: Errno| io_at(&format!("{name:?}"), op, e);
+    let fd = rustix::fs::openat(
+        &dir.fd,
+        ".",
+        OFlags::RDONLY | OFlags::DIRECTORY | OFlags::CLOEXEC,
+        Mode::empty(),
+    )
+    .map_err(|e| err("opening the directory of", e))?;
+    if whiteouts == Whiteouts::Overlay {
+        return rustix::fs::fsetxattr(
+            &fd,
+            "trusted.overlay.opaque",
+            b"y",
+            rustix::fs::XattrFlags::empty(),
+        )
+        .map_err(|e| err("marking opaque the directory of", e));
+    }
+    let mut victims = Vec::new();
+    for e in rustix::fs::Dir::read_from(&fd).map_err(|e| err("listing", e))? {
+        let e = e.map_err(|e| err("listing", e))?;
+        let n = e.file_name().to_bytes();
+        if n != b"." && n != b".." && !written.contains(&(dir.dev, dir.ino, n.to_vec())) {
+            victims.push(n.to_vec());
+        }
+    }
+    for v in victims {
+        remove_at(dir.fd.as_fd(), &v).map_err(|e| err("removing what lies under", e))?;
+    }
+    Ok(())
+}
+
+// Depth-first without recursion: each level holds its descriptor and the
+// subdirectories still to remove; other children go as they are listed.
+struct Level {
+    fd: OwnedFd,
+    name: Vec<u8>,
+    subdirs: Vec<Vec<u8>>,
+}
+fn open_level(parent: BorrowedFd<'_>, name: Vec<u8>) -> rustix::io::Result<Level> {
+    let fd = rustix::fs::openat(
+        parent,
+        &name[..],
+        OFlags::RDONLY | OFlags::DIRECTORY | OFlags::NOFOLLOW | OFlags::CLOEXEC,
+        Mode::empty(),
+    )?;
+    let mut subdirs = Vec::new();
+    let mut others = Vec::new();
+    for e in rustix::fs::Dir::read_from(&fd)? {
+        let e = e?;
+        let n = e.file_name().to_bytes();
+        if n == b"." || n == b".." {
+            continue;
+        }
+        let is_dir = match e.file_type() {
+            FileType::Directory => true,
+            FileType::Unknown => {
+                let st = rustix::fs::statat(&fd, n, AtFlags::SYMLINK_NOFOLLOW)?;
+                FileType::from_raw_mode(st.st_mode) == FileType::Directory
+            }
+            _ => false,
+        };
+        if is_dir {
+            subdirs.push(n.to_vec());
+        } else {
+            others.push(n.to_vec());
+        }
+    }
+    for n in others {
+        rustix::fs::unlinkat(&fd, &n[..], AtFlags::empty())?;
+    }
+    Ok(Level { fd, name, subdirs })
+}
+
+/// Removes `name` in `dir` (a whole tree for a directory), never following a
+/// symlink: a tree is walked by descriptors opened with `O_NOFOLLOW`.
+fn remove_at(dir: BorrowedFd<'_>, name: &[u8]) -> rustix::io::Result<()> {
+    match rustix::fs::statat(dir, name, AtFlags::SYMLINK_NOFOLLOW) {
+        Err(Errno::NOENT) => return Ok(()),
+        Err(e) => return Err(e),
+        Ok(st) if FileType::from_raw_mode(st.st_mode) != FileType::Directory => {
+            return rustix::fs::unlinkat(dir, name, AtFlags::empty());
+        }
+        Ok(_) => {}
+    }
+    let mut stack = vec![open_level(dir, name.to_vec())?];
+    while let Some(top) = stack.last_mut() {
+        if let Some(sub) = top.subdirs.pop() {
+            let next = open_level(top.fd.as_fd(), sub)?;
+            stack.push(next);
+        } else {
+            let done = stack.pop().expect("a level is on the stack");
+            let parent = stack.last().map_or(dir, |l| l.fd.as_fd());
+            rustix::fs::unlinkat(parent, &done.name[..], AtFlags::REMOVEDIR)?;
+        }
+    }
+    Ok(())
 }
 
 fn devno(h: &tar::Header) -> rustix::fs::Dev {
@@ -224,129 +773,6 @@ fn bad(name: &str, reason: &(impl std::fmt::Display + ?Sized)) -> Error {
         path: name.to_owned(),
         reason: reason.to_string(),
     }
-}
-
-#[allow(clippy::needless_pass_by_value)]
-fn at(path: &Path, e: io::Error) -> io::Error {
-    io::Error::new(e.kind(), format!("{e}: {}", path.display()))
-}
-
-/// Owner, xattrs, mode (after chown, which clears set-id bits) and mtime.
-fn finish_meta<R: Read>(
-    path: &Path,
-    h: &tar::Header,
-    entry: &mut tar::Entry<'_, R>,
-    opts: &ApplyOptions,
-    is_link: bool,
-) -> Result<()> {
-    if let Some((uid, gid)) = opts.owner {
-        std::os::unix::fs::lchown(path, Some(uid), Some(gid)).map_err(|e| at(path, e))?;
-    } else if opts.chown {
-        let uid = u32::try_from(h.uid().unwrap_or(0)).unwrap_or(0);
-        let gid = u32::try_from(h.gid().unwrap_or(0)).unwrap_or(0);
-        std::os::unix::fs::lchown(path, Some(uid), Some(gid)).map_err(|e| at(path, e))?;
-    }
-    if let Ok(Some(exts)) = entry.pax_extensions() {
-        for ext in exts.flatten() {
-            if let Ok(key) = ext.key() {
-                if let Some(attr) = key.strip_prefix("SCHILY.xattr.") {
-                    match rustix::fs::lsetxattr(
-                        path,
-                        attr,
-                        ext.value_bytes(),
-                        rustix::fs::XattrFlags::empty(),
-                    ) {
-                        Ok(()) => {}
-                        // Filesystems or users that cannot hold this namespace: skip.
-                        Err(e)
-                            if e == rustix::io::Errno::NOTSUP || e == rustix::io::Errno::PERM => {}
-                        Err(e) => return Err(at(path, e.into()).into()),
-                    }
-                }
-            }
-        }
-    }
-    let mt = filetime::FileTime::from_unix_time(mtime(h), 0);
-    if is_link {
-        filetime::set_symlink_file_times(path, mt, mt).map_err(|e| at(path, e))?;
-    } else {
-        let mode = h.mode().unwrap_or(0o644) & 0o7777;
-        if !h.entry_type().is_dir() {
-            fs_err::set_permissions(path, std::fs::Permissions::from_mode(mode))?;
-            filetime::set_file_mtime(path, mt).map_err(|e| at(path, e))?;
-        }
-    }
-    Ok(())
-}
-
-fn remove_any(p: &Path) -> Result<()> {
-    match std::fs::symlink_metadata(p) {
-        Ok(m) if m.is_dir() => fs_err::remove_dir_all(p)?,
-        Ok(_) => fs_err::remove_file(p)?,
-        Err(e) if e.kind() == io::ErrorKind::NotFound => {}
-        Err(e) => return Err(at(p, e).into()),
-    }
-    Ok(())
-}
-
-/// Resolves `comps` (a directory path) inside `root` the way a chroot would:
-/// symlinks are followed with the root as `/`, `..` stops at the root. Missing
-/// directories are created (mode 0755) when `create` is set.
-pub fn resolve_dir(root: &Path, comps: &[Vec<u8>], create: bool) -> Result<PathBuf> {
-    let mut stack: Vec<Vec<u8>> = Vec::new();
-    let mut todo: Vec<Vec<u8>> = comps.iter().rev().cloned().collect();
-    let mut links = 0;
-    while let Some(c) = todo.pop() {
-        match c.as_slice() {
-            b"" | b"." => continue,
-            b".." => {
-                stack.pop();
-                continue;
-            }
-            _ => {}
-        }
-        let mut cur = root.to_path_buf();
-        for s in &stack {
-            cur.push(OsStr::from_bytes(s));
-        }
-        let next = cur.join(OsStr::from_bytes(&c));
-        match std::fs::symlink_metadata(&next) {
-            Ok(m) if m.file_type().is_symlink() => {
-                links += 1;
-                if links > 40 {
-                    return Err(Error::BadEntry {
-                        path: next.display().to_string(),
-                        reason: "too many levels of symbolic links".into(),
-                    });
-                }
-                let t = fs_err::read_link(&next)?;
-                let tb = t.as_os_str().as_bytes();
-                if tb.starts_with(b"/") {
-                    stack.clear();
-                }
-                for part in tb.split(|&b| b == b'/').rev() {
-                    todo.push(part.to_vec());
-                }
-            }
-            Ok(m) if m.is_dir() => stack.push(c),
-            Ok(_) => {
-                return Err(Error::BadEntry {
-                    path: next.display().to_string(),
-                    reason: "a parent path is not a directory".into(),
-                });
-            }
-            Err(e) if e.kind() == io::ErrorKind::NotFound && create => {
-                fs_err::create_dir(&next)?;
-                stack.push(c);
-            }
-            Err(e) => return Err(at(&next, e).into()),
-        }
-    }
-    let mut cur = root.to_path_buf();
-    for s in &stack {
-        cur.push(OsStr::from_bytes(s));
-    }
-    Ok(cur)
 }
 
 #[cfg(test)]
@@ -675,5 +1101,264 @@ mod containment_props {
             prop_assert_eq!(outside, vec![std::ffi::OsString::from("target")]);
             prop_assert!(!Path::new("/abs").exists());
         }
+    }
+}
+
+#[cfg(test)]
+mod hostile {
+    //! Layers made to reach outside the target: each leaves the bait beside the
+    //! target untouched.
+    use super::*;
+    use std::os::unix::fs::{FileTypeExt, MetadataExt, PermissionsExt};
+    use std::path::PathBuf;
+    use std::time::Duration;
+
+    /// A tar of `(name, type, link target, mode, data)` entries.
+    fn tar_of(entries: &[(&str, tar::EntryType, &str, u32, &[u8])]) -> Vec<u8> {
+        let mut b = tar::Builder::new(Vec::new());
+        for (name, ty, link, mode, data) in entries {
+            let mut h = tar::Header::new_gnu();
+            h.set_entry_type(*ty);
+            h.set_mode(*mode);
+            h.set_mtime(1_234_567);
+            h.set_size(data.len() as u64);
+            if matches!(ty, tar::EntryType::Char | tar::EntryType::Block) {
+                h.set_device_major(1).unwrap();
+                h.set_device_minor(3).unwrap();
+            }
+            if link.is_empty() {
+                b.append_data(&mut h, name, *data).unwrap();
+            } else {
+                b.append_link(&mut h, name, link).unwrap();
+            }
+        }
+        b.into_inner().unwrap()
+    }
+
+    struct Setup {
+        _t: tempfile::TempDir,
+        target: PathBuf,
+        bait: PathBuf,
+    }
+
+    fn setup() -> Setup {
+        let t = tempfile::tempdir().unwrap();
+        let target = t.path().join("target");
+        let bait = t.path().join("bait");
+        fs_err::create_dir_all(&target).unwrap();
+        fs_err::create_dir_all(bait.join("dir")).unwrap();
+        fs_err::write(bait.join("file"), "precious").unwrap();
+        fs_err::write(bait.join("dir/inner"), "inner").unwrap();
+        fs_err::set_permissions(&bait, std::fs::Permissions::from_mode(0o750)).unwrap();
+        Setup {
+            _t: t,
+            target,
+            bait,
+        }
+    }
+
+    fn listing(p: &Path) -> Vec<String> {
+        let mut out = Vec::new();
+        let mut todo = vec![p.to_path_buf()];
+        while let Some(d) = todo.pop() {
+            let m = fs_err::symlink_metadata(&d).unwrap();
+            let data = if m.is_file() {
+                fs_err::read(&d).unwrap()
+            } else {
+                Vec::new()
+            };
+            out.push(format!(
+                "{} {:o} {} {data:?}",
+                d.display(),
+                m.mode(),
+                m.mtime()
+            ));
+            if m.is_dir() {
+                for e in fs_err::read_dir(&d).unwrap() {
+                    todo.push(e.unwrap().path());
+                }
+            }
+        }
+        out.sort();
+        out
+    }
+
+    /// Applies with a time limit: a hang (a FIFO opened) fails the test.
+    fn apply_timed(target: &Path, layer: Vec<u8>, overlay: bool) -> Result<ApplyStats> {
+        let (tx, rx) = std::sync::mpsc::channel();
+        let target = target.to_path_buf();
+        std::thread::spawn(move || {
+            let opts = ApplyOptions::default();
+            let r = if overlay {
+                apply_overlay_layer(&target, &layer[..])
+            } else {
+                apply_layer(&target, &layer[..], &opts)
+            };
+            let _ = tx.send(r);
+        });
+        rx.recv_timeout(Duration::from_secs(30))
+            .expect("applying the layer hung")
+    }
+
+    fn need_root() {
+        assert!(
+            rustix::process::geteuid().is_root(),
+            "cannot run: devices, owners and overlay whiteouts need root"
+        );
+    }
+
+    use tar::EntryType as T;
+
+    #[test]
+    fn whiteouts_through_a_symlinked_parent_act_inside() {
+        need_root();
+        for overlay in [false, true] {
+            let s = setup();
+            let link = s.bait.to_str().unwrap();
+            let before = listing(&s.bait);
+            // In one layer, and across two.
+            let one = tar_of(&[
+                ("evil", T::Symlink, link, 0o777, b""),
+                ("evil/.wh.file", T::Regular, "", 0o644, b""),
+                ("evil/.wh..wh..opq", T::Regular, "", 0o644, b""),
+                ("evil/dir/.wh.inner", T::Regular, "", 0o644, b""),
+            ]);
+            apply_timed(&s.target, one, overlay).unwrap();
+            let two = tar_of(&[("evil/.wh.dir", T::Regular, "", 0o644, b"")]);
+            apply_timed(&s.target, two, overlay).unwrap();
+            assert_eq!(listing(&s.bait), before, "overlay: {overlay}");
+            if overlay {
+                let inside = s.target.join(s.bait.strip_prefix("/").unwrap());
+                let m = fs_err::symlink_metadata(inside.join("file")).unwrap();
+                assert!(m.file_type().is_char_device() && m.rdev() == 0);
+            }
+        }
+    }
+
+    #[test]
+    fn entries_through_a_symlink_land_inside() {
+        need_root();
+        for overlay in [false, true] {
+            let s = setup();
+            let link = s.bait.to_str().unwrap();
+            let before = listing(&s.bait);
+            let l = tar_of(&[
+                ("evil", T::Symlink, link, 0o777, b""),
+                ("evil/sub", T::Directory, "", 0o777, b""),
+                ("evil/file", T::Regular, "", 0o644, b"overwritten"),
+                ("evil/dir", T::Regular, "", 0o644, b"replaced"),
+                ("rel", T::Symlink, "../../../../../../..", 0o777, b""),
+                ("rel/x", T::Regular, "", 0o644, b"x"),
+            ]);
+            apply_timed(&s.target, l, overlay).unwrap();
+            assert_eq!(listing(&s.bait), before, "overlay: {overlay}");
+            let inside = s.target.join(s.bait.strip_prefix("/").unwrap());
+            assert_eq!(fs_err::read(inside.join("file")).unwrap(), b"overwritten");
+            assert!(inside.join("sub").is_dir());
+            assert!(s.target.join("x").is_file());
+        }
+    }
+
+    #[test]
+    fn a_directory_replaced_by_a_symlink_keeps_its_mode_inside() {
+        need_root();
+        for overlay in [false, true] {
+            let s = setup();
+            let link = s.bait.to_str().unwrap();
+            let before = listing(&s.bait);
+            let l = tar_of(&[
+                ("d", T::Directory, "", 0o777, b""),
+                ("d", T::Symlink, link, 0o777, b""),
+                ("e", T::Directory, "", 0o700, b""),
+                ("e", T::Symlink, "/", 0o777, b""),
+            ]);
+            apply_timed(&s.target, l, overlay).unwrap();
+            assert_eq!(listing(&s.bait), before, "overlay: {overlay}");
+            let m = fs_err::symlink_metadata(s.target.join("d")).unwrap();
+            assert!(m.file_type().is_symlink());
+        }
+    }
+
+    #[test]
+    fn hard_links_resolve_inside_and_never_follow_a_symlink() {
+        need_root();
+        for overlay in [false, true] {
+            let s = setup();
+            let bait_file = s.bait.join("file");
+            let before = listing(&s.bait);
+            let l = tar_of(&[
+                ("l", T::Symlink, bait_file.to_str().unwrap(), 0o777, b""),
+                ("h", T::Link, "l", 0o644, b""),
+            ]);
+            apply_timed(&s.target, l, overlay).unwrap();
+            let m = fs_err::symlink_metadata(s.target.join("h")).unwrap();
+            assert!(m.file_type().is_symlink(), "the symlink itself is linked");
+            // A host path as target: resolved in the root, where it is missing.
+            let l = tar_of(&[("h2", T::Link, bait_file.to_str().unwrap(), 0o644, b"")]);
+            let e = apply_timed(&s.target, l, overlay).unwrap_err();
+            assert!(e.to_string().contains("does not exist"), "{e}");
+            assert_eq!(listing(&s.bait), before, "overlay: {overlay}");
+            assert_eq!(fs_err::metadata(&bait_file).unwrap().nlink(), 1);
+        }
+    }
+
+    #[test]
+    fn fifos_and_devices_are_made_never_opened() {
+        need_root();
+        for overlay in [false, true] {
+            let s = setup();
+            let l = tar_of(&[
+                ("fifo", T::Fifo, "", 0o644, b""),
+                ("null", T::Char, "", 0o666, b""),
+                ("blk", T::Block, "", 0o600, b""),
+                ("suid", T::Regular, "", 0o4755, b"#!"),
+                ("sgid-dir", T::Directory, "", 0o2775, b""),
+            ]);
+            let st = apply_timed(&s.target, l, overlay).unwrap();
+            let m = fs_err::symlink_metadata(s.target.join("fifo")).unwrap();
+            assert!(m.file_type().is_fifo());
+            assert_eq!((m.mode() & 0o7777, m.mtime()), (0o644, 1_234_567));
+            assert_eq!(st.skipped_devices, 0);
+            let m = fs_err::symlink_metadata(s.target.join("null")).unwrap();
+            assert!(m.file_type().is_char_device());
+            assert_eq!(m.rdev(), rustix::fs::makedev(1, 3));
+            assert_eq!((m.mode() & 0o7777, m.mtime()), (0o666, 1_234_567));
+            let m = fs_err::symlink_metadata(s.target.join("blk")).unwrap();
+            assert!(m.file_type().is_block_device());
+            let m = fs_err::symlink_metadata(s.target.join("suid")).unwrap();
+            assert_eq!(m.mode() & 0o7777, 0o4755, "set-id bits kept");
+            let m = fs_err::symlink_metadata(s.target.join("sgid-dir")).unwrap();
+            assert_eq!(m.mode() & 0o7777, 0o2775);
+            // Applying again over the FIFO replaces it without opening it.
+            let l = tar_of(&[("fifo", T::Fifo, "", 0o600, b"")]);
+            apply_timed(&s.target, l, overlay).unwrap();
+        }
+    }
+
+    #[test]
+    fn overlay_attributes_in_a_layer_are_dropped() {
+        need_root();
+        let s = setup();
+        let mut b = tar::Builder::new(Vec::new());
+        b.append_pax_extensions([
+            ("SCHILY.xattr.trusted.overlay.redirect", &b"/etc"[..]),
+            ("SCHILY.xattr.user.keep", &b"k"[..]),
+        ])
+        .unwrap();
+        let mut h = tar::Header::new_gnu();
+        h.set_entry_type(T::Directory);
+        h.set_mode(0o755);
+        h.set_size(0);
+        b.append_data(&mut h, "d", &[][..]).unwrap();
+        apply_timed(&s.target, b.into_inner().unwrap(), true).unwrap();
+        let names = crate::diff::read_xattrs(&s.target.join("d")).unwrap();
+        assert!(
+            !names.iter().any(|(k, _)| k.starts_with("trusted.overlay.")),
+            "{names:?}"
+        );
+        assert!(
+            names.contains(&("user.keep".to_owned(), b"k".to_vec())),
+            "{names:?}"
+        );
     }
 }

@@ -371,7 +371,7 @@ impl SnapshotStore {
             return Ok(id);
         }
         let active = self.prepare(parent, "layer")?;
-        if let Err(e) = unpack_overlay(&active.upper, reader) {
+        if let Err(e) = crate::apply::apply_overlay_layer(&active.upper, reader) {
             let _ = self.abort(active);
             let mut reason = e.to_string();
             let mut src = std::error::Error::source(&e);
@@ -537,105 +537,6 @@ pub fn write_atomic(path: &Path, data: &[u8]) -> io::Result<()> {
     tmp.as_file().sync_all()?;
     tmp.persist(path).map_err(|e| e.error)?;
     Ok(())
-}
-
-/// Applies an OCI layer tar into an (empty) overlay upper dir: `.wh.NAME`
-/// becomes a 0/0 character device, `.wh..wh..opq` an opaque xattr.
-fn unpack_overlay<R: Read>(upper: &Path, reader: R) -> io::Result<()> {
-    let mut archive = tar::Archive::new(reader);
-    archive.set_preserve_permissions(true);
-    archive.set_preserve_mtime(true);
-    archive.set_preserve_ownerships(rustix::process::geteuid().is_root());
-    archive.set_unpack_xattrs(true);
-    archive.set_overwrite(true);
-    let mut dir_times: Vec<(PathBuf, i64)> = Vec::new();
-    for entry in archive.entries()? {
-        let mut entry = entry?;
-        let raw = entry.path_bytes().into_owned();
-        let comps = crate::apply::clean_name(&raw)
-            .map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e.to_string()))?;
-        let Some(base) = comps.last() else {
-            // The root entry: take its mode only.
-            let mode = entry.header().mode()?;
-            fs_err::set_permissions(upper, std::fs::Permissions::from_mode(mode & 0o7777))?;
-            continue;
-        };
-        let parent_rel: PathBuf = comps[..comps.len() - 1]
-            .iter()
-            .map(|c| PathBuf::from(OsString::from_vec(c.clone())))
-            .collect();
-        if base.starts_with(b".wh.") {
-            let dir = upper.join(&parent_rel);
-            fs_err::create_dir_all(&dir)?;
-            if base == b".wh..wh..opq" {
-                rustix::fs::setxattr(
-                    &dir,
-                    "trusted.overlay.opaque",
-                    b"y",
-                    rustix::fs::XattrFlags::empty(),
-                )
-                .map_err(|e| {
-                    io::Error::new(
-                        io::Error::from(e).kind(),
-                        format!("{e} (opaque xattr on {})", dir.display()),
-                    )
-                })?;
-            } else {
-                let target = dir.join(std::ffi::OsStr::from_bytes(&base[4..]));
-                if target.symlink_metadata().is_ok() {
-                    remove_any(&target)?;
-                }
-                nix::sys::stat::mknod(
-                    &target,
-                    nix::sys::stat::SFlag::S_IFCHR,
-                    nix::sys::stat::Mode::empty(),
-                    0,
-                )
-                .map_err(|e| io::Error::other(format!("{e} (whiteout {})", target.display())))?;
-            }
-            continue;
-        }
-        fs_err::create_dir_all(upper.join(&parent_rel))?;
-        let dest = upper
-            .join(&parent_rel)
-            .join(std::ffi::OsStr::from_bytes(base));
-        if entry.header().entry_type().is_dir() {
-            if let Ok(m) = dest.symlink_metadata() {
-                if !m.is_dir() {
-                    remove_any(&dest)?;
-                }
-            }
-            #[allow(clippy::cast_possible_wrap)]
-            dir_times.push((dest.clone(), entry.header().mtime().unwrap_or(0) as i64));
-        } else if let Ok(m) = dest.symlink_metadata() {
-            if m.is_dir() {
-                remove_any(&dest)?;
-            }
-        }
-        if !entry.unpack_in(upper)? {
-            return Err(io::Error::new(
-                io::ErrorKind::InvalidData,
-                format!(
-                    "entry {:?} escapes the layer root",
-                    String::from_utf8_lossy(&raw)
-                ),
-            ));
-        }
-    }
-    for (d, t) in dir_times.iter().rev() {
-        let ft = filetime::FileTime::from_unix_time(*t, 0);
-        let _ = filetime::set_symlink_file_times(d, ft, ft);
-    }
-    Ok(())
-}
-
-fn remove_any(p: &Path) -> io::Result<()> {
-    let m = p.symlink_metadata()?;
-    if m.is_dir() {
-        remove_tree(p)
-    } else {
-        fs_err::remove_file(p)
-    }
 }
 
 fn sorted_children(dir: &Path) -> io::Result<Vec<OsString>> {
