@@ -125,7 +125,10 @@ fn cache_dir(
         }
     };
     if !dir.exists() {
-        let tmp = base.join(format!(".tmp-{name}-{}", std::process::id()));
+        // Swept when this process is dead (its owner token is in the name).
+        static N: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+        let n = N.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let tmp = base.join(format!("{}{name}-{n}", inner.snapshots.temp_prefix(".tmp")));
         let _ = std::fs::remove_dir_all(&tmp);
         match from {
             Some((input, sel)) => {
@@ -181,8 +184,8 @@ fn mounts(
                     // Writes to a read-write bind are discarded (BuildKit):
                     // bind a scratch copy.
                     let t = tempfile::Builder::new()
-                        .prefix("rwbind-")
-                        .tempdir_in(inner.snapshots.root().join("mounts"))
+                        .prefix(&inner.snapshots.temp_prefix("rwbind"))
+                        .tempdir_in(inner.snapshots.mounts_dir())
                         .map_err(err)?;
                     let copy = t.path().join("d");
                     if src.is_dir() {
@@ -306,8 +309,8 @@ fn stub_mount_dirs(
         return Ok(());
     }
     let t = tempfile::Builder::new()
-        .prefix("stub-")
-        .tempdir_in(inner.snapshots.root().join("mounts"))
+        .prefix(&inner.snapshots.temp_prefix("stub"))
+        .tempdir_in(inner.snapshots.mounts_dir())
         .map_err(err)?;
     let layout = rbuild_snapshotter::overlay::OverlayLayout {
         lower: active.lowers.clone(),
@@ -469,6 +472,14 @@ pub(super) fn run(
         };
         spec.mounts = mounts;
         spec.cancel = Some(cancel);
+        // The sandbox's mount point, under a directory swept once this
+        // process is dead (not in /tmp, where a killed build's would stay).
+        let scratch = tempfile::Builder::new()
+            .prefix(&inner.snapshots.temp_prefix("sandbox"))
+            .tempdir_in(inner.snapshots.mounts_dir())
+            .map_err(err)?;
+        spec.scratch_dir = Some(scratch.path().to_path_buf());
+        keep.temps.push(scratch);
         spec.stdout = sink(ctx.logger.clone(), Stream::Stdout, Arc::clone(&last));
         spec.stderr = sink(ctx.logger.clone(), Stream::Stderr, Arc::clone(&last));
         let rootfs = Rootfs::Overlay {
