@@ -170,3 +170,52 @@ fn aborted_and_half_made_snapshots_leave_nothing() {
     assert!(err.to_string().contains("layer"), "{err}");
     assert!(store.list().unwrap().is_empty());
 }
+
+fn is_mounted(p: &std::path::Path) -> bool {
+    rbuild_snapshotter::lease::mount_points()
+        .unwrap()
+        .iter()
+        .any(|m| m == p)
+}
+
+#[test]
+fn open_takes_down_a_dead_processs_mounts_and_leaves_a_live_ones() {
+    if !root() {
+        return;
+    }
+    let tmp = tempfile::tempdir().unwrap();
+    let state = std::fs::canonicalize(tmp.path()).unwrap();
+    let store = SnapshotStore::open(&state).unwrap();
+    // A mount point of a dead owner (its token names no live lock) and one of
+    // this process, each with a tmpfs mounted as a killed build leaves its
+    // overlay.
+    let dead = store.mounts_dir().join("rw-999999.0badf00d-Xyz123");
+    let live = store
+        .mounts_dir()
+        .join(format!("{}Abc456", store.temp_prefix("rw")));
+    for d in [&dead, &live] {
+        std::fs::create_dir(d).unwrap();
+        nix::mount::mount(
+            Some("tmpfs"),
+            d.as_path(),
+            Some("tmpfs"),
+            nix::mount::MsFlags::empty(),
+            Some("size=1m"),
+        )
+        .unwrap();
+        std::fs::write(d.join("f"), "x").unwrap();
+    }
+    let half = state.join("snapshots/tmp-999999.0badf00d-0123456789ab");
+    std::fs::create_dir_all(half.join("fs")).unwrap();
+    let _store = SnapshotStore::open(&state).unwrap();
+    let dead_gone = !is_mounted(&dead) && !dead.exists() && !half.exists();
+    let live_kept = is_mounted(&live) && live.join("f").exists();
+    for d in [&dead, &live] {
+        let _ = nix::mount::umount2(d.as_path(), nix::mount::MntFlags::MNT_DETACH);
+    }
+    assert!(
+        dead_gone,
+        "the dead owner's mount and half-made snapshot stay"
+    );
+    assert!(live_kept, "a live process's mount was taken down");
+}
