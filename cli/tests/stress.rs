@@ -310,3 +310,51 @@ fn concurrent_builds_survive_prune_rmi_save_load_and_run() {
         t0.elapsed().as_secs_f64()
     );
 }
+
+/// What a running process holds stays through `image prune -a` and `rmi`: by tag
+/// the image loses the tag only, by ID the removal is refused; once the process
+/// ended, prune removes it.
+#[test]
+fn prune_and_rmi_leave_what_a_running_process_holds() {
+    let Some(env) = common::build_env() else {
+        panic!("cannot run: running needs root and the busybox base (see above)");
+    };
+    let id = env
+        .ok(&["images", "-q", "--no-trunc", "busybox"])
+        .trim()
+        .to_owned();
+    assert!(id.starts_with("sha256:"), "{id}");
+    env.ok(&["tag", "busybox", "other:1"]);
+    let mut run = env
+        .cmd(&["run", "--rm", "busybox", "sh", "-c", "echo up; sleep 3"])
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    // Once the command runs, the image is held.
+    let mut up = String::new();
+    BufReader::new(run.stdout.take().unwrap())
+        .read_line(&mut up)
+        .unwrap();
+    assert_eq!(up, "up\n");
+    let out = env.ok(&["image", "prune", "-a", "-f"]);
+    assert!(!out.contains(&id), "prune removed a held image: {out}");
+    assert_eq!(
+        env.ok(&["images", "--format", "{{.Repository}}:{{.Tag}}"]),
+        "busybox:latest\nother:1\n",
+        "prune untagged a held image"
+    );
+    assert_eq!(env.ok(&["rmi", "other:1"]), "Untagged: other:1\n");
+    assert_eq!(env.ok(&["rmi", "busybox"]), "Untagged: busybox:latest\n");
+    assert_eq!(env.ok(&["images", "-q", "--no-trunc"]).trim(), id);
+    let err = env.fails(&["rmi", &id]);
+    assert!(
+        err.contains("being used by a running rbuild process"),
+        "{err}"
+    );
+    assert!(run.wait().unwrap().success());
+    let out = env.ok(&["image", "prune", "-a", "-f"]);
+    assert!(out.contains(&format!("deleted: {id}")), "{out}");
+    assert_eq!(env.ok(&["images", "-a", "-q"]), "");
+}
