@@ -163,7 +163,17 @@ impl Lease {
                 let _ = std::fs::remove_file(&tmp);
                 continue;
             }
-            fs_err::rename(&tmp, &lock)?;
+            match std::fs::rename(&tmp, &lock) {
+                Ok(()) => {}
+                // A sweep took the half-made lock for a dead one's: again.
+                Err(e) if e.kind() == io::ErrorKind::NotFound => continue,
+                Err(e) => {
+                    return Err(io::Error::new(
+                        e.kind(),
+                        format!("{e} (renaming {} to {})", tmp.display(), lock.display()),
+                    ));
+                }
+            }
             let lease = Self {
                 dir,
                 token,
