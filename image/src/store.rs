@@ -21,8 +21,8 @@
 //! lock, so an image is either held before a prune looks or already gone. A
 //! transaction stages every blob it refers to (even one the store has: a prune may
 //! remove it before the commit) and its commit, under the lock, checks that every
-//! layer of its images is there and holds the images it wrote for the rest of the
-//! process.
+//! layer of its images is there ([`Txn::commit_held`] also holds the images it
+//! wrote, for a caller that goes on reading them).
 
 use std::collections::{BTreeMap, BTreeSet, HashSet};
 use std::io::{self, Read, Write};
