@@ -219,3 +219,28 @@ fn open_takes_down_a_dead_processs_mounts_and_leaves_a_live_ones() {
     );
     assert!(live_kept, "a live process's mount was taken down");
 }
+
+#[test]
+fn prune_keeps_what_a_live_process_holds() {
+    if !root() {
+        return;
+    }
+    let tmp = tempfile::tempdir().unwrap();
+    let store = SnapshotStore::open(tmp.path()).unwrap();
+    let mut made = Vec::new();
+    for name in ["a", "b", "c"] {
+        let s = store.prepare(None, "file").unwrap();
+        std::fs::write(s.upper.join(name), name).unwrap();
+        made.push(store.commit(s).unwrap());
+    }
+    let child = store.prepare(Some(&made[1]), "file").unwrap();
+    let child = store.commit(child).unwrap();
+    // Held: `a` by name, `b` through its child.
+    store.hold(&made[0]).unwrap();
+    store.hold(&child).unwrap();
+    let removed = store.prune(&[]).unwrap();
+    assert_eq!(removed, vec![made[2].clone()]);
+    for id in [&made[0], &made[1], &child] {
+        assert!(store.exists(id), "{id} was pruned while held");
+    }
+}
