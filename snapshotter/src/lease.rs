@@ -94,9 +94,28 @@ fn leases_dir(root: &Path) -> PathBuf {
     root.join("leases")
 }
 
+/// Creates `dir` (its parents as usual) private to its owner when it is
+/// missing: a state root, or its `leases/`. An existing one is left as it is.
+fn create_private(dir: &Path) -> io::Result<()> {
+    use std::os::unix::fs::DirBuilderExt;
+    if dir.is_dir() {
+        return Ok(());
+    }
+    if let Some(parent) = dir.parent().filter(|p| !p.as_os_str().is_empty()) {
+        fs_err::create_dir_all(parent)?;
+    }
+    match std::fs::DirBuilder::new().mode(0o700).create(dir) {
+        Err(e) if e.kind() != io::ErrorKind::AlreadyExists => Err(io::Error::new(
+            e.kind(),
+            format!("{e} (creating {})", dir.display()),
+        )),
+        _ => Ok(()),
+    }
+}
+
 /// The key of a root in the table of this process's leases.
 fn key(root: &Path) -> io::Result<PathBuf> {
-    fs_err::create_dir_all(root)?;
+    create_private(root)?;
     fs_err::canonicalize(root)
 }
 
@@ -140,7 +159,7 @@ impl Lease {
 
     fn create(root: &Path) -> io::Result<Self> {
         let dir = leases_dir(root);
-        fs_err::create_dir_all(&dir)?;
+        create_private(&dir)?;
         loop {
             let token = format!("{}.{:08x}", std::process::id(), nonce());
             // Locked under a temporary name, then renamed: whoever sees the
@@ -595,6 +614,18 @@ mod tests {
     fn mountinfo_escapes_are_undone() {
         assert_eq!(unescape_mount_path(r"/a\040b\134c"), "/a b\\c");
         assert_eq!(unescape_mount_path("/plain"), "/plain");
+    }
+
+    #[test]
+    fn a_missing_root_is_made_private() {
+        use std::os::unix::fs::MetadataExt;
+        let t = tempfile::tempdir().unwrap();
+        let root = t.path().join("a/root");
+        let lease = Lease::current(&root).unwrap();
+        assert!(!lease.token().is_empty());
+        for d in [root.clone(), root.join("leases")] {
+            assert_eq!(fs_err::metadata(&d).unwrap().mode() & 0o777, 0o700, "{d:?}");
+        }
     }
 
     #[test]

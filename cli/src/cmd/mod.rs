@@ -34,6 +34,9 @@ pub fn state_root(given: Option<&Path>) -> PathBuf {
 /// leaves nothing mounted once the next command ran. Best effort: a root
 /// that cannot be read is reported by the command itself.
 pub fn sweep_state_root(root: &Path) {
+    if !root.is_dir() {
+        return; // nothing to sweep; the command makes it as it should be
+    }
     let dirs = [
         root.join("snapshots"),
         root.join("snapshots/mounts"),
