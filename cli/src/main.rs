@@ -39,6 +39,9 @@ enum Command {
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let root = cmd::state_root(cli.root.as_deref());
+    if !matches!(cli.command, Command::Parse(_)) {
+        cmd::sweep_state_root(&root);
+    }
     let result = match cli.command {
         Command::Build(args) => cmd::build::run(&args, &root),
         Command::Parse(args) => cmd::parse::run(&args),
@@ -46,6 +49,9 @@ fn main() -> ExitCode {
         Command::Image(c) => cmd::image::run(c, &root),
         Command::System(c) => cmd::system::run(&c, &root).map(|()| ExitCode::SUCCESS),
     };
+    // What this process held is released with it; its lease files go now
+    // rather than at the next command's sweep.
+    rbuild_snapshotter::lease::Lease::release_all();
     match result {
         Ok(code) => code,
         Err(e) => {

@@ -1,7 +1,8 @@
 //! Rendering the solver's progress events (`--progress=auto|tty|plain|json|quiet`).
 //!
 //! - `plain`: BuildKit's plain lines, `#N [stage i/n] INSTRUCTION`, `#N <output>`,
-//!   `#N CACHED`, `#N DONE 1.2s`, `#N ERROR: ...`, `#N CANCELED`; steps are
+//!   `#N CACHED`, `#N DONE 1.2s`, `#N ERROR: ...`, `#N CANCELED`, and a step's
+//!   phases (`#N exporting layers`, `#N exporting layers 0.3s done`); steps are
 //!   numbered in the order they start, a blank line separates blocks and a step's
 //!   name is repeated when its output resumes after another step's.
 //! - `tty`: an indicatif view, one line per running step with its elapsed time and
@@ -70,6 +71,8 @@ pub struct Renderer {
     current: Option<VertexId>,
     printed_any: bool,
     tty: Option<TtyView>,
+    /// When each running phase (vertex status) started.
+    phases: HashMap<(VertexId, String), std::time::Instant>,
 }
 
 struct TtyView {
@@ -94,6 +97,7 @@ impl Renderer {
             current: None,
             printed_any: false,
             tty,
+            phases: HashMap::new(),
         }
     }
 
@@ -190,6 +194,22 @@ impl Renderer {
             Event::VertexLog { line, .. } => {
                 let _ = writeln!(text, "#{n} {line}");
             }
+            Event::VertexStatus {
+                name, completed, ..
+            } => {
+                let key = (id, name.clone());
+                if *completed {
+                    let took = self
+                        .phases
+                        .remove(&key)
+                        .map(|t| format!("{} ", seconds(t.elapsed())))
+                        .unwrap_or_default();
+                    let _ = writeln!(text, "#{n} {name} {took}done");
+                } else {
+                    self.phases.insert(key, std::time::Instant::now());
+                    let _ = writeln!(text, "#{n} {name}");
+                }
+            }
             Event::VertexDone { duration, .. } => {
                 let _ = writeln!(text, "#{n} DONE {}", seconds(*duration));
             }
@@ -243,6 +263,17 @@ impl Renderer {
                         msg.push_str(l);
                     }
                     bar.set_message(msg);
+                }
+            }
+            Event::VertexStatus {
+                name, completed, ..
+            } => {
+                if let Some(bar) = t.bars.get(&id) {
+                    bar.set_message(if *completed {
+                        String::new()
+                    } else {
+                        format!(" {name}")
+                    });
                 }
             }
             Event::VertexProgress { current, total, .. } => {
@@ -385,6 +416,51 @@ mod tests {
             assert!(script().contains(&back));
         }
         insta::assert_snapshot!(text);
+    }
+
+    #[test]
+    fn phases_of_a_step_render_as_buildkit_statuses() {
+        let id = VertexId(7);
+        let events = [
+            Event::VertexStarted {
+                id,
+                name: "exporting to image".into(),
+                location: None,
+            },
+            Event::VertexStatus {
+                id,
+                name: "exporting layers".into(),
+                completed: false,
+            },
+            Event::VertexStatus {
+                id,
+                name: "exporting layers".into(),
+                completed: true,
+            },
+            Event::VertexDone {
+                id,
+                duration: Duration::from_millis(300),
+            },
+        ];
+        let buf = Buf::default();
+        let mut r = Renderer::new(ProgressMode::Plain, Box::new(buf.clone()));
+        for ev in &events {
+            r.handle(ev);
+        }
+        let text = String::from_utf8(buf.0.lock().unwrap().clone()).unwrap();
+        let lines: Vec<&str> = text.lines().collect();
+        assert_eq!(lines[..2], ["#1 exporting to image", "#1 exporting layers"]);
+        assert!(
+            lines[2].starts_with("#1 exporting layers ") && lines[2].ends_with("s done"),
+            "{text}"
+        );
+        assert_eq!(lines[3], "#1 DONE 0.3s");
+        let json = events[1].to_json();
+        assert_eq!(
+            json,
+            r#"{"event":"vertex_status","id":7,"name":"exporting layers","completed":false}"#
+        );
+        assert_eq!(serde_json::from_str::<Event>(&json).unwrap(), events[1]);
     }
 
     #[test]

@@ -73,8 +73,8 @@ enum BlobSource {
 /// Writes `items` as one archive to `out`.
 pub fn save<W: Write>(store: &Store, items: &[SaveItem], out: W, opts: &SaveOptions) -> Result<W> {
     let scratch = tempfile::Builder::new()
-        .prefix(&format!("save-{}-", std::process::id()))
-        .tempdir_in(store.root().join("tmp"))?;
+        .prefix(&store.temp_prefix("save")?)
+        .tempdir_in(store.tmp_dir())?;
     let mut blobs: BTreeMap<Digest, (BlobSource, u64)> = BTreeMap::new();
     let mut compressed: HashMap<Digest, (Digest, u64)> = HashMap::new();
     let mut index_descs = Vec::new();

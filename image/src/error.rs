@@ -30,6 +30,11 @@ pub enum Error {
     BadTar(String),
     #[error("conflict: unable to delete {id} (must be forced) - {reason}")]
     Conflict { id: String, reason: String },
+    #[error(
+        "conflict: unable to delete {0} (cannot be forced) - image is being used by a running \
+         rbuild process"
+    )]
+    InUse(String),
     #[error("state index {path} is corrupt: {reason}")]
     CorruptIndex { path: String, reason: String },
     #[error("state root {path} {reason}")]

@@ -6,17 +6,29 @@
 //! blobs/sha256/<hex>   configs (by image ID) and uncompressed layers (by diff ID)
 //! index.json           image records and tags
 //! lock                 flock(2)ed by every writer of index.json and blobs/
-//! tmp/                 staging for transactions (txn-<pid>-*), cleaned when stale
+//! tmp/                 staging for transactions (txn-<owner>-*) and other scratch,
+//!                      removed once its owner process is dead
+//! leases/              what running processes use (see rbuild_snapshotter::lease)
 //! ```
 //!
 //! Every write goes to a temporary file that is fsynced, verified against its digest
 //! and renamed into place; index.json is rewritten whole the same way while the lock
 //! is held. Readers never lock: they see either the old or the new index.
+//!
+//! Concurrency: what a running process uses is held by its lease (images by ID,
+//! blobs by digest): `image prune` and `rmi` read the live leases under the lock
+//! and keep what they name. [`Store::resolve_and_hold`] takes the hold under the
+//! lock, so an image is either held before a prune looks or already gone. A
+//! transaction stages every blob it refers to (even one the store has: a prune may
+//! remove it before the commit) and its commit, under the lock, checks that every
+//! layer of its images is there ([`Txn::commit_held`] also holds the images it
+//! wrote, for a caller that goes on reading them).
 
 use std::collections::{BTreeMap, BTreeSet, HashSet};
 use std::io::{self, Read, Write};
 use std::path::{Path, PathBuf};
 
+use rbuild_snapshotter::lease::{Hold, Lease};
 use rbuild_snapshotter::snapshots::{SnapshotId, SnapshotStore};
 use rbuild_snapshotter::{ApplyOptions, Decoder, Digest, HashingWriter};
 use serde::{Deserialize, Serialize};
@@ -420,23 +432,80 @@ impl Store {
         Ok(LockGuard { _file: f })
     }
 
+    /// Removes the scratch of dead processes from `tmp/` (their owner token in
+    /// the name; older `<kind>-<pid>-*` names by PID).
     fn clean_stale_tmp(&self) -> Result<()> {
+        rbuild_snapshotter::lease::sweep(&self.root, &[self.root.join("tmp")])?;
         for e in fs_err::read_dir(self.root.join("tmp"))? {
             let e = e?;
             let name = e.file_name().to_string_lossy().into_owned();
             let pid = name.split('-').nth(1).and_then(|p| p.parse::<u32>().ok());
             if let Some(pid) = pid {
                 if pid != std::process::id() && !Path::new(&format!("/proc/{pid}")).exists() {
-                    let p = e.path();
-                    if p.is_dir() {
-                        fs_err::remove_dir_all(&p)?;
-                    } else {
-                        fs_err::remove_file(&p)?;
-                    }
+                    rbuild_snapshotter::lease::remove_all(&e.path())?;
                 }
             }
         }
         Ok(())
+    }
+
+    /// This process's lease on the store's root.
+    pub fn lease(&self) -> Result<std::sync::Arc<Lease>> {
+        Ok(Lease::current(&self.root)?)
+    }
+
+    /// A name prefix for scratch of this process under `tmp/`
+    /// (`<kind>-<owner token>-`): removed once the process is dead.
+    pub fn temp_prefix(&self, kind: &str) -> Result<String> {
+        Ok(self.lease()?.prefix(kind))
+    }
+
+    /// Where scratch goes (`<root>/tmp`).
+    pub fn tmp_dir(&self) -> PathBuf {
+        self.root.join("tmp")
+    }
+
+    /// Resolves `name` (see [`Self::resolve`]) and holds the image in this
+    /// process's lease, under the lock: a concurrent `prune` or `rmi` then
+    /// leaves it (its record, config and layers) in place until the process
+    /// ends.
+    pub fn resolve_and_hold(&self, name: &str) -> Result<Image> {
+        let _lock = self.lock()?;
+        let id = self.resolve(name)?;
+        self.lease()?.hold(Hold::Image, &id.to_string())?;
+        self.image(&id)
+    }
+
+    /// Image IDs and blobs the live leases hold.
+    fn held(&self) -> Result<(HashSet<Digest>, HashSet<Digest>)> {
+        let h = rbuild_snapshotter::lease::live_holds(&self.root)?;
+        let parse = |s: &BTreeSet<String>| -> HashSet<Digest> {
+            s.iter().filter_map(|d| Digest::parse(d).ok()).collect()
+        };
+        Ok((parse(&h.images), parse(&h.blobs)))
+    }
+
+    /// Blobs that must stay: those of the images in the index and of held
+    /// images (configs and layers), and held blobs.
+    fn protected_blobs(
+        &self,
+        idx: &IndexFile,
+        held: &(HashSet<Digest>, HashSet<Digest>),
+    ) -> Result<HashSet<Digest>> {
+        let mut used = self.used_blobs(idx)?;
+        for id in &held.0 {
+            if used.contains(id) {
+                continue;
+            }
+            if let Ok(raw) = self.read_blob(id) {
+                used.insert(id.clone());
+                if let Ok(cfg) = ImageConfig::from_slice(&raw) {
+                    used.extend(cfg.rootfs.diff_ids);
+                }
+            }
+        }
+        used.extend(held.1.iter().cloned());
+        Ok(used)
     }
 
     fn read_index(&self) -> Result<IndexFile> {
@@ -458,7 +527,7 @@ impl Store {
         let tmp =
             self.root
                 .join("tmp")
-                .join(format!("index-{}-{}.json", std::process::id(), unique()));
+                .join(format!("{}{}.json", self.temp_prefix("index")?, unique()));
         let data = crate::json::canonical(idx)?;
         {
             let mut f = fs_err::File::create(&tmp)?;
@@ -473,7 +542,7 @@ impl Store {
     /// Starts a transaction: blobs and images staged, then committed in one step.
     pub fn begin(&self) -> Result<Txn<'_>> {
         let dir = tempfile::Builder::new()
-            .prefix(&format!("txn-{}-", std::process::id()))
+            .prefix(&self.temp_prefix("txn")?)
             .tempdir_in(self.root.join("tmp"))?;
         Ok(Txn {
             store: self,
@@ -510,7 +579,12 @@ impl Store {
         let idx = self.read_index()?;
         let mut out = Vec::new();
         for (id, rec) in &idx.images {
-            out.push(self.load_image(id, rec, &idx)?);
+            match self.load_image(id, rec, &idx) {
+                Ok(img) => out.push(img),
+                // Removed by a prune or rmi since the index was read.
+                Err(_) if !self.read_index()?.images.contains_key(id) => {}
+                Err(e) => return Err(e),
+            }
         }
         out.sort_by(|a, b| {
             b.created_unix()
@@ -676,12 +750,15 @@ impl Store {
     }
 
     /// `rmi`: removes tags and images with docker's rules; see the crate docs.
+    /// An image a running process holds is not deleted: removed by tag it
+    /// loses the tag only, by ID it is refused ([`Error::InUse`]).
     pub fn remove(&self, names: &[String], force: bool) -> Result<Vec<Result<Vec<RemoveEvent>>>> {
         let lock = self.lock()?;
+        let held = self.held()?;
         let mut results = Vec::new();
         for name in names {
             let mut idx = self.read_index()?;
-            let r = self.remove_one(&mut idx, name, force);
+            let r = self.remove_one(&mut idx, name, force, &held);
             let r = match r {
                 Ok((events, freed)) => {
                     self.write_index(&idx, &lock)?;
@@ -708,8 +785,13 @@ impl Store {
         idx: &mut IndexFile,
         name: &str,
         force: bool,
+        held: &(HashSet<Digest>, HashSet<Digest>),
     ) -> Result<(Vec<RemoveEvent>, Vec<Digest>)> {
         let (id, by_tag) = self.resolve_in(idx, name)?;
+        let in_use = held.0.contains(&id);
+        if in_use && by_tag.is_none() {
+            return Err(Error::InUse(id.hex()[..12].to_owned()));
+        }
         let tags: Vec<String> = idx
             .tags
             .iter()
@@ -721,7 +803,7 @@ impl Store {
             let key = tag.to_string();
             idx.tags.remove(&key);
             events.push(RemoveEvent::Untagged(key));
-            if tags.len() > 1 || self.children(idx, &id) > 0 {
+            if tags.len() > 1 || self.children(idx, &id) > 0 || in_use {
                 return Ok((events, Vec::new()));
             }
         } else {
@@ -746,7 +828,7 @@ impl Store {
                 events.push(RemoveEvent::Untagged(t.clone()));
             }
         }
-        let freed = self.delete_image(idx, &id, &mut events)?;
+        let freed = self.delete_image(idx, &id, &mut events, held)?;
         Ok((events, freed))
     }
 
@@ -757,6 +839,7 @@ impl Store {
         idx: &mut IndexFile,
         id: &Digest,
         events: &mut Vec<RemoveEvent>,
+        held: &(HashSet<Digest>, HashSet<Digest>),
     ) -> Result<Vec<Digest>> {
         let img = idx.images.remove(id);
         if img.is_none() {
@@ -770,7 +853,7 @@ impl Store {
         events.push(RemoveEvent::Deleted(id.clone()));
         let mut freed = vec![id.clone()];
         let cfg = ImageConfig::from_slice(&self.read_blob(id)?)?;
-        let used = self.used_blobs(idx)?;
+        let used = self.protected_blobs(idx, held)?;
         let mut seen = HashSet::new();
         for d in cfg.rootfs.diff_ids.iter().rev() {
             if !used.contains(d) && seen.insert(d.clone()) {
@@ -800,10 +883,12 @@ impl Store {
     }
 
     /// `image prune`: removes dangling images (all images with `all`: rbuild has no
-    /// containers, so none is in use) that are no other image's parent, and blobs no
-    /// image uses. Returns the events and the bytes reclaimed.
+    /// containers) that are no other image's parent and that no running process
+    /// holds (a build's base image, an image being saved), and blobs no image
+    /// uses. Returns the events and the bytes reclaimed.
     pub fn prune(&self, all: bool) -> Result<(Vec<RemoveEvent>, u64)> {
         let lock = self.lock()?;
+        let held = self.held()?;
         let mut idx = self.read_index()?;
         let mut events = Vec::new();
         loop {
@@ -811,7 +896,11 @@ impl Store {
             let victims: Vec<Digest> = idx
                 .images
                 .keys()
-                .filter(|id| (all || !tagged.contains(*id)) && self.children(&idx, id) == 0)
+                .filter(|id| {
+                    (all || !tagged.contains(*id))
+                        && self.children(&idx, id) == 0
+                        && !held.0.contains(*id)
+                })
                 .cloned()
                 .collect();
             if victims.is_empty() {
@@ -832,7 +921,7 @@ impl Store {
                 events.push(RemoveEvent::Deleted(id));
             }
         }
-        let used = self.used_blobs(&idx)?;
+        let used = self.protected_blobs(&idx, &held)?;
         idx.layers.retain(|d, _| used.contains(d));
         self.write_index(&idx, &lock)?;
         let mut reclaimed = 0;
@@ -862,13 +951,16 @@ fn unique() -> u64 {
     N.fetch_add(1, Ordering::Relaxed)
 }
 
+/// An image staged in a [`Txn`]: ID, tags, parent, diff IDs of its layers.
+type StagedImage = (Digest, Vec<Reference>, Option<Digest>, Vec<Digest>);
+
 /// A set of staged blobs and images, committed together by [`Txn::commit`]. Dropped
 /// without commit, it leaves the store exactly as it was.
 pub struct Txn<'s> {
     store: &'s Store,
     dir: tempfile::TempDir,
     blobs: Vec<(PathBuf, Digest)>,
-    images: Vec<(Digest, Vec<Reference>, Option<Digest>)>,
+    images: Vec<StagedImage>,
     layer_sizes: Vec<(Digest, u64)>,
     /// Layers kept as snapshots: the record staged, and its diff ID.
     snap_layers: Vec<(PathBuf, Digest)>,
@@ -896,7 +988,9 @@ impl Txn<'_> {
     /// and `content_size` are those of the tar
     /// [`SnapshotStore::write_upper_layer`] writes from it with `epoch`.
     /// Reading the blob writes that tar again (and checks it). The snapshot
-    /// must stay as long as the layer is in the store.
+    /// must stay as long as the layer is in the store. The record is staged
+    /// even when the store has the layer already: a prune may remove it
+    /// before the commit.
     pub fn add_snapshot_layer(
         &mut self,
         state_root: &Path,
@@ -906,7 +1000,7 @@ impl Txn<'_> {
         size: u64,
         content_size: u64,
     ) -> Result<()> {
-        if self.has_blob(&diff_id) {
+        if self.staged(&diff_id) {
             return Ok(());
         }
         let same = |a: &Path, b: &Path| match (fs_err::canonicalize(a), fs_err::canonicalize(b)) {
@@ -936,9 +1030,11 @@ impl Txn<'_> {
         self.staged(d) || self.store.has_blob(d)
     }
 
-    /// Stages a file already written inside the staging dir whose digest the caller computed.
+    /// Stages a file already written inside the staging dir whose digest the
+    /// caller computed. Kept even when the store has the blob already (a prune
+    /// may remove it before the commit); the commit moves it in only if needed.
     pub fn adopt(&mut self, path: PathBuf, digest: Digest) {
-        if !self.has_blob(&digest) {
+        if !self.staged(&digest) {
             self.blobs.push((path, digest));
         }
     }
@@ -1013,9 +1109,14 @@ impl Txn<'_> {
     }
 
     /// Stages an uncompressed layer file already inside the staging dir whose diff ID
-    /// the caller computed; the tar is checked (complete, nothing escaping).
+    /// the caller computed; the tar is checked (complete, nothing escaping) unless the
+    /// store has that layer already (then it was checked when it came in).
     pub fn adopt_layer(&mut self, path: PathBuf, diff_id: Digest) -> Result<()> {
-        if self.has_blob(&diff_id) {
+        if self.staged(&diff_id) {
+            return Ok(());
+        }
+        if self.store.has_blob(&diff_id) {
+            self.adopt(path, diff_id);
             return Ok(());
         }
         let content = check_layer(&path)?;
@@ -1071,6 +1172,7 @@ impl Txn<'_> {
             id.clone(),
             tags.into_iter().map(Reference::with_default_tag).collect(),
             parent,
+            cfg.rootfs.diff_ids,
         ));
         Ok(id)
     }
@@ -1086,8 +1188,21 @@ impl Txn<'_> {
         self.add_image(&bytes, tags, parent)
     }
 
-    /// Moves the staged blobs into the store and records the images and tags, under the lock.
+    /// Moves the staged blobs into the store and records the images and tags, under
+    /// the lock. Fails, recording nothing, when a layer of an image is not in the
+    /// store by then.
     pub fn commit(self) -> Result<CommitReport> {
+        self.commit_inner(false)
+    }
+
+    /// [`Txn::commit`], and the images are held by this process's lease from the
+    /// same moment (a concurrent prune leaves them until the process ends): for a
+    /// caller that goes on reading what it wrote.
+    pub fn commit_held(self) -> Result<CommitReport> {
+        self.commit_inner(true)
+    }
+
+    fn commit_inner(self, hold: bool) -> Result<CommitReport> {
         let lock = self.store.lock()?;
         for (path, d) in &self.blobs {
             let dest = self.store.blob_path(d);
@@ -1104,6 +1219,17 @@ impl Txn<'_> {
         if !self.snap_layers.is_empty() {
             fsync_dir(&self.store.root.join(SNAP_LAYERS))?;
         }
+        let lease = self.store.lease()?;
+        for (id, _, _, diff_ids) in &self.images {
+            for d in std::iter::once(id).chain(diff_ids) {
+                if !self.store.has_blob(d) {
+                    return Err(Error::MissingBlob(d.clone()));
+                }
+            }
+            if hold {
+                lease.hold(Hold::Image, &id.to_string())?;
+            }
+        }
         let mut idx = self.store.read_index()?;
         for (d, size) in &self.layer_sizes {
             idx.layers
@@ -1112,7 +1238,7 @@ impl Txn<'_> {
         }
         let mut report = CommitReport::default();
         let now = now_rfc3339();
-        for (id, tags, parent) in &self.images {
+        for (id, tags, parent, _) in &self.images {
             let rec = idx.images.entry(id.clone()).or_insert_with(|| ImageRecord {
                 added: now.clone(),
                 parent: parent.clone(),

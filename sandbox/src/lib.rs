@@ -220,6 +220,10 @@ pub struct ProcessSpec {
     pub terminal: bool,
     pub stdout: Output,
     pub stderr: Output,
+    /// Where to make the temporary mount point of a [`Rootfs::Overlay`]
+    /// (default: the system's temporary directory). A caller that sweeps what
+    /// a killed process left gives a directory of its own here.
+    pub scratch_dir: Option<PathBuf>,
 }
 
 impl ProcessSpec {
@@ -243,6 +247,7 @@ impl ProcessSpec {
             terminal: false,
             stdout: Output::Null,
             stderr: Output::Null,
+            scratch_dir: None,
         }
     }
 }
@@ -709,13 +714,16 @@ pub fn run(rootfs: &Rootfs, mut spec: ProcessSpec) -> Result<ExitStatus, Sandbox
     // A mount point for an overlay the sandbox mounts itself.
     let state = match rootfs {
         Rootfs::Dir(_) => None,
-        Rootfs::Overlay { .. } => Some(
-            tempfile::Builder::new()
-                .prefix("rbuild-sandbox-")
-                .permissions(std::os::unix::fs::PermissionsExt::from_mode(0o700))
-                .tempdir()
-                .map_err(SandboxError::Io)?,
-        ),
+        Rootfs::Overlay { .. } => {
+            let mut b = tempfile::Builder::new();
+            b.prefix("rbuild-sandbox-")
+                .permissions(std::os::unix::fs::PermissionsExt::from_mode(0o700));
+            let dir = match &spec.scratch_dir {
+                Some(d) => b.tempdir_in(d),
+                None => b.tempdir(),
+            };
+            Some(dir.map_err(SandboxError::Io)?)
+        }
     };
     let root_host: PathBuf = match (rootfs, &state) {
         (Rootfs::Dir(d), _) => fs_err::canonicalize(d)?,

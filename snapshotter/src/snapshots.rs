@@ -7,10 +7,13 @@
 //! from an image layer, the layer's diff ID). A chain of snapshots is mounted
 //! as one overlay (lower dirs top-most first).
 //!
-//! Atomicity: [`SnapshotStore::prepare`] works in `tmp-<id>/`, and
+//! Atomicity: [`SnapshotStore::prepare`] works in `tmp-<owner>-<id>/`, and
 //! [`SnapshotStore::commit`] renames it to `<id>/` once `meta.json` is written
-//! (itself temp + rename), so a killed build leaves only `tmp-*` directories,
-//! which [`SnapshotStore::open`] removes.
+//! (itself temp + rename), so a killed build leaves only `tmp-*` directories.
+//! Their names, like those of the mount points under `mounts/`, carry the
+//! owner token of the process that made them (see [`crate::lease`]):
+//! [`SnapshotStore::open`] unmounts and removes those of dead processes only,
+//! never those of a build running beside it.
 //!
 //! Overlay mounts need root (or a user namespace where the kernel allows
 //! overlay): builds that run steps need it; [`SnapshotStore::check_overlay`]
@@ -27,6 +30,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use serde::{Deserialize, Serialize};
 
 use crate::digest::Digest;
+use crate::lease::{Hold, Lease};
 use crate::overlay::{OverlayLayout, OverlayMount, copy_lower_stack, mount_overlay};
 use crate::tarwrite::{EntryKind, EntryMeta, TarWriter};
 
@@ -131,26 +135,27 @@ impl ReadGuard {
 pub struct SnapshotStore {
     root: PathBuf,
     counter: AtomicU64,
+    state_root: PathBuf,
+    lease: std::sync::Arc<Lease>,
 }
 
 /// Longest lowerdir option string we build before flattening a chain.
 const MAX_LOWER_CHARS: usize = 3000;
 
 impl SnapshotStore {
-    /// Opens (creating) `<state_root>/snapshots`, removing half-made snapshots.
+    /// Opens (creating) `<state_root>/snapshots`, taking down the mounts and
+    /// removing the half-made snapshots of dead processes.
     pub fn open(state_root: &Path) -> Result<Self> {
         let root = state_root.join("snapshots");
         fs_err::create_dir_all(root.join("chains"))?;
         fs_err::create_dir_all(root.join("mounts"))?;
-        for e in fs_err::read_dir(&root)? {
-            let e = e?;
-            if e.file_name().as_bytes().starts_with(b"tmp-") {
-                let _ = remove_tree(&e.path());
-            }
-        }
+        let lease = Lease::current(state_root)?;
+        crate::lease::sweep(state_root, &[root.clone(), root.join("mounts")])?;
         Ok(Self {
             root,
             counter: AtomicU64::new(0),
+            state_root: state_root.to_path_buf(),
+            lease,
         })
     }
 
@@ -158,10 +163,33 @@ impl SnapshotStore {
         &self.root
     }
 
+    /// Where temporary mount points go (`<root>/snapshots/mounts`).
+    pub fn mounts_dir(&self) -> PathBuf {
+        self.root.join("mounts")
+    }
+
+    /// A name prefix for a temporary file or directory of this process in
+    /// the store (`<kind>-<owner token>-`): swept once the process is dead.
+    pub fn temp_prefix(&self, kind: &str) -> String {
+        self.lease.prefix(kind)
+    }
+
+    /// The lease of this process on the state root.
+    pub fn lease(&self) -> &Lease {
+        &self.lease
+    }
+
+    /// Records in this process's lease that it uses snapshot `id` (a
+    /// [`SnapshotStore::prune`] elsewhere keeps its chain).
+    pub fn hold(&self, id: &SnapshotId) -> Result<()> {
+        self.lease.hold(Hold::Snapshot, id.as_str())?;
+        Ok(())
+    }
+
     /// Fails with a clear message when overlay cannot be mounted here.
     pub fn check_overlay(&self) -> Result<()> {
         let t = tempfile::Builder::new()
-            .prefix("ovl-check")
+            .prefix(&self.temp_prefix("ovl-check"))
             .tempdir_in(self.root.join("mounts"))?;
         for d in ["l1", "l2", "m"] {
             fs_err::create_dir(t.path().join(d))?;
@@ -209,7 +237,7 @@ impl SnapshotStore {
             None => Vec::new(),
         };
         let id = self.new_id();
-        let dir = self.root.join(format!("tmp-{id}"));
+        let dir = self.root.join(format!("{}{id}", self.temp_prefix("tmp")));
         fs_err::create_dir(&dir)?;
         let upper = dir.join("fs");
         let work = dir.join("work");
@@ -307,7 +335,11 @@ impl SnapshotStore {
         }
         let flat = self.dir(id).join("flat");
         if !flat.is_dir() {
-            let tmp = self.dir(id).join(format!("flat-tmp-{}", self.new_id()));
+            // What a killed flattening of this snapshot left.
+            crate::lease::sweep(&self.state_root, &[self.dir(id)])?;
+            let tmp =
+                self.dir(id)
+                    .join(format!("{}{}", self.temp_prefix("flat-tmp"), self.new_id()));
             copy_lower_stack(&lowers, &tmp)?;
             // Whiteouts of the bottom-most layer are meaningless once flattened.
             match fs_err::rename(&tmp, &flat) {
@@ -331,7 +363,7 @@ impl SnapshotStore {
             });
         }
         let t = tempfile::Builder::new()
-            .prefix("ro-")
+            .prefix(&self.temp_prefix("ro"))
             .tempdir_in(self.root.join("mounts"))?;
         let layout = OverlayLayout {
             lower: lowers,
@@ -413,8 +445,7 @@ impl SnapshotStore {
     }
 
     /// Where the upper dir of snapshot `id` of the store at `state_root` is,
-    /// without opening the store (opening removes half-made snapshots, which
-    /// a reader must not do while a build runs).
+    /// without opening the store.
     pub fn upper_at(state_root: &Path, id: &SnapshotId) -> PathBuf {
         state_root.join("snapshots").join(&id.0).join("fs")
     }
@@ -476,17 +507,26 @@ impl SnapshotStore {
         if !dir.exists() {
             return Err(SnapshotError::NotFound(id.0.clone()));
         }
-        let trash = self.root.join(format!("tmp-rm-{id}"));
+        let trash = self
+            .root
+            .join(format!("{}{id}", self.temp_prefix("tmp-rm")));
         fs_err::rename(&dir, &trash)?;
         remove_tree(&trash)?;
         Ok(())
     }
 
     /// Removes every snapshot that is not in the chain of one of `keep`
-    /// (e.g. the results the cache index still names); returns what went.
+    /// (e.g. the results the cache index still names) nor of one that a
+    /// live process holds (see [`SnapshotStore::hold`]); returns what went.
     pub fn prune(&self, keep: &[SnapshotId]) -> Result<Vec<SnapshotId>> {
+        let held = crate::lease::live_holds(&self.state_root)?;
+        let keep: Vec<SnapshotId> = keep
+            .iter()
+            .cloned()
+            .chain(held.snapshots.iter().filter_map(|s| SnapshotId::parse(s)))
+            .collect();
         let mut live = std::collections::HashSet::new();
-        for k in keep {
+        for k in &keep {
             if let Ok(chain) = self.chain(k) {
                 live.extend(chain);
             }

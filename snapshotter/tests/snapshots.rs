@@ -107,6 +107,27 @@ fn layer_whiteouts_become_overlay_whiteouts_and_back() {
     assert!(!store.exists(&s2));
 }
 
+/// Run by `aborted_and_half_made_snapshots_leave_nothing` in a process of its
+/// own: starts a snapshot in the store at `$RBUILD_TEST_SNAP_ROOT` and exits
+/// without finishing it, as a killed build would.
+#[test]
+#[ignore = "a helper process of another test"]
+fn helper_leaves_a_half_made_snapshot() {
+    let root = std::env::var_os("RBUILD_TEST_SNAP_ROOT").expect("RBUILD_TEST_SNAP_ROOT");
+    let store = SnapshotStore::open(std::path::Path::new(&root)).unwrap();
+    let a = store.prepare(None, "file").unwrap();
+    std::fs::write(a.upper.join("z"), "z").unwrap();
+    std::process::exit(0);
+}
+
+fn half_made(store: &SnapshotStore) -> Vec<String> {
+    std::fs::read_dir(store.root())
+        .unwrap()
+        .map(|e| e.unwrap().file_name().into_string().unwrap())
+        .filter(|n| n.starts_with("tmp-"))
+        .collect()
+}
+
 #[test]
 fn aborted_and_half_made_snapshots_leave_nothing() {
     if !root() {
@@ -117,16 +138,27 @@ fn aborted_and_half_made_snapshots_leave_nothing() {
     let a = store.prepare(None, "file").unwrap();
     std::fs::write(a.upper.join("x"), "x").unwrap();
     store.abort(a).unwrap();
+    // One this (live) process is still making survives another open: it
+    // may be a build running beside the one opening the store.
     let b = store.prepare(None, "file").unwrap();
     std::fs::write(b.upper.join("y"), "y").unwrap();
-    std::mem::forget(b); // as if killed
+    let store = SnapshotStore::open(tmp.path()).unwrap();
+    assert_eq!(half_made(&store).len(), 1);
+    assert!(b.upper.join("y").exists());
+    store.abort(b).unwrap();
+
+    // One a process left when it died goes at the next open.
+    let status = std::process::Command::new(std::env::current_exe().unwrap())
+        .args(["--exact", "helper_leaves_a_half_made_snapshot", "--ignored"])
+        .env("RBUILD_TEST_SNAP_ROOT", tmp.path())
+        .stdout(std::process::Stdio::null())
+        .status()
+        .unwrap();
+    assert!(status.success());
+    assert_eq!(half_made(&store).len(), 1, "the helper made one");
     let store = SnapshotStore::open(tmp.path()).unwrap();
     assert!(store.list().unwrap().is_empty());
-    let leftovers: Vec<_> = std::fs::read_dir(store.root())
-        .unwrap()
-        .map(|e| e.unwrap().file_name().into_string().unwrap())
-        .filter(|n| n.starts_with("tmp-"))
-        .collect();
+    let leftovers = half_made(&store);
     assert!(leftovers.is_empty(), "{leftovers:?}");
 
     // A bad layer is refused and leaves nothing either.
@@ -136,4 +168,78 @@ fn aborted_and_half_made_snapshots_leave_nothing() {
         .unwrap_err();
     assert!(err.to_string().contains("layer"), "{err}");
     assert!(store.list().unwrap().is_empty());
+}
+
+fn is_mounted(p: &std::path::Path) -> bool {
+    rbuild_snapshotter::lease::mount_points()
+        .unwrap()
+        .iter()
+        .any(|m| m == p)
+}
+
+#[test]
+fn open_takes_down_a_dead_processs_mounts_and_leaves_a_live_ones() {
+    if !root() {
+        return;
+    }
+    let tmp = tempfile::tempdir().unwrap();
+    let state = std::fs::canonicalize(tmp.path()).unwrap();
+    let store = SnapshotStore::open(&state).unwrap();
+    // A mount point of a dead owner (its token names no live lock) and one of
+    // this process, each with a tmpfs mounted as a killed build leaves its
+    // overlay.
+    let dead = store.mounts_dir().join("rw-999999.0badf00d-Xyz123");
+    let live = store
+        .mounts_dir()
+        .join(format!("{}Abc456", store.temp_prefix("rw")));
+    for d in [&dead, &live] {
+        std::fs::create_dir(d).unwrap();
+        nix::mount::mount(
+            Some("tmpfs"),
+            d.as_path(),
+            Some("tmpfs"),
+            nix::mount::MsFlags::empty(),
+            Some("size=1m"),
+        )
+        .unwrap();
+        std::fs::write(d.join("f"), "x").unwrap();
+    }
+    let half = state.join("snapshots/tmp-999999.0badf00d-0123456789ab");
+    std::fs::create_dir_all(half.join("fs")).unwrap();
+    let _store = SnapshotStore::open(&state).unwrap();
+    let dead_gone = !is_mounted(&dead) && !dead.exists() && !half.exists();
+    let live_kept = is_mounted(&live) && live.join("f").exists();
+    for d in [&dead, &live] {
+        let _ = nix::mount::umount2(d.as_path(), nix::mount::MntFlags::MNT_DETACH);
+    }
+    assert!(
+        dead_gone,
+        "the dead owner's mount and half-made snapshot stay"
+    );
+    assert!(live_kept, "a live process's mount was taken down");
+}
+
+#[test]
+fn prune_keeps_what_a_live_process_holds() {
+    if !root() {
+        return;
+    }
+    let tmp = tempfile::tempdir().unwrap();
+    let store = SnapshotStore::open(tmp.path()).unwrap();
+    let mut made = Vec::new();
+    for name in ["a", "b", "c"] {
+        let s = store.prepare(None, "file").unwrap();
+        std::fs::write(s.upper.join(name), name).unwrap();
+        made.push(store.commit(s).unwrap());
+    }
+    let child = store.prepare(Some(&made[1]), "file").unwrap();
+    let child = store.commit(child).unwrap();
+    // Held: `a` by name, `b` through its child.
+    store.hold(&made[0]).unwrap();
+    store.hold(&child).unwrap();
+    let removed = store.prune(&[]).unwrap();
+    assert_eq!(removed, vec![made[2].clone()]);
+    for id in [&made[0], &made[1], &child] {
+        assert!(store.exists(id), "{id} was pruned while held");
+    }
 }

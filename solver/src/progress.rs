@@ -48,6 +48,15 @@ pub enum Event {
         stream: Stream,
         line: String,
     },
+    /// A named phase of the vertex's work began (`completed: false`) or
+    /// ended (`completed: true`), as `BuildKit`'s vertex statuses: the export
+    /// reports `exporting layers`, `writing image sha256:...`, `naming to
+    /// ...`, `sending tarball`, `renaming to DEST`.
+    VertexStatus {
+        id: VertexId,
+        name: String,
+        completed: bool,
+    },
     /// Bytes transferred or processed (pulls, downloads, copies).
     VertexProgress {
         id: VertexId,
@@ -74,6 +83,7 @@ impl Event {
             Event::VertexStarted { id, .. }
             | Event::VertexCached { id, .. }
             | Event::VertexLog { id, .. }
+            | Event::VertexStatus { id, .. }
             | Event::VertexProgress { id, .. }
             | Event::VertexDone { id, .. }
             | Event::VertexFailed { id, .. }

@@ -341,10 +341,15 @@ fn prepare(args: &BuildArgs, root: &Path) -> anyhow::Result<Prepared> {
         std::io::stdin()
             .read_to_end(&mut data)
             .context("reading the context from stdin")?;
+        // Under the state root, swept by the next command if this one is killed.
+        let scratch = root.join("tmp");
+        fs_err::create_dir_all(&scratch)?;
+        let lease = rbuild_snapshotter::lease::Lease::current(root)
+            .with_context(|| format!("taking a lease on {}", root.display()))?;
         let dir = tempfile::Builder::new()
-            .prefix("rbuild-context-")
+            .prefix(&lease.prefix("context"))
             .permissions(std::os::unix::fs::PermissionsExt::from_mode(0o700))
-            .tempdir()
+            .tempdir_in(&scratch)
             .context("creating a directory for the context")?;
         if is_tar(&data) {
             unpack_context(&data, dir.path())?;

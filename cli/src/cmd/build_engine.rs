@@ -13,19 +13,23 @@ use rbuild_frontend::{
 };
 use rbuild_image::{Digest, Store};
 use rbuild_solver::ops::NetworkMode;
+use rbuild_solver::progress::Event;
 use rbuild_solver::worker::{ExportOptions, LocalWorker, WorkerOptions};
-use rbuild_solver::{CacheIndex, ExecError, ResultRef, SolveError, Solver};
+use rbuild_solver::{CacheIndex, ExecError, ResultRef, SolveError, Solver, VertexId};
 
 use super::{
     BuildFailure, Built, Entitlement, Network, OutputSpec, Renderer, Request, StepFailure,
 };
+use crate::cmd::PendingOutput;
 
-/// Base images come from the local store (no pulling).
+/// Base images come from the local store (no pulling). Each is held by this
+/// process's lease from the moment it is resolved: a concurrent `image prune`
+/// or `rmi` leaves it, its config and its layers until the build ends.
 struct StoreResolver<'a>(&'a Store);
 
 impl ImageResolver for StoreResolver<'_> {
     fn resolve(&self, reference: &str, _: &Platform) -> Result<ResolvedImage, ResolveError> {
-        let img = self.0.find(reference).map_err(|e| {
+        let img = self.0.resolve_and_hold(reference).map_err(|e| {
             ResolveError(format!(
                 "image not found in the local store ({e}); pull, load or import it first"
             ))
@@ -243,74 +247,183 @@ pub fn build(req: &Request, progress: &mut Renderer) -> Result<Built, BuildFailu
     }
     let plan = plan;
 
-    let export = |tags: Vec<rbuild_image::Reference>| -> anyhow::Result<Digest> {
-        let config = serde_json::to_vec(&plan.image).context("serialising the image config")?;
-        worker
-            .export_image(
-                &store,
-                &target,
-                &ExportOptions {
-                    config,
-                    base_image: plan
-                        .base
-                        .as_ref()
-                        .and_then(|b| b.digest.as_deref())
-                        .and_then(|d| Digest::parse(d).ok()),
-                    tags,
-                    // BuildKit exports a layer for every step that makes one, even
-                    // when its diff is empty; keeping them keeps the history and
-                    // the frontend's layer_vertices aligned.
-                    keep_empty_layers: true,
-                },
-            )
-            .map_err(|e| anyhow!("exporting the image: {e}"))
+    // The export is reported as one more vertex, after the graph's, named and
+    // phased as BuildKit reports it.
+    let export_vertex = VertexId(u32::try_from(plan.graph.len()).unwrap_or(u32::MAX));
+    let export_name = match &req.output {
+        OutputSpec::Store => "exporting to image",
+        OutputSpec::Docker(_) => "exporting to docker image format",
+        OutputSpec::Oci(_) => "exporting to oci image format",
+        OutputSpec::Tar(_) => "exporting to client tarball",
+        OutputSpec::Local(_) => "exporting to client directory",
     };
-    let id = match &req.output {
-        OutputSpec::Store => Some(export(req.tags.clone())?),
+    progress.handle(&Event::VertexStarted {
+        id: export_vertex,
+        name: export_name.to_owned(),
+        location: None,
+    });
+    let started = std::time::Instant::now();
+    let exported = export(
+        req,
+        &plan,
+        &worker,
+        &store,
+        &target,
+        &mut Phases {
+            progress,
+            id: export_vertex,
+        },
+    );
+    match &exported {
+        Ok(_) => progress.handle(&Event::VertexDone {
+            id: export_vertex,
+            duration: started.elapsed(),
+        }),
+        Err(e) => progress.handle(&Event::VertexFailed {
+            id: export_vertex,
+            error: format!("{e:#}"),
+        }),
+    }
+    Ok(Built {
+        id: exported?,
+        warnings: Vec::new(),
+    })
+}
+
+/// Reports the phases of the export vertex.
+struct Phases<'a> {
+    progress: &'a mut Renderer,
+    id: VertexId,
+}
+
+impl Phases<'_> {
+    fn status(&mut self, name: &str, completed: bool) {
+        self.progress.handle(&Event::VertexStatus {
+            id: self.id,
+            name: name.to_owned(),
+            completed,
+        });
+    }
+
+    /// Runs `f` as the phase `name`.
+    fn phase<T>(&mut self, name: &str, f: impl FnOnce() -> T) -> T {
+        self.status(name, false);
+        let r = f();
+        self.status(name, true);
+        r
+    }
+}
+
+/// Writes `dest` through a temporary file renamed into place (`sending
+/// tarball`, then `renaming to DEST`): `dest` is complete or absent.
+fn write_output(
+    req: &Request,
+    dest: &Path,
+    phases: &mut Phases<'_>,
+    write: impl FnOnce(std::io::BufWriter<std::fs::File>) -> anyhow::Result<std::fs::File>,
+) -> anyhow::Result<()> {
+    let (pending, file) = PendingOutput::create(&req.state_root, dest, "output")
+        .with_context(|| format!("writing {}", dest.display()))?;
+    phases.status("sending tarball", false);
+    let file = write(std::io::BufWriter::with_capacity(1 << 20, file))
+        .with_context(|| format!("writing {}", dest.display()))?;
+    phases.status("sending tarball", true);
+    phases.phase(&format!("renaming to {}", dest.display()), || {
+        pending
+            .persist(&file)
+            .with_context(|| format!("writing {}", dest.display()))
+    })
+}
+
+/// The export of the solved `target` to where `--output` says.
+fn export(
+    req: &Request,
+    plan: &rbuild_frontend::BuildPlan,
+    worker: &LocalWorker,
+    store: &Store,
+    target: &ResultRef,
+    phases: &mut Phases<'_>,
+) -> anyhow::Result<Option<Digest>> {
+    let export_image =
+        |tags: Vec<rbuild_image::Reference>, phases: &mut Phases<'_>| -> anyhow::Result<Digest> {
+            let config = serde_json::to_vec(&plan.image).context("serialising the image config")?;
+            worker
+                .export_image_with_status(
+                    store,
+                    target,
+                    &ExportOptions {
+                        config,
+                        base_image: plan
+                            .base
+                            .as_ref()
+                            .and_then(|b| b.digest.as_deref())
+                            .and_then(|d| Digest::parse(d).ok()),
+                        tags,
+                        // BuildKit exports a layer for every step that makes one, even
+                        // when its diff is empty; keeping them keeps the history and
+                        // the frontend's layer_vertices aligned.
+                        keep_empty_layers: true,
+                    },
+                    &mut |name, completed| phases.status(name, completed),
+                )
+                .map_err(|e| anyhow!("exporting the image: {e}"))
+        };
+    Ok(match &req.output {
+        OutputSpec::Store => Some(export_image(req.tags.clone(), phases)?),
         OutputSpec::Docker(dest) | OutputSpec::Oci(dest) => {
-            let id = export(Vec::new())?;
+            // Held by this process since its commit: a prune cannot take it
+            // away while it is written out.
+            let id = export_image(Vec::new(), phases)?;
             let image = store.image(&id).map_err(|e| anyhow!("{e}"))?;
-            let out = fs_err::File::create(dest)?;
-            rbuild_image::archive::save(
-                &store,
-                &[rbuild_image::archive::SaveItem {
-                    image,
-                    tags: req.tags.clone(),
-                }],
-                std::io::BufWriter::new(out),
-                &rbuild_image::archive::SaveOptions::default(),
-            )
-            .map_err(|e| anyhow!("writing {}: {e}", dest.display()))?;
+            write_output(req, dest, phases, |out| {
+                let out = rbuild_image::archive::save(
+                    store,
+                    &[rbuild_image::archive::SaveItem {
+                        image,
+                        tags: req.tags.clone(),
+                    }],
+                    out,
+                    &rbuild_image::archive::SaveOptions::default(),
+                )
+                .map_err(|e| anyhow!("{e}"))?;
+                Ok(out
+                    .into_inner()
+                    .map_err(std::io::IntoInnerError::into_error)?)
+            })?;
             Some(id)
         }
         OutputSpec::Local(dest) => {
             fs_err::create_dir_all(dest)?;
-            worker
-                .export_dir(&target, dest)
-                .map_err(|e| anyhow!("exporting to {}: {e}", dest.display()))?;
+            phases.phase("copying files", || {
+                worker
+                    .export_dir(target, dest)
+                    .map_err(|e| anyhow!("exporting to {}: {e}", dest.display()))
+            })?;
             None
         }
         OutputSpec::Tar(dest) => {
+            // Under the state root, swept if this process dies.
             let tmp = tempfile::Builder::new()
-                .prefix("rbuild-export-")
+                .prefix(&store.temp_prefix("export").map_err(|e| anyhow!("{e}"))?)
                 .permissions(std::os::unix::fs::PermissionsExt::from_mode(0o700))
-                .tempdir()
+                .tempdir_in(store.tmp_dir())
                 .context("creating a temporary directory")?;
-            worker
-                .export_dir(&target, tmp.path())
-                .map_err(|e| anyhow!("exporting the root filesystem: {e}"))?;
-            let out = std::io::BufWriter::new(fs_err::File::create(dest)?);
-            let mut ar = tar::Builder::new(out);
-            ar.follow_symlinks(false);
-            ar.append_dir_all(".", tmp.path())
-                .and_then(|()| ar.into_inner().map(drop))
-                .with_context(|| format!("writing {}", dest.display()))?;
+            phases.phase("copying files", || {
+                worker
+                    .export_dir(target, tmp.path())
+                    .map_err(|e| anyhow!("exporting the root filesystem: {e}"))
+            })?;
+            write_output(req, dest, phases, |out| {
+                let mut ar = tar::Builder::new(out);
+                ar.follow_symlinks(false);
+                ar.append_dir_all(".", tmp.path())?;
+                Ok(ar
+                    .into_inner()?
+                    .into_inner()
+                    .map_err(std::io::IntoInnerError::into_error)?)
+            })?;
             None
         }
-    };
-    Ok(Built {
-        id,
-        warnings: Vec::new(),
     })
 }
 

@@ -248,8 +248,9 @@ fn save(store: &Store, a: &SaveArgs) -> Result<std::process::ExitCode> {
     })?;
     let mut items: Vec<SaveItem> = Vec::new();
     for name in &a.images {
-        let id = store.resolve(name)?;
-        let img = store.image(&id)?;
+        // Held until the archive is written: a concurrent prune or rmi leaves it.
+        let img = store.resolve_and_hold(name)?;
+        let id = img.id.clone();
         // By tag: record that tag; by ID: no tag, as docker does.
         let by_tag = Reference::parse_tagged(name)
             .ok()
@@ -272,24 +273,18 @@ fn save(store: &Store, a: &SaveArgs) -> Result<std::process::ExitCode> {
         threads,
     };
     if let Some(path) = &a.output {
-        let dir = path
-            .parent()
-            .filter(|p| !p.as_os_str().is_empty())
-            .unwrap_or(Path::new("."));
-        let tmp = tempfile::Builder::new()
-            .prefix(".rbuild-save-")
-            .tempfile_in(dir)
-            .with_context(|| format!("creating a file in {}", dir.display()))?;
-        let (f, tmp_path) = tmp.into_parts();
+        // `.rbuild-save-<owner>-N` beside it, renamed into place; removed by
+        // the next command if this one is killed.
+        let (pending, f) = super::PendingOutput::create(store.root(), path, "save")
+            .with_context(|| format!("writing {}", path.display()))?;
         let w = std::io::BufWriter::with_capacity(1 << 20, f);
         let w = rbuild_image::archive::save(store, &items, w, &opts)?;
         let f = w
             .into_inner()
             .map_err(std::io::IntoInnerError::into_error)?;
-        f.sync_all()?;
-        tmp_path
-            .persist(path)
-            .map_err(|e| anyhow!("writing {}: {}", path.display(), e.error))?;
+        pending
+            .persist(&f)
+            .with_context(|| format!("writing {}", path.display()))?;
     } else {
         let out = std::io::stdout();
         if out.is_terminal() {

@@ -143,7 +143,8 @@ fn target(args: &RunArgs, root: &Path) -> anyhow::Result<Target> {
     };
     let store = rbuild_image::Store::open(root)
         .with_context(|| format!("opening the image store {}", root.display()))?;
-    let image = match store.find(name) {
+    // Held while its layers are unpacked: a concurrent prune or rmi leaves them.
+    let image = match store.resolve_and_hold(name) {
         Ok(i) => i,
         Err(rbuild_image::Error::NoSuchImage(_)) => {
             bail!("no such image: {name} (see `rbuild images`)")
@@ -187,7 +188,7 @@ fn unpacked_rootfs(
     }
     fs_err::create_dir_all(&cache)?;
     let tmp = tempfile::Builder::new()
-        .prefix(".tmp-")
+        .prefix(&store.temp_prefix(".tmp")?)
         .tempdir_in(&cache)
         .with_context(|| format!("creating a temporary directory in {}", cache.display()))?;
     fs_err::set_permissions(
@@ -228,6 +229,30 @@ fn run_cmd(args: &RunArgs, root: &Path) -> anyhow::Result<i32> {
     let cancel = CancelToken::new();
     install_signal_handlers(&cancel)?;
 
+    // Under the state root, swept by the next command if this one is killed;
+    // in the system's temporary directory when a `--rootfs` run has no usable
+    // state root (an unprivileged user pointed at root's).
+    let in_root = rbuild_image::Store::open(root).and_then(|store| {
+        Ok(tempfile::Builder::new()
+            .prefix(&store.temp_prefix("run")?)
+            .permissions(std::os::unix::fs::PermissionsExt::from_mode(0o700))
+            .tempdir_in(store.tmp_dir())?)
+    });
+    let scratch = match in_root {
+        Ok(d) => d,
+        Err(_) if args.rootfs.is_some() => tempfile::Builder::new()
+            .prefix("rbuild-run-")
+            .permissions(std::os::unix::fs::PermissionsExt::from_mode(0o700))
+            .tempdir()
+            .context("creating the container's scratch directory")?,
+        Err(e) => {
+            return Err(anyhow::Error::from(e).context(format!(
+                "creating the container's scratch directory in {}",
+                root.display()
+            )));
+        }
+    };
+    let scratch_path = scratch.path().to_path_buf();
     let spec = || {
         let mut spec = ProcessSpec::new(argv.clone());
         spec.env.clone_from(&env);
@@ -247,14 +272,10 @@ fn run_cmd(args: &RunArgs, root: &Path) -> anyhow::Result<i32> {
         spec.stderr = Output::Inherit;
         spec.terminal = args.tty;
         spec.cancel = Some(cancel.clone());
+        spec.scratch_dir = Some(scratch_path.clone());
         spec
     };
 
-    let scratch = tempfile::Builder::new()
-        .prefix("rbuild-run-")
-        .permissions(std::os::unix::fs::PermissionsExt::from_mode(0o700))
-        .tempdir()
-        .context("creating the container's scratch directory")?;
     let upper = scratch.path().join("upper");
     let work = scratch.path().join("work");
     fs_err::create_dir(&upper)?;

@@ -126,10 +126,12 @@ fn cache_dir(
     };
     if !dir.exists() {
         // Made under a name of its own (two steps of one build, or two
-        // builds, may make the same cache at once), then renamed into place
-        // unless another got there first: the first one made is the cache.
+        // builds, may make the same cache at once; the owner token in the
+        // name lets the next command sweep it when this process is dead),
+        // then renamed into place unless another got there first: the first
+        // one made is the cache.
         let tmp = tempfile::Builder::new()
-            .prefix(&format!(".tmp-{name}-"))
+            .prefix(&format!("{}{name}-", inner.snapshots.temp_prefix(".tmp")))
             .tempdir_in(&base)
             .map_err(err)?;
         let made = tmp.path().join("d");
@@ -200,8 +202,8 @@ fn mounts(
                     // Writes to a read-write bind are discarded (BuildKit):
                     // bind a scratch copy.
                     let t = tempfile::Builder::new()
-                        .prefix("rwbind-")
-                        .tempdir_in(inner.snapshots.root().join("mounts"))
+                        .prefix(&inner.snapshots.temp_prefix("rwbind"))
+                        .tempdir_in(inner.snapshots.mounts_dir())
                         .map_err(err)?;
                     let copy = t.path().join("d");
                     if src.is_dir() {
@@ -325,8 +327,8 @@ fn stub_mount_dirs(
         return Ok(());
     }
     let t = tempfile::Builder::new()
-        .prefix("stub-")
-        .tempdir_in(inner.snapshots.root().join("mounts"))
+        .prefix(&inner.snapshots.temp_prefix("stub"))
+        .tempdir_in(inner.snapshots.mounts_dir())
         .map_err(err)?;
     let layout = rbuild_snapshotter::overlay::OverlayLayout {
         lower: active.lowers.clone(),
@@ -545,6 +547,14 @@ pub(super) fn run(
         };
         spec.mounts = mounts;
         spec.cancel = Some(cancel);
+        // The sandbox's mount point, under a directory swept once this
+        // process is dead (not in /tmp, where a killed build's would stay).
+        let scratch = tempfile::Builder::new()
+            .prefix(&inner.snapshots.temp_prefix("sandbox"))
+            .tempdir_in(inner.snapshots.mounts_dir())
+            .map_err(err)?;
+        spec.scratch_dir = Some(scratch.path().to_path_buf());
+        keep.temps.push(scratch);
         spec.stdout = sink(ctx.logger.clone(), Stream::Stdout, Arc::clone(&last));
         spec.stderr = sink(ctx.logger.clone(), Stream::Stderr, Arc::clone(&last));
         let rootfs = Rootfs::Overlay {

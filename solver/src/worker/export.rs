@@ -29,6 +29,7 @@ pub(super) fn export_image(
     store: &Store,
     target: &ResultRef,
     opts: &ExportOptions,
+    status: &mut dyn FnMut(&str, bool),
 ) -> Result<Digest, ExecError> {
     let mut cfg = ImageConfig::from_slice(&opts.config)
         .map_err(|e| ExecError::msg(format!("invalid image config: {e}")))?;
@@ -42,9 +43,11 @@ pub(super) fn export_image(
     let mut reused = 0usize;
     // For every snapshot made by a step (not a base layer): did it give a layer?
     let mut steps: Vec<bool> = Vec::new();
+    status("exporting layers", false);
     for id in &chain {
         let info = inner.snapshots.info(id).map_err(err)?;
         if let Some(d) = &info.layer {
+            // A layer of a base image, which this build holds (its blobs stay).
             if store.has_blob(d) {
                 diff_ids.push(d.clone());
                 reused += 1;
@@ -63,25 +66,24 @@ pub(super) fn export_image(
         }
         // A step's layer was written by an earlier export of the same snapshot:
         // reuse its diff ID instead of diffing, tarring and hashing it again.
-        if let Some(d) = cached_layer(inner, id).filter(|d| store.has_blob(d)) {
-            diff_ids.push(d);
-            if info.layer.is_none() {
-                steps.push(true);
-            } else {
-                reused += 1;
-            }
-            continue;
-        }
-        // The layer stays the snapshot: only its diff ID is computed here
-        // (the tar is written, and checked, when the image is read).
-        let (d, size, content) = rbuild_snapshotter::snapshots::SnapshotStore::upper_layer_digest(
-            &inner.snapshots.upper(id),
-            inner.epoch,
-        )
-        .map_err(err)?;
+        // The record is staged again all the same: a prune may have removed
+        // the image that had it, or may before this commit.
+        // Otherwise the layer stays the snapshot: only its diff ID is
+        // computed here (the tar is written, and checked, when the image is
+        // read).
+        let (d, size, content) = if let Some(c) = cached_layer(inner, id) {
+            c
+        } else {
+            let c = rbuild_snapshotter::snapshots::SnapshotStore::upper_layer_digest(
+                &inner.snapshots.upper(id),
+                inner.epoch,
+            )
+            .map_err(err)?;
+            remember_layer(inner, id, &c);
+            c
+        };
         txn.add_snapshot_layer(&inner.state_root, id, inner.epoch, d.clone(), size, content)
             .map_err(err)?;
-        remember_layer(inner, id, &d);
         diff_ids.push(d);
         if info.layer.is_none() {
             steps.push(true);
@@ -89,6 +91,7 @@ pub(super) fn export_image(
             reused += 1;
         }
     }
+    status("exporting layers", true);
     fix_history(&mut cfg.history, reused, &steps);
     cfg.rootfs = RootFs {
         kind: "layers".into(),
@@ -97,7 +100,15 @@ pub(super) fn export_image(
     let id = txn
         .add_config(&cfg, opts.tags.clone(), opts.base_image.clone())
         .map_err(err)?;
-    txn.commit().map_err(err)?;
+    let writing = format!("writing image {id}");
+    status(&writing, false);
+    txn.commit_held().map_err(err)?;
+    status(&writing, true);
+    for t in &opts.tags {
+        let naming = format!("naming to {}", t.full_name());
+        status(&naming, false);
+        status(&naming, true);
+    }
     Ok(id)
 }
 
@@ -114,18 +125,24 @@ fn layer_cache_path(inner: &Inner, id: &SnapshotId) -> std::path::PathBuf {
         .join(format!("{}-{epoch}", id.as_str()))
 }
 
-fn cached_layer(inner: &Inner, id: &SnapshotId) -> Option<Digest> {
+/// The diff ID, tar size and content size of a snapshot's layer, if an
+/// earlier export remembered them.
+fn cached_layer(inner: &Inner, id: &SnapshotId) -> Option<(Digest, u64, u64)> {
     let text = fs_err::read_to_string(layer_cache_path(inner, id)).ok()?;
-    Digest::parse(text.trim()).ok()
+    let mut parts = text.split_whitespace();
+    let d = Digest::parse(parts.next()?).ok()?;
+    let size = parts.next()?.parse().ok()?;
+    let content = parts.next()?.parse().ok()?;
+    Some((d, size, content))
 }
 
 /// Best effort: a cache entry that cannot be written only costs a re-diff.
-fn remember_layer(inner: &Inner, id: &SnapshotId, d: &Digest) {
+fn remember_layer(inner: &Inner, id: &SnapshotId, (d, size, content): &(Digest, u64, u64)) {
     let path = layer_cache_path(inner, id);
     if let Some(dir) = path.parent() {
         let _ = fs_err::create_dir_all(dir);
     }
-    let _ = rbuild_snapshotter::snapshots::write_atomic(&path, d.to_string().as_bytes());
+    let _ = crate::atomic::write(&path, format!("{d} {size} {content}\n").as_bytes(), false);
 }
 
 /// Makes the non-empty history entries match the layers: the first `base`

@@ -605,6 +605,8 @@ pub(super) struct Target {
     upper: PathBuf,
     layout: Option<OverlayLayout>,
     mounts: PathBuf,
+    /// The mount point's name prefix, with this process's owner token.
+    prefix: String,
     mnt_dir: Option<tempfile::TempDir>,
     mount: Option<rbuild_snapshotter::overlay::OverlayMount>,
 }
@@ -621,7 +623,7 @@ impl Target {
         }
         if self.mnt_dir.is_none() {
             let d = tempfile::Builder::new()
-                .prefix("rw-")
+                .prefix(&self.prefix)
                 .tempdir_in(&self.mounts)
                 .map_err(err)?;
             self.mnt_dir = Some(d);
@@ -953,7 +955,8 @@ pub(super) fn run(
             upper: active.upper.clone(),
             work: active.work.clone(),
         }),
-        mounts: inner.snapshots.root().join("mounts"),
+        mounts: inner.snapshots.mounts_dir(),
+        prefix: inner.snapshots.temp_prefix("rw"),
         mnt_dir: None,
         mount: None,
     };

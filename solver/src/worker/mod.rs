@@ -169,14 +169,29 @@ impl LocalWorker {
     }
 
     /// Exports `target` as an image into `store`; see [`ExportOptions`].
-    /// Returns the image ID.
+    /// Returns the image ID. This process holds the image (a concurrent
+    /// prune leaves it) until it ends.
     pub fn export_image(
         &self,
         store: &Store,
         target: &ResultRef,
         opts: &ExportOptions,
     ) -> Result<rbuild_image::Digest, ExecError> {
-        export::export_image(&self.inner, store, target, opts)
+        export::export_image(&self.inner, store, target, opts, &mut |_, _| {})
+    }
+
+    /// [`LocalWorker::export_image`], reporting its phases as `BuildKit`
+    /// names them (`exporting layers`, `writing image sha256:...`, `naming
+    /// to ...`): `status(name, false)` when one starts, `status(name, true)`
+    /// when it is done.
+    pub fn export_image_with_status(
+        &self,
+        store: &Store,
+        target: &ResultRef,
+        opts: &ExportOptions,
+        status: &mut dyn FnMut(&str, bool),
+    ) -> Result<rbuild_image::Digest, ExecError> {
+        export::export_image(&self.inner, store, target, opts, status)
     }
 
     /// Copies the merged filesystem of `target` into `dest` (`--output
@@ -196,8 +211,11 @@ pub(crate) fn snap_ref(id: &SnapshotId) -> ResultRef {
 }
 
 impl Inner {
+    /// What a result names; a snapshot is held by this process's lease from
+    /// its first use (see `rbuild_snapshotter::lease`).
     pub(crate) fn resolve(&self, r: &ResultRef) -> Result<Res, ExecError> {
         if let Some(id) = LocalWorker::snapshot_of(r) {
+            self.snapshots.hold(&id).map_err(err)?;
             return Ok(Res::Snap(id));
         }
         if let Some(name) = r.as_str().strip_prefix("ctx:") {
@@ -304,21 +322,24 @@ impl Inner {
                 "{reference}: image not found in the local store ({e}); pull or load it first"
             ))
         };
-        let img = match self.images.find(reference) {
-            Ok(i) => i,
-            Err(e) => {
-                // `docker.io/library/x:tag` may be stored as `x:tag`.
-                let short = reference
-                    .strip_prefix("docker.io/library/")
-                    .or_else(|| reference.strip_prefix("docker.io/"));
-                match short.map(|s| self.images.find(s)) {
-                    Some(Ok(i)) => i,
-                    _ => match digest.map(|d| self.images.find(d)) {
+        // The image the plan resolved (by ID), held against a concurrent
+        // prune or rmi for the rest of the build; else the reference.
+        let by_digest = digest.and_then(|d| self.images.resolve_and_hold(d).ok());
+        let img = match by_digest {
+            Some(i) => i,
+            None => match self.images.resolve_and_hold(reference) {
+                Ok(i) => i,
+                Err(e) => {
+                    // `docker.io/library/x:tag` may be stored as `x:tag`.
+                    let short = reference
+                        .strip_prefix("docker.io/library/")
+                        .or_else(|| reference.strip_prefix("docker.io/"));
+                    match short.map(|s| self.images.resolve_and_hold(s)) {
                         Some(Ok(i)) => i,
                         _ => return Err(not_found(e)),
-                    },
+                    }
                 }
-            }
+            },
         };
         let mut parent: Option<SnapshotId> = None;
         let total = img.diff_ids().len() as u64;
