@@ -12,7 +12,7 @@ use rbuild_frontend::{
     BuildOptions, Entitlements, ImageResolver, Platform, ResolveError, ResolvedImage, build_plan,
 };
 use rbuild_image::{Digest, Store};
-use rbuild_solver::ops::NetworkMode;
+use rbuild_ops::NetworkMode;
 use rbuild_solver::worker::{ExportOptions, LocalWorker, WorkerOptions};
 use rbuild_solver::{CacheIndex, ExecError, ResultRef, SolveError, Solver};
 

@@ -9,9 +9,9 @@ use rbuild_sandbox::{CancelToken, Mount as SbMount, Output, ProcessSpec, Rootfs}
 use rbuild_snapshotter::snapshots::ReadGuard;
 
 use super::{Inner, Res, err, snap_ref};
-use crate::ops::{CacheSharing, ExecOp, MountKind, NetworkMode, SecurityMode};
+use crate::executor::{ExecContext, ExecError, ResultRef};
 use crate::progress::Stream;
-use crate::scheduler::{ExecContext, ExecError, ResultRef};
+use rbuild_ops::{CacheSharing, ExecOp, MountKind, NetworkMode, SecurityMode};
 
 const LAST_LINES: usize = 20;
 

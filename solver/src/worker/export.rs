@@ -5,7 +5,7 @@ use rbuild_image::{Digest, History, ImageConfig, Reference, RootFs, Store};
 use rbuild_snapshotter::snapshots::SnapshotId;
 
 use super::{Inner, Res, err};
-use crate::scheduler::{ExecError, ResultRef};
+use crate::executor::{ExecError, ResultRef};
 
 /// What [`super::LocalWorker::export_image`] writes.
 #[derive(Clone, Debug, Default)]

@@ -10,9 +10,10 @@ use rbuild_snapshotter::overlay::{OverlayLayout, mount_overlay};
 use rbuild_snapshotter::snapshots::ReadGuard;
 
 use super::{Inner, Res, SelectionFilter, err, reuse, snap_ref};
-use crate::context::{ContextChecksummer, PathFilter, go_match};
-use crate::ops::{Chmod, Chown, Copy, FileAction, FileOp, MergeOp, UserRef};
-use crate::scheduler::{ExecError, ResultRef};
+use crate::context::{ContextChecksummer, PathFilter};
+use crate::executor::{ExecError, ResultRef};
+use rbuild_ops::{Chmod, Chown, Copy, FileAction, FileOp, MergeOp, UserRef};
+use rbuild_patterns::go_match;
 
 fn io_msg(what: &str, p: &Path, e: impl std::fmt::Display) -> ExecError {
     ExecError::msg(format!("{what} {}: {e}", p.display()))

@@ -13,8 +13,8 @@ use rustls::pki_types::ServerName;
 use rbuild_snapshotter::{Digest, HashingWriter};
 
 use super::{Inner, err, snap_ref};
+use crate::executor::{ExecError, ResultRef};
 use crate::progress::VertexLogger;
-use crate::scheduler::{ExecError, ResultRef};
 
 struct Url {
     tls: bool,

@@ -67,12 +67,13 @@ use std::sync::{Arc, Mutex};
 use rbuild_image::Store;
 use rbuild_snapshotter::snapshots::{SnapshotId, SnapshotStore};
 
-use crate::cachekey::{Checksum, ContentChecksum};
 use crate::context::{ContextChecksummer, PathFilter};
-use crate::ops::{Op, Selection, SourceOp, Vertex};
-use crate::patterns::PatternMatcher;
+use crate::executor::ContentChecksum;
+use crate::executor::{BoxFuture, ExecContext, ExecError, Executor, ResultRef};
 use crate::progress::VertexLogger;
-use crate::scheduler::{BoxFuture, ExecContext, ExecError, Executor, ResultRef};
+use rbuild_ops::Checksum;
+use rbuild_ops::{Op, Selection, SourceOp, Vertex};
+use rbuild_patterns::PatternMatcher;
 
 pub use export::ExportOptions;
 

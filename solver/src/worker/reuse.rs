@@ -21,7 +21,7 @@ use std::path::{Path, PathBuf};
 use rbuild_snapshotter::snapshots::SnapshotId;
 
 use super::Inner;
-use crate::ops::{FileAction, FileOp};
+use rbuild_ops::{FileAction, FileOp};
 
 const MAGIC: &[u8] = b"rbuild copy manifest v1\n";
 
