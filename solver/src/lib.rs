@@ -4,7 +4,8 @@
 //! graph and cache keys are in `rbuild_ops`.
 //!
 //! The solver knows nothing of Dockerfiles and runs nothing itself: an
-//! [`Executor`] (built on the image store, snapshotter and sandbox) produces
+//! [`Executor`] (`rbuild_worker::LocalWorker`, built on the image store,
+//! snapshotter and sandbox) produces
 //! results and content checksums.
 //!
 //! # How a solve goes
@@ -30,7 +31,7 @@
 //!
 //! - `SourceOp::Context`: return a reference to the context directory (cheap;
 //!   it runs every solve). Its `content_checksum` uses a
-//!   [`context::ContextChecksummer`] for that directory (one per context per
+//!   context checksummer (`rbuild_worker::context`) for that directory (one per context per
 //!   build, with the state dir so hashes persist), with a filter that applies
 //!   `.dockerignore` and the selection's include/exclude patterns.
 //! - Inputs that are snapshots: checksum their directory the same way (no state
@@ -45,11 +46,9 @@
 
 mod atomic;
 pub mod cacheindex;
-pub mod context;
 pub mod executor;
 pub mod progress;
 pub mod scheduler;
-pub mod worker;
 
 pub use cacheindex::{CacheIndex, CacheIndexError, CacheRecord};
 pub use executor::{BoxFuture, ContentChecksum, ExecContext, ExecError, Executor, ResultRef};

@@ -18,8 +18,8 @@ use rbuild_ops::{
     CacheSharing, Chmod, Chown, Copy, ExecOp, FileAction, FileOp, Mount, MountKind, SourceOp,
     UserRef,
 };
-use rbuild_solver::worker::{ExportOptions, LocalWorker, WorkerOptions};
 use rbuild_solver::{CacheIndex, Event, ExecError, SolveError, Solver, progress};
+use rbuild_worker::{ExportOptions, LocalWorker, WorkerOptions};
 
 struct Env {
     _tmp: tempfile::TempDir,
@@ -343,7 +343,7 @@ async fn copy_from_context_globs_contents_dest_dirs_chown_chmod() {
         std::fs::Permissions::from_mode(0o751),
     )
     .unwrap();
-    let ignore: rbuild_solver::worker::IgnoreFilter =
+    let ignore: rbuild_worker::IgnoreFilter =
         Arc::new(|rel: &Path, _dir: bool| rel == Path::new("secret.txt"));
     let w = env.worker_with(WorkerOptions {
         ignore: Some(ignore),

@@ -8,11 +8,11 @@ use std::time::{Duration, SystemTime};
 use rbuild_ops::Checksum;
 use rbuild_ops::{BuildGraph, Op, Vertex, VertexId};
 use rbuild_ops::{Copy, ExecOp, FileAction, FileOp, Selection, SourceOp};
-use rbuild_solver::context::{ContextChecksummer, NoFilter};
 use rbuild_solver::progress;
 use rbuild_solver::{
     BoxFuture, CacheIndex, ContentChecksum, ExecContext, ExecError, Executor, ResultRef, Solver,
 };
+use rbuild_worker::context::{ContextChecksummer, NoFilter};
 
 struct DirExecutor {
     context_dir: PathBuf,

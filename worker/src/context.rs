@@ -22,8 +22,7 @@ use std::time::{SystemTime, UNIX_EPOCH};
 use rayon::prelude::*;
 use rbuild_patterns::{BadPattern, go_match};
 
-use rbuild_ops::Checksum;
-use rbuild_ops::Selection;
+use rbuild_ops::{Checksum, Selection};
 
 /// Errors computing a checksum.
 #[derive(Debug, thiserror::Error)]

@@ -4,7 +4,7 @@
 use std::time::Instant;
 
 use rbuild_ops::Selection;
-use rbuild_solver::context::{ContextChecksummer, NoFilter};
+use rbuild_worker::context::{ContextChecksummer, NoFilter};
 
 fn main() {
     let mut args = std::env::args().skip(1);
