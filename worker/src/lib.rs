@@ -13,7 +13,7 @@
 //!   `file::reuse` for incremental copies); `export`: results as images;
 //!   `checksum`: content checksums for cache keys;
 //! - `fsutil` (paths inside a root), `filter` (`.dockerignore` plus a copy's
-//!   patterns), `state` (the shared [`Inner`] state and what a result names);
+//!   patterns), `state` (the shared `Inner` state and what a result names);
 //! - [`context`] (the context checksummer), `atomic` (atomic file writes).
 //!
 //! Results ([`ResultRef`]) are `snap:<snapshot id>` for everything that has a
