@@ -18,8 +18,8 @@ use std::fmt::Write as _;
 use std::io::Write;
 use std::time::Duration;
 
-use rbuild_solver::VertexId;
-use rbuild_solver::ops::SourceLocation;
+use rbuild_ops::SourceLocation;
+use rbuild_ops::VertexId;
 use rbuild_solver::progress::Event;
 
 /// Lines of output kept per step for error reports.

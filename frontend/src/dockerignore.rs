@@ -1,7 +1,7 @@
 //! `.dockerignore` files: moby's `ignorefile.ReadAll` and the choice of the file.
 //! The pattern matcher behind them (a port of moby/patternmatcher, which `docker
 //! build` and `BuildKit` use to decide which context paths exist for a build) lives in
-//! [`rbuild_solver::patterns`], which the copy executor shares, and is re-exported here.
+//! [`rbuild_patterns`], which the copy executor shares, and is re-exported here.
 //!
 //! A pattern excludes the paths it matches and everything below them; a pattern
 //! starting with `!` re-includes, and the last pattern that matches a path decides.
@@ -10,7 +10,7 @@
 
 use std::path::{Path, PathBuf};
 
-pub use rbuild_solver::patterns::{MatchInfo, Pattern, PatternError, PatternMatcher, clean};
+pub use rbuild_patterns::{MatchInfo, Pattern, PatternError, PatternMatcher, clean};
 
 /// What can go wrong with a `.dockerignore` (a bad pattern is a [`PatternError`],
 /// when the patterns are compiled).

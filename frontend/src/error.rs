@@ -1,8 +1,8 @@
 //! The frontend's error type: every variant names the Dockerfile and, where
 //! there is one, the line.
 
+use rbuild_ops::GraphError;
 use rbuild_parser::{ParseError, Span};
-use rbuild_solver::GraphError;
 
 /// Why a Dockerfile cannot be turned into a build plan.
 #[derive(Debug, PartialEq, Eq, thiserror::Error)]

@@ -23,7 +23,7 @@
 //! - COPY/ADD heredocs are `Mkfile`s in an empty tree, copied like any source.
 //! - `COPY --link`/`ADD --link` are planned as `BuildKit` plans them: a copy onto
 //!   an empty tree, then a `MergeOp` of the stage and that tree (one new layer).
-//! - `--chown` names stay names ([`rbuild_solver::ops::UserRef::Name`]): the worker
+//! - `--chown` names stay names ([`rbuild_ops::UserRef::Name`]): the worker
 //!   resolves them against the destination's `/etc/passwd` and `/etc/group`. So
 //!   does the `USER` owner of a WORKDIR `mkdir`.
 //! - `ADD` of git sources is refused; `ADD` of `http(s)://` URLs is an

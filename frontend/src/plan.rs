@@ -11,13 +11,13 @@ use std::cell::Cell;
 use std::collections::{BTreeMap, BTreeSet};
 use std::fmt::Write as _;
 
-use rbuild_parser::shell::{Lexer, ShellError, ShellErrorKind, human_size_exact};
-use rbuild_parser::{Command, Dockerfile, Heredoc, Instruction, InstructionKind, Mount, Span};
-use rbuild_solver::ops::{
+use rbuild_ops::{BuildGraph, Op, Vertex, VertexId};
+use rbuild_ops::{
     CacheSharing, Copy, Description, ExecOp, FileAction, FileOp, MergeOp, Mkdir, Mkfile,
     Mount as OpMount, MountKind, NetworkMode, SecurityMode, SourceLocation, SourceOp,
 };
-use rbuild_solver::{BuildGraph, Op, Vertex, VertexId};
+use rbuild_parser::shell::{Lexer, ShellError, ShellErrorKind, human_size_exact};
+use rbuild_parser::{Command, Dockerfile, Heredoc, Instruction, InstructionKind, Mount, Span};
 
 use crate::error::{FrontendError, ResolveError};
 use crate::image::{Empty, Healthcheck, History, ImageConfig, Platform};

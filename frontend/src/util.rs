@@ -4,7 +4,7 @@
 
 use std::fmt::Write as _;
 
-use rbuild_solver::ops::{Chmod, Chown, UserRef};
+use rbuild_ops::{Chmod, Chown, UserRef};
 
 /// Go's `strconv.Quote`.
 pub(crate) fn go_quote(s: &str) -> String {

@@ -7,11 +7,11 @@ use std::fmt::Write as _;
 
 use common::{FakeResolver, busybox_config, opts, plan, plan_with, try_plan};
 use rbuild_frontend::{BuildPlan, Entitlements, FrontendError, plan_source};
-use rbuild_solver::ops::{
+use rbuild_ops::{
     CacheSharing, Chmod, Chown, ExecOp, FileAction, FileOp, MountKind, NetworkMode, SecurityMode,
     SourceOp, UserRef,
 };
-use rbuild_solver::{Op, Vertex, VertexId};
+use rbuild_ops::{Op, Vertex, VertexId};
 
 fn vertices(p: &BuildPlan) -> Vec<(VertexId, Vertex)> {
     p.graph

@@ -3,7 +3,8 @@
 
 use std::time::Instant;
 
-use rbuild_solver::{CacheIndex, CacheKey, CacheRecord, ResultRef};
+use rbuild_ops::CacheKey;
+use rbuild_solver::{CacheIndex, CacheRecord, ResultRef};
 
 fn main() {
     let mut args = std::env::args().skip(1);

@@ -13,8 +13,9 @@ use std::time::{SystemTime, UNIX_EPOCH};
 use nix::fcntl::{Flock, FlockArg};
 use serde::{Deserialize, Serialize};
 
-use crate::cachekey::CacheKey;
-use crate::scheduler::ResultRef;
+use rbuild_ops::CacheKey;
+
+use crate::executor::ResultRef;
 
 /// Errors reading or writing the cache index.
 #[derive(Debug, thiserror::Error)]

@@ -1,25 +1,26 @@
-//! rbuild's solver: the op vocabulary ([`ops`]), the build graph ([`graph`]),
-//! cache keys ([`cachekey`]), context checksums ([`context`]), the parallel
-//! scheduler ([`scheduler`]), the persistent cache index ([`cacheindex`]) and
-//! progress events ([`progress`]).
+//! rbuild's solver: the parallel scheduler ([`scheduler`]), the persistent
+//! cache index ([`cacheindex`]), progress events ([`progress`]) and the
+//! contract with whoever runs ops ([`executor`]). The op vocabulary, the build
+//! graph and cache keys are in `rbuild_ops`.
 //!
 //! The solver knows nothing of Dockerfiles and runs nothing itself: an
-//! [`Executor`] (built on the image store, snapshotter and sandbox) produces
+//! [`Executor`] (`rbuild_worker::LocalWorker`, built on the image store,
+//! snapshotter and sandbox) produces
 //! results and content checksums.
 //!
 //! # How a solve goes
 //!
-//! The frontend builds a [`BuildGraph`] with [`BuildGraph::add`] (inputs
+//! The frontend builds a `rbuild_ops::BuildGraph` with `BuildGraph::add` (inputs
 //! first; identical vertices are merged) and hands the targets to
 //! [`Solver::solve`]. For each needed vertex, once its inputs are solved:
 //!
 //! 1. its inputs' key contributions are gathered: for every input the op reads
-//!    by content ([`ops::Op::content_selections`]: COPY sources, read-only bind
+//!    by content (`Op::content_selections`: COPY sources, read-only bind
 //!    mounts) the executor's [`ContentChecksum::content_checksum`] hook is
 //!    asked for a checksum of exactly the selected paths, which replaces the
 //!    input's key; other inputs contribute their key;
-//! 2. the key is [`cachekey::cache_key`] of the op and those contributions;
-//! 3. unless the op is volatile ([`ops::Op::is_volatile`]: the build context,
+//! 2. the key is `rbuild_ops::cache_key` of the op and those contributions;
+//! 3. unless the op is volatile (`Op::is_volatile`: the build context,
 //!    an HTTP source without checksum), `--no-cache` is on, or the vertex has
 //!    `ignore_cache`, the [`CacheIndex`] is asked; a hit whose result still
 //!    exists ([`Executor::result_exists`]) is reused (event `VertexCached`);
@@ -30,7 +31,7 @@
 //!
 //! - `SourceOp::Context`: return a reference to the context directory (cheap;
 //!   it runs every solve). Its `content_checksum` uses a
-//!   [`context::ContextChecksummer`] for that directory (one per context per
+//!   context checksummer (`rbuild_worker::context`) for that directory (one per context per
 //!   build, with the state dir so hashes persist), with a filter that applies
 //!   `.dockerignore` and the selection's include/exclude patterns.
 //! - Inputs that are snapshots: checksum their directory the same way (no state
@@ -45,20 +46,11 @@
 
 mod atomic;
 pub mod cacheindex;
-pub mod cachekey;
-pub mod context;
-pub mod graph;
-pub mod ops;
-pub mod patterns;
+pub mod executor;
 pub mod progress;
 pub mod scheduler;
-pub mod worker;
 
 pub use cacheindex::{CacheIndex, CacheIndexError, CacheRecord};
-pub use cachekey::{CacheKey, Checksum, ContentChecksum, InputKey};
-pub use graph::{BuildGraph, GraphError, VertexId};
-pub use ops::{Op, Vertex};
+pub use executor::{BoxFuture, ContentChecksum, ExecContext, ExecError, Executor, ResultRef};
 pub use progress::{Event, EventReceiver, EventSender};
-pub use scheduler::{
-    BoxFuture, ExecContext, ExecError, Executor, Outputs, ResultRef, SolveError, Solved, Solver,
-};
+pub use scheduler::{Outputs, SolveError, Solved, Solver};

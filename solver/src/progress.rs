@@ -7,8 +7,7 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
-use crate::graph::VertexId;
-use crate::ops::SourceLocation;
+use rbuild_ops::{SourceLocation, VertexId};
 
 /// The sending half the solver writes events to.
 pub type EventSender = tokio::sync::mpsc::UnboundedSender<Event>;

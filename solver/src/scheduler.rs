@@ -3,100 +3,20 @@
 //! the cache index when its key is known, executed otherwise.
 
 use std::collections::HashMap;
-use std::fmt;
-use std::future::Future;
-use std::pin::Pin;
 use std::sync::Arc;
 use std::time::Instant;
 
-use serde::{Deserialize, Serialize};
 use tokio::sync::Semaphore;
 use tokio::task::JoinSet;
 
+use rbuild_ops::{
+    BuildGraph, CacheKey, Checksum, GraphError, InputKey, Selection, SourceLocation, Vertex,
+    VertexId, cache_key,
+};
+
 use crate::cacheindex::{CacheIndex, CacheIndexError, CacheRecord};
-use crate::cachekey::{CacheKey, ContentChecksum, InputKey, cache_key};
-use crate::graph::{BuildGraph, GraphError, VertexId};
-use crate::ops::{Selection, SourceLocation, Vertex};
+use crate::executor::{ExecContext, ExecError, Executor, ResultRef};
 use crate::progress::{Event, EventSender, VertexLogger};
-
-/// An executor's result: an opaque id (a snapshot) that only the executor
-/// interprets. Stored in the cache index.
-#[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
-#[serde(transparent)]
-pub struct ResultRef(pub String);
-
-impl ResultRef {
-    pub fn new(id: impl Into<String>) -> Self {
-        Self(id.into())
-    }
-    pub fn as_str(&self) -> &str {
-        &self.0
-    }
-}
-
-impl fmt::Display for ResultRef {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(&self.0)
-    }
-}
-
-/// Why an executor could not produce a result.
-#[derive(Debug, thiserror::Error)]
-pub enum ExecError {
-    /// A process exited unsuccessfully (`BuildKit`'s wording).
-    #[error("process \"{}\" did not complete successfully: exit code: {code}", command.join(" "))]
-    ProcessFailed {
-        command: Vec<String>,
-        code: i32,
-        /// The last lines of its output, oldest first.
-        last_lines: Vec<String>,
-    },
-    /// Anything else, already worded for the user.
-    #[error("{0}")]
-    Message(String),
-    /// An underlying error.
-    #[error(transparent)]
-    Other(Box<dyn std::error::Error + Send + Sync>),
-}
-
-impl ExecError {
-    pub fn msg(message: impl Into<String>) -> Self {
-        Self::Message(message.into())
-    }
-}
-
-/// A boxed future, so [`Executor`] stays object-safe.
-pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
-
-/// What the executor gets besides the vertex and its inputs.
-#[derive(Clone, Debug)]
-pub struct ExecContext {
-    pub id: VertexId,
-    /// The vertex's cache key (a stable name for its result).
-    pub key: CacheKey,
-    /// Report output lines and progress here.
-    pub logger: VertexLogger,
-}
-
-/// Runs ops. Implemented on top of the image store, snapshotter and sandbox.
-pub trait Executor: ContentChecksum + Send + Sync + 'static {
-    /// Produce the result of `vertex`; `inputs[i]` is the result of
-    /// `vertex.inputs[i]`. The future is dropped if the solve is cancelled
-    /// (another vertex failed): executors must clean up on drop (e.g. kill
-    /// the process).
-    fn execute<'a>(
-        &'a self,
-        vertex: &'a Vertex,
-        inputs: &'a [ResultRef],
-        ctx: ExecContext,
-    ) -> BoxFuture<'a, Result<ResultRef, ExecError>>;
-
-    /// Whether a result recorded in the cache index is still usable (its
-    /// snapshot was not pruned). A `false` turns a hit into a miss.
-    fn result_exists(&self, _result: &ResultRef) -> bool {
-        true
-    }
-}
 
 /// The outcome for one vertex.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -351,7 +271,7 @@ async fn checksum(
     input: &Arc<Vertex>,
     result: &ResultRef,
     selection: Selection,
-) -> Result<Option<crate::cachekey::Checksum>, ExecError> {
+) -> Result<Option<Checksum>, ExecError> {
     let executor = Arc::clone(&shared.executor);
     let input = Arc::clone(input);
     let result = result.clone();

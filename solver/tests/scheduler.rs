@@ -6,12 +6,13 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use rbuild_solver::cachekey::{Checksum, ContentChecksum};
-use rbuild_solver::ops::{Copy, ExecOp, FileAction, FileOp, Selection, SourceOp};
+use rbuild_ops::Checksum;
+use rbuild_ops::{BuildGraph, Vertex, VertexId};
+use rbuild_ops::{Copy, ExecOp, FileAction, FileOp, Selection, SourceOp};
 use rbuild_solver::progress::{self, Event};
 use rbuild_solver::{
-    BoxFuture, BuildGraph, CacheIndex, ExecContext, ExecError, Executor, ResultRef, SolveError,
-    Solver, Vertex, VertexId,
+    BoxFuture, CacheIndex, ContentChecksum, ExecContext, ExecError, Executor, ResultRef,
+    SolveError, Solver,
 };
 
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -90,10 +91,7 @@ impl ContentChecksum for Fake {
         _result: &ResultRef,
         selection: &Selection,
     ) -> Result<Option<Checksum>, ExecError> {
-        if !matches!(
-            input.op,
-            rbuild_solver::Op::Source(SourceOp::Context { .. })
-        ) {
+        if !matches!(input.op, rbuild_ops::Op::Source(SourceOp::Context { .. })) {
             return Ok(None);
         }
         let ctx = self.context.lock().unwrap();
@@ -293,7 +291,7 @@ async fn vertices_run_after_their_inputs() {
     let right = run(&mut g, base, "right");
     let merged = g
         .add(Vertex::new(
-            rbuild_solver::ops::MergeOp { inputs: vec![0, 1] },
+            rbuild_ops::MergeOp { inputs: vec![0, 1] },
             vec![left, right],
             "merge",
         ))
@@ -595,7 +593,8 @@ async fn failure_cancels_the_rest_and_names_the_vertex() {
 
 #[test]
 fn cache_index_persists_and_survives_concurrent_writers() {
-    use rbuild_solver::{CacheKey, CacheRecord};
+    use rbuild_ops::CacheKey;
+    use rbuild_solver::CacheRecord;
     let state = tempfile::tempdir().unwrap();
     let key = |i: usize| CacheKey::from(blake3::hash(format!("key{i}").as_bytes()));
     std::thread::scope(|s| {
@@ -668,7 +667,8 @@ fn cache_index_persists_and_survives_concurrent_writers() {
 fn cache_index_across_processes() {
     // Two processes writing the same index: this test binary re-runs itself
     // as the writer.
-    use rbuild_solver::{CacheKey, CacheRecord};
+    use rbuild_ops::CacheKey;
+    use rbuild_solver::CacheRecord;
     if let Ok(root) = std::env::var("RBUILD_SOLVER_TEST_WRITER") {
         let index = CacheIndex::open(std::path::Path::new(&root)).unwrap();
         let who = std::process::id();

@@ -14,7 +14,7 @@ use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
 use anyhow::{Context, anyhow, bail};
-use rbuild_solver::ops::SourceLocation;
+use rbuild_ops::SourceLocation;
 
 use crate::progress::{ProgressMode, Renderer};
 

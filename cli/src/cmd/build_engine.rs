@@ -1,6 +1,6 @@
 //! Planning, solving and exporting a build: the part of `rbuild build` that needs
 //! the frontend's planner (`rbuild_frontend::build_plan`) and the solver's local
-//! worker (`rbuild_solver::worker::LocalWorker`).
+//! worker (`rbuild_worker::LocalWorker`).
 
 use std::collections::HashMap;
 use std::path::Path;
@@ -12,10 +12,10 @@ use rbuild_frontend::{
     BuildOptions, Entitlements, ImageResolver, Platform, ResolveError, ResolvedImage, build_plan,
 };
 use rbuild_image::{Digest, Store};
-use rbuild_solver::ops::NetworkMode;
+use rbuild_ops::{NetworkMode, VertexId};
 use rbuild_solver::progress::Event;
-use rbuild_solver::worker::{ExportOptions, LocalWorker, WorkerOptions};
-use rbuild_solver::{CacheIndex, ExecError, ResultRef, SolveError, Solver, VertexId};
+use rbuild_solver::{CacheIndex, ExecError, ResultRef, SolveError, Solver};
+use rbuild_worker::{ExportOptions, LocalWorker, WorkerOptions};
 
 use super::{
     BuildFailure, Built, Entitlement, Network, OutputSpec, Renderer, Request, StepFailure,
@@ -47,7 +47,7 @@ impl ImageResolver for StoreResolver<'_> {
 /// `.dockerignore` for the context reader, with moby's re-inclusion rules.
 struct Ignore(PatternMatcher);
 
-impl rbuild_solver::context::PathFilter for Ignore {
+impl rbuild_worker::context::PathFilter for Ignore {
     fn is_excluded(&self, rel: &Path, _is_dir: bool) -> bool {
         self.0.matches(&rel.to_string_lossy())
     }
@@ -123,7 +123,7 @@ pub fn build(req: &Request, progress: &mut Renderer) -> Result<Built, BuildFailu
         Some((file, patterns)) if !patterns.is_empty() => {
             let pm =
                 PatternMatcher::new(patterns).map_err(|e| anyhow!("{}: {e}", file.display()))?;
-            Some(Arc::new(Ignore(pm)) as rbuild_solver::worker::IgnoreFilter)
+            Some(Arc::new(Ignore(pm)) as rbuild_worker::IgnoreFilter)
         }
         _ => None,
     };

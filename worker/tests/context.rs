@@ -4,8 +4,8 @@
 use std::path::Path;
 use std::time::{Duration, SystemTime};
 
-use rbuild_solver::context::{ContextChecksummer, ContextError, NoFilter};
-use rbuild_solver::ops::Selection;
+use rbuild_ops::Selection;
+use rbuild_worker::context::{ContextChecksummer, ContextError, NoFilter};
 
 fn write(root: &Path, rel: &str, content: &str) {
     let p = root.join(rel);

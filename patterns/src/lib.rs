@@ -10,7 +10,10 @@
 //! Path arguments are relative, `/`-separated paths (`dir/file`), without a leading
 //! `/` or `./`.
 
+mod gomatch;
 mod goregex;
+
+pub use gomatch::{BadPattern, go_match};
 
 /// A pattern list that cannot be compiled.
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
@@ -477,7 +480,7 @@ impl PatternMatcher {
                     return true;
                 }
                 // A malformed component could match anything: do not skip.
-                if !crate::context::go_match(pc, d).unwrap_or(true) {
+                if !go_match(pc, d).unwrap_or(true) {
                     return false;
                 }
             }

@@ -20,22 +20,22 @@ use std::path::{Path, PathBuf};
 
 use rbuild_snapshotter::snapshots::SnapshotId;
 
-use super::Inner;
-use crate::ops::{FileAction, FileOp};
+use crate::state::Inner;
+use rbuild_ops::{FileAction, FileOp};
 
 const MAGIC: &[u8] = b"rbuild copy manifest v1\n";
 
 /// Content hashes of the regular files a file op wrote, by path relative to
 /// the root; `None` once something was written that is not accounted for.
 #[derive(Default)]
-pub(super) struct Manifest {
+pub(crate) struct Manifest {
     files: HashMap<PathBuf, [u8; 32]>,
     poisoned: bool,
 }
 
 impl Manifest {
     /// `rel` now holds content with hash `hash` (`None`: unknown).
-    pub(super) fn record(&mut self, rel: &Path, hash: Option<[u8; 32]>) {
+    pub(crate) fn record(&mut self, rel: &Path, hash: Option<[u8; 32]>) {
         match hash {
             Some(h) => {
                 self.files.insert(rel.to_path_buf(), h);
@@ -47,7 +47,7 @@ impl Manifest {
     }
 
     /// Something was written or removed that the manifest cannot describe.
-    pub(super) fn poison(&mut self) {
+    pub(crate) fn poison(&mut self) {
         self.poisoned = true;
     }
 
@@ -81,7 +81,7 @@ impl Manifest {
 }
 
 /// An earlier result of the same op whose files may be linked.
-pub(super) struct Base {
+pub(crate) struct Base {
     /// Its upper directory.
     pub(super) upper: PathBuf,
     files: HashMap<PathBuf, [u8; 32]>,
@@ -93,7 +93,7 @@ pub(super) struct Base {
 impl Base {
     /// Links the base's file at `rel` to `dst` if it has content `hash` and
     /// exactly the metadata `want` (mode, uid, gid, size, mtime).
-    pub(super) fn link(&mut self, rel: &Path, dst: &Path, hash: &[u8; 32], want: &Wanted) -> bool {
+    pub(crate) fn link(&mut self, rel: &Path, dst: &Path, hash: &[u8; 32], want: &Wanted) -> bool {
         use std::os::unix::fs::MetadataExt;
         if self.files.get(rel) != Some(hash) {
             return false;
@@ -118,7 +118,7 @@ impl Base {
 }
 
 /// The metadata a copied regular file gets.
-pub(super) struct Wanted {
+pub(crate) struct Wanted {
     pub(super) size: u64,
     pub(super) mode: u32,
     pub(super) uid: u32,
@@ -136,7 +136,7 @@ fn manifest_path(inner: &Inner, id: &SnapshotId) -> PathBuf {
 
 /// The key of "this op on this base": `None` when the op is not made of
 /// copies only (other actions write files the manifest cannot describe).
-pub(super) fn key(op: &FileOp, base: Option<&SnapshotId>, contexts: &[PathBuf]) -> Option<String> {
+pub(crate) fn key(op: &FileOp, base: Option<&SnapshotId>, contexts: &[PathBuf]) -> Option<String> {
     if op.actions.is_empty()
         || !op.actions.iter().all(|a| matches!(a, FileAction::Copy(_)))
         || contexts.is_empty()
@@ -155,7 +155,7 @@ pub(super) fn key(op: &FileOp, base: Option<&SnapshotId>, contexts: &[PathBuf]) 
 }
 
 /// The latest result of the op with `key`, if it and its manifest exist.
-pub(super) fn lookup(inner: &Inner, key: &str) -> Option<Base> {
+pub(crate) fn lookup(inner: &Inner, key: &str) -> Option<Base> {
     let id = std::fs::read_to_string(dir(inner).join(key)).ok()?;
     let id = SnapshotId::parse(id.trim())?;
     if !inner.snapshots.exists(&id) {
@@ -171,7 +171,7 @@ pub(super) fn lookup(inner: &Inner, key: &str) -> Option<Base> {
 
 /// Records `id` (just committed) as the latest result of the op with `key`.
 /// Best effort: a failure only costs a later full copy.
-pub(super) fn remember(inner: &Inner, key: &str, id: &SnapshotId, manifest: &Manifest) {
+pub(crate) fn remember(inner: &Inner, key: &str, id: &SnapshotId, manifest: &Manifest) {
     if manifest.poisoned || manifest.files.is_empty() {
         return;
     }

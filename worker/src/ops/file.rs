@@ -4,53 +4,21 @@
 use std::collections::HashMap;
 use std::io::Read;
 use std::os::unix::fs::{FileTypeExt, MetadataExt, PermissionsExt};
-use std::path::{Component, Path, PathBuf};
+use std::path::{Path, PathBuf};
 
 use rbuild_snapshotter::overlay::{OverlayLayout, mount_overlay};
 use rbuild_snapshotter::snapshots::ReadGuard;
 
-use super::{Inner, Res, SelectionFilter, err, reuse, snap_ref};
-use crate::context::{ContextChecksummer, PathFilter, go_match};
-use crate::ops::{Chmod, Chown, Copy, FileAction, FileOp, MergeOp, UserRef};
-use crate::scheduler::{ExecError, ResultRef};
+use rbuild_ops::{Chmod, Chown, Copy, FileAction, FileOp, UserRef};
+use rbuild_patterns::go_match;
+use rbuild_solver::{ExecError, ResultRef};
 
-fn io_msg(what: &str, p: &Path, e: impl std::fmt::Display) -> ExecError {
-    ExecError::msg(format!("{what} {}: {e}", p.display()))
-}
+use crate::context::{ContextChecksummer, NoFilter, PathFilter};
+use crate::filter::SelectionFilter;
+use crate::fsutil::{clean_rel, create_dir, io_msg, mkdir_all, resolve, resolve_nofollow, sorted};
+use crate::state::{Inner, Res, err, snap_ref};
 
-/// `a/./b/../c` → `a/c`, relative; refuses climbing above the root.
-pub(super) fn clean_rel(p: &str) -> Result<PathBuf, ExecError> {
-    let mut out = PathBuf::new();
-    for c in Path::new(p).components() {
-        match c {
-            Component::Normal(s) => out.push(s),
-            Component::ParentDir => {
-                if !out.pop() {
-                    return Err(ExecError::msg(format!(
-                        "\"{p}\": path is outside the build context"
-                    )));
-                }
-            }
-            Component::RootDir | Component::CurDir | Component::Prefix(_) => {}
-        }
-    }
-    Ok(out)
-}
-
-fn resolve(root: &Path, rel: &Path) -> PathBuf {
-    if rel.as_os_str().is_empty() {
-        return root.to_path_buf();
-    }
-    rbuild_sandbox::user::resolve_in_root(root, rel)
-}
-
-/// The parent resolved inside the root, the last component kept as is.
-fn resolve_nofollow(root: &Path, rel: &Path) -> PathBuf {
-    match (rel.parent(), rel.file_name()) {
-        (Some(parent), Some(name)) => resolve(root, parent).join(name),
-        _ => root.to_path_buf(),
-    }
-}
+mod reuse;
 
 fn has_meta(s: &str) -> bool {
     s.contains(['*', '?', '['])
@@ -453,64 +421,6 @@ impl CopyCtx<'_> {
     }
 }
 
-fn sorted(dir: &Path) -> Result<Vec<std::ffi::OsString>, ExecError> {
-    let mut names: Vec<_> = fs_err::read_dir(dir)
-        .map_err(err)?
-        .map(|e| e.map(|e| e.file_name()))
-        .collect::<Result<_, _>>()
-        .map_err(err)?;
-    names.sort();
-    Ok(names)
-}
-
-fn create_dir(p: &Path) -> Result<(), ExecError> {
-    match fs_err::create_dir(p) {
-        Ok(()) => Ok(()),
-        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists && p.is_dir() => Ok(()),
-        Err(e) => Err(err(e)),
-    }
-}
-
-/// `mkdir -p` of `rel` resolved inside `root` (`BuildKit`'s `MkdirAll` of the
-/// path its `RootPath` gives): symlinks on the way are followed inside the
-/// root, a dangling one too (`COPY f /link/` with `link -> ../tmp/x` makes
-/// `/tmp/x`). New directories get `mode` and `owner`. Returns the resolved path.
-pub(super) fn mkdir_all(
-    root: &Path,
-    rel: &Path,
-    owner: Option<(u32, u32)>,
-    mode: u32,
-) -> Result<PathBuf, ExecError> {
-    let full = resolve(root, rel);
-    let inside = full
-        .strip_prefix(root)
-        .unwrap_or(Path::new(""))
-        .to_path_buf();
-    let mut cur = root.to_path_buf();
-    for c in inside.components() {
-        cur.push(c);
-        match fs_err::symlink_metadata(&cur) {
-            Ok(m) if m.is_dir() => {}
-            Ok(_) => {
-                return Err(ExecError::msg(format!(
-                    "\"/{}\": not a directory",
-                    cur.strip_prefix(root).unwrap_or(&cur).display()
-                )));
-            }
-            Err(_) => {
-                create_dir(&cur)?;
-                fs_err::set_permissions(&cur, std::fs::Permissions::from_mode(mode & 0o777))
-                    .map_err(err)?;
-                if let Some((u, g)) = owner {
-                    nix::unistd::chown(&cur, Some(u.into()), Some(g.into()))
-                        .map_err(|e| io_msg("chown", &cur, e))?;
-                }
-            }
-        }
-    }
-    Ok(full)
-}
-
 /// Expands a source path (maybe a glob) into existing paths relative to `root`.
 fn expand(
     root: &Path,
@@ -885,7 +795,7 @@ fn apply_action(
         }
         FileAction::Rm(r) => {
             let found = if r.allow_wildcard && has_meta(&r.path) {
-                expand(dest_root, &r.path, true, &crate::context::NoFilter)?
+                expand(dest_root, &r.path, true, &NoFilter)?
             } else {
                 let rel = clean_rel(&r.path)?;
                 if fs_err::symlink_metadata(resolve_nofollow(dest_root, &rel)).is_ok() {
@@ -914,7 +824,7 @@ fn apply_action(
     }
 }
 
-pub(super) fn run(
+pub(crate) fn run(
     inner: &Inner,
     op: &FileOp,
     inputs: &[ResultRef],
@@ -990,98 +900,4 @@ pub(super) fn run(
             Err(e)
         }
     }
-}
-
-/// `MergeOp`: the inputs stacked, later over earlier, as `BuildKit` merges
-/// them: the first input's snapshot chain is kept as is, and every layer of
-/// each later input is added on top as a layer of its own (its upper
-/// directory cloned: directories made again with their metadata, everything
-/// else hard-linked, as committed snapshots never change). So `COPY --link`
-/// (a copy onto an empty tree, merged onto the stage) adds one layer, whose
-/// directories' metadata win over the stage's in the merged view, and no
-/// file content is copied.
-pub(super) fn merge(
-    inner: &Inner,
-    op: &MergeOp,
-    inputs: &[ResultRef],
-) -> Result<ResultRef, ExecError> {
-    let mut top: Option<rbuild_snapshotter::snapshots::SnapshotId> = None;
-    for (k, &i) in op.inputs.iter().enumerate() {
-        let r = inputs
-            .get(i)
-            .ok_or_else(|| ExecError::msg("merge input does not exist"))?;
-        // (tree, whether its files may be hard-linked: not a build context's)
-        let uppers: Vec<(PathBuf, bool)> = match inner.resolve(r)? {
-            Res::Snap(id) if k == 0 => {
-                top = Some(id);
-                continue;
-            }
-            Res::Snap(id) => {
-                let mut chain = inner.snapshots.chain(&id).map_err(err)?;
-                chain.reverse();
-                let mut ups = Vec::new();
-                for s in chain {
-                    if !inner.snapshots.is_empty(&s).map_err(err)? {
-                        ups.push((inner.snapshots.upper(&s), true));
-                    }
-                }
-                ups
-            }
-            Res::Context(dir) => vec![(dir, false)],
-        };
-        for (up, link) in uppers {
-            let active = inner
-                .snapshots
-                .prepare(top.as_ref(), "merge")
-                .map_err(err)?;
-            let done = if link {
-                clone_tree(&up, &active.upper)
-            } else {
-                let _ = fs_err::remove_dir(&active.upper);
-                rbuild_snapshotter::overlay::copy_lower_stack(
-                    std::slice::from_ref(&up),
-                    &active.upper,
-                )
-                .map_err(err)
-            };
-            match done {
-                Ok(()) => top = Some(inner.snapshots.commit(active).map_err(err)?),
-                Err(e) => {
-                    let _ = inner.snapshots.abort(active);
-                    return Err(e);
-                }
-            }
-        }
-    }
-    if let Some(id) = top {
-        return Ok(snap_ref(&id));
-    }
-    let a = inner.snapshots.prepare(None, "scratch").map_err(err)?;
-    Ok(snap_ref(&inner.snapshots.commit(a).map_err(err)?))
-}
-
-/// Makes `dst` (an existing directory) a copy of the tree `src`:
-/// directories are created with `src`'s mode, owner, xattrs (overlay's
-/// opaque marks included) and times; everything else is hard-linked.
-fn clone_tree(src: &Path, dst: &Path) -> Result<(), ExecError> {
-    for name in sorted(src)? {
-        let (s, d) = (src.join(&name), dst.join(&name));
-        let m = fs_err::symlink_metadata(&s).map_err(err)?;
-        if m.is_dir() {
-            fs_err::create_dir(&d).map_err(err)?;
-            clone_tree(&s, &d)?;
-        } else {
-            // link(2) does not follow a symlink: the link itself is shared.
-            fs_err::hard_link(&s, &d).map_err(err)?;
-        }
-    }
-    let m = fs_err::symlink_metadata(src).map_err(err)?;
-    let xattrs = rbuild_snapshotter::diff::read_xattrs(src).map_err(err)?;
-    rbuild_snapshotter::diff::write_xattrs(dst, &xattrs).map_err(err)?;
-    nix::unistd::chown(dst, Some(m.uid().into()), Some(m.gid().into()))
-        .map_err(|e| io_msg("chown", dst, e))?;
-    fs_err::set_permissions(dst, std::fs::Permissions::from_mode(m.mode() & 0o7777))
-        .map_err(err)?;
-    let t = filetime::FileTime::from_last_modification_time(&m);
-    filetime::set_symlink_file_times(dst, t, t).map_err(|e| io_msg("set times", dst, e))
 }

@@ -12,9 +12,10 @@ use rustls::pki_types::ServerName;
 
 use rbuild_snapshotter::{Digest, HashingWriter};
 
-use super::{Inner, err, snap_ref};
-use crate::progress::VertexLogger;
-use crate::scheduler::{ExecError, ResultRef};
+use rbuild_solver::progress::VertexLogger;
+use rbuild_solver::{ExecError, ResultRef};
+
+use crate::state::{Inner, err, snap_ref};
 
 struct Url {
     tls: bool,
@@ -366,7 +367,7 @@ fn get(url: &str) -> Result<Response, ExecError> {
     Err(ExecError::msg(format!("{url}: too many redirects")))
 }
 
-pub(super) fn download(
+pub(crate) fn download(
     inner: &Inner,
     url: &str,
     checksum: Option<&str>,

@@ -11,7 +11,7 @@
 
 use serde::{Deserialize, Serialize};
 
-use crate::graph::VertexId;
+use crate::id::VertexId;
 
 /// A position in [`Vertex::inputs`].
 pub type InputIndex = usize;

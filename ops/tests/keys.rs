@@ -3,12 +3,12 @@
 
 use proptest::prelude::*;
 
-use rbuild_solver::cachekey::{CacheKey, Checksum, InputKey, cache_key};
-use rbuild_solver::ops::{
+use rbuild_ops::{BuildGraph, GraphError, Op, Vertex, VertexId};
+use rbuild_ops::{CacheKey, Checksum, InputKey, cache_key};
+use rbuild_ops::{
     CacheSharing, Chmod, Chown, Copy, ExecOp, FileAction, FileOp, Mkdir, Mkfile, Mount, MountKind,
     NetworkMode, Rm, SecurityMode, SourceOp, UserRef,
 };
-use rbuild_solver::{BuildGraph, GraphError, Op, Vertex, VertexId};
 
 fn exec_strategy() -> impl Strategy<Value = ExecOp> {
     (

@@ -13,14 +13,13 @@ use std::sync::Arc;
 
 use rbuild_image::import::{ImportOptions, import};
 use rbuild_image::{Reference, Store};
-use rbuild_solver::ops::{
+use rbuild_ops::{BuildGraph, Vertex, VertexId};
+use rbuild_ops::{
     CacheSharing, Chmod, Chown, Copy, ExecOp, FileAction, FileOp, Mount, MountKind, SourceOp,
     UserRef,
 };
-use rbuild_solver::worker::{ExportOptions, LocalWorker, WorkerOptions};
-use rbuild_solver::{
-    BuildGraph, CacheIndex, Event, ExecError, SolveError, Solver, Vertex, VertexId, progress,
-};
+use rbuild_solver::{CacheIndex, Event, ExecError, SolveError, Solver, progress};
+use rbuild_worker::{ExportOptions, LocalWorker, WorkerOptions};
 
 struct Env {
     _tmp: tempfile::TempDir,
@@ -344,7 +343,7 @@ async fn copy_from_context_globs_contents_dest_dirs_chown_chmod() {
         std::fs::Permissions::from_mode(0o751),
     )
     .unwrap();
-    let ignore: rbuild_solver::worker::IgnoreFilter =
+    let ignore: rbuild_worker::IgnoreFilter =
         Arc::new(|rel: &Path, _dir: bool| rel == Path::new("secret.txt"));
     let w = env.worker_with(WorkerOptions {
         ignore: Some(ignore),
@@ -865,7 +864,7 @@ async fn file_actions_symlinked_sources_and_opaque_dirs() {
             FileOp {
                 base: Some(0),
                 actions: vec![
-                    FileAction::Mkdir(rbuild_solver::ops::Mkdir {
+                    FileAction::Mkdir(rbuild_ops::Mkdir {
                         path: "/w/x/y".into(),
                         mode: 0o750,
                         make_parents: true,
@@ -875,14 +874,14 @@ async fn file_actions_symlinked_sources_and_opaque_dirs() {
                         }),
                         timestamp: None,
                     }),
-                    FileAction::Mkfile(rbuild_solver::ops::Mkfile {
+                    FileAction::Mkfile(rbuild_ops::Mkfile {
                         path: "/w/x/y/file".into(),
                         data: b"heredoc\n".to_vec(),
                         mode: 0o644,
                         owner: None,
                         timestamp: Some(1_000),
                     }),
-                    FileAction::Rm(rbuild_solver::ops::Rm {
+                    FileAction::Rm(rbuild_ops::Rm {
                         path: "/app/keep".into(),
                         allow_not_found: false,
                         allow_wildcard: false,

@@ -5,14 +5,14 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime};
 
-use rbuild_solver::cachekey::{Checksum, ContentChecksum};
-use rbuild_solver::context::{ContextChecksummer, NoFilter};
-use rbuild_solver::ops::{Copy, ExecOp, FileAction, FileOp, Selection, SourceOp};
+use rbuild_ops::Checksum;
+use rbuild_ops::{BuildGraph, Op, Vertex, VertexId};
+use rbuild_ops::{Copy, ExecOp, FileAction, FileOp, Selection, SourceOp};
 use rbuild_solver::progress;
 use rbuild_solver::{
-    BoxFuture, BuildGraph, CacheIndex, ExecContext, ExecError, Executor, Op, ResultRef, Solver,
-    Vertex, VertexId,
+    BoxFuture, CacheIndex, ContentChecksum, ExecContext, ExecError, Executor, ResultRef, Solver,
 };
+use rbuild_worker::context::{ContextChecksummer, NoFilter};
 
 struct DirExecutor {
     context_dir: PathBuf,

@@ -17,9 +17,8 @@ use std::str::FromStr;
 
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
-use crate::graph::VertexId;
-use crate::ops::{Op, Selection, Vertex};
-use crate::scheduler::{ExecError, ResultRef};
+use crate::id::VertexId;
+use crate::op::Op;
 
 /// Domain separation so our keys never collide with other blake3 uses.
 const KEY_CONTEXT: &str = "rbuild solver cache key v1";
@@ -88,7 +87,7 @@ digest_type!(
     CacheKey
 );
 digest_type!(
-    /// A content checksum of selected files (see [`crate::context`]).
+    /// A content checksum of selected files (computed by the worker).
     Checksum
 );
 
@@ -108,25 +107,6 @@ pub enum InputKey {
     Content(Vec<Checksum>),
 }
 
-/// The hook the executor implements so keys can depend on file content.
-pub trait ContentChecksum: Send + Sync {
-    /// A checksum of exactly the paths `selection` picks in `result`, the
-    /// result of `input` (tar-header fields without mtime, then content; see
-    /// [`crate::context::ContextChecksummer`]).
-    ///
-    /// `Ok(None)` means "not computed": the input's own key is used instead.
-    /// For a volatile input ([`Op::is_volatile`]) `None` makes its dependent
-    /// uncacheable.
-    ///
-    /// Called from a blocking thread; may take long.
-    fn content_checksum(
-        &self,
-        input: &Vertex,
-        result: &ResultRef,
-        selection: &Selection,
-    ) -> Result<Option<Checksum>, ExecError>;
-}
-
 fn canonical_op(op: &Op) -> Vec<u8> {
     // Structs and enums only (no maps, no floats): serde_json's output is
     // deterministic, in declaration order.
@@ -138,7 +118,7 @@ fn put_len(h: &mut blake3::Hasher, n: usize) {
 }
 
 /// The cache key of a vertex whose op is `op` and whose inputs contribute
-/// `inputs` (one per [`Vertex::inputs`] entry, in order).
+/// `inputs` (one per [`crate::Vertex::inputs`] entry, in order).
 pub fn cache_key(op: &Op, inputs: &[InputKey]) -> CacheKey {
     let mut h = blake3::Hasher::new_derive_key(KEY_CONTEXT);
     let def = match op {

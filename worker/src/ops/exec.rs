@@ -8,10 +8,12 @@ use std::sync::{Arc, Mutex};
 use rbuild_sandbox::{CancelToken, Mount as SbMount, Output, ProcessSpec, Rootfs};
 use rbuild_snapshotter::snapshots::ReadGuard;
 
-use super::{Inner, Res, err, snap_ref};
-use crate::ops::{CacheSharing, ExecOp, MountKind, NetworkMode, SecurityMode};
-use crate::progress::Stream;
-use crate::scheduler::{ExecContext, ExecError, ResultRef};
+use rbuild_ops::{CacheSharing, ExecOp, MountKind, NetworkMode, SecurityMode};
+use rbuild_solver::progress::{Stream, VertexLogger};
+use rbuild_solver::{ExecContext, ExecError, ResultRef};
+
+use crate::fsutil::{clean_rel, mkdir_all};
+use crate::state::{Inner, Res, err, snap_ref};
 
 const LAST_LINES: usize = 20;
 
@@ -337,8 +339,8 @@ fn stub_mount_dirs(
     };
     let mount = rbuild_snapshotter::overlay::mount_overlay(&layout, t.path()).map_err(err)?;
     for d in dirs {
-        let rel = super::fileop::clean_rel(&d.to_string_lossy())?;
-        super::fileop::mkdir_all(mount.target(), &rel, None, 0o755)?;
+        let rel = clean_rel(&d.to_string_lossy())?;
+        mkdir_all(mount.target(), &rel, None, 0o755)?;
     }
     mount.unmount().map_err(err)?;
     Ok(())
@@ -382,9 +384,9 @@ fn nested_cache_mount_points(inner: &Inner, mounts: &[SbMount]) -> Result<(), Ex
             SbMount::Secret { .. } => false,
         };
         if is_dir {
-            super::fileop::mkdir_all(source, rel, None, 0o755)?;
+            mkdir_all(source, rel, None, 0o755)?;
         } else if let (Some(parent), Some(name)) = (rel.parent(), rel.file_name()) {
-            let dir = super::fileop::mkdir_all(source, parent, None, 0o755)?;
+            let dir = mkdir_all(source, parent, None, 0o755)?;
             // Never through a symlink a step left in the cache.
             match fs_err::OpenOptions::new()
                 .create_new(true)
@@ -483,11 +485,7 @@ fn has_own_xattrs(dir: &Path) -> bool {
     }
 }
 
-fn sink(
-    logger: crate::progress::VertexLogger,
-    stream: Stream,
-    last: Arc<Mutex<VecDeque<String>>>,
-) -> Output {
+fn sink(logger: VertexLogger, stream: Stream, last: Arc<Mutex<VecDeque<String>>>) -> Output {
     Output::lines(move |line: &[u8]| {
         let s = String::from_utf8_lossy(line).into_owned();
         {
@@ -501,7 +499,7 @@ fn sink(
     })
 }
 
-pub(super) fn run(
+pub(crate) fn run(
     inner: &Inner,
     op: &ExecOp,
     inputs: &[ResultRef],

@@ -4,10 +4,11 @@ use rbuild_image::{Digest, History, ImageConfig, Reference, RootFs, Store};
 
 use rbuild_snapshotter::snapshots::SnapshotId;
 
-use super::{Inner, Res, err};
-use crate::scheduler::{ExecError, ResultRef};
+use rbuild_solver::{ExecError, ResultRef};
 
-/// What [`super::LocalWorker::export_image`] writes.
+use crate::state::{Inner, Res, err};
+
+/// What [`crate::LocalWorker::export_image`] writes.
 #[derive(Clone, Debug, Default)]
 pub struct ExportOptions {
     /// The image config as JSON (from the frontend). Its `rootfs` is
@@ -24,7 +25,7 @@ pub struct ExportOptions {
     pub keep_empty_layers: bool,
 }
 
-pub(super) fn export_image(
+pub(crate) fn export_image(
     inner: &Inner,
     store: &Store,
     target: &ResultRef,

@@ -2,35 +2,13 @@
 //! identical vertices.
 
 use std::collections::{HashMap, HashSet};
-use std::fmt;
-
-use petgraph::Direction;
-use petgraph::stable_graph::{NodeIndex, StableDiGraph};
-use petgraph::visit::EdgeRef;
-use serde::{Deserialize, Serialize};
 
 use crate::cachekey::definition_digest;
-use crate::ops::Vertex;
-
-/// A vertex in a [`BuildGraph`]. Stable: pruning does not renumber.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
-#[serde(transparent)]
-pub struct VertexId(pub u32);
-
-impl VertexId {
-    fn node(self) -> NodeIndex<u32> {
-        NodeIndex::new(self.0 as usize)
-    }
-    fn from_node(n: NodeIndex<u32>) -> Self {
-        Self(u32::try_from(n.index()).expect("graph index fits u32"))
-    }
-}
-
-impl fmt::Display for VertexId {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "#{}", self.0)
-    }
-}
+use crate::id::VertexId;
+use crate::op::{Description, Vertex};
+use petgraph::Direction;
+use petgraph::stable_graph::StableDiGraph;
+use petgraph::visit::EdgeRef;
 
 /// Errors building a graph.
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
@@ -106,7 +84,7 @@ impl BuildGraph {
 
     /// Mutable access, e.g. to set `ignore_cache` on a stage's vertices. The
     /// op and inputs must not be changed through it (dedup relies on them).
-    pub fn description_mut(&mut self, id: VertexId) -> Option<&mut crate::ops::Description> {
+    pub fn description_mut(&mut self, id: VertexId) -> Option<&mut Description> {
         self.graph
             .node_weight_mut(id.node())
             .map(|v| &mut v.description)

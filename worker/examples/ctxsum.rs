@@ -3,8 +3,8 @@
 
 use std::time::Instant;
 
-use rbuild_solver::context::{ContextChecksummer, NoFilter};
-use rbuild_solver::ops::Selection;
+use rbuild_ops::Selection;
+use rbuild_worker::context::{ContextChecksummer, NoFilter};
 
 fn main() {
     let mut args = std::env::args().skip(1);

@@ -1,0 +1,110 @@
+//! The contract between the solver and whoever runs ops: results
+//! ([`ResultRef`]), failures ([`ExecError`]), and the [`Executor`] and
+//! [`ContentChecksum`] traits a worker implements.
+
+use std::fmt;
+use std::future::Future;
+use std::pin::Pin;
+
+use rbuild_ops::{CacheKey, Checksum, Selection, Vertex, VertexId};
+use serde::{Deserialize, Serialize};
+
+use crate::progress::VertexLogger;
+
+/// An executor's result: an opaque id (a snapshot) that only the executor
+/// interprets. Stored in the cache index.
+#[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(transparent)]
+pub struct ResultRef(pub String);
+
+impl ResultRef {
+    pub fn new(id: impl Into<String>) -> Self {
+        Self(id.into())
+    }
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Display for ResultRef {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+/// Why an executor could not produce a result.
+#[derive(Debug, thiserror::Error)]
+pub enum ExecError {
+    /// A process exited unsuccessfully (`BuildKit`'s wording).
+    #[error("process \"{}\" did not complete successfully: exit code: {code}", command.join(" "))]
+    ProcessFailed {
+        command: Vec<String>,
+        code: i32,
+        /// The last lines of its output, oldest first.
+        last_lines: Vec<String>,
+    },
+    /// Anything else, already worded for the user.
+    #[error("{0}")]
+    Message(String),
+    /// An underlying error.
+    #[error(transparent)]
+    Other(Box<dyn std::error::Error + Send + Sync>),
+}
+
+impl ExecError {
+    pub fn msg(message: impl Into<String>) -> Self {
+        Self::Message(message.into())
+    }
+}
+
+/// A boxed future, so [`Executor`] stays object-safe.
+pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
+
+/// What the executor gets besides the vertex and its inputs.
+#[derive(Clone, Debug)]
+pub struct ExecContext {
+    pub id: VertexId,
+    /// The vertex's cache key (a stable name for its result).
+    pub key: CacheKey,
+    /// Report output lines and progress here.
+    pub logger: VertexLogger,
+}
+
+/// Runs ops. Implemented on top of the image store, snapshotter and sandbox.
+pub trait Executor: ContentChecksum + Send + Sync + 'static {
+    /// Produce the result of `vertex`; `inputs[i]` is the result of
+    /// `vertex.inputs[i]`. The future is dropped if the solve is cancelled
+    /// (another vertex failed): executors must clean up on drop (e.g. kill
+    /// the process).
+    fn execute<'a>(
+        &'a self,
+        vertex: &'a Vertex,
+        inputs: &'a [ResultRef],
+        ctx: ExecContext,
+    ) -> BoxFuture<'a, Result<ResultRef, ExecError>>;
+
+    /// Whether a result recorded in the cache index is still usable (its
+    /// snapshot was not pruned). A `false` turns a hit into a miss.
+    fn result_exists(&self, _result: &ResultRef) -> bool {
+        true
+    }
+}
+
+/// The hook the executor implements so keys can depend on file content.
+pub trait ContentChecksum: Send + Sync {
+    /// A checksum of exactly the paths `selection` picks in `result`, the
+    /// result of `input` (tar-header fields without mtime, then content; see
+    /// the worker's context checksummer).
+    ///
+    /// `Ok(None)` means "not computed": the input's own key is used instead.
+    /// For a volatile input ([`rbuild_ops::Op::is_volatile`]) `None` makes its dependent
+    /// uncacheable.
+    ///
+    /// Called from a blocking thread; may take long.
+    fn content_checksum(
+        &self,
+        input: &Vertex,
+        result: &ResultRef,
+        selection: &Selection,
+    ) -> Result<Option<Checksum>, ExecError>;
+}
