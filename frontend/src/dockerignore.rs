@@ -10,7 +10,8 @@
 
 use std::path::{Path, PathBuf};
 
-pub use rbuild_solver::patterns::{MatchInfo, Pattern, PatternError, PatternMatcher, clean};
+pub use rbuild_oci::path::clean;
+pub use rbuild_solver::patterns::{MatchInfo, Pattern, PatternError, PatternMatcher};
 
 /// What can go wrong with a `.dockerignore` (a bad pattern is a [`PatternError`],
 /// when the patterns are compiled).

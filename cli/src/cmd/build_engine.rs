@@ -30,12 +30,10 @@ impl ImageResolver for StoreResolver<'_> {
                 "image not found in the local store ({e}); pull, load or import it first"
             ))
         })?;
-        let config = serde_json::from_slice(&img.raw_config)
-            .map_err(|e| ResolveError(format!("unreadable image config: {e}")))?;
         Ok(ResolvedImage {
             reference: reference.to_owned(),
             digest: Some(img.id.to_string()),
-            config,
+            config: img.config,
         })
     }
 }
@@ -244,13 +242,12 @@ pub fn build(req: &Request, progress: &mut Renderer) -> Result<Built, BuildFailu
     let plan = plan;
 
     let export = |tags: Vec<rbuild_image::Reference>| -> anyhow::Result<Digest> {
-        let config = serde_json::to_vec(&plan.image).context("serialising the image config")?;
         worker
             .export_image(
                 &store,
                 &target,
                 &ExportOptions {
-                    config,
+                    config: plan.image.clone(),
                     base_image: plan
                         .base
                         .as_ref()
@@ -320,7 +317,7 @@ fn save_last_good(
     worker: &LocalWorker,
     store: &Store,
     result: &ResultRef,
-    config: &rbuild_frontend::ImageConfig,
+    config: &rbuild_oci::ImageConfig,
 ) -> anyhow::Result<String> {
     LocalWorker::snapshot_of(result).ok_or_else(|| anyhow!("not a snapshot"))?;
     let id = worker
@@ -328,7 +325,7 @@ fn save_last_good(
             store,
             result,
             &ExportOptions {
-                config: serde_json::to_vec(config)?,
+                config: config.clone(),
                 base_image: None,
                 tags: Vec::new(),
                 keep_empty_layers: true,

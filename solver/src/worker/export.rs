@@ -10,10 +10,11 @@ use crate::scheduler::{ExecError, ResultRef};
 /// What [`super::LocalWorker::export_image`] writes.
 #[derive(Clone, Debug, Default)]
 pub struct ExportOptions {
-    /// The image config as JSON (from the frontend). Its `rootfs` is
-    /// replaced; its `history` is kept, with `empty_layer` set to match the
-    /// layers actually written (a step whose diff is empty gets no layer).
-    pub config: Vec<u8>,
+    /// The image config (from the frontend), serialised canonically when its
+    /// blob is written. Its `rootfs` is replaced; its `history` is kept, with
+    /// `empty_layer` set to match the layers actually written (a step whose
+    /// diff is empty gets no layer).
+    pub config: ImageConfig,
     /// The base image (`FROM`), recorded as the image's parent.
     pub base_image: Option<Digest>,
     /// Tags to set (may be empty: a dangling image).
@@ -30,8 +31,7 @@ pub(super) fn export_image(
     target: &ResultRef,
     opts: &ExportOptions,
 ) -> Result<Digest, ExecError> {
-    let mut cfg = ImageConfig::from_slice(&opts.config)
-        .map_err(|e| ExecError::msg(format!("invalid image config: {e}")))?;
+    let mut cfg = opts.config.clone();
     let Res::Snap(top) = inner.resolve(target)? else {
         return Err(ExecError::msg("cannot export a build context as an image"));
     };
