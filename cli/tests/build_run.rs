@@ -610,3 +610,138 @@ fn run_leaves_no_mount_stubs_in_the_snapshot() {
         0
     );
 }
+
+/// The image config blob of a build, with every `created` time and every digest
+/// replaced (they depend on the clock and on the host's busybox).
+fn normalised_config(archive: &str) -> String {
+    let mut ar = tar::Archive::new(std::fs::File::open(archive).unwrap());
+    let mut files = std::collections::BTreeMap::new();
+    for e in ar.entries().unwrap() {
+        let mut e = e.unwrap();
+        let name = e.path().unwrap().to_string_lossy().into_owned();
+        let mut data = Vec::new();
+        std::io::Read::read_to_end(&mut e, &mut data).unwrap();
+        files.insert(name, data);
+    }
+    let manifest: serde_json::Value = serde_json::from_slice(&files["manifest.json"]).unwrap();
+    let config = manifest[0]["Config"].as_str().unwrap();
+    let text = String::from_utf8(files[config].clone()).unwrap();
+    let key = "\"created\":\"";
+    let mut out = String::new();
+    let mut rest = text.as_str();
+    while let Some(i) = rest.find(key) {
+        out.push_str(&rest[..i + key.len()]);
+        rest = &rest[i + key.len()..];
+        out.push('T');
+        rest = &rest[rest.find('"').unwrap()..];
+    }
+    out.push_str(rest);
+    let text = out;
+    let mut out = String::new();
+    let mut rest = text.as_str();
+    while let Some(i) = rest.find("sha256:") {
+        out.push_str(&rest[..i + 7]);
+        out.push('D');
+        rest = &rest[i + 7 + 64..];
+    }
+    out.push_str(rest);
+    out.replace(
+        &format!("\"architecture\":\"{}\"", rbuild_oci::host_architecture()),
+        "\"architecture\":\"HOST\"",
+    )
+}
+
+/// The config blob is written once, canonically, from the one config model: sorted
+/// keys, Docker's fields (Healthcheck, `OnBuild`, Shell, `ArgsEscaped`, `StopSignal`,
+/// ...) under their names, empty values left out, `config` always present, an empty
+/// `history` left out. The expected texts are what rbuild wrote before the model
+/// moved to `rbuild_oci` (image IDs must not change).
+#[test]
+fn the_config_blob_keeps_key_order_and_omission_rules() {
+    let b = B::new();
+    b.write(
+        "cfg/Dockerfile",
+        r#"FROM busybox:latest AS full
+MAINTAINER someone <a@b>
+SHELL ["/bin/sh", "-c"]
+USER 0:0
+EXPOSE 80/tcp 53/udp
+VOLUME ["/data", "/x"]
+HEALTHCHECK --interval=30s --timeout=5s --retries=3 CMD ["true"]
+ONBUILD RUN echo hi
+STOPSIGNAL SIGTERM
+ENTRYPOINT ["/bin/sh", "-c"]
+CMD echo "a\tb" 'q"x'
+RUN true
+FROM busybox:latest AS none
+HEALTHCHECK NONE
+WORKDIR rel/dir
+ENTRYPOINT []
+FROM scratch AS empty
+"#,
+    );
+    let mut got = Vec::new();
+    for target in ["full", "none", "empty"] {
+        let tar = b.p(&format!("{target}.tar"));
+        let o = b
+            .env
+            .cmd(&[
+                "build",
+                "--progress",
+                "plain",
+                "--target",
+                target,
+                "--output",
+                &format!("type=docker,dest={tar}"),
+                &b.p("cfg"),
+            ])
+            .env("SOURCE_DATE_EPOCH", "1700000000")
+            .output()
+            .unwrap();
+        assert!(
+            o.status.success(),
+            "build --target {target}: {}",
+            String::from_utf8_lossy(&o.stderr)
+        );
+        got.push(normalised_config(&tar));
+    }
+    let base = r#"{"comment":"Imported from -","created":"T"}"#;
+    let step = |by: &str, empty: bool| {
+        format!(
+            r#"{{"comment":"buildkit.dockerfile.v0","created":"T","created_by":{by}{}}}"#,
+            if empty { r#","empty_layer":true"# } else { "" }
+        )
+    };
+    let full = format!(
+        r#"{{"architecture":"HOST","author":"someone <a@b>","config":{{"ArgsEscaped":true,"Cmd":["/bin/sh","-c","echo \"a\\tb\" 'q\"x'"],"Entrypoint":["/bin/sh","-c"],"Env":["PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"],"ExposedPorts":{{"53/udp":{{}},"80/tcp":{{}}}},"Healthcheck":{{"Interval":30000000000,"Retries":3,"Test":["CMD","true"],"Timeout":5000000000}},"OnBuild":["RUN echo hi"],"Shell":["/bin/sh","-c"],"StopSignal":"SIGTERM","User":"0:0","Volumes":{{"/data":{{}},"/x":{{}}}}}},"created":"T","history":[{base},{},{},{},{},{},{},{},{},{},{}],"os":"linux","rootfs":{{"diff_ids":["sha256:D","sha256:D"],"type":"layers"}}}}"#,
+        step(r#""MAINTAINER someone <a@b>""#, true),
+        step(r#""SHELL [/bin/sh -c]""#, true),
+        step(r#""USER 0:0""#, true),
+        step(r#""EXPOSE [80/tcp 53/udp]""#, true),
+        step(r#""VOLUME [/data /x]""#, true),
+        step(
+            r#""HEALTHCHECK {Test:[CMD true] Interval:30s Timeout:5s StartPeriod:0s StartInterval:0s Retries:3}""#,
+            true
+        ),
+        step(r#""STOPSIGNAL SIGTERM""#, true),
+        step(r#""ENTRYPOINT [\"/bin/sh\" \"-c\"]""#, true),
+        step(
+            r#""CMD [\"/bin/sh\" \"-c\" \"echo \\\"a\\\\tb\\\" 'q\\\"x'\"]""#,
+            true
+        ),
+        step(r#""RUN /bin/sh -c true # buildkit""#, false),
+    );
+    let none = format!(
+        r#"{{"architecture":"HOST","config":{{"Env":["PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"],"Healthcheck":{{"Test":["NONE"]}},"WorkingDir":"/rel/dir"}},"created":"T","history":[{base},{},{},{}],"os":"linux","rootfs":{{"diff_ids":["sha256:D","sha256:D"],"type":"layers"}}}}"#,
+        step(
+            r#""HEALTHCHECK {Test:[NONE] Interval:0s Timeout:0s StartPeriod:0s StartInterval:0s Retries:0}""#,
+            true
+        ),
+        step(r#""WORKDIR /rel/dir""#, false),
+        step(r#""ENTRYPOINT []""#, true),
+    );
+    let empty = r#"{"architecture":"HOST","config":{"Env":["PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"],"WorkingDir":"/"},"created":"T","os":"linux","rootfs":{"diff_ids":[],"type":"layers"}}"#;
+    assert_eq!(got[0], full);
+    assert_eq!(got[1], none);
+    assert_eq!(got[2], empty);
+}

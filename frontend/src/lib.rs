@@ -31,15 +31,15 @@
 
 pub mod dockerignore;
 mod error;
-mod image;
 mod plan;
 mod util;
 
 pub use error::{FrontendError, ResolveError};
-pub use image::{
-    ContainerConfig, DEFAULT_PATH, Empty, Healthcheck, History, ImageConfig, Platform, RootFs,
-};
+// The image config model and platforms are `rbuild_oci`'s.
 pub use plan::{
     BuildOptions, BuildPlan, Entitlements, HISTORY_COMMENT, ImageResolver, ResolvedImage,
     build_plan, plan_source,
+};
+pub use rbuild_oci::{
+    ContainerConfig, DEFAULT_PATH, Empty, Healthcheck, History, ImageConfig, Platform, RootFs,
 };

@@ -20,11 +20,11 @@ use rbuild_parser::shell::{Lexer, ShellError, ShellErrorKind, human_size_exact};
 use rbuild_parser::{Command, Dockerfile, Heredoc, Instruction, InstructionKind, Mount, Span};
 
 use crate::error::{FrontendError, ResolveError};
-use crate::image::{Empty, Healthcheck, History, ImageConfig, Platform};
 use crate::util::{
     clean, dest_path, go_duration, go_quote_list, join, parse_chmod, parse_chown, parse_port_spec,
     ram_in_bytes, valid_signal,
 };
+use rbuild_oci::{Empty, Healthcheck, History, ImageConfig, Platform};
 
 /// The `comment` of every history entry the frontend writes.
 pub const HISTORY_COMMENT: &str = "buildkit.dockerfile.v0";
@@ -406,31 +406,8 @@ pub fn build_plan(
                 .and_then(|v| v.parse().ok())
         }),
     };
-    p.epoch = p.epoch_secs.map(epoch_rfc3339);
+    p.epoch = p.epoch_secs.map(|s| rbuild_oci::time::format_rfc3339(s, 0));
     p.run(df)
-}
-
-/// Seconds since the epoch as RFC 3339 UTC (`1970-01-01T00:00:00Z`).
-fn epoch_rfc3339(secs: i64) -> String {
-    let days = secs.div_euclid(86_400);
-    let rem = secs.rem_euclid(86_400);
-    // Howard Hinnant's civil_from_days.
-    let z = days + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z.rem_euclid(146_097);
-    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
-    let y = yoe + era * 400;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let d = doy - (153 * mp + 2) / 5 + 1;
-    let m = if mp < 10 { mp + 3 } else { mp - 9 };
-    let y = if m <= 2 { y + 1 } else { y };
-    format!(
-        "{y:04}-{m:02}-{d:02}T{:02}:{:02}:{:02}Z",
-        rem / 3600,
-        (rem % 3600) / 60,
-        rem % 60
-    )
 }
 
 impl Planner<'_> {
@@ -1178,7 +1155,7 @@ impl Planner<'_> {
                     .image
                     .config
                     .env
-                    .push(format!("PATH={}", crate::image::DEFAULT_PATH));
+                    .push(format!("PATH={}", rbuild_oci::DEFAULT_PATH));
             }
             run.st.env = env_from_config(&run.st.image);
         }

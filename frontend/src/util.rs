@@ -4,35 +4,9 @@
 
 use std::fmt::Write as _;
 
+pub(crate) use rbuild_oci::path::clean;
 use rbuild_ops::{Chmod, Chown, UserRef};
-
-/// Go's `strconv.Quote`.
-pub(crate) fn go_quote(s: &str) -> String {
-    let mut out = String::with_capacity(s.len() + 2);
-    out.push('"');
-    for c in s.chars() {
-        match c {
-            '"' => out.push_str("\\\""),
-            '\\' => out.push_str("\\\\"),
-            '\x07' => out.push_str("\\a"),
-            '\x08' => out.push_str("\\b"),
-            '\x0c' => out.push_str("\\f"),
-            '\n' => out.push_str("\\n"),
-            '\r' => out.push_str("\\r"),
-            '\t' => out.push_str("\\t"),
-            '\x0b' => out.push_str("\\v"),
-            c if (c as u32) < 0x20 || c as u32 == 0x7f => {
-                let _ = write!(out, "\\x{:02x}", c as u32);
-            }
-            c if c.is_control() => {
-                let _ = write!(out, "\\u{:04x}", c as u32);
-            }
-            c => out.push(c),
-        }
-    }
-    out.push('"');
-    out
-}
+use rbuild_parser::go_quote;
 
 /// Go's `fmt.Sprintf("%q", []string{...})`: `["a" "b"]`.
 pub(crate) fn go_quote_list(items: &[String]) -> String {
@@ -84,36 +58,6 @@ fn fraction(v: u64, div: u64) -> String {
     let digits = div.to_string().len() - 1;
     let frac = format!("{rest:0digits$}");
     format!("{whole}.{}", frac.trim_end_matches('0'))
-}
-
-/// Go's `path.Clean` for `/`-separated paths.
-pub(crate) fn clean(p: &str) -> String {
-    if p.is_empty() {
-        return ".".to_owned();
-    }
-    let rooted = p.starts_with('/');
-    let mut parts: Vec<&str> = Vec::new();
-    for seg in p.split('/') {
-        match seg {
-            "" | "." => {}
-            ".." => {
-                if parts.last().is_some_and(|l| *l != "..") {
-                    parts.pop();
-                } else if !rooted {
-                    parts.push("..");
-                }
-            }
-            s => parts.push(s),
-        }
-    }
-    let joined = parts.join("/");
-    if rooted {
-        format!("/{joined}")
-    } else if joined.is_empty() {
-        ".".to_owned()
-    } else {
-        joined
-    }
 }
 
 /// Go's `path.Join(a, b)`.

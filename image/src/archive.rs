@@ -536,7 +536,7 @@ fn resolve_manifest(ex: &Extracted, desc: &Descriptor) -> Result<Manifest> {
         if is_index {
             let idx: Index = serde_json::from_value(v)
                 .map_err(|e| Error::BadArchive(format!("index {}: {e}", desc.digest)))?;
-            let arch = crate::config::host_architecture();
+            let arch = rbuild_oci::host_architecture();
             let pick = idx
                 .manifests
                 .iter()

@@ -8,12 +8,9 @@ pub enum Error {
     Io(#[from] std::io::Error),
     #[error(transparent)]
     Layer(#[from] rbuild_snapshotter::Error),
-    #[error("invalid reference format: {0:?}")]
-    InvalidReference(String),
-    /// A tag was to be made from a reference with a digest (`name@sha256:...`), which
-    /// docker refuses with these words.
-    #[error("refusing to create a tag with a digest reference: {0}")]
-    DigestTag(String),
+    /// An invalid digest, reference or image config.
+    #[error(transparent)]
+    Oci(#[from] rbuild_oci::Error),
     #[error("No such image: {0}")]
     NoSuchImage(String),
     #[error("ambiguous image ID {0:?}: it matches several images")]
@@ -22,8 +19,6 @@ pub enum Error {
     DigestMismatch { expected: Digest, actual: Digest },
     #[error("blob {0} is missing from the store")]
     MissingBlob(Digest),
-    #[error("invalid image config: {0}")]
-    BadConfig(String),
     #[error("invalid archive: {0}")]
     BadArchive(String),
     #[error("invalid tarball: {0}")]

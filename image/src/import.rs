@@ -2,10 +2,12 @@
 
 use std::io::Read;
 
-use crate::config::{History, ImageConfig, RootFs, host_architecture};
+use crate::config::{History, ImageConfig, RootFs};
 use crate::error::Result;
 use crate::reference::Reference;
 use crate::store::Store;
+use rbuild_oci::host_architecture;
+
 use crate::{ContainerConfig, Digest};
 
 /// Options for [`import`].
@@ -39,7 +41,7 @@ pub fn import<R: Read + Send + 'static>(
         created: Some(created.clone()),
         architecture: host_architecture().into(),
         os: "linux".into(),
-        config: Some(opts.config),
+        config: opts.config,
         rootfs: RootFs {
             kind: "layers".into(),
             diff_ids: vec![diff_id],

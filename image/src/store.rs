@@ -664,7 +664,7 @@ impl Store {
         }
         match Reference::parse(name) {
             Ok(_) => Err(not_found()),
-            Err(e) => Err(e),
+            Err(e) => Err(e.into()),
         }
     }
 

@@ -14,6 +14,7 @@ mod error;
 mod grammar;
 mod instructions;
 mod quote;
+pub use quote::go_quote;
 pub mod shell;
 mod span;
 

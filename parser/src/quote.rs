@@ -1,4 +1,5 @@
-//! Go's `strconv.Quote`, for BuildKit's AST dump format.
+//! Go's `strconv.Quote`, for BuildKit's AST dump format and the history texts
+//! the frontend writes (the one Go quoter of the workspace).
 
 use std::fmt::Write as _;
 
@@ -31,7 +32,7 @@ fn is_go_printable(c: char) -> bool {
 }
 
 /// `strconv.Quote(s)`: a double-quoted Go string literal.
-pub(crate) fn go_quote(s: &str) -> String {
+pub fn go_quote(s: &str) -> String {
     let mut out = String::with_capacity(s.len() + 2);
     out.push('"');
     for c in s.chars() {

@@ -31,38 +31,8 @@ pub enum PatternError {
     },
 }
 
-/// Go's `filepath.Clean` for `/`-separated paths: collapses repeated `/`, removes `.`
-/// elements and `..` after a name, drops `..` right after the root, removes a trailing
-/// `/`; an empty result is `.`.
-pub fn clean(path: &str) -> String {
-    if path.is_empty() {
-        return ".".to_owned();
-    }
-    let rooted = path.starts_with('/');
-    let mut parts: Vec<&str> = Vec::new();
-    // How many leading `..` elements `parts` holds (they cannot be removed).
-    let mut dotdot = 0;
-    for elem in path.split('/') {
-        match elem {
-            "" | "." => {}
-            ".." => {
-                if parts.len() > dotdot {
-                    parts.pop();
-                } else if !rooted {
-                    parts.push("..");
-                    dotdot += 1;
-                }
-            }
-            e => parts.push(e),
-        }
-    }
-    let joined = parts.join("/");
-    match (rooted, joined.is_empty()) {
-        (true, _) => format!("/{joined}"),
-        (false, true) => ".".to_owned(),
-        (false, false) => joined,
-    }
-}
+/// Go's `filepath.Clean` for `/`-separated paths (the one in `rbuild_oci`).
+pub use rbuild_oci::path::clean;
 
 /// Go's `filepath.Dir` for `/`-separated paths.
 fn dir_of(path: &str) -> String {

@@ -360,6 +360,9 @@ fn sys_err(what: impl Into<String>) -> impl FnOnce(nix::errno::Errno) -> Sandbox
     move |source| SandboxError::Sys { what, source }
 }
 
+/// `PATH` when the process is given none. The same value as `rbuild_oci::DEFAULT_PATH`
+/// (the image config's default), kept here because the sandbox depends on no rbuild
+/// crate (change both together).
 const DEFAULT_PATH: &str = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";
 
 /// Docker's default capability set (moby `oci/caps/defaults.go`).

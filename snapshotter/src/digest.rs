@@ -1,99 +1,10 @@
-//! sha256 digests (`sha256:<hex>`) and readers/writers that compute them on the fly.
+//! Readers and writers that compute sha256 digests (`sha256:<hex>`) on the fly.
+//! The [`Digest`] type itself is `rbuild_oci`'s.
 
-use std::fmt;
 use std::io::{self, Read, Write};
 
+pub use rbuild_oci::Digest;
 use sha2::{Digest as _, Sha256};
-
-use crate::error::Error;
-
-/// A content digest, always `sha256:` followed by 64 lowercase hex digits.
-#[derive(Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
-pub struct Digest(String);
-
-impl Digest {
-    /// Parses `sha256:<64 hex>`; anything else is refused.
-    pub fn parse(s: &str) -> Result<Self, Error> {
-        match s.strip_prefix("sha256:") {
-            Some(hex) if is_hex64(hex) => Ok(Self(s.to_owned())),
-            _ => Err(Error::InvalidDigest(s.to_owned())),
-        }
-    }
-
-    /// Parses a bare 64-digit hex string as a sha256 digest.
-    pub fn from_hex(hex: &str) -> Result<Self, Error> {
-        if is_hex64(hex) {
-            Ok(Self(format!("sha256:{hex}")))
-        } else {
-            Err(Error::InvalidDigest(hex.to_owned()))
-        }
-    }
-
-    /// The digest of `data`.
-    pub fn of(data: &[u8]) -> Self {
-        Self::from_hasher(Sha256::new_with_prefix(data))
-    }
-
-    fn from_hasher(h: Sha256) -> Self {
-        let bytes = h.finalize();
-        let mut s = String::with_capacity(71);
-        s.push_str("sha256:");
-        for b in bytes {
-            s.push(char::from(b"0123456789abcdef"[usize::from(b >> 4)]));
-            s.push(char::from(b"0123456789abcdef"[usize::from(b & 15)]));
-        }
-        Self(s)
-    }
-
-    /// The hex part, without `sha256:`.
-    pub fn hex(&self) -> &str {
-        &self.0[7..]
-    }
-
-    /// The full `sha256:<hex>` form.
-    pub fn as_str(&self) -> &str {
-        &self.0
-    }
-}
-
-fn is_hex64(hex: &str) -> bool {
-    hex.len() == 64
-        && hex
-            .bytes()
-            .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
-}
-
-impl fmt::Display for Digest {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(&self.0)
-    }
-}
-
-impl fmt::Debug for Digest {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "Digest({})", self.0)
-    }
-}
-
-impl std::str::FromStr for Digest {
-    type Err = Error;
-    fn from_str(s: &str) -> Result<Self, Error> {
-        Self::parse(s)
-    }
-}
-
-impl serde::Serialize for Digest {
-    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
-        s.serialize_str(&self.0)
-    }
-}
-
-impl<'de> serde::Deserialize<'de> for Digest {
-    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        let s = String::deserialize(d)?;
-        Self::parse(&s).map_err(serde::de::Error::custom)
-    }
-}
 
 /// A writer that hashes and counts everything written through it.
 pub struct HashingWriter<W> {
@@ -122,7 +33,11 @@ impl<W: Write> HashingWriter<W> {
 
     /// The inner writer, the digest and the size of what went through.
     pub fn finish(self) -> (W, Digest, u64) {
-        (self.inner, Digest::from_hasher(self.hasher), self.count)
+        (
+            self.inner,
+            Digest::from_sha256(self.hasher.finalize().into()),
+            self.count,
+        )
     }
 }
 
@@ -161,7 +76,11 @@ impl<R: Read> HashingReader<R> {
 
     /// The inner reader, the digest and the size of what was read.
     pub fn finish(self) -> (R, Digest, u64) {
-        (self.inner, Digest::from_hasher(self.hasher), self.count)
+        (
+            self.inner,
+            Digest::from_sha256(self.hasher.finalize().into()),
+            self.count,
+        )
     }
 }
 
@@ -214,29 +133,6 @@ impl<F: FnMut(Vec<u8>) -> io::Result<()>> Write for ChunkWriter<F> {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn digest_of_empty_input_is_the_known_value() {
-        assert_eq!(
-            Digest::of(b"").as_str(),
-            "sha256:e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855"
-        );
-    }
-
-    #[test]
-    fn parse_refuses_bad_digests() {
-        assert!(Digest::parse("sha256:abc").is_err());
-        assert!(
-            Digest::parse("md5:e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855")
-                .is_err()
-        );
-        assert!(
-            Digest::parse(
-                "sha256:E3B0C44298FC1C149AFBF4C8996FB92427AE41E4649B934CA495991B7852B855"
-            )
-            .is_err()
-        );
-    }
 
     #[test]
     fn hashing_writer_matches_one_shot_digest() {

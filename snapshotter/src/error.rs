@@ -5,8 +5,9 @@
 pub enum Error {
     #[error(transparent)]
     Io(#[from] std::io::Error),
-    #[error("invalid digest {0:?}: expected sha256:<64 lowercase hex digits>")]
-    InvalidDigest(String),
+    /// An invalid digest (or other OCI value).
+    #[error(transparent)]
+    Oci(#[from] rbuild_oci::Error),
     #[error("layer entry {0:?} escapes the target directory")]
     Escape(String),
     #[error("layer entry {path:?}: {reason}")]

@@ -11,10 +11,11 @@ use crate::state::{Inner, Res, err};
 /// What [`crate::LocalWorker::export_image`] writes.
 #[derive(Clone, Debug, Default)]
 pub struct ExportOptions {
-    /// The image config as JSON (from the frontend). Its `rootfs` is
-    /// replaced; its `history` is kept, with `empty_layer` set to match the
-    /// layers actually written (a step whose diff is empty gets no layer).
-    pub config: Vec<u8>,
+    /// The image config (from the frontend), serialised canonically when its
+    /// blob is written. Its `rootfs` is replaced; its `history` is kept, with
+    /// `empty_layer` set to match the layers actually written (a step whose
+    /// diff is empty gets no layer).
+    pub config: ImageConfig,
     /// The base image (`FROM`), recorded as the image's parent.
     pub base_image: Option<Digest>,
     /// Tags to set (may be empty: a dangling image).
@@ -32,8 +33,7 @@ pub(crate) fn export_image(
     opts: &ExportOptions,
     status: &mut dyn FnMut(&str, bool),
 ) -> Result<Digest, ExecError> {
-    let mut cfg = ImageConfig::from_slice(&opts.config)
-        .map_err(|e| ExecError::msg(format!("invalid image config: {e}")))?;
+    let mut cfg = opts.config.clone();
     let Res::Snap(top) = inner.resolve(target)? else {
         return Err(ExecError::msg("cannot export a build context as an image"));
     };

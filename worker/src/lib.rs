@@ -57,7 +57,11 @@
 //!     &store,
 //!     result,
 //!     &ExportOptions {
-//!         config: br#"{"architecture":"amd64","os":"linux","rootfs":{"type":"layers","diff_ids":[]}}"#.to_vec(),
+//!         config: rbuild_image::ImageConfig {
+//!             architecture: "amd64".into(),
+//!             os: "linux".into(),
+//!             ..Default::default()
+//!         },
 //!         base_image: None,
 //!         tags: vec![rbuild_image::Reference::parse("app:latest")?],
 //!         keep_empty_layers: false,

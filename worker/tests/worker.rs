@@ -146,7 +146,10 @@ impl Env {
                 &self.store,
                 r,
                 &ExportOptions {
-                    config: serde_json::to_vec(&cfg).unwrap(),
+                    config: rbuild_image::ImageConfig::from_slice(
+                        &serde_json::to_vec(&cfg).unwrap(),
+                    )
+                    .unwrap(),
                     base_image: Some(base.id.clone()),
                     tags: vec![Reference::parse("out:latest").unwrap()],
                     ..ExportOptions::default()
@@ -270,7 +273,10 @@ async fn run_writes_files_and_a_deleted_base_file_is_a_whiteout() {
             &env.store,
             &r,
             &ExportOptions {
-                config: env.store.read_blob(&img.id).unwrap(),
+                config: rbuild_image::ImageConfig::from_slice(
+                    &env.store.read_blob(&img.id).unwrap(),
+                )
+                .unwrap(),
                 base_image: Some(base_img.id.clone()),
                 tags: vec![],
                 keep_empty_layers: false,
@@ -306,7 +312,7 @@ async fn run_writes_files_and_a_deleted_base_file_is_a_whiteout() {
                             .unwrap()
                             .push(serde_json::json!({"created_by": "RUN"}));
                     }
-                    serde_json::to_vec(&c).unwrap()
+                    rbuild_image::ImageConfig::from_slice(&serde_json::to_vec(&c).unwrap()).unwrap()
                 },
                 base_image: Some(base_img.id.clone()),
                 tags: vec![],

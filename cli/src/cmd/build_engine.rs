@@ -34,12 +34,10 @@ impl ImageResolver for StoreResolver<'_> {
                 "image not found in the local store ({e}); pull, load or import it first"
             ))
         })?;
-        let config = serde_json::from_slice(&img.raw_config)
-            .map_err(|e| ResolveError(format!("unreadable image config: {e}")))?;
         Ok(ResolvedImage {
             reference: reference.to_owned(),
             digest: Some(img.id.to_string()),
-            config,
+            config: img.config,
         })
     }
 }
@@ -346,13 +344,12 @@ fn export(
 ) -> anyhow::Result<Option<Digest>> {
     let export_image =
         |tags: Vec<rbuild_image::Reference>, phases: &mut Phases<'_>| -> anyhow::Result<Digest> {
-            let config = serde_json::to_vec(&plan.image).context("serialising the image config")?;
             worker
                 .export_image_with_status(
                     store,
                     target,
                     &ExportOptions {
-                        config,
+                        config: plan.image.clone(),
                         base_image: plan
                             .base
                             .as_ref()
@@ -433,7 +430,7 @@ fn save_last_good(
     worker: &LocalWorker,
     store: &Store,
     result: &ResultRef,
-    config: &rbuild_frontend::ImageConfig,
+    config: &rbuild_oci::ImageConfig,
 ) -> anyhow::Result<String> {
     LocalWorker::snapshot_of(result).ok_or_else(|| anyhow!("not a snapshot"))?;
     let id = worker
@@ -441,7 +438,7 @@ fn save_last_good(
             store,
             result,
             &ExportOptions {
-                config: serde_json::to_vec(config)?,
+                config: config.clone(),
                 base_image: None,
                 tags: Vec::new(),
                 keep_empty_layers: true,

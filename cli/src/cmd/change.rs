@@ -4,10 +4,8 @@
 //! kept behind the one function [`apply_change`] so it can be switched to
 //! rbuild-parser later.
 
-use std::collections::BTreeMap;
-
 use rbuild_image::ContainerConfig;
-use serde_json::Value;
+use rbuild_oci::Empty;
 
 /// Applies one instruction (`CMD ["sh"]`, `ENV A=b`, `EXPOSE 80/tcp`, ...) to `config`.
 pub fn apply_change(config: &mut ContainerConfig, instruction: &str) -> Result<(), String> {
@@ -36,7 +34,7 @@ pub fn apply_change(config: &mut ContainerConfig, instruction: &str) -> Result<(
         "ENV" => {
             need("at least one argument")?;
             let pairs = key_values(rest, "ENV")?;
-            let env = config.env.get_or_insert_with(Vec::new);
+            let env = &mut config.env;
             for (k, v) in pairs {
                 let entry = format!("{k}={v}");
                 match env
@@ -51,14 +49,14 @@ pub fn apply_change(config: &mut ContainerConfig, instruction: &str) -> Result<(
         "LABEL" => {
             need("at least one argument")?;
             let pairs = key_values(rest, "LABEL")?;
-            let labels = config.labels.get_or_insert_with(BTreeMap::new);
+            let labels = &mut config.labels;
             for (k, v) in pairs {
                 labels.insert(k, v);
             }
         }
         "EXPOSE" => {
             need("at least one argument")?;
-            let ports = config.exposed_ports.get_or_insert_with(BTreeMap::new);
+            let ports = &mut config.exposed_ports;
             for p in words(rest)? {
                 let (port, proto) = p.split_once('/').unwrap_or((&p, "tcp"));
                 let proto = proto.to_ascii_lowercase();
@@ -71,16 +69,13 @@ pub fn apply_change(config: &mut ContainerConfig, instruction: &str) -> Result<(
                     _ => return Err(format!("invalid containerPort: {port}")),
                 };
                 for n in lo..=hi {
-                    ports.insert(
-                        format!("{n}/{proto}"),
-                        Value::Object(serde_json::Map::new()),
-                    );
+                    ports.insert(format!("{n}/{proto}"), Empty {});
                 }
             }
         }
         "USER" => {
             need("exactly one argument")?;
-            config.user = Some(rest.to_owned());
+            rest.clone_into(&mut config.user);
         }
         "VOLUME" => {
             need("at least one argument")?;
@@ -89,18 +84,18 @@ pub fn apply_change(config: &mut ContainerConfig, instruction: &str) -> Result<(
             } else {
                 words(rest)?
             };
-            let vols = config.volumes.get_or_insert_with(BTreeMap::new);
+            let vols = &mut config.volumes;
             for v in list {
                 if v.is_empty() {
                     return Err("VOLUME specified can not be an empty string".into());
                 }
-                vols.insert(v, Value::Object(serde_json::Map::new()));
+                vols.insert(v, Empty {});
             }
         }
         "WORKDIR" => {
             need("exactly one argument")?;
-            let cur = config.working_dir.clone().unwrap_or_default();
-            config.working_dir = Some(if rest.starts_with('/') || cur.is_empty() {
+            let cur = config.working_dir.clone();
+            config.working_dir = if rest.starts_with('/') || cur.is_empty() {
                 if rest.starts_with('/') {
                     rest.to_owned()
                 } else {
@@ -108,18 +103,15 @@ pub fn apply_change(config: &mut ContainerConfig, instruction: &str) -> Result<(
                 }
             } else {
                 format!("{}/{rest}", cur.trim_end_matches('/'))
-            });
+            };
         }
         "STOPSIGNAL" => {
             need("exactly one argument")?;
-            config.stop_signal = Some(rest.to_owned());
+            rest.clone_into(&mut config.stop_signal);
         }
         "ONBUILD" => {
             need("an instruction")?;
-            config
-                .on_build
-                .get_or_insert_with(Vec::new)
-                .push(rest.to_owned());
+            config.on_build.push(rest.to_owned());
         }
         "" => return Err("empty change instruction".into()),
         _ => {
@@ -232,16 +224,16 @@ mod tests {
             c.entrypoint.unwrap(),
             vec!["/bin/sh", "-c", "/entry.sh --flag"]
         );
-        assert_eq!(c.env.unwrap(), vec!["A=3", "B=two words"]);
+        assert_eq!(c.env, vec!["A=3", "B=two words"]);
         assert_eq!(
-            c.exposed_ports.unwrap().keys().cloned().collect::<Vec<_>>(),
+            c.exposed_ports.keys().cloned().collect::<Vec<_>>(),
             vec!["53/udp", "80/tcp", "8000/tcp", "8001/tcp"]
         );
-        assert_eq!(c.labels.unwrap()["version"], "1.0");
-        assert_eq!(c.user.unwrap(), "nobody");
-        assert_eq!(c.volumes.unwrap().len(), 2);
-        assert_eq!(c.working_dir.unwrap(), "/a/b");
-        assert_eq!(c.stop_signal.unwrap(), "SIGTERM");
+        assert_eq!(c.labels["version"], "1.0");
+        assert_eq!(c.user, "nobody");
+        assert_eq!(c.volumes.len(), 2);
+        assert_eq!(c.working_dir, "/a/b");
+        assert_eq!(c.stop_signal, "SIGTERM");
     }
 
     #[test]

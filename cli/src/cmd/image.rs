@@ -430,12 +430,7 @@ fn images(store: &Store, a: &ImagesArgs) -> Result<std::process::ExitCode> {
         if since_t.is_some_and(|t| created <= t) || before_t.is_some_and(|t| created >= t) {
             continue;
         }
-        let img_labels = img
-            .config
-            .config
-            .as_ref()
-            .and_then(|c| c.labels.clone())
-            .unwrap_or_default();
+        let img_labels = &img.config.config.labels;
         if !labels.iter().all(|(k, v)| {
             img_labels
                 .get(k)
@@ -685,11 +680,9 @@ fn inspect_value(store: &Store, img: &Image) -> Result<Value> {
     ] {
         c.insert(k.to_owned(), v);
     }
-    if let Some(cc) = &cfg.config {
-        if let Value::Object(m) = serde_json::to_value(cc)? {
-            for (k, v) in m {
-                c.insert(k, v);
-            }
+    if let Value::Object(m) = serde_json::to_value(&cfg.config)? {
+        for (k, v) in m {
+            c.insert(k, v);
         }
     }
     let (_, _, mdigest) = store.manifest(img)?;

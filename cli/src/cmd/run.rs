@@ -152,7 +152,7 @@ fn target(args: &RunArgs, root: &Path) -> anyhow::Result<Target> {
         Err(e) => return Err(anyhow::Error::from(e).context(format!("image {name:?}"))),
     };
     let lower = unpacked_rootfs(&store, &image)?;
-    let config = image.config.config.clone().unwrap_or_default();
+    let config = image.config.config.clone();
     let mut argv = config.entrypoint.clone().unwrap_or_default();
     if cmd.is_empty() {
         argv.extend(config.cmd.clone().unwrap_or_default());
@@ -165,12 +165,12 @@ fn target(args: &RunArgs, root: &Path) -> anyhow::Result<Target> {
     Ok(Target {
         lower,
         argv,
-        env: merge_env(config.env.as_deref().unwrap_or_default(), env),
-        user: args.user.clone().or(config.user).unwrap_or_default(),
+        env: merge_env(&config.env, env),
+        user: args.user.clone().unwrap_or(config.user),
         cwd: args
             .workdir
             .clone()
-            .or(config.working_dir.filter(|w| !w.is_empty()))
+            .or(Some(config.working_dir).filter(|w| !w.is_empty()))
             .unwrap_or_else(|| "/".into()),
     })
 }

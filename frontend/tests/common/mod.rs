@@ -46,7 +46,9 @@ impl FakeResolver {
         let mut rootfs = RootFs::default();
         rootfs.diff_ids.clone_from(&cfg.rootfs.diff_ids);
         for (i, _) in plan.layer_vertices.iter().enumerate() {
-            rootfs.diff_ids.push(format!("sha256:{:064x}", i + 2));
+            rootfs
+                .diff_ids
+                .push(rbuild_oci::Digest::parse(&format!("sha256:{:064x}", i + 2)).unwrap());
         }
         cfg.rootfs = rootfs;
         self.add(name, cfg);

@@ -251,15 +251,8 @@ fn parse_http_date(s: &str) -> Option<i64> {
     let months = [
         "Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec",
     ];
-    let mon = i64::try_from(months.iter().position(|&x| x == month)?).ok()? + 1;
-    // Days from the civil date (Howard Hinnant's algorithm).
-    let y = if mon <= 2 { year - 1 } else { year };
-    let era = y.div_euclid(400);
-    let yoe = y - era * 400;
-    let mp = (mon + 9) % 12;
-    let doy = (153 * mp + 2) / 5 + day - 1;
-    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
-    let days = era * 146_097 + doe - 719_468;
+    let mon = u32::try_from(months.iter().position(|&x| x == month)?).ok()? + 1;
+    let days = rbuild_oci::time::days_from_civil(year, mon, u32::try_from(day).ok()?);
     Some(days * 86_400 + h * 3600 + m * 60 + sec)
 }
 

@@ -1,18 +1,26 @@
-//! Docker's image config JSON (`application/vnd.docker.container.image.v1+json`,
-//! also valid as an OCI image config), as plain serde types.
+//! The image config: Docker's JSON (`application/vnd.docker.container.image.v1+json`,
+//! also valid as an OCI image config `application/vnd.oci.image.config.v1+json`):
+//! the OCI fields plus the ones Docker adds (Healthcheck, `OnBuild`, Shell,
+//! `ArgsEscaped`, ...), as plain serde types.
 //!
 //! Field names are exactly Docker's. Every field the model does not know is kept in
 //! an `extra` map, so a config read from a store and written back loses nothing.
-//! `null` where a list or object is expected reads as empty.
+//! `null` where a list or object is expected reads as empty; empty values are
+//! omitted when written (except `config`, always written).
+//!
+//! oci-spec's `ImageConfiguration` has no place for Docker's fields and no way to
+//! carry unknown ones, so these types are our own, with the same JSON names.
 
 // Docker's JSON has maps to empty objects: `{"80/tcp": {}}`, `{"/data": {}}`
 // (also inside the serde-generated code, hence module-wide).
 #![allow(clippy::zero_sized_map_values)]
 
 use std::collections::BTreeMap;
-use std::fmt;
 
 use serde::{Deserialize, Deserializer, Serialize};
+use serde_json::Value;
+
+use crate::{Digest, Platform};
 
 /// Reads `null` (or a missing field, with `#[serde(default)]`) as `T::default()`.
 fn null_default<'de, D, T>(d: D) -> Result<T, D::Error>
@@ -53,11 +61,15 @@ pub struct ImageConfig {
     pub config: ContainerConfig,
     #[serde(default, deserialize_with = "null_default")]
     pub rootfs: RootFs,
-    #[serde(default, deserialize_with = "null_default")]
+    #[serde(
+        default,
+        skip_serializing_if = "Vec::is_empty",
+        deserialize_with = "null_default"
+    )]
     pub history: Vec<History>,
     /// Fields not modelled here (`container`, `container_config`, `docker_version`, ...).
     #[serde(flatten)]
-    pub extra: BTreeMap<String, serde_json::Value>,
+    pub extra: BTreeMap<String, Value>,
 }
 
 /// `rootfs`: the layer diff IDs, bottom first.
@@ -66,7 +78,7 @@ pub struct RootFs {
     #[serde(rename = "type", default = "layers")]
     pub kind: String,
     #[serde(default, deserialize_with = "null_default")]
-    pub diff_ids: Vec<String>,
+    pub diff_ids: Vec<Digest>,
 }
 
 fn layers() -> String {
@@ -94,10 +106,14 @@ pub struct History {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub comment: Option<String>,
     /// True when the step changed no files (no layer in `rootfs`).
-    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    #[serde(
+        default,
+        skip_serializing_if = "std::ops::Not::not",
+        deserialize_with = "null_default"
+    )]
     pub empty_layer: bool,
     #[serde(flatten)]
-    pub extra: BTreeMap<String, serde_json::Value>,
+    pub extra: BTreeMap<String, Value>,
 }
 
 /// `config`: what a container started from the image gets.
@@ -173,7 +189,7 @@ pub struct ContainerConfig {
     pub shell: Vec<String>,
     /// Docker's other container-config fields (`Hostname`, `Tty`, ...).
     #[serde(flatten)]
-    pub extra: BTreeMap<String, serde_json::Value>,
+    pub extra: BTreeMap<String, Value>,
 }
 
 #[allow(clippy::ref_option)] // serde's skip_serializing_if passes &Option
@@ -192,15 +208,35 @@ pub struct Healthcheck {
         deserialize_with = "null_default"
     )]
     pub test: Vec<String>,
-    #[serde(default, skip_serializing_if = "is_zero")]
+    #[serde(
+        default,
+        skip_serializing_if = "is_zero",
+        deserialize_with = "null_default"
+    )]
     pub interval: i64,
-    #[serde(default, skip_serializing_if = "is_zero")]
+    #[serde(
+        default,
+        skip_serializing_if = "is_zero",
+        deserialize_with = "null_default"
+    )]
     pub timeout: i64,
-    #[serde(default, skip_serializing_if = "is_zero")]
+    #[serde(
+        default,
+        skip_serializing_if = "is_zero",
+        deserialize_with = "null_default"
+    )]
     pub start_period: i64,
-    #[serde(default, skip_serializing_if = "is_zero")]
+    #[serde(
+        default,
+        skip_serializing_if = "is_zero",
+        deserialize_with = "null_default"
+    )]
     pub start_interval: i64,
-    #[serde(default, skip_serializing_if = "is_zero")]
+    #[serde(
+        default,
+        skip_serializing_if = "is_zero",
+        deserialize_with = "null_default"
+    )]
     pub retries: i64,
 }
 
@@ -210,6 +246,34 @@ fn is_zero(v: &i64) -> bool {
 }
 
 impl ImageConfig {
+    /// Parses a config blob (a JSON object).
+    pub fn from_slice(data: &[u8]) -> crate::Result<Self> {
+        let v: Value =
+            serde_json::from_slice(data).map_err(|e| crate::Error::BadConfig(e.to_string()))?;
+        if !v.is_object() {
+            return Err(crate::Error::BadConfig("not a JSON object".into()));
+        }
+        serde_json::from_value(v).map_err(|e| crate::Error::BadConfig(e.to_string()))
+    }
+
+    /// The canonical JSON bytes of this config (its sha256 is the image ID).
+    pub fn to_canonical(&self) -> crate::Result<Vec<u8>> {
+        crate::json::canonical(self)
+    }
+
+    /// The image ID this config would have.
+    pub fn id(&self) -> crate::Result<Digest> {
+        Ok(Digest::of(&self.to_canonical()?))
+    }
+
+    /// `created` as seconds since the epoch (0 when absent or unparsable).
+    pub fn created_unix(&self) -> i64 {
+        self.created
+            .as_deref()
+            .and_then(crate::time::parse_rfc3339)
+            .map_or(0, |t| t.0)
+    }
+
     /// The value of `name` in `config.Env`, if set.
     pub fn env(&self, name: &str) -> Option<&str> {
         self.config
@@ -241,90 +305,42 @@ impl ImageConfig {
 /// `PATH` for a Linux image whose base sets none.
 pub const DEFAULT_PATH: &str = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";
 
-/// An OCI platform: `os/arch[/variant]`.
-#[derive(Debug, Clone, PartialEq, Eq, Hash)]
-pub struct Platform {
-    pub os: String,
-    pub architecture: String,
-    pub variant: Option<String>,
-}
+#[cfg(test)]
+mod tests {
+    use super::*;
 
-impl Platform {
-    /// The platform this process runs on, in OCI terms (`linux/amd64`, `linux/arm64`, ...).
-    pub fn host() -> Self {
-        let (architecture, variant) = match std::env::consts::ARCH {
-            "x86_64" => ("amd64", None),
-            "aarch64" => ("arm64", None),
-            "x86" => ("386", None),
-            "arm" => ("arm", Some("v7")),
-            "powerpc64" => ("ppc64", None),
-            "loongarch64" => ("loong64", None),
-            "mips64" => ("mips64", None),
-            other => (other, None),
-        };
-        let os = match std::env::consts::OS {
-            "macos" => "darwin",
-            other => other,
-        };
-        Self {
-            os: os.to_owned(),
-            architecture: architecture.to_owned(),
-            variant: variant.map(str::to_owned),
-        }
+    #[test]
+    fn docker_fields_and_unknown_fields_survive_a_round_trip() {
+        let src = r#"{"architecture":"amd64","os":"linux","config":{"Healthcheck":{"Test":["CMD","true"],"Interval":30000000000},"OnBuild":["RUN x"],"Shell":["/bin/bash","-c"],"ArgsEscaped":true,"Hostname":"h","Env":["A=b"]},"rootfs":{"type":"layers","diff_ids":[]},"docker_version":"25.0","container_config":{"Cmd":["x"]}}"#;
+        let c = ImageConfig::from_slice(src.as_bytes()).unwrap();
+        let out: Value = serde_json::from_slice(&c.to_canonical().unwrap()).unwrap();
+        let orig: Value = serde_json::from_str(src).unwrap();
+        assert_eq!(out, orig);
     }
 
-    /// Parses `os[/arch[/variant]]` (containerd's normalisation of the common
-    /// aliases: `x86_64` → `amd64`, `aarch64` → `arm64`, `arm64/v8` → `arm64`).
-    pub fn parse(s: &str) -> Option<Self> {
-        let parts: Vec<&str> = s.split('/').collect();
-        if parts.iter().any(|p| p.is_empty()) || parts.len() > 3 {
-            return None;
-        }
-        let os = parts[0].to_ascii_lowercase();
-        let host = Self::host();
-        let (mut arch, mut variant) = match parts.get(1) {
-            Some(a) => (
-                a.to_ascii_lowercase(),
-                parts.get(2).map(|v| v.to_ascii_lowercase()),
-            ),
-            None => (host.architecture.clone(), host.variant.clone()),
-        };
-        match arch.as_str() {
-            "x86_64" | "x86-64" => "amd64".clone_into(&mut arch),
-            "aarch64" => "arm64".clone_into(&mut arch),
-            "i386" => "386".clone_into(&mut arch),
-            "armhf" => {
-                "arm".clone_into(&mut arch);
-                variant = Some("v7".to_owned());
-            }
-            _ => {}
-        }
-        if arch == "arm64" && variant.as_deref() == Some("v8") {
-            variant = None;
-        }
-        if arch == "arm" && variant.is_none() {
-            variant = Some("v7".to_owned());
-        }
-        Some(Self {
-            os,
-            architecture: arch,
-            variant,
-        })
+    #[test]
+    fn the_id_is_stable_whatever_the_field_order() {
+        let a = ImageConfig::from_slice(
+            br#"{"os":"linux","architecture":"amd64","rootfs":{"diff_ids":[],"type":"layers"}}"#,
+        )
+        .unwrap();
+        let b = ImageConfig::from_slice(
+            br#"{"architecture":"amd64","rootfs":{"type":"layers","diff_ids":[]},"os":"linux"}"#,
+        )
+        .unwrap();
+        assert_eq!(a.id().unwrap(), b.id().unwrap());
     }
-}
 
-impl Default for Platform {
-    fn default() -> Self {
-        Self::host()
-    }
-}
-
-impl fmt::Display for Platform {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{}/{}", self.os, self.architecture)?;
-        if let Some(v) = &self.variant {
-            write!(f, "/{v}")?;
-        }
-        Ok(())
+    #[test]
+    fn empty_values_are_omitted_and_nulls_read_as_empty() {
+        let c = ImageConfig::from_slice(
+            br#"{"architecture":"amd64","os":"linux","config":{"Env":null,"User":"","Entrypoint":[],"Healthcheck":{"Test":["NONE"],"Interval":null}},"history":null,"rootfs":{"type":"layers","diff_ids":null}}"#,
+        )
+        .unwrap();
+        assert_eq!(
+            String::from_utf8(c.to_canonical().unwrap()).unwrap(),
+            r#"{"architecture":"amd64","config":{"Healthcheck":{"Test":["NONE"]}},"os":"linux","rootfs":{"diff_ids":[],"type":"layers"}}"#
+        );
+        assert!(ImageConfig::from_slice(b"[]").is_err());
     }
 }

@@ -229,6 +229,47 @@ mod tests {
     }
 
     #[test]
+    fn normalisation_of_domains_ports_and_digests() {
+        let hex = "0123456789abcdef".repeat(4);
+        let r = Reference::parse(&format!("index.docker.io/library/alpine@sha256:{hex}")).unwrap();
+        assert_eq!(r.repo, "alpine");
+        assert_eq!(r.tag, None);
+        assert_eq!(r.digest.as_ref().map(Digest::hex), Some(hex.as_str()));
+        assert_eq!(
+            r.full_name(),
+            format!("docker.io/library/alpine@sha256:{hex}")
+        );
+        // A port makes the first component a registry; its tag is after the last `:`.
+        let r = Reference::parse_tagged("myhost:5000/app").unwrap();
+        assert_eq!(
+            (r.repo.as_str(), r.tag.as_deref()),
+            ("myhost:5000/app", Some("latest"))
+        );
+        assert_eq!(r.full_name(), "myhost:5000/app:latest");
+        // `library/` is only dropped on docker.io, never on another registry.
+        assert_eq!(
+            Reference::parse("quay.io/library/x:1").unwrap().to_string(),
+            "quay.io/library/x:1"
+        );
+        assert_eq!(
+            Reference::parse("library/busybox").unwrap().to_string(),
+            "busybox"
+        );
+        // A tag and a digest together keep both.
+        assert_eq!(
+            Reference::parse(&format!("docker.io/me/app:v1@sha256:{hex}"))
+                .unwrap()
+                .to_string(),
+            format!("me/app:v1@sha256:{hex}")
+        );
+        // `localhost` without a port is a registry too.
+        assert_eq!(
+            Reference::parse("localhost/app").unwrap().full_name(),
+            "localhost/app"
+        );
+    }
+
+    #[test]
     fn tags_cannot_have_a_digest() {
         let hex = "a".repeat(64);
         for s in [format!("app@sha256:{hex}"), format!("app:1@sha256:{hex}")] {
