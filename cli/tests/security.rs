@@ -406,14 +406,17 @@ fn other_users_cannot_reach_into_the_state_root() {
     assert!(!foreign.join("blobs").exists());
 }
 
-/// The scratch directories rbuild makes outside the state root (`rbuild run`'s
-/// upper layer, the sandbox's overlay mount point) are private too.
+/// The scratch directories of `rbuild run` (its upper layer, the sandbox's
+/// overlay mount point) live under the (private) state root, in `<root>/tmp`,
+/// owned by the running process's lease, and are private themselves: nothing of
+/// the run appears in the system's temporary directory.
 #[test]
-fn scratch_directories_outside_the_root_are_private() {
+fn scratch_directories_are_private_and_under_the_state_root() {
     let env = common::build_env();
     let tmpdir = env.path("tmp");
     std::fs::create_dir(&tmpdir).unwrap();
     std::fs::set_permissions(&tmpdir, std::fs::Permissions::from_mode(0o1777)).unwrap();
+    let scratch = env.root().join("tmp");
     let mut child = env
         .cmd(&["run", "--rm", "busybox", "sh", "-c", "sleep 3"])
         .env("TMPDIR", &tmpdir)
@@ -422,14 +425,21 @@ fn scratch_directories_outside_the_root_are_private() {
     let mut seen = std::collections::BTreeMap::new();
     let start = std::time::Instant::now();
     while start.elapsed() < std::time::Duration::from_secs(3) && seen.len() < 2 {
-        for e in std::fs::read_dir(&tmpdir).unwrap().flatten() {
-            let name = e.file_name().to_string_lossy().into_owned();
-            if let Some(kind) = ["rbuild-run-", "rbuild-sandbox-"]
-                .into_iter()
-                .find(|k| name.starts_with(k))
-                && let Ok(m) = e.metadata()
-            {
-                seen.insert(kind, m.mode() & 0o7777);
+        let mut dirs = vec![scratch.clone()];
+        while let Some(d) = dirs.pop() {
+            for e in std::fs::read_dir(&d).into_iter().flatten().flatten() {
+                let name = e.file_name().to_string_lossy().into_owned();
+                let Ok(m) = e.metadata() else { continue };
+                if !m.is_dir() {
+                    continue;
+                }
+                if let Some(kind) = ["run-", "rbuild-sandbox-"]
+                    .into_iter()
+                    .find(|k| name.starts_with(k))
+                {
+                    seen.insert(kind, m.mode() & 0o7777);
+                    dirs.push(e.path());
+                }
             }
         }
         std::thread::sleep(std::time::Duration::from_millis(20));
@@ -437,6 +447,11 @@ fn scratch_directories_outside_the_root_are_private() {
     assert!(child.wait().unwrap().success());
     assert_eq!(
         seen,
-        std::collections::BTreeMap::from([("rbuild-run-", 0o700), ("rbuild-sandbox-", 0o700)])
+        std::collections::BTreeMap::from([("rbuild-sandbox-", 0o700), ("run-", 0o700)])
+    );
+    assert_eq!(
+        std::fs::read_dir(&tmpdir).unwrap().count(),
+        0,
+        "rbuild run left something in TMPDIR"
     );
 }
