@@ -404,6 +404,18 @@ fn other_users_cannot_reach_into_the_state_root() {
     assert!(err.contains("will not change its mode"), "{err}");
     assert_eq!(std::fs::metadata(&foreign).unwrap().mode() & 0o7777, 0o755);
     assert!(!foreign.join("blobs").exists());
+    // An empty directory made for the root (as scripts `mkdir -p` one) is taken
+    // and made private.
+    let fresh = env.path("fresh");
+    std::fs::create_dir(&fresh).unwrap();
+    std::fs::set_permissions(&fresh, std::fs::Permissions::from_mode(0o755)).unwrap();
+    let o = env
+        .cmd(&["images"])
+        .env("RBUILD_ROOT", &fresh)
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    assert_eq!(std::fs::metadata(&fresh).unwrap().mode() & 0o7777, 0o700);
 }
 
 /// The scratch directories of `rbuild run` (its upper layer, the sandbox's

@@ -291,7 +291,10 @@ pub fn private_root(root: &Path) -> Result<()> {
     }
     let me = fs_err::metadata("/proc/self")?.uid();
     if m.uid() == me && mode & 0o077 != 0 {
-        let ours = root.join("blobs").is_dir() || fs_err::read_dir(root)?.next().is_none();
+        // rbuild's: it has the store (`blobs/`) or only what the startup sweep
+        // made (`leases/`), or nothing yet.
+        let ours = root.join("blobs").is_dir()
+            || fs_err::read_dir(root)?.all(|e| e.is_ok_and(|e| e.file_name() == "leases"));
         if !ours {
             return Err(unsafe_root(format!(
                 "is a directory others can enter (mode {mode:04o}) that holds something other \
