@@ -546,7 +546,7 @@ pub fn failure_report(f: &StepFailure, dockerfile_src: &str) -> String {
 }
 
 /// Planning, solving and exporting.
-#[path = "build_engine.rs"]
+#[path = "../../../engine/src/session.rs"]
 mod engine;
 
 #[cfg(test)]
