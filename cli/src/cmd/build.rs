@@ -5,8 +5,9 @@
 //! -`, or `Dockerfile` in the context), the ignore file (`<Dockerfile>.dockerignore`
 //! before `.dockerignore`), build args, secrets and the `--output` spec; parses the
 //! Dockerfile (errors rendered with file, line and caret; exit 1); then hands a
-//! [`Request`] to [`rbuild_engine::build`] (plan → solve → export) while rendering progress, and
-//! reports the result like `docker build` or the failing step with its last output.
+//! [`Request`] to [`rbuild_engine::build`] (plan → solve → export, with the
+//! exporter `--output` names) while rendering its progress events, and reports the
+//! result like `docker build` or the failing step with its last output.
 
 use std::collections::BTreeMap;
 use std::io::{IsTerminal, Read};
