@@ -61,11 +61,12 @@ fn main() -> ExitCode {
     }
 }
 
-/// The error and its causes on one line; a full disk reads "no space left on device"
+/// The error and its causes on one line (each cause once, see
+/// [`rbuild_engine::one_line`]); a full disk reads "no space left on device"
 /// whichever layer met it (the I/O errors of the library crates carry the OS's text,
 /// `No space left on device (os error 28)`, inside their own).
 fn error_line(e: &anyhow::Error) -> String {
-    format!("{e:#}").replace(
+    rbuild_engine::one_line(e.as_ref()).replace(
         "No space left on device (os error 28)",
         "no space left on device",
     )

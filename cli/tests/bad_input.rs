@@ -427,3 +427,41 @@ fn a_load_onto_a_full_disk_says_no_space_left_on_device() {
     assert_eq!(env.ok(&["images", "-q"]).lines().count(), 2);
     drop(disk);
 }
+
+/// An output whose directory is missing: the export vertex (under `BuildKit`'s
+/// name) fails naming the destination, the error line holds each cause once,
+/// the JSON progress carries the same error, and nothing is written.
+#[test]
+fn export_to_a_missing_directory_names_the_destination_once() {
+    let env = Env::new();
+    let ctx = context(&env, "ctx", "FROM scratch\nCOPY f /f\n");
+    fs_err::write(ctx.join("f"), "x").unwrap();
+    let ctx = ctx.to_str().unwrap();
+    let dest = env.path("missing/out.tar");
+    let dest_s = dest.to_str().unwrap();
+    let spec = format!("type=tar,dest={dest_s}");
+    let err = env.fails(&["build", "-q", "--output", &spec, ctx]);
+    let want = format!("Error: writing {dest_s}: the directory of {dest_s}: ");
+    assert!(err.starts_with(&want), "{err}");
+    assert_eq!(err.matches("No such file or directory").count(), 1, "{err}");
+
+    let o = env.run(&["build", "--progress=json", "--output", &spec, ctx]);
+    assert!(!o.status.success());
+    let events: Vec<serde_json::Value> = stderr(&o)
+        .lines()
+        .filter_map(|l| serde_json::from_str(l).ok())
+        .collect();
+    let started = events
+        .iter()
+        .find(|e| e["event"] == "vertex_started" && e["name"] == "exporting to client tarball")
+        .unwrap_or_else(|| panic!("no export vertex in {events:?}"));
+    let failed = events
+        .iter()
+        .find(|e| e["event"] == "vertex_failed" && e["id"] == started["id"])
+        .unwrap_or_else(|| panic!("the export vertex did not fail in {events:?}"));
+    assert_eq!(
+        format!("Error: {}", failed["error"].as_str().unwrap()),
+        err.trim_end()
+    );
+    assert!(!env.path("missing").exists());
+}

@@ -5,16 +5,18 @@
 //! -`, or `Dockerfile` in the context), the ignore file (`<Dockerfile>.dockerignore`
 //! before `.dockerignore`), build args, secrets and the `--output` spec; parses the
 //! Dockerfile (errors rendered with file, line and caret; exit 1); then hands a
-//! [`Request`] to [`engine`] (plan → solve → export) while rendering progress, and
-//! reports the result like `docker build` or the failing step with its last output.
+//! [`Request`] to [`rbuild_engine::build`] (plan → solve → export, with the
+//! exporter `--output` names) while rendering its progress events, and reports the
+//! result like `docker build` or the failing step with its last output.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::BTreeMap;
 use std::io::{IsTerminal, Read};
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
 use anyhow::{Context, anyhow, bail};
-use rbuild_ops::SourceLocation;
+use rbuild_frontend::Entitlements;
+use rbuild_ops::{NetworkMode, SourceLocation};
 
 use crate::progress::{ProgressMode, Renderer};
 
@@ -198,36 +200,35 @@ pub fn build_arg_map(args: &[String]) -> BTreeMap<String, String> {
         .collect()
 }
 
-/// Everything the engine needs, read and checked.
+/// The engine's request and what the command keeps for its report.
 pub struct Request {
-    /// The context directory (a temporary one for `-`).
-    pub context: PathBuf,
-    /// The Dockerfile's name for messages (`Dockerfile`, the `-f` path, or `-`).
-    pub dockerfile_name: String,
+    pub build: rbuild_engine::BuildRequest,
     pub dockerfile_src: String,
-    pub dockerfile: rbuild_parser::Dockerfile,
-    /// `.dockerignore` patterns and the file they came from.
-    pub ignore: Option<(PathBuf, Vec<String>)>,
-    pub build_args: BTreeMap<String, String>,
-    pub target: Option<String>,
-    pub labels: BTreeMap<String, String>,
-    pub no_cache: bool,
-    pub no_cache_filter: Vec<String>,
-    pub network: Option<Network>,
-    pub allow: Vec<Entitlement>,
-    pub secrets: HashMap<String, Vec<u8>>,
     pub tags: Vec<rbuild_image::Reference>,
     pub output: OutputSpec,
-    pub jobs: usize,
-    pub state_root: PathBuf,
 }
 
-/// What a successful build made.
-pub struct Built {
-    /// The image ID (none for `--output type=tar|local`).
-    pub id: Option<rbuild_image::Digest>,
-    /// Warnings from planning, shown before the result.
-    pub warnings: Vec<String>,
+impl Request {
+    /// The engine's exporter for `--output`.
+    fn exporter(&self) -> Box<dyn rbuild_engine::Exporter> {
+        use rbuild_engine::{
+            DockerArchiveExporter, LocalExporter, OciLayoutExporter, StoreExporter, TarExporter,
+        };
+        let tags = self.tags.clone();
+        match &self.output {
+            OutputSpec::Store => Box::new(StoreExporter { tags }),
+            OutputSpec::Docker(dest) => Box::new(DockerArchiveExporter {
+                dest: dest.clone(),
+                tags,
+            }),
+            OutputSpec::Oci(dest) => Box::new(OciLayoutExporter {
+                dest: dest.clone(),
+                tags,
+            }),
+            OutputSpec::Tar(dest) => Box::new(TarExporter { dest: dest.clone() }),
+            OutputSpec::Local(dest) => Box::new(LocalExporter { dest: dest.clone() }),
+        }
+    }
 }
 
 /// A failed step, as the report shows it.
@@ -245,23 +246,81 @@ pub struct StepFailure {
     pub last_good: Option<String>,
 }
 
-/// Why a build failed.
-pub enum BuildFailure {
-    Step(Box<StepFailure>),
-    /// An error in the Dockerfile, rendered with its line and a caret.
-    Dockerfile(String),
-    Other(anyhow::Error),
-}
-
-impl From<anyhow::Error> for BuildFailure {
-    fn from(e: anyhow::Error) -> Self {
-        BuildFailure::Other(e)
+impl StepFailure {
+    /// The engine's failure with the last lines of output: the failed
+    /// process's, else what the renderer kept of the step's.
+    fn new(f: rbuild_engine::StepFailure, progress: &Renderer) -> Self {
+        let kept = || -> Vec<String> {
+            progress
+                .step(f.id)
+                .map(|s| s.last_lines.iter().cloned().collect())
+                .unwrap_or_default()
+        };
+        let (command, last_lines) = match &f.source {
+            rbuild_solver::ExecError::ProcessFailed {
+                command,
+                code,
+                last_lines,
+            } => (
+                Some((command.clone(), *code)),
+                if last_lines.is_empty() {
+                    kept()
+                } else {
+                    last_lines.clone()
+                },
+            ),
+            _ => (None, kept()),
+        };
+        Self {
+            error: f.source.to_string(),
+            name: f.name,
+            location: f.location,
+            command,
+            last_lines: last_lines
+                .iter()
+                .skip(last_lines.len().saturating_sub(crate::progress::KEEP_LINES))
+                .cloned()
+                .collect(),
+            last_good: f.last_good,
+        }
     }
 }
 
-impl From<std::io::Error> for BuildFailure {
-    fn from(e: std::io::Error) -> Self {
-        BuildFailure::Other(e.into())
+/// The Dockerfile line `line` as the error report shows it.
+fn source_line(src: &str, line: usize) -> String {
+    src.lines()
+        .nth(line.saturating_sub(1))
+        .map(|l| format!("\n {line:>4} | {l}"))
+        .unwrap_or_default()
+}
+
+/// A planning error: with a column, rendered like a parse error (the line and
+/// a caret under it); else the message and the line.
+fn plan_error(
+    e: &rbuild_frontend::FrontendError,
+    name: &str,
+    src: &str,
+) -> Result<String, anyhow::Error> {
+    if let Some(span) = e.span() {
+        let diagnostic = rbuild_parser::ParseError {
+            line: span.start_line,
+            column: span.start_column,
+            span,
+            message: e.message(),
+            help: None,
+        };
+        return Ok(diagnostic.render(name, src));
+    }
+    let at = e.line().map(|l| source_line(src, l)).unwrap_or_default();
+    Err(anyhow!("{e}{at}"))
+}
+
+impl rbuild_engine::Reporter for Renderer {
+    fn event(&mut self, ev: &rbuild_solver::progress::Event) {
+        self.handle(ev);
+    }
+    fn warning(&mut self, message: &str) {
+        self.println(&format!("WARNING: {message}"));
     }
 }
 
@@ -279,15 +338,16 @@ pub fn run(args: &BuildArgs, root: &Path) -> anyhow::Result<ExitCode> {
         args.progress.resolve(std::io::stderr().is_terminal())
     };
     let mut progress = Renderer::new(mode, Box::new(std::io::stderr()));
-    let result = engine::build(&req, &mut progress);
+    let result = rbuild_engine::build(&req.build, req.exporter().as_ref(), &mut progress);
+    let result = result.map_err(|e| match e {
+        rbuild_engine::BuildError::Step(f) => {
+            Failed::Step(Box::new(StepFailure::new(*f, &progress)))
+        }
+        other => Failed::Engine(other),
+    });
     progress.finish();
     match result {
         Ok(built) => {
-            for w in &built.warnings {
-                if mode != ProgressMode::Quiet {
-                    eprintln!("WARNING: {w}");
-                }
-            }
             let Some(id) = built.id else {
                 return Ok(ExitCode::SUCCESS);
             };
@@ -306,16 +366,23 @@ pub fn run(args: &BuildArgs, root: &Path) -> anyhow::Result<ExitCode> {
             }
             Ok(ExitCode::SUCCESS)
         }
-        Err(BuildFailure::Step(f)) => {
+        Err(Failed::Step(f)) => {
             eprint!("{}", failure_report(&f, &req.dockerfile_src));
             Ok(ExitCode::FAILURE)
         }
-        Err(BuildFailure::Dockerfile(rendered)) => {
+        Err(Failed::Engine(rbuild_engine::BuildError::Plan(e))) => {
+            let rendered = plan_error(&e, &req.build.dockerfile_name, &req.dockerfile_src)?;
             eprint!("{rendered}");
             Ok(ExitCode::FAILURE)
         }
-        Err(BuildFailure::Other(e)) => Err(e),
+        Err(Failed::Engine(e)) => Err(e.into()),
     }
+}
+
+/// Why the engine's build failed, for the report.
+enum Failed {
+    Step(Box<StepFailure>),
+    Engine(rbuild_engine::BuildError),
 }
 
 /// The first 12 hex digits of an ID, as docker shows it.
@@ -453,25 +520,38 @@ fn prepare(args: &BuildArgs, root: &Path) -> anyhow::Result<Prepared> {
     if jobs == 0 {
         bail!("--jobs must be at least 1");
     }
+    let source_date_epoch = std::env::var("SOURCE_DATE_EPOCH")
+        .ok()
+        .and_then(|v| v.parse::<i64>().ok());
     Ok(Prepared::Ready(
         Box::new(Request {
-            context,
-            dockerfile_name,
+            build: rbuild_engine::BuildRequest {
+                context,
+                dockerfile_name,
+                dockerfile,
+                ignore,
+                build_args: build_arg_map(&args.build_args),
+                target: args.target.clone(),
+                labels,
+                no_cache: args.no_cache,
+                no_cache_filter: args.no_cache_filter.clone(),
+                network: match args.network {
+                    Some(Network::Host) => NetworkMode::Host,
+                    Some(Network::None) => NetworkMode::None,
+                    None => NetworkMode::Sandbox,
+                },
+                allow: Entitlements {
+                    network_host: args.allow.contains(&Entitlement::NetworkHost),
+                    security_insecure: args.allow.contains(&Entitlement::SecurityInsecure),
+                },
+                secrets,
+                source_date_epoch,
+                jobs,
+                state_root: root.to_path_buf(),
+            },
             dockerfile_src: src,
-            dockerfile,
-            ignore,
-            build_args: build_arg_map(&args.build_args),
-            target: args.target.clone(),
-            labels,
-            no_cache: args.no_cache,
-            no_cache_filter: args.no_cache_filter.clone(),
-            network: args.network,
-            allow: args.allow.clone(),
-            secrets,
             tags,
             output,
-            jobs,
-            state_root: root.to_path_buf(),
         }),
         tmp,
     ))
@@ -544,10 +624,6 @@ pub fn failure_report(f: &StepFailure, dockerfile_src: &str) -> String {
     }
     out
 }
-
-/// Planning, solving and exporting.
-#[path = "build_engine.rs"]
-mod engine;
 
 #[cfg(test)]
 mod tests {

@@ -275,7 +275,7 @@ fn save(store: &Store, a: &SaveArgs) -> Result<std::process::ExitCode> {
     if let Some(path) = &a.output {
         // `.rbuild-save-<owner>-N` beside it, renamed into place; removed by
         // the next command if this one is killed.
-        let (pending, f) = super::PendingOutput::create(store.root(), path, "save")
+        let (pending, f) = rbuild_engine::PendingOutput::create(store.root(), path, "save")
             .with_context(|| format!("writing {}", path.display()))?;
         let w = std::io::BufWriter::with_capacity(1 << 20, f);
         let w = rbuild_image::archive::save(store, &items, w, &opts)?;

@@ -1,0 +1,275 @@
+//! Where a solved build goes: one [`Exporter`] per output. The session reports
+//! the export as one more vertex, named by [`Exporter::name`], whose phases
+//! the exporter reports through [`Phases`] as `BuildKit` does (`exporting
+//! layers`, `writing image sha256:...`, `naming to ...`, `sending tarball`,
+//! `renaming to DEST`, `copying files`).
+
+use std::path::{Path, PathBuf};
+
+use rbuild_frontend::BuildPlan;
+use rbuild_image::{Digest, Reference, Store};
+use rbuild_ops::VertexId;
+use rbuild_solver::ResultRef;
+use rbuild_solver::progress::Event;
+use rbuild_worker::{ExportOptions, LocalWorker};
+
+use crate::error::ExportError;
+use crate::pending::PendingOutput;
+use crate::session::Reporter;
+
+/// What an exporter gets: the solved target and what made it.
+pub struct ExportContext<'a> {
+    /// The state root (temporary files are held by this process's lease there).
+    pub state_root: &'a Path,
+    pub store: &'a Store,
+    pub worker: &'a LocalWorker,
+    /// The plan, its image config with the created times set.
+    pub plan: &'a BuildPlan,
+    /// The result of the plan's target.
+    pub target: &'a ResultRef,
+}
+
+impl ExportContext<'_> {
+    /// Commits the target as an image in the store under `tags` (none: a
+    /// dangling image, held by this process until it ends).
+    pub fn commit_image(
+        &self,
+        tags: Vec<Reference>,
+        phases: &mut Phases<'_>,
+    ) -> Result<Digest, ExportError> {
+        self.worker
+            .export_image_with_status(
+                self.store,
+                self.target,
+                &ExportOptions {
+                    config: self.plan.image.clone(),
+                    base_image: self
+                        .plan
+                        .base
+                        .as_ref()
+                        .and_then(|b| b.digest.as_deref())
+                        .and_then(|d| Digest::parse(d).ok()),
+                    tags,
+                    // BuildKit exports a layer for every step that makes one, even
+                    // when its diff is empty; keeping them keeps the history and
+                    // the frontend's layer_vertices aligned.
+                    keep_empty_layers: true,
+                },
+                &mut |name, completed| phases.status(name, completed),
+            )
+            .map_err(ExportError::Image)
+    }
+}
+
+/// One kind of output. Returns the image ID when the output is an image.
+pub trait Exporter {
+    /// The export vertex's name, as `BuildKit` reports it.
+    fn name(&self) -> &str;
+    fn export(
+        &self,
+        cx: &ExportContext<'_>,
+        phases: &mut Phases<'_>,
+    ) -> Result<Option<Digest>, ExportError>;
+}
+
+/// Reports the phases of the export vertex.
+pub struct Phases<'a> {
+    reporter: &'a mut dyn Reporter,
+    id: VertexId,
+}
+
+impl<'a> Phases<'a> {
+    pub(crate) fn new(reporter: &'a mut dyn Reporter, id: VertexId) -> Self {
+        Self { reporter, id }
+    }
+
+    /// The phase `name` began (`completed: false`) or ended.
+    pub fn status(&mut self, name: &str, completed: bool) {
+        self.reporter.event(&Event::VertexStatus {
+            id: self.id,
+            name: name.to_owned(),
+            completed,
+        });
+    }
+
+    /// Runs `f` as the phase `name`.
+    pub fn phase<T>(&mut self, name: &str, f: impl FnOnce() -> T) -> T {
+        self.status(name, false);
+        let r = f();
+        self.status(name, true);
+        r
+    }
+}
+
+/// Writes `dest` through a temporary file renamed into place (`sending
+/// tarball`, then `renaming to DEST`): `dest` is complete or absent.
+fn write_output(
+    state_root: &Path,
+    dest: &Path,
+    phases: &mut Phases<'_>,
+    write: impl FnOnce(std::io::BufWriter<std::fs::File>) -> Result<std::fs::File, ExportError>,
+) -> Result<(), ExportError> {
+    let writing = |e: ExportError| ExportError::Write {
+        dest: dest.to_path_buf(),
+        source: Box::new(e),
+    };
+    let (pending, file) =
+        PendingOutput::create(state_root, dest, "output").map_err(|e| writing(e.into()))?;
+    phases.status("sending tarball", false);
+    let file = write(std::io::BufWriter::with_capacity(1 << 20, file)).map_err(writing)?;
+    phases.status("sending tarball", true);
+    phases.phase(&format!("renaming to {}", dest.display()), || {
+        pending.persist(&file).map_err(|e| writing(e.into()))
+    })
+}
+
+/// Into the local store under the tags (`--output type=image`, the default).
+pub struct StoreExporter {
+    pub tags: Vec<Reference>,
+}
+
+impl Exporter for StoreExporter {
+    fn name(&self) -> &'static str {
+        "exporting to image"
+    }
+    fn export(
+        &self,
+        cx: &ExportContext<'_>,
+        phases: &mut Phases<'_>,
+    ) -> Result<Option<Digest>, ExportError> {
+        cx.commit_image(self.tags.clone(), phases).map(Some)
+    }
+}
+
+/// The image as an archive at `dest` (`docker save`'s, which carries the OCI
+/// layout too), under `tags`.
+fn export_archive(
+    cx: &ExportContext<'_>,
+    phases: &mut Phases<'_>,
+    dest: &Path,
+    tags: &[Reference],
+) -> Result<Option<Digest>, ExportError> {
+    // Held by this process since its commit: a prune cannot take it away
+    // while it is written out.
+    let id = cx.commit_image(Vec::new(), phases)?;
+    let image = cx.store.image(&id)?;
+    write_output(cx.state_root, dest, phases, |out| {
+        let out = rbuild_image::archive::save(
+            cx.store,
+            &[rbuild_image::archive::SaveItem {
+                image,
+                tags: tags.to_vec(),
+            }],
+            out,
+            &rbuild_image::archive::SaveOptions::default(),
+        )?;
+        Ok(out
+            .into_inner()
+            .map_err(std::io::IntoInnerError::into_error)?)
+    })?;
+    Ok(Some(id))
+}
+
+/// A `docker save` archive at `dest` (`--output type=docker,dest=...`).
+pub struct DockerArchiveExporter {
+    pub dest: PathBuf,
+    pub tags: Vec<Reference>,
+}
+
+impl Exporter for DockerArchiveExporter {
+    fn name(&self) -> &'static str {
+        "exporting to docker image format"
+    }
+    fn export(
+        &self,
+        cx: &ExportContext<'_>,
+        phases: &mut Phases<'_>,
+    ) -> Result<Option<Digest>, ExportError> {
+        export_archive(cx, phases, &self.dest, &self.tags)
+    }
+}
+
+/// An OCI layout archive at `dest` (`--output type=oci,dest=...`).
+pub struct OciLayoutExporter {
+    pub dest: PathBuf,
+    pub tags: Vec<Reference>,
+}
+
+impl Exporter for OciLayoutExporter {
+    fn name(&self) -> &'static str {
+        "exporting to oci image format"
+    }
+    fn export(
+        &self,
+        cx: &ExportContext<'_>,
+        phases: &mut Phases<'_>,
+    ) -> Result<Option<Digest>, ExportError> {
+        export_archive(cx, phases, &self.dest, &self.tags)
+    }
+}
+
+/// The final root filesystem as a tar at `dest` (`--output type=tar`).
+pub struct TarExporter {
+    pub dest: PathBuf,
+}
+
+impl Exporter for TarExporter {
+    fn name(&self) -> &'static str {
+        "exporting to client tarball"
+    }
+    fn export(
+        &self,
+        cx: &ExportContext<'_>,
+        phases: &mut Phases<'_>,
+    ) -> Result<Option<Digest>, ExportError> {
+        // Under the state root, swept if this process dies.
+        let tmp = tempfile::Builder::new()
+            .prefix(&cx.store.temp_prefix("export")?)
+            .permissions(std::os::unix::fs::PermissionsExt::from_mode(0o700))
+            .tempdir_in(cx.store.tmp_dir())
+            .map_err(ExportError::TempDir)?;
+        phases.phase("copying files", || {
+            cx.worker
+                .export_dir(cx.target, tmp.path())
+                .map_err(ExportError::RootFs)
+        })?;
+        write_output(cx.state_root, &self.dest, phases, |out| {
+            let mut ar = tar::Builder::new(out);
+            ar.follow_symlinks(false);
+            ar.append_dir_all(".", tmp.path())?;
+            Ok(ar
+                .into_inner()?
+                .into_inner()
+                .map_err(std::io::IntoInnerError::into_error)?)
+        })?;
+        Ok(None)
+    }
+}
+
+/// The final root filesystem copied into the directory `dest` (`--output
+/// type=local`).
+pub struct LocalExporter {
+    pub dest: PathBuf,
+}
+
+impl Exporter for LocalExporter {
+    fn name(&self) -> &'static str {
+        "exporting to client directory"
+    }
+    fn export(
+        &self,
+        cx: &ExportContext<'_>,
+        phases: &mut Phases<'_>,
+    ) -> Result<Option<Digest>, ExportError> {
+        fs_err::create_dir_all(&self.dest)?;
+        phases.phase("copying files", || {
+            cx.worker
+                .export_dir(cx.target, &self.dest)
+                .map_err(|source| ExportError::Dir {
+                    dest: self.dest.clone(),
+                    source,
+                })
+        })?;
+        Ok(None)
+    }
+}

@@ -1,0 +1,21 @@
+//! A build session between the command line and the crates that do the work:
+//! plan (the frontend) → solve (the solver over the local worker) → export
+//! (one [`Exporter`] per output), with interrupt handling, the created-time
+//! policy and the last good state of a failed step.
+//!
+//! The engine does not render: it reports through the solver's progress
+//! [`Event`](rbuild_solver::progress::Event)s to a [`Reporter`] the caller
+//! implements, and returns typed errors ([`BuildError`]).
+
+mod error;
+pub mod exporter;
+pub mod pending;
+mod session;
+
+pub use error::{BuildError, ExportError, StepFailure, one_line};
+pub use exporter::{
+    DockerArchiveExporter, ExportContext, Exporter, LocalExporter, OciLayoutExporter, Phases,
+    StoreExporter, TarExporter,
+};
+pub use pending::{PendingError, PendingOutput};
+pub use session::{BuildRequest, Built, Reporter, build};

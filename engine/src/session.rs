@@ -1,0 +1,329 @@
+//! One build: plan with the frontend's planner (`rbuild_frontend::build_plan`),
+//! solve over the local worker (`rbuild_worker::LocalWorker`), export through an
+//! [`Exporter`].
+
+use std::collections::{BTreeMap, HashMap};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use rbuild_frontend::dockerignore::PatternMatcher;
+use rbuild_frontend::{
+    BuildOptions, BuildPlan, Entitlements, ImageResolver, Platform, ResolveError, ResolvedImage,
+    build_plan,
+};
+use rbuild_image::{Digest, Store};
+use rbuild_ops::{NetworkMode, VertexId};
+use rbuild_solver::progress::Event;
+use rbuild_solver::{CacheIndex, ResultRef, SolveError, Solver};
+use rbuild_worker::{ExportOptions, LocalWorker, WorkerOptions};
+
+use crate::error::{BuildError, StepFailure};
+use crate::exporter::{ExportContext, Exporter, Phases};
+
+/// Where the engine reports: the solver's progress events (the export is one
+/// more vertex after the graph's) and the planner's warnings. The caller
+/// renders them.
+pub trait Reporter {
+    fn event(&mut self, ev: &Event);
+    /// A warning from planning, before anything runs.
+    fn warning(&mut self, message: &str);
+}
+
+/// Everything a build needs, read and checked by the caller.
+pub struct BuildRequest {
+    /// The context directory.
+    pub context: PathBuf,
+    /// The Dockerfile's name for messages (`Dockerfile`, the `-f` path, or `-`).
+    pub dockerfile_name: String,
+    pub dockerfile: rbuild_parser::Dockerfile,
+    /// `.dockerignore` patterns and the file they came from.
+    pub ignore: Option<(PathBuf, Vec<String>)>,
+    pub build_args: BTreeMap<String, String>,
+    pub target: Option<String>,
+    pub labels: BTreeMap<String, String>,
+    pub no_cache: bool,
+    pub no_cache_filter: Vec<String>,
+    /// The network of RUN steps without `--network`.
+    pub network: NetworkMode,
+    pub allow: Entitlements,
+    pub secrets: HashMap<String, Vec<u8>>,
+    /// `SOURCE_DATE_EPOCH`: the created times and the clamp of file times.
+    pub source_date_epoch: Option<i64>,
+    /// Steps run at once.
+    pub jobs: usize,
+    pub state_root: PathBuf,
+}
+
+/// What a successful build made.
+#[derive(Debug)]
+pub struct Built {
+    /// The image ID (none for outputs that are no image).
+    pub id: Option<Digest>,
+}
+
+/// Base images come from the local store (no pulling). Each is held by this
+/// process's lease from the moment it is resolved: a concurrent `image prune`
+/// or `rmi` leaves it, its config and its layers until the build ends.
+struct StoreResolver<'a>(&'a Store);
+
+impl ImageResolver for StoreResolver<'_> {
+    fn resolve(&self, reference: &str, _: &Platform) -> Result<ResolvedImage, ResolveError> {
+        let img = self.0.resolve_and_hold(reference).map_err(|e| {
+            ResolveError(format!(
+                "image not found in the local store ({e}); pull, load or import it first"
+            ))
+        })?;
+        Ok(ResolvedImage {
+            reference: reference.to_owned(),
+            digest: Some(img.id.to_string()),
+            config: img.config,
+        })
+    }
+}
+
+/// `.dockerignore` for the context reader, with moby's re-inclusion rules.
+struct Ignore(PatternMatcher);
+
+impl rbuild_worker::context::PathFilter for Ignore {
+    fn is_excluded(&self, rel: &Path, _is_dir: bool) -> bool {
+        self.0.matches(&rel.to_string_lossy())
+    }
+    fn descend_excluded_dir(&self, rel: &Path) -> bool {
+        !self.0.can_skip_excluded_dir(&rel.to_string_lossy())
+    }
+}
+
+/// Plans, solves and exports `req` through `exporter`, reporting to `reporter`.
+pub fn build(
+    req: &BuildRequest,
+    exporter: &dyn Exporter,
+    reporter: &mut dyn Reporter,
+) -> Result<Built, BuildError> {
+    let store = Arc::new(
+        Store::open(&req.state_root).map_err(|source| BuildError::Store {
+            root: req.state_root.clone(),
+            source,
+        })?,
+    );
+    let plan = plan(req, &store)?;
+    for w in &plan.warnings {
+        reporter.warning(w);
+    }
+    let worker = start_worker(req, &store)?;
+    let target = solve(req, &plan, &worker, &store, reporter)?;
+    let plan = set_created(plan, &worker, &target);
+    let id = export(req, &plan, &worker, &store, &target, exporter, reporter)?;
+    finish_build(req);
+    Ok(Built { id })
+}
+
+/// The last step of a successful build, after the export: the place for
+/// what runs once the output is in place.
+fn finish_build(_req: &BuildRequest) {}
+
+fn plan(req: &BuildRequest, store: &Store) -> Result<BuildPlan, BuildError> {
+    let opts = BuildOptions {
+        dockerfile_path: req.dockerfile_name.clone(),
+        build_args: req.build_args.clone(),
+        target: req.target.clone(),
+        labels: req.labels.clone(),
+        no_cache: req.no_cache,
+        no_cache_filter: req.no_cache_filter.clone(),
+        network: req.network,
+        allow: req.allow,
+        dockerignore: req
+            .ignore
+            .as_ref()
+            .map(|(_, p)| p.clone())
+            .unwrap_or_default(),
+        source_date_epoch: req.source_date_epoch,
+        ..BuildOptions::default()
+    };
+    build_plan(&req.dockerfile, &opts, &StoreResolver(store))
+        .map_err(|e| BuildError::Plan(Box::new(e)))
+}
+
+fn start_worker(req: &BuildRequest, store: &Arc<Store>) -> Result<LocalWorker, BuildError> {
+    let ignore = match &req.ignore {
+        Some((file, patterns)) if !patterns.is_empty() => {
+            let pm = PatternMatcher::new(patterns).map_err(|source| BuildError::Ignore {
+                file: file.clone(),
+                source,
+            })?;
+            Some(Arc::new(Ignore(pm)) as rbuild_worker::IgnoreFilter)
+        }
+        _ => None,
+    };
+    let worker = LocalWorker::new(
+        Arc::clone(store),
+        WorkerOptions {
+            state_root: req.state_root.clone(),
+            contexts: HashMap::from([("context".to_owned(), req.context.clone())]),
+            ignore,
+            secrets: req.secrets.clone(),
+            source_date_epoch: req.source_date_epoch.and_then(|e| u64::try_from(e).ok()),
+        },
+    )
+    .map_err(BuildError::Worker)?;
+    worker.check_support().map_err(BuildError::Worker)?;
+    Ok(worker)
+}
+
+/// Solves the plan's target; SIGINT or SIGTERM cancels the solve (the worker
+/// kills its processes and removes half-made snapshots).
+fn solve(
+    req: &BuildRequest,
+    plan: &BuildPlan,
+    worker: &LocalWorker,
+    store: &Store,
+    reporter: &mut dyn Reporter,
+) -> Result<ResultRef, BuildError> {
+    let cache = CacheIndex::open(&req.state_root)?;
+    let solver = Solver::new(Arc::new(worker.clone()), cache, req.jobs).with_no_cache(req.no_cache);
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(req.jobs.max(2))
+        .enable_all()
+        .build()
+        .map_err(BuildError::Runtime)?;
+    let solved = rt.block_on(async {
+        let (tx, mut rx) = rbuild_solver::progress::channel();
+        let targets = [plan.target];
+        let mut solve = Box::pin(solver.solve(&plan.graph, &targets, tx));
+        let mut interrupted = std::pin::pin!(async {
+            let mut term =
+                tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).ok();
+            tokio::select! {
+                _ = tokio::signal::ctrl_c() => {}
+                () = async { match &mut term { Some(t) => { t.recv().await; } None => std::future::pending().await } } => {}
+            }
+        });
+        let result = loop {
+            tokio::select! {
+                Some(ev) = rx.recv() => reporter.event(&ev),
+                r = &mut solve => break Some(r),
+                () = &mut interrupted => break None,
+            }
+        };
+        // Dropping the solve (on interrupt) cancels it: the worker kills its
+        // processes and removes half-made snapshots.
+        drop(solve);
+        while let Ok(ev) = rx.try_recv() {
+            reporter.event(&ev);
+        }
+        result
+    });
+    let outputs = match solved {
+        None => return Err(BuildError::Interrupted),
+        Some(Ok(o)) => o,
+        Some(Err(SolveError::Vertex {
+            id,
+            name,
+            location,
+            inputs,
+            source,
+        })) => {
+            let last_good = inputs
+                .first()
+                .and_then(|r| save_last_good(worker, store, r, &plan.image));
+            return Err(BuildError::Step(Box::new(StepFailure {
+                id,
+                name,
+                location,
+                source,
+                last_good,
+            })));
+        }
+        Some(Err(e)) => return Err(BuildError::Solve(Box::new(e))),
+    };
+    Ok(outputs
+        .get(plan.target)
+        .ok_or(BuildError::TargetNotSolved)?
+        .result
+        .clone())
+}
+
+/// Timestamps: what `SOURCE_DATE_EPOCH` gave (the frontend set those), else the
+/// time the target's snapshot was made, so a fully cached rebuild gives the
+/// same image ID, as with `BuildKit`.
+fn set_created(mut plan: BuildPlan, worker: &LocalWorker, target: &ResultRef) -> BuildPlan {
+    if plan.image.created.is_none() {
+        let (secs, nanos) = LocalWorker::snapshot_of(target)
+            .and_then(|id| worker.snapshots().info(&id).ok())
+            .and_then(|info| info.created)
+            .unwrap_or_else(rbuild_image::time::now);
+        let created = rbuild_image::time::format_rfc3339(secs, nanos);
+        let base_entries = plan.base.as_ref().map_or(0, |b| b.config.history.len());
+        for h in plan.image.history.iter_mut().skip(base_entries) {
+            if h.created.is_none() {
+                h.created = Some(created.clone());
+            }
+        }
+        plan.image.created = Some(created);
+    }
+    plan
+}
+
+/// The export, reported as one more vertex after the graph's, named and
+/// phased as `BuildKit` reports it.
+fn export(
+    req: &BuildRequest,
+    plan: &BuildPlan,
+    worker: &LocalWorker,
+    store: &Store,
+    target: &ResultRef,
+    exporter: &dyn Exporter,
+    reporter: &mut dyn Reporter,
+) -> Result<Option<Digest>, BuildError> {
+    let export_vertex = VertexId(u32::try_from(plan.graph.len()).unwrap_or(u32::MAX));
+    reporter.event(&Event::VertexStarted {
+        id: export_vertex,
+        name: exporter.name().to_owned(),
+        location: None,
+    });
+    let started = std::time::Instant::now();
+    let exported = exporter.export(
+        &ExportContext {
+            state_root: &req.state_root,
+            store,
+            worker,
+            plan,
+            target,
+        },
+        &mut Phases::new(reporter, export_vertex),
+    );
+    match &exported {
+        Ok(_) => reporter.event(&Event::VertexDone {
+            id: export_vertex,
+            duration: started.elapsed(),
+        }),
+        Err(e) => reporter.event(&Event::VertexFailed {
+            id: export_vertex,
+            error: crate::error::one_line(e),
+        }),
+    }
+    Ok(exported?)
+}
+
+/// The state before the failing step as a dangling image (the final stage's
+/// config), so `rbuild run ID sh` opens a shell there. Returns its short ID.
+fn save_last_good(
+    worker: &LocalWorker,
+    store: &Store,
+    result: &ResultRef,
+    config: &rbuild_oci::ImageConfig,
+) -> Option<String> {
+    LocalWorker::snapshot_of(result)?;
+    let id = worker
+        .export_image(
+            store,
+            result,
+            &ExportOptions {
+                config: config.clone(),
+                base_image: None,
+                tags: Vec::new(),
+                keep_empty_layers: true,
+            },
+        )
+        .ok()?;
+    Some(id.hex().chars().take(12).collect())
+}
