@@ -299,7 +299,20 @@ pub fn usage(state_root: &Path, images: &Store) -> Result<CacheUsage> {
         records_size += du.size(&state_root.join(d));
     }
     records_size += du.size(&state_root.join("cache-index"));
-    records_size += du.size(&state_root.join("snapshots/chains"));
+    // The snapshots directory itself and what in it is no snapshot (chains,
+    // mount points, half-made snapshots of running builds).
+    let snaps_dir = state_root.join("snapshots");
+    records_size += std::fs::symlink_metadata(&snaps_dir).map_or(0, |m| m.len());
+    if let Ok(rd) = std::fs::read_dir(&snaps_dir) {
+        for e in rd.flatten() {
+            let name = e.file_name();
+            if name.to_str().and_then(SnapshotId::parse).is_none() {
+                records_size += du.size(&e.path());
+            }
+        }
+    }
+    let rootfs = state_root.join("rootfs-cache");
+    records_size += std::fs::symlink_metadata(&rootfs).map_or(0, |m| m.len());
     let held = lease::live_holds(state_root)?;
     let ids: HashSet<String> = images
         .images()?
