@@ -304,3 +304,81 @@ fn system_prune_and_df_verbose() {
     assert!(left.is_empty(), "cache mounts left: {left:?}");
     assert_df_matches_du(&env, "after system prune -a");
 }
+
+#[test]
+fn a_build_collects_the_cache_by_the_configured_policy() {
+    let env = build_env();
+    let size = 300_000;
+    let ctxs: Vec<String> = (0..4)
+        .map(|i| context(&env, &format!("a{i}"), size))
+        .collect();
+    // Defaults (a reserve of 10% of the disk): nothing goes.
+    for c in &ctxs[..3] {
+        build(&env, c, "auto");
+    }
+    env.ok(&["rmi", "auto"]);
+    env.ok(&["image", "prune", "-f"]);
+    assert_eq!(
+        env.ok(&["images", "-q"]).lines().count(),
+        1,
+        "the base only"
+    );
+    let before = du_bytes(&env.root().join("snapshots"));
+    // The policy in the file $RBUILD_CONFIG names: at most 1 MiB, no reserve.
+    let cfg = env.path("rbuild.toml");
+    fs_err::write(
+        &cfg,
+        "[gc]\nreservedSpace = 0\nmaxUsedSpace = \"1MiB\"\nminFreeSpace = 0\n",
+    )
+    .unwrap();
+    let o = env
+        .cmd(&["build", "--progress=plain", "-t", "auto", &ctxs[3]])
+        .env("RBUILD_CONFIG", &cfg)
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let after = du_bytes(&env.root().join("snapshots"));
+    assert!(
+        after + 2 * size as u64 <= before + size as u64,
+        "the build did not collect: {before} -> {after} bytes"
+    );
+    // The image just built is whole, and so is its cache.
+    env.ok(&["run", "auto", "test", "-s", "/g-a3"]);
+    let log = build(&env, &ctxs[3], "auto");
+    assert_eq!(
+        log.lines().filter(|l| l.contains("CACHED")).count(),
+        3,
+        "{log}"
+    );
+    // The oldest went.
+    let log = build(&env, &ctxs[0], "old");
+    assert!(
+        log.lines().filter(|l| l.contains("CACHED")).count() < 3,
+        "{log}"
+    );
+
+    // Unknown keys are errors naming the key, in the state root's file too.
+    fs_err::write(&cfg, "[gc]\nkeepBytes = 1\n").unwrap();
+    let o = env
+        .cmd(&["build", "-t", "x", &ctxs[0]])
+        .env("RBUILD_CONFIG", &cfg)
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(!o.status.success(), "{err}");
+    assert!(
+        err.contains("keepBytes") && err.contains("rbuild.toml"),
+        "{err}"
+    );
+    fs_err::write(env.root().join("config.toml"), "[gcc]\n").unwrap();
+    let err = env.fails(&["build", "-t", "x", &ctxs[0]]);
+    assert!(err.contains("gcc") && err.contains("config.toml"), "{err}");
+    // $RBUILD_CONFIG naming a missing file is an error too.
+    let o = env
+        .cmd(&["build", "-t", "x", &ctxs[0]])
+        .env("RBUILD_CONFIG", env.path("nope.toml"))
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(!o.status.success() && err.contains("nope.toml"), "{err}");
+}

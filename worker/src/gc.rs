@@ -34,6 +34,8 @@ pub enum GcError {
     Image(#[from] rbuild_image::Error),
     #[error(transparent)]
     CacheIndex(#[from] CacheIndexError),
+    #[error(transparent)]
+    Config(#[from] ConfigError),
 }
 
 type Result<T> = std::result::Result<T, GcError>;
@@ -206,7 +208,10 @@ fn same_dir(a: &Path, b: &Path) -> bool {
 }
 
 /// The snapshots of the build cache: size, last use, whether in use.
-fn survey(state_root: &Path, images: &Store, du: &mut Du) -> Result<Vec<CacheItem>> {
+/// `du` of every snapshot, each once over the survey; without, each on its
+/// own, remembered in the snapshot's `size` file (a committed snapshot never
+/// changes), so that the collection after every build does not walk them all.
+fn survey(state_root: &Path, images: &Store, mut du: Option<&mut Du>) -> Result<Vec<CacheItem>> {
     let snaps = SnapshotStore::open(state_root)?;
     let index = CacheIndex::open(state_root)?;
     let list = snaps.list()?;
@@ -271,7 +276,10 @@ fn survey(state_root: &Path, images: &Store, du: &mut Du) -> Result<Vec<CacheIte
     Ok(list
         .into_iter()
         .map(|(id, info)| CacheItem {
-            size: du.size(&snaps.root().join(id.as_str())),
+            size: match du.as_deref_mut() {
+                Some(du) => du.size(&snaps.root().join(id.as_str())),
+                None => remembered_size(&snaps.root().join(id.as_str())),
+            },
             last_used: last_used[&id],
             in_use: in_use.contains(&id),
             description: description.remove(&id).unwrap_or_default(),
@@ -280,6 +288,25 @@ fn survey(state_root: &Path, images: &Store, du: &mut Du) -> Result<Vec<CacheIte
             id,
         })
         .collect())
+}
+
+/// The size of a snapshot directory, measured once and kept in its `size`
+/// file (written to a temporary name and renamed).
+fn remembered_size(dir: &Path) -> u64 {
+    let file = dir.join("size");
+    if let Some(n) = std::fs::read_to_string(&file)
+        .ok()
+        .and_then(|s| s.trim().parse::<u64>().ok())
+    {
+        return n;
+    }
+    let n = Du::default().size(dir);
+    if let Ok(mut tmp) = tempfile::NamedTempFile::new_in(dir) {
+        if io::Write::write_all(&mut tmp, n.to_string().as_bytes()).is_ok() {
+            let _ = tmp.persist(&file);
+        }
+    }
+    n
 }
 
 /// The directories of records that only speed builds up.
@@ -293,7 +320,7 @@ const RECORD_DIRS: &[&str] = &[
 /// The build cache of the state root, for `system df`.
 pub fn usage(state_root: &Path, images: &Store) -> Result<CacheUsage> {
     let mut du = Du::default();
-    let items = survey(state_root, images, &mut du)?;
+    let items = survey(state_root, images, Some(&mut du))?;
     let mut records_size = 0;
     for d in RECORD_DIRS {
         records_size += du.size(&state_root.join(d));
@@ -372,8 +399,7 @@ pub fn prune(state_root: &Path, images: &Store, opts: &PruneOptions) -> Result<P
     // Image commits wait: a snapshot cannot become an image's layer meanwhile.
     let _lock = images.lock()?;
     let snaps = SnapshotStore::open(state_root)?;
-    let mut du = Du::default();
-    let items = survey(state_root, images, &mut du)?;
+    let items = survey(state_root, images, None)?;
     let cutoff = opts.until.map(|d| now_unix().saturating_sub(d.as_secs()));
     let old_enough = |t: u64| cutoff.is_none_or(|c| t <= c);
     let mut candidates: Vec<&CacheItem> = items
@@ -520,4 +546,240 @@ pub fn prune(state_root: &Path, images: &Store, opts: &PruneOptions) -> Result<P
         }
     }
     Ok(report)
+}
+
+/// The `[gc]` section of `config.toml` (`BuildKit`'s names and defaults).
+#[derive(Clone, Debug, PartialEq, Eq, serde::Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct GcConfig {
+    /// Collect after every build (default: yes).
+    #[serde(default = "yes")]
+    pub enabled: bool,
+    /// The cache is never pruned below this (default: 10%, at most 10 GB).
+    #[serde(default)]
+    pub reserved_space: Option<Space>,
+    /// The cache uses at most this (default: 80%, at most 100 GB).
+    #[serde(default)]
+    pub max_used_space: Option<Space>,
+    /// Keep at least this free on the file system (default: 20%).
+    #[serde(default)]
+    pub min_free_space: Option<Space>,
+}
+
+fn yes() -> bool {
+    true
+}
+
+impl Default for GcConfig {
+    fn default() -> Self {
+        Self {
+            enabled: true,
+            reserved_space: None,
+            max_used_space: None,
+            min_free_space: None,
+        }
+    }
+}
+
+/// An amount of disk: bytes, or a percentage of the file system.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Space {
+    Bytes(u64),
+    Percent(u8),
+}
+
+impl Space {
+    fn bytes(self, fs_size: u64) -> u64 {
+        match self {
+            Self::Bytes(b) => b,
+            Self::Percent(p) => fs_size / 100 * u64::from(p),
+        }
+    }
+
+    /// `"10GB"`, `"512MiB"`, `"20%"`, a number of bytes (binary units, as
+    /// docker's `RAMInBytes`).
+    pub fn parse(s: &str) -> std::result::Result<Self, String> {
+        let t = s.trim();
+        if let Some(p) = t.strip_suffix('%') {
+            return p
+                .trim()
+                .parse::<u8>()
+                .ok()
+                .filter(|p| *p <= 100)
+                .map(Self::Percent)
+                .ok_or_else(|| format!("{s:?} is not a percentage from 0% to 100%"));
+        }
+        let n = t.find(|c: char| !c.is_ascii_digit()).unwrap_or(t.len());
+        let num: u64 = t[..n]
+            .parse()
+            .map_err(|_| format!("{s:?} is not a size (like 10GB, 512MiB or 20%)"))?;
+        let shift = match t[n..].trim().to_ascii_lowercase().as_str() {
+            "" | "b" => 0,
+            "k" | "kb" | "kib" => 10,
+            "m" | "mb" | "mib" => 20,
+            "g" | "gb" | "gib" => 30,
+            "t" | "tb" | "tib" => 40,
+            other => return Err(format!("unknown unit {other:?} in {s:?}")),
+        };
+        num.checked_mul(1 << shift)
+            .map(Self::Bytes)
+            .ok_or_else(|| format!("{s:?} is too large"))
+    }
+}
+
+impl<'de> serde::Deserialize<'de> for Space {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> std::result::Result<Self, D::Error> {
+        #[derive(serde::Deserialize)]
+        #[serde(untagged)]
+        enum Raw {
+            N(u64),
+            S(String),
+        }
+        match Raw::deserialize(d)? {
+            Raw::N(n) => Ok(Self::Bytes(n)),
+            Raw::S(s) => Self::parse(&s).map_err(serde::de::Error::custom),
+        }
+    }
+}
+
+/// rbuild's configuration file (`config.toml` in the state root, or the
+/// file `$RBUILD_CONFIG` names). Unknown sections and keys are errors.
+#[derive(Clone, Debug, Default, PartialEq, Eq, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    #[serde(default)]
+    pub gc: GcConfig,
+}
+
+/// What is wrong with the configuration file.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("reading {path}: {source}")]
+    Read { path: PathBuf, source: io::Error },
+    #[error("{path}: {message}")]
+    Parse { path: PathBuf, message: String },
+}
+
+impl Config {
+    /// The file `$RBUILD_CONFIG` names (which must exist), else
+    /// `<state_root>/config.toml` when present, else the defaults.
+    pub fn load(state_root: &Path) -> std::result::Result<Self, ConfigError> {
+        let (path, must) = match std::env::var_os("RBUILD_CONFIG").filter(|v| !v.is_empty()) {
+            Some(p) => (PathBuf::from(p), true),
+            None => (state_root.join("config.toml"), false),
+        };
+        let text = match std::fs::read_to_string(&path) {
+            Ok(t) => t,
+            Err(e) if !must && e.kind() == io::ErrorKind::NotFound => {
+                return Ok(Self::default());
+            }
+            Err(source) => return Err(ConfigError::Read { path, source }),
+        };
+        toml::from_str(&text).map_err(|e| ConfigError::Parse {
+            message: e.message().to_owned()
+                + &e.span()
+                    .map(|s| {
+                        let line = text[..s.start].matches('\n').count() + 1;
+                        format!(" (line {line})")
+                    })
+                    .unwrap_or_default(),
+            path,
+        })
+    }
+}
+
+/// The cache size to prune down to under `BuildKit`'s policy, given the file
+/// system's size and free bytes and the cache's size; `None`: nothing to do.
+pub fn gc_target(cfg: &GcConfig, fs_size: u64, fs_free: u64, cache: u64) -> Option<u64> {
+    const GB: u64 = 1_000_000_000;
+    let reserved = cfg
+        .reserved_space
+        .map_or_else(|| (fs_size / 10).min(10 * GB), |s| s.bytes(fs_size));
+    let max_used = cfg
+        .max_used_space
+        .map_or_else(|| (fs_size / 10 * 8).min(100 * GB), |s| s.bytes(fs_size));
+    let min_free = cfg.min_free_space.map_or(fs_size / 5, |s| s.bytes(fs_size));
+    let mut target = cache;
+    if max_used > 0 {
+        target = target.min(max_used);
+    }
+    if min_free > 0 && fs_free < min_free {
+        target = target.min(cache.saturating_sub(min_free - fs_free));
+    }
+    let target = target.max(reserved);
+    (target < cache).then_some(target)
+}
+
+/// The garbage collection after a build: oldest-used first, down to what
+/// [`gc_target`] allows, never what an image or a live process uses.
+pub fn auto(state_root: &Path, images: &Store, cfg: &GcConfig) -> Result<PruneReport> {
+    if !cfg.enabled {
+        return Ok(PruneReport::default());
+    }
+    let st = nix::sys::statvfs::statvfs(state_root).map_err(io::Error::from)?;
+    let frag = st.fragment_size();
+    let fs_size = st.blocks() * frag;
+    let fs_free = st.blocks_available() * frag;
+    let cache = survey(state_root, images, None)?
+        .iter()
+        .map(|i| i.size)
+        .sum();
+    match gc_target(cfg, fs_size, fs_free, cache) {
+        None => Ok(PruneReport::default()),
+        Some(target) => prune(
+            state_root,
+            images,
+            &PruneOptions {
+                all: false,
+                until: None,
+                keep_storage: Some(target),
+            },
+        ),
+    }
+}
+
+/// What a build calls at its end: the policy of the configuration file
+/// (see [`Config::load`]), then [`auto`].
+pub fn after_build(state_root: &Path, images: &Store) -> Result<PruneReport> {
+    let cfg = Config::load(state_root)?;
+    auto(state_root, images, &cfg.gc)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const GB: u64 = 1_000_000_000;
+
+    #[test]
+    fn default_policy_is_buildkits() {
+        let d = GcConfig::default();
+        // 100 GB disk, 50 GB free, 30 GB cache: within 80%, 20% free: nothing.
+        assert_eq!(gc_target(&d, 100 * GB, 50 * GB, 30 * GB), None);
+        // 85 GB cache: down to 80 GB.
+        assert_eq!(gc_target(&d, 100 * GB, 25 * GB, 85 * GB), Some(80 * GB));
+        // 15 GB free of 100: free 5 GB more.
+        assert_eq!(gc_target(&d, 100 * GB, 15 * GB, 30 * GB), Some(25 * GB));
+        // Never below the reserve (10%, at most 10 GB).
+        assert_eq!(gc_target(&d, 100 * GB, 0, 12 * GB), Some(10 * GB));
+        assert_eq!(gc_target(&d, 100 * GB, 0, 9 * GB), None);
+        // The caps: 1 TB disk, 150 GB cache, plenty free: down to 100 GB.
+        assert_eq!(gc_target(&d, 1000 * GB, 800 * GB, 150 * GB), Some(100 * GB));
+    }
+
+    #[test]
+    fn config_reads_sizes_and_percentages_and_refuses_unknown_keys() {
+        let c: Config = toml::from_str(
+            "[gc]\nreservedSpace = \"1GB\"\nmaxUsedSpace = \"50%\"\nminFreeSpace = 1024\n",
+        )
+        .unwrap();
+        assert_eq!(c.gc.reserved_space, Some(Space::Bytes(1 << 30)));
+        assert_eq!(c.gc.max_used_space, Some(Space::Percent(50)));
+        assert_eq!(c.gc.min_free_space, Some(Space::Bytes(1024)));
+        let e = toml::from_str::<Config>("[gc]\nkeepBytes = 1\n").unwrap_err();
+        assert!(e.to_string().contains("keepBytes"), "{e}");
+        let e = toml::from_str::<Config>("[registry]\n").unwrap_err();
+        assert!(e.to_string().contains("registry"), "{e}");
+        assert!(toml::from_str::<Config>("[gc]\nmaxUsedSpace = \"150%\"\n").is_err());
+    }
 }

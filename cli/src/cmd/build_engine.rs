@@ -282,6 +282,10 @@ pub fn build(req: &Request, progress: &mut Renderer) -> Result<Built, BuildFailu
             error: format!("{e:#}"),
         }),
     }
+    if exported.is_ok() {
+        rbuild_worker::gc::after_build(&req.state_root, &store)
+            .context("collecting the build cache")?;
+    }
     Ok(Built {
         id: exported?,
         warnings: Vec::new(),
