@@ -242,6 +242,9 @@ fn builder_prune_asks_first_as_docker_does() {
         "{log}"
     );
     env.ok(&["rmi", "ask"]);
+    // until=1h: nothing here is that old.
+    let out = env.ok(&["builder", "prune", "-f", "--filter", "until=1h"]);
+    assert_eq!(out, "Total reclaimed space: 0B\n");
     let o = env.with_stdin(&["builder", "prune"], b"y\n");
     let out = String::from_utf8_lossy(&o.stdout);
     assert!(out.contains("Deleted build cache objects:"), "{out}");
