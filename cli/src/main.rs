@@ -34,6 +34,8 @@ enum Command {
     Image(cmd::image::ImageCommand),
     #[command(flatten)]
     System(cmd::system::SystemCommand),
+    #[command(flatten)]
+    Builder(cmd::builder::BuilderCommand),
 }
 
 fn main() -> ExitCode {
@@ -48,6 +50,7 @@ fn main() -> ExitCode {
         Command::Run(args) => Ok(exit_code(cmd::run::main(&args, &root))),
         Command::Image(c) => cmd::image::run(c, &root),
         Command::System(c) => cmd::system::run(&c, &root).map(|()| ExitCode::SUCCESS),
+        Command::Builder(c) => cmd::builder::run(&c, &root).map(|()| ExitCode::SUCCESS),
     };
     // What this process held is released with it; its lease files go now
     // rather than at the next command's sweep.

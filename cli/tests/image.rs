@@ -648,7 +648,7 @@ fn prune_and_df() {
         "{df}"
     );
     assert!(
-        lines.iter().any(|l| l.starts_with("Layers"))
+        lines.iter().any(|l| l.starts_with("Local Volumes"))
             && lines.iter().any(|l| l.starts_with("Build Cache")),
         "{df}"
     );

@@ -51,6 +51,9 @@ pub enum BuildError {
     CacheIndex(#[from] CacheIndexError),
     #[error("starting the runtime")]
     Runtime(#[source] std::io::Error),
+    /// The garbage collection after the build failed.
+    #[error("collecting the build cache")]
+    Gc(#[source] rbuild_worker::gc::GcError),
     /// SIGINT or SIGTERM: the solve was cancelled and cleaned up.
     #[error("interrupted")]
     Interrupted,

@@ -18,4 +18,8 @@ pub use exporter::{
     StoreExporter, TarExporter,
 };
 pub use pending::{PendingError, PendingOutput};
+/// Garbage collection of the build cache and disk accounting (`builder prune`,
+/// `system df`, the automatic collection after a build); implemented over the
+/// worker's state.
+pub use rbuild_worker::gc;
 pub use session::{BuildRequest, Built, Reporter, build};

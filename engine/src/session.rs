@@ -113,13 +113,18 @@ pub fn build(
     let target = solve(req, &plan, &worker, &store, reporter)?;
     let plan = set_created(plan, &worker, &target);
     let id = export(req, &plan, &worker, &store, &target, exporter, reporter)?;
-    finish_build(req);
+    finish_build(req, &store)?;
     Ok(Built { id })
 }
 
-/// The last step of a successful build, after the export: the place for
-/// what runs once the output is in place.
-fn finish_build(_req: &BuildRequest) {}
+/// The last step of a successful build, after the export: the automatic
+/// garbage collection of the build cache, by the configured policy
+/// (`rbuild_worker::gc`).
+fn finish_build(req: &BuildRequest, store: &Store) -> Result<(), BuildError> {
+    rbuild_worker::gc::after_build(&req.state_root, store)
+        .map(drop)
+        .map_err(BuildError::Gc)
+}
 
 fn plan(req: &BuildRequest, store: &Store) -> Result<BuildPlan, BuildError> {
     let opts = BuildOptions {

@@ -409,6 +409,25 @@ impl Store {
         Ok(out)
     }
 
+    /// The snapshots layers of this store are kept as (see
+    /// [`Txn::add_snapshot_layer`]): `(state root when not this store's, snapshot ID)`.
+    /// A build cache collector must keep them and their chains.
+    pub fn snapshot_layers(&self) -> Result<Vec<(Option<PathBuf>, SnapshotId)>> {
+        let mut out = Vec::new();
+        for e in fs_err::read_dir(self.root.join(SNAP_LAYERS))? {
+            let e = e?;
+            let Ok(bytes) = std::fs::read(e.path()) else {
+                continue; // removed meanwhile
+            };
+            if let Ok(l) = serde_json::from_slice::<SnapLayer>(&bytes) {
+                if let Some(id) = SnapshotId::parse(&l.snapshot) {
+                    out.push((l.state_root, id));
+                }
+            }
+        }
+        Ok(out)
+    }
+
     /// Removes a blob, whichever way it is kept.
     fn remove_blob(&self, d: &Digest) -> Result<()> {
         for p in [self.blob_path(d), self.snap_layer_path(d)] {

@@ -282,6 +282,9 @@ impl SnapshotStore {
         let bytes = serde_json::to_vec(&active.info).map_err(io::Error::other)?;
         write_atomic(&active.dir.join("meta.json"), &bytes)?;
         let dest = self.dir(&active.id);
+        // Held before it is visible: a concurrent `builder prune` never sees
+        // it unheld while the cache index does not name it yet.
+        self.hold(&active.id)?;
         fs_err::rename(&active.dir, &dest)?;
         Ok(active.id)
     }
@@ -539,6 +542,60 @@ impl SnapshotStore {
             }
         }
         Ok(removed)
+    }
+
+    /// Removes a committed snapshot unless a live process holds it or a
+    /// snapshot above it (returns `false` then, leaving it in place). The
+    /// snapshot is first moved out of sight, then the leases are read: a
+    /// process holds a snapshot before it checks that it exists, so it
+    /// either sees it gone or its hold is seen here and the snapshot is put
+    /// back.
+    pub fn remove_unless_held(&self, id: &SnapshotId) -> Result<bool> {
+        let dir = self.dir(id);
+        if !dir.exists() {
+            return Ok(true);
+        }
+        let trash = self
+            .root
+            .join(format!("{}{id}", self.temp_prefix("tmp-gc")));
+        fs_err::rename(&dir, &trash)?;
+        let held = crate::lease::live_holds(&self.state_root)?;
+        let needed = held
+            .snapshots
+            .iter()
+            .filter_map(|s| SnapshotId::parse(s))
+            .any(|h| {
+                let mut cur = Some(h);
+                while let Some(c) = cur {
+                    if c == *id {
+                        return true;
+                    }
+                    cur = self.info(&c).ok().and_then(|i| i.parent);
+                }
+                false
+            });
+        if needed {
+            fs_err::rename(&trash, &dir)?;
+            return Ok(false);
+        }
+        remove_tree(&trash)?;
+        Ok(true)
+    }
+
+    /// The snapshots a live process holds, with their chains.
+    pub fn held_chains(&self) -> Result<std::collections::HashSet<SnapshotId>> {
+        let held = crate::lease::live_holds(&self.state_root)?;
+        let mut out = std::collections::HashSet::new();
+        for h in held.snapshots.iter().filter_map(|s| SnapshotId::parse(s)) {
+            let mut cur = Some(h);
+            while let Some(c) = cur {
+                if !out.insert(c.clone()) {
+                    break;
+                }
+                cur = self.info(&c).ok().and_then(|i| i.parent);
+            }
+        }
+        Ok(out)
     }
 
     /// All committed snapshots.

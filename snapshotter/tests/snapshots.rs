@@ -234,6 +234,14 @@ fn prune_keeps_what_a_live_process_holds() {
     }
     let child = store.prepare(Some(&made[1]), "file").unwrap();
     let child = store.commit(child).unwrap();
+    // A commit holds what it made (a concurrent prune must not take a new
+    // snapshot before the cache index names it); let go of them here.
+    for id in made.iter().chain([&child]) {
+        store
+            .lease()
+            .release(rbuild_snapshotter::lease::Hold::Snapshot, id.as_str())
+            .unwrap();
+    }
     // Held: `a` by name, `b` through its child.
     store.hold(&made[0]).unwrap();
     store.hold(&child).unwrap();

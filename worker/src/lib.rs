@@ -76,6 +76,7 @@ pub mod context;
 mod export;
 mod filter;
 mod fsutil;
+pub mod gc;
 mod ops;
 mod state;
 

@@ -397,6 +397,8 @@ enum Prepared {
 }
 
 fn prepare(args: &BuildArgs, root: &Path) -> anyhow::Result<Prepared> {
+    // A bad configuration file fails the build before it starts, not after.
+    rbuild_engine::gc::Config::load(root)?;
     let df_stdin = args.file.as_deref() == Some("-");
     let mut stdin_dockerfile = None;
     let mut tmp = None;

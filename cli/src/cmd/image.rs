@@ -567,7 +567,7 @@ fn rmi(store: &Store, a: &RmiArgs) -> Result<std::process::ExitCode> {
     })
 }
 
-fn print_events(events: &[RemoveEvent], lower: bool) {
+pub(crate) fn print_events(events: &[RemoveEvent], lower: bool) {
     for e in events {
         match e {
             RemoveEvent::Untagged(t) => {

@@ -1,6 +1,7 @@
 //! The commands, one module per command group.
 
 pub mod build;
+pub mod builder;
 pub mod change;
 pub mod fmt;
 pub mod image;

@@ -1,13 +1,15 @@
-//! `rbuild system df`.
+//! `rbuild system df` and `rbuild system prune`.
 
 use std::collections::HashSet;
 use std::fmt::Write as _;
+use std::io::Write as _;
 use std::path::Path;
 
-use anyhow::Result;
+use anyhow::{Context as _, Result};
+use rbuild_engine::gc::{self, Du, PruneOptions};
 use rbuild_image::Store;
 
-use super::fmt::{human_size, tabwrite};
+use super::fmt::{human_size, since, tabwrite};
 
 #[derive(clap::Subcommand)]
 pub enum SystemCommand {
@@ -18,68 +20,161 @@ pub enum SystemCommand {
 
 #[derive(clap::Subcommand)]
 pub enum SystemSub {
-    /// Show disk usage: images, layers, build cache
+    /// Show disk usage: images, build cache, local volumes (cache mounts)
     Df {
         /// Show detailed information on space usage
         #[arg(short, long)]
         verbose: bool,
     },
+    /// Remove unused data: dangling images (all unused with -a), then build cache
+    Prune {
+        /// Remove all unused images, not just dangling ones, and all build cache
+        #[arg(short, long)]
+        all: bool,
+        /// Do not prompt for confirmation
+        #[arg(short, long)]
+        force: bool,
+    },
 }
 
 pub fn run(cmd: &SystemCommand, root: &Path) -> Result<()> {
-    let SystemCommand::System(SystemSub::Df { verbose }) = cmd;
-    let verbose = *verbose;
-    let store = Store::open(root)?;
+    match cmd {
+        SystemCommand::System(SystemSub::Df { verbose }) => df(root, *verbose),
+        SystemCommand::System(SystemSub::Prune { all, force }) => prune(root, *all, *force),
+    }
+}
+
+fn prune(root: &Path, all: bool, force: bool) -> Result<()> {
+    if !force {
+        let (images, cache) = if all {
+            (
+                "all images without at least one container associated to them",
+                "all build cache",
+            )
+        } else {
+            ("all dangling images", "unused build cache")
+        };
+        print!(
+            "WARNING! This will remove:\n  - {images}\n  - {cache}\n\nAre you sure you want to continue? [y/N] "
+        );
+        std::io::stdout().flush()?;
+        let mut answer = String::new();
+        std::io::stdin().read_line(&mut answer)?;
+        if !matches!(answer.trim().to_ascii_lowercase().as_str(), "y" | "yes") {
+            println!("Total reclaimed space: {}", human_size(0));
+            return Ok(());
+        }
+    }
+    let store =
+        Store::open(root).with_context(|| format!("opening the state root {}", root.display()))?;
+    let (events, images_reclaimed) = store.prune(all)?;
+    if !events.is_empty() {
+        println!("Deleted Images:");
+        super::image::print_events(&events, true);
+        println!();
+    }
+    drop(store);
+    let cache = super::builder::prune_cache(
+        root,
+        &PruneOptions {
+            all,
+            ..PruneOptions::default()
+        },
+    )?;
+    println!(
+        "Total reclaimed space: {}",
+        human_size(images_reclaimed + cache)
+    );
+    Ok(())
+}
+
+/// The entries of the root that are not counted as images.
+const CACHE: &[&str] = &[
+    "blobs",
+    "snapshots",
+    "cache-index",
+    "snapshot-checksums",
+    "context-checksums",
+    "copy-reuse",
+    "layer-cache",
+    "rootfs-cache",
+    "cache-mounts",
+];
+
+fn pct(part: u64, total: u64) -> u64 {
+    (part * 100).checked_div(total).unwrap_or(0)
+}
+
+/// `docker system df`: every byte of the root in one row. Images: the blobs,
+/// layer records and index of the store (layers kept as build snapshots are
+/// in the build cache, marked active); Build Cache: the snapshots and the
+/// records that speed builds up; Local Volumes: the cache mounts.
+fn df(root: &Path, verbose: bool) -> Result<()> {
+    let store =
+        Store::open(root).with_context(|| format!("opening the state root {}", root.display()))?;
     let images = store.images()?;
-    let blobs = store.blobs()?;
-    let mut layer_ids = HashSet::new();
-    for i in &images {
-        layer_ids.extend(i.diff_ids().iter().cloned());
-    }
-    let size_of =
-        |d: &rbuild_image::Digest| blobs.iter().find(|(b, _)| b == d).map_or(0, |(_, s)| *s);
-    // Images: a tagged image is active (in use by name); dangling ones are reclaimable,
-    // as are the layers only they use.
     let tagged: Vec<_> = images.iter().filter(|i| !i.dangling()).collect();
-    let mut active_layers = HashSet::new();
+    let mut active = HashSet::new();
     for i in &tagged {
-        active_layers.extend(i.diff_ids().iter().cloned());
+        active.extend(i.diff_ids().iter().cloned());
+        active.insert(i.id.clone());
     }
-    let layers_size: u64 = layer_ids.iter().map(size_of).sum();
-    let active_size: u64 = active_layers.iter().map(size_of).sum();
-    let orphans: Vec<_> = blobs
-        .iter()
-        .filter(|(d, _)| !layer_ids.contains(d) && !images.iter().any(|i| i.id == *d))
-        .collect();
-    let orphan_size: u64 = orphans.iter().map(|(_, s)| *s).sum();
-    let reclaim = layers_size - active_size;
-    let pct = |part: u64, total: u64| (part * 100).checked_div(total).unwrap_or(0);
-    let cache_dir = root.join("cache");
-    let (cache_n, cache_size) = dir_usage(&cache_dir);
+    let mut du = Du::default();
+    let mut images_size = 0;
+    let mut images_reclaim = 0;
+    for (d, _) in store.blobs()? {
+        let s = du.size(&store.blob_path(&d));
+        images_size += s;
+        if !active.contains(&d) {
+            images_reclaim += s;
+        }
+    }
+    // Every other entry of the root but the build cache's and the volumes'
+    // (the store's records, leases, temporary files, the root itself).
+    images_size += std::fs::symlink_metadata(root).map_or(0, |m| m.len());
+    images_size += std::fs::symlink_metadata(root.join("blobs")).map_or(0, |m| m.len());
+    images_size += std::fs::symlink_metadata(root.join("blobs/sha256")).map_or(0, |m| m.len());
+    for e in fs_err::read_dir(root)?.flatten() {
+        if !CACHE.iter().any(|c| e.file_name() == *c) {
+            images_size += du.size(&e.path());
+        }
+    }
+    let cache = gc::usage(root, &store).context("measuring the build cache")?;
+    // The cache mounts' directory with its lock files.
+    let mounts_dir = root.join("cache-mounts");
+    let mounts_extra = std::fs::symlink_metadata(&mounts_dir).map_or(0, |m| m.len())
+        + fs_err::read_dir(&mounts_dir).map_or(0, |rd| {
+            rd.flatten()
+                .filter(|e| e.path().is_file())
+                .map(|e| du.size(&e.path()))
+                .sum()
+        });
     let mut t = String::from("TYPE\tTOTAL\tACTIVE\tSIZE\tRECLAIMABLE\n");
     let _ = writeln!(
         t,
         "Images\t{}\t{}\t{}\t{} ({}%)",
         images.len(),
         tagged.len(),
-        human_size(layers_size),
-        human_size(reclaim),
-        pct(reclaim, layers_size)
+        human_size(images_size),
+        human_size(images_reclaim),
+        pct(images_reclaim, images_size)
+    );
+    let mounts_size: u64 = cache.mounts.iter().map(|m| m.1).sum::<u64>() + mounts_extra;
+    let _ = writeln!(
+        t,
+        "Local Volumes\t{}\t0\t{}\t{} ({}%)",
+        cache.mounts.len(),
+        human_size(mounts_size),
+        human_size(mounts_size),
+        pct(mounts_size, mounts_size)
     );
     let _ = writeln!(
         t,
-        "Layers\t{}\t{}\t{}\t{} ({}%)",
-        layer_ids.len() + orphans.len(),
-        active_layers.len(),
-        human_size(layers_size + orphan_size),
-        human_size(reclaim + orphan_size),
-        pct(reclaim + orphan_size, layers_size + orphan_size)
-    );
-    let _ = writeln!(
-        t,
-        "Build Cache\t{cache_n}\t0\t{}\t{}",
-        human_size(cache_size),
-        human_size(cache_size)
+        "Build Cache\t{}\t{}\t{}\t{}",
+        cache.items.len(),
+        cache.items.iter().filter(|i| i.in_use).count(),
+        human_size(cache.size()),
+        human_size(cache.reclaimable())
     );
     print!("{}", tabwrite(&t));
     if verbose {
@@ -107,29 +202,28 @@ pub fn run(cmd: &SystemCommand, root: &Path) -> Result<()> {
             }
         }
         print!("{}", tabwrite(&v));
+        println!("\nLocal Volumes space usage:\n");
+        let mut v = String::from("VOLUME NAME\tLINKS\tSIZE\n");
+        for (name, size) in &cache.mounts {
+            let _ = writeln!(v, "{name}\t0\t{}", human_size(*size));
+        }
+        print!("{}", tabwrite(&v));
+        println!("\nBuild cache usage: {}\n", human_size(cache.size()));
+        let mut v = String::from("CACHE ID\tCACHE TYPE\tSIZE\tLAST USED\tIN USE\tDESCRIPTION\n");
+        let mut items: Vec<_> = cache.items.iter().collect();
+        items.sort_by(|a, b| b.last_used.cmp(&a.last_used).then(a.id.cmp(&b.id)));
+        for i in items {
+            let _ = writeln!(
+                v,
+                "{}\tregular\t{}\t{}\t{}\t{}",
+                i.id,
+                human_size(i.size),
+                since(i64::try_from(i.last_used).unwrap_or(i64::MAX)),
+                i.in_use,
+                i.description
+            );
+        }
+        print!("{}", tabwrite(&v));
     }
     Ok(())
-}
-
-fn dir_usage(p: &Path) -> (u64, u64) {
-    let Ok(rd) = std::fs::read_dir(p) else {
-        return (0, 0);
-    };
-    let mut n = 0;
-    let mut size = 0;
-    for e in rd.flatten() {
-        n += 1;
-        size += walk_size(&e.path());
-    }
-    (n, size)
-}
-
-fn walk_size(p: &Path) -> u64 {
-    match std::fs::symlink_metadata(p) {
-        Ok(m) if m.is_dir() => {
-            std::fs::read_dir(p).map_or(0, |rd| rd.flatten().map(|e| walk_size(&e.path())).sum())
-        }
-        Ok(m) => m.len(),
-        Err(_) => 0,
-    }
 }

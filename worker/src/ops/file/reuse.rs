@@ -158,6 +158,9 @@ pub(crate) fn key(op: &FileOp, base: Option<&SnapshotId>, contexts: &[PathBuf]) 
 pub(crate) fn lookup(inner: &Inner, key: &str) -> Option<Base> {
     let id = std::fs::read_to_string(dir(inner).join(key)).ok()?;
     let id = SnapshotId::parse(id.trim())?;
+    // Held before it is looked at: a concurrent `builder prune` then keeps it
+    // or has removed it already (see `SnapshotStore::remove_unless_held`).
+    inner.snapshots.hold(&id).ok()?;
     if !inner.snapshots.exists(&id) {
         return None;
     }
