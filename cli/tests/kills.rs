@@ -31,31 +31,6 @@ use sha2::Digest as _;
 const KILLS: usize = 30;
 const EPOCH: &str = "1600000000";
 
-/// A fresh state root with the busybox base imported as `busybox:latest`
-/// (`common::build_env`, written out so it reads the same whichever form that
-/// helper has): fails, saying what is missing, without root or the base.
-fn env_with_base() -> Env {
-    assert!(
-        nix::unistd::geteuid().is_root(),
-        "cannot run: building needs root"
-    );
-    let script = common::base_sh().expect("cannot run: the busybox base script is missing");
-    let env = Env::new();
-    let tar = env.path("base.tar");
-    let made = std::process::Command::new("sh")
-        .arg(&script)
-        .arg(&tar)
-        .status()
-        .is_ok_and(|s| s.success());
-    assert!(
-        made,
-        "cannot run: {} failed (is busybox-static installed?)",
-        script.display()
-    );
-    env.ok(&["import", tar.to_str().unwrap(), "busybox:latest"]);
-    env
-}
-
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
 enum Phase {
     Copy,
@@ -357,7 +332,7 @@ fn output_arg(kind: &str, dest: &Path) -> String {
 
 #[test]
 fn killed_builds_leave_no_mount_no_truncated_output_and_a_working_store() {
-    let env = env_with_base();
+    let env = common::build_env();
     let t0 = Instant::now();
     let tmpd = env.path("tmpdir");
     fs_err::create_dir_all(&tmpd).unwrap();

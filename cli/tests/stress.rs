@@ -27,31 +27,6 @@ use common::Env;
 const BUILDS: usize = 4;
 const ROUNDS: usize = 5;
 
-/// A fresh state root with the busybox base imported as `busybox:latest`
-/// (`common::build_env`, written out so it reads the same whichever form that
-/// helper has): fails, saying what is missing, without root or the base.
-fn env_with_base() -> Env {
-    assert!(
-        nix::unistd::geteuid().is_root(),
-        "cannot run: building needs root"
-    );
-    let script = common::base_sh().expect("cannot run: the busybox base script is missing");
-    let env = Env::new();
-    let tar = env.path("base.tar");
-    let made = std::process::Command::new("sh")
-        .arg(&script)
-        .arg(&tar)
-        .status()
-        .is_ok_and(|s| s.success());
-    assert!(
-        made,
-        "cannot run: {} failed (is busybox-static installed?)",
-        script.display()
-    );
-    env.ok(&["import", tar.to_str().unwrap(), "busybox:latest"]);
-    env
-}
-
 /// A running build: its process and a thread collecting its stderr, which
 /// says (once) when the first progress event came: planning is over, the base
 /// image is held.
@@ -145,13 +120,10 @@ fn write_contexts(env: &Env) {
 
 #[test]
 fn concurrent_builds_survive_prune_rmi_save_load_and_run() {
-    let env = env_with_base();
+    let env = common::build_env();
     let t0 = Instant::now();
     let base = env.path("base.tar");
-    assert!(
-        base.is_file(),
-        "env_with_base leaves the base tar at {base:?}"
-    );
+    assert!(base.is_file(), "build_env leaves the base tar at {base:?}");
     write_contexts(&env);
     let archive = env.path("busybox-save.tar");
     // The same base image (ID) every time: a fixed creation time.
@@ -353,7 +325,7 @@ fn concurrent_builds_survive_prune_rmi_save_load_and_run() {
 /// ended, prune removes it.
 #[test]
 fn prune_and_rmi_leave_what_a_running_process_holds() {
-    let env = env_with_base();
+    let env = common::build_env();
     let id = env
         .ok(&["images", "-q", "--no-trunc", "busybox"])
         .trim()

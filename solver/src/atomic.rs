@@ -20,11 +20,11 @@ fn temp_path(dest: &Path) -> PathBuf {
 /// Replace `dest` with `data` so that readers see the old or the new content,
 /// never a mix, even if the process is killed.
 ///
-/// No `fsync` unless `durable`: the solver's files (cache records, checksum
+/// No `fsync` unless `durable`: the solver's and worker's files (cache records, checksum
 /// caches) are validated when read and a damaged one counts as absent, so
 /// after a power loss the worst case is a cache miss; an fsync per record
 /// costs milliseconds per build step.
-pub(crate) fn write(dest: &Path, data: &[u8], durable: bool) -> std::io::Result<()> {
+pub fn write(dest: &Path, data: &[u8], durable: bool) -> std::io::Result<()> {
     let tmp = temp_path(dest);
     let result = (|| {
         let mut f = fs_err::File::create(&tmp)?;

@@ -44,7 +44,7 @@
 //! - The `execute` future is dropped when the solve is cancelled: kill
 //!   processes and remove half-made snapshots on drop.
 
-mod atomic;
+pub mod atomic;
 pub mod cacheindex;
 pub mod executor;
 pub mod progress;

@@ -49,7 +49,7 @@ impl Inner {
         if let Some(dir) = path.parent() {
             let _ = fs_err::create_dir_all(dir);
         }
-        let _ = crate::atomic::write(&path, sum.as_bytes(), false);
+        let _ = rbuild_solver::atomic::write(&path, sum.as_bytes(), false);
         Some(sum)
     }
 

@@ -314,7 +314,7 @@ impl ContextChecksummer {
             state.dirty = false;
             encode_cache(&state.files)
         };
-        crate::atomic::write(path, &bytes, false)?;
+        rbuild_solver::atomic::write(path, &bytes, false)?;
         Ok(())
     }
 

@@ -143,7 +143,8 @@ fn remember_layer(inner: &Inner, id: &SnapshotId, (d, size, content): &(Digest, 
     if let Some(dir) = path.parent() {
         let _ = fs_err::create_dir_all(dir);
     }
-    let _ = crate::atomic::write(&path, format!("{d} {size} {content}\n").as_bytes(), false);
+    let _ =
+        rbuild_solver::atomic::write(&path, format!("{d} {size} {content}\n").as_bytes(), false);
 }
 
 /// Makes the non-empty history entries match the layers: the first `base`

@@ -70,7 +70,6 @@
 //! # let _ = image_id; Ok(()) }
 //! ```
 
-mod atomic;
 mod checksum;
 pub mod context;
 mod export;

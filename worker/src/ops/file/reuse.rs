@@ -181,10 +181,10 @@ pub(crate) fn remember(inner: &Inner, key: &str, id: &SnapshotId, manifest: &Man
     let _ = (|| -> std::io::Result<()> {
         let m = manifest_path(inner, id);
         fs_err::create_dir_all(m.parent().unwrap_or(Path::new(".")))?;
-        crate::atomic::write(&m, &manifest.encode(), false)?;
+        rbuild_solver::atomic::write(&m, &manifest.encode(), false)?;
         let mut id_line = Vec::new();
         writeln!(id_line, "{id}")?;
-        crate::atomic::write(&dir(inner).join(key), &id_line, false)
+        rbuild_solver::atomic::write(&dir(inner).join(key), &id_line, false)
     })();
 }
 
