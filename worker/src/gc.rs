@@ -317,6 +317,80 @@ const RECORD_DIRS: &[&str] = &[
     "layer-cache",
 ];
 
+/// The entries of the root that are not counted as images.
+const NOT_IMAGES: &[&str] = &[
+    "blobs",
+    "snapshots",
+    "cache-index",
+    "snapshot-checksums",
+    "context-checksums",
+    "copy-reuse",
+    "layer-cache",
+    "rootfs-cache",
+    "cache-mounts",
+];
+
+/// The images as `system df` reports them.
+#[derive(Clone, Debug, Default)]
+pub struct ImagesUsage {
+    /// Images in the store, and of those the tagged ones.
+    pub count: usize,
+    pub active: usize,
+    /// Bytes of every blob plus every entry of the root that is neither build
+    /// cache nor a volume (the store's records, leases, temporary files, the
+    /// root itself).
+    pub size: u64,
+    /// Bytes of blobs no tagged image uses.
+    pub reclaimable: u64,
+    /// The cache mounts' directory itself with its lock files (the mounts'
+    /// contents are in [`CacheUsage::mounts`]).
+    pub mounts_extra: u64,
+}
+
+/// Measures the images part of the root (`du -sb` sizes, hard links once).
+pub fn images_usage(state_root: &Path, store: &Store) -> Result<ImagesUsage> {
+    let images = store.images()?;
+    let tagged: Vec<_> = images.iter().filter(|i| !i.dangling()).collect();
+    let mut active = HashSet::new();
+    for i in &tagged {
+        active.extend(i.diff_ids().iter().cloned());
+        active.insert(i.id.clone());
+    }
+    let mut du = Du::default();
+    let mut size = 0;
+    let mut reclaimable = 0;
+    for (d, _) in store.blobs()? {
+        let s = du.size(&store.blob_path(&d));
+        size += s;
+        if !active.contains(&d) {
+            reclaimable += s;
+        }
+    }
+    let own = |p: &Path| std::fs::symlink_metadata(p).map_or(0, |m| m.len());
+    size +=
+        own(state_root) + own(&state_root.join("blobs")) + own(&state_root.join("blobs/sha256"));
+    for e in fs_err::read_dir(state_root)?.flatten() {
+        if !NOT_IMAGES.iter().any(|c| e.file_name() == *c) {
+            size += du.size(&e.path());
+        }
+    }
+    let mounts_dir = state_root.join("cache-mounts");
+    let mounts_extra = own(&mounts_dir)
+        + fs_err::read_dir(&mounts_dir).map_or(0, |rd| {
+            rd.flatten()
+                .filter(|e| e.path().is_file())
+                .map(|e| du.size(&e.path()))
+                .sum()
+        });
+    Ok(ImagesUsage {
+        count: images.len(),
+        active: tagged.len(),
+        size,
+        reclaimable,
+        mounts_extra,
+    })
+}
+
 /// The build cache of the state root, for `system df`.
 pub fn usage(state_root: &Path, images: &Store) -> Result<CacheUsage> {
     let mut du = Du::default();

@@ -1,12 +1,11 @@
 //! `rbuild system df` and `rbuild system prune`.
 
-use std::collections::HashSet;
 use std::fmt::Write as _;
 use std::io::Write as _;
 use std::path::Path;
 
 use anyhow::{Context as _, Result};
-use rbuild_engine::gc::{self, Du, PruneOptions};
+use rbuild_engine::gc::{self, PruneOptions};
 use rbuild_image::Store;
 
 use super::fmt::{human_size, since, tabwrite};
@@ -88,19 +87,6 @@ fn prune(root: &Path, all: bool, force: bool) -> Result<()> {
     Ok(())
 }
 
-/// The entries of the root that are not counted as images.
-const CACHE: &[&str] = &[
-    "blobs",
-    "snapshots",
-    "cache-index",
-    "snapshot-checksums",
-    "context-checksums",
-    "copy-reuse",
-    "layer-cache",
-    "rootfs-cache",
-    "cache-mounts",
-];
-
 fn pct(part: u64, total: u64) -> u64 {
     (part * 100).checked_div(total).unwrap_or(0)
 }
@@ -112,54 +98,19 @@ fn pct(part: u64, total: u64) -> u64 {
 fn df(root: &Path, verbose: bool) -> Result<()> {
     let store =
         Store::open(root).with_context(|| format!("opening the state root {}", root.display()))?;
-    let images = store.images()?;
-    let tagged: Vec<_> = images.iter().filter(|i| !i.dangling()).collect();
-    let mut active = HashSet::new();
-    for i in &tagged {
-        active.extend(i.diff_ids().iter().cloned());
-        active.insert(i.id.clone());
-    }
-    let mut du = Du::default();
-    let mut images_size = 0;
-    let mut images_reclaim = 0;
-    for (d, _) in store.blobs()? {
-        let s = du.size(&store.blob_path(&d));
-        images_size += s;
-        if !active.contains(&d) {
-            images_reclaim += s;
-        }
-    }
-    // Every other entry of the root but the build cache's and the volumes'
-    // (the store's records, leases, temporary files, the root itself).
-    images_size += std::fs::symlink_metadata(root).map_or(0, |m| m.len());
-    images_size += std::fs::symlink_metadata(root.join("blobs")).map_or(0, |m| m.len());
-    images_size += std::fs::symlink_metadata(root.join("blobs/sha256")).map_or(0, |m| m.len());
-    for e in fs_err::read_dir(root)?.flatten() {
-        if !CACHE.iter().any(|c| e.file_name() == *c) {
-            images_size += du.size(&e.path());
-        }
-    }
+    let images = gc::images_usage(root, &store).context("measuring the images")?;
     let cache = gc::usage(root, &store).context("measuring the build cache")?;
-    // The cache mounts' directory with its lock files.
-    let mounts_dir = root.join("cache-mounts");
-    let mounts_extra = std::fs::symlink_metadata(&mounts_dir).map_or(0, |m| m.len())
-        + fs_err::read_dir(&mounts_dir).map_or(0, |rd| {
-            rd.flatten()
-                .filter(|e| e.path().is_file())
-                .map(|e| du.size(&e.path()))
-                .sum()
-        });
     let mut t = String::from("TYPE\tTOTAL\tACTIVE\tSIZE\tRECLAIMABLE\n");
     let _ = writeln!(
         t,
         "Images\t{}\t{}\t{}\t{} ({}%)",
-        images.len(),
-        tagged.len(),
-        human_size(images_size),
-        human_size(images_reclaim),
-        pct(images_reclaim, images_size)
+        images.count,
+        images.active,
+        human_size(images.size),
+        human_size(images.reclaimable),
+        pct(images.reclaimable, images.size)
     );
-    let mounts_size: u64 = cache.mounts.iter().map(|m| m.1).sum::<u64>() + mounts_extra;
+    let mounts_size: u64 = cache.mounts.iter().map(|m| m.1).sum::<u64>() + images.mounts_extra;
     let _ = writeln!(
         t,
         "Local Volumes\t{}\t0\t{}\t{} ({}%)",
@@ -180,7 +131,7 @@ fn df(root: &Path, verbose: bool) -> Result<()> {
     if verbose {
         println!("\nImages space usage:\n");
         let mut v = String::from("REPOSITORY\tTAG\tIMAGE ID\tSIZE\n");
-        for i in &images {
+        for i in &store.images()? {
             let size = store.image_size(i)?;
             if i.tags.is_empty() {
                 let _ = writeln!(
