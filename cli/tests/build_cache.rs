@@ -163,7 +163,7 @@ RUN cat /a.txt > /r1\n\
 COPY b.txt /b.txt\n\
 RUN cat /a.txt /b.txt > /r2\n";
 
-const S1: &str = "[1/5] FROM busybox";
+const S1: &str = "[1/5] FROM docker.io/library/busybox:latest";
 const S2: &str = "[2/5] COPY a.txt /a.txt";
 const S3: &str = "[3/5] RUN cat /a.txt > /r1";
 const S4: &str = "[4/5] COPY b.txt /b.txt";
@@ -280,7 +280,7 @@ fn an_arg_value_reruns_from_the_first_run_after_it() {
          RUN echo after > /after\n",
     );
     b.write("ctx/a.txt", "a\n");
-    let a1 = "[1/5] FROM busybox";
+    let a1 = "[1/5] FROM docker.io/library/busybox:latest";
     let a2 = "[2/5] COPY a.txt /a.txt";
     let a3 = "[3/5] RUN echo before > /before";
     // As in BuildKit, a RUN's step name shows the build args' values.
@@ -334,7 +334,7 @@ fn no_cache_filter_runs_only_that_stages_steps() {
          RUN cat /deps > /out\n",
     );
     b.write("ctx/a.txt", "a\n");
-    let from = "[deps 1/3] FROM busybox";
+    let from = "[deps 1/3] FROM docker.io/library/busybox:latest";
     let d2 = "[deps 2/3] COPY a.txt /a.txt";
     let d3 = "[deps 3/3] RUN cat /a.txt > /deps";
     let f2 = "[final 2/3] COPY --from=deps /deps /deps";
@@ -368,7 +368,7 @@ fn a_change_to_a_dockerignored_file_reruns_nothing() {
     b.write("ctx/kept.txt", "k\n");
     b.write("ctx/ignored.txt", "i1\n");
     b.write("ctx/logs/one.log", "l1\n");
-    let i1 = "[1/3] FROM busybox";
+    let i1 = "[1/3] FROM docker.io/library/busybox:latest";
     let i2 = "[2/3] COPY . /app";
     let i3 = "[3/3] RUN ls -A /app > /listing";
     let ctx = b.p("ctx");
@@ -418,7 +418,7 @@ fn dockerfile_edits_rerun_only_the_steps_they_change() {
     );
     b.write("ctx/src/x.txt", "x\n");
     b.write("ctx/src/m.md", "m\n");
-    let g1 = "[1/4] FROM busybox";
+    let g1 = "[1/4] FROM docker.io/library/busybox:latest";
     let g2 = "[2/4] COPY src/*.txt /x/";
     let g3 = "[3/4] RUN ls /x > /l";
     let g4 = "[4/4] RUN echo e > /e";
@@ -463,7 +463,7 @@ fn a_proxy_build_arg_reruns_nothing_unless_declared() {
         "ctx/Dockerfile",
         "FROM busybox\nRUN echo \"p=$HTTP_PROXY\" > /p\n",
     );
-    let p1 = "[1/2] FROM busybox";
+    let p1 = "[1/2] FROM docker.io/library/busybox:latest";
     let p2 = "[2/2] RUN echo \"p=$HTTP_PROXY\" > /p";
     let ctx = b.p("ctx");
     b.build(&[&ctx]);
@@ -501,7 +501,7 @@ fn run_mounts_key_on_bind_sources_not_on_secrets() {
     b.write("ctx/a.txt", "a1\n");
     b.write("ctx/sub/s.txt", "s1\n");
     b.write("secret", "one\n");
-    let m1 = "[1/4] FROM busybox";
+    let m1 = "[1/4] FROM docker.io/library/busybox:latest";
     let m2 = "[2/4] RUN --mount=type=bind,source=a.txt,target=/a cat /a > /out1";
     let m3 = "[3/4] RUN --mount=type=bind,source=sub,target=/s cat /s/s.txt > /out2";
     let m4 = "[4/4] RUN --mount=type=secret,id=k wc -c < /run/secrets/k > /out3";
@@ -708,7 +708,7 @@ fn copy_from_a_stage_is_keyed_by_the_content_it_copies() {
     let f4 = "[final 4/5] COPY --from=deps /random /random";
     let f5 = "[final 5/5] RUN cat /random > /out2";
     // Both stages' FROM are one vertex (identical ops are solved once).
-    let from = "[deps 1/2] FROM busybox";
+    let from = "[deps 1/2] FROM docker.io/library/busybox:latest";
     let ctx = b.p("ctx");
     let (_, id1) = b.build(&[&ctx]);
     let first = b.cat(&id1, "/out2");

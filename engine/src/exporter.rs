@@ -8,14 +8,14 @@ use std::path::{Path, PathBuf};
 
 use rbuild_frontend::BuildPlan;
 use rbuild_image::{Digest, Reference, Store};
-use rbuild_ops::VertexId;
+use rbuild_ops::{ImagePin, VertexId};
 use rbuild_solver::ResultRef;
 use rbuild_solver::progress::Event;
 use rbuild_worker::{ExportOptions, LocalWorker};
 
 use crate::error::ExportError;
 use crate::pending::PendingOutput;
-use crate::session::Reporter;
+use crate::report::Reporter;
 
 /// What an exporter gets: the solved target and what made it.
 pub struct ExportContext<'a> {
@@ -43,12 +43,10 @@ impl ExportContext<'_> {
                 self.target,
                 &ExportOptions {
                     config: self.plan.image.clone(),
-                    base_image: self
-                        .plan
-                        .base
-                        .as_ref()
-                        .and_then(|b| b.digest.as_deref())
-                        .and_then(|d| Digest::parse(d).ok()),
+                    base_image: self.plan.base.as_ref().and_then(|b| match &b.pin {
+                        ImagePin::ImageId(d) => Digest::parse(d).ok(),
+                        ImagePin::Manifest(_) => None,
+                    }),
                     tags,
                     // BuildKit exports a layer for every step that makes one, even
                     // when its diff is empty; keeping them keeps the history and

@@ -10,6 +10,7 @@
 mod error;
 pub mod exporter;
 pub mod pending;
+mod report;
 mod session;
 
 pub use error::{BuildError, ExportError, StepFailure, one_line};
@@ -18,6 +19,7 @@ pub use exporter::{
     StoreExporter, TarExporter,
 };
 pub use pending::{PendingError, PendingOutput};
+pub use rbuild_snapshotter::layout::{self, StateLayout};
 /// Garbage collection of the build cache and disk accounting (`builder prune`,
 /// `system df`, the automatic collection after a build); implemented over the
 /// worker's state.

@@ -11,23 +11,16 @@ use rbuild_frontend::{
     BuildOptions, BuildPlan, Entitlements, ImageResolver, Platform, ResolveError, ResolvedImage,
     build_plan,
 };
-use rbuild_image::{Digest, Store};
-use rbuild_ops::{NetworkMode, VertexId};
+use rbuild_image::{Digest, Reference, Store};
+use rbuild_ops::{ImagePin, NetworkMode, VertexId};
+use rbuild_snapshotter::layout::StateLayout;
 use rbuild_solver::progress::Event;
 use rbuild_solver::{CacheIndex, ResultRef, SolveError, Solver};
 use rbuild_worker::{ExportOptions, LocalWorker, WorkerOptions};
 
 use crate::error::{BuildError, StepFailure};
 use crate::exporter::{ExportContext, Exporter, Phases};
-
-/// Where the engine reports: the solver's progress events (the export is one
-/// more vertex after the graph's) and the planner's warnings. The caller
-/// renders them.
-pub trait Reporter {
-    fn event(&mut self, ev: &Event);
-    /// A warning from planning, before anything runs.
-    fn warning(&mut self, message: &str);
-}
+pub use crate::report::Reporter;
 
 /// Everything a build needs, read and checked by the caller.
 pub struct BuildRequest {
@@ -73,9 +66,13 @@ impl ImageResolver for StoreResolver<'_> {
                 "image not found in the local store ({e}); pull, load or import it first"
             ))
         })?;
+        // The canonical name for progress (`docker.io/library/busybox:latest`);
+        // the store resolved the name as the docker CLI does.
+        let canonical = Reference::parse_tagged(reference)
+            .map_or_else(|_| reference.to_owned(), |r| r.full_name());
         Ok(ResolvedImage {
-            reference: reference.to_owned(),
-            digest: Some(img.id.to_string()),
+            reference: canonical,
+            pin: ImagePin::ImageId(img.id.to_string()),
             config: img.config,
         })
     }
@@ -183,7 +180,7 @@ fn solve(
     store: &Store,
     reporter: &mut dyn Reporter,
 ) -> Result<ResultRef, BuildError> {
-    let cache = CacheIndex::open(&req.state_root)?;
+    let cache = CacheIndex::open(&StateLayout::new(&req.state_root).cache_index())?;
     let solver = Solver::new(Arc::new(worker.clone()), cache, req.jobs).with_no_cache(req.no_cache);
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(req.jobs.max(2))

@@ -43,3 +43,4 @@ pub use plan::{
 pub use rbuild_oci::{
     ContainerConfig, DEFAULT_PATH, Empty, Healthcheck, History, ImageConfig, Platform, RootFs,
 };
+pub use rbuild_ops::ImagePin;

@@ -13,7 +13,7 @@ use std::fmt::Write as _;
 
 use rbuild_ops::{BuildGraph, Op, Vertex, VertexId};
 use rbuild_ops::{
-    CacheSharing, Copy, Description, ExecOp, FileAction, FileOp, MergeOp, Mkdir, Mkfile,
+    CacheSharing, Copy, Description, ExecOp, FileAction, FileOp, ImagePin, MergeOp, Mkdir, Mkfile,
     Mount as OpMount, MountKind, NetworkMode, SecurityMode, SourceLocation, SourceOp,
 };
 use rbuild_parser::shell::{Lexer, ShellError, ShellErrorKind, human_size_exact};
@@ -115,10 +115,12 @@ impl Entitlements {
 /// A base image as the image store knows it.
 #[derive(Debug, Clone, PartialEq)]
 pub struct ResolvedImage {
-    /// Canonical reference (`docker.io/library/busybox:latest`).
+    /// Canonical reference (`docker.io/library/busybox:latest`), for progress
+    /// and errors.
     pub reference: String,
-    /// Image id or manifest digest (`sha256:...`), pinning the content.
-    pub digest: Option<String>,
+    /// The digest pinning the content, and whether it is an image ID or a
+    /// manifest digest: the worker reads exactly this image.
+    pub pin: ImagePin,
     /// The image's config.
     pub config: ImageConfig,
 }
@@ -1137,7 +1139,7 @@ impl Planner<'_> {
                         .map(|p| p.to_string());
                     let op = SourceOp::Image {
                         reference: resolved.reference.clone(),
-                        resolved_digest: resolved.digest.clone(),
+                        pin: resolved.pin.clone(),
                         platform,
                     };
                     run.st.state = Some(self.push(op, Vec::new(), name, Some(&from_span), false));

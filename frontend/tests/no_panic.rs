@@ -4,7 +4,9 @@ mod common;
 
 use common::{busybox_config, opts};
 use proptest::prelude::*;
-use rbuild_frontend::{ImageResolver, Platform, ResolveError, ResolvedImage, plan_source};
+use rbuild_frontend::{
+    ImagePin, ImageResolver, Platform, ResolveError, ResolvedImage, plan_source,
+};
 
 /// Every name is an image (a busybox, or an empty one for names with a digit).
 struct AnyResolver;
@@ -25,7 +27,7 @@ impl ImageResolver for AnyResolver {
         }
         Ok(ResolvedImage {
             reference: reference.to_owned(),
-            digest: None,
+            pin: ImagePin::ImageId(format!("sha256:{:064x}", reference.len())),
             config,
         })
     }

@@ -11,6 +11,9 @@ pub enum Error {
     /// An invalid digest, reference or image config.
     #[error(transparent)]
     Oci(#[from] rbuild_oci::Error),
+    /// The state root's format stamp is newer or unreadable.
+    #[error(transparent)]
+    Format(#[from] rbuild_snapshotter::layout::FormatError),
     #[error("No such image: {0}")]
     NoSuchImage(String),
     #[error("ambiguous image ID {0:?}: it matches several images")]

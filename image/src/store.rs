@@ -28,6 +28,7 @@ use std::collections::{BTreeMap, BTreeSet, HashSet};
 use std::io::{self, Read, Write};
 use std::path::{Path, PathBuf};
 
+use rbuild_snapshotter::layout::StateLayout;
 use rbuild_snapshotter::lease::{Hold, Lease};
 use rbuild_snapshotter::snapshots::{SnapshotId, SnapshotStore};
 use rbuild_snapshotter::{ApplyOptions, Decoder, Digest, HashingWriter};
@@ -122,9 +123,6 @@ pub struct CommitReport {
     /// Tags that moved: (tag, image they pointed at before).
     pub retagged: Vec<(Reference, Digest)>,
 }
-
-/// Where layers kept as build snapshots are recorded (see [`Txn::add_snapshot_layer`]).
-const SNAP_LAYERS: &str = "snaplayers/sha256";
 
 /// A layer kept as a build snapshot rather than as a tar.
 #[derive(Clone, Debug, Serialize, Deserialize)]
@@ -239,6 +237,8 @@ impl Generated {
 #[derive(Clone, Debug)]
 pub struct Store {
     root: PathBuf,
+    /// The paths under `root`.
+    layout: StateLayout,
 }
 
 /// Held while writing; released on drop.
@@ -293,8 +293,10 @@ pub fn private_root(root: &Path) -> Result<()> {
     if m.uid() == me && mode & 0o077 != 0 {
         // rbuild's: it has the store (`blobs/`) or only what the startup sweep
         // made (`leases/`), or nothing yet.
-        let ours = root.join("blobs").is_dir()
-            || fs_err::read_dir(root)?.all(|e| e.is_ok_and(|e| e.file_name() == "leases"));
+        let ours = StateLayout::new(root).blobs().is_dir()
+            || fs_err::read_dir(root)?.all(|e| {
+                e.is_ok_and(|e| e.file_name() == "leases" || e.file_name() == "rbuild-format")
+            });
         if !ours {
             return Err(unsafe_root(format!(
                 "is a directory others can enter (mode {mode:04o}) that holds something other \
@@ -313,10 +315,12 @@ impl Store {
     pub fn open(root: impl AsRef<Path>) -> Result<Self> {
         let root = root.as_ref().to_path_buf();
         private_root(&root)?;
-        fs_err::create_dir_all(root.join("blobs/sha256"))?;
-        fs_err::create_dir_all(root.join(SNAP_LAYERS))?;
-        fs_err::create_dir_all(root.join("tmp"))?;
-        Ok(Self { root })
+        let layout = StateLayout::new(&root);
+        layout.check_format()?;
+        fs_err::create_dir_all(layout.blobs())?;
+        fs_err::create_dir_all(layout.snap_layers())?;
+        fs_err::create_dir_all(layout.tmp())?;
+        Ok(Self { root, layout })
     }
 
     pub fn root(&self) -> &Path {
@@ -325,12 +329,12 @@ impl Store {
 
     /// Where a blob lives (whether or not it exists).
     pub fn blob_path(&self, d: &Digest) -> PathBuf {
-        self.root.join("blobs/sha256").join(d.hex())
+        self.layout.blobs().join(d.hex())
     }
 
     /// Where the record of a layer kept as a snapshot lives.
     fn snap_layer_path(&self, d: &Digest) -> PathBuf {
-        self.root.join(SNAP_LAYERS).join(d.hex())
+        self.layout.snap_layers().join(d.hex())
     }
 
     /// The snapshot a layer is kept as (its upper dir), if it is one and the
@@ -387,13 +391,13 @@ impl Store {
     /// Every blob in the store with its size (layers kept as snapshots too).
     pub fn blobs(&self) -> Result<Vec<(Digest, u64)>> {
         let mut out = Vec::new();
-        for e in fs_err::read_dir(self.root.join("blobs/sha256"))? {
+        for e in fs_err::read_dir(self.layout.blobs())? {
             let e = e?;
             if let Ok(d) = Digest::from_hex(&e.file_name().to_string_lossy()) {
                 out.push((d, e.metadata()?.len()));
             }
         }
-        for e in fs_err::read_dir(self.root.join(SNAP_LAYERS))? {
+        for e in fs_err::read_dir(self.layout.snap_layers())? {
             let e = e?;
             if let Ok(d) = Digest::from_hex(&e.file_name().to_string_lossy()) {
                 if !out.iter().any(|(o, _)| *o == d) {
@@ -414,7 +418,7 @@ impl Store {
     /// A build cache collector must keep them and their chains.
     pub fn snapshot_layers(&self) -> Result<Vec<(Option<PathBuf>, SnapshotId)>> {
         let mut out = Vec::new();
-        for e in fs_err::read_dir(self.root.join(SNAP_LAYERS))? {
+        for e in fs_err::read_dir(self.layout.snap_layers())? {
             let e = e?;
             let Ok(bytes) = std::fs::read(e.path()) else {
                 continue; // removed meanwhile
@@ -446,7 +450,7 @@ impl Store {
             .create(true)
             .truncate(false)
             .write(true)
-            .open(self.root.join("lock"))?;
+            .open(self.layout.store_lock())?;
         let f = f.into_file();
         rustix::fs::flock(&f, rustix::fs::FlockOperation::LockExclusive)
             .map_err(io::Error::from)?;
@@ -457,8 +461,8 @@ impl Store {
     /// Removes the scratch of dead processes from `tmp/` (their owner token in
     /// the name; older `<kind>-<pid>-*` names by PID).
     fn clean_stale_tmp(&self) -> Result<()> {
-        rbuild_snapshotter::lease::sweep(&self.root, &[self.root.join("tmp")])?;
-        for e in fs_err::read_dir(self.root.join("tmp"))? {
+        rbuild_snapshotter::lease::sweep(&self.root, &[self.layout.tmp()])?;
+        for e in fs_err::read_dir(self.layout.tmp())? {
             let e = e?;
             let name = e.file_name().to_string_lossy().into_owned();
             let pid = name.split('-').nth(1).and_then(|p| p.parse::<u32>().ok());
@@ -484,7 +488,7 @@ impl Store {
 
     /// Where scratch goes (`<root>/tmp`).
     pub fn tmp_dir(&self) -> PathBuf {
-        self.root.join("tmp")
+        self.layout.tmp()
     }
 
     /// Resolves `name` (see [`Self::resolve`]) and holds the image in this
@@ -496,6 +500,15 @@ impl Store {
         let id = self.resolve(name)?;
         self.lease()?.hold(Hold::Image, &id.to_string())?;
         self.image(&id)
+    }
+
+    /// Holds the image with ID `id` in this process's lease, under the lock
+    /// (as [`Self::resolve_and_hold`], without looking a name up).
+    pub fn hold_image(&self, id: &Digest) -> Result<Image> {
+        let _lock = self.lock()?;
+        let img = self.image(id)?;
+        self.lease()?.hold(Hold::Image, &id.to_string())?;
+        Ok(img)
     }
 
     /// Image IDs and blobs the live leases hold.
@@ -531,7 +544,7 @@ impl Store {
     }
 
     fn read_index(&self) -> Result<IndexFile> {
-        let p = self.root.join("index.json");
+        let p = self.layout.index_json();
         match std::fs::read(&p) {
             Ok(b) => serde_json::from_slice(&b).map_err(|e| Error::CorruptIndex {
                 path: p.display().to_string(),
@@ -547,8 +560,8 @@ impl Store {
 
     fn write_index(&self, idx: &IndexFile, _lock: &LockGuard) -> Result<()> {
         let tmp =
-            self.root
-                .join("tmp")
+            self.layout
+                .tmp()
                 .join(format!("{}{}.json", self.temp_prefix("index")?, unique()));
         let data = crate::json::canonical(idx)?;
         {
@@ -556,7 +569,7 @@ impl Store {
             f.write_all(&data)?;
             f.sync_all()?;
         }
-        fs_err::rename(&tmp, self.root.join("index.json"))?;
+        fs_err::rename(&tmp, self.layout.index_json())?;
         fsync_dir(&self.root)?;
         Ok(())
     }
@@ -565,7 +578,7 @@ impl Store {
     pub fn begin(&self) -> Result<Txn<'_>> {
         let dir = tempfile::Builder::new()
             .prefix(&self.temp_prefix("txn")?)
-            .tempdir_in(self.root.join("tmp"))?;
+            .tempdir_in(self.layout.tmp())?;
         Ok(Txn {
             store: self,
             dir,
@@ -1232,14 +1245,14 @@ impl Txn<'_> {
                 fs_err::rename(path, &dest)?;
             }
         }
-        fsync_dir(&self.store.root.join("blobs/sha256"))?;
+        fsync_dir(&self.store.layout.blobs())?;
         for (path, d) in &self.snap_layers {
             if !self.store.blob_path(d).exists() {
                 fs_err::rename(path, self.store.snap_layer_path(d))?;
             }
         }
         if !self.snap_layers.is_empty() {
-            fsync_dir(&self.store.root.join(SNAP_LAYERS))?;
+            fsync_dir(&self.store.layout.snap_layers())?;
         }
         let lease = self.store.lease()?;
         for (id, _, _, diff_ids) in &self.images {

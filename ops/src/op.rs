@@ -95,17 +95,39 @@ impl From<MergeOp> for Op {
 
 // ---------------------------------------------------------------- sources
 
+/// What pins a base image's content: a `sha256:<hex>` digest, saying of what.
+#[derive(Clone, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(tag = "kind", content = "digest", rename_all = "snake_case")]
+pub enum ImagePin {
+    /// The image ID: the digest of its config (an image of the local store).
+    ImageId(String),
+    /// The digest of its manifest (an image as a registry serves it).
+    Manifest(String),
+}
+
+impl ImagePin {
+    /// The `sha256:<hex>` digest.
+    pub fn digest(&self) -> &str {
+        match self {
+            Self::ImageId(d) | Self::Manifest(d) => d,
+        }
+    }
+}
+
 /// A vertex with no inputs that brings content in.
 #[derive(Clone, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(tag = "source", rename_all = "snake_case")]
 pub enum SourceOp {
     /// A base image (`FROM`, `COPY --from=image`).
     Image {
-        /// As written, normalised by the frontend (`docker.io/library/alpine:3.20`).
+        /// As written, normalised by the frontend (`docker.io/library/alpine:3.20`):
+        /// for progress and errors only; the content is the one `pin` names.
         reference: String,
-        /// `sha256:...` of the manifest when the frontend resolved it. With it
-        /// the key pins the content; without it the key is the reference.
-        resolved_digest: Option<String>,
+        /// The digest the frontend resolved the reference to: the worker reads
+        /// this image, by digest, and never looks the name up again (a tag that
+        /// moves between planning and solving cannot give one image's key to
+        /// another's content). Part of the key.
+        pin: ImagePin,
         /// `os/arch[/variant]`, when not the host's.
         platform: Option<String>,
     },

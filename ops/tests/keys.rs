@@ -3,7 +3,7 @@
 
 use proptest::prelude::*;
 
-use rbuild_ops::{BuildGraph, GraphError, Op, Vertex, VertexId};
+use rbuild_ops::{BuildGraph, GraphError, ImagePin, Op, Vertex, VertexId};
 use rbuild_ops::{CacheKey, Checksum, InputKey, cache_key};
 use rbuild_ops::{
     CacheSharing, Chmod, Chown, Copy, ExecOp, FileAction, FileOp, Mkdir, Mkfile, Mount, MountKind,
@@ -234,13 +234,19 @@ fn every_file_action_and_source_is_keyed() {
         SourceOp::Scratch.into(),
         SourceOp::Image {
             reference: "alpine".into(),
-            resolved_digest: None,
+            pin: ImagePin::ImageId("sha256:00".into()),
             platform: None,
         }
         .into(),
         SourceOp::Image {
             reference: "alpine".into(),
-            resolved_digest: Some("sha256:00".into()),
+            pin: ImagePin::Manifest("sha256:00".into()),
+            platform: None,
+        }
+        .into(),
+        SourceOp::Image {
+            reference: "alpine".into(),
+            pin: ImagePin::ImageId("sha256:01".into()),
             platform: None,
         }
         .into(),
@@ -356,7 +362,7 @@ fn img(name: &str) -> Vertex {
     Vertex::new(
         SourceOp::Image {
             reference: name.into(),
-            resolved_digest: None,
+            pin: ImagePin::ImageId(format!("sha256:{name}")),
             platform: None,
         },
         vec![],

@@ -91,7 +91,7 @@ static LEASES: LazyLock<Mutex<HashMap<PathBuf, Arc<Lease>>>> =
     LazyLock::new(|| Mutex::new(HashMap::new()));
 
 fn leases_dir(root: &Path) -> PathBuf {
-    root.join("leases")
+    crate::layout::StateLayout::new(root).leases()
 }
 
 /// Creates `dir` (its parents as usual) private to its owner when it is
@@ -550,7 +550,7 @@ pub fn sweep(root: &Path, dirs: &[PathBuf]) -> io::Result<SweepReport> {
     }
 
     // Dead leases: what they list outside the root, then their files.
-    let ldir = root.join("leases");
+    let ldir = leases_dir(&root);
     if let Ok(rd) = std::fs::read_dir(&ldir) {
         let mut names: Vec<String> = rd
             .flatten()

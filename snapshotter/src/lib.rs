@@ -8,6 +8,7 @@ pub mod compress;
 pub mod diff;
 pub mod digest;
 pub mod error;
+pub mod layout;
 pub mod lease;
 pub mod lookup;
 pub mod overlay;

@@ -30,6 +30,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use serde::{Deserialize, Serialize};
 
 use crate::digest::Digest;
+use crate::layout::StateLayout;
 use crate::lease::{Hold, Lease};
 use crate::overlay::{OverlayLayout, OverlayMount, copy_lower_stack, mount_overlay};
 use crate::tarwrite::{EntryKind, EntryMeta, TarWriter};
@@ -146,11 +147,12 @@ impl SnapshotStore {
     /// Opens (creating) `<state_root>/snapshots`, taking down the mounts and
     /// removing the half-made snapshots of dead processes.
     pub fn open(state_root: &Path) -> Result<Self> {
-        let root = state_root.join("snapshots");
-        fs_err::create_dir_all(root.join("chains"))?;
-        fs_err::create_dir_all(root.join("mounts"))?;
+        let layout = StateLayout::new(state_root);
+        let root = layout.snapshots();
+        fs_err::create_dir_all(layout.snapshot_chains())?;
+        fs_err::create_dir_all(layout.snapshot_mounts())?;
         let lease = Lease::current(state_root)?;
-        crate::lease::sweep(state_root, &[root.clone(), root.join("mounts")])?;
+        crate::lease::sweep(state_root, &[root.clone(), layout.snapshot_mounts()])?;
         Ok(Self {
             root,
             counter: AtomicU64::new(0),
@@ -165,7 +167,11 @@ impl SnapshotStore {
 
     /// Where temporary mount points go (`<root>/snapshots/mounts`).
     pub fn mounts_dir(&self) -> PathBuf {
-        self.root.join("mounts")
+        StateLayout::new(&self.state_root).snapshot_mounts()
+    }
+
+    fn chains_dir(&self) -> PathBuf {
+        StateLayout::new(&self.state_root).snapshot_chains()
     }
 
     /// A name prefix for a temporary file or directory of this process in
@@ -190,7 +196,7 @@ impl SnapshotStore {
     pub fn check_overlay(&self) -> Result<()> {
         let t = tempfile::Builder::new()
             .prefix(&self.temp_prefix("ovl-check"))
-            .tempdir_in(self.root.join("mounts"))?;
+            .tempdir_in(self.mounts_dir())?;
         for d in ["l1", "l2", "m"] {
             fs_err::create_dir(t.path().join(d))?;
         }
@@ -367,7 +373,7 @@ impl SnapshotStore {
         }
         let t = tempfile::Builder::new()
             .prefix(&self.temp_prefix("ro"))
-            .tempdir_in(self.root.join("mounts"))?;
+            .tempdir_in(self.mounts_dir())?;
         let layout = OverlayLayout {
             lower: lowers,
             upper: PathBuf::new(),
@@ -420,15 +426,12 @@ impl SnapshotStore {
             });
         }
         let id = self.commit_with(active, Some(diff_id.clone()), Some(chain_id.clone()))?;
-        write_atomic(
-            &self.root.join("chains").join(chain_id.hex()),
-            id.0.as_bytes(),
-        )?;
+        write_atomic(&self.chains_dir().join(chain_id.hex()), id.0.as_bytes())?;
         Ok(id)
     }
 
     fn by_chain(&self, chain_id: &Digest) -> Option<SnapshotId> {
-        let s = fs_err::read_to_string(self.root.join("chains").join(chain_id.hex())).ok()?;
+        let s = fs_err::read_to_string(self.chains_dir().join(chain_id.hex())).ok()?;
         let id = SnapshotId::parse(s.trim())?;
         self.exists(&id).then_some(id)
     }
@@ -450,13 +453,16 @@ impl SnapshotStore {
     /// Where the upper dir of snapshot `id` of the store at `state_root` is,
     /// without opening the store.
     pub fn upper_at(state_root: &Path, id: &SnapshotId) -> PathBuf {
-        state_root.join("snapshots").join(&id.0).join("fs")
+        StateLayout::new(state_root)
+            .snapshots()
+            .join(&id.0)
+            .join("fs")
     }
 
     /// Whether snapshot `id` of the store at `state_root` is committed.
     pub fn exists_at(state_root: &Path, id: &SnapshotId) -> bool {
-        state_root
-            .join("snapshots")
+        StateLayout::new(state_root)
+            .snapshots()
             .join(&id.0)
             .join("meta.json")
             .is_file()

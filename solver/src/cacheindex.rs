@@ -77,9 +77,10 @@ pub struct IndexLock {
 }
 
 impl CacheIndex {
-    /// Open (creating if needed) the index under `state_root`.
-    pub fn open(state_root: &Path) -> Result<Self, CacheIndexError> {
-        let dir = state_root.join("cache-index");
+    /// Open (creating if needed) the index in `dir` (a state root's
+    /// `cache-index/`: see the snapshotter's `StateLayout`).
+    pub fn open(dir: &Path) -> Result<Self, CacheIndexError> {
+        let dir = dir.to_path_buf();
         fs_err::create_dir_all(dir.join("entries"))?;
         Ok(Self { dir })
     }

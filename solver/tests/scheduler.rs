@@ -7,7 +7,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use rbuild_ops::Checksum;
-use rbuild_ops::{BuildGraph, Vertex, VertexId};
+use rbuild_ops::{BuildGraph, ImagePin, Vertex, VertexId};
 use rbuild_ops::{Copy, ExecOp, FileAction, FileOp, Selection, SourceOp};
 use rbuild_solver::progress::{self, Event};
 use rbuild_solver::{
@@ -174,7 +174,7 @@ fn image(g: &mut BuildGraph, reference: &str) -> VertexId {
     g.add(Vertex::new(
         SourceOp::Image {
             reference: reference.to_owned(),
-            resolved_digest: None,
+            pin: ImagePin::ImageId(format!("sha256:{reference}")),
             platform: None,
         },
         vec![],

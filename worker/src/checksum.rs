@@ -27,9 +27,8 @@ impl Inner {
         h.update(id.as_str().as_bytes());
         h.update(&[0]);
         h.update(format!("{selection:?}").as_bytes());
-        let path = self
-            .state_root
-            .join("snapshot-checksums")
+        let path = rbuild_snapshotter::layout::StateLayout::new(&self.state_root)
+            .snapshot_checksums()
             .join(h.finalize().to_hex().as_str());
         if let Ok(bytes) = std::fs::read(&path) {
             if let Ok(sum) = <[u8; 32]>::try_from(bytes.as_slice()) {
@@ -88,6 +87,6 @@ pub(crate) fn content_checksum(
         .map(Some)
         .map_err(|e| match e {
             ContextError::Io(e) => err(e),
-            e => ExecError::msg(e.to_string()),
+            e => crate::error::WorkerError::BuildContext(e).into(),
         })
 }

@@ -161,12 +161,13 @@ struct Entry {
 
 impl ContextChecksummer {
     /// A checksummer for `root`. With `state_dir`, content hashes persist in
-    /// `<state_dir>/context-checksums/<hash of root's path>.bin` across runs.
+    /// `<state_dir>/context-checksums/<hash of root's path>.bin` across runs
+    /// (`state_dir` is a state root: see the snapshotter's `StateLayout`).
     pub fn open(root: &Path, state_dir: Option<&Path>) -> Result<Self, ContextError> {
         let root = fs_err::canonicalize(root)?;
         let cache_file = match state_dir {
             Some(dir) => {
-                let dir = dir.join("context-checksums");
+                let dir = rbuild_snapshotter::layout::StateLayout::new(dir).context_checksums();
                 fs_err::create_dir_all(&dir)?;
                 let name = blake3::hash(root.as_os_str().as_encoded_bytes()).to_hex();
                 Some(dir.join(format!("{name}.bin")))

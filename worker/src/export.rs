@@ -120,9 +120,8 @@ fn layer_cache_path(inner: &Inner, id: &SnapshotId) -> std::path::PathBuf {
     let epoch = inner
         .epoch
         .map_or_else(|| "none".to_owned(), |e| e.to_string());
-    inner
-        .state_root
-        .join("layer-cache")
+    rbuild_snapshotter::layout::StateLayout::new(&inner.state_root)
+        .layer_cache()
         .join(format!("{}-{epoch}", id.as_str()))
 }
 

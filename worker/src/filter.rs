@@ -31,7 +31,7 @@ impl<'a> SelectionFilter<'a> {
             }
             PatternMatcher::new(ps)
                 .map(|m| (!m.is_empty()).then_some(m))
-                .map_err(|e| ExecError::msg(format!("invalid {what} patterns: {e}")))
+                .map_err(|e| crate::error::context(format!("invalid {what} patterns"), e))
         };
         Ok(Self {
             ignore,

@@ -8,8 +8,12 @@ use rbuild_solver::ExecError;
 
 use crate::state::err;
 
-pub(crate) fn io_msg(what: &str, p: &Path, e: impl std::fmt::Display) -> ExecError {
-    ExecError::msg(format!("{what} {}: {e}", p.display()))
+pub(crate) fn io_msg(
+    what: &str,
+    p: &Path,
+    e: impl std::error::Error + Send + Sync + 'static,
+) -> ExecError {
+    crate::error::context(format!("{what} {}", p.display()), e)
 }
 
 /// `a/./b/../c` → `a/c`, relative; refuses climbing above the root.

@@ -19,6 +19,7 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use rbuild_image::{Digest, Store};
+use rbuild_snapshotter::layout::StateLayout;
 use rbuild_snapshotter::lease;
 use rbuild_snapshotter::snapshots::{SnapshotError, SnapshotId, SnapshotStore};
 use rbuild_solver::{CacheIndex, CacheIndexError};
@@ -213,7 +214,7 @@ fn same_dir(a: &Path, b: &Path) -> bool {
 /// changes), so that the collection after every build does not walk them all.
 fn survey(state_root: &Path, images: &Store, mut du: Option<&mut Du>) -> Result<Vec<CacheItem>> {
     let snaps = SnapshotStore::open(state_root)?;
-    let index = CacheIndex::open(state_root)?;
+    let index = CacheIndex::open(&StateLayout::new(state_root).cache_index())?;
     let list = snaps.list()?;
     let infos: HashMap<SnapshotId, _> = list.iter().cloned().collect();
     let mut last_used: HashMap<SnapshotId, u64> = HashMap::new();
@@ -310,25 +311,32 @@ fn remembered_size(dir: &Path) -> u64 {
 }
 
 /// The directories of records that only speed builds up.
-const RECORD_DIRS: &[&str] = &[
-    "snapshot-checksums",
-    "context-checksums",
-    "copy-reuse",
-    "layer-cache",
-];
+fn record_dirs(l: &StateLayout) -> [PathBuf; 4] {
+    [
+        l.snapshot_checksums(),
+        l.context_checksums(),
+        l.copy_reuse(),
+        l.layer_cache(),
+    ]
+}
 
 /// The entries of the root that are not counted as images.
-const NOT_IMAGES: &[&str] = &[
-    "blobs",
-    "snapshots",
-    "cache-index",
-    "snapshot-checksums",
-    "context-checksums",
-    "copy-reuse",
-    "layer-cache",
-    "rootfs-cache",
-    "cache-mounts",
-];
+fn not_images(l: &StateLayout) -> [PathBuf; 9] {
+    [
+        l.blobs()
+            .parent()
+            .map(Path::to_path_buf)
+            .unwrap_or_default(),
+        l.snapshots(),
+        l.cache_index(),
+        l.snapshot_checksums(),
+        l.context_checksums(),
+        l.copy_reuse(),
+        l.layer_cache(),
+        l.rootfs_cache(),
+        l.cache_mounts(),
+    ]
+}
 
 /// The images as `system df` reports them.
 #[derive(Clone, Debug, Default)]
@@ -356,6 +364,7 @@ pub fn images_usage(state_root: &Path, store: &Store) -> Result<ImagesUsage> {
         active.extend(i.diff_ids().iter().cloned());
         active.insert(i.id.clone());
     }
+    let layout = StateLayout::new(state_root);
     let mut du = Du::default();
     let mut size = 0;
     let mut reclaimable = 0;
@@ -368,13 +377,14 @@ pub fn images_usage(state_root: &Path, store: &Store) -> Result<ImagesUsage> {
     }
     let own = |p: &Path| std::fs::symlink_metadata(p).map_or(0, |m| m.len());
     size +=
-        own(state_root) + own(&state_root.join("blobs")) + own(&state_root.join("blobs/sha256"));
+        own(state_root) + own(layout.blobs().parent().unwrap_or(state_root)) + own(&layout.blobs());
+    let not_images = not_images(&layout);
     for e in fs_err::read_dir(state_root)?.flatten() {
-        if !NOT_IMAGES.iter().any(|c| e.file_name() == *c) {
+        if !not_images.contains(&e.path()) {
             size += du.size(&e.path());
         }
     }
-    let mounts_dir = state_root.join("cache-mounts");
+    let mounts_dir = layout.cache_mounts();
     let mounts_extra = own(&mounts_dir)
         + fs_err::read_dir(&mounts_dir).map_or(0, |rd| {
             rd.flatten()
@@ -396,13 +406,14 @@ pub fn usage(state_root: &Path, images: &Store) -> Result<CacheUsage> {
     let mut du = Du::default();
     let items = survey(state_root, images, Some(&mut du))?;
     let mut records_size = 0;
-    for d in RECORD_DIRS {
-        records_size += du.size(&state_root.join(d));
+    let layout = StateLayout::new(state_root);
+    for d in record_dirs(&layout) {
+        records_size += du.size(&d);
     }
-    records_size += du.size(&state_root.join("cache-index"));
+    records_size += du.size(&layout.cache_index());
     // The snapshots directory itself and what in it is no snapshot (chains,
     // mount points, half-made snapshots of running builds).
-    let snaps_dir = state_root.join("snapshots");
+    let snaps_dir = layout.snapshots();
     records_size += std::fs::symlink_metadata(&snaps_dir).map_or(0, |m| m.len());
     if let Ok(rd) = std::fs::read_dir(&snaps_dir) {
         for e in rd.flatten() {
@@ -412,7 +423,7 @@ pub fn usage(state_root: &Path, images: &Store) -> Result<CacheUsage> {
             }
         }
     }
-    let rootfs = state_root.join("rootfs-cache");
+    let rootfs = layout.rootfs_cache();
     records_size += std::fs::symlink_metadata(&rootfs).map_or(0, |m| m.len());
     let held = lease::live_holds(state_root)?;
     let ids: HashSet<String> = images
@@ -421,7 +432,7 @@ pub fn usage(state_root: &Path, images: &Store) -> Result<CacheUsage> {
         .map(|i| i.id.hex().to_owned())
         .collect();
     let mut records_reclaimable = records_size;
-    for p in entries(&state_root.join("rootfs-cache")) {
+    for p in entries(&rootfs) {
         let s = du.size(&p);
         records_size += s;
         let name = p.file_name().map(|n| n.to_string_lossy().into_owned());
@@ -431,7 +442,7 @@ pub fn usage(state_root: &Path, images: &Store) -> Result<CacheUsage> {
             records_reclaimable += s;
         }
     }
-    let mounts = entries(&state_root.join("cache-mounts"))
+    let mounts = entries(&layout.cache_mounts())
         .into_iter()
         .filter(|p| p.is_dir())
         .map(|p| {
@@ -453,7 +464,7 @@ pub fn usage(state_root: &Path, images: &Store) -> Result<CacheUsage> {
 /// Whether another live process uses the state root.
 fn others_alive(state_root: &Path) -> Result<bool> {
     let own = lease::Lease::current(state_root)?;
-    for p in entries(&state_root.join("leases")) {
+    for p in entries(&StateLayout::new(state_root).leases()) {
         let Some(token) = p
             .file_name()
             .and_then(|n| n.to_str())
@@ -541,7 +552,8 @@ pub fn prune(state_root: &Path, images: &Store, opts: &PruneOptions) -> Result<P
     }
     let exists = |id: &SnapshotId| snaps.exists(id);
     // Records naming a snapshot that is gone.
-    let index = CacheIndex::open(state_root)?;
+    let layout = StateLayout::new(state_root);
+    let index = CacheIndex::open(&layout.cache_index())?;
     index.retain(|r| crate::state::snapshot_of(&r.result).is_none_or(|id| exists(&id)))?;
     let sweep = |dir: &Path, report: &mut PruneReport, gone: &dyn Fn(&Path) -> bool| {
         for p in entries(dir) {
@@ -559,29 +571,25 @@ pub fn prune(state_root: &Path, images: &Store, opts: &PruneOptions) -> Result<P
             .unwrap_or_default()
     };
     let snap_gone = |s: &str| SnapshotId::parse(s.trim()).is_some_and(|id| !exists(&id));
-    sweep(&state_root.join("snapshots/chains"), &mut report, &|p| {
+    sweep(&layout.snapshot_chains(), &mut report, &|p| {
         std::fs::read_to_string(p).is_ok_and(|s| snap_gone(&s))
     });
-    sweep(&state_root.join("layer-cache"), &mut report, &|p| {
+    sweep(&layout.layer_cache(), &mut report, &|p| {
         name_of(p)
             .rsplit_once('-')
             .is_some_and(|(s, _)| snap_gone(s))
     });
-    sweep(
-        &state_root.join("copy-reuse/manifests"),
-        &mut report,
-        &|p| snap_gone(&name_of(p)),
-    );
-    sweep(&state_root.join("copy-reuse"), &mut report, &|p| {
+    sweep(&layout.copy_reuse().join("manifests"), &mut report, &|p| {
+        snap_gone(&name_of(p))
+    });
+    sweep(&layout.copy_reuse(), &mut report, &|p| {
         p.is_file() && std::fs::read_to_string(p).is_ok_and(|s| snap_gone(&s))
     });
     // Checksum caches are keyed by hashes: by age, all without filters.
     let keep_records = opts.keep_storage.is_some() && opts.until.is_none();
     if !keep_records {
-        for d in ["snapshot-checksums", "context-checksums"] {
-            sweep(&state_root.join(d), &mut report, &|p| {
-                old_enough(mtime_unix(p))
-            });
+        for d in [layout.snapshot_checksums(), layout.context_checksums()] {
+            sweep(&d, &mut report, &|p| old_enough(mtime_unix(p)));
         }
     }
     // `run` roots: of images gone (all: of images no process runs).
@@ -591,7 +599,7 @@ pub fn prune(state_root: &Path, images: &Store, opts: &PruneOptions) -> Result<P
         .iter()
         .map(|i| i.id.hex().to_owned())
         .collect();
-    for p in entries(&state_root.join("rootfs-cache")) {
+    for p in entries(&layout.rootfs_cache()) {
         let n = name_of(&p);
         if held.images.contains(&format!("sha256:{n}")) || (!opts.all && ids.contains(&n)) {
             continue;
@@ -606,7 +614,7 @@ pub fn prune(state_root: &Path, images: &Store, opts: &PruneOptions) -> Result<P
     }
     // Cache mounts: only with all, and only when no other process could be using one.
     if opts.all && !others_alive(state_root)? {
-        for p in entries(&state_root.join("cache-mounts")) {
+        for p in entries(&layout.cache_mounts()) {
             let s = Du::default().size(&p);
             let is_mount = p.is_dir();
             remove_path(&p)?;
@@ -740,7 +748,7 @@ impl Config {
     pub fn load(state_root: &Path) -> std::result::Result<Self, ConfigError> {
         let (path, must) = match std::env::var_os("RBUILD_CONFIG").filter(|v| !v.is_empty()) {
             Some(p) => (PathBuf::from(p), true),
-            None => (state_root.join("config.toml"), false),
+            None => (StateLayout::new(state_root).config_toml(), false),
         };
         let text = match std::fs::read_to_string(&path) {
             Ok(t) => t,

@@ -49,7 +49,7 @@
 //! }));
 //! let worker = LocalWorker::new(Arc::clone(&store), opts)?;
 //! worker.check_support()?;
-//! let solver = Solver::new(Arc::new(worker.clone()), CacheIndex::open(&state)?, 4);
+//! let solver = Solver::new(Arc::new(worker.clone()), CacheIndex::open(&rbuild_snapshotter::layout::StateLayout::new(&state).cache_index())?, 4);
 //! let (tx, _rx) = progress::channel(); // render _rx
 //! let outputs = solver.solve(&graph, &[target], tx).await?;
 //! let result = &outputs.get(target).expect("solved").result;
@@ -72,6 +72,7 @@
 
 mod checksum;
 pub mod context;
+pub mod error;
 mod export;
 mod filter;
 mod fsutil;
@@ -234,7 +235,7 @@ impl Executor for LocalWorker {
                 Op::Merge(m) => ops::merge::run(&inner, m, &inputs),
             })
             .await
-            .map_err(|e| ExecError::msg(format!("worker task failed: {e}")))?
+            .map_err(|e| crate::error::context("worker task failed", e))?
         })
     }
 

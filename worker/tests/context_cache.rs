@@ -6,7 +6,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime};
 
 use rbuild_ops::Checksum;
-use rbuild_ops::{BuildGraph, Op, Vertex, VertexId};
+use rbuild_ops::{BuildGraph, ImagePin, Op, Vertex, VertexId};
 use rbuild_ops::{Copy, ExecOp, FileAction, FileOp, Selection, SourceOp};
 use rbuild_solver::progress;
 use rbuild_solver::{
@@ -72,7 +72,7 @@ fn graph() -> (BuildGraph, VertexId) {
         .add(Vertex::new(
             SourceOp::Image {
                 reference: "alpine".into(),
-                resolved_digest: None,
+                pin: ImagePin::ImageId("sha256:00".into()),
                 platform: None,
             },
             vec![],
@@ -123,7 +123,12 @@ async fn build(dir: &Path, state: &Path) -> Vec<String> {
         checksummer: ContextChecksummer::open(dir, Some(state)).unwrap(),
         ran: Mutex::new(Vec::new()),
     });
-    let solver = Solver::new(exec.clone(), CacheIndex::open(state).unwrap(), 2);
+    let solver = Solver::new(
+        exec.clone(),
+        CacheIndex::open(&rbuild_snapshotter::layout::StateLayout::new(state).cache_index())
+            .unwrap(),
+        2,
+    );
     let (g, target) = graph();
     let (tx, _rx) = progress::channel();
     solver.solve(&g, &[target], tx).await.unwrap();

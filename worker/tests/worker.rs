@@ -13,7 +13,7 @@ use std::sync::Arc;
 
 use rbuild_image::import::{ImportOptions, import};
 use rbuild_image::{Reference, Store};
-use rbuild_ops::{BuildGraph, Vertex, VertexId};
+use rbuild_ops::{BuildGraph, ImagePin, Vertex, VertexId};
 use rbuild_ops::{
     CacheSharing, Chmod, Chown, Copy, ExecOp, FileAction, FileOp, Mount, MountKind, SourceOp,
     UserRef,
@@ -107,7 +107,10 @@ impl Env {
         g: &BuildGraph,
         target: VertexId,
     ) -> Result<(rbuild_solver::ResultRef, Vec<String>), SolveError> {
-        let cache = CacheIndex::open(&self.root.join("state")).unwrap();
+        let cache = CacheIndex::open(
+            &rbuild_snapshotter::layout::StateLayout::new(self.root.join("state")).cache_index(),
+        )
+        .unwrap();
         let solver = Solver::new(Arc::new(worker.clone()), cache, 2);
         let (tx, mut rx) = progress::channel();
         let out = solver.solve(g, &[target], tx).await;
@@ -166,11 +169,12 @@ impl Env {
     }
 }
 
-fn image(g: &mut BuildGraph) -> VertexId {
+fn image(g: &mut BuildGraph, env: &Env) -> VertexId {
+    let id = env.store.find("busybox:latest").unwrap().id;
     g.add(Vertex::new(
         SourceOp::Image {
-            reference: "busybox:latest".into(),
-            resolved_digest: None,
+            reference: "docker.io/library/busybox:latest".into(),
+            pin: ImagePin::ImageId(id.to_string()),
             platform: None,
         },
         vec![],
@@ -226,7 +230,7 @@ async fn run_writes_files_and_a_deleted_base_file_is_a_whiteout() {
     let env = setup();
     let w = env.worker();
     let mut g = BuildGraph::new();
-    let base = image(&mut g);
+    let base = image(&mut g, &env);
     let a = run(
         &mut g,
         base,
@@ -356,7 +360,7 @@ async fn copy_from_context_globs_contents_dest_dirs_chown_chmod() {
         ..WorkerOptions::default()
     });
     let mut g = BuildGraph::new();
-    let base = image(&mut g);
+    let base = image(&mut g, &env);
     let ctx = context(&mut g);
     let s1 = copy(
         &mut g,
@@ -437,7 +441,7 @@ async fn copy_from_context_globs_contents_dest_dirs_chown_chmod() {
     // A missing source names the path; an ignored one is missing too.
     for missing in ["missing.txt", "secret.txt"] {
         let mut g = BuildGraph::new();
-        let base = image(&mut g);
+        let base = image(&mut g, &env);
         let ctx = context(&mut g);
         let s = copy(
             &mut g,
@@ -480,7 +484,7 @@ async fn copy_from_another_chain_and_add_extracts_archives() {
     write(&env.ctx, "plain.txt", "just a file");
     let w = env.worker();
     let mut g = BuildGraph::new();
-    let base = image(&mut g);
+    let base = image(&mut g, &env);
     let other = run(
         &mut g,
         base,
@@ -540,7 +544,7 @@ async fn cache_mount_persists_between_runs() {
     };
     for (i, want) in [(1, "1"), (2, "2")] {
         let mut g = BuildGraph::new();
-        let base = image(&mut g);
+        let base = image(&mut g, &env);
         let mut op = ExecOp::new(
             vec![
                 "/bin/sh".into(),
@@ -571,7 +575,7 @@ async fn failing_run_reports_exit_code_and_last_lines() {
     let env = setup();
     let w = env.worker();
     let mut g = BuildGraph::new();
-    let base = image(&mut g);
+    let base = image(&mut g, &env);
     let v = run(
         &mut g,
         base,
@@ -609,7 +613,7 @@ async fn second_solve_is_cached_and_a_changed_file_reruns_its_copy_and_dependent
     write(&env.ctx, "b.txt", "bee");
     let graph = || {
         let mut g = BuildGraph::new();
-        let base = image(&mut g);
+        let base = image(&mut g, &env);
         let ctx = context(&mut g);
         let s1 = copy(
             &mut g,
@@ -686,7 +690,7 @@ async fn add_http_url_with_checksum() {
     let w = env.worker();
     let build = |checksum: String| {
         let mut g = BuildGraph::new();
-        let base = image(&mut g);
+        let base = image(&mut g, &env);
         let http = g
             .add(Vertex::new(
                 SourceOp::Http {
@@ -733,7 +737,7 @@ async fn exec_mounts_bind_secret_tmpfs() {
         ..WorkerOptions::default()
     });
     let mut g = BuildGraph::new();
-    let base = image(&mut g);
+    let base = image(&mut g, &env);
     let ctx = context(&mut g);
     let mut op = ExecOp::new(
         vec![
@@ -828,7 +832,7 @@ async fn exec_mounts_bind_secret_tmpfs() {
     // is cached, secrets are not part of keys).
     op.args[2].push(' ');
     let mut g = BuildGraph::new();
-    let base = image(&mut g);
+    let base = image(&mut g, &env);
     let ctx = context(&mut g);
     let v = g
         .add(Vertex::new(op, vec![base, ctx], "RUN --mount"))
@@ -846,7 +850,7 @@ async fn file_actions_symlinked_sources_and_opaque_dirs() {
     std::os::unix::fs::symlink("real.txt", env.ctx.join("alias")).unwrap();
     let w = env.worker();
     let mut g = BuildGraph::new();
-    let base = image(&mut g);
+    let base = image(&mut g, &env);
     let ctx = context(&mut g);
     let opq = run(
         &mut g,
@@ -941,7 +945,7 @@ async fn a_failure_cancels_running_steps_and_leaves_no_half_made_snapshot() {
     let env = setup();
     let w = env.worker();
     let mut g = BuildGraph::new();
-    let base = image(&mut g);
+    let base = image(&mut g, &env);
     // Without cancellation this test would wait ten minutes.
     let slow = run(&mut g, base, "echo started; sleep 600");
     let fail = run(&mut g, base, "sleep 1; exit 1");
@@ -972,4 +976,84 @@ async fn a_failure_cancels_running_steps_and_leaves_no_half_made_snapshot() {
         std::thread::sleep(std::time::Duration::from_millis(100));
     }
     assert!(leftovers.is_empty(), "{leftovers:?}");
+}
+
+/// A tar of one regular file `name` holding `content`.
+fn one_file_tar(name: &str, content: &[u8]) -> Vec<u8> {
+    let mut b = tar::Builder::new(Vec::new());
+    let mut h = tar::Header::new_ustar();
+    h.set_size(content.len() as u64);
+    h.set_mode(0o644);
+    h.set_entry_type(tar::EntryType::Regular);
+    b.append_data(&mut h, name, content).unwrap();
+    b.into_inner().unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_worker_reads_the_pinned_image_not_what_the_tag_names_now() {
+    let env = setup();
+    let w = env.worker();
+    let mut g = BuildGraph::new();
+    // Planned against busybox:latest as it was...
+    let base = image(&mut g, &env);
+    let probe = run(
+        &mut g,
+        base,
+        "test -x /bin/busybox && test ! -e /moved && echo pinned > /r",
+    );
+    // ...then the tag moves to another image before the solve.
+    import(
+        &env.store,
+        std::io::Cursor::new(one_file_tar("moved", b"other image\n")),
+        ImportOptions {
+            tag: Some(Reference::parse("busybox:latest").unwrap()),
+            source: "other.tar".into(),
+            created: Some(1_600_000_001),
+            ..ImportOptions::default()
+        },
+    )
+    .unwrap();
+    let (r, _) = env.solve(&w, &g, probe).await.unwrap();
+    let dir = env.export(&w, &r, 1);
+    assert_eq!(std::fs::read_to_string(dir.join("r")).unwrap(), "pinned\n");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_pinned_image_that_is_gone_is_an_error_not_a_name_lookup() {
+    let env = setup();
+    let w = env.worker();
+    let mut g = BuildGraph::new();
+    let gone = format!("sha256:{}", "ab".repeat(32));
+    let base = g
+        .add(Vertex::new(
+            SourceOp::Image {
+                // The name resolves in the store; the pin does not.
+                reference: "docker.io/library/busybox:latest".into(),
+                pin: ImagePin::ImageId(gone.clone()),
+                platform: None,
+            },
+            vec![],
+            "FROM busybox",
+        ))
+        .unwrap();
+    let e = env.solve(&w, &g, base).await.unwrap_err().to_string();
+    assert!(
+        e.contains(&gone) && e.contains("not in the local store"),
+        "{e}"
+    );
+    // A manifest pin needs a registry.
+    let mut g = BuildGraph::new();
+    let m = g
+        .add(Vertex::new(
+            SourceOp::Image {
+                reference: "docker.io/library/busybox:latest".into(),
+                pin: ImagePin::Manifest(gone.clone()),
+                platform: None,
+            },
+            vec![],
+            "FROM busybox",
+        ))
+        .unwrap();
+    let e = env.solve(&w, &g, m).await.unwrap_err().to_string();
+    assert!(e.contains("pinned by manifest digest"), "{e}");
 }

@@ -411,7 +411,7 @@ fn prepare(args: &BuildArgs, root: &Path) -> anyhow::Result<Prepared> {
             .read_to_end(&mut data)
             .context("reading the context from stdin")?;
         // Under the state root, swept by the next command if this one is killed.
-        let scratch = root.join("tmp");
+        let scratch = rbuild_engine::StateLayout::new(root).tmp();
         fs_err::create_dir_all(&scratch)?;
         let lease = rbuild_snapshotter::lease::Lease::current(root)
             .with_context(|| format!("taking a lease on {}", root.display()))?;

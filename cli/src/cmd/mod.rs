@@ -38,12 +38,14 @@ pub fn sweep_state_root(root: &Path) {
     if !root.is_dir() {
         return; // nothing to sweep; the command makes it as it should be
     }
-    let dirs = [
-        root.join("snapshots"),
-        root.join("snapshots/mounts"),
-        root.join("tmp"),
-        root.join("rootfs-cache"),
-        root.join("cache-mounts"),
-    ];
-    let _ = rbuild_snapshotter::lease::sweep(root, &dirs);
+    let layout = rbuild_engine::StateLayout::new(root);
+    // A root of another format is not swept: the command refuses it (or
+    // migrates it) when it opens the store.
+    if !matches!(
+        layout.format(),
+        Ok(None | Some(rbuild_engine::layout::FORMAT_VERSION))
+    ) {
+        return;
+    }
+    let _ = rbuild_snapshotter::lease::sweep(root, &layout.sweep_dirs());
 }

@@ -181,7 +181,7 @@ fn unpacked_rootfs(
     store: &rbuild_image::Store,
     image: &rbuild_image::Image,
 ) -> anyhow::Result<PathBuf> {
-    let cache = store.root().join("rootfs-cache");
+    let cache = rbuild_engine::StateLayout::new(store.root()).rootfs_cache();
     let dest = cache.join(image.id.hex());
     if dest.is_dir() {
         return Ok(dest);

@@ -5,8 +5,8 @@ use std::cell::RefCell;
 use std::collections::BTreeMap;
 
 use rbuild_frontend::{
-    BuildOptions, BuildPlan, FrontendError, ImageConfig, ImageResolver, Platform, ResolveError,
-    ResolvedImage, RootFs, plan_source,
+    BuildOptions, BuildPlan, FrontendError, ImageConfig, ImagePin, ImageResolver, Platform,
+    ResolveError, ResolvedImage, RootFs, plan_source,
 };
 
 /// Resolves names from a map and records every call.
@@ -75,7 +75,7 @@ impl ImageResolver for FakeResolver {
         match self.images.get(&c) {
             Some(cfg) => Ok(ResolvedImage {
                 reference: c.clone(),
-                digest: Some(format!("sha256:{:064x}", c.len())),
+                pin: ImagePin::ImageId(format!("sha256:{:064x}", c.len())),
                 config: cfg.clone(),
             }),
             None => Err(ResolveError(format!(

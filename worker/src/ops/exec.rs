@@ -8,6 +8,7 @@ use std::sync::{Arc, Mutex};
 use rbuild_sandbox::{CancelToken, Mount as SbMount, Output, ProcessSpec, Rootfs};
 use rbuild_snapshotter::snapshots::ReadGuard;
 
+use crate::error::WorkerError;
 use rbuild_ops::{CacheSharing, ExecOp, MountKind, NetworkMode, SecurityMode};
 use rbuild_solver::progress::{Stream, VertexLogger};
 use rbuild_solver::{ExecContext, ExecError, ResultRef};
@@ -84,7 +85,10 @@ fn try_lock(
     match nix::fcntl::Flock::lock(f, arg) {
         Ok(l) => Ok(Some(l)),
         Err((_, nix::errno::Errno::EWOULDBLOCK)) if !blocking => Ok(None),
-        Err((_, e)) => Err(ExecError::msg(format!("locking {}: {e}", path.display()))),
+        Err((_, e)) => Err(crate::error::context(
+            format!("locking {}", path.display()),
+            e,
+        )),
     }
 }
 
@@ -100,7 +104,7 @@ fn cache_dir(
     mode: u32,
     keep: &mut Keep,
 ) -> Result<PathBuf, ExecError> {
-    let base = inner.state_root.join("cache-mounts");
+    let base = rbuild_snapshotter::layout::StateLayout::new(&inner.state_root).cache_mounts();
     fs_err::create_dir_all(&base).map_err(err)?;
     let name = sanitize(id);
     let dir = match sharing {
@@ -148,7 +152,7 @@ fn cache_dir(
         fs_err::set_permissions(&made, std::fs::Permissions::from_mode(mode & 0o7777))
             .map_err(err)?;
         nix::unistd::chown(&made, Some(uid.into()), Some(gid.into()))
-            .map_err(|e| ExecError::msg(format!("chown {}: {e}", made.display())))?;
+            .map_err(|e| crate::error::context(format!("chown {}", made.display()), e))?;
         match nix::fcntl::renameat2(
             nix::fcntl::AT_FDCWD,
             &made,
@@ -163,10 +167,10 @@ fn cache_dir(
             Err(nix::errno::Errno::EINVAL)
                 if fs_err::rename(&made, &dir).is_ok() || dir.is_dir() => {}
             Err(e) => {
-                return Err(ExecError::msg(format!(
-                    "cannot create cache dir {}: {e}",
-                    dir.display()
-                )));
+                return Err(crate::error::context(
+                    format!("cannot create cache dir {}", dir.display()),
+                    e,
+                ));
             }
         }
     }
@@ -353,7 +357,7 @@ fn stub_mount_dirs(
 /// pulls the mount point from under another's nested mount. They stay in the
 /// cache, as `BuildKit` leaves them.
 fn nested_cache_mount_points(inner: &Inner, mounts: &[SbMount]) -> Result<(), ExecError> {
-    let caches = inner.state_root.join("cache-mounts");
+    let caches = rbuild_snapshotter::layout::StateLayout::new(&inner.state_root).cache_mounts();
     let target_of = |m: &SbMount| -> PathBuf {
         match m {
             SbMount::Bind { target, .. }
@@ -560,10 +564,7 @@ pub(crate) fn run(
             upper: active.upper.clone(),
             work: active.work.clone(),
         };
-        let status = rbuild_sandbox::run(&rootfs, spec).map_err(|e| match e {
-            rbuild_sandbox::SandboxError::Io(_) => err(e),
-            e => ExecError::msg(e.to_string()),
-        })?;
+        let status = rbuild_sandbox::run(&rootfs, spec).map_err(WorkerError::Sandbox)?;
         remove_file_stubs(&active.upper, &active.lowers, &stubs)?;
         if !status.success() {
             return Err(ExecError::ProcessFailed {

@@ -34,7 +34,7 @@ fn resolve_owner(dest_root: &Path, c: &Chown) -> Result<(u32, u32), ExecError> {
     };
     let spec = part(&c.user);
     let user = rbuild_sandbox::user::resolve_user_in(&spec, passwd.as_deref(), group.as_deref())
-        .map_err(|e| ExecError::msg(format!("--chown {spec}: {e}")))?;
+        .map_err(|e| crate::error::context(format!("--chown {spec}"), e))?;
     let gid = match &c.group {
         // A name alone takes the user's group from /etc/passwd; an ID alone
         // is also the group ID (BuildKit's readUser).
@@ -47,7 +47,7 @@ fn resolve_owner(dest_root: &Path, c: &Chown) -> Result<(u32, u32), ExecError> {
                 passwd.as_deref(),
                 group.as_deref(),
             )
-            .map_err(|e| ExecError::msg(format!("--chown {spec}:{gs}: {e}")))?
+            .map_err(|e| crate::error::context(format!("--chown {spec}:{gs}"), e))?
             .gid
         }
     };
@@ -687,8 +687,9 @@ fn copy_action(
                 owner: c.owner.as_ref().and(owner),
                 ..rbuild_snapshotter::ApplyOptions::default()
             };
-            rbuild_snapshotter::apply_layer(&target, dec, &opts)
-                .map_err(|e| ExecError::msg(format!("extracting \"/{}\": {e}", rel.display())))?;
+            rbuild_snapshotter::apply_layer(&target, dec, &opts).map_err(|e| {
+                crate::error::context(format!("extracting \"/{}\"", rel.display()), e)
+            })?;
         } else {
             let target = if dest_is_dir {
                 dest_path.join(&base_name)

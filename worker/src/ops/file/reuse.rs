@@ -127,7 +127,7 @@ pub(crate) struct Wanted {
 }
 
 fn dir(inner: &Inner) -> PathBuf {
-    inner.state_root.join("copy-reuse")
+    rbuild_snapshotter::layout::StateLayout::new(&inner.state_root).copy_reuse()
 }
 
 fn manifest_path(inner: &Inner, id: &SnapshotId) -> PathBuf {

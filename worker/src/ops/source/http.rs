@@ -141,7 +141,7 @@ fn tls_config(url: &str) -> Result<Arc<rustls::ClientConfig>, ExecError> {
         rustls::crypto::ring::default_provider(),
     ))
     .with_safe_default_protocol_versions()
-    .map_err(|e| ExecError::msg(format!("{url}: TLS setup: {e}")))?
+    .map_err(|e| crate::error::context(format!("{url}: TLS setup"), e))?
     .with_root_certificates(roots)
     .with_no_client_auth();
     Ok(Arc::new(config))
@@ -173,7 +173,7 @@ fn connect(
     u: &Url,
     tls: &mut Option<Arc<rustls::ClientConfig>>,
 ) -> Result<Conn, ExecError> {
-    let net = |e: std::io::Error| ExecError::msg(format!("{url}: {e}"));
+    let net = |e: std::io::Error| crate::error::context(url.to_string(), e);
     let host = u.host.trim_start_matches('[').trim_end_matches(']');
     let mut sock = TcpStream::connect((host, u.port)).map_err(net)?;
     sock.set_read_timeout(Some(Duration::from_secs(300)))
@@ -186,9 +186,9 @@ fn connect(
         None => Arc::clone(tls.insert(tls_config(url)?)),
     };
     let name = ServerName::try_from(host.to_owned())
-        .map_err(|e| ExecError::msg(format!("{url}: bad TLS server name {host:?}: {e}")))?;
+        .map_err(|e| crate::error::context(format!("{url}: bad TLS server name {host:?}"), e))?;
     let mut conn = rustls::ClientConnection::new(config, name)
-        .map_err(|e| ExecError::msg(format!("{url}: TLS setup: {e}")))?;
+        .map_err(|e| crate::error::context(format!("{url}: TLS setup"), e))?;
     while conn.is_handshaking() {
         conn.complete_io(&mut sock).map_err(|e| {
             ExecError::msg(format!("{url}: TLS handshake failed: {}", tls_reason(&e)))
@@ -268,7 +268,7 @@ fn get(url: &str) -> Result<Response, ExecError> {
     let mut tls = None;
     for _ in 0..10 {
         let u = parse_url(&url)?;
-        let net = |e: std::io::Error| ExecError::msg(format!("{url}: {e}"));
+        let net = |e: std::io::Error| crate::error::context(url.clone(), e);
         let mut stream = connect(&url, &u, &mut tls)?;
         let request = format!(
             "GET {} HTTP/1.1\r\nHost: {}\r\nUser-Agent: rbuild\r\nAccept: */*\r\nConnection: close\r\n\r\n",
@@ -394,7 +394,7 @@ pub(crate) fn download(
         loop {
             let n = body
                 .read(&mut buf)
-                .map_err(|e| ExecError::msg(format!("{url}: {e}")))?;
+                .map_err(|e| crate::error::context(url.to_string(), e))?;
             if n == 0 {
                 break;
             }

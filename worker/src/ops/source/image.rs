@@ -1,43 +1,42 @@
 //! `SourceOp::Image`: an image of the local store unpacked as a chain of
 //! snapshots, one per layer.
 
+use rbuild_image::Digest;
+use rbuild_ops::ImagePin;
 use rbuild_snapshotter::snapshots::SnapshotId;
 use rbuild_solver::progress::VertexLogger;
 use rbuild_solver::{ExecError, ResultRef};
 
 use crate::state::{Inner, err, snap_ref};
 
-/// The snapshot chain of `reference` (or of the image `digest` names) in the
-/// local image store.
+/// The snapshot chain of the image `pin` names in the local image store
+/// (`reference` is only for messages: the name is never looked up again, so a
+/// tag moved since planning cannot swap the content under the key).
 pub(crate) fn pull_local(
     inner: &Inner,
     reference: &str,
-    digest: Option<&str>,
+    pin: &ImagePin,
     logger: &VertexLogger,
 ) -> Result<ResultRef, ExecError> {
-    let not_found = |e: rbuild_image::Error| {
-        ExecError::msg(format!(
-            "{reference}: image not found in the local store ({e}); pull or load it first"
-        ))
-    };
-    // The image the plan resolved (by ID), held against a concurrent prune or
-    // rmi for the rest of the build; else the reference.
-    let by_digest = digest.and_then(|d| inner.images.resolve_and_hold(d).ok());
-    let img = match by_digest {
-        Some(i) => i,
-        None => match inner.images.resolve_and_hold(reference) {
-            Ok(i) => i,
-            Err(e) => {
-                // `docker.io/library/x:tag` may be stored as `x:tag`.
-                let short = reference
-                    .strip_prefix("docker.io/library/")
-                    .or_else(|| reference.strip_prefix("docker.io/"));
-                match short.map(|s| inner.images.resolve_and_hold(s)) {
-                    Some(Ok(i)) => i,
-                    _ => return Err(not_found(e)),
-                }
-            }
-        },
+    let digest = Digest::parse(pin.digest()).map_err(err)?;
+    let img = match pin {
+        // Held against a concurrent prune or rmi for the rest of the build (the
+        // resolver took the same hold when it planned).
+        ImagePin::ImageId(_) => inner.images.hold_image(&digest).map_err(|e| {
+            crate::error::context(
+                format!(
+                    "{reference}: image {digest} is not in the local store (removed after \
+                     the build resolved it? pull or load it again)"
+                ),
+                e,
+            )
+        })?,
+        ImagePin::Manifest(_) => {
+            return Err(ExecError::msg(format!(
+                "{reference}@{digest}: images pinned by manifest digest come from a \
+                 registry, and this build has none"
+            )));
+        }
     };
     let mut parent: Option<SnapshotId> = None;
     let total = img.diff_ids().len() as u64;

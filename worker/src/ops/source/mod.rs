@@ -25,11 +25,7 @@ pub(crate) fn run(
                 Err(ExecError::msg(format!("no build context named {name:?}")))
             }
         }
-        SourceOp::Image {
-            reference,
-            resolved_digest,
-            ..
-        } => image::pull_local(inner, reference, resolved_digest.as_deref(), logger),
+        SourceOp::Image { reference, pin, .. } => image::pull_local(inner, reference, pin, logger),
         SourceOp::Http {
             url,
             checksum,

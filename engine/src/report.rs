@@ -1,0 +1,12 @@
+//! Where a build reports to.
+
+use rbuild_solver::progress::Event;
+
+/// Where the engine reports: the solver's progress events (the export is one
+/// more vertex after the graph's) and the planner's warnings. The caller
+/// renders them.
+pub trait Reporter {
+    fn event(&mut self, ev: &Event);
+    /// A warning from planning, before anything runs.
+    fn warning(&mut self, message: &str);
+}
