@@ -53,7 +53,7 @@ pub enum BuildError {
     Runtime(#[source] std::io::Error),
     /// The garbage collection after the build failed.
     #[error("collecting the build cache")]
-    Gc(#[source] rbuild_worker::gc::GcError),
+    Gc(#[source] crate::gc::GcError),
     /// SIGINT or SIGTERM: the solve was cancelled and cleaned up.
     #[error("interrupted")]
     Interrupted,

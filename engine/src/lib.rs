@@ -23,5 +23,5 @@ pub use rbuild_snapshotter::layout::{self, StateLayout};
 /// Garbage collection of the build cache and disk accounting (`builder prune`,
 /// `system df`, the automatic collection after a build); implemented over the
 /// worker's state.
-pub use rbuild_worker::gc;
+pub mod gc;
 pub use session::{BuildRequest, Built, Reporter, build};

@@ -118,7 +118,7 @@ pub fn build(
 /// garbage collection of the build cache, by the configured policy
 /// (`rbuild_worker::gc`).
 fn finish_build(req: &BuildRequest, store: &Store) -> Result<(), BuildError> {
-    rbuild_worker::gc::after_build(&req.state_root, store)
+    crate::gc::after_build(&req.state_root, store)
         .map(drop)
         .map_err(BuildError::Gc)
 }

@@ -76,7 +76,6 @@ pub mod error;
 mod export;
 mod filter;
 mod fsutil;
-pub mod gc;
 mod ops;
 mod state;
 
@@ -92,7 +91,7 @@ use rbuild_solver::{BoxFuture, ContentChecksum, ExecContext, ExecError, Executor
 use crate::state::{Inner, Res, err};
 
 pub use export::ExportOptions;
-pub use state::IgnoreFilter;
+pub use state::{IgnoreFilter, snapshot_of};
 
 /// How to build a [`LocalWorker`].
 #[derive(Clone, Default)]

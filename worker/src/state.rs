@@ -44,7 +44,7 @@ pub(crate) fn snap_ref(id: &SnapshotId) -> ResultRef {
 }
 
 /// The snapshot a result names (`None` for a build context).
-pub(crate) fn snapshot_of(result: &ResultRef) -> Option<SnapshotId> {
+pub fn snapshot_of(result: &ResultRef) -> Option<SnapshotId> {
     result
         .as_str()
         .strip_prefix("snap:")

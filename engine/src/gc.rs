@@ -227,7 +227,7 @@ fn survey(state_root: &Path, images: &Store, mut du: Option<&mut Du>) -> Result<
         description.insert(id.clone(), info.kind.clone());
     }
     for r in index.entries()? {
-        if let Some(id) = crate::state::snapshot_of(&r.result) {
+        if let Some(id) = rbuild_worker::snapshot_of(&r.result) {
             if let Some(t) = last_used.get_mut(&id) {
                 *t = (*t).max(r.last_used_unix);
                 description.insert(id, r.description.clone());
@@ -554,7 +554,7 @@ pub fn prune(state_root: &Path, images: &Store, opts: &PruneOptions) -> Result<P
     // Records naming a snapshot that is gone.
     let layout = StateLayout::new(state_root);
     let index = CacheIndex::open(&layout.cache_index())?;
-    index.retain(|r| crate::state::snapshot_of(&r.result).is_none_or(|id| exists(&id)))?;
+    index.retain(|r| rbuild_worker::snapshot_of(&r.result).is_none_or(|id| exists(&id)))?;
     let sweep = |dir: &Path, report: &mut PruneReport, gone: &dyn Fn(&Path) -> bool| {
         for p in entries(dir) {
             if gone(&p) {
