@@ -1,10 +1,15 @@
 #!/bin/bash
-# Build benchmark (issue 5): rbuild against BuildKit and buildah on the four workloads
-# of shared/bench-workloads, each FROM the busybox base, --network none.
+# Build benchmark (issue 5): rbuild against BuildKit and buildah on the workloads of
+# shared/bench-workloads, --network none: steps, parallel, bigctx and biglayer FROM the
+# busybox base, dpkg FROM a Debian bookworm minbase (issue 12). With `net` among the
+# workloads, rbuild alone builds steps with --network default and --network host
+# (issue 12: the default network's cost per RUN step).
 #
 #   bench/build.sh [N]            N runs per figure (default 3; env N works too)
 #
-# Env: WORKLOADS="steps parallel bigctx biglayer", PEERS="buildkit buildah"
+# Env: WORKLOADS="steps parallel bigctx biglayer dpkg net", PEERS="buildkit buildah"
+#      CACHE=dir keeping dpkg's base tar and .debs between runs (default
+#      /var/tmp/rbuild-bench-cache; made once with the network, by dpkg/gen.sh)
 #      (set PEERS= to time rbuild alone), RBUILD=path (default: builds
 #      target/release/rbuild), KEEP=1 keeps the work folder.
 #
@@ -19,7 +24,8 @@ HERE=$(cd "$(dirname "$0")" && pwd)
 # (lines: builder, workload, phase, run, seconds; the last run leaves bench/last-build-results.tsv)
 if [ "${1:-}" = --table ]; then TABLE_ONLY=${2:?usage: build.sh --table FILE}; fi
 N=${1:-${N:-3}}
-WORKLOADS=${WORKLOADS:-steps parallel bigctx biglayer}
+WORKLOADS=${WORKLOADS:-steps parallel bigctx biglayer dpkg net}
+CACHE=${CACHE:-/var/tmp/rbuild-bench-cache}
 PEERS=${PEERS-buildkit buildah}
 REPO=$(dirname "$HERE")
 SHARED=$(cd "$REPO/../shared" 2>/dev/null && pwd || echo /work/shared)
@@ -38,7 +44,8 @@ for (b, w, p), runs in list(t.items()):
         t[(b, w, "cold+export")] = {r: runs[r] + ex[r] for r in runs if r in ex}
 goals = {("steps", "cold"): 0.5, ("steps", "noop"): 0.25, ("parallel", "noop"): 0.25,
          ("bigctx", "noop"): 0.25, ("biglayer", "noop"): 0.25, ("bigctx", "cold"): 0.5,
-         ("bigctx", "changed"): 0.5, ("parallel", "cold"): 0.9, ("biglayer", "cold+export"): 0.7}
+         ("bigctx", "changed"): 0.5, ("parallel", "cold"): 0.9, ("biglayer", "cold+export"): 0.7,
+         ("dpkg", "cold"): 0.8}
 med = lambda b, w, p: st.median(t[(b, w, p)].values()) if t.get((b, w, p)) else None
 fmt = lambda x: "—" if x is None else f"{x:.2f} s"
 label = {"cold": "cold build", "noop": "no-op rebuild", "changed": "one file changed",
@@ -55,6 +62,17 @@ for w in dict.fromkeys(r[1] for r in rows):
         met = "" if g is None or ratio is None else ("yes" if ratio <= g else "**no**")
         print(f"| {label[p]} | {fmt(a)} | {fmt(k)} | {fmt(h)} | "
               f"{'—' if ratio is None else f'{ratio:.2f}'} | {'' if g is None else f'≤ {g}'} | {met} |")
+# The default network's cost: rbuild builds of steps (10 RUN steps) per network mode.
+nets = sorted({p for b, w, p, r, s in rows if b == "rbuild-net"})
+if nets:
+    print("\n### net (steps workload, rbuild alone, cold builds: 10 RUN steps)\n")
+    print("| network | cold build | per RUN over host |")
+    print("|---|---|---|")
+    host = med("rbuild-net", "steps", "host")
+    for p in nets:
+        m = med("rbuild-net", "steps", p)
+        extra = "" if host is None or p == "host" else f"{(m - host) / 10 * 1000:+.1f} ms (goal ≤ 20 ms)"
+        print(f"| {p} | {fmt(m)} | {extra} |")
 PY
 }
 if [ -n "${TABLE_ONLY:-}" ]; then tables "$TABLE_ONLY" "?"; exit 0; fi
@@ -134,6 +152,18 @@ case " $PEERS " in *" buildah "*)
     if command -v buildah >/dev/null; then have_buildah=1; else echo "buildah not installed; skipped"; fi ;;
 esac
 
+# dpkg: a Debian base and the .debs, made once (network) and kept in $CACHE.
+case " $WORKLOADS " in *" dpkg "*)
+    mkdir -p "$CACHE/dpkg"
+    if [ ! -f "$CACHE/debian-bookworm-rootfs.tar" ] || [ ! -d "$CACHE/dpkg/debs" ]; then
+        sh "$BW/dpkg/gen.sh" "$CACHE/dpkg" "$CACHE/debian-bookworm-rootfs.tar"
+    fi
+    "$RBUILD" --root "$BASEROOT" import "$CACHE/debian-bookworm-rootfs.tar" debian:bookworm >/dev/null
+    "$RBUILD" --root "$BASEROOT" save debian:bookworm -o "$WORK/debian-archive.tar"
+    [ $have_buildkit = 1 ] && "$DOCKER" import "$CACHE/debian-bookworm-rootfs.tar" debian:bookworm >/dev/null
+    ;;
+esac
+
 # --- one context copy per workload (the shared folder is read-only) -----------------
 # changed file per workload: a file a COPY selects where there is one; parallel and
 # biglayer select no context file, so there an unselected file changes (all cached).
@@ -145,9 +175,11 @@ changed_file() {
     esac
 }
 for w in $WORKLOADS; do
+    [ "$w" = net ] && continue # builds steps' context
     ctx=$WORK/ctx/$w
     mkdir -p "$ctx"
     cp -a "$BW/$w/." "$ctx/"
+    if [ "$w" = dpkg ]; then cp -a "$CACHE/dpkg/debs" "$ctx/debs"; rm "$ctx/gen.sh"; fi
     if [ -f "$ctx/gen.sh" ]; then sh "$ctx/gen.sh"; rm "$ctx/gen.sh"; fi
     [ "$(changed_file "$w")" = unselected.txt ] && echo 0 >"$ctx/unselected.txt"
 done
@@ -158,6 +190,7 @@ rb_run() { # WORKLOAD RUN
     local w=$1 r=$2 ctx=$WORK/ctx/$1 root=$WORK/rbuild-root
     discard "$root"
     "$RBUILD" --root "$root" import "$WORK/base.tar" busybox:latest >/dev/null
+    [ "$w" = dpkg ] && "$RBUILD" --root "$root" load -i "$WORK/debian-archive.tar" >/dev/null
     local b=(--root "$root" build --progress plain --network none -t "bench-$w" -f "$ctx/Dockerfile" "$ctx")
     sync
     settle "$w"
@@ -192,6 +225,7 @@ bh_run() {
     local s=(--root "$st/root" --runroot "$st/run" --storage-driver overlay)
     [ -d "$st" ] && { buildah "${s[@]}" rm -a >/dev/null 2>&1 || true; discard "$st"; }
     buildah "${s[@]}" pull -q "docker-archive:$WORK/busybox-archive.tar" >/dev/null
+    [ "$w" = dpkg ] && buildah "${s[@]}" pull -q "docker-archive:$WORK/debian-archive.tar" >/dev/null
     local b=("${s[@]}" bud --layers --isolation oci --network none --pull=never
         -t "bench-$w" -f "$ctx/Dockerfile" "$ctx")
     sync
@@ -207,8 +241,26 @@ bh_run() {
     discard "$st"
 }
 
+# net: rbuild's cold build of steps per network mode (same context, fresh roots).
+net_run() { # RUN
+    local r=$1 ctx=$WORK/ctx/net root=$WORK/rbuild-net-root mode
+    [ -d "$ctx" ] || { mkdir -p "$ctx"; cp -a "$BW/steps/." "$ctx/"; }
+    for mode in host default none; do
+        discard "$root"
+        "$RBUILD" --root "$root" import "$WORK/base.tar" busybox:latest >/dev/null
+        sync
+        timed rbuild-net steps "$mode" "$r" "$RBUILD" --root "$root" build --progress plain \
+            --network "$mode" -t bench-net -f "$ctx/Dockerfile" "$ctx"
+    done
+    discard "$root"
+}
+
 for w in $WORKLOADS; do
     echo "== $w"
+    if [ "$w" = net ]; then
+        for r in $(seq "$N"); do net_run "$r"; done
+        continue
+    fi
     for r in $(seq "$N"); do
         rb_run "$w" "$r"
         [ $have_buildkit = 1 ] && bk_run "$w" "$r"
