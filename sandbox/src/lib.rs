@@ -31,6 +31,7 @@
 //! parent prepared.
 
 mod child;
+mod seccomp;
 mod sys;
 pub mod user;
 
@@ -224,6 +225,14 @@ pub struct ProcessSpec {
     /// (default: the system's temporary directory). A caller that sweeps what
     /// a killed process left gives a directory of its own here.
     pub scratch_dir: Option<PathBuf>,
+    /// Docker's default seccomp profile for [`SecurityMode::Sandbox`] (the
+    /// default; `false` is `--security-opt seccomp=unconfined`).
+    /// [`SecurityMode::Insecure`] never has it.
+    pub seccomp: bool,
+    /// `fsync`, `fdatasync`, `sync_file_range`, `syncfs` and `sync` return 0
+    /// without syncing (a seccomp rule, in every security mode), for a caller
+    /// that makes the result durable itself (one `syncfs` when it commits).
+    pub skip_sync: bool,
 }
 
 impl ProcessSpec {
@@ -248,6 +257,8 @@ impl ProcessSpec {
             stdout: Output::Null,
             stderr: Output::Null,
             scratch_dir: None,
+            seccomp: true,
+            skip_sync: false,
         }
     }
 }
@@ -1261,6 +1272,10 @@ pub fn run(rootfs: &Rootfs, mut spec: ProcessSpec) -> Result<ExitStatus, Sandbox
         caps,
         last_cap: last_cap(),
         no_new_privs: spec.security == SecurityMode::Sandbox,
+        seccomp: seccomp::filter(seccomp::FilterKind {
+            profile: spec.seccomp && spec.security == SecurityMode::Sandbox,
+            skip_sync: spec.skip_sync,
+        })?,
         stdio: [stdin_fd, stdout_fd, stderr_fd],
         pty_sock: pty_sock.as_ref().map_or(-1, |(_, c)| c.as_raw_fd()),
         err_fd: err_w.as_raw_fd(),
