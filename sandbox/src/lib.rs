@@ -18,7 +18,8 @@
 //! `/sys`, `pivot_root`s into it, bind-mounts generated `/etc/hosts`,
 //! `/etc/hostname` and `/etc/resolv.conf` and the requested mounts (`nodev`
 //! too), sets the hostname and brings `lo` up, then forks the main process, which sets its user,
-//! groups and capabilities and execs. Init reaps every process until the main one
+//! groups and capabilities, installs the seccomp filter (module `seccomp`, compiled
+//! in the parent) and execs. Init reaps every process until the main one
 //! ends, kills the rest, unmounts and removes the mount points it created, reports
 //! the status and exits; the kernel then kills anything left in the pid namespace
 //! and drops the mount namespace with all its mounts. On timeout or cancel the
@@ -68,12 +69,13 @@ pub enum SecurityMode {
     /// Docker's default capability set for root, `no_new_privs`, masked /proc
     /// paths, and only Docker's default devices can be opened (`/dev/null`,
     /// `zero`, `full`, `random`, `urandom`, `tty`, the ptys): every other mount is
-    /// `nodev`, so device nodes can be made but not opened.
+    /// `nodev`, so device nodes can be made but not opened. Docker's default
+    /// seccomp profile (unless [`ProcessSpec::seccomp`] is off).
     #[default]
     Sandbox,
     /// Every capability kept, nothing masked, any device node can be opened
     /// (`--security=insecure`, as `docker run --privileged`; `/dev` still holds
-    /// only the default devices).
+    /// only the default devices). No seccomp profile.
     Insecure,
 }
 
