@@ -31,7 +31,8 @@
 //! kills on any other (no i386, no x32 bit), has one match action per filter
 //! (the profile needs ALLOW, ERRNO(ENOSYS) and ERRNO(0) side by side) and takes
 //! syscall numbers, not names, so the name tables would be needed anyway. The
-//! emitter below is small: a chain of `jeq` per ABI with short jumps.
+//! emitter below is small: per ABI a binary search on the syscall number down
+//! to short `jeq` chains.
 //!
 //! The program is built in the parent (it allocates) and cached per variant
 //! for the life of the process; the child only passes a pointer to the kernel.
@@ -433,15 +434,14 @@ pub(crate) fn compile(
     Ok(prog)
 }
 
-/// The rules of one ABI, then the chain of syscall checks.
-fn section(
-    asm: &mut Asm,
+/// The rules of one ABI by syscall number, and the number above which runc's
+/// stub answers ENOSYS (with the profile).
+fn abi_rules(
     abi: Abi,
     groups: &[Group],
     table: &HashMap<&'static str, [Option<u32>; 4]>,
     kind: FilterKind,
-    default: u32,
-) {
+) -> (BTreeMap<u32, Vec<Rule>>, Option<u32>) {
     let nr_of = |name: &str| table.get(name).and_then(|n| n[abi.column()]);
     let mut rules: BTreeMap<u32, Vec<Rule>> = BTreeMap::new();
     for g in groups {
@@ -452,7 +452,7 @@ fn section(
         }
     }
     // runc: numbers above the highest one the filter names get ENOSYS.
-    let max = rules.keys().next_back().copied();
+    let max = rules.keys().next_back().copied().filter(|_| kind.profile);
     if kind.skip_sync {
         for n in SYNC_CALLS {
             if let Some(nr) = nr_of(n) {
@@ -466,18 +466,48 @@ fn section(
             }
         }
     }
-    if kind.profile
-        && let Some(max) = max
-    {
+    (rules, max)
+}
+
+/// The rules of one ABI, then the search for the syscall.
+fn section(
+    asm: &mut Asm,
+    abi: Abi,
+    groups: &[Group],
+    table: &HashMap<&'static str, [Option<u32>; 4]>,
+    kind: FilterKind,
+    default: u32,
+) {
+    let (rules, max) = abi_rules(abi, groups, table, kind);
+    if let Some(max) = max {
         let chain = asm.label();
         asm.push(Ins::J(BPF_JGT, max, NEXT, chain));
         asm.push(Ins::Ret(RET_ERRNO | libc::ENOSYS as u32));
         asm.push(Ins::Mark(chain));
     }
-    // Syscalls with argument checks first (clone runs often), then by number.
-    let mut order: Vec<(&u32, &Vec<Rule>)> = rules.iter().collect();
-    order.sort_by_key(|(nr, rs)| (rs.iter().all(|r| r.conds.is_empty()), **nr));
-    for (&nr, rs) in order {
+    let entries: Vec<(u32, &Vec<Rule>)> = rules.iter().map(|(&nr, rs)| (nr, rs)).collect();
+    tree(asm, abi, &entries, default);
+}
+
+/// A binary search over the syscall numbers (`entries` sorted) down to short
+/// `jeq` chains: a few comparisons for any syscall, and a program the kernel's
+/// per-syscall action cache evaluates quickly when the filter is installed
+/// (it runs the filter once per syscall number and architecture).
+fn tree(asm: &mut Asm, abi: Abi, entries: &[(u32, &Vec<Rule>)], default: u32) {
+    if entries.len() > 4 {
+        let mid = entries.len() / 2;
+        let (left, right) = entries.split_at(mid);
+        let (lower, upper) = (asm.label(), asm.label());
+        // jgt: the upper half (far away: through a `ja`), else the lower.
+        asm.push(Ins::J(BPF_JGT, left[left.len() - 1].0, NEXT, lower));
+        asm.push(Ins::Ja(upper));
+        asm.push(Ins::Mark(lower));
+        tree(asm, abi, left, default);
+        asm.push(Ins::Mark(upper));
+        tree(asm, abi, right, default);
+        return;
+    }
+    for &(nr, rs) in entries {
         let next = asm.label();
         asm.push(Ins::J(BPF_JEQ, nr, NEXT, next));
         for r in rs.iter().filter(|r| !r.conds.is_empty()) {
@@ -834,5 +864,74 @@ pub(crate) mod tests {
         )
         .unwrap();
         assert_eq!(eval(&old, X, nr("ptrace", Abi::X86_64), [0; 6]), EPERM);
+    }
+
+    /// What the profile says for one syscall, straight from the rules (no BPF).
+    fn reference(
+        abi: Abi,
+        kind: FilterKind,
+        (rules, max): &(BTreeMap<u32, Vec<Rule>>, Option<u32>),
+        nr: u32,
+        args: [u64; 6],
+    ) -> u32 {
+        let default = if kind.profile { EPERM } else { RET_ALLOW };
+        if max.is_some_and(|m| nr > m) {
+            return ENOSYS;
+        }
+        let Some(rs) = rules.get(&nr) else {
+            return default;
+        };
+        let arg = |i: u8| {
+            let a = args[usize::from(i)];
+            if abi.wide_args() { a } else { a & 0xffff_ffff }
+        };
+        let narrow = |v: u64| if abi.wide_args() { v } else { v & 0xffff_ffff };
+        let holds = |&(i, cmp): &(u8, Cmp)| match cmp {
+            Cmp::Eq(v) => arg(i) == narrow(v),
+            Cmp::Ne(v) => arg(i) != narrow(v),
+            Cmp::MaskedEq { mask, value } => arg(i) & narrow(mask) == narrow(value),
+        };
+        rs.iter()
+            .filter(|r| !r.conds.is_empty())
+            .find(|r| r.conds.iter().all(holds))
+            .or_else(|| rs.iter().find(|r| r.conds.is_empty()))
+            .map_or(default, |r| r.action)
+    }
+
+    #[test]
+    fn the_program_agrees_with_the_rules_for_every_syscall() {
+        let argsets: [[u64; 6]; 6] = [
+            [0; 6],
+            [0x11, 1, 0, 0, 0, 0],
+            [0x1000_0011, 0, 0, 0, 0, 0],
+            [40, 1, 0, 0, 0, 0],
+            [0xffff_ffff, 0, 0, 0, 0, 0],
+            [(1 << 32) | 8, 0x20008, 0, 0, 0, 0],
+        ];
+        for (profile, skip_sync) in [(true, false), (true, true), (false, true)] {
+            let kind = FilterKind { profile, skip_sync };
+            let p = compile(&Host::x86_64(), kind, CAPS, (6, 1)).unwrap();
+            let groups = if profile {
+                groups(&Host::x86_64(), CAPS, (6, 1)).unwrap()
+            } else {
+                Vec::new()
+            };
+            for (arch, abi, base) in [
+                (X, Abi::X86_64, 0),
+                (X, Abi::X32, X32_SYSCALL_BIT),
+                (AUDIT_ARCH_I386, Abi::I386, 0),
+            ] {
+                let rules = abi_rules(abi, &groups, &table(), kind);
+                for n in 0..700 {
+                    for args in argsets {
+                        assert_eq!(
+                            eval(&p, arch, base | n, args),
+                            reference(abi, kind, &rules, base | n, args),
+                            "{abi:?} {n} {args:x?} {kind:?}"
+                        );
+                    }
+                }
+            }
+        }
     }
 }
