@@ -44,6 +44,9 @@ pub struct BuildRequest {
     pub source_date_epoch: Option<i64>,
     /// Steps run at once.
     pub jobs: usize,
+    /// `--sync=full`: RUN steps keep their programs' own syncs (see
+    /// `rbuild_worker::WorkerOptions::full_sync`).
+    pub full_sync: bool,
     pub state_root: PathBuf,
 }
 
@@ -164,6 +167,7 @@ fn start_worker(req: &BuildRequest, store: &Arc<Store>) -> Result<LocalWorker, B
             ignore,
             secrets: req.secrets.clone(),
             source_date_epoch: req.source_date_epoch.and_then(|e| u64::try_from(e).ok()),
+            full_sync: req.full_sync,
         },
     )
     .map_err(BuildError::Worker)?;

@@ -125,6 +125,8 @@ pub(crate) struct Plan {
     pub caps: Option<u64>,
     pub last_cap: u32,
     pub no_new_privs: bool,
+    /// The seccomp program to install just before exec (see `crate::seccomp`).
+    pub seccomp: Option<std::sync::Arc<Vec<libc::sock_filter>>>,
     pub stdio: [RawFd; 3],
     /// Unix socket to send a new pty's master to the parent over (-1: no pty).
     pub pty_sock: RawFd,
@@ -419,6 +421,14 @@ fn cleanup(plan: &Plan) {
     }
 }
 
+fn install_seccomp(plan: &Plan) {
+    if let Some(prog) = &plan.seccomp
+        && let Err(e) = sys::seccomp_filter(prog)
+    {
+        fail(plan, "install the seccomp filter", c"", e);
+    }
+}
+
 /// The main process: stdio, cwd, credentials, capabilities, exec.
 fn exec_main(plan: &Plan) -> ! {
     sys::setsid();
@@ -436,6 +446,11 @@ fn exec_main(plan: &Plan) -> ! {
     }
     if let Err(e) = sys::chdir(&plan.cwd) {
         fail(plan, "chdir to working directory", &plan.cwd, e);
+    }
+    // Without no_new_privs (security=insecure) a filter needs CAP_SYS_ADMIN:
+    // installed while the process still has every capability.
+    if !plan.no_new_privs {
+        install_seccomp(plan);
     }
     if plan.set_groups
         && let Err(e) = sys::setgroups(&plan.groups)
@@ -466,6 +481,9 @@ fn exec_main(plan: &Plan) -> ! {
         && let Err(e) = sys::prctl(libc::PR_SET_NO_NEW_PRIVS, 1)
     {
         fail(plan, "set no_new_privs", c"", e);
+    }
+    if plan.no_new_privs {
+        install_seccomp(plan);
     }
     let mut err = Errno::ENOENT;
     for cand in &plan.exec_candidates {

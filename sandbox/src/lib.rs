@@ -18,7 +18,8 @@
 //! `/sys`, `pivot_root`s into it, bind-mounts generated `/etc/hosts`,
 //! `/etc/hostname` and `/etc/resolv.conf` and the requested mounts (`nodev`
 //! too), sets the hostname and brings `lo` up, then forks the main process, which sets its user,
-//! groups and capabilities and execs. Init reaps every process until the main one
+//! groups and capabilities, installs the seccomp filter (module `seccomp`, compiled
+//! in the parent) and execs. Init reaps every process until the main one
 //! ends, kills the rest, unmounts and removes the mount points it created, reports
 //! the status and exits; the kernel then kills anything left in the pid namespace
 //! and drops the mount namespace with all its mounts. On timeout or cancel the
@@ -31,6 +32,7 @@
 //! parent prepared.
 
 mod child;
+mod seccomp;
 mod sys;
 pub mod user;
 
@@ -67,12 +69,13 @@ pub enum SecurityMode {
     /// Docker's default capability set for root, `no_new_privs`, masked /proc
     /// paths, and only Docker's default devices can be opened (`/dev/null`,
     /// `zero`, `full`, `random`, `urandom`, `tty`, the ptys): every other mount is
-    /// `nodev`, so device nodes can be made but not opened.
+    /// `nodev`, so device nodes can be made but not opened. Docker's default
+    /// seccomp profile (unless [`ProcessSpec::seccomp`] is off).
     #[default]
     Sandbox,
     /// Every capability kept, nothing masked, any device node can be opened
     /// (`--security=insecure`, as `docker run --privileged`; `/dev` still holds
-    /// only the default devices).
+    /// only the default devices). No seccomp profile.
     Insecure,
 }
 
@@ -224,6 +227,14 @@ pub struct ProcessSpec {
     /// (default: the system's temporary directory). A caller that sweeps what
     /// a killed process left gives a directory of its own here.
     pub scratch_dir: Option<PathBuf>,
+    /// Docker's default seccomp profile for [`SecurityMode::Sandbox`] (the
+    /// default; `false` is `--security-opt seccomp=unconfined`).
+    /// [`SecurityMode::Insecure`] never has it.
+    pub seccomp: bool,
+    /// `fsync`, `fdatasync`, `sync_file_range`, `syncfs` and `sync` return 0
+    /// without syncing (a seccomp rule, in every security mode), for a caller
+    /// that makes the result durable itself (one `syncfs` when it commits).
+    pub skip_sync: bool,
 }
 
 impl ProcessSpec {
@@ -248,6 +259,8 @@ impl ProcessSpec {
             stdout: Output::Null,
             stderr: Output::Null,
             scratch_dir: None,
+            seccomp: true,
+            skip_sync: false,
         }
     }
 }
@@ -1261,6 +1274,10 @@ pub fn run(rootfs: &Rootfs, mut spec: ProcessSpec) -> Result<ExitStatus, Sandbox
         caps,
         last_cap: last_cap(),
         no_new_privs: spec.security == SecurityMode::Sandbox,
+        seccomp: seccomp::filter(seccomp::FilterKind {
+            profile: spec.seccomp && spec.security == SecurityMode::Sandbox,
+            skip_sync: spec.skip_sync,
+        })?,
         stdio: [stdin_fd, stdout_fd, stderr_fd],
         pty_sock: pty_sock.as_ref().map_or(-1, |(_, c)| c.as_raw_fd()),
         err_fd: err_w.as_raw_fd(),

@@ -656,3 +656,24 @@ pub fn socketpair() -> SysResult<(std::os::fd::OwnedFd, std::os::fd::OwnedFd)> {
         )
     })
 }
+
+/// Installs the seccomp filter `prog` on the calling thread
+/// (`seccomp(SECCOMP_SET_MODE_FILTER, 0, &prog)`). Needs `no_new_privs` or
+/// `CAP_SYS_ADMIN` in the user namespace.
+pub fn seccomp_filter(prog: &[libc::sock_filter]) -> SysResult<()> {
+    let fprog = libc::sock_fprog {
+        len: u16::try_from(prog.len()).map_err(|_| Errno::EINVAL)?,
+        filter: prog.as_ptr().cast_mut(),
+    };
+    // SAFETY: `fprog` points at `prog.len()` instructions that live for the
+    // call (the kernel copies them); flags 0.
+    check_long(unsafe {
+        libc::syscall(
+            libc::SYS_seccomp,
+            libc::SECCOMP_SET_MODE_FILTER,
+            0 as c_ulong,
+            &raw const fprog,
+        )
+    })
+    .map(drop)
+}

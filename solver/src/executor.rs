@@ -42,6 +42,9 @@ pub enum ExecError {
         code: i32,
         /// The last lines of its output, oldest first.
         last_lines: Vec<String>,
+        /// Whether it ran under the sandbox's seccomp profile (see
+        /// [`ExecError::hint`]).
+        seccomp: bool,
     },
     /// Anything else, already worded for the user.
     #[error("{0}")]
@@ -55,7 +58,33 @@ impl ExecError {
     pub fn msg(message: impl Into<String>) -> Self {
         Self::Message(message.into())
     }
+
+    /// What the user may do about this failure, when it looks like one the
+    /// sandbox caused: a process under the seccomp profile whose output says
+    /// "Operation not permitted" (what a refused syscall gives) may have been
+    /// refused one. Shown after the error, whose wording stays `BuildKit`'s.
+    pub fn hint(&self) -> Option<&'static str> {
+        match self {
+            ExecError::ProcessFailed {
+                last_lines,
+                seccomp: true,
+                ..
+            } if last_lines
+                .iter()
+                .any(|l| l.contains("Operation not permitted")) =>
+            {
+                Some(SECCOMP_HINT)
+            }
+            _ => None,
+        }
+    }
 }
+
+/// See [`ExecError::hint`].
+pub const SECCOMP_HINT: &str = "hint: RUN steps run under Docker's default seccomp profile, which \
+    refuses some system calls with \"Operation not permitted\"; a step that needs one can run \
+    with `RUN --security=insecure` and `rbuild build --allow security.insecure`, which lifts \
+    the profile";
 
 /// A boxed future, so [`Executor`] stays object-safe.
 pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;

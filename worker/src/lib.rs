@@ -108,6 +108,11 @@ pub struct WorkerOptions {
     pub secrets: HashMap<String, Vec<u8>>,
     /// `SOURCE_DATE_EPOCH`: clamp mtimes in written layers.
     pub source_date_epoch: Option<u64>,
+    /// `--sync=full`: RUN steps keep their programs' own syncs. By default
+    /// `fsync`, `fdatasync`, `sync_file_range`, `syncfs` and `sync` return at
+    /// once inside a step, and the worker makes the step durable itself: one
+    /// `syncfs` per file system of its snapshot and cache mounts.
+    pub full_sync: bool,
 }
 
 /// Executes ops locally. Cheap to clone.
@@ -136,6 +141,7 @@ impl LocalWorker {
                 ignore: opts.ignore,
                 secrets: opts.secrets,
                 epoch: opts.source_date_epoch,
+                full_sync: opts.full_sync,
                 checksummers: Mutex::new(HashMap::new()),
             }),
         })

@@ -24,6 +24,8 @@ pub(crate) struct Inner {
     pub(crate) ignore: Option<IgnoreFilter>,
     pub(crate) secrets: HashMap<String, Vec<u8>>,
     pub(crate) epoch: Option<u64>,
+    /// `--sync=full` (see `WorkerOptions::full_sync`).
+    pub(crate) full_sync: bool,
     /// One context checksummer per context directory (see `crate::checksum`).
     pub(crate) checksummers: Mutex<HashMap<PathBuf, Arc<ContextChecksummer>>>,
 }

@@ -75,6 +75,11 @@ pub struct BuildArgs {
     /// Steps run at once (default: the number of CPUs)
     #[arg(long, value_name = "N")]
     jobs: Option<usize>,
+    /// `commit`: inside RUN steps fsync & co return at once and rbuild syncs
+    /// each step's file systems once when it commits it; `full`: the programs'
+    /// own syncs are kept
+    #[arg(long, value_enum, value_name = "MODE", default_value_t = SyncMode::Commit)]
+    sync: SyncMode,
     /// The build context: a directory, or `-` for a tar[.gz] on stdin
     #[arg(value_name = "CONTEXT")]
     context: String,
@@ -84,6 +89,13 @@ pub struct BuildArgs {
 pub enum Network {
     Host,
     None,
+}
+
+/// `--sync`.
+#[derive(clap::ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
+pub enum SyncMode {
+    Commit,
+    Full,
 }
 
 /// `--allow` (`BuildKit`'s entitlements).
@@ -244,6 +256,8 @@ pub struct StepFailure {
     pub last_lines: Vec<String>,
     /// What `rbuild run` takes to open a shell in the last good state, if any.
     pub last_good: Option<String>,
+    /// A hint after the error (see `ExecError::hint`).
+    pub hint: Option<&'static str>,
 }
 
 impl StepFailure {
@@ -261,6 +275,7 @@ impl StepFailure {
                 command,
                 code,
                 last_lines,
+                ..
             } => (
                 Some((command.clone(), *code)),
                 if last_lines.is_empty() {
@@ -273,6 +288,7 @@ impl StepFailure {
         };
         Self {
             error: f.source.to_string(),
+            hint: f.source.hint(),
             name: f.name,
             location: f.location,
             command,
@@ -549,6 +565,7 @@ fn prepare(args: &BuildArgs, root: &Path) -> anyhow::Result<Prepared> {
                 secrets,
                 source_date_epoch,
                 jobs,
+                full_sync: args.sync == SyncMode::Full,
                 state_root: root.to_path_buf(),
             },
             dockerfile_src: src,
@@ -617,6 +634,9 @@ pub fn failure_report(f: &StepFailure, dockerfile_src: &str) -> String {
         None => {
             let _ = writeln!(out, "ERROR: {}", f.error);
         }
+    }
+    if let Some(h) = f.hint {
+        let _ = writeln!(out, "{h}");
     }
     if let Some(id) = &f.last_good {
         let _ = writeln!(
@@ -700,6 +720,7 @@ mod tests {
             error: String::new(),
             last_lines: vec!["hi".into()],
             last_good: Some("3f2a9c".into()),
+            hint: None,
         };
         insta::assert_snapshot!(failure_report(&f, src));
     }

@@ -44,6 +44,10 @@ pub struct RunArgs {
     /// Hostname inside the container
     #[arg(long, default_value = "rbuild")]
     hostname: String,
+    /// Security option, as docker's: `seccomp=unconfined` runs without the
+    /// default seccomp profile (Docker's, applied otherwise)
+    #[arg(long = "security-opt", value_name = "OPT", value_parser = parse_security_opt)]
+    security_opt: Vec<SecurityOpt>,
     /// Keep stdin open (pass rbuild's stdin to the command)
     #[arg(short = 'i', long)]
     interactive: bool,
@@ -60,6 +64,22 @@ pub struct RunArgs {
         value_name = "IMAGE|CMD"
     )]
     args: Vec<String>,
+}
+
+/// A `--security-opt` rbuild supports.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum SecurityOpt {
+    SeccompUnconfined,
+}
+
+fn parse_security_opt(s: &str) -> Result<SecurityOpt, String> {
+    // docker also takes the old `seccomp:unconfined` spelling.
+    match s {
+        "seccomp=unconfined" | "seccomp:unconfined" => Ok(SecurityOpt::SeccompUnconfined),
+        _ => Err(format!(
+            "unsupported security option {s:?}: rbuild run supports seccomp=unconfined only"
+        )),
+    }
 }
 
 #[derive(clap::ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
@@ -259,6 +279,7 @@ fn run_cmd(args: &RunArgs, root: &Path) -> anyhow::Result<i32> {
         spec.user.clone_from(&user);
         spec.cwd.clone_from(&cwd);
         spec.hostname.clone_from(&args.hostname);
+        spec.seccomp = !args.security_opt.contains(&SecurityOpt::SeccompUnconfined);
         spec.network = match args.network {
             Network::Host => NetworkMode::Host,
             Network::None => NetworkMode::None,

@@ -489,6 +489,26 @@ fn has_own_xattrs(dir: &Path) -> bool {
     }
 }
 
+/// One `syncfs(2)` per file system holding one of `dirs`: what the step's
+/// programs were told was synced (their `fsync` & co returned at once) is on
+/// disk before the step's snapshot is committed.
+fn sync_filesystems(dirs: &[PathBuf]) -> Result<(), ExecError> {
+    use std::os::unix::fs::MetadataExt;
+    let mut done = Vec::new();
+    for d in dirs {
+        let f = fs_err::File::open(d).map_err(err)?;
+        let dev = f.metadata().map_err(err)?.dev();
+        if done.contains(&dev) {
+            continue;
+        }
+        nix::unistd::syncfs(&f).map_err(|e| {
+            ExecError::msg(format!("syncing the file system of {}: {e}", d.display()))
+        })?;
+        done.push(dev);
+    }
+    Ok(())
+}
+
 fn sink(logger: VertexLogger, stream: Stream, last: Arc<Mutex<VecDeque<String>>>) -> Output {
     Output::lines(move |line: &[u8]| {
         let s = String::from_utf8_lossy(line).into_owned();
@@ -547,6 +567,17 @@ pub(crate) fn run(
             SecurityMode::Sandbox => rbuild_sandbox::SecurityMode::Sandbox,
             SecurityMode::Insecure => rbuild_sandbox::SecurityMode::Insecure,
         };
+        // What the step may write that outlives it: synced once below unless
+        // the programs sync themselves (`--sync=full`). Read-write binds are
+        // scratch copies thrown away after the step: not synced.
+        spec.skip_sync = !inner.full_sync;
+        let caches: Vec<PathBuf> = mounts
+            .iter()
+            .filter_map(|m| match m {
+                SbMount::Cache { source, .. } => Some(source.clone()),
+                _ => None,
+            })
+            .collect();
         spec.mounts = mounts;
         spec.cancel = Some(cancel);
         // The sandbox's mount point, under a directory swept once this
@@ -566,11 +597,20 @@ pub(crate) fn run(
         };
         let status = rbuild_sandbox::run(&rootfs, spec).map_err(WorkerError::Sandbox)?;
         remove_file_stubs(&active.upper, &active.lowers, &stubs)?;
+        if !inner.full_sync {
+            // The cache mounts keep what even a failed step wrote.
+            let mut dirs = caches;
+            if status.success() {
+                dirs.push(active.upper.clone());
+            }
+            sync_filesystems(&dirs)?;
+        }
         if !status.success() {
             return Err(ExecError::ProcessFailed {
                 command: op.args.clone(),
                 code: status.code,
                 last_lines: last.lock().expect("last lines").iter().cloned().collect(),
+                seccomp: op.security == SecurityMode::Sandbox,
             });
         }
         Ok(())
