@@ -132,8 +132,12 @@ pub(crate) struct Plan {
     pub err_fd: RawFd,
     /// Write end of the status pipe: init writes the main process's wait status.
     pub status_fd: RawFd,
-    /// Read end of the user-namespace sync pipe (-1 without a user namespace).
+    /// Read end of the sync pipe (-1 without a user namespace or cgroup): init
+    /// waits for a byte until the parent has set up its id maps and cgroup.
     pub sync_fd: RawFd,
+    /// Unshare the cgroup namespace after the sync (init is then in the step's
+    /// cgroup, which becomes the namespace's root).
+    pub unshare_cgroupns: bool,
     /// Fds init keeps, sorted; every other fd is closed first thing.
     pub keep_fds: Vec<RawFd>,
 }
@@ -171,8 +175,13 @@ pub(crate) fn init(plan: &mut Plan) -> ! {
     let _ = sys::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL as c_ulong);
     sys::set_name(c"rbuild-init");
     if plan.sync_fd >= 0 && !sys::read_byte(plan.sync_fd) {
-        // The parent gave up (could not write the id maps).
+        // The parent gave up (could not write the id maps or the cgroup).
         sys::exit(125);
+    }
+    if plan.unshare_cgroupns
+        && let Err(e) = sys::unshare(libc::CLONE_NEWCGROUP)
+    {
+        fail(plan, "unshare the cgroup namespace", c"", e);
     }
     sys::reset_signals();
     close_other_fds(&plan.keep_fds);

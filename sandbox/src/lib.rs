@@ -30,6 +30,7 @@
 //! exec (module `child`) only calls those allocation-free wrappers on data the
 //! parent prepared.
 
+mod cgroup;
 mod child;
 mod sys;
 pub mod user;
@@ -48,6 +49,8 @@ use std::time::{Duration, Instant};
 use nix::fcntl::{FcntlArg, OFlag, fcntl};
 use nix::sys::stat::Mode;
 
+use crate::cgroup::StepCgroup;
+pub use crate::cgroup::{LimitHit, Limits};
 use crate::child::{Op, Plan};
 pub use crate::user::{ResolvedUser, resolve_user};
 
@@ -210,6 +213,9 @@ pub struct ProcessSpec {
     pub mounts: Vec<Mount>,
     /// Kill the step after this long ([`SandboxError::TimedOut`]).
     pub timeout: Option<Duration>,
+    /// Memory, CPU and pids limits: the run gets a cgroup of its own (see
+    /// [`Limits`]); none set, no cgroup is touched.
+    pub limits: Limits,
     pub cancel: Option<CancelToken>,
     pub stdin: Input,
     /// Give the process a pseudo-terminal (`rbuild run -t`), allocated in the
@@ -242,6 +248,7 @@ impl ProcessSpec {
             security: SecurityMode::Sandbox,
             mounts: Vec::new(),
             timeout: None,
+            limits: Limits::default(),
             cancel: None,
             stdin: Input::Null,
             terminal: false,
@@ -275,6 +282,9 @@ pub struct ExitStatus {
     pub code: i32,
     /// The signal that killed it, if any.
     pub signal: Option<i32>,
+    /// A limit of [`ProcessSpec::limits`] the run hit (set only when the
+    /// process failed): a process was OOM-killed, or a fork was refused.
+    pub limit: Option<LimitHit>,
 }
 
 impl ExitStatus {
@@ -288,11 +298,13 @@ impl ExitStatus {
             ExitStatus {
                 code: 128 + sig,
                 signal: Some(sig),
+                limit: None,
             }
         } else {
             ExitStatus {
                 code: libc::WEXITSTATUS(status),
                 signal: None,
+                limit: None,
             }
         }
     }
@@ -301,8 +313,13 @@ impl ExitStatus {
 impl fmt::Display for ExitStatus {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self.signal {
-            Some(s) => write!(f, "killed by signal {s} (exit code {})", self.code),
-            None => write!(f, "exit code {}", self.code),
+            Some(s) => write!(f, "killed by signal {s} (exit code {})", self.code)?,
+            None => write!(f, "exit code {}", self.code)?,
+        }
+        match self.limit {
+            Some(LimitHit::OutOfMemory) => f.write_str("; out of memory"),
+            Some(LimitHit::Pids) => f.write_str("; pids limit reached"),
+            None => Ok(()),
         }
     }
 }
@@ -331,6 +348,10 @@ pub enum SandboxError {
     },
     #[error("timed out after {0:?}; every process of the step was killed")]
     TimedOut(Duration),
+    /// A resource limit could not be applied (no cgroup, not writable, a
+    /// value the kernel refuses).
+    #[error("cannot apply resource limits: {0}")]
+    Cgroup(String),
     #[error("cancelled; every process of the step was killed")]
     Cancelled,
 }
@@ -1159,10 +1180,21 @@ pub fn run(rootfs: &Rootfs, mut spec: ProcessSpec) -> Result<ExitStatus, Sandbox
             .collect::<Vec<_>>()
     };
 
+    // The step's cgroup (only with limits), made before the fork so a limit
+    // that cannot be applied fails before anything runs; removed on drop,
+    // after init (declared below) is gone.
+    let cgroup = StepCgroup::create(&spec.limits)?;
+
     // ---- fds ----
     let (err_r, err_w) = pipe()?;
     let (status_r, status_w) = pipe()?;
-    let sync = if userns { Some(pipe()?) } else { None };
+    // Init waits on it until the parent has written its user-namespace id maps
+    // and moved it into its cgroup.
+    let sync = if userns || cgroup.is_some() {
+        Some(pipe()?)
+    } else {
+        None
+    };
     let devnull = || -> Result<OwnedFd, SandboxError> {
         nix::fcntl::open("/dev/null", OFlag::O_RDWR | OFlag::O_CLOEXEC, Mode::empty())
             .map_err(sys_err("open /dev/null"))
@@ -1266,14 +1298,17 @@ pub fn run(rootfs: &Rootfs, mut spec: ProcessSpec) -> Result<ExitStatus, Sandbox
         err_fd: err_w.as_raw_fd(),
         status_fd: status_w.as_raw_fd(),
         sync_fd: sync.as_ref().map_or(-1, |(r, _)| r.as_raw_fd()),
+        unshare_cgroupns: cgroup.is_some(),
         keep_fds,
     };
 
-    let mut flags = libc::CLONE_NEWNS
-        | libc::CLONE_NEWPID
-        | libc::CLONE_NEWUTS
-        | libc::CLONE_NEWIPC
-        | libc::CLONE_NEWCGROUP;
+    let mut flags =
+        libc::CLONE_NEWNS | libc::CLONE_NEWPID | libc::CLONE_NEWUTS | libc::CLONE_NEWIPC;
+    // With a cgroup of its own, init unshares its cgroup namespace once it is
+    // in it (that cgroup becomes its root); otherwise right here.
+    if cgroup.is_none() {
+        flags |= libc::CLONE_NEWCGROUP;
+    }
     if spec.network == NetworkMode::None {
         flags |= libc::CLONE_NEWNET;
     }
@@ -1308,12 +1343,17 @@ pub fn run(rootfs: &Rootfs, mut spec: ProcessSpec) -> Result<ExitStatus, Sandbox
 
     if let Some((sync_r, sync_w)) = sync {
         drop(sync_r);
-        write_id_maps(pid).map_err(|e| {
-            SandboxError::UserNamespace(format!(
-                "cannot map the user into the sandbox's user namespace as non-root ({e}); \
-                 run as root or allow unprivileged user namespaces"
-            ))
-        })?;
+        if userns {
+            write_id_maps(pid).map_err(|e| {
+                SandboxError::UserNamespace(format!(
+                    "cannot map the user into the sandbox's user namespace as non-root ({e}); \
+                     run as root or allow unprivileged user namespaces"
+                ))
+            })?;
+        }
+        if let Some(cg) = &cgroup {
+            cg.add(pid)?;
+        }
         nix::unistd::write(&sync_w, b"1").map_err(sys_err("sync with sandbox"))?;
     }
     let pidfd = sys::pidfd_open(pid).map_err(sys_err("pidfd_open"))?;
@@ -1432,6 +1472,10 @@ pub fn run(rootfs: &Rootfs, mut spec: ProcessSpec) -> Result<ExitStatus, Sandbox
     let mut status_bytes = Vec::new();
     let _ = std::fs::File::from(status_r).read_to_end(&mut status_bytes);
     drop(state);
+    // Every process of the step is gone: read the cgroup's counters, then
+    // remove it.
+    let hit = cgroup.as_ref().and_then(StepCgroup::hit);
+    drop(cgroup);
 
     if let Some(e) = killed {
         return Err(e);
@@ -1462,7 +1506,20 @@ pub fn run(rootfs: &Rootfs, mut spec: ProcessSpec) -> Result<ExitStatus, Sandbox
         });
     }
     if let Ok(b) = <[u8; 4]>::try_from(status_bytes.as_slice()) {
-        return Ok(ExitStatus::from_wait(i32::from_le_bytes(b)));
+        let mut status = ExitStatus::from_wait(i32::from_le_bytes(b));
+        if !status.success() {
+            status.limit = hit;
+        }
+        return Ok(status);
+    }
+    if hit.is_some() {
+        // The OOM killer (or a refused fork) took init itself before it could
+        // report: the step was killed by the limit.
+        return Ok(ExitStatus {
+            code: 128 + libc::SIGKILL,
+            signal: Some(libc::SIGKILL),
+            limit: hit,
+        });
     }
     Err(SandboxError::Setup {
         message: format!(
@@ -1702,14 +1759,16 @@ mod tests {
             ExitStatus::from_wait(3 << 8),
             ExitStatus {
                 code: 3,
-                signal: None
+                signal: None,
+                limit: None,
             }
         );
         assert_eq!(
             ExitStatus::from_wait(9),
             ExitStatus {
                 code: 137,
-                signal: Some(9)
+                signal: Some(9),
+                limit: None,
             }
         );
     }

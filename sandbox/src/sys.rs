@@ -656,3 +656,10 @@ pub fn socketpair() -> SysResult<(std::os::fd::OwnedFd, std::os::fd::OwnedFd)> {
         )
     })
 }
+
+/// `unshare(flags)` (used for `CLONE_NEWCGROUP` once the sandbox's init is in
+/// its step cgroup, so that cgroup is the root of its cgroup namespace).
+pub fn unshare(flags: c_int) -> SysResult<()> {
+    // SAFETY: integer flags; unshare(2) takes no pointers.
+    check(unsafe { libc::unshare(flags) }).map(drop)
+}
