@@ -52,6 +52,14 @@ pub struct BuildRequest {
     /// Steps run at once.
     pub jobs: usize,
     pub state_root: PathBuf,
+    /// Resource limits of every RUN step (`--memory`, `--pids-limit`, ...);
+    /// never part of a cache key.
+    pub limits: rbuild_worker::StepLimits,
+    /// `--step-timeout`: a RUN step running longer is killed.
+    pub step_timeout: Option<std::time::Duration>,
+    /// Bytes of a step's output shown before it is clipped (`None`: 2 MiB,
+    /// `Some(u64::MAX)`: all).
+    pub step_log_max_size: Option<u64>,
 }
 
 /// What a successful build made.
@@ -167,6 +175,9 @@ fn start_worker(req: &BuildRequest, store: &Arc<Store>) -> Result<LocalWorker, B
             ignore,
             secrets: req.secrets.clone(),
             source_date_epoch: req.source_date_epoch.and_then(|e| u64::try_from(e).ok()),
+            limits: req.limits.clone(),
+            step_timeout: req.step_timeout,
+            step_log_max_size: req.step_log_max_size,
         },
     )
     .map_err(BuildError::Worker)?;

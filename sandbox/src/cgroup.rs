@@ -494,12 +494,11 @@ impl StepCgroup {
                 .or_else(|| read(parent, "cpuset.cpus"))
                 .map(|s| s.trim().to_owned())
                 .unwrap_or_default();
-            if avail.is_empty() {
-                e
-            } else {
-                SandboxError::Cgroup(format!(
-                    "cannot apply the cpuset {cpus:?}: {e} (the CPUs available are {avail})"
-                ))
+            match e {
+                SandboxError::Cgroup(m) if !avail.is_empty() => SandboxError::Cgroup(format!(
+                    "the cpuset {cpus:?}: {m} (the CPUs available are {avail})"
+                )),
+                e => e,
             }
         })
     }

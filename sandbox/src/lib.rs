@@ -464,6 +464,12 @@ pub fn check_support() -> Result<(), SandboxError> {
     Ok(())
 }
 
+/// Whether `limits` can be applied here: makes a cgroup with them and removes
+/// it (nothing when no limit is set). The error says what is missing.
+pub fn check_limits(limits: &Limits) -> Result<(), SandboxError> {
+    StepCgroup::create(limits).map(drop)
+}
+
 /// Reads a file of the image: in the rootfs directory, or through the overlay's
 /// layers (upper first) when the overlay is not mounted on this side.
 fn read_image_file(rootfs: &Rootfs, path: &str) -> Result<Option<Vec<u8>>, SandboxError> {

@@ -24,6 +24,10 @@ pub(crate) struct Inner {
     pub(crate) ignore: Option<IgnoreFilter>,
     pub(crate) secrets: HashMap<String, Vec<u8>>,
     pub(crate) epoch: Option<u64>,
+    /// Limits, timeout and output budget of RUN steps (see `WorkerOptions`).
+    pub(crate) limits: rbuild_sandbox::Limits,
+    pub(crate) step_timeout: Option<std::time::Duration>,
+    pub(crate) log_max: u64,
     /// One context checksummer per context directory (see `crate::checksum`).
     pub(crate) checksummers: Mutex<HashMap<PathBuf, Arc<ContextChecksummer>>>,
 }
