@@ -135,7 +135,10 @@ pub(crate) struct Plan {
     /// Read end of the sync pipe (-1 without a user namespace or cgroup): init
     /// waits for a byte until the parent has set up its id maps and cgroup.
     pub sync_fd: RawFd,
-    /// Unshare the cgroup namespace after the sync (init is then in the step's
+    /// cgroup v1 `tasks` files init writes `0` to after the sync (moving
+    /// itself into the step's cgroups).
+    pub cgroup_join: Vec<CString>,
+    /// Unshare the cgroup namespace after that (init is then in the step's
     /// cgroup, which becomes the namespace's root).
     pub unshare_cgroupns: bool,
     /// Fds init keeps, sorted; every other fd is closed first thing.
@@ -177,6 +180,11 @@ pub(crate) fn init(plan: &mut Plan) -> ! {
     if plan.sync_fd >= 0 && !sys::read_byte(plan.sync_fd) {
         // The parent gave up (could not write the id maps or the cgroup).
         sys::exit(125);
+    }
+    for tasks in &plan.cgroup_join {
+        if let Err(e) = sys::write_file(tasks, b"0") {
+            fail(plan, "join the step's cgroup", tasks, e);
+        }
     }
     if plan.unshare_cgroupns
         && let Err(e) = sys::unshare(libc::CLONE_NEWCGROUP)

@@ -1195,8 +1195,8 @@ pub fn run(rootfs: &Rootfs, mut spec: ProcessSpec) -> Result<ExitStatus, Sandbox
     let (err_r, err_w) = pipe()?;
     let (status_r, status_w) = pipe()?;
     // Init waits on it until the parent has written its user-namespace id maps
-    // and moved it into its cgroup.
-    let sync = if userns || cgroup.is_some() {
+    // (or moved it into its cgroup v2, where clone3 could not).
+    let sync = if userns || cgroup.as_ref().is_some_and(StepCgroup::is_v2) {
         Some(pipe()?)
     } else {
         None
@@ -1304,6 +1304,10 @@ pub fn run(rootfs: &Rootfs, mut spec: ProcessSpec) -> Result<ExitStatus, Sandbox
         err_fd: err_w.as_raw_fd(),
         status_fd: status_w.as_raw_fd(),
         sync_fd: sync.as_ref().map_or(-1, |(r, _)| r.as_raw_fd()),
+        cgroup_join: cgroup
+            .as_ref()
+            .map(StepCgroup::v1_tasks_files)
+            .unwrap_or_default(),
         unshare_cgroupns: cgroup.is_some(),
         keep_fds,
     };
@@ -1321,7 +1325,19 @@ pub fn run(rootfs: &Rootfs, mut spec: ProcessSpec) -> Result<ExitStatus, Sandbox
     if userns {
         flags |= libc::CLONE_NEWUSER;
     }
-    let pid = match sys::clone_fork(flags) {
+    // cgroup v2: init is born in its cgroup (falling back to a move below on
+    // kernels without clone3's CLONE_INTO_CGROUP).
+    let cgroup_fd = cgroup.as_ref().and_then(StepCgroup::v2_fd);
+    let born_in_cgroup = cgroup_fd
+        .as_ref()
+        .and_then(|fd| sys::clone_into_cgroup(flags, fd.as_raw_fd()).ok());
+    // (With v1, init moves itself in: see `Plan::cgroup_join`.)
+    let moved_later = cgroup.as_ref().is_some_and(StepCgroup::is_v2) && born_in_cgroup.is_none();
+    let cloned = match born_in_cgroup {
+        Some(pid) => Ok(pid),
+        None => sys::clone_fork(flags),
+    };
+    let pid = match cloned {
         Ok(0) => child::init(&mut plan),
         Ok(pid) => pid,
         Err(e) => {
@@ -1345,6 +1361,7 @@ pub fn run(rootfs: &Rootfs, mut spec: ProcessSpec) -> Result<ExitStatus, Sandbox
     drop(status_w);
     drop(child_fds);
     drop(keep);
+    drop(cgroup_fd);
     let guard = KillGuard(pid);
 
     if let Some((sync_r, sync_w)) = sync {
@@ -1357,7 +1374,9 @@ pub fn run(rootfs: &Rootfs, mut spec: ProcessSpec) -> Result<ExitStatus, Sandbox
                 ))
             })?;
         }
-        if let Some(cg) = &cgroup {
+        if let Some(cg) = &cgroup
+            && moved_later
+        {
             cg.add(pid)?;
         }
         nix::unistd::write(&sync_w, b"1").map_err(sys_err("sync with sandbox"))?;
