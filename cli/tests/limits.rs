@@ -53,6 +53,43 @@ fn processes(argv: &[&str]) -> Vec<String> {
         .collect()
 }
 
+/// Step cgroups (`rbuild-<pid>-<n>`) whose rbuild process is gone: what a
+/// finished build must not leave. Looks below this test's own cgroups (where
+/// rbuild, its child, makes them) in every hierarchy, and v2's fallback parent.
+fn leftover_cgroups() -> Vec<String> {
+    let own = std::fs::read_to_string("/proc/self/cgroup").unwrap();
+    let mut parents = vec![Path::new("/sys/fs/cgroup/rbuild").to_path_buf()];
+    for line in own.lines() {
+        let mut it = line.splitn(3, ':');
+        let (_, ctls, path) = (it.next().unwrap(), it.next().unwrap(), it.next().unwrap());
+        let rel = path.trim_start_matches('/');
+        parents.push(if ctls.is_empty() {
+            Path::new("/sys/fs/cgroup").join(rel)
+        } else {
+            Path::new("/sys/fs/cgroup").join(ctls).join(rel)
+        });
+    }
+    let mut left = Vec::new();
+    for p in parents {
+        let Ok(rd) = std::fs::read_dir(&p) else {
+            continue;
+        };
+        for e in rd.flatten() {
+            let name = e.file_name().to_string_lossy().into_owned();
+            let pid = name
+                .strip_prefix("rbuild-")
+                .and_then(|n| n.split_once('-'))
+                .map(|(pid, _)| pid.to_owned());
+            if let Some(pid) = pid
+                && !Path::new("/proc").join(&pid).exists()
+            {
+                left.push(e.path().display().to_string());
+            }
+        }
+    }
+    left
+}
+
 /// The `ERROR:` line of a failed build's report.
 fn error_line(err: &str) -> &str {
     err.lines()
@@ -91,6 +128,7 @@ fn a_fork_bomb_under_pids_limit_fails_naming_the_limit_and_the_machine_stays_res
     // Bounded by the limit, not by the safety-net timeout.
     assert!(took < Duration::from_secs(45), "took {took:?}");
     assert_eq!(processes(&["sleep", "1234"]), Vec::<String>::new());
+    assert_eq!(leftover_cgroups(), Vec::<String>::new());
     // The machine stays responsive: a process starts at once, a build works.
     let t = Instant::now();
     assert!(Command::new("true").status().unwrap().success());
@@ -123,6 +161,7 @@ fn a_step_over_its_memory_limit_fails_as_out_of_memory() {
     // The limit did it: with room (1g) the same step passes.
     let o = build(&env, &["--memory", "1g"], &ctx);
     assert!(o.status.success(), "{:?}", text(&o));
+    assert_eq!(leftover_cgroups(), Vec::<String>::new());
 }
 
 #[test]
@@ -144,6 +183,14 @@ fn step_timeout_kills_a_step_that_runs_too_long() {
     assert!(err.lines().any(|l| l == "started"), "{err}");
     assert!(took < Duration::from_secs(8), "took {took:?}");
     assert!(took >= Duration::from_secs(2), "took {took:?}");
+    // With limits, the killed step's cgroup goes too.
+    let o = build(
+        &env,
+        &["--step-timeout", "2s", "--pids-limit", "50", "--no-cache"],
+        &ctx,
+    );
+    assert!(error_line(&text(&o).1).ends_with("timed out after 2s (--step-timeout)"));
+    assert_eq!(leftover_cgroups(), Vec::<String>::new());
     // A bad duration is refused before anything runs.
     let o = env.run(&["build", "--step-timeout", "soon", &ctx]);
     let (_, err) = text(&o);
