@@ -30,8 +30,8 @@ pub struct LimitArgs {
     /// CPUs allowed (`0-3`, `0,1`)
     #[arg(long = "cpuset-cpus", value_name = "CPUS")]
     pub cpuset_cpus: Option<String>,
-    /// At most N processes at once (`-1` or `0`: unlimited; default: the
-    /// config file's `[build] pids-limit`, else unlimited)
+    /// At most N processes at once (`-1` or `0`: unlimited, the default; for
+    /// builds, the config file's `[build] pids-limit` when set)
     #[arg(long = "pids-limit", value_name = "N", allow_hyphen_values = true)]
     pub pids_limit: Option<i64>,
 }
