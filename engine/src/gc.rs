@@ -731,6 +731,19 @@ impl<'de> serde::Deserialize<'de> for Space {
 pub struct Config {
     #[serde(default)]
     pub gc: GcConfig,
+    #[serde(default)]
+    pub build: BuildConfig,
+}
+
+/// The `[build]` section of `config.toml`: defaults of `rbuild build`'s
+/// options (an option on the command line wins).
+#[derive(Clone, Debug, Default, PartialEq, Eq, serde::Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+pub struct BuildConfig {
+    /// `--pids-limit` of every RUN step (default: none, like Docker's; 0:
+    /// none). `pidsLimit` is accepted too, the `[gc]` keys' spelling.
+    #[serde(default, alias = "pidsLimit")]
+    pub pids_limit: Option<u64>,
 }
 
 /// What is wrong with the configuration file.
@@ -863,5 +876,17 @@ mod tests {
         let e = toml::from_str::<Config>("[registry]\n").unwrap_err();
         assert!(e.to_string().contains("registry"), "{e}");
         assert!(toml::from_str::<Config>("[gc]\nmaxUsedSpace = \"150%\"\n").is_err());
+    }
+
+    #[test]
+    fn config_build_section_sets_the_pids_limit_default() {
+        let c: Config = toml::from_str("[build]\npids-limit = 500\n").unwrap();
+        assert_eq!(c.build.pids_limit, Some(500));
+        let c: Config = toml::from_str("[build]\npidsLimit = 7\n").unwrap();
+        assert_eq!(c.build.pids_limit, Some(7));
+        assert_eq!(Config::default().build.pids_limit, None);
+        let e = toml::from_str::<Config>("[build]\nmemory = \"1g\"\n").unwrap_err();
+        assert!(e.to_string().contains("memory"), "{e}");
+        assert!(toml::from_str::<Config>("[build]\npids-limit = -1\n").is_err());
     }
 }

@@ -48,6 +48,14 @@ pub struct BuildRequest {
     /// `rbuild_worker::WorkerOptions::full_sync`).
     pub full_sync: bool,
     pub state_root: PathBuf,
+    /// Resource limits of every RUN step (`--memory`, `--pids-limit`, ...);
+    /// never part of a cache key.
+    pub limits: rbuild_worker::StepLimits,
+    /// `--step-timeout`: a RUN step running longer is killed.
+    pub step_timeout: Option<std::time::Duration>,
+    /// Bytes of a step's output shown before it is clipped (`None`: 2 MiB,
+    /// `Some(u64::MAX)`: all).
+    pub step_log_max_size: Option<u64>,
 }
 
 /// What a successful build made.
@@ -168,6 +176,9 @@ fn start_worker(req: &BuildRequest, store: &Arc<Store>) -> Result<LocalWorker, B
             secrets: req.secrets.clone(),
             source_date_epoch: req.source_date_epoch.and_then(|e| u64::try_from(e).ok()),
             full_sync: req.full_sync,
+            limits: req.limits.clone(),
+            step_timeout: req.step_timeout,
+            step_log_max_size: req.step_log_max_size,
         },
     )
     .map_err(BuildError::Worker)?;

@@ -134,8 +134,15 @@ pub(crate) struct Plan {
     pub err_fd: RawFd,
     /// Write end of the status pipe: init writes the main process's wait status.
     pub status_fd: RawFd,
-    /// Read end of the user-namespace sync pipe (-1 without a user namespace).
+    /// Read end of the sync pipe (-1 without a user namespace or cgroup): init
+    /// waits for a byte until the parent has set up its id maps and cgroup.
     pub sync_fd: RawFd,
+    /// cgroup v1 `tasks` files init writes `0` to after the sync (moving
+    /// itself into the step's cgroups).
+    pub cgroup_join: Vec<CString>,
+    /// Unshare the cgroup namespace after that (init is then in the step's
+    /// cgroup, which becomes the namespace's root).
+    pub unshare_cgroupns: bool,
     /// Fds init keeps, sorted; every other fd is closed first thing.
     pub keep_fds: Vec<RawFd>,
 }
@@ -173,8 +180,18 @@ pub(crate) fn init(plan: &mut Plan) -> ! {
     let _ = sys::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL as c_ulong);
     sys::set_name(c"rbuild-init");
     if plan.sync_fd >= 0 && !sys::read_byte(plan.sync_fd) {
-        // The parent gave up (could not write the id maps).
+        // The parent gave up (could not write the id maps or the cgroup).
         sys::exit(125);
+    }
+    for tasks in &plan.cgroup_join {
+        if let Err(e) = sys::write_file(tasks, b"0") {
+            fail(plan, "join the step's cgroup", tasks, e);
+        }
+    }
+    if plan.unshare_cgroupns
+        && let Err(e) = sys::unshare(libc::CLONE_NEWCGROUP)
+    {
+        fail(plan, "unshare the cgroup namespace", c"", e);
     }
     sys::reset_signals();
     close_other_fds(&plan.keep_fds);

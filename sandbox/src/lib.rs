@@ -31,6 +31,7 @@
 //! exec (module `child`) only calls those allocation-free wrappers on data the
 //! parent prepared.
 
+mod cgroup;
 mod child;
 mod seccomp;
 mod sys;
@@ -50,6 +51,8 @@ use std::time::{Duration, Instant};
 use nix::fcntl::{FcntlArg, OFlag, fcntl};
 use nix::sys::stat::Mode;
 
+use crate::cgroup::StepCgroup;
+pub use crate::cgroup::{LimitHit, Limits};
 use crate::child::{Op, Plan};
 pub use crate::user::{ResolvedUser, resolve_user};
 
@@ -213,6 +216,9 @@ pub struct ProcessSpec {
     pub mounts: Vec<Mount>,
     /// Kill the step after this long ([`SandboxError::TimedOut`]).
     pub timeout: Option<Duration>,
+    /// Memory, CPU and pids limits: the run gets a cgroup of its own (see
+    /// [`Limits`]); none set, no cgroup is touched.
+    pub limits: Limits,
     pub cancel: Option<CancelToken>,
     pub stdin: Input,
     /// Give the process a pseudo-terminal (`rbuild run -t`), allocated in the
@@ -253,6 +259,7 @@ impl ProcessSpec {
             security: SecurityMode::Sandbox,
             mounts: Vec::new(),
             timeout: None,
+            limits: Limits::default(),
             cancel: None,
             stdin: Input::Null,
             terminal: false,
@@ -288,6 +295,9 @@ pub struct ExitStatus {
     pub code: i32,
     /// The signal that killed it, if any.
     pub signal: Option<i32>,
+    /// A limit of [`ProcessSpec::limits`] the run hit (set only when the
+    /// process failed): a process was OOM-killed, or a fork was refused.
+    pub limit: Option<LimitHit>,
 }
 
 impl ExitStatus {
@@ -301,11 +311,13 @@ impl ExitStatus {
             ExitStatus {
                 code: 128 + sig,
                 signal: Some(sig),
+                limit: None,
             }
         } else {
             ExitStatus {
                 code: libc::WEXITSTATUS(status),
                 signal: None,
+                limit: None,
             }
         }
     }
@@ -314,8 +326,13 @@ impl ExitStatus {
 impl fmt::Display for ExitStatus {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self.signal {
-            Some(s) => write!(f, "killed by signal {s} (exit code {})", self.code),
-            None => write!(f, "exit code {}", self.code),
+            Some(s) => write!(f, "killed by signal {s} (exit code {})", self.code)?,
+            None => write!(f, "exit code {}", self.code)?,
+        }
+        match self.limit {
+            Some(LimitHit::OutOfMemory) => f.write_str("; out of memory"),
+            Some(LimitHit::Pids) => f.write_str("; pids limit reached"),
+            None => Ok(()),
         }
     }
 }
@@ -344,6 +361,10 @@ pub enum SandboxError {
     },
     #[error("timed out after {0:?}; every process of the step was killed")]
     TimedOut(Duration),
+    /// A resource limit could not be applied (no cgroup, not writable, a
+    /// value the kernel refuses).
+    #[error("cannot apply resource limits: {0}")]
+    Cgroup(String),
     #[error("cancelled; every process of the step was killed")]
     Cancelled,
 }
@@ -454,6 +475,12 @@ pub fn check_support() -> Result<(), SandboxError> {
         ));
     }
     Ok(())
+}
+
+/// Whether `limits` can be applied here: makes a cgroup with them and removes
+/// it (nothing when no limit is set). The error says what is missing.
+pub fn check_limits(limits: &Limits) -> Result<(), SandboxError> {
+    StepCgroup::create(limits).map(drop)
 }
 
 /// Reads a file of the image: in the rootfs directory, or through the overlay's
@@ -1172,10 +1199,21 @@ pub fn run(rootfs: &Rootfs, mut spec: ProcessSpec) -> Result<ExitStatus, Sandbox
             .collect::<Vec<_>>()
     };
 
+    // The step's cgroup (only with limits), made before the fork so a limit
+    // that cannot be applied fails before anything runs; removed on drop,
+    // after init (declared below) is gone.
+    let cgroup = StepCgroup::create(&spec.limits)?;
+
     // ---- fds ----
     let (err_r, err_w) = pipe()?;
     let (status_r, status_w) = pipe()?;
-    let sync = if userns { Some(pipe()?) } else { None };
+    // Init waits on it until the parent has written its user-namespace id maps
+    // (or moved it into its cgroup v2, where clone3 could not).
+    let sync = if userns || cgroup.as_ref().is_some_and(StepCgroup::is_v2) {
+        Some(pipe()?)
+    } else {
+        None
+    };
     let devnull = || -> Result<OwnedFd, SandboxError> {
         nix::fcntl::open("/dev/null", OFlag::O_RDWR | OFlag::O_CLOEXEC, Mode::empty())
             .map_err(sys_err("open /dev/null"))
@@ -1283,21 +1321,40 @@ pub fn run(rootfs: &Rootfs, mut spec: ProcessSpec) -> Result<ExitStatus, Sandbox
         err_fd: err_w.as_raw_fd(),
         status_fd: status_w.as_raw_fd(),
         sync_fd: sync.as_ref().map_or(-1, |(r, _)| r.as_raw_fd()),
+        cgroup_join: cgroup
+            .as_ref()
+            .map(StepCgroup::v1_tasks_files)
+            .unwrap_or_default(),
+        unshare_cgroupns: cgroup.is_some(),
         keep_fds,
     };
 
-    let mut flags = libc::CLONE_NEWNS
-        | libc::CLONE_NEWPID
-        | libc::CLONE_NEWUTS
-        | libc::CLONE_NEWIPC
-        | libc::CLONE_NEWCGROUP;
+    let mut flags =
+        libc::CLONE_NEWNS | libc::CLONE_NEWPID | libc::CLONE_NEWUTS | libc::CLONE_NEWIPC;
+    // With a cgroup of its own, init unshares its cgroup namespace once it is
+    // in it (that cgroup becomes its root); otherwise right here.
+    if cgroup.is_none() {
+        flags |= libc::CLONE_NEWCGROUP;
+    }
     if spec.network == NetworkMode::None {
         flags |= libc::CLONE_NEWNET;
     }
     if userns {
         flags |= libc::CLONE_NEWUSER;
     }
-    let pid = match sys::clone_fork(flags) {
+    // cgroup v2: init is born in its cgroup (falling back to a move below on
+    // kernels without clone3's CLONE_INTO_CGROUP).
+    let cgroup_fd = cgroup.as_ref().and_then(StepCgroup::v2_fd);
+    let born_in_cgroup = cgroup_fd
+        .as_ref()
+        .and_then(|fd| sys::clone_into_cgroup(flags, fd.as_raw_fd()).ok());
+    // (With v1, init moves itself in: see `Plan::cgroup_join`.)
+    let moved_later = cgroup.as_ref().is_some_and(StepCgroup::is_v2) && born_in_cgroup.is_none();
+    let cloned = match born_in_cgroup {
+        Some(pid) => Ok(pid),
+        None => sys::clone_fork(flags),
+    };
+    let pid = match cloned {
         Ok(0) => child::init(&mut plan),
         Ok(pid) => pid,
         Err(e) => {
@@ -1321,16 +1378,24 @@ pub fn run(rootfs: &Rootfs, mut spec: ProcessSpec) -> Result<ExitStatus, Sandbox
     drop(status_w);
     drop(child_fds);
     drop(keep);
+    drop(cgroup_fd);
     let guard = KillGuard(pid);
 
     if let Some((sync_r, sync_w)) = sync {
         drop(sync_r);
-        write_id_maps(pid).map_err(|e| {
-            SandboxError::UserNamespace(format!(
-                "cannot map the user into the sandbox's user namespace as non-root ({e}); \
-                 run as root or allow unprivileged user namespaces"
-            ))
-        })?;
+        if userns {
+            write_id_maps(pid).map_err(|e| {
+                SandboxError::UserNamespace(format!(
+                    "cannot map the user into the sandbox's user namespace as non-root ({e}); \
+                     run as root or allow unprivileged user namespaces"
+                ))
+            })?;
+        }
+        if let Some(cg) = &cgroup
+            && moved_later
+        {
+            cg.add(pid)?;
+        }
         nix::unistd::write(&sync_w, b"1").map_err(sys_err("sync with sandbox"))?;
     }
     let pidfd = sys::pidfd_open(pid).map_err(sys_err("pidfd_open"))?;
@@ -1449,6 +1514,10 @@ pub fn run(rootfs: &Rootfs, mut spec: ProcessSpec) -> Result<ExitStatus, Sandbox
     let mut status_bytes = Vec::new();
     let _ = std::fs::File::from(status_r).read_to_end(&mut status_bytes);
     drop(state);
+    // Every process of the step is gone: read the cgroup's counters, then
+    // remove it.
+    let hit = cgroup.as_ref().and_then(StepCgroup::hit);
+    drop(cgroup);
 
     if let Some(e) = killed {
         return Err(e);
@@ -1479,7 +1548,20 @@ pub fn run(rootfs: &Rootfs, mut spec: ProcessSpec) -> Result<ExitStatus, Sandbox
         });
     }
     if let Ok(b) = <[u8; 4]>::try_from(status_bytes.as_slice()) {
-        return Ok(ExitStatus::from_wait(i32::from_le_bytes(b)));
+        let mut status = ExitStatus::from_wait(i32::from_le_bytes(b));
+        if !status.success() {
+            status.limit = hit;
+        }
+        return Ok(status);
+    }
+    if hit.is_some() {
+        // The OOM killer (or a refused fork) took init itself before it could
+        // report: the step was killed by the limit.
+        return Ok(ExitStatus {
+            code: 128 + libc::SIGKILL,
+            signal: Some(libc::SIGKILL),
+            limit: hit,
+        });
     }
     Err(SandboxError::Setup {
         message: format!(
@@ -1719,14 +1801,16 @@ mod tests {
             ExitStatus::from_wait(3 << 8),
             ExitStatus {
                 code: 3,
-                signal: None
+                signal: None,
+                limit: None,
             }
         );
         assert_eq!(
             ExitStatus::from_wait(9),
             ExitStatus {
                 code: 137,
-                signal: Some(9)
+                signal: Some(9),
+                limit: None,
             }
         );
     }

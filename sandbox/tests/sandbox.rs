@@ -1045,3 +1045,218 @@ fn killed_caller_child() {
     spec.timeout = Some(Duration::from_secs(120));
     let _ = run(&Rootfs::Dir(rootfs.into()), spec);
 }
+
+// ---- resource limits (cgroups) ----
+
+/// This test process's cgroup directory for v1 `controller` (the hybrid
+/// layout of this machine and CI), or the v2 one.
+fn own_cgroup_dir(controller: &str) -> PathBuf {
+    let text = std::fs::read_to_string("/proc/self/cgroup").unwrap();
+    let unified = Path::new("/sys/fs/cgroup/cgroup.controllers").exists();
+    for line in text.lines() {
+        let mut it = line.splitn(3, ':');
+        let (_, ctls, path) = (it.next().unwrap(), it.next().unwrap(), it.next().unwrap());
+        let rel = path.trim_start_matches('/');
+        if unified && ctls.is_empty() {
+            return Path::new("/sys/fs/cgroup").join(rel);
+        }
+        if !unified && ctls.split(',').any(|c| c == controller) {
+            return Path::new("/sys/fs/cgroup").join(controller).join(rel);
+        }
+    }
+    panic!("cannot run: no {controller} cgroup in /proc/self/cgroup:\n{text}");
+}
+
+/// The step cgroups this process has made (`rbuild-<pid>-<n>`) below `dir`
+/// (and below `dir/rbuild`, v2's fallback parent).
+fn step_cgroups(dir: &Path) -> Vec<PathBuf> {
+    let prefix = format!("rbuild-{}-", std::process::id());
+    [dir.to_path_buf(), dir.join("rbuild")]
+        .iter()
+        .filter_map(|d| std::fs::read_dir(d).ok())
+        .flat_map(Iterator::flatten)
+        .filter(|e| e.file_name().to_string_lossy().starts_with(&prefix))
+        .map(|e| e.path())
+        .collect()
+}
+
+/// Serialises the limit tests (they look for this process's step cgroups).
+static CGROUP_TESTS: Mutex<()> = Mutex::new(());
+
+#[test]
+fn limits_are_written_to_a_cgroup_of_the_steps_own_removed_after() {
+    let _l = CGROUP_TESTS
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner);
+    let root = test_root();
+    let (mem_dir, pids_dir, cpu_dir) = (
+        own_cgroup_dir("memory"),
+        own_cgroup_dir("pids"),
+        own_cgroup_dir("cpu"),
+    );
+    let seen = Arc::new(Mutex::new(Vec::new()));
+    let seen2 = Arc::clone(&seen);
+    let (m2, p2, c2) = (mem_dir.clone(), pids_dir.clone(), cpu_dir.clone());
+    let unified = Path::new("/sys/fs/cgroup/cgroup.controllers").exists();
+    let mut spec = sh("echo go; cat /proc/self/cgroup; sleep 0.2");
+    spec.limits = rbuild_sandbox::Limits {
+        memory: Some(64 << 20),
+        cpu_quota: Some(50_000),
+        pids: Some(50),
+        ..rbuild_sandbox::Limits::default()
+    };
+    let out = Arc::new(Mutex::new(Vec::new()));
+    let out2 = Arc::clone(&out);
+    spec.stdout = Output::lines(move |l| {
+        out2.lock()
+            .unwrap()
+            .push(String::from_utf8_lossy(l).into_owned());
+        if l != b"go" {
+            return;
+        }
+        // While the step runs: its cgroups and their limits.
+        let read = |d: &Path, f: &str| {
+            std::fs::read_to_string(d.join(f)).map_or_else(|e| e.to_string(), |s| s.trim().into())
+        };
+        let mut s = seen2.lock().unwrap();
+        for (dir, file) in if unified {
+            vec![(&m2, "memory.max"), (&p2, "pids.max"), (&c2, "cpu.max")]
+        } else {
+            vec![
+                (&m2, "memory.limit_in_bytes"),
+                (&p2, "pids.max"),
+                (&c2, "cpu.cfs_quota_us"),
+            ]
+        } {
+            let cgs = step_cgroups(dir);
+            assert_eq!(cgs.len(), 1, "one step cgroup below {}", dir.display());
+            s.push(format!("{file}={}", read(&cgs[0], file)));
+            s.push(format!(
+                "procs={}",
+                read(&cgs[0], "cgroup.procs").lines().count()
+            ));
+        }
+    });
+    spec.timeout = Some(Duration::from_secs(60));
+    let status = run(&root.rootfs(), spec).unwrap();
+    assert!(status.success(), "{status}");
+    assert_eq!(status.limit, None);
+    let seen = seen.lock().unwrap().clone();
+    let want_cpu = if unified {
+        "cpu.max=50000 100000"
+    } else {
+        "cpu.cfs_quota_us=50000"
+    };
+    let want_mem = if unified {
+        "memory.max=67108864"
+    } else {
+        "memory.limit_in_bytes=67108864"
+    };
+    assert!(seen.contains(&want_mem.to_owned()), "{seen:?}");
+    assert!(seen.contains(&"pids.max=50".to_owned()), "{seen:?}");
+    assert!(seen.contains(&want_cpu.to_owned()), "{seen:?}");
+    // init and the shell (and cat or sleep) were in it.
+    assert!(
+        seen.iter()
+            .filter(|s| s.starts_with("procs="))
+            .all(|s| s != "procs=0"),
+        "{seen:?}"
+    );
+    // Inside, the step's cgroup is the root of its cgroup namespace.
+    let out = out.lock().unwrap().clone();
+    assert!(
+        out.iter()
+            .any(|l| l.ends_with(":/") && (l.contains("memory") || l.starts_with("0::"))),
+        "{out:?}"
+    );
+    assert!(!out.iter().any(|l| l.contains("rbuild-")), "{out:?}");
+    // Gone after the run.
+    for d in [&mem_dir, &pids_dir, &cpu_dir] {
+        assert_eq!(step_cgroups(d), Vec::<PathBuf>::new());
+    }
+}
+
+#[test]
+fn a_step_over_its_memory_limit_is_oom_killed_and_says_so() {
+    let _l = CGROUP_TESTS
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner);
+    let root = test_root();
+    // dd's 200 MB buffer, filled from /dev/zero.
+    let mut spec = sh("dd if=/dev/zero of=/dev/null bs=200M count=1; echo dd-exit=$?; exit 1");
+    spec.limits.memory = Some(64 << 20);
+    let c = run_captured(&root.rootfs(), spec);
+    let status = c.status.unwrap();
+    assert_eq!(
+        status.limit,
+        Some(rbuild_sandbox::LimitHit::OutOfMemory),
+        "{status} {:?}",
+        c.out
+    );
+    assert!(c.out.contains(&"dd-exit=137".to_owned()), "{:?}", c.out);
+    assert_eq!(
+        step_cgroups(&own_cgroup_dir("memory")),
+        Vec::<PathBuf>::new()
+    );
+    // The same step without the limit succeeds: the limit did it.
+    let c = run_sh(
+        &root,
+        "dd if=/dev/zero of=/dev/null bs=200M count=1 2>/dev/null && echo ok",
+    );
+    assert_eq!(code(&c), 0);
+    assert_eq!(c.out, ["ok"]);
+}
+
+#[test]
+fn a_fork_bomb_hits_the_pids_limit_and_ends() {
+    let _l = CGROUP_TESTS
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner);
+    let root = test_root();
+    let token = "pids-bomb-7f3a";
+    let mut spec = sh(&format!(
+        "b() {{ b | b & }}; b; while :; do sleep 1000 & done; : {token}"
+    ));
+    spec.limits.pids = Some(40);
+    let started = std::time::Instant::now();
+    let c = run_captured(&root.rootfs(), spec);
+    let status = c.status.unwrap();
+    assert!(!status.success());
+    assert_eq!(
+        status.limit,
+        Some(rbuild_sandbox::LimitHit::Pids),
+        "{status} {:?}",
+        c.err
+    );
+    assert!(started.elapsed() < Duration::from_secs(30));
+    assert_eq!(processes_with(token), Vec::<String>::new());
+    assert_eq!(step_cgroups(&own_cgroup_dir("pids")), Vec::<PathBuf>::new());
+}
+
+#[test]
+fn a_limit_the_kernel_refuses_is_a_clear_error_before_anything_runs() {
+    let _l = CGROUP_TESTS
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner);
+    let root = test_root();
+    let mut spec = sh("touch /ran");
+    spec.limits.cpuset_cpus = Some("999".into());
+    let c = run_captured(&root.rootfs(), spec);
+    let e = c.status.unwrap_err();
+    assert!(matches!(e, SandboxError::Cgroup(_)), "{e}");
+    let msg = e.to_string();
+    assert!(
+        msg.contains("cpuset \"999\"") && msg.contains("CPUs available"),
+        "{msg}"
+    );
+    assert!(!root.path().join("ran").exists());
+    assert_eq!(
+        step_cgroups(&own_cgroup_dir("cpuset")),
+        Vec::<PathBuf>::new()
+    );
+    // Values that are wrong on their own never reach the kernel.
+    let mut spec = sh("true");
+    spec.limits.memory = Some(1024);
+    let e = run_captured(&root.rootfs(), spec).status.unwrap_err();
+    assert!(e.to_string().contains("6 MiB"), "{e}");
+}

@@ -5,6 +5,7 @@
 use std::fmt;
 use std::future::Future;
 use std::pin::Pin;
+use std::time::Duration;
 
 use rbuild_ops::{CacheKey, Checksum, Selection, Vertex, VertexId};
 use serde::{Deserialize, Serialize};
@@ -46,6 +47,15 @@ pub enum ExecError {
         /// [`ExecError::hint`]).
         seccomp: bool,
     },
+    /// A process was stopped by a resource limit of the build: the command
+    /// (`BuildKit`'s wording) and the limit with the option that set it.
+    #[error("process \"{}\" did not complete successfully: {limit}", command.join(" "))]
+    LimitExceeded {
+        command: Vec<String>,
+        limit: StepLimit,
+        /// The last lines of its output, oldest first.
+        last_lines: Vec<String>,
+    },
     /// Anything else, already worded for the user.
     #[error("{0}")]
     Message(String),
@@ -85,6 +95,65 @@ pub const SECCOMP_HINT: &str = "hint: RUN steps run under Docker's default secco
     refuses some system calls with \"Operation not permitted\"; a step that needs one can run \
     with `RUN --security=insecure` and `rbuild build --allow security.insecure`, which lifts \
     the profile";
+
+/// The resource limit that stopped a step ([`ExecError::LimitExceeded`]),
+/// named with the `rbuild build` option that sets it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum StepLimit {
+    /// A process was killed by the OOM killer under `--memory` (bytes).
+    Memory(u64),
+    /// A fork was refused at `--pids-limit` (processes).
+    Pids(u64),
+    /// The step ran longer than `--step-timeout`.
+    Timeout(Duration),
+}
+
+impl fmt::Display for StepLimit {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            StepLimit::Memory(b) => {
+                write!(f, "killed: out of memory (--memory {})", docker_size(*b))
+            }
+            StepLimit::Pids(n) => write!(f, "pids limit {n} reached (--pids-limit)"),
+            StepLimit::Timeout(d) => {
+                write!(f, "timed out after {} (--step-timeout)", go_duration(*d))
+            }
+        }
+    }
+}
+
+/// Bytes as `docker --memory` takes them: `64m`, `1g`, else a plain number.
+fn docker_size(b: u64) -> String {
+    for (shift, unit) in [(40, "t"), (30, "g"), (20, "m"), (10, "k")] {
+        if b >= 1 << shift && b % (1 << shift) == 0 {
+            return format!("{}{unit}", b >> shift);
+        }
+    }
+    b.to_string()
+}
+
+/// A duration as Go prints it (what `--step-timeout` takes): `2s`, `1m30s`,
+/// `1h0m0s`, `1.5s`, `250ms`.
+fn go_duration(d: Duration) -> String {
+    let secs = d.as_secs();
+    let ms = d.subsec_millis();
+    if secs == 0 {
+        return format!("{ms}ms");
+    }
+    let frac = if ms == 0 {
+        String::new()
+    } else {
+        format!(".{ms:03}").trim_end_matches('0').to_owned()
+    };
+    let (h, m, s) = (secs / 3600, secs / 60 % 60, secs % 60);
+    if h > 0 {
+        format!("{h}h{m}m{s}{frac}s")
+    } else if m > 0 {
+        format!("{m}m{s}{frac}s")
+    } else {
+        format!("{s}{frac}s")
+    }
+}
 
 /// A boxed future, so [`Executor`] stays object-safe.
 pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
@@ -136,4 +205,47 @@ pub trait ContentChecksum: Send + Sync {
         result: &ResultRef,
         selection: &Selection,
     ) -> Result<Option<Checksum>, ExecError>;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn limit_errors_name_the_command_and_the_option() {
+        let e = |limit| {
+            ExecError::LimitExceeded {
+                command: vec!["/bin/sh".into(), "-c".into(), "make".into()],
+                limit,
+                last_lines: Vec::new(),
+            }
+            .to_string()
+        };
+        assert_eq!(
+            e(StepLimit::Memory(64 << 20)),
+            "process \"/bin/sh -c make\" did not complete successfully: killed: out of \
+             memory (--memory 64m)"
+        );
+        assert_eq!(
+            e(StepLimit::Pids(100)),
+            "process \"/bin/sh -c make\" did not complete successfully: pids limit 100 \
+             reached (--pids-limit)"
+        );
+        assert_eq!(
+            e(StepLimit::Timeout(Duration::from_secs(2))),
+            "process \"/bin/sh -c make\" did not complete successfully: timed out after 2s \
+             (--step-timeout)"
+        );
+    }
+
+    #[test]
+    fn sizes_and_durations_read_like_the_options() {
+        assert_eq!(docker_size(1 << 30), "1g");
+        assert_eq!(docker_size(1536 << 20), "1536m");
+        assert_eq!(docker_size(7_000_000), "7000000");
+        assert_eq!(go_duration(Duration::from_secs(90)), "1m30s");
+        assert_eq!(go_duration(Duration::from_secs(3600)), "1h0m0s");
+        assert_eq!(go_duration(Duration::from_millis(1500)), "1.5s");
+        assert_eq!(go_duration(Duration::from_millis(250)), "250ms");
+    }
 }

@@ -51,6 +51,8 @@ pub mod progress;
 pub mod scheduler;
 
 pub use cacheindex::{CacheIndex, CacheIndexError, CacheRecord};
-pub use executor::{BoxFuture, ContentChecksum, ExecContext, ExecError, Executor, ResultRef};
+pub use executor::{
+    BoxFuture, ContentChecksum, ExecContext, ExecError, Executor, ResultRef, StepLimit,
+};
 pub use progress::{Event, EventReceiver, EventSender};
 pub use scheduler::{Outputs, SolveError, Solved, Solver};

@@ -91,6 +91,7 @@ use rbuild_solver::{BoxFuture, ContentChecksum, ExecContext, ExecError, Executor
 use crate::state::{Inner, Res, err};
 
 pub use export::ExportOptions;
+pub use rbuild_sandbox::Limits as StepLimits;
 pub use state::{IgnoreFilter, snapshot_of};
 
 /// How to build a [`LocalWorker`].
@@ -113,6 +114,14 @@ pub struct WorkerOptions {
     /// once inside a step, and the worker makes the step durable itself: one
     /// `syncfs` per file system of its snapshot and cache mounts.
     pub full_sync: bool,
+    /// Resource limits of every RUN step (`--memory`, `--pids-limit`, ...):
+    /// not part of any cache key, as in `BuildKit`.
+    pub limits: StepLimits,
+    /// Kill a RUN step that runs longer (`--step-timeout`).
+    pub step_timeout: Option<std::time::Duration>,
+    /// Bytes of a step's output kept in progress before it is clipped with a
+    /// note (`None`: `BuildKit`'s 2 MiB; `Some(u64::MAX)`: no limit).
+    pub step_log_max_size: Option<u64>,
 }
 
 /// Executes ops locally. Cheap to clone.
@@ -142,6 +151,9 @@ impl LocalWorker {
                 secrets: opts.secrets,
                 epoch: opts.source_date_epoch,
                 full_sync: opts.full_sync,
+                limits: opts.limits,
+                step_timeout: opts.step_timeout,
+                log_max: opts.step_log_max_size.unwrap_or(ops::exec::DEFAULT_LOG_MAX),
                 checksummers: Mutex::new(HashMap::new()),
             }),
         })
@@ -150,7 +162,10 @@ impl LocalWorker {
     /// Fails with a clear message when this process cannot mount overlays
     /// (not root and no user namespace allowing it).
     pub fn check_support(&self) -> Result<(), ExecError> {
-        self.inner.snapshots.check_overlay().map_err(err)
+        self.inner.snapshots.check_overlay().map_err(err)?;
+        // Resource limits that cannot be applied here fail the build before
+        // any step runs.
+        rbuild_sandbox::check_limits(&self.inner.limits).map_err(|e| ExecError::msg(e.to_string()))
     }
 
     pub fn snapshots(&self) -> &SnapshotStore {

@@ -26,6 +26,10 @@ pub(crate) struct Inner {
     pub(crate) epoch: Option<u64>,
     /// `--sync=full` (see `WorkerOptions::full_sync`).
     pub(crate) full_sync: bool,
+    /// Limits, timeout and output budget of RUN steps (see `WorkerOptions`).
+    pub(crate) limits: rbuild_sandbox::Limits,
+    pub(crate) step_timeout: Option<std::time::Duration>,
+    pub(crate) log_max: u64,
     /// One context checksummer per context directory (see `crate::checksum`).
     pub(crate) checksummers: Mutex<HashMap<PathBuf, Arc<ContextChecksummer>>>,
 }

@@ -80,6 +80,15 @@ pub struct BuildArgs {
     /// own syncs are kept
     #[arg(long, value_enum, value_name = "MODE", default_value_t = SyncMode::Commit)]
     sync: SyncMode,
+    #[command(flatten)]
+    limits: crate::cmd::limits::LimitArgs,
+    /// Kill a RUN step that runs longer than this (`30s`, `1m30s`, `2h`)
+    #[arg(
+        long = "step-timeout",
+        value_name = "DURATION",
+        value_parser = crate::cmd::limits::parse_duration
+    )]
+    step_timeout: Option<std::time::Duration>,
     /// The build context: a directory, or `-` for a tar[.gz] on stdin
     #[arg(value_name = "CONTEXT")]
     context: String,
@@ -284,6 +293,11 @@ impl StepFailure {
                     last_lines.clone()
                 },
             ),
+            rbuild_solver::ExecError::LimitExceeded { last_lines, .. }
+                if !last_lines.is_empty() =>
+            {
+                (None, last_lines.clone())
+            }
             _ => (None, kept()),
         };
         Self {
@@ -414,7 +428,9 @@ enum Prepared {
 
 fn prepare(args: &BuildArgs, root: &Path) -> anyhow::Result<Prepared> {
     // A bad configuration file fails the build before it starts, not after.
-    rbuild_engine::gc::Config::load(root)?;
+    let config = rbuild_engine::gc::Config::load(root)?;
+    let limits = args.limits.limits(config.build.pids_limit)?;
+    let step_log_max_size = step_log_max_size()?;
     let df_stdin = args.file.as_deref() == Some("-");
     let mut stdin_dockerfile = None;
     let mut tmp = None;
@@ -567,6 +583,9 @@ fn prepare(args: &BuildArgs, root: &Path) -> anyhow::Result<Prepared> {
                 jobs,
                 full_sync: args.sync == SyncMode::Full,
                 state_root: root.to_path_buf(),
+                limits,
+                step_timeout: args.step_timeout,
+                step_log_max_size,
             },
             dockerfile_src: src,
             tags,
@@ -574,6 +593,22 @@ fn prepare(args: &BuildArgs, root: &Path) -> anyhow::Result<Prepared> {
         }),
         tmp,
     ))
+}
+
+/// `RBUILD_STEP_LOG_MAX_SIZE` (`BuildKit`'s `BUILDKIT_STEP_LOG_MAX_SIZE`): bytes
+/// of a step's output shown before it is clipped; `-1`: no limit; unset:
+/// 2 MiB.
+fn step_log_max_size() -> anyhow::Result<Option<u64>> {
+    const VAR: &str = "RBUILD_STEP_LOG_MAX_SIZE";
+    match std::env::var(VAR) {
+        Err(std::env::VarError::NotPresent) => Ok(None),
+        Ok(v) if v.trim().is_empty() => Ok(None),
+        Ok(v) if v.trim() == "-1" => Ok(Some(u64::MAX)),
+        Ok(v) => crate::cmd::limits::parse_size(&v)
+            .map(Some)
+            .map_err(|e| anyhow!("{VAR}: {e}, or -1 for no limit")),
+        Err(e) => Err(anyhow!("{VAR}: {e}")),
+    }
 }
 
 /// A tar (ustar magic at 257), or gzip (which is taken to hold one).

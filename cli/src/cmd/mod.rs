@@ -5,6 +5,7 @@ pub mod builder;
 pub mod change;
 pub mod fmt;
 pub mod image;
+pub mod limits;
 pub mod parse;
 pub mod run;
 pub mod system;

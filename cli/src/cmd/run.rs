@@ -57,6 +57,8 @@ pub struct RunArgs {
     /// Use this directory as the container's root filesystem instead of an image
     #[arg(long, value_name = "DIR")]
     rootfs: Option<PathBuf>,
+    #[command(flatten)]
+    limits: crate::cmd::limits::LimitArgs,
     /// IMAGE then CMD... (or, with --rootfs, CMD...)
     #[arg(
         trailing_var_arg = true,
@@ -238,6 +240,7 @@ fn unpacked_rootfs(
 }
 
 fn run_cmd(args: &RunArgs, root: &Path) -> anyhow::Result<i32> {
+    let limits = args.limits.limits(None)?;
     let Target {
         lower,
         argv,
@@ -294,6 +297,7 @@ fn run_cmd(args: &RunArgs, root: &Path) -> anyhow::Result<i32> {
         spec.terminal = args.tty;
         spec.cancel = Some(cancel.clone());
         spec.scratch_dir = Some(scratch_path.clone());
+        spec.limits = limits.clone();
         spec
     };
 
@@ -326,7 +330,21 @@ fn run_cmd(args: &RunArgs, root: &Path) -> anyhow::Result<i32> {
         scratch.path().join("work/work"),
         std::os::unix::fs::PermissionsExt::from_mode(0o700),
     );
-    Ok(result?.code)
+    let status = result?;
+    // Like a build step's error: the limit that ended the command.
+    let limit = match status.limit {
+        Some(rbuild_sandbox::LimitHit::OutOfMemory) => Some(rbuild_solver::StepLimit::Memory(
+            limits.memory.unwrap_or_default(),
+        )),
+        Some(rbuild_sandbox::LimitHit::Pids) => Some(rbuild_solver::StepLimit::Pids(
+            limits.pids.unwrap_or_default(),
+        )),
+        None => None,
+    };
+    if let Some(l) = limit {
+        eprintln!("rbuild run: {l}");
+    }
+    Ok(status.code)
 }
 
 /// SIGINT, SIGTERM and SIGHUP cancel the run (every process of the container is

@@ -11,12 +11,64 @@ use rbuild_snapshotter::snapshots::ReadGuard;
 use crate::error::WorkerError;
 use rbuild_ops::{CacheSharing, ExecOp, MountKind, NetworkMode, SecurityMode};
 use rbuild_solver::progress::{Stream, VertexLogger};
-use rbuild_solver::{ExecContext, ExecError, ResultRef};
+use rbuild_solver::{ExecContext, ExecError, ResultRef, StepLimit};
 
 use crate::fsutil::{clean_rel, mkdir_all};
 use crate::state::{Inner, Res, err, snap_ref};
 
 const LAST_LINES: usize = 20;
+
+/// Bytes of a step's output (stdout and stderr together) sent to progress
+/// before the rest is clipped: `BuildKit`'s default (`BUILDKIT_STEP_LOG_MAX_SIZE`).
+pub(crate) const DEFAULT_LOG_MAX: u64 = 2 << 20;
+
+/// What is left of a step's output budget; shared by its two streams.
+struct LogBudget {
+    left: u64,
+    limit: u64,
+    clipped: bool,
+}
+
+impl LogBudget {
+    /// How many bytes of a line of `len` bytes (plus its newline) progress
+    /// gets; `None` once clipped.
+    fn take(&mut self, len: usize) -> Option<usize> {
+        if self.clipped {
+            return None;
+        }
+        let need = len as u64 + 1;
+        if need <= self.left {
+            self.left -= need;
+            return Some(len);
+        }
+        self.clipped = true;
+        Some(usize::try_from(self.left).unwrap_or(len).min(len))
+    }
+
+    /// `BuildKit`'s note: `[output clipped, log limit 2MiB reached]`.
+    fn note(&self) -> String {
+        format!(
+            "[output clipped, log limit {} reached]",
+            binary_size(self.limit)
+        )
+    }
+}
+
+/// `2MiB`, `512KiB`, `1.5MiB`, `100B`, as `BuildKit`'s note shows sizes.
+fn binary_size(b: u64) -> String {
+    #[allow(clippy::cast_precision_loss)] // one decimal shown
+    let mut v = b as f64;
+    let mut unit = "B";
+    for u in ["KiB", "MiB", "GiB", "TiB"] {
+        if v < 1024.0 {
+            break;
+        }
+        v /= 1024.0;
+        unit = u;
+    }
+    let s = format!("{v:.1}");
+    format!("{}{unit}", s.strip_suffix(".0").unwrap_or(&s))
+}
 
 /// Holds what a run's mounts need alive: read-only views, cache locks, copies.
 #[derive(Default)]
@@ -502,14 +554,22 @@ fn sync_filesystems(dirs: &[PathBuf]) -> Result<(), ExecError> {
             continue;
         }
         nix::unistd::syncfs(&f).map_err(|e| {
-            ExecError::msg(format!("syncing the file system of {}: {e}", d.display()))
+            crate::error::context(format!("syncing the file system of {}", d.display()), e)
         })?;
         done.push(dev);
     }
     Ok(())
 }
 
-fn sink(logger: VertexLogger, stream: Stream, last: Arc<Mutex<VecDeque<String>>>) -> Output {
+/// Output lines to progress (until the step's budget is spent: then a part
+/// of the line and the clipping note) and to the last lines an error shows
+/// (always).
+fn sink(
+    logger: VertexLogger,
+    stream: Stream,
+    last: Arc<Mutex<VecDeque<String>>>,
+    budget: Arc<Mutex<LogBudget>>,
+) -> Output {
     Output::lines(move |line: &[u8]| {
         let s = String::from_utf8_lossy(line).into_owned();
         {
@@ -519,7 +579,17 @@ fn sink(logger: VertexLogger, stream: Stream, last: Arc<Mutex<VecDeque<String>>>
             }
             l.push_back(s.clone());
         }
-        logger.log(stream, s);
+        let mut b = budget.lock().expect("log budget");
+        match b.take(line.len()) {
+            Some(n) if n == line.len() => logger.log(stream, s),
+            Some(n) => {
+                if n > 0 {
+                    logger.log(stream, String::from_utf8_lossy(&line[..n]).into_owned());
+                }
+                logger.log(stream, b.note());
+            }
+            None => {}
+        }
     })
 }
 
@@ -588,14 +658,41 @@ pub(crate) fn run(
             .map_err(err)?;
         spec.scratch_dir = Some(scratch.path().to_path_buf());
         keep.temps.push(scratch);
-        spec.stdout = sink(ctx.logger.clone(), Stream::Stdout, Arc::clone(&last));
-        spec.stderr = sink(ctx.logger.clone(), Stream::Stderr, Arc::clone(&last));
+        spec.limits = inner.limits.clone();
+        spec.timeout = inner.step_timeout;
+        let budget = Arc::new(Mutex::new(LogBudget {
+            left: inner.log_max,
+            limit: inner.log_max,
+            clipped: false,
+        }));
+        spec.stdout = sink(
+            ctx.logger.clone(),
+            Stream::Stdout,
+            Arc::clone(&last),
+            Arc::clone(&budget),
+        );
+        spec.stderr = sink(
+            ctx.logger.clone(),
+            Stream::Stderr,
+            Arc::clone(&last),
+            budget,
+        );
+        let last_lines =
+            || -> Vec<String> { last.lock().expect("last lines").iter().cloned().collect() };
         let rootfs = Rootfs::Overlay {
             lower: active.lowers.clone(),
             upper: active.upper.clone(),
             work: active.work.clone(),
         };
-        let status = rbuild_sandbox::run(&rootfs, spec).map_err(WorkerError::Sandbox)?;
+        let limit_exceeded = |limit| ExecError::LimitExceeded {
+            command: op.args.clone(),
+            limit,
+            last_lines: last_lines(),
+        };
+        let status = rbuild_sandbox::run(&rootfs, spec).map_err(|e| match e {
+            rbuild_sandbox::SandboxError::TimedOut(d) => limit_exceeded(StepLimit::Timeout(d)),
+            e => WorkerError::Sandbox(e).into(),
+        })?;
         remove_file_stubs(&active.upper, &active.lowers, &stubs)?;
         if !inner.full_sync {
             // The cache mounts keep what even a failed step wrote.
@@ -606,11 +703,19 @@ pub(crate) fn run(
             sync_filesystems(&dirs)?;
         }
         if !status.success() {
-            return Err(ExecError::ProcessFailed {
-                command: op.args.clone(),
-                code: status.code,
-                last_lines: last.lock().expect("last lines").iter().cloned().collect(),
-                seccomp: op.security == SecurityMode::Sandbox,
+            return Err(match status.limit {
+                Some(rbuild_sandbox::LimitHit::OutOfMemory) => {
+                    limit_exceeded(StepLimit::Memory(inner.limits.memory.unwrap_or_default()))
+                }
+                Some(rbuild_sandbox::LimitHit::Pids) => {
+                    limit_exceeded(StepLimit::Pids(inner.limits.pids.unwrap_or_default()))
+                }
+                None => ExecError::ProcessFailed {
+                    command: op.args.clone(),
+                    code: status.code,
+                    last_lines: last_lines(),
+                    seccomp: op.security == SecurityMode::Sandbox,
+                },
             });
         }
         Ok(())
@@ -622,5 +727,39 @@ pub(crate) fn run(
             let _ = inner.snapshots.abort(active);
             Err(e)
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_output_budget_clips_once_with_buildkits_note() {
+        let mut b = LogBudget {
+            left: 10,
+            limit: 10,
+            clipped: false,
+        };
+        assert_eq!(b.take(4), Some(4)); // "abcd\n": 5 left
+        assert_eq!(b.take(4), Some(4)); // 0 left
+        assert_eq!(b.take(3), Some(0)); // clipped here: nothing of it fits
+        assert_eq!(b.take(1), None);
+        assert_eq!(b.note(), "[output clipped, log limit 10B reached]");
+        let mut b = LogBudget {
+            left: 6,
+            limit: 6,
+            clipped: false,
+        };
+        assert_eq!(b.take(10), Some(6));
+        assert!(b.clipped);
+    }
+
+    #[test]
+    fn sizes_in_the_note_read_like_buildkits() {
+        assert_eq!(binary_size(DEFAULT_LOG_MAX), "2MiB");
+        assert_eq!(binary_size(512 << 10), "512KiB");
+        assert_eq!(binary_size(1536 << 10), "1.5MiB");
+        assert_eq!(binary_size(100), "100B");
     }
 }
