@@ -134,6 +134,9 @@ pub(crate) struct Plan {
     pub status_fd: RawFd,
     /// Read end of the user-namespace sync pipe (-1 without a user namespace).
     pub sync_fd: RawFd,
+    /// Read end of the network sync pipe: a byte once the network helper has
+    /// configured the namespace (-1 without a private network).
+    pub net_fd: RawFd,
     /// Fds init keeps, sorted; every other fd is closed first thing.
     pub keep_fds: Vec<RawFd>,
 }
@@ -211,6 +214,14 @@ pub(crate) fn init(plan: &mut Plan) -> ! {
         sys::close(master);
         sys::close(plan.pty_sock);
         plan.stdio = [slave, slave, slave];
+    }
+    if plan.net_fd >= 0 {
+        if !sys::read_byte(plan.net_fd) {
+            // The parent gave up (the network helper failed; it reports why).
+            cleanup(plan);
+            sys::exit(125);
+        }
+        sys::close(plan.net_fd);
     }
     let main = match sys::clone_fork(0) {
         Ok(0) => exec_main(plan),
