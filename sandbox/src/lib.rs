@@ -772,7 +772,11 @@ pub fn run(rootfs: &Rootfs, mut spec: ProcessSpec) -> Result<ExitStatus, Sandbox
     check_mount_dirs(rootfs)?;
     // The network helper of a private network, looked up before anything is made.
     let net_helper = match spec.network {
-        NetworkMode::Private => Some(net::find_helper(std::env::var_os("PATH").as_deref())?),
+        NetworkMode::Private => {
+            let helper = net::find_helper(std::env::var_os("PATH").as_deref())?;
+            net::check_tun_access()?;
+            Some(helper)
+        }
         NetworkMode::None | NetworkMode::Host => None,
     };
     // Host paths bound into the sandbox (cloned with open_tree before the pivot).

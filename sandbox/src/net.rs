@@ -82,6 +82,23 @@ pub(crate) fn find_helper(path: Option<&std::ffi::OsStr>) -> Result<Helper, Sand
     ))
 }
 
+/// As non-root the helper opens `/dev/net/tun` with this user's rights (in the
+/// sandbox's user namespace): an error saying so when it may not.
+pub(crate) fn check_tun_access() -> Result<(), SandboxError> {
+    use nix::unistd::{AccessFlags, access};
+    if nix::unistd::geteuid().is_root()
+        || access("/dev/net/tun", AccessFlags::R_OK | AccessFlags::W_OK).is_ok()
+    {
+        return Ok(());
+    }
+    Err(SandboxError::Network(
+        "the default network as non-root needs /dev/net/tun readable and writable by \
+         this user (the helper makes its tap device there); run as root, make it mode \
+         0666, or use --network host or --network none"
+            .into(),
+    ))
+}
+
 fn is_executable(p: &Path) -> bool {
     use std::os::unix::fs::PermissionsExt;
     std::fs::metadata(p).is_ok_and(|m| m.is_file() && m.permissions().mode() & 0o111 != 0)
