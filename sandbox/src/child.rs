@@ -143,6 +143,9 @@ pub(crate) struct Plan {
     /// Unshare the cgroup namespace after that (init is then in the step's
     /// cgroup, which becomes the namespace's root).
     pub unshare_cgroupns: bool,
+    /// Read end of the network sync pipe: a byte once the network helper has
+    /// configured the namespace (-1 without a private network).
+    pub net_fd: RawFd,
     /// Fds init keeps, sorted; every other fd is closed first thing.
     pub keep_fds: Vec<RawFd>,
 }
@@ -230,6 +233,14 @@ pub(crate) fn init(plan: &mut Plan) -> ! {
         sys::close(master);
         sys::close(plan.pty_sock);
         plan.stdio = [slave, slave, slave];
+    }
+    if plan.net_fd >= 0 {
+        if !sys::read_byte(plan.net_fd) {
+            // The parent gave up (the network helper failed; it reports why).
+            cleanup(plan);
+            sys::exit(125);
+        }
+        sys::close(plan.net_fd);
     }
     let main = match sys::clone_fork(0) {
         Ok(0) => exec_main(plan),

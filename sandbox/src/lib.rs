@@ -33,6 +33,7 @@
 
 mod cgroup;
 mod child;
+mod net;
 mod seccomp;
 mod sys;
 pub mod user;
@@ -61,9 +62,14 @@ pub use crate::user::{ResolvedUser, resolve_user};
 pub enum NetworkMode {
     /// A new network namespace with only `lo`, up.
     None,
-    /// The host's network namespace (`BuildKit`'s default for RUN without a bridge).
+    /// The host's network namespace.
     #[default]
     Host,
+    /// A new network namespace of its own with `lo` and outbound access through a
+    /// user-mode network helper, `pasta` (package `passt`) or else `slirp4netns`,
+    /// whichever is on `PATH`: Docker's default bridge, without a daemon. The
+    /// host's loopback services are out of reach (see the `net` module).
+    Private,
 }
 
 /// `RUN --security=`.
@@ -354,6 +360,9 @@ pub enum SandboxError {
     },
     #[error("sandbox setup failed: {message}")]
     Setup { message: String },
+    /// The step's own network could not be set up (no helper, or it failed).
+    #[error("{0}")]
+    Network(String),
     #[error("cannot run {command:?}: {}", exec_reason(*errno))]
     Exec {
         command: String,
@@ -536,6 +545,11 @@ fn resolve(rootfs: &Rootfs, spec: &str) -> Result<ResolvedUser, SandboxError> {
     user::resolve_user_in(spec, s(&passwd).as_deref(), s(&group).as_deref())
 }
 
+fn open_path_ro(p: &Path) -> Result<OwnedFd, SandboxError> {
+    nix::fcntl::open(p, OFlag::O_RDONLY | OFlag::O_CLOEXEC, Mode::empty())
+        .map_err(sys_err(format!("open {}", p.display())))
+}
+
 fn open_path(p: &Path) -> Result<OwnedFd, SandboxError> {
     nix::fcntl::open(p, OFlag::O_PATH | OFlag::O_CLOEXEC, Mode::empty())
         .map_err(sys_err(format!("open {}", p.display())))
@@ -671,19 +685,31 @@ fn hosts_file(hostname: &str) -> String {
     format!("127.0.0.1\tlocalhost {hostname}\n::1\tlocalhost ip6-localhost ip6-loopback\n")
 }
 
-fn resolv_conf() -> Vec<u8> {
+fn resolv_conf(helper: Option<&net::Helper>) -> Vec<u8> {
+    if let Some(h) = helper {
+        let host = std::fs::read_to_string("/etc/resolv.conf").unwrap_or_default();
+        return match net::resolv_conf(&host, h) {
+            Some(conf) => conf.into_bytes(),
+            None => BUILDKIT_RESOLV_CONF.to_vec(),
+        };
+    }
     match std::fs::read("/etc/resolv.conf") {
-        Ok(b) if String::from_utf8_lossy(&b).lines().any(|l| {
-            l.trim_start().starts_with("nameserver") && !l.contains("127.0.0.53")
-        }) =>
+        Ok(b)
+            if String::from_utf8_lossy(&b)
+                .lines()
+                .any(|l| l.trim_start().starts_with("nameserver") && !l.contains("127.0.0.53")) =>
         {
             b
         }
         // No usable host nameserver (none, or systemd-resolved's stub that is
         // unreachable from another namespace): BuildKit's default.
-        _ => b"nameserver 8.8.8.8\nnameserver 8.8.4.4\nnameserver 2001:4860:4860::8888\nnameserver 2001:4860:4860::8844\n".to_vec(),
+        _ => BUILDKIT_RESOLV_CONF.to_vec(),
     }
 }
+
+/// `BuildKit`'s resolv.conf when the host has no nameserver usable from the
+/// sandbox.
+const BUILDKIT_RESOLV_CONF: &[u8] = b"nameserver 8.8.8.8\nnameserver 8.8.4.4\nnameserver 2001:4860:4860::8888\nnameserver 2001:4860:4860::8844\n";
 
 fn validate(spec: &ProcessSpec) -> Result<(), SandboxError> {
     if spec.args.is_empty() || spec.args[0].is_empty() {
@@ -784,6 +810,15 @@ pub fn run(rootfs: &Rootfs, mut spec: ProcessSpec) -> Result<ExitStatus, Sandbox
         )));
     }
     check_mount_dirs(rootfs)?;
+    // The network helper of a private network, looked up before anything is made.
+    let net_helper = match spec.network {
+        NetworkMode::Private => {
+            let helper = net::find_helper(std::env::var_os("PATH").as_deref())?;
+            net::check_tun_access()?;
+            Some(helper)
+        }
+        NetworkMode::None | NetworkMode::Host => None,
+    };
     // Host paths bound into the sandbox (cloned with open_tree before the pivot).
     let mut keep: Vec<OwnedFd> = Vec::new();
     let mut keep_paths: Vec<PathBuf> = Vec::new();
@@ -1027,7 +1062,7 @@ pub fn run(rootfs: &Rootfs, mut spec: ProcessSpec) -> Result<ExitStatus, Sandbox
     for (file, data) in [
         ("hosts", hosts_file(&spec.hostname).into_bytes()),
         ("hostname", format!("{}\n", spec.hostname).into_bytes()),
-        ("resolv.conf", resolv_conf()),
+        ("resolv.conf", resolv_conf(net_helper.as_ref())),
     ] {
         let target = PathBuf::from("/etc").join(file);
         ops.push(
@@ -1214,6 +1249,13 @@ pub fn run(rootfs: &Rootfs, mut spec: ProcessSpec) -> Result<ExitStatus, Sandbox
     } else {
         None
     };
+    // Init waits on it before starting the main process, until the network
+    // helper has configured the namespace.
+    let net_sync = if net_helper.is_some() {
+        Some(pipe()?)
+    } else {
+        None
+    };
     let devnull = || -> Result<OwnedFd, SandboxError> {
         nix::fcntl::open("/dev/null", OFlag::O_RDWR | OFlag::O_CLOEXEC, Mode::empty())
             .map_err(sys_err("open /dev/null"))
@@ -1282,6 +1324,9 @@ pub fn run(rootfs: &Rootfs, mut spec: ProcessSpec) -> Result<ExitStatus, Sandbox
     if let Some((r, _)) = &sync {
         keep_fds.push(r.as_raw_fd());
     }
+    if let Some((r, _)) = &net_sync {
+        keep_fds.push(r.as_raw_fd());
+    }
     if let Some((_, child_end)) = &pty_sock {
         keep_fds.push(child_end.as_raw_fd());
     }
@@ -1298,7 +1343,7 @@ pub fn run(rootfs: &Rootfs, mut spec: ProcessSpec) -> Result<ExitStatus, Sandbox
         inside_offset: ops.offsets,
         done: vec![false; n_ops],
         hostname: cstr(&spec.hostname, "hostname")?,
-        loopback_up: spec.network == NetworkMode::None,
+        loopback_up: spec.network != NetworkMode::Host,
         cwd: cstr(&spec.cwd, "working directory")?,
         argv_ptrs: ptrs(&argv),
         envp_ptrs: ptrs(&envp),
@@ -1326,6 +1371,7 @@ pub fn run(rootfs: &Rootfs, mut spec: ProcessSpec) -> Result<ExitStatus, Sandbox
             .map(StepCgroup::v1_tasks_files)
             .unwrap_or_default(),
         unshare_cgroupns: cgroup.is_some(),
+        net_fd: net_sync.as_ref().map_or(-1, |(r, _)| r.as_raw_fd()),
         keep_fds,
     };
 
@@ -1336,7 +1382,7 @@ pub fn run(rootfs: &Rootfs, mut spec: ProcessSpec) -> Result<ExitStatus, Sandbox
     if cgroup.is_none() {
         flags |= libc::CLONE_NEWCGROUP;
     }
-    if spec.network == NetworkMode::None {
+    if spec.network != NetworkMode::Host {
         flags |= libc::CLONE_NEWNET;
     }
     if userns {
@@ -1398,6 +1444,42 @@ pub fn run(rootfs: &Rootfs, mut spec: ProcessSpec) -> Result<ExitStatus, Sandbox
         }
         nix::unistd::write(&sync_w, b"1").map_err(sys_err("sync with sandbox"))?;
     }
+    // The private network: the helper attaches to the namespace while init
+    // sets up the mounts; init starts the main process once it is configured.
+    // Killed when `_net` is dropped, after the run.
+    // On failure init is not released (it cleans up and exits when `net_w`
+    // closes) and the error is reported after it ended, unless init reported
+    // one of its own.
+    let mut net_err: Option<SandboxError> = None;
+    let _net = match (&net_helper, net_sync) {
+        (Some(helper), Some((net_r, net_w))) => {
+            drop(net_r);
+            let setup = || -> Result<net::Running, SandboxError> {
+                let ns = |kind: &str| -> Result<OwnedFd, SandboxError> {
+                    open_path_ro(&PathBuf::from(format!("/proc/{pid}/ns/{kind}")))
+                };
+                let netns = ns("net")?;
+                let user_ns = if userns { Some(ns("user")?) } else { None };
+                let host_resolv = std::fs::read_to_string("/etc/resolv.conf").unwrap_or_default();
+                let mut running = net::start(helper, &netns, user_ns.as_ref(), &host_resolv)?;
+                running.wait_ready()?;
+                running.detach()?;
+                Ok(running)
+            };
+            match setup() {
+                Ok(running) => {
+                    // An init that already failed has closed its end.
+                    let _ = nix::unistd::write(&net_w, b"1");
+                    Some(running)
+                }
+                Err(e) => {
+                    net_err = Some(e);
+                    None
+                }
+            }
+        }
+        _ => None,
+    };
     let pidfd = sys::pidfd_open(pid).map_err(sys_err("pidfd_open"))?;
     fcntl(&err_r, FcntlArg::F_SETFL(OFlag::O_NONBLOCK)).map_err(sys_err("fcntl"))?;
     let mut relay = match pty_sock {
@@ -1546,6 +1628,9 @@ pub fn run(rootfs: &Rootfs, mut spec: ProcessSpec) -> Result<ExitStatus, Sandbox
         return Err(SandboxError::Setup {
             message: format!("{msg}: {}{hint}", errno.desc()),
         });
+    }
+    if let Some(e) = net_err {
+        return Err(e);
     }
     if let Ok(b) = <[u8; 4]>::try_from(status_bytes.as_slice()) {
         let mut status = ExitStatus::from_wait(i32::from_le_bytes(b));

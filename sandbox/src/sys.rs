@@ -740,3 +740,74 @@ pub fn write_file(path: &CStr, data: &[u8]) -> SysResult<()> {
     close(fd);
     res
 }
+
+/// Prepares `cmd` to get each `(ours, theirs)` fd of `fds` as fd number
+/// `theirs` (close-on-exec cleared), and to be killed when the calling thread
+/// ends (`PR_SET_PDEATHSIG`): for the network helper (`crate::net`), which must
+/// not outlive the step. At most four fds; `theirs` must be 3 or above.
+pub fn pass_fds_and_die_with_thread(cmd: &mut std::process::Command, fds: &[(RawFd, RawFd)]) {
+    use std::os::unix::process::CommandExt;
+    let mut map = [(-1, -1); 4];
+    for (slot, fd) in map.iter_mut().zip(fds) {
+        *slot = *fd;
+    }
+    let closure = move || -> std::io::Result<()> {
+        // Copy every source first (to fds ≥ 64, close-on-exec), so that a target
+        // number that is also another pair's source is not clobbered.
+        let mut tmp = [-1; 4];
+        for (t, &(ours, _)) in tmp.iter_mut().zip(&map) {
+            if ours >= 0 {
+                // SAFETY: fcntl on an fd this (forked) process holds.
+                *t = unsafe { libc::fcntl(ours, libc::F_DUPFD_CLOEXEC, 64) };
+                if *t < 0 {
+                    return Err(std::io::Error::last_os_error());
+                }
+            }
+        }
+        for (&t, &(_, theirs)) in tmp.iter().zip(&map) {
+            if t >= 0 {
+                // SAFETY: integer fds; dup2 leaves `theirs` without FD_CLOEXEC.
+                if unsafe { libc::dup2(t, theirs) } < 0 {
+                    return Err(std::io::Error::last_os_error());
+                }
+            }
+        }
+        // SAFETY: prctl with integer arguments.
+        unsafe { libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL as c_ulong) };
+        Ok(())
+    };
+    // SAFETY: the closure runs between fork and exec; it only calls the
+    // async-signal-safe fcntl, dup2 and prctl on a fixed array (no allocation,
+    // no lock).
+    unsafe { cmd.pre_exec(closure) };
+}
+
+/// `setns(fd, nstype)` for the calling thread.
+pub fn setns(fd: RawFd, nstype: c_int) -> SysResult<()> {
+    // SAFETY: integer arguments; only the calling thread changes namespace.
+    check(unsafe { libc::setns(fd, nstype) }).map(drop)
+}
+
+/// A `NETLINK_ROUTE` socket of the calling thread's network namespace,
+/// subscribed to the multicast `groups` (`RTMGRP_*`), close-on-exec.
+pub fn netlink_route_socket(groups: u32) -> SysResult<std::os::fd::OwnedFd> {
+    use std::os::fd::FromRawFd;
+    // SAFETY: a plain socket(2) call.
+    let fd = check(unsafe {
+        libc::socket(
+            libc::AF_NETLINK,
+            libc::SOCK_RAW | libc::SOCK_CLOEXEC,
+            libc::NETLINK_ROUTE,
+        )
+    })?;
+    // SAFETY: the kernel just returned this fd; we are its only owner.
+    let sock = unsafe { std::os::fd::OwnedFd::from_raw_fd(fd) };
+    // SAFETY: sockaddr_nl is plain data; zeroed is a valid value.
+    let mut addr: libc::sockaddr_nl = unsafe { std::mem::zeroed() };
+    addr.nl_family = libc::sa_family_t::try_from(libc::AF_NETLINK).unwrap_or(16);
+    addr.nl_groups = groups;
+    let len = libc::socklen_t::try_from(std::mem::size_of::<libc::sockaddr_nl>()).unwrap_or(12);
+    // SAFETY: `addr` is a valid sockaddr_nl of `len` bytes.
+    check(unsafe { libc::bind(fd, (&raw const addr).cast(), len) })?;
+    Ok(sock)
+}

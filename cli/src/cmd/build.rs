@@ -45,7 +45,9 @@ pub struct BuildArgs {
     /// Set a label on the image
     #[arg(long = "label", value_name = "K=V")]
     labels: Vec<String>,
-    /// Network for RUN steps without `--network` (default: the sandbox's, host)
+    /// Network for RUN steps without `--network`: `default` (a network namespace
+    /// of the step's own with outbound access through pasta or slirp4netns),
+    /// `none` (only loopback) or `host` (the host's)
     #[arg(long, value_enum)]
     network: Option<Network>,
     /// Allow an entitlement the Dockerfile asks for: `network.host` (`RUN
@@ -96,6 +98,7 @@ pub struct BuildArgs {
 
 #[derive(clap::ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Network {
+    Default,
     Host,
     None,
 }
@@ -572,7 +575,7 @@ fn prepare(args: &BuildArgs, root: &Path) -> anyhow::Result<Prepared> {
                 network: match args.network {
                     Some(Network::Host) => NetworkMode::Host,
                     Some(Network::None) => NetworkMode::None,
-                    None => NetworkMode::Sandbox,
+                    Some(Network::Default) | None => NetworkMode::Sandbox,
                 },
                 allow: Entitlements {
                     network_host: args.allow.contains(&Entitlement::NetworkHost),

@@ -38,8 +38,9 @@ pub struct RunArgs {
     /// Working directory inside the container
     #[arg(short = 'w', long = "workdir")]
     workdir: Option<String>,
-    /// Network: `host` (the host's) or `none` (only loopback)
-    #[arg(long, value_enum, default_value_t = Network::Host)]
+    /// Network: `default` (a network namespace of its own with outbound access
+    /// through pasta or slirp4netns), `none` (only loopback) or `host` (the host's)
+    #[arg(long, value_enum, default_value_t = Network::Default)]
     network: Network,
     /// Hostname inside the container
     #[arg(long, default_value = "rbuild")]
@@ -86,6 +87,7 @@ fn parse_security_opt(s: &str) -> Result<SecurityOpt, String> {
 
 #[derive(clap::ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
 enum Network {
+    Default,
     Host,
     None,
 }
@@ -284,6 +286,7 @@ fn run_cmd(args: &RunArgs, root: &Path) -> anyhow::Result<i32> {
         spec.hostname.clone_from(&args.hostname);
         spec.seccomp = !args.security_opt.contains(&SecurityOpt::SeccompUnconfined);
         spec.network = match args.network {
+            Network::Default => NetworkMode::Private,
             Network::Host => NetworkMode::Host,
             Network::None => NetworkMode::None,
         };

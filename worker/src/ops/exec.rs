@@ -630,7 +630,9 @@ pub(crate) fn run(
             spec.hostname.clone_from(h);
         }
         spec.network = match op.network {
-            NetworkMode::Sandbox | NetworkMode::Host => rbuild_sandbox::NetworkMode::Host,
+            // A network namespace of the step's own (Docker's default bridge).
+            NetworkMode::Sandbox => rbuild_sandbox::NetworkMode::Private,
+            NetworkMode::Host => rbuild_sandbox::NetworkMode::Host,
             NetworkMode::None => rbuild_sandbox::NetworkMode::None,
         };
         spec.security = match op.security {
