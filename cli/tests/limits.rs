@@ -334,7 +334,7 @@ fn a_limit_that_cannot_be_applied_is_a_clear_error_before_any_step_runs() {
     let o = Command::new("setpriv")
         .args(["--reuid=65534", "--regid=65534", "--clear-groups", "--"])
         .arg(common::BIN)
-        .args(["run", "--memory", "64m", "--rootfs"])
+        .args(["run", "--network", "none", "--memory", "64m", "--rootfs"])
         .arg(&rootfs)
         .args(["touch", "/ran"])
         .env("RBUILD_ROOT", env.path("nobody-root"))
