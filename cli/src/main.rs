@@ -30,6 +30,10 @@ enum Command {
     Parse(cmd::parse::ParseArgs),
     /// Run a command in a throwaway container of an image.
     Run(cmd::run::RunArgs),
+    /// Download an image from a registry
+    Pull(cmd::transfer::PullArgs),
+    /// Upload an image to a registry
+    Push(cmd::transfer::PushArgs),
     #[command(flatten)]
     Image(cmd::image::ImageCommand),
     #[command(flatten)]
@@ -48,6 +52,8 @@ fn main() -> ExitCode {
         Command::Build(args) => cmd::build::run(&args, &root),
         Command::Parse(args) => cmd::parse::run(&args),
         Command::Run(args) => Ok(exit_code(cmd::run::main(&args, &root))),
+        Command::Pull(args) => cmd::transfer::pull(&args, &root),
+        Command::Push(args) => cmd::transfer::push(&args, &root),
         Command::Image(c) => cmd::image::run(c, &root),
         Command::System(c) => cmd::system::run(&c, &root).map(|()| ExitCode::SUCCESS),
         Command::Builder(c) => cmd::builder::run(&c, &root).map(|()| ExitCode::SUCCESS),

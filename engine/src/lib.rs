@@ -12,6 +12,7 @@ pub mod exporter;
 pub mod pending;
 mod report;
 mod session;
+pub mod transfer;
 
 pub use error::{BuildError, ExportError, StepFailure, one_line};
 pub use exporter::{

@@ -632,6 +632,69 @@ impl Client {
         Ok(())
     }
 
+    /// The tags of `r`'s repository (`/tags/list`, following `Link` pages).
+    pub async fn list_tags(&self, r: &RemoteRef) -> Result<Vec<String>> {
+        let host = self.host(&r.registry).await?;
+        let scopes = [repo_scope(&r.repository, false)];
+        let mut url = format!("/v2/{}/tags/list", r.repository);
+        let mut tags = Vec::new();
+        for _ in 0..1000 {
+            let resp = self
+                .send(
+                    &host,
+                    &scopes,
+                    &Method::GET,
+                    &url,
+                    &HeaderMap::new(),
+                    &BodySource::Empty,
+                    self.opts.retries,
+                )
+                .await?;
+            if resp.status() == StatusCode::NOT_FOUND {
+                return Err(Error::ManifestUnknown {
+                    reference: format!("{}/{}", r.registry, r.repository),
+                });
+            }
+            if !resp.status().is_success() {
+                return Err(self
+                    .status_error(&host.registry, &r.repository, "GET", &url, resp)
+                    .await);
+            }
+            let next = resp
+                .headers()
+                .get(reqwest::header::LINK)
+                .and_then(|v| v.to_str().ok())
+                .and_then(|l| l.split(';').next())
+                .map(|l| {
+                    l.trim()
+                        .trim_start_matches('<')
+                        .trim_end_matches('>')
+                        .to_owned()
+                });
+            let body = resp.bytes().await.map_err(|e| Error::Connect {
+                registry: host.registry.clone(),
+                reason: format!("reading the tags of {r}: {e}"),
+            })?;
+            let v: serde_json::Value =
+                serde_json::from_slice(&body).map_err(|e| Error::Protocol {
+                    registry: host.registry.clone(),
+                    reason: format!("tags list of {}: {e}", r.repository),
+                })?;
+            tags.extend(
+                v["tags"]
+                    .as_array()
+                    .into_iter()
+                    .flatten()
+                    .filter_map(|t| t.as_str().map(str::to_owned)),
+            );
+            match next {
+                Some(n) if !n.is_empty() => url = n,
+                _ => break,
+            }
+        }
+        Ok(tags)
+    }
+
     /// PUT of a manifest's exact bytes under `r`'s tag (or digest); returns
     /// the digest of those bytes.
     pub async fn put_manifest(

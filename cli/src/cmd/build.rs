@@ -80,6 +80,9 @@ pub struct BuildArgs {
     /// own syncs are kept
     #[arg(long, value_enum, value_name = "MODE", default_value_t = SyncMode::Commit)]
     sync: SyncMode,
+    /// Always check the registry for a newer version of the base images
+    #[arg(long)]
+    pull: bool,
     /// The build context: a directory, or `-` for a tar[.gz] on stdin
     #[arg(value_name = "CONTEXT")]
     context: String,
@@ -338,6 +341,11 @@ impl rbuild_engine::Reporter for Renderer {
     fn warning(&mut self, message: &str) {
         self.println(&format!("WARNING: {message}"));
     }
+    fn pull_event(&mut self, _reference: &str, ev: &rbuild_engine::transfer::TransferEvent) {
+        if let Some(line) = super::transfer::plain_line(ev) {
+            self.println(&line);
+        }
+    }
 }
 
 pub fn run(args: &BuildArgs, root: &Path) -> anyhow::Result<ExitCode> {
@@ -566,6 +574,8 @@ fn prepare(args: &BuildArgs, root: &Path) -> anyhow::Result<Prepared> {
                 source_date_epoch,
                 jobs,
                 full_sync: args.sync == SyncMode::Full,
+                pull: args.pull,
+                registry: rbuild_engine::transfer::RegistryOptions::default(),
                 state_root: root.to_path_buf(),
             },
             dockerfile_src: src,

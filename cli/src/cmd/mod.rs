@@ -8,6 +8,7 @@ pub mod image;
 pub mod parse;
 pub mod run;
 pub mod system;
+pub mod transfer;
 
 use std::path::{Path, PathBuf};
 
