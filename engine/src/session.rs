@@ -90,9 +90,12 @@ impl StoreResolver<'_, '_> {
             &mut |ev| reporter.pull_event(reference, &ev),
         );
         pulled.map(|p| p.id).map_err(|e| {
+            let line = crate::error::one_line(&e);
+            let why = line
+                .strip_prefix(&format!("{reference}: "))
+                .unwrap_or(&line);
             ResolveError(format!(
-                "{reference}: no such image in the local store, and pulling it failed: {}",
-                crate::error::one_line(&e)
+                "no such image in the local store, and pulling it failed: {why}"
             ))
         })
     }

@@ -205,15 +205,10 @@ async fn pull_async(
             .map(ToString::to_string)
             .unwrap_or_default()
     });
-    let repo_name = r.repo.clone();
     let resolved = client.resolve(&remote, &platform).await.map_err(reg_err)?;
     let _ = tx.send(TransferEvent::Line(format!(
         "{what}: Pulling from {}",
-        if remote.registry == rbuild_registry::reference::DOCKER_HUB {
-            remote.repository.clone()
-        } else {
-            repo_name.clone()
-        }
+        remote.repository
     )));
     let m = &resolved.manifest;
     let config = client
@@ -266,10 +261,6 @@ async fn pull_async(
         );
         tasks.spawn(async move {
             let _permit = sem.acquire_owned().await;
-            let _ = tx.send(TransferEvent::Layer {
-                id: sid.clone(),
-                status: "Waiting".into(),
-            });
             let compressed = staging.join(format!("download-{i}"));
             let total = desc.size;
             let ptx = tx.clone();
@@ -520,7 +511,6 @@ async fn push_layer(
             Err(_) => {}
         }
     }
-    status("Preparing".into());
     let path = scratch.join(format!("layer-{}", diff_id.hex()));
     let p2 = path.clone();
     let s2 = store.clone();

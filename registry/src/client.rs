@@ -140,10 +140,19 @@ fn classify(e: &reqwest::Error) -> Failure {
         || text.contains("handshake")
     {
         Failure::Tls(text)
-    } else if e.is_timeout() {
-        Failure::Connect(format!("timed out ({text})"))
     } else {
-        Failure::Connect(text)
+        // The innermost cause says it best (`Connection refused (os error
+        // 111)`, a DNS failure); the URL says where.
+        let mut root: &(dyn std::error::Error + 'static) = e;
+        while let Some(c) = root.source() {
+            root = c;
+        }
+        let url = e.url().map(|u| format!(" ({u})")).unwrap_or_default();
+        if e.is_timeout() {
+            Failure::Connect(format!("timed out: {root}{url}"))
+        } else {
+            Failure::Connect(format!("{root}{url}"))
+        }
     }
 }
 
