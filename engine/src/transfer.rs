@@ -211,10 +211,19 @@ async fn pull_async(
         remote.repository
     )));
     let m = &resolved.manifest;
-    let config = client
-        .get_blob_bytes(&remote, &m.config)
-        .await
-        .map_err(reg_err)?;
+    // A config the store has (the image is there) is not fetched again.
+    let stored = store
+        .has_blob(&m.config.digest)
+        .then(|| store.read_blob(&m.config.digest).ok())
+        .flatten()
+        .filter(|b| Digest::of(b) == m.config.digest);
+    let config = match stored {
+        Some(b) => b,
+        None => client
+            .get_blob_bytes(&remote, &m.config)
+            .await
+            .map_err(reg_err)?,
+    };
     let cfg = ImageConfig::from_slice(&config).map_err(|e| TransferError::Image {
         reference: reference.clone(),
         reason: format!("bad image config: {e}"),
@@ -663,17 +672,44 @@ async fn push_async(
             descs[i].clone().expect("every layer pushed")
         })
         .collect();
-    // Config.
-    if client
+    // Config: there already, or mounted from a repository of the same
+    // registry it was pushed to or pulled from, or uploaded.
+    let mut config_upload = None;
+    let mut config_there = client
         .blob_exists(&remote, &img.id)
         .await
         .map_err(reg_err)?
-        .is_none()
-    {
+        .is_some();
+    let siblings = img.record.repo_digests.iter().filter_map(|rd| {
+        let (name, _) = rd.split_once('@')?;
+        let sib = RemoteRef::new(&Reference::parse(name).ok()?);
+        (sib.registry == remote.registry && sib.repository != remote.repository)
+            .then_some(sib.repository)
+    });
+    for from in siblings {
+        if config_there {
+            break;
+        }
+        match client.mount_blob(&remote, &from, &img.id).await {
+            Ok(Mount::Mounted) => config_there = true,
+            Ok(Mount::Upload(loc)) => {
+                config_upload = Some(loc);
+                break;
+            }
+            Err(_) => {}
+        }
+    }
+    if !config_there {
         let path = scratch.path().join("config");
         fs_err::write(&path, &img.raw_config).map_err(io_err)?;
         client
-            .upload_blob(&remote, &img.id, img.raw_config.len() as u64, &path, None)
+            .upload_blob(
+                &remote,
+                &img.id,
+                img.raw_config.len() as u64,
+                &path,
+                config_upload,
+            )
             .await
             .map_err(reg_err)?;
     }

@@ -1,0 +1,726 @@
+//! `rbuild pull`, `rbuild push` and `FROM` of a registry image, against a real
+//! `docker-registry` (Debian's `docker-registry` package) on 127.0.0.1 with
+//! temporary storage, and against small test doubles (a schema 1 registry, a
+//! bearer-token registry) written here. What the registry served is asserted
+//! from its own access log. No test contacts anything but 127.0.0.1.
+
+mod common;
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::{TcpListener, TcpStream};
+use std::process::{Child, Command};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use common::{Env, build_env, have};
+use sha2::Digest as _;
+
+/// A `docker-registry serve` on a free loopback port, killed on drop.
+struct Registry {
+    dir: tempfile::TempDir,
+    port: u16,
+    child: Child,
+}
+
+fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+impl Registry {
+    fn start() -> Self {
+        assert!(
+            have("docker-registry"),
+            "docker-registry is missing: install the docker-registry package"
+        );
+        let dir = tempfile::tempdir().unwrap();
+        let port = free_port();
+        let config = dir.path().join("config.yml");
+        fs_err::write(
+            &config,
+            format!(
+                "version: 0.1\nlog:\n  level: info\n  accesslog:\n    disabled: false\n\
+                 storage:\n  filesystem:\n    rootdirectory: {}\n\
+                 http:\n  addr: 127.0.0.1:{port}\n",
+                dir.path().join("data").display()
+            ),
+        )
+        .unwrap();
+        let log = fs_err::File::create(dir.path().join("log")).unwrap();
+        let child = Command::new("docker-registry")
+            .arg("serve")
+            .arg(&config)
+            .stdout(log.try_clone().unwrap().into_file())
+            .stderr(log.into_file())
+            .spawn()
+            .unwrap();
+        let r = Self { dir, port, child };
+        let start = Instant::now();
+        while TcpStream::connect(("127.0.0.1", port)).is_err() {
+            assert!(
+                start.elapsed() < Duration::from_secs(15),
+                "docker-registry did not listen on {port}: {}",
+                r.log()
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        r
+    }
+
+    fn host(&self) -> String {
+        format!("127.0.0.1:{}", self.port)
+    }
+
+    fn log(&self) -> String {
+        fs_err::read_to_string(self.dir.path().join("log")).unwrap_or_default()
+    }
+
+    /// The requests served so far (`METHOD PATH`), in order.
+    fn requests(&self) -> Vec<String> {
+        self.log()
+            .lines()
+            .filter_map(|l| {
+                let start = l.find("\"GET ").or_else(|| {
+                    ["HEAD", "POST", "PUT", "PATCH", "DELETE"]
+                        .iter()
+                        .find_map(|m| l.find(&format!("\"{m} ")))
+                })?;
+                let rest = &l[start + 1..];
+                let end = rest.find(" HTTP/")?;
+                Some(rest[..end].to_owned())
+            })
+            .collect()
+    }
+}
+
+impl Drop for Registry {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn skopeo() {
+    assert!(
+        have("skopeo"),
+        "skopeo is missing: install the skopeo package"
+    );
+}
+
+/// `skopeo inspect`'s manifest digest of `image` (on a plain-http registry).
+fn skopeo_digest(image: &str) -> String {
+    skopeo();
+    let o = Command::new("skopeo")
+        .args([
+            "inspect",
+            "--tls-verify=false",
+            &format!("docker://{image}"),
+        ])
+        .output()
+        .unwrap();
+    assert!(
+        o.status.success(),
+        "skopeo inspect {image}: {}",
+        String::from_utf8_lossy(&o.stderr)
+    );
+    let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    v["Digest"].as_str().unwrap().to_owned()
+}
+
+/// Pushes the local image `tag` of `env` to `dest` with `rbuild save` + `skopeo copy`.
+fn skopeo_push(env: &Env, tag: &str, dest: &str) {
+    skopeo();
+    let tar = env.path("skopeo-push.tar");
+    env.ok(&["save", "-o", tar.to_str().unwrap(), tag]);
+    let o = Command::new("skopeo")
+        .args([
+            "copy",
+            "--dest-tls-verify=false",
+            &format!("docker-archive:{}", tar.display()),
+            &format!("docker://{dest}"),
+        ])
+        .output()
+        .unwrap();
+    assert!(
+        o.status.success(),
+        "skopeo copy: {}",
+        String::from_utf8_lossy(&o.stderr)
+    );
+}
+
+/// The `TAG: digest: sha256:... size: N` of a push's output.
+fn pushed_digest(out: &str) -> String {
+    out.lines()
+        .find_map(|l| l.split_once(": digest: "))
+        .map_or_else(
+            || panic!("no digest line in {out}"),
+            |(_, rest)| rest.split_whitespace().next().unwrap().to_owned(),
+        )
+}
+
+fn image_id(env: &Env, name: &str) -> String {
+    env.ok(&["inspect", "--format", "{{.Id}}", name])
+        .trim()
+        .to_owned()
+}
+
+/// Builds `FROM busybox` + one RUN layer as `tag` in `env`.
+fn build_app(env: &Env, tag: &str, text: &str) {
+    let ctx = env.path(&format!("ctx-{text}"));
+    fs_err::create_dir_all(&ctx).unwrap();
+    fs_err::write(
+        ctx.join("Dockerfile"),
+        format!("FROM busybox\nRUN echo {text} > /app.txt\n"),
+    )
+    .unwrap();
+    env.ok(&["build", "-q", "-t", tag, ctx.to_str().unwrap()]);
+}
+
+#[test]
+fn pull_of_an_image_pushed_by_skopeo_runs_and_records_its_repo_digest() {
+    let reg = Registry::start();
+    let src = build_env();
+    let image = format!("{}/base:1", reg.host());
+    skopeo_push(&src, "busybox:latest", &image);
+    let digest = skopeo_digest(&image);
+
+    let env = Env::new();
+    let out = env.ok(&["pull", &image]);
+    assert!(out.contains("1: Pulling from base"), "{out}");
+    assert!(out.contains(": Pull complete"), "{out}");
+    assert!(out.contains(&format!("Digest: {digest}")), "{out}");
+    assert!(
+        out.contains(&format!("Status: Downloaded newer image for {image}")),
+        "{out}"
+    );
+    assert_eq!(out.lines().last(), Some(image.as_str()), "{out}");
+    assert_eq!(image_id(&env, &image), image_id(&src, "busybox:latest"));
+    let digests = env.ok(&["images", "--digests"]);
+    assert!(digests.contains(&digest), "{digests}");
+    let repo_digests = env.ok(&["inspect", "--format", "{{json .RepoDigests}}", &image]);
+    assert!(
+        repo_digests.contains(&format!("{}/base@{digest}", reg.host())),
+        "{repo_digests}"
+    );
+    // By digest too.
+    let by_digest = format!("{}/base@{digest}", reg.host());
+    assert_eq!(image_id(&env, &by_digest), image_id(&env, &image));
+    let o = env.ok(&["run", "--rm", &image, "echo", "pulled and running"]);
+    assert_eq!(o.trim(), "pulled and running");
+
+    // Again: nothing downloaded (no blob GET in the registry's log).
+    let before = reg.requests().len();
+    let out = env.ok(&["pull", &image]);
+    assert!(out.contains("Already exists"), "{out}");
+    assert!(out.contains("Status: Image is up to date"), "{out}");
+    let again = reg.requests()[before..].to_vec();
+    assert!(
+        !again
+            .iter()
+            .any(|r| r.starts_with("GET") && r.contains("/blobs/")),
+        "a second pull fetched blobs: {again:?}"
+    );
+}
+
+#[test]
+fn push_gives_skopeo_the_printed_digest_repushes_nothing_and_mounts_across_repositories() {
+    let reg = Registry::start();
+    let env = build_env();
+    build_app(&env, "app", "one");
+    let image = format!("{}/app:1", reg.host());
+    env.ok(&["tag", "app", &image]);
+    let out = env.ok(&["push", &image]);
+    assert!(
+        out.contains(&format!(
+            "The push refers to repository [{}/app]",
+            reg.host()
+        )),
+        "{out}"
+    );
+    assert_eq!(out.matches(": Pushed").count(), 2, "{out}");
+    let digest = pushed_digest(&out);
+    assert_eq!(skopeo_digest(&image), digest, "{out}");
+    let uploads = |reqs: &[String]| -> Vec<String> {
+        reqs.iter()
+            .filter(|r| r.contains("/blobs/uploads/"))
+            .cloned()
+            .collect()
+    };
+    assert!(!uploads(&reg.requests()).is_empty());
+
+    // The same image again: no upload at all, the same manifest.
+    let before = reg.requests().len();
+    let t = Instant::now();
+    let out = env.ok(&["push", &image]);
+    let took = t.elapsed();
+    assert_eq!(pushed_digest(&out), digest, "{out}");
+    assert_eq!(out.matches("Layer already exists").count(), 2, "{out}");
+    let again = reg.requests()[before..].to_vec();
+    assert!(
+        uploads(&again).is_empty(),
+        "a re-push uploaded blobs: {again:?}"
+    );
+    eprintln!("re-push of an unchanged image: {took:?}");
+
+    // Another repository of the same registry: mounted, not uploaded.
+    let other = format!("{}/other:1", reg.host());
+    env.ok(&["tag", "app", &other]);
+    let before = reg.requests().len();
+    let out = env.ok(&["push", &other]);
+    assert_eq!(pushed_digest(&out), digest, "{out}");
+    assert!(
+        out.contains(&format!("Mounted from {}/app", reg.host())),
+        "{out}"
+    );
+    let reqs = reg.requests()[before..].to_vec();
+    let mounts: Vec<&String> = reqs
+        .iter()
+        .filter(|r| r.starts_with("POST") && r.contains("mount=") && r.contains("from=app"))
+        .collect();
+    assert_eq!(mounts.len(), 3, "two layers and the config: {reqs:?}");
+    assert!(
+        !reqs.iter().any(|r| r.starts_with("PATCH")),
+        "layers uploaded instead of mounted: {reqs:?}"
+    );
+
+    // A pull of the app into a store that has the base fetches only the app's
+    // layer (and the config).
+    let base = format!("{}/base:1", reg.host());
+    env.ok(&["tag", "busybox", &base]);
+    env.ok(&["push", &base]);
+    let fresh = Env::new();
+    fresh.ok(&["pull", &base]);
+    let before = reg.requests().len();
+    let out = fresh.ok(&["pull", &image]);
+    assert!(out.contains("Already exists"), "{out}");
+    let reqs = reg.requests()[before..].to_vec();
+    let blob_gets: Vec<&String> = reqs
+        .iter()
+        .filter(|r| r.starts_with("GET") && r.contains("/blobs/"))
+        .collect();
+    assert_eq!(
+        blob_gets.len(),
+        2,
+        "config and the app layer only: {reqs:?}"
+    );
+    assert_eq!(image_id(&fresh, &image), image_id(&env, "app"));
+    let o = fresh.ok(&["run", "--rm", &image, "cat", "/app.txt"]);
+    assert_eq!(o.trim(), "one");
+}
+
+/// Sends one HTTP/1.1 request to 127.0.0.1:`port`; returns (status, body).
+fn http(port: u16, method: &str, path: &str, content_type: &str, body: &[u8]) -> (u16, String) {
+    let mut s = TcpStream::connect(("127.0.0.1", port)).unwrap();
+    write!(
+        s,
+        "{method} {path} HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nContent-Type: {content_type}\r\n\
+         Content-Length: {}\r\nConnection: close\r\n\r\n",
+        body.len()
+    )
+    .unwrap();
+    s.write_all(body).unwrap();
+    let mut resp = String::new();
+    s.read_to_string(&mut resp).unwrap();
+    let status = resp
+        .split_whitespace()
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .unwrap_or(0);
+    (status, resp)
+}
+
+#[test]
+fn a_multi_platform_index_resolves_to_the_host_and_to_the_asked_platform() {
+    let reg = Registry::start();
+    let env = build_env();
+    build_app(&env, "amd", "for-amd64");
+    build_app(&env, "arm", "for-arm64");
+    let mut digests = Vec::new();
+    for (local, remote) in [("amd", "multi:amd64"), ("arm", "multi:arm64")] {
+        let dest = format!("{}/{remote}", reg.host());
+        env.ok(&["tag", local, &dest]);
+        let out = env.ok(&["push", &dest]);
+        let size: usize = out
+            .lines()
+            .find_map(|l| l.split_once(" size: "))
+            .map(|(_, n)| n.trim().parse().unwrap())
+            .unwrap();
+        digests.push((pushed_digest(&out), size));
+    }
+    let entry = |(d, n): &(String, usize), arch: &str| {
+        serde_json::json!({
+            "mediaType": "application/vnd.docker.distribution.manifest.v2+json",
+            "digest": d, "size": n,
+            "platform": {"architecture": arch, "os": "linux"},
+        })
+    };
+    let index = serde_json::json!({
+        "schemaVersion": 2,
+        "mediaType": "application/vnd.docker.distribution.manifest.list.v2+json",
+        "manifests": [entry(&digests[0], "amd64"), entry(&digests[1], "arm64")],
+    });
+    let bytes = serde_json::to_vec_pretty(&index).unwrap();
+    let (status, resp) = http(
+        reg.port,
+        "PUT",
+        "/v2/multi/manifests/1",
+        "application/vnd.docker.distribution.manifest.list.v2+json",
+        &bytes,
+    );
+    assert_eq!(status, 201, "{resp}");
+    let index_digest = format!("sha256:{:x}", sha2::Sha256::digest(&bytes));
+    let multi = format!("{}/multi:1", reg.host());
+
+    let host_image = match std::env::consts::ARCH {
+        "x86_64" => "amd",
+        "aarch64" => "arm",
+        other => panic!("cannot run: the index has no {other} entry"),
+    };
+    let host = Env::new();
+    let out = host.ok(&["pull", &multi]);
+    assert!(out.contains(&format!("Digest: {index_digest}")), "{out}");
+    assert_eq!(image_id(&host, &multi), image_id(&env, host_image));
+
+    let arm = Env::new();
+    arm.ok(&["pull", "--platform", "linux/arm64", &multi]);
+    assert_eq!(image_id(&arm, &multi), image_id(&env, "arm"));
+
+    let err = Env::new().fails(&["pull", "--platform", "linux/s390x", &multi]);
+    assert!(
+        err.contains("no image for platform linux/s390x")
+            && err.contains("linux/amd64, linux/arm64"),
+        "{err}"
+    );
+}
+
+#[test]
+fn from_a_registry_image_pulls_it_and_a_stored_base_needs_no_network() {
+    let reg = Registry::start();
+    let src = build_env();
+    let base = format!("{}/base:1", reg.host());
+    src.ok(&["tag", "busybox", &base]);
+    src.ok(&["push", &base]);
+
+    assert!(
+        nix::unistd::geteuid().is_root(),
+        "cannot run: building needs root"
+    );
+    let env = Env::new();
+    let ctx = env.path("ctx");
+    fs_err::create_dir_all(&ctx).unwrap();
+    fs_err::write(
+        ctx.join("Dockerfile"),
+        format!("FROM {base}\nRUN echo from-registry > /f\n"),
+    )
+    .unwrap();
+    let o = env.run(&[
+        "build",
+        "--progress=plain",
+        "-t",
+        "built",
+        ctx.to_str().unwrap(),
+    ]);
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(o.status.success(), "{err}");
+    assert!(err.contains("Pull complete"), "{err}");
+    assert_eq!(
+        env.ok(&["run", "--rm", "built", "cat", "/f"]).trim(),
+        "from-registry"
+    );
+
+    // The base is in the store now: a rebuild asks the registry nothing.
+    let before = reg.requests().len();
+    env.ok(&[
+        "build",
+        "--no-cache",
+        "-q",
+        "-t",
+        "built",
+        ctx.to_str().unwrap(),
+    ]);
+    assert_eq!(reg.requests().len(), before, "{:?}", reg.requests());
+    // With --pull it checks the registry (and finds the same image).
+    let o = env.run(&[
+        "build",
+        "--pull",
+        "--progress=plain",
+        "-t",
+        "built",
+        ctx.to_str().unwrap(),
+    ]);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let reqs = reg.requests()[before..].to_vec();
+    assert!(
+        reqs.iter().any(|r| r.contains("/v2/base/manifests/1")),
+        "{reqs:?}"
+    );
+}
+
+#[test]
+fn a_registry_that_cannot_be_reached_fails_fast_naming_it_and_the_reference() {
+    let env = Env::new();
+    let port = free_port(); // closed once the listener is dropped
+    let image = format!("127.0.0.1:{port}/gone:1");
+    let t = Instant::now();
+    let err = env.fails(&["pull", &image]);
+    assert!(t.elapsed() < Duration::from_secs(10), "{:?}", t.elapsed());
+    assert!(err.contains(&image), "{err}");
+    assert!(
+        err.contains(&format!("cannot reach registry 127.0.0.1:{port}")),
+        "{err}"
+    );
+    assert!(err.contains("Connection refused"), "{err}");
+
+    // A FROM of it says the image is not in the store either.
+    let ctx = env.path("ctx");
+    fs_err::create_dir_all(&ctx).unwrap();
+    fs_err::write(ctx.join("Dockerfile"), format!("FROM {image}\n")).unwrap();
+    let t = Instant::now();
+    let o = env.run(&["build", ctx.to_str().unwrap()]);
+    assert!(!o.status.success());
+    assert!(t.elapsed() < Duration::from_secs(10), "{:?}", t.elapsed());
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(
+        err.contains("no such image in the local store, and pulling it failed")
+            && err.contains(&format!("cannot reach registry 127.0.0.1:{port}")),
+        "{err}"
+    );
+}
+
+/// A tiny registry double: answers each request with what `route` returns
+/// (status, headers, body); records the requests (`METHOD PATH` plus the
+/// Authorization header). Runs until the test process ends.
+struct Double {
+    port: u16,
+    seen: Arc<Mutex<Vec<String>>>,
+}
+
+type Route =
+    dyn Fn(&str, &str, Option<&str>) -> (u16, Vec<(String, String)>, Vec<u8>) + Send + Sync;
+
+impl Double {
+    fn start(route: Arc<Route>) -> Self {
+        let l = TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = l.local_addr().unwrap().port();
+        let seen = Arc::new(Mutex::new(Vec::new()));
+        let seen2 = Arc::clone(&seen);
+        std::thread::spawn(move || {
+            for s in l.incoming() {
+                let Ok(s) = s else { continue };
+                let (route, seen) = (Arc::clone(&route), Arc::clone(&seen2));
+                std::thread::spawn(move || serve(s, &*route, &seen));
+            }
+        });
+        Self { port, seen }
+    }
+}
+
+fn serve(s: TcpStream, route: &Route, seen: &Mutex<Vec<String>>) {
+    let _ = s.set_read_timeout(Some(Duration::from_secs(10)));
+    let mut r = BufReader::new(s.try_clone().unwrap());
+    let mut w = s;
+    loop {
+        let mut line = String::new();
+        if r.read_line(&mut line).unwrap_or(0) == 0 {
+            return;
+        }
+        let mut parts = line.split_whitespace();
+        let (method, path) = (
+            parts.next().unwrap_or("").to_owned(),
+            parts.next().unwrap_or("").to_owned(),
+        );
+        let mut auth = None;
+        let mut len = 0usize;
+        loop {
+            let mut h = String::new();
+            if r.read_line(&mut h).unwrap_or(0) == 0 {
+                return;
+            }
+            let h = h.trim_end();
+            if h.is_empty() {
+                break;
+            }
+            if let Some((k, v)) = h.split_once(':') {
+                match k.to_ascii_lowercase().as_str() {
+                    "authorization" => auth = Some(v.trim().to_owned()),
+                    "content-length" => len = v.trim().parse().unwrap_or(0),
+                    _ => {}
+                }
+            }
+        }
+        let mut body = vec![0; len];
+        if r.read_exact(&mut body).is_err() {
+            return;
+        }
+        seen.lock().unwrap().push(format!(
+            "{method} {path} {}",
+            auth.as_deref().unwrap_or("-")
+        ));
+        let (status, headers, body) = route(&method, &path, auth.as_deref());
+        let mut out = format!("HTTP/1.1 {status} X\r\nContent-Length: {}\r\n", body.len());
+        for (k, v) in headers {
+            out.push_str(&k);
+            out.push_str(": ");
+            out.push_str(&v);
+            out.push_str("\r\n");
+        }
+        out.push_str("\r\n");
+        if w.write_all(out.as_bytes()).is_err() {
+            return;
+        }
+        if method != "HEAD" && w.write_all(&body).is_err() {
+            return;
+        }
+    }
+}
+
+#[test]
+fn a_schema1_manifest_is_refused_with_a_clear_message() {
+    let d = Double::start(Arc::new(|_m: &str, path: &str, _a: Option<&str>| {
+        if path == "/v2/" {
+            return (200, vec![], b"{}".to_vec());
+        }
+        if path.starts_with("/v2/old/manifests/") {
+            let body = br#"{"schemaVersion":1,"name":"old","tag":"1","architecture":"amd64","fsLayers":[],"history":[]}"#;
+            return (
+                200,
+                vec![(
+                    "Content-Type".into(),
+                    "application/vnd.docker.distribution.manifest.v1+prettyjws".into(),
+                )],
+                body.to_vec(),
+            );
+        }
+        (404, vec![], b"{}".to_vec())
+    }));
+    let env = Env::new();
+    let err = env.fails(&["pull", &format!("127.0.0.1:{}/old:1", d.port)]);
+    assert!(err.contains("schema 1"), "{err}");
+    assert!(
+        err.contains(&format!("127.0.0.1:{}/old:1", d.port)),
+        "{err}"
+    );
+    assert_eq!(env.ok(&["images", "-q"]).trim(), "", "nothing stored");
+}
+
+/// A gzipped one-file layer tar and its (digest, diff ID).
+fn small_layer() -> (Vec<u8>, String, String) {
+    let mut b = tar::Builder::new(Vec::new());
+    let mut h = tar::Header::new_ustar();
+    h.set_mode(0o644);
+    h.set_size(6);
+    h.set_mtime(1_600_000_000);
+    b.append_data(&mut h, "hello", &b"hello\n"[..]).unwrap();
+    let tar = b.into_inner().unwrap();
+    let diff_id = format!("sha256:{:x}", sha2::Sha256::digest(&tar));
+    let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::default());
+    gz.write_all(&tar).unwrap();
+    let gz = gz.finish().unwrap();
+    let digest = format!("sha256:{:x}", sha2::Sha256::digest(&gz));
+    (gz, digest, diff_id)
+}
+
+#[test]
+fn bearer_tokens_are_fetched_per_scope_and_a_401_says_to_log_in() {
+    let (layer, layer_digest, diff_id) = small_layer();
+    let config = serde_json::to_vec(&serde_json::json!({
+        "architecture": "amd64", "os": "linux",
+        "config": {"Cmd": ["/hello"]},
+        "rootfs": {"type": "layers", "diff_ids": [diff_id]},
+    }))
+    .unwrap();
+    let config_digest = format!("sha256:{:x}", sha2::Sha256::digest(&config));
+    let manifest = serde_json::to_vec(&serde_json::json!({
+        "schemaVersion": 2,
+        "mediaType": "application/vnd.docker.distribution.manifest.v2+json",
+        "config": {"mediaType": "application/vnd.docker.container.image.v1+json",
+                   "digest": config_digest, "size": config.len()},
+        "layers": [{"mediaType": "application/vnd.docker.image.rootfs.diff.tar.gzip",
+                    "digest": layer_digest, "size": layer.len()}],
+    }))
+    .unwrap();
+    let port = Arc::new(Mutex::new(0u16));
+    let p2 = Arc::clone(&port);
+    let d = Double::start(Arc::new(move |_m: &str, path: &str, auth: Option<&str>| {
+        let port = *p2.lock().unwrap();
+        if let Some(q) = path.strip_prefix("/token?") {
+            // The token names the scopes it was asked for.
+            let scopes: Vec<&str> = q
+                .split('&')
+                .filter_map(|kv| kv.strip_prefix("scope="))
+                .collect();
+            let token = format!("tok-{}", scopes.join("+"));
+            return (
+                200,
+                vec![],
+                serde_json::to_vec(&serde_json::json!({ "token": token })).unwrap(),
+            );
+        }
+        let challenge = || {
+            (
+                401,
+                vec![(
+                    "WWW-Authenticate".into(),
+                    format!("Bearer realm=\"http://127.0.0.1:{port}/token\",service=\"double\""),
+                )],
+                b"{}".to_vec(),
+            )
+        };
+        if path == "/v2/" {
+            return challenge();
+        }
+        if path.starts_with("/v2/locked/") {
+            return (
+                401,
+                vec![("WWW-Authenticate".into(), "Basic realm=\"x\"".into())],
+                b"{}".to_vec(),
+            );
+        }
+        let want = "Bearer tok-repository%3Aprivate%2Fapp%3Apull";
+        if auth != Some(want) {
+            return challenge();
+        }
+        if path == "/v2/private/app/manifests/1" {
+            return (
+                200,
+                vec![(
+                    "Content-Type".into(),
+                    "application/vnd.docker.distribution.manifest.v2+json".into(),
+                )],
+                manifest.clone(),
+            );
+        }
+        if path.ends_with(&config_digest) {
+            return (200, vec![], config.clone());
+        }
+        if path.ends_with(&layer_digest) {
+            return (200, vec![], layer.clone());
+        }
+        (404, vec![], b"{}".to_vec())
+    }));
+    *port.lock().unwrap() = d.port;
+    let env = Env::new();
+    let image = format!("127.0.0.1:{}/private/app:1", d.port);
+    let out = env.ok(&["pull", &image]);
+    assert!(out.contains("Pull complete"), "{out}");
+    let seen = d.seen.lock().unwrap().clone();
+    let token_asks: Vec<&String> = seen.iter().filter(|r| r.contains("/token?")).collect();
+    assert_eq!(token_asks.len(), 1, "one token for the one scope: {seen:?}");
+    assert!(
+        token_asks[0].contains("service=double")
+            && token_asks[0].contains("scope=repository%3Aprivate%2Fapp%3Apull"),
+        "{seen:?}"
+    );
+    let blobs = seen.iter().filter(|r| r.contains("/blobs/")).count();
+    assert_eq!(blobs, 2, "{seen:?}");
+
+    // Basic auth asked and no credentials: the message says to log in.
+    let err = env.fails(&["pull", &format!("127.0.0.1:{}/locked/x:1", d.port)]);
+    assert!(
+        err.contains(&format!("run `rbuild login 127.0.0.1:{}`", d.port)),
+        "{err}"
+    );
+}
