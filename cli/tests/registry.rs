@@ -724,3 +724,104 @@ fn bearer_tokens_are_fetched_per_scope_and_a_401_says_to_log_in() {
         "{err}"
     );
 }
+
+/// A one-layer image: (manifest, config, config digest, layer, layer digest).
+fn small_image() -> (Vec<u8>, Vec<u8>, String, Vec<u8>, String) {
+    let (layer, layer_digest, diff_id) = small_layer();
+    let config = serde_json::to_vec(&serde_json::json!({
+        "architecture": "amd64", "os": "linux",
+        "config": {"Cmd": ["/hello"]},
+        "rootfs": {"type": "layers", "diff_ids": [diff_id]},
+    }))
+    .unwrap();
+    let config_digest = format!("sha256:{:x}", sha2::Sha256::digest(&config));
+    let manifest = serde_json::to_vec(&serde_json::json!({
+        "schemaVersion": 2,
+        "mediaType": "application/vnd.docker.distribution.manifest.v2+json",
+        "config": {"mediaType": "application/vnd.docker.container.image.v1+json",
+                   "digest": config_digest, "size": config.len()},
+        "layers": [{"mediaType": "application/vnd.docker.image.rootfs.diff.tar.gzip",
+                    "digest": layer_digest, "size": layer.len()}],
+    }))
+    .unwrap();
+    (manifest, config, config_digest, layer, layer_digest)
+}
+
+#[test]
+fn transient_failures_are_retried_and_a_corrupt_blob_leaves_the_store_unchanged() {
+    let (manifest, config, config_digest, layer, layer_digest) = small_image();
+    let calls = Arc::new(Mutex::new(std::collections::HashMap::<String, usize>::new()));
+    let c2 = Arc::clone(&calls);
+    let d = Double::start(Arc::new(move |_m: &str, path: &str, _a: Option<&str>| {
+        let n = {
+            let mut c = c2.lock().unwrap();
+            let n = c.entry(path.to_owned()).or_insert(0);
+            *n += 1;
+            *n
+        };
+        if path == "/v2/" {
+            return (200, vec![], b"{}".to_vec());
+        }
+        let (repo, rest) = path
+            .strip_prefix("/v2/")
+            .and_then(|p| p.split_once('/'))
+            .unwrap_or(("", ""));
+        if rest == "manifests/1" {
+            // The flaky repository answers 503 first.
+            if repo == "flaky" && n == 1 {
+                return (503, vec![], b"{}".to_vec());
+            }
+            return (
+                200,
+                vec![(
+                    "Content-Type".into(),
+                    "application/vnd.docker.distribution.manifest.v2+json".into(),
+                )],
+                manifest.clone(),
+            );
+        }
+        if path.ends_with(&config_digest) {
+            if repo == "flaky" && n == 1 {
+                return (
+                    429,
+                    vec![("Retry-After".into(), "1".into())],
+                    b"{}".to_vec(),
+                );
+            }
+            return (200, vec![], config.clone());
+        }
+        if path.ends_with(&layer_digest) {
+            if repo == "corrupt" {
+                let mut bad = layer.clone();
+                let last = bad.len() - 1;
+                bad[last] ^= 0xff;
+                return (200, vec![], bad);
+            }
+            return (200, vec![], layer.clone());
+        }
+        (404, vec![], b"{}".to_vec())
+    }));
+    let env = Env::new();
+    let t = Instant::now();
+    let out = env.ok(&["pull", &format!("127.0.0.1:{}/flaky:1", d.port)]);
+    assert!(out.contains("Pull complete"), "{out}");
+    assert!(
+        t.elapsed() >= Duration::from_secs(1),
+        "Retry-After: 1 was not waited for"
+    );
+    let calls_now = calls.lock().unwrap().clone();
+    assert_eq!(
+        calls_now.get("/v2/flaky/manifests/1"),
+        Some(&2),
+        "{calls_now:?}"
+    );
+
+    // A fresh store (the flaky pull stored those layers already).
+    let env = Env::new();
+    let images = env.ok(&["images", "-q"]);
+    let before = common::snapshot(&env.root().join("blobs"));
+    let err = env.fails(&["pull", &format!("127.0.0.1:{}/corrupt:1", d.port)]);
+    assert!(err.contains("digest mismatch"), "{err}");
+    assert_eq!(env.ok(&["images", "-q"]), images, "the store changed");
+    assert_eq!(common::snapshot(&env.root().join("blobs")), before);
+}
