@@ -520,6 +520,25 @@ async fn push_layer(
             Err(_) => {}
         }
     }
+    // Compressed while it is sent, as docker does; a registry that does not
+    // take it so gets it from a file (with retries).
+    status("Pushing".into());
+    match push_streamed(&client, &store, &remote, &diff_id, upload_at.take()).await {
+        Ok(desc) => {
+            status("Pushed".into());
+            let src = LayerSource {
+                digest: desc.digest.clone(),
+                media_type: desc.media_type.clone(),
+                size: desc.size,
+                registry: remote.registry.clone(),
+                repository: remote.repository.clone(),
+            };
+            record(&store, &diff_id, &src, &remote);
+            return Ok(desc);
+        }
+        Err(e @ (None, None, Some(_))) => return Err(e),
+        Err(_) => {}
+    }
     let path = scratch.join(format!("layer-{}", diff_id.hex()));
     let p2 = path.clone();
     let s2 = store.clone();
@@ -544,7 +563,6 @@ async fn push_layer(
     {
         status("Layer already exists".into());
     } else {
-        status("Pushing".into());
         client
             .upload_blob(&remote, &desc.digest, desc.size, &path, upload_at)
             .await
@@ -554,6 +572,76 @@ async fn push_layer(
     let _ = fs_err::tokio::remove_file(&path).await;
     record(&store, &diff_id, &src, &remote);
     Ok(desc)
+}
+
+/// Compresses the layer `diff_id` with gzip on a blocking thread while
+/// uploading the bytes; returns the layer's descriptor.
+async fn push_streamed(
+    client: &Client,
+    store: &Store,
+    remote: &RemoteRef,
+    diff_id: &Digest,
+    started: Option<String>,
+) -> Result<Descriptor, PushFailure> {
+    let (txc, rxc) = mpsc::channel::<io::Result<bytes::Bytes>>(4);
+    let (s2, d2) = (store.clone(), diff_id.clone());
+    let producer = tokio::task::spawn_blocking(move || compress_into(&s2, &d2, &txc));
+    let stream = futures_util::stream::unfold(rxc, |mut rx| async move {
+        rx.recv().await.map(|item| (item, rx))
+    });
+    let size = Arc::new(std::sync::atomic::AtomicU64::new(0));
+    let size2 = Arc::clone(&size);
+    let done = async move {
+        let (d, n) = producer
+            .await
+            .map_err(|e| io::Error::other(e.to_string()))?
+            .map_err(|e| io::Error::other(e.to_string()))?;
+        size2.store(n, std::sync::atomic::Ordering::Relaxed);
+        Ok(d)
+    };
+    let digest = client
+        .upload_stream(remote, started, stream, done)
+        .await
+        .map_err(|e| (None, Some(e), None))?;
+    Ok(Descriptor::new(
+        manifest::DOCKER_LAYER_GZIP,
+        digest,
+        size.load(std::sync::atomic::Ordering::Relaxed),
+    ))
+}
+
+/// Writes the stored layer `diff_id` compressed with gzip into `tx`, in
+/// chunks; returns the compressed digest and size. A failure is sent too, so
+/// the upload fails rather than ending early.
+fn compress_into(
+    store: &Store,
+    diff_id: &Digest,
+    tx: &mpsc::Sender<io::Result<bytes::Bytes>>,
+) -> rbuild_image::Result<(Digest, u64)> {
+    let result = (|| {
+        let threads = std::thread::available_parallelism().map_or(2, std::num::NonZero::get);
+        let out = rbuild_snapshotter::ChunkWriter::new(1 << 20, |c| {
+            tx.blocking_send(Ok(bytes::Bytes::from(c)))
+                .map_err(|_| io::Error::new(io::ErrorKind::BrokenPipe, "the upload stopped"))
+        });
+        let mut blob = store.open_blob(diff_id)?;
+        let (mut out, d) =
+            rbuild_snapshotter::compress::write_layer(out, Compression::Gzip, threads, |w| {
+                io::copy(&mut blob, w).map(drop)
+            })?;
+        out.flush()?;
+        if d.diff_id != *diff_id {
+            return Err(rbuild_image::Error::DigestMismatch {
+                expected: diff_id.clone(),
+                actual: d.diff_id,
+            });
+        }
+        Ok((d.digest, d.size))
+    })();
+    if let Err(e) = &result {
+        let _ = tx.blocking_send(Err(io::Error::other(e.to_string())));
+    }
+    result
 }
 
 /// Remembers that `diff_id` is `src`'s blob in `remote`'s repository too.

@@ -545,6 +545,90 @@ impl Client {
         }
     }
 
+    /// Uploads a blob produced while it is sent: POST (or the upload
+    /// `started` by a mount), one PATCH streaming `body`, then PUT with the
+    /// digest `done` gives once the stream has ended (the producer hashes what
+    /// it sends). Nothing is retried: the caller produces the stream again.
+    pub async fn upload_stream<S, F>(
+        &self,
+        r: &RemoteRef,
+        started: Option<String>,
+        body: S,
+        done: F,
+    ) -> Result<Digest>
+    where
+        S: futures_util::Stream<Item = std::io::Result<bytes::Bytes>> + Send + 'static,
+        F: std::future::Future<Output = std::io::Result<Digest>>,
+    {
+        let host = self.host(&r.registry).await?;
+        let scopes = [repo_scope(&r.repository, true)];
+        let loc = match started {
+            Some(l) => l,
+            None => self.start_upload(&host, r, &scopes).await?,
+        };
+        let mut h = HeaderMap::new();
+        h.insert(
+            CONTENT_TYPE,
+            HeaderValue::from_static("application/octet-stream"),
+        );
+        let body = BodySource::Once(std::sync::Mutex::new(Some(reqwest::Body::wrap_stream(
+            body,
+        ))));
+        let resp = self
+            .send(&host, &scopes, &Method::PATCH, &loc, &h, &body, 0)
+            .await;
+        let digest = done.await?;
+        let resp = resp?;
+        let st = resp.status();
+        if st != StatusCode::ACCEPTED && st != StatusCode::NO_CONTENT {
+            return Err(self
+                .status_error(&host.registry, &r.repository, "PATCH", &loc, resp)
+                .await);
+        }
+        let put_loc = location(&host.base, &resp, &host.registry)?;
+        let sep = if put_loc.contains('?') { '&' } else { '?' };
+        let put_url = format!("{put_loc}{sep}digest={digest}");
+        let mut h = HeaderMap::new();
+        h.insert(CONTENT_LENGTH, HeaderValue::from_static("0"));
+        let resp = self
+            .send(
+                &host,
+                &scopes,
+                &Method::PUT,
+                &put_url,
+                &h,
+                &BodySource::Empty,
+                0,
+            )
+            .await?;
+        if !resp.status().is_success() {
+            return Err(self
+                .status_error(&host.registry, &r.repository, "PUT", &put_url, resp)
+                .await);
+        }
+        Ok(digest)
+    }
+
+    async fn start_upload(
+        &self,
+        host: &crate::client::Host,
+        r: &RemoteRef,
+        scopes: &[String],
+    ) -> Result<String> {
+        let url = format!("/v2/{}/blobs/uploads/", r.repository);
+        let mut h = HeaderMap::new();
+        h.insert(CONTENT_LENGTH, HeaderValue::from_static("0"));
+        let resp = self
+            .send(host, scopes, &Method::POST, &url, &h, &BodySource::Empty, 0)
+            .await?;
+        if resp.status() != StatusCode::ACCEPTED {
+            return Err(self
+                .status_error(&host.registry, &r.repository, "POST", &url, resp)
+                .await);
+        }
+        location(&host.base, &resp, &host.registry)
+    }
+
     async fn upload_once(
         &self,
         r: &RemoteRef,
@@ -555,29 +639,9 @@ impl Client {
     ) -> Result<()> {
         let host = self.host(&r.registry).await?;
         let scopes = [repo_scope(&r.repository, true)];
-        let loc = if let Some(l) = started {
-            l
-        } else {
-            let url = format!("/v2/{}/blobs/uploads/", r.repository);
-            let mut h = HeaderMap::new();
-            h.insert(CONTENT_LENGTH, HeaderValue::from_static("0"));
-            let resp = self
-                .send(
-                    &host,
-                    &scopes,
-                    &Method::POST,
-                    &url,
-                    &h,
-                    &BodySource::Empty,
-                    0,
-                )
-                .await?;
-            if resp.status() != StatusCode::ACCEPTED {
-                return Err(self
-                    .status_error(&host.registry, &r.repository, "POST", &url, resp)
-                    .await);
-            }
-            location(&host.base, &resp, &host.registry)?
+        let loc = match started {
+            Some(l) => l,
+            None => self.start_upload(&host, r, &scopes).await?,
         };
         let file = BodySource::File {
             path: path.to_owned(),

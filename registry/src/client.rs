@@ -61,6 +61,8 @@ pub(crate) enum BodySource {
         offset: u64,
         len: u64,
     },
+    /// A stream that can be sent once (no retry).
+    Once(std::sync::Mutex<Option<reqwest::Body>>),
 }
 
 impl BodySource {
@@ -77,6 +79,12 @@ impl BodySource {
                 );
                 Some(reqwest::Body::wrap_stream(stream))
             }
+            Self::Once(b) => Some(
+                b.lock()
+                    .map_err(|_| std::io::Error::other("body lock poisoned"))?
+                    .take()
+                    .ok_or_else(|| std::io::Error::other("a streamed body cannot be sent twice"))?,
+            ),
         })
     }
 }
