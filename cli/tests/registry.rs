@@ -243,6 +243,11 @@ fn push_gives_skopeo_the_printed_digest_repushes_nothing_and_mounts_across_repos
     assert_eq!(out.matches(": Pushed").count(), 2, "{out}");
     let digest = pushed_digest(&out);
     assert_eq!(skopeo_digest(&image), digest, "{out}");
+    let repo_digests = env.ok(&["inspect", "--format", "{{json .RepoDigests}}", "app"]);
+    assert!(
+        repo_digests.contains(&format!("{}/app@{digest}", reg.host())),
+        "{repo_digests}"
+    );
     let uploads = |reqs: &[String]| -> Vec<String> {
         reqs.iter()
             .filter(|r| r.contains("/blobs/uploads/"))
@@ -292,7 +297,7 @@ fn push_gives_skopeo_the_printed_digest_repushes_nothing_and_mounts_across_repos
     env.ok(&["tag", "busybox", &base]);
     env.ok(&["push", &base]);
     let fresh = Env::new();
-    fresh.ok(&["pull", &base]);
+    assert_eq!(fresh.ok(&["pull", "-q", &base]), format!("{base}\n"));
     let before = reg.requests().len();
     let out = fresh.ok(&["pull", &image]);
     assert!(out.contains("Already exists"), "{out}");
@@ -499,7 +504,7 @@ struct Double {
 }
 
 type Route =
-    dyn Fn(&str, &str, Option<&str>) -> (u16, Vec<(String, String)>, Vec<u8>) + Send + Sync;
+    dyn Fn(&str, &str, Option<&str>, &[u8]) -> (u16, Vec<(String, String)>, Vec<u8>) + Send + Sync;
 
 impl Double {
     fn start(route: Arc<Route>) -> Self {
@@ -534,6 +539,7 @@ fn serve(s: TcpStream, route: &Route, seen: &Mutex<Vec<String>>) {
         );
         let mut auth = None;
         let mut len = 0usize;
+        let mut chunked = false;
         loop {
             let mut h = String::new();
             if r.read_line(&mut h).unwrap_or(0) == 0 {
@@ -547,19 +553,28 @@ fn serve(s: TcpStream, route: &Route, seen: &Mutex<Vec<String>>) {
                 match k.to_ascii_lowercase().as_str() {
                     "authorization" => auth = Some(v.trim().to_owned()),
                     "content-length" => len = v.trim().parse().unwrap_or(0),
+                    "transfer-encoding" => chunked = v.trim().eq_ignore_ascii_case("chunked"),
                     _ => {}
                 }
             }
         }
-        let mut body = vec![0; len];
-        if r.read_exact(&mut body).is_err() {
-            return;
-        }
+        let body = if chunked {
+            let Some(b) = read_chunked(&mut r) else {
+                return;
+            };
+            b
+        } else {
+            let mut b = vec![0; len];
+            if r.read_exact(&mut b).is_err() {
+                return;
+            }
+            b
+        };
         seen.lock().unwrap().push(format!(
             "{method} {path} {}",
             auth.as_deref().unwrap_or("-")
         ));
-        let (status, headers, body) = route(&method, &path, auth.as_deref());
+        let (status, headers, body) = route(&method, &path, auth.as_deref(), &body);
         let mut out = format!("HTTP/1.1 {status} X\r\nContent-Length: {}\r\n", body.len());
         for (k, v) in headers {
             out.push_str(&k);
@@ -577,25 +592,43 @@ fn serve(s: TcpStream, route: &Route, seen: &Mutex<Vec<String>>) {
     }
 }
 
+/// A chunked request body (`Transfer-Encoding: chunked`).
+fn read_chunked(r: &mut impl BufRead) -> Option<Vec<u8>> {
+    let mut out = Vec::new();
+    loop {
+        let mut line = String::new();
+        r.read_line(&mut line).ok()?;
+        let n = usize::from_str_radix(line.trim().split(';').next()?, 16).ok()?;
+        let mut chunk = vec![0; n + 2];
+        r.read_exact(&mut chunk).ok()?;
+        if n == 0 {
+            return Some(out);
+        }
+        out.extend_from_slice(&chunk[..n]);
+    }
+}
+
 #[test]
 fn a_schema1_manifest_is_refused_with_a_clear_message() {
-    let d = Double::start(Arc::new(|_m: &str, path: &str, _a: Option<&str>| {
-        if path == "/v2/" {
-            return (200, vec![], b"{}".to_vec());
-        }
-        if path.starts_with("/v2/old/manifests/") {
-            let body = br#"{"schemaVersion":1,"name":"old","tag":"1","architecture":"amd64","fsLayers":[],"history":[]}"#;
-            return (
-                200,
-                vec![(
-                    "Content-Type".into(),
-                    "application/vnd.docker.distribution.manifest.v1+prettyjws".into(),
-                )],
-                body.to_vec(),
-            );
-        }
-        (404, vec![], b"{}".to_vec())
-    }));
+    let d = Double::start(Arc::new(
+        |_m: &str, path: &str, _a: Option<&str>, _b: &[u8]| {
+            if path == "/v2/" {
+                return (200, vec![], b"{}".to_vec());
+            }
+            if path.starts_with("/v2/old/manifests/") {
+                let body = br#"{"schemaVersion":1,"name":"old","tag":"1","architecture":"amd64","fsLayers":[],"history":[]}"#;
+                return (
+                    200,
+                    vec![(
+                        "Content-Type".into(),
+                        "application/vnd.docker.distribution.manifest.v1+prettyjws".into(),
+                    )],
+                    body.to_vec(),
+                );
+            }
+            (404, vec![], b"{}".to_vec())
+        },
+    ));
     let env = Env::new();
     let err = env.fails(&["pull", &format!("127.0.0.1:{}/old:1", d.port)]);
     assert!(err.contains("schema 1"), "{err}");
@@ -644,63 +677,67 @@ fn bearer_tokens_are_fetched_per_scope_and_a_401_says_to_log_in() {
     .unwrap();
     let port = Arc::new(Mutex::new(0u16));
     let p2 = Arc::clone(&port);
-    let d = Double::start(Arc::new(move |_m: &str, path: &str, auth: Option<&str>| {
-        let port = *p2.lock().unwrap();
-        if let Some(q) = path.strip_prefix("/token?") {
-            // The token names the scopes it was asked for.
-            let scopes: Vec<&str> = q
-                .split('&')
-                .filter_map(|kv| kv.strip_prefix("scope="))
-                .collect();
-            let token = format!("tok-{}", scopes.join("+"));
-            return (
-                200,
-                vec![],
-                serde_json::to_vec(&serde_json::json!({ "token": token })).unwrap(),
-            );
-        }
-        let challenge = || {
-            (
-                401,
-                vec![(
-                    "WWW-Authenticate".into(),
-                    format!("Bearer realm=\"http://127.0.0.1:{port}/token\",service=\"double\""),
-                )],
-                b"{}".to_vec(),
-            )
-        };
-        if path == "/v2/" {
-            return challenge();
-        }
-        if path.starts_with("/v2/locked/") {
-            return (
-                401,
-                vec![("WWW-Authenticate".into(), "Basic realm=\"x\"".into())],
-                b"{}".to_vec(),
-            );
-        }
-        let want = "Bearer tok-repository%3Aprivate%2Fapp%3Apull";
-        if auth != Some(want) {
-            return challenge();
-        }
-        if path == "/v2/private/app/manifests/1" {
-            return (
-                200,
-                vec![(
-                    "Content-Type".into(),
-                    "application/vnd.docker.distribution.manifest.v2+json".into(),
-                )],
-                manifest.clone(),
-            );
-        }
-        if path.ends_with(&config_digest) {
-            return (200, vec![], config.clone());
-        }
-        if path.ends_with(&layer_digest) {
-            return (200, vec![], layer.clone());
-        }
-        (404, vec![], b"{}".to_vec())
-    }));
+    let d = Double::start(Arc::new(
+        move |_m: &str, path: &str, auth: Option<&str>, _b: &[u8]| {
+            let port = *p2.lock().unwrap();
+            if let Some(q) = path.strip_prefix("/token?") {
+                // The token names the scopes it was asked for.
+                let scopes: Vec<&str> = q
+                    .split('&')
+                    .filter_map(|kv| kv.strip_prefix("scope="))
+                    .collect();
+                let token = format!("tok-{}", scopes.join("+"));
+                return (
+                    200,
+                    vec![],
+                    serde_json::to_vec(&serde_json::json!({ "token": token })).unwrap(),
+                );
+            }
+            let challenge = || {
+                (
+                    401,
+                    vec![(
+                        "WWW-Authenticate".into(),
+                        format!(
+                            "Bearer realm=\"http://127.0.0.1:{port}/token\",service=\"double\""
+                        ),
+                    )],
+                    b"{}".to_vec(),
+                )
+            };
+            if path == "/v2/" {
+                return challenge();
+            }
+            if path.starts_with("/v2/locked/") {
+                return (
+                    401,
+                    vec![("WWW-Authenticate".into(), "Basic realm=\"x\"".into())],
+                    b"{}".to_vec(),
+                );
+            }
+            let want = "Bearer tok-repository%3Aprivate%2Fapp%3Apull";
+            if auth != Some(want) {
+                return challenge();
+            }
+            if path == "/v2/private/app/manifests/1" {
+                return (
+                    200,
+                    vec![(
+                        "Content-Type".into(),
+                        "application/vnd.docker.distribution.manifest.v2+json".into(),
+                    )],
+                    manifest.clone(),
+                );
+            }
+            if path.ends_with(&config_digest) {
+                return (200, vec![], config.clone());
+            }
+            if path.ends_with(&layer_digest) {
+                return (200, vec![], layer.clone());
+            }
+            (404, vec![], b"{}".to_vec())
+        },
+    ));
     *port.lock().unwrap() = d.port;
     let env = Env::new();
     let image = format!("127.0.0.1:{}/private/app:1", d.port);
@@ -752,55 +789,57 @@ fn transient_failures_are_retried_and_a_corrupt_blob_leaves_the_store_unchanged(
     let (manifest, config, config_digest, layer, layer_digest) = small_image();
     let calls = Arc::new(Mutex::new(std::collections::HashMap::<String, usize>::new()));
     let c2 = Arc::clone(&calls);
-    let d = Double::start(Arc::new(move |_m: &str, path: &str, _a: Option<&str>| {
-        let n = {
-            let mut c = c2.lock().unwrap();
-            let n = c.entry(path.to_owned()).or_insert(0);
-            *n += 1;
-            *n
-        };
-        if path == "/v2/" {
-            return (200, vec![], b"{}".to_vec());
-        }
-        let (repo, rest) = path
-            .strip_prefix("/v2/")
-            .and_then(|p| p.split_once('/'))
-            .unwrap_or(("", ""));
-        if rest == "manifests/1" {
-            // The flaky repository answers 503 first.
-            if repo == "flaky" && n == 1 {
-                return (503, vec![], b"{}".to_vec());
+    let d = Double::start(Arc::new(
+        move |_m: &str, path: &str, _a: Option<&str>, _b: &[u8]| {
+            let n = {
+                let mut c = c2.lock().unwrap();
+                let n = c.entry(path.to_owned()).or_insert(0);
+                *n += 1;
+                *n
+            };
+            if path == "/v2/" {
+                return (200, vec![], b"{}".to_vec());
             }
-            return (
-                200,
-                vec![(
-                    "Content-Type".into(),
-                    "application/vnd.docker.distribution.manifest.v2+json".into(),
-                )],
-                manifest.clone(),
-            );
-        }
-        if path.ends_with(&config_digest) {
-            if repo == "flaky" && n == 1 {
+            let (repo, rest) = path
+                .strip_prefix("/v2/")
+                .and_then(|p| p.split_once('/'))
+                .unwrap_or(("", ""));
+            if rest == "manifests/1" {
+                // The flaky repository answers 503 first.
+                if repo == "flaky" && n == 1 {
+                    return (503, vec![], b"{}".to_vec());
+                }
                 return (
-                    429,
-                    vec![("Retry-After".into(), "1".into())],
-                    b"{}".to_vec(),
+                    200,
+                    vec![(
+                        "Content-Type".into(),
+                        "application/vnd.docker.distribution.manifest.v2+json".into(),
+                    )],
+                    manifest.clone(),
                 );
             }
-            return (200, vec![], config.clone());
-        }
-        if path.ends_with(&layer_digest) {
-            if repo == "corrupt" {
-                let mut bad = layer.clone();
-                let last = bad.len() - 1;
-                bad[last] ^= 0xff;
-                return (200, vec![], bad);
+            if path.ends_with(&config_digest) {
+                if repo == "flaky" && n == 1 {
+                    return (
+                        429,
+                        vec![("Retry-After".into(), "1".into())],
+                        b"{}".to_vec(),
+                    );
+                }
+                return (200, vec![], config.clone());
             }
-            return (200, vec![], layer.clone());
-        }
-        (404, vec![], b"{}".to_vec())
-    }));
+            if path.ends_with(&layer_digest) {
+                if repo == "corrupt" {
+                    let mut bad = layer.clone();
+                    let last = bad.len() - 1;
+                    bad[last] ^= 0xff;
+                    return (200, vec![], bad);
+                }
+                return (200, vec![], layer.clone());
+            }
+            (404, vec![], b"{}".to_vec())
+        },
+    ));
     let env = Env::new();
     let t = Instant::now();
     let out = env.ok(&["pull", &format!("127.0.0.1:{}/flaky:1", d.port)]);
@@ -886,4 +925,167 @@ fn docker_pulls_and_runs_what_rbuild_pushed_with_the_same_digest() {
         image_id(&env, "app"),
         "docker sees the same image ID"
     );
+}
+
+/// What the push double holds: blobs per repository, manifests, uploads.
+#[derive(Default)]
+struct PushState {
+    blobs: std::collections::HashSet<(String, String)>,
+    manifests: std::collections::HashMap<String, Vec<u8>>,
+    uploads: usize,
+}
+
+#[test]
+fn push_falls_back_to_a_monolithic_put_and_to_an_upload_when_a_mount_is_refused() {
+    let state = Arc::new(Mutex::new(PushState::default()));
+    let st = Arc::clone(&state);
+    let port = Arc::new(Mutex::new(0u16));
+    let p2 = Arc::clone(&port);
+    let d = Double::start(Arc::new(
+        move |m: &str, path: &str, auth: Option<&str>, body: &[u8]| {
+            let port = *p2.lock().unwrap();
+            if let Some(q) = path.strip_prefix("/token?") {
+                let scopes: Vec<&str> = q
+                    .split('&')
+                    .filter_map(|kv| kv.strip_prefix("scope="))
+                    .collect();
+                let token = format!("tok-{}", scopes.join("+"));
+                return (
+                    200,
+                    vec![],
+                    serde_json::to_vec(&serde_json::json!({ "token": token })).unwrap(),
+                );
+            }
+            let challenge = (
+                401,
+                vec![(
+                    "WWW-Authenticate".into(),
+                    format!("Bearer realm=\"http://127.0.0.1:{port}/token\",service=\"double\""),
+                )],
+                b"{}".to_vec(),
+            );
+            let Some(auth) = auth.filter(|a| a.starts_with("Bearer tok-")) else {
+                return challenge;
+            };
+            let mut s = st.lock().unwrap();
+            let (path_only, query) = path.split_once('?').unwrap_or((path, ""));
+            if let Some(n) = path_only.strip_prefix("/upload/") {
+                // No chunked uploads here: PATCH is refused, PUT takes it all.
+                return match m {
+                    "PATCH" => (405, vec![], b"{}".to_vec()),
+                    "PUT" => {
+                        let digest = query
+                            .split('&')
+                            .find_map(|kv| kv.strip_prefix("digest="))
+                            .unwrap_or("")
+                            .replace("%3A", ":");
+                        let actual = format!("sha256:{:x}", sha2::Sha256::digest(body));
+                        if digest != actual {
+                            return (
+                                400,
+                                vec![],
+                                b"{\"errors\":[{\"code\":\"DIGEST_INVALID\"}]}".to_vec(),
+                            );
+                        }
+                        let repo = n.split_once('/').map_or("", |(r, _)| r).replace('~', "/");
+                        s.blobs.insert((repo, digest));
+                        (201, vec![], Vec::new())
+                    }
+                    _ => (405, vec![], Vec::new()),
+                };
+            }
+            let Some(rest) = path_only.strip_prefix("/v2/") else {
+                return (404, vec![], b"{}".to_vec());
+            };
+            if rest.is_empty() {
+                return (200, vec![], b"{}".to_vec());
+            }
+            if let Some((repo, d)) = rest.split_once("/blobs/sha256:") {
+                let has = s.blobs.contains(&(repo.to_owned(), format!("sha256:{d}")));
+                return (if has { 200 } else { 404 }, vec![], Vec::new());
+            }
+            if let Some(repo) = rest.strip_suffix("/blobs/uploads/") {
+                assert!(
+                    auth.contains(&format!(
+                        "repository%3A{}%3Apull%2Cpush",
+                        repo.replace('/', "%2F")
+                    )),
+                    "{auth}"
+                );
+                // Mounts are refused (202): the client uploads instead.
+                s.uploads += 1;
+                let loc = format!("/upload/{}/{}", repo.replace('/', "~"), s.uploads);
+                return (202, vec![("Location".into(), loc)], Vec::new());
+            }
+            if let Some((repo, tag)) = rest.split_once("/manifests/") {
+                if m == "PUT" {
+                    s.manifests.insert(format!("{repo}:{tag}"), body.to_vec());
+                    return (201, vec![], Vec::new());
+                }
+            }
+            (404, vec![], b"{}".to_vec())
+        },
+    ));
+    *port.lock().unwrap() = d.port;
+    let env = build_env();
+    build_app(&env, "app", "monolithic");
+    let image = format!("127.0.0.1:{}/team/app:1", d.port);
+    env.ok(&["tag", "app", &image]);
+    let out = env.ok(&["push", &image]);
+    let digest = pushed_digest(&out);
+    let stored = state
+        .lock()
+        .unwrap()
+        .manifests
+        .get("team/app:1")
+        .cloned()
+        .unwrap();
+    assert_eq!(
+        format!("sha256:{:x}", sha2::Sha256::digest(&stored)),
+        digest
+    );
+    let m: serde_json::Value = serde_json::from_slice(&stored).unwrap();
+    for l in m["layers"].as_array().unwrap() {
+        let d = l["digest"].as_str().unwrap().to_owned();
+        assert!(
+            state
+                .lock()
+                .unwrap()
+                .blobs
+                .contains(&("team/app".to_owned(), d))
+        );
+    }
+    assert!(
+        d.seen
+            .lock()
+            .unwrap()
+            .iter()
+            .any(|r| r.starts_with("PATCH /upload/")),
+        "the chunked upload was tried first"
+    );
+
+    // Another repository: the mount is asked with pull on the source in the
+    // token, refused, and the blobs are uploaded.
+    let copy = format!("127.0.0.1:{}/team/copy:1", d.port);
+    env.ok(&["tag", "app", &copy]);
+    let out = env.ok(&["push", &copy]);
+    assert_eq!(pushed_digest(&out), digest, "{out}");
+    let seen = d.seen.lock().unwrap().clone();
+    let mounts: Vec<&String> = seen
+        .iter()
+        .filter(|r| r.contains("mount=") && r.contains("from=team/app"))
+        .collect();
+    assert!(!mounts.is_empty(), "{seen:?}");
+    for r in &mounts {
+        assert!(
+            r.contains("repository%3Ateam%2Fcopy%3Apull%2Cpush")
+                && r.contains("repository%3Ateam%2Fapp%3Apull"),
+            "the mount's token covers both repositories: {r}"
+        );
+    }
+    let s = state.lock().unwrap();
+    for l in m["layers"].as_array().unwrap() {
+        let d = l["digest"].as_str().unwrap().to_owned();
+        assert!(s.blobs.contains(&("team/copy".to_owned(), d)));
+    }
 }
