@@ -575,6 +575,17 @@ fn serve(s: TcpStream, route: &Route, seen: &Mutex<Vec<String>>) {
             auth.as_deref().unwrap_or("-")
         ));
         let (status, headers, body) = route(&method, &path, auth.as_deref(), &body);
+        if status == 0 {
+            // The registry dies: the connection closes without an answer.
+            return;
+        }
+        if status == 1 {
+            // It dies while sending: half the body of a full-length answer.
+            let head = format!("HTTP/1.1 200 OK\r\nContent-Length: {}\r\n\r\n", body.len());
+            let _ = w.write_all(head.as_bytes());
+            let _ = w.write_all(&body[..body.len() / 2]);
+            return;
+        }
         let mut out = format!("HTTP/1.1 {status} X\r\nContent-Length: {}\r\n", body.len());
         for (k, v) in headers {
             out.push_str(&k);
@@ -1088,4 +1099,157 @@ fn push_falls_back_to_a_monolithic_put_and_to_an_upload_when_a_mount_is_refused(
         let d = l["digest"].as_str().unwrap().to_owned();
         assert!(s.blobs.contains(&("team/copy".to_owned(), d)));
     }
+}
+
+/// A registry double that can "die": while `broken`, a layer GET sends half
+/// its bytes and an upload's PATCH or PUT is cut without an answer.
+#[derive(Default)]
+struct Flaky {
+    broken: bool,
+    blobs: std::collections::HashMap<String, Vec<u8>>,
+    uploads: std::collections::HashMap<String, Vec<u8>>,
+    manifests: std::collections::HashMap<String, Vec<u8>>,
+    n: usize,
+}
+
+fn flaky_route(
+    st: &Mutex<Flaky>,
+    m: &str,
+    path: &str,
+    body: &[u8],
+) -> (u16, Vec<(String, String)>, Vec<u8>) {
+    let mut s = st.lock().unwrap();
+    let (p, query) = path.split_once('?').unwrap_or((path, ""));
+    if p == "/v2/" {
+        return (200, vec![], b"{}".to_vec());
+    }
+    if let Some(id) = p.strip_prefix("/upload/") {
+        if s.broken {
+            return (0, vec![], Vec::new());
+        }
+        s.uploads
+            .entry(id.to_owned())
+            .or_default()
+            .extend_from_slice(body);
+        if m == "PUT" {
+            let digest = query
+                .split('&')
+                .find_map(|kv| kv.strip_prefix("digest="))
+                .unwrap_or("")
+                .to_owned();
+            let data = s.uploads.remove(id).unwrap_or_default();
+            if format!("sha256:{:x}", sha2::Sha256::digest(&data)) != digest {
+                return (400, vec![], b"{}".to_vec());
+            }
+            s.blobs.insert(digest, data);
+            return (201, vec![], Vec::new());
+        }
+        return (202, vec![("Location".into(), p.to_owned())], Vec::new());
+    }
+    if p.ends_with("/blobs/uploads/") {
+        s.n += 1;
+        let loc = format!("/upload/{}", s.n);
+        return (202, vec![("Location".into(), loc)], Vec::new());
+    }
+    if let Some((_, d)) = p.split_once("/blobs/") {
+        let Some(b) = s.blobs.get(d).cloned() else {
+            return (404, vec![], b"{}".to_vec());
+        };
+        if m == "HEAD" {
+            return (200, vec![], Vec::new());
+        }
+        // Layers (not the small config) are cut while broken.
+        return (if s.broken && b.len() > 1000 { 1 } else { 200 }, vec![], b);
+    }
+    if let Some((repo, tag)) = p
+        .strip_prefix("/v2/")
+        .and_then(|r| r.split_once("/manifests/"))
+    {
+        let key = format!("{repo}:{tag}");
+        if m == "PUT" {
+            s.manifests.insert(key, body.to_vec());
+            return (201, vec![], Vec::new());
+        }
+        if let Some(b) = s.manifests.get(&key) {
+            return (
+                200,
+                vec![(
+                    "Content-Type".into(),
+                    "application/vnd.docker.distribution.manifest.v2+json".into(),
+                )],
+                b.clone(),
+            );
+        }
+    }
+    (404, vec![], b"{}".to_vec())
+}
+
+/// The store's lasting state: blobs, index, layer records (not scratch).
+fn store_state(env: &Env) -> Vec<String> {
+    let root = env.root();
+    let mut out = Vec::new();
+    for d in ["blobs", "snaplayers", "layer-sources"] {
+        out.extend(
+            common::snapshot(&root.join(d))
+                .into_iter()
+                .map(|l| format!("{d}/{l}")),
+        );
+    }
+    out.push(fs_err::read_to_string(root.join("index.json")).unwrap_or_default());
+    out
+}
+
+#[test]
+fn a_registry_dying_during_a_push_or_a_pull_leaves_the_store_unchanged_and_a_retry_succeeds() {
+    let state = Arc::new(Mutex::new(Flaky::default()));
+    let st = Arc::clone(&state);
+    let d = Double::start(Arc::new(
+        move |m: &str, path: &str, _a: Option<&str>, body: &[u8]| flaky_route(&st, m, path, body),
+    ));
+    let env = build_env();
+    // A layer large enough to be cut in the middle.
+    let ctx = env.path("ctx-big");
+    fs_err::create_dir_all(&ctx).unwrap();
+    fs_err::write(
+        ctx.join("Dockerfile"),
+        "FROM busybox\nRUN dd if=/dev/urandom of=/big bs=1M count=8 2>/dev/null\n",
+    )
+    .unwrap();
+    env.ok(&["build", "-q", "-t", "big", ctx.to_str().unwrap()]);
+    let image = format!("127.0.0.1:{}/big:1", d.port);
+    env.ok(&["tag", "big", &image]);
+
+    state.lock().unwrap().broken = true;
+    let before = store_state(&env);
+    let err = env.fails(&["push", &image]);
+    eprintln!("push to a dying registry: {err}");
+    assert!(err.contains(&format!("127.0.0.1:{}", d.port)), "{err}");
+    assert!(
+        state.lock().unwrap().manifests.is_empty(),
+        "no manifest written"
+    );
+    assert_eq!(store_state(&env), before, "a failed push changed the store");
+    state.lock().unwrap().broken = false;
+    let digest = pushed_digest(&env.ok(&["push", &image]));
+
+    let fresh = Env::new();
+    fresh.ok(&["images"]);
+    let before = store_state(&fresh);
+    state.lock().unwrap().broken = true;
+    let err = fresh.fails(&["pull", &image]);
+    eprintln!("pull from a dying registry: {err}");
+    assert!(err.contains(&image), "{err}");
+    assert_eq!(
+        store_state(&fresh),
+        before,
+        "a failed pull changed the store"
+    );
+    let tmp: Vec<_> = fs_err::read_dir(fresh.root().join("tmp"))
+        .unwrap()
+        .collect();
+    assert!(tmp.is_empty(), "scratch left behind: {tmp:?}");
+    state.lock().unwrap().broken = false;
+    let out = fresh.ok(&["pull", &image]);
+    assert!(out.contains(&format!("Digest: {digest}")), "{out}");
+    assert_eq!(image_id(&fresh, &image), image_id(&env, "big"));
 }

@@ -278,7 +278,8 @@ async fn pull_async(
             let progress = move |n: u64| {
                 // At most one event per MiB (and the last one).
                 let prev = last.load(std::sync::atomic::Ordering::Relaxed);
-                if n - prev >= 1 << 20 || n == total {
+                // (A retried download starts again from 0.)
+                if n < prev || n - prev >= 1 << 20 || n == total {
                     last.store(n, std::sync::atomic::Ordering::Relaxed);
                     let _ = ptx.send(TransferEvent::Progress {
                         id: pid.clone(),

@@ -210,9 +210,12 @@ impl Client {
                 reason: format!("larger than {MANIFEST_LIMIT} bytes"),
             });
         }
-        let bytes = resp.bytes().await.map_err(|e| Error::Connect {
+        let bytes = resp.bytes().await.map_err(|e| Error::Broken {
             registry: host.registry.clone(),
-            reason: format!("reading the manifest of {r}: {e}"),
+            reason: format!(
+                "reading the manifest of {r}: {}",
+                crate::error::root_cause(&e)
+            ),
         })?;
         if bytes.len() > MANIFEST_LIMIT {
             return Err(Error::BadManifest {
@@ -327,9 +330,13 @@ impl Client {
     /// GET of a small blob (a config) into memory, verified.
     pub async fn get_blob_bytes(&self, r: &RemoteRef, desc: &Descriptor) -> Result<Vec<u8>> {
         let resp = self.blob_response(r, &desc.digest).await?;
-        let bytes = resp.bytes().await.map_err(|e| Error::Connect {
+        let bytes = resp.bytes().await.map_err(|e| Error::Broken {
             registry: r.registry.clone(),
-            reason: format!("reading blob {}: {e}", desc.digest),
+            reason: format!(
+                "reading blob {}: {}",
+                desc.digest,
+                crate::error::root_cause(&e)
+            ),
         })?;
         let actual = Digest::of(&bytes);
         if actual != desc.digest {
@@ -387,7 +394,7 @@ impl Client {
                 Ok(()) => return Ok(()),
                 Err(e) => {
                     let _ = fs_err::tokio::remove_file(path).await;
-                    if matches!(e, Error::Connect { .. }) && attempt < self.opts.retries {
+                    if e.is_transient() && attempt < self.opts.retries {
                         attempt += 1;
                         tokio::time::sleep(self.opts.backoff * attempt).await;
                         continue;
@@ -413,9 +420,13 @@ impl Client {
         let mut hasher = Sha256::new();
         let mut n: u64 = 0;
         loop {
-            let chunk = resp.chunk().await.map_err(|e| Error::Connect {
+            let chunk = resp.chunk().await.map_err(|e| Error::Broken {
                 registry: r.registry.clone(),
-                reason: format!("downloading {} of {r}: {e}", desc.digest),
+                reason: format!(
+                    "downloading {}: {}",
+                    desc.digest,
+                    crate::error::root_cause(&e)
+                ),
             })?;
             let Some(chunk) = chunk else { break };
             n += chunk.len() as u64;
@@ -527,7 +538,7 @@ impl Client {
                 .await
             {
                 Ok(()) => return Ok(()),
-                Err(e @ (Error::Connect { .. } | Error::Status { .. }))
+                Err(e @ (Error::Connect { .. } | Error::Broken { .. } | Error::Status { .. }))
                     if attempt < self.opts.retries =>
                 {
                     let transient = match &e {
@@ -735,9 +746,9 @@ impl Client {
                         .trim_end_matches('>')
                         .to_owned()
                 });
-            let body = resp.bytes().await.map_err(|e| Error::Connect {
+            let body = resp.bytes().await.map_err(|e| Error::Broken {
                 registry: host.registry.clone(),
-                reason: format!("reading the tags of {r}: {e}"),
+                reason: format!("reading the tags of {r}: {}", crate::error::root_cause(&e)),
             })?;
             let v: serde_json::Value =
                 serde_json::from_slice(&body).map_err(|e| Error::Protocol {

@@ -130,8 +130,10 @@ enum Failure {
     Certificate(String),
     /// Any other TLS failure (a plain-http server answering, a bad handshake).
     Tls(String),
-    /// Connection refused, reset, timed out...
+    /// Connection refused, a name that does not resolve, a connect timeout.
     Connect(String),
+    /// The connection broke after it was made.
+    Broken(String),
 }
 
 fn classify(e: &reqwest::Error) -> Failure {
@@ -158,8 +160,10 @@ fn classify(e: &reqwest::Error) -> Failure {
         let url = e.url().map(|u| format!(" ({u})")).unwrap_or_default();
         if e.is_timeout() {
             Failure::Connect(format!("timed out: {root}{url}"))
-        } else {
+        } else if e.is_connect() {
             Failure::Connect(format!("{root}{url}"))
+        } else {
+            Failure::Broken(format!("{root}{url}"))
         }
     }
 }
@@ -177,6 +181,10 @@ fn failure_error(registry: &str, f: Failure) -> Error {
             reason,
         },
         Failure::Connect(reason) => Error::Connect {
+            registry: registry.to_owned(),
+            reason,
+        },
+        Failure::Broken(reason) => Error::Broken {
             registry: registry.to_owned(),
             reason,
         },
@@ -464,7 +472,7 @@ impl Client {
             match rb.send().await {
                 Err(e) => {
                     let f = classify(&e);
-                    if matches!(f, Failure::Connect(_)) && attempt < retries {
+                    if matches!(f, Failure::Connect(_) | Failure::Broken(_)) && attempt < retries {
                         attempt += 1;
                         tokio::time::sleep(delay).await;
                         continue;

@@ -6,6 +6,9 @@ use rbuild_oci::Digest;
 pub enum Error {
     #[error("cannot reach registry {registry}: {reason}")]
     Connect { registry: String, reason: String },
+    /// The connection broke during a request (a registry that died, a reset).
+    #[error("registry {registry}: the connection broke: {reason}")]
+    Broken { registry: String, reason: String },
     #[error(
         "registry {registry}: the TLS certificate is signed by an unknown authority ({reason}); \
          put the registry's CA certificate in certs.d/{registry}/ca.crt, or mark the registry \
@@ -73,6 +76,22 @@ pub enum Error {
     Protocol { registry: String, reason: String },
     #[error(transparent)]
     Io(#[from] std::io::Error),
+}
+
+impl Error {
+    /// Whether trying again may help: a connection that failed or broke.
+    pub fn is_transient(&self) -> bool {
+        matches!(self, Self::Connect { .. } | Self::Broken { .. })
+    }
+}
+
+/// The innermost cause of an error (`Connection reset by peer (os error 104)`).
+pub(crate) fn root_cause(e: &(dyn std::error::Error + 'static)) -> String {
+    let mut root = e;
+    while let Some(c) = root.source() {
+        root = c;
+    }
+    root.to_string()
 }
 
 pub type Result<T, E = Error> = std::result::Result<T, E>;
