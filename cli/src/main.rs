@@ -34,6 +34,10 @@ enum Command {
     Pull(cmd::transfer::PullArgs),
     /// Upload an image to a registry
     Push(cmd::transfer::PushArgs),
+    /// Log in to a registry
+    Login(cmd::transfer::LoginArgs),
+    /// Log out from a registry
+    Logout(cmd::transfer::LogoutArgs),
     #[command(flatten)]
     Image(cmd::image::ImageCommand),
     #[command(flatten)]
@@ -45,7 +49,10 @@ enum Command {
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let root = cmd::state_root(cli.root.as_deref());
-    if !matches!(cli.command, Command::Parse(_)) {
+    if !matches!(
+        cli.command,
+        Command::Parse(_) | Command::Login(_) | Command::Logout(_)
+    ) {
         cmd::sweep_state_root(&root);
     }
     let result = match cli.command {
@@ -54,6 +61,8 @@ fn main() -> ExitCode {
         Command::Run(args) => Ok(exit_code(cmd::run::main(&args, &root))),
         Command::Pull(args) => cmd::transfer::pull(&args, &root),
         Command::Push(args) => cmd::transfer::push(&args, &root),
+        Command::Login(args) => cmd::transfer::login(&args),
+        Command::Logout(args) => cmd::transfer::logout(&args),
         Command::Image(c) => cmd::image::run(c, &root),
         Command::System(c) => cmd::system::run(&c, &root).map(|()| ExitCode::SUCCESS),
         Command::Builder(c) => cmd::builder::run(&c, &root).map(|()| ExitCode::SUCCESS),

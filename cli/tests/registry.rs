@@ -1253,3 +1253,183 @@ fn a_registry_dying_during_a_push_or_a_pull_leaves_the_store_unchanged_and_a_ret
     assert!(out.contains(&format!("Digest: {digest}")), "{out}");
     assert_eq!(image_id(&fresh, &image), image_id(&env, "big"));
 }
+
+/// A registry double that wants Basic `user:secret` and serves the small image.
+fn basic_auth_double() -> Double {
+    let (manifest, config, config_digest, layer, layer_digest) = small_image();
+    let good = format!("Basic {}", base64_encode(b"user:secret"));
+    Double::start(Arc::new(
+        move |_m: &str, path: &str, auth: Option<&str>, _b: &[u8]| {
+            if auth != Some(good.as_str()) {
+                return (
+                    401,
+                    vec![("WWW-Authenticate".into(), "Basic realm=\"double\"".into())],
+                    b"{\"errors\":[{\"code\":\"UNAUTHORIZED\"}]}".to_vec(),
+                );
+            }
+            if path == "/v2/" {
+                return (200, vec![], b"{}".to_vec());
+            }
+            if path == "/v2/priv/app/manifests/1" {
+                return (
+                    200,
+                    vec![(
+                        "Content-Type".into(),
+                        "application/vnd.docker.distribution.manifest.v2+json".into(),
+                    )],
+                    manifest.clone(),
+                );
+            }
+            if path.ends_with(&config_digest) {
+                return (200, vec![], config.clone());
+            }
+            if path.ends_with(&layer_digest) {
+                return (200, vec![], layer.clone());
+            }
+            (404, vec![], b"{}".to_vec())
+        },
+    ))
+}
+
+fn base64_encode(data: &[u8]) -> String {
+    const T: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
+    let mut out = String::new();
+    for c in data.chunks(3) {
+        let b = [c[0], *c.get(1).unwrap_or(&0), *c.get(2).unwrap_or(&0)];
+        let n = (u32::from(b[0]) << 16) | (u32::from(b[1]) << 8) | u32::from(b[2]);
+        for i in 0..4 {
+            if i <= c.len() {
+                out.push(char::from(T[((n >> (18 - 6 * i)) & 63) as usize]));
+            } else {
+                out.push('=');
+            }
+        }
+    }
+    out
+}
+
+#[test]
+fn login_stores_what_works_logout_removes_it_and_a_wrong_password_is_refused() {
+    let d = basic_auth_double();
+    let host = format!("127.0.0.1:{}", d.port);
+    let image = format!("{host}/priv/app:1");
+    let env = Env::new();
+    let config = env.path("docker-config/config.json");
+
+    let err = env.fails(&["pull", &image]);
+    assert!(err.contains(&format!("run `rbuild login {host}`")), "{err}");
+
+    let o = env.with_stdin(
+        &["login", "-u", "user", "--password-stdin", &host],
+        b"wrong\n",
+    );
+    assert!(!o.status.success());
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(
+        err.contains(&format!(
+            "login to {host} failed: unauthorized: incorrect username or password"
+        )),
+        "{err}"
+    );
+    assert!(
+        !fs_err::read_to_string(&config)
+            .unwrap_or_default()
+            .contains(&host),
+        "a refused login was stored"
+    );
+
+    let o = env.with_stdin(
+        &["login", "-u", "user", "--password-stdin", &host],
+        b"secret\n",
+    );
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    assert_eq!(String::from_utf8_lossy(&o.stdout), "Login Succeeded\n");
+    let stored: serde_json::Value =
+        serde_json::from_str(&fs_err::read_to_string(&config).unwrap()).unwrap();
+    assert_eq!(
+        stored["auths"][&host]["auth"].as_str(),
+        Some(base64_encode(b"user:secret").as_str()),
+        "{stored}"
+    );
+    let out = env.ok(&["pull", &image]);
+    assert!(out.contains("Pull complete"), "{out}");
+
+    assert_eq!(
+        env.ok(&["logout", &host]),
+        format!("Removing login credentials for {host}\n")
+    );
+    assert!(!fs_err::read_to_string(&config).unwrap().contains(&host));
+    assert_eq!(
+        env.ok(&["logout", &host]),
+        format!("Not logged in to {host}\n")
+    );
+    env.ok(&["rmi", &image]);
+    let err = env.fails(&["pull", &image]);
+    assert!(err.contains("rbuild login"), "{err}");
+}
+
+#[test]
+fn a_credential_helper_on_the_path_gives_the_credentials_and_stores_a_login() {
+    let d = basic_auth_double();
+    let host = format!("127.0.0.1:{}", d.port);
+    let image = format!("{host}/priv/app:1");
+    let env = Env::new();
+    let bin = env.path("bin");
+    fs_err::create_dir_all(&bin).unwrap();
+    let calls = env.path("helper-calls");
+    let helper = bin.join("docker-credential-rbtest");
+    fs_err::write(
+        &helper,
+        format!(
+            "#!/bin/sh\nin=$(cat)\necho \"$1 $in\" >> {calls}\ncase $1 in\n\
+             get) echo '{{\"ServerURL\":\"'$in'\",\"Username\":\"user\",\"Secret\":\"secret\"}}';;\n\
+             store|erase) ;;\nesac\n",
+            calls = calls.display()
+        ),
+    )
+    .unwrap();
+    fs_err::set_permissions(&helper, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
+    let config_dir = env.path("docker-config");
+    fs_err::create_dir_all(&config_dir).unwrap();
+    fs_err::write(
+        config_dir.join("config.json"),
+        format!("{{\"credHelpers\": {{\"{host}\": \"rbtest\"}}}}"),
+    )
+    .unwrap();
+    let path = format!(
+        "{}:{}",
+        bin.display(),
+        std::env::var("PATH").unwrap_or_default()
+    );
+    let o = env
+        .cmd(&["pull", &image])
+        .env("PATH", &path)
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let log = fs_err::read_to_string(&calls).unwrap();
+    assert!(log.contains(&format!("get {host}")), "{log}");
+
+    // A login goes to the helper, not into the file.
+    let mut c = env.cmd(&["login", "-u", "user", "--password-stdin", &host]);
+    c.env("PATH", &path)
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped());
+    let mut child = c.spawn().unwrap();
+    child.stdin.take().unwrap().write_all(b"secret\n").unwrap();
+    let o = child.wait_with_output().unwrap();
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let log = fs_err::read_to_string(&calls).unwrap();
+    assert!(
+        log.contains(&format!(
+            "store {{\"ServerURL\":\"{host}\",\"Username\":\"user\",\"Secret\":\"secret\"}}"
+        )),
+        "{log}"
+    );
+    let file = fs_err::read_to_string(config_dir.join("config.json")).unwrap();
+    assert!(
+        !file.contains("secret") && !file.contains("c2VjcmV0"),
+        "{file}"
+    );
+}

@@ -57,12 +57,59 @@ pub struct RegistryOptions {
 }
 
 impl Default for RegistryOptions {
+    /// Credentials as docker keeps them (`$DOCKER_CONFIG/config.json`, its
+    /// helpers, podman's auth file).
     fn default() -> Self {
         Self {
             client: rbuild_registry::Options::default(),
-            credentials: Arc::new(rbuild_registry::Anonymous),
+            credentials: Arc::new(rbuild_registry::DockerConfig::from_env()),
         }
     }
+}
+
+/// The registry a `login`/`logout` argument names: `host[:port]`, with any
+/// scheme and path dropped (`https://index.docker.io/v1/` is Docker Hub);
+/// none means Docker Hub.
+pub fn login_registry(server: Option<&str>) -> String {
+    let Some(s) = server else {
+        return rbuild_registry::reference::DOCKER_HUB.to_owned();
+    };
+    let s = s
+        .strip_prefix("https://")
+        .or_else(|| s.strip_prefix("http://"))
+        .unwrap_or(s);
+    let host = s.split('/').next().unwrap_or(s);
+    match host {
+        "index.docker.io" | "registry-1.docker.io" | "docker.io" => {
+            rbuild_registry::reference::DOCKER_HUB.to_owned()
+        }
+        h => h.to_owned(),
+    }
+}
+
+/// Checks `creds` against `registry`, then stores them as docker does.
+pub fn login(
+    registry: &str,
+    creds: &rbuild_registry::Credentials,
+    opts: &RegistryOptions,
+    config: &rbuild_registry::DockerConfig,
+) -> Result<(), TransferError> {
+    let client = Client::new(
+        opts.client.clone(),
+        Arc::new(rbuild_registry::Fixed(creds.clone())),
+    );
+    runtime()?
+        .block_on(client.login(registry))
+        .map_err(|source| TransferError::Login {
+            registry: registry.to_owned(),
+            source: Box::new(source),
+        })?;
+    config
+        .store(registry, creds)
+        .map_err(|source| TransferError::Credentials {
+            registry: registry.to_owned(),
+            source,
+        })
 }
 
 /// Why a pull or a push failed.
@@ -84,6 +131,18 @@ pub enum TransferError {
     },
     #[error("{reference}: {reason}")]
     Image { reference: String, reason: String },
+    #[error("{source}")]
+    Login {
+        registry: String,
+        #[source]
+        source: Box<rbuild_registry::Error>,
+    },
+    #[error("credentials for {registry}: {source}")]
+    Credentials {
+        registry: String,
+        #[source]
+        source: rbuild_registry::ConfigError,
+    },
     #[error("An image does not exist locally with the tag: {0}")]
     NoLocalImage(String),
     #[error("starting the runtime")]

@@ -4,11 +4,13 @@
 use std::collections::BTreeMap;
 use std::fmt;
 
-/// A user name and password (or identity token) for one registry.
+/// A user name and password, or an identity token (an `OAuth2` refresh
+/// token), for one registry.
 #[derive(Clone, PartialEq, Eq)]
 pub struct Credentials {
     pub username: String,
     pub password: String,
+    pub identity_token: Option<String>,
 }
 
 impl fmt::Debug for Credentials {
@@ -16,6 +18,10 @@ impl fmt::Debug for Credentials {
         f.debug_struct("Credentials")
             .field("username", &self.username)
             .field("password", &"<redacted>")
+            .field(
+                "identity_token",
+                &self.identity_token.as_ref().map(|_| "<redacted>"),
+            )
             .finish()
     }
 }
@@ -32,6 +38,16 @@ pub struct Anonymous;
 impl CredentialSource for Anonymous {
     fn credentials(&self, _: &str) -> Option<Credentials> {
         None
+    }
+}
+
+/// The same credentials for every registry (`rbuild login` checking what it
+/// was given).
+pub struct Fixed(pub Credentials);
+
+impl CredentialSource for Fixed {
+    fn credentials(&self, _: &str) -> Option<Credentials> {
+        Some(self.0.clone())
     }
 }
 
@@ -141,6 +157,7 @@ mod tests {
         let c = Credentials {
             username: "u".into(),
             password: "secret".into(),
+            identity_token: Some("tok-secret".into()),
         };
         assert!(!format!("{c:?}").contains("secret"));
     }

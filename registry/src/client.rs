@@ -352,13 +352,17 @@ impl Client {
         let challenge = host.challenge.lock().await.clone();
         match &challenge {
             None => Ok(None),
-            Some(Challenge::Basic) => Ok(host.creds.as_ref().map(|c| {
-                let raw = format!("{}:{}", c.username, c.password);
-                format!(
-                    "Basic {}",
-                    base64::engine::general_purpose::STANDARD.encode(raw)
-                )
-            })),
+            Some(Challenge::Basic) => Ok(host
+                .creds
+                .as_ref()
+                .filter(|c| c.identity_token.is_none())
+                .map(|c| {
+                    let raw = format!("{}:{}", c.username, c.password);
+                    format!(
+                        "Basic {}",
+                        base64::engine::general_purpose::STANDARD.encode(raw)
+                    )
+                })),
             Some(Challenge::Bearer { .. }) => {
                 let key = scopes.join(" ");
                 if let Some(t) = host.tokens.lock().await.get(&key) {
@@ -405,10 +409,27 @@ impl Client {
             realm: realm.clone(),
             reason,
         };
-        let mut rb = host.http.get(realm).query(&query);
-        if let Some(c) = &host.creds {
-            rb = rb.basic_auth(&c.username, Some(&c.password));
-        }
+        let rb = match &host.creds {
+            // `OAuth2`: the identity token is a refresh token.
+            Some(Credentials {
+                identity_token: Some(t),
+                ..
+            }) => {
+                let mut form: Vec<(&str, &str)> = vec![
+                    ("grant_type", "refresh_token"),
+                    ("refresh_token", t),
+                    ("client_id", "rbuild"),
+                ];
+                form.extend(query.iter().copied());
+                host.http.post(realm).form(&form)
+            }
+            Some(c) => host
+                .http
+                .get(realm)
+                .query(&query)
+                .basic_auth(&c.username, Some(&c.password)),
+            None => host.http.get(realm).query(&query),
+        };
         let resp = rb.send().await.map_err(|e| token_err(chain(&e)))?;
         if resp.status() == StatusCode::UNAUTHORIZED {
             return Err(Error::Unauthorized {
@@ -428,6 +449,51 @@ impl Client {
             .filter(|t| !t.is_empty())
             .map(str::to_owned)
             .ok_or_else(|| token_err("the answer has no token".into()))
+    }
+
+    /// Checks the credentials the client was made with against `registry`
+    /// (`rbuild login`): a token for no scope, or `/v2/` with Basic.
+    pub async fn login(&self, registry: &str) -> Result<()> {
+        let host = self.host(registry).await?;
+        let challenge = host.challenge.lock().await.clone();
+        let refused = |e: Error| match e {
+            Error::Unauthorized { registry } => Error::LoginRefused { registry },
+            other => other,
+        };
+        match challenge {
+            // The registry asks for nothing: any credentials do.
+            None => Ok(()),
+            Some(c @ Challenge::Bearer { .. }) => self
+                .fetch_token(&host, Some(&c), &[])
+                .await
+                .map(drop)
+                .map_err(refused),
+            Some(Challenge::Basic) => {
+                let resp = self
+                    .send(
+                        &host,
+                        &[],
+                        &Method::GET,
+                        "/v2/",
+                        &HeaderMap::new(),
+                        &BodySource::Empty,
+                        self.opts.retries,
+                    )
+                    .await
+                    .map_err(refused)?;
+                if resp.status().is_success() {
+                    Ok(())
+                } else {
+                    Err(Error::Status {
+                        registry: registry.to_owned(),
+                        method: "GET".into(),
+                        url: format!("{}/v2/", host.base),
+                        status: resp.status().as_u16(),
+                        detail: error_detail(resp).await,
+                    })
+                }
+            }
+        }
     }
 
     /// Sends a request to `host` (path relative to its base, or an absolute

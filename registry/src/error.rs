@@ -19,6 +19,8 @@ pub enum Error {
     Tls { registry: String, reason: String },
     #[error("registry {registry}: authentication required (401): run `rbuild login {registry}`")]
     Unauthorized { registry: String },
+    #[error("login to {registry} failed: unauthorized: incorrect username or password")]
+    LoginRefused { registry: String },
     #[error("registry {registry}: access to {repository} denied (403){detail}")]
     Denied {
         registry: String,

@@ -13,12 +13,14 @@
 mod api;
 pub mod auth;
 mod client;
+pub mod config;
 pub mod error;
 pub mod reference;
 mod tls;
 
 pub use api::{Fetched, Mount, Resolved, parse_manifest, select_platform};
-pub use auth::{Anonymous, CredentialSource, Credentials};
+pub use auth::{Anonymous, CredentialSource, Credentials, Fixed};
 pub use client::{Client, Options};
+pub use config::{ConfigError, DockerConfig};
 pub use error::{Error, Result};
 pub use reference::{RemoteRef, is_loopback};

@@ -102,3 +102,84 @@ pub fn push(args: &PushArgs, root: &Path) -> Result<ExitCode> {
     }
     Ok(ExitCode::SUCCESS)
 }
+
+#[derive(clap::Args)]
+pub struct LoginArgs {
+    /// Server (default: Docker Hub)
+    server: Option<String>,
+    /// Username
+    #[arg(short, long)]
+    username: Option<String>,
+    /// Password
+    #[arg(short, long)]
+    password: Option<String>,
+    /// Take the password from stdin
+    #[arg(long)]
+    password_stdin: bool,
+}
+
+#[derive(clap::Args)]
+pub struct LogoutArgs {
+    /// Server (default: Docker Hub)
+    server: Option<String>,
+}
+
+pub fn login(args: &LoginArgs) -> Result<ExitCode> {
+    let registry = transfer::login_registry(args.server.as_deref());
+    let config = rbuild_registry::DockerConfig::from_env();
+    if args.password.is_some() && args.password_stdin {
+        anyhow::bail!("--password and --password-stdin are mutually exclusive");
+    }
+    let password = if args.password_stdin {
+        if args.username.is_none() {
+            anyhow::bail!("Must provide --username with --password-stdin");
+        }
+        let mut s = String::new();
+        std::io::Read::read_to_string(&mut std::io::stdin(), &mut s)?;
+        Some(s.trim_end_matches(['\n', '\r']).to_owned())
+    } else {
+        if args.password.is_some() {
+            eprintln!("WARNING! Using --password via the CLI is insecure. Use --password-stdin.");
+        }
+        args.password.clone()
+    };
+    let creds = match (&args.username, password) {
+        (Some(u), Some(p)) => rbuild_registry::Credentials {
+            username: u.clone(),
+            password: p,
+            identity_token: None,
+        },
+        (None, None) => match config.get(&registry)? {
+            // docker re-checks what it has.
+            Some(c) => {
+                println!("Authenticating with existing credentials...");
+                c
+            }
+            None => anyhow::bail!(
+                "no credentials stored for {registry}: give --username and --password-stdin \
+                 (interactive login is not supported)"
+            ),
+        },
+        _ => anyhow::bail!("give both --username and a password (--password-stdin or --password)"),
+    };
+    transfer::login(&registry, &creds, &RegistryOptions::default(), &config)?;
+    println!("Login Succeeded");
+    Ok(ExitCode::SUCCESS)
+}
+
+pub fn logout(args: &LogoutArgs) -> Result<ExitCode> {
+    let registry = transfer::login_registry(args.server.as_deref());
+    let config = rbuild_registry::DockerConfig::from_env();
+    if config.erase(&registry)? {
+        println!(
+            "Removing login credentials for {}",
+            rbuild_registry::config::config_key(&registry)
+        );
+    } else {
+        println!(
+            "Not logged in to {}",
+            rbuild_registry::config::config_key(&registry)
+        );
+    }
+    Ok(ExitCode::SUCCESS)
+}
