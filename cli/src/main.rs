@@ -61,7 +61,7 @@ fn main() -> ExitCode {
         Command::Run(args) => Ok(exit_code(cmd::run::main(&args, &root))),
         Command::Pull(args) => cmd::transfer::pull(&args, &root),
         Command::Push(args) => cmd::transfer::push(&args, &root),
-        Command::Login(args) => cmd::transfer::login(&args),
+        Command::Login(args) => cmd::transfer::login(&args, &root),
         Command::Logout(args) => cmd::transfer::logout(&args),
         Command::Image(c) => cmd::image::run(c, &root),
         Command::System(c) => cmd::system::run(&c, &root).map(|()| ExitCode::SUCCESS),

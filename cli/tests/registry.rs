@@ -32,6 +32,11 @@ fn free_port() -> u16 {
 
 impl Registry {
     fn start() -> Self {
+        Self::start_with("")
+    }
+
+    /// With `extra` YAML under `http:` (e.g. `tls:`).
+    fn start_with(http_extra: &str) -> Self {
         assert!(
             have("docker-registry"),
             "docker-registry is missing: install the docker-registry package"
@@ -44,7 +49,7 @@ impl Registry {
             format!(
                 "version: 0.1\nlog:\n  level: info\n  accesslog:\n    disabled: false\n\
                  storage:\n  filesystem:\n    rootdirectory: {}\n\
-                 http:\n  addr: 127.0.0.1:{port}\n",
+                 http:\n  addr: 127.0.0.1:{port}\n{http_extra}",
                 dir.path().join("data").display()
             ),
         )
@@ -1432,4 +1437,160 @@ fn a_credential_helper_on_the_path_gives_the_credentials_and_stores_a_login() {
         !file.contains("secret") && !file.contains("c2VjcmV0"),
         "{file}"
     );
+}
+
+fn openssl(args: &[&str], dir: &std::path::Path) {
+    assert!(
+        have("openssl"),
+        "openssl is missing: install the openssl package"
+    );
+    let o = Command::new("openssl")
+        .args(args)
+        .current_dir(dir)
+        .output()
+        .unwrap();
+    assert!(
+        o.status.success(),
+        "openssl {args:?}: {}",
+        String::from_utf8_lossy(&o.stderr)
+    );
+}
+
+/// A CA and a server certificate for 127.0.0.1 signed by it, in `dir`.
+fn make_certs(dir: &std::path::Path) {
+    openssl(
+        &[
+            "req",
+            "-x509",
+            "-newkey",
+            "rsa:2048",
+            "-nodes",
+            "-keyout",
+            "ca.key",
+            "-out",
+            "ca.crt",
+            "-days",
+            "2",
+            "-subj",
+            "/CN=rbuild test CA",
+        ],
+        dir,
+    );
+    openssl(
+        &[
+            "req",
+            "-newkey",
+            "rsa:2048",
+            "-nodes",
+            "-keyout",
+            "server.key",
+            "-out",
+            "server.csr",
+            "-subj",
+            "/CN=127.0.0.1",
+        ],
+        dir,
+    );
+    fs_err::write(
+        dir.join("ext.cnf"),
+        "subjectAltName=IP:127.0.0.1\nbasicConstraints=CA:FALSE\n",
+    )
+    .unwrap();
+    openssl(
+        &[
+            "x509",
+            "-req",
+            "-in",
+            "server.csr",
+            "-CA",
+            "ca.crt",
+            "-CAkey",
+            "ca.key",
+            "-CAcreateserial",
+            "-out",
+            "server.crt",
+            "-days",
+            "2",
+            "-extfile",
+            "ext.cnf",
+        ],
+        dir,
+    );
+}
+
+#[test]
+fn a_tls_registry_needs_its_ca_in_certs_d_or_the_insecure_setting() {
+    let certs = tempfile::tempdir().unwrap();
+    make_certs(certs.path());
+    let reg = Registry::start_with(&format!(
+        "  tls:\n    certificate: {}\n    key: {}\n",
+        certs.path().join("server.crt").display(),
+        certs.path().join("server.key").display()
+    ));
+    let env = build_env();
+    let image = format!("{}/tls:1", reg.host());
+    env.ok(&["tag", "busybox", &image]);
+    let err = env.fails(&["push", &image]);
+    eprintln!("push to an unknown authority: {err}");
+    let ca_path = env.root().join("certs.d").join(reg.host()).join("ca.crt");
+    assert!(
+        err.contains("certificate signed by unknown authority")
+            && err.contains(&ca_path.display().to_string()),
+        "{err}"
+    );
+    fs_err::create_dir_all(ca_path.parent().unwrap()).unwrap();
+    fs_err::copy(certs.path().join("ca.crt"), &ca_path).unwrap();
+    let digest = pushed_digest(&env.ok(&["push", &image]));
+    assert!(
+        reg.requests()
+            .iter()
+            .any(|r| r.starts_with("PUT /v2/tls/manifests/1")),
+        "{:?}",
+        reg.requests()
+    );
+
+    // Another root without the CA: refused, until the registry is insecure.
+    let other = Env::new();
+    other.ok(&["images"]);
+    let err = other.fails(&["pull", &image]);
+    assert!(err.contains("unknown authority"), "{err}");
+    fs_err::write(
+        other.root().join("config.toml"),
+        format!("[registry.\"{}\"]\ninsecure = true\n", reg.host()),
+    )
+    .unwrap();
+    let out = other.ok(&["pull", &image]);
+    assert!(out.contains(&format!("Digest: {digest}")), "{out}");
+}
+
+#[test]
+fn docker_hub_pulls_go_to_the_configured_mirror() {
+    let reg = Registry::start();
+    let src = build_env();
+    let on_mirror = format!("{}/library/busybox:latest", reg.host());
+    src.ok(&["tag", "busybox", &on_mirror]);
+    src.ok(&["push", &on_mirror]);
+
+    let env = Env::new();
+    env.ok(&["images"]);
+    fs_err::write(
+        env.root().join("config.toml"),
+        format!("[registry.\"docker.io\"]\nmirrors = [\"{}\"]\n", reg.host()),
+    )
+    .unwrap();
+    let before = reg.requests().len();
+    let out = env.ok(&["pull", "busybox"]);
+    assert!(
+        out.contains("latest: Pulling from library/busybox"),
+        "{out}"
+    );
+    assert_eq!(out.lines().last(), Some("docker.io/library/busybox:latest"));
+    assert!(
+        reg.requests()[before..]
+            .iter()
+            .any(|r| r == "GET /v2/library/busybox/manifests/latest"),
+        "{:?}",
+        reg.requests()
+    );
+    assert_eq!(image_id(&env, "busybox"), image_id(&src, "busybox"));
 }

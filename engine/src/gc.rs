@@ -731,6 +731,9 @@ impl<'de> serde::Deserialize<'de> for Space {
 pub struct Config {
     #[serde(default)]
     pub gc: GcConfig,
+    /// `[registry."HOST[:PORT]"]`: per-registry settings (`BuildKit`'s names).
+    #[serde(default)]
+    pub registry: std::collections::BTreeMap<String, crate::transfer::RegistryConfig>,
 }
 
 /// What is wrong with the configuration file.
@@ -743,6 +746,18 @@ pub enum ConfigError {
 }
 
 impl Config {
+    /// The directory of the configuration file (its `certs.d/` is searched
+    /// first for registry certificates): that of `$RBUILD_CONFIG`, else the
+    /// state root.
+    pub fn dir(state_root: &Path) -> PathBuf {
+        match std::env::var_os("RBUILD_CONFIG").filter(|v| !v.is_empty()) {
+            Some(p) => PathBuf::from(p)
+                .parent()
+                .map_or_else(|| PathBuf::from("."), Path::to_path_buf),
+            None => state_root.to_path_buf(),
+        }
+    }
+
     /// The file `$RBUILD_CONFIG` names (which must exist), else
     /// `<state_root>/config.toml` when present, else the defaults.
     pub fn load(state_root: &Path) -> std::result::Result<Self, ConfigError> {

@@ -54,6 +54,8 @@ pub enum TransferEvent {
 pub struct RegistryOptions {
     pub client: rbuild_registry::Options,
     pub credentials: Arc<dyn CredentialSource>,
+    /// Mirrors per registry (`docker.io` → `127.0.0.1:5001`), tried first for pulls.
+    pub mirrors: std::collections::BTreeMap<String, Vec<String>>,
 }
 
 impl Default for RegistryOptions {
@@ -63,7 +65,55 @@ impl Default for RegistryOptions {
         Self {
             client: rbuild_registry::Options::default(),
             credentials: Arc::new(rbuild_registry::DockerConfig::from_env()),
+            mirrors: std::collections::BTreeMap::new(),
         }
+    }
+}
+
+/// One `[registry."HOST[:PORT]"]` section of `config.toml`.
+#[derive(Clone, Debug, Default, PartialEq, Eq, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RegistryConfig {
+    /// Plain http is allowed.
+    #[serde(default)]
+    pub http: bool,
+    /// https without certificate verification (and plain http) is allowed.
+    #[serde(default)]
+    pub insecure: bool,
+    /// Registries tried first for pulls from this one (`docker.io` mirrors),
+    /// as `HOST[:PORT]`.
+    #[serde(default)]
+    pub mirrors: Vec<String>,
+}
+
+impl RegistryOptions {
+    /// The settings of `config.toml` (`[registry."HOST"]`), the `certs.d`
+    /// directories (beside the configuration file first, then
+    /// `~/.config/containers/certs.d`, `/etc/containers/certs.d`,
+    /// `/etc/docker/certs.d`, as podman looks) and docker's credentials.
+    pub fn load(state_root: &Path) -> Result<Self, crate::gc::ConfigError> {
+        let cfg = crate::gc::Config::load(state_root)?;
+        let mut opts = Self::default();
+        opts.client.insecure = cfg
+            .registry
+            .iter()
+            .filter(|(_, r)| r.http || r.insecure)
+            .map(|(k, _)| k.clone())
+            .collect();
+        let mut dirs = vec![crate::gc::Config::dir(state_root).join("certs.d")];
+        if let Some(home) = std::env::var_os("HOME").filter(|h| !h.is_empty()) {
+            dirs.push(PathBuf::from(home).join(".config/containers/certs.d"));
+        }
+        dirs.push(PathBuf::from("/etc/containers/certs.d"));
+        dirs.push(PathBuf::from("/etc/docker/certs.d"));
+        opts.client.certs_dirs = dirs;
+        opts.mirrors = cfg
+            .registry
+            .into_iter()
+            .filter(|(_, r)| !r.mirrors.is_empty())
+            .map(|(k, r)| (k, r.mirrors))
+            .collect();
+        Ok(opts)
     }
 }
 
@@ -264,7 +314,35 @@ async fn pull_async(
             .map(ToString::to_string)
             .unwrap_or_default()
     });
-    let resolved = client.resolve(&remote, &platform).await.map_err(reg_err)?;
+    // Mirrors first (each a registry of its own, same repository), then the
+    // registry itself.
+    let mut candidates: Vec<RemoteRef> = opts
+        .mirrors
+        .get(&remote.registry)
+        .into_iter()
+        .flatten()
+        .map(|m| RemoteRef {
+            registry: m.clone(),
+            ..remote.clone()
+        })
+        .collect();
+    candidates.push(remote.clone());
+    let mut found = None;
+    let mut last = None;
+    for c in candidates {
+        match client.resolve(&c, &platform).await {
+            Ok(res) => {
+                found = Some((c, res));
+                break;
+            }
+            Err(e) => last = Some(e),
+        }
+    }
+    let Some((remote, resolved)) = found else {
+        return Err(reg_err(
+            last.expect("at least the registry itself was tried"),
+        ));
+    };
     let _ = tx.send(TransferEvent::Line(format!(
         "{what}: Pulling from {}",
         remote.repository

@@ -26,8 +26,12 @@ pub struct Options {
     /// http anyway.
     pub insecure: Vec<String>,
     /// Extra CA certificates per registry (`host[:port]`), trusted beside the
-    /// system's (the hook for `certs.d`).
+    /// system's.
     pub extra_roots: HashMap<String, Vec<CertificateDer<'static>>>,
+    /// `certs.d` directories, searched in order: the first holding a
+    /// `HOST[:PORT]/` directory gives that registry's CAs (`*.crt`) and client
+    /// certificate (`client.cert` + `client.key`), as podman and docker read them.
+    pub certs_dirs: Vec<PathBuf>,
     /// How long a TCP/TLS connect may take.
     pub connect_timeout: Duration,
     /// How long the connection may stay silent while a response is read.
@@ -43,6 +47,7 @@ impl Default for Options {
         Self {
             insecure: Vec::new(),
             extra_roots: HashMap::new(),
+            certs_dirs: Vec::new(),
             connect_timeout: Duration::from_secs(4),
             read_timeout: Duration::from_secs(60),
             retries: 4,
@@ -138,42 +143,50 @@ enum Failure {
 
 fn classify(e: &reqwest::Error) -> Failure {
     let text = chain(e);
+    let mut root: &(dyn std::error::Error + 'static) = e;
+    while let Some(c) = root.source() {
+        root = c;
+    }
+    let url = e.url().map(|u| format!(" ({u})")).unwrap_or_default();
+    let short = format!("{root}{url}");
     if text.contains("UnknownIssuer")
         || text.contains("unknown issuer")
         || text.contains("invalid peer certificate")
     {
-        Failure::Certificate(text)
+        Failure::Certificate(short)
     } else if text.contains("corrupt message")
         || text.contains("InvalidContentType")
         || text.contains("tls")
         || text.contains("TLS")
         || text.contains("handshake")
     {
-        Failure::Tls(text)
+        Failure::Tls(short)
     } else {
         // The innermost cause says it best (`Connection refused (os error
         // 111)`, a DNS failure); the URL says where.
-        let mut root: &(dyn std::error::Error + 'static) = e;
-        while let Some(c) = root.source() {
-            root = c;
-        }
-        let url = e.url().map(|u| format!(" ({u})")).unwrap_or_default();
         if e.is_timeout() {
-            Failure::Connect(format!("timed out: {root}{url}"))
+            Failure::Connect(format!("timed out: {short}"))
         } else if e.is_connect() {
-            Failure::Connect(format!("{root}{url}"))
+            Failure::Connect(short)
         } else {
-            Failure::Broken(format!("{root}{url}"))
+            Failure::Broken(short)
         }
     }
 }
 
-fn failure_error(registry: &str, f: Failure) -> Error {
+fn failure_error(registry: &str, f: Failure, opts: &Options) -> Error {
     match f {
-        Failure::Certificate(reason) if reason.contains("UnknownIssuer") => {
+        Failure::Certificate(reason)
+            if reason.contains("UnknownIssuer") || reason.contains("unknown issuer") =>
+        {
+            let dir = opts
+                .certs_dirs
+                .first()
+                .map_or_else(|| PathBuf::from("certs.d"), Clone::clone);
             Error::UnknownAuthority {
                 registry: registry.to_owned(),
                 reason,
+                ca_path: dir.join(registry).join("ca.crt").display().to_string(),
             }
         }
         Failure::Certificate(reason) | Failure::Tls(reason) => Error::Tls {
@@ -244,15 +257,18 @@ impl Client {
     }
 
     fn http(&self, registry: &str, verify: bool) -> Result<reqwest::Client> {
+        let files = crate::tls::certs_d(&self.opts.certs_dirs, registry)?;
+        let mut extra = self
+            .opts
+            .extra_roots
+            .get(registry)
+            .cloned()
+            .unwrap_or_default();
+        extra.extend(files.roots);
         let tls = if verify {
-            let extra = self
-                .opts
-                .extra_roots
-                .get(registry)
-                .map_or(&[][..], Vec::as_slice);
-            crate::tls::verified(extra)
+            crate::tls::verified(&extra, files.client)
         } else {
-            crate::tls::unverified()
+            crate::tls::unverified(files.client)
         }
         .map_err(|e| Error::Tls {
             registry: registry.to_owned(),
@@ -311,7 +327,7 @@ impl Client {
                                     tokio::time::sleep(self.opts.backoff * attempt).await;
                                     continue;
                                 }
-                                return Err(failure_error(registry, f2));
+                                return Err(failure_error(registry, f2, &self.opts));
                             }
                         }
                     }
@@ -323,7 +339,7 @@ impl Client {
                         tokio::time::sleep(self.opts.backoff * attempt).await;
                         continue;
                     }
-                    return Err(failure_error(registry, f));
+                    return Err(failure_error(registry, f, &self.opts));
                 }
             }
         };
@@ -543,7 +559,7 @@ impl Client {
                         tokio::time::sleep(delay).await;
                         continue;
                     }
-                    return Err(failure_error(&host.registry, f));
+                    return Err(failure_error(&host.registry, f, &self.opts));
                 }
                 Ok(resp) => {
                     let st = resp.status();

@@ -10,11 +10,21 @@ pub enum Error {
     #[error("registry {registry}: the connection broke: {reason}")]
     Broken { registry: String, reason: String },
     #[error(
-        "registry {registry}: the TLS certificate is signed by an unknown authority ({reason}); \
-         put the registry's CA certificate in certs.d/{registry}/ca.crt, or mark the registry \
-         insecure"
+        "registry {registry}: x509: certificate signed by unknown authority ({reason}); put the \
+         registry's CA certificate in {ca_path}, or mark the registry insecure"
     )]
-    UnknownAuthority { registry: String, reason: String },
+    UnknownAuthority {
+        registry: String,
+        reason: String,
+        /// Where the CA would be read from.
+        ca_path: String,
+    },
+    #[error("registry {registry}: TLS files in {dir}: {reason}")]
+    CertsDir {
+        registry: String,
+        dir: String,
+        reason: String,
+    },
     #[error("registry {registry}: TLS: {reason}")]
     Tls { registry: String, reason: String },
     #[error("registry {registry}: authentication required (401): run `rbuild login {registry}`")]

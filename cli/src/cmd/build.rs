@@ -575,7 +575,7 @@ fn prepare(args: &BuildArgs, root: &Path) -> anyhow::Result<Prepared> {
                 jobs,
                 full_sync: args.sync == SyncMode::Full,
                 pull: args.pull,
-                registry: rbuild_engine::transfer::RegistryOptions::default(),
+                registry: rbuild_engine::transfer::RegistryOptions::load(root)?,
                 state_root: root.to_path_buf(),
             },
             dockerfile_src: src,

@@ -57,7 +57,7 @@ pub fn pull(args: &PullArgs, root: &Path) -> Result<ExitCode> {
         None => None,
     };
     let store = open_store(root)?;
-    let opts = RegistryOptions::default();
+    let opts = RegistryOptions::load(root)?;
     let names = if args.all_tags {
         let r =
             Reference::parse(&args.name).map_err(|e| anyhow!("invalid reference format: {e}"))?;
@@ -88,7 +88,7 @@ pub fn pull(args: &PullArgs, root: &Path) -> Result<ExitCode> {
 
 pub fn push(args: &PushArgs, root: &Path) -> Result<ExitCode> {
     let store = open_store(root)?;
-    let opts = RegistryOptions::default();
+    let opts = RegistryOptions::load(root)?;
     let quiet = args.quiet;
     let pushed = transfer::push(&store, &args.name, &opts, &mut |ev| {
         if !quiet {
@@ -124,7 +124,7 @@ pub struct LogoutArgs {
     server: Option<String>,
 }
 
-pub fn login(args: &LoginArgs) -> Result<ExitCode> {
+pub fn login(args: &LoginArgs, root: &Path) -> Result<ExitCode> {
     let registry = transfer::login_registry(args.server.as_deref());
     let config = rbuild_registry::DockerConfig::from_env();
     if args.password.is_some() && args.password_stdin {
@@ -162,7 +162,7 @@ pub fn login(args: &LoginArgs) -> Result<ExitCode> {
         },
         _ => anyhow::bail!("give both --username and a password (--password-stdin or --password)"),
     };
-    transfer::login(&registry, &creds, &RegistryOptions::default(), &config)?;
+    transfer::login(&registry, &creds, &RegistryOptions::load(root)?, &config)?;
     println!("Login Succeeded");
     Ok(ExitCode::SUCCESS)
 }
