@@ -1594,3 +1594,43 @@ fn docker_hub_pulls_go_to_the_configured_mirror() {
     );
     assert_eq!(image_id(&env, "busybox"), image_id(&src, "busybox"));
 }
+
+#[test]
+fn build_push_and_registry_outputs_push_what_was_built() {
+    let reg = Registry::start();
+    let env = build_env();
+    let ctx = env.path("ctx-push");
+    fs_err::create_dir_all(&ctx).unwrap();
+    fs_err::write(
+        ctx.join("Dockerfile"),
+        "FROM busybox\nRUN echo pushed > /p\n",
+    )
+    .unwrap();
+    let ctx = ctx.to_str().unwrap();
+    let tagged = format!("{}/built:1", reg.host());
+    let o = env.run(&["build", "--push", "--progress=plain", "-t", &tagged, ctx]);
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(o.status.success(), "{err}");
+    assert!(
+        err.contains(&format!("pushing manifest for {tagged}@sha256:")),
+        "{err}"
+    );
+    let id = image_id(&env, &tagged);
+    let digest = skopeo_digest(&tagged);
+    assert!(err.contains(&digest), "{err}");
+
+    for (spec, name) in [
+        (
+            "type=image,name={},push=true",
+            format!("{}/named:2", reg.host()),
+        ),
+        ("type=registry,name={}", format!("{}/reg:3", reg.host())),
+    ] {
+        let spec = spec.replace("{}", &name);
+        env.ok(&["build", "-q", "--output", &spec, ctx]);
+        assert_eq!(skopeo_digest(&name), digest, "{spec}");
+        assert_eq!(image_id(&env, &name), id);
+    }
+    let err = env.fails(&["build", "--push", ctx]);
+    assert!(err.contains("pushing needs a name"), "{err}");
+}

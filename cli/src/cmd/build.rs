@@ -22,7 +22,7 @@ use crate::progress::{ProgressMode, Renderer};
 
 #[derive(clap::Args, Debug)]
 #[command(about = "Build an image from a Dockerfile")]
-#[allow(clippy::struct_field_names)] // named after the flags
+#[allow(clippy::struct_field_names, clippy::struct_excessive_bools)] // named after the flags, one bool per docker flag
 pub struct BuildArgs {
     /// The Dockerfile (default: CONTEXT/Dockerfile; `-` reads it from stdin)
     #[arg(short = 'f', long = "file", value_name = "FILE")]
@@ -83,6 +83,10 @@ pub struct BuildArgs {
     /// Always check the registry for a newer version of the base images
     #[arg(long)]
     pull: bool,
+    /// Push the image to its registry after the build (the -t names);
+    /// --output type=image,name=REF,push=true names others
+    #[arg(long)]
+    push: bool,
     /// The build context: a directory, or `-` for a tar[.gz] on stdin
     #[arg(value_name = "CONTEXT")]
     context: String,
@@ -123,6 +127,9 @@ pub enum OutputSpec {
     Tar(PathBuf),
     /// The final root filesystem copied into a directory.
     Local(PathBuf),
+    /// Into the store and pushed to a registry: under `name=` (else the
+    /// tags).
+    Registry(Vec<String>),
 }
 
 /// Parses `--output`: `type=T,dest=PATH` (`docker` without `dest` means the
@@ -133,6 +140,8 @@ pub fn parse_output(spec: &str) -> anyhow::Result<OutputSpec> {
     }
     let mut kind = None;
     let mut dest = None;
+    let mut names = Vec::new();
+    let mut push = None;
     for field in spec.split(',') {
         let (k, v) = field
             .split_once('=')
@@ -140,7 +149,15 @@ pub fn parse_output(spec: &str) -> anyhow::Result<OutputSpec> {
         match k {
             "type" => kind = Some(v.to_owned()),
             "dest" => dest = Some(PathBuf::from(v)),
-            _ => bail!("--output: unknown field {k:?} (known: type, dest)"),
+            "name" => names.push(v.to_owned()),
+            "push" => {
+                push = Some(match v {
+                    "true" => true,
+                    "false" => false,
+                    _ => bail!("--output: push={v:?} is not true or false"),
+                });
+            }
+            _ => bail!("--output: unknown field {k:?} (known: type, dest, name, push)"),
         }
     }
     let kind = kind.ok_or_else(|| anyhow!("--output {spec:?} has no type="))?;
@@ -148,12 +165,19 @@ pub fn parse_output(spec: &str) -> anyhow::Result<OutputSpec> {
         dest.filter(|d| d.as_os_str() != "-")
             .ok_or_else(|| anyhow!("--output type={kind} needs dest=PATH"))
     };
+    if (!names.is_empty() || push.is_some()) && !matches!(kind.as_str(), "image" | "registry") {
+        bail!("--output type={kind} takes no name= or push=");
+    }
     Ok(match kind.as_str() {
+        "registry" => OutputSpec::Registry(names),
+        "image" if push == Some(true) => OutputSpec::Registry(names),
         "docker" | "image" => dest.map_or(OutputSpec::Store, OutputSpec::Docker),
         "oci" => OutputSpec::Oci(need(dest)?),
         "tar" => OutputSpec::Tar(need(dest)?),
         "local" => OutputSpec::Local(need(dest)?),
-        other => bail!("--output: unknown type {other:?} (known: docker, oci, tar, local)"),
+        other => bail!(
+            "--output: unknown type {other:?} (known: docker, image, registry, oci, tar, local)"
+        ),
     })
 }
 
@@ -221,6 +245,8 @@ pub struct Request {
     pub dockerfile_src: String,
     pub tags: Vec<rbuild_image::Reference>,
     pub output: OutputSpec,
+    /// What a registry output pushes (its `name=`s, else the tags).
+    pub push_names: Vec<rbuild_image::Reference>,
 }
 
 impl Request {
@@ -242,6 +268,11 @@ impl Request {
             }),
             OutputSpec::Tar(dest) => Box::new(TarExporter { dest: dest.clone() }),
             OutputSpec::Local(dest) => Box::new(LocalExporter { dest: dest.clone() }),
+            OutputSpec::Registry(_) => Box::new(rbuild_engine::RegistryExporter {
+                tags: Vec::new(),
+                names: self.push_names.clone(),
+                registry: self.build.registry.clone(),
+            }),
         }
     }
 }
@@ -522,7 +553,7 @@ fn prepare(args: &BuildArgs, root: &Path) -> anyhow::Result<Prepared> {
         .iter()
         .map(|s| parse_secret(s))
         .collect::<anyhow::Result<_>>()?;
-    let tags = args
+    let tags: Vec<rbuild_image::Reference> = args
         .tags
         .iter()
         .map(|t| {
@@ -536,9 +567,29 @@ fn prepare(args: &BuildArgs, root: &Path) -> anyhow::Result<Prepared> {
             Ok(r)
         })
         .collect::<anyhow::Result<_>>()?;
-    let output = match &args.output {
-        Some(o) => parse_output(o)?,
-        None => OutputSpec::Store,
+    let output = match (&args.output, args.push) {
+        (Some(_), true) => bail!("--push and --output cannot be combined"),
+        (Some(o), false) => parse_output(o)?,
+        (None, true) => OutputSpec::Registry(Vec::new()),
+        (None, false) => OutputSpec::Store,
+    };
+    let push_names = match &output {
+        OutputSpec::Registry(names) if names.is_empty() => {
+            if tags.is_empty() {
+                bail!(
+                    "pushing needs a name: give -t NAME or --output type=image,name=NAME,push=true"
+                );
+            }
+            tags.clone()
+        }
+        OutputSpec::Registry(names) => names
+            .iter()
+            .map(|n| {
+                rbuild_image::Reference::parse_tag(n)
+                    .map_err(|e| anyhow!("--output name={n:?}: {e}"))
+            })
+            .collect::<anyhow::Result<_>>()?,
+        _ => Vec::new(),
     };
     let jobs = args.jobs.unwrap_or_else(|| {
         std::thread::available_parallelism().map_or(1, std::num::NonZeroUsize::get)
@@ -581,6 +632,7 @@ fn prepare(args: &BuildArgs, root: &Path) -> anyhow::Result<Prepared> {
             dockerfile_src: src,
             tags,
             output,
+            push_names,
         }),
         tmp,
     ))
@@ -680,7 +732,26 @@ mod tests {
             parse_output("out").unwrap(),
             OutputSpec::Local("out".into())
         );
-        for bad in ["type=local", "type=zip,dest=x", "dest=x", "type=tar,foo=1"] {
+        assert_eq!(
+            parse_output("type=image,name=r:5000/a:1,push=true").unwrap(),
+            OutputSpec::Registry(vec!["r:5000/a:1".into()])
+        );
+        assert_eq!(
+            parse_output("type=registry").unwrap(),
+            OutputSpec::Registry(Vec::new())
+        );
+        assert_eq!(
+            parse_output("type=image,push=false").unwrap(),
+            OutputSpec::Store
+        );
+        for bad in [
+            "type=local",
+            "type=zip,dest=x",
+            "dest=x",
+            "type=tar,foo=1",
+            "type=tar,dest=x,push=true",
+            "type=image,push=yes",
+        ] {
             assert!(parse_output(bad).is_err(), "{bad}");
         }
     }
