@@ -467,6 +467,29 @@ fn from_a_registry_image_pulls_it_and_a_stored_base_needs_no_network() {
         reqs.iter().any(|r| r.contains("/v2/base/manifests/1")),
         "{reqs:?}"
     );
+
+    // With --progress json the pull is reported as JSON too.
+    let fresh = Env::new();
+    let o = fresh.run(&["build", "--progress=json", "-q", ctx.to_str().unwrap()]);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let o = fresh.run(&[
+        "build",
+        "--no-cache",
+        "--pull",
+        "--progress=json",
+        ctx.to_str().unwrap(),
+    ]);
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(o.status.success(), "{err}");
+    let mut pulls = 0;
+    for l in err.lines() {
+        let v: serde_json::Value =
+            serde_json::from_str(l).unwrap_or_else(|e| panic!("not JSON ({e}): {l}"));
+        if v["pull"].as_str() == Some(base.as_str()) {
+            pulls += 1;
+        }
+    }
+    assert!(pulls > 0, "{err}");
 }
 
 #[test]

@@ -372,9 +372,9 @@ impl rbuild_engine::Reporter for Renderer {
     fn warning(&mut self, message: &str) {
         self.println(&format!("WARNING: {message}"));
     }
-    fn pull_event(&mut self, _reference: &str, ev: &rbuild_engine::transfer::TransferEvent) {
+    fn pull_event(&mut self, reference: &str, ev: &rbuild_engine::transfer::TransferEvent) {
         if let Some(line) = super::transfer::plain_line(ev) {
-            self.println(&line);
+            self.pull_line(reference, &line);
         }
     }
 }
