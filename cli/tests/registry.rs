@@ -1657,3 +1657,37 @@ fn build_push_and_registry_outputs_push_what_was_built() {
     let err = env.fails(&["build", "--push", ctx]);
     assert!(err.contains("pushing needs a name"), "{err}");
 }
+
+#[test]
+fn on_a_terminal_pull_and_push_show_a_bar_per_layer() {
+    assert!(have("script"), "script is missing: install util-linux");
+    let reg = Registry::start();
+    let env = build_env();
+    let image = format!("{}/tty:1", reg.host());
+    env.ok(&["tag", "busybox", &image]);
+    let in_tty = |env: &Env, args: &str| -> String {
+        let o = Command::new("script")
+            .args(["-qec", &format!("{} {args}", common::BIN), "/dev/null"])
+            .env("RBUILD_ROOT", env.root())
+            .env("DOCKER_CONFIG", env.path("docker-config"))
+            .output()
+            .unwrap();
+        let out = String::from_utf8_lossy(&o.stdout).into_owned();
+        assert!(o.status.success(), "{out}");
+        out
+    };
+    let out = in_tty(&env, &format!("push {image}"));
+    assert!(out.contains('\u{1b}'), "no terminal rendering: {out:?}");
+    assert!(out.contains(": Pushed"), "{out:?}");
+    let digest = out
+        .lines()
+        .find_map(|l| l.split_once(": digest: "))
+        .map(|(_, r)| r.split_whitespace().next().unwrap().to_owned())
+        .unwrap_or_else(|| panic!("{out:?}"));
+    let fresh = Env::new();
+    let out = in_tty(&fresh, &format!("pull {image}"));
+    assert!(out.contains("B/s"), "no byte counts and rate: {out:?}");
+    assert!(out.contains(": Pull complete"), "{out:?}");
+    assert!(out.contains(&format!("Digest: {digest}")), "{out:?}");
+    assert!(out.trim_end().ends_with(&image), "{out:?}");
+}

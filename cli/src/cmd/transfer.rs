@@ -44,6 +44,98 @@ pub fn plain_line(ev: &TransferEvent) -> Option<String> {
     }
 }
 
+/// How pull and push output is shown: plain lines, or on a terminal one
+/// indicatif bar per layer (status, bytes, rate) as `docker pull` shows it.
+enum View {
+    Quiet,
+    Plain,
+    Tty {
+        multi: indicatif::MultiProgress,
+        bars: std::collections::HashMap<String, indicatif::ProgressBar>,
+        /// Lines that come after the layers (`Digest:`, `Status:`), printed
+        /// below the bars at the end.
+        after: Vec<String>,
+    },
+}
+
+impl View {
+    fn new(quiet: bool) -> Self {
+        if quiet {
+            Self::Quiet
+        } else if std::io::IsTerminal::is_terminal(&std::io::stdout()) {
+            Self::Tty {
+                multi: indicatif::MultiProgress::with_draw_target(
+                    indicatif::ProgressDrawTarget::stdout(),
+                ),
+                bars: std::collections::HashMap::new(),
+                after: Vec::new(),
+            }
+        } else {
+            Self::Plain
+        }
+    }
+
+    fn event(&mut self, ev: &TransferEvent) {
+        match self {
+            Self::Quiet => {}
+            Self::Plain => {
+                if let Some(l) = plain_line(ev) {
+                    println!("{l}");
+                }
+            }
+            Self::Tty { multi, bars, after } => match ev {
+                TransferEvent::Line(l) if bars.is_empty() => {
+                    let _ = multi.println(l);
+                }
+                TransferEvent::Line(l) => after.push(l.clone()),
+                TransferEvent::Layer { id, status } => {
+                    let bar = bars.entry(id.clone()).or_insert_with(|| {
+                        let b = multi.add(indicatif::ProgressBar::new(0));
+                        b.set_style(
+                            indicatif::ProgressStyle::with_template("{prefix}: {msg}")
+                                .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
+                        );
+                        b.set_prefix(id.clone());
+                        b
+                    });
+                    bar.set_message(status.clone());
+                }
+                TransferEvent::Progress { id, current, total } => {
+                    if let Some(bar) = bars.get(id) {
+                        if bar.length() != Some(*total) {
+                            bar.set_length(*total);
+                            bar.set_style(
+                                indicatif::ProgressStyle::with_template(
+                                    "{prefix}: {msg} [{bar:30}] {bytes}/{total_bytes} {bytes_per_sec}",
+                                )
+                                .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar())
+                                .progress_chars("=> "),
+                            );
+                        }
+                        bar.set_position(*current);
+                    }
+                }
+            },
+        }
+    }
+
+    /// Leaves each layer's last status on the screen.
+    fn finish(&mut self) {
+        if let Self::Tty { bars, after, .. } = self {
+            for b in bars.values() {
+                b.set_style(
+                    indicatif::ProgressStyle::with_template("{prefix}: {msg}")
+                        .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
+                );
+                b.finish();
+            }
+            for l in after.drain(..) {
+                println!("{l}");
+            }
+        }
+    }
+}
+
 fn open_store(root: &Path) -> Result<Store> {
     Store::open(root).with_context(|| format!("opening the image store {}", root.display()))
 }
@@ -72,16 +164,13 @@ pub fn pull(args: &PullArgs, root: &Path) -> Result<ExitCode> {
     } else {
         vec![args.name.clone()]
     };
-    let quiet = args.quiet;
     for name in names {
+        let mut view = View::new(args.quiet);
         let pulled = transfer::pull(&store, &name, platform.as_ref(), &opts, &mut |ev| {
-            if !quiet {
-                if let Some(l) = plain_line(&ev) {
-                    println!("{l}");
-                }
-            }
-        })?;
-        println!("{}", pulled.reference.full_name());
+            view.event(&ev);
+        });
+        view.finish();
+        println!("{}", pulled?.reference.full_name());
     }
     Ok(ExitCode::SUCCESS)
 }
@@ -89,15 +178,11 @@ pub fn pull(args: &PullArgs, root: &Path) -> Result<ExitCode> {
 pub fn push(args: &PushArgs, root: &Path) -> Result<ExitCode> {
     let store = open_store(root)?;
     let opts = RegistryOptions::load(root)?;
-    let quiet = args.quiet;
-    let pushed = transfer::push(&store, &args.name, &opts, &mut |ev| {
-        if !quiet {
-            if let Some(l) = plain_line(&ev) {
-                println!("{l}");
-            }
-        }
-    })?;
-    if quiet {
+    let mut view = View::new(args.quiet);
+    let pushed = transfer::push(&store, &args.name, &opts, &mut |ev| view.event(&ev));
+    view.finish();
+    let pushed = pushed?;
+    if args.quiet {
         println!("{}", pushed.reference.full_name());
     }
     Ok(ExitCode::SUCCESS)
