@@ -1679,11 +1679,7 @@ fn on_a_terminal_pull_and_push_show_a_bar_per_layer() {
     let out = in_tty(&env, &format!("push {image}"));
     assert!(out.contains('\u{1b}'), "no terminal rendering: {out:?}");
     assert!(out.contains(": Pushed"), "{out:?}");
-    let digest = out
-        .lines()
-        .find_map(|l| l.split_once(": digest: "))
-        .map(|(_, r)| r.split_whitespace().next().unwrap().to_owned())
-        .unwrap_or_else(|| panic!("{out:?}"));
+    let digest = pushed_digest(&out);
     let fresh = Env::new();
     let out = in_tty(&fresh, &format!("pull {image}"));
     assert!(out.contains("B/s"), "no byte counts and rate: {out:?}");
