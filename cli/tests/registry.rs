@@ -228,6 +228,17 @@ fn pull_of_an_image_pushed_by_skopeo_runs_and_records_its_repo_digest() {
             .any(|r| r.starts_with("GET") && r.contains("/blobs/")),
         "a second pull fetched blobs: {again:?}"
     );
+
+    // -a: every tag of the repository.
+    env.ok(&["tag", &image, &format!("{}/base:2", reg.host())]);
+    env.ok(&["push", &format!("{}/base:2", reg.host())]);
+    let all = Env::new();
+    let out = all.ok(&["pull", "-a", &format!("{}/base", reg.host())]);
+    assert!(out.contains(&format!("{}/base:1", reg.host())), "{out}");
+    let tags = all.ok(&["images", "--format", "{{.Tag}}"]);
+    let mut tags: Vec<&str> = tags.lines().collect();
+    tags.sort_unstable();
+    assert_eq!(tags, ["1", "2"]);
 }
 
 #[test]
