@@ -1698,3 +1698,50 @@ fn on_a_terminal_pull_and_push_show_a_bar_per_layer() {
     assert!(out.contains(&format!("Digest: {digest}")), "{out:?}");
     assert!(out.trim_end().ends_with(&image), "{out:?}");
 }
+
+#[test]
+fn a_zstd_push_makes_an_oci_manifest_that_pulls_back() {
+    let reg = Registry::start();
+    let env = build_env();
+    build_app(&env, "app", "zstd");
+    let ctx = env.path("ctx-zstd");
+    let name = format!("{}/zst:1", reg.host());
+    env.ok(&[
+        "build",
+        "-q",
+        "--output",
+        &format!("type=registry,name={name},compression=zstd"),
+        ctx.to_str().unwrap(),
+    ]);
+    skopeo();
+    let o = Command::new("skopeo")
+        .args([
+            "inspect",
+            "--raw",
+            "--tls-verify=false",
+            &format!("docker://{name}"),
+        ])
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let m: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    assert_eq!(
+        m["mediaType"].as_str(),
+        Some("application/vnd.oci.image.manifest.v1+json"),
+        "{m}"
+    );
+    for l in m["layers"].as_array().unwrap() {
+        assert_eq!(
+            l["mediaType"].as_str(),
+            Some("application/vnd.oci.image.layer.v1.tar+zstd"),
+            "{m}"
+        );
+    }
+    let fresh = Env::new();
+    fresh.ok(&["pull", &name]);
+    assert_eq!(image_id(&fresh, &name), image_id(&env, "app"));
+    assert_eq!(
+        fresh.ok(&["run", "--rm", &name, "cat", "/app.txt"]).trim(),
+        "zstd"
+    );
+}

@@ -147,6 +147,8 @@ pub struct RegistryExporter {
     /// Tagged in the store and pushed.
     pub names: Vec<Reference>,
     pub registry: crate::transfer::RegistryOptions,
+    /// How layers are compressed (`compression=`; gzip by default).
+    pub compression: rbuild_snapshotter::Compression,
 }
 
 impl Exporter for RegistryExporter {
@@ -168,12 +170,17 @@ impl Exporter for RegistryExporter {
         for n in &self.names {
             let pushing = format!("pushing {}", n.full_name());
             phases.status(&pushing, false);
-            let pushed =
-                crate::transfer::push(cx.store, &n.to_string(), &self.registry, &mut |_| {})
-                    .map_err(|e| ExportError::Push {
-                        name: n.full_name(),
-                        source: Box::new(e),
-                    })?;
+            let pushed = crate::transfer::push(
+                cx.store,
+                &n.to_string(),
+                self.compression,
+                &self.registry,
+                &mut |_| {},
+            )
+            .map_err(|e| ExportError::Push {
+                name: n.full_name(),
+                source: Box::new(e),
+            })?;
             phases.status(&pushing, true);
             let m = format!("pushing manifest for {}@{}", n.full_name(), pushed.digest);
             phases.status(&m, false);

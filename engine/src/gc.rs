@@ -875,8 +875,16 @@ mod tests {
         assert_eq!(c.gc.min_free_space, Some(Space::Bytes(1024)));
         let e = toml::from_str::<Config>("[gc]\nkeepBytes = 1\n").unwrap_err();
         assert!(e.to_string().contains("keepBytes"), "{e}");
-        let e = toml::from_str::<Config>("[registry]\n").unwrap_err();
-        assert!(e.to_string().contains("registry"), "{e}");
+        let e = toml::from_str::<Config>("[registries]\n").unwrap_err();
+        assert!(e.to_string().contains("registries"), "{e}");
+        let c: Config = toml::from_str(
+            "[registry.\"127.0.0.1:5000\"]\nhttp = true\n[registry.\"docker.io\"]\nmirrors = [\"m:1\"]\n",
+        )
+        .unwrap();
+        assert!(c.registry["127.0.0.1:5000"].http);
+        assert_eq!(c.registry["docker.io"].mirrors, ["m:1"]);
+        let e = toml::from_str::<Config>("[registry.\"x\"]\ninsecure-skip = true\n").unwrap_err();
+        assert!(e.to_string().contains("insecure-skip"), "{e}");
         assert!(toml::from_str::<Config>("[gc]\nmaxUsedSpace = \"150%\"\n").is_err());
     }
 }

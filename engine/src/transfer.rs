@@ -547,10 +547,13 @@ fn decompress(src: &Path, dest: &Path) -> io::Result<Digest> {
     Ok(d)
 }
 
-/// Pushes the image tagged `name` to its registry; reports to `report`.
+/// Pushes the image tagged `name` to its registry, its layers compressed
+/// with `compression` (gzip as docker; zstd gives an OCI manifest); reports to
+/// `report`.
 pub fn push(
     store: &Store,
     name: &str,
+    compression: Compression,
     opts: &RegistryOptions,
     report: &mut dyn FnMut(TransferEvent),
 ) -> Result<Pushed, TransferError> {
@@ -560,7 +563,7 @@ pub fn push(
         .map_err(|_| TransferError::NoLocalImage(r.to_string()))?;
     let rt = runtime()?;
     let (tx, mut rx) = mpsc::unbounded_channel();
-    let job = push_async(store.clone(), r, img, opts.clone(), tx);
+    let job = push_async(store.clone(), r, img, compression, opts.clone(), tx);
     rt.block_on(async move {
         let mut job = std::pin::pin!(job);
         loop {
@@ -595,15 +598,48 @@ type PushFailure = (
     Option<rbuild_image::Error>,
 );
 
-/// Pushes one layer; returns its descriptor in the manifest.
-async fn push_layer(
+/// The compression a layer media type names.
+fn compression_of(media_type: &str) -> Compression {
+    if media_type.contains("zstd") {
+        Compression::Zstd
+    } else if media_type.contains("gzip") {
+        Compression::Gzip
+    } else {
+        Compression::None
+    }
+}
+
+/// The media type of a layer rbuild compressed (docker's where it has one).
+fn layer_media_type(c: Compression) -> &'static str {
+    match c {
+        Compression::Gzip => manifest::DOCKER_LAYER_GZIP,
+        Compression::Zstd => manifest::OCI_LAYER_ZSTD,
+        Compression::None => manifest::DOCKER_LAYER,
+    }
+}
+
+/// One layer to push.
+struct LayerPush {
     client: Arc<Client>,
     store: Store,
     remote: RemoteRef,
     diff_id: Digest,
+    compression: Compression,
     scratch: PathBuf,
     tx: mpsc::UnboundedSender<TransferEvent>,
-) -> Result<Descriptor, PushFailure> {
+}
+
+/// Pushes one layer; returns its descriptor in the manifest.
+async fn push_layer(job: LayerPush) -> Result<Descriptor, PushFailure> {
+    let LayerPush {
+        client,
+        store,
+        remote,
+        diff_id,
+        compression,
+        scratch,
+        tx,
+    } = job;
     let reg = |e| (None, Some(e), None);
     let sid = short(&diff_id);
     let status = |s: String| {
@@ -615,7 +651,7 @@ async fn push_layer(
     let sources: Vec<LayerSource> = store
         .layer_sources(&diff_id)
         .into_iter()
-        .filter(|s| s.registry == remote.registry)
+        .filter(|s| s.registry == remote.registry && compression_of(&s.media_type) == compression)
         .rev()
         .collect();
     // Known here: the same repository first, then the others (mounts).
@@ -661,7 +697,16 @@ async fn push_layer(
     // Compressed while it is sent, as docker does; a registry that does not
     // take it so gets it from a file (with retries).
     status("Pushing".into());
-    match push_streamed(&client, &store, &remote, &diff_id, upload_at.take()).await {
+    match push_streamed(
+        &client,
+        &store,
+        &remote,
+        &diff_id,
+        compression,
+        upload_at.take(),
+    )
+    .await
+    {
         Ok(desc) => {
             status("Pushed".into());
             let src = LayerSource {
@@ -681,11 +726,11 @@ async fn push_layer(
     let p2 = path.clone();
     let s2 = store.clone();
     let d2 = diff_id.clone();
-    let digests = tokio::task::spawn_blocking(move || compress(&s2, &d2, &p2))
+    let digests = tokio::task::spawn_blocking(move || compress(&s2, &d2, compression, &p2))
         .await
         .map_err(|e| (Some(io::Error::other(e.to_string())), None, None))?
         .map_err(|e| (None, None, Some(e)))?;
-    let desc = Descriptor::new(manifest::DOCKER_LAYER_GZIP, digests.0.clone(), digests.1);
+    let desc = Descriptor::new(layer_media_type(compression), digests.0.clone(), digests.1);
     let src = LayerSource {
         digest: desc.digest.clone(),
         media_type: desc.media_type.clone(),
@@ -712,18 +757,19 @@ async fn push_layer(
     Ok(desc)
 }
 
-/// Compresses the layer `diff_id` with gzip on a blocking thread while
-/// uploading the bytes; returns the layer's descriptor.
+/// Compresses the layer `diff_id` on a blocking thread while uploading the
+/// bytes; returns the layer's descriptor.
 async fn push_streamed(
     client: &Client,
     store: &Store,
     remote: &RemoteRef,
     diff_id: &Digest,
+    compression: Compression,
     started: Option<String>,
 ) -> Result<Descriptor, PushFailure> {
     let (txc, rxc) = mpsc::channel::<io::Result<bytes::Bytes>>(4);
     let (s2, d2) = (store.clone(), diff_id.clone());
-    let producer = tokio::task::spawn_blocking(move || compress_into(&s2, &d2, &txc));
+    let producer = tokio::task::spawn_blocking(move || compress_into(&s2, &d2, compression, &txc));
     let stream = futures_util::stream::unfold(rxc, |mut rx| async move {
         rx.recv().await.map(|item| (item, rx))
     });
@@ -742,18 +788,19 @@ async fn push_streamed(
         .await
         .map_err(|e| (None, Some(e), None))?;
     Ok(Descriptor::new(
-        manifest::DOCKER_LAYER_GZIP,
+        layer_media_type(compression),
         digest,
         size.load(std::sync::atomic::Ordering::Relaxed),
     ))
 }
 
-/// Writes the stored layer `diff_id` compressed with gzip into `tx`, in
-/// chunks; returns the compressed digest and size. A failure is sent too, so
-/// the upload fails rather than ending early.
+/// Writes the stored layer `diff_id` compressed into `tx`, in chunks;
+/// returns the compressed digest and size. A failure is sent too, so the
+/// upload fails rather than ending early.
 fn compress_into(
     store: &Store,
     diff_id: &Digest,
+    compression: Compression,
     tx: &mpsc::Sender<io::Result<bytes::Bytes>>,
 ) -> rbuild_image::Result<(Digest, u64)> {
     let result = (|| {
@@ -764,7 +811,7 @@ fn compress_into(
         });
         let mut blob = store.open_blob(diff_id)?;
         let (mut out, d) =
-            rbuild_snapshotter::compress::write_layer(out, Compression::Gzip, threads, |w| {
+            rbuild_snapshotter::compress::write_layer(out, compression, threads, |w| {
                 io::copy(&mut blob, w).map(drop)
             })?;
         out.flush()?;
@@ -794,15 +841,19 @@ fn record(store: &Store, diff_id: &Digest, src: &LayerSource, remote: &RemoteRef
     );
 }
 
-/// Compresses the stored layer `diff_id` with gzip into `dest`: (digest, size).
-fn compress(store: &Store, diff_id: &Digest, dest: &Path) -> rbuild_image::Result<(Digest, u64)> {
+/// Compresses the stored layer `diff_id` into `dest`: (digest, size).
+fn compress(
+    store: &Store,
+    diff_id: &Digest,
+    compression: Compression,
+    dest: &Path,
+) -> rbuild_image::Result<(Digest, u64)> {
     let threads = std::thread::available_parallelism().map_or(2, std::num::NonZero::get);
     let out = io::BufWriter::with_capacity(256 * 1024, fs_err::File::create(dest)?);
     let mut blob = store.open_blob(diff_id)?;
-    let (out, d) =
-        rbuild_snapshotter::compress::write_layer(out, Compression::Gzip, threads, |w| {
-            io::copy(&mut blob, w).map(drop)
-        })?;
+    let (out, d) = rbuild_snapshotter::compress::write_layer(out, compression, threads, |w| {
+        io::copy(&mut blob, w).map(drop)
+    })?;
     let mut f = out.into_inner().map_err(io::IntoInnerError::into_error)?;
     f.flush()?;
     if d.diff_id != *diff_id {
@@ -818,6 +869,7 @@ async fn push_async(
     store: Store,
     r: Reference,
     img: rbuild_image::Image,
+    compression: Compression,
     opts: RegistryOptions,
     tx: mpsc::UnboundedSender<TransferEvent>,
 ) -> Result<Pushed, TransferError> {
@@ -871,7 +923,16 @@ async fn push_async(
         );
         tasks.spawn(async move {
             let _permit = sem.acquire_owned().await;
-            (i, push_layer(client, store, remote, d, scratch, tx).await)
+            let job = LayerPush {
+                client,
+                store,
+                remote,
+                diff_id: d,
+                compression,
+                scratch,
+                tx,
+            };
+            (i, push_layer(job).await)
         });
     }
     let mut descs: Vec<Option<Descriptor>> = vec![None; unique.len()];
@@ -939,9 +1000,10 @@ async fn push_async(
             .await
             .map_err(reg_err)?;
     }
+    // Docker's schema 2 has no zstd layers: those make an OCI manifest.
     let oci = layers
         .iter()
-        .any(|l| !l.media_type.contains("gzip") && l.media_type != manifest::DOCKER_LAYER);
+        .any(|l| compression_of(&l.media_type) == Compression::Zstd);
     let (mt, config_mt) = if oci {
         (manifest::OCI_MANIFEST, manifest::OCI_CONFIG)
     } else {
@@ -950,9 +1012,15 @@ async fn push_async(
     let layers = layers
         .into_iter()
         .map(|mut l| {
-            if !oci && l.media_type == manifest::OCI_LAYER_GZIP {
-                manifest::DOCKER_LAYER_GZIP.clone_into(&mut l.media_type);
-            }
+            // The same bytes under the manifest's family of media types.
+            let mt = match (oci, compression_of(&l.media_type)) {
+                (false, Compression::Gzip) => manifest::DOCKER_LAYER_GZIP,
+                (false, _) => manifest::DOCKER_LAYER,
+                (true, Compression::Gzip) => manifest::OCI_LAYER_GZIP,
+                (true, Compression::Zstd) => manifest::OCI_LAYER_ZSTD,
+                (true, Compression::None) => manifest::OCI_LAYER,
+            };
+            mt.clone_into(&mut l.media_type);
             l
         })
         .collect();

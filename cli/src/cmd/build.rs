@@ -128,8 +128,8 @@ pub enum OutputSpec {
     /// The final root filesystem copied into a directory.
     Local(PathBuf),
     /// Into the store and pushed to a registry: under `name=` (else the
-    /// tags).
-    Registry(Vec<String>),
+    /// tags), layers compressed as `compression=` says (gzip by default).
+    Registry(Vec<String>, rbuild_image::Compression),
 }
 
 /// Parses `--output`: `type=T,dest=PATH` (`docker` without `dest` means the
@@ -142,6 +142,7 @@ pub fn parse_output(spec: &str) -> anyhow::Result<OutputSpec> {
     let mut dest = None;
     let mut names = Vec::new();
     let mut push = None;
+    let mut compression = None;
     for field in spec.split(',') {
         let (k, v) = field
             .split_once('=')
@@ -150,6 +151,11 @@ pub fn parse_output(spec: &str) -> anyhow::Result<OutputSpec> {
             "type" => kind = Some(v.to_owned()),
             "dest" => dest = Some(PathBuf::from(v)),
             "name" => names.push(v.to_owned()),
+            "compression" => {
+                compression = Some(rbuild_image::Compression::from_name(v).ok_or_else(|| {
+                    anyhow!("--output: compression={v:?} (known: gzip, zstd, uncompressed)")
+                })?);
+            }
             "push" => {
                 push = Some(match v {
                     "true" => true,
@@ -157,7 +163,9 @@ pub fn parse_output(spec: &str) -> anyhow::Result<OutputSpec> {
                     _ => bail!("--output: push={v:?} is not true or false"),
                 });
             }
-            _ => bail!("--output: unknown field {k:?} (known: type, dest, name, push)"),
+            _ => {
+                bail!("--output: unknown field {k:?} (known: type, dest, name, push, compression)")
+            }
         }
     }
     let kind = kind.ok_or_else(|| anyhow!("--output {spec:?} has no type="))?;
@@ -165,12 +173,16 @@ pub fn parse_output(spec: &str) -> anyhow::Result<OutputSpec> {
         dest.filter(|d| d.as_os_str() != "-")
             .ok_or_else(|| anyhow!("--output type={kind} needs dest=PATH"))
     };
+    let pushing = kind == "registry" || (kind == "image" && push == Some(true));
     if (!names.is_empty() || push.is_some()) && !matches!(kind.as_str(), "image" | "registry") {
         bail!("--output type={kind} takes no name= or push=");
     }
+    if compression.is_some() && !pushing {
+        bail!("--output: compression= is for pushes (type=registry or type=image,push=true)");
+    }
+    let compression = compression.unwrap_or(rbuild_image::Compression::Gzip);
     Ok(match kind.as_str() {
-        "registry" => OutputSpec::Registry(names),
-        "image" if push == Some(true) => OutputSpec::Registry(names),
+        _ if pushing => OutputSpec::Registry(names, compression),
         "docker" | "image" => dest.map_or(OutputSpec::Store, OutputSpec::Docker),
         "oci" => OutputSpec::Oci(need(dest)?),
         "tar" => OutputSpec::Tar(need(dest)?),
@@ -268,10 +280,11 @@ impl Request {
             }),
             OutputSpec::Tar(dest) => Box::new(TarExporter { dest: dest.clone() }),
             OutputSpec::Local(dest) => Box::new(LocalExporter { dest: dest.clone() }),
-            OutputSpec::Registry(_) => Box::new(rbuild_engine::RegistryExporter {
+            OutputSpec::Registry(_, compression) => Box::new(rbuild_engine::RegistryExporter {
                 tags: Vec::new(),
                 names: self.push_names.clone(),
                 registry: self.build.registry.clone(),
+                compression: *compression,
             }),
         }
     }
@@ -570,11 +583,11 @@ fn prepare(args: &BuildArgs, root: &Path) -> anyhow::Result<Prepared> {
     let output = match (&args.output, args.push) {
         (Some(_), true) => bail!("--push and --output cannot be combined"),
         (Some(o), false) => parse_output(o)?,
-        (None, true) => OutputSpec::Registry(Vec::new()),
+        (None, true) => OutputSpec::Registry(Vec::new(), rbuild_image::Compression::Gzip),
         (None, false) => OutputSpec::Store,
     };
     let push_names = match &output {
-        OutputSpec::Registry(names) if names.is_empty() => {
+        OutputSpec::Registry(names, _) if names.is_empty() => {
             if tags.is_empty() {
                 bail!(
                     "pushing needs a name: give -t NAME or --output type=image,name=NAME,push=true"
@@ -582,7 +595,7 @@ fn prepare(args: &BuildArgs, root: &Path) -> anyhow::Result<Prepared> {
             }
             tags.clone()
         }
-        OutputSpec::Registry(names) => names
+        OutputSpec::Registry(names, _) => names
             .iter()
             .map(|n| {
                 rbuild_image::Reference::parse_tag(n)
@@ -734,11 +747,15 @@ mod tests {
         );
         assert_eq!(
             parse_output("type=image,name=r:5000/a:1,push=true").unwrap(),
-            OutputSpec::Registry(vec!["r:5000/a:1".into()])
+            OutputSpec::Registry(vec!["r:5000/a:1".into()], rbuild_image::Compression::Gzip)
         );
         assert_eq!(
             parse_output("type=registry").unwrap(),
-            OutputSpec::Registry(Vec::new())
+            OutputSpec::Registry(Vec::new(), rbuild_image::Compression::Gzip)
+        );
+        assert_eq!(
+            parse_output("type=registry,name=r/a:1,compression=zstd").unwrap(),
+            OutputSpec::Registry(vec!["r/a:1".into()], rbuild_image::Compression::Zstd)
         );
         assert_eq!(
             parse_output("type=image,push=false").unwrap(),
@@ -751,6 +768,8 @@ mod tests {
             "type=tar,foo=1",
             "type=tar,dest=x,push=true",
             "type=image,push=yes",
+            "type=oci,dest=x,compression=zstd",
+            "type=registry,compression=lz4",
         ] {
             assert!(parse_output(bad).is_err(), "{bad}");
         }

@@ -179,7 +179,13 @@ pub fn push(args: &PushArgs, root: &Path) -> Result<ExitCode> {
     let store = open_store(root)?;
     let opts = RegistryOptions::load(root)?;
     let mut view = View::new(args.quiet);
-    let pushed = transfer::push(&store, &args.name, &opts, &mut |ev| view.event(&ev));
+    let pushed = transfer::push(
+        &store,
+        &args.name,
+        rbuild_image::Compression::Gzip,
+        &opts,
+        &mut |ev| view.event(&ev),
+    );
     view.finish();
     let pushed = pushed?;
     if args.quiet {
