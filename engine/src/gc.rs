@@ -733,7 +733,23 @@ pub struct Config {
     pub gc: GcConfig,
     /// `[registry."HOST[:PORT]"]`: per-registry settings (`BuildKit`'s names).
     #[serde(default)]
-    pub registry: std::collections::BTreeMap<String, crate::transfer::RegistryConfig>,
+    pub registry: std::collections::BTreeMap<String, RegistryConfig>,
+}
+
+/// One `[registry."HOST[:PORT]"]` section of `config.toml`.
+#[derive(Clone, Debug, Default, PartialEq, Eq, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RegistryConfig {
+    /// Plain http is allowed.
+    #[serde(default)]
+    pub http: bool,
+    /// https without certificate verification (and plain http) is allowed.
+    #[serde(default)]
+    pub insecure: bool,
+    /// Registries tried first for pulls from this one (`docker.io` mirrors),
+    /// as `HOST[:PORT]`.
+    #[serde(default)]
+    pub mirrors: Vec<String>,
 }
 
 /// What is wrong with the configuration file.

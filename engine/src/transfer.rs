@@ -70,21 +70,7 @@ impl Default for RegistryOptions {
     }
 }
 
-/// One `[registry."HOST[:PORT]"]` section of `config.toml`.
-#[derive(Clone, Debug, Default, PartialEq, Eq, serde::Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct RegistryConfig {
-    /// Plain http is allowed.
-    #[serde(default)]
-    pub http: bool,
-    /// https without certificate verification (and plain http) is allowed.
-    #[serde(default)]
-    pub insecure: bool,
-    /// Registries tried first for pulls from this one (`docker.io` mirrors),
-    /// as `HOST[:PORT]`.
-    #[serde(default)]
-    pub mirrors: Vec<String>,
-}
+pub use crate::gc::RegistryConfig;
 
 impl RegistryOptions {
     /// The settings of `config.toml` (`[registry."HOST"]`), the `certs.d`
