@@ -393,7 +393,6 @@ async fn pull_async(
         );
         tasks.spawn(async move {
             let _permit = sem.acquire_owned().await;
-            let compressed = staging.join(format!("download-{i}"));
             let total = desc.size;
             let ptx = tx.clone();
             let pid = sid.clone();
@@ -411,10 +410,23 @@ async fn pull_async(
                     });
                 }
             };
-            client
-                .download_blob(&remote, &desc, &compressed, &progress)
-                .await
-                .map_err(|e| (None, Some(e)))?;
+            let out = staging.join(format!("layer-{i}"));
+            // Downloaded and unpacked at once; a transfer that breaks is
+            // started again from the beginning.
+            let mut attempt = 0;
+            let got = loop {
+                match fetch_layer(&client, &remote, &desc, &out, &progress).await {
+                    Ok(d) => break d,
+                    Err(LayerFailure::Registry(e))
+                        if e.is_transient() && attempt < client.options().retries =>
+                    {
+                        attempt += 1;
+                        tokio::time::sleep(client.options().backoff * attempt).await;
+                    }
+                    Err(LayerFailure::Registry(e)) => return Err((None, Some(e))),
+                    Err(LayerFailure::Io(e)) => return Err((Some(e), None)),
+                }
+            };
             let _ = tx.send(TransferEvent::Layer {
                 id: sid.clone(),
                 status: "Verifying Checksum".into(),
@@ -423,12 +435,6 @@ async fn pull_async(
                 id: sid.clone(),
                 status: "Download complete".into(),
             });
-            let out = staging.join(format!("layer-{i}"));
-            let out2 = out.clone();
-            let got = tokio::task::spawn_blocking(move || decompress(&compressed, &out2))
-                .await
-                .map_err(|e| (Some(io::Error::other(e.to_string())), None))?
-                .map_err(|e| (Some(e), None))?;
             if got != diff_id {
                 return Err((
                     Some(io::Error::other(format!(
@@ -515,22 +521,87 @@ async fn pull_async(
     })
 }
 
-/// Decompresses (gzip, zstd, or none) `src` into `dest` and removes `src`;
-/// returns the diff ID of what was written.
-fn decompress(src: &Path, dest: &Path) -> io::Result<Digest> {
-    let input = fs_err::File::open(src)?;
-    let mut dec = Decoder::new(io::BufReader::with_capacity(256 * 1024, input))?;
-    let mut w = HashingWriter::new(io::BufWriter::with_capacity(
-        256 * 1024,
-        fs_err::File::create(dest)?,
-    ));
-    io::copy(&mut dec, &mut w)?;
-    let (buf, d, _) = w.finish();
-    let f = buf.into_inner().map_err(io::IntoInnerError::into_error)?;
-    f.sync_all()?;
-    drop(f);
-    fs_err::remove_file(src)?;
-    Ok(d)
+/// Why fetching a layer failed.
+enum LayerFailure {
+    Registry(rbuild_registry::Error),
+    Io(io::Error),
+}
+
+/// The receiving end of the download: the bytes as a `Read` for the decoder.
+struct ChunkReader {
+    rx: mpsc::Receiver<bytes::Bytes>,
+    chunk: bytes::Bytes,
+}
+
+impl io::Read for ChunkReader {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        while self.chunk.is_empty() {
+            match self.rx.blocking_recv() {
+                Some(c) => self.chunk = c,
+                None => return Ok(0),
+            }
+        }
+        let n = buf.len().min(self.chunk.len());
+        buf[..n].copy_from_slice(&self.chunk[..n]);
+        bytes::Buf::advance(&mut self.chunk, n);
+        Ok(n)
+    }
+}
+
+/// Downloads one layer and unpacks it (gzip, zstd or none) into `out` as it
+/// arrives, on a blocking thread; returns the diff ID of what was written.
+/// The download is verified (size and digest) before this returns: a layer
+/// whose bytes do not match fails even when they decompressed.
+async fn fetch_layer(
+    client: &Client,
+    remote: &RemoteRef,
+    desc: &Descriptor,
+    out: &Path,
+    progress: &(dyn Fn(u64) + Send + Sync),
+) -> Result<Digest, LayerFailure> {
+    let mut stream = client
+        .blob_stream(remote, desc)
+        .await
+        .map_err(LayerFailure::Registry)?;
+    let (tx, rx) = mpsc::channel::<bytes::Bytes>(8);
+    let dest = out.to_owned();
+    let unpack = tokio::task::spawn_blocking(move || -> io::Result<Digest> {
+        let reader = ChunkReader {
+            rx,
+            chunk: bytes::Bytes::new(),
+        };
+        let mut dec = Decoder::new(io::BufReader::with_capacity(256 * 1024, reader))?;
+        let mut w = HashingWriter::new(io::BufWriter::with_capacity(
+            256 * 1024,
+            fs_err::File::create(&dest)?,
+        ));
+        io::copy(&mut dec, &mut w)?;
+        let (buf, d, _) = w.finish();
+        let f = buf.into_inner().map_err(io::IntoInnerError::into_error)?;
+        f.sync_all()?;
+        Ok(d)
+    });
+    let fed = loop {
+        match stream.next().await {
+            Ok(Some(chunk)) => {
+                progress(stream.received());
+                if tx.send(chunk).await.is_err() {
+                    // The decoder stopped: its error says why.
+                    break Ok(());
+                }
+            }
+            Ok(None) => break Ok(()),
+            Err(e) => break Err(e),
+        }
+    };
+    drop(tx);
+    let unpacked = unpack
+        .await
+        .map_err(|e| LayerFailure::Io(io::Error::other(e.to_string())))?;
+    // A broken or wrong download is the registry's failure first (and is
+    // retried); else the decoder's.
+    fed.map_err(LayerFailure::Registry)?;
+    unpacked.map_err(LayerFailure::Io)
 }
 
 /// Pushes the image tagged `name` to its registry, its layers compressed

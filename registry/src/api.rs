@@ -377,6 +377,21 @@ impl Client {
         }
     }
 
+    /// A blob's bytes as they arrive (see [`BlobStream`]): for a caller that
+    /// unpacks while downloading. Not retried: a caller that retries opens
+    /// the stream again.
+    pub async fn blob_stream(&self, r: &RemoteRef, desc: &Descriptor) -> Result<BlobStream> {
+        let resp = self.blob_response(r, &desc.digest).await?;
+        Ok(BlobStream {
+            resp,
+            hasher: Sha256::new(),
+            n: 0,
+            desc: desc.clone(),
+            what: format!("blob {} of {r}", desc.digest),
+            registry: r.registry.clone(),
+        })
+    }
+
     /// Downloads a blob to `path` (created or truncated), streaming, checking
     /// its size and digest; `progress` gets the bytes written so far. A
     /// transfer that breaks is started again (up to the retry count); on
@@ -833,6 +848,65 @@ impl Client {
             status,
             detail,
         }
+    }
+}
+
+/// A blob being downloaded: [`BlobStream::next`] gives its bytes as they
+/// arrive and, at the end, fails if their size or digest is not the
+/// descriptor's (so nothing unverified is taken as complete).
+pub struct BlobStream {
+    resp: reqwest::Response,
+    hasher: Sha256,
+    n: u64,
+    desc: Descriptor,
+    what: String,
+    registry: String,
+}
+
+impl BlobStream {
+    /// The next bytes; `None` once all came and were verified.
+    pub async fn next(&mut self) -> Result<Option<bytes::Bytes>> {
+        let chunk = self.resp.chunk().await.map_err(|e| Error::Broken {
+            registry: self.registry.clone(),
+            reason: format!(
+                "downloading {}: {}",
+                self.desc.digest,
+                crate::error::root_cause(&e)
+            ),
+        })?;
+        let Some(chunk) = chunk else {
+            if self.n != self.desc.size {
+                return Err(Error::SizeMismatch {
+                    what: self.what.clone(),
+                    expected: self.desc.size,
+                    actual: self.n,
+                });
+            }
+            let actual = Digest::from_sha256(std::mem::take(&mut self.hasher).finalize().into());
+            if actual != self.desc.digest {
+                return Err(Error::DigestMismatch {
+                    what: self.what.clone(),
+                    expected: self.desc.digest.clone(),
+                    actual,
+                });
+            }
+            return Ok(None);
+        };
+        self.n += chunk.len() as u64;
+        if self.n > self.desc.size {
+            return Err(Error::SizeMismatch {
+                what: self.what.clone(),
+                expected: self.desc.size,
+                actual: self.n,
+            });
+        }
+        self.hasher.update(&chunk);
+        Ok(Some(chunk))
+    }
+
+    /// Bytes received so far.
+    pub fn received(&self) -> u64 {
+        self.n
     }
 }
 

@@ -252,6 +252,11 @@ impl Client {
         }
     }
 
+    /// The settings the client was made with.
+    pub fn options(&self) -> &Options {
+        &self.opts
+    }
+
     fn insecure(&self, registry: &str) -> bool {
         self.opts.insecure.iter().any(|r| r == registry)
     }

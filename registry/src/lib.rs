@@ -18,7 +18,7 @@ pub mod error;
 pub mod reference;
 mod tls;
 
-pub use api::{Fetched, Mount, Resolved, parse_manifest, select_platform};
+pub use api::{BlobStream, Fetched, Mount, Resolved, parse_manifest, select_platform};
 pub use auth::{Anonymous, CredentialSource, Credentials, Fixed};
 pub use client::{Client, Options};
 pub use config::{ConfigError, DockerConfig};
