@@ -1745,3 +1745,26 @@ fn a_zstd_push_makes_an_oci_manifest_that_pulls_back() {
         "zstd"
     );
 }
+
+#[test]
+fn without_a_network_a_docker_hub_pull_fails_fast_naming_docker_io() {
+    // A network namespace with only `lo`: nothing leaves this machine.
+    assert!(have("unshare"), "unshare is missing: install util-linux");
+    let env = Env::new();
+    let t = Instant::now();
+    let o = Command::new("unshare")
+        .args(["-n", common::BIN, "pull", "busybox:1.36"])
+        .env("RBUILD_ROOT", env.root())
+        .env("DOCKER_CONFIG", env.path("docker-config"))
+        .output()
+        .unwrap();
+    let took = t.elapsed();
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(!o.status.success(), "{err}");
+    assert!(took < Duration::from_secs(10), "{took:?}");
+    assert!(
+        err.contains("busybox:1.36") && err.contains("cannot reach registry docker.io"),
+        "{err}"
+    );
+    assert_eq!(err.trim_end().lines().count(), 1, "{err}");
+}
