@@ -1768,3 +1768,106 @@ fn without_a_network_a_docker_hub_pull_fails_fast_naming_docker_io() {
     );
     assert_eq!(err.trim_end().lines().count(), 1, "{err}");
 }
+
+#[test]
+fn podman_auth_files_and_identity_tokens_are_used_for_bearer_tokens() {
+    let (manifest, config, config_digest, layer, layer_digest) = small_image();
+    let forms = Arc::new(Mutex::new(Vec::<String>::new()));
+    let f2 = Arc::clone(&forms);
+    let port = Arc::new(Mutex::new(0u16));
+    let p2 = Arc::clone(&port);
+    let basic = format!("Basic {}", base64_encode(b"user:secret"));
+    let d = Double::start(Arc::new(
+        move |m: &str, path: &str, auth: Option<&str>, body: &[u8]| {
+            let port = *p2.lock().unwrap();
+            if path.starts_with("/token") {
+                let body = String::from_utf8_lossy(body).into_owned();
+                f2.lock().unwrap().push(format!("{m} {body}"));
+                let token = if m == "POST"
+                    && body.contains("grant_type=refresh_token")
+                    && body.contains("refresh_token=idtok")
+                {
+                    "tok-oauth"
+                } else if m == "GET" && auth == Some(basic.as_str()) {
+                    "tok-basic"
+                } else {
+                    return (401, vec![], b"{}".to_vec());
+                };
+                let key = if m == "POST" { "access_token" } else { "token" };
+                return (
+                    200,
+                    vec![],
+                    serde_json::to_vec(&serde_json::json!({ key: token })).unwrap(),
+                );
+            }
+            if !matches!(auth, Some("Bearer tok-basic" | "Bearer tok-oauth")) {
+                return (
+                    401,
+                    vec![(
+                        "WWW-Authenticate".into(),
+                        format!(
+                            "Bearer realm=\"http://127.0.0.1:{port}/token\",service=\"double\""
+                        ),
+                    )],
+                    b"{}".to_vec(),
+                );
+            }
+            if path == "/v2/app/manifests/1" {
+                return (
+                    200,
+                    vec![(
+                        "Content-Type".into(),
+                        "application/vnd.docker.distribution.manifest.v2+json".into(),
+                    )],
+                    manifest.clone(),
+                );
+            }
+            if path.ends_with(&config_digest) {
+                return (200, vec![], config.clone());
+            }
+            if path.ends_with(&layer_digest) {
+                return (200, vec![], layer.clone());
+            }
+            (404, vec![], b"{}".to_vec())
+        },
+    ));
+    *port.lock().unwrap() = d.port;
+    let host = format!("127.0.0.1:{}", d.port);
+    let image = format!("{host}/app:1");
+
+    // podman's auth file (docker's has nothing for this registry).
+    let env = Env::new();
+    fs_err::write(
+        env.path("podman-auth.json"),
+        format!(
+            "{{\"auths\": {{\"{host}\": {{\"auth\": \"{}\"}}}}}}",
+            base64_encode(b"user:secret")
+        ),
+    )
+    .unwrap();
+    env.ok(&["pull", &image]);
+    assert!(
+        forms.lock().unwrap().iter().any(|f| f.starts_with("GET")),
+        "{:?}",
+        forms.lock().unwrap()
+    );
+
+    // docker's identity token: an OAuth2 refresh token, POSTed to the realm.
+    let env = Env::new();
+    fs_err::create_dir_all(env.path("docker-config")).unwrap();
+    fs_err::write(
+        env.path("docker-config/config.json"),
+        format!("{{\"auths\": {{\"{host}\": {{\"identitytoken\": \"idtok\"}}}}}}"),
+    )
+    .unwrap();
+    forms.lock().unwrap().clear();
+    env.ok(&["pull", &image]);
+    let seen = forms.lock().unwrap().clone();
+    assert!(
+        seen.iter().any(|f| f.starts_with("POST")
+            && f.contains("grant_type=refresh_token")
+            && f.contains("service=double")
+            && f.contains("scope=repository%3Aapp%3Apull")),
+        "{seen:?}"
+    );
+}
