@@ -1871,3 +1871,80 @@ fn podman_auth_files_and_identity_tokens_are_used_for_bearer_tokens() {
         "{seen:?}"
     );
 }
+
+#[test]
+fn a_registry_that_wants_a_client_certificate_gets_the_one_in_certs_d() {
+    let certs = tempfile::tempdir().unwrap();
+    make_certs(certs.path());
+    openssl(
+        &[
+            "req",
+            "-newkey",
+            "rsa:2048",
+            "-nodes",
+            "-keyout",
+            "client.key",
+            "-out",
+            "client.csr",
+            "-subj",
+            "/CN=rbuild test client",
+        ],
+        certs.path(),
+    );
+    fs_err::write(
+        certs.path().join("client.cnf"),
+        "extendedKeyUsage=clientAuth\nbasicConstraints=CA:FALSE\n",
+    )
+    .unwrap();
+    openssl(
+        &[
+            "x509",
+            "-req",
+            "-in",
+            "client.csr",
+            "-CA",
+            "ca.crt",
+            "-CAkey",
+            "ca.key",
+            "-CAcreateserial",
+            "-out",
+            "client.cert",
+            "-days",
+            "2",
+            "-extfile",
+            "client.cnf",
+        ],
+        certs.path(),
+    );
+    let reg = Registry::start_with(&format!(
+        "  tls:\n    certificate: {}\n    key: {}\n    clientcas:\n      - {}\n",
+        certs.path().join("server.crt").display(),
+        certs.path().join("server.key").display(),
+        certs.path().join("ca.crt").display()
+    ));
+    let env = build_env();
+    let image = format!("{}/mtls:1", reg.host());
+    env.ok(&["tag", "busybox", &image]);
+    let dir = env.root().join("certs.d").join(reg.host());
+    fs_err::create_dir_all(&dir).unwrap();
+    fs_err::copy(certs.path().join("ca.crt"), dir.join("ca.crt")).unwrap();
+    // The CA alone: the registry refuses the connection.
+    let err = env.fails(&["push", &image]);
+    assert!(
+        err.contains(&reg.host()) && err.contains("client certificate"),
+        "{err}"
+    );
+    for f in ["client.cert", "client.key"] {
+        fs_err::copy(certs.path().join(f), dir.join(f)).unwrap();
+    }
+    let digest = pushed_digest(&env.ok(&["push", &image]));
+    let fresh = Env::new();
+    fresh.ok(&["images"]);
+    let fdir = fresh.root().join("certs.d").join(reg.host());
+    fs_err::create_dir_all(&fdir).unwrap();
+    for f in ["ca.crt", "client.cert", "client.key"] {
+        fs_err::copy(dir.join(f), fdir.join(f)).unwrap();
+    }
+    let out = fresh.ok(&["pull", &image]);
+    assert!(out.contains(&format!("Digest: {digest}")), "{out}");
+}

@@ -159,6 +159,7 @@ fn classify(e: &reqwest::Error) -> Failure {
         || text.contains("tls")
         || text.contains("TLS")
         || text.contains("handshake")
+        || text.contains("fatal alert")
     {
         Failure::Tls(short)
     } else {
@@ -187,6 +188,24 @@ fn failure_error(registry: &str, f: Failure, opts: &Options) -> Error {
                 registry: registry.to_owned(),
                 reason,
                 ca_path: dir.join(registry).join("ca.crt").display().to_string(),
+            }
+        }
+        Failure::Tls(reason)
+            if reason.contains("CertificateRequired")
+                || reason.contains("BadCertificate")
+                || reason.contains("HandshakeFailure") =>
+        {
+            let dir = opts
+                .certs_dirs
+                .first()
+                .map_or_else(|| PathBuf::from("certs.d"), Clone::clone);
+            Error::Tls {
+                registry: registry.to_owned(),
+                reason: format!(
+                    "{reason}: the registry may want a client certificate: put client.cert \
+                     and client.key in {}",
+                    dir.join(registry).display()
+                ),
             }
         }
         Failure::Certificate(reason) | Failure::Tls(reason) => Error::Tls {
@@ -317,7 +336,14 @@ impl Client {
                 Ok(r) => break (https, format!("https://{api}"), r),
                 Err(e) => {
                     let f = classify(&e);
-                    let plain_ok = may_http && !matches!(f, Failure::Certificate(_));
+                    // Plain http only when nothing answered TLS: a server
+                    // that sent a TLS alert (or a certificate) speaks https.
+                    let speaks_tls = match &f {
+                        Failure::Certificate(_) => true,
+                        Failure::Tls(t) => t.contains("alert") || t.contains("Alert"),
+                        _ => false,
+                    };
+                    let plain_ok = may_http && !speaks_tls;
                     if plain_ok {
                         let plain = self.http(registry, false)?;
                         match plain.get(format!("http://{api}/v2/")).send().await {
