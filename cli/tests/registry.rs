@@ -1948,3 +1948,57 @@ fn a_registry_that_wants_a_client_certificate_gets_the_one_in_certs_d() {
     let out = fresh.ok(&["pull", &image]);
     assert!(out.contains(&format!("Digest: {digest}")), "{out}");
 }
+
+#[test]
+fn login_to_a_tls_registry_with_htpasswd_then_push_pull_and_logout() {
+    assert!(
+        have("htpasswd"),
+        "htpasswd is missing: install the apache2-utils package"
+    );
+    let certs = tempfile::tempdir().unwrap();
+    make_certs(certs.path());
+    let o = Command::new("htpasswd")
+        .args(["-nbB", "tester", "s3cret"])
+        .output()
+        .unwrap();
+    assert!(o.status.success());
+    fs_err::write(certs.path().join("htpasswd"), &o.stdout).unwrap();
+    let reg = Registry::start_with(&format!(
+        "  tls:\n    certificate: {}\n    key: {}\nauth:\n  htpasswd:\n    realm: rbuild-test\n    path: {}\n",
+        certs.path().join("server.crt").display(),
+        certs.path().join("server.key").display(),
+        certs.path().join("htpasswd").display()
+    ));
+    let host = reg.host();
+    let env = build_env();
+    let dir = env.root().join("certs.d").join(&host);
+    fs_err::create_dir_all(&dir).unwrap();
+    fs_err::copy(certs.path().join("ca.crt"), dir.join("ca.crt")).unwrap();
+    let image = format!("{host}/private:1");
+    env.ok(&["tag", "busybox", &image]);
+
+    let err = env.fails(&["push", &image]);
+    assert!(err.contains(&format!("run `rbuild login {host}`")), "{err}");
+    let o = env.with_stdin(
+        &["login", "-u", "tester", "--password-stdin", &host],
+        b"nope\n",
+    );
+    assert!(!o.status.success());
+    assert!(
+        String::from_utf8_lossy(&o.stderr).contains("incorrect username or password"),
+        "{}",
+        String::from_utf8_lossy(&o.stderr)
+    );
+    let o = env.with_stdin(
+        &["login", "-u", "tester", "--password-stdin", &host],
+        b"s3cret\n",
+    );
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let digest = pushed_digest(&env.ok(&["push", &image]));
+    env.ok(&["rmi", &image]);
+    let out = env.ok(&["pull", &image]);
+    assert!(out.contains(&format!("Digest: {digest}")), "{out}");
+    env.ok(&["logout", &host]);
+    let err = env.fails(&["pull", &image]);
+    assert!(err.contains("rbuild login"), "{err}");
+}
