@@ -10,4 +10,11 @@ if [ -n "$bad" ]; then
   echo "rbuild-frontend depends on what it must not:"; echo "$bad"; exit 1
 fi
 echo "rbuild-frontend: $(wc -l <<<"$(sort -u <<<"$tree")") crates, none of sandbox/snapshotter/worker/solver/image/engine/tokio/TLS"
+# The registry client knows the protocol and the OCI types only: of rbuild's
+# crates it reaches rbuild-oci alone (not the store, the snapshotter, the engine).
+reg=$(cargo tree --locked -e normal -p rbuild-registry --prefix none | grep -E '^rbuild-' | grep -vE '^rbuild-(registry|oci) ' | sort -u || true)
+if [ -n "$reg" ]; then
+  echo "rbuild-registry depends on what it must not:"; echo "$reg"; exit 1
+fi
+echo "rbuild-registry: of rbuild's crates only rbuild-oci"
 python3 tools/module-cycles.py

@@ -30,6 +30,14 @@ enum Command {
     Parse(cmd::parse::ParseArgs),
     /// Run a command in a throwaway container of an image.
     Run(cmd::run::RunArgs),
+    /// Download an image from a registry
+    Pull(cmd::transfer::PullArgs),
+    /// Upload an image to a registry
+    Push(cmd::transfer::PushArgs),
+    /// Log in to a registry
+    Login(cmd::transfer::LoginArgs),
+    /// Log out from a registry
+    Logout(cmd::transfer::LogoutArgs),
     #[command(flatten)]
     Image(cmd::image::ImageCommand),
     #[command(flatten)]
@@ -41,13 +49,20 @@ enum Command {
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let root = cmd::state_root(cli.root.as_deref());
-    if !matches!(cli.command, Command::Parse(_)) {
+    if !matches!(
+        cli.command,
+        Command::Parse(_) | Command::Login(_) | Command::Logout(_)
+    ) {
         cmd::sweep_state_root(&root);
     }
     let result = match cli.command {
         Command::Build(args) => cmd::build::run(&args, &root),
         Command::Parse(args) => cmd::parse::run(&args),
         Command::Run(args) => Ok(exit_code(cmd::run::main(&args, &root))),
+        Command::Pull(args) => cmd::transfer::pull(&args, &root),
+        Command::Push(args) => cmd::transfer::push(&args, &root),
+        Command::Login(args) => cmd::transfer::login(&args, &root),
+        Command::Logout(args) => cmd::transfer::logout(&args),
         Command::Image(c) => cmd::image::run(c, &root),
         Command::System(c) => cmd::system::run(&c, &root).map(|()| ExitCode::SUCCESS),
         Command::Builder(c) => cmd::builder::run(&c, &root).map(|()| ExitCode::SUCCESS),

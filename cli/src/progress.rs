@@ -119,6 +119,23 @@ impl Renderer {
         }
     }
 
+    /// A line of a base image's pull during planning: printed as is, as a
+    /// JSON object (`{"pull":REF,"line":...}`) with `--progress json`, not at
+    /// all when quiet.
+    pub fn pull_line(&mut self, reference: &str, line: &str) {
+        match self.mode {
+            ProgressMode::Quiet => {}
+            ProgressMode::Json => {
+                let _ = writeln!(
+                    self.out,
+                    "{}",
+                    serde_json::json!({ "pull": reference, "line": line })
+                );
+            }
+            _ => self.println(line),
+        }
+    }
+
     /// Prints a line outside the progress display (above the tty view).
     pub fn println(&mut self, line: &str) {
         match &self.tty {

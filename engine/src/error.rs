@@ -91,6 +91,13 @@ pub enum ExportError {
     Store(#[from] rbuild_image::Error),
     #[error("creating a temporary directory")]
     TempDir(#[source] std::io::Error),
+    /// Pushing the image to a registry failed.
+    #[error("pushing {name}")]
+    Push {
+        name: String,
+        #[source]
+        source: Box<crate::transfer::TransferError>,
+    },
     #[error(transparent)]
     Io(#[from] std::io::Error),
 }

@@ -139,6 +139,57 @@ impl Exporter for StoreExporter {
     }
 }
 
+/// Into the local store under the tags, then pushed to the registry of each
+/// of `names` (`--push`, `--output type=image,push=true`, `type=registry`).
+pub struct RegistryExporter {
+    /// Tags in the store that are not pushed.
+    pub tags: Vec<Reference>,
+    /// Tagged in the store and pushed.
+    pub names: Vec<Reference>,
+    pub registry: crate::transfer::RegistryOptions,
+    /// How layers are compressed (`compression=`; gzip by default).
+    pub compression: rbuild_snapshotter::Compression,
+}
+
+impl Exporter for RegistryExporter {
+    fn name(&self) -> &'static str {
+        "exporting to image"
+    }
+    fn export(
+        &self,
+        cx: &ExportContext<'_>,
+        phases: &mut Phases<'_>,
+    ) -> Result<Option<Digest>, ExportError> {
+        let mut tags = self.tags.clone();
+        for n in &self.names {
+            if !tags.contains(n) {
+                tags.push(n.clone());
+            }
+        }
+        let id = cx.commit_image(tags, phases)?;
+        for n in &self.names {
+            let pushing = format!("pushing {}", n.full_name());
+            phases.status(&pushing, false);
+            let pushed = crate::transfer::push(
+                cx.store,
+                &n.to_string(),
+                self.compression,
+                &self.registry,
+                &mut |_| {},
+            )
+            .map_err(|e| ExportError::Push {
+                name: n.full_name(),
+                source: Box::new(e),
+            })?;
+            phases.status(&pushing, true);
+            let m = format!("pushing manifest for {}@{}", n.full_name(), pushed.digest);
+            phases.status(&m, false);
+            phases.status(&m, true);
+        }
+        Ok(Some(id))
+    }
+}
+
 /// The image as an archive at `dest` (`docker save`'s, which carries the OCI
 /// layout too), under `tags`.
 fn export_archive(

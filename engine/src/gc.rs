@@ -733,6 +733,9 @@ pub struct Config {
     pub gc: GcConfig,
     #[serde(default)]
     pub build: BuildConfig,
+    /// `[registry."HOST[:PORT]"]`: per-registry settings (`BuildKit`'s names).
+    #[serde(default)]
+    pub registry: std::collections::BTreeMap<String, RegistryConfig>,
 }
 
 /// The `[build]` section of `config.toml`: defaults of `rbuild build`'s
@@ -746,6 +749,22 @@ pub struct BuildConfig {
     pub pids_limit: Option<u64>,
 }
 
+/// One `[registry."HOST[:PORT]"]` section of `config.toml`.
+#[derive(Clone, Debug, Default, PartialEq, Eq, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RegistryConfig {
+    /// Plain http is allowed.
+    #[serde(default)]
+    pub http: bool,
+    /// https without certificate verification (and plain http) is allowed.
+    #[serde(default)]
+    pub insecure: bool,
+    /// Registries tried first for pulls from this one (`docker.io` mirrors),
+    /// as `HOST[:PORT]`.
+    #[serde(default)]
+    pub mirrors: Vec<String>,
+}
+
 /// What is wrong with the configuration file.
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
@@ -756,6 +775,18 @@ pub enum ConfigError {
 }
 
 impl Config {
+    /// The directory of the configuration file (its `certs.d/` is searched
+    /// first for registry certificates): that of `$RBUILD_CONFIG`, else the
+    /// state root.
+    pub fn dir(state_root: &Path) -> PathBuf {
+        match std::env::var_os("RBUILD_CONFIG").filter(|v| !v.is_empty()) {
+            Some(p) => PathBuf::from(p)
+                .parent()
+                .map_or_else(|| PathBuf::from("."), Path::to_path_buf),
+            None => state_root.to_path_buf(),
+        }
+    }
+
     /// The file `$RBUILD_CONFIG` names (which must exist), else
     /// `<state_root>/config.toml` when present, else the defaults.
     pub fn load(state_root: &Path) -> std::result::Result<Self, ConfigError> {
@@ -873,8 +904,16 @@ mod tests {
         assert_eq!(c.gc.min_free_space, Some(Space::Bytes(1024)));
         let e = toml::from_str::<Config>("[gc]\nkeepBytes = 1\n").unwrap_err();
         assert!(e.to_string().contains("keepBytes"), "{e}");
-        let e = toml::from_str::<Config>("[registry]\n").unwrap_err();
-        assert!(e.to_string().contains("registry"), "{e}");
+        let e = toml::from_str::<Config>("[registries]\n").unwrap_err();
+        assert!(e.to_string().contains("registries"), "{e}");
+        let c: Config = toml::from_str(
+            "[registry.\"127.0.0.1:5000\"]\nhttp = true\n[registry.\"docker.io\"]\nmirrors = [\"m:1\"]\n",
+        )
+        .unwrap();
+        assert!(c.registry["127.0.0.1:5000"].http);
+        assert_eq!(c.registry["docker.io"].mirrors, ["m:1"]);
+        let e = toml::from_str::<Config>("[registry.\"x\"]\ninsecure-skip = true\n").unwrap_err();
+        assert!(e.to_string().contains("insecure-skip"), "{e}");
         assert!(toml::from_str::<Config>("[gc]\nmaxUsedSpace = \"150%\"\n").is_err());
     }
 

@@ -12,11 +12,12 @@ pub mod exporter;
 pub mod pending;
 mod report;
 mod session;
+pub mod transfer;
 
 pub use error::{BuildError, ExportError, StepFailure, one_line};
 pub use exporter::{
     DockerArchiveExporter, ExportContext, Exporter, LocalExporter, OciLayoutExporter, Phases,
-    StoreExporter, TarExporter,
+    RegistryExporter, StoreExporter, TarExporter,
 };
 pub use pending::{PendingError, PendingOutput};
 pub use rbuild_snapshotter::layout::{self, StateLayout};

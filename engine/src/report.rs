@@ -9,4 +9,9 @@ pub trait Reporter {
     fn event(&mut self, ev: &Event);
     /// A warning from planning, before anything runs.
     fn warning(&mut self, message: &str);
+    /// Progress of the pull of a base image (`FROM` of an image not in the
+    /// store, or `--pull`), during planning.
+    fn pull_event(&mut self, reference: &str, event: &crate::transfer::TransferEvent) {
+        let _ = (reference, event);
+    }
 }

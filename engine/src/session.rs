@@ -21,6 +21,7 @@ use rbuild_worker::{ExportOptions, LocalWorker, WorkerOptions};
 use crate::error::{BuildError, StepFailure};
 use crate::exporter::{ExportContext, Exporter, Phases};
 pub use crate::report::Reporter;
+use crate::transfer::{RegistryOptions, TransferEvent};
 
 /// Everything a build needs, read and checked by the caller.
 pub struct BuildRequest {
@@ -47,6 +48,10 @@ pub struct BuildRequest {
     /// `--sync=full`: RUN steps keep their programs' own syncs (see
     /// `rbuild_worker::WorkerOptions::full_sync`).
     pub full_sync: bool,
+    /// `--pull`: check the registry for a newer version of every base image.
+    pub pull: bool,
+    /// How registries are reached (pulls of base images).
+    pub registry: RegistryOptions,
     pub state_root: PathBuf,
     /// Resource limits of every RUN step (`--memory`, `--pids-limit`, ...);
     /// never part of a cache key.
@@ -65,18 +70,69 @@ pub struct Built {
     pub id: Option<Digest>,
 }
 
-/// Base images come from the local store (no pulling). Each is held by this
-/// process's lease from the moment it is resolved: a concurrent `image prune`
-/// or `rmi` leaves it, its config and its layers until the build ends.
-struct StoreResolver<'a>(&'a Store);
+/// Base images come from the local store; one not there is pulled from its
+/// registry (and with `--pull` every base is checked against the registry
+/// first). Each is held by this process's lease from the moment it is
+/// resolved: a concurrent `image prune` or `rmi` leaves it, its config and its
+/// layers until the build ends. A base in the store and not `--pull`ed needs
+/// no network.
+struct StoreResolver<'a, 'r> {
+    store: &'a Store,
+    pull: bool,
+    registry: RegistryOptions,
+    reporter: std::cell::RefCell<&'r mut dyn Reporter>,
+}
 
-impl ImageResolver for StoreResolver<'_> {
-    fn resolve(&self, reference: &str, _: &Platform) -> Result<ResolvedImage, ResolveError> {
-        let img = self.0.resolve_and_hold(reference).map_err(|e| {
+impl StoreResolver<'_, '_> {
+    fn pull(&self, reference: &str, platform: &Platform) -> Result<Digest, ResolveError> {
+        let mut reporter = self.reporter.borrow_mut();
+        reporter.pull_event(
+            reference,
+            &TransferEvent::Line(format!("pulling {reference}")),
+        );
+        let pulled = crate::transfer::pull(
+            self.store,
+            reference,
+            Some(platform),
+            &self.registry,
+            &mut |ev| reporter.pull_event(reference, &ev),
+        );
+        pulled.map(|p| p.id).map_err(|e| {
+            let line = crate::error::one_line(&e);
+            let why = line
+                .strip_prefix(&format!("{reference}: "))
+                .unwrap_or(&line);
             ResolveError(format!(
-                "image not found in the local store ({e}); pull, load or import it first"
+                "no such image in the local store, and pulling it failed: {why}"
             ))
-        })?;
+        })
+    }
+}
+
+impl ImageResolver for StoreResolver<'_, '_> {
+    fn resolve(&self, reference: &str, platform: &Platform) -> Result<ResolvedImage, ResolveError> {
+        let local = if self.pull {
+            None
+        } else {
+            self.store.resolve_and_hold(reference).ok()
+        };
+        let img = if let Some(img) = local {
+            img
+        } else {
+            // Only a name that could be in a registry is pulled (an image
+            // ID or a garbled name is not found, as before).
+            let parsed = Reference::parse(reference).map_err(|e| {
+                ResolveError(format!(
+                    "image not found in the local store ({e}); pull, load or import it first"
+                ))
+            })?;
+            let id = self.pull(&parsed.to_string(), platform)?;
+            self.store.hold_image(&id).map_err(|e| {
+                ResolveError(format!(
+                    "{reference}: pulled, then gone from the store: {e}"
+                ))
+            })?
+        };
         // The canonical name for progress (`docker.io/library/busybox:latest`);
         // the store resolved the name as the docker CLI does.
         let canonical = Reference::parse_tagged(reference)
@@ -113,7 +169,7 @@ pub fn build(
             source,
         })?,
     );
-    let plan = plan(req, &store)?;
+    let plan = plan(req, &store, reporter)?;
     for w in &plan.warnings {
         reporter.warning(w);
     }
@@ -134,7 +190,11 @@ fn finish_build(req: &BuildRequest, store: &Store) -> Result<(), BuildError> {
         .map_err(BuildError::Gc)
 }
 
-fn plan(req: &BuildRequest, store: &Store) -> Result<BuildPlan, BuildError> {
+fn plan(
+    req: &BuildRequest,
+    store: &Store,
+    reporter: &mut dyn Reporter,
+) -> Result<BuildPlan, BuildError> {
     let opts = BuildOptions {
         dockerfile_path: req.dockerfile_name.clone(),
         build_args: req.build_args.clone(),
@@ -152,8 +212,13 @@ fn plan(req: &BuildRequest, store: &Store) -> Result<BuildPlan, BuildError> {
         source_date_epoch: req.source_date_epoch,
         ..BuildOptions::default()
     };
-    build_plan(&req.dockerfile, &opts, &StoreResolver(store))
-        .map_err(|e| BuildError::Plan(Box::new(e)))
+    let resolver = StoreResolver {
+        store,
+        pull: req.pull,
+        registry: req.registry.clone(),
+        reporter: std::cell::RefCell::new(reporter),
+    };
+    build_plan(&req.dockerfile, &opts, &resolver).map_err(|e| BuildError::Plan(Box::new(e)))
 }
 
 fn start_worker(req: &BuildRequest, store: &Arc<Store>) -> Result<LocalWorker, BuildError> {

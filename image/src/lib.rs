@@ -23,4 +23,4 @@ pub use rbuild_oci::{
 pub use rbuild_snapshotter::Compression;
 
 pub use error::{Error, Result};
-pub use store::{Blob, Image, Layer, RemoveEvent, Store, Txn};
+pub use store::{Blob, Image, Layer, LayerSource, RemoveEvent, Store, Txn};

@@ -48,6 +48,36 @@ pub struct ImageRecord {
     pub parent: Option<Digest>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub last_tag_time: Option<String>,
+    /// `repo@sha256:...` of the manifests this image was pulled as or pushed
+    /// as (docker's `RepoDigests`), one per repository, familiar repo names.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub repo_digests: Vec<String>,
+}
+
+/// How a layer travelled to or from a registry: its compressed form there.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct LayerSource {
+    /// Digest of the compressed blob.
+    pub digest: Digest,
+    pub media_type: String,
+    pub size: u64,
+    /// The registry as references name it (`127.0.0.1:5000`, `docker.io`).
+    pub registry: String,
+    /// The repository in it (`library/busybox`).
+    pub repository: String,
+}
+
+/// How many sources are kept per layer (the newest).
+const LAYER_SOURCES_KEPT: usize = 16;
+
+/// Adds `repo_digest` (`repo@sha256:...`) to `list`, replacing the entry of the
+/// same repository.
+fn put_repo_digest(list: &mut Vec<String>, repo_digest: &str) {
+    let repo = repo_digest.split('@').next().unwrap_or(repo_digest);
+    list.retain(|r| r.split('@').next() != Some(repo));
+    list.push(repo_digest.to_owned());
+    list.sort();
 }
 
 #[derive(Clone, Debug, Default, Serialize, Deserialize)]
@@ -586,6 +616,7 @@ impl Store {
             images: Vec::new(),
             layer_sizes: Vec::new(),
             snap_layers: Vec::new(),
+            repo_digests: Vec::new(),
             n: 0,
         })
     }
@@ -664,6 +695,14 @@ impl Store {
             if let Some(d) = &r.digest {
                 if idx.images.contains_key(d) {
                     return Ok((d.clone(), None));
+                }
+                let wanted = format!("{}@{d}", r.repo);
+                if let Some((id, _)) = idx
+                    .images
+                    .iter()
+                    .find(|(_, rec)| rec.repo_digests.contains(&wanted))
+                {
+                    return Ok((id.clone(), None));
                 }
                 for id in idx.images.keys() {
                     if let Ok(img) = self.image(id) {
@@ -782,6 +821,57 @@ impl Store {
         }
         self.write_index(&idx, &lock)?;
         Ok(old.filter(|o| *o != id))
+    }
+
+    /// Records `repo_digest` (`repo@sha256:...`, the manifest it was pushed
+    /// as) for the image `id`.
+    pub fn add_repo_digest(&self, id: &Digest, repo_digest: &str) -> Result<()> {
+        let lock = self.lock()?;
+        let mut idx = self.read_index()?;
+        let rec = idx
+            .images
+            .get_mut(id)
+            .ok_or_else(|| Error::NoSuchImage(id.to_string()))?;
+        put_repo_digest(&mut rec.repo_digests, repo_digest);
+        self.write_index(&idx, &lock)
+    }
+
+    fn layer_sources_path(&self, diff_id: &Digest) -> PathBuf {
+        self.layout.layer_sources().join(diff_id.hex())
+    }
+
+    /// The compressed forms a layer was pulled or pushed as, newest last.
+    pub fn layer_sources(&self, diff_id: &Digest) -> Vec<LayerSource> {
+        std::fs::read(self.layer_sources_path(diff_id))
+            .ok()
+            .and_then(|b| serde_json::from_slice(&b).ok())
+            .unwrap_or_default()
+    }
+
+    /// Remembers that the layer `diff_id` is `source` in a registry (written
+    /// to a temp file and renamed, under the lock).
+    pub fn add_layer_source(&self, diff_id: &Digest, source: LayerSource) -> Result<()> {
+        let _lock = self.lock()?;
+        let mut list = self.layer_sources(diff_id);
+        list.retain(|s| {
+            !(s.registry == source.registry
+                && s.repository == source.repository
+                && s.digest == source.digest)
+        });
+        list.push(source);
+        if list.len() > LAYER_SOURCES_KEPT {
+            list.drain(..list.len() - LAYER_SOURCES_KEPT);
+        }
+        let dir = self.layout.layer_sources();
+        fs_err::create_dir_all(&dir)?;
+        let tmp = self.layout.tmp().join(format!(
+            "{}{}.json",
+            self.temp_prefix("layersource")?,
+            unique()
+        ));
+        fs_err::write(&tmp, serde_json::to_vec(&list).map_err(io::Error::other)?)?;
+        fs_err::rename(&tmp, self.layer_sources_path(diff_id))?;
+        Ok(())
     }
 
     /// `rmi`: removes tags and images with docker's rules; see the crate docs.
@@ -999,6 +1089,8 @@ pub struct Txn<'s> {
     layer_sizes: Vec<(Digest, u64)>,
     /// Layers kept as snapshots: the record staged, and its diff ID.
     snap_layers: Vec<(PathBuf, Digest)>,
+    /// Repo digests to record: (image ID, `repo@digest`).
+    repo_digests: Vec<(Digest, String)>,
     n: usize,
 }
 
@@ -1212,6 +1304,12 @@ impl Txn<'_> {
         Ok(id)
     }
 
+    /// Records `repo_digest` (`repo@sha256:...`, the manifest the image was
+    /// pulled as) for the staged or stored image `id` at commit.
+    pub fn add_repo_digest(&mut self, id: &Digest, repo_digest: String) {
+        self.repo_digests.push((id.clone(), repo_digest));
+    }
+
     /// Stages an image from a config value (written as canonical JSON).
     pub fn add_config(
         &mut self,
@@ -1278,6 +1376,7 @@ impl Txn<'_> {
                 added: now.clone(),
                 parent: parent.clone(),
                 last_tag_time: None,
+                repo_digests: Vec::new(),
             });
             if !tags.is_empty() {
                 rec.last_tag_time = Some(now.clone());
@@ -1290,6 +1389,11 @@ impl Txn<'_> {
                 }
             }
             report.images.push((id.clone(), tags.clone()));
+        }
+        for (id, rd) in &self.repo_digests {
+            if let Some(rec) = idx.images.get_mut(id) {
+                put_repo_digest(&mut rec.repo_digests, rd);
+            }
         }
         self.store.write_index(&idx, &lock)?;
         Ok(report)

@@ -5,7 +5,7 @@
 //! store (`blobs/`, `index.json`, `snaplayers/`, `lock`, `tmp/`), the
 //! snapshotter (`snapshots/`, `leases/`), the solver's cache index
 //! (`cache-index/`), the worker's records (`cache-mounts/`, `copy-reuse/`,
-//! `snapshot-checksums/`, `context-checksums/`, `layer-cache/`), `rbuild run`
+//! `snapshot-checksums/`, `context-checksums/`, `layer-cache/`), the registry records of layers (`layer-sources/`), `rbuild run`
 //! (`rootfs-cache/`), the configuration (`config.toml`) and the format stamp
 //! (`rbuild-format`). [`ENTRIES`] lists them with what each holds; the README's
 //! list is checked against it by a test, and so is a real root after a build.
@@ -60,6 +60,10 @@ pub const ENTRIES: &[(&str, &str)] = &[
     ("copy-reuse/", "what each context COPY wrote"),
     ("cache-mounts/", "RUN --mount=type=cache directories"),
     ("layer-cache/", "compressed-layer records of exports"),
+    (
+        "layer-sources/",
+        "compressed digest, media type and registry each layer was pulled or pushed as",
+    ),
     ("rootfs-cache/", "unpacked root filesystems of rbuild run"),
     ("leases/", "one locked file per running rbuild process"),
     ("tmp/", "scratch"),
@@ -157,6 +161,9 @@ impl StateLayout {
     }
     pub fn layer_cache(&self) -> PathBuf {
         self.at("layer-cache")
+    }
+    pub fn layer_sources(&self) -> PathBuf {
+        self.at("layer-sources")
     }
     pub fn rootfs_cache(&self) -> PathBuf {
         self.at("rootfs-cache")
@@ -316,6 +323,7 @@ mod tests {
             l.copy_reuse(),
             l.cache_mounts(),
             l.layer_cache(),
+            l.layer_sources(),
             l.rootfs_cache(),
             l.leases(),
             l.tmp(),

@@ -22,7 +22,7 @@ use crate::progress::{ProgressMode, Renderer};
 
 #[derive(clap::Args, Debug)]
 #[command(about = "Build an image from a Dockerfile")]
-#[allow(clippy::struct_field_names)] // named after the flags
+#[allow(clippy::struct_field_names, clippy::struct_excessive_bools)] // named after the flags, one bool per docker flag
 pub struct BuildArgs {
     /// The Dockerfile (default: CONTEXT/Dockerfile; `-` reads it from stdin)
     #[arg(short = 'f', long = "file", value_name = "FILE")]
@@ -91,6 +91,13 @@ pub struct BuildArgs {
         value_parser = crate::cmd::limits::parse_duration
     )]
     step_timeout: Option<std::time::Duration>,
+    /// Always check the registry for a newer version of the base images
+    #[arg(long)]
+    pull: bool,
+    /// Push the image to its registry after the build (the -t names);
+    /// --output type=image,name=REF,push=true names others
+    #[arg(long)]
+    push: bool,
     /// The build context: a directory, or `-` for a tar[.gz] on stdin
     #[arg(value_name = "CONTEXT")]
     context: String,
@@ -132,6 +139,9 @@ pub enum OutputSpec {
     Tar(PathBuf),
     /// The final root filesystem copied into a directory.
     Local(PathBuf),
+    /// Into the store and pushed to a registry: under `name=` (else the
+    /// tags), layers compressed as `compression=` says (gzip by default).
+    Registry(Vec<String>, rbuild_image::Compression),
 }
 
 /// Parses `--output`: `type=T,dest=PATH` (`docker` without `dest` means the
@@ -142,6 +152,9 @@ pub fn parse_output(spec: &str) -> anyhow::Result<OutputSpec> {
     }
     let mut kind = None;
     let mut dest = None;
+    let mut names = Vec::new();
+    let mut push = None;
+    let mut compression = None;
     for field in spec.split(',') {
         let (k, v) = field
             .split_once('=')
@@ -149,7 +162,22 @@ pub fn parse_output(spec: &str) -> anyhow::Result<OutputSpec> {
         match k {
             "type" => kind = Some(v.to_owned()),
             "dest" => dest = Some(PathBuf::from(v)),
-            _ => bail!("--output: unknown field {k:?} (known: type, dest)"),
+            "name" => names.push(v.to_owned()),
+            "compression" => {
+                compression = Some(rbuild_image::Compression::from_name(v).ok_or_else(|| {
+                    anyhow!("--output: compression={v:?} (known: gzip, zstd, uncompressed)")
+                })?);
+            }
+            "push" => {
+                push = Some(match v {
+                    "true" => true,
+                    "false" => false,
+                    _ => bail!("--output: push={v:?} is not true or false"),
+                });
+            }
+            _ => {
+                bail!("--output: unknown field {k:?} (known: type, dest, name, push, compression)")
+            }
         }
     }
     let kind = kind.ok_or_else(|| anyhow!("--output {spec:?} has no type="))?;
@@ -157,12 +185,23 @@ pub fn parse_output(spec: &str) -> anyhow::Result<OutputSpec> {
         dest.filter(|d| d.as_os_str() != "-")
             .ok_or_else(|| anyhow!("--output type={kind} needs dest=PATH"))
     };
+    let pushing = kind == "registry" || (kind == "image" && push == Some(true));
+    if (!names.is_empty() || push.is_some()) && !matches!(kind.as_str(), "image" | "registry") {
+        bail!("--output type={kind} takes no name= or push=");
+    }
+    if compression.is_some() && !pushing {
+        bail!("--output: compression= is for pushes (type=registry or type=image,push=true)");
+    }
+    let compression = compression.unwrap_or(rbuild_image::Compression::Gzip);
     Ok(match kind.as_str() {
+        _ if pushing => OutputSpec::Registry(names, compression),
         "docker" | "image" => dest.map_or(OutputSpec::Store, OutputSpec::Docker),
         "oci" => OutputSpec::Oci(need(dest)?),
         "tar" => OutputSpec::Tar(need(dest)?),
         "local" => OutputSpec::Local(need(dest)?),
-        other => bail!("--output: unknown type {other:?} (known: docker, oci, tar, local)"),
+        other => bail!(
+            "--output: unknown type {other:?} (known: docker, image, registry, oci, tar, local)"
+        ),
     })
 }
 
@@ -230,6 +269,8 @@ pub struct Request {
     pub dockerfile_src: String,
     pub tags: Vec<rbuild_image::Reference>,
     pub output: OutputSpec,
+    /// What a registry output pushes (its `name=`s, else the tags).
+    pub push_names: Vec<rbuild_image::Reference>,
 }
 
 impl Request {
@@ -251,6 +292,12 @@ impl Request {
             }),
             OutputSpec::Tar(dest) => Box::new(TarExporter { dest: dest.clone() }),
             OutputSpec::Local(dest) => Box::new(LocalExporter { dest: dest.clone() }),
+            OutputSpec::Registry(_, compression) => Box::new(rbuild_engine::RegistryExporter {
+                tags: Vec::new(),
+                names: self.push_names.clone(),
+                registry: self.build.registry.clone(),
+                compression: *compression,
+            }),
         }
     }
 }
@@ -354,6 +401,11 @@ impl rbuild_engine::Reporter for Renderer {
     }
     fn warning(&mut self, message: &str) {
         self.println(&format!("WARNING: {message}"));
+    }
+    fn pull_event(&mut self, reference: &str, ev: &rbuild_engine::transfer::TransferEvent) {
+        if let Some(line) = super::transfer::plain_line(ev) {
+            self.pull_line(reference, &line);
+        }
     }
 }
 
@@ -533,7 +585,7 @@ fn prepare(args: &BuildArgs, root: &Path) -> anyhow::Result<Prepared> {
         .iter()
         .map(|s| parse_secret(s))
         .collect::<anyhow::Result<_>>()?;
-    let tags = args
+    let tags: Vec<rbuild_image::Reference> = args
         .tags
         .iter()
         .map(|t| {
@@ -547,9 +599,29 @@ fn prepare(args: &BuildArgs, root: &Path) -> anyhow::Result<Prepared> {
             Ok(r)
         })
         .collect::<anyhow::Result<_>>()?;
-    let output = match &args.output {
-        Some(o) => parse_output(o)?,
-        None => OutputSpec::Store,
+    let output = match (&args.output, args.push) {
+        (Some(_), true) => bail!("--push and --output cannot be combined"),
+        (Some(o), false) => parse_output(o)?,
+        (None, true) => OutputSpec::Registry(Vec::new(), rbuild_image::Compression::Gzip),
+        (None, false) => OutputSpec::Store,
+    };
+    let push_names = match &output {
+        OutputSpec::Registry(names, _) if names.is_empty() => {
+            if tags.is_empty() {
+                bail!(
+                    "pushing needs a name: give -t NAME or --output type=image,name=NAME,push=true"
+                );
+            }
+            tags.clone()
+        }
+        OutputSpec::Registry(names, _) => names
+            .iter()
+            .map(|n| {
+                rbuild_image::Reference::parse_tag(n)
+                    .map_err(|e| anyhow!("--output name={n:?}: {e}"))
+            })
+            .collect::<anyhow::Result<_>>()?,
+        _ => Vec::new(),
     };
     let jobs = args.jobs.unwrap_or_else(|| {
         std::thread::available_parallelism().map_or(1, std::num::NonZeroUsize::get)
@@ -585,6 +657,8 @@ fn prepare(args: &BuildArgs, root: &Path) -> anyhow::Result<Prepared> {
                 source_date_epoch,
                 jobs,
                 full_sync: args.sync == SyncMode::Full,
+                pull: args.pull,
+                registry: rbuild_engine::transfer::RegistryOptions::load(root)?,
                 state_root: root.to_path_buf(),
                 limits,
                 step_timeout: args.step_timeout,
@@ -593,6 +667,7 @@ fn prepare(args: &BuildArgs, root: &Path) -> anyhow::Result<Prepared> {
             dockerfile_src: src,
             tags,
             output,
+            push_names,
         }),
         tmp,
     ))
@@ -708,7 +783,32 @@ mod tests {
             parse_output("out").unwrap(),
             OutputSpec::Local("out".into())
         );
-        for bad in ["type=local", "type=zip,dest=x", "dest=x", "type=tar,foo=1"] {
+        assert_eq!(
+            parse_output("type=image,name=r:5000/a:1,push=true").unwrap(),
+            OutputSpec::Registry(vec!["r:5000/a:1".into()], rbuild_image::Compression::Gzip)
+        );
+        assert_eq!(
+            parse_output("type=registry").unwrap(),
+            OutputSpec::Registry(Vec::new(), rbuild_image::Compression::Gzip)
+        );
+        assert_eq!(
+            parse_output("type=registry,name=r/a:1,compression=zstd").unwrap(),
+            OutputSpec::Registry(vec!["r/a:1".into()], rbuild_image::Compression::Zstd)
+        );
+        assert_eq!(
+            parse_output("type=image,push=false").unwrap(),
+            OutputSpec::Store
+        );
+        for bad in [
+            "type=local",
+            "type=zip,dest=x",
+            "dest=x",
+            "type=tar,foo=1",
+            "type=tar,dest=x,push=true",
+            "type=image,push=yes",
+            "type=oci,dest=x,compression=zstd",
+            "type=registry,compression=lz4",
+        ] {
             assert!(parse_output(bad).is_err(), "{bad}");
         }
     }

@@ -462,11 +462,21 @@ fn images(store: &Store, a: &ImagesArgs) -> Result<std::process::ExitCode> {
             continue;
         }
         for t in tags {
+            // The digest it was pulled or pushed as in that repository, if any.
+            let recorded = img.record.repo_digests.iter().find_map(|rd| {
+                rd.split_once('@')
+                    .filter(|(repo, _)| *repo == t.repo)
+                    .map(|(_, d)| d.to_owned())
+            });
             rows.push(Row {
                 img,
                 repo: t.repo.clone(),
                 tag: t.tag.clone().unwrap_or_else(|| "<none>".into()),
-                digest: digest.clone(),
+                digest: if digest.is_empty() {
+                    digest.clone()
+                } else {
+                    recorded.unwrap_or_else(|| digest.clone())
+                },
                 size,
             });
         }
@@ -686,11 +696,16 @@ fn inspect_value(store: &Store, img: &Image) -> Result<Value> {
         }
     }
     let (_, _, mdigest) = store.manifest(img)?;
-    let mut repos: Vec<String> = img
-        .tags
-        .iter()
-        .map(|t| format!("{}@{mdigest}", t.repo))
-        .collect();
+    // What it was pulled or pushed as; else the digest of the manifest `save`
+    // writes, per repository it is tagged in.
+    let mut repos: Vec<String> = if img.record.repo_digests.is_empty() {
+        img.tags
+            .iter()
+            .map(|t| format!("{}@{mdigest}", t.repo))
+            .collect()
+    } else {
+        img.record.repo_digests.clone()
+    };
     repos.dedup();
     let comment = cfg
         .extra

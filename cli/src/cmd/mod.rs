@@ -9,6 +9,7 @@ pub mod limits;
 pub mod parse;
 pub mod run;
 pub mod system;
+pub mod transfer;
 
 use std::path::{Path, PathBuf};
 

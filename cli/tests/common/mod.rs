@@ -31,8 +31,11 @@ impl Env {
 
     pub fn cmd(&self, args: &[&str]) -> Command {
         let mut c = Command::new(BIN);
+        // Registry credentials of this test only (never the user's).
         c.args(args)
             .env("RBUILD_ROOT", self.root())
+            .env("DOCKER_CONFIG", self.path("docker-config"))
+            .env("REGISTRY_AUTH_FILE", self.path("podman-auth.json"))
             .env_remove("SOURCE_DATE_EPOCH");
         c
     }
