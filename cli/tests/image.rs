@@ -800,3 +800,35 @@ fn concurrent_writers_do_not_corrupt_the_index() {
         );
     }
 }
+
+/// Layer chains unpacked in the root's snapshot store (`snapshots/chains/`).
+fn unpacked_chains(env: &Env) -> usize {
+    fs_err::read_dir(env.root().join("snapshots").join("chains")).map_or(0, Iterator::count)
+}
+
+#[test]
+fn import_and_load_leave_the_image_unpacked_for_builds() {
+    // As docker import/load: the first build FROM the image unpacks nothing.
+    let env = common::build_env(); // imports busybox
+    assert_eq!(unpacked_chains(&env), 1, "import unpacks the layer");
+    let ctx = env.path("ctx");
+    fs_err::create_dir_all(&ctx).unwrap();
+    fs_err::write(ctx.join("Dockerfile"), "FROM busybox\nRUN echo hi > /f\n").unwrap();
+    env.ok(&["build", "-q", "-t", "two:layers", ctx.to_str().unwrap()]);
+    assert_eq!(unpacked_chains(&env), 1, "the build unpacked nothing more");
+    let tar = env.path("two.tar");
+    env.ok(&["save", "two:layers", "-o", tar.to_str().unwrap()]);
+
+    let fresh = Env::new();
+    assert_eq!(unpacked_chains(&fresh), 0);
+    let out = fresh.ok(&["load", "-i", tar.to_str().unwrap()]);
+    assert_eq!(out, "Loaded image: two:layers\n");
+    assert_eq!(unpacked_chains(&fresh), 2, "load unpacks both layers");
+    fresh.ok(&["run", "--rm", "two:layers", "grep", "-qx", "hi", "/f"]);
+    // Unpacked layers are no build cache to reclaim while the image is here.
+    fresh.ok(&["builder", "prune", "-a", "-f"]);
+    assert_eq!(unpacked_chains(&fresh), 2);
+    fresh.ok(&["rmi", "two:layers"]);
+    fresh.ok(&["builder", "prune", "-a", "-f"]);
+    assert_eq!(unpacked_chains(&fresh), 0, "and go with it");
+}

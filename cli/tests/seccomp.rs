@@ -336,6 +336,54 @@ fn fsync_returns_at_once_in_run_steps_unless_sync_full() {
     assert!(e.contains("--sync") && e.contains("half"), "{e}");
 }
 
+/// Whether a step printed `line` (`#5 line`), not only showed it in a command.
+fn printed(out: &str, line: &str) -> bool {
+    out.lines()
+        .filter_map(|l| l.strip_prefix('#'))
+        .any(|l| l.split_once(' ').is_some_and(|(_, rest)| rest == line))
+}
+
+/// Whether overlay options say `volatile` (`fsync=volatile` on Linux 6.x).
+fn volatile(opts: &str) -> bool {
+    opts.split(',')
+        .any(|o| o == "volatile" || o == "fsync=volatile")
+}
+
+/// The root overlay's mount options as the RUN step sees them.
+fn root_overlay_options(out: &str) -> String {
+    out.lines()
+        .filter_map(|l| l.split_once(" - overlay overlay "))
+        .map(|(_, opts)| opts.to_owned())
+        .next()
+        .unwrap_or_else(|| panic!("no overlay root in the step's mountinfo: {out}"))
+}
+
+#[test]
+fn run_step_overlays_are_volatile_unless_sync_full() {
+    let env = build_env();
+    // A hard link of a file of the base copies it up (the copy-up overlayfs
+    // fsyncs unless the overlay is volatile); the next step sees the same bytes
+    // under both names.
+    let df = "FROM busybox\n\
+              RUN grep ' / / ' /proc/self/mountinfo && ln /bin/busybox /bin/bb-link && \
+              echo copied > /copied\n\
+              RUN cmp /bin/busybox /bin/bb-link && cat /copied\n";
+    let (ok, out) = build(&env, "volatile", df, &[]);
+    assert!(ok, "{out}");
+    let opts = root_overlay_options(&out);
+    assert!(volatile(&opts), "the step's overlay is volatile: {opts}");
+    assert!(printed(&out, "copied"), "{out}");
+
+    let (ok, out) = build(&env, "volatile-full", df, &["--sync=full"]);
+    assert!(ok, "{out}");
+    let opts = root_overlay_options(&out);
+    assert!(
+        !volatile(&opts),
+        "--sync=full keeps overlayfs's own syncs: {opts}"
+    );
+    assert!(printed(&out, "copied"), "{out}");
+}
+
 #[test]
 fn an_operation_not_permitted_failure_hints_at_the_profile() {
     let env = build_env();

@@ -25,4 +25,6 @@ pub use rbuild_snapshotter::layout::{self, StateLayout};
 /// `system df`, the automatic collection after a build); implemented over the
 /// worker's state.
 pub mod gc;
+/// Unpacks an image of the store as its first `FROM` would (`import`, `load`).
+pub use rbuild_worker::unpack_image;
 pub use session::{BuildRequest, Built, Reporter, build};

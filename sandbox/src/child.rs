@@ -33,6 +33,9 @@ pub(crate) enum Op {
         fstype: Option<CString>,
         flags: c_ulong,
         data: Option<CString>,
+        /// Options to mount with instead when the kernel refuses `data` with
+        /// `EINVAL` (an overlay option an older kernel does not know).
+        retry_data: Option<CString>,
         optional: bool,
     },
     /// Remount a bind mount read-only (keeping its locked flags).
@@ -314,6 +317,7 @@ fn run_op(op: &Op) -> Result<bool, (&'static str, Errno)> {
             fstype,
             flags,
             data,
+            retry_data,
             optional,
         } => match sys::mount(
             source.as_deref(),
@@ -321,7 +325,17 @@ fn run_op(op: &Op) -> Result<bool, (&'static str, Errno)> {
             fstype.as_deref(),
             *flags,
             data.as_deref(),
-        ) {
+        )
+        .or_else(|e| match retry_data {
+            Some(d) if e == Errno::EINVAL => sys::mount(
+                source.as_deref(),
+                target,
+                fstype.as_deref(),
+                *flags,
+                Some(d),
+            ),
+            _ => Err(e),
+        }) {
             Ok(()) => Ok(true),
             Err(_) if *optional => Ok(false),
             Err(e) => Err(("mount", e)),

@@ -671,6 +671,7 @@ impl OpList {
                 fstype: None,
                 flags: libc::MS_BIND | libc::MS_REC,
                 data: None,
+                retry_data: None,
                 optional,
             },
             0,
@@ -847,6 +848,7 @@ pub fn run(rootfs: &Rootfs, mut spec: ProcessSpec) -> Result<ExitStatus, Sandbox
             fstype: None,
             flags: libc::MS_REC | libc::MS_PRIVATE,
             data: None,
+            retry_data: None,
             optional: false,
         },
         NEVER_UNDO,
@@ -860,6 +862,7 @@ pub fn run(rootfs: &Rootfs, mut spec: ProcessSpec) -> Result<ExitStatus, Sandbox
                     fstype: None,
                     flags: libc::MS_BIND | libc::MS_REC,
                     data: None,
+                    retry_data: None,
                     optional: false,
                 },
                 NEVER_UNDO,
@@ -891,6 +894,20 @@ pub fn run(rootfs: &Rootfs, mut spec: ProcessSpec) -> Result<ExitStatus, Sandbox
             if userns {
                 data.extend(b",userxattr");
             }
+            // `volatile` (Linux 5.10): overlayfs skips its own syncs of the upper
+            // layer, above all the fsync of every file it copies up (dpkg links
+            // each file it replaces: one copy-up and one fsync per file). Taken
+            // with the programs' syncs (`skip_sync`): the caller makes the upper
+            // dir durable itself when it keeps it. An older kernel refuses the
+            // option (EINVAL): mounted then without it. (Left out where it would
+            // not fit in the kernel's one page of options.)
+            let retry = if spec.skip_sync && data.len() + b",volatile".len() <= 4095 {
+                let plain = data.clone();
+                data.extend(b",volatile");
+                Some(plain)
+            } else {
+                None
+            };
             if data.len() > 4095 {
                 return Err(SandboxError::InvalidSpec(format!(
                     "overlay options for {} layers are {} bytes, over the kernel's one-page \
@@ -906,6 +923,7 @@ pub fn run(rootfs: &Rootfs, mut spec: ProcessSpec) -> Result<ExitStatus, Sandbox
                     fstype: Some(c"overlay".into()),
                     flags: if nodev { libc::MS_NODEV } else { 0 },
                     data: Some(cstr(data, "overlay options")?),
+                    retry_data: retry.map(|d| cstr(d, "overlay options")).transpose()?,
                     optional: false,
                 },
                 NEVER_UNDO,
@@ -941,6 +959,7 @@ pub fn run(rootfs: &Rootfs, mut spec: ProcessSpec) -> Result<ExitStatus, Sandbox
                 fstype: fstype.map(Into::into),
                 flags,
                 data: data.map(|d| cstr(d, "mount data")).transpose()?,
+                retry_data: None,
                 optional,
             },
             rlen,
@@ -1117,6 +1136,7 @@ pub fn run(rootfs: &Rootfs, mut spec: ProcessSpec) -> Result<ExitStatus, Sandbox
                         fstype: Some(c"tmpfs".into()),
                         flags: libc::MS_NOSUID | libc::MS_NODEV,
                         data: Some(cstr(data, "tmpfs options")?),
+                        retry_data: None,
                         optional: false,
                     },
                     0,
@@ -1162,6 +1182,7 @@ pub fn run(rootfs: &Rootfs, mut spec: ProcessSpec) -> Result<ExitStatus, Sandbox
                         libc::MS_BIND
                     },
                     data: None,
+                    retry_data: None,
                     optional: true,
                 },
                 0,

@@ -215,6 +215,24 @@ impl LocalWorker {
     }
 }
 
+/// Unpacks the layers of image `id` of `images` into the snapshot store of
+/// `state_root`, one snapshot per layer, as the first `FROM` of it would (and
+/// finds them again the same way, by chain ID): `rbuild import` and `load`
+/// leave an image ready to build on, as `docker import`/`load` register its
+/// layers in the graph driver and containerd unpacks what it pulls. Layers
+/// unpacked before are skipped. The snapshots are kept by the garbage
+/// collector while the image is in the store (an unpacked base image).
+pub fn unpack_image(
+    images: &Store,
+    state_root: &Path,
+    id: &rbuild_image::Digest,
+) -> Result<(), ExecError> {
+    let img = images.hold_image(id).map_err(err)?;
+    let snapshots = SnapshotStore::open(state_root).map_err(err)?;
+    ops::source::image::unpack_layers(&snapshots, images, &img, &mut |_, _| {})?;
+    Ok(())
+}
+
 impl ContentChecksum for LocalWorker {
     fn content_checksum(
         &self,

@@ -235,8 +235,25 @@ fn import(store: &Store, a: ImportArgs) -> Result<std::process::ExitCode> {
     };
     let id = rbuild_image::import::import(store, input, opts)
         .with_context(|| format!("importing {}", a.file))?;
+    unpack_for_builds(store, &id);
     println!("{id}");
     Ok(OK)
+}
+
+/// Unpacks an imported or loaded image into snapshots, as `docker import` and
+/// `docker load` leave their images, so that the first build `FROM` it does not
+/// pay for it. As root only (what builds need); a failure only warns: the image
+/// is stored, and its first `FROM` unpacks it (and reports what fails).
+fn unpack_for_builds(store: &Store, id: &Digest) {
+    if !nix::unistd::geteuid().is_root() {
+        return;
+    }
+    if let Err(e) = rbuild_engine::unpack_image(store, store.root(), id) {
+        eprintln!(
+            "warning: image {id} is stored but not unpacked (its first build will): {}",
+            rbuild_engine::one_line(&e)
+        );
+    }
 }
 
 fn save(store: &Store, a: &SaveArgs) -> Result<std::process::ExitCode> {
@@ -312,6 +329,9 @@ fn load(store: &Store, a: &LoadArgs) -> Result<std::process::ExitCode> {
         println!(
             "The image {tag} already exists, renaming the old one with ID {old} to empty string"
         );
+    }
+    for (id, _) in &report.images {
+        unpack_for_builds(store, id);
     }
     for (id, tags) in &report.images {
         if tags.is_empty() {

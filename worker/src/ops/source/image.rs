@@ -1,9 +1,9 @@
 //! `SourceOp::Image`: an image of the local store unpacked as a chain of
 //! snapshots, one per layer.
 
-use rbuild_image::Digest;
+use rbuild_image::{Digest, Image, Store};
 use rbuild_ops::ImagePin;
-use rbuild_snapshotter::snapshots::SnapshotId;
+use rbuild_snapshotter::snapshots::{SnapshotId, SnapshotStore};
 use rbuild_solver::progress::VertexLogger;
 use rbuild_solver::{ExecError, ResultRef};
 
@@ -38,21 +38,32 @@ pub(crate) fn pull_local(
             )));
         }
     };
-    let mut parent: Option<SnapshotId> = None;
-    let total = img.diff_ids().len() as u64;
-    for (i, d) in img.diff_ids().iter().enumerate() {
-        logger.progress(i as u64, Some(total));
-        let blob = inner.images.open_blob(d).map_err(err)?;
-        let r = std::io::BufReader::with_capacity(256 * 1024, blob);
-        parent = Some(
-            inner
-                .snapshots
-                .from_layer(parent.as_ref(), d, r)
-                .map_err(err)?,
-        );
-    }
+    let parent = unpack_layers(&inner.snapshots, &inner.images, &img, &mut |i, total| {
+        logger.progress(i, Some(total));
+    })?;
     match parent {
         Some(id) => Ok(snap_ref(&id)),
         None => inner.scratch(),
     }
+}
+
+/// Unpacks the layers of `img` as a chain of snapshots, one per layer, each
+/// found again by its chain ID (a layer unpacked before is not unpacked
+/// again); the top-most snapshot, `None` for an image without layers.
+/// `progress(i, total)` before each layer.
+pub(crate) fn unpack_layers(
+    snapshots: &SnapshotStore,
+    images: &Store,
+    img: &Image,
+    progress: &mut dyn FnMut(u64, u64),
+) -> Result<Option<SnapshotId>, ExecError> {
+    let mut parent: Option<SnapshotId> = None;
+    let total = img.diff_ids().len() as u64;
+    for (i, d) in img.diff_ids().iter().enumerate() {
+        progress(i as u64, total);
+        let blob = images.open_blob(d).map_err(err)?;
+        let r = std::io::BufReader::with_capacity(256 * 1024, blob);
+        parent = Some(snapshots.from_layer(parent.as_ref(), d, r).map_err(err)?);
+    }
+    Ok(parent)
 }
