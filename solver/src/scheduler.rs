@@ -366,6 +366,7 @@ async fn solve_one(
                 // Best effort: only feeds LRU pruning.
                 let _ = shared.cache.touch(&key);
                 started();
+                shared.emit(Event::VertexKey { id, key });
                 shared.emit(Event::VertexCached {
                     id,
                     name: vertex.description.name.clone(),
@@ -387,6 +388,9 @@ async fn solve_one(
         .await
         .map_err(|e| SolveError::Internal(e.to_string()))?;
     started();
+    if cacheable {
+        shared.emit(Event::VertexKey { id, key });
+    }
     let start = Instant::now();
     let ctx = ExecContext {
         id,

@@ -1,0 +1,218 @@
+//! A build cache shared between machines, through the binary: two state roots
+//! (A and B) stand for two machines. Keys must not depend on anything of the
+//! machine (state-root or context paths, inode numbers, owners of the
+//! checkout, mtimes, snapshot IDs, how the base image came in), read from the
+//! JSON progress (`vertex_key` events).
+//!
+//! Needs root (steps run in the sandbox over overlay mounts) and the busybox base
+//! from `testdata/examples/busybox-base.sh`; fails saying what is missing otherwise.
+
+mod common;
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::path::Path;
+
+use common::Env;
+
+/// What became of each step of one build, by step name.
+#[derive(Debug, Default)]
+struct Steps {
+    ran: BTreeSet<String>,
+    cached: BTreeSet<String>,
+    /// Step name → cache key.
+    keys: BTreeMap<String, String>,
+    /// The whole progress, for assertion messages.
+    log: String,
+}
+
+impl Steps {
+    fn parse(log: &str) -> Self {
+        let mut names = BTreeMap::new();
+        let mut s = Steps {
+            log: log.to_owned(),
+            ..Steps::default()
+        };
+        for line in log.lines().filter(|l| l.starts_with('{')) {
+            let v: serde_json::Value = serde_json::from_str(line)
+                .unwrap_or_else(|e| panic!("bad progress line {line:?}: {e}"));
+            let id = v["id"].as_u64().unwrap_or_else(|| panic!("no id: {line}"));
+            let name = |names: &BTreeMap<u64, String>| {
+                names
+                    .get(&id)
+                    .unwrap_or_else(|| panic!("event before start: {line}\n{log}"))
+                    .clone()
+            };
+            match v["event"].as_str() {
+                Some("vertex_started") => {
+                    names.insert(id, v["name"].as_str().unwrap().to_owned());
+                }
+                Some("vertex_cached") => {
+                    s.cached.insert(name(&names));
+                }
+                Some("vertex_done") => {
+                    s.ran.insert(name(&names));
+                }
+                Some("vertex_key") => {
+                    let key = v["key"].as_str().unwrap().to_owned();
+                    assert_eq!(key.len(), 64, "{line}");
+                    assert!(s.keys.insert(name(&names), key).is_none(), "{log}");
+                }
+                _ => {}
+            }
+        }
+        s
+    }
+
+    /// The steps of the Dockerfile (not `[internal]` ones, not the export).
+    fn steps(set: &BTreeSet<String>) -> BTreeSet<String> {
+        set.iter()
+            .filter(|n| n.starts_with('['))
+            .filter(|n| !n.starts_with("[internal]"))
+            .cloned()
+            .collect()
+    }
+}
+
+/// One machine: a state root with the busybox base imported.
+struct Machine {
+    env: Env,
+}
+
+impl Machine {
+    fn new() -> Self {
+        Self {
+            env: common::build_env(),
+        }
+    }
+
+    fn p(&self, rel: &str) -> String {
+        self.env.path(rel).to_string_lossy().into_owned()
+    }
+
+    fn write(&self, rel: &str, text: &str) {
+        let p = self.env.path(rel);
+        fs_err::create_dir_all(p.parent().unwrap()).unwrap();
+        fs_err::write(p, text).unwrap();
+    }
+
+    /// Builds with JSON progress and `--iidfile`; returns the steps and the image ID.
+    fn build(&self, args: &[&str]) -> (Steps, String) {
+        let iid = self.p("iid");
+        let _ = std::fs::remove_file(&iid);
+        let mut a = vec!["build", "--progress", "json", "--iidfile", &iid];
+        a.extend_from_slice(args);
+        let o = self.env.run(&a);
+        let (out, err) = (
+            String::from_utf8_lossy(&o.stdout),
+            String::from_utf8_lossy(&o.stderr),
+        );
+        assert!(o.status.success(), "build {args:?} failed:\n{out}\n{err}");
+        let id = fs_err::read_to_string(&iid).unwrap();
+        assert!(id.starts_with("sha256:"), "{id}");
+        (Steps::parse(&err), id)
+    }
+}
+
+/// A multi-stage build with RUN, COPY and a cache mount; the final stage
+/// copies from the other.
+const MULTI: &str = "FROM busybox AS tools\n\
+COPY tool.txt /src/tool.txt\n\
+RUN --mount=type=cache,target=/cache cp /src/tool.txt /cache/t && tr a-z A-Z < /src/tool.txt > /tool.out\n\
+FROM busybox\n\
+COPY app/ /app/\n\
+RUN cat /app/*.txt > /app.out\n\
+COPY --from=tools /tool.out /tool.out\n";
+
+fn multi_context(m: &Machine, dir: &str) {
+    m.write(&format!("{dir}/Dockerfile"), MULTI);
+    m.write(&format!("{dir}/tool.txt"), "tool one\n");
+    m.write(&format!("{dir}/app/a.txt"), "a1\n");
+    m.write(&format!("{dir}/app/b.txt"), "b1\n");
+    m.write(&format!("{dir}/unused.txt"), "u\n");
+}
+
+/// `chown -R uid:gid dir`.
+fn chown_tree(dir: &Path, uid: u32, gid: u32) {
+    std::os::unix::fs::lchown(dir, Some(uid), Some(gid)).unwrap();
+    for e in fs_err::read_dir(dir).unwrap() {
+        let p = e.unwrap().path();
+        if p.is_dir() {
+            chown_tree(&p, uid, gid);
+        } else {
+            std::os::unix::fs::lchown(&p, Some(uid), Some(gid)).unwrap();
+        }
+    }
+}
+
+#[test]
+fn keys_are_the_same_on_another_machine() {
+    let a = Machine::new();
+    let b = Machine::new();
+    multi_context(&a, "work/ctx");
+    // B: another path, written later (other mtimes, inodes), in another
+    // order, owned by another user; its base imported under another name with
+    // another config (same layers).
+    b.write("elsewhere/deeper/checkout/unused.txt", "u\n");
+    b.write("elsewhere/deeper/checkout/app/b.txt", "b1\n");
+    b.write("elsewhere/deeper/checkout/app/a.txt", "a1\n");
+    b.write("elsewhere/deeper/checkout/tool.txt", "tool one\n");
+    b.write(
+        "elsewhere/deeper/checkout/Dockerfile",
+        &MULTI.replace("FROM busybox", "FROM localhost/base:v2"),
+    );
+    chown_tree(&b.env.path("elsewhere"), 4321, 4321);
+    b.env.ok(&[
+        "import",
+        &b.p("base.tar"),
+        "localhost/base:v2",
+        "--change",
+        "LABEL rebuilt=elsewhere",
+    ]);
+
+    let (sa, id_a) = a.build(&[&a.p("work/ctx")]);
+    let (sb, id_b) = b.build(&[&b.p("elsewhere/deeper/checkout")]);
+    let steps = Steps::steps(&sa.ran);
+    // The two FROMs of the same image are one vertex.
+    assert_eq!(steps.len(), 6, "{}", sa.log);
+    // The step names differ only by the base's name; compare keys in order.
+    let keys = |s: &Steps| -> Vec<String> {
+        let mut v: Vec<(String, String)> = s
+            .keys
+            .iter()
+            .filter(|(n, _)| !n.starts_with("[internal]"))
+            .map(|(n, k)| {
+                (
+                    n.replace("localhost/base:v2", "docker.io/library/busybox:latest"),
+                    k.clone(),
+                )
+            })
+            .collect();
+        v.sort();
+        v.into_iter().map(|(n, k)| format!("{n} {k}")).collect()
+    };
+    assert_eq!(keys(&sa).len(), 6, "every step has a key:\n{}", sa.log);
+    assert_eq!(keys(&sa), keys(&sb), "A:\n{}\nB:\n{}", sa.log, sb.log);
+    // Different image configs (B's base has a label), so different IDs; the
+    // keys are what travels.
+    assert_ne!(id_a, id_b);
+
+    // A key does change with what the step reads.
+    b.write("elsewhere/deeper/checkout/app/a.txt", "a2\n");
+    let (sb2, _) = b.build(&[&b.p("elsewhere/deeper/checkout")]);
+    let changed: BTreeSet<String> = keys(&sb)
+        .into_iter()
+        .collect::<BTreeSet<_>>()
+        .difference(&keys(&sb2).into_iter().collect())
+        .map(|l| l.rsplit_once(' ').unwrap().0.to_owned())
+        .collect();
+    assert_eq!(
+        changed,
+        BTreeSet::from([
+            "[stage-1 2/4] COPY app/ /app/".to_owned(),
+            "[stage-1 3/4] RUN cat /app/*.txt > /app.out".to_owned(),
+            "[stage-1 4/4] COPY --from=tools /tool.out /tool.out".to_owned(),
+        ]),
+        "{}",
+        sb2.log
+    );
+}
