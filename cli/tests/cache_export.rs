@@ -85,6 +85,19 @@ impl Machine {
         }
     }
 
+    /// Another machine with `other`'s busybox base, as `save` wrote it and
+    /// `load` read it (the same image ID; a pull from a registry gives the same).
+    fn with_base_of(other: &Machine) -> Self {
+        let env = Env::new();
+        let tar = env.path("busybox-save.tar");
+        other
+            .env
+            .ok(&["save", "-o", tar.to_str().unwrap(), "busybox:latest"]);
+        env.ok(&["load", "-q", "-i", tar.to_str().unwrap()]);
+        fs_err::remove_file(&tar).unwrap();
+        Self { env }
+    }
+
     fn p(&self, rel: &str) -> String {
         self.env.path(rel).to_string_lossy().into_owned()
     }
@@ -215,4 +228,113 @@ fn keys_are_the_same_on_another_machine() {
         "{}",
         sb2.log
     );
+}
+
+/// The steps of `MULTI` (the FROM of both stages is one vertex).
+const FROM: &str = "[tools 1/3] FROM docker.io/library/busybox:latest";
+const T2: &str = "[tools 2/3] COPY tool.txt /src/tool.txt";
+const T3: &str = "[tools 3/3] RUN --mount=type=cache,target=/cache cp /src/tool.txt /cache/t && tr a-z A-Z < /src/tool.txt > /tool.out";
+const F2: &str = "[stage-1 2/4] COPY app/ /app/";
+const F3: &str = "[stage-1 3/4] RUN cat /app/*.txt > /app.out";
+const F4: &str = "[stage-1 4/4] COPY --from=tools /tool.out /tool.out";
+
+fn set(v: &[&str]) -> BTreeSet<String> {
+    v.iter().map(|s| (*s).to_owned()).collect()
+}
+
+/// The blobs of an OCI layout directory and the ones its index reaches.
+fn blobs(dir: &Path) -> (BTreeSet<String>, BTreeSet<String>) {
+    let mut all = BTreeSet::new();
+    for e in fs_err::read_dir(dir.join("blobs/sha256")).unwrap() {
+        let name = e.unwrap().file_name().to_string_lossy().into_owned();
+        all.insert(name);
+    }
+    let mut reached = BTreeSet::new();
+    let read = |hex: &str| -> serde_json::Value {
+        serde_json::from_slice(&fs_err::read(dir.join("blobs/sha256").join(hex)).unwrap()).unwrap()
+    };
+    let index: serde_json::Value =
+        serde_json::from_slice(&fs_err::read(dir.join("index.json")).unwrap()).unwrap();
+    for m in index["manifests"].as_array().unwrap() {
+        let hex = m["digest"]
+            .as_str()
+            .unwrap()
+            .strip_prefix("sha256:")
+            .unwrap();
+        reached.insert(hex.to_owned());
+        let manifest = read(hex);
+        assert_eq!(
+            manifest["config"]["mediaType"],
+            "application/vnd.rbuild.cache.config.v1+json"
+        );
+        let chex = manifest["config"]["digest"].as_str().unwrap()[7..].to_owned();
+        reached.insert(chex);
+        for l in manifest["layers"].as_array().unwrap() {
+            reached.insert(l["digest"].as_str().unwrap()[7..].to_owned());
+        }
+    }
+    (all, reached)
+}
+
+/// `cat PATH` in image `id` of machine `m`.
+fn cat(m: &Machine, id: &str, path: &str) -> String {
+    m.env.ok(&["run", "--rm", id, "cat", path])
+}
+
+#[test]
+fn a_local_cache_in_max_mode_makes_a_fresh_machine_run_nothing() {
+    let a = Machine::new();
+    multi_context(&a, "ctx");
+    let cache = a.p("cache");
+    let to = format!("type=local,dest={cache},mode=max");
+    let (sa, id_a) = a.build(&["--cache-to", &to, &a.p("ctx")]);
+    assert!(
+        sa.ran
+            .iter()
+            .any(|n| n == &format!("exporting cache to {cache}")),
+        "the export is a step:\n{}",
+        sa.log
+    );
+    let (all, reached) = blobs(Path::new(&cache));
+    assert_eq!(all, reached, "every blob is referenced, no other");
+
+    // B: a fresh state root, the same base (saved on A, loaded on B), the
+    // context in another place.
+    let b = Machine::with_base_of(&a);
+    multi_context(&b, "elsewhere/ctx");
+    let from = format!("type=local,src={cache}");
+    let (sb, id_b) = b.build(&["--cache-from", &from, &b.p("elsewhere/ctx")]);
+    assert!(
+        sb.ran
+            .iter()
+            .any(|n| n == &format!("importing cache manifest from {cache}")),
+        "the import is a step:\n{}",
+        sb.log
+    );
+    // The base is unpacked from B's own store; every other step is cached.
+    assert_eq!(
+        Steps::steps(&sb.cached),
+        set(&[T2, T3, F2, F3, F4]),
+        "{}",
+        sb.log
+    );
+    assert_eq!(Steps::steps(&sb.ran), set(&[FROM]), "{}", sb.log);
+    assert_eq!(id_a, id_b, "the same image ID (A's created time travelled)");
+    assert_eq!(cat(&b, &id_b, "/app.out"), "a1\nb1\n");
+    assert_eq!(cat(&b, &id_b, "/tool.out"), "TOOL ONE\n");
+
+    // One file of the final stage changes: from its COPY on, the rest (the
+    // other stage) stays cached.
+    let b2 = Machine::with_base_of(&a);
+    multi_context(&b2, "ctx");
+    b2.write("ctx/app/b.txt", "b2\n");
+    let (s2, id2) = b2.build(&["--cache-from", &from, &b2.p("ctx")]);
+    assert_eq!(Steps::steps(&s2.cached), set(&[T2, T3]), "{}", s2.log);
+    assert_eq!(
+        Steps::steps(&s2.ran),
+        set(&[FROM, F2, F3, F4]),
+        "{}",
+        s2.log
+    );
+    assert_eq!(cat(&b2, &id2, "/app.out"), "a1\nb2\n");
 }

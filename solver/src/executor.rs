@@ -188,6 +188,17 @@ pub trait Executor: ContentChecksum + Send + Sync + 'static {
     }
 }
 
+/// Records of a build cache imported from elsewhere (`--cache-from`), asked
+/// when the local cache index has no record for a key.
+pub trait ImportedCache: Send + Sync + 'static {
+    /// The result for `key`, made available here (its layers unpacked into
+    /// snapshots), or `None` when no imported record has it or its layers
+    /// cannot be had (a record without layers, a missing or corrupt blob:
+    /// the step then runs). Only the results the build asks for are
+    /// unpacked. Called from a blocking thread.
+    fn load(&self, key: &CacheKey, logger: &VertexLogger) -> Option<ResultRef>;
+}
+
 /// The hook the executor implements so keys can depend on file content.
 pub trait ContentChecksum: Send + Sync {
     /// A checksum of exactly the paths `selection` picks in `result`, the

@@ -15,7 +15,7 @@ use rbuild_ops::{
 };
 
 use crate::cacheindex::{CacheIndex, CacheIndexError, CacheRecord};
-use crate::executor::{ExecContext, ExecError, Executor, ResultRef};
+use crate::executor::{ExecContext, ExecError, Executor, ImportedCache, ResultRef};
 use crate::progress::{Event, EventSender, VertexLogger};
 
 /// The outcome for one vertex.
@@ -83,6 +83,7 @@ pub enum SolveError {
 pub struct Solver {
     executor: Arc<dyn Executor>,
     cache: CacheIndex,
+    imported: Option<Arc<dyn ImportedCache>>,
     jobs: usize,
     no_cache: bool,
 }
@@ -93,6 +94,7 @@ impl Solver {
         Self {
             executor,
             cache,
+            imported: None,
             jobs: jobs.max(1),
             no_cache: false,
         }
@@ -102,6 +104,13 @@ impl Solver {
     #[must_use]
     pub fn with_no_cache(mut self, no_cache: bool) -> Self {
         self.no_cache = no_cache;
+        self
+    }
+
+    /// `--cache-from`: records asked on a miss in the local index.
+    #[must_use]
+    pub fn with_imported(mut self, imported: Option<Arc<dyn ImportedCache>>) -> Self {
+        self.imported = imported;
         self
     }
 
@@ -143,6 +152,7 @@ impl Solver {
         let shared = Arc::new(Shared {
             executor: Arc::clone(&self.executor),
             cache: self.cache.clone(),
+            imported: self.imported.clone(),
             permits: Semaphore::new(self.jobs),
             no_cache: self.no_cache,
             events,
@@ -220,6 +230,7 @@ impl Solver {
 struct Shared {
     executor: Arc<dyn Executor>,
     cache: CacheIndex,
+    imported: Option<Arc<dyn ImportedCache>>,
     permits: Semaphore,
     no_cache: bool,
     events: EventSender,
@@ -379,6 +390,33 @@ async fn solve_one(
                 });
             }
             shared.cache.remove(&key).map_err(index_error)?;
+        }
+        if let Some(imported) = &shared.imported {
+            let imported = Arc::clone(imported);
+            let logger = VertexLogger::new(id, shared.events.clone());
+            let loaded = tokio::task::spawn_blocking(move || imported.load(&key, &logger))
+                .await
+                .map_err(|e| SolveError::Internal(e.to_string()))?;
+            if let Some(result) = loaded {
+                let record = CacheRecord::new(key, result.clone(), vertex.description.name.clone());
+                let cache = shared.cache.clone();
+                tokio::task::spawn_blocking(move || cache.put(&record))
+                    .await
+                    .map_err(|e| SolveError::Internal(e.to_string()))?
+                    .map_err(index_error)?;
+                started();
+                shared.emit(Event::VertexKey { id, key });
+                shared.emit(Event::VertexCached {
+                    id,
+                    name: vertex.description.name.clone(),
+                });
+                return Ok(Solved {
+                    result,
+                    key,
+                    cached: true,
+                    cacheable,
+                });
+            }
         }
     }
 
