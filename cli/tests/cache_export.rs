@@ -338,3 +338,130 @@ fn a_local_cache_in_max_mode_makes_a_fresh_machine_run_nothing() {
     );
     assert_eq!(cat(&b2, &id2, "/app.out"), "a1\nb2\n");
 }
+
+#[test]
+fn rewriting_a_local_cache_leaves_no_unreferenced_blob() {
+    let a = Machine::new();
+    multi_context(&a, "ctx");
+    let cache = a.p("cache");
+    let to = format!("type=local,dest={cache},mode=max");
+    a.build(&["--cache-to", &to, &a.p("ctx")]);
+    let (first, reached) = blobs(Path::new(&cache));
+    assert_eq!(first, reached);
+
+    // Other content: the layers of the changed steps are replaced.
+    a.write("ctx/app/a.txt", "a2\n");
+    a.write("ctx/tool.txt", "tool two\n");
+    a.build(&["--cache-to", &to, &a.p("ctx")]);
+    let (second, reached) = blobs(Path::new(&cache));
+    assert_eq!(second, reached, "every blob left is referenced");
+    assert!(
+        first.difference(&second).count() >= 3,
+        "the old layers and config are gone: {first:?} → {second:?}"
+    );
+    let temps: Vec<_> = fs_err::read_dir(&cache)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .filter(|n| n.starts_with(".tmp"))
+        .collect();
+    assert!(temps.is_empty(), "temporary files left: {temps:?}");
+}
+
+#[test]
+fn a_missing_or_corrupt_cache_source_warns_and_builds() {
+    let a = Machine::new();
+    multi_context(&a, "ctx");
+    let missing = a.p("no-such-cache");
+    let o = a.env.run(&[
+        "build",
+        "--progress",
+        "plain",
+        "--cache-from",
+        &format!("type=local,src={missing}"),
+        &a.p("ctx"),
+    ]);
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(o.status.success(), "{err}");
+    assert!(
+        err.contains(&format!("cache import from {missing} failed")),
+        "a warning names the source:\n{err}"
+    );
+
+    // A corrupt manifest: the index names a blob whose content is garbage.
+    let cache = a.p("cache");
+    a.build(&[
+        "--cache-to",
+        &format!("type=local,dest={cache},mode=max"),
+        &a.p("ctx"),
+    ]);
+    let index: serde_json::Value =
+        serde_json::from_slice(&fs_err::read(Path::new(&cache).join("index.json")).unwrap())
+            .unwrap();
+    let m = index["manifests"][0]["digest"].as_str().unwrap()[7..].to_owned();
+    fs_err::write(Path::new(&cache).join("blobs/sha256").join(m), b"{garbage").unwrap();
+    let b = Machine::with_base_of(&a);
+    multi_context(&b, "ctx");
+    let o = b.env.run(&[
+        "build",
+        "--progress",
+        "plain",
+        "--cache-from",
+        &format!("type=local,src={cache}"),
+        &b.p("ctx"),
+    ]);
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(o.status.success(), "{err}");
+    assert!(
+        err.contains(&format!("cache import from {cache} failed")),
+        "{err}"
+    );
+}
+
+#[test]
+fn a_missing_blob_makes_the_step_run() {
+    let a = Machine::new();
+    multi_context(&a, "ctx");
+    let cache = a.p("cache");
+    a.build(&[
+        "--cache-to",
+        &format!("type=local,dest={cache},mode=max"),
+        &a.p("ctx"),
+    ]);
+    // The blob of the top layer of the final stage's last step.
+    let config = read_config(Path::new(&cache));
+    let top = config["records"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|r| r["description"] == F4)
+        .unwrap_or_else(|| panic!("no record for {F4}: {config}"))["layer"]
+        .as_u64()
+        .unwrap();
+    let blob = config["layers"][usize::try_from(top).unwrap()]["blob"]
+        .as_str()
+        .unwrap()[7..]
+        .to_owned();
+    fs_err::remove_file(Path::new(&cache).join("blobs/sha256").join(blob)).unwrap();
+
+    let b = Machine::with_base_of(&a);
+    multi_context(&b, "ctx");
+    let (s, id) = b.build(&[
+        "--cache-from",
+        &format!("type=local,src={cache}"),
+        &b.p("ctx"),
+    ]);
+    assert!(s.ran.contains(F4), "{}", s.log);
+    assert_eq!(Steps::steps(&s.cached), set(&[T2, T3, F2, F3]), "{}", s.log);
+    assert_eq!(cat(&b, &id, "/tool.out"), "TOOL ONE\n");
+}
+
+/// The cache config of an OCI layout written by `--cache-to type=local`.
+fn read_config(dir: &Path) -> serde_json::Value {
+    let read = |hex: &str| -> serde_json::Value {
+        serde_json::from_slice(&fs_err::read(dir.join("blobs/sha256").join(hex)).unwrap()).unwrap()
+    };
+    let index: serde_json::Value =
+        serde_json::from_slice(&fs_err::read(dir.join("index.json")).unwrap()).unwrap();
+    let m = read(&index["manifests"][0]["digest"].as_str().unwrap()[7..]);
+    read(&m["config"]["digest"].as_str().unwrap()[7..])
+}
