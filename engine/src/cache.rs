@@ -25,7 +25,7 @@ use serde::{Deserialize, Serialize};
 
 use rbuild_image::Digest;
 use rbuild_oci::manifest::{self, Descriptor, Index, Manifest};
-use rbuild_ops::{BuildGraph, CacheKey, Op, SourceOp, VertexId};
+use rbuild_ops::{BuildGraph, CacheKey, InputKey, Op, SourceOp, VertexId};
 use rbuild_snapshotter::snapshots::SnapshotId;
 use rbuild_snapshotter::{Compression, Decoder, HashingReader};
 use rbuild_solver::progress::{Stream, VertexLogger};
@@ -119,6 +119,11 @@ pub struct CacheRecordDesc {
     /// The keys of the records of its inputs, in input order.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub inputs: Vec<CacheKey>,
+    /// For a step that reads an input by content (a `COPY`): the key of its
+    /// op over its inputs' own keys, which a machine that has not unpacked
+    /// the input can compute (`BuildKit`'s key with selectors).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub by_inputs: Option<CacheKey>,
     /// The top of its result's layer chain, when the cache holds it.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub layer: Option<usize>,
@@ -228,23 +233,34 @@ pub fn export_local(
         let Some(vertex) = graph.get(id) else {
             continue;
         };
-        let inputs = vertex
+        let input_solved: Vec<&rbuild_solver::Solved> = vertex
             .inputs
             .iter()
-            .filter_map(|i| outputs.get(*i).map(|s| s.key))
+            .filter_map(|i| outputs.get(*i))
             .collect();
+        let inputs: Vec<CacheKey> = input_solved.iter().map(|s| s.key).collect();
+        let by_inputs = (!vertex.op.content_selections().is_empty()
+            && input_solved.len() == vertex.inputs.len()
+            && input_solved.iter().all(|s| s.cacheable))
+        .then(|| {
+            let keys: Vec<InputKey> = inputs.iter().map(|k| InputKey::Key(*k)).collect();
+            rbuild_ops::cache_key(&vertex.op, &keys)
+        });
         // A base image is read from the local store on every machine (it is
         // resolved before anything runs): its record only links.
         let is_image = matches!(vertex.op, Op::Source(SourceOp::Image { .. }));
         let wants_layers = !is_image && (opts.mode == CacheMode::Max || id == target);
         let mut layer = None;
         let mut created = None;
-        if wants_layers {
+        // A result answered lazily from an imported cache and never
+        // needed is not here: its record only links.
+        let available = s.available_result().filter(|_| wants_layers);
+        if let Some(result) = available {
             if let Some(chain) =
                 worker
-                    .result_chain(&s.result)
+                    .result_chain(&result)
                     .map_err(|source| CacheError::Layer {
-                        snapshot: s.result.to_string(),
+                        snapshot: result.to_string(),
                         source,
                     })?
             {
@@ -265,6 +281,7 @@ pub fn export_local(
             key: s.key,
             description: vertex.description.name.clone(),
             inputs,
+            by_inputs,
             layer,
             created_at: rfc3339(created),
         });
@@ -449,6 +466,8 @@ pub struct ImportedRecords {
     sources: Vec<(PathBuf, CacheConfig)>,
     /// Key → (source, record), the first source that has it.
     by_key: HashMap<CacheKey, (usize, usize)>,
+    /// A record's key by its inputs' keys → its key.
+    by_inputs: HashMap<CacheKey, CacheKey>,
     /// (source, layer) → snapshot, for layers unpacked already.
     unpacked: Mutex<HashMap<(usize, usize), SnapshotId>>,
 }
@@ -468,10 +487,19 @@ impl ImportedRecords {
                 }
             }
         }
+        let mut by_inputs = HashMap::new();
+        for (_, config) in &sources {
+            for record in &config.records {
+                if let Some(b) = record.by_inputs {
+                    by_inputs.entry(b).or_insert(record.key);
+                }
+            }
+        }
         Self {
             worker,
             sources,
             by_key,
+            by_inputs,
             unpacked: Mutex::new(HashMap::new()),
         }
     }
@@ -555,5 +583,13 @@ impl ImportedCache for ImportedRecords {
                 None
             }
         }
+    }
+
+    fn has(&self, key: &CacheKey) -> bool {
+        self.by_key.contains_key(key)
+    }
+
+    fn key_by_inputs(&self, by_inputs: &CacheKey) -> Option<CacheKey> {
+        self.by_inputs.get(by_inputs).copied()
     }
 }

@@ -197,6 +197,15 @@ pub trait ImportedCache: Send + Sync + 'static {
     /// the step then runs). Only the results the build asks for are
     /// unpacked. Called from a blocking thread.
     fn load(&self, key: &CacheKey, logger: &VertexLogger) -> Option<ResultRef>;
+
+    /// Whether an imported record has `key` (with layers or not): the vertex
+    /// is then answered lazily, its result made available only if needed.
+    fn has(&self, key: &CacheKey) -> bool;
+
+    /// The key of the record whose inputs' keys gave `by_inputs` (the key of
+    /// its op over its inputs' own keys, no content checksums): lets a step
+    /// that reads a lazy input by content be found without unpacking it.
+    fn key_by_inputs(&self, by_inputs: &CacheKey) -> Option<CacheKey>;
 }
 
 /// The hook the executor implements so keys can depend on file content.

@@ -56,4 +56,4 @@ pub use executor::{
     StepLimit,
 };
 pub use progress::{Event, EventReceiver, EventSender};
-pub use scheduler::{Outputs, SolveError, Solved, Solver};
+pub use scheduler::{Lazy, LazyRef, Outputs, SolveError, Solved, Solver};
