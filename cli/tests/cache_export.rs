@@ -522,3 +522,58 @@ fn a_min_mode_cache_makes_an_unchanged_build_run_nothing() {
     assert_eq!(id_a, id_b);
     assert_eq!(cat(&b, &id_b, "/tool.out"), "TOOL ONE\n");
 }
+
+#[test]
+fn a_machine_that_imported_lazily_exports_the_layers_it_never_unpacked() {
+    let a = Machine::new();
+    multi_context(&a, "ctx");
+    let first = a.p("cache1");
+    let (_, id_a) = a.build(&[
+        "--cache-to",
+        &format!("type=local,dest={first},mode=max"),
+        &a.p("ctx"),
+    ]);
+
+    // B runs nothing and unpacks only the final result, then exports.
+    let b = Machine::with_base_of(&a);
+    multi_context(&b, "ctx");
+    let second = b.p("cache2");
+    let (s, id_b) = b.build(&[
+        "--cache-from",
+        &format!("type=local,src={first}"),
+        "--cache-to",
+        &format!("type=local,dest={second},mode=max"),
+        &b.p("ctx"),
+    ]);
+    assert_eq!(Steps::steps(&s.ran), set(&[]), "{}", s.log);
+    assert_eq!(id_a, id_b);
+    let (all, reached) = blobs(Path::new(&second));
+    assert_eq!(all, reached);
+    let config = read_config(Path::new(&second));
+    for step in [T2, T3, F2, F3, F4] {
+        let has_layers = config["records"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|r| r["description"] == step && r.get("layer").is_some());
+        assert!(has_layers, "{step} has its layers in B's export: {config}");
+    }
+
+    // C, from B's export only: the other stage comes from layers B copied.
+    let c = Machine::with_base_of(&a);
+    multi_context(&c, "ctx");
+    c.write("ctx/app/b.txt", "b2\n");
+    let (s, id) = c.build(&[
+        "--cache-from",
+        &format!("type=local,src={second}"),
+        &c.p("ctx"),
+    ]);
+    assert_eq!(Steps::steps(&s.ran), set(&[FROM, F2, F3, F4]), "{}", s.log);
+    assert!(
+        Steps::steps(&s.cached).is_superset(&set(&[T2, T3])),
+        "{}",
+        s.log
+    );
+    assert_eq!(cat(&c, &id, "/tool.out"), "TOOL ONE\n");
+    assert_eq!(cat(&c, &id, "/app.out"), "a1\nb2\n");
+}

@@ -213,6 +213,7 @@ pub fn export_local(
     graph: &BuildGraph,
     outputs: &Outputs,
     target: VertexId,
+    imported: Option<&ImportedRecords>,
     opts: &CacheExport,
 ) -> Result<ExportReport, CacheError> {
     let dir = &opts.dest;
@@ -222,6 +223,7 @@ pub fn export_local(
 
     let mut config = CacheConfig::default();
     let mut layer_of: HashMap<SnapshotId, usize> = HashMap::new();
+    let mut copied: HashMap<(usize, usize), usize> = HashMap::new();
     let mut solved: Vec<(VertexId, &rbuild_solver::Solved)> =
         outputs.iter().map(|(id, s)| (*id, s)).collect();
     solved.sort_by_key(|(_, s)| s.key);
@@ -253,8 +255,17 @@ pub fn export_local(
         let mut layer = None;
         let mut created = None;
         // A result answered lazily from an imported cache and never
-        // needed is not here: its record only links.
+        // needed is not here: its imported layers are copied over.
         let available = s.available_result().filter(|_| wants_layers);
+        if wants_layers && available.is_none() {
+            if let Some(imported) = imported {
+                let copy = imported.copy_layers(&s.key, dir, &mut config, &mut copied)?;
+                if let Some((top, at)) = copy {
+                    layer = Some(top);
+                    created = at;
+                }
+            }
+        }
         if let Some(result) = available {
             if let Some(chain) =
                 worker
@@ -458,6 +469,9 @@ fn read_blob(dir: &Path, d: &Digest) -> Result<Vec<u8>, CacheError> {
     Ok(bytes)
 }
 
+/// Seconds and nanoseconds since the Unix epoch.
+type Created = (i64, u32);
+
 /// The records of every `--cache-from` source, asked by the solver on a
 /// miss in the local index. A record's layers are unpacked only when the
 /// solver asks for its key.
@@ -511,6 +525,66 @@ impl ImportedRecords {
 
     pub fn is_empty(&self) -> bool {
         self.by_key.is_empty()
+    }
+
+    /// Copies the layer chain of the record for `key` (when it has one and
+    /// its blobs are there) into the layout `dest` and `config`; returns its
+    /// top layer and creation time. `copied` maps (source, layer) to the
+    /// layers already copied.
+    fn copy_layers(
+        &self,
+        key: &CacheKey,
+        dest: &Path,
+        config: &mut CacheConfig,
+        copied: &mut HashMap<(usize, usize), usize>,
+    ) -> Result<Option<(usize, Option<Created>)>, CacheError> {
+        let Some(&(source, record)) = self.by_key.get(key) else {
+            return Ok(None);
+        };
+        let (dir, src) = &self.sources[source];
+        let record = &src.records[record];
+        let Some(chain) = record.layer.and_then(|top| src.chain(top)) else {
+            return Ok(None);
+        };
+        if !chain
+            .iter()
+            .all(|&i| blob_path(dir, &src.layers[i].blob).is_file())
+        {
+            return Ok(None);
+        }
+        let mut parent = None;
+        for i in chain {
+            if let Some(&j) = copied.get(&(source, i)) {
+                parent = Some(j);
+                continue;
+            }
+            let layer = &src.layers[i];
+            let to = blob_path(dest, &layer.blob);
+            if !to.is_file() {
+                let from = blob_path(dir, &layer.blob);
+                let tmp = tempfile::Builder::new()
+                    .prefix(".tmp-copy-")
+                    .tempfile_in(to.parent().unwrap_or(dest))
+                    .map_err(io(dest))?;
+                let mut r = fs_err::File::open(&from).map_err(io(&from))?;
+                let mut w = tmp.reopen().map_err(io(&to))?;
+                std::io::copy(&mut r, &mut w).map_err(io(&to))?;
+                w.sync_all().map_err(io(&to))?;
+                tmp.persist(&to).map_err(|e| io(&to)(e.error))?;
+            }
+            config.layers.push(CacheLayer {
+                parent,
+                ..layer.clone()
+            });
+            let j = config.layers.len() - 1;
+            copied.insert((source, i), j);
+            parent = Some(j);
+        }
+        let created = record
+            .created_at
+            .as_deref()
+            .and_then(rbuild_image::time::parse_rfc3339);
+        Ok(parent.map(|p| (p, created)))
     }
 
     fn unpack(&self, source: usize, top: usize) -> Result<SnapshotId, String> {

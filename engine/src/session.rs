@@ -123,7 +123,16 @@ pub fn build(
     }
     let worker = start_worker(req, &store)?;
     let imported = import_caches(req, &plan, &worker, reporter);
-    let outputs = solve(req, &plan, &worker, &store, imported, reporter)?;
+    let outputs = solve(
+        req,
+        &plan,
+        &worker,
+        &store,
+        imported
+            .clone()
+            .map(|i| i as Arc<dyn rbuild_solver::ImportedCache>),
+        reporter,
+    )?;
     let target = outputs
         .get(plan.target)
         .ok_or(BuildError::TargetNotSolved)?
@@ -131,7 +140,7 @@ pub fn build(
         .clone();
     let plan = set_created(plan, &worker, &target);
     let id = export(req, &plan, &worker, &store, &target, exporter, reporter)?;
-    export_caches(req, &plan, &worker, &outputs, reporter)?;
+    export_caches(req, &plan, &worker, &outputs, imported.as_deref(), reporter)?;
     finish_build(req, &store)?;
     Ok(Built { id })
 }
@@ -186,7 +195,7 @@ fn import_caches(
     plan: &BuildPlan,
     worker: &LocalWorker,
     reporter: &mut dyn Reporter,
-) -> Option<Arc<dyn rbuild_solver::ImportedCache>> {
+) -> Option<Arc<crate::cache::ImportedRecords>> {
     if req.cache_from.is_empty() {
         return None;
     }
@@ -218,13 +227,14 @@ fn export_caches(
     plan: &BuildPlan,
     worker: &LocalWorker,
     outputs: &rbuild_solver::Outputs,
+    imported: Option<&crate::cache::ImportedRecords>,
     reporter: &mut dyn Reporter,
 ) -> Result<(), BuildError> {
     for (n, to) in req.cache_to.iter().enumerate() {
         let name = format!("exporting cache to {}", to.dest.display());
         let id = side_id(plan, req.cache_from.len() + n);
         side_vertex(reporter, id, name, || {
-            crate::cache::export_local(worker, &plan.graph, outputs, plan.target, to)
+            crate::cache::export_local(worker, &plan.graph, outputs, plan.target, imported, to)
         })
         .map_err(|source| BuildError::CacheExport {
             dest: to.dest.clone(),
