@@ -227,8 +227,19 @@ impl Solver {
                 }
                 Err(e) => {
                     tasks.shutdown().await;
+                    // The vertex that failed: a lazy input run by this one's
+                    // task, or this one.
+                    let failed = match &e {
+                        SolveError::Vertex { id, .. } => *id,
+                        _ => id,
+                    };
+                    shared
+                        .in_progress
+                        .lock()
+                        .expect("in-progress set")
+                        .remove(&failed);
                     shared.emit(Event::VertexFailed {
-                        id,
+                        id: failed,
                         error: e.to_string(),
                     });
                     shared.emit_cancelled();
