@@ -577,3 +577,69 @@ fn a_machine_that_imported_lazily_exports_the_layers_it_never_unpacked() {
     assert_eq!(cat(&c, &id, "/tool.out"), "TOOL ONE\n");
     assert_eq!(cat(&c, &id, "/app.out"), "a1\nb2\n");
 }
+
+/// Builds with plain progress and `--explain-cache`; returns the
+/// `explain-cache:` lines.
+fn explain(m: &Machine, args: &[&str]) -> Vec<String> {
+    let mut a = vec!["build", "--progress", "plain", "--explain-cache"];
+    a.extend_from_slice(args);
+    let o = m.env.run(&a);
+    let err = String::from_utf8_lossy(&o.stderr).into_owned();
+    assert!(o.status.success(), "{err}");
+    let out = String::from_utf8_lossy(&o.stdout).into_owned() + &err;
+    out.lines()
+        .filter_map(|l| l.strip_prefix("explain-cache: "))
+        .map(ToOwned::to_owned)
+        .collect()
+}
+
+#[test]
+fn explain_cache_names_the_changed_files_and_build_arg() {
+    let a = Machine::new();
+    multi_context(&a, "ctx");
+    let cache = a.p("cache");
+    a.build(&[
+        "--cache-to",
+        &format!("type=local,dest={cache},mode=max"),
+        &a.p("ctx"),
+    ]);
+    let b = Machine::with_base_of(&a);
+    multi_context(&b, "ctx");
+    b.write("ctx/app/b.txt", "b2\n");
+    let from = format!("type=local,src={cache}");
+    let lines = explain(&b, &["--cache-from", &from, &b.p("ctx")]);
+    let expected = [
+        format!("{F2}: the files it reads from [internal] load build context changed"),
+        format!("{F3}: its input {F2} changed"),
+    ];
+    for e in &expected {
+        assert!(lines.contains(e), "no {e:?} in {lines:#?}");
+    }
+    assert!(
+        !lines.iter().any(|l| l.starts_with(T2) || l.starts_with(T3)),
+        "the cached stage is not explained: {lines:#?}"
+    );
+
+    // A build arg.
+    let args_df = "FROM busybox\nARG VER\nRUN echo $VER > /v\n";
+    a.write("arg/Dockerfile", args_df);
+    let cache2 = a.p("cache2");
+    a.build(&[
+        "--build-arg",
+        "VER=1",
+        "--cache-to",
+        &format!("type=local,dest={cache2},mode=max"),
+        &a.p("arg"),
+    ]);
+    b.write("arg/Dockerfile", args_df);
+    let from2 = format!("type=local,src={cache2}");
+    let lines = explain(
+        &b,
+        &["--build-arg", "VER=2", "--cache-from", &from2, &b.p("arg")],
+    );
+    assert_eq!(
+        lines,
+        ["[2/2] RUN echo 2 > /v: the value of VER (a build arg or ENV) changed"],
+        "{lines:#?}"
+    );
+}

@@ -124,12 +124,77 @@ pub struct CacheRecordDesc {
     /// the input can compute (`BuildKit`'s key with selectors).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub by_inputs: Option<CacheKey>,
+    /// What went into its key, in a form that can be compared field by
+    /// field (`--explain-cache`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub explain: Option<KeyParts>,
     /// The top of its result's layer chain, when the cache holds it.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub layer: Option<usize>,
     /// When its result was made (RFC 3339).
     #[serde(default, rename = "createdat", skip_serializing_if = "Option::is_none")]
     pub created_at: Option<String>,
+}
+
+/// The parts of a cache key, comparable one by one: each field of the op as
+/// a short digest (so no value, a build arg's included, is written out in
+/// clear), `env NAME` for each environment entry, and what each input
+/// contributed.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct KeyParts {
+    pub fields: BTreeMap<String, String>,
+    pub inputs: Vec<KeyInput>,
+}
+
+/// What one input contributed to a key.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum KeyInput {
+    /// The input's key.
+    Key(CacheKey),
+    /// Content checksums of what the op reads from it.
+    Content(Vec<rbuild_ops::Checksum>),
+}
+
+fn short_digest(v: &serde_json::Value) -> String {
+    let bytes = serde_json::to_vec(v).unwrap_or_default();
+    blake3::hash(&bytes).to_hex()[..16].to_owned()
+}
+
+impl KeyParts {
+    /// The parts of the key of `op` over `inputs`.
+    pub fn of(op: &Op, inputs: &[InputKey]) -> Self {
+        let mut fields = BTreeMap::new();
+        if let Ok(serde_json::Value::Object(map)) = serde_json::to_value(op) {
+            for (name, value) in map {
+                match (name.as_str(), &value) {
+                    ("env", serde_json::Value::Array(entries)) => {
+                        for e in entries {
+                            let e = e.as_str().unwrap_or_default();
+                            let (k, v) = e.split_once('=').unwrap_or((e, ""));
+                            fields.insert(
+                                format!("env {k}"),
+                                short_digest(&serde_json::Value::String(v.to_owned())),
+                            );
+                        }
+                    }
+                    // Proxy variables are not part of the key.
+                    ("proxy_env", _) => {}
+                    _ => {
+                        fields.insert(name, short_digest(&value));
+                    }
+                }
+            }
+        }
+        let inputs = inputs
+            .iter()
+            .map(|i| match i {
+                InputKey::Key(k) => KeyInput::Key(*k),
+                InputKey::Content(sums) => KeyInput::Content(sums.clone()),
+            })
+            .collect();
+        Self { fields, inputs }
+    }
 }
 
 impl CacheConfig {
@@ -293,6 +358,7 @@ pub fn export_local(
             description: vertex.description.name.clone(),
             inputs,
             by_inputs,
+            explain: Some(KeyParts::of(&vertex.op, &s.key_inputs)),
             layer,
             created_at: rfc3339(created),
         });
@@ -666,4 +732,109 @@ impl ImportedCache for ImportedRecords {
     fn key_by_inputs(&self, by_inputs: &CacheKey) -> Option<CacheKey> {
         self.by_inputs.get(by_inputs).copied()
     }
+}
+
+/// Why the steps that ran missed the imported records (`--explain-cache`):
+/// for each, the record of the same step (by name) in the imported caches,
+/// and which parts of the key differ from it. One line per step.
+pub fn explain_misses(
+    graph: &BuildGraph,
+    outputs: &Outputs,
+    imported: &ImportedRecords,
+) -> Vec<String> {
+    // The closest record: the same step name, else the same place in the
+    // Dockerfile (`[stage 2/5]`: the name holds expanded build args).
+    let mut by_name: HashMap<&str, &CacheRecordDesc> = HashMap::new();
+    let mut by_place: HashMap<&str, &CacheRecordDesc> = HashMap::new();
+    for (_, config) in &imported.sources {
+        for r in &config.records {
+            by_name.entry(r.description.as_str()).or_insert(r);
+            if let Some(place) = step_place(&r.description) {
+                by_place.entry(place).or_insert(r);
+            }
+        }
+    }
+    let name_of_key: HashMap<CacheKey, &str> = outputs
+        .iter()
+        .filter_map(|(id, s)| Some((s.key, graph.get(*id)?.description.name.as_str())))
+        .collect();
+    let mut ids: Vec<VertexId> = outputs.iter().map(|(id, _)| *id).collect();
+    ids.sort_unstable();
+    let mut lines = Vec::new();
+    for id in ids {
+        let (Some(s), Some(vertex)) = (outputs.get(id), graph.get(id)) else {
+            continue;
+        };
+        if s.cached || !s.cacheable {
+            continue;
+        }
+        let name = &vertex.description.name;
+        let record = by_name
+            .get(name.as_str())
+            .or_else(|| step_place(name).and_then(|p| by_place.get(p)));
+        let Some(record) = record else {
+            lines.push(format!(
+                "{name}: no record of this step in the imported cache"
+            ));
+            continue;
+        };
+        let Some(theirs) = &record.explain else {
+            lines.push(format!(
+                "{name}: its record does not say what its key was made of"
+            ));
+            continue;
+        };
+        let ours = KeyParts::of(&vertex.op, &s.key_inputs);
+        let mut why = Vec::new();
+        let names: BTreeSet<&String> = ours.fields.keys().chain(theirs.fields.keys()).collect();
+        for f in names {
+            if ours.fields.get(f) == theirs.fields.get(f) {
+                continue;
+            }
+            why.push(match f.strip_prefix("env ") {
+                Some(var) => format!("the value of {var} (a build arg or ENV) changed"),
+                None if f == "args" => "the command changed".to_owned(),
+                None if f == "chain_id" || f == "pin" => "the base image changed".to_owned(),
+                None => format!("its {f} changed"),
+            });
+        }
+        if ours.inputs.len() == theirs.inputs.len() {
+            for (pos, (a, b)) in ours.inputs.iter().zip(&theirs.inputs).enumerate() {
+                if a == b {
+                    continue;
+                }
+                let input = vertex
+                    .inputs
+                    .get(pos)
+                    .and_then(|i| graph.get(*i))
+                    .map_or("an input", |v| v.description.name.as_str());
+                why.push(match (a, b) {
+                    (KeyInput::Content(_), KeyInput::Content(_)) => {
+                        format!("the files it reads from {input} changed")
+                    }
+                    (KeyInput::Key(k), _) => format!(
+                        "its input {} changed",
+                        name_of_key.get(k).copied().unwrap_or(input)
+                    ),
+                    _ => format!("its input {input} changed"),
+                });
+            }
+        } else {
+            why.push("its inputs changed".to_owned());
+        }
+        if why.is_empty() {
+            why.push("its key changed".to_owned());
+        }
+        lines.push(format!("{name}: {}", why.join("; ")));
+    }
+    lines
+}
+
+/// The `[stage n/m]` prefix of a step's name.
+fn step_place(name: &str) -> Option<&str> {
+    name.starts_with('[')
+        .then(|| name.find(']'))
+        .flatten()
+        .map(|end| &name[..=end])
+        .filter(|p| !p.starts_with("[internal]"))
 }

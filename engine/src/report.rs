@@ -9,4 +9,8 @@ pub trait Reporter {
     fn event(&mut self, ev: &Event);
     /// A warning from planning, before anything runs.
     fn warning(&mut self, message: &str);
+    /// A line of `--explain-cache`, after the build.
+    fn explain(&mut self, line: &str) {
+        self.warning(line);
+    }
 }

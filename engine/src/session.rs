@@ -60,6 +60,9 @@ pub struct BuildRequest {
     pub cache_from: Vec<PathBuf>,
     /// `--cache-to type=local,dest=DIR`: where the build's records go.
     pub cache_to: Vec<crate::cache::CacheExport>,
+    /// `--explain-cache`: say why each step that ran missed the imported
+    /// records.
+    pub explain_cache: bool,
 }
 
 /// What a successful build made.
@@ -141,6 +144,16 @@ pub fn build(
     let plan = set_created(plan, &worker, &target);
     let id = export(req, &plan, &worker, &store, &target, exporter, reporter)?;
     export_caches(req, &plan, &worker, &outputs, imported.as_deref(), reporter)?;
+    if req.explain_cache {
+        match &imported {
+            Some(imported) => {
+                for line in crate::cache::explain_misses(&plan.graph, &outputs, imported) {
+                    reporter.explain(&line);
+                }
+            }
+            None => reporter.explain("--explain-cache: no --cache-from to compare with"),
+        }
+    }
     finish_build(req, &store)?;
     Ok(Built { id })
 }

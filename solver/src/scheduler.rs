@@ -29,6 +29,9 @@ pub struct Solved {
     /// build context and for their dependents when no content checksum was
     /// available).
     pub cacheable: bool,
+    /// What each input contributed to `key` (its key, or content checksums
+    /// of what the op reads from it), for explaining misses.
+    pub key_inputs: Vec<InputKey>,
     /// Answered by an imported record whose result is not here (yet):
     /// `result` is a placeholder until something needs it. The targets of a
     /// solve are always made available.
@@ -570,8 +573,9 @@ async fn solve_one(
         }
     }
     let mut inputs: Vec<(Arc<Vertex>, Solved)> = inputs.to_vec();
-    let (key, cacheable) = if let Some(k) = by_inputs {
-        (k, !vertex.op.is_volatile())
+    let (key, cacheable, key_inputs) = if let Some(k) = by_inputs {
+        let dep_keys = inputs.iter().map(|(_, s)| InputKey::Key(s.key)).collect();
+        (k, !vertex.op.is_volatile(), dep_keys)
     } else {
         // The lazy inputs read by content are needed now.
         for (pos, _) in &selections {
@@ -593,6 +597,7 @@ async fn solve_one(
         (
             cache_key(&vertex.op, &keys),
             inputs_cacheable && !vertex.op.is_volatile(),
+            keys,
         )
     };
     let key_lock = shared.key_lock(key);
@@ -618,6 +623,7 @@ async fn solve_one(
                     key,
                     cached: true,
                     cacheable,
+                    key_inputs,
                     lazy: None,
                 });
             }
@@ -642,6 +648,7 @@ async fn solve_one(
                 key,
                 cached: true,
                 cacheable,
+                key_inputs,
                 lazy: Some(LazyRef(Arc::new(lazy))),
             });
         }
@@ -657,6 +664,7 @@ async fn solve_one(
         key,
         cached: false,
         cacheable,
+        key_inputs,
         lazy: None,
     })
 }

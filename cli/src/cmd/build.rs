@@ -80,6 +80,9 @@ pub struct BuildArgs {
     /// Import a build cache (`type=local,src=DIR`); repeatable, sources merged
     #[arg(long = "cache-from", value_name = "SPEC")]
     cache_from: Vec<String>,
+    /// After the build, say why each step that ran missed the --cache-from records
+    #[arg(long = "explain-cache")]
+    explain_cache: bool,
     /// Steps run at once (default: the number of CPUs)
     #[arg(long, value_name = "N")]
     jobs: Option<usize>,
@@ -438,6 +441,9 @@ impl rbuild_engine::Reporter for Renderer {
     fn warning(&mut self, message: &str) {
         self.println(&format!("WARNING: {message}"));
     }
+    fn explain(&mut self, line: &str) {
+        self.println(&format!("explain-cache: {line}"));
+    }
 }
 
 pub fn run(args: &BuildArgs, root: &Path) -> anyhow::Result<ExitCode> {
@@ -684,6 +690,7 @@ fn prepare(args: &BuildArgs, root: &Path) -> anyhow::Result<Prepared> {
                 step_log_max_size,
                 cache_from,
                 cache_to,
+                explain_cache: args.explain_cache,
             },
             dockerfile_src: src,
             tags,
