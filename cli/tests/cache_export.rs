@@ -643,3 +643,30 @@ fn explain_cache_names_the_changed_files_and_build_arg() {
         "{lines:#?}"
     );
 }
+
+#[test]
+fn importing_from_and_exporting_to_the_same_directory_keeps_it_whole() {
+    let a = Machine::new();
+    multi_context(&a, "ctx");
+    let cache = a.p("cache");
+    let to = format!("type=local,dest={cache},mode=max");
+    let from = format!("type=local,src={cache}");
+    a.build(&["--cache-to", &to, &a.p("ctx")]);
+
+    // B reads and rewrites the same directory, with one file changed.
+    let b = Machine::with_base_of(&a);
+    multi_context(&b, "ctx");
+    b.write("ctx/app/a.txt", "a3\n");
+    b.build(&["--cache-from", &from, "--cache-to", &to, &b.p("ctx")]);
+    let (all, reached) = blobs(Path::new(&cache));
+    assert_eq!(all, reached);
+
+    // C, fresh, from it: nothing runs, and the content is B's.
+    let c = Machine::with_base_of(&a);
+    multi_context(&c, "ctx");
+    c.write("ctx/app/a.txt", "a3\n");
+    let (s, id) = c.build(&["--cache-from", &from, &c.p("ctx")]);
+    assert_eq!(Steps::steps(&s.ran), set(&[]), "{}", s.log);
+    assert_eq!(cat(&c, &id, "/app.out"), "a3\nb1\n");
+    assert_eq!(cat(&c, &id, "/tool.out"), "TOOL ONE\n");
+}
