@@ -838,3 +838,76 @@ fn step_place(name: &str) -> Option<&str> {
         .map(|end| &name[..=end])
         .filter(|p| !p.starts_with("[internal]"))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn layer(n: u8, parent: Option<usize>) -> CacheLayer {
+        CacheLayer {
+            blob: Digest::of(&[n]),
+            diff_id: Digest::of(&[n, n]),
+            parent,
+            base: false,
+            created_at: None,
+        }
+    }
+
+    #[test]
+    fn chains_are_bottom_first_and_broken_ones_refused() {
+        let mut c = CacheConfig {
+            layers: vec![layer(0, None), layer(1, Some(0)), layer(2, Some(1))],
+            records: Vec::new(),
+        };
+        assert_eq!(c.chain(2), Some(vec![0, 1, 2]));
+        assert_eq!(c.chain(0), Some(vec![0]));
+        assert_eq!(c.chain(3), None, "out of range");
+        c.layers[0].parent = Some(2);
+        assert_eq!(c.chain(2), None, "a loop");
+        c.layers[0].parent = Some(9);
+        assert_eq!(c.chain(1), None, "a parent out of range");
+    }
+
+    #[test]
+    fn the_config_reads_back_and_names_createdat_as_buildkit_does() {
+        let c = CacheConfig {
+            layers: vec![CacheLayer {
+                created_at: Some("2026-01-02T03:04:05.5Z".into()),
+                ..layer(0, None)
+            }],
+            records: vec![CacheRecordDesc {
+                key: CacheKey([7; 32]),
+                description: "[1/2] RUN x".into(),
+                inputs: vec![CacheKey([8; 32])],
+                by_inputs: None,
+                explain: Some(KeyParts::default()),
+                layer: Some(0),
+                created_at: None,
+            }],
+        };
+        let json = serde_json::to_string(&c).unwrap();
+        assert!(
+            json.contains(r#""createdat":"2026-01-02T03:04:05.5Z""#),
+            "{json}"
+        );
+        assert_eq!(serde_json::from_str::<CacheConfig>(&json).unwrap(), c);
+    }
+
+    #[test]
+    fn key_parts_name_env_entries_without_their_values() {
+        let mut run = rbuild_ops::ExecOp::new(vec!["sh".into(), "-c".into(), "make".into()], 0);
+        run.env = vec!["TOKEN=s3cret".into(), "VER=1".into()];
+        let parts = KeyParts::of(&Op::Exec(run.clone()), &[]);
+        assert!(parts.fields.contains_key("env TOKEN"));
+        let json = serde_json::to_string(&parts).unwrap();
+        assert!(!json.contains("s3cret"), "{json}");
+        run.env[1] = "VER=2".into();
+        let other = KeyParts::of(&Op::Exec(run), &[]);
+        let changed: Vec<&String> = parts
+            .fields
+            .keys()
+            .filter(|k| parts.fields.get(*k) != other.fields.get(*k))
+            .collect();
+        assert_eq!(changed, ["env VER"]);
+    }
+}
