@@ -108,6 +108,13 @@ impl Renderer {
 
     /// Records and renders one event.
     pub fn handle(&mut self, ev: &Event) {
+        if let Event::VertexKey { .. } = ev {
+            // Keys are for machines (JSON), not for the display.
+            if self.mode == ProgressMode::Json {
+                let _ = writeln!(self.out, "{}", ev.to_json());
+            }
+            return;
+        }
         self.record(ev);
         match self.mode {
             ProgressMode::Quiet => {}
@@ -204,7 +211,9 @@ impl Renderer {
             self.current = Some(id);
         }
         match ev {
-            Event::VertexStarted { .. } | Event::VertexProgress { .. } => {}
+            Event::VertexStarted { .. }
+            | Event::VertexProgress { .. }
+            | Event::VertexKey { .. } => {}
             Event::VertexCached { .. } => {
                 let _ = writeln!(text, "#{n} CACHED");
             }
@@ -309,6 +318,7 @@ impl Renderer {
                 finished(t, format!("#{n} {name} ERROR: {error}"));
             }
             Event::VertexCanceled { .. } => finished(t, format!("#{n} {name} CANCELED")),
+            Event::VertexKey { .. } => {}
         }
     }
 }

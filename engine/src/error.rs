@@ -63,6 +63,13 @@ pub enum BuildError {
     TargetNotSolved,
     #[error(transparent)]
     Export(#[from] ExportError),
+    /// `--cache-to` could not be written.
+    #[error("exporting cache to {}", .dest.display())]
+    CacheExport {
+        dest: PathBuf,
+        #[source]
+        source: crate::cache::CacheError,
+    },
 }
 
 /// Why an export failed.

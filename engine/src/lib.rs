@@ -7,6 +7,7 @@
 //! [`Event`](rbuild_solver::progress::Event)s to a [`Reporter`] the caller
 //! implements, and returns typed errors ([`BuildError`]).
 
+pub mod cache;
 mod error;
 pub mod exporter;
 pub mod pending;

@@ -14,4 +14,9 @@ pub trait Reporter {
     fn pull_event(&mut self, reference: &str, event: &crate::transfer::TransferEvent) {
         let _ = (reference, event);
     }
+
+    /// A line of `--explain-cache`, after the build.
+    fn explain(&mut self, line: &str) {
+        self.warning(line);
+    }
 }

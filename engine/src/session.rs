@@ -24,6 +24,9 @@ pub use crate::report::Reporter;
 use crate::transfer::{RegistryOptions, TransferEvent};
 
 /// Everything a build needs, read and checked by the caller.
+// Independent yes/no options of `rbuild build` (--no-cache, --sync=full,
+// --pull, --explain-cache), not a state machine.
+#[allow(clippy::struct_excessive_bools)]
 pub struct BuildRequest {
     /// The context directory.
     pub context: PathBuf,
@@ -61,6 +64,13 @@ pub struct BuildRequest {
     /// Bytes of a step's output shown before it is clipped (`None`: 2 MiB,
     /// `Some(u64::MAX)`: all).
     pub step_log_max_size: Option<u64>,
+    /// `--cache-from type=local,src=DIR`: build caches asked on a miss.
+    pub cache_from: Vec<PathBuf>,
+    /// `--cache-to type=local,dest=DIR`: where the build's records go.
+    pub cache_to: Vec<crate::cache::CacheExport>,
+    /// `--explain-cache`: say why each step that ran missed the imported
+    /// records.
+    pub explain_cache: bool,
 }
 
 /// What a successful build made.
@@ -174,9 +184,35 @@ pub fn build(
         reporter.warning(w);
     }
     let worker = start_worker(req, &store)?;
-    let target = solve(req, &plan, &worker, &store, reporter)?;
+    let imported = import_caches(req, &plan, &worker, reporter);
+    let outputs = solve(
+        req,
+        &plan,
+        &worker,
+        &store,
+        imported
+            .clone()
+            .map(|i| i as Arc<dyn rbuild_solver::ImportedCache>),
+        reporter,
+    )?;
+    let target = outputs
+        .get(plan.target)
+        .ok_or(BuildError::TargetNotSolved)?
+        .result
+        .clone();
     let plan = set_created(plan, &worker, &target);
     let id = export(req, &plan, &worker, &store, &target, exporter, reporter)?;
+    export_caches(req, &plan, &worker, &outputs, imported.as_deref(), reporter)?;
+    if req.explain_cache {
+        match &imported {
+            Some(imported) => {
+                for line in crate::cache::explain_misses(&plan.graph, &outputs, imported) {
+                    reporter.explain(&line);
+                }
+            }
+            None => reporter.explain("--explain-cache: no --cache-from to compare with"),
+        }
+    }
     finish_build(req, &store)?;
     Ok(Built { id })
 }
@@ -188,6 +224,96 @@ fn finish_build(req: &BuildRequest, store: &Store) -> Result<(), BuildError> {
     crate::gc::after_build(&req.state_root, store)
         .map(drop)
         .map_err(BuildError::Gc)
+}
+
+/// A vertex of its own in progress for work outside the graph (cache import
+/// and export), as `BuildKit` shows them: started, then done or failed.
+fn side_vertex<T, E: std::error::Error + 'static>(
+    reporter: &mut dyn Reporter,
+    id: VertexId,
+    name: String,
+    work: impl FnOnce() -> Result<T, E>,
+) -> Result<T, E> {
+    reporter.event(&Event::VertexStarted {
+        id,
+        name,
+        location: None,
+    });
+    let started = std::time::Instant::now();
+    let r = work();
+    match &r {
+        Ok(_) => reporter.event(&Event::VertexDone {
+            id,
+            duration: started.elapsed(),
+        }),
+        Err(e) => reporter.event(&Event::VertexFailed {
+            id,
+            error: crate::error::one_line(e),
+        }),
+    }
+    r
+}
+
+/// Ids for the side vertices, after the graph's and the export's.
+fn side_id(plan: &BuildPlan, n: usize) -> VertexId {
+    VertexId(u32::try_from(plan.graph.len() + 1 + n).unwrap_or(u32::MAX))
+}
+
+/// `--cache-from`: reads every source's records (each a step in progress,
+/// `importing cache manifest from DIR`); one that is missing or unreadable
+/// is a warning and the build goes on without it.
+fn import_caches(
+    req: &BuildRequest,
+    plan: &BuildPlan,
+    worker: &LocalWorker,
+    reporter: &mut dyn Reporter,
+) -> Option<Arc<crate::cache::ImportedRecords>> {
+    if req.cache_from.is_empty() {
+        return None;
+    }
+    let mut sources = Vec::new();
+    for (n, dir) in req.cache_from.iter().enumerate() {
+        let name = format!("importing cache manifest from {}", dir.display());
+        let read = side_vertex(reporter, side_id(plan, n), name, || {
+            crate::cache::read_local(dir)
+        });
+        match read {
+            Ok(config) => sources.push((dir.clone(), config)),
+            Err(e) => reporter.warning(&format!(
+                "cache import from {} failed, building without it: {}",
+                dir.display(),
+                crate::error::one_line(&e)
+            )),
+        }
+    }
+    Some(Arc::new(crate::cache::ImportedRecords::new(
+        worker.clone(),
+        sources,
+    )))
+}
+
+/// `--cache-to`: writes the build's records (each a step in progress,
+/// `exporting cache to DIR`).
+fn export_caches(
+    req: &BuildRequest,
+    plan: &BuildPlan,
+    worker: &LocalWorker,
+    outputs: &rbuild_solver::Outputs,
+    imported: Option<&crate::cache::ImportedRecords>,
+    reporter: &mut dyn Reporter,
+) -> Result<(), BuildError> {
+    for (n, to) in req.cache_to.iter().enumerate() {
+        let name = format!("exporting cache to {}", to.dest.display());
+        let id = side_id(plan, req.cache_from.len() + n);
+        side_vertex(reporter, id, name, || {
+            crate::cache::export_local(worker, &plan.graph, outputs, plan.target, imported, to)
+        })
+        .map_err(|source| BuildError::CacheExport {
+            dest: to.dest.clone(),
+            source,
+        })?;
+    }
+    Ok(())
 }
 
 fn plan(
@@ -258,10 +384,13 @@ fn solve(
     plan: &BuildPlan,
     worker: &LocalWorker,
     store: &Store,
+    imported: Option<Arc<dyn rbuild_solver::ImportedCache>>,
     reporter: &mut dyn Reporter,
-) -> Result<ResultRef, BuildError> {
+) -> Result<rbuild_solver::Outputs, BuildError> {
     let cache = CacheIndex::open(&StateLayout::new(&req.state_root).cache_index())?;
-    let solver = Solver::new(Arc::new(worker.clone()), cache, req.jobs).with_no_cache(req.no_cache);
+    let solver = Solver::new(Arc::new(worker.clone()), cache, req.jobs)
+        .with_no_cache(req.no_cache)
+        .with_imported(imported);
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(req.jobs.max(2))
         .enable_all()
@@ -317,11 +446,7 @@ fn solve(
         }
         Some(Err(e)) => return Err(BuildError::Solve(Box::new(e))),
     };
-    Ok(outputs
-        .get(plan.target)
-        .ok_or(BuildError::TargetNotSolved)?
-        .result
-        .clone())
+    Ok(outputs)
 }
 
 /// Timestamps: what `SOURCE_DATE_EPOCH` gave (the frontend set those), else the

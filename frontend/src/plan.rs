@@ -1141,6 +1141,7 @@ impl Planner<'_> {
                         reference: resolved.reference.clone(),
                         pin: resolved.pin.clone(),
                         platform,
+                        chain_id: resolved.config.rootfs.chain_id().map(|d| d.to_string()),
                     };
                     run.st.state = Some(self.push(op, Vec::new(), name, Some(&from_span), false));
                 }

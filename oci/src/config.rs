@@ -85,6 +85,22 @@ fn layers() -> String {
     "layers".to_owned()
 }
 
+impl RootFs {
+    /// The chain ID of the top layer (`ChainID(L0) = DiffID(L0)`,
+    /// `ChainID(Ln) = sha256(ChainID(Ln-1) + " " + DiffID(Ln))`, as the OCI
+    /// image spec defines it); `None` for an image without layers.
+    pub fn chain_id(&self) -> Option<Digest> {
+        let mut chain: Option<Digest> = None;
+        for d in &self.diff_ids {
+            chain = Some(match chain {
+                None => d.clone(),
+                Some(c) => Digest::of(format!("{c} {d}").as_bytes()),
+            });
+        }
+        chain
+    }
+}
+
 impl Default for RootFs {
     fn default() -> Self {
         Self {

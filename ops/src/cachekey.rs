@@ -8,7 +8,10 @@
 //! of inputs, and per input either its key or its content checksums (of
 //! exactly what the copy takes: its patterns match below each selected
 //! source, as the copy applies them). What is not:
-//! the vertex description (progress name, Dockerfile location),
+//! the vertex description (progress name, Dockerfile location), a base
+//! image's reference (its chain ID, or its pin when it has no layers, stands
+//! for it), anything of the machine (state-root or context paths, inode
+//! numbers, snapshot IDs, host names, listing order),
 //! `ignore_cache`, secrets' contents (ops only carry a secret's id and
 //! placement), a RUN's proxy variables (`ExecOp::proxy_env`), vertex ids.
 
@@ -18,7 +21,7 @@ use std::str::FromStr;
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
 use crate::id::VertexId;
-use crate::op::Op;
+use crate::op::{Op, SourceOp};
 
 /// Domain separation so our keys never collide with other blake3 uses.
 const KEY_CONTEXT: &str = "rbuild solver cache key v1";
@@ -113,6 +116,27 @@ fn canonical_op(op: &Op) -> Vec<u8> {
     serde_json::to_vec(op).expect("ops serialise to JSON")
 }
 
+/// What keys a base image: its content, never the name it was found under.
+/// The chain ID of its layers when known (the same root file system however it
+/// came to the machine: pulled, loaded, imported, tagged anew), else the pin.
+fn image_definition(
+    pin: &crate::op::ImagePin,
+    platform: Option<&str>,
+    chain_id: Option<&str>,
+) -> Vec<u8> {
+    let content = match chain_id {
+        Some(c) => serde_json::json!({ "chain_id": c }),
+        None => serde_json::json!({ "pin": pin }),
+    };
+    serde_json::to_vec(&serde_json::json!({
+        "type": "source",
+        "source": "image",
+        "content": content,
+        "platform": platform,
+    }))
+    .expect("image definitions serialise to JSON")
+}
+
 fn put_len(h: &mut blake3::Hasher, n: usize) {
     h.update(&(n as u64).to_le_bytes());
 }
@@ -129,6 +153,12 @@ pub fn cache_key(op: &Op, inputs: &[InputKey]) -> CacheKey {
             e.proxy_env.clear();
             canonical_op(&Op::Exec(e))
         }
+        Op::Source(SourceOp::Image {
+            pin,
+            platform,
+            chain_id,
+            ..
+        }) => image_definition(pin, platform.as_deref(), chain_id.as_deref()),
         _ => canonical_op(op),
     };
     put_len(&mut h, def.len());

@@ -130,6 +130,13 @@ pub enum SourceOp {
         pin: ImagePin,
         /// `os/arch[/variant]`, when not the host's.
         platform: Option<String>,
+        /// The chain ID of the image's layers (`sha256:<hex>`), when it has
+        /// layers. When present it replaces `pin` in the cache key (BuildKit's
+        /// second key of an image: by its layers), so the same root file system
+        /// pulled, loaded or imported separately, under any name or config,
+        /// gives the same key.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        chain_id: Option<String>,
     },
     /// The local build context (or a named context).
     Context {

@@ -236,18 +236,21 @@ fn every_file_action_and_source_is_keyed() {
             reference: "alpine".into(),
             pin: ImagePin::ImageId("sha256:00".into()),
             platform: None,
+            chain_id: None,
         }
         .into(),
         SourceOp::Image {
             reference: "alpine".into(),
             pin: ImagePin::Manifest("sha256:00".into()),
             platform: None,
+            chain_id: None,
         }
         .into(),
         SourceOp::Image {
             reference: "alpine".into(),
             pin: ImagePin::ImageId("sha256:01".into()),
             platform: None,
+            chain_id: None,
         }
         .into(),
         SourceOp::Http {
@@ -364,6 +367,7 @@ fn img(name: &str) -> Vertex {
             reference: name.into(),
             pin: ImagePin::ImageId(format!("sha256:{name}")),
             platform: None,
+            chain_id: None,
         },
         vec![],
         format!("FROM {name}"),
@@ -417,4 +421,61 @@ fn prune_keeps_what_targets_need() {
         g.required(&[VertexId(99)]),
         Err(GraphError::UnknownVertex(_))
     ));
+}
+
+// ---------------------------------------------------------------- base images
+
+fn image_op(reference: &str, pin: &str, chain_id: Option<&str>, platform: Option<&str>) -> Op {
+    SourceOp::Image {
+        reference: reference.into(),
+        pin: ImagePin::ImageId(pin.into()),
+        platform: platform.map(Into::into),
+        chain_id: chain_id.map(Into::into),
+    }
+    .into()
+}
+
+#[test]
+fn a_base_image_is_keyed_by_its_layers_not_its_name_or_config() {
+    let key = |op: Op| cache_key(&op, &[]);
+    let base = key(image_op(
+        "docker.io/library/busybox:latest",
+        "sha256:c1",
+        Some("sha256:l1"),
+        None,
+    ));
+    // Another name, another config (image ID), the same layers: the same key.
+    assert_eq!(
+        key(image_op(
+            "localhost/mine:v2",
+            "sha256:c2",
+            Some("sha256:l1"),
+            None
+        )),
+        base
+    );
+    // Other layers, or another platform: another key.
+    assert_ne!(
+        key(image_op(
+            "docker.io/library/busybox:latest",
+            "sha256:c1",
+            Some("sha256:l2"),
+            None
+        )),
+        base
+    );
+    assert_ne!(
+        key(image_op(
+            "docker.io/library/busybox:latest",
+            "sha256:c1",
+            Some("sha256:l1"),
+            Some("linux/arm64")
+        )),
+        base
+    );
+    // Without layers (no chain ID), the pin keys it, still not the name.
+    let pinned = key(image_op("a", "sha256:c1", None, None));
+    assert_eq!(key(image_op("b", "sha256:c1", None, None)), pinned);
+    assert_ne!(key(image_op("a", "sha256:c2", None, None)), pinned);
+    assert_ne!(pinned, base);
 }

@@ -266,7 +266,7 @@ impl SnapshotStore {
 
     /// Commits a prepared snapshot; it becomes readable under its id.
     pub fn commit(&self, active: Active) -> Result<SnapshotId> {
-        self.commit_with(active, None, None)
+        self.commit_with(active, None, None, None)
     }
 
     fn commit_with(
@@ -274,16 +274,17 @@ impl SnapshotStore {
         mut active: Active,
         layer: Option<Digest>,
         chain_id: Option<Digest>,
+        created: Option<(i64, u32)>,
     ) -> Result<SnapshotId> {
         active.info.layer = layer;
         active.info.chain_id = chain_id;
         let since_epoch = std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
             .unwrap_or_default();
-        active.info.created = Some((
+        active.info.created = Some(created.unwrap_or((
             i64::try_from(since_epoch.as_secs()).unwrap_or(i64::MAX),
             since_epoch.subsec_nanos(),
-        ));
+        )));
         let _ = remove_tree(&active.work);
         let bytes = serde_json::to_vec(&active.info).map_err(io::Error::other)?;
         write_atomic(&active.dir.join("meta.json"), &bytes)?;
@@ -398,6 +399,32 @@ impl SnapshotStore {
         diff_id: &Digest,
         reader: R,
     ) -> Result<SnapshotId> {
+        self.layer_snapshot(parent, diff_id, reader, "layer", None)
+    }
+
+    /// [`SnapshotStore::from_layer`] for a layer of an imported build cache
+    /// (kind `cache`: a step's result, not a base image's layer), committed
+    /// with the time the step's snapshot was made on the machine that
+    /// exported it (`created`), so the image made from it has that machine's
+    /// created time.
+    pub fn import_cache_layer<R: Read>(
+        &self,
+        parent: Option<&SnapshotId>,
+        diff_id: &Digest,
+        reader: R,
+        created: Option<(i64, u32)>,
+    ) -> Result<SnapshotId> {
+        self.layer_snapshot(parent, diff_id, reader, "cache", created)
+    }
+
+    fn layer_snapshot<R: Read>(
+        &self,
+        parent: Option<&SnapshotId>,
+        diff_id: &Digest,
+        reader: R,
+        kind: &str,
+        created: Option<(i64, u32)>,
+    ) -> Result<SnapshotId> {
         let chain_id = match parent {
             Some(p) => {
                 let pinfo = self.info(p)?;
@@ -411,7 +438,7 @@ impl SnapshotStore {
         if let Some(id) = self.by_chain(&chain_id) {
             return Ok(id);
         }
-        let active = self.prepare(parent, "layer")?;
+        let active = self.prepare(parent, kind)?;
         if let Err(e) = crate::apply::apply_overlay_layer(&active.upper, reader) {
             let _ = self.abort(active);
             let mut reason = e.to_string();
@@ -425,7 +452,12 @@ impl SnapshotStore {
                 reason,
             });
         }
-        let id = self.commit_with(active, Some(diff_id.clone()), Some(chain_id.clone()))?;
+        let id = self.commit_with(
+            active,
+            Some(diff_id.clone()),
+            Some(chain_id.clone()),
+            created,
+        )?;
         write_atomic(&self.chains_dir().join(chain_id.hex()), id.0.as_bytes())?;
         Ok(id)
     }

@@ -188,6 +188,26 @@ pub trait Executor: ContentChecksum + Send + Sync + 'static {
     }
 }
 
+/// Records of a build cache imported from elsewhere (`--cache-from`), asked
+/// when the local cache index has no record for a key.
+pub trait ImportedCache: Send + Sync + 'static {
+    /// The result for `key`, made available here (its layers unpacked into
+    /// snapshots), or `None` when no imported record has it or its layers
+    /// cannot be had (a record without layers, a missing or corrupt blob:
+    /// the step then runs). Only the results the build asks for are
+    /// unpacked. Called from a blocking thread.
+    fn load(&self, key: &CacheKey, logger: &VertexLogger) -> Option<ResultRef>;
+
+    /// Whether an imported record has `key` (with layers or not): the vertex
+    /// is then answered lazily, its result made available only if needed.
+    fn has(&self, key: &CacheKey) -> bool;
+
+    /// The key of the record whose inputs' keys gave `by_inputs` (the key of
+    /// its op over its inputs' own keys, no content checksums): lets a step
+    /// that reads a lazy input by content be found without unpacking it.
+    fn key_by_inputs(&self, by_inputs: &CacheKey) -> Option<CacheKey>;
+}
+
 /// The hook the executor implements so keys can depend on file content.
 pub trait ContentChecksum: Send + Sync {
     /// A checksum of exactly the paths `selection` picks in `result`, the

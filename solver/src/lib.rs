@@ -52,7 +52,8 @@ pub mod scheduler;
 
 pub use cacheindex::{CacheIndex, CacheIndexError, CacheRecord};
 pub use executor::{
-    BoxFuture, ContentChecksum, ExecContext, ExecError, Executor, ResultRef, StepLimit,
+    BoxFuture, ContentChecksum, ExecContext, ExecError, Executor, ImportedCache, ResultRef,
+    StepLimit,
 };
 pub use progress::{Event, EventReceiver, EventSender};
-pub use scheduler::{Outputs, SolveError, Solved, Solver};
+pub use scheduler::{Lazy, LazyRef, Outputs, SolveError, Solved, Solver};

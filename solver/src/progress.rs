@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
-use rbuild_ops::{SourceLocation, VertexId};
+use rbuild_ops::{CacheKey, SourceLocation, VertexId};
 
 /// The sending half the solver writes events to.
 pub type EventSender = tokio::sync::mpsc::UnboundedSender<Event>;
@@ -41,6 +41,10 @@ pub enum Event {
     },
     /// Answered from the cache; nothing ran.
     VertexCached { id: VertexId, name: String },
+    /// The cache key of a started vertex whose result is cacheable (sent
+    /// after `VertexStarted`): what names its result in the cache index and
+    /// in an exported cache. Shown in JSON progress only.
+    VertexKey { id: VertexId, key: CacheKey },
     /// A line of output from the vertex's process.
     VertexLog {
         id: VertexId,
@@ -81,6 +85,7 @@ impl Event {
         match self {
             Event::VertexStarted { id, .. }
             | Event::VertexCached { id, .. }
+            | Event::VertexKey { id, .. }
             | Event::VertexLog { id, .. }
             | Event::VertexStatus { id, .. }
             | Event::VertexProgress { id, .. }

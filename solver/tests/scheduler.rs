@@ -176,6 +176,7 @@ fn image(g: &mut BuildGraph, reference: &str) -> VertexId {
             reference: reference.to_owned(),
             pin: ImagePin::ImageId(format!("sha256:{reference}")),
             platform: None,
+            chain_id: None,
         },
         vec![],
         format!("FROM {reference}"),

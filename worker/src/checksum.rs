@@ -52,12 +52,18 @@ impl Inner {
         Some(sum)
     }
 
+    /// The checksummer of a build context directory (owners left out: a
+    /// copy from a context gives its files to 0:0 or `--chown`).
     pub(crate) fn checksummer(&self, dir: &Path) -> Result<Arc<ContextChecksummer>, ExecError> {
         let mut map = self.checksummers.lock().expect("checksummer table");
         if let Some(c) = map.get(dir) {
             return Ok(Arc::clone(c));
         }
-        let c = Arc::new(ContextChecksummer::open(dir, Some(&self.state_root)).map_err(err)?);
+        let c = Arc::new(
+            ContextChecksummer::open(dir, Some(&self.state_root))
+                .map_err(err)?
+                .without_owners(),
+        );
         map.insert(dir.to_path_buf(), Arc::clone(&c));
         Ok(c)
     }

@@ -2,7 +2,8 @@
 //! a snapshot's directory).
 //!
 //! The checksum covers, for every selected entry in sorted order of its path
-//! relative to the root: the path, its type, permission bits, uid, gid, size,
+//! relative to the root: the path, its type, permission bits, uid and gid
+//! (not for a build context: see [`ContextChecksummer::without_owners`]), size,
 //! symlink target, device number, and for regular files a blake3 of the
 //! content. Never mtime, atime or ctime: a fresh checkout of the same files
 //! gives the same checksum.
@@ -135,6 +136,8 @@ struct CacheState {
 /// Checksums selections of one directory tree, with a content-hash cache.
 pub struct ContextChecksummer {
     root: PathBuf,
+    /// Whether entries' uid and gid are part of the checksum.
+    owners: bool,
     cache_file: Option<PathBuf>,
     state: Mutex<CacheState>,
     files_read: AtomicU64,
@@ -184,6 +187,7 @@ impl ContextChecksummer {
         };
         Ok(Self {
             root,
+            owners: true,
             cache_file,
             state: Mutex::new(CacheState {
                 files,
@@ -193,6 +197,15 @@ impl ContextChecksummer {
             bytes_read: AtomicU64::new(0),
             cache_hits: AtomicU64::new(0),
         })
+    }
+
+    /// Leave the entries' uid and gid out of the checksum: for a build
+    /// context, whose files a copy always gives to 0:0 (or `--chown`), so a
+    /// checkout owned by another user on another machine gives the same keys.
+    #[must_use]
+    pub fn without_owners(mut self) -> Self {
+        self.owners = false;
+        self
     }
 
     /// The (canonical) root.
@@ -269,8 +282,10 @@ impl ContextChecksummer {
             put_bytes(&mut h, rel.as_bytes());
             h.update(&[e.kind as u8]);
             h.update(&(e.meta.mode() & 0o7777).to_le_bytes());
-            h.update(&e.meta.uid().to_le_bytes());
-            h.update(&e.meta.gid().to_le_bytes());
+            if self.owners {
+                h.update(&e.meta.uid().to_le_bytes());
+                h.update(&e.meta.gid().to_le_bytes());
+            }
             match e.kind {
                 Kind::File => {
                     h.update(&e.meta.size().to_le_bytes());

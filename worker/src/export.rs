@@ -47,9 +47,12 @@ pub(crate) fn export_image(
     status("exporting layers", false);
     for id in &chain {
         let info = inner.snapshots.info(id).map_err(err)?;
+        // Snapshots of kind `cache` are steps' layers imported from a build
+        // cache (`--cache-from`): steps, not base layers.
+        let imported_step = info.kind == "cache";
         if let Some(d) = &info.layer {
             // A layer of a base image, which this build holds (its blobs stay).
-            if store.has_blob(d) {
+            if !imported_step && store.has_blob(d) {
                 diff_ids.push(d.clone());
                 reused += 1;
                 continue;
@@ -58,7 +61,7 @@ pub(crate) fn export_image(
         if info.kind == "scratch" {
             continue;
         }
-        if info.layer.is_none()
+        if (info.layer.is_none() || imported_step)
             && !opts.keep_empty_layers
             && inner.snapshots.is_empty(id).map_err(err)?
         {
@@ -86,7 +89,7 @@ pub(crate) fn export_image(
         txn.add_snapshot_layer(&inner.state_root, id, inner.epoch, d.clone(), size, content)
             .map_err(err)?;
         diff_ids.push(d);
-        if info.layer.is_none() {
+        if info.layer.is_none() || imported_step {
             steps.push(true);
         } else {
             reused += 1;

@@ -70,6 +70,7 @@
 //! # let _ = image_id; Ok(()) }
 //! ```
 
+pub mod cachelayers;
 mod checksum;
 pub mod context;
 pub mod error;

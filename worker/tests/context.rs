@@ -178,6 +178,27 @@ fn a_fresh_copy_has_the_same_checksum() {
 }
 
 #[test]
+fn a_context_checkout_owned_by_another_user_has_the_same_checksum() {
+    // Root is needed to give files away; the tests of this crate run as root.
+    assert!(
+        nix::unistd::geteuid().is_root(),
+        "cannot run: chown needs root"
+    );
+    let a = tempfile::tempdir().unwrap();
+    sample(a.path());
+    let sum = |owners: bool| {
+        let c = ContextChecksummer::open(a.path(), None).unwrap();
+        let c = if owners { c } else { c.without_owners() };
+        c.checksum(&Selection::all(), &NoFilter).unwrap()
+    };
+    let (with, without) = (sum(true), sum(false));
+    std::os::unix::fs::chown(a.path().join("src/main.rs"), Some(1234), Some(4321)).unwrap();
+    // A snapshot's owners are content; a context's are not (copies give 0:0).
+    assert_ne!(sum(true), with);
+    assert_eq!(sum(false), without);
+}
+
+#[test]
 fn globs_follow_go_filepath_match() {
     let ctx = tempfile::tempdir().unwrap();
     sample(ctx.path());

@@ -74,6 +74,7 @@ fn graph() -> (BuildGraph, VertexId) {
                 reference: "alpine".into(),
                 pin: ImagePin::ImageId("sha256:00".into()),
                 platform: None,
+                chain_id: None,
             },
             vec![],
             "[1/5] FROM alpine",

@@ -74,6 +74,15 @@ pub struct BuildArgs {
     /// Where the result goes instead of the store (`type=docker|oci|tar|local,dest=PATH`)
     #[arg(short = 'o', long, value_name = "SPEC")]
     output: Option<String>,
+    /// Export the build cache (`type=local,dest=DIR[,mode=min|max]`); repeatable
+    #[arg(long = "cache-to", value_name = "SPEC")]
+    cache_to: Vec<String>,
+    /// Import a build cache (`type=local,src=DIR`); repeatable, sources merged
+    #[arg(long = "cache-from", value_name = "SPEC")]
+    cache_from: Vec<String>,
+    /// After the build, say why each step that ran missed the --cache-from records
+    #[arg(long = "explain-cache")]
+    explain_cache: bool,
     /// Steps run at once (default: the number of CPUs)
     #[arg(long, value_name = "N")]
     jobs: Option<usize>,
@@ -203,6 +212,83 @@ pub fn parse_output(spec: &str) -> anyhow::Result<OutputSpec> {
             "--output: unknown type {other:?} (known: docker, image, registry, oci, tar, local)"
         ),
     })
+}
+
+/// `key=value` fields of a `--cache-to` / `--cache-from` spec.
+fn cache_fields(flag: &str, spec: &str) -> anyhow::Result<Vec<(String, String)>> {
+    spec.split(',')
+        .map(|field| {
+            field
+                .split_once('=')
+                .map(|(k, v)| (k.trim().to_owned(), v.to_owned()))
+                .ok_or_else(|| {
+                    anyhow!("{flag}: invalid field {field:?} in {spec:?} (want key=value)")
+                })
+        })
+        .collect()
+}
+
+/// Parses one `--cache-to`: `type=local,dest=DIR[,mode=min|max][,compression=gzip]`.
+pub fn parse_cache_to(spec: &str) -> anyhow::Result<rbuild_engine::cache::CacheExport> {
+    let mut kind = None;
+    let mut dest = None;
+    let mut mode = rbuild_engine::cache::CacheMode::Min;
+    for (k, v) in cache_fields("--cache-to", spec)? {
+        match k.as_str() {
+            "type" => kind = Some(v),
+            "dest" => dest = Some(PathBuf::from(v)),
+            "mode" => {
+                mode = match v.as_str() {
+                    "min" => rbuild_engine::cache::CacheMode::Min,
+                    "max" => rbuild_engine::cache::CacheMode::Max,
+                    _ => bail!("--cache-to: mode must be min or max, not {v:?}"),
+                }
+            }
+            "compression" if v == "gzip" => {}
+            "compression" => bail!("--cache-to: compression {v:?} is not supported yet (gzip is)"),
+            _ => bail!("--cache-to: unknown field {k:?} (known: type, dest, mode, compression)"),
+        }
+    }
+    match kind.as_deref() {
+        Some("local") => {}
+        Some(t @ ("registry" | "inline")) => {
+            bail!("--cache-to: type={t} is not supported yet (type=local is)")
+        }
+        Some(t) => bail!("--cache-to: unknown type {t:?} (known: local)"),
+        None => bail!("--cache-to {spec:?} has no type="),
+    }
+    let dest = dest
+        .filter(|d| !d.as_os_str().is_empty())
+        .ok_or_else(|| anyhow!("--cache-to type=local needs dest=DIR"))?;
+    Ok(rbuild_engine::cache::CacheExport { dest, mode })
+}
+
+/// Parses one `--cache-from`: `type=local,src=DIR`.
+pub fn parse_cache_from(spec: &str) -> anyhow::Result<PathBuf> {
+    if !spec.contains('=') {
+        bail!(
+            "--cache-from {spec:?}: importing the inline cache of an image is not supported yet (type=local,src=DIR is)"
+        );
+    }
+    let mut kind = None;
+    let mut src = None;
+    for (k, v) in cache_fields("--cache-from", spec)? {
+        match k.as_str() {
+            "type" => kind = Some(v),
+            "src" => src = Some(PathBuf::from(v)),
+            _ => bail!("--cache-from: unknown field {k:?} (known: type, src)"),
+        }
+    }
+    match kind.as_deref() {
+        Some("local") => {}
+        Some("registry") => {
+            bail!("--cache-from: type=registry is not supported yet (type=local is)")
+        }
+        Some(t) => bail!("--cache-from: unknown type {t:?} (known: local)"),
+        None => bail!("--cache-from {spec:?} has no type="),
+    }
+    src.filter(|d| !d.as_os_str().is_empty())
+        .ok_or_else(|| anyhow!("--cache-from type=local needs src=DIR"))
 }
 
 /// Parses one `--secret` and reads its value: `id=ID[,src|source=PATH][,env=VAR]`
@@ -407,6 +493,10 @@ impl rbuild_engine::Reporter for Renderer {
             self.pull_line(reference, &line);
         }
     }
+
+    fn explain(&mut self, line: &str) {
+        self.println(&format!("explain-cache: {line}"));
+    }
 }
 
 pub fn run(args: &BuildArgs, root: &Path) -> anyhow::Result<ExitCode> {
@@ -599,6 +689,16 @@ fn prepare(args: &BuildArgs, root: &Path) -> anyhow::Result<Prepared> {
             Ok(r)
         })
         .collect::<anyhow::Result<_>>()?;
+    let cache_to = args
+        .cache_to
+        .iter()
+        .map(|s| parse_cache_to(s))
+        .collect::<anyhow::Result<Vec<_>>>()?;
+    let cache_from = args
+        .cache_from
+        .iter()
+        .map(|s| parse_cache_from(s))
+        .collect::<anyhow::Result<Vec<_>>>()?;
     let output = match (&args.output, args.push) {
         (Some(_), true) => bail!("--push and --output cannot be combined"),
         (Some(o), false) => parse_output(o)?,
@@ -663,6 +763,9 @@ fn prepare(args: &BuildArgs, root: &Path) -> anyhow::Result<Prepared> {
                 limits,
                 step_timeout: args.step_timeout,
                 step_log_max_size,
+                cache_from,
+                cache_to,
+                explain_cache: args.explain_cache,
             },
             dockerfile_src: src,
             tags,

@@ -1,0 +1,115 @@
+//! A result as a chain of layers for an exported build cache, and a chain of
+//! imported layers back into a result (`--cache-to` / `--cache-from`).
+//!
+//! A result's chain is its snapshot chain, bottom first: the layers of its
+//! base image (kind `layer`, whose blobs the image store has) then one layer
+//! per step. Imported step layers become snapshots of kind `cache`, with the
+//! created time of the snapshot they were made from on the exporting
+//! machine (`BuildKit`'s `buildkit/createdat`).
+
+use std::io::{Read, Write};
+
+use rbuild_image::Digest;
+use rbuild_snapshotter::snapshots::SnapshotId;
+use rbuild_snapshotter::{Compression, LayerDigests};
+use rbuild_solver::{ExecError, ResultRef};
+
+use crate::LocalWorker;
+use crate::state::{Res, err, snap_ref};
+
+/// One snapshot of a result's chain.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ChainLink {
+    pub snapshot: SnapshotId,
+    /// When the snapshot was committed (seconds, nanoseconds since the epoch).
+    pub created: Option<(i64, u32)>,
+    /// A base image's layer (its diff ID; its blob is in the image store).
+    pub base_layer: Option<Digest>,
+}
+
+impl LocalWorker {
+    /// The snapshot chain of `result`, bottom first, without empty `scratch`
+    /// roots; `None` for a result that is no snapshot (a build context).
+    pub fn result_chain(&self, result: &ResultRef) -> Result<Option<Vec<ChainLink>>, ExecError> {
+        let Res::Snap(top) = self.inner.resolve(result)? else {
+            return Ok(None);
+        };
+        let mut chain = self.inner.snapshots.chain(&top).map_err(err)?;
+        chain.reverse();
+        let mut out = Vec::with_capacity(chain.len());
+        for id in chain {
+            let info = self.inner.snapshots.info(&id).map_err(err)?;
+            if info.kind == "scratch" {
+                continue;
+            }
+            let base_layer = info
+                .layer
+                .filter(|d| info.kind != "cache" && self.inner.images.has_blob(d));
+            out.push(ChainLink {
+                snapshot: id,
+                created: info.created,
+                base_layer,
+            });
+        }
+        Ok(Some(out))
+    }
+
+    /// Writes the layer of one link of a chain to `out`, compressed with
+    /// `compression` (deterministic: the same snapshot gives the same bytes),
+    /// and returns its digests.
+    pub fn write_chain_layer<W: Write>(
+        &self,
+        link: &ChainLink,
+        out: W,
+        compression: Compression,
+    ) -> Result<(W, LayerDigests), ExecError> {
+        let inner = &self.inner;
+        let written = if let Some(d) = &link.base_layer {
+            let mut blob = inner.images.open_blob(d).map_err(err)?;
+            rbuild_snapshotter::write_layer(out, compression, 0, |w| {
+                std::io::copy(&mut blob, w).map(drop)
+            })
+        } else {
+            let upper = inner.snapshots.upper(&link.snapshot);
+            rbuild_snapshotter::write_layer(out, compression, 0, |w| {
+                rbuild_snapshotter::snapshots::SnapshotStore::write_upper_layer(
+                    &upper,
+                    w,
+                    inner.epoch,
+                )
+                .map(drop)
+                .map_err(std::io::Error::other)
+            })
+        };
+        written.map_err(err)
+    }
+
+    /// Applies one imported layer (an uncompressed tar) on `parent`: a
+    /// base image's layer (`base`) as when the image is unpacked, a step's
+    /// as a snapshot of kind `cache` committed with `created`; either is
+    /// reused when a snapshot with the same chain ID exists. Returns the
+    /// snapshot.
+    pub fn apply_cache_layer(
+        &self,
+        parent: Option<&SnapshotId>,
+        diff_id: &Digest,
+        reader: impl Read,
+        base: bool,
+        created: Option<(i64, u32)>,
+    ) -> Result<SnapshotId, ExecError> {
+        let snapshots = &self.inner.snapshots;
+        let id = if base {
+            snapshots.from_layer(parent, diff_id, reader)
+        } else {
+            snapshots.import_cache_layer(parent, diff_id, reader, created)
+        }
+        .map_err(err)?;
+        self.inner.snapshots.hold(&id).map_err(err)?;
+        Ok(id)
+    }
+
+    /// The result naming snapshot `id`.
+    pub fn snapshot_result(id: &SnapshotId) -> ResultRef {
+        snap_ref(id)
+    }
+}
