@@ -1088,7 +1088,9 @@ pub struct Txn<'s> {
     images: Vec<StagedImage>,
     layer_sizes: Vec<(Digest, u64)>,
     /// Layers kept as snapshots: the record staged, and its diff ID.
-    snap_layers: Vec<(PathBuf, Digest)>,
+    /// Records of layers kept as snapshots: written at commit, under the
+    /// lock, unless the store holds the same bytes already.
+    snap_layers: Vec<(Vec<u8>, Digest)>,
     /// Repo digests to record: (image ID, `repo@digest`).
     repo_digests: Vec<(Digest, String)>,
     n: usize,
@@ -1145,10 +1147,9 @@ impl Txn<'_> {
             epoch,
             size,
         };
-        let path = self.staging_path();
-        fs_err::write(&path, serde_json::to_vec(&rec).map_err(io::Error::other)?)?;
+        let bytes = serde_json::to_vec(&rec).map_err(io::Error::other)?;
         self.layer_sizes.push((diff_id.clone(), content_size));
-        self.snap_layers.push((path, diff_id));
+        self.snap_layers.push((bytes, diff_id));
         Ok(())
     }
 
@@ -1344,12 +1345,22 @@ impl Txn<'_> {
             }
         }
         fsync_dir(&self.store.layout.blobs())?;
-        for (path, d) in &self.snap_layers {
-            if !self.store.blob_path(d).exists() {
-                fs_err::rename(path, self.store.snap_layer_path(d))?;
+        // A record already there with the same bytes is left alone: a rebuild
+        // that exports the same layers writes (and allocates) nothing.
+        let mut renamed = false;
+        for (i, (bytes, d)) in self.snap_layers.iter().enumerate() {
+            let dest = self.store.snap_layer_path(d);
+            if self.store.blob_path(d).exists()
+                || std::fs::read(&dest).is_ok_and(|old| old == *bytes)
+            {
+                continue;
             }
+            let tmp = self.dir.path().join(format!("snaplayer-{i}"));
+            fs_err::write(&tmp, bytes)?;
+            fs_err::rename(&tmp, dest)?;
+            renamed = true;
         }
-        if !self.snap_layers.is_empty() {
+        if renamed {
             fsync_dir(&self.store.layout.snap_layers())?;
         }
         let lease = self.store.lease()?;
