@@ -145,3 +145,42 @@ fn a_garbled_stamp_is_refused() {
     let err = env.fails(&["images"]);
     assert!(err.contains("is not an rbuild format stamp"), "{err}");
 }
+
+/// Inode numbers of the files in `dir`, by name.
+fn inodes(dir: &std::path::Path) -> Vec<(String, u64)> {
+    use std::os::unix::fs::MetadataExt;
+    let mut v: Vec<(String, u64)> = fs_err::read_dir(dir)
+        .unwrap()
+        .map(|e| {
+            let e = e.unwrap();
+            (
+                e.file_name().to_string_lossy().into_owned(),
+                e.metadata().unwrap().ino(),
+            )
+        })
+        .collect();
+    v.sort();
+    v
+}
+
+#[test]
+fn a_no_op_rebuild_rewrites_no_snapshot_layer_record() {
+    let env = build_env();
+    let ctx = env.path("ctx");
+    fs_err::create_dir_all(&ctx).unwrap();
+    fs_err::write(ctx.join("f"), "x").unwrap();
+    fs_err::write(
+        ctx.join("Dockerfile"),
+        "FROM busybox\nCOPY f /f\nRUN echo a > /a\nRUN echo b > /b\n",
+    )
+    .unwrap();
+    let ctx_s = ctx.to_str().unwrap();
+    env.ok(&["build", "-q", "-t", "app", ctx_s]);
+    let dir = env.root().join("snaplayers/sha256");
+    let before = inodes(&dir);
+    assert!(before.len() >= 3, "{before:?}");
+    env.ok(&["build", "-q", "-t", "app", ctx_s]);
+    assert_eq!(inodes(&dir), before, "records were rewritten");
+    // And the image still reads back.
+    env.ok(&["save", "app", "-o", env.path("app.tar").to_str().unwrap()]);
+}
