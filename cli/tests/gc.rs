@@ -8,10 +8,11 @@ use std::process::Command;
 
 use common::{Env, build_env};
 
-/// `du -s` of a directory, in KiB (blocks, hard links once).
-fn du_kib(p: &Path) -> u64 {
+/// `du` of a directory with `flag` (`-sk`: KiB of blocks; `-sb`: apparent
+/// bytes), hard links once.
+fn du(p: &Path, flag: &str) -> u64 {
     let o = Command::new("du")
-        .arg("-sk")
+        .arg(flag)
         .arg(p)
         .output()
         .unwrap_or_else(|e| panic!("du is missing: install coreutils ({e})"));
@@ -24,20 +25,14 @@ fn du_kib(p: &Path) -> u64 {
         .unwrap()
 }
 
+/// `du -s` of a directory, in KiB (blocks, hard links once).
+fn du_kib(p: &Path) -> u64 {
+    du(p, "-sk")
+}
+
 /// `du -sb` of a directory: apparent bytes, hard links once.
 fn du_bytes(p: &Path) -> u64 {
-    let o = Command::new("du")
-        .arg("-sb")
-        .arg(p)
-        .output()
-        .unwrap_or_else(|e| panic!("du is missing: install coreutils ({e})"));
-    assert!(o.status.success(), "du failed");
-    String::from_utf8_lossy(&o.stdout)
-        .split_whitespace()
-        .next()
-        .unwrap()
-        .parse()
-        .unwrap()
+    du(p, "-sb")
 }
 
 /// go-units' `HumanSize` read back (`1.23MB`, `512B`, `4.1kB`).
