@@ -19,8 +19,15 @@
 //! `image prune` or `rmi`: image IDs, blobs, snapshots, and temporary paths
 //! outside the root (a build output or `save -o` being written, removed by
 //! the sweep when the owner died before renaming it into place). It is
-//! `<root>/leases/<token>.json`, replaced whole (temp + rename) on every
-//! change, always *before* the process relies on what it adds. Prune and
+//! `<root>/leases/<token>.json`, a journal of JSON lines: the first is the
+//! whole lease, each later one adds (or, with `"release": true`, removes)
+//! what it lists. A change is one `write(2)` of one line to the file opened
+//! for appending, always *before* the process relies on what it adds; no
+//! new inode per change (a no-op build holds a few dozen snapshots, and a
+//! temp file and rename for each cost more than the rest of the build).
+//! Readers apply the complete lines in order and ignore a last line still
+//! being written. When the journal grows long it is compacted: the whole
+//! lease written to a temp file and renamed over it. Prune and
 //! rmi read the live leases ([`live_holds`]) under the store's lock and keep
 //! what they name; taking a hold under that same lock and checking that the
 //! thing still exists makes the two orders (hold first, prune first) the only
@@ -48,16 +55,21 @@ pub enum Hold {
 /// The content of a lease file; also the union of all live leases.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Holds {
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "is_zero")]
     pub pid: u32,
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "BTreeSet::is_empty")]
     pub images: BTreeSet<String>,
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "BTreeSet::is_empty")]
     pub blobs: BTreeSet<String>,
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "BTreeSet::is_empty")]
     pub snapshots: BTreeSet<String>,
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "BTreeSet::is_empty")]
     pub temps: BTreeSet<PathBuf>,
+}
+
+#[allow(clippy::trivially_copy_pass_by_ref)] // serde's skip_serializing_if takes a reference
+fn is_zero(n: &u32) -> bool {
+    *n == 0
 }
 
 impl Holds {
@@ -66,6 +78,28 @@ impl Holds {
             Hold::Image => &mut self.images,
             Hold::Blob => &mut self.blobs,
             Hold::Snapshot => &mut self.snapshots,
+        }
+    }
+
+    fn apply(&mut self, line: Line) {
+        if line.release {
+            for v in &line.holds.images {
+                self.images.remove(v);
+            }
+            for v in &line.holds.blobs {
+                self.blobs.remove(v);
+            }
+            for v in &line.holds.snapshots {
+                self.snapshots.remove(v);
+            }
+            for v in &line.holds.temps {
+                self.temps.remove(v);
+            }
+        } else {
+            if line.holds.pid != 0 {
+                self.pid = line.holds.pid;
+            }
+            self.merge(line.holds);
         }
     }
 
@@ -84,7 +118,51 @@ pub struct Lease {
     dir: PathBuf,
     token: String,
     _lock: std::fs::File,
-    holds: Mutex<Holds>,
+    holds: Mutex<Journal>,
+}
+
+/// This process's holds and the journal they are appended to.
+#[derive(Debug)]
+struct Journal {
+    holds: Holds,
+    /// `<token>.json`, open for appending.
+    file: Option<std::fs::File>,
+    /// Lines in the file.
+    lines: usize,
+}
+
+/// One line of a lease journal: a [`Holds`] to add, or to remove when
+/// `release` is set.
+#[derive(Serialize, Deserialize)]
+struct Line {
+    #[serde(flatten)]
+    holds: Holds,
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    release: bool,
+}
+
+/// Past this many lines the journal is rewritten as one.
+const COMPACT_AFTER: usize = 256;
+
+/// Parses a lease journal: the complete lines applied in order. A last line
+/// without its newline is a write in progress and is ignored, unless it is
+/// a whole lease of the older one-object format.
+fn parse_journal(b: &[u8]) -> Result<Holds, serde_json::Error> {
+    let mut out = Holds::default();
+    let (complete, tail) = match b.iter().rposition(|&c| c == b'\n') {
+        Some(i) => (&b[..=i], &b[i + 1..]),
+        None => (&b[..0], b),
+    };
+    for line in complete.split(|&c| c == b'\n').filter(|l| !l.is_empty()) {
+        let l: Line = serde_json::from_slice(line)?;
+        out.apply(l);
+    }
+    if complete.is_empty() && !tail.is_empty() {
+        if let Ok(l) = serde_json::from_slice::<Line>(tail) {
+            out.apply(l);
+        }
+    }
+    Ok(out)
 }
 
 static LEASES: LazyLock<Mutex<HashMap<PathBuf, Arc<Lease>>>> =
@@ -197,12 +275,16 @@ impl Lease {
                 dir,
                 token,
                 _lock: file,
-                holds: Mutex::new(Holds {
-                    pid: std::process::id(),
-                    ..Holds::default()
+                holds: Mutex::new(Journal {
+                    holds: Holds {
+                        pid: std::process::id(),
+                        ..Holds::default()
+                    },
+                    file: None,
+                    lines: 0,
                 }),
             };
-            lease.persist(&lease.holds.lock().expect("lease holds"))?;
+            lease.compact(&mut lease.holds.lock().expect("lease holds"))?;
             return Ok(lease);
         }
     }
@@ -218,23 +300,64 @@ impl Lease {
         format!("{kind}-{}-", self.token)
     }
 
-    fn persist(&self, holds: &Holds) -> io::Result<()> {
-        let path = self.dir.join(format!("{}.json", self.token));
+    fn path(&self) -> PathBuf {
+        self.dir.join(format!("{}.json", self.token))
+    }
+
+    /// Writes the whole lease as a one-line journal (temp + rename) and
+    /// opens it for appending.
+    fn compact(&self, j: &mut Journal) -> io::Result<()> {
+        let path = self.path();
         let tmp = self.dir.join(format!("{}.json.tmp", self.token));
-        let data = serde_json::to_vec(holds).map_err(io::Error::other)?;
+        let mut data = serde_json::to_vec(&j.holds).map_err(io::Error::other)?;
+        data.push(b'\n');
         {
             let mut f = fs_err::File::create(&tmp)?;
             f.write_all(&data)?;
         }
-        fs_err::rename(&tmp, &path)
+        fs_err::rename(&tmp, &path)?;
+        j.file = Some(
+            fs_err::OpenOptions::new()
+                .append(true)
+                .open(&path)?
+                .into_parts()
+                .0,
+        );
+        j.lines = 1;
+        Ok(())
+    }
+
+    /// Appends one change (a single `write(2)`), or compacts when the
+    /// journal is long.
+    fn append(&self, j: &mut Journal, change: &Line) -> io::Result<()> {
+        if j.lines >= COMPACT_AFTER || j.file.is_none() {
+            return self.compact(j);
+        }
+        let mut data = serde_json::to_vec(change).map_err(io::Error::other)?;
+        data.push(b'\n');
+        let f = j.file.as_mut().expect("journal open");
+        f.write_all(&data).map_err(|e| {
+            io::Error::new(e.kind(), format!("{e} (writing {})", self.path().display()))
+        })?;
+        j.lines += 1;
+        Ok(())
+    }
+
+    fn change(kind: Hold, value: &str, release: bool) -> Line {
+        let mut holds = Holds::default();
+        holds.set(kind).insert(value.to_owned());
+        Line { holds, release }
     }
 
     /// Adds `value` to the lease (written out before this returns).
     pub fn hold(&self, kind: Hold, value: &str) -> io::Result<()> {
-        let mut holds = self.holds.lock().expect("lease holds");
-        if holds.set(kind).insert(value.to_owned()) {
-            if let Err(e) = self.persist(&holds) {
-                holds.set(kind).remove(value);
+        let mut j = self.holds.lock().expect("lease holds");
+        if j.holds.set(kind).insert(value.to_owned()) {
+            if let Err(e) = self.append(&mut j, &Self::change(kind, value, false)) {
+                j.holds.set(kind).remove(value);
+                // The file may now hold a part of the line: rewrite it whole
+                // on the next change.
+                j.file = None;
                 return Err(e);
             }
         }
@@ -243,9 +366,9 @@ impl Lease {
 
     /// Drops `value` from the lease.
     pub fn release(&self, kind: Hold, value: &str) -> io::Result<()> {
-        let mut holds = self.holds.lock().expect("lease holds");
-        if holds.set(kind).remove(value) {
-            self.persist(&holds)?;
+        let mut j = self.holds.lock().expect("lease holds");
+        if j.holds.set(kind).remove(value) {
+            self.append(&mut j, &Self::change(kind, value, true))?;
         }
         Ok(())
     }
@@ -255,8 +378,15 @@ impl Lease {
         self.holds
             .lock()
             .expect("lease holds")
+            .holds
             .set(kind)
             .contains(value)
+    }
+
+    fn temp_change(path: &Path, release: bool) -> Line {
+        let mut holds = Holds::default();
+        holds.temps.insert(path.to_path_buf());
+        Line { holds, release }
     }
 
     /// Records a temporary path outside the state root that this process is
@@ -264,10 +394,11 @@ impl Lease {
     /// dies before [`Lease::release_temp`], the next sweep removes it. Its
     /// file name must contain the owner token.
     pub fn hold_temp(&self, path: &Path) -> io::Result<()> {
-        let mut holds = self.holds.lock().expect("lease holds");
-        if holds.temps.insert(path.to_path_buf()) {
-            if let Err(e) = self.persist(&holds) {
-                holds.temps.remove(path);
+        let mut j = self.holds.lock().expect("lease holds");
+        if j.holds.temps.insert(path.to_path_buf()) {
+            if let Err(e) = self.append(&mut j, &Self::temp_change(path, false)) {
+                j.holds.temps.remove(path);
+                j.file = None;
                 return Err(e);
             }
         }
@@ -276,9 +407,9 @@ impl Lease {
 
     /// The temporary path is gone or renamed into place.
     pub fn release_temp(&self, path: &Path) -> io::Result<()> {
-        let mut holds = self.holds.lock().expect("lease holds");
-        if holds.temps.remove(path) {
-            self.persist(&holds)?;
+        let mut j = self.holds.lock().expect("lease holds");
+        if j.holds.temps.remove(path) {
+            self.append(&mut j, &Self::temp_change(path, true))?;
         }
         Ok(())
     }
@@ -346,7 +477,7 @@ pub fn is_alive(root: &Path, token: &str) -> bool {
 pub fn live_holds(root: &Path) -> io::Result<Holds> {
     let mut out = Holds::default();
     if let Some(l) = Lease::existing(root) {
-        out.merge(l.holds.lock().expect("lease holds").clone());
+        out.merge(l.holds.lock().expect("lease holds").holds.clone());
     }
     let dir = leases_dir(root);
     let rd = match fs_err::read_dir(&dir) {
@@ -364,7 +495,7 @@ pub fn live_holds(root: &Path) -> io::Result<Holds> {
         }
         match std::fs::read(dir.join(&name)) {
             Ok(b) => {
-                let h: Holds = serde_json::from_slice(&b).map_err(|e| {
+                let h: Holds = parse_journal(&b).map_err(|e| {
                     io::Error::other(format!("lease {}: {e}", dir.join(&name).display()))
                 })?;
                 out.merge(h);
@@ -570,7 +701,7 @@ pub fn sweep(root: &Path, dirs: &[PathBuf]) -> io::Result<SweepReport> {
             if name == format!("{token}.json") {
                 if let Ok(h) = std::fs::read(&p)
                     .map_err(|_| ())
-                    .and_then(|b| serde_json::from_slice::<Holds>(&b).map_err(|_| ()))
+                    .and_then(|b| parse_journal(&b).map_err(|_| ()))
                 {
                     for t in &h.temps {
                         // Only what carries the owner's token.
@@ -608,6 +739,66 @@ mod tests {
         assert_eq!(token_in("rw-5.00000000-Ab3xYz"), Some("5.00000000"));
         assert_eq!(token_in("tmp-0123abcd4567"), None);
         assert_eq!(token_in(".tmp-x-12"), None);
+    }
+
+    #[test]
+    fn holds_are_appended_to_one_file_and_read_back() {
+        use std::os::unix::fs::MetadataExt;
+        let t = tempfile::tempdir().unwrap();
+        let root = t.path();
+        let lease = Lease::current(root).unwrap();
+        let path = root.join(format!("leases/{}.json", lease.token()));
+        let ino = fs_err::metadata(&path).unwrap().ino();
+        for i in 0..40 {
+            lease.hold(Hold::Snapshot, &format!("s{i}")).unwrap();
+        }
+        lease.release(Hold::Snapshot, "s7").unwrap();
+        lease.hold_temp(&root.join("out-x")).unwrap();
+        assert_eq!(
+            fs_err::metadata(&path).unwrap().ino(),
+            ino,
+            "a change appends to the lease file; it does not replace it"
+        );
+        let read = parse_journal(&fs_err::read(&path).unwrap()).unwrap();
+        assert_eq!(read.snapshots.len(), 39);
+        assert!(!read.snapshots.contains("s7") && read.snapshots.contains("s39"));
+        assert!(read.temps.contains(&root.join("out-x")));
+        assert_eq!(read.pid, std::process::id());
+    }
+
+    #[test]
+    fn a_long_journal_is_compacted_into_one_line() {
+        let t = tempfile::tempdir().unwrap();
+        let root = t.path();
+        let lease = Lease::current(root).unwrap();
+        let path = root.join(format!("leases/{}.json", lease.token()));
+        for i in 0..(COMPACT_AFTER + 10) {
+            lease.hold(Hold::Blob, &format!("b{i}")).unwrap();
+            lease.release(Hold::Blob, &format!("b{i}")).unwrap();
+        }
+        lease.hold(Hold::Image, "sha256:kept").unwrap();
+        let b = fs_err::read(&path).unwrap();
+        let lines = b.split(|&c| c == b'\n').count() - 1;
+        assert!(lines < 30, "{lines} lines after compaction");
+        let read = parse_journal(&b).unwrap();
+        assert!(read.blobs.is_empty());
+        assert!(read.images.contains("sha256:kept"));
+    }
+
+    #[test]
+    fn a_line_being_written_is_ignored_and_the_old_format_is_read() {
+        let full =
+            b"{\"pid\":3,\"images\":[\"a\"]}\n{\"snapshots\":[\"s\"]}\n{\"images\":[\"a\"],\"rel";
+        let h = parse_journal(full).unwrap();
+        assert!(h.images.contains("a"), "the partial release is not applied");
+        assert!(h.snapshots.contains("s"));
+        let old = br#"{"pid":3,"images":["a"],"blobs":[],"snapshots":["s"],"temps":[]}"#;
+        let h = parse_journal(old).unwrap();
+        assert!(h.images.contains("a") && h.snapshots.contains("s"));
+        assert!(
+            parse_journal(b"{\"images\":\n").is_err(),
+            "a complete bad line is an error"
+        );
     }
 
     #[test]
