@@ -2013,6 +2013,11 @@ impl Planner<'_> {
                 result.image.config.labels.insert(k.clone(), v.clone());
             }
         }
+        // With `SOURCE_DATE_EPOCH` the image's `created` is the epoch, as
+        // BuildKit sets it (its history lines already carry it).
+        if let Some(e) = &self.epoch {
+            result.image.created = Some(e.clone());
+        }
         let target_local = match result.state {
             Some(s) => s,
             None => self.scratch(),

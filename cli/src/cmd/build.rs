@@ -100,6 +100,12 @@ pub struct BuildArgs {
         value_parser = crate::cmd::limits::parse_duration
     )]
     step_timeout: Option<std::time::Duration>,
+    /// Derive every timestamp from the context's last git commit (a git work
+    /// tree without uncommitted changes), else from 0, as if
+    /// `SOURCE_DATE_EPOCH` were set to it; an explicit `SOURCE_DATE_EPOCH`
+    /// wins
+    #[arg(long)]
+    reproducible: bool,
     /// Always check the registry for a newer version of the base images
     #[arg(long)]
     pull: bool,
@@ -347,6 +353,71 @@ pub fn build_arg_map(args: &[String]) -> BTreeMap<String, String> {
             None => std::env::var(a).ok().map(|v| (a.clone(), v)),
         })
         .collect()
+}
+
+/// `SOURCE_DATE_EPOCH`: `--build-arg SOURCE_DATE_EPOCH=N` (as `BuildKit`
+/// takes it), else the environment variable, else with `--reproducible` the
+/// commit time of the context's git `HEAD` when the context is a clean git
+/// work tree, or 0. An empty value is unset; anything but a number of
+/// seconds is an error.
+fn source_date_epoch(args: &BuildArgs, context: &Path) -> anyhow::Result<Option<i64>> {
+    let parse = |v: &str, from: &str| -> anyhow::Result<Option<i64>> {
+        if v.is_empty() {
+            return Ok(None);
+        }
+        v.parse::<i64>().map(Some).map_err(|_| {
+            anyhow!(
+                "invalid SOURCE_DATE_EPOCH {v:?} ({from}): expected a number of seconds since 1970"
+            )
+        })
+    };
+    if let Some(v) = build_arg_map(&args.build_args).get("SOURCE_DATE_EPOCH") {
+        if let Some(e) = parse(v, "--build-arg")? {
+            return Ok(Some(e));
+        }
+    }
+    if let Ok(v) = std::env::var("SOURCE_DATE_EPOCH") {
+        if let Some(e) = parse(&v, "environment")? {
+            return Ok(Some(e));
+        }
+    }
+    if args.reproducible {
+        return Ok(Some(git_commit_time(context).unwrap_or(0)));
+    }
+    Ok(None)
+}
+
+/// The commit time of `HEAD` of the git work tree `dir` is in, when nothing
+/// under `dir` differs from `HEAD` (untracked files count, ignored ones do
+/// not), with the system's `git`; `None` otherwise.
+fn git_commit_time(dir: &Path) -> Option<i64> {
+    let git = |a: &[&str]| {
+        std::process::Command::new("git")
+            .arg("-C")
+            .arg(dir)
+            .args(a)
+            .stdin(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .output()
+            .ok()
+            .filter(|o| o.status.success())
+            .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_owned())
+    };
+    if git(&["rev-parse", "--is-inside-work-tree"])? != "true" {
+        return None;
+    }
+    if !git(&[
+        "status",
+        "--porcelain",
+        "--untracked-files=normal",
+        "--",
+        ".",
+    ])?
+    .is_empty()
+    {
+        return None;
+    }
+    git(&["log", "-1", "--format=%ct"])?.parse().ok()
 }
 
 /// The engine's request and what the command keeps for its report.
@@ -729,9 +800,7 @@ fn prepare(args: &BuildArgs, root: &Path) -> anyhow::Result<Prepared> {
     if jobs == 0 {
         bail!("--jobs must be at least 1");
     }
-    let source_date_epoch = std::env::var("SOURCE_DATE_EPOCH")
-        .ok()
-        .and_then(|v| v.parse::<i64>().ok());
+    let source_date_epoch = source_date_epoch(args, &context)?;
     Ok(Prepared::Ready(
         Box::new(Request {
             build: rbuild_engine::BuildRequest {
