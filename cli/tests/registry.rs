@@ -1408,6 +1408,184 @@ fn login_stores_what_works_logout_removes_it_and_a_wrong_password_is_refused() {
 }
 
 #[test]
+fn login_without_a_terminal_or_credentials_says_so() {
+    let d = basic_auth_double();
+    let host = format!("127.0.0.1:{}", d.port);
+    let env = Env::new();
+    for args in [
+        vec!["login", host.as_str()],
+        vec!["login", "-u", "user", host.as_str()],
+    ] {
+        let err = env.fails(&args);
+        assert!(
+            err.contains("cannot perform an interactive login from a non TTY device")
+                && err.contains("--password-stdin")
+                && err.contains(&host),
+            "{args:?}: {err}"
+        );
+    }
+    assert!(
+        !env.path("docker-config/config.json").exists(),
+        "a failed login wrote the config"
+    );
+    assert!(d.seen.lock().unwrap().is_empty(), "the registry was asked");
+}
+
+/// The diff IDs with a `layer-sources/` record in `env`'s store.
+fn layer_source_records(env: &Env) -> Vec<String> {
+    let mut v: Vec<String> = fs_err::read_dir(env.root().join("layer-sources"))
+        .map(|rd| {
+            rd.map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+                .collect()
+        })
+        .unwrap_or_default();
+    v.sort();
+    v
+}
+
+#[test]
+fn layer_source_records_go_with_their_layers_on_rmi_and_prune() {
+    let reg = Registry::start();
+    let env = Env::new();
+    env.import_rootfs("one:1", "records-one");
+    env.import_rootfs("two:1", "records-two");
+    let (a, b) = (
+        format!("{}/rec/one:1", reg.host()),
+        format!("{}/rec/two:1", reg.host()),
+    );
+    env.ok(&["tag", "one:1", &a]);
+    env.ok(&["tag", "two:1", &b]);
+    env.ok(&["push", &a]);
+    env.ok(&["push", &b]);
+    let diff_of = |name: &str| -> String {
+        let v: serde_json::Value = serde_json::from_str(&env.ok(&["inspect", name])).unwrap();
+        v[0]["RootFS"]["Layers"][0]
+            .as_str()
+            .unwrap()
+            .trim_start_matches("sha256:")
+            .to_owned()
+    };
+    let (da, db) = (diff_of(&a), diff_of(&b));
+    let mut both = vec![da.clone(), db.clone()];
+    both.sort();
+    assert_eq!(layer_source_records(&env), both);
+    // rmi of one image: its layer goes, and so does its record; the other stays.
+    env.ok(&["rmi", "one:1", &a]);
+    assert_eq!(layer_source_records(&env), vec![db.clone()]);
+    // A pull records where the layer came from; prune removes it with the layer.
+    env.ok(&["pull", &a]);
+    let mut both = vec![da, db];
+    both.sort();
+    assert_eq!(layer_source_records(&env), both);
+    env.ok(&["image", "prune", "-a", "-f"]);
+    assert_eq!(layer_source_records(&env), Vec::<String>::new());
+    let blobs: Vec<String> = common::snapshot(&env.root().join("blobs"))
+        .into_iter()
+        .filter(|l| !l.ends_with('/'))
+        .collect();
+    assert_eq!(blobs, Vec::<String>::new());
+}
+
+/// Runs `rbuild ARGS` on a pseudo-terminal (python3's pty), answering each
+/// prompt in `answers` (prompt, reply) as it appears; returns what the
+/// terminal showed and the exit status.
+fn on_a_pty(env: &Env, args: &[&str], answers: &[(&str, &str)]) -> (String, i32) {
+    assert!(have("python3"), "python3 is missing: install python3");
+    let script = r#"
+import os, pty, sys, json, select, time
+args, answers = json.loads(sys.argv[1]), json.loads(sys.argv[2])
+pid, fd = pty.fork()
+if pid == 0:
+    os.execv(args[0], args)
+seen, i, deadline = b"", 0, time.time() + 30
+while time.time() < deadline:
+    r, _, _ = select.select([fd], [], [], 0.2)
+    if r:
+        try:
+            data = os.read(fd, 4096)
+        except OSError:
+            break
+        if not data:
+            break
+        seen += data
+    if i < len(answers) and seen.decode("utf-8", "replace").endswith(answers[i][0]):
+        time.sleep(0.2)
+        os.write(fd, answers[i][1].encode() + b"\r")
+        i += 1
+_, status = os.waitpid(pid, 0)
+sys.stdout.write(seen.decode("utf-8", "replace"))
+sys.exit(os.waitstatus_to_exitcode(status))
+"#;
+    let mut argv = vec![common::BIN.to_owned()];
+    argv.extend(args.iter().map(|a| (*a).to_owned()));
+    let answers: Vec<[&str; 2]> = answers.iter().map(|(p, r)| [*p, *r]).collect();
+    let o = Command::new("python3")
+        .args([
+            "-c",
+            script,
+            &serde_json::to_string(&argv).unwrap(),
+            &serde_json::to_string(&answers).unwrap(),
+        ])
+        .env("RBUILD_ROOT", env.root())
+        .env("DOCKER_CONFIG", env.path("docker-config"))
+        .env("REGISTRY_AUTH_FILE", env.path("podman-auth.json"))
+        .output()
+        .unwrap();
+    (
+        String::from_utf8_lossy(&o.stdout).into_owned(),
+        o.status.code().unwrap_or(-1),
+    )
+}
+
+#[test]
+fn login_on_a_terminal_asks_for_the_username_and_the_password_without_echo() {
+    let d = basic_auth_double();
+    let host = format!("127.0.0.1:{}", d.port);
+    let env = Env::new();
+    let config = env.path("docker-config/config.json");
+    let (shown, code) = on_a_pty(
+        &env,
+        &["login", &host],
+        &[("Username: ", "user"), ("Password: ", "secret")],
+    );
+    assert_eq!(code, 0, "{shown}");
+    assert!(
+        shown.contains("Username: user"),
+        "the username is echoed: {shown:?}"
+    );
+    assert!(
+        !shown.contains("secret"),
+        "the password was echoed: {shown:?}"
+    );
+    assert!(shown.contains("Login Succeeded"), "{shown:?}");
+    let stored: serde_json::Value =
+        serde_json::from_str(&fs_err::read_to_string(&config).unwrap()).unwrap();
+    assert_eq!(
+        stored["auths"][&host]["auth"].as_str(),
+        Some(base64_encode(b"user:secret").as_str()),
+        "{stored}"
+    );
+    env.ok(&["logout", &host]);
+    // With -u, only the password is asked; a wrong one is refused and not stored.
+    let (shown, code) = on_a_pty(
+        &env,
+        &["login", "-u", "user", &host],
+        &[("Password: ", "nope")],
+    );
+    assert_ne!(code, 0, "{shown}");
+    assert!(!shown.contains("Username:"), "{shown:?}");
+    assert!(
+        !shown.contains("nope"),
+        "the password was echoed: {shown:?}"
+    );
+    assert!(
+        shown.contains("incorrect username or password"),
+        "{shown:?}"
+    );
+    assert!(!fs_err::read_to_string(&config).unwrap().contains(&host));
+}
+
+#[test]
 fn a_credential_helper_on_the_path_gives_the_credentials_and_stores_a_login() {
     let d = basic_auth_double();
     let host = format!("127.0.0.1:{}", d.port);
