@@ -1847,6 +1847,158 @@ fn build_push_and_registry_outputs_push_what_was_built() {
     assert!(err.contains("pushing needs a name"), "{err}");
 }
 
+/// The layers (digest, size) in `image`'s manifest (`skopeo inspect --raw`).
+fn manifest_layers(image: &str) -> Vec<(String, u64)> {
+    skopeo();
+    let o = Command::new("skopeo")
+        .args([
+            "inspect",
+            "--raw",
+            "--tls-verify=false",
+            &format!("docker://{image}"),
+        ])
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    v["layers"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|l| {
+            (
+                l["digest"].as_str().unwrap().to_owned(),
+                l["size"].as_u64().unwrap(),
+            )
+        })
+        .collect()
+}
+
+/// A rootfs tar of a few MiB: random files (which the push stores) and
+/// text (which it compresses), the same bytes every time.
+fn mixed_rootfs(path: &std::path::Path) {
+    let mut x: u64 = 0x853c_49e6_748f_ea9b;
+    let mut b = tar::Builder::new(Vec::new());
+    for i in 0..3 {
+        let random: Vec<u8> = (0..(1 << 20) + 777 * i)
+            .map(|_| {
+                x ^= x << 13;
+                x ^= x >> 7;
+                x ^= x << 17;
+                x.to_le_bytes()[0]
+            })
+            .collect();
+        let text: Vec<u8> = format!("line {i} of a text file in a layer\n")
+            .bytes()
+            .cycle()
+            .take((1 << 20) + 333 * i)
+            .collect();
+        for (name, data) in [
+            (format!("bin/r{i}"), random),
+            (format!("doc/t{i}.txt"), text),
+        ] {
+            let mut h = tar::Header::new_gnu();
+            h.set_size(data.len() as u64);
+            h.set_mode(0o644);
+            h.set_mtime(1_600_000_000);
+            h.set_cksum();
+            b.append_data(&mut h, &name, &data[..]).unwrap();
+        }
+    }
+    fs_err::write(path, b.into_inner().unwrap()).unwrap();
+}
+
+#[test]
+fn pushed_layers_are_the_same_bytes_on_one_core_or_all_and_compression_level_applies() {
+    assert!(have("taskset"), "taskset is missing: install util-linux");
+    let reg = Registry::start();
+    let cores = std::thread::available_parallelism().map_or(1, std::num::NonZero::get);
+    assert!(
+        cores > 1,
+        "this test needs more than one CPU to compare with one"
+    );
+    // The same layer in two stores, pushed on one core and on all of them.
+    let mut digests = Vec::new();
+    for (name, one_core) in [("one-core", true), ("all-cores", false)] {
+        let env = Env::new();
+        let tar = env.path("rootfs.tar");
+        mixed_rootfs(&tar);
+        env.ok(&["import", tar.to_str().unwrap(), "mixed:1"]);
+        let image = format!("{}/{name}/mixed:1", reg.host());
+        env.ok(&["tag", "mixed:1", &image]);
+        let mut c = if one_core {
+            let mut c = Command::new("taskset");
+            c.args(["-c", "0", common::BIN]);
+            c
+        } else {
+            Command::new(common::BIN)
+        };
+        let o = c
+            .args(["push", &image])
+            .env("RBUILD_ROOT", env.root())
+            .env("DOCKER_CONFIG", env.path("docker-config"))
+            .output()
+            .unwrap();
+        let out = String::from_utf8_lossy(&o.stdout).into_owned();
+        assert!(
+            o.status.success(),
+            "{out}{}",
+            String::from_utf8_lossy(&o.stderr)
+        );
+        digests.push(manifest_layers(&image));
+    }
+    // (The images differ: each import has its own creation time.)
+    assert_eq!(digests[0], digests[1], "the thread count changed the bytes");
+    let default_size = digests[0][0].1;
+    // The random half is stored: the layer is more than 3 MiB.
+    assert!(default_size > 3 << 20, "{default_size}");
+
+    // compression-level= of a build's push: each level is its own bytes
+    // (fresh registries, so nothing is reused), and both pull back.
+    let env = build_env();
+    let ctx = env.path("ctx-level");
+    fs_err::create_dir_all(&ctx).unwrap();
+    mixed_rootfs(&ctx.join("rootfs.tar"));
+    fs_err::write(
+        ctx.join("Dockerfile"),
+        "FROM busybox\nADD rootfs.tar /data/\n",
+    )
+    .unwrap();
+    let ctx = ctx.to_str().unwrap();
+    let mut sizes = Vec::new();
+    for level in ["0", "9"] {
+        let reg = Registry::start();
+        let name = format!("{}/lvl:{level}", reg.host());
+        env.ok(&[
+            "build",
+            "-q",
+            "--output",
+            &format!("type=registry,name={name},compression-level={level}"),
+            ctx,
+        ]);
+        let size = manifest_layers(&name).last().unwrap().1;
+        let fresh = Env::new();
+        fresh.ok(&["pull", &name]);
+        assert_eq!(image_id(&fresh, &name), image_id(&env, &name));
+        sizes.push(size);
+        drop(reg);
+    }
+    // Level 0 stores everything (more than the 6 MiB of data); level 9
+    // compresses the text.
+    assert!(sizes[0] > 6 << 20, "{sizes:?}");
+    assert!(sizes[1] < 4 << 20, "{sizes:?}");
+    let err = env.fails(&[
+        "build",
+        "--output",
+        "type=registry,name=x/y:1,compression-level=12",
+        ctx,
+    ]);
+    assert!(
+        err.contains("compression-level=12 is out of range for gzip (0-9)"),
+        "{err}"
+    );
+}
+
 #[test]
 fn on_a_terminal_pull_and_push_show_a_bar_per_layer() {
     assert!(have("script"), "script is missing: install util-linux");
@@ -1867,6 +2019,7 @@ fn on_a_terminal_pull_and_push_show_a_bar_per_layer() {
     };
     let out = in_tty(&env, &format!("push {image}"));
     assert!(out.contains('\u{1b}'), "no terminal rendering: {out:?}");
+    assert!(out.contains("B/s"), "no byte counts and rate: {out:?}");
     assert!(out.contains(": Pushed"), "{out:?}");
     let digest = pushed_digest(&out);
     let fresh = Env::new();

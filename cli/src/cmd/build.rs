@@ -150,7 +150,7 @@ pub enum OutputSpec {
     Local(PathBuf),
     /// Into the store and pushed to a registry: under `name=` (else the
     /// tags), layers compressed as `compression=` says (gzip by default).
-    Registry(Vec<String>, rbuild_image::Compression),
+    Registry(Vec<String>, rbuild_engine::transfer::PushCompression),
 }
 
 /// Parses `--output`: `type=T,dest=PATH` (`docker` without `dest` means the
@@ -164,6 +164,7 @@ pub fn parse_output(spec: &str) -> anyhow::Result<OutputSpec> {
     let mut names = Vec::new();
     let mut push = None;
     let mut compression = None;
+    let mut level = None;
     for field in spec.split(',') {
         let (k, v) = field
             .split_once('=')
@@ -177,6 +178,12 @@ pub fn parse_output(spec: &str) -> anyhow::Result<OutputSpec> {
                     anyhow!("--output: compression={v:?} (known: gzip, zstd, uncompressed)")
                 })?);
             }
+            "compression-level" => {
+                level =
+                    Some(v.parse::<u32>().map_err(|_| {
+                        anyhow!("--output: compression-level={v:?} is not a number")
+                    })?);
+            }
             "push" => {
                 push = Some(match v {
                     "true" => true,
@@ -185,7 +192,10 @@ pub fn parse_output(spec: &str) -> anyhow::Result<OutputSpec> {
                 });
             }
             _ => {
-                bail!("--output: unknown field {k:?} (known: type, dest, name, push, compression)")
+                bail!(
+                    "--output: unknown field {k:?} (known: type, dest, name, push, compression, \
+                     compression-level)"
+                )
             }
         }
     }
@@ -198,10 +208,30 @@ pub fn parse_output(spec: &str) -> anyhow::Result<OutputSpec> {
     if (!names.is_empty() || push.is_some()) && !matches!(kind.as_str(), "image" | "registry") {
         bail!("--output type={kind} takes no name= or push=");
     }
-    if compression.is_some() && !pushing {
-        bail!("--output: compression= is for pushes (type=registry or type=image,push=true)");
+    if (compression.is_some() || level.is_some()) && !pushing {
+        bail!(
+            "--output: compression= and compression-level= are for pushes (type=registry or \
+             type=image,push=true)"
+        );
     }
     let compression = compression.unwrap_or(rbuild_image::Compression::Gzip);
+    if let Some(l) = level {
+        match rbuild_snapshotter::compress::level_range(compression) {
+            Some(r) if r.contains(&l) => {}
+            Some(r) => bail!(
+                "--output: compression-level={l} is out of range for {} ({}-{})",
+                if compression == rbuild_image::Compression::Zstd {
+                    "zstd"
+                } else {
+                    "gzip"
+                },
+                r.start(),
+                r.end()
+            ),
+            None => bail!("--output: compression-level= needs gzip or zstd compression"),
+        }
+    }
+    let compression = rbuild_engine::transfer::PushCompression { compression, level };
     Ok(match kind.as_str() {
         _ if pushing => OutputSpec::Registry(names, compression),
         "docker" | "image" => dest.map_or(OutputSpec::Store, OutputSpec::Docker),
@@ -702,7 +732,7 @@ fn prepare(args: &BuildArgs, root: &Path) -> anyhow::Result<Prepared> {
     let output = match (&args.output, args.push) {
         (Some(_), true) => bail!("--push and --output cannot be combined"),
         (Some(o), false) => parse_output(o)?,
-        (None, true) => OutputSpec::Registry(Vec::new(), rbuild_image::Compression::Gzip),
+        (None, true) => OutputSpec::Registry(Vec::new(), rbuild_image::Compression::Gzip.into()),
         (None, false) => OutputSpec::Store,
     };
     let push_names = match &output {
@@ -888,15 +918,38 @@ mod tests {
         );
         assert_eq!(
             parse_output("type=image,name=r:5000/a:1,push=true").unwrap(),
-            OutputSpec::Registry(vec!["r:5000/a:1".into()], rbuild_image::Compression::Gzip)
+            OutputSpec::Registry(
+                vec!["r:5000/a:1".into()],
+                rbuild_image::Compression::Gzip.into()
+            )
         );
         assert_eq!(
             parse_output("type=registry").unwrap(),
-            OutputSpec::Registry(Vec::new(), rbuild_image::Compression::Gzip)
+            OutputSpec::Registry(Vec::new(), rbuild_image::Compression::Gzip.into())
         );
         assert_eq!(
             parse_output("type=registry,name=r/a:1,compression=zstd").unwrap(),
-            OutputSpec::Registry(vec!["r/a:1".into()], rbuild_image::Compression::Zstd)
+            OutputSpec::Registry(vec!["r/a:1".into()], rbuild_image::Compression::Zstd.into())
+        );
+        assert_eq!(
+            parse_output("type=image,push=true,name=r/a:1,compression-level=1").unwrap(),
+            OutputSpec::Registry(
+                vec!["r/a:1".into()],
+                rbuild_engine::transfer::PushCompression {
+                    compression: rbuild_image::Compression::Gzip,
+                    level: Some(1)
+                }
+            )
+        );
+        assert_eq!(
+            parse_output("type=registry,compression=zstd,compression-level=19").unwrap(),
+            OutputSpec::Registry(
+                Vec::new(),
+                rbuild_engine::transfer::PushCompression {
+                    compression: rbuild_image::Compression::Zstd,
+                    level: Some(19)
+                }
+            )
         );
         assert_eq!(
             parse_output("type=image,push=false").unwrap(),
@@ -911,6 +964,11 @@ mod tests {
             "type=image,push=yes",
             "type=oci,dest=x,compression=zstd",
             "type=registry,compression=lz4",
+            "type=registry,compression-level=10",
+            "type=registry,compression=zstd,compression-level=23",
+            "type=registry,compression=uncompressed,compression-level=1",
+            "type=registry,compression-level=fast",
+            "type=oci,dest=x,compression-level=1",
         ] {
             assert!(parse_output(bad).is_err(), "{bad}");
         }
