@@ -562,6 +562,23 @@ impl Double {
     }
 }
 
+thread_local! {
+    /// The `Range` header of the request a double's route is answering.
+    static REQUEST_RANGE: std::cell::RefCell<Option<String>> = const { std::cell::RefCell::new(None) };
+}
+
+/// The start of the request's `Range: bytes=N-`, in a double's route.
+fn request_range_start() -> Option<usize> {
+    REQUEST_RANGE.with(|r| {
+        r.borrow()
+            .as_deref()?
+            .strip_prefix("bytes=")?
+            .strip_suffix('-')?
+            .parse()
+            .ok()
+    })
+}
+
 fn serve(s: TcpStream, route: &Route, seen: &Mutex<Vec<String>>) {
     let _ = s.set_read_timeout(Some(Duration::from_secs(10)));
     let mut r = BufReader::new(s.try_clone().unwrap());
@@ -577,6 +594,7 @@ fn serve(s: TcpStream, route: &Route, seen: &Mutex<Vec<String>>) {
             parts.next().unwrap_or("").to_owned(),
         );
         let mut auth = None;
+        let mut range = None;
         let mut len = 0usize;
         let mut chunked = false;
         loop {
@@ -591,6 +609,7 @@ fn serve(s: TcpStream, route: &Route, seen: &Mutex<Vec<String>>) {
             if let Some((k, v)) = h.split_once(':') {
                 match k.to_ascii_lowercase().as_str() {
                     "authorization" => auth = Some(v.trim().to_owned()),
+                    "range" => range = Some(v.trim().to_owned()),
                     "content-length" => len = v.trim().parse().unwrap_or(0),
                     "transfer-encoding" => chunked = v.trim().eq_ignore_ascii_case("chunked"),
                     _ => {}
@@ -609,20 +628,32 @@ fn serve(s: TcpStream, route: &Route, seen: &Mutex<Vec<String>>) {
             }
             b
         };
-        seen.lock().unwrap().push(format!(
-            "{method} {path} {}",
-            auth.as_deref().unwrap_or("-")
-        ));
+        seen.lock().unwrap().push(match &range {
+            Some(r) => format!(
+                "{method} {path} {} range={r}",
+                auth.as_deref().unwrap_or("-")
+            ),
+            None => format!("{method} {path} {}", auth.as_deref().unwrap_or("-")),
+        });
+        REQUEST_RANGE.with(|r| r.replace(range));
         let (status, headers, body) = route(&method, &path, auth.as_deref(), &body);
         if status == 0 {
             // The registry dies: the connection closes without an answer.
             return;
         }
         if status == 1 {
-            // It dies while sending: half the body of a full-length answer.
+            // It dies while sending: half the body of a full-length answer
+            // (or as many bytes as an `x-cut` header says).
+            let cut = headers
+                .iter()
+                .find(|(k, _)| k == "x-cut")
+                .and_then(|(_, v)| v.parse().ok())
+                .unwrap_or(body.len() / 2);
             let head = format!("HTTP/1.1 200 OK\r\nContent-Length: {}\r\n\r\n", body.len());
             let _ = w.write_all(head.as_bytes());
-            let _ = w.write_all(&body[..body.len() / 2]);
+            let _ = w.write_all(&body[..cut]);
+            let _ = w.flush();
+            let _ = w.shutdown(std::net::Shutdown::Both);
             return;
         }
         let mut out = format!("HTTP/1.1 {status} X\r\nContent-Length: {}\r\n", body.len());
@@ -1145,6 +1176,10 @@ fn push_falls_back_to_a_monolithic_put_and_to_an_upload_when_a_mount_is_refused(
 #[derive(Default)]
 struct Flaky {
     broken: bool,
+    /// The next layer GET without a range sends this many bytes and dies.
+    cut_once_after: Option<usize>,
+    /// Answers 200 with the whole blob to a GET with a `Range`.
+    ignore_range: bool,
     blobs: std::collections::HashMap<String, Vec<u8>>,
     uploads: std::collections::HashMap<String, Vec<u8>>,
     manifests: std::collections::HashMap<String, Vec<u8>>,
@@ -1196,6 +1231,21 @@ fn flaky_route(
         };
         if m == "HEAD" {
             return (200, vec![], Vec::new());
+        }
+        if b.len() > 1000 && !s.broken {
+            if let Some(from) = request_range_start().filter(|_| !s.ignore_range) {
+                let range = format!("bytes {from}-{}/{}", b.len() - 1, b.len());
+                return (
+                    206,
+                    vec![("Content-Range".into(), range)],
+                    b[from..].to_vec(),
+                );
+            }
+            if request_range_start().is_none() {
+                if let Some(n) = s.cut_once_after.take() {
+                    return (1, vec![("x-cut".into(), n.to_string())], b);
+                }
+            }
         }
         // Layers (not the small config) are cut while broken.
         return (if s.broken && b.len() > 1000 { 1 } else { 200 }, vec![], b);
@@ -1291,6 +1341,75 @@ fn a_registry_dying_during_a_push_or_a_pull_leaves_the_store_unchanged_and_a_ret
     let out = fresh.ok(&["pull", &image]);
     assert!(out.contains(&format!("Digest: {digest}")), "{out}");
     assert_eq!(image_id(&fresh, &image), image_id(&env, "big"));
+}
+
+#[test]
+fn a_download_cut_midway_goes_on_with_a_range_or_starts_again_when_ranges_are_ignored() {
+    let state = Arc::new(Mutex::new(Flaky::default()));
+    let st = Arc::clone(&state);
+    let d = Double::start(Arc::new(
+        move |m: &str, path: &str, _a: Option<&str>, body: &[u8]| flaky_route(&st, m, path, body),
+    ));
+    let env = Env::new();
+    let tar = env.path("rootfs.tar");
+    mixed_rootfs(&tar);
+    env.ok(&["import", tar.to_str().unwrap(), "mixed:1"]);
+    let image = format!("127.0.0.1:{}/cut/mixed:1", d.port);
+    env.ok(&["tag", "mixed:1", &image]);
+    env.ok(&["push", &image]);
+    let layer = {
+        let s = state.lock().unwrap();
+        let (_, b) = s
+            .blobs
+            .iter()
+            .max_by_key(|(_, b)| b.len())
+            .expect("a layer was pushed");
+        assert!(b.len() > 2 << 20, "{}", b.len());
+        s.blobs
+            .iter()
+            .find(|(_, v)| v.len() == b.len())
+            .map(|(k, _)| k.clone())
+            .unwrap()
+    };
+    let layer_gets = |d: &Double| -> Vec<String> {
+        d.seen
+            .lock()
+            .unwrap()
+            .iter()
+            .filter(|l| l.starts_with("GET ") && l.contains(&layer))
+            .cloned()
+            .collect()
+    };
+    let cut = 1 << 20;
+    for ignore_range in [false, true] {
+        d.seen.lock().unwrap().clear();
+        {
+            let mut s = state.lock().unwrap();
+            s.cut_once_after = Some(cut);
+            s.ignore_range = ignore_range;
+        }
+        let fresh = Env::new();
+        let out = fresh.ok(&["pull", &image]);
+        assert!(out.contains("Pull complete"), "{out}");
+        assert_eq!(image_id(&fresh, &image), image_id(&env, "mixed:1"));
+        let gets = layer_gets(&d);
+        assert_eq!(gets.len(), if ignore_range { 3 } else { 2 }, "{gets:?}");
+        assert!(!gets[0].contains("range="), "{gets:?}");
+        assert!(
+            gets[1].ends_with(&format!("range=bytes={cut}-")),
+            "the second GET asks for the rest: {gets:?}"
+        );
+        if ignore_range {
+            // A 200 to the range: the download starts again, whole.
+            assert!(!gets[2].contains("range="), "{gets:?}");
+        }
+        // The store is whole: its layer reads back (save checks it against
+        // its diff ID) and a pull again finds everything there.
+        let saved = fresh.path("saved.tar");
+        fresh.ok(&["save", "-o", saved.to_str().unwrap(), &image]);
+        let again = fresh.ok(&["pull", &image]);
+        assert!(again.contains("Image is up to date"), "{again}");
+    }
 }
 
 /// A registry double that wants Basic `user:secret` and serves the small image.

@@ -395,8 +395,8 @@ async fn pull_async(
             let _permit = sem.acquire_owned().await;
             let progress = layer_progress(&tx, &sid, desc.size);
             let out = staging.join(format!("layer-{i}"));
-            // Downloaded and unpacked at once; a transfer that breaks is
-            // started again from the beginning.
+            // Downloaded and unpacked at once; a transfer that breaks goes
+            // on where it stopped, else starts again from the beginning.
             let mut attempt = 0;
             let got = loop {
                 match fetch_layer(&client, &remote, &desc, &out, &*progress).await {
@@ -565,6 +565,7 @@ async fn fetch_layer(
         f.sync_all()?;
         Ok(d)
     });
+    let mut resumed = 0;
     let fed = loop {
         match stream.next().await {
             Ok(Some(chunk)) => {
@@ -575,6 +576,17 @@ async fn fetch_layer(
                 }
             }
             Ok(None) => break Ok(()),
+            // A transfer that broke goes on from the bytes received (the
+            // decoder waits); a registry that ignores the range makes the
+            // caller start again.
+            Err(e) if e.is_transient() && resumed < client.options().retries => {
+                resumed += 1;
+                tokio::time::sleep(client.options().backoff * resumed).await;
+                match client.resume_blob_stream(remote, &mut stream).await {
+                    Ok(true) => {}
+                    Ok(false) | Err(_) => break Err(e),
+                }
+            }
             Err(e) => break Err(e),
         }
     };
