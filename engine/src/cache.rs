@@ -56,6 +56,15 @@ pub enum CacheError {
         #[source]
         source: rbuild_solver::ExecError,
     },
+    /// A registry's cache (`type=registry`, an image's inline cache).
+    #[error("{reference}: {source}")]
+    Registry {
+        reference: String,
+        #[source]
+        source: Box<rbuild_registry::Error>,
+    },
+    #[error("{reference}: {reason}")]
+    Remote { reference: String, reason: String },
 }
 
 fn io(path: &Path) -> impl FnOnce(std::io::Error) -> CacheError + '_ {
@@ -75,11 +84,81 @@ pub enum CacheMode {
     Max,
 }
 
-/// One `--cache-to type=local,dest=DIR[,mode=...]`.
+/// One `--cache-to type=local,dest=DIR[,mode=...][,compression=...]`.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct CacheExport {
     pub dest: PathBuf,
     pub mode: CacheMode,
+    /// How new layer blobs are compressed (`compression=gzip|zstd`).
+    pub compression: Compression,
+    /// `ignore-error=true`: a failed export is a warning.
+    pub ignore_error: bool,
+}
+
+/// Where an imported cache's blobs come from: an OCI layout directory or a
+/// registry (see [`crate::cache_registry`]).
+pub enum CacheSource {
+    Local(PathBuf),
+    Registry(Box<crate::cache_registry::RemoteCache>),
+}
+
+/// A blob of a source as a file: the layout's own, or a verified download
+/// removed when dropped.
+enum BlobFile {
+    Path(PathBuf),
+    Temp(tempfile::TempPath),
+}
+
+impl std::ops::Deref for BlobFile {
+    type Target = Path;
+    fn deref(&self) -> &Path {
+        match self {
+            BlobFile::Path(p) => p,
+            BlobFile::Temp(t) => t,
+        }
+    }
+}
+
+impl CacheSource {
+    /// The source as messages name it (a directory or a reference).
+    pub fn name(&self) -> String {
+        match self {
+            CacheSource::Local(dir) => dir.display().to_string(),
+            CacheSource::Registry(r) => r.name().to_owned(),
+        }
+    }
+
+    /// The blob `d` as a file (a registry's is downloaded and verified).
+    fn blob_file(&self, d: &Digest) -> Result<BlobFile, CacheError> {
+        match self {
+            CacheSource::Local(dir) => {
+                let p = blob_path(dir, d);
+                if p.is_file() {
+                    Ok(BlobFile::Path(p))
+                } else {
+                    Err(CacheError::Invalid {
+                        path: dir.clone(),
+                        reason: format!("blob {d} is missing"),
+                    })
+                }
+            }
+            CacheSource::Registry(r) => r.fetch_blob(d).map(BlobFile::Temp),
+        }
+    }
+}
+
+/// The compression of a blob, by its first bytes.
+fn blob_compression(path: &Path) -> Compression {
+    use std::io::Read as _;
+    let mut magic = [0u8; 4];
+    let n = fs_err::File::open(path)
+        .and_then(|mut f| f.read(&mut magic))
+        .unwrap_or(0);
+    match &magic[..n] {
+        [0x1f, 0x8b, ..] => Compression::Gzip,
+        [0x28, 0xb5, 0x2f, 0xfd] => Compression::Zstd,
+        _ => Compression::None,
+    }
 }
 
 /// The cache description: the config blob of the cache manifest.
@@ -348,6 +427,7 @@ pub fn export_local(
                         &mut layer_of,
                         link,
                         layer,
+                        opts.compression,
                     )?);
                 }
                 created = chain.last().and_then(|l| l.created);
@@ -373,11 +453,10 @@ pub fn export_local(
     let mut listed = BTreeSet::new();
     for l in &config.layers {
         if listed.insert(l.blob.clone()) {
-            let size = fs_err::metadata(blob_path(dir, &l.blob))
-                .map_err(io(dir))?
-                .len();
+            let path = blob_path(dir, &l.blob);
+            let size = fs_err::metadata(&path).map_err(io(dir))?.len();
             layers.push(Descriptor::new(
-                Compression::Gzip.oci_layer_media_type(),
+                blob_compression(&path).oci_layer_media_type(),
                 l.blob.clone(),
                 size,
             ));
@@ -454,6 +533,7 @@ fn add_layer(
     layer_of: &mut HashMap<SnapshotId, usize>,
     link: &ChainLink,
     parent: Option<usize>,
+    compression: Compression,
 ) -> Result<usize, CacheError> {
     if let Some(&i) = layer_of.get(&link.snapshot) {
         return Ok(i);
@@ -465,7 +545,7 @@ fn add_layer(
         .map_err(io(&blobs_dir))?;
     let out = std::io::BufWriter::with_capacity(1 << 20, tmp);
     let (out, digests) = worker
-        .write_chain_layer(link, out, Compression::Gzip)
+        .write_chain_layer(link, out, compression)
         .map_err(|source| CacheError::Layer {
             snapshot: link.snapshot.to_string(),
             source,
@@ -538,12 +618,55 @@ fn read_blob(dir: &Path, d: &Digest) -> Result<Vec<u8>, CacheError> {
 /// Seconds and nanoseconds since the Unix epoch.
 type Created = (i64, u32);
 
+/// A layer blob of a source, decompressed, opened at the first read: a
+/// layer applied already is neither read nor downloaded.
+struct LazyLayer<'a> {
+    src: &'a CacheSource,
+    blob: &'a Digest,
+    open: Option<(BlobFile, Decoder)>,
+}
+
+impl LazyLayer<'_> {
+    fn start(&self) -> std::io::Result<(BlobFile, Decoder)> {
+        let blob = self.blob;
+        let file = self
+            .src
+            .blob_file(blob)
+            .map_err(|e| std::io::Error::other(crate::error::one_line(&e)))?;
+        // A layout's blob is checked against its digest before any of it
+        // is applied (a registry's download was checked as it came).
+        if let BlobFile::Path(path) = &file {
+            let mut check = HashingReader::new(fs_err::File::open(path)?);
+            std::io::copy(&mut check, &mut std::io::sink())?;
+            let (_, digest, _) = check.finish();
+            if digest != *blob {
+                return Err(std::io::Error::other(format!(
+                    "cache blob {blob} in {} does not match its digest",
+                    self.src.name()
+                )));
+            }
+        }
+        let f = fs_err::File::open(&*file)?;
+        let decoder = Decoder::new(std::io::BufReader::with_capacity(256 * 1024, f))?;
+        Ok((file, decoder))
+    }
+}
+
+impl std::io::Read for LazyLayer<'_> {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        if self.open.is_none() {
+            self.open = Some(self.start()?);
+        }
+        self.open.as_mut().map_or(Ok(0), |(_, d)| d.read(buf))
+    }
+}
+
 /// The records of every `--cache-from` source, asked by the solver on a
 /// miss in the local index. A record's layers are unpacked only when the
 /// solver asks for its key.
 pub struct ImportedRecords {
     worker: LocalWorker,
-    sources: Vec<(PathBuf, CacheConfig)>,
+    sources: Vec<(CacheSource, CacheConfig)>,
     /// Key → (source, record), the first source that has it.
     by_key: HashMap<CacheKey, (usize, usize)>,
     /// A record's key by its inputs' keys → its key.
@@ -554,6 +677,17 @@ pub struct ImportedRecords {
 
 impl ImportedRecords {
     pub fn new(worker: LocalWorker, sources: Vec<(PathBuf, CacheConfig)>) -> Self {
+        Self::with_sources(
+            worker,
+            sources
+                .into_iter()
+                .map(|(dir, c)| (CacheSource::Local(dir), c))
+                .collect(),
+        )
+    }
+
+    /// The records of sources of any kind (directories, registries).
+    pub fn with_sources(worker: LocalWorker, sources: Vec<(CacheSource, CacheConfig)>) -> Self {
         let mut by_key: HashMap<CacheKey, (usize, usize)> = HashMap::new();
         for (s, (_, config)) in sources.iter().enumerate() {
             for (r, record) in config.records.iter().enumerate() {
@@ -607,16 +741,25 @@ impl ImportedRecords {
         let Some(&(source, record)) = self.by_key.get(key) else {
             return Ok(None);
         };
-        let (dir, src) = &self.sources[source];
+        let (from_source, src) = &self.sources[source];
         let record = &src.records[record];
         let Some(chain) = record.layer.and_then(|top| src.chain(top)) else {
             return Ok(None);
         };
-        if !chain
-            .iter()
-            .all(|&i| blob_path(dir, &src.layers[i].blob).is_file())
-        {
-            return Ok(None);
+        // Every blob of the chain first (a registry's downloaded): a chain
+        // with a blob missing is not copied (its record only links).
+        let mut files = HashMap::new();
+        for &i in &chain {
+            let blob = &src.layers[i].blob;
+            if copied.contains_key(&(source, i)) || blob_path(dest, blob).is_file() {
+                continue;
+            }
+            match from_source.blob_file(blob) {
+                Ok(f) => {
+                    files.insert(i, f);
+                }
+                Err(_) => return Ok(None),
+            }
         }
         let mut parent = None;
         for i in chain {
@@ -626,13 +769,13 @@ impl ImportedRecords {
             }
             let layer = &src.layers[i];
             let to = blob_path(dest, &layer.blob);
-            if !to.is_file() {
-                let from = blob_path(dir, &layer.blob);
+            if let Some(from) = files.get(&i) {
+                let from: &Path = from;
                 let tmp = tempfile::Builder::new()
                     .prefix(".tmp-copy-")
                     .tempfile_in(to.parent().unwrap_or(dest))
                     .map_err(io(dest))?;
-                let mut r = fs_err::File::open(&from).map_err(io(&from))?;
+                let mut r = fs_err::File::open(from).map_err(io(from))?;
                 let mut w = tmp.reopen().map_err(io(&to))?;
                 std::io::copy(&mut r, &mut w).map_err(io(&to))?;
                 w.sync_all().map_err(io(&to))?;
@@ -654,10 +797,10 @@ impl ImportedRecords {
     }
 
     fn unpack(&self, source: usize, top: usize) -> Result<SnapshotId, String> {
-        let (dir, config) = &self.sources[source];
+        let (src, config) = &self.sources[source];
         let chain = config
             .chain(top)
-            .ok_or_else(|| format!("{}: a layer chain of the cache is broken", dir.display()))?;
+            .ok_or_else(|| format!("{}: a layer chain of the cache is broken", src.name()))?;
         let mut parent: Option<SnapshotId> = None;
         for i in chain {
             if let Some(id) = self.unpacked.lock().expect("unpacked").get(&(source, i)) {
@@ -665,26 +808,13 @@ impl ImportedRecords {
                 continue;
             }
             let layer = &config.layers[i];
-            let path = blob_path(dir, &layer.blob);
-            // The compressed blob is checked against its digest before any
-            // of it is applied.
-            let mut check = HashingReader::new(
-                fs_err::File::open(&path).map_err(|e| format!("cache blob {}: {e}", layer.blob))?,
-            );
-            std::io::copy(&mut check, &mut std::io::sink())
-                .map_err(|e| format!("cache blob {}: {e}", layer.blob))?;
-            let (_, digest, _) = check.finish();
-            if digest != layer.blob {
-                return Err(format!(
-                    "cache blob {} in {} does not match its digest",
-                    layer.blob,
-                    dir.display()
-                ));
-            }
-            let file =
-                fs_err::File::open(&path).map_err(|e| format!("cache blob {}: {e}", layer.blob))?;
-            let decoder = Decoder::new(std::io::BufReader::with_capacity(256 * 1024, file))
-                .map_err(|e| format!("cache blob {}: {e}", layer.blob))?;
+            // Fetched (and checked) only when the layer is applied: a base
+            // layer this machine has already is not downloaded.
+            let decoder = LazyLayer {
+                src,
+                blob: &layer.blob,
+                open: None,
+            };
             let created = layer
                 .created_at
                 .as_deref()
