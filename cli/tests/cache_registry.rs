@@ -295,6 +295,79 @@ fn a_registry_cache_in_max_mode_makes_a_fresh_machine_run_nothing() {
 }
 
 #[test]
+fn a_machine_that_imported_lazily_exports_the_layers_it_never_fetched_by_mounting_them() {
+    let reg = Registry::start();
+    let a = Machine::new();
+    multi_context(&a, "ctx");
+    let one = format!("{}/cache/app:one", reg.host());
+    let (_, id_a) = a.build(&[
+        "--cache-to",
+        &format!("type=registry,ref={one},mode=max"),
+        &a.p("ctx"),
+    ]);
+    let (_, first) = cache_of(&reg, "cache/app", "one");
+
+    // B runs nothing, fetches the final result's layers only, and exports
+    // every record's layers to another repository.
+    let b = Machine::with_base_of(&a);
+    multi_context(&b, "ctx");
+    let two = format!("{}/cache/other:two", reg.host());
+    let before = reg.requests().len();
+    let (s, id_b) = b.build(&[
+        "--cache-from",
+        &format!("type=registry,ref={one}"),
+        "--cache-to",
+        &format!("type=registry,ref={two},mode=max"),
+        &b.p("ctx"),
+    ]);
+    assert_eq!(Steps::steps(&s.ran), set(&[]), "{}", s.log);
+    assert_eq!(id_a, id_b);
+    let reqs = reg.requests()[before..].to_vec();
+    let got: BTreeSet<String> = Registry::blob_gets(&reqs).into_iter().collect();
+    let tools: BTreeSet<String> = step_blobs(&first, T3);
+    assert!(
+        got.is_disjoint(&tools),
+        "the other stage's layers were downloaded: {reqs:?}"
+    );
+    let (_, second) = cache_of(&reg, "cache/other", "two");
+    assert_eq!(step_blobs(&second, T3), tools, "{second}");
+    for blob in &tools {
+        assert!(
+            reqs.iter().any(|r| r.starts_with("POST ")
+                && r.contains(&format!("mount={blob}"))
+                && r.contains("from=cache/app")),
+            "{blob} was not mounted from cache/app: {reqs:?}"
+        );
+    }
+
+    // The base's layer, which B has but never downloaded, is mounted from
+    // the imported cache's repository too, not uploaded.
+    for (blob, _) in record_chain(&first, F4)
+        .into_iter()
+        .filter(|(_, base)| *base)
+    {
+        assert!(
+            !reqs
+                .iter()
+                .any(|r| r.starts_with("PUT ") && r.contains(&format!("digest={blob}"))),
+            "{blob} was uploaded: {reqs:?}"
+        );
+    }
+
+    // And the new cache serves a third machine.
+    let c = Machine::with_base_of(&a);
+    multi_context(&c, "ctx");
+    let (s, id_c) = c.build(&[
+        "--cache-from",
+        &format!("type=registry,ref={two}"),
+        &c.p("ctx"),
+    ]);
+    assert_eq!(Steps::steps(&s.ran), set(&[]), "{}", s.log);
+    assert_eq!(id_a, id_c);
+    assert_eq!(cat(&c, &id_c, "/tool.out"), "TOOL ONE\n");
+}
+
+#[test]
 fn a_min_mode_registry_cache_makes_an_unchanged_build_fetch_only_the_final_layers() {
     let reg = Registry::start();
     let a = Machine::new();

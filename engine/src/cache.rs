@@ -360,6 +360,26 @@ pub fn export_local(
     imported: Option<&ImportedRecords>,
     opts: &CacheExport,
 ) -> Result<ExportReport, CacheError> {
+    export_layout(worker, graph, outputs, target, imported, opts, None)
+}
+
+/// Blobs of an export left in a registry source rather than copied into
+/// the layout: digest → (the source's index, its descriptor).
+pub(crate) type Foreign = HashMap<Digest, (usize, Descriptor)>;
+
+/// [`export_local`]; with `foreign`, the layers of records a registry
+/// source holds and this build never unpacked are not downloaded: they are
+/// named in the manifest and listed in `foreign` (a registry export mounts
+/// or copies them from there).
+pub(crate) fn export_layout(
+    worker: &LocalWorker,
+    graph: &BuildGraph,
+    outputs: &Outputs,
+    target: VertexId,
+    imported: Option<&ImportedRecords>,
+    opts: &CacheExport,
+    mut foreign: Option<&mut Foreign>,
+) -> Result<ExportReport, CacheError> {
     let dir = &opts.dest;
     let blobs_dir = dir.join("blobs").join("sha256");
     fs_err::create_dir_all(&blobs_dir).map_err(io(&blobs_dir))?;
@@ -403,7 +423,13 @@ pub fn export_local(
         let available = s.available_result().filter(|_| wants_layers);
         if wants_layers && available.is_none() {
             if let Some(imported) = imported {
-                let copy = imported.copy_layers(&s.key, dir, &mut config, &mut copied)?;
+                let copy = imported.copy_layers(
+                    &s.key,
+                    dir,
+                    &mut config,
+                    &mut copied,
+                    foreign.as_deref_mut(),
+                )?;
                 if let Some((top, at)) = copy {
                     layer = Some(top);
                     created = at;
@@ -453,6 +479,10 @@ pub fn export_local(
     let mut listed = BTreeSet::new();
     for l in &config.layers {
         if listed.insert(l.blob.clone()) {
+            if let Some((_, desc)) = foreign.as_deref().and_then(|f| f.get(&l.blob)) {
+                layers.push(desc.clone());
+                continue;
+            }
             let path = blob_path(dir, &l.blob);
             let size = fs_err::metadata(&path).map_err(io(dir))?.len();
             layers.push(Descriptor::new(
@@ -718,6 +748,22 @@ impl ImportedRecords {
         }
     }
 
+    /// The registry source at `index` (of a [`Foreign`] blob).
+    pub(crate) fn remote(&self, index: usize) -> Option<&crate::cache_registry::RemoteCache> {
+        match self.sources.get(index) {
+            Some((CacheSource::Registry(r), _)) => Some(r),
+            _ => None,
+        }
+    }
+
+    /// The registry sources.
+    pub(crate) fn remotes(&self) -> impl Iterator<Item = &crate::cache_registry::RemoteCache> {
+        self.sources.iter().filter_map(|(s, _)| match s {
+            CacheSource::Registry(r) => Some(&**r),
+            CacheSource::Local(_) => None,
+        })
+    }
+
     /// How many records the sources hold.
     pub fn len(&self) -> usize {
         self.by_key.len()
@@ -737,6 +783,7 @@ impl ImportedRecords {
         dest: &Path,
         config: &mut CacheConfig,
         copied: &mut HashMap<(usize, usize), usize>,
+        mut foreign: Option<&mut Foreign>,
     ) -> Result<Option<(usize, Option<Created>)>, CacheError> {
         let Some(&(source, record)) = self.by_key.get(key) else {
             return Ok(None);
@@ -753,6 +800,15 @@ impl ImportedRecords {
             let blob = &src.layers[i].blob;
             if copied.contains_key(&(source, i)) || blob_path(dest, blob).is_file() {
                 continue;
+            }
+            if let (Some(f), CacheSource::Registry(r)) = (foreign.as_deref_mut(), from_source) {
+                match r.descriptor(blob) {
+                    Some(d) => {
+                        f.insert(blob.clone(), (source, d.clone()));
+                        continue;
+                    }
+                    None => return Ok(None),
+                }
             }
             match from_source.blob_file(blob) {
                 Ok(f) => {

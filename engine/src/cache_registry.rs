@@ -165,6 +165,11 @@ impl RemoteCache {
         &self.name
     }
 
+    /// The manifest's descriptor of layer blob `d`.
+    pub fn descriptor(&self, d: &Digest) -> Option<&Descriptor> {
+        self.layers.get(d)
+    }
+
     /// Downloads the layer blob `d` into the store's scratch, verified
     /// against its digest and size; the file goes when the path is dropped.
     pub fn fetch_blob(&self, d: &Digest) -> Result<tempfile::TempPath, CacheError> {
@@ -274,7 +279,10 @@ pub fn export(
     let reference = opts.reference.as_str();
     let (_, remote) = parse_ref(reference)?;
     let dir = scratch(store, reference)?;
-    let report = crate::cache::export_local(
+    // Layers of records imported from a registry and never unpacked here
+    // stay there: mounted or copied registry to registry below.
+    let mut foreign = crate::cache::Foreign::new();
+    let report = crate::cache::export_layout(
         worker,
         graph,
         outputs,
@@ -286,6 +294,7 @@ pub fn export(
             compression: opts.compression,
             ignore_error: opts.ignore_error,
         },
+        Some(&mut foreign),
     )?;
     let (m_bytes, m) = layout_manifest(dir.path(), reference)?;
     let config: CacheConfig = serde_json::from_slice(
@@ -306,19 +315,28 @@ pub fn export(
     rt.block_on(async {
         let sem = Arc::new(tokio::sync::Semaphore::new(PARALLEL));
         let mut tasks = tokio::task::JoinSet::new();
-        for desc in &m.layers {
-            let mounts: Vec<String> = diff_ids
-                .get(&desc.digest)
-                .map(|d| store.layer_sources(d))
-                .unwrap_or_default()
+        for desc in m.layers.iter().filter(|d| !foreign.contains_key(&d.digest)) {
+            // Repositories of the same registry known to have the blob:
+            // the imported caches', then those it was pulled from or
+            // pushed to.
+            let mut mounts: Vec<String> = imported
                 .into_iter()
-                .filter(|s| {
-                    s.registry == remote.registry
-                        && s.repository != remote.repository
-                        && s.digest == desc.digest
-                })
-                .map(|s| s.repository)
+                .flat_map(ImportedRecords::remotes)
+                .filter(|r| r.descriptor(&desc.digest).is_some())
+                .map(|r| (r.remote.registry.clone(), r.remote.repository.clone()))
+                .chain(
+                    diff_ids
+                        .get(&desc.digest)
+                        .map(|d| store.layer_sources(d))
+                        .unwrap_or_default()
+                        .into_iter()
+                        .filter(|s| s.digest == desc.digest)
+                        .map(|s| (s.registry, s.repository)),
+                )
+                .filter(|(reg, repo)| *reg == remote.registry && *repo != remote.repository)
+                .map(|(_, repo)| repo)
                 .collect();
+            mounts.dedup();
             let (client, remote, sem) = (Arc::clone(&client), remote.clone(), Arc::clone(&sem));
             let (digest, size, path) = (
                 desc.digest.clone(),
@@ -334,6 +352,12 @@ pub fn export(
             r.map_err(|e| remote_err(reference, e.to_string()))?
                 .map_err(reg_err(reference))?;
         }
+        for (digest, (source, desc)) in &foreign {
+            let from = imported
+                .and_then(|i| i.remote(*source))
+                .ok_or_else(|| remote_err(reference, format!("no source for blob {digest}")))?;
+            copy_foreign(&client, &remote, from, desc).await?;
+        }
         push_blob(
             &client,
             &remote,
@@ -344,6 +368,22 @@ pub fn export(
         )
         .await
         .map_err(reg_err(reference))?;
+        // The layers are in this repository now: a later push of an image
+        // with them mounts them from here.
+        for desc in &m.layers {
+            if let Some(diff_id) = diff_ids.get(&desc.digest) {
+                let _ = store.add_layer_source(
+                    diff_id,
+                    rbuild_image::LayerSource {
+                        digest: desc.digest.clone(),
+                        media_type: desc.media_type.clone(),
+                        size: desc.size,
+                        registry: remote.registry.clone(),
+                        repository: remote.repository.clone(),
+                    },
+                );
+            }
+        }
         // Last: only now does the reference name the new cache, whose
         // blobs are all there.
         client
@@ -352,6 +392,56 @@ pub fn export(
             .map_err(reg_err(reference))
     })?;
     Ok(report)
+}
+
+/// A blob of the registry source `from` into `remote`'s repository: nothing
+/// when it is there, a mount within one registry, else downloaded from
+/// `from` and uploaded.
+async fn copy_foreign(
+    client: &Client,
+    remote: &RemoteRef,
+    from: &RemoteCache,
+    desc: &Descriptor,
+) -> Result<(), CacheError> {
+    let reference = from.name();
+    let target = format!("{}/{}", remote.registry, remote.repository);
+    let reg = reg_err(&target);
+    if client
+        .blob_exists(remote, &desc.digest)
+        .await
+        .map_err(&reg)?
+        .is_some()
+    {
+        return Ok(());
+    }
+    let mut started = None;
+    if from.remote.registry == remote.registry {
+        match client
+            .mount_blob(remote, &from.remote.repository, &desc.digest)
+            .await
+        {
+            Ok(Mount::Mounted) => return Ok(()),
+            Ok(Mount::Upload(loc)) => started = Some(loc),
+            Err(_) => {}
+        }
+    }
+    let prefix = from
+        .store
+        .temp_prefix("cache-blob")
+        .map_err(|e| remote_err(reference, e.to_string()))?;
+    let tmp = tempfile::Builder::new()
+        .prefix(&prefix)
+        .tempfile_in(from.store.tmp_dir())
+        .map_err(|e| remote_err(reference, format!("scratch file: {e}")))?
+        .into_temp_path();
+    client
+        .download_blob(&from.remote, desc, &tmp, &|_| {})
+        .await
+        .map_err(reg_err(reference))?;
+    client
+        .upload_blob(remote, &desc.digest, desc.size, &tmp, started)
+        .await
+        .map_err(&reg)
 }
 
 /// One blob into `remote`'s repository: nothing when it is there, a mount
