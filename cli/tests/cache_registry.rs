@@ -489,6 +489,21 @@ fn an_inline_cache_pushed_with_the_image_serves_a_fresh_machine() {
         "the base layer was not fetched: {gets:?}"
     );
     assert_eq!(gets.len(), 1 + 3, "config + 3 step layers: {gets:?}");
+
+    // A machine that builds from it with an inline cache of its own makes
+    // the same image as A pushed (the same records, the same created time).
+    let c = Machine::with_base_of(&a);
+    multi_context(&c, "ctx");
+    let (steps, id_c) = c.build(&[
+        "--cache-from",
+        &image,
+        "--cache-to",
+        "type=inline",
+        &c.p("ctx"),
+    ]);
+    assert_eq!(Steps::steps(&steps.ran), set(&[]), "{}", steps.log);
+    let id_a = a.env.ok(&["inspect", "--format", "{{.Id}}", &image]);
+    assert_eq!(id_c, id_a.trim());
 }
 
 #[test]

@@ -464,7 +464,13 @@ pub(crate) fn export_layout(
             description: vertex.description.name.clone(),
             inputs,
             by_inputs,
-            explain: Some(KeyParts::of(&vertex.op, &s.key_inputs)),
+            // A step answered from an imported record keeps that record's
+            // parts (a lazily imported step's key was found by its inputs'
+            // keys, without the content checksums the machine that ran it
+            // had): the same build gives the same description everywhere.
+            explain: imported
+                .and_then(|i| i.explain_of(&s.key))
+                .or_else(|| Some(KeyParts::of(&vertex.op, &s.key_inputs))),
             layer,
             created_at: rfc3339(created),
         });
@@ -595,7 +601,14 @@ fn add_layer(
         diff_id: digests.diff_id,
         parent,
         base: link.base_layer.is_some(),
-        created_at: rfc3339(link.created),
+        // A base image's layer is unpacked as the image's own: when this
+        // machine unpacked it is not part of the cache (it would make the
+        // description differ from machine to machine).
+        created_at: if link.base_layer.is_some() {
+            None
+        } else {
+            rfc3339(link.created)
+        },
     });
     let i = config.layers.len() - 1;
     layer_of.insert(link.snapshot.clone(), i);
@@ -754,6 +767,15 @@ impl ImportedRecords {
             Some((CacheSource::Registry(r), _)) => Some(r),
             _ => None,
         }
+    }
+
+    /// The key parts of the imported record for `key`, when one has them.
+    fn explain_of(&self, key: &CacheKey) -> Option<KeyParts> {
+        self.sources
+            .iter()
+            .flat_map(|(_, c)| &c.records)
+            .find(|r| r.key == *key && r.explain.is_some())
+            .and_then(|r| r.explain.clone())
     }
 
     /// The registry sources.
