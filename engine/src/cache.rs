@@ -384,7 +384,34 @@ pub(crate) fn export_layout(
     let blobs_dir = dir.join("blobs").join("sha256");
     fs_err::create_dir_all(&blobs_dir).map_err(io(&blobs_dir))?;
     let _lock = lock_dir(dir)?;
+    let config = describe(
+        worker,
+        graph,
+        outputs,
+        target,
+        imported,
+        opts,
+        foreign.as_deref_mut(),
+        false,
+    )?;
+    write_layout(dir, &config, foreign.as_deref())
+}
 
+/// The cache description of a solve; the layer blobs are written into the
+/// layout `opts.dest` (with `digest_only`, nothing is written: each layer is
+/// named by its diff ID, as the inline cache names an image's layers).
+#[allow(clippy::too_many_arguments)]
+pub(crate) fn describe(
+    worker: &LocalWorker,
+    graph: &BuildGraph,
+    outputs: &Outputs,
+    target: VertexId,
+    imported: Option<&ImportedRecords>,
+    opts: &CacheExport,
+    mut foreign: Option<&mut Foreign>,
+    digest_only: bool,
+) -> Result<CacheConfig, CacheError> {
+    let dir = &opts.dest;
     let mut config = CacheConfig::default();
     let mut layer_of: HashMap<SnapshotId, usize> = HashMap::new();
     let mut copied: HashMap<(usize, usize), usize> = HashMap::new();
@@ -421,7 +448,7 @@ pub(crate) fn export_layout(
         // A result answered lazily from an imported cache and never
         // needed is not here: its imported layers are copied over.
         let available = s.available_result().filter(|_| wants_layers);
-        if wants_layers && available.is_none() {
+        if wants_layers && available.is_none() && !digest_only {
             if let Some(imported) = imported {
                 let copy = imported.copy_layers(
                     &s.key,
@@ -454,6 +481,7 @@ pub(crate) fn export_layout(
                         link,
                         layer,
                         opts.compression,
+                        digest_only,
                     )?);
                 }
                 created = chain.last().and_then(|l| l.created);
@@ -476,8 +504,20 @@ pub(crate) fn export_layout(
         });
     }
 
-    let config_bytes = serde_json::to_vec(&config).map_err(|e| CacheError::Invalid {
-        path: dir.clone(),
+    Ok(config)
+}
+
+/// Writes the config, manifest and `index.json` of `config` into the layout
+/// `dir` (its layer blobs are there, or in `foreign`), then removes the blobs
+/// no longer referenced.
+fn write_layout(
+    dir: &Path,
+    config: &CacheConfig,
+    foreign: Option<&Foreign>,
+) -> Result<ExportReport, CacheError> {
+    let blobs_dir = dir.join("blobs").join("sha256");
+    let config_bytes = serde_json::to_vec(config).map_err(|e| CacheError::Invalid {
+        path: dir.to_path_buf(),
         reason: e.to_string(),
     })?;
     let config_digest = put_bytes(dir, &config_bytes)?;
@@ -485,7 +525,7 @@ pub(crate) fn export_layout(
     let mut listed = BTreeSet::new();
     for l in &config.layers {
         if listed.insert(l.blob.clone()) {
-            if let Some((_, desc)) = foreign.as_deref().and_then(|f| f.get(&l.blob)) {
+            if let Some((_, desc)) = foreign.and_then(|f| f.get(&l.blob)) {
                 layers.push(desc.clone());
                 continue;
             }
@@ -511,7 +551,7 @@ pub(crate) fn export_layout(
         extra: BTreeMap::new(),
     };
     let m_bytes = rbuild_oci::json::canonical(&m).map_err(|e| CacheError::Invalid {
-        path: dir.clone(),
+        path: dir.to_path_buf(),
         reason: e.to_string(),
     })?;
     let m_digest = put_bytes(dir, &m_bytes)?;
@@ -532,7 +572,7 @@ pub(crate) fn export_layout(
         extra: BTreeMap::new(),
     };
     let index_bytes = rbuild_oci::json::canonical(&index).map_err(|e| CacheError::Invalid {
-        path: dir.clone(),
+        path: dir.to_path_buf(),
         reason: e.to_string(),
     })?;
     write_atomic(
@@ -562,6 +602,7 @@ pub(crate) fn export_layout(
 }
 
 /// Adds the layer of `link` (on `parent`) to the config, writing its blob.
+#[allow(clippy::too_many_arguments)]
 fn add_layer(
     worker: &LocalWorker,
     dir: &Path,
@@ -570,8 +611,31 @@ fn add_layer(
     link: &ChainLink,
     parent: Option<usize>,
     compression: Compression,
+    digest_only: bool,
 ) -> Result<usize, CacheError> {
     if let Some(&i) = layer_of.get(&link.snapshot) {
+        return Ok(i);
+    }
+    if digest_only {
+        let (_, digests) = worker
+            .write_chain_layer(link, std::io::sink(), Compression::None)
+            .map_err(|source| CacheError::Layer {
+                snapshot: link.snapshot.to_string(),
+                source,
+            })?;
+        config.layers.push(CacheLayer {
+            blob: digests.diff_id.clone(),
+            diff_id: digests.diff_id,
+            parent,
+            base: link.base_layer.is_some(),
+            created_at: if link.base_layer.is_some() {
+                None
+            } else {
+                rfc3339(link.created)
+            },
+        });
+        let i = config.layers.len() - 1;
+        layer_of.insert(link.snapshot.clone(), i);
         return Ok(i);
     }
     let blobs_dir = dir.join("blobs").join("sha256");

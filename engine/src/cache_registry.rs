@@ -486,24 +486,21 @@ pub fn inline_cache(
     target: VertexId,
     imported: Option<&ImportedRecords>,
 ) -> Result<serde_json::Value, CacheError> {
-    let dir = scratch(store, "inline cache")?;
-    // Uncompressed: each blob's digest is its diff ID.
-    crate::cache::export_local(
+    // Nothing is written: each layer is named by its diff ID.
+    let config = crate::cache::describe(
         worker,
         graph,
         outputs,
         target,
         imported,
         &CacheExport {
-            dest: dir.path().to_path_buf(),
+            dest: store.tmp_dir(),
             mode: CacheMode::Min,
             compression: Compression::None,
             ignore_error: false,
         },
+        None,
+        true,
     )?;
-    let mut config = crate::cache::read_local(dir.path())?;
-    for l in &mut config.layers {
-        l.blob = l.diff_id.clone();
-    }
     serde_json::to_value(&config).map_err(|e| remote_err("inline cache", e.to_string()))
 }
