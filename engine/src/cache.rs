@@ -617,15 +617,15 @@ fn add_layer(
         return Ok(i);
     }
     if digest_only {
-        let (_, digests) = worker
-            .write_chain_layer(link, std::io::sink(), Compression::None)
+        let diff_id = worker
+            .chain_layer_diff_id(link)
             .map_err(|source| CacheError::Layer {
                 snapshot: link.snapshot.to_string(),
                 source,
             })?;
         config.layers.push(CacheLayer {
-            blob: digests.diff_id.clone(),
-            diff_id: digests.diff_id,
+            blob: diff_id.clone(),
+            diff_id,
             parent,
             base: link.base_layer.is_some(),
             created_at: if link.base_layer.is_some() {
