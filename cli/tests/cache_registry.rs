@@ -533,9 +533,35 @@ fn a_missing_ref_or_corrupt_cache_manifest_warns_and_builds() {
         &format!("type=registry,ref={cache},mode=max"),
         &a.p("ctx"),
     ]);
+    let b = Machine::with_base_of(&a);
+    multi_context(&b, "ctx");
+    let build_b = |cache: &str| {
+        let o = b.env.run(&[
+            "build",
+            "--progress",
+            "plain",
+            "--cache-from",
+            &format!("type=registry,ref={cache}"),
+            &b.p("ctx"),
+        ]);
+        let err = String::from_utf8_lossy(&o.stderr).into_owned();
+        assert!(o.status.success(), "{err}");
+        err.lines()
+            .find(|l| l.contains(&format!("cache import from {cache} failed")))
+            .unwrap_or_else(|| panic!("no warning naming {cache}:\n{err}"))
+            .to_owned()
+    };
+    // The manifest's bytes garbled in the registry's storage (the registry
+    // then fails to serve it).
+    let (m, _) = cache_of(&reg, "cache/app", "bad");
+    let m_path = reg.blob_data(&tag_digest(&reg, "cache/app", "bad"));
+    let m_bytes = fs_err::read(&m_path).unwrap();
+    fs_err::write(&m_path, b"{garbage").unwrap();
+    let warning = build_b(&cache);
+    assert!(warning.contains("manifests/bad"), "{warning}");
+    fs_err::write(&m_path, m_bytes).unwrap();
     // Its config's bytes corrupted in the registry's storage (they no
     // longer match their digest).
-    let (m, _) = cache_of(&reg, "cache/app", "bad");
     fs_err::write(
         reg.blob_data(m["config"]["digest"].as_str().unwrap()),
         b"{garbage",
@@ -561,26 +587,11 @@ fn a_missing_ref_or_corrupt_cache_manifest_warns_and_builds() {
         "application/vnd.oci.image.manifest.v1+json",
         manifest.to_string().as_bytes(),
     );
-    let b = Machine::with_base_of(&a);
-    multi_context(&b, "ctx");
     for (cache, why) in [
         (cache.clone(), "digest mismatch"),
         (format!("{}/cache/app:garbage", reg.host()), "cache config"),
     ] {
-        let o = b.env.run(&[
-            "build",
-            "--progress",
-            "plain",
-            "--cache-from",
-            &format!("type=registry,ref={cache}"),
-            &b.p("ctx"),
-        ]);
-        let err = String::from_utf8_lossy(&o.stderr);
-        assert!(o.status.success(), "{err}");
-        let warning = err
-            .lines()
-            .find(|l| l.contains(&format!("cache import from {cache} failed")))
-            .unwrap_or_else(|| panic!("no warning naming {cache}:\n{err}"));
+        let warning = build_b(&cache);
         assert!(warning.contains(why), "{warning}");
     }
 }
