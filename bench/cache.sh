@@ -11,7 +11,8 @@
 #   bench/cache.sh [N]     N runs per workload (default 3)
 #
 # Env: WORKLOADS="steps parallel", RBUILD=path (default target/release/rbuild,
-# built if missing). Must run as root. Prints one line per run.
+# built if missing), REGISTRY=0 (skips the registry part). Must run as root.
+# Prints one line per run.
 set -euo pipefail
 HERE=$(cd "$(dirname "$0")" && pwd)
 REPO=$(dirname "$HERE")
@@ -39,3 +40,38 @@ for w in ${WORKLOADS:-steps parallel}; do
     echo "$w run$i cold=${cold}s cold+max=${cmax}s cold+min=${cmin}s B-max=${bmax}s B-min=${bmin}s max-size=$(du -sk "$T/max" | cut -f1)K"
   done
 done
+
+# --- type=registry and type=inline (issue 14, second part) ---
+# Against a docker-registry on 127.0.0.1 with its storage in $T (every run uses
+# repositories of its own, so nothing is skipped by a HEAD of an earlier run):
+#   cold            machine A's build, no export
+#   cold+reg-max    the same with --cache-to type=registry,ref=REF,mode=max
+#   push            machine A's build pushed (-t REF --push)
+#   push+inline     the same with --cache-to type=inline
+#   B-reg-max       machine B (fresh root) with --cache-from type=registry,ref=REF
+#   B-inline        machine B with --cache-from IMAGE (the inline cache)
+# and the overheads: cold+reg-max - cold, push+inline - push.
+bench_registry() {
+  command -v docker-registry >/dev/null || { echo "docker-registry is missing: install the docker-registry package" >&2; return 1; }
+  local port cfg pid w i cold cmax push pinl bmax binl r
+  port=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')
+  cfg=$T/registry.yml
+  printf 'version: 0.1\nlog:\n  level: error\n  accesslog:\n    disabled: true\nstorage:\n  filesystem:\n    rootdirectory: %s\nhttp:\n  addr: 127.0.0.1:%s\n' "$T/registry" "$port" >"$cfg"
+  docker-registry serve "$cfg" >"$T/registry.log" 2>&1 &
+  pid=$!
+  for _ in $(seq 100); do (echo >"/dev/tcp/127.0.0.1/$port") 2>/dev/null && break; sleep 0.1; done
+  r=127.0.0.1:$port
+  for w in ${WORKLOADS:-steps parallel}; do
+    for i in $(seq "$N"); do
+      fresh a; cold=$(timed env RBUILD_ROOT="$T/a" "$R" build --progress plain "$W/$w")
+      fresh a; cmax=$(timed env RBUILD_ROOT="$T/a" "$R" build --progress plain --cache-to "type=registry,ref=$r/cache-$w-$i:max,mode=max" "$W/$w")
+      fresh a; push=$(timed env RBUILD_ROOT="$T/a" "$R" build --progress plain -t "$r/plain-$w-$i:1" --push "$W/$w")
+      fresh a; pinl=$(timed env RBUILD_ROOT="$T/a" "$R" build --progress plain -t "$r/inline-$w-$i:1" --push --cache-to type=inline "$W/$w")
+      fresh b; bmax=$(timed env RBUILD_ROOT="$T/b" "$R" build --progress plain --cache-from "type=registry,ref=$r/cache-$w-$i:max" "$W/$w")
+      fresh b; binl=$(timed env RBUILD_ROOT="$T/b" "$R" build --progress plain --cache-from "$r/inline-$w-$i:1" "$W/$w")
+      echo "$w run$i registry cold=${cold}s cold+reg-max=${cmax}s (+$(echo "$cmax - $cold" | bc)s) push=${push}s push+inline=${pinl}s (+$(echo "$pinl - $push" | bc)s) B-reg-max=${bmax}s B-inline=${binl}s"
+    done
+  done
+  kill "$pid"; wait "$pid" 2>/dev/null || true
+}
+[ "${REGISTRY:-1}" = 0 ] || bench_registry

@@ -14,14 +14,19 @@
 #
 #   bench/registry.sh [SIZE_MIB]      (default 600; needs ~8x that in free disk)
 #
-# Uses a release build of rbuild (cargo build --release -p rbuild).
+# Uses a release build of rbuild (cargo build --release -p rbuild), or the
+# binary $RBUILD names (to measure another build against the same peers).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 size_mib=${1:-600}
 command -v docker-registry >/dev/null || { echo "docker-registry is missing: apt-get install docker-registry"; exit 1; }
 command -v skopeo >/dev/null || { echo "skopeo is missing: apt-get install skopeo"; exit 1; }
-cargo build --release -p rbuild >/dev/null 2>&1 || cargo build --release -p rbuild
-rb=$PWD/target/release/rbuild
+if [ -n "${RBUILD:-}" ]; then
+  rb=$(realpath "$RBUILD")
+else
+  cargo build --release -p rbuild >/dev/null 2>&1 || cargo build --release -p rbuild
+  rb=$PWD/target/release/rbuild
+fi
 work=$(mktemp -d "${TMPDIR:-/tmp}/rbuild-regbench.XXXXXX")
 port=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')
 reg=127.0.0.1:$port

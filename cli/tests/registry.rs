@@ -562,6 +562,23 @@ impl Double {
     }
 }
 
+thread_local! {
+    /// The `Range` header of the request a double's route is answering.
+    static REQUEST_RANGE: std::cell::RefCell<Option<String>> = const { std::cell::RefCell::new(None) };
+}
+
+/// The start of the request's `Range: bytes=N-`, in a double's route.
+fn request_range_start() -> Option<usize> {
+    REQUEST_RANGE.with(|r| {
+        r.borrow()
+            .as_deref()?
+            .strip_prefix("bytes=")?
+            .strip_suffix('-')?
+            .parse()
+            .ok()
+    })
+}
+
 fn serve(s: TcpStream, route: &Route, seen: &Mutex<Vec<String>>) {
     let _ = s.set_read_timeout(Some(Duration::from_secs(10)));
     let mut r = BufReader::new(s.try_clone().unwrap());
@@ -577,6 +594,7 @@ fn serve(s: TcpStream, route: &Route, seen: &Mutex<Vec<String>>) {
             parts.next().unwrap_or("").to_owned(),
         );
         let mut auth = None;
+        let mut range = None;
         let mut len = 0usize;
         let mut chunked = false;
         loop {
@@ -591,6 +609,7 @@ fn serve(s: TcpStream, route: &Route, seen: &Mutex<Vec<String>>) {
             if let Some((k, v)) = h.split_once(':') {
                 match k.to_ascii_lowercase().as_str() {
                     "authorization" => auth = Some(v.trim().to_owned()),
+                    "range" => range = Some(v.trim().to_owned()),
                     "content-length" => len = v.trim().parse().unwrap_or(0),
                     "transfer-encoding" => chunked = v.trim().eq_ignore_ascii_case("chunked"),
                     _ => {}
@@ -609,20 +628,32 @@ fn serve(s: TcpStream, route: &Route, seen: &Mutex<Vec<String>>) {
             }
             b
         };
-        seen.lock().unwrap().push(format!(
-            "{method} {path} {}",
-            auth.as_deref().unwrap_or("-")
-        ));
+        seen.lock().unwrap().push(match &range {
+            Some(r) => format!(
+                "{method} {path} {} range={r}",
+                auth.as_deref().unwrap_or("-")
+            ),
+            None => format!("{method} {path} {}", auth.as_deref().unwrap_or("-")),
+        });
+        REQUEST_RANGE.with(|r| r.replace(range));
         let (status, headers, body) = route(&method, &path, auth.as_deref(), &body);
         if status == 0 {
             // The registry dies: the connection closes without an answer.
             return;
         }
         if status == 1 {
-            // It dies while sending: half the body of a full-length answer.
+            // It dies while sending: half the body of a full-length answer
+            // (or as many bytes as an `x-cut` header says).
+            let cut = headers
+                .iter()
+                .find(|(k, _)| k == "x-cut")
+                .and_then(|(_, v)| v.parse().ok())
+                .unwrap_or(body.len() / 2);
             let head = format!("HTTP/1.1 200 OK\r\nContent-Length: {}\r\n\r\n", body.len());
             let _ = w.write_all(head.as_bytes());
-            let _ = w.write_all(&body[..body.len() / 2]);
+            let _ = w.write_all(&body[..cut]);
+            let _ = w.flush();
+            let _ = w.shutdown(std::net::Shutdown::Both);
             return;
         }
         let mut out = format!("HTTP/1.1 {status} X\r\nContent-Length: {}\r\n", body.len());
@@ -1145,6 +1176,10 @@ fn push_falls_back_to_a_monolithic_put_and_to_an_upload_when_a_mount_is_refused(
 #[derive(Default)]
 struct Flaky {
     broken: bool,
+    /// The next layer GET without a range sends this many bytes and dies.
+    cut_once_after: Option<usize>,
+    /// Answers 200 with the whole blob to a GET with a `Range`.
+    ignore_range: bool,
     blobs: std::collections::HashMap<String, Vec<u8>>,
     uploads: std::collections::HashMap<String, Vec<u8>>,
     manifests: std::collections::HashMap<String, Vec<u8>>,
@@ -1196,6 +1231,21 @@ fn flaky_route(
         };
         if m == "HEAD" {
             return (200, vec![], Vec::new());
+        }
+        if b.len() > 1000 && !s.broken {
+            if let Some(from) = request_range_start().filter(|_| !s.ignore_range) {
+                let range = format!("bytes {from}-{}/{}", b.len() - 1, b.len());
+                return (
+                    206,
+                    vec![("Content-Range".into(), range)],
+                    b[from..].to_vec(),
+                );
+            }
+            if request_range_start().is_none() {
+                if let Some(n) = s.cut_once_after.take() {
+                    return (1, vec![("x-cut".into(), n.to_string())], b);
+                }
+            }
         }
         // Layers (not the small config) are cut while broken.
         return (if s.broken && b.len() > 1000 { 1 } else { 200 }, vec![], b);
@@ -1291,6 +1341,75 @@ fn a_registry_dying_during_a_push_or_a_pull_leaves_the_store_unchanged_and_a_ret
     let out = fresh.ok(&["pull", &image]);
     assert!(out.contains(&format!("Digest: {digest}")), "{out}");
     assert_eq!(image_id(&fresh, &image), image_id(&env, "big"));
+}
+
+#[test]
+fn a_download_cut_midway_goes_on_with_a_range_or_starts_again_when_ranges_are_ignored() {
+    let state = Arc::new(Mutex::new(Flaky::default()));
+    let st = Arc::clone(&state);
+    let d = Double::start(Arc::new(
+        move |m: &str, path: &str, _a: Option<&str>, body: &[u8]| flaky_route(&st, m, path, body),
+    ));
+    let env = Env::new();
+    let tar = env.path("rootfs.tar");
+    mixed_rootfs(&tar);
+    env.ok(&["import", tar.to_str().unwrap(), "mixed:1"]);
+    let image = format!("127.0.0.1:{}/cut/mixed:1", d.port);
+    env.ok(&["tag", "mixed:1", &image]);
+    env.ok(&["push", &image]);
+    let layer = {
+        let s = state.lock().unwrap();
+        let (_, b) = s
+            .blobs
+            .iter()
+            .max_by_key(|(_, b)| b.len())
+            .expect("a layer was pushed");
+        assert!(b.len() > 2 << 20, "{}", b.len());
+        s.blobs
+            .iter()
+            .find(|(_, v)| v.len() == b.len())
+            .map(|(k, _)| k.clone())
+            .unwrap()
+    };
+    let layer_gets = |d: &Double| -> Vec<String> {
+        d.seen
+            .lock()
+            .unwrap()
+            .iter()
+            .filter(|l| l.starts_with("GET ") && l.contains(&layer))
+            .cloned()
+            .collect()
+    };
+    let cut = 1 << 20;
+    for ignore_range in [false, true] {
+        d.seen.lock().unwrap().clear();
+        {
+            let mut s = state.lock().unwrap();
+            s.cut_once_after = Some(cut);
+            s.ignore_range = ignore_range;
+        }
+        let fresh = Env::new();
+        let out = fresh.ok(&["pull", &image]);
+        assert!(out.contains("Pull complete"), "{out}");
+        assert_eq!(image_id(&fresh, &image), image_id(&env, "mixed:1"));
+        let gets = layer_gets(&d);
+        assert_eq!(gets.len(), if ignore_range { 3 } else { 2 }, "{gets:?}");
+        assert!(!gets[0].contains("range="), "{gets:?}");
+        assert!(
+            gets[1].ends_with(&format!("range=bytes={cut}-")),
+            "the second GET asks for the rest: {gets:?}"
+        );
+        if ignore_range {
+            // A 200 to the range: the download starts again, whole.
+            assert!(!gets[2].contains("range="), "{gets:?}");
+        }
+        // The store is whole: its layer reads back (save checks it against
+        // its diff ID) and a pull again finds everything there.
+        let saved = fresh.path("saved.tar");
+        fresh.ok(&["save", "-o", saved.to_str().unwrap(), &image]);
+        let again = fresh.ok(&["pull", &image]);
+        assert!(again.contains("Image is up to date"), "{again}");
+    }
 }
 
 /// A registry double that wants Basic `user:secret` and serves the small image.
@@ -1405,6 +1524,184 @@ fn login_stores_what_works_logout_removes_it_and_a_wrong_password_is_refused() {
     env.ok(&["rmi", &image]);
     let err = env.fails(&["pull", &image]);
     assert!(err.contains("rbuild login"), "{err}");
+}
+
+#[test]
+fn login_without_a_terminal_or_credentials_says_so() {
+    let d = basic_auth_double();
+    let host = format!("127.0.0.1:{}", d.port);
+    let env = Env::new();
+    for args in [
+        vec!["login", host.as_str()],
+        vec!["login", "-u", "user", host.as_str()],
+    ] {
+        let err = env.fails(&args);
+        assert!(
+            err.contains("cannot perform an interactive login from a non TTY device")
+                && err.contains("--password-stdin")
+                && err.contains(&host),
+            "{args:?}: {err}"
+        );
+    }
+    assert!(
+        !env.path("docker-config/config.json").exists(),
+        "a failed login wrote the config"
+    );
+    assert!(d.seen.lock().unwrap().is_empty(), "the registry was asked");
+}
+
+/// The diff IDs with a `layer-sources/` record in `env`'s store.
+fn layer_source_records(env: &Env) -> Vec<String> {
+    let mut v: Vec<String> = fs_err::read_dir(env.root().join("layer-sources"))
+        .map(|rd| {
+            rd.map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+                .collect()
+        })
+        .unwrap_or_default();
+    v.sort();
+    v
+}
+
+#[test]
+fn layer_source_records_go_with_their_layers_on_rmi_and_prune() {
+    let reg = Registry::start();
+    let env = Env::new();
+    env.import_rootfs("one:1", "records-one");
+    env.import_rootfs("two:1", "records-two");
+    let (a, b) = (
+        format!("{}/rec/one:1", reg.host()),
+        format!("{}/rec/two:1", reg.host()),
+    );
+    env.ok(&["tag", "one:1", &a]);
+    env.ok(&["tag", "two:1", &b]);
+    env.ok(&["push", &a]);
+    env.ok(&["push", &b]);
+    let diff_of = |name: &str| -> String {
+        let v: serde_json::Value = serde_json::from_str(&env.ok(&["inspect", name])).unwrap();
+        v[0]["RootFS"]["Layers"][0]
+            .as_str()
+            .unwrap()
+            .trim_start_matches("sha256:")
+            .to_owned()
+    };
+    let (da, db) = (diff_of(&a), diff_of(&b));
+    let mut both = vec![da.clone(), db.clone()];
+    both.sort();
+    assert_eq!(layer_source_records(&env), both);
+    // rmi of one image: its layer goes, and so does its record; the other stays.
+    env.ok(&["rmi", "one:1", &a]);
+    assert_eq!(layer_source_records(&env), vec![db.clone()]);
+    // A pull records where the layer came from; prune removes it with the layer.
+    env.ok(&["pull", &a]);
+    let mut both = vec![da, db];
+    both.sort();
+    assert_eq!(layer_source_records(&env), both);
+    env.ok(&["image", "prune", "-a", "-f"]);
+    assert_eq!(layer_source_records(&env), Vec::<String>::new());
+    let blobs: Vec<String> = common::snapshot(&env.root().join("blobs"))
+        .into_iter()
+        .filter(|l| !l.ends_with('/'))
+        .collect();
+    assert_eq!(blobs, Vec::<String>::new());
+}
+
+/// Runs `rbuild ARGS` on a pseudo-terminal (python3's pty), answering each
+/// prompt in `answers` (prompt, reply) as it appears; returns what the
+/// terminal showed and the exit status.
+fn on_a_pty(env: &Env, args: &[&str], answers: &[(&str, &str)]) -> (String, i32) {
+    assert!(have("python3"), "python3 is missing: install python3");
+    let script = r#"
+import os, pty, sys, json, select, time
+args, answers = json.loads(sys.argv[1]), json.loads(sys.argv[2])
+pid, fd = pty.fork()
+if pid == 0:
+    os.execv(args[0], args)
+seen, i, deadline = b"", 0, time.time() + 30
+while time.time() < deadline:
+    r, _, _ = select.select([fd], [], [], 0.2)
+    if r:
+        try:
+            data = os.read(fd, 4096)
+        except OSError:
+            break
+        if not data:
+            break
+        seen += data
+    if i < len(answers) and seen.decode("utf-8", "replace").endswith(answers[i][0]):
+        time.sleep(0.2)
+        os.write(fd, answers[i][1].encode() + b"\r")
+        i += 1
+_, status = os.waitpid(pid, 0)
+sys.stdout.write(seen.decode("utf-8", "replace"))
+sys.exit(os.waitstatus_to_exitcode(status))
+"#;
+    let mut argv = vec![common::BIN.to_owned()];
+    argv.extend(args.iter().map(|a| (*a).to_owned()));
+    let answers: Vec<[&str; 2]> = answers.iter().map(|(p, r)| [*p, *r]).collect();
+    let o = Command::new("python3")
+        .args([
+            "-c",
+            script,
+            &serde_json::to_string(&argv).unwrap(),
+            &serde_json::to_string(&answers).unwrap(),
+        ])
+        .env("RBUILD_ROOT", env.root())
+        .env("DOCKER_CONFIG", env.path("docker-config"))
+        .env("REGISTRY_AUTH_FILE", env.path("podman-auth.json"))
+        .output()
+        .unwrap();
+    (
+        String::from_utf8_lossy(&o.stdout).into_owned(),
+        o.status.code().unwrap_or(-1),
+    )
+}
+
+#[test]
+fn login_on_a_terminal_asks_for_the_username_and_the_password_without_echo() {
+    let d = basic_auth_double();
+    let host = format!("127.0.0.1:{}", d.port);
+    let env = Env::new();
+    let config = env.path("docker-config/config.json");
+    let (shown, code) = on_a_pty(
+        &env,
+        &["login", &host],
+        &[("Username: ", "user"), ("Password: ", "secret")],
+    );
+    assert_eq!(code, 0, "{shown}");
+    assert!(
+        shown.contains("Username: user"),
+        "the username is echoed: {shown:?}"
+    );
+    assert!(
+        !shown.contains("secret"),
+        "the password was echoed: {shown:?}"
+    );
+    assert!(shown.contains("Login Succeeded"), "{shown:?}");
+    let stored: serde_json::Value =
+        serde_json::from_str(&fs_err::read_to_string(&config).unwrap()).unwrap();
+    assert_eq!(
+        stored["auths"][&host]["auth"].as_str(),
+        Some(base64_encode(b"user:secret").as_str()),
+        "{stored}"
+    );
+    env.ok(&["logout", &host]);
+    // With -u, only the password is asked; a wrong one is refused and not stored.
+    let (shown, code) = on_a_pty(
+        &env,
+        &["login", "-u", "user", &host],
+        &[("Password: ", "nope")],
+    );
+    assert_ne!(code, 0, "{shown}");
+    assert!(!shown.contains("Username:"), "{shown:?}");
+    assert!(
+        !shown.contains("nope"),
+        "the password was echoed: {shown:?}"
+    );
+    assert!(
+        shown.contains("incorrect username or password"),
+        "{shown:?}"
+    );
+    assert!(!fs_err::read_to_string(&config).unwrap().contains(&host));
 }
 
 #[test]
@@ -1669,6 +1966,158 @@ fn build_push_and_registry_outputs_push_what_was_built() {
     assert!(err.contains("pushing needs a name"), "{err}");
 }
 
+/// The layers (digest, size) in `image`'s manifest (`skopeo inspect --raw`).
+fn manifest_layers(image: &str) -> Vec<(String, u64)> {
+    skopeo();
+    let o = Command::new("skopeo")
+        .args([
+            "inspect",
+            "--raw",
+            "--tls-verify=false",
+            &format!("docker://{image}"),
+        ])
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    v["layers"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|l| {
+            (
+                l["digest"].as_str().unwrap().to_owned(),
+                l["size"].as_u64().unwrap(),
+            )
+        })
+        .collect()
+}
+
+/// A rootfs tar of a few MiB: random files (which the push stores) and
+/// text (which it compresses), the same bytes every time.
+fn mixed_rootfs(path: &std::path::Path) {
+    let mut x: u64 = 0x853c_49e6_748f_ea9b;
+    let mut b = tar::Builder::new(Vec::new());
+    for i in 0..3 {
+        let random: Vec<u8> = (0..(1 << 20) + 777 * i)
+            .map(|_| {
+                x ^= x << 13;
+                x ^= x >> 7;
+                x ^= x << 17;
+                x.to_le_bytes()[0]
+            })
+            .collect();
+        let text: Vec<u8> = format!("line {i} of a text file in a layer\n")
+            .bytes()
+            .cycle()
+            .take((1 << 20) + 333 * i)
+            .collect();
+        for (name, data) in [
+            (format!("bin/r{i}"), random),
+            (format!("doc/t{i}.txt"), text),
+        ] {
+            let mut h = tar::Header::new_gnu();
+            h.set_size(data.len() as u64);
+            h.set_mode(0o644);
+            h.set_mtime(1_600_000_000);
+            h.set_cksum();
+            b.append_data(&mut h, &name, &data[..]).unwrap();
+        }
+    }
+    fs_err::write(path, b.into_inner().unwrap()).unwrap();
+}
+
+#[test]
+fn pushed_layers_are_the_same_bytes_on_one_core_or_all_and_compression_level_applies() {
+    assert!(have("taskset"), "taskset is missing: install util-linux");
+    let reg = Registry::start();
+    let cores = std::thread::available_parallelism().map_or(1, std::num::NonZero::get);
+    assert!(
+        cores > 1,
+        "this test needs more than one CPU to compare with one"
+    );
+    // The same layer in two stores, pushed on one core and on all of them.
+    let mut digests = Vec::new();
+    for (name, one_core) in [("one-core", true), ("all-cores", false)] {
+        let env = Env::new();
+        let tar = env.path("rootfs.tar");
+        mixed_rootfs(&tar);
+        env.ok(&["import", tar.to_str().unwrap(), "mixed:1"]);
+        let image = format!("{}/{name}/mixed:1", reg.host());
+        env.ok(&["tag", "mixed:1", &image]);
+        let mut c = if one_core {
+            let mut c = Command::new("taskset");
+            c.args(["-c", "0", common::BIN]);
+            c
+        } else {
+            Command::new(common::BIN)
+        };
+        let o = c
+            .args(["push", &image])
+            .env("RBUILD_ROOT", env.root())
+            .env("DOCKER_CONFIG", env.path("docker-config"))
+            .output()
+            .unwrap();
+        let out = String::from_utf8_lossy(&o.stdout).into_owned();
+        assert!(
+            o.status.success(),
+            "{out}{}",
+            String::from_utf8_lossy(&o.stderr)
+        );
+        digests.push(manifest_layers(&image));
+    }
+    // (The images differ: each import has its own creation time.)
+    assert_eq!(digests[0], digests[1], "the thread count changed the bytes");
+    let default_size = digests[0][0].1;
+    // The random half is stored: the layer is more than 3 MiB.
+    assert!(default_size > 3 << 20, "{default_size}");
+
+    // compression-level= of a build's push: each level is its own bytes
+    // (fresh registries, so nothing is reused), and both pull back.
+    let env = build_env();
+    let ctx = env.path("ctx-level");
+    fs_err::create_dir_all(&ctx).unwrap();
+    mixed_rootfs(&ctx.join("rootfs.tar"));
+    fs_err::write(
+        ctx.join("Dockerfile"),
+        "FROM busybox\nADD rootfs.tar /data/\n",
+    )
+    .unwrap();
+    let ctx = ctx.to_str().unwrap();
+    let mut sizes = Vec::new();
+    for level in ["0", "9"] {
+        let reg = Registry::start();
+        let name = format!("{}/lvl:{level}", reg.host());
+        env.ok(&[
+            "build",
+            "-q",
+            "--output",
+            &format!("type=registry,name={name},compression-level={level}"),
+            ctx,
+        ]);
+        let size = manifest_layers(&name).last().unwrap().1;
+        let fresh = Env::new();
+        fresh.ok(&["pull", &name]);
+        assert_eq!(image_id(&fresh, &name), image_id(&env, &name));
+        sizes.push(size);
+        drop(reg);
+    }
+    // Level 0 stores everything (more than the 6 MiB of data); level 9
+    // compresses the text.
+    assert!(sizes[0] > 6 << 20, "{sizes:?}");
+    assert!(sizes[1] < 4 << 20, "{sizes:?}");
+    let err = env.fails(&[
+        "build",
+        "--output",
+        "type=registry,name=x/y:1,compression-level=12",
+        ctx,
+    ]);
+    assert!(
+        err.contains("compression-level=12 is out of range for gzip (0-9)"),
+        "{err}"
+    );
+}
+
 #[test]
 fn on_a_terminal_pull_and_push_show_a_bar_per_layer() {
     assert!(have("script"), "script is missing: install util-linux");
@@ -1689,6 +2138,7 @@ fn on_a_terminal_pull_and_push_show_a_bar_per_layer() {
     };
     let out = in_tty(&env, &format!("push {image}"));
     assert!(out.contains('\u{1b}'), "no terminal rendering: {out:?}");
+    assert!(out.contains("B/s"), "no byte counts and rate: {out:?}");
     assert!(out.contains(": Pushed"), "{out:?}");
     let digest = pushed_digest(&out);
     let fresh = Env::new();

@@ -56,6 +56,15 @@ pub enum CacheError {
         #[source]
         source: rbuild_solver::ExecError,
     },
+    /// A registry's cache (`type=registry`, an image's inline cache).
+    #[error("{reference}: {source}")]
+    Registry {
+        reference: String,
+        #[source]
+        source: Box<rbuild_registry::Error>,
+    },
+    #[error("{reference}: {reason}")]
+    Remote { reference: String, reason: String },
 }
 
 fn io(path: &Path) -> impl FnOnce(std::io::Error) -> CacheError + '_ {
@@ -75,11 +84,81 @@ pub enum CacheMode {
     Max,
 }
 
-/// One `--cache-to type=local,dest=DIR[,mode=...]`.
+/// One `--cache-to type=local,dest=DIR[,mode=...][,compression=...]`.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct CacheExport {
     pub dest: PathBuf,
     pub mode: CacheMode,
+    /// How new layer blobs are compressed (`compression=gzip|zstd`).
+    pub compression: Compression,
+    /// `ignore-error=true`: a failed export is a warning.
+    pub ignore_error: bool,
+}
+
+/// Where an imported cache's blobs come from: an OCI layout directory or a
+/// registry (see [`crate::cache_registry`]).
+pub enum CacheSource {
+    Local(PathBuf),
+    Registry(Box<crate::cache_registry::RemoteCache>),
+}
+
+/// A blob of a source as a file: the layout's own, or a verified download
+/// removed when dropped.
+enum BlobFile {
+    Path(PathBuf),
+    Temp(tempfile::TempPath),
+}
+
+impl std::ops::Deref for BlobFile {
+    type Target = Path;
+    fn deref(&self) -> &Path {
+        match self {
+            BlobFile::Path(p) => p,
+            BlobFile::Temp(t) => t,
+        }
+    }
+}
+
+impl CacheSource {
+    /// The source as messages name it (a directory or a reference).
+    pub fn name(&self) -> String {
+        match self {
+            CacheSource::Local(dir) => dir.display().to_string(),
+            CacheSource::Registry(r) => r.name().to_owned(),
+        }
+    }
+
+    /// The blob `d` as a file (a registry's is downloaded and verified).
+    fn blob_file(&self, d: &Digest) -> Result<BlobFile, CacheError> {
+        match self {
+            CacheSource::Local(dir) => {
+                let p = blob_path(dir, d);
+                if p.is_file() {
+                    Ok(BlobFile::Path(p))
+                } else {
+                    Err(CacheError::Invalid {
+                        path: dir.clone(),
+                        reason: format!("blob {d} is missing"),
+                    })
+                }
+            }
+            CacheSource::Registry(r) => r.fetch_blob(d).map(BlobFile::Temp),
+        }
+    }
+}
+
+/// The compression of a blob, by its first bytes.
+fn blob_compression(path: &Path) -> Compression {
+    use std::io::Read as _;
+    let mut magic = [0u8; 4];
+    let n = fs_err::File::open(path)
+        .and_then(|mut f| f.read(&mut magic))
+        .unwrap_or(0);
+    match &magic[..n] {
+        [0x1f, 0x8b, ..] => Compression::Gzip,
+        [0x28, 0xb5, 0x2f, 0xfd] => Compression::Zstd,
+        _ => Compression::None,
+    }
 }
 
 /// The cache description: the config blob of the cache manifest.
@@ -281,11 +360,58 @@ pub fn export_local(
     imported: Option<&ImportedRecords>,
     opts: &CacheExport,
 ) -> Result<ExportReport, CacheError> {
+    export_layout(worker, graph, outputs, target, imported, opts, None)
+}
+
+/// Blobs of an export left in a registry source rather than copied into
+/// the layout: digest → (the source's index, its descriptor).
+pub(crate) type Foreign = HashMap<Digest, (usize, Descriptor)>;
+
+/// [`export_local`]; with `foreign`, the layers of records a registry
+/// source holds and this build never unpacked are not downloaded: they are
+/// named in the manifest and listed in `foreign` (a registry export mounts
+/// or copies them from there).
+pub(crate) fn export_layout(
+    worker: &LocalWorker,
+    graph: &BuildGraph,
+    outputs: &Outputs,
+    target: VertexId,
+    imported: Option<&ImportedRecords>,
+    opts: &CacheExport,
+    mut foreign: Option<&mut Foreign>,
+) -> Result<ExportReport, CacheError> {
     let dir = &opts.dest;
     let blobs_dir = dir.join("blobs").join("sha256");
     fs_err::create_dir_all(&blobs_dir).map_err(io(&blobs_dir))?;
     let _lock = lock_dir(dir)?;
+    let config = describe(
+        worker,
+        graph,
+        outputs,
+        target,
+        imported,
+        opts,
+        foreign.as_deref_mut(),
+        false,
+    )?;
+    write_layout(dir, &config, foreign.as_deref())
+}
 
+/// The cache description of a solve; the layer blobs are written into the
+/// layout `opts.dest` (with `digest_only`, nothing is written: each layer is
+/// named by its diff ID, as the inline cache names an image's layers).
+#[allow(clippy::too_many_arguments)]
+pub(crate) fn describe(
+    worker: &LocalWorker,
+    graph: &BuildGraph,
+    outputs: &Outputs,
+    target: VertexId,
+    imported: Option<&ImportedRecords>,
+    opts: &CacheExport,
+    mut foreign: Option<&mut Foreign>,
+    digest_only: bool,
+) -> Result<CacheConfig, CacheError> {
+    let dir = &opts.dest;
     let mut config = CacheConfig::default();
     let mut layer_of: HashMap<SnapshotId, usize> = HashMap::new();
     let mut copied: HashMap<(usize, usize), usize> = HashMap::new();
@@ -322,9 +448,15 @@ pub fn export_local(
         // A result answered lazily from an imported cache and never
         // needed is not here: its imported layers are copied over.
         let available = s.available_result().filter(|_| wants_layers);
-        if wants_layers && available.is_none() {
+        if wants_layers && available.is_none() && !digest_only {
             if let Some(imported) = imported {
-                let copy = imported.copy_layers(&s.key, dir, &mut config, &mut copied)?;
+                let copy = imported.copy_layers(
+                    &s.key,
+                    dir,
+                    &mut config,
+                    &mut copied,
+                    foreign.as_deref_mut(),
+                )?;
                 if let Some((top, at)) = copy {
                     layer = Some(top);
                     created = at;
@@ -348,6 +480,8 @@ pub fn export_local(
                         &mut layer_of,
                         link,
                         layer,
+                        opts.compression,
+                        digest_only,
                     )?);
                 }
                 created = chain.last().and_then(|l| l.created);
@@ -358,14 +492,32 @@ pub fn export_local(
             description: vertex.description.name.clone(),
             inputs,
             by_inputs,
-            explain: Some(KeyParts::of(&vertex.op, &s.key_inputs)),
+            // A step answered from an imported record keeps that record's
+            // parts (a lazily imported step's key was found by its inputs'
+            // keys, without the content checksums the machine that ran it
+            // had): the same build gives the same description everywhere.
+            explain: imported
+                .and_then(|i| i.explain_of(&s.key))
+                .or_else(|| Some(KeyParts::of(&vertex.op, &s.key_inputs))),
             layer,
             created_at: rfc3339(created),
         });
     }
 
-    let config_bytes = serde_json::to_vec(&config).map_err(|e| CacheError::Invalid {
-        path: dir.clone(),
+    Ok(config)
+}
+
+/// Writes the config, manifest and `index.json` of `config` into the layout
+/// `dir` (its layer blobs are there, or in `foreign`), then removes the blobs
+/// no longer referenced.
+fn write_layout(
+    dir: &Path,
+    config: &CacheConfig,
+    foreign: Option<&Foreign>,
+) -> Result<ExportReport, CacheError> {
+    let blobs_dir = dir.join("blobs").join("sha256");
+    let config_bytes = serde_json::to_vec(config).map_err(|e| CacheError::Invalid {
+        path: dir.to_path_buf(),
         reason: e.to_string(),
     })?;
     let config_digest = put_bytes(dir, &config_bytes)?;
@@ -373,11 +525,14 @@ pub fn export_local(
     let mut listed = BTreeSet::new();
     for l in &config.layers {
         if listed.insert(l.blob.clone()) {
-            let size = fs_err::metadata(blob_path(dir, &l.blob))
-                .map_err(io(dir))?
-                .len();
+            if let Some((_, desc)) = foreign.and_then(|f| f.get(&l.blob)) {
+                layers.push(desc.clone());
+                continue;
+            }
+            let path = blob_path(dir, &l.blob);
+            let size = fs_err::metadata(&path).map_err(io(dir))?.len();
             layers.push(Descriptor::new(
-                Compression::Gzip.oci_layer_media_type(),
+                blob_compression(&path).oci_layer_media_type(),
                 l.blob.clone(),
                 size,
             ));
@@ -396,7 +551,7 @@ pub fn export_local(
         extra: BTreeMap::new(),
     };
     let m_bytes = rbuild_oci::json::canonical(&m).map_err(|e| CacheError::Invalid {
-        path: dir.clone(),
+        path: dir.to_path_buf(),
         reason: e.to_string(),
     })?;
     let m_digest = put_bytes(dir, &m_bytes)?;
@@ -417,7 +572,7 @@ pub fn export_local(
         extra: BTreeMap::new(),
     };
     let index_bytes = rbuild_oci::json::canonical(&index).map_err(|e| CacheError::Invalid {
-        path: dir.clone(),
+        path: dir.to_path_buf(),
         reason: e.to_string(),
     })?;
     write_atomic(
@@ -447,6 +602,7 @@ pub fn export_local(
 }
 
 /// Adds the layer of `link` (on `parent`) to the config, writing its blob.
+#[allow(clippy::too_many_arguments)]
 fn add_layer(
     worker: &LocalWorker,
     dir: &Path,
@@ -454,8 +610,32 @@ fn add_layer(
     layer_of: &mut HashMap<SnapshotId, usize>,
     link: &ChainLink,
     parent: Option<usize>,
+    compression: Compression,
+    digest_only: bool,
 ) -> Result<usize, CacheError> {
     if let Some(&i) = layer_of.get(&link.snapshot) {
+        return Ok(i);
+    }
+    if digest_only {
+        let diff_id = worker
+            .chain_layer_diff_id(link)
+            .map_err(|source| CacheError::Layer {
+                snapshot: link.snapshot.to_string(),
+                source,
+            })?;
+        config.layers.push(CacheLayer {
+            blob: diff_id.clone(),
+            diff_id,
+            parent,
+            base: link.base_layer.is_some(),
+            created_at: if link.base_layer.is_some() {
+                None
+            } else {
+                rfc3339(link.created)
+            },
+        });
+        let i = config.layers.len() - 1;
+        layer_of.insert(link.snapshot.clone(), i);
         return Ok(i);
     }
     let blobs_dir = dir.join("blobs").join("sha256");
@@ -465,7 +645,7 @@ fn add_layer(
         .map_err(io(&blobs_dir))?;
     let out = std::io::BufWriter::with_capacity(1 << 20, tmp);
     let (out, digests) = worker
-        .write_chain_layer(link, out, Compression::Gzip)
+        .write_chain_layer(link, out, compression)
         .map_err(|source| CacheError::Layer {
             snapshot: link.snapshot.to_string(),
             source,
@@ -485,7 +665,14 @@ fn add_layer(
         diff_id: digests.diff_id,
         parent,
         base: link.base_layer.is_some(),
-        created_at: rfc3339(link.created),
+        // A base image's layer is unpacked as the image's own: when this
+        // machine unpacked it is not part of the cache (it would make the
+        // description differ from machine to machine).
+        created_at: if link.base_layer.is_some() {
+            None
+        } else {
+            rfc3339(link.created)
+        },
     });
     let i = config.layers.len() - 1;
     layer_of.insert(link.snapshot.clone(), i);
@@ -538,12 +725,55 @@ fn read_blob(dir: &Path, d: &Digest) -> Result<Vec<u8>, CacheError> {
 /// Seconds and nanoseconds since the Unix epoch.
 type Created = (i64, u32);
 
+/// A layer blob of a source, decompressed, opened at the first read: a
+/// layer applied already is neither read nor downloaded.
+struct LazyLayer<'a> {
+    src: &'a CacheSource,
+    blob: &'a Digest,
+    open: Option<(BlobFile, Decoder)>,
+}
+
+impl LazyLayer<'_> {
+    fn start(&self) -> std::io::Result<(BlobFile, Decoder)> {
+        let blob = self.blob;
+        let file = self
+            .src
+            .blob_file(blob)
+            .map_err(|e| std::io::Error::other(crate::error::one_line(&e)))?;
+        // A layout's blob is checked against its digest before any of it
+        // is applied (a registry's download was checked as it came).
+        if let BlobFile::Path(path) = &file {
+            let mut check = HashingReader::new(fs_err::File::open(path)?);
+            std::io::copy(&mut check, &mut std::io::sink())?;
+            let (_, digest, _) = check.finish();
+            if digest != *blob {
+                return Err(std::io::Error::other(format!(
+                    "cache blob {blob} in {} does not match its digest",
+                    self.src.name()
+                )));
+            }
+        }
+        let f = fs_err::File::open(&*file)?;
+        let decoder = Decoder::new(std::io::BufReader::with_capacity(256 * 1024, f))?;
+        Ok((file, decoder))
+    }
+}
+
+impl std::io::Read for LazyLayer<'_> {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        if self.open.is_none() {
+            self.open = Some(self.start()?);
+        }
+        self.open.as_mut().map_or(Ok(0), |(_, d)| d.read(buf))
+    }
+}
+
 /// The records of every `--cache-from` source, asked by the solver on a
 /// miss in the local index. A record's layers are unpacked only when the
 /// solver asks for its key.
 pub struct ImportedRecords {
     worker: LocalWorker,
-    sources: Vec<(PathBuf, CacheConfig)>,
+    sources: Vec<(CacheSource, CacheConfig)>,
     /// Key → (source, record), the first source that has it.
     by_key: HashMap<CacheKey, (usize, usize)>,
     /// A record's key by its inputs' keys → its key.
@@ -554,6 +784,17 @@ pub struct ImportedRecords {
 
 impl ImportedRecords {
     pub fn new(worker: LocalWorker, sources: Vec<(PathBuf, CacheConfig)>) -> Self {
+        Self::with_sources(
+            worker,
+            sources
+                .into_iter()
+                .map(|(dir, c)| (CacheSource::Local(dir), c))
+                .collect(),
+        )
+    }
+
+    /// The records of sources of any kind (directories, registries).
+    pub fn with_sources(worker: LocalWorker, sources: Vec<(CacheSource, CacheConfig)>) -> Self {
         let mut by_key: HashMap<CacheKey, (usize, usize)> = HashMap::new();
         for (s, (_, config)) in sources.iter().enumerate() {
             for (r, record) in config.records.iter().enumerate() {
@@ -584,6 +825,31 @@ impl ImportedRecords {
         }
     }
 
+    /// The registry source at `index` (of a [`Foreign`] blob).
+    pub(crate) fn remote(&self, index: usize) -> Option<&crate::cache_registry::RemoteCache> {
+        match self.sources.get(index) {
+            Some((CacheSource::Registry(r), _)) => Some(r),
+            _ => None,
+        }
+    }
+
+    /// The key parts of the imported record for `key`, when one has them.
+    fn explain_of(&self, key: &CacheKey) -> Option<KeyParts> {
+        self.sources
+            .iter()
+            .flat_map(|(_, c)| &c.records)
+            .find(|r| r.key == *key && r.explain.is_some())
+            .and_then(|r| r.explain.clone())
+    }
+
+    /// The registry sources.
+    pub(crate) fn remotes(&self) -> impl Iterator<Item = &crate::cache_registry::RemoteCache> {
+        self.sources.iter().filter_map(|(s, _)| match s {
+            CacheSource::Registry(r) => Some(&**r),
+            CacheSource::Local(_) => None,
+        })
+    }
+
     /// How many records the sources hold.
     pub fn len(&self) -> usize {
         self.by_key.len()
@@ -603,20 +869,39 @@ impl ImportedRecords {
         dest: &Path,
         config: &mut CacheConfig,
         copied: &mut HashMap<(usize, usize), usize>,
+        mut foreign: Option<&mut Foreign>,
     ) -> Result<Option<(usize, Option<Created>)>, CacheError> {
         let Some(&(source, record)) = self.by_key.get(key) else {
             return Ok(None);
         };
-        let (dir, src) = &self.sources[source];
+        let (from_source, src) = &self.sources[source];
         let record = &src.records[record];
         let Some(chain) = record.layer.and_then(|top| src.chain(top)) else {
             return Ok(None);
         };
-        if !chain
-            .iter()
-            .all(|&i| blob_path(dir, &src.layers[i].blob).is_file())
-        {
-            return Ok(None);
+        // Every blob of the chain first (a registry's downloaded): a chain
+        // with a blob missing is not copied (its record only links).
+        let mut files = HashMap::new();
+        for &i in &chain {
+            let blob = &src.layers[i].blob;
+            if copied.contains_key(&(source, i)) || blob_path(dest, blob).is_file() {
+                continue;
+            }
+            if let (Some(f), CacheSource::Registry(r)) = (foreign.as_deref_mut(), from_source) {
+                match r.descriptor(blob) {
+                    Some(d) => {
+                        f.insert(blob.clone(), (source, d.clone()));
+                        continue;
+                    }
+                    None => return Ok(None),
+                }
+            }
+            match from_source.blob_file(blob) {
+                Ok(f) => {
+                    files.insert(i, f);
+                }
+                Err(_) => return Ok(None),
+            }
         }
         let mut parent = None;
         for i in chain {
@@ -626,13 +911,13 @@ impl ImportedRecords {
             }
             let layer = &src.layers[i];
             let to = blob_path(dest, &layer.blob);
-            if !to.is_file() {
-                let from = blob_path(dir, &layer.blob);
+            if let Some(from) = files.get(&i) {
+                let from: &Path = from;
                 let tmp = tempfile::Builder::new()
                     .prefix(".tmp-copy-")
                     .tempfile_in(to.parent().unwrap_or(dest))
                     .map_err(io(dest))?;
-                let mut r = fs_err::File::open(&from).map_err(io(&from))?;
+                let mut r = fs_err::File::open(from).map_err(io(from))?;
                 let mut w = tmp.reopen().map_err(io(&to))?;
                 std::io::copy(&mut r, &mut w).map_err(io(&to))?;
                 w.sync_all().map_err(io(&to))?;
@@ -654,10 +939,10 @@ impl ImportedRecords {
     }
 
     fn unpack(&self, source: usize, top: usize) -> Result<SnapshotId, String> {
-        let (dir, config) = &self.sources[source];
+        let (src, config) = &self.sources[source];
         let chain = config
             .chain(top)
-            .ok_or_else(|| format!("{}: a layer chain of the cache is broken", dir.display()))?;
+            .ok_or_else(|| format!("{}: a layer chain of the cache is broken", src.name()))?;
         let mut parent: Option<SnapshotId> = None;
         for i in chain {
             if let Some(id) = self.unpacked.lock().expect("unpacked").get(&(source, i)) {
@@ -665,26 +950,13 @@ impl ImportedRecords {
                 continue;
             }
             let layer = &config.layers[i];
-            let path = blob_path(dir, &layer.blob);
-            // The compressed blob is checked against its digest before any
-            // of it is applied.
-            let mut check = HashingReader::new(
-                fs_err::File::open(&path).map_err(|e| format!("cache blob {}: {e}", layer.blob))?,
-            );
-            std::io::copy(&mut check, &mut std::io::sink())
-                .map_err(|e| format!("cache blob {}: {e}", layer.blob))?;
-            let (_, digest, _) = check.finish();
-            if digest != layer.blob {
-                return Err(format!(
-                    "cache blob {} in {} does not match its digest",
-                    layer.blob,
-                    dir.display()
-                ));
-            }
-            let file =
-                fs_err::File::open(&path).map_err(|e| format!("cache blob {}: {e}", layer.blob))?;
-            let decoder = Decoder::new(std::io::BufReader::with_capacity(256 * 1024, file))
-                .map_err(|e| format!("cache blob {}: {e}", layer.blob))?;
+            // Fetched (and checked) only when the layer is applied: a base
+            // layer this machine has already is not downloaded.
+            let decoder = LazyLayer {
+                src,
+                blob: &layer.blob,
+                open: None,
+            };
             let created = layer
                 .created_at
                 .as_deref()

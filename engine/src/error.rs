@@ -70,6 +70,16 @@ pub enum BuildError {
         #[source]
         source: crate::cache::CacheError,
     },
+    /// `--cache-to type=registry` could not be written.
+    #[error("exporting cache to {reference}")]
+    CacheExportRegistry {
+        reference: String,
+        #[source]
+        source: crate::cache::CacheError,
+    },
+    /// `--cache-to type=inline`: the cache description could not be made.
+    #[error("preparing the inline cache")]
+    CacheInline(#[source] crate::cache::CacheError),
 }
 
 /// Why an export failed.

@@ -147,8 +147,9 @@ pub struct RegistryExporter {
     /// Tagged in the store and pushed.
     pub names: Vec<Reference>,
     pub registry: crate::transfer::RegistryOptions,
-    /// How layers are compressed (`compression=`; gzip by default).
-    pub compression: rbuild_snapshotter::Compression,
+    /// How layers are compressed (`compression=`, `compression-level=`;
+    /// gzip at its default level by default).
+    pub compression: crate::transfer::PushCompression,
 }
 
 impl Exporter for RegistryExporter {

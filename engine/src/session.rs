@@ -68,6 +68,13 @@ pub struct BuildRequest {
     pub cache_from: Vec<PathBuf>,
     /// `--cache-to type=local,dest=DIR`: where the build's records go.
     pub cache_to: Vec<crate::cache::CacheExport>,
+    /// `--cache-from type=registry,ref=REF` or `--cache-from IMAGE`: caches
+    /// (or images with an inline cache) in registries, after `cache_from`.
+    pub cache_from_registry: Vec<String>,
+    /// `--cache-to type=registry,ref=REF`.
+    pub cache_to_registry: Vec<crate::cache_registry::RegistryExport>,
+    /// `--cache-to type=inline`: the records travel in the image's config.
+    pub cache_inline: bool,
     /// `--explain-cache`: say why each step that ran missed the imported
     /// records.
     pub explain_cache: bool,
@@ -184,7 +191,7 @@ pub fn build(
         reporter.warning(w);
     }
     let worker = start_worker(req, &store)?;
-    let imported = import_caches(req, &plan, &worker, reporter);
+    let imported = import_caches(req, &plan, &worker, &store, reporter);
     let outputs = solve(
         req,
         &plan,
@@ -200,9 +207,35 @@ pub fn build(
         .ok_or(BuildError::TargetNotSolved)?
         .result
         .clone();
-    let plan = set_created(plan, &worker, &target);
+    let mut plan = set_created(plan, &worker, &target);
+    if req.cache_inline {
+        let id = side_id(&plan, side_imports(req) + side_exports(req));
+        let name = "preparing build cache for export".to_owned();
+        let inline = side_vertex(reporter, id, name, || {
+            crate::cache_registry::inline_cache(
+                &worker,
+                &store,
+                &plan.graph,
+                &outputs,
+                plan.target,
+                imported.as_deref(),
+            )
+        })
+        .map_err(BuildError::CacheInline)?;
+        plan.image
+            .extra
+            .insert(crate::cache_registry::INLINE_CACHE_KEY.to_owned(), inline);
+    }
     let id = export(req, &plan, &worker, &store, &target, exporter, reporter)?;
-    export_caches(req, &plan, &worker, &outputs, imported.as_deref(), reporter)?;
+    export_caches(
+        req,
+        &plan,
+        &worker,
+        &store,
+        &outputs,
+        imported.as_deref(),
+        reporter,
+    )?;
     if req.explain_cache {
         match &imported {
             Some(imported) => {
@@ -259,6 +292,16 @@ fn side_id(plan: &BuildPlan, n: usize) -> VertexId {
     VertexId(u32::try_from(plan.graph.len() + 1 + n).unwrap_or(u32::MAX))
 }
 
+/// How many side vertices the imports take.
+fn side_imports(req: &BuildRequest) -> usize {
+    req.cache_from.len() + req.cache_from_registry.len()
+}
+
+/// How many side vertices the exports take.
+fn side_exports(req: &BuildRequest) -> usize {
+    req.cache_to.len() + req.cache_to_registry.len()
+}
+
 /// `--cache-from`: reads every source's records (each a step in progress,
 /// `importing cache manifest from DIR`); one that is missing or unreadable
 /// is a warning and the build goes on without it.
@@ -266,9 +309,10 @@ fn import_caches(
     req: &BuildRequest,
     plan: &BuildPlan,
     worker: &LocalWorker,
+    store: &Store,
     reporter: &mut dyn Reporter,
 ) -> Option<Arc<crate::cache::ImportedRecords>> {
-    if req.cache_from.is_empty() {
+    if side_imports(req) == 0 {
         return None;
     }
     let mut sources = Vec::new();
@@ -278,7 +322,7 @@ fn import_caches(
             crate::cache::read_local(dir)
         });
         match read {
-            Ok(config) => sources.push((dir.clone(), config)),
+            Ok(config) => sources.push((crate::cache::CacheSource::Local(dir.clone()), config)),
             Err(e) => reporter.warning(&format!(
                 "cache import from {} failed, building without it: {}",
                 dir.display(),
@@ -286,7 +330,21 @@ fn import_caches(
             )),
         }
     }
-    Some(Arc::new(crate::cache::ImportedRecords::new(
+    for (n, reference) in req.cache_from_registry.iter().enumerate() {
+        let name = format!("importing cache manifest from {reference}");
+        let id = side_id(plan, req.cache_from.len() + n);
+        let read = side_vertex(reporter, id, name, || {
+            crate::cache_registry::import(store, reference, &req.registry)
+        });
+        match read {
+            Ok(source) => sources.push(source),
+            Err(e) => reporter.warning(&format!(
+                "cache import from {reference} failed, building without it: {}",
+                crate::error::one_line(&e)
+            )),
+        }
+    }
+    Some(Arc::new(crate::cache::ImportedRecords::with_sources(
         worker.clone(),
         sources,
     )))
@@ -298,20 +356,61 @@ fn export_caches(
     req: &BuildRequest,
     plan: &BuildPlan,
     worker: &LocalWorker,
+    store: &Store,
     outputs: &rbuild_solver::Outputs,
     imported: Option<&crate::cache::ImportedRecords>,
     reporter: &mut dyn Reporter,
 ) -> Result<(), BuildError> {
     for (n, to) in req.cache_to.iter().enumerate() {
         let name = format!("exporting cache to {}", to.dest.display());
-        let id = side_id(plan, req.cache_from.len() + n);
-        side_vertex(reporter, id, name, || {
+        let id = side_id(plan, side_imports(req) + n);
+        let done = side_vertex(reporter, id, name, || {
             crate::cache::export_local(worker, &plan.graph, outputs, plan.target, imported, to)
-        })
-        .map_err(|source| BuildError::CacheExport {
-            dest: to.dest.clone(),
-            source,
-        })?;
+        });
+        match done {
+            Ok(_) => {}
+            Err(e) if to.ignore_error => reporter.warning(&format!(
+                "exporting cache to {} failed (ignore-error=true): {}",
+                to.dest.display(),
+                crate::error::one_line(&e)
+            )),
+            Err(source) => {
+                return Err(BuildError::CacheExport {
+                    dest: to.dest.clone(),
+                    source,
+                });
+            }
+        }
+    }
+    for (n, to) in req.cache_to_registry.iter().enumerate() {
+        let name = format!("exporting cache to {}", to.reference);
+        let id = side_id(plan, side_imports(req) + req.cache_to.len() + n);
+        let done = side_vertex(reporter, id, name, || {
+            crate::cache_registry::export(
+                worker,
+                store,
+                &plan.graph,
+                outputs,
+                plan.target,
+                imported,
+                to,
+                &req.registry,
+            )
+        });
+        match done {
+            Ok(_) => {}
+            Err(e) if to.ignore_error => reporter.warning(&format!(
+                "exporting cache to {} failed (ignore-error=true): {}",
+                to.reference,
+                crate::error::one_line(&e)
+            )),
+            Err(source) => {
+                return Err(BuildError::CacheExportRegistry {
+                    reference: to.reference.clone(),
+                    source,
+                });
+            }
+        }
     }
     Ok(())
 }

@@ -393,29 +393,13 @@ async fn pull_async(
         );
         tasks.spawn(async move {
             let _permit = sem.acquire_owned().await;
-            let total = desc.size;
-            let ptx = tx.clone();
-            let pid = sid.clone();
-            let last = std::sync::atomic::AtomicU64::new(0);
-            let progress = move |n: u64| {
-                // At most one event per MiB (and the last one).
-                let prev = last.load(std::sync::atomic::Ordering::Relaxed);
-                // (A retried download starts again from 0.)
-                if n < prev || n - prev >= 1 << 20 || n == total {
-                    last.store(n, std::sync::atomic::Ordering::Relaxed);
-                    let _ = ptx.send(TransferEvent::Progress {
-                        id: pid.clone(),
-                        current: n,
-                        total,
-                    });
-                }
-            };
+            let progress = layer_progress(&tx, &sid, desc.size);
             let out = staging.join(format!("layer-{i}"));
-            // Downloaded and unpacked at once; a transfer that breaks is
-            // started again from the beginning.
+            // Downloaded and unpacked at once; a transfer that breaks goes
+            // on where it stopped, else starts again from the beginning.
             let mut attempt = 0;
             let got = loop {
-                match fetch_layer(&client, &remote, &desc, &out, &progress).await {
+                match fetch_layer(&client, &remote, &desc, &out, &*progress).await {
                     Ok(d) => break d,
                     Err(LayerFailure::Registry(e))
                         if e.is_transient() && attempt < client.options().retries =>
@@ -581,6 +565,7 @@ async fn fetch_layer(
         f.sync_all()?;
         Ok(d)
     });
+    let mut resumed = 0;
     let fed = loop {
         match stream.next().await {
             Ok(Some(chunk)) => {
@@ -591,6 +576,17 @@ async fn fetch_layer(
                 }
             }
             Ok(None) => break Ok(()),
+            // A transfer that broke goes on from the bytes received (the
+            // decoder waits); a registry that ignores the range makes the
+            // caller start again.
+            Err(e) if e.is_transient() && resumed < client.options().retries => {
+                resumed += 1;
+                tokio::time::sleep(client.options().backoff * resumed).await;
+                match client.resume_blob_stream(remote, &mut stream).await {
+                    Ok(true) => {}
+                    Ok(false) | Err(_) => break Err(e),
+                }
+            }
             Err(e) => break Err(e),
         }
     };
@@ -604,13 +600,31 @@ async fn fetch_layer(
     unpacked.map_err(LayerFailure::Io)
 }
 
+/// How pushed layers are compressed: gzip (as docker) or zstd (an OCI
+/// manifest), at `level` (the snapshotter's default when `None`). A layer
+/// the registry has in that compression already is used as it is, whatever
+/// its level (as BuildKit does without `force-compression`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct PushCompression {
+    pub compression: Compression,
+    pub level: Option<u32>,
+}
+
+impl From<Compression> for PushCompression {
+    fn from(compression: Compression) -> Self {
+        Self {
+            compression,
+            level: None,
+        }
+    }
+}
+
 /// Pushes the image tagged `name` to its registry, its layers compressed
-/// with `compression` (gzip as docker; zstd gives an OCI manifest); reports to
-/// `report`.
+/// as `compression` says; reports to `report`.
 pub fn push(
     store: &Store,
     name: &str,
-    compression: Compression,
+    compression: impl Into<PushCompression>,
     opts: &RegistryOptions,
     report: &mut dyn FnMut(TransferEvent),
 ) -> Result<Pushed, TransferError> {
@@ -620,7 +634,7 @@ pub fn push(
         .map_err(|_| TransferError::NoLocalImage(r.to_string()))?;
     let rt = runtime()?;
     let (tx, mut rx) = mpsc::unbounded_channel();
-    let job = push_async(store.clone(), r, img, compression, opts.clone(), tx);
+    let job = push_async(store.clone(), r, img, compression.into(), opts.clone(), tx);
     rt.block_on(async move {
         let mut job = std::pin::pin!(job);
         loop {
@@ -681,7 +695,7 @@ struct LayerPush {
     store: Store,
     remote: RemoteRef,
     diff_id: Digest,
-    compression: Compression,
+    compression: PushCompression,
     scratch: PathBuf,
     tx: mpsc::UnboundedSender<TransferEvent>,
 }
@@ -708,7 +722,10 @@ async fn push_layer(job: LayerPush) -> Result<Descriptor, PushFailure> {
     let sources: Vec<LayerSource> = store
         .layer_sources(&diff_id)
         .into_iter()
-        .filter(|s| s.registry == remote.registry && compression_of(&s.media_type) == compression)
+        .filter(|s| {
+            s.registry == remote.registry
+                && compression_of(&s.media_type) == compression.compression
+        })
         .rev()
         .collect();
     // Known here: the same repository first, then the others (mounts).
@@ -754,6 +771,7 @@ async fn push_layer(job: LayerPush) -> Result<Descriptor, PushFailure> {
     // Compressed while it is sent, as docker does; a registry that does not
     // take it so gets it from a file (with retries).
     status("Pushing".into());
+    let progress = layer_progress(&tx, &sid, store.blob_size(&diff_id).unwrap_or(0));
     match push_streamed(
         &client,
         &store,
@@ -761,6 +779,7 @@ async fn push_layer(job: LayerPush) -> Result<Descriptor, PushFailure> {
         &diff_id,
         compression,
         upload_at.take(),
+        progress,
     )
     .await
     {
@@ -787,7 +806,11 @@ async fn push_layer(job: LayerPush) -> Result<Descriptor, PushFailure> {
         .await
         .map_err(|e| (Some(io::Error::other(e.to_string())), None, None))?
         .map_err(|e| (None, None, Some(e)))?;
-    let desc = Descriptor::new(layer_media_type(compression), digests.0.clone(), digests.1);
+    let desc = Descriptor::new(
+        layer_media_type(compression.compression),
+        digests.0.clone(),
+        digests.1,
+    );
     let src = LayerSource {
         digest: desc.digest.clone(),
         media_type: desc.media_type.clone(),
@@ -821,12 +844,14 @@ async fn push_streamed(
     store: &Store,
     remote: &RemoteRef,
     diff_id: &Digest,
-    compression: Compression,
+    compression: PushCompression,
     started: Option<String>,
+    progress: Progress,
 ) -> Result<Descriptor, PushFailure> {
     let (txc, rxc) = mpsc::channel::<io::Result<bytes::Bytes>>(4);
     let (s2, d2) = (store.clone(), diff_id.clone());
-    let producer = tokio::task::spawn_blocking(move || compress_into(&s2, &d2, compression, &txc));
+    let producer =
+        tokio::task::spawn_blocking(move || compress_into(&s2, &d2, compression, &txc, &*progress));
     let stream = futures_util::stream::unfold(rxc, |mut rx| async move {
         rx.recv().await.map(|item| (item, rx))
     });
@@ -845,7 +870,7 @@ async fn push_streamed(
         .await
         .map_err(|e| (None, Some(e), None))?;
     Ok(Descriptor::new(
-        layer_media_type(compression),
+        layer_media_type(compression.compression),
         digest,
         size.load(std::sync::atomic::Ordering::Relaxed),
     ))
@@ -857,8 +882,9 @@ async fn push_streamed(
 fn compress_into(
     store: &Store,
     diff_id: &Digest,
-    compression: Compression,
+    compression: PushCompression,
     tx: &mpsc::Sender<io::Result<bytes::Bytes>>,
+    progress: &(dyn Fn(u64) + Send + Sync),
 ) -> rbuild_image::Result<(Digest, u64)> {
     let result = (|| {
         let threads = std::thread::available_parallelism().map_or(2, std::num::NonZero::get);
@@ -866,11 +892,18 @@ fn compress_into(
             tx.blocking_send(Ok(bytes::Bytes::from(c)))
                 .map_err(|_| io::Error::new(io::ErrorKind::BrokenPipe, "the upload stopped"))
         });
-        let mut blob = store.open_blob(diff_id)?;
-        let (mut out, d) =
-            rbuild_snapshotter::compress::write_layer(out, compression, threads, |w| {
-                io::copy(&mut blob, w).map(drop)
-            })?;
+        let mut blob = Counted {
+            inner: store.open_blob(diff_id)?,
+            n: 0,
+            progress,
+        };
+        let (mut out, d) = rbuild_snapshotter::compress::write_layer_at(
+            out,
+            compression.compression,
+            compression.level,
+            threads,
+            |w| io::copy(&mut blob, w).map(drop),
+        )?;
         out.flush()?;
         if d.diff_id != *diff_id {
             return Err(rbuild_image::Error::DigestMismatch {
@@ -884,6 +917,44 @@ fn compress_into(
         let _ = tx.blocking_send(Err(io::Error::other(e.to_string())));
     }
     result
+}
+
+/// A callback given the bytes of a layer moved so far.
+type Progress = Box<dyn Fn(u64) + Send + Sync>;
+
+/// [`TransferEvent::Progress`] of the layer `id` (`total` bytes) into `tx`,
+/// at most one per MiB (and the last one).
+fn layer_progress(tx: &mpsc::UnboundedSender<TransferEvent>, id: &str, total: u64) -> Progress {
+    let (tx, id) = (tx.clone(), id.to_owned());
+    let last = std::sync::atomic::AtomicU64::new(0);
+    Box::new(move |n: u64| {
+        let prev = last.load(std::sync::atomic::Ordering::Relaxed);
+        // (A retried transfer starts again from 0.)
+        if n < prev || n - prev >= 1 << 20 || n == total {
+            last.store(n, std::sync::atomic::Ordering::Relaxed);
+            let _ = tx.send(TransferEvent::Progress {
+                id: id.clone(),
+                current: n,
+                total,
+            });
+        }
+    })
+}
+
+/// A reader that reports the bytes read through it.
+struct Counted<'a, R> {
+    inner: R,
+    n: u64,
+    progress: &'a (dyn Fn(u64) + Send + Sync),
+}
+
+impl<R: io::Read> io::Read for Counted<'_, R> {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        let k = self.inner.read(buf)?;
+        self.n += k as u64;
+        (self.progress)(self.n);
+        Ok(k)
+    }
 }
 
 /// Remembers that `diff_id` is `src`'s blob in `remote`'s repository too.
@@ -902,15 +973,19 @@ fn record(store: &Store, diff_id: &Digest, src: &LayerSource, remote: &RemoteRef
 fn compress(
     store: &Store,
     diff_id: &Digest,
-    compression: Compression,
+    compression: PushCompression,
     dest: &Path,
 ) -> rbuild_image::Result<(Digest, u64)> {
     let threads = std::thread::available_parallelism().map_or(2, std::num::NonZero::get);
     let out = io::BufWriter::with_capacity(256 * 1024, fs_err::File::create(dest)?);
     let mut blob = store.open_blob(diff_id)?;
-    let (out, d) = rbuild_snapshotter::compress::write_layer(out, compression, threads, |w| {
-        io::copy(&mut blob, w).map(drop)
-    })?;
+    let (out, d) = rbuild_snapshotter::compress::write_layer_at(
+        out,
+        compression.compression,
+        compression.level,
+        threads,
+        |w| io::copy(&mut blob, w).map(drop),
+    )?;
     let mut f = out.into_inner().map_err(io::IntoInnerError::into_error)?;
     f.flush()?;
     if d.diff_id != *diff_id {
@@ -926,7 +1001,7 @@ async fn push_async(
     store: Store,
     r: Reference,
     img: rbuild_image::Image,
-    compression: Compression,
+    compression: PushCompression,
     opts: RegistryOptions,
     tx: mpsc::UnboundedSender<TransferEvent>,
 ) -> Result<Pushed, TransferError> {

@@ -462,9 +462,14 @@ impl Store {
         Ok(out)
     }
 
-    /// Removes a blob, whichever way it is kept.
+    /// Removes a blob, whichever way it is kept, and what the store knows of
+    /// it in registries (its `layer-sources/` record).
     fn remove_blob(&self, d: &Digest) -> Result<()> {
-        for p in [self.blob_path(d), self.snap_layer_path(d)] {
+        for p in [
+            self.blob_path(d),
+            self.snap_layer_path(d),
+            self.layer_sources_path(d),
+        ] {
             match std::fs::remove_file(p) {
                 Ok(()) => {}
                 Err(e) if e.kind() == io::ErrorKind::NotFound => {}
@@ -1061,6 +1066,22 @@ impl Store {
             }
         }
         events.extend(layer_events);
+        // Records of layers that are gone (left by a store of before they
+        // went with their layer).
+        if let Ok(rd) = std::fs::read_dir(self.layout.layer_sources()) {
+            for e in rd.flatten() {
+                let name = e.file_name();
+                let Some(d) = name
+                    .to_str()
+                    .and_then(|h| Digest::parse(&format!("sha256:{h}")).ok())
+                else {
+                    continue;
+                };
+                if !used.contains(&d) {
+                    let _ = std::fs::remove_file(e.path());
+                }
+            }
+        }
         Ok((events, reclaimed))
     }
 }

@@ -350,16 +350,36 @@ impl Client {
     }
 
     async fn blob_response(&self, r: &RemoteRef, digest: &Digest) -> Result<reqwest::Response> {
+        self.blob_response_from(r, digest, 0).await
+    }
+
+    /// GET of a blob, from byte `from` on (`Range: bytes=FROM-`) when not 0.
+    async fn blob_response_from(
+        &self,
+        r: &RemoteRef,
+        digest: &Digest,
+        from: u64,
+    ) -> Result<reqwest::Response> {
         let host = self.host(&r.registry).await?;
         let scopes = [repo_scope(&r.repository, false)];
         let url = format!("/v2/{}/blobs/{digest}", r.repository);
+        let mut h = HeaderMap::new();
+        if from > 0 {
+            h.insert(
+                reqwest::header::RANGE,
+                HeaderValue::from_str(&format!("bytes={from}-")).map_err(|e| Error::Protocol {
+                    registry: r.registry.clone(),
+                    reason: e.to_string(),
+                })?,
+            );
+        }
         let resp = self
             .send(
                 &host,
                 &scopes,
                 &Method::GET,
                 &url,
-                &HeaderMap::new(),
+                &h,
                 &BodySource::Empty,
                 self.opts.retries,
             )
@@ -390,6 +410,34 @@ impl Client {
             what: format!("blob {} of {r}", desc.digest),
             registry: r.registry.clone(),
         })
+    }
+
+    /// Continues `stream`, which broke, where it stopped: a GET with
+    /// `Range: bytes=N-` for the N bytes received (and hashed) so far. True
+    /// when the registry sent the rest (206 from byte N: the stream goes on,
+    /// its digest still over the whole blob); false when it ignored the range
+    /// (200: the caller starts again from the beginning) or the stream had
+    /// no bytes yet.
+    pub async fn resume_blob_stream(&self, r: &RemoteRef, stream: &mut BlobStream) -> Result<bool> {
+        let from = stream.n;
+        if from == 0 || from >= stream.desc.size {
+            return Ok(false);
+        }
+        let resp = self
+            .blob_response_from(r, &stream.desc.digest, from)
+            .await?;
+        let continues = resp.status() == StatusCode::PARTIAL_CONTENT
+            && resp
+                .headers()
+                .get(reqwest::header::CONTENT_RANGE)
+                .and_then(|v| v.to_str().ok())
+                .and_then(|v| v.strip_prefix("bytes "))
+                .and_then(|v| v.split_once('-'))
+                .is_some_and(|(start, _)| start.trim().parse::<u64>().ok() == Some(from));
+        if continues {
+            stream.resp = resp;
+        }
+        Ok(continues)
     }
 
     /// Downloads a blob to `path` (created or truncated), streaming, checking

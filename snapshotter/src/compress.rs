@@ -71,6 +71,22 @@ impl Format {
 /// Size of the independent gzip members the parallel encoder cuts its input into.
 pub const GZIP_CHUNK: usize = 1 << 20;
 
+/// The gzip level used unless one is asked for (`compression-level=`): see
+/// [`gzip_member`] for what each level does with incompressible data.
+pub const GZIP_DEFAULT_LEVEL: u32 = 6;
+
+/// The zstd level used unless one is asked for.
+pub const ZSTD_DEFAULT_LEVEL: i32 = 3;
+
+/// The levels a compression takes (`compression-level=`), as BuildKit's.
+pub fn level_range(c: Compression) -> Option<std::ops::RangeInclusive<u32>> {
+    match c {
+        Compression::None => None,
+        Compression::Gzip => Some(0..=9),
+        Compression::Zstd => Some(0..=22),
+    }
+}
+
 /// A compressing writer; [`Encoder::finish`] must be called to write the trailer.
 pub enum Encoder<W: Write> {
     None(W),
@@ -79,8 +95,20 @@ pub enum Encoder<W: Write> {
 }
 
 impl<W: Write> Encoder<W> {
-    /// A new encoder; `threads` is the parallelism to use (0 = number of CPUs).
+    /// A new encoder at the default level; `threads` is the parallelism to
+    /// use (0 = number of CPUs).
     pub fn new(inner: W, compression: Compression, threads: usize) -> io::Result<Self> {
+        Self::with_level(inner, compression, None, threads)
+    }
+
+    /// A new encoder at `level` (the default when `None`; see [`level_range`]).
+    /// The output depends on the input and the level only, never on `threads`.
+    pub fn with_level(
+        inner: W,
+        compression: Compression,
+        level: Option<u32>,
+        threads: usize,
+    ) -> io::Result<Self> {
         let threads = if threads == 0 {
             rayon::current_num_threads()
         } else {
@@ -88,9 +116,17 @@ impl<W: Write> Encoder<W> {
         };
         Ok(match compression {
             Compression::None => Encoder::None(inner),
-            Compression::Gzip => Encoder::Gzip(ParallelGzEncoder::new(inner, threads, 6)),
+            Compression::Gzip => Encoder::Gzip(ParallelGzEncoder::new(
+                inner,
+                threads,
+                level.unwrap_or(GZIP_DEFAULT_LEVEL).min(9),
+            )),
             Compression::Zstd => {
-                let mut e = zstd::stream::write::Encoder::new(inner, 3)?;
+                let level = match level {
+                    None | Some(0) => ZSTD_DEFAULT_LEVEL,
+                    Some(l) => i32::try_from(l.min(22)).unwrap_or(ZSTD_DEFAULT_LEVEL),
+                };
+                let mut e = zstd::stream::write::Encoder::new(inner, level)?;
                 // Always the multithreaded mode (even with one worker): its output depends
                 // on the job size, not on the number of workers, so every machine agrees.
                 e.multithread(u32::try_from(threads).unwrap_or(1).max(1))?;
@@ -199,13 +235,55 @@ impl<W: Write> ParallelGzEncoder<W> {
     }
 }
 
-fn gzip_member(data: &[u8], level: u32) -> io::Result<Vec<u8>> {
+/// One gzip member of `data` at `level`. A chunk of at least
+/// [`PROBE_MIN`] bytes that [`incompressible`] judges so is stored (level 0:
+/// deflate's stored blocks), at any level: compressing it would cost far more
+/// and gain nothing (fast levels even make it larger). The choice depends
+/// on the chunk's bytes only, so the output is the same on every machine.
+pub fn gzip_member(data: &[u8], level: u32) -> io::Result<Vec<u8>> {
+    let level = if level > 0 && incompressible(data) {
+        0
+    } else {
+        level
+    };
     let mut e = flate2::GzBuilder::new().mtime(0).write(
         Vec::with_capacity(data.len() / 2 + 64),
         flate2::Compression::new(level),
     );
     e.write_all(data)?;
     e.finish()
+}
+
+/// The smallest chunk [`incompressible`] judges (smaller ones are compressed).
+pub const PROBE_MIN: usize = 64 * 1024;
+
+/// Whether `data` (at least [`PROBE_MIN`] bytes) looks incompressible: four
+/// 4 KiB samples a quarter of it apart, deflated together at level 2
+/// (dynamic Huffman codes, so text of few symbols counts as compressible),
+/// do not shrink below 95 %. Random and already compressed data (packed
+/// archives, media) is; text, code and binaries are not.
+fn incompressible(data: &[u8]) -> bool {
+    const SAMPLE: usize = 4096;
+    if data.len() < PROBE_MIN {
+        return false;
+    }
+    let mut c = flate2::Compress::new(flate2::Compression::new(2), false);
+    let mut out = Vec::with_capacity(8 * SAMPLE);
+    for i in 0..4 {
+        let at = i * (data.len() / 4);
+        let sample = &data[at..at + SAMPLE];
+        let before = c.total_in();
+        if c.compress_vec(sample, &mut out, flate2::FlushCompress::None)
+            .is_err()
+            || c.total_in() - before != SAMPLE as u64
+        {
+            return false;
+        }
+    }
+    match c.compress_vec(&[], &mut out, flate2::FlushCompress::Finish) {
+        Ok(flate2::Status::StreamEnd) => out.len() * 100 >= 4 * SAMPLE * 95,
+        _ => false,
+    }
 }
 
 impl<W: Write> Write for ParallelGzEncoder<W> {
@@ -371,8 +449,23 @@ where
     W: Write,
     F: FnOnce(&mut dyn Write) -> io::Result<()>,
 {
+    write_layer_at(out, compression, None, threads, produce)
+}
+
+/// [`write_layer`] at a compression level (the default when `None`).
+pub fn write_layer_at<W, F>(
+    out: W,
+    compression: Compression,
+    level: Option<u32>,
+    threads: usize,
+    produce: F,
+) -> io::Result<(W, LayerDigests)>
+where
+    W: Write,
+    F: FnOnce(&mut dyn Write) -> io::Result<()>,
+{
     let outer = HashingWriter::new(out);
-    let enc = Encoder::new(outer, compression, threads)?;
+    let enc = Encoder::with_level(outer, compression, level, threads)?;
     let mut inner = HashingWriter::new(io::BufWriter::with_capacity(256 * 1024, enc));
     produce(&mut inner)?;
     let (buf, diff_id, uncompressed_size) = inner.finish();
@@ -430,6 +523,68 @@ mod tests {
         assert_eq!(back, data);
         // gzip header: mtime field (bytes 4..8) is zero.
         assert_eq!(&outs[0][4..8], &[0, 0, 0, 0]);
+    }
+
+    #[test]
+    fn incompressible_chunks_are_stored_and_the_bytes_do_not_depend_on_threads() {
+        // A random chunk, a text chunk, a random one, and a short tail.
+        let mut x: u64 = 0x2545_f491_4f6c_dd1d;
+        let mut random = |n: usize| -> Vec<u8> {
+            (0..n)
+                .map(|_| {
+                    x ^= x << 13;
+                    x ^= x >> 7;
+                    x ^= x << 17;
+                    x.to_le_bytes()[0]
+                })
+                .collect()
+        };
+        let text: Vec<u8> = b"layer digest store image\n"
+            .iter()
+            .copied()
+            .cycle()
+            .take(GZIP_CHUNK)
+            .collect();
+        let mut data = random(GZIP_CHUNK);
+        data.extend_from_slice(&text);
+        data.extend(random(GZIP_CHUNK));
+        data.extend(random(1000));
+        for level in [1, 2, GZIP_DEFAULT_LEVEL, 9] {
+            let mut outs = Vec::new();
+            for threads in [1, 2, 3, 8] {
+                let mut e =
+                    Encoder::with_level(Vec::new(), Compression::Gzip, Some(level), threads)
+                        .unwrap();
+                e.write_all(&data).unwrap();
+                outs.push(e.finish().unwrap());
+            }
+            assert!(outs.iter().all(|o| *o == outs[0]), "level {level}");
+            let mut back = Vec::new();
+            Decoder::new(io::Cursor::new(outs[0].clone()))
+                .unwrap()
+                .read_to_end(&mut back)
+                .unwrap();
+            assert_eq!(back, data);
+            // The random chunks are stored: the first member is the chunk
+            // plus deflate's stored-block framing and gzip's header and trailer.
+            let first = gzip_member(&data[..GZIP_CHUNK], level).unwrap();
+            assert!(first.len() > GZIP_CHUNK, "level {level}: {}", first.len());
+            assert!(
+                first.len() < GZIP_CHUNK + 200,
+                "level {level}: {}",
+                first.len()
+            );
+            assert_eq!(first[3], 0, "no name or extra field");
+            // Text is compressed.
+            let text_member = gzip_member(&text, level).unwrap();
+            assert!(text_member.len() < GZIP_CHUNK / 20, "level {level}");
+        }
+        assert!(incompressible(&random(GZIP_CHUNK)));
+        assert!(!incompressible(&text));
+        assert!(
+            !incompressible(&random(PROBE_MIN - 1)),
+            "too small to judge"
+        );
     }
 
     #[test]

@@ -84,6 +84,15 @@ impl LocalWorker {
         written.map_err(err)
     }
 
+    /// The diff ID of one link's layer, without writing it: a base layer's
+    /// own, else a step's as the image export computes (and remembers) it.
+    pub fn chain_layer_diff_id(&self, link: &ChainLink) -> Result<Digest, ExecError> {
+        match &link.base_layer {
+            Some(d) => Ok(d.clone()),
+            None => crate::export::layer_diff_id(&self.inner, &link.snapshot),
+        }
+    }
+
     /// Applies one imported layer (an uncompressed tar) on `parent`: a
     /// base image's layer (`base`) as when the image is unpacked, a step's
     /// as a snapshot of kind `cache` committed with `created`; either is

@@ -139,6 +139,22 @@ fn cached_layer(inner: &Inner, id: &SnapshotId) -> Option<(Digest, u64, u64)> {
     Some((d, size, content))
 }
 
+/// The diff ID of a committed snapshot's layer: the one an earlier export
+/// remembered, else computed without writing the layer (and remembered, so
+/// the export after it does not diff again).
+pub(crate) fn layer_diff_id(inner: &Inner, id: &SnapshotId) -> Result<Digest, ExecError> {
+    if let Some((d, _, _)) = cached_layer(inner, id) {
+        return Ok(d);
+    }
+    let c = rbuild_snapshotter::snapshots::SnapshotStore::upper_layer_digest(
+        &inner.snapshots.upper(id),
+        inner.epoch,
+    )
+    .map_err(err)?;
+    remember_layer(inner, id, &c);
+    Ok(c.0)
+}
+
 /// Best effort: a cache entry that cannot be written only costs a re-diff.
 fn remember_layer(inner: &Inner, id: &SnapshotId, (d, size, content): &(Digest, u64, u64)) {
     let path = layer_cache_path(inner, id);

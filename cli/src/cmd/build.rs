@@ -74,10 +74,12 @@ pub struct BuildArgs {
     /// Where the result goes instead of the store (`type=docker|oci|tar|local,dest=PATH`)
     #[arg(short = 'o', long, value_name = "SPEC")]
     output: Option<String>,
-    /// Export the build cache (`type=local,dest=DIR[,mode=min|max]`); repeatable
+    /// Export the build cache (`type=local,dest=DIR`, `type=registry,ref=REF`, each
+    /// `[,mode=min|max][,compression=gzip|zstd][,ignore-error=true]`; `type=inline`); repeatable
     #[arg(long = "cache-to", value_name = "SPEC")]
     cache_to: Vec<String>,
-    /// Import a build cache (`type=local,src=DIR`); repeatable, sources merged
+    /// Import a build cache (`type=local,src=DIR`, `type=registry,ref=REF`, or an image
+    /// reference with an inline cache); repeatable, sources merged
     #[arg(long = "cache-from", value_name = "SPEC")]
     cache_from: Vec<String>,
     /// After the build, say why each step that ran missed the --cache-from records
@@ -156,7 +158,7 @@ pub enum OutputSpec {
     Local(PathBuf),
     /// Into the store and pushed to a registry: under `name=` (else the
     /// tags), layers compressed as `compression=` says (gzip by default).
-    Registry(Vec<String>, rbuild_image::Compression),
+    Registry(Vec<String>, rbuild_engine::transfer::PushCompression),
 }
 
 /// Parses `--output`: `type=T,dest=PATH` (`docker` without `dest` means the
@@ -170,6 +172,7 @@ pub fn parse_output(spec: &str) -> anyhow::Result<OutputSpec> {
     let mut names = Vec::new();
     let mut push = None;
     let mut compression = None;
+    let mut level = None;
     for field in spec.split(',') {
         let (k, v) = field
             .split_once('=')
@@ -183,6 +186,12 @@ pub fn parse_output(spec: &str) -> anyhow::Result<OutputSpec> {
                     anyhow!("--output: compression={v:?} (known: gzip, zstd, uncompressed)")
                 })?);
             }
+            "compression-level" => {
+                level =
+                    Some(v.parse::<u32>().map_err(|_| {
+                        anyhow!("--output: compression-level={v:?} is not a number")
+                    })?);
+            }
             "push" => {
                 push = Some(match v {
                     "true" => true,
@@ -191,7 +200,10 @@ pub fn parse_output(spec: &str) -> anyhow::Result<OutputSpec> {
                 });
             }
             _ => {
-                bail!("--output: unknown field {k:?} (known: type, dest, name, push, compression)")
+                bail!(
+                    "--output: unknown field {k:?} (known: type, dest, name, push, compression, \
+                     compression-level)"
+                )
             }
         }
     }
@@ -204,10 +216,30 @@ pub fn parse_output(spec: &str) -> anyhow::Result<OutputSpec> {
     if (!names.is_empty() || push.is_some()) && !matches!(kind.as_str(), "image" | "registry") {
         bail!("--output type={kind} takes no name= or push=");
     }
-    if compression.is_some() && !pushing {
-        bail!("--output: compression= is for pushes (type=registry or type=image,push=true)");
+    if (compression.is_some() || level.is_some()) && !pushing {
+        bail!(
+            "--output: compression= and compression-level= are for pushes (type=registry or \
+             type=image,push=true)"
+        );
     }
     let compression = compression.unwrap_or(rbuild_image::Compression::Gzip);
+    if let Some(l) = level {
+        match rbuild_snapshotter::compress::level_range(compression) {
+            Some(r) if r.contains(&l) => {}
+            Some(r) => bail!(
+                "--output: compression-level={l} is out of range for {} ({}-{})",
+                if compression == rbuild_image::Compression::Zstd {
+                    "zstd"
+                } else {
+                    "gzip"
+                },
+                r.start(),
+                r.end()
+            ),
+            None => bail!("--output: compression-level= needs gzip or zstd compression"),
+        }
+    }
+    let compression = rbuild_engine::transfer::PushCompression { compression, level };
     Ok(match kind.as_str() {
         _ if pushing => OutputSpec::Registry(names, compression),
         "docker" | "image" => dest.map_or(OutputSpec::Store, OutputSpec::Docker),
@@ -234,67 +266,146 @@ fn cache_fields(flag: &str, spec: &str) -> anyhow::Result<Vec<(String, String)>>
         .collect()
 }
 
-/// Parses one `--cache-to`: `type=local,dest=DIR[,mode=min|max][,compression=gzip]`.
-pub fn parse_cache_to(spec: &str) -> anyhow::Result<rbuild_engine::cache::CacheExport> {
+/// One `--cache-to`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum CacheTo {
+    Local(rbuild_engine::cache::CacheExport),
+    Registry(rbuild_engine::cache_registry::RegistryExport),
+    Inline,
+}
+
+/// One `--cache-from`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum CacheFrom {
+    Local(PathBuf),
+    /// A cache manifest or an image with an inline cache.
+    Registry(String),
+}
+
+fn true_or_false(flag: &str, k: &str, v: &str) -> anyhow::Result<bool> {
+    match v {
+        "true" => Ok(true),
+        "false" => Ok(false),
+        _ => bail!("{flag}: {k}={v:?} is not true or false"),
+    }
+}
+
+/// Parses one `--cache-to`: `type=local,dest=DIR` or `type=registry,ref=REF`,
+/// each with `[,mode=min|max][,compression=gzip|zstd][,ignore-error=true]`,
+/// or `type=inline`.
+pub fn parse_cache_to(spec: &str) -> anyhow::Result<CacheTo> {
+    use rbuild_engine::cache::CacheMode;
     let mut kind = None;
     let mut dest = None;
-    let mut mode = rbuild_engine::cache::CacheMode::Min;
+    let mut reference = None;
+    let mut mode = None;
+    let mut compression = rbuild_image::Compression::Gzip;
+    let mut ignore_error = false;
     for (k, v) in cache_fields("--cache-to", spec)? {
         match k.as_str() {
             "type" => kind = Some(v),
             "dest" => dest = Some(PathBuf::from(v)),
+            "ref" => reference = Some(v),
             "mode" => {
-                mode = match v.as_str() {
-                    "min" => rbuild_engine::cache::CacheMode::Min,
-                    "max" => rbuild_engine::cache::CacheMode::Max,
+                mode = Some(match v.as_str() {
+                    "min" => CacheMode::Min,
+                    "max" => CacheMode::Max,
                     _ => bail!("--cache-to: mode must be min or max, not {v:?}"),
+                });
+            }
+            "compression" => {
+                compression = match v.as_str() {
+                    "gzip" => rbuild_image::Compression::Gzip,
+                    "zstd" => rbuild_image::Compression::Zstd,
+                    _ => bail!("--cache-to: compression must be gzip or zstd, not {v:?}"),
                 }
             }
-            "compression" if v == "gzip" => {}
-            "compression" => bail!("--cache-to: compression {v:?} is not supported yet (gzip is)"),
-            _ => bail!("--cache-to: unknown field {k:?} (known: type, dest, mode, compression)"),
+            "ignore-error" => ignore_error = true_or_false("--cache-to", &k, &v)?,
+            _ => bail!(
+                "--cache-to: unknown field {k:?} (known: type, dest, ref, mode, compression, ignore-error)"
+            ),
         }
     }
+    let want = |what: Option<String>, field: &str, t: &str| {
+        what.filter(|d| !d.is_empty())
+            .ok_or_else(|| anyhow!("--cache-to type={t} needs {field}"))
+    };
     match kind.as_deref() {
-        Some("local") => {}
-        Some(t @ ("registry" | "inline")) => {
-            bail!("--cache-to: type={t} is not supported yet (type=local is)")
+        Some("local") => {
+            let dest = want(
+                dest.map(|d| d.to_string_lossy().into_owned()),
+                "dest=DIR",
+                "local",
+            )?;
+            Ok(CacheTo::Local(rbuild_engine::cache::CacheExport {
+                dest: PathBuf::from(dest),
+                mode: mode.unwrap_or_default(),
+                compression,
+                ignore_error,
+            }))
         }
-        Some(t) => bail!("--cache-to: unknown type {t:?} (known: local)"),
+        Some("registry") => {
+            let reference = want(reference, "ref=REF", "registry")?;
+            rbuild_image::Reference::parse_tagged(&reference)
+                .map_err(|e| anyhow!("--cache-to ref={reference:?}: {e}"))?;
+            Ok(CacheTo::Registry(
+                rbuild_engine::cache_registry::RegistryExport {
+                    reference,
+                    mode: mode.unwrap_or_default(),
+                    compression,
+                    ignore_error,
+                },
+            ))
+        }
+        Some("inline") => {
+            if mode == Some(CacheMode::Max) {
+                bail!(
+                    "--cache-to type=inline supports mode=min only (use type=registry for mode=max)"
+                );
+            }
+            Ok(CacheTo::Inline)
+        }
+        Some(t) => bail!("--cache-to: unknown type {t:?} (known: local, registry, inline)"),
         None => bail!("--cache-to {spec:?} has no type="),
     }
-    let dest = dest
-        .filter(|d| !d.as_os_str().is_empty())
-        .ok_or_else(|| anyhow!("--cache-to type=local needs dest=DIR"))?;
-    Ok(rbuild_engine::cache::CacheExport { dest, mode })
 }
 
-/// Parses one `--cache-from`: `type=local,src=DIR`.
-pub fn parse_cache_from(spec: &str) -> anyhow::Result<PathBuf> {
+/// Parses one `--cache-from`: `type=local,src=DIR`, `type=registry,ref=REF`
+/// or a bare image reference (a cache manifest or an image with an inline
+/// cache).
+pub fn parse_cache_from(spec: &str) -> anyhow::Result<CacheFrom> {
     if !spec.contains('=') {
-        bail!(
-            "--cache-from {spec:?}: importing the inline cache of an image is not supported yet (type=local,src=DIR is)"
-        );
+        rbuild_image::Reference::parse_tagged(spec)
+            .map_err(|e| anyhow!("--cache-from {spec:?}: {e}"))?;
+        return Ok(CacheFrom::Registry(spec.to_owned()));
     }
     let mut kind = None;
     let mut src = None;
+    let mut reference = None;
     for (k, v) in cache_fields("--cache-from", spec)? {
         match k.as_str() {
             "type" => kind = Some(v),
             "src" => src = Some(PathBuf::from(v)),
-            _ => bail!("--cache-from: unknown field {k:?} (known: type, src)"),
+            "ref" => reference = Some(v),
+            _ => bail!("--cache-from: unknown field {k:?} (known: type, src, ref)"),
         }
     }
     match kind.as_deref() {
-        Some("local") => {}
+        Some("local") => src
+            .filter(|d| !d.as_os_str().is_empty())
+            .map(CacheFrom::Local)
+            .ok_or_else(|| anyhow!("--cache-from type=local needs src=DIR")),
         Some("registry") => {
-            bail!("--cache-from: type=registry is not supported yet (type=local is)")
+            let reference = reference
+                .filter(|r| !r.is_empty())
+                .ok_or_else(|| anyhow!("--cache-from type=registry needs ref=REF"))?;
+            rbuild_image::Reference::parse_tagged(&reference)
+                .map_err(|e| anyhow!("--cache-from ref={reference:?}: {e}"))?;
+            Ok(CacheFrom::Registry(reference))
         }
-        Some(t) => bail!("--cache-from: unknown type {t:?} (known: local)"),
+        Some(t) => bail!("--cache-from: unknown type {t:?} (known: local, registry)"),
         None => bail!("--cache-from {spec:?} has no type="),
     }
-    src.filter(|d| !d.as_os_str().is_empty())
-        .ok_or_else(|| anyhow!("--cache-from type=local needs src=DIR"))
 }
 
 /// Parses one `--secret` and reads its value: `id=ID[,src|source=PATH][,env=VAR]`
@@ -760,20 +871,25 @@ fn prepare(args: &BuildArgs, root: &Path) -> anyhow::Result<Prepared> {
             Ok(r)
         })
         .collect::<anyhow::Result<_>>()?;
-    let cache_to = args
-        .cache_to
-        .iter()
-        .map(|s| parse_cache_to(s))
-        .collect::<anyhow::Result<Vec<_>>>()?;
-    let cache_from = args
-        .cache_from
-        .iter()
-        .map(|s| parse_cache_from(s))
-        .collect::<anyhow::Result<Vec<_>>>()?;
+    let (mut cache_to, mut cache_to_registry, mut cache_inline) = (Vec::new(), Vec::new(), false);
+    for spec in &args.cache_to {
+        match parse_cache_to(spec)? {
+            CacheTo::Local(l) => cache_to.push(l),
+            CacheTo::Registry(r) => cache_to_registry.push(r),
+            CacheTo::Inline => cache_inline = true,
+        }
+    }
+    let (mut cache_from, mut cache_from_registry) = (Vec::new(), Vec::new());
+    for spec in &args.cache_from {
+        match parse_cache_from(spec)? {
+            CacheFrom::Local(dir) => cache_from.push(dir),
+            CacheFrom::Registry(r) => cache_from_registry.push(r),
+        }
+    }
     let output = match (&args.output, args.push) {
         (Some(_), true) => bail!("--push and --output cannot be combined"),
         (Some(o), false) => parse_output(o)?,
-        (None, true) => OutputSpec::Registry(Vec::new(), rbuild_image::Compression::Gzip),
+        (None, true) => OutputSpec::Registry(Vec::new(), rbuild_image::Compression::Gzip.into()),
         (None, false) => OutputSpec::Store,
     };
     let push_names = match &output {
@@ -834,6 +950,9 @@ fn prepare(args: &BuildArgs, root: &Path) -> anyhow::Result<Prepared> {
                 step_log_max_size,
                 cache_from,
                 cache_to,
+                cache_from_registry,
+                cache_to_registry,
+                cache_inline,
                 explain_cache: args.explain_cache,
             },
             dockerfile_src: src,
@@ -937,6 +1056,53 @@ mod tests {
     use super::*;
 
     #[test]
+    fn cache_specs() {
+        use rbuild_engine::cache::CacheMode;
+        let CacheTo::Registry(r) = parse_cache_to(
+            "type=registry,ref=r.io/c:1,mode=max,compression=zstd,ignore-error=true",
+        )
+        .unwrap() else {
+            panic!("not a registry export")
+        };
+        assert_eq!(r.reference, "r.io/c:1");
+        assert_eq!(r.mode, CacheMode::Max);
+        assert_eq!(r.compression, rbuild_image::Compression::Zstd);
+        assert!(r.ignore_error);
+        let CacheTo::Local(l) = parse_cache_to("type=local,dest=/c").unwrap() else {
+            panic!("not a local export")
+        };
+        assert_eq!(
+            (l.mode, l.compression, l.ignore_error),
+            (CacheMode::Min, rbuild_image::Compression::Gzip, false)
+        );
+        assert_eq!(parse_cache_to("type=inline").unwrap(), CacheTo::Inline);
+        for bad in [
+            "type=inline,mode=max",
+            "type=registry",
+            "type=registry,ref=UPPER/x",
+            "type=local,dest=/c,compression=lz4",
+            "type=registry,ref=r/c,ignore-error=maybe",
+            "type=s3,ref=x",
+        ] {
+            assert!(parse_cache_to(bad).is_err(), "{bad}");
+        }
+        assert_eq!(
+            parse_cache_from("r.io/app:1").unwrap(),
+            CacheFrom::Registry("r.io/app:1".into())
+        );
+        assert_eq!(
+            parse_cache_from("type=registry,ref=r.io/c").unwrap(),
+            CacheFrom::Registry("r.io/c".into())
+        );
+        assert_eq!(
+            parse_cache_from("type=local,src=/c").unwrap(),
+            CacheFrom::Local("/c".into())
+        );
+        assert!(parse_cache_from("type=registry").is_err());
+        assert!(parse_cache_from("Bad Ref").is_err());
+    }
+
+    #[test]
     fn output_specs() {
         assert_eq!(
             parse_output("type=docker,dest=/tmp/x.tar").unwrap(),
@@ -957,15 +1123,38 @@ mod tests {
         );
         assert_eq!(
             parse_output("type=image,name=r:5000/a:1,push=true").unwrap(),
-            OutputSpec::Registry(vec!["r:5000/a:1".into()], rbuild_image::Compression::Gzip)
+            OutputSpec::Registry(
+                vec!["r:5000/a:1".into()],
+                rbuild_image::Compression::Gzip.into()
+            )
         );
         assert_eq!(
             parse_output("type=registry").unwrap(),
-            OutputSpec::Registry(Vec::new(), rbuild_image::Compression::Gzip)
+            OutputSpec::Registry(Vec::new(), rbuild_image::Compression::Gzip.into())
         );
         assert_eq!(
             parse_output("type=registry,name=r/a:1,compression=zstd").unwrap(),
-            OutputSpec::Registry(vec!["r/a:1".into()], rbuild_image::Compression::Zstd)
+            OutputSpec::Registry(vec!["r/a:1".into()], rbuild_image::Compression::Zstd.into())
+        );
+        assert_eq!(
+            parse_output("type=image,push=true,name=r/a:1,compression-level=1").unwrap(),
+            OutputSpec::Registry(
+                vec!["r/a:1".into()],
+                rbuild_engine::transfer::PushCompression {
+                    compression: rbuild_image::Compression::Gzip,
+                    level: Some(1)
+                }
+            )
+        );
+        assert_eq!(
+            parse_output("type=registry,compression=zstd,compression-level=19").unwrap(),
+            OutputSpec::Registry(
+                Vec::new(),
+                rbuild_engine::transfer::PushCompression {
+                    compression: rbuild_image::Compression::Zstd,
+                    level: Some(19)
+                }
+            )
         );
         assert_eq!(
             parse_output("type=image,push=false").unwrap(),
@@ -980,6 +1169,11 @@ mod tests {
             "type=image,push=yes",
             "type=oci,dest=x,compression=zstd",
             "type=registry,compression=lz4",
+            "type=registry,compression-level=10",
+            "type=registry,compression=zstd,compression-level=23",
+            "type=registry,compression=uncompressed,compression-level=1",
+            "type=registry,compression-level=fast",
+            "type=oci,dest=x,compression-level=1",
         ] {
             assert!(parse_output(bad).is_err(), "{bad}");
         }

@@ -234,28 +234,83 @@ pub fn login(args: &LoginArgs, root: &Path) -> Result<ExitCode> {
         }
         args.password.clone()
     };
-    let creds = match (&args.username, password) {
+    let creds = match (args.username.clone(), password) {
         (Some(u), Some(p)) => rbuild_registry::Credentials {
-            username: u.clone(),
+            username: u,
             password: p,
             identity_token: None,
         },
-        (None, None) => match config.get(&registry)? {
+        (None, None) if config.get(&registry)?.is_some() => {
             // docker re-checks what it has.
-            Some(c) => {
-                println!("Authenticating with existing credentials...");
-                c
+            println!("Authenticating with existing credentials...");
+            config.get(&registry)?.expect("checked above")
+        }
+        (user, pass) => {
+            // docker asks on a terminal for what is missing.
+            if !std::io::IsTerminal::is_terminal(&std::io::stdin()) {
+                anyhow::bail!(
+                    "cannot perform an interactive login from a non TTY device: give \
+                     --username and --password-stdin (or --password) to log in to {registry}"
+                );
             }
-            None => anyhow::bail!(
-                "no credentials stored for {registry}: give --username and --password-stdin \
-                 (interactive login is not supported)"
-            ),
-        },
-        _ => anyhow::bail!("give both --username and a password (--password-stdin or --password)"),
+            let username = match user {
+                Some(u) => u,
+                None => prompt_line("Username: ")?,
+            };
+            if username.is_empty() {
+                anyhow::bail!("login to {registry}: the username is empty");
+            }
+            let password = match pass {
+                Some(p) => p,
+                None => prompt_secret("Password: ")?,
+            };
+            if password.is_empty() {
+                anyhow::bail!("login to {registry}: the password is empty");
+            }
+            rbuild_registry::Credentials {
+                username,
+                password,
+                identity_token: None,
+            }
+        }
     };
     transfer::login(&registry, &creds, &RegistryOptions::load(root)?, &config)?;
     println!("Login Succeeded");
     Ok(ExitCode::SUCCESS)
+}
+
+/// Prints `prompt` and reads one line from the terminal on stdin.
+fn prompt_line(prompt: &str) -> Result<String> {
+    use std::io::Write as _;
+    print!("{prompt}");
+    std::io::stdout().flush()?;
+    let mut s = String::new();
+    std::io::stdin()
+        .read_line(&mut s)
+        .context("reading the username")?;
+    Ok(s.trim_end_matches(['\n', '\r']).trim().to_owned())
+}
+
+/// Prints `prompt` and reads one line from the terminal on stdin without
+/// echoing it (the terminal's echo is switched off while it is typed).
+fn prompt_secret(prompt: &str) -> Result<String> {
+    use nix::sys::termios::{self, LocalFlags, SetArg};
+    use std::io::Write as _;
+    print!("{prompt}");
+    std::io::stdout().flush()?;
+    let stdin = std::io::stdin();
+    let saved = termios::tcgetattr(&stdin).context("reading the terminal's settings")?;
+    let mut quiet = saved.clone();
+    quiet.local_flags.remove(LocalFlags::ECHO);
+    termios::tcsetattr(&stdin, SetArg::TCSAFLUSH, &quiet)
+        .context("switching the terminal's echo off")?;
+    let mut s = String::new();
+    let read = stdin.read_line(&mut s);
+    let restored = termios::tcsetattr(&stdin, SetArg::TCSAFLUSH, &saved);
+    println!();
+    read.context("reading the password")?;
+    restored.context("restoring the terminal's echo")?;
+    Ok(s.trim_end_matches(['\n', '\r']).to_owned())
 }
 
 pub fn logout(args: &LogoutArgs) -> Result<ExitCode> {

@@ -7,6 +7,8 @@ use std::process::{Command, Output, Stdio};
 
 use sha2::Digest as _;
 
+pub mod registry;
+
 pub const BIN: &str = env!("CARGO_BIN_EXE_rbuild");
 
 /// A state root in a temp dir plus a scratch dir.

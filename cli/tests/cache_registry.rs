@@ -1,0 +1,761 @@
+//! A build cache shared through a registry (`--cache-to type=registry`,
+//! `--cache-from type=registry` or an image, `type=inline`), through the
+//! binary, against a real `docker-registry` on 127.0.0.1: two state roots
+//! (A and B) stand for two machines. What B downloaded is read from the
+//! registry's access log; what the registry holds, from its storage.
+//!
+//! Needs root (steps run in the sandbox), the busybox base from
+//! `testdata/examples/busybox-base.sh` and `docker-registry`; fails saying
+//! what is missing otherwise.
+
+mod common;
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use common::Env;
+use common::registry::Registry;
+
+/// What became of each step of one build, by step name.
+#[derive(Debug, Default)]
+struct Steps {
+    ran: BTreeSet<String>,
+    cached: BTreeSet<String>,
+    /// The whole progress, for assertion messages.
+    log: String,
+}
+
+impl Steps {
+    fn parse(log: &str) -> Self {
+        let mut names = BTreeMap::new();
+        let mut s = Steps {
+            log: log.to_owned(),
+            ..Steps::default()
+        };
+        for line in log.lines().filter(|l| l.starts_with('{')) {
+            let v: serde_json::Value = serde_json::from_str(line)
+                .unwrap_or_else(|e| panic!("bad progress line {line:?}: {e}"));
+            let Some(id) = v["id"].as_u64() else { continue };
+            let name = |names: &BTreeMap<u64, String>| {
+                names
+                    .get(&id)
+                    .unwrap_or_else(|| panic!("event before start: {line}\n{log}"))
+                    .clone()
+            };
+            match v["event"].as_str() {
+                Some("vertex_started") => {
+                    names.insert(id, v["name"].as_str().unwrap().to_owned());
+                }
+                Some("vertex_cached") => {
+                    s.cached.insert(name(&names));
+                }
+                Some("vertex_done") => {
+                    s.ran.insert(name(&names));
+                }
+                _ => {}
+            }
+        }
+        s
+    }
+
+    /// The steps of the Dockerfile (not `[internal]` ones, not the export).
+    fn steps(set: &BTreeSet<String>) -> BTreeSet<String> {
+        set.iter()
+            .filter(|n| n.starts_with('['))
+            .filter(|n| !n.starts_with("[internal]"))
+            .cloned()
+            .collect()
+    }
+}
+
+/// One machine: a state root with a busybox base.
+struct Machine {
+    env: Env,
+}
+
+impl Machine {
+    fn new() -> Self {
+        Self {
+            env: common::build_env(),
+        }
+    }
+
+    /// Another machine with `other`'s busybox base (`save` there, `load`
+    /// here: the same image ID, as a pull of it would give).
+    fn with_base_of(other: &Machine) -> Self {
+        let env = Env::new();
+        let tar = env.path("busybox-save.tar");
+        other
+            .env
+            .ok(&["save", "-o", tar.to_str().unwrap(), "busybox:latest"]);
+        env.ok(&["load", "-q", "-i", tar.to_str().unwrap()]);
+        fs_err::remove_file(&tar).unwrap();
+        Self { env }
+    }
+
+    fn p(&self, rel: &str) -> String {
+        self.env.path(rel).to_string_lossy().into_owned()
+    }
+
+    fn write(&self, rel: &str, text: &str) {
+        let p = self.env.path(rel);
+        fs_err::create_dir_all(p.parent().unwrap()).unwrap();
+        fs_err::write(p, text).unwrap();
+    }
+
+    /// Builds with JSON progress; returns the steps, the image ID and stderr.
+    fn build(&self, args: &[&str]) -> (Steps, String) {
+        let iid = self.p("iid");
+        let _ = std::fs::remove_file(&iid);
+        let mut a = vec!["build", "--progress", "json", "--iidfile", &iid];
+        a.extend_from_slice(args);
+        let o = self.env.run(&a);
+        let (out, err) = (
+            String::from_utf8_lossy(&o.stdout),
+            String::from_utf8_lossy(&o.stderr),
+        );
+        assert!(o.status.success(), "build {args:?} failed:\n{out}\n{err}");
+        let id = fs_err::read_to_string(&iid).unwrap();
+        assert!(id.starts_with("sha256:"), "{id}");
+        (Steps::parse(&err), id)
+    }
+}
+
+/// A multi-stage build with RUN, COPY and a cache mount; the final stage
+/// copies from the other.
+const MULTI: &str = "FROM busybox AS tools\n\
+COPY tool.txt /src/tool.txt\n\
+RUN --mount=type=cache,target=/cache cp /src/tool.txt /cache/t && tr a-z A-Z < /src/tool.txt > /tool.out\n\
+FROM busybox\n\
+COPY app/ /app/\n\
+RUN cat /app/*.txt > /app.out\n\
+COPY --from=tools /tool.out /tool.out\n";
+
+const FROM: &str = "[tools 1/3] FROM docker.io/library/busybox:latest";
+const T2: &str = "[tools 2/3] COPY tool.txt /src/tool.txt";
+const T3: &str = "[tools 3/3] RUN --mount=type=cache,target=/cache cp /src/tool.txt /cache/t && tr a-z A-Z < /src/tool.txt > /tool.out";
+const F2: &str = "[stage-1 2/4] COPY app/ /app/";
+const F3: &str = "[stage-1 3/4] RUN cat /app/*.txt > /app.out";
+const F4: &str = "[stage-1 4/4] COPY --from=tools /tool.out /tool.out";
+
+fn multi_context(m: &Machine, dir: &str) {
+    m.write(&format!("{dir}/Dockerfile"), MULTI);
+    m.write(&format!("{dir}/tool.txt"), "tool one\n");
+    m.write(&format!("{dir}/app/a.txt"), "a1\n");
+    m.write(&format!("{dir}/app/b.txt"), "b1\n");
+}
+
+fn set(v: &[&str]) -> BTreeSet<String> {
+    v.iter().map(|s| (*s).to_owned()).collect()
+}
+
+/// `cat PATH` in image `id` of machine `m`.
+fn cat(m: &Machine, id: &str, path: &str) -> String {
+    m.env.ok(&["run", "--rm", id, "cat", path])
+}
+
+/// A blob of the registry's storage as JSON.
+fn blob_json(reg: &Registry, digest: &str) -> serde_json::Value {
+    let bytes = fs_err::read(reg.blob_data(digest)).unwrap();
+    serde_json::from_slice(&bytes).unwrap_or_else(|e| panic!("blob {digest}: {e}"))
+}
+
+/// The digest `repo:tag` names in the registry's storage.
+fn tag_digest(reg: &Registry, repo: &str, tag: &str) -> String {
+    let link = reg.dir.path().join(format!(
+        "data/docker/registry/v2/repositories/{repo}/_manifests/tags/{tag}/current/link"
+    ));
+    fs_err::read_to_string(link).unwrap().trim().to_owned()
+}
+
+/// The cache manifest and its config under `repo:tag`.
+fn cache_of(reg: &Registry, repo: &str, tag: &str) -> (serde_json::Value, serde_json::Value) {
+    let m = blob_json(reg, &tag_digest(reg, repo, tag));
+    assert_eq!(
+        m["config"]["mediaType"], "application/vnd.rbuild.cache.config.v1+json",
+        "{m}"
+    );
+    let c = blob_json(reg, m["config"]["digest"].as_str().unwrap());
+    (m, c)
+}
+
+/// The layer blobs of the record of step `name`, bottom first, each as
+/// (digest, is a base image's layer).
+fn record_chain(config: &serde_json::Value, name: &str) -> Vec<(String, bool)> {
+    let record = config["records"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|r| r["description"] == name)
+        .unwrap_or_else(|| panic!("no record of {name}: {config}"));
+    let mut next = record["layer"].as_u64();
+    let mut chain = Vec::new();
+    while let Some(i) = next {
+        let l = &config["layers"][usize::try_from(i).unwrap()];
+        chain.push((
+            l["blob"].as_str().unwrap().to_owned(),
+            l["base"].as_bool().unwrap_or(false),
+        ));
+        next = l["parent"].as_u64();
+    }
+    chain.reverse();
+    chain
+}
+
+/// The step layers (not the base's) of `name`'s record.
+fn step_blobs(config: &serde_json::Value, name: &str) -> BTreeSet<String> {
+    record_chain(config, name)
+        .into_iter()
+        .filter(|(_, base)| !base)
+        .map(|(d, _)| d)
+        .collect()
+}
+
+#[test]
+fn a_registry_cache_in_max_mode_makes_a_fresh_machine_run_nothing() {
+    let reg = Registry::start();
+    let a = Machine::new();
+    multi_context(&a, "ctx");
+    let cache = format!("{}/cache/app:max", reg.host());
+    let to = format!("type=registry,ref={cache},mode=max");
+    let (sa, id_a) = a.build(&["--cache-to", &to, &a.p("ctx")]);
+    assert!(
+        sa.ran.contains(&format!("exporting cache to {cache}")),
+        "the export is a step:\n{}",
+        sa.log
+    );
+    // The manifest went last: after every blob upload of the export.
+    let reqs = reg.requests();
+    let put_manifest = reqs
+        .iter()
+        .rposition(|r| r.starts_with("PUT ") && r.contains("/manifests/"))
+        .unwrap_or_else(|| panic!("no manifest PUT: {reqs:?}"));
+    let last_blob = reqs
+        .iter()
+        .rposition(|r| r.starts_with("PUT ") && r.contains("/blobs/uploads/"))
+        .unwrap_or_else(|| panic!("no blob upload: {reqs:?}"));
+    assert!(last_blob < put_manifest, "{reqs:?}");
+    let (m, config) = cache_of(&reg, "cache/app", "max");
+    // mode=max: every step result has its layers.
+    for step in [T2, T3, F2, F3, F4] {
+        assert!(!step_blobs(&config, step).is_empty(), "{step}: {config}");
+    }
+    for l in m["layers"].as_array().unwrap() {
+        assert_eq!(
+            l["mediaType"],
+            "application/vnd.oci.image.layer.v1.tar+gzip"
+        );
+    }
+
+    // B: a fresh state root, the same base, the context elsewhere.
+    let b = Machine::with_base_of(&a);
+    multi_context(&b, "elsewhere/ctx");
+    let before = reg.requests().len();
+    let from = format!("type=registry,ref={cache}");
+    let (sb, id_b) = b.build(&["--cache-from", &from, &b.p("elsewhere/ctx")]);
+    assert!(
+        sb.ran
+            .contains(&format!("importing cache manifest from {cache}")),
+        "the import is a step:\n{}",
+        sb.log
+    );
+    assert_eq!(
+        Steps::steps(&sb.cached),
+        set(&[FROM, T2, T3, F2, F3, F4]),
+        "{}",
+        sb.log
+    );
+    assert_eq!(Steps::steps(&sb.ran), set(&[]), "{}", sb.log);
+    assert_eq!(id_a, id_b, "the same image ID (A's created time travelled)");
+    assert_eq!(cat(&b, &id_b, "/app.out"), "a1\nb1\n");
+    assert_eq!(cat(&b, &id_b, "/tool.out"), "TOOL ONE\n");
+    // Downloaded: the cache config and the final result's step layers; not
+    // the other stage's layers, not the base B has.
+    let got: BTreeSet<String> = Registry::blob_gets(&reg.requests()[before..])
+        .into_iter()
+        .collect();
+    let mut want = step_blobs(&config, F4);
+    want.insert(m["config"]["digest"].as_str().unwrap().to_owned());
+    assert_eq!(got, want, "{:?}", &reg.requests()[before..]);
+
+    // One file of the final stage changes: from its COPY on, the rest (the
+    // other stage) stays cached.
+    let b2 = Machine::with_base_of(&a);
+    multi_context(&b2, "ctx");
+    b2.write("ctx/app/b.txt", "b2\n");
+    let (s2, id2) = b2.build(&["--cache-from", &from, &b2.p("ctx")]);
+    assert_eq!(Steps::steps(&s2.cached), set(&[FROM, T2, T3]), "{}", s2.log);
+    assert_eq!(
+        Steps::steps(&s2.ran),
+        set(&[FROM, F2, F3, F4]),
+        "{}",
+        s2.log
+    );
+    assert_eq!(cat(&b2, &id2, "/app.out"), "a1\nb2\n");
+    assert_eq!(cat(&b2, &id2, "/tool.out"), "TOOL ONE\n");
+}
+
+#[test]
+fn a_machine_that_imported_lazily_exports_the_layers_it_never_fetched_by_mounting_them() {
+    let reg = Registry::start();
+    let a = Machine::new();
+    multi_context(&a, "ctx");
+    let one = format!("{}/cache/app:one", reg.host());
+    let (_, id_a) = a.build(&[
+        "--cache-to",
+        &format!("type=registry,ref={one},mode=max"),
+        &a.p("ctx"),
+    ]);
+    let (_, first) = cache_of(&reg, "cache/app", "one");
+
+    // B runs nothing, fetches the final result's layers only, and exports
+    // every record's layers to another repository.
+    let b = Machine::with_base_of(&a);
+    multi_context(&b, "ctx");
+    let two = format!("{}/cache/other:two", reg.host());
+    let before = reg.requests().len();
+    let (s, id_b) = b.build(&[
+        "--cache-from",
+        &format!("type=registry,ref={one}"),
+        "--cache-to",
+        &format!("type=registry,ref={two},mode=max"),
+        &b.p("ctx"),
+    ]);
+    assert_eq!(Steps::steps(&s.ran), set(&[]), "{}", s.log);
+    assert_eq!(id_a, id_b);
+    let reqs = reg.requests()[before..].to_vec();
+    let got: BTreeSet<String> = Registry::blob_gets(&reqs).into_iter().collect();
+    let tools: BTreeSet<String> = step_blobs(&first, T3);
+    assert!(
+        got.is_disjoint(&tools),
+        "the other stage's layers were downloaded: {reqs:?}"
+    );
+    let (_, second) = cache_of(&reg, "cache/other", "two");
+    assert_eq!(step_blobs(&second, T3), tools, "{second}");
+    for blob in &tools {
+        assert!(
+            reqs.iter().any(|r| r.starts_with("POST ")
+                && r.contains(&format!("mount={blob}"))
+                && r.contains("from=cache/app")),
+            "{blob} was not mounted from cache/app: {reqs:?}"
+        );
+    }
+
+    // The base's layer, which B has but never downloaded, is mounted from
+    // the imported cache's repository too, not uploaded.
+    for (blob, _) in record_chain(&first, F4)
+        .into_iter()
+        .filter(|(_, base)| *base)
+    {
+        assert!(
+            !reqs
+                .iter()
+                .any(|r| r.starts_with("PUT ") && r.contains(&format!("digest={blob}"))),
+            "{blob} was uploaded: {reqs:?}"
+        );
+    }
+
+    // And the new cache serves a third machine.
+    let c = Machine::with_base_of(&a);
+    multi_context(&c, "ctx");
+    let (s, id_c) = c.build(&[
+        "--cache-from",
+        &format!("type=registry,ref={two}"),
+        &c.p("ctx"),
+    ]);
+    assert_eq!(Steps::steps(&s.ran), set(&[]), "{}", s.log);
+    assert_eq!(id_a, id_c);
+    assert_eq!(cat(&c, &id_c, "/tool.out"), "TOOL ONE\n");
+}
+
+#[test]
+fn a_min_mode_registry_cache_makes_an_unchanged_build_fetch_only_the_final_layers() {
+    let reg = Registry::start();
+    let a = Machine::new();
+    multi_context(&a, "ctx");
+    let cache = format!("{}/cache/app:min", reg.host());
+    let (_, id_a) = a.build(&[
+        "--cache-to",
+        &format!("type=registry,ref={cache}"),
+        &a.p("ctx"),
+    ]);
+    let (m, config) = cache_of(&reg, "cache/app", "min");
+    let with_layers: Vec<&str> = config["records"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|r| r.get("layer").is_some())
+        .map(|r| r["description"].as_str().unwrap())
+        .collect();
+    assert_eq!(with_layers, [F4], "{config}");
+
+    let b = Machine::with_base_of(&a);
+    multi_context(&b, "ctx");
+    let before = reg.requests().len();
+    // A bare reference works as type=registry.
+    let (s, id_b) = b.build(&["--cache-from", &cache, &b.p("ctx")]);
+    assert_eq!(Steps::steps(&s.ran), set(&[]), "{}", s.log);
+    assert_eq!(
+        Steps::steps(&s.cached),
+        set(&[FROM, T2, T3, F2, F3, F4]),
+        "{}",
+        s.log
+    );
+    assert_eq!(id_a, id_b);
+    let got: BTreeSet<String> = Registry::blob_gets(&reg.requests()[before..])
+        .into_iter()
+        .collect();
+    let mut want = step_blobs(&config, F4);
+    assert_eq!(want.len(), 3, "F2, F3 and F4's layers: {config}");
+    want.insert(m["config"]["digest"].as_str().unwrap().to_owned());
+    assert_eq!(got, want, "{:?}", &reg.requests()[before..]);
+    // Those are the image's own layers (by diff ID), above the base.
+    let diff_ids = b
+        .env
+        .ok(&["inspect", "--format", "{{json .RootFS.Layers}}", &id_b]);
+    let diff_ids: Vec<String> = serde_json::from_str(diff_ids.trim()).unwrap();
+    let cached_diff_ids: BTreeSet<String> = config["layers"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|l| !l["base"].as_bool().unwrap_or(false))
+        .map(|l| l["diff_id"].as_str().unwrap().to_owned())
+        .collect();
+    assert!(
+        cached_diff_ids.is_subset(&diff_ids.iter().cloned().collect()),
+        "{cached_diff_ids:?} ⊄ {diff_ids:?}"
+    );
+    assert_eq!(cat(&b, &id_b, "/tool.out"), "TOOL ONE\n");
+}
+
+#[test]
+fn an_inline_cache_pushed_with_the_image_serves_a_fresh_machine() {
+    let reg = Registry::start();
+    let a = Machine::new();
+    multi_context(&a, "ctx");
+    let image = format!("{}/app:inline", reg.host());
+    let pushed = a.env.run(&[
+        "build",
+        "--progress",
+        "plain",
+        "--push",
+        "-t",
+        &image,
+        "--cache-to",
+        "type=inline",
+        &a.p("ctx"),
+    ]);
+    let err = String::from_utf8_lossy(&pushed.stderr);
+    assert!(pushed.status.success(), "{err}");
+    // The pushed config carries the records.
+    let manifest = blob_json(&reg, &tag_digest(&reg, "app", "inline"));
+    let config = blob_json(&reg, manifest["config"]["digest"].as_str().unwrap());
+    let inline = &config["rbuild.cache.v1"];
+    assert!(
+        inline["records"].as_array().is_some_and(|r| r.len() >= 6),
+        "{config}"
+    );
+
+    let b = Machine::with_base_of(&a);
+    multi_context(&b, "ctx");
+    let before = reg.requests().len();
+    let (steps, id_b) = b.build(&["--cache-from", &image, &b.p("ctx")]);
+    assert!(
+        steps
+            .ran
+            .contains(&format!("importing cache manifest from {image}")),
+        "{}",
+        steps.log
+    );
+    assert_eq!(Steps::steps(&steps.ran), set(&[]), "{}", steps.log);
+    assert_eq!(
+        Steps::steps(&steps.cached),
+        set(&[FROM, T2, T3, F2, F3, F4]),
+        "{}",
+        steps.log
+    );
+    assert_eq!(cat(&b, &id_b, "/app.out"), "a1\nb1\n");
+    assert_eq!(cat(&b, &id_b, "/tool.out"), "TOOL ONE\n");
+    // What came: the image config and the image's layers above the base.
+    let gets = Registry::blob_gets(&reg.requests()[before..]);
+    let layers: Vec<String> = manifest["layers"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|l| l["digest"].as_str().unwrap().to_owned())
+        .collect();
+    assert!(gets.contains(&manifest["config"]["digest"].as_str().unwrap().to_owned()));
+    assert!(
+        !gets.contains(&layers[0]),
+        "the base layer was not fetched: {gets:?}"
+    );
+    assert_eq!(gets.len(), 1 + 3, "config + 3 step layers: {gets:?}");
+
+    // A machine that builds from it with an inline cache of its own makes
+    // the same image as A pushed (the same records, the same created time).
+    let c = Machine::with_base_of(&a);
+    multi_context(&c, "ctx");
+    let (steps, id_c) = c.build(&[
+        "--cache-from",
+        &image,
+        "--cache-to",
+        "type=inline",
+        &c.p("ctx"),
+    ]);
+    assert_eq!(Steps::steps(&steps.ran), set(&[]), "{}", steps.log);
+    let id_a = a.env.ok(&["inspect", "--format", "{{.Id}}", &image]);
+    assert_eq!(id_c, id_a.trim());
+}
+
+#[test]
+fn a_missing_ref_or_corrupt_cache_manifest_warns_and_builds() {
+    let reg = Registry::start();
+    let a = Machine::new();
+    multi_context(&a, "ctx");
+    let missing = format!("{}/cache/none:x", reg.host());
+    let o = a.env.run(&[
+        "build",
+        "--progress",
+        "plain",
+        "--cache-from",
+        &format!("type=registry,ref={missing}"),
+        &a.p("ctx"),
+    ]);
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(o.status.success(), "{err}");
+    assert!(
+        err.contains(&format!("cache import from {missing} failed")),
+        "a warning names the source:\n{err}"
+    );
+
+    let cache = format!("{}/cache/app:bad", reg.host());
+    a.build(&[
+        "--cache-to",
+        &format!("type=registry,ref={cache},mode=max"),
+        &a.p("ctx"),
+    ]);
+    let b = Machine::with_base_of(&a);
+    multi_context(&b, "ctx");
+    let build_b = |cache: &str| {
+        let o = b.env.run(&[
+            "build",
+            "--progress",
+            "plain",
+            "--cache-from",
+            &format!("type=registry,ref={cache}"),
+            &b.p("ctx"),
+        ]);
+        let err = String::from_utf8_lossy(&o.stderr).into_owned();
+        assert!(o.status.success(), "{err}");
+        err.lines()
+            .find(|l| l.contains(&format!("cache import from {cache} failed")))
+            .unwrap_or_else(|| panic!("no warning naming {cache}:\n{err}"))
+            .to_owned()
+    };
+    // The manifest's bytes garbled in the registry's storage (the registry
+    // then fails to serve it).
+    let (m, _) = cache_of(&reg, "cache/app", "bad");
+    let m_path = reg.blob_data(&tag_digest(&reg, "cache/app", "bad"));
+    let m_bytes = fs_err::read(&m_path).unwrap();
+    fs_err::write(&m_path, b"{garbage").unwrap();
+    let warning = build_b(&cache);
+    assert!(warning.contains("manifests/bad"), "{warning}");
+    fs_err::write(&m_path, m_bytes).unwrap();
+    // Its config's bytes corrupted in the registry's storage (they no
+    // longer match their digest).
+    fs_err::write(
+        reg.blob_data(m["config"]["digest"].as_str().unwrap()),
+        b"{garbage",
+    )
+    .unwrap();
+    // And a manifest whose config is rbuild's type but not a cache
+    // description (its digest right).
+    let garbage = common::registry::put_blob(&reg, "cache/app", b"{\"records\": 7}");
+    let manifest = serde_json::json!({
+        "schemaVersion": 2,
+        "mediaType": "application/vnd.oci.image.manifest.v1+json",
+        "config": {
+            "mediaType": "application/vnd.rbuild.cache.config.v1+json",
+            "digest": garbage,
+            "size": 14,
+        },
+        "layers": [],
+    });
+    common::registry::put_manifest(
+        &reg,
+        "cache/app",
+        "garbage",
+        "application/vnd.oci.image.manifest.v1+json",
+        manifest.to_string().as_bytes(),
+    );
+    for (cache, why) in [
+        (cache.clone(), "digest mismatch"),
+        (format!("{}/cache/app:garbage", reg.host()), "cache config"),
+    ] {
+        let warning = build_b(&cache);
+        assert!(warning.contains(why), "{warning}");
+    }
+}
+
+#[test]
+fn a_blob_missing_from_the_registry_makes_its_step_run() {
+    let reg = Registry::start();
+    let a = Machine::new();
+    multi_context(&a, "ctx");
+    let cache = format!("{}/cache/app:hole", reg.host());
+    a.build(&[
+        "--cache-to",
+        &format!("type=registry,ref={cache},mode=max"),
+        &a.p("ctx"),
+    ]);
+    let (_, config) = cache_of(&reg, "cache/app", "hole");
+    // The top layer of the final step: gone from the registry's storage.
+    let (top, _) = record_chain(&config, F4).pop().unwrap();
+    fs_err::remove_file(reg.blob_data(&top)).unwrap();
+
+    let b = Machine::with_base_of(&a);
+    multi_context(&b, "ctx");
+    let (s, id) = b.build(&[
+        "--cache-from",
+        &format!("type=registry,ref={cache}"),
+        &b.p("ctx"),
+    ]);
+    assert_eq!(Steps::steps(&s.ran), set(&[F4]), "{}", s.log);
+    assert!(
+        Steps::steps(&s.cached).is_superset(&set(&[FROM, T2, T3, F2, F3])),
+        "{}",
+        s.log
+    );
+    assert_eq!(cat(&b, &id, "/tool.out"), "TOOL ONE\n");
+    assert_eq!(cat(&b, &id, "/app.out"), "a1\nb1\n");
+}
+
+#[test]
+fn an_export_to_a_dead_registry_fails_the_build_unless_ignore_error() {
+    let a = Machine::new();
+    multi_context(&a, "ctx");
+    let dead = format!("127.0.0.1:{}/cache/app:x", common::registry::free_port());
+    let o = a.env.run(&[
+        "build",
+        "--progress",
+        "plain",
+        "--cache-to",
+        &format!("type=registry,ref={dead},ignore-error=true"),
+        &a.p("ctx"),
+    ]);
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(o.status.success(), "{err}");
+    assert!(
+        err.contains(&format!(
+            "exporting cache to {dead} failed (ignore-error=true)"
+        )),
+        "{err}"
+    );
+
+    let o = a.env.run(&[
+        "build",
+        "--progress",
+        "plain",
+        "--cache-to",
+        &format!("type=registry,ref={dead}"),
+        &a.p("ctx"),
+    ]);
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(!o.status.success(), "{err}");
+    assert!(!err.contains("panicked"), "{err}");
+    let last = err.trim_end().lines().last().unwrap_or_default();
+    assert!(
+        last.contains(&format!("exporting cache to {dead}")) && last.contains("127.0.0.1"),
+        "the error names the export and the registry: {err}"
+    );
+}
+
+#[test]
+fn zstd_caches_round_trip_through_a_registry_and_a_directory() {
+    let reg = Registry::start();
+    let a = Machine::new();
+    multi_context(&a, "ctx");
+    let cache = format!("{}/cache/app:zstd", reg.host());
+    let dir = a.p("zcache");
+    let (_, id_a) = a.build(&[
+        "--cache-to",
+        &format!("type=registry,ref={cache},mode=max,compression=zstd"),
+        "--cache-to",
+        &format!("type=local,dest={dir},mode=max,compression=zstd"),
+        &a.p("ctx"),
+    ]);
+    let (m, _) = cache_of(&reg, "cache/app", "zstd");
+    for l in m["layers"].as_array().unwrap() {
+        assert_eq!(
+            l["mediaType"], "application/vnd.oci.image.layer.v1.tar+zstd",
+            "{m}"
+        );
+        let data = fs_err::read(reg.blob_data(l["digest"].as_str().unwrap())).unwrap();
+        assert_eq!(&data[..4], &[0x28, 0xb5, 0x2f, 0xfd], "zstd magic");
+    }
+    for from in [
+        format!("type=registry,ref={cache}"),
+        format!("type=local,src={dir}"),
+    ] {
+        let b = Machine::with_base_of(&a);
+        multi_context(&b, "ctx");
+        let (s, id_b) = b.build(&["--cache-from", &from, &b.p("ctx")]);
+        assert_eq!(Steps::steps(&s.ran), set(&[]), "{from}: {}", s.log);
+        assert_eq!(id_a, id_b, "{from}");
+        assert_eq!(cat(&b, &id_b, "/tool.out"), "TOOL ONE\n");
+    }
+}
+
+#[test]
+fn two_machines_exporting_to_one_ref_at_once_leave_a_cache_that_imports() {
+    let reg = Registry::start();
+    let a1 = Machine::new();
+    let a2 = Machine::with_base_of(&a1);
+    multi_context(&a1, "ctx");
+    multi_context(&a2, "ctx");
+    a2.write("ctx/app/b.txt", "b from a2\n");
+    a2.write("ctx/tool.txt", "tool two\n");
+    let cache = format!("{}/cache/app:shared", reg.host());
+    let to = format!("type=registry,ref={cache},mode=max");
+    let spawn = |m: &Machine| {
+        m.env
+            .cmd(&[
+                "build",
+                "--progress",
+                "plain",
+                "--cache-to",
+                &to,
+                &m.p("ctx"),
+            ])
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .unwrap()
+    };
+    let (c1, c2) = (spawn(&a1), spawn(&a2));
+    for c in [c1, c2] {
+        let o = c.wait_with_output().unwrap();
+        assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    }
+    // Whichever manifest won names only blobs the registry has.
+    let (m, _) = cache_of(&reg, "cache/app", "shared");
+    for l in m["layers"].as_array().unwrap() {
+        let d = l["digest"].as_str().unwrap();
+        assert!(reg.blob_data(d).is_file(), "{d} missing: {m}");
+    }
+    // And a third machine imports it: every step cached or run, none failed.
+    let b = Machine::with_base_of(&a1);
+    multi_context(&b, "ctx");
+    let o = b.env.run(&[
+        "build",
+        "--progress",
+        "plain",
+        "--cache-from",
+        &format!("type=registry,ref={cache}"),
+        &b.p("ctx"),
+    ]);
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(o.status.success(), "{err}");
+    assert!(!err.contains("failed"), "{err}");
+    assert!(!err.contains("not usable"), "{err}");
+    assert!(err.contains("CACHED"), "{err}");
+}
