@@ -9,122 +9,10 @@
 
 mod common;
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::BTreeSet;
 use std::path::Path;
 
-use common::Env;
-
-/// What became of each step of one build, by step name.
-#[derive(Debug, Default)]
-struct Steps {
-    ran: BTreeSet<String>,
-    cached: BTreeSet<String>,
-    /// Step name → cache key.
-    keys: BTreeMap<String, String>,
-    /// The whole progress, for assertion messages.
-    log: String,
-}
-
-impl Steps {
-    fn parse(log: &str) -> Self {
-        let mut names = BTreeMap::new();
-        let mut s = Steps {
-            log: log.to_owned(),
-            ..Steps::default()
-        };
-        for line in log.lines().filter(|l| l.starts_with('{')) {
-            let v: serde_json::Value = serde_json::from_str(line)
-                .unwrap_or_else(|e| panic!("bad progress line {line:?}: {e}"));
-            let id = v["id"].as_u64().unwrap_or_else(|| panic!("no id: {line}"));
-            let name = |names: &BTreeMap<u64, String>| {
-                names
-                    .get(&id)
-                    .unwrap_or_else(|| panic!("event before start: {line}\n{log}"))
-                    .clone()
-            };
-            match v["event"].as_str() {
-                Some("vertex_started") => {
-                    names.insert(id, v["name"].as_str().unwrap().to_owned());
-                }
-                Some("vertex_cached") => {
-                    s.cached.insert(name(&names));
-                }
-                Some("vertex_done") => {
-                    s.ran.insert(name(&names));
-                }
-                Some("vertex_key") => {
-                    let key = v["key"].as_str().unwrap().to_owned();
-                    assert_eq!(key.len(), 64, "{line}");
-                    assert!(s.keys.insert(name(&names), key).is_none(), "{log}");
-                }
-                _ => {}
-            }
-        }
-        s
-    }
-
-    /// The steps of the Dockerfile (not `[internal]` ones, not the export).
-    fn steps(set: &BTreeSet<String>) -> BTreeSet<String> {
-        set.iter()
-            .filter(|n| n.starts_with('['))
-            .filter(|n| !n.starts_with("[internal]"))
-            .cloned()
-            .collect()
-    }
-}
-
-/// One machine: a state root with the busybox base imported.
-struct Machine {
-    env: Env,
-}
-
-impl Machine {
-    fn new() -> Self {
-        Self {
-            env: common::build_env(),
-        }
-    }
-
-    /// Another machine with `other`'s busybox base, as `save` wrote it and
-    /// `load` read it (the same image ID; a pull from a registry gives the same).
-    fn with_base_of(other: &Machine) -> Self {
-        let env = Env::new();
-        let tar = env.path("busybox-save.tar");
-        other
-            .env
-            .ok(&["save", "-o", tar.to_str().unwrap(), "busybox:latest"]);
-        env.ok(&["load", "-q", "-i", tar.to_str().unwrap()]);
-        fs_err::remove_file(&tar).unwrap();
-        Self { env }
-    }
-
-    fn p(&self, rel: &str) -> String {
-        self.env.path(rel).to_string_lossy().into_owned()
-    }
-
-    fn write(&self, rel: &str, text: &str) {
-        let p = self.env.path(rel);
-        fs_err::create_dir_all(p.parent().unwrap()).unwrap();
-        fs_err::write(p, text).unwrap();
-    }
-
-    /// Builds with JSON progress and `--iidfile`; returns the steps and the image ID.
-    fn build(&self, args: &[&str]) -> (Steps, String) {
-        let iid = self.p("iid");
-        let _ = std::fs::remove_file(&iid);
-        let mut a = vec!["build", "--progress", "json", "--iidfile", &iid];
-        a.extend_from_slice(args);
-        let o = self.env.run(&a);
-        let (out, err) = (
-            String::from_utf8_lossy(&o.stdout),
-            String::from_utf8_lossy(&o.stderr),
-        );
-        assert!(o.status.success(), "build {args:?} failed:\n{out}\n{err}");
-        let id = fs_err::read_to_string(&iid).unwrap();
-        assert!(id.starts_with("sha256:"), "{id}");
-        (Steps::parse(&err), id)
-    }
-}
+use common::steps::{Machine, Steps, set};
 
 /// A multi-stage build with RUN, COPY and a cache mount; the final stage
 /// copies from the other.
@@ -238,10 +126,6 @@ const F2: &str = "[stage-1 2/4] COPY app/ /app/";
 const F3: &str = "[stage-1 3/4] RUN cat /app/*.txt > /app.out";
 const F4: &str = "[stage-1 4/4] COPY --from=tools /tool.out /tool.out";
 
-fn set(v: &[&str]) -> BTreeSet<String> {
-    v.iter().map(|s| (*s).to_owned()).collect()
-}
-
 /// The blobs of an OCI layout directory and the ones its index reaches.
 fn blobs(dir: &Path) -> (BTreeSet<String>, BTreeSet<String>) {
     let mut all = BTreeSet::new();
@@ -287,11 +171,6 @@ fn unpacked_step_layers(m: &Machine) -> usize {
         .count()
 }
 
-/// `cat PATH` in image `id` of machine `m`.
-fn cat(m: &Machine, id: &str, path: &str) -> String {
-    m.env.ok(&["run", "--rm", id, "cat", path])
-}
-
 #[test]
 fn a_local_cache_in_max_mode_makes_a_fresh_machine_run_nothing() {
     let a = Machine::new();
@@ -333,8 +212,8 @@ fn a_local_cache_in_max_mode_makes_a_fresh_machine_run_nothing() {
     assert_eq!(Steps::steps(&sb.ran), set(&[]), "{}", sb.log);
     assert_eq!(unpacked_step_layers(&b), 3, "F2, F3 and F4's layers only");
     assert_eq!(id_a, id_b, "the same image ID (A's created time travelled)");
-    assert_eq!(cat(&b, &id_b, "/app.out"), "a1\nb1\n");
-    assert_eq!(cat(&b, &id_b, "/tool.out"), "TOOL ONE\n");
+    assert_eq!(b.cat(&id_b, "/app.out"), "a1\nb1\n");
+    assert_eq!(b.cat(&id_b, "/tool.out"), "TOOL ONE\n");
 
     // One file of the final stage changes: from its COPY on, the rest (the
     // other stage) stays cached.
@@ -350,7 +229,7 @@ fn a_local_cache_in_max_mode_makes_a_fresh_machine_run_nothing() {
         "{}",
         s2.log
     );
-    assert_eq!(cat(&b2, &id2, "/app.out"), "a1\nb2\n");
+    assert_eq!(b2.cat(&id2, "/app.out"), "a1\nb2\n");
 }
 
 #[test]
@@ -471,7 +350,7 @@ fn a_missing_blob_makes_the_step_run() {
         "{}",
         s.log
     );
-    assert_eq!(cat(&b, &id, "/tool.out"), "TOOL ONE\n");
+    assert_eq!(b.cat(&id, "/tool.out"), "TOOL ONE\n");
 }
 
 /// The cache config of an OCI layout written by `--cache-to type=local`.
@@ -520,7 +399,7 @@ fn a_min_mode_cache_makes_an_unchanged_build_run_nothing() {
         s.log
     );
     assert_eq!(id_a, id_b);
-    assert_eq!(cat(&b, &id_b, "/tool.out"), "TOOL ONE\n");
+    assert_eq!(b.cat(&id_b, "/tool.out"), "TOOL ONE\n");
 }
 
 #[test]
@@ -574,8 +453,8 @@ fn a_machine_that_imported_lazily_exports_the_layers_it_never_unpacked() {
         "{}",
         s.log
     );
-    assert_eq!(cat(&c, &id, "/tool.out"), "TOOL ONE\n");
-    assert_eq!(cat(&c, &id, "/app.out"), "a1\nb2\n");
+    assert_eq!(c.cat(&id, "/tool.out"), "TOOL ONE\n");
+    assert_eq!(c.cat(&id, "/app.out"), "a1\nb2\n");
 }
 
 /// Builds with plain progress and `--explain-cache`; returns the
@@ -667,6 +546,6 @@ fn importing_from_and_exporting_to_the_same_directory_keeps_it_whole() {
     c.write("ctx/app/a.txt", "a3\n");
     let (s, id) = c.build(&["--cache-from", &from, &c.p("ctx")]);
     assert_eq!(Steps::steps(&s.ran), set(&[]), "{}", s.log);
-    assert_eq!(cat(&c, &id, "/app.out"), "a3\nb1\n");
-    assert_eq!(cat(&c, &id, "/tool.out"), "TOOL ONE\n");
+    assert_eq!(c.cat(&id, "/app.out"), "a3\nb1\n");
+    assert_eq!(c.cat(&id, "/tool.out"), "TOOL ONE\n");
 }
