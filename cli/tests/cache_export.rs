@@ -549,3 +549,272 @@ fn importing_from_and_exporting_to_the_same_directory_keeps_it_whole() {
     assert_eq!(c.cat(&id, "/app.out"), "a3\nb1\n");
     assert_eq!(c.cat(&id, "/tool.out"), "TOOL ONE\n");
 }
+
+/// A RUN that adds a file named after `$N` to two cache mounts (one
+/// `locked`, with an entry owned by 1234:1234) and lists what they hold.
+const MOUNTS: &str = "FROM busybox\n\
+ARG N\n\
+RUN --mount=type=cache,id=pkgs,target=/var/cache/pkgs,sharing=locked \
+--mount=type=cache,target=/root/.cache \
+echo $N > /var/cache/pkgs/from-$N && mkdir -p /var/cache/pkgs/sub && echo deep > /var/cache/pkgs/sub/f \
+&& chown 1234:1234 /var/cache/pkgs/sub/f && touch /root/.cache/seen-$N \
+&& ls /var/cache/pkgs > /pkgs && ls /root/.cache > /home-cache \
+&& stat -c %u:%g /var/cache/pkgs/sub/f > /owner\n";
+
+/// The same, mounting only `pkgs`.
+const ONE_MOUNT: &str = "FROM busybox\n\
+ARG N\n\
+RUN --mount=type=cache,id=pkgs,target=/var/cache/pkgs \
+echo $N > /var/cache/pkgs/from-$N && ls /var/cache/pkgs > /pkgs\n";
+
+/// The cache mounts of machine `m` (directory names under its state root).
+fn cache_mount_dirs(m: &Machine) -> BTreeSet<String> {
+    let dir = m.env.root().join("cache-mounts");
+    let Ok(rd) = fs_err::read_dir(&dir) else {
+        return BTreeSet::new();
+    };
+    rd.map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .filter(|n| Path::new(n).extension().is_none_or(|x| x != "lock") && !n.starts_with('.'))
+        .collect()
+}
+
+#[test]
+fn cache_mounts_travel_only_with_cache_mounts_true() {
+    let ma = Machine::new();
+    ma.write("m/Dockerfile", MOUNTS);
+    let cache = ma.p("cache");
+    let (steps, _) = ma.build(&[
+        "--build-arg",
+        "N=a",
+        "--cache-to",
+        &format!("type=local,dest={cache},mode=max,cache-mounts=true"),
+        &ma.p("m"),
+    ]);
+    assert!(
+        steps.ran.iter().any(|n| n.contains("RUN --mount")),
+        "{}",
+        steps.log
+    );
+    let config = read_config(Path::new(&cache));
+    let mounts = config["cache_mounts"].as_array().expect("cache_mounts");
+    let ids: BTreeSet<&str> = mounts.iter().map(|m| m["id"].as_str().unwrap()).collect();
+    assert_eq!(ids, BTreeSet::from(["/root/.cache", "pkgs"]), "{config}");
+    let (all, reached) = blobs(Path::new(&cache));
+    assert_eq!(all, reached, "the mounts' blobs are layers of the manifest");
+    for m in mounts {
+        assert!(
+            reached.contains(&m["blob"].as_str().unwrap()[7..]),
+            "{config}"
+        );
+    }
+
+    // B imports with cache-mounts=true; its RUN (another N: it runs) sees
+    // A's files, owners kept.
+    let mb = Machine::with_base_of(&ma);
+    mb.write("m/Dockerfile", MOUNTS);
+    let from_mounts = format!("type=local,src={cache},cache-mounts=true");
+    let (steps, id) = mb.build(&[
+        "--build-arg",
+        "N=b",
+        "--cache-from",
+        &from_mounts,
+        &mb.p("m"),
+    ]);
+    assert!(
+        steps.ran.iter().any(|n| n.contains("RUN --mount")),
+        "{}",
+        steps.log
+    );
+    assert_eq!(mb.cat(&id, "/pkgs"), "from-a\nfrom-b\nsub\n");
+    assert_eq!(mb.cat(&id, "/home-cache"), "seen-a\nseen-b\n");
+    assert_eq!(mb.cat(&id, "/owner"), "1234:1234\n");
+
+    // Lazily: only the mounts of steps that run are seeded.
+    let mc = Machine::with_base_of(&ma);
+    mc.write("one/Dockerfile", ONE_MOUNT);
+    let (_, id) = mc.build(&[
+        "--build-arg",
+        "N=c",
+        "--cache-from",
+        &from_mounts,
+        &mc.p("one"),
+    ]);
+    assert_eq!(mc.cat(&id, "/pkgs"), "from-a\nfrom-c\nsub\n");
+    let dirs = cache_mount_dirs(&mc);
+    assert_eq!(dirs.len(), 1, "only pkgs was seeded: {dirs:?}");
+    assert!(dirs.iter().all(|dir| dir.starts_with("pkgs-")), "{dirs:?}");
+
+    // A cache mount that exists here is kept as it is: C's pkgs (seeded,
+    // then written by C) does not take A's content again.
+    let (_, id) = mc.build(&[
+        "--build-arg",
+        "N=c2",
+        "--cache-from",
+        &from_mounts,
+        &mc.p("one"),
+    ]);
+    assert_eq!(mc.cat(&id, "/pkgs"), "from-a\nfrom-c\nfrom-c2\nsub\n");
+    let md = Machine::with_base_of(&ma);
+    md.write("one/Dockerfile", ONE_MOUNT);
+    md.build(&["--build-arg", "N=d", &md.p("one")]);
+    let (_, id) = md.build(&[
+        "--build-arg",
+        "N=d2",
+        "--cache-from",
+        &from_mounts,
+        &md.p("one"),
+    ]);
+    assert_eq!(
+        md.cat(&id, "/pkgs"),
+        "from-d\nfrom-d2\n",
+        "D's own mount is kept"
+    );
+
+    // Without the option on --cache-from, nothing of the mounts travels.
+    let me = Machine::with_base_of(&ma);
+    me.write("m/Dockerfile", MOUNTS);
+    let from = format!("type=local,src={cache}");
+    let (_, id) = me.build(&["--build-arg", "N=e", "--cache-from", &from, &me.p("m")]);
+    assert_eq!(me.cat(&id, "/pkgs"), "from-e\nsub\n");
+    assert_eq!(me.cat(&id, "/home-cache"), "seen-e\n");
+
+    // Without it on --cache-to, the cache holds no mount.
+    let plain = ma.p("plain");
+    ma.build(&[
+        "--build-arg",
+        "N=a2",
+        "--cache-to",
+        &format!("type=local,dest={plain},mode=max"),
+        &ma.p("m"),
+    ]);
+    let config = read_config(Path::new(&plain));
+    assert!(config.get("cache_mounts").is_none(), "{config}");
+    let mf = Machine::with_base_of(&ma);
+    mf.write("m/Dockerfile", MOUNTS);
+    let (_, id) = mf.build(&[
+        "--build-arg",
+        "N=f",
+        "--cache-from",
+        &format!("type=local,src={plain},cache-mounts=true"),
+        &mf.p("m"),
+    ]);
+    assert_eq!(mf.cat(&id, "/pkgs"), "from-f\nsub\n");
+}
+
+#[test]
+fn cache_mounts_are_carried_over_by_a_machine_that_ran_nothing() {
+    let a = Machine::new();
+    a.write("one/Dockerfile", ONE_MOUNT);
+    let first = a.p("first");
+    a.build(&[
+        "--build-arg",
+        "N=a",
+        "--cache-to",
+        &format!("type=local,dest={first},mode=max,cache-mounts=true"),
+        &a.p("one"),
+    ]);
+    // B: everything cached, no mount made here; its export carries A's.
+    let b = Machine::with_base_of(&a);
+    b.write("one/Dockerfile", ONE_MOUNT);
+    let second = b.p("second");
+    let (s, _) = b.build(&[
+        "--build-arg",
+        "N=a",
+        "--cache-from",
+        &format!("type=local,src={first},cache-mounts=true"),
+        "--cache-to",
+        &format!("type=local,dest={second},mode=max,cache-mounts=true"),
+        &b.p("one"),
+    ]);
+    assert_eq!(Steps::steps(&s.ran), set(&[]), "{}", s.log);
+    assert!(cache_mount_dirs(&b).is_empty(), "nothing was seeded on B");
+    assert_eq!(
+        read_config(Path::new(&first))["cache_mounts"],
+        read_config(Path::new(&second))["cache_mounts"]
+    );
+    // C from B's cache sees A's mount.
+    let c = Machine::with_base_of(&a);
+    c.write("one/Dockerfile", ONE_MOUNT);
+    let (_, id) = c.build(&[
+        "--build-arg",
+        "N=c",
+        "--cache-from",
+        &format!("type=local,src={second},cache-mounts=true"),
+        &c.p("one"),
+    ]);
+    assert_eq!(c.cat(&id, "/pkgs"), "from-a\nfrom-c\n");
+}
+
+#[test]
+fn a_corrupt_cache_mount_blob_warns_and_the_mount_starts_empty() {
+    let a = Machine::new();
+    a.write("one/Dockerfile", ONE_MOUNT);
+    let cache = a.p("cache");
+    a.build(&[
+        "--build-arg",
+        "N=a",
+        "--cache-to",
+        &format!("type=local,dest={cache},mode=max,cache-mounts=true"),
+        &a.p("one"),
+    ]);
+    let config = read_config(Path::new(&cache));
+    let blob = &config["cache_mounts"][0]["blob"].as_str().unwrap()[7..];
+    fs_err::write(
+        Path::new(&cache).join("blobs/sha256").join(blob),
+        b"garbage",
+    )
+    .unwrap();
+    let b = Machine::with_base_of(&a);
+    b.write("one/Dockerfile", ONE_MOUNT);
+    let iid = b.p("iid");
+    let o = b.env.run(&[
+        "build",
+        "--progress",
+        "plain",
+        "--iidfile",
+        &iid,
+        "--build-arg",
+        "N=b",
+        "--cache-from",
+        &format!("type=local,src={cache},cache-mounts=true"),
+        &b.p("one"),
+    ]);
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(o.status.success(), "{err}");
+    assert!(
+        err.lines()
+            .any(|l| l.contains("cache mount pkgs") && l.contains("does not match its digest")),
+        "{err}"
+    );
+    let id = fs_err::read_to_string(&iid).unwrap();
+    assert_eq!(b.cat(&id, "/pkgs"), "from-b\n");
+}
+
+#[test]
+fn a_bad_cache_mounts_value_is_a_one_line_error() {
+    let env = common::Env::new();
+    let ctx = env.path("ctx");
+    fs_err::create_dir_all(&ctx).unwrap();
+    fs_err::write(ctx.join("Dockerfile"), "FROM scratch\n").unwrap();
+    let ctx = ctx.to_str().unwrap();
+    let err = env.fails(&[
+        "build",
+        "--cache-to",
+        "type=local,dest=/nonexistent/x,cache-mounts=yes",
+        ctx,
+    ]);
+    assert!(
+        err.contains("--cache-to: cache-mounts must be true or false"),
+        "{err}"
+    );
+    let err = env.fails(&[
+        "build",
+        "--cache-from",
+        "type=local,src=/nonexistent/x,cache-mounts=1",
+        ctx,
+    ]);
+    assert!(
+        err.contains("--cache-from: cache-mounts must be true or false"),
+        "{err}"
+    );
+}

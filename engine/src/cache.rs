@@ -80,6 +80,18 @@ pub enum CacheMode {
 pub struct CacheExport {
     pub dest: PathBuf,
     pub mode: CacheMode,
+    /// `cache-mounts=true`: the build's cache mounts go too
+    /// ([`crate::cache_mounts`]).
+    pub cache_mounts: bool,
+}
+
+/// One `--cache-from type=local,src=DIR[,cache-mounts=true]`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct CacheImport {
+    pub src: PathBuf,
+    /// `cache-mounts=true`: the cache's cache mounts seed the ones that do
+    /// not exist here ([`crate::cache_mounts`]).
+    pub cache_mounts: bool,
 }
 
 /// The cache description: the config blob of the cache manifest.
@@ -89,6 +101,9 @@ pub struct CacheConfig {
     pub layers: Vec<CacheLayer>,
     /// One record per step result.
     pub records: Vec<CacheRecordDesc>,
+    /// Cache mounts (`cache-mounts=true`), by id.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub cache_mounts: Vec<crate::cache_mounts::CacheMountDesc>,
 }
 
 /// One layer of the cache.
@@ -222,6 +237,11 @@ pub struct ExportReport {
     pub layers: usize,
     /// Blobs removed because nothing referenced them any more.
     pub removed_blobs: usize,
+    /// Cache mounts written.
+    pub cache_mounts: usize,
+    /// The clean-up was left to the next export: a build was reading the
+    /// directory.
+    pub cleanup_deferred: bool,
 }
 
 fn blob_path(dir: &Path, d: &Digest) -> PathBuf {
@@ -241,6 +261,49 @@ fn lock_dir(dir: &Path) -> Result<nix::fcntl::Flock<std::fs::File>, CacheError> 
         .into_file();
     nix::fcntl::Flock::lock(file, nix::fcntl::FlockArg::LockExclusive)
         .map_err(|(_, errno)| CacheError::Lock { path, errno })
+}
+
+/// The lock of the readers of the layout `dir`, taken shared by each build
+/// that imports from it for as long as it may read blobs (blocks only while
+/// a writer is removing blobs). A writer removes unreferenced blobs only
+/// when it can take this lock exclusively at once; otherwise it leaves them
+/// to the next export, so blobs never vanish under a reader, and a reader
+/// never makes a writer wait (two builds that each read the other's export
+/// directory cannot deadlock).
+///
+/// `None` when the lock file cannot be opened (a missing directory, which
+/// the read then reports, or a read-only one, which no writer can change).
+pub fn lock_readers(dir: &Path) -> Result<Option<nix::fcntl::Flock<std::fs::File>>, CacheError> {
+    let path = dir.join(".rbuild-cache.readers.lock");
+    let file = fs_err::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(&path)
+        .or_else(|_| fs_err::File::open(&path));
+    let Ok(file) = file else {
+        return Ok(None);
+    };
+    nix::fcntl::Flock::lock(file.into_file(), nix::fcntl::FlockArg::LockShared)
+        .map(Some)
+        .map_err(|(_, errno)| CacheError::Lock { path, errno })
+}
+
+/// The readers' lock of `dir` taken exclusively, when no reader holds it.
+fn no_readers(dir: &Path) -> Result<Option<nix::fcntl::Flock<std::fs::File>>, CacheError> {
+    let path = dir.join(".rbuild-cache.readers.lock");
+    let file = fs_err::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(&path)
+        .map_err(io(&path))?
+        .into_file();
+    match nix::fcntl::Flock::lock(file, nix::fcntl::FlockArg::LockExclusiveNonblock) {
+        Ok(l) => Ok(Some(l)),
+        Err((_, nix::errno::Errno::EWOULDBLOCK)) => Ok(None),
+        Err((_, errno)) => Err(CacheError::Lock { path, errno }),
+    }
 }
 
 /// Writes `data` to `path` through a temporary name in the same directory.
@@ -279,6 +342,7 @@ pub fn export_local(
     outputs: &Outputs,
     target: VertexId,
     imported: Option<&ImportedRecords>,
+    mounts: Option<&crate::cache_mounts::ImportedMounts>,
     opts: &CacheExport,
 ) -> Result<ExportReport, CacheError> {
     let dir = &opts.dest;
@@ -364,6 +428,15 @@ pub fn export_local(
         });
     }
 
+    if opts.cache_mounts {
+        config.cache_mounts = crate::cache_mounts::export_mounts(
+            worker,
+            graph,
+            mounts,
+            &mut crate::cache_mounts::LayoutBlobs::new(dir),
+        )?;
+    }
+
     let config_bytes = serde_json::to_vec(&config).map_err(|e| CacheError::Invalid {
         path: dir.clone(),
         reason: e.to_string(),
@@ -380,6 +453,15 @@ pub fn export_local(
                 Compression::Gzip.oci_layer_media_type(),
                 l.blob.clone(),
                 size,
+            ));
+        }
+    }
+    for m in &config.cache_mounts {
+        if listed.insert(m.blob.clone()) {
+            layers.push(Descriptor::new(
+                Compression::Gzip.oci_layer_media_type(),
+                m.blob.clone(),
+                m.size,
             ));
         }
     }
@@ -426,7 +508,18 @@ pub fn export_local(
     )?;
     write_atomic(&dir.join("index.json"), &index_bytes)?;
 
-    // Only what index.json now reaches stays.
+    // Only what index.json now reaches stays; unless a build is reading
+    // the directory (it may still need the blobs it read of): then the next
+    // export cleans up.
+    let Some(_no_readers) = no_readers(dir)? else {
+        return Ok(ExportReport {
+            records: config.records.len(),
+            layers: config.layers.len(),
+            removed_blobs: 0,
+            cache_mounts: config.cache_mounts.len(),
+            cleanup_deferred: true,
+        });
+    };
     let mut keep: BTreeSet<String> = listed.iter().map(|d| d.hex().to_owned()).collect();
     keep.insert(config_digest.hex().to_owned());
     keep.insert(m_digest.hex().to_owned());
@@ -443,6 +536,8 @@ pub fn export_local(
         records: config.records.len(),
         layers: config.layers.len(),
         removed_blobs,
+        cache_mounts: config.cache_mounts.len(),
+        cleanup_deferred: false,
     })
 }
 
@@ -857,7 +952,7 @@ mod tests {
     fn chains_are_bottom_first_and_broken_ones_refused() {
         let mut c = CacheConfig {
             layers: vec![layer(0, None), layer(1, Some(0)), layer(2, Some(1))],
-            records: Vec::new(),
+            ..CacheConfig::default()
         };
         assert_eq!(c.chain(2), Some(vec![0, 1, 2]));
         assert_eq!(c.chain(0), Some(vec![0]));
@@ -884,6 +979,7 @@ mod tests {
                 layer: Some(0),
                 created_at: None,
             }],
+            cache_mounts: Vec::new(),
         };
         let json = serde_json::to_string(&c).unwrap();
         assert!(

@@ -65,7 +65,7 @@ pub struct BuildRequest {
     /// `Some(u64::MAX)`: all).
     pub step_log_max_size: Option<u64>,
     /// `--cache-from type=local,src=DIR`: build caches asked on a miss.
-    pub cache_from: Vec<PathBuf>,
+    pub cache_from: Vec<crate::cache::CacheImport>,
     /// `--cache-to type=local,dest=DIR`: where the build's records go.
     pub cache_to: Vec<crate::cache::CacheExport>,
     /// `--explain-cache`: say why each step that ran missed the imported
@@ -184,8 +184,12 @@ pub fn build(
         reporter.warning(w);
     }
     let worker = start_worker(req, &store)?;
-    let imported = import_caches(req, &plan, &worker, reporter);
-    let outputs = solve(
+    let Imports {
+        records: imported,
+        mounts,
+        mut locks,
+    } = import_caches(req, &plan, &worker, reporter);
+    let solved = solve(
         req,
         &plan,
         &worker,
@@ -194,7 +198,11 @@ pub fn build(
             .clone()
             .map(|i| i as Arc<dyn rbuild_solver::ImportedCache>),
         reporter,
-    )?;
+    );
+    for w in mounts.iter().flat_map(|m| m.take_warnings()) {
+        reporter.warning(&w);
+    }
+    let outputs = solved?;
     let target = outputs
         .get(plan.target)
         .ok_or(BuildError::TargetNotSolved)?
@@ -202,7 +210,26 @@ pub fn build(
         .clone();
     let plan = set_created(plan, &worker, &target);
     let id = export(req, &plan, &worker, &store, &target, exporter, reporter)?;
-    export_caches(req, &plan, &worker, &outputs, imported.as_deref(), reporter)?;
+    // This build's own read of a directory it now writes ends here (the
+    // writer would otherwise see a reader and leave the clean-up).
+    locks.retain(|(dir, _)| {
+        !req.cache_to
+            .iter()
+            .any(|to| fs_err::canonicalize(&to.dest).is_ok_and(|d| d == *dir))
+    });
+    export_caches(
+        req,
+        &plan,
+        &worker,
+        &outputs,
+        imported.as_deref(),
+        mounts.as_deref(),
+        reporter,
+    )?;
+    for w in mounts.iter().flat_map(|m| m.take_warnings()) {
+        reporter.warning(&w);
+    }
+    drop(locks);
     if req.explain_cache {
         match &imported {
             Some(imported) => {
@@ -259,26 +286,58 @@ fn side_id(plan: &BuildPlan, n: usize) -> VertexId {
     VertexId(u32::try_from(plan.graph.len() + 1 + n).unwrap_or(u32::MAX))
 }
 
+/// What `--cache-from` gave the build.
+#[derive(Default)]
+struct Imports {
+    records: Option<Arc<crate::cache::ImportedRecords>>,
+    /// Cache mounts of the sources given with `cache-mounts=true`.
+    mounts: Option<Arc<crate::cache_mounts::ImportedMounts>>,
+    /// The readers' lock of each source directory (canonical path), held
+    /// while the build may read its blobs.
+    locks: Vec<(PathBuf, nix::fcntl::Flock<std::fs::File>)>,
+}
+
 /// `--cache-from`: reads every source's records (each a step in progress,
 /// `importing cache manifest from DIR`); one that is missing or unreadable
-/// is a warning and the build goes on without it.
+/// is a warning and the build goes on without it. Each source directory is
+/// locked for reading (`crate::cache::lock_readers`) until the build is
+/// done with it. The cache mounts of sources given with `cache-mounts=true`
+/// become the worker's seeds of new cache mounts.
 fn import_caches(
     req: &BuildRequest,
     plan: &BuildPlan,
     worker: &LocalWorker,
     reporter: &mut dyn Reporter,
-) -> Option<Arc<crate::cache::ImportedRecords>> {
+) -> Imports {
     if req.cache_from.is_empty() {
-        return None;
+        return Imports::default();
     }
     let mut sources = Vec::new();
-    for (n, dir) in req.cache_from.iter().enumerate() {
+    let mut mount_sources: Vec<(
+        Arc<dyn crate::cache_mounts::BlobSource>,
+        Vec<crate::cache_mounts::CacheMountDesc>,
+    )> = Vec::new();
+    let mut locks = Vec::new();
+    for (n, from) in req.cache_from.iter().enumerate() {
+        let dir = &from.src;
         let name = format!("importing cache manifest from {}", dir.display());
         let read = side_vertex(reporter, side_id(plan, n), name, || {
-            crate::cache::read_local(dir)
+            let lock = crate::cache::lock_readers(dir)?;
+            crate::cache::read_local(dir).map(|config| (lock, config))
         });
         match read {
-            Ok(config) => sources.push((dir.clone(), config)),
+            Ok((lock, config)) => {
+                if let (Some(lock), Ok(canonical)) = (lock, fs_err::canonicalize(dir)) {
+                    locks.push((canonical, lock));
+                }
+                if from.cache_mounts && !config.cache_mounts.is_empty() {
+                    mount_sources.push((
+                        Arc::new(crate::cache_mounts::LayoutBlobs::new(dir)),
+                        config.cache_mounts.clone(),
+                    ));
+                }
+                sources.push((dir.clone(), config));
+            }
             Err(e) => reporter.warning(&format!(
                 "cache import from {} failed, building without it: {}",
                 dir.display(),
@@ -286,10 +345,23 @@ fn import_caches(
             )),
         }
     }
-    Some(Arc::new(crate::cache::ImportedRecords::new(
-        worker.clone(),
-        sources,
-    )))
+    let mounts = (!mount_sources.is_empty()).then(|| {
+        let tmp = StateLayout::new(&req.state_root).tmp();
+        let _ = fs_err::create_dir_all(&tmp);
+        let m = Arc::new(crate::cache_mounts::ImportedMounts::new(mount_sources, tmp));
+        worker.set_cache_mount_seeds(
+            Arc::clone(&m) as Arc<dyn rbuild_worker::cachemounts::CacheMountSeeds>
+        );
+        m
+    });
+    Imports {
+        records: Some(Arc::new(crate::cache::ImportedRecords::new(
+            worker.clone(),
+            sources,
+        ))),
+        mounts,
+        locks,
+    }
 }
 
 /// `--cache-to`: writes the build's records (each a step in progress,
@@ -300,13 +372,22 @@ fn export_caches(
     worker: &LocalWorker,
     outputs: &rbuild_solver::Outputs,
     imported: Option<&crate::cache::ImportedRecords>,
+    mounts: Option<&crate::cache_mounts::ImportedMounts>,
     reporter: &mut dyn Reporter,
 ) -> Result<(), BuildError> {
     for (n, to) in req.cache_to.iter().enumerate() {
         let name = format!("exporting cache to {}", to.dest.display());
         let id = side_id(plan, req.cache_from.len() + n);
         side_vertex(reporter, id, name, || {
-            crate::cache::export_local(worker, &plan.graph, outputs, plan.target, imported, to)
+            crate::cache::export_local(
+                worker,
+                &plan.graph,
+                outputs,
+                plan.target,
+                imported,
+                mounts,
+                to,
+            )
         })
         .map_err(|source| BuildError::CacheExport {
             dest: to.dest.clone(),

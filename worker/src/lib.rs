@@ -71,6 +71,7 @@
 //! ```
 
 pub mod cachelayers;
+pub mod cachemounts;
 mod checksum;
 pub mod context;
 pub mod error;
@@ -156,6 +157,7 @@ impl LocalWorker {
                 step_timeout: opts.step_timeout,
                 log_max: opts.step_log_max_size.unwrap_or(ops::exec::DEFAULT_LOG_MAX),
                 checksummers: Mutex::new(HashMap::new()),
+                cache_seeds: std::sync::OnceLock::new(),
             }),
         })
     }

@@ -228,10 +228,21 @@ fn cache_fields(flag: &str, spec: &str) -> anyhow::Result<Vec<(String, String)>>
         .collect()
 }
 
-/// Parses one `--cache-to`: `type=local,dest=DIR[,mode=min|max][,compression=gzip]`.
+/// `cache-mounts=true|false` of `--cache-to` / `--cache-from`.
+fn parse_cache_mounts(flag: &str, v: &str) -> anyhow::Result<bool> {
+    match v {
+        "true" => Ok(true),
+        "false" => Ok(false),
+        _ => bail!("{flag}: cache-mounts must be true or false, not {v:?}"),
+    }
+}
+
+/// Parses one `--cache-to`:
+/// `type=local,dest=DIR[,mode=min|max][,compression=gzip][,cache-mounts=true]`.
 pub fn parse_cache_to(spec: &str) -> anyhow::Result<rbuild_engine::cache::CacheExport> {
     let mut kind = None;
     let mut dest = None;
+    let mut cache_mounts = false;
     let mut mode = rbuild_engine::cache::CacheMode::Min;
     for (k, v) in cache_fields("--cache-to", spec)? {
         match k.as_str() {
@@ -246,7 +257,10 @@ pub fn parse_cache_to(spec: &str) -> anyhow::Result<rbuild_engine::cache::CacheE
             }
             "compression" if v == "gzip" => {}
             "compression" => bail!("--cache-to: compression {v:?} is not supported yet (gzip is)"),
-            _ => bail!("--cache-to: unknown field {k:?} (known: type, dest, mode, compression)"),
+            "cache-mounts" => cache_mounts = parse_cache_mounts("--cache-to", &v)?,
+            _ => bail!(
+                "--cache-to: unknown field {k:?} (known: type, dest, mode, compression, cache-mounts)"
+            ),
         }
     }
     match kind.as_deref() {
@@ -260,11 +274,15 @@ pub fn parse_cache_to(spec: &str) -> anyhow::Result<rbuild_engine::cache::CacheE
     let dest = dest
         .filter(|d| !d.as_os_str().is_empty())
         .ok_or_else(|| anyhow!("--cache-to type=local needs dest=DIR"))?;
-    Ok(rbuild_engine::cache::CacheExport { dest, mode })
+    Ok(rbuild_engine::cache::CacheExport {
+        dest,
+        mode,
+        cache_mounts,
+    })
 }
 
-/// Parses one `--cache-from`: `type=local,src=DIR`.
-pub fn parse_cache_from(spec: &str) -> anyhow::Result<PathBuf> {
+/// Parses one `--cache-from`: `type=local,src=DIR[,cache-mounts=true]`.
+pub fn parse_cache_from(spec: &str) -> anyhow::Result<rbuild_engine::cache::CacheImport> {
     if !spec.contains('=') {
         bail!(
             "--cache-from {spec:?}: importing the inline cache of an image is not supported yet (type=local,src=DIR is)"
@@ -272,11 +290,13 @@ pub fn parse_cache_from(spec: &str) -> anyhow::Result<PathBuf> {
     }
     let mut kind = None;
     let mut src = None;
+    let mut cache_mounts = false;
     for (k, v) in cache_fields("--cache-from", spec)? {
         match k.as_str() {
             "type" => kind = Some(v),
             "src" => src = Some(PathBuf::from(v)),
-            _ => bail!("--cache-from: unknown field {k:?} (known: type, src)"),
+            "cache-mounts" => cache_mounts = parse_cache_mounts("--cache-from", &v)?,
+            _ => bail!("--cache-from: unknown field {k:?} (known: type, src, cache-mounts)"),
         }
     }
     match kind.as_deref() {
@@ -287,8 +307,10 @@ pub fn parse_cache_from(spec: &str) -> anyhow::Result<PathBuf> {
         Some(t) => bail!("--cache-from: unknown type {t:?} (known: local)"),
         None => bail!("--cache-from {spec:?} has no type="),
     }
-    src.filter(|d| !d.as_os_str().is_empty())
-        .ok_or_else(|| anyhow!("--cache-from type=local needs src=DIR"))
+    let src = src
+        .filter(|d| !d.as_os_str().is_empty())
+        .ok_or_else(|| anyhow!("--cache-from type=local needs src=DIR"))?;
+    Ok(rbuild_engine::cache::CacheImport { src, cache_mounts })
 }
 
 /// Parses one `--secret` and reads its value: `id=ID[,src|source=PATH][,env=VAR]`
