@@ -818,3 +818,80 @@ fn a_bad_cache_mounts_value_is_a_one_line_error() {
         "{err}"
     );
 }
+
+/// The reader's stage `a` is cached in the cache; its final stage runs a
+/// slow step before it copies from `a`, so `a`'s layer is unpacked (read
+/// from the cache directory) only after the sleep.
+const SLOW_READER: &str = "FROM busybox AS a\n\
+RUN echo a > /a\n\
+FROM busybox\n\
+ARG N\n\
+RUN sleep 5 && echo $N > /n\n\
+COPY --from=a /a /a\n";
+
+#[test]
+fn a_writer_leaves_the_blobs_a_concurrent_reader_may_still_read() {
+    let a = Machine::new();
+    a.write("r/Dockerfile", SLOW_READER);
+    let cache = a.p("cache");
+    let to = format!("type=local,dest={cache},mode=max");
+    a.build(&["--build-arg", "N=1", "--cache-to", &to, &a.p("r")]);
+    let (before, _) = blobs(Path::new(&cache));
+
+    // The reader, another process on another machine.
+    let r = Machine::with_base_of(&a);
+    r.write("r/Dockerfile", SLOW_READER);
+    let iid = r.p("iid");
+    let reader = r
+        .env
+        .cmd(&[
+            "build",
+            "--progress",
+            "json",
+            "--iidfile",
+            &iid,
+            "--build-arg",
+            "N=2",
+            "--cache-from",
+            &format!("type=local,src={cache}"),
+            &r.p("r"),
+        ])
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    std::thread::sleep(std::time::Duration::from_millis(1500));
+
+    // Meanwhile a writer replaces the cache with another build's.
+    a.write("w/Dockerfile", "FROM busybox\nRUN echo w > /w\n");
+    a.build(&["--cache-to", &to, &a.p("w")]);
+    let mut reader = reader;
+    assert!(
+        reader.try_wait().unwrap().is_none(),
+        "the reader ended before the writer: the test proves nothing (machine too slow?)"
+    );
+    let (all, reached) = blobs(Path::new(&cache));
+    assert!(
+        before.is_subset(&all),
+        "the writer removed blobs while a build was reading the cache"
+    );
+    assert_ne!(all, reached, "the clean-up waits for the next export");
+
+    let o = reader.wait_with_output().unwrap();
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(o.status.success(), "{err}");
+    let s = Steps::parse(&err);
+    assert!(
+        s.cached.contains("[a 2/2] RUN echo a > /a") && !s.ran.contains("[a 2/2] RUN echo a > /a"),
+        "the reader's lazily unpacked step was cached: {}",
+        s.log
+    );
+    let id = fs_err::read_to_string(&iid).unwrap();
+    assert_eq!(r.cat(&id, "/a"), "a\n");
+
+    // No reader now: the next export cleans up.
+    a.build(&["--cache-to", &to, &a.p("w")]);
+    let (all, reached) = blobs(Path::new(&cache));
+    assert_eq!(all, reached);
+}
