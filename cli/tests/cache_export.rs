@@ -488,7 +488,9 @@ fn explain_cache_names_the_changed_files_and_build_arg() {
     let from = format!("type=local,src={cache}");
     let lines = explain(&b, &["--cache-from", &from, &b.p("ctx")]);
     let expected = [
-        format!("{F2}: the files it reads from [internal] load build context changed"),
+        format!(
+            "{F2}: the files it reads from [internal] load build context changed (changed: app/b.txt)"
+        ),
         format!("{F3}: its input {F2} changed"),
     ];
     for e in &expected {
@@ -498,6 +500,18 @@ fn explain_cache_names_the_changed_files_and_build_arg() {
         !lines.iter().any(|l| l.starts_with(T2) || l.starts_with(T3)),
         "the cached stage is not explained: {lines:#?}"
     );
+
+    // Files that appear and vanish.
+    let c = Machine::with_base_of(&a);
+    multi_context(&c, "ctx");
+    fs_err::remove_file(c.env.path("ctx/app/a.txt")).unwrap();
+    c.write("ctx/app/new.txt", "n\n");
+    c.write("ctx/unused.txt", "not read by any step\n");
+    let lines = explain(&c, &["--cache-from", &from, &c.p("ctx")]);
+    let e = format!(
+        "{F2}: the files it reads from [internal] load build context changed (appeared: app/new.txt; vanished: app/a.txt)"
+    );
+    assert!(lines.contains(&e), "no {e:?} in {lines:#?}");
 
     // A build arg.
     let args_df = "FROM busybox\nARG VER\nRUN echo $VER > /v\n";

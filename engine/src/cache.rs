@@ -159,6 +159,10 @@ pub struct CacheRecordDesc {
 pub struct KeyParts {
     pub fields: BTreeMap<String, String>,
     pub inputs: Vec<KeyInput>,
+    /// The files behind each `Content` input, when listed (beside the key:
+    /// see [`crate::cache_files`]).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub files: Vec<crate::cache_files::InputFiles>,
 }
 
 /// What one input contributed to a key.
@@ -208,7 +212,11 @@ impl KeyParts {
                 InputKey::Content(sums) => KeyInput::Content(sums.clone()),
             })
             .collect();
-        Self { fields, inputs }
+        Self {
+            fields,
+            inputs,
+            files: Vec::new(),
+        }
     }
 }
 
@@ -422,7 +430,10 @@ pub fn export_local(
             description: vertex.description.name.clone(),
             inputs,
             by_inputs,
-            explain: Some(KeyParts::of(&vertex.op, &s.key_inputs)),
+            explain: Some(KeyParts {
+                files: crate::cache_files::input_files(worker, graph, outputs, id),
+                ..KeyParts::of(&vertex.op, &s.key_inputs)
+            }),
             layer,
             created_at: rfc3339(created),
         });
@@ -879,7 +890,10 @@ pub fn explain_misses(
             ));
             continue;
         };
-        let ours = KeyParts::of(&vertex.op, &s.key_inputs);
+        let ours = KeyParts {
+            files: crate::cache_files::input_files(&imported.worker, graph, outputs, id),
+            ..KeyParts::of(&vertex.op, &s.key_inputs)
+        };
         let mut why = Vec::new();
         let names: BTreeSet<&String> = ours.fields.keys().chain(theirs.fields.keys()).collect();
         for f in names {
@@ -905,7 +919,12 @@ pub fn explain_misses(
                     .map_or("an input", |v| v.description.name.as_str());
                 why.push(match (a, b) {
                     (KeyInput::Content(_), KeyInput::Content(_)) => {
-                        format!("the files it reads from {input} changed")
+                        match crate::cache_files::describe_change(&ours.files, &theirs.files, pos) {
+                            Some(which) => {
+                                format!("the files it reads from {input} changed ({which})")
+                            }
+                            None => format!("the files it reads from {input} changed"),
+                        }
                     }
                     (KeyInput::Key(k), _) => format!(
                         "its input {} changed",

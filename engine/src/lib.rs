@@ -8,6 +8,7 @@
 //! implements, and returns typed errors ([`BuildError`]).
 
 pub mod cache;
+pub mod cache_files;
 pub mod cache_mounts;
 mod error;
 pub mod exporter;

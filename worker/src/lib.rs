@@ -236,6 +236,23 @@ pub fn unpack_image(
     Ok(())
 }
 
+impl LocalWorker {
+    /// What the content checksum of `selection` in `result` (the result of
+    /// `input`) is made of, entry by entry: each selected path with a
+    /// digest of its entry (sorted by path), for saying which files a
+    /// changed checksum changed (`--explain-cache`); `None` when the result
+    /// cannot be listed or has more than `limit` entries.
+    pub fn content_listing(
+        &self,
+        input: &Vertex,
+        result: &ResultRef,
+        selection: &Selection,
+        limit: usize,
+    ) -> Result<Option<context::Listing>, ExecError> {
+        checksum::content_listing(&self.inner, input, result, selection, limit)
+    }
+}
+
 impl ContentChecksum for LocalWorker {
     fn content_checksum(
         &self,
