@@ -10,119 +10,10 @@
 
 mod common;
 
-use std::collections::{BTreeMap, BTreeSet};
 use std::time::{Duration, SystemTime};
 
 use common::Env;
-
-struct B {
-    env: Env,
-}
-
-/// What became of each step of one build, by step name (`[2/5] COPY a.txt /a.txt`,
-/// `[final 3/3] RUN ...`). `[internal]` vertices (loading the context) and the
-/// export (`exporting to image`) are left out: they always run, as in BuildKit.
-#[derive(Debug, Default)]
-struct Steps {
-    ran: BTreeSet<String>,
-    cached: BTreeSet<String>,
-    /// The whole progress, for assertion messages.
-    log: String,
-}
-
-impl Steps {
-    fn parse(log: &str) -> Self {
-        let mut names = BTreeMap::new();
-        let mut s = Steps {
-            log: log.to_owned(),
-            ..Steps::default()
-        };
-        for line in log.lines().filter(|l| l.starts_with('{')) {
-            let v: serde_json::Value = serde_json::from_str(line)
-                .unwrap_or_else(|e| panic!("bad progress line {line:?}: {e}"));
-            let id = v["id"].as_u64().unwrap_or_else(|| panic!("no id: {line}"));
-            match v["event"].as_str() {
-                Some("vertex_started") => {
-                    names.insert(id, v["name"].as_str().unwrap().to_owned());
-                }
-                Some("vertex_cached") => {
-                    let name = v["name"].as_str().unwrap().to_owned();
-                    names.insert(id, name.clone());
-                    if !name.starts_with("[internal]") {
-                        assert!(s.cached.insert(name), "step reported twice:\n{log}");
-                    }
-                }
-                Some("vertex_done") => {
-                    let name = names
-                        .get(&id)
-                        .unwrap_or_else(|| panic!("done before started: {line}\n{log}"))
-                        .clone();
-                    if !name.starts_with("[internal]") && !name.starts_with("exporting to ") {
-                        assert!(s.ran.insert(name), "step reported twice:\n{log}");
-                    }
-                }
-                _ => {}
-            }
-        }
-        assert!(
-            s.ran.is_disjoint(&s.cached),
-            "a step both ran and was cached:\n{log}"
-        );
-        s
-    }
-
-    /// Asserts the steps that executed and the ones answered from the cache.
-    fn assert(&self, ran: &[&str], cached: &[&str]) {
-        let set = |v: &[&str]| v.iter().map(|s| (*s).to_owned()).collect::<BTreeSet<_>>();
-        assert_eq!(self.ran, set(ran), "steps that ran\n{}", self.log);
-        assert_eq!(
-            self.cached,
-            set(cached),
-            "steps that were cached\n{}",
-            self.log
-        );
-    }
-}
-
-impl B {
-    fn new() -> Self {
-        Self {
-            env: common::build_env(),
-        }
-    }
-
-    fn p(&self, rel: &str) -> String {
-        self.env.path(rel).to_string_lossy().into_owned()
-    }
-
-    fn write(&self, rel: &str, text: &str) {
-        let p = self.env.path(rel);
-        fs_err::create_dir_all(p.parent().unwrap()).unwrap();
-        fs_err::write(p, text).unwrap();
-    }
-
-    /// Builds with JSON progress and `--iidfile`; returns the steps and the image ID.
-    fn build(&self, args: &[&str]) -> (Steps, String) {
-        let iid = self.p("iid");
-        let _ = std::fs::remove_file(&iid);
-        let mut a = vec!["build", "--progress", "json", "--iidfile", &iid];
-        a.extend_from_slice(args);
-        let o = self.env.run(&a);
-        let (out, err) = (
-            String::from_utf8_lossy(&o.stdout),
-            String::from_utf8_lossy(&o.stderr),
-        );
-        assert!(o.status.success(), "build {args:?} failed:\n{out}\n{err}");
-        let id = fs_err::read_to_string(&iid).unwrap();
-        assert!(id.starts_with("sha256:"), "{id}");
-        (Steps::parse(&err), id)
-    }
-
-    /// `cat PATH` in the image `id`.
-    fn cat(&self, id: &str, path: &str) -> String {
-        self.env.ok(&["run", "--rm", id, "cat", path])
-    }
-}
+use common::steps::Machine;
 
 /// Sets the mtime of every file and directory under `dir` (the root included) to
 /// `t`, leaving the content alone.
@@ -169,7 +60,7 @@ const S3: &str = "[3/5] RUN cat /a.txt > /r1";
 const S4: &str = "[4/5] COPY b.txt /b.txt";
 const S5: &str = "[5/5] RUN cat /a.txt /b.txt > /r2";
 
-impl B {
+impl Machine {
     fn two_copies(&self, dir: &str) {
         self.write(&format!("{dir}/Dockerfile"), TWO_COPIES);
         self.write(&format!("{dir}/a.txt"), "a1\n");
@@ -181,7 +72,7 @@ impl B {
 
 #[test]
 fn an_identical_rebuild_runs_nothing_and_gives_the_same_id() {
-    let b = B::new();
+    let b = Machine::new();
     b.two_copies("ctx");
     let (first, id1) = b.build(&[&b.p("ctx")]);
     for s in [S2, S3, S4, S5] {
@@ -194,7 +85,7 @@ fn an_identical_rebuild_runs_nothing_and_gives_the_same_id() {
 
 #[test]
 fn changing_one_file_reruns_from_the_first_copy_that_selects_it() {
-    let b = B::new();
+    let b = Machine::new();
     b.two_copies("ctx");
     b.build(&[&b.p("ctx")]);
 
@@ -229,7 +120,7 @@ fn a_same_size_change_with_the_same_mtime_is_seen() {
     // The checksum cache is keyed by (path, size, mtime, inode): a new file of the
     // same size with the old mtime (a `git checkout` that preserves times, a
     // restore from backup) must still be seen through its new inode.
-    let b = B::new();
+    let b = Machine::new();
     b.two_copies("ctx");
     let t = SystemTime::UNIX_EPOCH + Duration::from_secs(1_500_000_000);
     set_mtimes(&b.env.path("ctx"), t);
@@ -245,7 +136,7 @@ fn a_same_size_change_with_the_same_mtime_is_seen() {
 
 #[test]
 fn touching_files_or_a_fresh_copy_of_the_context_reruns_nothing() {
-    let b = B::new();
+    let b = Machine::new();
     b.two_copies("ctx");
     let (_, id1) = b.build(&[&b.p("ctx")]);
 
@@ -269,7 +160,7 @@ fn touching_files_or_a_fresh_copy_of_the_context_reruns_nothing() {
 
 #[test]
 fn an_arg_value_reruns_from_the_first_run_after_it() {
-    let b = B::new();
+    let b = Machine::new();
     b.write(
         "ctx/Dockerfile",
         "FROM busybox\n\
@@ -311,7 +202,7 @@ fn an_arg_value_reruns_from_the_first_run_after_it() {
 
 #[test]
 fn no_cache_runs_every_step() {
-    let b = B::new();
+    let b = Machine::new();
     b.two_copies("ctx");
     b.build(&[&b.p("ctx")]);
     let (s, _) = b.build(&["--no-cache", &b.p("ctx")]);
@@ -323,7 +214,7 @@ fn no_cache_runs_every_step() {
 
 #[test]
 fn no_cache_filter_runs_only_that_stages_steps() {
-    let b = B::new();
+    let b = Machine::new();
     b.write(
         "ctx/Dockerfile",
         "FROM busybox AS deps\n\
@@ -359,7 +250,7 @@ fn no_cache_filter_runs_only_that_stages_steps() {
 
 #[test]
 fn a_change_to_a_dockerignored_file_reruns_nothing() {
-    let b = B::new();
+    let b = Machine::new();
     b.write(
         "ctx/Dockerfile",
         "FROM busybox\nCOPY . /app\nRUN ls -A /app > /listing\n",
@@ -396,7 +287,7 @@ fn a_mode_only_change_reruns_the_copy_that_selects_the_file() {
     // The mode is part of the content checksum (tar header fields without mtime),
     // and `chmod` changes neither size, mtime nor inode.
     use std::os::unix::fs::PermissionsExt as _;
-    let b = B::new();
+    let b = Machine::new();
     b.two_copies("ctx");
     b.build(&[&b.p("ctx")]);
     let p = b.env.path("ctx/b.txt");
@@ -411,7 +302,7 @@ fn a_mode_only_change_reruns_the_copy_that_selects_the_file() {
 
 #[test]
 fn dockerfile_edits_rerun_only_the_steps_they_change() {
-    let b = B::new();
+    let b = Machine::new();
     b.write(
         "ctx/Dockerfile",
         "FROM busybox\nLABEL a=1\nCOPY src/*.txt /x/\nRUN ls /x > /l\nENV E=1\nRUN echo e > /e\nCMD [\"sh\"]\n",
@@ -458,7 +349,7 @@ fn dockerfile_edits_rerun_only_the_steps_they_change() {
 fn a_proxy_build_arg_reruns_nothing_unless_declared() {
     // BuildKit: the predefined proxy ARGs reach RUN but are exempt from the
     // cache unless the Dockerfile declares them with ARG.
-    let b = B::new();
+    let b = Machine::new();
     b.write(
         "ctx/Dockerfile",
         "FROM busybox\nRUN echo \"p=$HTTP_PROXY\" > /p\n",
@@ -490,7 +381,7 @@ fn a_proxy_build_arg_reruns_nothing_unless_declared() {
 fn run_mounts_key_on_bind_sources_not_on_secrets() {
     // A bind mount from the context is keyed by the content of its source (as a
     // COPY is); a secret's content is not part of the key, as in BuildKit.
-    let b = B::new();
+    let b = Machine::new();
     b.write(
         "ctx/Dockerfile",
         "FROM busybox\n\
@@ -575,7 +466,7 @@ fn build_in(env: &Env, root: &str, epoch: Option<&str>, args: &[&str]) -> (Strin
 /// A context, built, changed and built again in one state root (the COPY
 /// runs again), then built cold in another: (root, incremental image, other
 /// root, cold image).
-fn incremental_and_cold(b: &B, epoch: Option<&str>) -> (String, String, String, String) {
+fn incremental_and_cold(b: &Machine, epoch: Option<&str>) -> (String, String, String, String) {
     use std::os::unix::fs::PermissionsExt;
     b.write(
         "ctx/Dockerfile",
@@ -649,7 +540,7 @@ fn a_copy_rerun_after_a_change_gives_the_layer_a_cold_build_gives() {
     // that did not change from its previous result instead of copying them.
     // Whatever it links, its result must be what a cold build of the same
     // context gives: same content, modes, mtimes and hard links.
-    let b = B::new();
+    let b = Machine::new();
 
     // With SOURCE_DATE_EPOCH every layer is reproducible (WORKDIR's directory
     // time included): the layers must be the cold build's, byte for byte.
@@ -691,7 +582,7 @@ fn copy_from_a_stage_is_keyed_by_the_content_it_copies() {
     // the stage's cache key: when `--no-cache-filter` makes a stage run again,
     // a copy of files that came out the same stays cached, and a copy of files
     // that came out different runs again (with the new content).
-    let b = B::new();
+    let b = Machine::new();
     b.write(
         "ctx/Dockerfile",
         "FROM busybox AS deps\n\

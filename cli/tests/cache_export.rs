@@ -9,122 +9,10 @@
 
 mod common;
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::BTreeSet;
 use std::path::Path;
 
-use common::Env;
-
-/// What became of each step of one build, by step name.
-#[derive(Debug, Default)]
-struct Steps {
-    ran: BTreeSet<String>,
-    cached: BTreeSet<String>,
-    /// Step name → cache key.
-    keys: BTreeMap<String, String>,
-    /// The whole progress, for assertion messages.
-    log: String,
-}
-
-impl Steps {
-    fn parse(log: &str) -> Self {
-        let mut names = BTreeMap::new();
-        let mut s = Steps {
-            log: log.to_owned(),
-            ..Steps::default()
-        };
-        for line in log.lines().filter(|l| l.starts_with('{')) {
-            let v: serde_json::Value = serde_json::from_str(line)
-                .unwrap_or_else(|e| panic!("bad progress line {line:?}: {e}"));
-            let id = v["id"].as_u64().unwrap_or_else(|| panic!("no id: {line}"));
-            let name = |names: &BTreeMap<u64, String>| {
-                names
-                    .get(&id)
-                    .unwrap_or_else(|| panic!("event before start: {line}\n{log}"))
-                    .clone()
-            };
-            match v["event"].as_str() {
-                Some("vertex_started") => {
-                    names.insert(id, v["name"].as_str().unwrap().to_owned());
-                }
-                Some("vertex_cached") => {
-                    s.cached.insert(name(&names));
-                }
-                Some("vertex_done") => {
-                    s.ran.insert(name(&names));
-                }
-                Some("vertex_key") => {
-                    let key = v["key"].as_str().unwrap().to_owned();
-                    assert_eq!(key.len(), 64, "{line}");
-                    assert!(s.keys.insert(name(&names), key).is_none(), "{log}");
-                }
-                _ => {}
-            }
-        }
-        s
-    }
-
-    /// The steps of the Dockerfile (not `[internal]` ones, not the export).
-    fn steps(set: &BTreeSet<String>) -> BTreeSet<String> {
-        set.iter()
-            .filter(|n| n.starts_with('['))
-            .filter(|n| !n.starts_with("[internal]"))
-            .cloned()
-            .collect()
-    }
-}
-
-/// One machine: a state root with the busybox base imported.
-struct Machine {
-    env: Env,
-}
-
-impl Machine {
-    fn new() -> Self {
-        Self {
-            env: common::build_env(),
-        }
-    }
-
-    /// Another machine with `other`'s busybox base, as `save` wrote it and
-    /// `load` read it (the same image ID; a pull from a registry gives the same).
-    fn with_base_of(other: &Machine) -> Self {
-        let env = Env::new();
-        let tar = env.path("busybox-save.tar");
-        other
-            .env
-            .ok(&["save", "-o", tar.to_str().unwrap(), "busybox:latest"]);
-        env.ok(&["load", "-q", "-i", tar.to_str().unwrap()]);
-        fs_err::remove_file(&tar).unwrap();
-        Self { env }
-    }
-
-    fn p(&self, rel: &str) -> String {
-        self.env.path(rel).to_string_lossy().into_owned()
-    }
-
-    fn write(&self, rel: &str, text: &str) {
-        let p = self.env.path(rel);
-        fs_err::create_dir_all(p.parent().unwrap()).unwrap();
-        fs_err::write(p, text).unwrap();
-    }
-
-    /// Builds with JSON progress and `--iidfile`; returns the steps and the image ID.
-    fn build(&self, args: &[&str]) -> (Steps, String) {
-        let iid = self.p("iid");
-        let _ = std::fs::remove_file(&iid);
-        let mut a = vec!["build", "--progress", "json", "--iidfile", &iid];
-        a.extend_from_slice(args);
-        let o = self.env.run(&a);
-        let (out, err) = (
-            String::from_utf8_lossy(&o.stdout),
-            String::from_utf8_lossy(&o.stderr),
-        );
-        assert!(o.status.success(), "build {args:?} failed:\n{out}\n{err}");
-        let id = fs_err::read_to_string(&iid).unwrap();
-        assert!(id.starts_with("sha256:"), "{id}");
-        (Steps::parse(&err), id)
-    }
-}
+use common::steps::{Machine, Steps, set};
 
 /// A multi-stage build with RUN, COPY and a cache mount; the final stage
 /// copies from the other.
@@ -238,10 +126,6 @@ const F2: &str = "[stage-1 2/4] COPY app/ /app/";
 const F3: &str = "[stage-1 3/4] RUN cat /app/*.txt > /app.out";
 const F4: &str = "[stage-1 4/4] COPY --from=tools /tool.out /tool.out";
 
-fn set(v: &[&str]) -> BTreeSet<String> {
-    v.iter().map(|s| (*s).to_owned()).collect()
-}
-
 /// The blobs of an OCI layout directory and the ones its index reaches.
 fn blobs(dir: &Path) -> (BTreeSet<String>, BTreeSet<String>) {
     let mut all = BTreeSet::new();
@@ -287,11 +171,6 @@ fn unpacked_step_layers(m: &Machine) -> usize {
         .count()
 }
 
-/// `cat PATH` in image `id` of machine `m`.
-fn cat(m: &Machine, id: &str, path: &str) -> String {
-    m.env.ok(&["run", "--rm", id, "cat", path])
-}
-
 #[test]
 fn a_local_cache_in_max_mode_makes_a_fresh_machine_run_nothing() {
     let a = Machine::new();
@@ -333,8 +212,8 @@ fn a_local_cache_in_max_mode_makes_a_fresh_machine_run_nothing() {
     assert_eq!(Steps::steps(&sb.ran), set(&[]), "{}", sb.log);
     assert_eq!(unpacked_step_layers(&b), 3, "F2, F3 and F4's layers only");
     assert_eq!(id_a, id_b, "the same image ID (A's created time travelled)");
-    assert_eq!(cat(&b, &id_b, "/app.out"), "a1\nb1\n");
-    assert_eq!(cat(&b, &id_b, "/tool.out"), "TOOL ONE\n");
+    assert_eq!(b.cat(&id_b, "/app.out"), "a1\nb1\n");
+    assert_eq!(b.cat(&id_b, "/tool.out"), "TOOL ONE\n");
 
     // One file of the final stage changes: from its COPY on, the rest (the
     // other stage) stays cached.
@@ -350,7 +229,7 @@ fn a_local_cache_in_max_mode_makes_a_fresh_machine_run_nothing() {
         "{}",
         s2.log
     );
-    assert_eq!(cat(&b2, &id2, "/app.out"), "a1\nb2\n");
+    assert_eq!(b2.cat(&id2, "/app.out"), "a1\nb2\n");
 }
 
 #[test]
@@ -471,7 +350,7 @@ fn a_missing_blob_makes_the_step_run() {
         "{}",
         s.log
     );
-    assert_eq!(cat(&b, &id, "/tool.out"), "TOOL ONE\n");
+    assert_eq!(b.cat(&id, "/tool.out"), "TOOL ONE\n");
 }
 
 /// The cache config of an OCI layout written by `--cache-to type=local`.
@@ -520,7 +399,7 @@ fn a_min_mode_cache_makes_an_unchanged_build_run_nothing() {
         s.log
     );
     assert_eq!(id_a, id_b);
-    assert_eq!(cat(&b, &id_b, "/tool.out"), "TOOL ONE\n");
+    assert_eq!(b.cat(&id_b, "/tool.out"), "TOOL ONE\n");
 }
 
 #[test]
@@ -574,8 +453,8 @@ fn a_machine_that_imported_lazily_exports_the_layers_it_never_unpacked() {
         "{}",
         s.log
     );
-    assert_eq!(cat(&c, &id, "/tool.out"), "TOOL ONE\n");
-    assert_eq!(cat(&c, &id, "/app.out"), "a1\nb2\n");
+    assert_eq!(c.cat(&id, "/tool.out"), "TOOL ONE\n");
+    assert_eq!(c.cat(&id, "/app.out"), "a1\nb2\n");
 }
 
 /// Builds with plain progress and `--explain-cache`; returns the
@@ -609,7 +488,9 @@ fn explain_cache_names_the_changed_files_and_build_arg() {
     let from = format!("type=local,src={cache}");
     let lines = explain(&b, &["--cache-from", &from, &b.p("ctx")]);
     let expected = [
-        format!("{F2}: the files it reads from [internal] load build context changed"),
+        format!(
+            "{F2}: the files it reads from [internal] load build context changed (changed: app/b.txt)"
+        ),
         format!("{F3}: its input {F2} changed"),
     ];
     for e in &expected {
@@ -619,6 +500,18 @@ fn explain_cache_names_the_changed_files_and_build_arg() {
         !lines.iter().any(|l| l.starts_with(T2) || l.starts_with(T3)),
         "the cached stage is not explained: {lines:#?}"
     );
+
+    // Files that appear and vanish.
+    let c = Machine::with_base_of(&a);
+    multi_context(&c, "ctx");
+    fs_err::remove_file(c.env.path("ctx/app/a.txt")).unwrap();
+    c.write("ctx/app/new.txt", "n\n");
+    c.write("ctx/unused.txt", "not read by any step\n");
+    let lines = explain(&c, &["--cache-from", &from, &c.p("ctx")]);
+    let e = format!(
+        "{F2}: the files it reads from [internal] load build context changed (appeared: app/new.txt; vanished: app/a.txt)"
+    );
+    assert!(lines.contains(&e), "no {e:?} in {lines:#?}");
 
     // A build arg.
     let args_df = "FROM busybox\nARG VER\nRUN echo $VER > /v\n";
@@ -667,6 +560,352 @@ fn importing_from_and_exporting_to_the_same_directory_keeps_it_whole() {
     c.write("ctx/app/a.txt", "a3\n");
     let (s, id) = c.build(&["--cache-from", &from, &c.p("ctx")]);
     assert_eq!(Steps::steps(&s.ran), set(&[]), "{}", s.log);
-    assert_eq!(cat(&c, &id, "/app.out"), "a3\nb1\n");
-    assert_eq!(cat(&c, &id, "/tool.out"), "TOOL ONE\n");
+    assert_eq!(c.cat(&id, "/app.out"), "a3\nb1\n");
+    assert_eq!(c.cat(&id, "/tool.out"), "TOOL ONE\n");
+}
+
+/// A RUN that adds a file named after `$N` to two cache mounts (one
+/// `locked`, with an entry owned by 1234:1234) and lists what they hold.
+const MOUNTS: &str = "FROM busybox\n\
+ARG N\n\
+RUN --mount=type=cache,id=pkgs,target=/var/cache/pkgs,sharing=locked \
+--mount=type=cache,target=/root/.cache \
+echo $N > /var/cache/pkgs/from-$N && mkdir -p /var/cache/pkgs/sub && echo deep > /var/cache/pkgs/sub/f \
+&& chown 1234:1234 /var/cache/pkgs/sub/f && touch /root/.cache/seen-$N \
+&& ls /var/cache/pkgs > /pkgs && ls /root/.cache > /home-cache \
+&& stat -c %u:%g /var/cache/pkgs/sub/f > /owner\n";
+
+/// The same, mounting only `pkgs`.
+const ONE_MOUNT: &str = "FROM busybox\n\
+ARG N\n\
+RUN --mount=type=cache,id=pkgs,target=/var/cache/pkgs \
+echo $N > /var/cache/pkgs/from-$N && ls /var/cache/pkgs > /pkgs\n";
+
+/// The cache mounts of machine `m` (directory names under its state root).
+fn cache_mount_dirs(m: &Machine) -> BTreeSet<String> {
+    let dir = m.env.root().join("cache-mounts");
+    let Ok(rd) = fs_err::read_dir(&dir) else {
+        return BTreeSet::new();
+    };
+    rd.map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .filter(|n| Path::new(n).extension().is_none_or(|x| x != "lock") && !n.starts_with('.'))
+        .collect()
+}
+
+#[test]
+fn cache_mounts_travel_only_with_cache_mounts_true() {
+    let ma = Machine::new();
+    ma.write("m/Dockerfile", MOUNTS);
+    let cache = ma.p("cache");
+    let (steps, _) = ma.build(&[
+        "--build-arg",
+        "N=a",
+        "--cache-to",
+        &format!("type=local,dest={cache},mode=max,cache-mounts=true"),
+        &ma.p("m"),
+    ]);
+    assert!(
+        steps.ran.iter().any(|n| n.contains("RUN --mount")),
+        "{}",
+        steps.log
+    );
+    let config = read_config(Path::new(&cache));
+    let mounts = config["cache_mounts"].as_array().expect("cache_mounts");
+    let ids: BTreeSet<&str> = mounts.iter().map(|m| m["id"].as_str().unwrap()).collect();
+    assert_eq!(ids, BTreeSet::from(["/root/.cache", "pkgs"]), "{config}");
+    let (all, reached) = blobs(Path::new(&cache));
+    assert_eq!(all, reached, "the mounts' blobs are layers of the manifest");
+    for m in mounts {
+        assert!(
+            reached.contains(&m["blob"].as_str().unwrap()[7..]),
+            "{config}"
+        );
+    }
+
+    // B imports with cache-mounts=true; its RUN (another N: it runs) sees
+    // A's files, owners kept.
+    let mb = Machine::with_base_of(&ma);
+    mb.write("m/Dockerfile", MOUNTS);
+    let from_mounts = format!("type=local,src={cache},cache-mounts=true");
+    let (steps, id) = mb.build(&[
+        "--build-arg",
+        "N=b",
+        "--cache-from",
+        &from_mounts,
+        &mb.p("m"),
+    ]);
+    assert!(
+        steps.ran.iter().any(|n| n.contains("RUN --mount")),
+        "{}",
+        steps.log
+    );
+    assert_eq!(mb.cat(&id, "/pkgs"), "from-a\nfrom-b\nsub\n");
+    assert_eq!(mb.cat(&id, "/home-cache"), "seen-a\nseen-b\n");
+    assert_eq!(mb.cat(&id, "/owner"), "1234:1234\n");
+
+    // Lazily: only the mounts of steps that run are seeded.
+    let mc = Machine::with_base_of(&ma);
+    mc.write("one/Dockerfile", ONE_MOUNT);
+    let (_, id) = mc.build(&[
+        "--build-arg",
+        "N=c",
+        "--cache-from",
+        &from_mounts,
+        &mc.p("one"),
+    ]);
+    assert_eq!(mc.cat(&id, "/pkgs"), "from-a\nfrom-c\nsub\n");
+    let dirs = cache_mount_dirs(&mc);
+    assert_eq!(dirs.len(), 1, "only pkgs was seeded: {dirs:?}");
+    assert!(dirs.iter().all(|dir| dir.starts_with("pkgs-")), "{dirs:?}");
+
+    // A cache mount that exists here is kept as it is: C's pkgs (seeded,
+    // then written by C) does not take A's content again.
+    let (_, id) = mc.build(&[
+        "--build-arg",
+        "N=c2",
+        "--cache-from",
+        &from_mounts,
+        &mc.p("one"),
+    ]);
+    assert_eq!(mc.cat(&id, "/pkgs"), "from-a\nfrom-c\nfrom-c2\nsub\n");
+    let md = Machine::with_base_of(&ma);
+    md.write("one/Dockerfile", ONE_MOUNT);
+    md.build(&["--build-arg", "N=d", &md.p("one")]);
+    let (_, id) = md.build(&[
+        "--build-arg",
+        "N=d2",
+        "--cache-from",
+        &from_mounts,
+        &md.p("one"),
+    ]);
+    assert_eq!(
+        md.cat(&id, "/pkgs"),
+        "from-d\nfrom-d2\n",
+        "D's own mount is kept"
+    );
+
+    // Without the option on --cache-from, nothing of the mounts travels.
+    let me = Machine::with_base_of(&ma);
+    me.write("m/Dockerfile", MOUNTS);
+    let from = format!("type=local,src={cache}");
+    let (_, id) = me.build(&["--build-arg", "N=e", "--cache-from", &from, &me.p("m")]);
+    assert_eq!(me.cat(&id, "/pkgs"), "from-e\nsub\n");
+    assert_eq!(me.cat(&id, "/home-cache"), "seen-e\n");
+
+    // Without it on --cache-to, the cache holds no mount.
+    let plain = ma.p("plain");
+    ma.build(&[
+        "--build-arg",
+        "N=a2",
+        "--cache-to",
+        &format!("type=local,dest={plain},mode=max"),
+        &ma.p("m"),
+    ]);
+    let config = read_config(Path::new(&plain));
+    assert!(config.get("cache_mounts").is_none(), "{config}");
+    let mf = Machine::with_base_of(&ma);
+    mf.write("m/Dockerfile", MOUNTS);
+    let (_, id) = mf.build(&[
+        "--build-arg",
+        "N=f",
+        "--cache-from",
+        &format!("type=local,src={plain},cache-mounts=true"),
+        &mf.p("m"),
+    ]);
+    assert_eq!(mf.cat(&id, "/pkgs"), "from-f\nsub\n");
+}
+
+#[test]
+fn cache_mounts_are_carried_over_by_a_machine_that_ran_nothing() {
+    let a = Machine::new();
+    a.write("one/Dockerfile", ONE_MOUNT);
+    let first = a.p("first");
+    a.build(&[
+        "--build-arg",
+        "N=a",
+        "--cache-to",
+        &format!("type=local,dest={first},mode=max,cache-mounts=true"),
+        &a.p("one"),
+    ]);
+    // B: everything cached, no mount made here; its export carries A's.
+    let b = Machine::with_base_of(&a);
+    b.write("one/Dockerfile", ONE_MOUNT);
+    let second = b.p("second");
+    let (s, _) = b.build(&[
+        "--build-arg",
+        "N=a",
+        "--cache-from",
+        &format!("type=local,src={first},cache-mounts=true"),
+        "--cache-to",
+        &format!("type=local,dest={second},mode=max,cache-mounts=true"),
+        &b.p("one"),
+    ]);
+    assert_eq!(Steps::steps(&s.ran), set(&[]), "{}", s.log);
+    assert!(cache_mount_dirs(&b).is_empty(), "nothing was seeded on B");
+    assert_eq!(
+        read_config(Path::new(&first))["cache_mounts"],
+        read_config(Path::new(&second))["cache_mounts"]
+    );
+    // C from B's cache sees A's mount.
+    let c = Machine::with_base_of(&a);
+    c.write("one/Dockerfile", ONE_MOUNT);
+    let (_, id) = c.build(&[
+        "--build-arg",
+        "N=c",
+        "--cache-from",
+        &format!("type=local,src={second},cache-mounts=true"),
+        &c.p("one"),
+    ]);
+    assert_eq!(c.cat(&id, "/pkgs"), "from-a\nfrom-c\n");
+}
+
+#[test]
+fn a_corrupt_cache_mount_blob_warns_and_the_mount_starts_empty() {
+    let a = Machine::new();
+    a.write("one/Dockerfile", ONE_MOUNT);
+    let cache = a.p("cache");
+    a.build(&[
+        "--build-arg",
+        "N=a",
+        "--cache-to",
+        &format!("type=local,dest={cache},mode=max,cache-mounts=true"),
+        &a.p("one"),
+    ]);
+    let config = read_config(Path::new(&cache));
+    let blob = &config["cache_mounts"][0]["blob"].as_str().unwrap()[7..];
+    fs_err::write(
+        Path::new(&cache).join("blobs/sha256").join(blob),
+        b"garbage",
+    )
+    .unwrap();
+    let b = Machine::with_base_of(&a);
+    b.write("one/Dockerfile", ONE_MOUNT);
+    let iid = b.p("iid");
+    let o = b.env.run(&[
+        "build",
+        "--progress",
+        "plain",
+        "--iidfile",
+        &iid,
+        "--build-arg",
+        "N=b",
+        "--cache-from",
+        &format!("type=local,src={cache},cache-mounts=true"),
+        &b.p("one"),
+    ]);
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(o.status.success(), "{err}");
+    assert!(
+        err.lines()
+            .any(|l| l.contains("cache mount pkgs") && l.contains("does not match its digest")),
+        "{err}"
+    );
+    let id = fs_err::read_to_string(&iid).unwrap();
+    assert_eq!(b.cat(&id, "/pkgs"), "from-b\n");
+}
+
+#[test]
+fn a_bad_cache_mounts_value_is_a_one_line_error() {
+    let env = common::Env::new();
+    let ctx = env.path("ctx");
+    fs_err::create_dir_all(&ctx).unwrap();
+    fs_err::write(ctx.join("Dockerfile"), "FROM scratch\n").unwrap();
+    let ctx = ctx.to_str().unwrap();
+    let err = env.fails(&[
+        "build",
+        "--cache-to",
+        "type=local,dest=/nonexistent/x,cache-mounts=yes",
+        ctx,
+    ]);
+    assert!(
+        err.contains("--cache-to: cache-mounts=\"yes\" is not true or false"),
+        "{err}"
+    );
+    let err = env.fails(&[
+        "build",
+        "--cache-from",
+        "type=local,src=/nonexistent/x,cache-mounts=1",
+        ctx,
+    ]);
+    assert!(
+        err.contains("--cache-from: cache-mounts=\"1\" is not true or false"),
+        "{err}"
+    );
+}
+
+/// The reader's stage `a` is cached in the cache; its final stage runs a
+/// slow step before it copies from `a`, so `a`'s layer is unpacked (read
+/// from the cache directory) only after the sleep.
+const SLOW_READER: &str = "FROM busybox AS a\n\
+RUN echo a > /a\n\
+FROM busybox\n\
+ARG N\n\
+RUN sleep 5 && echo $N > /n\n\
+COPY --from=a /a /a\n";
+
+#[test]
+fn a_writer_leaves_the_blobs_a_concurrent_reader_may_still_read() {
+    let a = Machine::new();
+    a.write("r/Dockerfile", SLOW_READER);
+    let cache = a.p("cache");
+    let to = format!("type=local,dest={cache},mode=max");
+    a.build(&["--build-arg", "N=1", "--cache-to", &to, &a.p("r")]);
+    let (before, _) = blobs(Path::new(&cache));
+
+    // The reader, another process on another machine.
+    let r = Machine::with_base_of(&a);
+    r.write("r/Dockerfile", SLOW_READER);
+    let iid = r.p("iid");
+    let reader = r
+        .env
+        .cmd(&[
+            "build",
+            "--progress",
+            "json",
+            "--iidfile",
+            &iid,
+            "--build-arg",
+            "N=2",
+            "--cache-from",
+            &format!("type=local,src={cache}"),
+            &r.p("r"),
+        ])
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    std::thread::sleep(std::time::Duration::from_millis(1500));
+
+    // Meanwhile a writer replaces the cache with another build's.
+    a.write("w/Dockerfile", "FROM busybox\nRUN echo w > /w\n");
+    a.build(&["--cache-to", &to, &a.p("w")]);
+    let mut reader = reader;
+    assert!(
+        reader.try_wait().unwrap().is_none(),
+        "the reader ended before the writer: the test proves nothing (machine too slow?)"
+    );
+    let (all, reached) = blobs(Path::new(&cache));
+    assert!(
+        before.is_subset(&all),
+        "the writer removed blobs while a build was reading the cache"
+    );
+    assert_ne!(all, reached, "the clean-up waits for the next export");
+
+    let o = reader.wait_with_output().unwrap();
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(o.status.success(), "{err}");
+    let s = Steps::parse(&err);
+    assert!(
+        s.cached.contains("[a 2/2] RUN echo a > /a") && !s.ran.contains("[a 2/2] RUN echo a > /a"),
+        "the reader's lazily unpacked step was cached: {}",
+        s.log
+    );
+    let id = fs_err::read_to_string(&iid).unwrap();
+    assert_eq!(r.cat(&id, "/a"), "a\n");
+
+    // No reader now: the next export cleans up.
+    a.build(&["--cache-to", &to, &a.p("w")]);
+    let (all, reached) = blobs(Path::new(&cache));
+    assert_eq!(all, reached);
 }

@@ -759,3 +759,53 @@ fn two_machines_exporting_to_one_ref_at_once_leave_a_cache_that_imports() {
     assert!(!err.contains("not usable"), "{err}");
     assert!(err.contains("CACHED"), "{err}");
 }
+
+/// A RUN that adds a file named after `$N` to a cache mount and lists it.
+const MOUNT: &str = "FROM busybox\n\
+ARG N\n\
+RUN --mount=type=cache,id=pkgs,target=/var/cache/pkgs \
+echo $N > /var/cache/pkgs/from-$N && ls /var/cache/pkgs > /pkgs\n";
+
+#[test]
+fn cache_mounts_travel_through_a_registry_with_cache_mounts_true() {
+    let reg = Registry::start();
+    let a = Machine::new();
+    a.write("m/Dockerfile", MOUNT);
+    let cache = format!("{}/cache/mounts:1", reg.host());
+    a.build(&[
+        "--build-arg",
+        "N=a",
+        "--cache-to",
+        &format!("type=registry,ref={cache},mode=max,cache-mounts=true"),
+        &a.p("m"),
+    ]);
+    let (_, config) = cache_of(&reg, "cache/mounts", "1");
+    let mounts = config["cache_mounts"].as_array().expect("cache_mounts");
+    assert_eq!(mounts.len(), 1, "{config}");
+    assert_eq!(mounts[0]["id"], "pkgs", "{config}");
+
+    // B's RUN (another N: it runs) sees A's file in the mount.
+    let b = Machine::with_base_of(&a);
+    b.write("m/Dockerfile", MOUNT);
+    let (s, id) = b.build(&[
+        "--build-arg",
+        "N=b",
+        "--cache-from",
+        &format!("type=registry,ref={cache},cache-mounts=true"),
+        &b.p("m"),
+    ]);
+    assert!(s.ran.iter().any(|n| n.contains("RUN --mount")), "{}", s.log);
+    assert_eq!(cat(&b, &id, "/pkgs"), "from-a\nfrom-b\n");
+
+    // Without the option, nothing of the mounts travels.
+    let c = Machine::with_base_of(&a);
+    c.write("m/Dockerfile", MOUNT);
+    let (_, id) = c.build(&[
+        "--build-arg",
+        "N=c",
+        "--cache-from",
+        &format!("type=registry,ref={cache}"),
+        &c.p("m"),
+    ]);
+    assert_eq!(cat(&c, &id, "/pkgs"), "from-c\n");
+}

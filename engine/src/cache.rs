@@ -93,13 +93,25 @@ pub struct CacheExport {
     pub compression: Compression,
     /// `ignore-error=true`: a failed export is a warning.
     pub ignore_error: bool,
+    /// `cache-mounts=true`: the build's cache mounts go too
+    /// ([`crate::cache_mounts`]).
+    pub cache_mounts: bool,
+}
+
+/// One `--cache-from type=local,src=DIR[,cache-mounts=true]`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct CacheImport {
+    pub src: PathBuf,
+    /// `cache-mounts=true`: the cache's cache mounts seed the ones that do
+    /// not exist here ([`crate::cache_mounts`]).
+    pub cache_mounts: bool,
 }
 
 /// Where an imported cache's blobs come from: an OCI layout directory or a
 /// registry (see [`crate::cache_registry`]).
 pub enum CacheSource {
     Local(PathBuf),
-    Registry(Box<crate::cache_registry::RemoteCache>),
+    Registry(std::sync::Arc<crate::cache_registry::RemoteCache>),
 }
 
 /// A blob of a source as a file: the layout's own, or a verified download
@@ -168,6 +180,9 @@ pub struct CacheConfig {
     pub layers: Vec<CacheLayer>,
     /// One record per step result.
     pub records: Vec<CacheRecordDesc>,
+    /// Cache mounts (`cache-mounts=true`), by id.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub cache_mounts: Vec<crate::cache_mounts::CacheMountDesc>,
 }
 
 /// One layer of the cache.
@@ -223,6 +238,10 @@ pub struct CacheRecordDesc {
 pub struct KeyParts {
     pub fields: BTreeMap<String, String>,
     pub inputs: Vec<KeyInput>,
+    /// The files behind each `Content` input, when listed (beside the key:
+    /// see [`crate::cache_files`]).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub files: Vec<crate::cache_files::InputFiles>,
 }
 
 /// What one input contributed to a key.
@@ -272,7 +291,11 @@ impl KeyParts {
                 InputKey::Content(sums) => KeyInput::Content(sums.clone()),
             })
             .collect();
-        Self { fields, inputs }
+        Self {
+            fields,
+            inputs,
+            files: Vec::new(),
+        }
     }
 }
 
@@ -301,6 +324,11 @@ pub struct ExportReport {
     pub layers: usize,
     /// Blobs removed because nothing referenced them any more.
     pub removed_blobs: usize,
+    /// Cache mounts written.
+    pub cache_mounts: usize,
+    /// The clean-up was left to the next export: a build was reading the
+    /// directory.
+    pub cleanup_deferred: bool,
 }
 
 fn blob_path(dir: &Path, d: &Digest) -> PathBuf {
@@ -320,6 +348,49 @@ fn lock_dir(dir: &Path) -> Result<nix::fcntl::Flock<std::fs::File>, CacheError> 
         .into_file();
     nix::fcntl::Flock::lock(file, nix::fcntl::FlockArg::LockExclusive)
         .map_err(|(_, errno)| CacheError::Lock { path, errno })
+}
+
+/// The lock of the readers of the layout `dir`, taken shared by each build
+/// that imports from it for as long as it may read blobs (blocks only while
+/// a writer is removing blobs). A writer removes unreferenced blobs only
+/// when it can take this lock exclusively at once; otherwise it leaves them
+/// to the next export, so blobs never vanish under a reader, and a reader
+/// never makes a writer wait (two builds that each read the other's export
+/// directory cannot deadlock).
+///
+/// `None` when the lock file cannot be opened (a missing directory, which
+/// the read then reports, or a read-only one, which no writer can change).
+pub fn lock_readers(dir: &Path) -> Result<Option<nix::fcntl::Flock<std::fs::File>>, CacheError> {
+    let path = dir.join(".rbuild-cache.readers.lock");
+    let file = fs_err::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(&path)
+        .or_else(|_| fs_err::File::open(&path));
+    let Ok(file) = file else {
+        return Ok(None);
+    };
+    nix::fcntl::Flock::lock(file.into_file(), nix::fcntl::FlockArg::LockShared)
+        .map(Some)
+        .map_err(|(_, errno)| CacheError::Lock { path, errno })
+}
+
+/// The readers' lock of `dir` taken exclusively, when no reader holds it.
+fn no_readers(dir: &Path) -> Result<Option<nix::fcntl::Flock<std::fs::File>>, CacheError> {
+    let path = dir.join(".rbuild-cache.readers.lock");
+    let file = fs_err::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(&path)
+        .map_err(io(&path))?
+        .into_file();
+    match nix::fcntl::Flock::lock(file, nix::fcntl::FlockArg::LockExclusiveNonblock) {
+        Ok(l) => Ok(Some(l)),
+        Err((_, nix::errno::Errno::EWOULDBLOCK)) => Ok(None),
+        Err((_, errno)) => Err(CacheError::Lock { path, errno }),
+    }
 }
 
 /// Writes `data` to `path` through a temporary name in the same directory.
@@ -358,9 +429,10 @@ pub fn export_local(
     outputs: &Outputs,
     target: VertexId,
     imported: Option<&ImportedRecords>,
+    mounts: Option<&crate::cache_mounts::ImportedMounts>,
     opts: &CacheExport,
 ) -> Result<ExportReport, CacheError> {
-    export_layout(worker, graph, outputs, target, imported, opts, None)
+    export_layout(worker, graph, outputs, target, imported, mounts, opts, None)
 }
 
 /// Blobs of an export left in a registry source rather than copied into
@@ -371,12 +443,14 @@ pub(crate) type Foreign = HashMap<Digest, (usize, Descriptor)>;
 /// source holds and this build never unpacked are not downloaded: they are
 /// named in the manifest and listed in `foreign` (a registry export mounts
 /// or copies them from there).
+#[allow(clippy::too_many_arguments)]
 pub(crate) fn export_layout(
     worker: &LocalWorker,
     graph: &BuildGraph,
     outputs: &Outputs,
     target: VertexId,
     imported: Option<&ImportedRecords>,
+    mounts: Option<&crate::cache_mounts::ImportedMounts>,
     opts: &CacheExport,
     mut foreign: Option<&mut Foreign>,
 ) -> Result<ExportReport, CacheError> {
@@ -384,7 +458,7 @@ pub(crate) fn export_layout(
     let blobs_dir = dir.join("blobs").join("sha256");
     fs_err::create_dir_all(&blobs_dir).map_err(io(&blobs_dir))?;
     let _lock = lock_dir(dir)?;
-    let config = describe(
+    let mut config = describe(
         worker,
         graph,
         outputs,
@@ -394,6 +468,14 @@ pub(crate) fn export_layout(
         foreign.as_deref_mut(),
         false,
     )?;
+    if opts.cache_mounts {
+        config.cache_mounts = crate::cache_mounts::export_mounts(
+            worker,
+            graph,
+            mounts,
+            &mut crate::cache_mounts::LayoutBlobs::new(dir),
+        )?;
+    }
     write_layout(dir, &config, foreign.as_deref())
 }
 
@@ -496,9 +578,12 @@ pub(crate) fn describe(
             // parts (a lazily imported step's key was found by its inputs'
             // keys, without the content checksums the machine that ran it
             // had): the same build gives the same description everywhere.
-            explain: imported
-                .and_then(|i| i.explain_of(&s.key))
-                .or_else(|| Some(KeyParts::of(&vertex.op, &s.key_inputs))),
+            explain: imported.and_then(|i| i.explain_of(&s.key)).or_else(|| {
+                Some(KeyParts {
+                    files: crate::cache_files::input_files(worker, graph, outputs, id),
+                    ..KeyParts::of(&vertex.op, &s.key_inputs)
+                })
+            }),
             layer,
             created_at: rfc3339(created),
         });
@@ -535,6 +620,15 @@ fn write_layout(
                 blob_compression(&path).oci_layer_media_type(),
                 l.blob.clone(),
                 size,
+            ));
+        }
+    }
+    for m in &config.cache_mounts {
+        if listed.insert(m.blob.clone()) {
+            layers.push(Descriptor::new(
+                Compression::Gzip.oci_layer_media_type(),
+                m.blob.clone(),
+                m.size,
             ));
         }
     }
@@ -581,7 +675,18 @@ fn write_layout(
     )?;
     write_atomic(&dir.join("index.json"), &index_bytes)?;
 
-    // Only what index.json now reaches stays.
+    // Only what index.json now reaches stays; unless a build is reading
+    // the directory (it may still need the blobs it read of): then the next
+    // export cleans up.
+    let Some(_no_readers) = no_readers(dir)? else {
+        return Ok(ExportReport {
+            records: config.records.len(),
+            layers: config.layers.len(),
+            removed_blobs: 0,
+            cache_mounts: config.cache_mounts.len(),
+            cleanup_deferred: true,
+        });
+    };
     let mut keep: BTreeSet<String> = listed.iter().map(|d| d.hex().to_owned()).collect();
     keep.insert(config_digest.hex().to_owned());
     keep.insert(m_digest.hex().to_owned());
@@ -598,6 +703,8 @@ fn write_layout(
         records: config.records.len(),
         layers: config.layers.len(),
         removed_blobs,
+        cache_mounts: config.cache_mounts.len(),
+        cleanup_deferred: false,
     })
 }
 
@@ -1056,7 +1163,10 @@ pub fn explain_misses(
             ));
             continue;
         };
-        let ours = KeyParts::of(&vertex.op, &s.key_inputs);
+        let ours = KeyParts {
+            files: crate::cache_files::input_files(&imported.worker, graph, outputs, id),
+            ..KeyParts::of(&vertex.op, &s.key_inputs)
+        };
         let mut why = Vec::new();
         let names: BTreeSet<&String> = ours.fields.keys().chain(theirs.fields.keys()).collect();
         for f in names {
@@ -1082,7 +1192,12 @@ pub fn explain_misses(
                     .map_or("an input", |v| v.description.name.as_str());
                 why.push(match (a, b) {
                     (KeyInput::Content(_), KeyInput::Content(_)) => {
-                        format!("the files it reads from {input} changed")
+                        match crate::cache_files::describe_change(&ours.files, &theirs.files, pos) {
+                            Some(which) => {
+                                format!("the files it reads from {input} changed ({which})")
+                            }
+                            None => format!("the files it reads from {input} changed"),
+                        }
                     }
                     (KeyInput::Key(k), _) => format!(
                         "its input {} changed",
@@ -1129,7 +1244,7 @@ mod tests {
     fn chains_are_bottom_first_and_broken_ones_refused() {
         let mut c = CacheConfig {
             layers: vec![layer(0, None), layer(1, Some(0)), layer(2, Some(1))],
-            records: Vec::new(),
+            ..CacheConfig::default()
         };
         assert_eq!(c.chain(2), Some(vec![0, 1, 2]));
         assert_eq!(c.chain(0), Some(vec![0]));
@@ -1156,6 +1271,7 @@ mod tests {
                 layer: Some(0),
                 created_at: None,
             }],
+            cache_mounts: Vec::new(),
         };
         let json = serde_json::to_string(&c).unwrap();
         assert!(

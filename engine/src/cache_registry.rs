@@ -56,6 +56,19 @@ pub struct RegistryExport {
     pub compression: Compression,
     /// A failed export is a warning, not a failed build.
     pub ignore_error: bool,
+    /// `cache-mounts=true`: the build's cache mounts go too
+    /// ([`crate::cache_mounts`]).
+    pub cache_mounts: bool,
+}
+
+/// One `--cache-from type=registry,ref=REF[,cache-mounts=true]` (or a bare
+/// image reference).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct RegistryImport {
+    pub reference: String,
+    /// `cache-mounts=true`: the cache's cache mounts seed the ones that do
+    /// not exist here.
+    pub cache_mounts: bool,
 }
 
 /// A tokio runtime that may be dropped anywhere (even on a thread of
@@ -193,6 +206,34 @@ impl RemoteCache {
     }
 }
 
+/// A downloaded blob, removed when the reader is dropped.
+struct TempReader {
+    file: std::fs::File,
+    _path: tempfile::TempPath,
+}
+
+impl std::io::Read for TempReader {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        self.file.read(buf)
+    }
+}
+
+/// A registry cache as the source of its cache mounts' blobs.
+impl crate::cache_mounts::BlobSource for RemoteCache {
+    fn name(&self) -> String {
+        self.name.clone()
+    }
+
+    fn open(&self, digest: &Digest) -> Result<Box<dyn std::io::Read + Send>, CacheError> {
+        let path = self.fetch_blob(digest)?;
+        let file = fs_err::File::open(&path)
+            .map_err(|e| remote_err(&self.name, e.to_string()))?
+            .into_parts()
+            .0;
+        Ok(Box::new(TempReader { file, _path: path }))
+    }
+}
+
 /// The inline cache of an image config, its layers renamed from the image's
 /// diff IDs to the manifest's blobs.
 fn inline_of(reference: &str, config: &[u8], m: &Manifest) -> Result<CacheConfig, CacheError> {
@@ -226,8 +267,12 @@ pub fn import(
     reference: &str,
     opts: &RegistryOptions,
 ) -> Result<(crate::cache::CacheSource, CacheConfig), CacheError> {
-    RemoteCache::open(store, reference, opts)
-        .map(|(r, c)| (crate::cache::CacheSource::Registry(Box::new(r)), c))
+    RemoteCache::open(store, reference, opts).map(|(r, c)| {
+        (
+            crate::cache::CacheSource::Registry(std::sync::Arc::new(r)),
+            c,
+        )
+    })
 }
 
 /// A scratch directory of the state root (removed when dropped, swept if
@@ -273,6 +318,7 @@ pub fn export(
     outputs: &Outputs,
     target: VertexId,
     imported: Option<&ImportedRecords>,
+    mounts: Option<&crate::cache_mounts::ImportedMounts>,
     opts: &RegistryExport,
     registry: &RegistryOptions,
 ) -> Result<ExportReport, CacheError> {
@@ -288,11 +334,13 @@ pub fn export(
         outputs,
         target,
         imported,
+        mounts,
         &CacheExport {
             dest: dir.path().to_path_buf(),
             mode: opts.mode,
             compression: opts.compression,
             ignore_error: opts.ignore_error,
+            cache_mounts: opts.cache_mounts,
         },
         Some(&mut foreign),
     )?;
@@ -498,6 +546,7 @@ pub fn inline_cache(
             mode: CacheMode::Min,
             compression: Compression::None,
             ignore_error: false,
+            cache_mounts: false,
         },
         None,
         true,

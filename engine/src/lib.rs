@@ -8,6 +8,8 @@
 //! implements, and returns typed errors ([`BuildError`]).
 
 pub mod cache;
+pub mod cache_files;
+pub mod cache_mounts;
 pub mod cache_registry;
 mod error;
 pub mod exporter;

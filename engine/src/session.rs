@@ -65,12 +65,12 @@ pub struct BuildRequest {
     /// `Some(u64::MAX)`: all).
     pub step_log_max_size: Option<u64>,
     /// `--cache-from type=local,src=DIR`: build caches asked on a miss.
-    pub cache_from: Vec<PathBuf>,
+    pub cache_from: Vec<crate::cache::CacheImport>,
     /// `--cache-to type=local,dest=DIR`: where the build's records go.
     pub cache_to: Vec<crate::cache::CacheExport>,
     /// `--cache-from type=registry,ref=REF` or `--cache-from IMAGE`: caches
     /// (or images with an inline cache) in registries, after `cache_from`.
-    pub cache_from_registry: Vec<String>,
+    pub cache_from_registry: Vec<crate::cache_registry::RegistryImport>,
     /// `--cache-to type=registry,ref=REF`.
     pub cache_to_registry: Vec<crate::cache_registry::RegistryExport>,
     /// `--cache-to type=inline`: the records travel in the image's config.
@@ -191,8 +191,12 @@ pub fn build(
         reporter.warning(w);
     }
     let worker = start_worker(req, &store)?;
-    let imported = import_caches(req, &plan, &worker, &store, reporter);
-    let outputs = solve(
+    let Imports {
+        records: imported,
+        mounts,
+        mut locks,
+    } = import_caches(req, &plan, &worker, &store, reporter);
+    let solved = solve(
         req,
         &plan,
         &worker,
@@ -201,7 +205,11 @@ pub fn build(
             .clone()
             .map(|i| i as Arc<dyn rbuild_solver::ImportedCache>),
         reporter,
-    )?;
+    );
+    for w in mounts.iter().flat_map(|m| m.take_warnings()) {
+        reporter.warning(&w);
+    }
+    let outputs = solved?;
     let target = outputs
         .get(plan.target)
         .ok_or(BuildError::TargetNotSolved)?
@@ -227,6 +235,13 @@ pub fn build(
             .insert(crate::cache_registry::INLINE_CACHE_KEY.to_owned(), inline);
     }
     let id = export(req, &plan, &worker, &store, &target, exporter, reporter)?;
+    // This build's own read of a directory it now writes ends here (the
+    // writer would otherwise see a reader and leave the clean-up).
+    locks.retain(|(dir, _)| {
+        !req.cache_to
+            .iter()
+            .any(|to| fs_err::canonicalize(&to.dest).is_ok_and(|d| d == *dir))
+    });
     export_caches(
         req,
         &plan,
@@ -234,8 +249,13 @@ pub fn build(
         &store,
         &outputs,
         imported.as_deref(),
+        mounts.as_deref(),
         reporter,
     )?;
+    for w in mounts.iter().flat_map(|m| m.take_warnings()) {
+        reporter.warning(&w);
+    }
+    drop(locks);
     if req.explain_cache {
         match &imported {
             Some(imported) => {
@@ -302,27 +322,59 @@ fn side_exports(req: &BuildRequest) -> usize {
     req.cache_to.len() + req.cache_to_registry.len()
 }
 
+/// What `--cache-from` gave the build.
+#[derive(Default)]
+struct Imports {
+    records: Option<Arc<crate::cache::ImportedRecords>>,
+    /// Cache mounts of the sources given with `cache-mounts=true`.
+    mounts: Option<Arc<crate::cache_mounts::ImportedMounts>>,
+    /// The readers' lock of each source directory (canonical path), held
+    /// while the build may read its blobs.
+    locks: Vec<(PathBuf, nix::fcntl::Flock<std::fs::File>)>,
+}
+
 /// `--cache-from`: reads every source's records (each a step in progress,
 /// `importing cache manifest from DIR`); one that is missing or unreadable
-/// is a warning and the build goes on without it.
+/// is a warning and the build goes on without it. Each source directory is
+/// locked for reading (`crate::cache::lock_readers`) until the build is
+/// done with it. The cache mounts of sources given with `cache-mounts=true`
+/// become the worker's seeds of new cache mounts.
 fn import_caches(
     req: &BuildRequest,
     plan: &BuildPlan,
     worker: &LocalWorker,
     store: &Store,
     reporter: &mut dyn Reporter,
-) -> Option<Arc<crate::cache::ImportedRecords>> {
+) -> Imports {
     if side_imports(req) == 0 {
-        return None;
+        return Imports::default();
     }
     let mut sources = Vec::new();
-    for (n, dir) in req.cache_from.iter().enumerate() {
+    let mut mount_sources: Vec<(
+        Arc<dyn crate::cache_mounts::BlobSource>,
+        Vec<crate::cache_mounts::CacheMountDesc>,
+    )> = Vec::new();
+    let mut locks = Vec::new();
+    for (n, from) in req.cache_from.iter().enumerate() {
+        let dir = &from.src;
         let name = format!("importing cache manifest from {}", dir.display());
         let read = side_vertex(reporter, side_id(plan, n), name, || {
-            crate::cache::read_local(dir)
+            let lock = crate::cache::lock_readers(dir)?;
+            crate::cache::read_local(dir).map(|config| (lock, config))
         });
         match read {
-            Ok(config) => sources.push((crate::cache::CacheSource::Local(dir.clone()), config)),
+            Ok((lock, config)) => {
+                if let (Some(lock), Ok(canonical)) = (lock, fs_err::canonicalize(dir)) {
+                    locks.push((canonical, lock));
+                }
+                if from.cache_mounts && !config.cache_mounts.is_empty() {
+                    mount_sources.push((
+                        Arc::new(crate::cache_mounts::LayoutBlobs::new(dir)),
+                        config.cache_mounts.clone(),
+                    ));
+                }
+                sources.push((crate::cache::CacheSource::Local(dir.clone()), config));
+            }
             Err(e) => reporter.warning(&format!(
                 "cache import from {} failed, building without it: {}",
                 dir.display(),
@@ -330,28 +382,53 @@ fn import_caches(
             )),
         }
     }
-    for (n, reference) in req.cache_from_registry.iter().enumerate() {
+    for (n, from) in req.cache_from_registry.iter().enumerate() {
+        let reference = &from.reference;
         let name = format!("importing cache manifest from {reference}");
         let id = side_id(plan, req.cache_from.len() + n);
         let read = side_vertex(reporter, id, name, || {
             crate::cache_registry::import(store, reference, &req.registry)
         });
         match read {
-            Ok(source) => sources.push(source),
+            Ok((source, config)) => {
+                if from.cache_mounts && !config.cache_mounts.is_empty() {
+                    if let crate::cache::CacheSource::Registry(remote) = &source {
+                        mount_sources.push((
+                            Arc::clone(remote) as Arc<dyn crate::cache_mounts::BlobSource>,
+                            config.cache_mounts.clone(),
+                        ));
+                    }
+                }
+                sources.push((source, config));
+            }
             Err(e) => reporter.warning(&format!(
                 "cache import from {reference} failed, building without it: {}",
                 crate::error::one_line(&e)
             )),
         }
     }
-    Some(Arc::new(crate::cache::ImportedRecords::with_sources(
-        worker.clone(),
-        sources,
-    )))
+    let mounts = (!mount_sources.is_empty()).then(|| {
+        let tmp = StateLayout::new(&req.state_root).tmp();
+        let _ = fs_err::create_dir_all(&tmp);
+        let m = Arc::new(crate::cache_mounts::ImportedMounts::new(mount_sources, tmp));
+        worker.set_cache_mount_seeds(
+            Arc::clone(&m) as Arc<dyn rbuild_worker::cachemounts::CacheMountSeeds>
+        );
+        m
+    });
+    Imports {
+        records: Some(Arc::new(crate::cache::ImportedRecords::with_sources(
+            worker.clone(),
+            sources,
+        ))),
+        mounts,
+        locks,
+    }
 }
 
 /// `--cache-to`: writes the build's records (each a step in progress,
 /// `exporting cache to DIR`).
+#[allow(clippy::too_many_arguments)] // the build's parts, each used
 fn export_caches(
     req: &BuildRequest,
     plan: &BuildPlan,
@@ -359,13 +436,22 @@ fn export_caches(
     store: &Store,
     outputs: &rbuild_solver::Outputs,
     imported: Option<&crate::cache::ImportedRecords>,
+    mounts: Option<&crate::cache_mounts::ImportedMounts>,
     reporter: &mut dyn Reporter,
 ) -> Result<(), BuildError> {
     for (n, to) in req.cache_to.iter().enumerate() {
         let name = format!("exporting cache to {}", to.dest.display());
         let id = side_id(plan, side_imports(req) + n);
         let done = side_vertex(reporter, id, name, || {
-            crate::cache::export_local(worker, &plan.graph, outputs, plan.target, imported, to)
+            crate::cache::export_local(
+                worker,
+                &plan.graph,
+                outputs,
+                plan.target,
+                imported,
+                mounts,
+                to,
+            )
         });
         match done {
             Ok(_) => {}
@@ -393,6 +479,7 @@ fn export_caches(
                 outputs,
                 plan.target,
                 imported,
+                mounts,
                 to,
                 &req.registry,
             )

@@ -9,7 +9,7 @@ use rbuild_ops::{Checksum, Op, Selection, SourceOp, Vertex};
 use rbuild_snapshotter::snapshots::SnapshotId;
 use rbuild_solver::{ExecError, ResultRef};
 
-use crate::context::{ContextChecksummer, ContextError};
+use crate::context::{ContextChecksummer, ContextError, Listing};
 use crate::filter::SelectionFilter;
 use crate::state::{Inner, Res, err};
 
@@ -95,4 +95,42 @@ pub(crate) fn content_checksum(
             ContextError::Io(e) => err(e),
             e => crate::error::WorkerError::BuildContext(e).into(),
         })
+}
+
+/// What [`content_checksum`] sums of `selection` in `result`, entry by
+/// entry (see `ContextChecksummer::listing`); `None` for a result that is
+/// neither a context nor a snapshot, or with more than `limit` entries.
+pub(crate) fn content_listing(
+    inner: &Inner,
+    input: &Vertex,
+    result: &ResultRef,
+    selection: &Selection,
+    limit: usize,
+) -> Result<Option<Listing>, ExecError> {
+    let context = |e: ContextError| match e {
+        ContextError::Io(e) => err(e),
+        e => crate::error::WorkerError::BuildContext(e).into(),
+    };
+    match (&input.op, inner.resolve(result)?) {
+        (Op::Source(SourceOp::Context { .. }), Res::Context(dir)) => {
+            let summer = inner.checksummer(&dir)?;
+            let filter = SelectionFilter::new(
+                inner.ignore.as_deref(),
+                &selection.include_patterns,
+                &selection.exclude_patterns,
+            )?;
+            summer.listing(selection, &filter, limit).map_err(context)
+        }
+        (_, Res::Snap(id)) => {
+            let guard = inner.snapshots.mount_ro(&id).map_err(err)?;
+            let summer = ContextChecksummer::open(guard.path(), None).map_err(context)?;
+            let filter = SelectionFilter::new(
+                None,
+                &selection.include_patterns,
+                &selection.exclude_patterns,
+            )?;
+            summer.listing(selection, &filter, limit).map_err(context)
+        }
+        _ => Ok(None),
+    }
 }

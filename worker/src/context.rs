@@ -133,6 +133,10 @@ struct CacheState {
     dirty: bool,
 }
 
+/// A content listing ([`ContextChecksummer::listing`]): each selected path
+/// with a digest of its entry, sorted by path.
+pub type Listing = Vec<(String, [u8; 32])>;
+
 /// Checksums selections of one directory tree, with a content-hash cache.
 pub struct ContextChecksummer {
     root: PathBuf,
@@ -232,6 +236,76 @@ impl ContextChecksummer {
         selection: &Selection,
         filter: &dyn PathFilter,
     ) -> Result<Checksum, ContextError> {
+        let (entries, hashes) = self.selected(selection, filter)?;
+        let mut h = blake3::Hasher::new_derive_key("rbuild context checksum v1");
+        for (rel, e) in &entries {
+            put_bytes(&mut h, rel.as_bytes());
+            self.put_entry(&mut h, e, hashes.get(rel.as_str()));
+        }
+        let sum = Checksum::from(h.finalize());
+        self.persist()?;
+        Ok(sum)
+    }
+
+    /// What [`ContextChecksummer::checksum`] sums, entry by entry: each
+    /// selected path with a digest of what the checksum takes of it (kind,
+    /// mode, size and content, link target), sorted by path; `None` when
+    /// more than `limit` entries are selected. Comparing two listings names
+    /// the files that changed, appeared or vanished.
+    pub fn listing(
+        &self,
+        selection: &Selection,
+        filter: &dyn PathFilter,
+        limit: usize,
+    ) -> Result<Option<Listing>, ContextError> {
+        let (entries, hashes) = self.selected(selection, filter)?;
+        if entries.len() > limit {
+            return Ok(None);
+        }
+        let out = entries
+            .iter()
+            .map(|(rel, e)| {
+                let mut h = blake3::Hasher::new_derive_key("rbuild context entry v1");
+                self.put_entry(&mut h, e, hashes.get(rel.as_str()));
+                (rel.clone(), *h.finalize().as_bytes())
+            })
+            .collect();
+        self.persist()?;
+        Ok(Some(out))
+    }
+
+    /// What the checksum takes of one entry, after its path.
+    fn put_entry(&self, h: &mut blake3::Hasher, e: &Entry, content: Option<&[u8; 32]>) {
+        h.update(&[e.kind as u8]);
+        h.update(&(e.meta.mode() & 0o7777).to_le_bytes());
+        if self.owners {
+            h.update(&e.meta.uid().to_le_bytes());
+            h.update(&e.meta.gid().to_le_bytes());
+        }
+        match e.kind {
+            Kind::File => {
+                h.update(&e.meta.size().to_le_bytes());
+                h.update(content.unwrap_or(&[0; 32]));
+            }
+            Kind::Symlink => {
+                let target = e.link.as_deref().unwrap_or(Path::new(""));
+                put_bytes(h, target.as_os_str().as_encoded_bytes());
+            }
+            Kind::Char | Kind::Block => {
+                h.update(&e.meta.rdev().to_le_bytes());
+            }
+            Kind::Dir | Kind::Fifo | Kind::Socket => {}
+        }
+    }
+
+    /// The entries `selection` picks (minus what `filter` excludes), and
+    /// the content hash of each regular file among them.
+    #[allow(clippy::type_complexity)]
+    fn selected(
+        &self,
+        selection: &Selection,
+        filter: &dyn PathFilter,
+    ) -> Result<(BTreeMap<String, Entry>, HashMap<String, [u8; 32]>), ContextError> {
         let scan_start = now_ns();
         let mut entries: BTreeMap<String, Entry> = BTreeMap::new();
         for pattern in &selection.paths {
@@ -277,33 +351,11 @@ impl ContextChecksummer {
             }
         }
 
-        let mut h = blake3::Hasher::new_derive_key("rbuild context checksum v1");
-        for (rel, e) in &entries {
-            put_bytes(&mut h, rel.as_bytes());
-            h.update(&[e.kind as u8]);
-            h.update(&(e.meta.mode() & 0o7777).to_le_bytes());
-            if self.owners {
-                h.update(&e.meta.uid().to_le_bytes());
-                h.update(&e.meta.gid().to_le_bytes());
-            }
-            match e.kind {
-                Kind::File => {
-                    h.update(&e.meta.size().to_le_bytes());
-                    h.update(&hashes[rel.as_str()]);
-                }
-                Kind::Symlink => {
-                    let target = e.link.as_deref().unwrap_or(Path::new(""));
-                    put_bytes(&mut h, target.as_os_str().as_encoded_bytes());
-                }
-                Kind::Char | Kind::Block => {
-                    h.update(&e.meta.rdev().to_le_bytes());
-                }
-                Kind::Dir | Kind::Fifo | Kind::Socket => {}
-            }
-        }
-        let sum = Checksum::from(h.finalize());
-        self.persist()?;
-        Ok(sum)
+        let hashes = hashes
+            .into_iter()
+            .map(|(rel, h)| (rel.to_owned(), h))
+            .collect();
+        Ok((entries, hashes))
     }
 
     /// The content hash of the file at `rel` (relative to the root) if this

@@ -71,6 +71,7 @@
 //! ```
 
 pub mod cachelayers;
+pub mod cachemounts;
 mod checksum;
 pub mod context;
 pub mod error;
@@ -156,6 +157,7 @@ impl LocalWorker {
                 step_timeout: opts.step_timeout,
                 log_max: opts.step_log_max_size.unwrap_or(ops::exec::DEFAULT_LOG_MAX),
                 checksummers: Mutex::new(HashMap::new()),
+                cache_seeds: std::sync::OnceLock::new(),
             }),
         })
     }
@@ -232,6 +234,23 @@ pub fn unpack_image(
     let snapshots = SnapshotStore::open(state_root).map_err(err)?;
     ops::source::image::unpack_layers(&snapshots, images, &img, &mut |_, _| {})?;
     Ok(())
+}
+
+impl LocalWorker {
+    /// What the content checksum of `selection` in `result` (the result of
+    /// `input`) is made of, entry by entry: each selected path with a
+    /// digest of its entry (sorted by path), for saying which files a
+    /// changed checksum changed (`--explain-cache`); `None` when the result
+    /// cannot be listed or has more than `limit` entries.
+    pub fn content_listing(
+        &self,
+        input: &Vertex,
+        result: &ResultRef,
+        selection: &Selection,
+        limit: usize,
+    ) -> Result<Option<context::Listing>, ExecError> {
+        checksum::content_listing(&self.inner, input, result, selection, limit)
+    }
 }
 
 impl ContentChecksum for LocalWorker {

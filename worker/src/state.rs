@@ -32,6 +32,9 @@ pub(crate) struct Inner {
     pub(crate) log_max: u64,
     /// One context checksummer per context directory (see `crate::checksum`).
     pub(crate) checksummers: Mutex<HashMap<PathBuf, Arc<ContextChecksummer>>>,
+    /// Seeds of cache mounts imported with a build cache (see
+    /// `crate::cachemounts`).
+    pub(crate) cache_seeds: std::sync::OnceLock<Arc<dyn crate::cachemounts::CacheMountSeeds>>,
 }
 
 /// What a [`ResultRef`] names.

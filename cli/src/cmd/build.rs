@@ -277,9 +277,9 @@ pub enum CacheTo {
 /// One `--cache-from`.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum CacheFrom {
-    Local(PathBuf),
+    Local(rbuild_engine::cache::CacheImport),
     /// A cache manifest or an image with an inline cache.
-    Registry(String),
+    Registry(rbuild_engine::cache_registry::RegistryImport),
 }
 
 fn true_or_false(flag: &str, k: &str, v: &str) -> anyhow::Result<bool> {
@@ -291,8 +291,8 @@ fn true_or_false(flag: &str, k: &str, v: &str) -> anyhow::Result<bool> {
 }
 
 /// Parses one `--cache-to`: `type=local,dest=DIR` or `type=registry,ref=REF`,
-/// each with `[,mode=min|max][,compression=gzip|zstd][,ignore-error=true]`,
-/// or `type=inline`.
+/// each with `[,mode=min|max][,compression=gzip|zstd][,ignore-error=true]
+/// [,cache-mounts=true]`, or `type=inline`.
 pub fn parse_cache_to(spec: &str) -> anyhow::Result<CacheTo> {
     use rbuild_engine::cache::CacheMode;
     let mut kind = None;
@@ -301,6 +301,7 @@ pub fn parse_cache_to(spec: &str) -> anyhow::Result<CacheTo> {
     let mut mode = None;
     let mut compression = rbuild_image::Compression::Gzip;
     let mut ignore_error = false;
+    let mut cache_mounts = false;
     for (k, v) in cache_fields("--cache-to", spec)? {
         match k.as_str() {
             "type" => kind = Some(v),
@@ -321,8 +322,9 @@ pub fn parse_cache_to(spec: &str) -> anyhow::Result<CacheTo> {
                 }
             }
             "ignore-error" => ignore_error = true_or_false("--cache-to", &k, &v)?,
+            "cache-mounts" => cache_mounts = true_or_false("--cache-to", &k, &v)?,
             _ => bail!(
-                "--cache-to: unknown field {k:?} (known: type, dest, ref, mode, compression, ignore-error)"
+                "--cache-to: unknown field {k:?} (known: type, dest, ref, mode, compression, ignore-error, cache-mounts)"
             ),
         }
     }
@@ -342,6 +344,7 @@ pub fn parse_cache_to(spec: &str) -> anyhow::Result<CacheTo> {
                 mode: mode.unwrap_or_default(),
                 compression,
                 ignore_error,
+                cache_mounts,
             }))
         }
         Some("registry") => {
@@ -354,6 +357,7 @@ pub fn parse_cache_to(spec: &str) -> anyhow::Result<CacheTo> {
                     mode: mode.unwrap_or_default(),
                     compression,
                     ignore_error,
+                    cache_mounts,
                 },
             ))
         }
@@ -361,6 +365,11 @@ pub fn parse_cache_to(spec: &str) -> anyhow::Result<CacheTo> {
             if mode == Some(CacheMode::Max) {
                 bail!(
                     "--cache-to type=inline supports mode=min only (use type=registry for mode=max)"
+                );
+            }
+            if cache_mounts {
+                bail!(
+                    "--cache-to type=inline cannot carry cache mounts (use type=registry or type=local with cache-mounts=true)"
                 );
             }
             Ok(CacheTo::Inline)
@@ -371,29 +380,36 @@ pub fn parse_cache_to(spec: &str) -> anyhow::Result<CacheTo> {
 }
 
 /// Parses one `--cache-from`: `type=local,src=DIR`, `type=registry,ref=REF`
-/// or a bare image reference (a cache manifest or an image with an inline
-/// cache).
+/// (each with `[,cache-mounts=true]`) or a bare image reference (a cache
+/// manifest or an image with an inline cache).
 pub fn parse_cache_from(spec: &str) -> anyhow::Result<CacheFrom> {
     if !spec.contains('=') {
         rbuild_image::Reference::parse_tagged(spec)
             .map_err(|e| anyhow!("--cache-from {spec:?}: {e}"))?;
-        return Ok(CacheFrom::Registry(spec.to_owned()));
+        return Ok(CacheFrom::Registry(
+            rbuild_engine::cache_registry::RegistryImport {
+                reference: spec.to_owned(),
+                cache_mounts: false,
+            },
+        ));
     }
     let mut kind = None;
     let mut src = None;
     let mut reference = None;
+    let mut cache_mounts = false;
     for (k, v) in cache_fields("--cache-from", spec)? {
         match k.as_str() {
             "type" => kind = Some(v),
             "src" => src = Some(PathBuf::from(v)),
             "ref" => reference = Some(v),
-            _ => bail!("--cache-from: unknown field {k:?} (known: type, src, ref)"),
+            "cache-mounts" => cache_mounts = true_or_false("--cache-from", &k, &v)?,
+            _ => bail!("--cache-from: unknown field {k:?} (known: type, src, ref, cache-mounts)"),
         }
     }
     match kind.as_deref() {
         Some("local") => src
             .filter(|d| !d.as_os_str().is_empty())
-            .map(CacheFrom::Local)
+            .map(|src| CacheFrom::Local(rbuild_engine::cache::CacheImport { src, cache_mounts }))
             .ok_or_else(|| anyhow!("--cache-from type=local needs src=DIR")),
         Some("registry") => {
             let reference = reference
@@ -401,7 +417,12 @@ pub fn parse_cache_from(spec: &str) -> anyhow::Result<CacheFrom> {
                 .ok_or_else(|| anyhow!("--cache-from type=registry needs ref=REF"))?;
             rbuild_image::Reference::parse_tagged(&reference)
                 .map_err(|e| anyhow!("--cache-from ref={reference:?}: {e}"))?;
-            Ok(CacheFrom::Registry(reference))
+            Ok(CacheFrom::Registry(
+                rbuild_engine::cache_registry::RegistryImport {
+                    reference,
+                    cache_mounts,
+                },
+            ))
         }
         Some(t) => bail!("--cache-from: unknown type {t:?} (known: local, registry)"),
         None => bail!("--cache-from {spec:?} has no type="),
@@ -1086,18 +1107,38 @@ mod tests {
         ] {
             assert!(parse_cache_to(bad).is_err(), "{bad}");
         }
+        let reg = |r: &str, m: bool| {
+            CacheFrom::Registry(rbuild_engine::cache_registry::RegistryImport {
+                reference: r.into(),
+                cache_mounts: m,
+            })
+        };
         assert_eq!(
             parse_cache_from("r.io/app:1").unwrap(),
-            CacheFrom::Registry("r.io/app:1".into())
+            reg("r.io/app:1", false)
         );
         assert_eq!(
             parse_cache_from("type=registry,ref=r.io/c").unwrap(),
-            CacheFrom::Registry("r.io/c".into())
+            reg("r.io/c", false)
         );
         assert_eq!(
-            parse_cache_from("type=local,src=/c").unwrap(),
-            CacheFrom::Local("/c".into())
+            parse_cache_from("type=registry,ref=r.io/c,cache-mounts=true").unwrap(),
+            reg("r.io/c", true)
         );
+        assert_eq!(
+            parse_cache_from("type=local,src=/c,cache-mounts=true").unwrap(),
+            CacheFrom::Local(rbuild_engine::cache::CacheImport {
+                src: "/c".into(),
+                cache_mounts: true
+            })
+        );
+        let CacheTo::Registry(r) =
+            parse_cache_to("type=registry,ref=r.io/c:1,cache-mounts=true").unwrap()
+        else {
+            panic!("not a registry export")
+        };
+        assert!(r.cache_mounts);
+        assert!(parse_cache_to("type=inline,cache-mounts=true").is_err());
         assert!(parse_cache_from("type=registry").is_err());
         assert!(parse_cache_from("Bad Ref").is_err());
     }

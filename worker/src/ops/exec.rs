@@ -107,7 +107,7 @@ fn input_path(
     }
 }
 
-fn sanitize(id: &str) -> String {
+pub(crate) fn sanitize(id: &str) -> String {
     let h = blake3::hash(id.as_bytes()).to_hex();
     let clean: String = id
         .chars()
@@ -117,7 +117,7 @@ fn sanitize(id: &str) -> String {
     format!("{clean}-{}", &h[..16])
 }
 
-fn try_lock(
+pub(crate) fn try_lock(
     path: &Path,
     blocking: bool,
 ) -> Result<Option<nix::fcntl::Flock<std::fs::File>>, ExecError> {
@@ -193,7 +193,11 @@ fn cache_dir(
             .tempdir_in(&base)
             .map_err(err)?;
         let made = tmp.path().join("d");
+        // An imported cache mount (`--cache-from ...,cache-mounts=true`)
+        // seeds a new one before `from=` would.
+        let seeded = crate::cachemounts::seed(inner, id, &made);
         match from {
+            _ if seeded => {}
             Some((input, sel)) => {
                 let src = input_path(inner, inputs, *input, keep)?;
                 let src = join_selector(&src, sel);

@@ -1,0 +1,324 @@
+//! Cache mounts in a shared build cache (`--cache-to ...,cache-mounts=true`,
+//! `--cache-from ...,cache-mounts=true`), which `BuildKit` cannot do
+//! (moby/buildkit#1474): a farm's package-manager caches survive machine
+//! turnover.
+//!
+//! Export: each cache mount that a `RUN` of the build mounts and that exists
+//! on this machine becomes one gzip layer blob (a tar of its directory) and
+//! one entry of the cache description ([`CacheMountDesc`]: its id, sharing,
+//! blob and diff ID). A mount used by the build that this machine does not
+//! have (every step was cached) but an imported cache had is carried over
+//! from that cache, so a chain of machines keeps it.
+//!
+//! Import: lazily. Nothing is unpacked when the cache is read; when a step
+//! that runs mounts a cache that does not exist here, the worker asks
+//! [`ImportedMounts`] for it (`rbuild_worker::cachemounts`), and its blob is
+//! fetched, checked against its digest and unpacked as the new mount.
+//!
+//! Merge rule: a cache mount that exists on this machine is kept as it is
+//! (its content is never merged with or replaced by an imported one); of
+//! several `--cache-from` sources holding the same id, the first given wins.
+//! The identity of a cache mount is its id (the `id=` of the mount, else its
+//! target), as the worker stores it; `sharing`, `uid`, `gid` and `mode` are
+//! not part of it (owner and mode apply when a step creates the mount).
+//!
+//! The code works on blobs through [`BlobSink`] and [`BlobSource`], so any
+//! transport of the cache (a layout directory, a registry) carries mounts
+//! by implementing those two.
+
+use std::collections::{BTreeMap, HashMap};
+use std::io::{Read, Seek, Write};
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+
+use serde::{Deserialize, Serialize};
+
+use rbuild_image::Digest;
+use rbuild_ops::{BuildGraph, CacheSharing, MountKind, Op};
+use rbuild_snapshotter::{Compression, Decoder, HashingReader};
+use rbuild_worker::LocalWorker;
+use rbuild_worker::cachemounts::CacheMountSeeds;
+
+use crate::cache::CacheError;
+
+/// One cache mount in the cache description.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CacheMountDesc {
+    /// The mount's id (`id=`, else its target), as the worker keys it.
+    pub id: String,
+    /// Its `sharing=` in the build that exported it (for people reading the
+    /// cache; not part of its identity).
+    pub sharing: CacheSharing,
+    /// The gzip-compressed tar of its directory (a layer of the manifest).
+    pub blob: Digest,
+    /// The digest of the uncompressed tar.
+    pub diff_id: Digest,
+    /// The blob's size in bytes.
+    pub size: u64,
+}
+
+/// Where an export puts blobs (a transport of the cache).
+pub trait BlobSink {
+    /// A directory for temporary files that [`BlobSink::put`] can move from
+    /// cheaply (the layout's blob directory, a scratch directory).
+    fn temp_dir(&self) -> PathBuf;
+
+    /// Stores the blob written to `file`, whose digest is `digest`.
+    fn put(&mut self, digest: &Digest, file: tempfile::NamedTempFile) -> Result<(), CacheError>;
+}
+
+/// Where an import reads blobs from (a transport of the cache).
+pub trait BlobSource: Send + Sync {
+    /// A name for messages (the directory, the reference).
+    fn name(&self) -> String;
+
+    /// The blob `digest`, as stored (the caller checks it).
+    fn open(&self, digest: &Digest) -> Result<Box<dyn Read + Send>, CacheError>;
+}
+
+/// An OCI image layout directory (`type=local`) as a blob sink and source.
+#[derive(Clone, Debug)]
+pub struct LayoutBlobs {
+    dir: PathBuf,
+}
+
+impl LayoutBlobs {
+    pub fn new(dir: &Path) -> Self {
+        Self {
+            dir: dir.to_path_buf(),
+        }
+    }
+
+    fn path(&self, d: &Digest) -> PathBuf {
+        self.dir.join("blobs").join("sha256").join(d.hex())
+    }
+}
+
+fn io(path: &Path) -> impl FnOnce(std::io::Error) -> CacheError + '_ {
+    move |source| CacheError::Io {
+        path: path.to_path_buf(),
+        source,
+    }
+}
+
+impl BlobSink for LayoutBlobs {
+    fn temp_dir(&self) -> PathBuf {
+        self.dir.join("blobs").join("sha256")
+    }
+
+    fn put(&mut self, digest: &Digest, file: tempfile::NamedTempFile) -> Result<(), CacheError> {
+        let path = self.path(digest);
+        if path.is_file() {
+            return Ok(());
+        }
+        file.as_file().sync_all().map_err(io(&path))?;
+        file.persist(&path).map_err(|e| io(&path)(e.error))?;
+        Ok(())
+    }
+}
+
+impl BlobSource for LayoutBlobs {
+    fn name(&self) -> String {
+        self.dir.display().to_string()
+    }
+
+    fn open(&self, digest: &Digest) -> Result<Box<dyn Read + Send>, CacheError> {
+        let path = self.path(digest);
+        let f = fs_err::File::open(&path).map_err(io(&path))?;
+        Ok(Box::new(f))
+    }
+}
+
+/// The cache mounts that `RUN` steps of `graph` mount: id → sharing (the
+/// first step's), by id.
+pub fn mounts_of(graph: &BuildGraph) -> BTreeMap<String, CacheSharing> {
+    let mut out = BTreeMap::new();
+    for id in graph.ids() {
+        let Some(Op::Exec(exec)) = graph.get(id).map(|v| &v.op) else {
+            continue;
+        };
+        for m in &exec.mounts {
+            if let MountKind::Cache { id, sharing, .. } = &m.kind {
+                let id = if id.is_empty() { &m.target } else { id };
+                out.entry(id.clone()).or_insert(*sharing);
+            }
+        }
+    }
+    out
+}
+
+/// Exports the cache mounts that steps of `graph` mount into `sink`: each
+/// one this machine has as a new blob, each other one that `imported` has
+/// by copying its blob. Returns their entries of the description, by id.
+pub fn export_mounts(
+    worker: &LocalWorker,
+    graph: &BuildGraph,
+    imported: Option<&ImportedMounts>,
+    sink: &mut dyn BlobSink,
+) -> Result<Vec<CacheMountDesc>, CacheError> {
+    let mut out = Vec::new();
+    for (id, sharing) in mounts_of(graph) {
+        let tmp_dir = sink.temp_dir();
+        let tmp = tempfile::Builder::new()
+            .prefix(".tmp-mount-")
+            .tempfile_in(&tmp_dir)
+            .map_err(io(&tmp_dir))?;
+        let w = std::io::BufWriter::with_capacity(1 << 20, tmp);
+        let written = worker
+            .write_cache_mount(&id, sharing, w, Compression::Gzip)
+            .map_err(|source| CacheError::Layer {
+                snapshot: format!("cache mount {id}"),
+                source,
+            })?;
+        if let Some((w, digests)) = written {
+            let tmp = w.into_inner().map_err(|e| io(&tmp_dir)(e.into_error()))?;
+            sink.put(&digests.digest, tmp)?;
+            out.push(CacheMountDesc {
+                id,
+                sharing,
+                blob: digests.digest,
+                diff_id: digests.diff_id,
+                size: digests.size,
+            });
+            continue;
+        }
+        let Some((source, desc)) = imported.and_then(|i| i.get(&id)) else {
+            continue;
+        };
+        // Carried over from the imported cache, checked on the way.
+        let w = tempfile::Builder::new()
+            .prefix(".tmp-mount-")
+            .tempfile_in(&tmp_dir)
+            .map_err(io(&tmp_dir))?;
+        let tmp = match fetch_checked(source.as_ref(), desc, w) {
+            Ok(tmp) => tmp,
+            Err(e) => {
+                if let Some(i) = imported {
+                    i.warn(format!(
+                        "cache mount {id} not carried over from {}: {e}",
+                        source.name()
+                    ));
+                }
+                continue;
+            }
+        };
+        sink.put(&desc.blob, tmp)?;
+        out.push(desc.clone());
+    }
+    Ok(out)
+}
+
+/// Copies the blob of `desc` from `source` into `to`, checking its digest.
+fn fetch_checked<W: Write>(
+    source: &dyn BlobSource,
+    desc: &CacheMountDesc,
+    mut to: W,
+) -> Result<W, String> {
+    let r = source.open(&desc.blob).map_err(|e| e.to_string())?;
+    let mut r = HashingReader::new(r);
+    std::io::copy(&mut r, &mut to).map_err(|e| e.to_string())?;
+    to.flush().map_err(|e| e.to_string())?;
+    let (_, digest, _) = r.finish();
+    if digest != desc.blob {
+        return Err(format!("blob {} does not match its digest", desc.blob));
+    }
+    Ok(to)
+}
+
+/// The cache mounts of the `--cache-from` sources given with
+/// `cache-mounts=true`: seeds of the cache mounts steps create (see the
+/// module's merge rule).
+pub struct ImportedMounts {
+    sources: Vec<(Arc<dyn BlobSource>, Vec<CacheMountDesc>)>,
+    /// Id → (source, entry), the first source that has it.
+    by_id: HashMap<String, (usize, usize)>,
+    /// Where fetched blobs are kept while they are checked and unpacked.
+    tmp: PathBuf,
+    /// Problems met while seeding (warnings of the build).
+    warnings: Mutex<Vec<String>>,
+    /// The ids seeded, in order.
+    seeded: Mutex<Vec<String>>,
+}
+
+impl ImportedMounts {
+    /// `tmp`: a directory for fetched blobs (on the state root's file system).
+    pub fn new(sources: Vec<(Arc<dyn BlobSource>, Vec<CacheMountDesc>)>, tmp: PathBuf) -> Self {
+        let mut by_id = HashMap::new();
+        for (s, (_, mounts)) in sources.iter().enumerate() {
+            for (m, desc) in mounts.iter().enumerate() {
+                by_id.entry(desc.id.clone()).or_insert((s, m));
+            }
+        }
+        Self {
+            sources,
+            by_id,
+            tmp,
+            warnings: Mutex::new(Vec::new()),
+            seeded: Mutex::new(Vec::new()),
+        }
+    }
+
+    /// How many cache mounts the sources hold.
+    pub fn len(&self) -> usize {
+        self.by_id.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.by_id.is_empty()
+    }
+
+    fn get(&self, id: &str) -> Option<(&Arc<dyn BlobSource>, &CacheMountDesc)> {
+        let &(s, m) = self.by_id.get(id)?;
+        let (source, mounts) = &self.sources[s];
+        Some((source, &mounts[m]))
+    }
+
+    fn warn(&self, line: String) {
+        self.warnings.lock().expect("warnings").push(line);
+    }
+
+    /// The problems met (each a warning of the build), emptied.
+    pub fn take_warnings(&self) -> Vec<String> {
+        std::mem::take(&mut *self.warnings.lock().expect("warnings"))
+    }
+
+    /// The ids of the cache mounts seeded so far.
+    pub fn seeded(&self) -> Vec<String> {
+        self.seeded.lock().expect("seeded").clone()
+    }
+}
+
+impl CacheMountSeeds for ImportedMounts {
+    fn seed(&self, id: &str) -> Option<Box<dyn Read + Send>> {
+        let (source, desc) = self.get(id)?;
+        // Fetched whole and checked before any of it is unpacked.
+        let fetched = tempfile::tempfile_in(&self.tmp)
+            .map_err(|e| format!("{}: {e}", self.tmp.display()))
+            .and_then(|f| fetch_checked(source.as_ref(), desc, f))
+            .and_then(|mut f| {
+                f.rewind().map_err(|e| e.to_string())?;
+                Decoder::new(std::io::BufReader::with_capacity(256 * 1024, f))
+                    .map_err(|e| e.to_string())
+            });
+        match fetched {
+            Ok(d) => {
+                self.seeded.lock().expect("seeded").push(id.to_owned());
+                Some(Box::new(d))
+            }
+            Err(e) => {
+                self.warn(format!(
+                    "cache mount {id} from {} not usable, it starts empty: {e}",
+                    source.name()
+                ));
+                None
+            }
+        }
+    }
+
+    fn failed(&self, id: &str, error: String) {
+        self.seeded.lock().expect("seeded").retain(|s| s != id);
+        self.warn(format!(
+            "cache mount {id}: its imported content could not be unpacked, it starts empty: {error}"
+        ));
+    }
+}
