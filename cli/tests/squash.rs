@@ -908,6 +908,21 @@ RUN rm -rf /software /usr/local/deps && echo cleaned > /var/cleaned
     // No dangling unsquashed image is left behind.
     let dangling = env.ok(&["images", "-q", "-f", "dangling=true"]);
     assert_eq!(dangling.trim(), "", "{dangling}");
+
+    // The squash records go with the squashed layers.
+    let records = || -> Vec<String> {
+        fs_err::read_dir(env.root().join("layer-cache"))
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .filter(|n| n.starts_with("squash-"))
+            .collect()
+    };
+    assert_eq!(records().len(), 2, "{:?}", records());
+    env.ok(&["builder", "prune", "-a", "-f"]);
+    assert_eq!(records().len(), 2, "kept while their images are there");
+    env.ok(&["rmi", "ngx", "ngx-all"]);
+    env.ok(&["builder", "prune", "-a", "-f"]);
+    assert_eq!(records(), Vec::<String>::new());
 }
 
 #[test]

@@ -282,6 +282,18 @@ fn cache_path(store: &Store, key: &Digest) -> std::path::PathBuf {
         .join(format!("squash-{}", key.hex()))
 }
 
+/// Whether the squashed layer a `layer-cache/squash-*` record names is gone
+/// from the store (the garbage collector then removes the record).
+pub(crate) fn record_gone(layout: &StateLayout, record: &std::path::Path) -> bool {
+    let Ok(text) = std::fs::read_to_string(record) else {
+        return false;
+    };
+    text.split_whitespace()
+        .next()
+        .and_then(|d| Digest::parse(d).ok())
+        .is_none_or(|d| !layout.blobs().join(d.hex()).is_file())
+}
+
 /// The squashed layer for this key, if the cache has it and the store still
 /// has its blob (held by this process from then on).
 fn cached(store: &Store, key: &Digest) -> Option<(Digest, u64)> {
