@@ -117,6 +117,8 @@ pub enum ExportError {
     },
     #[error(transparent)]
     Io(#[from] std::io::Error),
+    #[error(transparent)]
+    Squash(#[from] crate::squash::SquashError),
 }
 
 /// An error and its causes on one line (`a: b: c`), as `anyhow`'s `{:#}`

@@ -27,12 +27,26 @@ pub struct ExportContext<'a> {
     pub plan: &'a BuildPlan,
     /// The result of the plan's target.
     pub target: &'a ResultRef,
+    /// `--squash` / `--squash-all`: the image is squashed before it is tagged.
+    pub squash: Option<crate::squash::SquashMode>,
 }
 
 impl ExportContext<'_> {
     /// Commits the target as an image in the store under `tags` (none: a
     /// dangling image, held by this process until it ends).
     pub fn commit_image(
+        &self,
+        tags: Vec<Reference>,
+        phases: &mut Phases<'_>,
+    ) -> Result<Digest, ExportError> {
+        match self.squash {
+            None => self.commit_unsquashed(tags, phases),
+            Some(mode) => crate::squash::commit_squashed(self, mode, tags, phases),
+        }
+    }
+
+    /// [`Self::commit_image`] without squashing.
+    pub(crate) fn commit_unsquashed(
         &self,
         tags: Vec<Reference>,
         phases: &mut Phases<'_>,
@@ -88,6 +102,16 @@ impl<'a> Phases<'a> {
             name: name.to_owned(),
             completed,
         });
+    }
+
+    /// A line for the user about the export.
+    pub fn note(&mut self, line: &str) {
+        self.reporter.note(line);
+    }
+
+    /// A warning about the export.
+    pub fn warning(&mut self, line: &str) {
+        self.reporter.warning(line);
     }
 
     /// Runs `f` as the phase `name`.

@@ -575,6 +575,9 @@ pub fn prune(state_root: &Path, images: &Store, opts: &PruneOptions) -> Result<P
         std::fs::read_to_string(p).is_ok_and(|s| snap_gone(&s))
     });
     sweep(&layout.layer_cache(), &mut report, &|p| {
+        if name_of(p).starts_with("squash-") {
+            return crate::squash::record_gone(&layout, p);
+        }
         name_of(p)
             .rsplit_once('-')
             .is_some_and(|(s, _)| snap_gone(s))

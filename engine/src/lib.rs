@@ -16,6 +16,7 @@ pub mod exporter;
 pub mod pending;
 mod report;
 mod session;
+pub mod squash;
 pub mod transfer;
 
 pub use error::{BuildError, ExportError, StepFailure, one_line};

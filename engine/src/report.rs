@@ -19,4 +19,9 @@ pub trait Reporter {
     fn explain(&mut self, line: &str) {
         self.warning(line);
     }
+
+    /// A line about the export for the user (`squashed 14 layers: ...`).
+    fn note(&mut self, line: &str) {
+        self.warning(line);
+    }
 }

@@ -78,6 +78,8 @@ pub struct BuildRequest {
     /// `--explain-cache`: say why each step that ran missed the imported
     /// records.
     pub explain_cache: bool,
+    /// `--squash` / `--squash-all`: the exported image is squashed.
+    pub squash: Option<crate::squash::SquashMode>,
 }
 
 /// What a successful build made.
@@ -681,6 +683,7 @@ fn export(
             worker,
             plan,
             target,
+            squash: req.squash,
         },
         &mut Phases::new(reporter, export_vertex),
     );

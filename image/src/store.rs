@@ -412,6 +412,23 @@ impl Store {
         ))))
     }
 
+    /// Where a layer's tar is read from by the squasher: its blob file, or
+    /// the snapshot it is kept as (read as its tar would be written).
+    pub fn layer_input(&self, d: &Digest) -> Result<rbuild_snapshotter::squash::LayerInput> {
+        use rbuild_snapshotter::squash::LayerInput;
+        let p = self.blob_path(d);
+        if p.is_file() {
+            return Ok(LayerInput::Tar(p));
+        }
+        let (l, upper) = self
+            .snap_layer(d)
+            .ok_or_else(|| Error::MissingBlob(d.clone()))?;
+        Ok(LayerInput::Upper {
+            dir: upper,
+            epoch: l.epoch,
+        })
+    }
+
     pub fn read_blob(&self, d: &Digest) -> Result<Vec<u8>> {
         let mut v = Vec::new();
         self.open_blob(d)?.read_to_end(&mut v)?;

@@ -13,6 +13,7 @@ pub mod lease;
 pub mod lookup;
 pub mod overlay;
 pub mod snapshots;
+pub mod squash;
 pub mod tarwrite;
 
 pub use apply::{ApplyOptions, ApplyStats, apply_layer};

@@ -699,12 +699,44 @@ fn layer_xattrs(path: &Path) -> io::Result<(Xattrs, bool)> {
     Ok((kept, opaque))
 }
 
-#[allow(clippy::cast_sign_loss)]
+/// One thing an overlay upper dir holds, as its layer tar shows it.
+pub(crate) enum UpperItem<'a> {
+    /// An entry; for a regular file (not a hard link) the file to read.
+    Entry(&'a EntryMeta, Option<&'a Path>),
+    /// A `.wh.NAME` whiteout of this path.
+    Whiteout(&'a [u8]),
+    /// An opaque marker in this directory.
+    Opaque(&'a [u8]),
+}
+
 fn write_upper_dir<W: Write>(
     tar: &mut TarWriter<W>,
     dir: &Path,
     rel: &[u8],
     links: &mut HashMap<(u64, u64), Vec<u8>>,
+) -> io::Result<()> {
+    walk_upper(dir, rel, links, &mut |item| match item {
+        UpperItem::Entry(meta, Some(path)) => {
+            let mut f = fs_err::File::open(path)?;
+            tar.append(meta, Some(&mut f))
+        }
+        UpperItem::Entry(meta, None) => tar.append(meta, None),
+        UpperItem::Whiteout(p) => tar.append_whiteout(p),
+        UpperItem::Opaque(p) => tar.append_opaque(p),
+    })
+}
+
+/// Walks an overlay upper dir in the order its layer tar is written (sorted,
+/// depth first; a directory before what it holds), handing each item to
+/// `visit`: whiteouts (0/0 character devices), opaque markers (the
+/// `trusted.overlay.opaque` xattr), hard links (to the first path of the same
+/// inode in this walk). Sockets are left out.
+#[allow(clippy::cast_sign_loss)]
+pub(crate) fn walk_upper(
+    dir: &Path,
+    rel: &[u8],
+    links: &mut HashMap<(u64, u64), Vec<u8>>,
+    visit: &mut dyn FnMut(UpperItem<'_>) -> io::Result<()>,
 ) -> io::Result<()> {
     for name in sorted_children(dir)? {
         let path = dir.join(&name);
@@ -716,7 +748,7 @@ fn write_upper_dir<W: Write>(
         let m = fs_err::symlink_metadata(&path)?;
         let ft = m.file_type();
         if ft.is_char_device() && m.rdev() == 0 {
-            tar.append_whiteout(&p)?;
+            visit(UpperItem::Whiteout(&p))?;
             continue;
         }
         let (xattrs, opaque) = layer_xattrs(&path)?;
@@ -732,26 +764,25 @@ fn write_upper_dir<W: Write>(
         };
         if ft.is_dir() {
             meta.kind = EntryKind::Dir;
-            tar.append(&meta, None)?;
+            visit(UpperItem::Entry(&meta, None))?;
             if opaque {
-                tar.append_opaque(&p)?;
+                visit(UpperItem::Opaque(&p))?;
             }
-            write_upper_dir(tar, &path, &p, links)?;
+            walk_upper(&path, &p, links, visit)?;
         } else if ft.is_symlink() {
             meta.kind = EntryKind::Symlink(fs_err::read_link(&path)?.into_os_string().into_vec());
-            tar.append(&meta, None)?;
+            visit(UpperItem::Entry(&meta, None))?;
         } else if ft.is_file() {
             if m.nlink() > 1 {
                 if let Some(first) = links.get(&(m.dev(), m.ino())) {
                     meta.kind = EntryKind::Hardlink(first.clone());
-                    tar.append(&meta, None)?;
+                    visit(UpperItem::Entry(&meta, None))?;
                     continue;
                 }
                 links.insert((m.dev(), m.ino()), p.clone());
             }
             meta.size = m.len();
-            let mut f = fs_err::File::open(&path)?;
-            tar.append(&meta, Some(&mut f))?;
+            visit(UpperItem::Entry(&meta, Some(&path)))?;
         } else if ft.is_char_device() || ft.is_block_device() {
             #[allow(clippy::cast_possible_truncation)]
             let (ma, mi) = (
@@ -763,10 +794,10 @@ fn write_upper_dir<W: Write>(
             } else {
                 EntryKind::Block(ma, mi)
             };
-            tar.append(&meta, None)?;
+            visit(UpperItem::Entry(&meta, None))?;
         } else if ft.is_fifo() {
             meta.kind = EntryKind::Fifo;
-            tar.append(&meta, None)?;
+            visit(UpperItem::Entry(&meta, None))?;
         }
         // Sockets are not part of a layer.
     }

@@ -71,6 +71,12 @@ pub struct BuildArgs {
     /// Write the image ID to this file
     #[arg(long, value_name = "FILE")]
     iidfile: Option<PathBuf>,
+    /// Squash the layers the build adds above its final stage's base into one
+    #[arg(long, conflicts_with = "squash_all")]
+    squash: bool,
+    /// Squash the whole file system into one layer
+    #[arg(long)]
+    squash_all: bool,
     /// Where the result goes instead of the store (`type=docker|oci|tar|local,dest=PATH`)
     #[arg(short = 'o', long, value_name = "SPEC")]
     output: Option<String>,
@@ -700,6 +706,10 @@ impl rbuild_engine::Reporter for Renderer {
     fn explain(&mut self, line: &str) {
         self.println(&format!("explain-cache: {line}"));
     }
+
+    fn note(&mut self, line: &str) {
+        self.println(line);
+    }
 }
 
 pub fn run(args: &BuildArgs, root: &Path) -> anyhow::Result<ExitCode> {
@@ -975,6 +985,13 @@ fn prepare(args: &BuildArgs, root: &Path) -> anyhow::Result<Prepared> {
                 cache_to_registry,
                 cache_inline,
                 explain_cache: args.explain_cache,
+                squash: if args.squash_all {
+                    Some(rbuild_engine::squash::SquashMode::All)
+                } else if args.squash {
+                    Some(rbuild_engine::squash::SquashMode::New)
+                } else {
+                    None
+                },
             },
             dockerfile_src: src,
             tags,

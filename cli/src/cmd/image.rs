@@ -56,6 +56,10 @@ pub enum ImageSub {
     History(HistoryArgs),
     /// Show low-level information on images
     Inspect(InspectArgs),
+    /// Squash the layers above a layer (default: above the base image) into one
+    Squash(super::squash::SquashArgs),
+    /// Show the bytes each layer holds that a later layer deletes or overwrites
+    Waste(super::squash::WasteArgs),
 }
 
 #[derive(clap::Args)]
@@ -194,6 +198,8 @@ pub fn run(cmd: ImageCommand, root: &Path) -> Result<std::process::ExitCode> {
             inspect(&store()?, &a)
         }
         ImageCommand::Image(ImageSub::Prune(a)) => prune(&store()?, &a),
+        ImageCommand::Image(ImageSub::Squash(a)) => super::squash::squash(&store()?, &a),
+        ImageCommand::Image(ImageSub::Waste(a)) => super::squash::waste(&store()?, &a),
     }
 }
 

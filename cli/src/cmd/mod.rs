@@ -8,6 +8,7 @@ pub mod image;
 pub mod limits;
 pub mod parse;
 pub mod run;
+pub mod squash;
 pub mod system;
 pub mod transfer;
 
