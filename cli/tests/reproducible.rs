@@ -169,6 +169,37 @@ fn two_roots_build_the_same_image_and_the_same_archives_byte_for_byte() {
         "`save` archives differ"
     );
 
+    // Squashed images are reproducible too.
+    for flag in ["--squash", "--squash-all"] {
+        let args = |ctx: &Path| {
+            vec![
+                "build".to_owned(),
+                "--no-cache".to_owned(),
+                "-q".to_owned(),
+                flag.to_owned(),
+                ctx.to_str().unwrap().to_owned(),
+            ]
+        };
+        let aa = args(&ctx_a);
+        let bb = args(&ctx_b);
+        let sa = rbuild(
+            &a,
+            &aa.iter().map(String::as_str).collect::<Vec<_>>(),
+            Some(EPOCH),
+            "022",
+            false,
+        );
+        let sb = rbuild(
+            &b,
+            &bb.iter().map(String::as_str).collect::<Vec<_>>(),
+            Some(EPOCH),
+            "077",
+            true,
+        );
+        assert_eq!(sa, sb, "{flag}: the same image ID in both roots");
+        assert_ne!(sa, id_a, "{flag} changed the image");
+    }
+
     for ty in ["docker", "oci"] {
         let fa = a.path(&format!("{ty}.tar"));
         let fb = b.path(&format!("{ty}.tar"));
