@@ -360,7 +360,9 @@ impl Images {
         std::fs::read_to_string("/proc/mounts")
             .unwrap()
             .lines()
-            .filter(|l| l.contains(&dir) || l.contains("rbuild"))
+            // Our root and scratch are under `dir` (TMPDIR too); other
+            // processes' mounts (a benchmark's, another test's) are not ours.
+            .filter(|l| l.contains(&dir))
             .map(str::to_owned)
             .collect()
     }
