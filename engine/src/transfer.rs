@@ -7,14 +7,15 @@
 //! comes first, and only the layers whose diff ID the store lacks are
 //! downloaded (a few at a time), verified against their digest, decompressed
 //! (gzip, zstd or none) while hashed, and checked against the config's diff
-//! ID; one store transaction then records the image, its tag and its repo
+//! ID (a download that breaks goes on with a `Range` from the bytes it has); one store transaction then records the image, its tag and its repo
 //! digest. Each layer's compressed digest, media type and repository are kept
 //! (`layer-sources/`).
 //!
 //! **Push**: per layer, a compressed form the registry already has (HEAD) is
 //! used as is; one in another repository of the same registry is mounted;
 //! else the layer is compressed with gzip (deterministic: the same layer gives
-//! the same bytes) and uploaded. Then the config and a Docker schema 2
+//! the same bytes on any machine, whatever its cores; incompressible pieces
+//! stored) and uploaded while it is compressed, a few layers at a time. Then the config and a Docker schema 2
 //! manifest (OCI when a layer is zstd), whose bytes depend only on the
 //! layers' digests: an unchanged image pushed again uploads no blob and gets
 //! the same manifest digest.
