@@ -849,7 +849,9 @@ async fn push_streamed(
     started: Option<String>,
     progress: Progress,
 ) -> Result<Descriptor, PushFailure> {
-    let (txc, rxc) = mpsc::channel::<io::Result<bytes::Bytes>>(4);
+    // Two 1 MiB pieces queued for the upload: memory stays small with
+    // several layers in flight.
+    let (txc, rxc) = mpsc::channel::<io::Result<bytes::Bytes>>(2);
     let (s2, d2) = (store.clone(), diff_id.clone());
     let producer =
         tokio::task::spawn_blocking(move || compress_into(&s2, &d2, compression, &txc, &*progress));
@@ -903,7 +905,7 @@ fn compress_into(
             compression.compression,
             compression.level,
             threads,
-            |w| io::copy(&mut blob, w).map(drop),
+            |w| copy_big(&mut blob, w),
         )?;
         out.flush()?;
         if d.diff_id != *diff_id {
@@ -918,6 +920,21 @@ fn compress_into(
         let _ = tx.blocking_send(Err(io::Error::other(e.to_string())));
     }
     result
+}
+
+/// Copies `r` into `w` in 1 MiB reads: writes that large go past the
+/// layer writer's buffer straight to the encoder (one copy less than
+/// `io::copy`'s 8 KiB steps).
+fn copy_big(r: &mut dyn io::Read, w: &mut dyn io::Write) -> io::Result<()> {
+    let mut buf = vec![0; 1 << 20];
+    loop {
+        match r.read(&mut buf) {
+            Ok(0) => return Ok(()),
+            Ok(n) => w.write_all(&buf[..n])?,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(e),
+        }
+    }
 }
 
 /// A callback given the bytes of a layer moved so far.

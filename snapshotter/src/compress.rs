@@ -170,7 +170,7 @@ impl<W: Write> Write for Encoder<W> {
 /// compressed as its own gzip member (mtime 0, no name) on the rayon pool while the
 /// caller keeps producing input; members are written in order. Every gzip reader
 /// (Go's, zlib's, Python's) reads a multi-member stream as one. At most
-/// `2 × threads` chunks are in flight, so memory stays bounded.
+/// `threads + 1` chunks are in flight, so memory stays bounded.
 pub struct ParallelGzEncoder<W: Write> {
     inner: W,
     in_flight: std::collections::VecDeque<std::sync::mpsc::Receiver<io::Result<Vec<u8>>>>,
@@ -187,7 +187,7 @@ impl<W: Write> ParallelGzEncoder<W> {
             inner,
             in_flight: std::collections::VecDeque::new(),
             current: Vec::with_capacity(GZIP_CHUNK),
-            max_in_flight: threads.max(1) * 2,
+            max_in_flight: threads.max(1) + 1,
             threads: threads.max(1),
             level,
             wrote_any: false,
@@ -247,7 +247,13 @@ pub fn gzip_member(data: &[u8], level: u32) -> io::Result<Vec<u8>> {
         level
     };
     let mut e = flate2::GzBuilder::new().mtime(0).write(
-        Vec::with_capacity(data.len() / 2 + 64),
+        // Stored: the data, 5 bytes per 64 KiB block, gzip's 18; else a
+        // guess that grows if need be.
+        Vec::with_capacity(if level == 0 {
+            data.len() + 5 * (data.len() / 65_535 + 1) + 64
+        } else {
+            data.len() / 2 + 64
+        }),
         flate2::Compression::new(level),
     );
     e.write_all(data)?;
@@ -584,6 +590,51 @@ mod tests {
         assert!(
             !incompressible(&random(PROBE_MIN - 1)),
             "too small to judge"
+        );
+    }
+
+    /// Pinned bytes: the gzip of a fixed input at each level has the same
+    /// digest on every machine (CPU features, core count) and every build.
+    /// A change here changes the digest of every layer rbuild pushes.
+    #[test]
+    fn gzip_output_is_pinned_per_level() {
+        let mut x: u64 = 0x0123_4567_89ab_cdef;
+        let mut next = move || {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            x
+        };
+        let words = [
+            "layer", "digest", "store", "image", "push", "pull", "tar", "gzip",
+        ];
+        let mut data = Vec::new();
+        // Text of varying words (real matching work), random bytes (stored),
+        // then bytes of a skewed distribution (Huffman codes only).
+        while data.len() < GZIP_CHUNK + 5000 {
+            let r = next();
+            data.extend_from_slice(words[usize::try_from(r % 8).unwrap()].as_bytes());
+            data.push(if r % 13 == 0 { b'\n' } else { b' ' });
+        }
+        data.extend((0..GZIP_CHUNK).map(|_| next().to_le_bytes()[0]));
+        data.extend((0..GZIP_CHUNK / 2).map(|_| (next() % 7 * (next() % 5)).to_le_bytes()[0]));
+        let digests: Vec<String> = [1, 2, 6, 9]
+            .iter()
+            .map(|&level| {
+                let mut e =
+                    Encoder::with_level(Vec::new(), Compression::Gzip, Some(level), 2).unwrap();
+                e.write_all(&data).unwrap();
+                Digest::of(&e.finish().unwrap()).to_string()
+            })
+            .collect();
+        assert_eq!(
+            digests,
+            [
+                "sha256:4987ac7eeb847ad0ccb685d0a814daad19545ad0873d84c91bf8e9d163e4afe6",
+                "sha256:925af0caf9681c9addef37090699f988acd4b9ce37c5f733be55bc4e5830ac93",
+                "sha256:f7c57573d50e48226ec60d6f4e9d9672932f06555ebd9044aa8b1e5d3b4d22ef",
+                "sha256:b6c7659fb27b7c8f4f971373800b153501118e7dfe1cf0d5ffe31be17dcd3e82",
+            ]
         );
     }
 
