@@ -246,18 +246,45 @@ pub fn gzip_member(data: &[u8], level: u32) -> io::Result<Vec<u8>> {
     } else {
         level
     };
+    if level == 0 {
+        return Ok(stored_gzip_member(data));
+    }
     let mut e = flate2::GzBuilder::new().mtime(0).write(
-        // Stored: the data, 5 bytes per 64 KiB block, gzip's 18; else a
-        // guess that grows if need be.
-        Vec::with_capacity(if level == 0 {
-            data.len() + 5 * (data.len() / 65_535 + 1) + 64
-        } else {
-            data.len() / 2 + 64
-        }),
+        Vec::with_capacity(data.len() / 2 + 64),
         flate2::Compression::new(level),
     );
     e.write_all(data)?;
     e.finish()
+}
+
+/// The largest stored deflate block.
+const STORED_BLOCK: usize = 65_535;
+
+/// A gzip member of `data` in stored deflate blocks, written here in one
+/// copy: flate2's header for level 0 (mtime 0, no name), 64 KiB - 1 byte
+/// blocks, the last one final, CRC-32 and size.
+fn stored_gzip_member(data: &[u8]) -> Vec<u8> {
+    let blocks = data.len().div_ceil(STORED_BLOCK).max(1);
+    let mut out = Vec::with_capacity(10 + data.len() + 5 * blocks + 8);
+    out.extend_from_slice(&[0x1f, 0x8b, 8, 0, 0, 0, 0, 0, 4, 255]);
+    let mut pieces = data.chunks(STORED_BLOCK).peekable();
+    if pieces.peek().is_none() {
+        out.extend_from_slice(&[1, 0, 0, 0xff, 0xff]);
+    }
+    while let Some(p) = pieces.next() {
+        let last = pieces.peek().is_none();
+        let len = u16::try_from(p.len()).expect("a stored block is at most 65535 bytes");
+        out.push(u8::from(last));
+        out.extend_from_slice(&len.to_le_bytes());
+        out.extend_from_slice(&(!len).to_le_bytes());
+        out.extend_from_slice(p);
+    }
+    let mut crc = flate2::Crc::new();
+    crc.update(data);
+    out.extend_from_slice(&crc.sum().to_le_bytes());
+    // ISIZE: the size modulo 2^32 (a chunk is far smaller).
+    out.extend_from_slice(&(u32::try_from(data.len() & 0xffff_ffff).unwrap_or(0)).to_le_bytes());
+    out
 }
 
 /// The smallest chunk [`incompressible`] judges (smaller ones are compressed).
@@ -591,6 +618,32 @@ mod tests {
             !incompressible(&random(PROBE_MIN - 1)),
             "too small to judge"
         );
+    }
+
+    #[test]
+    fn stored_members_decode_and_have_zlibs_header_and_trailer() {
+        for n in [0, 1, 65_534, 65_535, 65_536, 3 * 65_535, GZIP_CHUNK + 3] {
+            let data: Vec<u8> = (0..n).map(|i| u8::try_from(i * 7 % 251).unwrap()).collect();
+            let ours = stored_gzip_member(&data);
+            let mut e = flate2::GzBuilder::new()
+                .mtime(0)
+                .write(Vec::new(), flate2::Compression::new(0));
+            e.write_all(&data).unwrap();
+            let zlib = e.finish().unwrap();
+            let mut back = Vec::new();
+            flate2::read::GzDecoder::new(&ours[..])
+                .read_to_end(&mut back)
+                .unwrap();
+            assert_eq!(back, data, "{n}");
+            let blocks = n.div_ceil(STORED_BLOCK).max(1);
+            assert_eq!(ours.len(), 10 + n + 5 * blocks + 8, "{n}");
+            assert_eq!(ours[..10], zlib[..10], "{n}: the same header");
+            assert_eq!(
+                ours[ours.len() - 8..],
+                zlib[zlib.len() - 8..],
+                "{n}: trailer"
+            );
+        }
     }
 
     /// Pinned bytes: the gzip of a fixed input at each level has the same
