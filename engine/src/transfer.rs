@@ -7,14 +7,15 @@
 //! comes first, and only the layers whose diff ID the store lacks are
 //! downloaded (a few at a time), verified against their digest, decompressed
 //! (gzip, zstd or none) while hashed, and checked against the config's diff
-//! ID; one store transaction then records the image, its tag and its repo
+//! ID (a download that breaks goes on with a `Range` from the bytes it has); one store transaction then records the image, its tag and its repo
 //! digest. Each layer's compressed digest, media type and repository are kept
 //! (`layer-sources/`).
 //!
 //! **Push**: per layer, a compressed form the registry already has (HEAD) is
 //! used as is; one in another repository of the same registry is mounted;
 //! else the layer is compressed with gzip (deterministic: the same layer gives
-//! the same bytes) and uploaded. Then the config and a Docker schema 2
+//! the same bytes on any machine, whatever its cores; incompressible pieces
+//! stored) and uploaded while it is compressed, a few layers at a time. Then the config and a Docker schema 2
 //! manifest (OCI when a layer is zstd), whose bytes depend only on the
 //! layers' digests: an unchanged image pushed again uploads no blob and gets
 //! the same manifest digest.
@@ -848,7 +849,9 @@ async fn push_streamed(
     started: Option<String>,
     progress: Progress,
 ) -> Result<Descriptor, PushFailure> {
-    let (txc, rxc) = mpsc::channel::<io::Result<bytes::Bytes>>(4);
+    // Two 1 MiB pieces queued for the upload: memory stays small with
+    // several layers in flight.
+    let (txc, rxc) = mpsc::channel::<io::Result<bytes::Bytes>>(2);
     let (s2, d2) = (store.clone(), diff_id.clone());
     let producer =
         tokio::task::spawn_blocking(move || compress_into(&s2, &d2, compression, &txc, &*progress));
@@ -902,7 +905,7 @@ fn compress_into(
             compression.compression,
             compression.level,
             threads,
-            |w| io::copy(&mut blob, w).map(drop),
+            |w| copy_big(&mut blob, w),
         )?;
         out.flush()?;
         if d.diff_id != *diff_id {
@@ -917,6 +920,21 @@ fn compress_into(
         let _ = tx.blocking_send(Err(io::Error::other(e.to_string())));
     }
     result
+}
+
+/// Copies `r` into `w` in 1 MiB reads: writes that large go past the
+/// layer writer's buffer straight to the encoder (one copy less than
+/// `io::copy`'s 8 KiB steps).
+fn copy_big(r: &mut dyn io::Read, w: &mut dyn io::Write) -> io::Result<()> {
+    let mut buf = vec![0; 1 << 20];
+    loop {
+        match r.read(&mut buf) {
+            Ok(0) => return Ok(()),
+            Ok(n) => w.write_all(&buf[..n])?,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(e),
+        }
+    }
 }
 
 /// A callback given the bytes of a layer moved so far.

@@ -170,7 +170,7 @@ impl<W: Write> Write for Encoder<W> {
 /// compressed as its own gzip member (mtime 0, no name) on the rayon pool while the
 /// caller keeps producing input; members are written in order. Every gzip reader
 /// (Go's, zlib's, Python's) reads a multi-member stream as one. At most
-/// `2 × threads` chunks are in flight, so memory stays bounded.
+/// `threads + 1` chunks are in flight, so memory stays bounded.
 pub struct ParallelGzEncoder<W: Write> {
     inner: W,
     in_flight: std::collections::VecDeque<std::sync::mpsc::Receiver<io::Result<Vec<u8>>>>,
@@ -187,7 +187,7 @@ impl<W: Write> ParallelGzEncoder<W> {
             inner,
             in_flight: std::collections::VecDeque::new(),
             current: Vec::with_capacity(GZIP_CHUNK),
-            max_in_flight: threads.max(1) * 2,
+            max_in_flight: threads.max(1) + 1,
             threads: threads.max(1),
             level,
             wrote_any: false,
@@ -246,12 +246,45 @@ pub fn gzip_member(data: &[u8], level: u32) -> io::Result<Vec<u8>> {
     } else {
         level
     };
+    if level == 0 {
+        return Ok(stored_gzip_member(data));
+    }
     let mut e = flate2::GzBuilder::new().mtime(0).write(
         Vec::with_capacity(data.len() / 2 + 64),
         flate2::Compression::new(level),
     );
     e.write_all(data)?;
     e.finish()
+}
+
+/// The largest stored deflate block.
+const STORED_BLOCK: usize = 65_535;
+
+/// A gzip member of `data` in stored deflate blocks, written here in one
+/// copy: flate2's header for level 0 (mtime 0, no name), 64 KiB - 1 byte
+/// blocks, the last one final, CRC-32 and size.
+fn stored_gzip_member(data: &[u8]) -> Vec<u8> {
+    let blocks = data.len().div_ceil(STORED_BLOCK).max(1);
+    let mut out = Vec::with_capacity(10 + data.len() + 5 * blocks + 8);
+    out.extend_from_slice(&[0x1f, 0x8b, 8, 0, 0, 0, 0, 0, 4, 255]);
+    let mut pieces = data.chunks(STORED_BLOCK).peekable();
+    if pieces.peek().is_none() {
+        out.extend_from_slice(&[1, 0, 0, 0xff, 0xff]);
+    }
+    while let Some(p) = pieces.next() {
+        let last = pieces.peek().is_none();
+        let len = u16::try_from(p.len()).expect("a stored block is at most 65535 bytes");
+        out.push(u8::from(last));
+        out.extend_from_slice(&len.to_le_bytes());
+        out.extend_from_slice(&(!len).to_le_bytes());
+        out.extend_from_slice(p);
+    }
+    let mut crc = flate2::Crc::new();
+    crc.update(data);
+    out.extend_from_slice(&crc.sum().to_le_bytes());
+    // ISIZE: the size modulo 2^32 (a chunk is far smaller).
+    out.extend_from_slice(&(u32::try_from(data.len() & 0xffff_ffff).unwrap_or(0)).to_le_bytes());
+    out
 }
 
 /// The smallest chunk [`incompressible`] judges (smaller ones are compressed).
@@ -584,6 +617,77 @@ mod tests {
         assert!(
             !incompressible(&random(PROBE_MIN - 1)),
             "too small to judge"
+        );
+    }
+
+    #[test]
+    fn stored_members_decode_and_have_zlibs_header_and_trailer() {
+        for n in [0, 1, 65_534, 65_535, 65_536, 3 * 65_535, GZIP_CHUNK + 3] {
+            let data: Vec<u8> = (0..n).map(|i| u8::try_from(i * 7 % 251).unwrap()).collect();
+            let ours = stored_gzip_member(&data);
+            let mut e = flate2::GzBuilder::new()
+                .mtime(0)
+                .write(Vec::new(), flate2::Compression::new(0));
+            e.write_all(&data).unwrap();
+            let zlib = e.finish().unwrap();
+            let mut back = Vec::new();
+            flate2::read::GzDecoder::new(&ours[..])
+                .read_to_end(&mut back)
+                .unwrap();
+            assert_eq!(back, data, "{n}");
+            let blocks = n.div_ceil(STORED_BLOCK).max(1);
+            assert_eq!(ours.len(), 10 + n + 5 * blocks + 8, "{n}");
+            assert_eq!(ours[..10], zlib[..10], "{n}: the same header");
+            assert_eq!(
+                ours[ours.len() - 8..],
+                zlib[zlib.len() - 8..],
+                "{n}: trailer"
+            );
+        }
+    }
+
+    /// Pinned bytes: the gzip of a fixed input at each level has the same
+    /// digest on every machine (CPU features, core count) and every build.
+    /// A change here changes the digest of every layer rbuild pushes.
+    #[test]
+    fn gzip_output_is_pinned_per_level() {
+        let mut x: u64 = 0x0123_4567_89ab_cdef;
+        let mut next = move || {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            x
+        };
+        let words = [
+            "layer", "digest", "store", "image", "push", "pull", "tar", "gzip",
+        ];
+        let mut data = Vec::new();
+        // Text of varying words (real matching work), random bytes (stored),
+        // then bytes of a skewed distribution (Huffman codes only).
+        while data.len() < GZIP_CHUNK + 5000 {
+            let r = next();
+            data.extend_from_slice(words[usize::try_from(r % 8).unwrap()].as_bytes());
+            data.push(if r % 13 == 0 { b'\n' } else { b' ' });
+        }
+        data.extend((0..GZIP_CHUNK).map(|_| next().to_le_bytes()[0]));
+        data.extend((0..GZIP_CHUNK / 2).map(|_| (next() % 7 * (next() % 5)).to_le_bytes()[0]));
+        let digests: Vec<String> = [1, 2, 6, 9]
+            .iter()
+            .map(|&level| {
+                let mut e =
+                    Encoder::with_level(Vec::new(), Compression::Gzip, Some(level), 2).unwrap();
+                e.write_all(&data).unwrap();
+                Digest::of(&e.finish().unwrap()).to_string()
+            })
+            .collect();
+        assert_eq!(
+            digests,
+            [
+                "sha256:4987ac7eeb847ad0ccb685d0a814daad19545ad0873d84c91bf8e9d163e4afe6",
+                "sha256:925af0caf9681c9addef37090699f988acd4b9ce37c5f733be55bc4e5830ac93",
+                "sha256:f7c57573d50e48226ec60d6f4e9d9672932f06555ebd9044aa8b1e5d3b4d22ef",
+                "sha256:b6c7659fb27b7c8f4f971373800b153501118e7dfe1cf0d5ffe31be17dcd3e82",
+            ]
         );
     }
 
