@@ -219,8 +219,8 @@ fn inline_of(reference: &str, config: &[u8], m: &Manifest) -> Result<CacheConfig
     Ok(cache)
 }
 
-/// `--cache-from` of registries: each source read (a warning for one that
-/// cannot be), through `read`, which reports the step.
+/// One `--cache-from` of a registry: the source and its description (the
+/// manifest and config read; no layer yet).
 pub fn import(
     store: &Store,
     reference: &str,
