@@ -368,9 +368,10 @@ pub fn export(
         )
         .await
         .map_err(reg_err(reference))?;
-        // The layers are in this repository now: a later push of an image
-        // with them mounts them from here.
-        for desc in &m.layers {
+        // The layers made here are in this repository now: a later push of
+        // an image with them mounts them from here. (Not the ones mounted
+        // from a source: their diff IDs are that source's word.)
+        for desc in m.layers.iter().filter(|d| !foreign.contains_key(&d.digest)) {
             if let Some(diff_id) = diff_ids.get(&desc.digest) {
                 let _ = store.add_layer_source(
                     diff_id,
