@@ -360,17 +360,25 @@ pub fn export_local(
     imported: Option<&ImportedRecords>,
     opts: &CacheExport,
 ) -> Result<ExportReport, CacheError> {
-    export_layout(worker, graph, outputs, target, imported, opts, None)
+    export_layout(worker, graph, outputs, target, imported, opts, None, None)
 }
 
 /// Blobs of an export left in a registry source rather than copied into
 /// the layout: digest → (the source's index, its descriptor).
-pub(crate) type Foreign = HashMap<Digest, (usize, Descriptor)>;
+/// `None`: the destination registry has the blob already (a layer this
+/// machine compressed before, by its remembered digest).
+pub(crate) type Foreign = HashMap<Digest, (Option<usize>, Descriptor)>;
+
+/// Whether the destination registry has a blob (a HEAD), for a registry
+/// export: a layer compressed before whose blob is there is not compressed
+/// again.
+pub(crate) type HasBlob<'a> = &'a dyn Fn(&Digest) -> bool;
 
 /// [`export_local`]; with `foreign`, the layers of records a registry
 /// source holds and this build never unpacked are not downloaded: they are
 /// named in the manifest and listed in `foreign` (a registry export mounts
 /// or copies them from there).
+#[allow(clippy::too_many_arguments)]
 pub(crate) fn export_layout(
     worker: &LocalWorker,
     graph: &BuildGraph,
@@ -379,6 +387,7 @@ pub(crate) fn export_layout(
     imported: Option<&ImportedRecords>,
     opts: &CacheExport,
     mut foreign: Option<&mut Foreign>,
+    has_blob: Option<HasBlob<'_>>,
 ) -> Result<ExportReport, CacheError> {
     let dir = &opts.dest;
     let blobs_dir = dir.join("blobs").join("sha256");
@@ -392,6 +401,7 @@ pub(crate) fn export_layout(
         imported,
         opts,
         foreign.as_deref_mut(),
+        has_blob,
         false,
     )?;
     write_layout(dir, &config, foreign.as_deref())
@@ -409,6 +419,7 @@ pub(crate) fn describe(
     imported: Option<&ImportedRecords>,
     opts: &CacheExport,
     mut foreign: Option<&mut Foreign>,
+    has_blob: Option<HasBlob<'_>>,
     digest_only: bool,
 ) -> Result<CacheConfig, CacheError> {
     let dir = &opts.dest;
@@ -480,8 +491,12 @@ pub(crate) fn describe(
                         &mut layer_of,
                         link,
                         layer,
-                        opts.compression,
-                        digest_only,
+                        Writing {
+                            compression: opts.compression,
+                            digest_only,
+                            foreign: foreign.as_deref_mut(),
+                            has_blob,
+                        },
                     )?);
                 }
                 created = chain.last().and_then(|l| l.created);
@@ -601,8 +616,19 @@ fn write_layout(
     })
 }
 
-/// Adds the layer of `link` (on `parent`) to the config, writing its blob.
-#[allow(clippy::too_many_arguments)]
+/// How [`add_layer`] writes a layer.
+struct Writing<'a, 'f> {
+    compression: Compression,
+    /// Nothing written: the layer named by its diff ID (the inline cache).
+    digest_only: bool,
+    /// A registry export's blobs left out of the layout.
+    foreign: Option<&'a mut Foreign>,
+    has_blob: Option<HasBlob<'f>>,
+}
+
+/// Adds the layer of `link` (on `parent`) to the config, writing its blob;
+/// a layer compressed before whose blob the destination has (the layout, or
+/// the registry) is named by its remembered digest, not compressed again.
 fn add_layer(
     worker: &LocalWorker,
     dir: &Path,
@@ -610,11 +636,48 @@ fn add_layer(
     layer_of: &mut HashMap<SnapshotId, usize>,
     link: &ChainLink,
     parent: Option<usize>,
-    compression: Compression,
-    digest_only: bool,
+    how: Writing<'_, '_>,
 ) -> Result<usize, CacheError> {
+    let Writing {
+        compression,
+        digest_only,
+        foreign,
+        has_blob,
+    } = how;
     if let Some(&i) = layer_of.get(&link.snapshot) {
         return Ok(i);
+    }
+    let remembered = (!digest_only)
+        .then(|| worker.remembered_chain_layer(link, compression))
+        .flatten();
+    if let Some((digest, size, diff_id)) = remembered {
+        let here = blob_path(dir, &digest).is_file();
+        let there = !here && foreign.is_some() && has_blob.is_some_and(|has| has(&digest));
+        if here || there {
+            if let (true, Some(f)) = (there, foreign) {
+                f.insert(
+                    digest.clone(),
+                    (
+                        None,
+                        Descriptor::new(compression.oci_layer_media_type(), digest.clone(), size),
+                    ),
+                );
+            }
+            config.layers.push(CacheLayer {
+                blob: digest,
+                diff_id,
+                parent,
+                base: link.base_layer.is_some(),
+                created_at: if link.base_layer.is_some() {
+                    None
+                } else {
+                    rfc3339(link.created)
+                },
+            });
+            let i = config.layers.len() - 1;
+            layer_of.insert(link.snapshot.clone(), i);
+            return Ok(i);
+        }
     }
     if digest_only {
         let diff_id = worker
@@ -653,6 +716,7 @@ fn add_layer(
     let tmp = out
         .into_inner()
         .map_err(|e| io(&blobs_dir)(e.into_error()))?;
+    worker.remember_chain_layer(link, compression, &digests);
     let path = blob_path(dir, &digests.digest);
     if path.is_file() {
         drop(tmp);
@@ -890,7 +954,7 @@ impl ImportedRecords {
             if let (Some(f), CacheSource::Registry(r)) = (foreign.as_deref_mut(), from_source) {
                 match r.descriptor(blob) {
                     Some(d) => {
-                        f.insert(blob.clone(), (source, d.clone()));
+                        f.insert(blob.clone(), (Some(source), d.clone()));
                         continue;
                     }
                     None => return Ok(None),

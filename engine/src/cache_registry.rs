@@ -282,6 +282,17 @@ pub fn export(
     // Layers of records imported from a registry and never unpacked here
     // stay there: mounted or copied registry to registry below.
     let mut foreign = crate::cache::Foreign::new();
+    let client = Arc::new(Client::new(
+        registry.client.clone(),
+        registry.credentials.clone(),
+    ));
+    let rt = Rt::new(reference)?;
+    let has_blob = |d: &Digest| {
+        rt.block_on(client.blob_exists(&remote, d))
+            .ok()
+            .flatten()
+            .is_some()
+    };
     let report = crate::cache::export_layout(
         worker,
         graph,
@@ -295,6 +306,7 @@ pub fn export(
             ignore_error: opts.ignore_error,
         },
         Some(&mut foreign),
+        Some(&has_blob),
     )?;
     let (m_bytes, m) = layout_manifest(dir.path(), reference)?;
     let config: CacheConfig = serde_json::from_slice(
@@ -307,11 +319,6 @@ pub fn export(
         .iter()
         .map(|l| (l.blob.clone(), l.diff_id.clone()))
         .collect();
-    let client = Arc::new(Client::new(
-        registry.client.clone(),
-        registry.credentials.clone(),
-    ));
-    let rt = Rt::new(reference)?;
     rt.block_on(async {
         let sem = Arc::new(tokio::sync::Semaphore::new(PARALLEL));
         let mut tasks = tokio::task::JoinSet::new();
@@ -353,6 +360,8 @@ pub fn export(
                 .map_err(reg_err(reference))?;
         }
         for (digest, (source, desc)) in &foreign {
+            // There already (a layer compressed here before).
+            let Some(source) = source else { continue };
             let from = imported
                 .and_then(|i| i.remote(*source))
                 .ok_or_else(|| remote_err(reference, format!("no source for blob {digest}")))?;
@@ -500,6 +509,7 @@ pub fn inline_cache(
             compression: Compression::None,
             ignore_error: false,
         },
+        None,
         None,
         true,
     )?;
