@@ -644,6 +644,9 @@ fn add_layer(
         foreign,
         has_blob,
     } = how;
+    // A registry export's layout is scratch, removed once pushed: its
+    // blobs need not reach the disk.
+    let durable = foreign.is_none();
     if let Some(&i) = layer_of.get(&link.snapshot) {
         return Ok(i);
     }
@@ -721,7 +724,9 @@ fn add_layer(
     if path.is_file() {
         drop(tmp);
     } else {
-        tmp.as_file().sync_all().map_err(io(&path))?;
+        if durable {
+            tmp.as_file().sync_all().map_err(io(&path))?;
+        }
         tmp.persist(&path).map_err(|e| io(&path)(e.error))?;
     }
     config.layers.push(CacheLayer {
