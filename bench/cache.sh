@@ -46,6 +46,8 @@ done
 # repositories of its own, so nothing is skipped by a HEAD of an earlier run):
 #   cold            machine A's build, no export
 #   cold+reg-max    the same with --cache-to type=registry,ref=REF,mode=max
+#   warm, warm+reg-max  machine A again, everything cached, without and with the
+#                   same export (the usual CI case: the layers are in the registry)
 #   push            machine A's build pushed (-t REF --push)
 #   push+inline     the same with --cache-to type=inline
 #   B-reg-max       machine B (fresh root) with --cache-from type=registry,ref=REF
@@ -53,7 +55,7 @@ done
 # and the overheads: cold+reg-max - cold, push+inline - push.
 bench_registry() {
   command -v docker-registry >/dev/null || { echo "docker-registry is missing: install the docker-registry package" >&2; return 1; }
-  local port cfg pid w i cold cmax push pinl bmax binl r
+  local port cfg pid w i cold cmax warm wmax push pinl bmax binl r
   port=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')
   cfg=$T/registry.yml
   printf 'version: 0.1\nlog:\n  level: error\n  accesslog:\n    disabled: true\nstorage:\n  filesystem:\n    rootdirectory: %s\nhttp:\n  addr: 127.0.0.1:%s\n' "$T/registry" "$port" >"$cfg"
@@ -65,11 +67,13 @@ bench_registry() {
     for i in $(seq "$N"); do
       fresh a; cold=$(timed env RBUILD_ROOT="$T/a" "$R" build --progress plain "$W/$w")
       fresh a; cmax=$(timed env RBUILD_ROOT="$T/a" "$R" build --progress plain --cache-to "type=registry,ref=$r/cache-$w-$i:max,mode=max" "$W/$w")
+      warm=$(timed env RBUILD_ROOT="$T/a" "$R" build --progress plain "$W/$w")
+      wmax=$(timed env RBUILD_ROOT="$T/a" "$R" build --progress plain --cache-to "type=registry,ref=$r/cache-$w-$i:max,mode=max" "$W/$w")
       fresh a; push=$(timed env RBUILD_ROOT="$T/a" "$R" build --progress plain -t "$r/plain-$w-$i:1" --push "$W/$w")
       fresh a; pinl=$(timed env RBUILD_ROOT="$T/a" "$R" build --progress plain -t "$r/inline-$w-$i:1" --push --cache-to type=inline "$W/$w")
       fresh b; bmax=$(timed env RBUILD_ROOT="$T/b" "$R" build --progress plain --cache-from "type=registry,ref=$r/cache-$w-$i:max" "$W/$w")
       fresh b; binl=$(timed env RBUILD_ROOT="$T/b" "$R" build --progress plain --cache-from "$r/inline-$w-$i:1" "$W/$w")
-      echo "$w run$i registry cold=${cold}s cold+reg-max=${cmax}s (+$(echo "$cmax - $cold" | bc)s) push=${push}s push+inline=${pinl}s (+$(echo "$pinl - $push" | bc)s) B-reg-max=${bmax}s B-inline=${binl}s"
+      echo "$w run$i registry cold=${cold}s cold+reg-max=${cmax}s (+$(echo "$cmax - $cold" | bc)s) warm=${warm}s warm+reg-max=${wmax}s (+$(echo "$wmax - $warm" | bc)s) push=${push}s push+inline=${pinl}s (+$(echo "$pinl - $push" | bc)s) B-reg-max=${bmax}s B-inline=${binl}s"
     done
   done
   kill "$pid"; wait "$pid" 2>/dev/null || true

@@ -368,6 +368,44 @@ fn a_machine_that_imported_lazily_exports_the_layers_it_never_fetched_by_mountin
 }
 
 #[test]
+fn an_unchanged_re_export_compresses_and_uploads_nothing() {
+    let reg = Registry::start();
+    let a = Machine::new();
+    multi_context(&a, "ctx");
+    let cache = format!("{}/cache/app:again", reg.host());
+    let to = format!("type=registry,ref={cache},mode=max");
+    a.build(&["--cache-to", &to, &a.p("ctx")]);
+    let (first, _) = cache_of(&reg, "cache/app", "again");
+    // Each step snapshot of A gets a file it did not have: a layer written
+    // again from the snapshot would differ. An unchanged re-export names
+    // each layer by the digest remembered from the first, which the
+    // registry has (a HEAD), and writes none.
+    let snapshots = a.env.root().join("snapshots");
+    let mut tampered = 0;
+    for e in fs_err::read_dir(&snapshots).unwrap() {
+        let dir = e.unwrap().path();
+        let Ok(meta) = fs_err::read_to_string(dir.join("meta.json")) else {
+            continue;
+        };
+        if dir.join("fs").is_dir() && !meta.contains(r#""kind":"layer""#) {
+            fs_err::write(dir.join("fs/tampered.txt"), "x").unwrap();
+            tampered += 1;
+        }
+    }
+    assert!(tampered >= 5, "{tampered} step snapshots");
+    let before = reg.requests().len();
+    let (s, _) = a.build(&["--cache-to", &to, &a.p("ctx")]);
+    assert_eq!(Steps::steps(&s.ran), set(&[]), "{}", s.log);
+    let reqs = reg.requests()[before..].to_vec();
+    assert!(
+        !reqs.iter().any(|r| r.contains("/blobs/uploads/")),
+        "a blob was uploaded: {reqs:?}"
+    );
+    let (second, _) = cache_of(&reg, "cache/app", "again");
+    assert_eq!(first["layers"], second["layers"]);
+}
+
+#[test]
 fn a_min_mode_registry_cache_makes_an_unchanged_build_fetch_only_the_final_layers() {
     let reg = Registry::start();
     let a = Machine::new();

@@ -432,12 +432,19 @@ pub fn export_local(
     mounts: Option<&crate::cache_mounts::ImportedMounts>,
     opts: &CacheExport,
 ) -> Result<ExportReport, CacheError> {
-    export_layout(worker, graph, outputs, target, imported, mounts, opts, None)
+    export_layout(worker, graph, outputs, target, imported, mounts, opts, None, None)
 }
 
 /// Blobs of an export left in a registry source rather than copied into
 /// the layout: digest → (the source's index, its descriptor).
-pub(crate) type Foreign = HashMap<Digest, (usize, Descriptor)>;
+/// `None`: the destination registry has the blob already (a layer this
+/// machine compressed before, by its remembered digest).
+pub(crate) type Foreign = HashMap<Digest, (Option<usize>, Descriptor)>;
+
+/// Whether the destination registry has a blob (a HEAD), for a registry
+/// export: a layer compressed before whose blob is there is not compressed
+/// again.
+pub(crate) type HasBlob<'a> = &'a dyn Fn(&Digest) -> bool;
 
 /// [`export_local`]; with `foreign`, the layers of records a registry
 /// source holds and this build never unpacked are not downloaded: they are
@@ -453,6 +460,7 @@ pub(crate) fn export_layout(
     mounts: Option<&crate::cache_mounts::ImportedMounts>,
     opts: &CacheExport,
     mut foreign: Option<&mut Foreign>,
+    has_blob: Option<HasBlob<'_>>,
 ) -> Result<ExportReport, CacheError> {
     let dir = &opts.dest;
     let blobs_dir = dir.join("blobs").join("sha256");
@@ -466,6 +474,7 @@ pub(crate) fn export_layout(
         imported,
         opts,
         foreign.as_deref_mut(),
+        has_blob,
         false,
     )?;
     if opts.cache_mounts {
@@ -491,6 +500,7 @@ pub(crate) fn describe(
     imported: Option<&ImportedRecords>,
     opts: &CacheExport,
     mut foreign: Option<&mut Foreign>,
+    has_blob: Option<HasBlob<'_>>,
     digest_only: bool,
 ) -> Result<CacheConfig, CacheError> {
     let dir = &opts.dest;
@@ -562,8 +572,12 @@ pub(crate) fn describe(
                         &mut layer_of,
                         link,
                         layer,
-                        opts.compression,
-                        digest_only,
+                        Writing {
+                            compression: opts.compression,
+                            digest_only,
+                            foreign: foreign.as_deref_mut(),
+                            has_blob,
+                        },
                     )?);
                 }
                 created = chain.last().and_then(|l| l.created);
@@ -708,8 +722,19 @@ fn write_layout(
     })
 }
 
-/// Adds the layer of `link` (on `parent`) to the config, writing its blob.
-#[allow(clippy::too_many_arguments)]
+/// How [`add_layer`] writes a layer.
+struct Writing<'a, 'f> {
+    compression: Compression,
+    /// Nothing written: the layer named by its diff ID (the inline cache).
+    digest_only: bool,
+    /// A registry export's blobs left out of the layout.
+    foreign: Option<&'a mut Foreign>,
+    has_blob: Option<HasBlob<'f>>,
+}
+
+/// Adds the layer of `link` (on `parent`) to the config, writing its blob;
+/// a layer compressed before whose blob the destination has (the layout, or
+/// the registry) is named by its remembered digest, not compressed again.
 fn add_layer(
     worker: &LocalWorker,
     dir: &Path,
@@ -717,11 +742,51 @@ fn add_layer(
     layer_of: &mut HashMap<SnapshotId, usize>,
     link: &ChainLink,
     parent: Option<usize>,
-    compression: Compression,
-    digest_only: bool,
+    how: Writing<'_, '_>,
 ) -> Result<usize, CacheError> {
+    let Writing {
+        compression,
+        digest_only,
+        foreign,
+        has_blob,
+    } = how;
+    // A registry export's layout is scratch, removed once pushed: its
+    // blobs need not reach the disk.
+    let durable = foreign.is_none();
     if let Some(&i) = layer_of.get(&link.snapshot) {
         return Ok(i);
+    }
+    let remembered = (!digest_only)
+        .then(|| worker.remembered_chain_layer(link, compression))
+        .flatten();
+    if let Some((digest, size, diff_id)) = remembered {
+        let here = blob_path(dir, &digest).is_file();
+        let there = !here && foreign.is_some() && has_blob.is_some_and(|has| has(&digest));
+        if here || there {
+            if let (true, Some(f)) = (there, foreign) {
+                f.insert(
+                    digest.clone(),
+                    (
+                        None,
+                        Descriptor::new(compression.oci_layer_media_type(), digest.clone(), size),
+                    ),
+                );
+            }
+            config.layers.push(CacheLayer {
+                blob: digest,
+                diff_id,
+                parent,
+                base: link.base_layer.is_some(),
+                created_at: if link.base_layer.is_some() {
+                    None
+                } else {
+                    rfc3339(link.created)
+                },
+            });
+            let i = config.layers.len() - 1;
+            layer_of.insert(link.snapshot.clone(), i);
+            return Ok(i);
+        }
     }
     if digest_only {
         let diff_id = worker
@@ -760,11 +825,14 @@ fn add_layer(
     let tmp = out
         .into_inner()
         .map_err(|e| io(&blobs_dir)(e.into_error()))?;
+    worker.remember_chain_layer(link, compression, &digests);
     let path = blob_path(dir, &digests.digest);
     if path.is_file() {
         drop(tmp);
     } else {
-        tmp.as_file().sync_all().map_err(io(&path))?;
+        if durable {
+            tmp.as_file().sync_all().map_err(io(&path))?;
+        }
         tmp.persist(&path).map_err(|e| io(&path)(e.error))?;
     }
     config.layers.push(CacheLayer {
@@ -997,7 +1065,7 @@ impl ImportedRecords {
             if let (Some(f), CacheSource::Registry(r)) = (foreign.as_deref_mut(), from_source) {
                 match r.descriptor(blob) {
                     Some(d) => {
-                        f.insert(blob.clone(), (source, d.clone()));
+                        f.insert(blob.clone(), (Some(source), d.clone()));
                         continue;
                     }
                     None => return Ok(None),

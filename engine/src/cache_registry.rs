@@ -260,8 +260,8 @@ fn inline_of(reference: &str, config: &[u8], m: &Manifest) -> Result<CacheConfig
     Ok(cache)
 }
 
-/// `--cache-from` of registries: each source read (a warning for one that
-/// cannot be), through `read`, which reports the step.
+/// One `--cache-from` of a registry: the source and its description (the
+/// manifest and config read; no layer yet).
 pub fn import(
     store: &Store,
     reference: &str,
@@ -328,6 +328,17 @@ pub fn export(
     // Layers of records imported from a registry and never unpacked here
     // stay there: mounted or copied registry to registry below.
     let mut foreign = crate::cache::Foreign::new();
+    let client = Arc::new(Client::new(
+        registry.client.clone(),
+        registry.credentials.clone(),
+    ));
+    let rt = Rt::new(reference)?;
+    let has_blob = |d: &Digest| {
+        rt.block_on(client.blob_exists(&remote, d))
+            .ok()
+            .flatten()
+            .is_some()
+    };
     let report = crate::cache::export_layout(
         worker,
         graph,
@@ -343,6 +354,7 @@ pub fn export(
             cache_mounts: opts.cache_mounts,
         },
         Some(&mut foreign),
+        Some(&has_blob),
     )?;
     let (m_bytes, m) = layout_manifest(dir.path(), reference)?;
     let config: CacheConfig = serde_json::from_slice(
@@ -355,11 +367,6 @@ pub fn export(
         .iter()
         .map(|l| (l.blob.clone(), l.diff_id.clone()))
         .collect();
-    let client = Arc::new(Client::new(
-        registry.client.clone(),
-        registry.credentials.clone(),
-    ));
-    let rt = Rt::new(reference)?;
     rt.block_on(async {
         let sem = Arc::new(tokio::sync::Semaphore::new(PARALLEL));
         let mut tasks = tokio::task::JoinSet::new();
@@ -401,6 +408,8 @@ pub fn export(
                 .map_err(reg_err(reference))?;
         }
         for (digest, (source, desc)) in &foreign {
+            // There already (a layer compressed here before).
+            let Some(source) = source else { continue };
             let from = imported
                 .and_then(|i| i.remote(*source))
                 .ok_or_else(|| remote_err(reference, format!("no source for blob {digest}")))?;
@@ -416,9 +425,10 @@ pub fn export(
         )
         .await
         .map_err(reg_err(reference))?;
-        // The layers are in this repository now: a later push of an image
-        // with them mounts them from here.
-        for desc in &m.layers {
+        // The layers made here are in this repository now: a later push of
+        // an image with them mounts them from here. (Not the ones mounted
+        // from a source: their diff IDs are that source's word.)
+        for desc in m.layers.iter().filter(|d| !foreign.contains_key(&d.digest)) {
             if let Some(diff_id) = diff_ids.get(&desc.digest) {
                 let _ = store.add_layer_source(
                     diff_id,
@@ -548,6 +558,7 @@ pub fn inline_cache(
             ignore_error: false,
             cache_mounts: false,
         },
+        None,
         None,
         true,
     )?;

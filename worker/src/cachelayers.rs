@@ -93,6 +93,49 @@ impl LocalWorker {
         }
     }
 
+    /// Where the compressed form of a link's layer an export wrote is
+    /// remembered (beside the diff ID the image export remembers, swept with
+    /// it when the snapshot goes).
+    fn compressed_layer_path(&self, link: &ChainLink, c: Compression) -> std::path::PathBuf {
+        let mut p = crate::export::layer_cache_path(&self.inner, &link.snapshot).into_os_string();
+        p.push(match c {
+            Compression::None => ".none",
+            Compression::Gzip => ".gzip",
+            Compression::Zstd => ".zstd",
+        });
+        p.into()
+    }
+
+    /// The compressed form of a link's layer an earlier export wrote with
+    /// `c`: (digest, size, diff ID). The same snapshot compresses to the
+    /// same bytes, so a destination that has that digest has the layer.
+    pub fn remembered_chain_layer(
+        &self,
+        link: &ChainLink,
+        c: Compression,
+    ) -> Option<(Digest, u64, Digest)> {
+        let text = fs_err::read_to_string(self.compressed_layer_path(link, c)).ok()?;
+        let mut parts = text.split_whitespace();
+        let digest = Digest::parse(parts.next()?).ok()?;
+        let size = parts.next()?.parse().ok()?;
+        let diff_id = Digest::parse(parts.next()?).ok()?;
+        Some((digest, size, diff_id))
+    }
+
+    /// Remembers what [`Self::write_chain_layer`] gave (best effort: a
+    /// record that cannot be written only costs a compression).
+    pub fn remember_chain_layer(&self, link: &ChainLink, c: Compression, d: &LayerDigests) {
+        let path = self.compressed_layer_path(link, c);
+        if let Some(dir) = path.parent() {
+            let _ = fs_err::create_dir_all(dir);
+        }
+        let _ = rbuild_solver::atomic::write(
+            &path,
+            format!("{} {} {}\n", d.digest, d.size, d.diff_id).as_bytes(),
+            false,
+        );
+    }
+
     /// Applies one imported layer (an uncompressed tar) on `parent`: a
     /// base image's layer (`base`) as when the image is unpacked, a step's
     /// as a snapshot of kind `cache` committed with `created`; either is

@@ -119,7 +119,7 @@ pub(crate) fn export_image(
 /// Where the diff ID of a committed snapshot's layer is remembered. Snapshot
 /// IDs are unique and a committed snapshot never changes; the layer's bytes
 /// also depend on the mtime clamp, so the epoch is part of the name.
-fn layer_cache_path(inner: &Inner, id: &SnapshotId) -> std::path::PathBuf {
+pub(crate) fn layer_cache_path(inner: &Inner, id: &SnapshotId) -> std::path::PathBuf {
     let epoch = inner
         .epoch
         .map_or_else(|| "none".to_owned(), |e| e.to_string());
