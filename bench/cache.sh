@@ -21,6 +21,10 @@
 # shared/bench-workloads on the busybox base; dpkg (realistic: dpkg -i of the ~130
 # packages of gcc, libc6-dev and make on Debian bookworm, offline) when its base and
 # .debs are in $CACHE (see bench/build.sh; default /var/tmp/rbuild-bench-cache).
+# mounts (rbuild alone: BuildKit cannot export cache mounts): a RUN whose cache mount
+# holds ~50 MB that is slow to make (gzip of random bytes) and is made only when
+# missing; B builds with another ARG value, so the RUN runs: with cache-mounts=true
+# on both flags B finds the mount seeded, without it B makes it again.
 # Every builder runs with --network none. The base images are imported under names of
 # this script's own (cachebench-busybox, cachebench-debian; the contexts' FROM lines
 # are rewritten), so nothing of other users of dockerd is touched but its build cache
@@ -52,34 +56,45 @@ def d(a, b):
     return None if a is None or b is None else a - b
 def ratio(a, b):
     return "—" if a is None or not b else f"{a / b:.2f}"
-ws = sorted({w for _, w, _ in t}, key=lambda w: ["steps", "parallel", "dpkg"].index(w) if w in ["steps", "parallel", "dpkg"] else 9)
-n = max(len(v) for v in t.values())
+order = ["steps", "parallel", "dpkg"]
+ws = sorted({w for _, w, _ in t if w != "mounts"}, key=lambda w: order.index(w) if w in order else 9)
+n = max((len(v) for v in t.values()), default=0)
 print(f"Medians of {n} runs. Overhead = cold with the export − cold without.")
 print()
-print("| workload | builder | A cold | A export overhead | B from the cache | B / A cold |")
-print("|---|---|---|---|---|---|")
-for w in ws:
-    rc = med("rbuild", w, "cold")
-    for label, p, bp in [("rbuild mode=max", "cold+max", "B-max"), ("rbuild mode=min", "cold+min", "B-min")]:
-        print(f"| {w} | {label} | {f(rc)} | {f(d(med('rbuild', w, p), rc))} | {f(med('rbuild', w, bp))} | {ratio(med('rbuild', w, bp), rc)} |")
-    kc = med("buildkit", w, "cold")
-    if kc is not None:
-        push = med("buildkit", w, "push")
-        print(f"| {w} | BuildKit inline | {f(kc)} | {f(d(med('buildkit', w, 'cold+inline'), kc))} (+ push {f(push)}) | {f(med('buildkit', w, 'B-inline'))} | {ratio(med('buildkit', w, 'B-inline'), kc)} |")
-    hc = med("buildah", w, "cold")
-    if hc is not None or med("buildah", w, "failed") is not None:
-        print(f"| {w} | buildah | {f(hc)} | {f(d(med('buildah', w, 'cold+cacheto'), hc))} | {f(med('buildah', w, 'B'))} | {ratio(med('buildah', w, 'B'), hc)} |")
-print()
-print("| workload | B: rbuild max / BuildKit | B: rbuild min / BuildKit | B: rbuild max / buildah | export overhead: rbuild min − BuildKit inline |")
-print("|---|---|---|---|---|")
-for w in ws:
-    kb = med("buildkit", w, "B-inline")
-    hb = med("buildah", w, "B")
-    kc = med("buildkit", w, "cold")
-    rc = med("rbuild", w, "cold")
-    ko = d(med("buildkit", w, "cold+inline"), kc)
-    ro = d(med("rbuild", w, "cold+min"), rc)
-    print(f"| {w} | {ratio(med('rbuild', w, 'B-max'), kb)} | {ratio(med('rbuild', w, 'B-min'), kb)} | {ratio(med('rbuild', w, 'B-max'), hb)} | {f(d(ro, ko))} |")
+if ws:
+    print("| workload | builder | A cold | A export overhead | B from the cache | B / A cold |")
+    print("|---|---|---|---|---|---|")
+    for w in ws:
+        rc = med("rbuild", w, "cold")
+        for label, p, bp in [("rbuild mode=max", "cold+max", "B-max"), ("rbuild mode=min", "cold+min", "B-min")]:
+            print(f"| {w} | {label} | {f(rc)} | {f(d(med('rbuild', w, p), rc))} | {f(med('rbuild', w, bp))} | {ratio(med('rbuild', w, bp), rc)} |")
+        kc = med("buildkit", w, "cold")
+        if kc is not None:
+            push = med("buildkit", w, "push")
+            print(f"| {w} | BuildKit inline | {f(kc)} | {f(d(med('buildkit', w, 'cold+inline'), kc))} (+ push {f(push)}) | {f(med('buildkit', w, 'B-inline'))} | {ratio(med('buildkit', w, 'B-inline'), kc)} |")
+        hc = med("buildah", w, "cold")
+        if hc is not None or med("buildah", w, "failed") is not None:
+            print(f"| {w} | buildah | {f(hc)} | {f(d(med('buildah', w, 'cold+cacheto'), hc))} | {f(med('buildah', w, 'B'))} | {ratio(med('buildah', w, 'B'), hc)} |")
+if any(w == "mounts" for _, w, _ in t):
+    print()
+    print("Cache mounts (rbuild alone; B's RUN runs, with another ARG value):")
+    print()
+    print("| A cold+max | A cold+max, cache-mounts=true | mounts export overhead | B (mount made again) | B (mount seeded) |")
+    print("|---|---|---|---|---|")
+    a, am = med("rbuild", "mounts", "cold+max"), med("rbuild", "mounts", "cold+max+mounts")
+    print(f"| {f(a)} | {f(am)} | {f(d(am, a))} | {f(med('rbuild', 'mounts', 'B-max'))} | {f(med('rbuild', 'mounts', 'B-max+mounts'))} |")
+if ws:
+    print()
+    print("| workload | B: rbuild max / BuildKit | B: rbuild min / BuildKit | B: rbuild max / buildah | export overhead: rbuild min − BuildKit inline |")
+    print("|---|---|---|---|---|")
+    for w in ws:
+        kb = med("buildkit", w, "B-inline")
+        hb = med("buildah", w, "B")
+        kc = med("buildkit", w, "cold")
+        rc = med("rbuild", w, "cold")
+        ko = d(med("buildkit", w, "cold+inline"), kc)
+        ro = d(med("rbuild", w, "cold+min"), rc)
+        print(f"| {w} | {ratio(med('rbuild', w, 'B-max'), kb)} | {ratio(med('rbuild', w, 'B-min'), kb)} | {ratio(med('rbuild', w, 'B-max'), hb)} | {f(d(ro, ko))} |")
 EOF
 }
 if [ "${1:-}" = --table ]; then table "${2:-$RES}"; exit 0; fi
@@ -89,7 +104,7 @@ N=${1:-3}
 W=$(cd "$REPO/../shared/bench-workloads" 2>/dev/null && pwd || echo /work/shared/bench-workloads)
 [ -d "$W/steps" ] || { echo "bench-workloads are missing ($W)" >&2; exit 1; }
 CACHE=${CACHE:-/var/tmp/rbuild-bench-cache}
-WORKLOADS=${WORKLOADS-steps parallel dpkg}
+WORKLOADS=${WORKLOADS-steps parallel dpkg mounts}
 PEERS=${PEERS-buildkit buildah}
 R=${RBUILD:-$REPO/target/release/rbuild}
 [ -x "$R" ] || (cd "$REPO" && cargo build --release -q -p rbuild)
@@ -149,9 +164,18 @@ case " $WORKLOADS " in *" dpkg "*)
     fi ;;
 esac
 rm -rf "$T/seed"
+mkdir -p "$T/ctx/mounts"
+cat >"$T/ctx/mounts/Dockerfile" <<'EOF'
+FROM cachebench-busybox
+ARG N=1
+RUN --mount=type=cache,id=bench-pkgs,target=/var/cache/pkgs \
+    if [ ! -f /var/cache/pkgs/pkgs.gz ]; then head -c 50000000 /dev/urandom | gzip -6 > /var/cache/pkgs/pkgs.gz; fi \
+    && echo "$N" > /n && ls -l /var/cache/pkgs > /listing
+EOF
 for w in $WORKLOADS; do
     ctx=$T/ctx/$w
     mkdir -p "$ctx"
+    [ "$w" = mounts ] && continue
     cp -a "$W/$w/." "$ctx/"
     rm -f "$ctx/gen.sh"
     [ "$w" = dpkg ] && cp -a "$CACHE/dpkg/debs" "$ctx/debs"
@@ -264,8 +288,25 @@ bh_farm() { # WORKLOAD RUN
     rm -rf "$T/bh-a" "$T/bh-b"
 }
 
+# --- rbuild: cache mounts (cache-mounts=true) ---------------------------------------------
+rb_mounts() { # RUN
+    local w=mounts r=$1 ctx=$T/ctx/mounts
+    local b=(build --progress plain --network none "$ctx")
+    fresh "$T/a" "$w"; rm -rf "$T/max"
+    timed rbuild "$w" cold+max "$r" "$R" --root "$T/a" "${b[@]}" --build-arg N=1 --cache-to "type=local,dest=$T/max,mode=max"
+    fresh "$T/a" "$w"; rm -rf "$T/mnt"
+    timed rbuild "$w" cold+max+mounts "$r" "$R" --root "$T/a" "${b[@]}" --build-arg N=1 --cache-to "type=local,dest=$T/mnt,mode=max,cache-mounts=true"
+    fresh "$T/b" "$w"
+    timed rbuild "$w" B-max "$r" "$R" --root "$T/b" "${b[@]}" --build-arg N=2 --cache-from "type=local,src=$T/max"
+    fresh "$T/b" "$w"
+    timed rbuild "$w" B-max+mounts "$r" "$R" --root "$T/b" "${b[@]}" --build-arg N=2 --cache-from "type=local,src=$T/mnt,cache-mounts=true"
+    echo "  rbuild    mounts cache: $(du -sk "$T/max" | cut -f1) KiB, with the mount: $(du -sk "$T/mnt" | cut -f1) KiB"
+    rm -rf "$T/a" "$T/b" "$T/max" "$T/mnt"
+}
+
 for w in $WORKLOADS; do
     for r in $(seq "$N"); do
+        if [ "$w" = mounts ]; then rb_mounts "$r"; continue; fi
         rb_farm "$w" "$r"
         [ $have_buildkit = 1 ] && bk_farm "$w" "$r"
         [ $have_buildah = 1 ] && bh_farm "$w" "$r"
