@@ -11,6 +11,10 @@
 #   rbuild    cold (A, no export); cold+max / cold+min (A with --cache-to
 #             type=local,dest=DIR,mode=max|min); B-max / B-min (B, a fresh root
 #             with the same base loaded, --cache-from type=local,src=DIR)
+#   rbuild-reg (when the binary has type=registry and type=inline) cold;
+#             cold+reg-max (--cache-to type=registry,ref=REF,mode=max); push (-t REF
+#             --push); push+inline (the same with --cache-to type=inline); B-reg-max
+#             (--cache-from type=registry,ref=REF); B-inline (--cache-from IMAGE)
 #   buildkit  cold (A: `docker builder prune -af` + `docker rmi` first); cold+inline
 #             (the same with --build-arg BUILDKIT_INLINE_CACHE=1); push (of that
 #             image to the registry); B-inline (prune and rmi again, then
@@ -33,11 +37,13 @@
 # 127.0.0.0/8 as insecure), stopped at the end.
 #
 # Env: PEERS="buildkit buildah", RBUILD=path (default target/release/rbuild, built if
-# missing), CACHE=dir. Must run as root. Raw times go to bench/last-cache-results.tsv.
+# missing), RBUILD_REGISTRY=path (the binary of the registry and inline variant;
+# default RBUILD; skipped when it has no type=registry), VARIANTS="local registry"
+# (rbuild's), CACHE=dir, RESULTS=file (default bench/last-cache-results.tsv). Must run as root. Raw times go to bench/last-cache-results.tsv.
 set -euo pipefail
 HERE=$(cd "$(dirname "$0")" && pwd)
 REPO=$(dirname "$HERE")
-RES=$HERE/last-cache-results.tsv
+RES=${RESULTS:-$HERE/last-cache-results.tsv}
 
 # --- the table: medians, overheads and ratios -----------------------------------
 table() {
@@ -67,7 +73,14 @@ if ws:
     for w in ws:
         rc = med("rbuild", w, "cold")
         for label, p, bp in [("rbuild mode=max", "cold+max", "B-max"), ("rbuild mode=min", "cold+min", "B-min")]:
+            if rc is None:
+                break
             print(f"| {w} | {label} | {f(rc)} | {f(d(med('rbuild', w, p), rc))} | {f(med('rbuild', w, bp))} | {ratio(med('rbuild', w, bp), rc)} |")
+        gc = med("rbuild-reg", w, "cold")
+        if gc is not None:
+            print(f"| {w} | rbuild registry mode=max | {f(gc)} | {f(d(med('rbuild-reg', w, 'cold+reg-max'), gc))} | {f(med('rbuild-reg', w, 'B-reg-max'))} | {ratio(med('rbuild-reg', w, 'B-reg-max'), gc)} |")
+            push = med("rbuild-reg", w, "push")
+            print(f"| {w} | rbuild inline | {f(gc)} | {f(d(med('rbuild-reg', w, 'push+inline'), push))} (over a push of {f(push)}) | {f(med('rbuild-reg', w, 'B-inline'))} | {ratio(med('rbuild-reg', w, 'B-inline'), gc)} |")
         kc = med("buildkit", w, "cold")
         if kc is not None:
             push = med("buildkit", w, "push")
@@ -85,16 +98,16 @@ if any(w == "mounts" for _, w, _ in t):
     print(f"| {f(a)} | {f(am)} | {f(d(am, a))} | {f(med('rbuild', 'mounts', 'B-max'))} | {f(med('rbuild', 'mounts', 'B-max+mounts'))} |")
 if ws:
     print()
-    print("| workload | B: rbuild max / BuildKit | B: rbuild min / BuildKit | B: rbuild max / buildah | export overhead: rbuild min − BuildKit inline |")
-    print("|---|---|---|---|---|")
+    print("| workload | B: rbuild local max / BuildKit | B: rbuild local min / BuildKit | B: rbuild inline / BuildKit inline | B: rbuild registry max / BuildKit | B: rbuild local max / buildah | inline export overhead: rbuild − BuildKit |")
+    print("|---|---|---|---|---|---|---|")
     for w in ws:
         kb = med("buildkit", w, "B-inline")
         hb = med("buildah", w, "B")
         kc = med("buildkit", w, "cold")
         rc = med("rbuild", w, "cold")
         ko = d(med("buildkit", w, "cold+inline"), kc)
-        ro = d(med("rbuild", w, "cold+min"), rc)
-        print(f"| {w} | {ratio(med('rbuild', w, 'B-max'), kb)} | {ratio(med('rbuild', w, 'B-min'), kb)} | {ratio(med('rbuild', w, 'B-max'), hb)} | {f(d(ro, ko))} |")
+        ri = d(med("rbuild-reg", w, "push+inline"), med("rbuild-reg", w, "push"))
+        print(f"| {w} | {ratio(med('rbuild', w, 'B-max'), kb)} | {ratio(med('rbuild', w, 'B-min'), kb)} | {ratio(med('rbuild-reg', w, 'B-inline'), kb)} | {ratio(med('rbuild-reg', w, 'B-reg-max'), kb)} | {ratio(med('rbuild', w, 'B-max'), hb)} | {f(d(ri, ko))} |")
 EOF
 }
 if [ "${1:-}" = --table ]; then table "${2:-$RES}"; exit 0; fi
@@ -106,6 +119,7 @@ W=$(cd "$REPO/../shared/bench-workloads" 2>/dev/null && pwd || echo /work/shared
 CACHE=${CACHE:-/var/tmp/rbuild-bench-cache}
 WORKLOADS=${WORKLOADS-steps parallel dpkg mounts}
 PEERS=${PEERS-buildkit buildah}
+VARIANTS=${VARIANTS-local registry}
 R=${RBUILD:-$REPO/target/release/rbuild}
 [ -x "$R" ] || (cd "$REPO" && cargo build --release -q -p rbuild)
 DOCKER=/usr/bin/docker # Debian's 20.10 client (the v28 client on PATH has no buildx)
@@ -128,6 +142,8 @@ LOG=$T/logs
 mkdir -p "$LOG"
 cp "$R" "$T/rbuild"
 R=$T/rbuild
+RR=$R
+if [ -n "${RBUILD_REGISTRY:-}" ]; then cp "$RBUILD_REGISTRY" "$T/rbuild-reg"; RR=$T/rbuild-reg; fi
 : >"$RES"
 echo "work folder: $T  (N=$N, load: $(cut -d' ' -f1-3 /proc/loadavg))"
 
@@ -200,6 +216,15 @@ REG_PID=$!
 for _ in $(seq 50); do curl -fs "http://$REG/v2/" >/dev/null && break; sleep 0.1; done
 curl -fs "http://$REG/v2/" >/dev/null || { echo "the registry did not start (log: $LOG/registry.log)" >&2; exit 1; }
 
+have_registry=0
+mkdir -p "$T/probe-ctx"; echo 'FROM scratch' >"$T/probe-ctx/Dockerfile"
+# A binary without the registry variant refuses the flag ("--cache-to: ...").
+if ! "$RR" --root "$T/probe" build --cache-to "type=registry,ref=$REG/probe" "$T/probe-ctx" 2>&1 | grep -q -- '--cache-to:'; then
+    have_registry=1
+else
+    echo "rbuild: $RR has no --cache-to type=registry; the registry and inline variant is skipped"
+fi
+rm -rf "$T/probe" "$T/probe-ctx"
 have_buildkit=0 have_buildah=0
 case " $PEERS " in *" buildkit "*)
     if [ -x "$DOCKER" ] && "$DOCKER" info >/dev/null 2>&1; then
@@ -216,9 +241,9 @@ esac
 sync
 
 # --- rbuild (type=local) ---------------------------------------------------------------
-fresh() { # ROOT WORKLOAD: a fresh state root with the base loaded
+fresh() { # ROOT WORKLOAD [BINARY]: a fresh state root with the base loaded
     rm -rf "$1"
-    "$R" --root "$1" load -q -i "$(base_of "$2")" >/dev/null
+    "${3:-$R}" --root "$1" load -q -i "$(base_of "$2")" >/dev/null
 }
 rb_farm() { # WORKLOAD RUN
     local w=$1 r=$2 ctx=$T/ctx/$1
@@ -235,6 +260,25 @@ rb_farm() { # WORKLOAD RUN
     grep -q "^#.* CACHED" "$LOG/rbuild-$w-B-min-$r.log" || echo "  (rbuild B-min: no CACHED step in its log?)"
     echo "  rbuild    $w mode=max cache: $(du -sk "$T/max" | cut -f1) KiB, mode=min: $(du -sk "$T/min" | cut -f1) KiB"
     rm -rf "$T/a" "$T/b" "$T/max" "$T/min"
+}
+
+# --- rbuild (type=registry, type=inline) -------------------------------------------------
+# Each run uses repositories of its own, so nothing is skipped by a HEAD of an earlier run.
+rg_farm() { # WORKLOAD RUN
+    local w=$1 r=$2 ctx=$T/ctx/$1 ref=$REG/rb-$1-$2
+    local b=(build --progress plain --network none "$ctx")
+    fresh "$T/a" "$w" "$RR"; timed rbuild-reg "$w" cold "$r" "$RR" --root "$T/a" "${b[@]}"
+    fresh "$T/a" "$w" "$RR"
+    timed rbuild-reg "$w" cold+reg-max "$r" "$RR" --root "$T/a" "${b[@]}" --cache-to "type=registry,ref=$ref-cache:max,mode=max"
+    fresh "$T/a" "$w" "$RR"
+    timed rbuild-reg "$w" push "$r" "$RR" --root "$T/a" "${b[@]}" -t "$ref-plain:1" --push
+    fresh "$T/a" "$w" "$RR"
+    timed rbuild-reg "$w" push+inline "$r" "$RR" --root "$T/a" "${b[@]}" -t "$ref-inline:1" --push --cache-to type=inline
+    fresh "$T/b" "$w" "$RR"
+    timed rbuild-reg "$w" B-reg-max "$r" "$RR" --root "$T/b" "${b[@]}" --cache-from "type=registry,ref=$ref-cache:max"
+    fresh "$T/b" "$w" "$RR"
+    timed rbuild-reg "$w" B-inline "$r" "$RR" --root "$T/b" "${b[@]}" --cache-from "$ref-inline:1"
+    rm -rf "$T/a" "$T/b"
 }
 
 # --- BuildKit (dockerd 20.10, inline cache through the registry) -----------------------
@@ -306,8 +350,12 @@ rb_mounts() { # RUN
 
 for w in $WORKLOADS; do
     for r in $(seq "$N"); do
-        if [ "$w" = mounts ]; then rb_mounts "$r"; continue; fi
-        rb_farm "$w" "$r"
+        if [ "$w" = mounts ]; then
+            case " $VARIANTS " in *" local "*) rb_mounts "$r" ;; esac
+            continue
+        fi
+        case " $VARIANTS " in *" local "*) rb_farm "$w" "$r" ;; esac
+        case " $VARIANTS " in *" registry "*) [ $have_registry = 1 ] && rg_farm "$w" "$r" ;; esac
         [ $have_buildkit = 1 ] && bk_farm "$w" "$r"
         [ $have_buildah = 1 ] && bh_farm "$w" "$r"
     done
