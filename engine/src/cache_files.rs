@@ -3,8 +3,9 @@
 //! vanished since the closest record (its key holds only one checksum per
 //! `COPY` selection, which says that something changed, not what).
 //!
-//! For each input a step reads by content (a `COPY` source, a read-only bind
-//! mount), the record keeps each selected path with a short digest of what
+//! For each build context a step reads by content (a `COPY` source, a
+//! read-only bind mount; a stage's files are not listed, which would read
+//! them all again at every export), the record keeps each selected path with a short digest of what
 //! the checksum takes of it (kind, mode, size and content, link target),
 //! up to [`LISTING_LIMIT`] paths per input; a larger selection keeps none
 //! (the explanation then says only that the files changed). Keys are not

@@ -322,3 +322,74 @@ impl CacheMountSeeds for ImportedMounts {
         ));
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A layout directory holding one mount `id` whose tar has one file.
+    fn layout_with(dir: &Path, id: &str, content: &[u8]) -> CacheMountDesc {
+        let mut tar = tar::Builder::new(Vec::new());
+        let mut h = tar::Header::new_ustar();
+        h.set_mode(0o644);
+        h.set_size(content.len() as u64);
+        tar.append_data(&mut h, "f", content).unwrap();
+        let tar = tar.into_inner().unwrap();
+        let (gz, digests) =
+            rbuild_snapshotter::write_layer(Vec::new(), Compression::Gzip, 1, |w| {
+                w.write_all(&tar)
+            })
+            .unwrap();
+        let mut blobs = LayoutBlobs::new(dir);
+        fs_err::create_dir_all(blobs.temp_dir()).unwrap();
+        let mut tmp = tempfile::NamedTempFile::new_in(blobs.temp_dir()).unwrap();
+        tmp.write_all(&gz).unwrap();
+        blobs.put(&digests.digest, tmp).unwrap();
+        CacheMountDesc {
+            id: id.to_owned(),
+            sharing: CacheSharing::Shared,
+            blob: digests.digest,
+            diff_id: digests.diff_id,
+            size: digests.size,
+        }
+    }
+
+    fn seeded_content(m: &ImportedMounts, id: &str) -> Option<Vec<u8>> {
+        let mut tar = tar::Archive::new(m.seed(id)?);
+        let mut entry = tar.entries().unwrap().next().unwrap().unwrap();
+        let mut out = Vec::new();
+        entry.read_to_end(&mut out).unwrap();
+        Some(out)
+    }
+
+    #[test]
+    fn the_first_source_with_an_id_wins_and_a_corrupt_blob_is_a_warning() {
+        let tmp = tempfile::tempdir().unwrap();
+        let (one, two) = (tmp.path().join("one"), tmp.path().join("two"));
+        let a1 = layout_with(&one, "apt", b"from one");
+        let a2 = layout_with(&two, "apt", b"from two");
+        let g2 = layout_with(&two, "go", b"go from two");
+        let sources: Vec<(Arc<dyn BlobSource>, Vec<CacheMountDesc>)> = vec![
+            (Arc::new(LayoutBlobs::new(&one)), vec![a1]),
+            (Arc::new(LayoutBlobs::new(&two)), vec![a2, g2.clone()]),
+        ];
+        let m = ImportedMounts::new(sources, tmp.path().to_path_buf());
+        assert_eq!(m.len(), 2);
+        assert_eq!(seeded_content(&m, "apt").unwrap(), b"from one");
+        assert_eq!(seeded_content(&m, "go").unwrap(), b"go from two");
+        assert!(m.seed("none").is_none());
+        assert_eq!(m.seeded(), ["apt", "go"]);
+        assert!(m.take_warnings().is_empty());
+
+        fs_err::write(LayoutBlobs::new(&two).path(&g2.blob), b"not it").unwrap();
+        assert!(
+            m.seed("go").is_none(),
+            "a blob that does not match is not used"
+        );
+        let w = m.take_warnings();
+        assert!(
+            w.len() == 1 && w[0].contains("cache mount go") && w[0].contains("does not match"),
+            "{w:?}"
+        );
+    }
+}

@@ -97,9 +97,10 @@ pub(crate) fn content_checksum(
         })
 }
 
-/// What [`content_checksum`] sums of `selection` in `result`, entry by
-/// entry (see `ContextChecksummer::listing`); `None` for a result that is
-/// neither a context nor a snapshot, or with more than `limit` entries.
+/// What [`content_checksum`] sums of `selection` in the build context
+/// `result`, entry by entry (see `ContextChecksummer::listing`); `None` for
+/// a result that is no build context (a stage's files are not listed: that
+/// would read them all again), or with more than `limit` entries.
 pub(crate) fn content_listing(
     inner: &Inner,
     input: &Vertex,
@@ -107,30 +108,21 @@ pub(crate) fn content_listing(
     selection: &Selection,
     limit: usize,
 ) -> Result<Option<Listing>, ExecError> {
-    let context = |e: ContextError| match e {
-        ContextError::Io(e) => err(e),
-        e => crate::error::WorkerError::BuildContext(e).into(),
+    let (Op::Source(SourceOp::Context { .. }), Res::Context(dir)) =
+        (&input.op, inner.resolve(result)?)
+    else {
+        return Ok(None);
     };
-    match (&input.op, inner.resolve(result)?) {
-        (Op::Source(SourceOp::Context { .. }), Res::Context(dir)) => {
-            let summer = inner.checksummer(&dir)?;
-            let filter = SelectionFilter::new(
-                inner.ignore.as_deref(),
-                &selection.include_patterns,
-                &selection.exclude_patterns,
-            )?;
-            summer.listing(selection, &filter, limit).map_err(context)
-        }
-        (_, Res::Snap(id)) => {
-            let guard = inner.snapshots.mount_ro(&id).map_err(err)?;
-            let summer = ContextChecksummer::open(guard.path(), None).map_err(context)?;
-            let filter = SelectionFilter::new(
-                None,
-                &selection.include_patterns,
-                &selection.exclude_patterns,
-            )?;
-            summer.listing(selection, &filter, limit).map_err(context)
-        }
-        _ => Ok(None),
-    }
+    let summer = inner.checksummer(&dir)?;
+    let filter = SelectionFilter::new(
+        inner.ignore.as_deref(),
+        &selection.include_patterns,
+        &selection.exclude_patterns,
+    )?;
+    summer
+        .listing(selection, &filter, limit)
+        .map_err(|e| match e {
+            ContextError::Io(e) => err(e),
+            e => crate::error::WorkerError::BuildContext(e).into(),
+        })
 }

@@ -238,10 +238,10 @@ pub fn unpack_image(
 
 impl LocalWorker {
     /// What the content checksum of `selection` in `result` (the result of
-    /// `input`) is made of, entry by entry: each selected path with a
-    /// digest of its entry (sorted by path), for saying which files a
-    /// changed checksum changed (`--explain-cache`); `None` when the result
-    /// cannot be listed or has more than `limit` entries.
+    /// `input`, a build context) is made of, entry by entry: each selected
+    /// path with a digest of its entry (sorted by path), for saying which
+    /// files a changed checksum changed (`--explain-cache`); `None` for a
+    /// result that is no build context or has more than `limit` entries.
     pub fn content_listing(
         &self,
         input: &Vertex,
