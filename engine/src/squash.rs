@@ -342,8 +342,8 @@ pub fn squash_image(
             source,
         })?;
         let mut failed = None;
-        let (d, size) = txn.write_layer(|w| match squash.write(w, None) {
-            Ok(_) => Ok(()),
+        let (d, size) = txn.write_own_layer(|w| match squash.write(w, None) {
+            Ok((_, content)) => Ok(content),
             Err(rbuild_snapshotter::Error::Io(e)) => Err(e),
             Err(e) => {
                 let msg = e.to_string();
