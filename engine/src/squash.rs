@@ -223,7 +223,11 @@ fn percent(before: u64, after: u64) -> String {
         return "+0%".into();
     }
     #[allow(clippy::cast_precision_loss)]
-    let p = ((after as f64 - before as f64) / before as f64 * 100.0).round();
+    let mut p = ((after as f64 - before as f64) / before as f64 * 100.0).round();
+    if p <= -100.0 && after > 0 {
+        // Not all of it: a rounded −100% would say the layer is empty.
+        p = -99.0;
+    }
     if p < 0.0 {
         format!("\u{2212}{}%", -p)
     } else {
@@ -610,5 +614,7 @@ mod tests {
         assert_eq!(human(12_340), "12.3 kB");
         assert_eq!(percent(412, 198), "\u{2212}52%");
         assert_eq!(percent(100, 103), "+3%");
+        assert_eq!(percent(2_060_000, 8_700), "\u{2212}99%");
+        assert_eq!(percent(2_060_000, 0), "\u{2212}100%");
     }
 }
