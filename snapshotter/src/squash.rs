@@ -833,7 +833,9 @@ impl<W: Write> Emit<'_, '_, W> {
                 }
                 let f = slot.as_mut().expect("opened");
                 f.seek(SeekFrom::Start(*data))?;
-                let mut r = io::BufReader::with_capacity(256 * 1024, f).take(meta.size);
+                // No more read ahead than the file needs: small files are many.
+                let cap = usize::try_from(meta.size.min(256 * 1024)).unwrap_or(256 * 1024);
+                let mut r = io::BufReader::with_capacity(cap.max(512), f).take(meta.size);
                 self.tar.append(&meta, Some(&mut r))?;
             }
             LayerInput::Upper { dir, .. } => {
