@@ -559,7 +559,7 @@ impl<'a> Squash<'a> {
             first: HashMap::new(),
             anchors: self.anchors(),
             files: (0..self.layers.len()).map(|_| None).collect(),
-            dry: false,
+            dry: None,
         };
         w.plan(&self.upper, &[]);
         w.run()?;
@@ -569,17 +569,18 @@ impl<'a> Squash<'a> {
 
     /// The size of the tar [`Squash::write`] would write (nothing is read).
     pub fn size(&self) -> Result<u64> {
+        let skipped = std::rc::Rc::new(std::cell::Cell::new(0));
         let mut w = Emit {
             s: self,
             tar: TarWriter::new(Counter(0), None),
             first: HashMap::new(),
             anchors: self.anchors(),
             files: Vec::new(),
-            dry: true,
+            dry: Some(skipped.clone()),
         };
         w.plan(&self.upper, &[]);
         w.run()?;
-        Ok(w.tar.finish()?.0)
+        Ok(w.tar.finish()?.0 + skipped.get())
     }
 
     /// For inodes of the base that the folded layers link to: a path of the
@@ -726,7 +727,8 @@ struct Emit<'s, 'a, W: Write> {
     first: HashMap<u32, Vec<u8>>,
     anchors: HashMap<u32, Vec<u8>>,
     files: Vec<Option<fs_err::File>>,
-    dry: bool,
+    /// A dry run: the padded sizes of the file contents not written.
+    dry: Option<std::rc::Rc<std::cell::Cell<u64>>>,
 }
 
 impl<W: Write> Emit<'_, '_, W> {
@@ -816,9 +818,12 @@ impl<W: Write> Emit<'_, '_, W> {
             self.tar.append(&meta, None)?;
             return Ok(());
         }
-        if self.dry {
-            let mut zeros = io::repeat(0).take(meta.size);
-            self.tar.append(&meta, Some(&mut zeros))?;
+        if let Some(skipped) = &self.dry {
+            // The header does not depend on the size's value: written with
+            // none, and the padded content counted.
+            skipped.set(skipped.get() + meta.size.div_ceil(512) * 512);
+            meta.size = 0;
+            self.tar.append(&meta, None)?;
             return Ok(());
         }
         let layer = &s.layers[ino.layer as usize];
