@@ -217,22 +217,25 @@ pub fn human(n: u64) -> String {
     }
 }
 
-/// The change from `before` to `after` in whole percent (`−52%`, `+3%`).
+/// The change from `before` to `after` in percent (`−52%`, `+3%`; one
+/// decimal under 1%: `−0.4%`).
 fn percent(before: u64, after: u64) -> String {
-    if before == 0 {
-        return "+0%".into();
+    if before == 0 || before == after {
+        return "\u{b1}0%".into();
     }
     #[allow(clippy::cast_precision_loss)]
-    let mut p = ((after as f64 - before as f64) / before as f64 * 100.0).round();
-    if p <= -100.0 && after > 0 {
+    let raw = (after as f64 - before as f64) / before as f64 * 100.0;
+    let sign = if raw < 0.0 { "\u{2212}" } else { "+" };
+    let mag = raw.abs();
+    if mag < 0.95 {
+        return format!("{sign}{mag:.1}%");
+    }
+    let mut mag = mag.round();
+    if mag >= 100.0 && raw < 0.0 && after > 0 {
         // Not all of it: a rounded −100% would say the layer is empty.
-        p = -99.0;
+        mag = 99.0;
     }
-    if p < 0.0 {
-        format!("\u{2212}{}%", -p)
-    } else {
-        format!("+{p}%")
-    }
+    format!("{sign}{mag}%")
 }
 
 /// Reads the entries of every layer of `img` (not their contents).
@@ -616,5 +619,8 @@ mod tests {
         assert_eq!(percent(100, 103), "+3%");
         assert_eq!(percent(2_060_000, 8_700), "\u{2212}99%");
         assert_eq!(percent(2_060_000, 0), "\u{2212}100%");
+        assert_eq!(percent(430_000_000, 429_900_000), "\u{2212}0.0%");
+        assert_eq!(percent(1000, 996), "\u{2212}0.4%");
+        assert_eq!(percent(1000, 1000), "\u{b1}0%");
     }
 }
