@@ -217,18 +217,25 @@ pub fn human(n: u64) -> String {
     }
 }
 
-/// The change from `before` to `after` in whole percent (`−52%`, `+3%`).
+/// The change from `before` to `after` in percent (`−52%`, `+3%`; one
+/// decimal under 1%: `−0.4%`).
 fn percent(before: u64, after: u64) -> String {
-    if before == 0 {
-        return "+0%".into();
+    if before == 0 || before == after {
+        return "\u{b1}0%".into();
     }
     #[allow(clippy::cast_precision_loss)]
-    let p = ((after as f64 - before as f64) / before as f64 * 100.0).round();
-    if p < 0.0 {
-        format!("\u{2212}{}%", -p)
-    } else {
-        format!("+{p}%")
+    let raw = (after as f64 - before as f64) / before as f64 * 100.0;
+    let sign = if raw < 0.0 { "\u{2212}" } else { "+" };
+    let mag = raw.abs();
+    if mag < 0.95 {
+        return format!("{sign}{mag:.1}%");
     }
+    let mut mag = mag.round();
+    if mag >= 100.0 && raw < 0.0 && after > 0 {
+        // Not all of it: a rounded −100% would say the layer is empty.
+        mag = 99.0;
+    }
+    format!("{sign}{mag}%")
 }
 
 /// Reads the entries of every layer of `img` (not their contents).
@@ -342,8 +349,8 @@ pub fn squash_image(
             source,
         })?;
         let mut failed = None;
-        let (d, size) = txn.write_layer(|w| match squash.write(w, None) {
-            Ok(_) => Ok(()),
+        let (d, size) = txn.write_own_layer(|w| match squash.write(w, None) {
+            Ok((_, content)) => Ok(content),
             Err(rbuild_snapshotter::Error::Io(e)) => Err(e),
             Err(e) => {
                 let msg = e.to_string();
@@ -610,5 +617,10 @@ mod tests {
         assert_eq!(human(12_340), "12.3 kB");
         assert_eq!(percent(412, 198), "\u{2212}52%");
         assert_eq!(percent(100, 103), "+3%");
+        assert_eq!(percent(2_060_000, 8_700), "\u{2212}99%");
+        assert_eq!(percent(2_060_000, 0), "\u{2212}100%");
+        assert_eq!(percent(430_000_000, 429_900_000), "\u{2212}0.0%");
+        assert_eq!(percent(1000, 996), "\u{2212}0.4%");
+        assert_eq!(percent(1000, 1000), "\u{b1}0%");
     }
 }

@@ -1274,6 +1274,29 @@ impl Txn<'_> {
         Ok((d, n))
     }
 
+    /// [`Txn::write_layer`] for a layer this process writes from entries it
+    /// checked as it read them (a squashed layer): `produce` returns the
+    /// layer's content size, and the tar is not read through again.
+    pub fn write_own_layer<F>(&mut self, produce: F) -> Result<(Digest, u64)>
+    where
+        F: FnOnce(&mut dyn Write) -> io::Result<u64>,
+    {
+        let path = self.staging_path();
+        let mut w = HashingWriter::new(io::BufWriter::with_capacity(
+            256 * 1024,
+            fs_err::File::create(&path)?,
+        ));
+        let content = produce(&mut w)?;
+        let (buf, d, n) = w.finish();
+        let f = buf.into_inner().map_err(io::IntoInnerError::into_error)?;
+        f.sync_all()?;
+        if !self.staged(&d) && !self.store.has_blob(&d) {
+            self.layer_sizes.push((d.clone(), content));
+        }
+        self.adopt(path, d.clone());
+        Ok((d, n))
+    }
+
     /// Stages an uncompressed layer file already inside the staging dir whose diff ID
     /// the caller computed; the tar is checked (complete, nothing escaping) unless the
     /// store has that layer already (then it was checked when it came in).
