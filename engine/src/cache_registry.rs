@@ -45,8 +45,9 @@ use crate::transfer::RegistryOptions;
 /// cache description, its layers named by the image's diff IDs).
 pub const INLINE_CACHE_KEY: &str = "rbuild.cache.v1";
 
-/// How many blobs are uploaded at once.
-const PARALLEL: usize = 3;
+/// How many blobs are uploaded at once (a cache has many small layers: each
+/// costs a HEAD, a POST, a PATCH and a PUT).
+const PARALLEL: usize = 6;
 
 /// One `--cache-to type=registry,ref=REF[,mode=...][,compression=...][,ignore-error=...]`.
 #[derive(Clone, Debug, PartialEq, Eq)]
