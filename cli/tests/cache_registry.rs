@@ -10,115 +10,10 @@
 
 mod common;
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::BTreeSet;
 
-use common::Env;
 use common::registry::Registry;
-
-/// What became of each step of one build, by step name.
-#[derive(Debug, Default)]
-struct Steps {
-    ran: BTreeSet<String>,
-    cached: BTreeSet<String>,
-    /// The whole progress, for assertion messages.
-    log: String,
-}
-
-impl Steps {
-    fn parse(log: &str) -> Self {
-        let mut names = BTreeMap::new();
-        let mut s = Steps {
-            log: log.to_owned(),
-            ..Steps::default()
-        };
-        for line in log.lines().filter(|l| l.starts_with('{')) {
-            let v: serde_json::Value = serde_json::from_str(line)
-                .unwrap_or_else(|e| panic!("bad progress line {line:?}: {e}"));
-            let Some(id) = v["id"].as_u64() else { continue };
-            let name = |names: &BTreeMap<u64, String>| {
-                names
-                    .get(&id)
-                    .unwrap_or_else(|| panic!("event before start: {line}\n{log}"))
-                    .clone()
-            };
-            match v["event"].as_str() {
-                Some("vertex_started") => {
-                    names.insert(id, v["name"].as_str().unwrap().to_owned());
-                }
-                Some("vertex_cached") => {
-                    s.cached.insert(name(&names));
-                }
-                Some("vertex_done") => {
-                    s.ran.insert(name(&names));
-                }
-                _ => {}
-            }
-        }
-        s
-    }
-
-    /// The steps of the Dockerfile (not `[internal]` ones, not the export).
-    fn steps(set: &BTreeSet<String>) -> BTreeSet<String> {
-        set.iter()
-            .filter(|n| n.starts_with('['))
-            .filter(|n| !n.starts_with("[internal]"))
-            .cloned()
-            .collect()
-    }
-}
-
-/// One machine: a state root with a busybox base.
-struct Machine {
-    env: Env,
-}
-
-impl Machine {
-    fn new() -> Self {
-        Self {
-            env: common::build_env(),
-        }
-    }
-
-    /// Another machine with `other`'s busybox base (`save` there, `load`
-    /// here: the same image ID, as a pull of it would give).
-    fn with_base_of(other: &Machine) -> Self {
-        let env = Env::new();
-        let tar = env.path("busybox-save.tar");
-        other
-            .env
-            .ok(&["save", "-o", tar.to_str().unwrap(), "busybox:latest"]);
-        env.ok(&["load", "-q", "-i", tar.to_str().unwrap()]);
-        fs_err::remove_file(&tar).unwrap();
-        Self { env }
-    }
-
-    fn p(&self, rel: &str) -> String {
-        self.env.path(rel).to_string_lossy().into_owned()
-    }
-
-    fn write(&self, rel: &str, text: &str) {
-        let p = self.env.path(rel);
-        fs_err::create_dir_all(p.parent().unwrap()).unwrap();
-        fs_err::write(p, text).unwrap();
-    }
-
-    /// Builds with JSON progress; returns the steps, the image ID and stderr.
-    fn build(&self, args: &[&str]) -> (Steps, String) {
-        let iid = self.p("iid");
-        let _ = std::fs::remove_file(&iid);
-        let mut a = vec!["build", "--progress", "json", "--iidfile", &iid];
-        a.extend_from_slice(args);
-        let o = self.env.run(&a);
-        let (out, err) = (
-            String::from_utf8_lossy(&o.stdout),
-            String::from_utf8_lossy(&o.stderr),
-        );
-        assert!(o.status.success(), "build {args:?} failed:\n{out}\n{err}");
-        let id = fs_err::read_to_string(&iid).unwrap();
-        assert!(id.starts_with("sha256:"), "{id}");
-        (Steps::parse(&err), id)
-    }
-}
+use common::steps::{Machine, Steps, set};
 
 /// A multi-stage build with RUN, COPY and a cache mount; the final stage
 /// copies from the other.
@@ -142,15 +37,6 @@ fn multi_context(m: &Machine, dir: &str) {
     m.write(&format!("{dir}/tool.txt"), "tool one\n");
     m.write(&format!("{dir}/app/a.txt"), "a1\n");
     m.write(&format!("{dir}/app/b.txt"), "b1\n");
-}
-
-fn set(v: &[&str]) -> BTreeSet<String> {
-    v.iter().map(|s| (*s).to_owned()).collect()
-}
-
-/// `cat PATH` in image `id` of machine `m`.
-fn cat(m: &Machine, id: &str, path: &str) -> String {
-    m.env.ok(&["run", "--rm", id, "cat", path])
 }
 
 /// A blob of the registry's storage as JSON.
@@ -266,8 +152,8 @@ fn a_registry_cache_in_max_mode_makes_a_fresh_machine_run_nothing() {
     );
     assert_eq!(Steps::steps(&sb.ran), set(&[]), "{}", sb.log);
     assert_eq!(id_a, id_b, "the same image ID (A's created time travelled)");
-    assert_eq!(cat(&b, &id_b, "/app.out"), "a1\nb1\n");
-    assert_eq!(cat(&b, &id_b, "/tool.out"), "TOOL ONE\n");
+    assert_eq!(b.cat(&id_b, "/app.out"), "a1\nb1\n");
+    assert_eq!(b.cat(&id_b, "/tool.out"), "TOOL ONE\n");
     // Downloaded: the cache config and the final result's step layers; not
     // the other stage's layers, not the base B has.
     let got: BTreeSet<String> = Registry::blob_gets(&reg.requests()[before..])
@@ -290,8 +176,8 @@ fn a_registry_cache_in_max_mode_makes_a_fresh_machine_run_nothing() {
         "{}",
         s2.log
     );
-    assert_eq!(cat(&b2, &id2, "/app.out"), "a1\nb2\n");
-    assert_eq!(cat(&b2, &id2, "/tool.out"), "TOOL ONE\n");
+    assert_eq!(b2.cat(&id2, "/app.out"), "a1\nb2\n");
+    assert_eq!(b2.cat(&id2, "/tool.out"), "TOOL ONE\n");
 }
 
 #[test]
@@ -364,7 +250,7 @@ fn a_machine_that_imported_lazily_exports_the_layers_it_never_fetched_by_mountin
     ]);
     assert_eq!(Steps::steps(&s.ran), set(&[]), "{}", s.log);
     assert_eq!(id_a, id_c);
-    assert_eq!(cat(&c, &id_c, "/tool.out"), "TOOL ONE\n");
+    assert_eq!(c.cat(&id_c, "/tool.out"), "TOOL ONE\n");
 }
 
 #[test]
@@ -462,7 +348,7 @@ fn a_min_mode_registry_cache_makes_an_unchanged_build_fetch_only_the_final_layer
         cached_diff_ids.is_subset(&diff_ids.iter().cloned().collect()),
         "{cached_diff_ids:?} ⊄ {diff_ids:?}"
     );
-    assert_eq!(cat(&b, &id_b, "/tool.out"), "TOOL ONE\n");
+    assert_eq!(b.cat(&id_b, "/tool.out"), "TOOL ONE\n");
 }
 
 #[test]
@@ -511,8 +397,8 @@ fn an_inline_cache_pushed_with_the_image_serves_a_fresh_machine() {
         "{}",
         steps.log
     );
-    assert_eq!(cat(&b, &id_b, "/app.out"), "a1\nb1\n");
-    assert_eq!(cat(&b, &id_b, "/tool.out"), "TOOL ONE\n");
+    assert_eq!(b.cat(&id_b, "/app.out"), "a1\nb1\n");
+    assert_eq!(b.cat(&id_b, "/tool.out"), "TOOL ONE\n");
     // What came: the image config and the image's layers above the base.
     let gets = Registry::blob_gets(&reg.requests()[before..]);
     let layers: Vec<String> = manifest["layers"]
@@ -663,8 +549,8 @@ fn a_blob_missing_from_the_registry_makes_its_step_run() {
         "{}",
         s.log
     );
-    assert_eq!(cat(&b, &id, "/tool.out"), "TOOL ONE\n");
-    assert_eq!(cat(&b, &id, "/app.out"), "a1\nb1\n");
+    assert_eq!(b.cat(&id, "/tool.out"), "TOOL ONE\n");
+    assert_eq!(b.cat(&id, "/app.out"), "a1\nb1\n");
 }
 
 #[test]
@@ -739,7 +625,7 @@ fn zstd_caches_round_trip_through_a_registry_and_a_directory() {
         let (s, id_b) = b.build(&["--cache-from", &from, &b.p("ctx")]);
         assert_eq!(Steps::steps(&s.ran), set(&[]), "{from}: {}", s.log);
         assert_eq!(id_a, id_b, "{from}");
-        assert_eq!(cat(&b, &id_b, "/tool.out"), "TOOL ONE\n");
+        assert_eq!(b.cat(&id_b, "/tool.out"), "TOOL ONE\n");
     }
 }
 
@@ -833,7 +719,7 @@ fn cache_mounts_travel_through_a_registry_with_cache_mounts_true() {
         &b.p("m"),
     ]);
     assert!(s.ran.iter().any(|n| n.contains("RUN --mount")), "{}", s.log);
-    assert_eq!(cat(&b, &id, "/pkgs"), "from-a\nfrom-b\n");
+    assert_eq!(b.cat(&id, "/pkgs"), "from-a\nfrom-b\n");
 
     // Without the option, nothing of the mounts travels.
     let c = Machine::with_base_of(&a);
@@ -845,5 +731,5 @@ fn cache_mounts_travel_through_a_registry_with_cache_mounts_true() {
         &format!("type=registry,ref={cache}"),
         &c.p("m"),
     ]);
-    assert_eq!(cat(&c, &id, "/pkgs"), "from-c\n");
+    assert_eq!(c.cat(&id, "/pkgs"), "from-c\n");
 }
