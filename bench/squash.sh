@@ -9,9 +9,12 @@
 #   - `build --squash` again: the squash comes from its cache;
 #   - `build --squash-all` (computed), and `image squash` of the built image;
 #   - docker's classic builder with and without `--squash` (DOCKER_BUILDKIT=0),
-#     when dockerd runs with --experimental (else said so and skipped).
+#     when dockerd runs with --experimental (else said so and skipped). With
+#     --private-dockerd, a dockerd of its own is started for that (experimental,
+#     no bridge, no iptables, its own data root, exec root and socket under the
+#     scratch dir) and stopped at the end; the shared dockerd is not touched.
 #
-#   bench/squash.sh            (needs root, ~2 GB of free disk)
+#   bench/squash.sh [--private-dockerd]   (needs root, ~2 GB of free disk)
 #
 # Uses a release build of rbuild (cargo build --release -p rbuild).
 set -euo pipefail
@@ -23,8 +26,14 @@ cargo build --release -p rbuild >/dev/null 2>&1 || cargo build --release -p rbui
 rb=$PWD/target/release/rbuild
 work=$(mktemp -d "${TMPDIR:-/tmp}/rbuild-squashbench.XXXXXX")
 stamp=$$
+dockerd_pid=
 cleanup() {
-  if docker info >/dev/null 2>&1; then
+  if [ -n "$dockerd_pid" ]; then
+    local d=(docker -H "unix://$work/dockerd/sock")
+    "${d[@]}" rmi -f $("${d[@]}" images -q) >/dev/null 2>&1 || true
+    kill "$dockerd_pid" 2>/dev/null || true
+    for _ in $(seq 60); do kill -0 "$dockerd_pid" 2>/dev/null || break; sleep 0.5; done
+  elif docker info >/dev/null 2>&1; then
     docker rmi -f "sqbench-$stamp-steps" "sqbench-$stamp-steps-sq" "sqbench-$stamp-bigctx" \
       "sqbench-$stamp-bigctx-sq" busybox-sqbench-$stamp >/dev/null 2>&1 || true
   fi
@@ -45,6 +54,17 @@ t() { # t LABEL CMD... : run with /usr/bin/time -v, print wall time and peak RSS
   printf '%-44s wall %-9s CPU %5s  peak RSS %5d MiB  %s\n' "$label" "$wall" "$cpu" "$((rss / 1024))" "$note"
 }
 
+if [ "${1:-}" = --private-dockerd ]; then
+  mkdir -p "$work/dockerd"
+  echo '{}' >"$work/dockerd/daemon.json"
+  dockerd --config-file "$work/dockerd/daemon.json" --experimental --bridge=none \
+    --iptables=false --ip6tables=false --data-root "$work/dockerd/root" \
+    --exec-root "$work/dockerd/exec" --pidfile "$work/dockerd/pid" \
+    -H "unix://$work/dockerd/sock" >"$work/dockerd/log" 2>&1 &
+  dockerd_pid=$!
+  export DOCKER_HOST=unix://$work/dockerd/sock
+  for _ in $(seq 60); do docker info >/dev/null 2>&1 && break; sleep 0.5; done
+fi
 sh testdata/examples/busybox-base.sh "$work/busybox.tar" >/dev/null
 "$rb" import "$work/busybox.tar" busybox:latest >/dev/null
 experimental=$(docker info --format '{{.ExperimentalBuild}}' 2>/dev/null || echo none)

@@ -666,11 +666,17 @@ fn squashed_images_show_the_same_file_system_three_ways() {
         "dockerd is missing: docker info failed (install docker.io and start dockerd)"
     );
     let mut tags = Vec::new();
-    for (tag, archive) in &archives {
+    // Loaded under names of this test only: a shared dockerd's `full:latest`
+    // is not touched.
+    let mut cleanup = DockerImages(Vec::new());
+    for (tag, _) in &archives {
         let name = format!("rbuild-squash-test-{stamp}-{tag}:latest");
+        env.ok(&["tag", tag, &name]);
+        let archive = save(&env, &name);
+        cleanup.0.push(name.clone());
         let o = Command::new("docker")
             .args(["load", "-i"])
-            .arg(archive)
+            .arg(&archive)
             .output()
             .unwrap();
         assert!(
@@ -679,17 +685,9 @@ fn squashed_images_show_the_same_file_system_three_ways() {
             String::from_utf8_lossy(&o.stderr)
         );
         let loaded = String::from_utf8_lossy(&o.stdout).into_owned();
-        let source = format!("{tag}:latest");
-        assert!(loaded.contains(&source), "{loaded}");
-        let st = Command::new("docker")
-            .args(["tag", &source, &name])
-            .status()
-            .unwrap();
-        assert!(st.success());
-        let _ = Command::new("docker").args(["rmi", &source]).output();
+        assert!(loaded.contains(&name), "{loaded}");
         tags.push(name);
     }
-    let _cleanup = DockerImages(tags.clone());
     let dv = docker_view(&tags[0]);
     assert!(
         dv.contains("/data/dev/null2 character special file 666 0:0 0 1:3"),
@@ -958,6 +956,41 @@ fn one_layer_is_not_squashed_and_bad_requests_fail_in_one_line() {
     assert!(e.contains("no-such-image"), "{e}");
     let e = env.fails(&["image", "waste", "two", "--format", "yaml"]);
     assert!(e.contains("unknown format"), "{e}");
+    // A squash that saves nothing is said so: the only name left of a big
+    // file of the kept layer is a hard link a folded layer made to it, so its
+    // bytes must be copied into the squashed layer.
+    let big = "x".repeat(200_000);
+    let archive = docker_archive(
+        &[
+            layer(&[E::File("big", &big), E::Link("big2", "big")]),
+            layer(&[E::Link("kept-link", "big")]),
+            layer(&[E::Whiteout("big"), E::Whiteout("big2")]),
+        ],
+        "grows:latest",
+    );
+    let path = env.path("grows.tar");
+    fs_err::write(&path, archive).unwrap();
+    env.ok(&["load", "-i", path.to_str().unwrap()]);
+    let o = env
+        .cmd(&["image", "squash", "grows", "--from", "2", "-t", "grown"])
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(o.status.success(), "{err}");
+    assert!(err.contains("squashed 2 layers: "), "{err}");
+    assert!(
+        err.contains("WARNING: the squashed layer") && err.contains("is not smaller"),
+        "{err}"
+    );
+    let grown = save(&env, "grown");
+    let view = fs_view(&archive_layers(&grown));
+    assert!(view["kept-link"].starts_with("file "), "{view:?}");
+    assert!(!view.contains_key("big"));
+    same(
+        &fs_view(&archive_layers(&save(&env, "grows"))),
+        &view,
+        "the grown squash shows the same files",
+    );
     let o = env.run(&["build", "--squash", "--squash-all", ctx.to_str().unwrap()]);
     assert!(!o.status.success());
     assert!(
