@@ -889,7 +889,7 @@ fn compress_into(
     tx: &mpsc::Sender<io::Result<bytes::Bytes>>,
     progress: &(dyn Fn(u64) + Send + Sync),
 ) -> rbuild_image::Result<(Digest, u64)> {
-    let result = (|| {
+    let result = (|| -> rbuild_image::Result<(Digest, u64)> {
         let threads = std::thread::available_parallelism().map_or(2, std::num::NonZero::get);
         let out = rbuild_snapshotter::ChunkWriter::new(1 << 20, |c| {
             tx.blocking_send(Ok(bytes::Bytes::from(c)))
@@ -900,7 +900,11 @@ fn compress_into(
             n: 0,
             progress,
         };
-        let (mut out, d) = rbuild_snapshotter::compress::write_layer_at(
+        // The uncompressed bytes are not hashed again: the store verified
+        // the blob when it was written, and a layer kept as a snapshot
+        // checks its diff ID while it is written out (a mismatch is a read
+        // error here).
+        let (mut out, digest, size) = rbuild_snapshotter::compress::compress_known(
             out,
             compression.compression,
             compression.level,
@@ -908,13 +912,7 @@ fn compress_into(
             |w| copy_big(&mut blob, w),
         )?;
         out.flush()?;
-        if d.diff_id != *diff_id {
-            return Err(rbuild_image::Error::DigestMismatch {
-                expected: diff_id.clone(),
-                actual: d.diff_id,
-            });
-        }
-        Ok((d.digest, d.size))
+        Ok((digest, size))
     })();
     if let Err(e) = &result {
         let _ = tx.blocking_send(Err(io::Error::other(e.to_string())));

@@ -516,6 +516,28 @@ where
     ))
 }
 
+/// Compresses `produce`'s output into `out` at `level` (the default when
+/// `None`), hashing only the compressed bytes: (out, digest, size). For data
+/// whose diff ID is known and checked where it is read (the store's blobs),
+/// so the uncompressed bytes are not hashed a second time.
+pub fn compress_known<W, F>(
+    out: W,
+    compression: Compression,
+    level: Option<u32>,
+    threads: usize,
+    produce: F,
+) -> io::Result<(W, Digest, u64)>
+where
+    W: Write,
+    F: FnOnce(&mut dyn Write) -> io::Result<()>,
+{
+    let enc = Encoder::with_level(HashingWriter::new(out), compression, level, threads)?;
+    let mut buf = io::BufWriter::with_capacity(256 * 1024, enc);
+    produce(&mut buf)?;
+    let enc = buf.into_inner().map_err(io::IntoInnerError::into_error)?;
+    Ok(enc.finish()?.finish())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -738,6 +760,18 @@ mod tests {
             write_layer(Vec::new(), Compression::None, 1, |w| w.write_all(&data)).unwrap();
         assert_eq!(out, data);
         assert_eq!(d.digest, d.diff_id);
+    }
+
+    #[test]
+    fn compress_known_gives_the_bytes_and_digest_of_write_layer() {
+        let data = sample(3 * GZIP_CHUNK + 10);
+        let (a, d) = write_layer(Vec::new(), Compression::Gzip, 2, |w| w.write_all(&data)).unwrap();
+        let (b, digest, size) = compress_known(Vec::new(), Compression::Gzip, None, 1, |w| {
+            w.write_all(&data)
+        })
+        .unwrap();
+        assert_eq!(a, b);
+        assert_eq!((d.digest, d.size), (digest, size));
     }
 
     #[test]
