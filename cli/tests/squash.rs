@@ -998,3 +998,190 @@ fn one_layer_is_not_squashed_and_bad_requests_fail_in_one_line() {
         "{o:?}"
     );
 }
+
+/// A dockerd of the test's own, started `--experimental` (the classic
+/// builder's `--squash` needs it) with its data root, exec root and socket in
+/// `dir`; stopped, and its images removed, when dropped. The shared dockerd
+/// is not touched.
+struct PrivateDockerd {
+    child: std::process::Child,
+    host: String,
+}
+
+impl PrivateDockerd {
+    fn start(dir: &Path) -> Self {
+        assert!(have("dockerd"), "dockerd is missing: install docker.io");
+        fs_err::create_dir_all(dir).unwrap();
+        fs_err::write(dir.join("daemon.json"), "{}").unwrap();
+        // A short socket path: sun_path holds 107 bytes.
+        let sock = std::env::temp_dir().join(format!("rbuild-sq-{}.sock", std::process::id()));
+        let host = format!("unix://{}", sock.display());
+        let child = Command::new("dockerd")
+            .arg("--config-file")
+            .arg(dir.join("daemon.json"))
+            .args([
+                "--experimental",
+                "--bridge=none",
+                "--iptables=false",
+                "--ip6tables=false",
+            ])
+            .arg("--data-root")
+            .arg(dir.join("root"))
+            .arg("--exec-root")
+            .arg(dir.join("exec"))
+            .arg("--pidfile")
+            .arg(dir.join("pid"))
+            .args(["-H", &host])
+            .stdout(Stdio::null())
+            .stderr(
+                fs_err::File::create(dir.join("log"))
+                    .unwrap()
+                    .into_parts()
+                    .0,
+            )
+            .spawn()
+            .unwrap();
+        let d = Self { child, host };
+        for _ in 0..120 {
+            if d.docker_ok(&["info"]) {
+                return d;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(500));
+        }
+        panic!(
+            "the private dockerd did not answer in 60 s: {}",
+            fs_err::read_to_string(dir.join("log")).unwrap_or_default()
+        );
+    }
+
+    fn docker(&self, args: &[&str]) -> std::process::Output {
+        Command::new("docker")
+            .args(["-H", &self.host])
+            .args(args)
+            .env("DOCKER_BUILDKIT", "0")
+            .stdin(Stdio::null())
+            .output()
+            .unwrap()
+    }
+
+    fn docker_ok(&self, args: &[&str]) -> bool {
+        self.docker(args).status.success()
+    }
+
+    fn must(&self, args: &[&str]) -> String {
+        let o = self.docker(args);
+        assert!(
+            o.status.success(),
+            "docker {args:?}: {}",
+            String::from_utf8_lossy(&o.stderr)
+        );
+        String::from_utf8_lossy(&o.stdout).into_owned()
+    }
+}
+
+impl Drop for PrivateDockerd {
+    fn drop(&mut self) {
+        let ids = self.docker(&["images", "-aq"]);
+        for id in String::from_utf8_lossy(&ids.stdout).split_whitespace() {
+            let _ = self.docker(&["rmi", "-f", id]);
+        }
+        let _ = nix::sys::signal::kill(
+            nix::unistd::Pid::from_raw(i32::try_from(self.child.id()).unwrap()),
+            nix::sys::signal::Signal::SIGTERM,
+        );
+        for _ in 0..60 {
+            if self.child.try_wait().ok().flatten().is_some() {
+                break;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(500));
+        }
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+#[test]
+fn docker_classic_squash_gives_the_same_file_tree_as_squash() {
+    let env = build_env();
+    assert!(have("docker"), "docker is missing: install docker.io");
+    let base = base_archive(&env, "sqbase:latest");
+    env.ok(&["load", "-i", base.to_str().unwrap()]);
+    let ctx = env.path("ctx");
+    fs_err::create_dir_all(&ctx).unwrap();
+    fs_err::write(ctx.join("Dockerfile"), DOCKERFILE).unwrap();
+    build(&env, &ctx, &["--squash"], "sq");
+    let ours = archive_layers(&save(&env, "sq"));
+    let base_layers = archive_layers(&base);
+
+    let d = PrivateDockerd::start(&env.path("dockerd"));
+    d.must(&["load", "-i", base.to_str().unwrap()]);
+    d.must(&[
+        "build",
+        "--squash",
+        "-t",
+        "classic:sq",
+        ctx.to_str().unwrap(),
+    ]);
+    let out = env.path("classic.tar");
+    d.must(&["save", "-o", out.to_str().unwrap(), "classic:sq"]);
+    let theirs = archive_layers(&out);
+
+    // Both keep the base's layers as they are and add one layer.
+    assert_eq!(theirs.len(), base_layers.len() + 1, "docker's layers");
+    assert_eq!(ours.len(), base_layers.len() + 1, "rbuild's layers");
+    for (i, l) in base_layers.iter().enumerate() {
+        assert!(ours[i] == *l, "rbuild changed base layer {i}");
+    }
+    // The classic builder's containers leave their mount points behind
+    // (/etc/hosts, /etc/hostname, /etc/resolv.conf, /.dockerenv): not the
+    // build's files.
+    let mut their_view = normalized(fs_view(&theirs));
+    for p in ["etc/hosts", "etc/hostname", "etc/resolv.conf", ".dockerenv"] {
+        their_view.remove(p);
+    }
+    let our_full = fs_view(&ours);
+    // rbuild keeps the hard link a RUN made to a base file (the copy-up put
+    // both names in the step's layer); docker's classic squash turns the
+    // link into a second copy. Both show the same content.
+    assert!(
+        our_full["data/keep-link"].contains("linked-with=data/keep"),
+        "{our_full:?}"
+    );
+    let mut our_view = normalized(our_full);
+    // The mount points a RUN step leaves (as BuildKit 0.8 does; see the
+    // README's differences): the classic builder leaves none.
+    for p in ["dev", "proc", "sys"] {
+        assert!(
+            our_view.remove(p).is_some_and(|v| v.starts_with("dir ")),
+            "{p}"
+        );
+    }
+    same(
+        &their_view,
+        &our_view,
+        "docker classic --squash vs rbuild --squash",
+    );
+}
+
+/// A view with modes reduced to their permission bits (docker's tar headers
+/// carry the file type bits too) and without hard-link annotations.
+fn normalized(view: BTreeMap<String, String>) -> BTreeMap<String, String> {
+    view.into_iter()
+        .map(|(k, v)| {
+            let mut done = false;
+            let toks: Vec<String> = v
+                .split(' ')
+                .filter(|t| !t.starts_with("linked-with="))
+                .map(|t| {
+                    if !done && t.len() >= 3 && t.bytes().all(|b| (b'0'..=b'7').contains(&b)) {
+                        done = true;
+                        format!("{:o}", u32::from_str_radix(t, 8).unwrap() & 0o7777)
+                    } else {
+                        t.to_owned()
+                    }
+                })
+                .collect();
+            (k, toks.join(" "))
+        })
+        .collect()
+}
