@@ -8,105 +8,13 @@ mod common;
 
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{TcpListener, TcpStream};
-use std::process::{Child, Command};
+use std::process::Command;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use common::registry::{Registry, free_port};
 use common::{Env, build_env, have};
 use sha2::Digest as _;
-
-/// A `docker-registry serve` on a free loopback port, killed on drop.
-struct Registry {
-    dir: tempfile::TempDir,
-    port: u16,
-    child: Child,
-}
-
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
-impl Registry {
-    fn start() -> Self {
-        Self::start_with("")
-    }
-
-    /// With `extra` YAML under `http:` (e.g. `tls:`).
-    fn start_with(http_extra: &str) -> Self {
-        assert!(
-            have("docker-registry"),
-            "docker-registry is missing: install the docker-registry package"
-        );
-        let dir = tempfile::tempdir().unwrap();
-        let port = free_port();
-        let config = dir.path().join("config.yml");
-        fs_err::write(
-            &config,
-            format!(
-                "version: 0.1\nlog:\n  level: info\n  accesslog:\n    disabled: false\n\
-                 storage:\n  filesystem:\n    rootdirectory: {}\n\
-                 http:\n  addr: 127.0.0.1:{port}\n{http_extra}",
-                dir.path().join("data").display()
-            ),
-        )
-        .unwrap();
-        let log = fs_err::File::create(dir.path().join("log")).unwrap();
-        let child = Command::new("docker-registry")
-            .arg("serve")
-            .arg(&config)
-            .stdout(log.try_clone().unwrap().into_file())
-            .stderr(log.into_file())
-            .spawn()
-            .unwrap();
-        let r = Self { dir, port, child };
-        let start = Instant::now();
-        while TcpStream::connect(("127.0.0.1", port)).is_err() {
-            assert!(
-                start.elapsed() < Duration::from_secs(15),
-                "docker-registry did not listen on {port}: {}",
-                r.log()
-            );
-            std::thread::sleep(Duration::from_millis(50));
-        }
-        r
-    }
-
-    fn host(&self) -> String {
-        format!("127.0.0.1:{}", self.port)
-    }
-
-    fn log(&self) -> String {
-        fs_err::read_to_string(self.dir.path().join("log")).unwrap_or_default()
-    }
-
-    /// The requests served so far (`METHOD PATH`), in order.
-    fn requests(&self) -> Vec<String> {
-        self.log()
-            .lines()
-            .filter_map(|l| {
-                let start = l.find("\"GET ").or_else(|| {
-                    ["HEAD", "POST", "PUT", "PATCH", "DELETE"]
-                        .iter()
-                        .find_map(|m| l.find(&format!("\"{m} ")))
-                })?;
-                let rest = &l[start + 1..];
-                let end = rest.find(" HTTP/")?;
-                Some(rest[..end].to_owned())
-            })
-            .collect()
-    }
-}
-
-impl Drop for Registry {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
 
 fn skopeo() {
     assert!(

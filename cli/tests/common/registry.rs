@@ -27,6 +27,11 @@ pub fn free_port() -> u16 {
 
 impl Registry {
     pub fn start() -> Self {
+        Self::start_with("")
+    }
+
+    /// With `http_extra` YAML under `http:` (e.g. `tls:`).
+    pub fn start_with(http_extra: &str) -> Self {
         assert!(
             have("docker-registry"),
             "docker-registry is missing: install the docker-registry package"
@@ -39,7 +44,7 @@ impl Registry {
             format!(
                 "version: 0.1\nlog:\n  level: info\n  accesslog:\n    disabled: false\n\
                  storage:\n  filesystem:\n    rootdirectory: {}\n\
-                 http:\n  addr: 127.0.0.1:{port}\n",
+                 http:\n  addr: 127.0.0.1:{port}\n{http_extra}",
                 dir.path().join("data").display()
             ),
         )
