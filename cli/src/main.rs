@@ -6,13 +6,14 @@ mod progress;
 use std::path::PathBuf;
 use std::process::ExitCode;
 
-use clap::Parser;
+use clap::{CommandFactory, Parser};
 
 #[derive(Parser)]
 #[command(
     name = "rbuild",
     version,
-    about = "Build container images from Dockerfiles, without a daemon"
+    about = "Build container images from Dockerfiles, without a daemon",
+    override_usage = "rbuild [OPTIONS] <COMMAND>\n       rbuild [BUILD OPTIONS] CONTEXT   (as `rbuild build`, when the first word is not a command)"
 )]
 struct Cli {
     /// State root (default: /var/lib/rbuild as root, $`XDG_DATA_HOME/rbuild` otherwise)
@@ -47,7 +48,13 @@ enum Command {
 }
 
 fn main() -> ExitCode {
-    let cli = Cli::parse();
+    // `rbuild -f Dockerfile -t name .` is `rbuild build …`; flag errors are
+    // one line and exit 125, as docker's.
+    let argv = cmd::refuse::default_to_build(std::env::args_os().collect(), &Cli::command());
+    let cli = match Cli::try_parse_from(&argv) {
+        Ok(cli) => cli,
+        Err(e) => return cmd::refuse::clap_error(&e, &argv),
+    };
     let root = cmd::state_root(cli.root.as_deref());
     if !matches!(
         cli.command,

@@ -7,6 +7,7 @@ pub mod fmt;
 pub mod image;
 pub mod limits;
 pub mod parse;
+pub mod refuse;
 pub mod run;
 pub mod squash;
 pub mod system;

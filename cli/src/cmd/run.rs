@@ -95,6 +95,12 @@ enum Network {
 /// Runs the command; returns the exit code for rbuild (the command's own, or
 /// 125/126/127 like `docker run` when it could not be started).
 pub fn main(args: &RunArgs, root: &Path) -> i32 {
+    // IMAGE takes hyphen values (so does the command after it): a flag clap
+    // did not know lands there.
+    if let Some(flag) = args.args.first().filter(|a| a.starts_with('-')) {
+        eprintln!("{}", crate::cmd::refuse::flag_message("run", flag));
+        return i32::from(crate::cmd::refuse::FLAG_ERROR);
+    }
     match run_cmd(args, root) {
         Ok(code) => code,
         Err(e) => {
