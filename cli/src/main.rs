@@ -24,6 +24,7 @@ struct Cli {
 }
 
 #[derive(clap::Subcommand)]
+#[allow(clippy::large_enum_variant)] // parsed once per process
 enum Command {
     /// Build an image from a Dockerfile.
     Build(cmd::build::BuildArgs),

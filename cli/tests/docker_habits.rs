@@ -369,3 +369,181 @@ fn build_flags_without_the_build_word_build_and_tag() {
     // A subcommand is still a subcommand.
     assert!(env.ok(&["images"]).contains("habit"));
 }
+
+/// A context with `FROM busybox` and one RUN; returns its directory.
+fn small_context(env: &Env, name: &str, marker: &str) -> std::path::PathBuf {
+    let ctx = env.path(name);
+    std::fs::create_dir_all(&ctx).unwrap();
+    std::fs::write(
+        ctx.join("Dockerfile"),
+        format!("FROM busybox\nRUN echo {marker} > /marker\n"),
+    )
+    .unwrap();
+    ctx
+}
+
+#[test]
+fn platform_the_hosts_builds_others_wait_for_multi_platform() {
+    let env = common::build_env();
+    let ctx = small_context(&env, "ctx", "plat");
+    let arch = match std::env::consts::ARCH {
+        "x86_64" => "amd64",
+        "aarch64" => "arm64",
+        other => panic!("no test platform for {other}"),
+    };
+    let host = format!("linux/{arch}");
+    let out = env.ok(&[
+        "build",
+        "--platform",
+        &host,
+        "-t",
+        "plat:1",
+        ctx.to_str().unwrap(),
+    ]);
+    assert!(out.contains("Successfully tagged plat:1"), "{out}");
+    let other = if arch == "amd64" {
+        "linux/arm64"
+    } else {
+        "linux/amd64"
+    };
+    for p in [other.to_owned(), format!("{host},{other}")] {
+        let err = env.fails(&["build", "--platform", &p, ctx.to_str().unwrap()]);
+        assert!(
+            err.contains("multi-platform") && err.contains(other) && err.contains(&host),
+            "{err}"
+        );
+    }
+    let err = env.fails(&["build", "--platform", "linux//x", ctx.to_str().unwrap()]);
+    assert!(err.contains("not a platform"), "{err}");
+}
+
+#[test]
+fn metadata_file_names_the_image_images_shows() {
+    let env = common::build_env();
+    let ctx = small_context(&env, "ctx", "meta");
+    let meta = env.path("meta.json");
+    env.ok(&[
+        "build",
+        "-t",
+        "meta:1",
+        "-t",
+        "meta:2",
+        "--metadata-file",
+        meta.to_str().unwrap(),
+        ctx.to_str().unwrap(),
+    ]);
+    let v: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&meta).unwrap()).unwrap();
+    let id = env.ok(&["images", "--no-trunc", "-q", "meta:1"]);
+    assert_eq!(v["containerimage.config.digest"], id.trim(), "{v}");
+    assert_eq!(v["image.name"], "meta:1,meta:2", "{v}");
+    // The manifest digest is that of the manifest `save` writes.
+    let saved = env.path("meta.tar");
+    env.ok(&["save", "-o", saved.to_str().unwrap(), "meta:1"]);
+    let mut ar = tar::Archive::new(std::fs::File::open(&saved).unwrap());
+    let index: serde_json::Value = ar
+        .entries()
+        .unwrap()
+        .map(Result::unwrap)
+        .find(|e| e.path().unwrap().to_str() == Some("index.json"))
+        .map(|e| serde_json::from_reader(e).unwrap())
+        .expect("index.json in the saved archive");
+    let digest = &index["manifests"][0]["digest"];
+    assert!(digest.as_str().unwrap().starts_with("sha256:"), "{index}");
+    assert_eq!(&v["containerimage.digest"], digest, "{v}");
+    assert_eq!(&v["containerimage.descriptor"]["digest"], digest, "{v}");
+}
+
+#[test]
+fn buildkit_progress_sets_the_progress_mode() {
+    let env = common::build_env();
+    let ctx = small_context(&env, "ctx", "progress");
+    let o = env
+        .cmd(&["build", ctx.to_str().unwrap()])
+        .env("BUILDKIT_PROGRESS", "json")
+        .output()
+        .unwrap();
+    assert!(o.status.success());
+    let err = String::from_utf8_lossy(&o.stderr);
+    let first = err.lines().next().unwrap_or("");
+    let v: serde_json::Value = serde_json::from_str(first)
+        .unwrap_or_else(|e| panic!("BUILDKIT_PROGRESS=json gave no JSON ({e}): {err}"));
+    assert!(v.get("event").is_some(), "{v}");
+    // --progress wins over the environment.
+    let o = env
+        .cmd(&[
+            "build",
+            "--progress",
+            "plain",
+            "--no-cache",
+            ctx.to_str().unwrap(),
+        ])
+        .env("BUILDKIT_PROGRESS", "json")
+        .output()
+        .unwrap();
+    assert!(o.status.success());
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(err.lines().next().unwrap_or("").starts_with('#'), "{err}");
+}
+
+/// The docker CLI, and its daemon answering.
+fn docker_ready() {
+    assert!(
+        common::have("docker"),
+        "docker is missing: install docker.io"
+    );
+    let ok = std::process::Command::new("docker")
+        .args(["version", "--format", "{{.Server.Version}}"])
+        .output()
+        .is_ok_and(|o| o.status.success());
+    assert!(
+        ok,
+        "the docker daemon is missing: start dockerd (nohup dockerd --bridge=none --iptables=false &)"
+    );
+}
+
+#[test]
+fn load_puts_the_image_into_the_docker_daemon() {
+    docker_ready();
+    let env = common::build_env();
+    let marker = format!("loaded-{}", std::process::id());
+    let ctx = small_context(&env, "ctx", &marker);
+    let tag = format!("rbuild-load-test:{}", std::process::id());
+    let _ = std::process::Command::new("docker")
+        .args(["rmi", &tag])
+        .output();
+    env.ok(&["build", "--load", "-t", &tag, ctx.to_str().unwrap()]);
+    let id = env.ok(&["images", "--no-trunc", "-q", &tag]);
+    let o = std::process::Command::new("docker")
+        .args(["image", "inspect", "--format", "{{.Id}}", &tag])
+        .output()
+        .unwrap();
+    let docker_id = String::from_utf8_lossy(&o.stdout).trim().to_owned();
+    let _ = std::process::Command::new("docker")
+        .args(["rmi", &tag])
+        .output();
+    assert_eq!(
+        docker_id,
+        id.trim(),
+        "{}",
+        String::from_utf8_lossy(&o.stderr)
+    );
+    // No daemon there: one clear line.
+    let o = env
+        .cmd(&["build", "--load", "-t", &tag, ctx.to_str().unwrap()])
+        .env(
+            "DOCKER_HOST",
+            format!("unix://{}", env.path("no.sock").display()),
+        )
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(!o.status.success());
+    assert!(
+        err.lines()
+            .last()
+            .unwrap_or("")
+            .contains("--load: no docker daemon answers at unix://"),
+        "{err}"
+    );
+}

@@ -63,7 +63,7 @@ pub struct BuildArgs {
     #[arg(long = "secret", value_name = "SPEC")]
     secrets: Vec<String>,
     /// How to show progress
-    #[arg(long, value_enum, default_value_t = ProgressMode::Auto)]
+    #[arg(long, value_enum, env = "BUILDKIT_PROGRESS", default_value_t = ProgressMode::Auto)]
     progress: ProgressMode,
     /// Print only the image ID
     #[arg(short = 'q', long)]
@@ -121,6 +121,8 @@ pub struct BuildArgs {
     /// --output type=image,name=REF,push=true names others
     #[arg(long)]
     push: bool,
+    #[command(flatten)]
+    habits: crate::cmd::habits::HabitArgs,
     /// The build context: a directory, or `-` for a tar[.gz] on stdin
     #[arg(value_name = "CONTEXT")]
     context: String,
@@ -713,6 +715,7 @@ impl rbuild_engine::Reporter for Renderer {
 }
 
 pub fn run(args: &BuildArgs, root: &Path) -> anyhow::Result<ExitCode> {
+    args.habits.check()?;
     let (req, _tmp) = match prepare(args, root)? {
         Prepared::Ready(req, tmp) => (req, tmp),
         Prepared::ParseError(rendered) => {
@@ -742,6 +745,8 @@ pub fn run(args: &BuildArgs, root: &Path) -> anyhow::Result<ExitCode> {
             if let Some(f) = &args.iidfile {
                 fs_err::write(f, id.to_string())?;
             }
+            args.habits
+                .after_build(root, &id, &req.tags, req.output == OutputSpec::Store)?;
             if args.quiet {
                 println!("{id}");
             } else {

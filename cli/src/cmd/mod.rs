@@ -4,6 +4,7 @@ pub mod build;
 pub mod builder;
 pub mod change;
 pub mod fmt;
+pub mod habits;
 pub mod image;
 pub mod limits;
 pub mod parse;

@@ -71,15 +71,6 @@ const BUILD: &[(&str, &str)] = &[
         "--isolation",
         "not supported: rbuild isolates RUN steps with Linux namespaces only",
     ),
-    (
-        "--load",
-        "not supported yet: use --output type=docker,dest=FILE and docker load",
-    ),
-    ("--metadata-file", "not supported yet: use --iidfile"),
-    (
-        "--platform",
-        "not supported yet: rbuild builds for the host's platform",
-    ),
     ("--policy", "not supported: rbuild has no build policies"),
     (
         "--provenance",
@@ -404,8 +395,8 @@ mod tests {
     #[test]
     fn flag_messages_name_the_flag() {
         assert_eq!(
-            flag_message("build", "--platform=linux/arm64"),
-            "rbuild build: --platform is not supported yet: rbuild builds for the host's platform"
+            flag_message("build", "--ssh=default"),
+            "rbuild build: --ssh is not supported yet"
         );
         assert_eq!(
             flag_message("run", "-p80:80"),

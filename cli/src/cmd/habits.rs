@@ -1,0 +1,242 @@
+//! The build flags docker and buildx users pass that rbuild implements at the
+//! command's edge: `--platform` (the host's only, until multi-platform builds),
+//! `--metadata-file` (buildx's JSON), and `--load` (the result also loaded
+//! into the docker daemon at `DOCKER_HOST` or its default socket).
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::path::Path;
+
+use anyhow::{Context, anyhow, bail};
+use rbuild_image::{Digest, Reference, Store};
+use rbuild_oci::Platform;
+
+/// Docker's flags of `rbuild build` that live here.
+#[derive(clap::Args, Debug, Default, Clone)]
+pub struct HabitArgs {
+    /// Target platform (`os/arch[/variant]`); only the host's is accepted:
+    /// multi-platform and cross-platform builds are not supported yet
+    #[arg(long, value_name = "PLATFORM", value_delimiter = ',')]
+    pub platform: Vec<String>,
+    /// Write the build result's metadata (buildx's JSON: `containerimage.digest`,
+    /// `containerimage.config.digest`, `image.name`) to this file
+    #[arg(long = "metadata-file", value_name = "FILE")]
+    pub metadata_file: Option<std::path::PathBuf>,
+    /// Also load the image into the docker daemon (`DOCKER_HOST`, else
+    /// /var/run/docker.sock)
+    #[arg(long)]
+    pub load: bool,
+}
+
+impl HabitArgs {
+    /// Refuses what cannot be done before the build starts: a platform other
+    /// than the host's.
+    pub fn check(&self) -> anyhow::Result<()> {
+        let host = Platform::host();
+        for p in &self.platform {
+            let parsed = Platform::parse(p).ok_or_else(|| {
+                anyhow!("--platform {p:?}: not a platform (want os/arch[/variant])")
+            })?;
+            if parsed != host {
+                bail!(
+                    "--platform {p}: multi-platform and cross-platform builds are not supported \
+                     yet; rbuild builds for the host's platform ({host})"
+                );
+            }
+        }
+        Ok(())
+    }
+
+    /// What follows a build into the store that made image `id` named `tags`:
+    /// the metadata file, then the load into docker.
+    pub fn after_build(
+        &self,
+        root: &Path,
+        id: &Digest,
+        tags: &[Reference],
+        in_store: bool,
+    ) -> anyhow::Result<()> {
+        if let Some(path) = &self.metadata_file {
+            let json = metadata(root, id, tags, in_store);
+            let text = serde_json::to_string_pretty(&json)?;
+            fs_err::write(path, text + "\n")
+                .with_context(|| format!("--metadata-file {}", path.display()))?;
+        }
+        if self.load {
+            if !in_store {
+                bail!(
+                    "--load cannot be combined with --output (it loads the image the store holds)"
+                );
+            }
+            docker_load(root, id, tags)?;
+        }
+        Ok(())
+    }
+}
+
+/// buildx's metadata of an image build: the manifest's digest (that of the
+/// manifest `rbuild save` writes) and descriptor, the config's digest (the
+/// image ID `rbuild images` shows) and the names.
+fn metadata(root: &Path, id: &Digest, tags: &[Reference], in_store: bool) -> serde_json::Value {
+    let mut m = serde_json::Map::new();
+    m.insert(
+        "containerimage.config.digest".into(),
+        serde_json::Value::String(id.to_string()),
+    );
+    let manifest = in_store
+        .then(|| Store::open(root).ok())
+        .flatten()
+        .and_then(|s| s.image(id).ok().and_then(|img| s.manifest(&img).ok()));
+    if let Some((_, bytes, digest)) = manifest {
+        m.insert(
+            "containerimage.digest".into(),
+            serde_json::Value::String(digest.to_string()),
+        );
+        m.insert(
+            "containerimage.descriptor".into(),
+            serde_json::json!({
+                "mediaType": "application/vnd.oci.image.manifest.v1+json",
+                "digest": digest.to_string(),
+                "size": bytes.len(),
+            }),
+        );
+    }
+    if !tags.is_empty() {
+        let names: Vec<String> = tags.iter().map(ToString::to_string).collect();
+        m.insert(
+            "image.name".into(),
+            serde_json::Value::String(names.join(",")),
+        );
+    }
+    serde_json::Value::Object(m)
+}
+
+/// Where the docker daemon listens: `DOCKER_HOST` (`unix://PATH`,
+/// `tcp://HOST:PORT`), else `/var/run/docker.sock`.
+enum DockerHost {
+    Unix(String),
+    Tcp(String),
+}
+
+impl std::fmt::Display for DockerHost {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Self::Unix(p) => write!(f, "unix://{p}"),
+            Self::Tcp(a) => write!(f, "tcp://{a}"),
+        }
+    }
+}
+
+fn docker_host() -> anyhow::Result<DockerHost> {
+    let v = std::env::var("DOCKER_HOST").unwrap_or_default();
+    if v.is_empty() {
+        return Ok(DockerHost::Unix("/var/run/docker.sock".into()));
+    }
+    if let Some(p) = v.strip_prefix("unix://") {
+        return Ok(DockerHost::Unix(p.to_owned()));
+    }
+    if let Some(a) = v.strip_prefix("tcp://") {
+        return Ok(DockerHost::Tcp(a.trim_end_matches('/').to_owned()));
+    }
+    bail!("--load: DOCKER_HOST={v:?} is not supported (want unix://PATH or tcp://HOST:PORT)")
+}
+
+trait Stream: Read + Write {}
+impl<T: Read + Write> Stream for T {}
+
+/// `docker load` of the image through the daemon's API (`POST /images/load`
+/// with a docker archive of it, its tags included).
+fn docker_load(root: &Path, id: &Digest, tags: &[Reference]) -> anyhow::Result<()> {
+    let host = docker_host()?;
+    let mut conn: Box<dyn Stream> = match &host {
+        DockerHost::Unix(p) => Box::new(
+            std::os::unix::net::UnixStream::connect(p)
+                .map_err(|e| anyhow!("--load: no docker daemon answers at {host}: {e}"))?,
+        ),
+        DockerHost::Tcp(a) => Box::new(
+            std::net::TcpStream::connect(a)
+                .map_err(|e| anyhow!("--load: no docker daemon answers at {host}: {e}"))?,
+        ),
+    };
+    let store = Store::open(root)?;
+    let image = store.image(id)?;
+    let items = [rbuild_image::archive::SaveItem {
+        image,
+        tags: tags.to_vec(),
+    }];
+    let archive = tempfile::Builder::new()
+        .prefix(&store.temp_prefix("load")?)
+        .tempfile_in(store.tmp_dir())
+        .context("--load: a temporary file for the archive")?;
+    let w = std::io::BufWriter::new(archive.reopen()?);
+    let w = rbuild_image::archive::save(
+        &store,
+        &items,
+        w,
+        &rbuild_image::archive::SaveOptions::default(),
+    )?;
+    w.into_inner()
+        .map_err(std::io::IntoInnerError::into_error)?
+        .sync_all()?;
+    let len = archive.as_file().metadata()?.len();
+    let head = format!(
+        "POST /images/load?quiet=1 HTTP/1.1\r\nHost: docker\r\nContent-Type: application/x-tar\r\n\
+         Content-Length: {len}\r\nConnection: close\r\n\r\n"
+    );
+    let send = |conn: &mut Box<dyn Stream>| -> std::io::Result<()> {
+        conn.write_all(head.as_bytes())?;
+        std::io::copy(&mut archive.reopen()?, conn)?;
+        conn.flush()
+    };
+    send(&mut conn).map_err(|e| anyhow!("--load: sending the image to {host}: {e}"))?;
+    let mut reader = BufReader::new(conn);
+    let mut status = String::new();
+    reader
+        .read_line(&mut status)
+        .map_err(|e| anyhow!("--load: reading {host}'s answer: {e}"))?;
+    let code = status.split_whitespace().nth(1).unwrap_or("");
+    let mut rest = String::new();
+    let _ = reader.read_to_string(&mut rest);
+    let body = rest.split_once("\r\n\r\n").map_or("", |(_, b)| b);
+    if code != "200" {
+        bail!(
+            "--load: {host} refused the image: {} {}",
+            status.trim(),
+            body.trim().replace('\n', " ")
+        );
+    }
+    // A 200 answer may still carry an error in its JSON stream.
+    if let Some(msg) = body
+        .split(['\n', '\r'])
+        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+        .find_map(|v| v.get("error").and_then(|e| e.as_str()).map(str::to_owned))
+    {
+        bail!("--load: {host}: {msg}");
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_the_host_platform_passes() {
+        let host = Platform::host().to_string();
+        let ok = HabitArgs {
+            platform: vec![host.clone()],
+            ..HabitArgs::default()
+        };
+        assert!(ok.check().is_ok());
+        let other = if host.contains("amd64") {
+            "linux/arm64"
+        } else {
+            "linux/amd64"
+        };
+        let bad = HabitArgs {
+            platform: vec![host, other.into()],
+            ..HabitArgs::default()
+        };
+        let e = bad.check().unwrap_err().to_string();
+        assert!(e.contains("multi-platform") && e.contains(other), "{e}");
+    }
+}
