@@ -547,3 +547,62 @@ fn load_puts_the_image_into_the_docker_daemon() {
         "{err}"
     );
 }
+
+#[test]
+fn add_host_shm_size_and_ulimit_reach_run_steps() {
+    let env = common::build_env();
+    let ctx = env.path("ctx");
+    std::fs::create_dir_all(&ctx).unwrap();
+    std::fs::write(
+        ctx.join("Dockerfile"),
+        "FROM busybox\n\
+         RUN { grep -v localhost /etc/hosts; df -k /dev/shm | tail -1 | awk '{print $2}'; \
+         ulimit -n; ulimit -Hn; ulimit -s; } > /seen\n",
+    )
+    .unwrap();
+    let c = ctx.to_str().unwrap();
+    env.ok(&[
+        "build",
+        "--add-host",
+        "db:10.1.2.3",
+        "--add-host",
+        "v6=fd00::5",
+        "--shm-size",
+        "32m",
+        "--ulimit",
+        "nofile=123:456",
+        "--ulimit",
+        "stack=-1",
+        "-t",
+        "extras:1",
+        c,
+    ]);
+    let seen = env.ok(&["run", "extras:1", "cat", "/seen"]);
+    assert_eq!(
+        seen, "10.1.2.3\tdb\nfd00::5\tv6\n32768\n123\n456\nunlimited\n",
+        "{seen}"
+    );
+    // Without them the step runs again (they are part of its definition)
+    // and sees the defaults: no extra hosts, docker's 64 MiB /dev/shm.
+    env.ok(&["build", "-t", "extras:2", c]);
+    let seen = env.ok(&["run", "extras:2", "cat", "/seen"]);
+    let lines: Vec<&str> = seen.lines().collect();
+    assert_eq!(lines[0], "65536", "{seen}");
+    assert_ne!(lines[1], "123", "{seen}");
+    for (args, what) in [
+        (&["--add-host", "db"][..], "HOST:IP"),
+        (&["--add-host", "db:nope"][..], "not an IP address"),
+        (&["--ulimit", "bogus=1"][..], "unknown limit"),
+        (&["--ulimit", "nofile=9:1"][..], "soft limit is above"),
+        (&["--shm-size", "lots"][..], "lots"),
+    ] {
+        let mut a = vec!["build"];
+        a.extend_from_slice(args);
+        a.push(c);
+        let o = env.run(&a);
+        let err = String::from_utf8_lossy(&o.stderr);
+        assert!(!o.status.success(), "{a:?}");
+        assert_eq!(err.trim_end().lines().count(), 1, "{a:?}: {err}");
+        assert!(err.contains(what), "{a:?}: {err}");
+    }
+}

@@ -80,6 +80,8 @@ pub struct BuildRequest {
     pub explain_cache: bool,
     /// `--squash` / `--squash-all`: the exported image is squashed.
     pub squash: Option<crate::squash::SquashMode>,
+    /// `--add-host`, `--shm-size`, `--ulimit` of every RUN step.
+    pub run_extras: rbuild_frontend::RunExtras,
 }
 
 /// What a successful build made.
@@ -524,6 +526,7 @@ fn plan(
             .map(|(_, p)| p.clone())
             .unwrap_or_default(),
         source_date_epoch: req.source_date_epoch,
+        run_extras: req.run_extras.clone(),
         ..BuildOptions::default()
     };
     let resolver = StoreResolver {

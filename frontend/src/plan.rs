@@ -69,6 +69,19 @@ pub struct BuildOptions {
     pub dockerignore: Vec<String>,
     /// `SOURCE_DATE_EPOCH`: clamps created files' mtimes (seconds).
     pub source_date_epoch: Option<i64>,
+    /// `--add-host`, `--shm-size`, `--ulimit`: given to every RUN step.
+    pub run_extras: RunExtras,
+}
+
+/// What `--add-host`, `--shm-size` and `--ulimit` give every RUN step (part
+/// of its definition, as in `BuildKit`'s exec meta).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct RunExtras {
+    /// `(name, ip)` lines of `/etc/hosts`.
+    pub extra_hosts: Vec<(String, String)>,
+    /// Bytes of `/dev/shm`.
+    pub shm_size: Option<u64>,
+    pub ulimits: Vec<rbuild_ops::Ulimit>,
 }
 
 impl Default for BuildOptions {
@@ -87,6 +100,7 @@ impl Default for BuildOptions {
             context_name: "context".to_owned(),
             dockerignore: Vec::new(),
             source_date_epoch: None,
+            run_extras: RunExtras::default(),
         }
     }
 }
@@ -1941,6 +1955,9 @@ impl Planner<'_> {
         }
         op.cwd = cwd;
         op.user.clone_from(&run.st.image.config.user);
+        op.extra_hosts.clone_from(&self.opts.run_extras.extra_hosts);
+        op.shm_size = self.opts.run_extras.shm_size;
+        op.ulimits.clone_from(&self.opts.run_extras.ulimits);
         op.mounts = mounts;
         op.network = match r.network {
             None => self.opts.network,

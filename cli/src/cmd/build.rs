@@ -990,6 +990,7 @@ fn prepare(args: &BuildArgs, root: &Path) -> anyhow::Result<Prepared> {
                 cache_to_registry,
                 cache_inline,
                 explain_cache: args.explain_cache,
+                run_extras: args.habits.run_extras()?,
                 squash: if args.squash_all {
                     Some(rbuild_engine::squash::SquashMode::All)
                 } else if args.squash {

@@ -25,9 +25,89 @@ pub struct HabitArgs {
     /// /var/run/docker.sock)
     #[arg(long)]
     pub load: bool,
+    /// Add a line to RUN steps' /etc/hosts (`HOST:IP`)
+    #[arg(long = "add-host", value_name = "HOST:IP")]
+    pub add_host: Vec<String>,
+    /// Size of RUN steps' /dev/shm (`64m`, `1g`, bytes; default 64m)
+    #[arg(long = "shm-size", value_name = "SIZE", value_parser = crate::cmd::limits::parse_size)]
+    pub shm_size: Option<u64>,
+    /// A resource limit of RUN steps (`nofile=1024:2048`, `nproc=512`; -1: unlimited)
+    #[arg(long, value_name = "NAME=SOFT[:HARD]")]
+    pub ulimit: Vec<String>,
+}
+
+/// Parses `--add-host HOST:IP` (`HOST=IP` too, as newer docker takes it).
+fn parse_add_host(spec: &str) -> anyhow::Result<(String, String)> {
+    let (host, ip) = spec
+        .split_once('=')
+        .or_else(|| spec.split_once(':'))
+        .ok_or_else(|| anyhow!("--add-host {spec:?}: want HOST:IP"))?;
+    if host.is_empty() || host.contains(char::is_whitespace) {
+        bail!("--add-host {spec:?}: invalid host name {host:?}");
+    }
+    if ip == "host-gateway" {
+        bail!("--add-host {spec:?}: host-gateway is not supported; give the IP address");
+    }
+    let ip = ip.trim_start_matches('[').trim_end_matches(']');
+    ip.parse::<std::net::IpAddr>()
+        .map_err(|_| anyhow!("--add-host {spec:?}: {ip:?} is not an IP address"))?;
+    Ok((host.to_owned(), ip.to_owned()))
+}
+
+/// Parses `--ulimit NAME=SOFT[:HARD]` (docker's form; HARD defaults to SOFT,
+/// `-1` is unlimited).
+fn parse_ulimit(spec: &str) -> anyhow::Result<rbuild_ops::Ulimit> {
+    let (name, values) = spec
+        .split_once('=')
+        .ok_or_else(|| anyhow!("--ulimit {spec:?}: want NAME=SOFT[:HARD]"))?;
+    if !rbuild_sandbox::is_rlimit_name(name) {
+        bail!(
+            "--ulimit {spec:?}: unknown limit {name:?} (known: core, cpu, data, fsize, locks, \
+             memlock, msgqueue, nice, nofile, nproc, rss, rtprio, rttime, sigpending, stack)"
+        );
+    }
+    let num = |v: &str| -> anyhow::Result<i64> {
+        match v.parse::<i64>() {
+            Ok(n) if n >= -1 => Ok(n),
+            _ => bail!("--ulimit {spec:?}: {v:?} is not a number (or -1 for unlimited)"),
+        }
+    };
+    let (soft, hard) = match values.split_once(':') {
+        Some((s, h)) => (num(s)?, num(h)?),
+        None => (num(values)?, num(values)?),
+    };
+    let above = |a: i64, b: i64| b != -1 && (a == -1 || a > b);
+    if above(soft, hard) {
+        bail!("--ulimit {spec:?}: the soft limit is above the hard limit");
+    }
+    Ok(rbuild_ops::Ulimit {
+        name: name.to_owned(),
+        soft,
+        hard,
+    })
 }
 
 impl HabitArgs {
+    /// `--add-host`, `--shm-size` and `--ulimit` for every RUN step.
+    pub fn run_extras(&self) -> anyhow::Result<rbuild_frontend::RunExtras> {
+        if self.shm_size == Some(0) {
+            bail!("--shm-size must be more than 0");
+        }
+        Ok(rbuild_frontend::RunExtras {
+            extra_hosts: self
+                .add_host
+                .iter()
+                .map(|h| parse_add_host(h))
+                .collect::<anyhow::Result<_>>()?,
+            shm_size: self.shm_size,
+            ulimits: self
+                .ulimit
+                .iter()
+                .map(|u| parse_ulimit(u))
+                .collect::<anyhow::Result<_>>()?,
+        })
+    }
+
     /// Refuses what cannot be done before the build starts: a platform other
     /// than the host's.
     pub fn check(&self) -> anyhow::Result<()> {
@@ -218,6 +298,39 @@ fn docker_load(root: &Path, id: &Digest, tags: &[Reference]) -> anyhow::Result<(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn add_host_and_ulimit_specs() {
+        assert_eq!(
+            parse_add_host("db:10.0.0.5").unwrap(),
+            ("db".into(), "10.0.0.5".into())
+        );
+        assert_eq!(
+            parse_add_host("v6=::1").unwrap(),
+            ("v6".into(), "::1".into())
+        );
+        assert_eq!(
+            parse_add_host("v6:[fd00::1]").unwrap(),
+            ("v6".into(), "fd00::1".into())
+        );
+        for bad in ["db", "db:notanip", ":1.2.3.4", "h:host-gateway"] {
+            assert!(parse_add_host(bad).is_err(), "{bad}");
+        }
+        let u = parse_ulimit("nofile=100:200").unwrap();
+        assert_eq!((u.name.as_str(), u.soft, u.hard), ("nofile", 100, 200));
+        let u = parse_ulimit("stack=-1").unwrap();
+        assert_eq!((u.soft, u.hard), (-1, -1));
+        for bad in [
+            "nofile",
+            "bogus=1",
+            "nofile=x",
+            "nofile=300:200",
+            "nofile=-1:5",
+            "nofile=-2",
+        ] {
+            assert!(parse_ulimit(bad).is_err(), "{bad}");
+        }
+    }
 
     #[test]
     fn only_the_host_platform_passes() {

@@ -14,7 +14,6 @@ pub const FLAG_ERROR: u8 = 125;
 /// Why a flag of `docker build`/`docker buildx build` is not taken by `rbuild
 /// build` (flags rbuild implements are not listed: clap takes them).
 const BUILD: &[(&str, &str)] = &[
-    ("--add-host", "not supported yet"),
     ("--annotation", "not supported yet"),
     (
         "--attest",
@@ -88,9 +87,7 @@ const BUILD: &[(&str, &str)] = &[
         "--security-opt",
         "not supported for builds: use RUN --security=insecure with --allow security.insecure",
     ),
-    ("--shm-size", "not supported yet"),
     ("--ssh", "not supported yet"),
-    ("--ulimit", "not supported yet"),
 ];
 
 /// Why a flag of `docker run` is not taken by `rbuild run`.
