@@ -606,3 +606,53 @@ fn add_host_shm_size_and_ulimit_reach_run_steps() {
         assert!(err.contains(what), "{a:?}: {err}");
     }
 }
+
+#[test]
+fn build_context_dirs_and_images_serve_from_and_copy_from() {
+    let env = common::build_env();
+    let base_ctx = small_context(&env, "basectx", "from-the-image");
+    env.ok(&["build", "-t", "named-base:1", base_ctx.to_str().unwrap()]);
+    let extra = env.path("extra");
+    std::fs::create_dir_all(&extra).unwrap();
+    std::fs::write(extra.join("e.txt"), "extra one\n").unwrap();
+    let ctx = env.path("ctx");
+    std::fs::create_dir_all(&ctx).unwrap();
+    std::fs::write(
+        ctx.join("Dockerfile"),
+        "FROM extra AS ex\n\
+         FROM img\n\
+         COPY --from=extra e.txt /copied.txt\n\
+         COPY --from=ex /e.txt /from-stage.txt\n\
+         RUN cat /marker /copied.txt /from-stage.txt > /all\n",
+    )
+    .unwrap();
+    let build = |tag: &str| {
+        env.ok(&[
+            "build",
+            "--build-context",
+            &format!("extra={}", extra.display()),
+            "--build-context",
+            "img=docker-image://named-base:1",
+            "-t",
+            tag,
+            ctx.to_str().unwrap(),
+        ]);
+        env.ok(&["run", tag, "cat", "/all"])
+    };
+    assert_eq!(build("named:1"), "from-the-image\nextra one\nextra one\n");
+    // The named directory is read afresh: a change is copied.
+    std::fs::write(extra.join("e.txt"), "extra two\n").unwrap();
+    assert_eq!(build("named:2"), "from-the-image\nextra two\nextra two\n");
+    // Without them, `img` and `extra` are image names nobody has.
+    let o = env.run(&["build", ctx.to_str().unwrap()]);
+    assert!(!o.status.success());
+    for (spec, what) in [
+        ("extra", "NAME=DIR"),
+        ("x=/no/such/dir", "No such file"),
+        ("x=https://example.com/c.tar", "not supported"),
+        ("x=docker-image://Bad Ref", "Bad Ref"),
+    ] {
+        let err = env.fails(&["build", "--build-context", spec, ctx.to_str().unwrap()]);
+        assert!(err.contains(what), "{spec}: {err}");
+    }
+}

@@ -82,6 +82,8 @@ pub struct BuildRequest {
     pub squash: Option<crate::squash::SquashMode>,
     /// `--add-host`, `--shm-size`, `--ulimit` of every RUN step.
     pub run_extras: rbuild_frontend::RunExtras,
+    /// `--build-context NAME=DIR|docker-image://REF`.
+    pub named_contexts: BTreeMap<String, rbuild_frontend::NamedContext>,
 }
 
 /// What a successful build made.
@@ -527,6 +529,7 @@ fn plan(
             .unwrap_or_default(),
         source_date_epoch: req.source_date_epoch,
         run_extras: req.run_extras.clone(),
+        named_contexts: req.named_contexts.clone(),
         ..BuildOptions::default()
     };
     let resolver = StoreResolver {
@@ -553,7 +556,12 @@ fn start_worker(req: &BuildRequest, store: &Arc<Store>) -> Result<LocalWorker, B
         Arc::clone(store),
         WorkerOptions {
             state_root: req.state_root.clone(),
-            contexts: HashMap::from([("context".to_owned(), req.context.clone())]),
+            contexts: std::iter::once(("context".to_owned(), req.context.clone()))
+                .chain(req.named_contexts.iter().filter_map(|(n, c)| match c {
+                    rbuild_frontend::NamedContext::Dir(d) => Some((n.clone(), d.clone())),
+                    rbuild_frontend::NamedContext::Image(_) => None,
+                }))
+                .collect(),
             ignore,
             secrets: req.secrets.clone(),
             source_date_epoch: req.source_date_epoch.and_then(|e| u64::try_from(e).ok()),

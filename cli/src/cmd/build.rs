@@ -991,6 +991,7 @@ fn prepare(args: &BuildArgs, root: &Path) -> anyhow::Result<Prepared> {
                 cache_inline,
                 explain_cache: args.explain_cache,
                 run_extras: args.habits.run_extras()?,
+                named_contexts: args.habits.named_contexts()?,
                 squash: if args.squash_all {
                     Some(rbuild_engine::squash::SquashMode::All)
                 } else if args.squash {

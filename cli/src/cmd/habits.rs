@@ -34,6 +34,41 @@ pub struct HabitArgs {
     /// A resource limit of RUN steps (`nofile=1024:2048`, `nproc=512`; -1: unlimited)
     #[arg(long, value_name = "NAME=SOFT[:HARD]")]
     pub ulimit: Vec<String>,
+    /// A named context for `FROM NAME` and `COPY --from=NAME`: a directory,
+    /// or `docker-image://REF` for an image
+    #[arg(long = "build-context", value_name = "NAME=DIR|docker-image://REF")]
+    pub build_context: Vec<String>,
+}
+
+/// Parses one `--build-context NAME=VALUE`.
+fn parse_build_context(spec: &str) -> anyhow::Result<(String, rbuild_frontend::NamedContext)> {
+    let (name, value) = spec.split_once('=').ok_or_else(|| {
+        anyhow!("--build-context {spec:?}: want NAME=DIR or NAME=docker-image://REF")
+    })?;
+    if name.is_empty() || name.contains(char::is_whitespace) {
+        bail!("--build-context {spec:?}: invalid name {name:?}");
+    }
+    if let Some(r) = value.strip_prefix("docker-image://") {
+        Reference::parse(r).map_err(|e| anyhow!("--build-context {spec:?}: {e}"))?;
+        return Ok((
+            name.to_owned(),
+            rbuild_frontend::NamedContext::Image(r.to_owned()),
+        ));
+    }
+    if let Some((scheme, _)) = value.split_once("://") {
+        bail!(
+            "--build-context {spec:?}: {scheme}:// contexts are not supported (use a directory or \
+             docker-image://REF)"
+        );
+    }
+    let dir = fs_err::canonicalize(value).map_err(|e| anyhow!("--build-context {spec:?}: {e}"))?;
+    if !dir.is_dir() {
+        bail!(
+            "--build-context {spec:?}: {} is not a directory",
+            dir.display()
+        );
+    }
+    Ok((name.to_owned(), rbuild_frontend::NamedContext::Dir(dir)))
 }
 
 /// Parses `--add-host HOST:IP` (`HOST=IP` too, as newer docker takes it).
@@ -88,6 +123,16 @@ fn parse_ulimit(spec: &str) -> anyhow::Result<rbuild_ops::Ulimit> {
 }
 
 impl HabitArgs {
+    /// `--build-context`s by name (the last of a name wins).
+    pub fn named_contexts(
+        &self,
+    ) -> anyhow::Result<std::collections::BTreeMap<String, rbuild_frontend::NamedContext>> {
+        self.build_context
+            .iter()
+            .map(|c| parse_build_context(c))
+            .collect()
+    }
+
     /// `--add-host`, `--shm-size` and `--ulimit` for every RUN step.
     pub fn run_extras(&self) -> anyhow::Result<rbuild_frontend::RunExtras> {
         if self.shm_size == Some(0) {

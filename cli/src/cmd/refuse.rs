@@ -19,7 +19,6 @@ const BUILD: &[(&str, &str)] = &[
         "--attest",
         "not supported: rbuild makes no attestations (SBOM, provenance)",
     ),
-    ("--build-context", "not supported yet"),
     (
         "--builder",
         "not supported: rbuild has no builder instances, it builds in its own process",
