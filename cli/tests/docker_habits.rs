@@ -656,3 +656,29 @@ fn build_context_dirs_and_images_serve_from_and_copy_from() {
         assert!(err.contains(what), "{spec}: {err}");
     }
 }
+
+#[test]
+fn syntax_directive_of_the_dockerfile_frontend_is_accepted_others_refused() {
+    let env = common::build_env();
+    let ctx = env.path("ctx");
+    std::fs::create_dir_all(&ctx).unwrap();
+    for ok in ["docker/dockerfile:1", "docker/dockerfile:1.7-labs"] {
+        std::fs::write(
+            ctx.join("Dockerfile"),
+            format!("# syntax={ok}\nFROM busybox\nRUN true\n"),
+        )
+        .unwrap();
+        env.ok(&["build", ctx.to_str().unwrap()]);
+    }
+    std::fs::write(
+        ctx.join("Dockerfile"),
+        "# syntax=example.com/other/frontend:2\nFROM busybox\nRUN true\n",
+    )
+    .unwrap();
+    let err = env.fails(&["build", ctx.to_str().unwrap()]);
+    assert!(
+        err.contains("example.com/other/frontend:2")
+            && err.contains("built-in Dockerfile frontend only"),
+        "{err}"
+    );
+}

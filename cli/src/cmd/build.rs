@@ -877,6 +877,7 @@ fn prepare(args: &BuildArgs, root: &Path) -> anyhow::Result<Prepared> {
         Ok(d) => d,
         Err(e) => return Ok(Prepared::ParseError(e.render(&dockerfile_name, &src))),
     };
+    crate::cmd::habits::check_syntax(dockerfile.directives.syntax.as_deref(), &dockerfile_name)?;
     let ignore = rbuild_frontend::dockerignore::load(&context, dockerfile_path.as_deref())
         .context("reading the .dockerignore file")?;
 

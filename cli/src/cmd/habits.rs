@@ -71,6 +71,36 @@ fn parse_build_context(spec: &str) -> anyhow::Result<(String, rbuild_frontend::N
     Ok((name.to_owned(), rbuild_frontend::NamedContext::Dir(dir)))
 }
 
+/// A `# syntax=` directive: the Dockerfile frontend's own images
+/// (`docker/dockerfile:1…`, `docker/dockerfile-upstream`, on `docker.io` or
+/// not, any 1.x tag or `-labs`, digest or none) are the syntax rbuild's
+/// built-in frontend speaks; any other frontend image is refused.
+pub fn check_syntax(syntax: Option<&str>, file: &str) -> anyhow::Result<()> {
+    let Some(raw) = syntax.map(str::trim).filter(|s| !s.is_empty()) else {
+        return Ok(());
+    };
+    let name = raw.split('@').next().unwrap_or(raw);
+    let name = name.strip_prefix("docker.io/").unwrap_or(name);
+    let (repo, tag) = match name.rsplit_once(':') {
+        Some((r, t)) if !t.contains('/') => (r, Some(t)),
+        _ => (name, None),
+    };
+    let ours = matches!(repo, "docker/dockerfile" | "docker/dockerfile-upstream")
+        && tag.is_none_or(|t| {
+            let base = t.split('-').next().unwrap_or(t);
+            base == "1"
+                || base.starts_with("1.")
+                || matches!(t, "labs" | "latest" | "master" | "master-labs")
+        });
+    if !ours {
+        bail!(
+            "{file}: the syntax directive asks for frontend {raw:?}: rbuild builds with its \
+             built-in Dockerfile frontend only (docker/dockerfile:1 syntax)"
+        );
+    }
+    Ok(())
+}
+
 /// Parses `--add-host HOST:IP` (`HOST=IP` too, as newer docker takes it).
 fn parse_add_host(spec: &str) -> anyhow::Result<(String, String)> {
     let (host, ip) = spec
@@ -343,6 +373,33 @@ fn docker_load(root: &Path, id: &Digest, tags: &[Reference]) -> anyhow::Result<(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn syntax_directives() {
+        for ok in [
+            "docker/dockerfile:1",
+            "docker/dockerfile:1.7",
+            "docker/dockerfile:1.7-labs",
+            "docker/dockerfile:1-labs",
+            "docker.io/docker/dockerfile:1",
+            "docker/dockerfile",
+            "docker/dockerfile:1@sha256:ac85f380a63b13dfcefa89046420e1781752bab202122f8f50032edf31be0021",
+            "docker/dockerfile-upstream:master",
+        ] {
+            assert!(check_syntax(Some(ok), "Dockerfile").is_ok(), "{ok}");
+        }
+        for bad in [
+            "docker/dockerfile:0.5",
+            "tonistiigi/dockerfile:runmount",
+            "example.com/my/frontend:1",
+            "docker/dockerfilex:1",
+        ] {
+            let e = check_syntax(Some(bad), "Dockerfile")
+                .unwrap_err()
+                .to_string();
+            assert!(e.contains("built-in Dockerfile frontend only"), "{e}");
+        }
+    }
 
     #[test]
     fn add_host_and_ulimit_specs() {
