@@ -682,3 +682,49 @@ fn syntax_directive_of_the_dockerfile_frontend_is_accepted_others_refused() {
         "{err}"
     );
 }
+
+#[test]
+fn images_format_json_prints_dockers_json() {
+    docker_ready();
+    let env = common::build_env();
+    let tag = format!("rbuild-json-test:{}", std::process::id());
+    let ctx = small_context(&env, "ctx", "json");
+    env.ok(&["build", "-t", &tag, ctx.to_str().unwrap()]);
+    let ours = |format: &str| -> serde_json::Value {
+        let out = env.ok(&["images", "--format", format, &tag]);
+        let lines: Vec<&str> = out.lines().collect();
+        assert_eq!(lines.len(), 1, "{out}");
+        serde_json::from_str(lines[0]).unwrap_or_else(|e| panic!("{e}: {out}"))
+    };
+    let a = ours("json");
+    let b = ours("{{json .}}");
+    assert_eq!(a, b);
+    // docker's row for the same image, loaded into it.
+    let tar = env.path("json.tar");
+    env.ok(&["save", "-o", tar.to_str().unwrap(), &tag]);
+    let load = std::process::Command::new("docker")
+        .args(["load", "-i", tar.to_str().unwrap()])
+        .output()
+        .unwrap();
+    assert!(load.status.success(), "{load:?}");
+    let theirs = std::process::Command::new("docker")
+        .args(["images", "--format", "{{json .}}", &tag])
+        .output()
+        .unwrap();
+    let _ = std::process::Command::new("docker")
+        .args(["rmi", &tag])
+        .output();
+    let theirs: serde_json::Value =
+        serde_json::from_slice(&theirs.stdout).expect("docker images gave a JSON line");
+    let keys = |v: &serde_json::Value| {
+        v.as_object()
+            .unwrap()
+            .keys()
+            .cloned()
+            .collect::<BTreeSet<_>>()
+    };
+    assert_eq!(keys(&a), keys(&theirs), "{a}\n{theirs}");
+    for k in ["ID", "Repository", "Tag", "Size", "Containers"] {
+        assert_eq!(a[k], theirs[k], "{k}: {a}\n{theirs}");
+    }
+}

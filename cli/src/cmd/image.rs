@@ -556,6 +556,12 @@ fn images(store: &Store, a: &ImagesArgs) -> Result<std::process::ExitCode> {
 
 /// Renders `values` with a template; a `table` template gets a header and aligned columns.
 fn print_templated(format: &str, header: &Value, values: &[Value]) -> Result<()> {
+    // docker's `--format json`: one JSON object a line.
+    let format = if format.trim() == "json" {
+        "{{json .}}"
+    } else {
+        format
+    };
     let t = Template::parse(format).map_err(|e| anyhow!(e))?;
     let mut out = String::new();
     if t.table {
