@@ -46,6 +46,8 @@ enum Command {
     System(cmd::system::SystemCommand),
     #[command(flatten)]
     Builder(cmd::builder::BuilderCommand),
+    #[command(flatten)]
+    Info(cmd::info::InfoCommand),
 }
 
 fn main() -> ExitCode {
@@ -59,7 +61,7 @@ fn main() -> ExitCode {
     let root = cmd::state_root(cli.root.as_deref());
     if !matches!(
         cli.command,
-        Command::Parse(_) | Command::Login(_) | Command::Logout(_)
+        Command::Parse(_) | Command::Login(_) | Command::Logout(_) | Command::Info(_)
     ) {
         cmd::sweep_state_root(&root);
     }
@@ -74,6 +76,7 @@ fn main() -> ExitCode {
         Command::Image(c) => cmd::image::run(c, &root),
         Command::System(c) => cmd::system::run(&c, &root).map(|()| ExitCode::SUCCESS),
         Command::Builder(c) => cmd::builder::run(&c, &root).map(|()| ExitCode::SUCCESS),
+        Command::Info(c) => cmd::info::run(&c, &root, Cli::command()).map(|()| ExitCode::SUCCESS),
     };
     // What this process held is released with it; its lease files go now
     // rather than at the next command's sweep.

@@ -728,3 +728,72 @@ fn images_format_json_prints_dockers_json() {
         assert_eq!(a[k], theirs[k], "{k}: {a}\n{theirs}");
     }
 }
+
+#[test]
+fn version_info_and_completion() {
+    let env = Env::new();
+    let v = env.ok(&["version"]);
+    assert!(
+        v.contains(&format!("Version:    {}", env!("CARGO_PKG_VERSION"))),
+        "{v}"
+    );
+    // info on a root that does not exist yet: nothing made, 0 bytes.
+    let info = |env: &Env| -> serde_json::Value {
+        serde_json::from_str(&env.ok(&["info", "--format", "json"])).unwrap()
+    };
+    let before = info(&env);
+    assert!(!env.root().exists(), "info made the state root");
+    assert_eq!(before["State root"], env.root().to_str().unwrap());
+    assert_eq!(before["StorageBytes"], 0);
+    env.import_rootfs("info:1", "info-seed");
+    let after = info(&env);
+    let bytes = after["StorageBytes"].as_u64().unwrap();
+    assert!(bytes > 4096, "{after}");
+    assert_eq!(after["Images"], "1", "{after}");
+    let overlay = std::fs::read_to_string("/proc/filesystems")
+        .unwrap()
+        .lines()
+        .any(|l| l.ends_with("\toverlay"));
+    assert_eq!(after["Overlayfs"] == "yes", overlay, "{after}");
+    let cgroup2 = std::path::Path::new("/sys/fs/cgroup/cgroup.controllers").exists();
+    assert_eq!(
+        after["Cgroups"].as_str().unwrap().starts_with("v2"),
+        cgroup2,
+        "{after}"
+    );
+    assert!(after["User namespaces"].is_string(), "{after}");
+    let text = env.ok(&["info"]);
+    assert!(
+        text.contains(&format!("State root: {}", env.root().display())),
+        "{text}"
+    );
+    // bash: the script completes subcommands and build flags.
+    let script = env.ok(&["completion", "bash"]);
+    let path = env.path("rbuild.bash");
+    std::fs::write(&path, script).unwrap();
+    let complete = |words: &str, cword: usize, cur: &str, prev: &str| {
+        let o = std::process::Command::new("bash")
+            .arg("-c")
+            .arg(format!(
+                "source {}; COMP_WORDS=({words}); COMP_CWORD={cword}; \
+                 _rbuild rbuild {cur} {prev}; echo \"${{COMPREPLY[@]}}\"",
+                path.display()
+            ))
+            .output()
+            .expect("bash is missing: install bash");
+        String::from_utf8_lossy(&o.stdout).trim().to_owned()
+    };
+    assert_eq!(complete("rbuild bu", 1, "bu", "rbuild"), "build builder");
+    assert_eq!(
+        complete("rbuild build --add", 2, "--add", "build"),
+        "--add-host"
+    );
+    let zsh = env.ok(&["completion", "zsh"]);
+    assert!(zsh.starts_with("#compdef rbuild"), "{zsh}");
+    assert!(zsh.contains("--add-host"));
+    let fish = env.ok(&["completion", "fish"]);
+    assert!(fish.contains("complete -c rbuild"), "{fish}");
+    assert!(fish.contains("add-host"));
+    let o = env.run(&["completion", "tcsh"]);
+    assert_eq!(o.status.code(), Some(125));
+}

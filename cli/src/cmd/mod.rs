@@ -6,6 +6,7 @@ pub mod change;
 pub mod fmt;
 pub mod habits;
 pub mod image;
+pub mod info;
 pub mod limits;
 pub mod parse;
 pub mod refuse;
