@@ -797,3 +797,161 @@ fn version_info_and_completion() {
     let o = env.run(&["completion", "tcsh"]);
     assert_eq!(o.status.code(), Some(125));
 }
+
+#[test]
+fn run_takes_dockers_flags() {
+    let env = common::build_env();
+    let ctx = env.path("ctx");
+    std::fs::create_dir_all(&ctx).unwrap();
+    std::fs::write(
+        ctx.join("Dockerfile"),
+        "FROM busybox\nENTRYPOINT [\"echo\", \"from-entrypoint\"]\nCMD [\"from-cmd\"]\n",
+    )
+    .unwrap();
+    env.ok(&["build", "-t", "ep:1", ctx.to_str().unwrap()]);
+    assert_eq!(env.ok(&["run", "ep:1"]), "from-entrypoint from-cmd\n");
+    // --entrypoint replaces the ENTRYPOINT and drops the CMD.
+    assert_eq!(
+        env.ok(&["run", "--entrypoint", "cat", "ep:1", "/etc/hostname"]),
+        "rbuild\n"
+    );
+    assert_eq!(env.ok(&["run", "--entrypoint", "pwd", "ep:1"]), "/\n");
+    assert_eq!(
+        env.ok(&["run", "--entrypoint", "", "ep:1", "echo", "x"]),
+        "x\n"
+    );
+    // -w
+    assert_eq!(
+        env.ok(&["run", "-w", "/etc", "--entrypoint", "pwd", "ep:1"]),
+        "/etc\n"
+    );
+    // -v HOST:CTR[:ro]
+    let vol = env.path("vol");
+    std::fs::create_dir_all(&vol).unwrap();
+    std::fs::write(vol.join("h.txt"), "host data\n").unwrap();
+    let ro = format!("{}:/data:ro", vol.display());
+    let out = env.ok(&[
+        "run",
+        "-v",
+        &ro,
+        "busybox",
+        "sh",
+        "-c",
+        "cat /data/h.txt; echo w > /data/new || echo refused",
+    ]);
+    assert_eq!(out, "host data\nrefused\n");
+    assert!(!vol.join("new").exists());
+    let rw = format!("{}:/data", vol.display());
+    env.ok(&[
+        "run",
+        "-v",
+        &rw,
+        "busybox",
+        "sh",
+        "-c",
+        "echo w > /data/new",
+    ]);
+    assert_eq!(std::fs::read_to_string(vol.join("new")).unwrap(), "w\n");
+    // --env-file, -e wins over it.
+    let envf = env.path("envf");
+    std::fs::write(&envf, "# comment\nA=1\n\nB=two words\n").unwrap();
+    let out = env.ok(&[
+        "run",
+        "--env-file",
+        envf.to_str().unwrap(),
+        "-e",
+        "A=9",
+        "busybox",
+        "sh",
+        "-c",
+        "echo \"$A|$B\"",
+    ]);
+    assert_eq!(out, "9|two words\n");
+    // --tmpfs with a size.
+    let out = env.ok(&[
+        "run",
+        "--tmpfs",
+        "/scratch:size=1m",
+        "busybox",
+        "sh",
+        "-c",
+        "df -k /scratch | tail -1 | awk '{print $2}'",
+    ]);
+    assert_eq!(out, "1024\n");
+    // --read-only: the root cannot be written, a --tmpfs can.
+    let out = env.ok(&[
+        "run",
+        "--read-only",
+        "--tmpfs",
+        "/tmp",
+        "busybox",
+        "sh",
+        "-c",
+        "touch /x 2>/dev/null && echo root-written; touch /tmp/y && echo tmp-written",
+    ]);
+    assert_eq!(out, "tmp-written\n");
+    // --user, --network none
+    assert_eq!(
+        env.ok(&["run", "--user", "65534:65534", "busybox", "id", "-u"]),
+        "65534\n"
+    );
+    let out = env.ok(&[
+        "run",
+        "--network",
+        "none",
+        "busybox",
+        "sh",
+        "-c",
+        "ls /sys/class/net 2>/dev/null || cat /proc/net/dev | tail -n +3 | cut -d: -f1",
+    ]);
+    assert_eq!(out.split_whitespace().collect::<Vec<_>>(), ["lo"], "{out}");
+    // Bad values: one line.
+    for (args, what) in [
+        (&["-v", "named:/data"][..], "named volumes"),
+        (&["--tmpfs", "/x:noexec"][..], "only size"),
+        (&["--env-file", "/no/such/file"][..], "--env-file"),
+        (&["--name", "bad name"][..], "invalid name"),
+    ] {
+        let mut a = vec!["run"];
+        a.extend_from_slice(args);
+        a.extend_from_slice(&["busybox", "true"]);
+        let err = env.fails(&a);
+        assert!(err.contains(what), "{a:?}: {err}");
+    }
+}
+
+#[test]
+fn run_name_is_held_by_one_run_at_a_time() {
+    use std::io::BufRead;
+    let env = common::build_env();
+    let mut first = env
+        .cmd(&[
+            "run",
+            "--name",
+            "solo",
+            "busybox",
+            "sh",
+            "-c",
+            "echo started; sleep 3",
+        ])
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    // Once its command runs, the first run holds the name.
+    let mut line = String::new();
+    std::io::BufReader::new(first.stdout.take().unwrap())
+        .read_line(&mut line)
+        .unwrap();
+    assert_eq!(line, "started\n");
+    let o = env.run(&["run", "--name", "solo", "busybox", "true"]);
+    assert_eq!(o.status.code(), Some(125));
+    let err = String::from_utf8_lossy(&o.stderr).into_owned();
+    assert!(err.contains("already running"), "{err}");
+    assert_eq!(err.trim_end().lines().count(), 1, "{err}");
+    // Another name runs meanwhile.
+    env.ok(&["run", "--name", "other", "busybox", "true"]);
+    assert!(first.wait().unwrap().success());
+    // Free again once the first ended.
+    env.ok(&["run", "--name", "solo", "busybox", "true"]);
+}

@@ -206,6 +206,7 @@ impl CancelToken {
 
 /// What to run and how.
 #[derive(Debug)]
+#[allow(clippy::struct_excessive_bools)] // independent switches of one run, not a state machine
 pub struct ProcessSpec {
     /// argv; `args[0]` is looked up in the `PATH` of `env` when it has no `/`.
     pub args: Vec<String>,
@@ -253,6 +254,8 @@ pub struct ProcessSpec {
     pub shm_size: Option<u64>,
     /// Resource limits set on the process before exec (`--ulimit`).
     pub rlimits: Vec<Rlimit>,
+    /// Mount the root filesystem read-only (`rbuild run --read-only`).
+    pub readonly_rootfs: bool,
 }
 
 /// A resource limit (`setrlimit`) by docker's name of it, `None` for
@@ -316,6 +319,7 @@ impl ProcessSpec {
             extra_hosts: Vec::new(),
             shm_size: None,
             rlimits: Vec::new(),
+            readonly_rootfs: false,
         }
     }
 }
@@ -1251,6 +1255,17 @@ pub fn run(rootfs: &Rootfs, mut spec: ProcessSpec) -> Result<ExitStatus, Sandbox
         false,
         Some((user.uid, user.gid)),
     );
+    // Last, once every mount point is made: the root itself read-only (its
+    // submounts keep their own flags).
+    if spec.readonly_rootfs {
+        ops.push(
+            Op::RemountRo {
+                target: c"/".into(),
+                optional: false,
+            },
+            0,
+        );
+    }
     // Bind sources are cloned inside the sandbox's mount namespace before the pivot
     // (see `Op::OpenTree`).
     for (fd, path) in keep.iter().zip(&keep_paths).rev() {

@@ -11,6 +11,7 @@ pub mod limits;
 pub mod parse;
 pub mod refuse;
 pub mod run;
+pub mod run_flags;
 pub mod squash;
 pub mod system;
 pub mod transfer;

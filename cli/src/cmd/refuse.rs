@@ -91,6 +91,7 @@ const BUILD: &[(&str, &str)] = &[
 
 /// Why a flag of `docker run` is not taken by `rbuild run`.
 const RUN: &[(&str, &str)] = &[
+    ("--mount", "not supported: use -v HOST:CTR[:ro] or --tmpfs"),
     ("--add-host", "not supported"),
     ("--annotation", "not supported"),
     ("--attach", "not supported: rbuild run is always attached"),
@@ -154,8 +155,6 @@ const RUN: &[(&str, &str)] = &[
     ("--dns-option", "not supported"),
     ("--dns-search", "not supported"),
     ("--domainname", "not supported: use --hostname"),
-    ("--entrypoint", "not supported yet"),
-    ("--env-file", "not supported yet: use -e K=V"),
     ("--expose", "not supported: rbuild run publishes no ports"),
     ("--gpus", "not supported"),
     ("--group-add", "not supported"),
@@ -204,11 +203,6 @@ const RUN: &[(&str, &str)] = &[
     ("--mac-address", "not supported"),
     ("--memory-reservation", "not supported: use --memory"),
     ("--memory-swappiness", "not supported"),
-    (
-        "--mount",
-        "not supported yet: use -v HOST:CTR[:ro] or --tmpfs",
-    ),
-    ("--name", "not supported yet"),
     ("--network-alias", "not supported"),
     ("--no-healthcheck", "not supported"),
     ("--oom-kill-disable", "not supported"),
@@ -226,7 +220,6 @@ const RUN: &[(&str, &str)] = &[
     ("--pull", "not supported: use rbuild pull first"),
     ("--quiet", "not supported"),
     ("-q", "not supported (--quiet)"),
-    ("--read-only", "not supported yet"),
     (
         "--restart",
         "not supported: rbuild run has no daemon to restart the container",
@@ -244,12 +237,9 @@ const RUN: &[(&str, &str)] = &[
     ("--stop-timeout", "not supported"),
     ("--storage-opt", "not supported"),
     ("--sysctl", "not supported"),
-    ("--tmpfs", "not supported yet"),
     ("--ulimit", "not supported"),
     ("--userns", "not supported"),
     ("--uts", "not supported"),
-    ("--volume", "not supported yet"),
-    ("-v", "not supported (--volume) yet"),
     ("--volume-driver", "not supported"),
     (
         "--volumes-from",
