@@ -955,3 +955,42 @@ fn run_name_is_held_by_one_run_at_a_time() {
     // Free again once the first ended.
     env.ok(&["run", "--name", "solo", "busybox", "true"]);
 }
+
+#[test]
+fn a_failed_builds_hint_works_as_printed_and_its_state_stays_out_of_images() {
+    let env = common::build_env();
+    let ctx = env.path("ctx");
+    std::fs::create_dir_all(&ctx).unwrap();
+    std::fs::write(
+        ctx.join("Dockerfile"),
+        "FROM busybox\nRUN echo good > /state\nRUN exit 3\n",
+    )
+    .unwrap();
+    let o = env.run(&["build", ctx.to_str().unwrap()]);
+    assert_eq!(o.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&o.stderr);
+    let hint = err
+        .lines()
+        .find_map(|l| l.split("to open a shell there: ").nth(1))
+        .unwrap_or_else(|| panic!("no hint in:\n{err}"));
+    let words: Vec<&str> = hint.split_whitespace().collect();
+    assert_eq!(words[..3], ["rbuild", "run", "-it"], "{hint}");
+    assert_eq!(words.len(), 5, "{hint}");
+    let id = words[3];
+    // The command as printed, a shell reading its commands from stdin.
+    let o = env.with_stdin(&words[1..], b"cat /state\nexit 0\n");
+    assert!(o.status.success(), "{o:?}");
+    assert!(
+        String::from_utf8_lossy(&o.stdout).contains("good"),
+        "{}",
+        String::from_utf8_lossy(&o.stdout)
+    );
+    // Not in `images`, in `images -a`, gone after `image prune`.
+    let listed = |args: &[&str]| env.ok(args).lines().any(|l| l.contains(id));
+    assert!(!listed(&["images"]), "{}", env.ok(&["images"]));
+    assert!(listed(&["images", "-a"]), "{}", env.ok(&["images", "-a"]));
+    env.ok(&["image", "prune", "-f"]);
+    assert!(!listed(&["images", "-a"]), "{}", env.ok(&["images", "-a"]));
+    let o = env.run(&["run", id, "true"]);
+    assert!(!o.status.success());
+}

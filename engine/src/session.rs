@@ -712,7 +712,7 @@ fn export(
 }
 
 /// The state before the failing step as a dangling image (the final stage's
-/// config), so `rbuild run ID sh` opens a shell there. Returns its short ID.
+/// config), so `rbuild run -it ID sh` opens a shell there. Returns its short ID.
 fn save_last_good(
     worker: &LocalWorker,
     store: &Store,
@@ -732,5 +732,7 @@ fn save_last_good(
             },
         )
         .ok()?;
+    // Not listed by `images` (only with -a); best effort: the state is there.
+    let _ = store.mark_last_good(&id);
     Some(id.hex().chars().take(12).collect())
 }

@@ -52,6 +52,10 @@ pub struct ImageRecord {
     /// as (docker's `RepoDigests`), one per repository, familiar repo names.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub repo_digests: Vec<String>,
+    /// A failed build's last good state (see [`Store::mark_last_good`]):
+    /// listed only with `images -a` while it has no tag.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub last_good: bool,
 }
 
 /// How a layer travelled to or from a registry: its compressed form there.
@@ -829,6 +833,18 @@ impl Store {
         Ok(())
     }
 
+    /// Marks image `id` as a failed build's last good state: kept for `rbuild
+    /// run` like any dangling image (and removed by `image prune` like one),
+    /// but not listed by `images` without `-a`.
+    pub fn mark_last_good(&self, id: &Digest) -> Result<()> {
+        let lock = self.lock()?;
+        let mut idx = self.read_index()?;
+        if let Some(rec) = idx.images.get_mut(id) {
+            rec.last_good = true;
+        }
+        self.write_index(&idx, &lock)
+    }
+
     /// Points `target` at the image `source` resolves to. Returns the image the tag
     /// pointed at before, if it moved.
     pub fn tag(&self, source: &str, target: &Reference) -> Result<Option<Digest>> {
@@ -1426,6 +1442,7 @@ impl Txn<'_> {
                 parent: parent.clone(),
                 last_tag_time: None,
                 repo_digests: Vec::new(),
+                last_good: false,
             });
             if !tags.is_empty() {
                 rec.last_tag_time = Some(now.clone());

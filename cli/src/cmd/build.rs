@@ -1091,7 +1091,7 @@ pub fn failure_report(f: &StepFailure, dockerfile_src: &str) -> String {
     if let Some(id) = &f.last_good {
         let _ = writeln!(
             out,
-            "The last good step's state is {id}; to open a shell there: rbuild run {id} sh"
+            "The last good step's state is {id}; to open a shell there: rbuild run -it {id} sh"
         );
     }
     out

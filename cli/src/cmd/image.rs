@@ -446,8 +446,8 @@ fn images(store: &Store, a: &ImagesArgs) -> Result<std::process::ExitCode> {
         .collect();
     let mut rows: Vec<Row<'_>> = Vec::new();
     for img in &all {
-        if !a.all && img.dangling() && parents.contains(&img.id) {
-            continue; // intermediate image
+        if !a.all && img.dangling() && (parents.contains(&img.id) || img.record.last_good) {
+            continue; // intermediate image, or a failed build's last good state
         }
         if dangling.is_some_and(|d| d != img.dangling()) {
             continue;
