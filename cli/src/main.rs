@@ -58,7 +58,26 @@ fn main() -> ExitCode {
         Ok(cli) => cli,
         Err(e) => return cmd::refuse::clap_error(&e, &argv),
     };
-    let root = cmd::state_root(cli.root.as_deref());
+    let root = match cmd::state_root(cli.root.as_deref()) {
+        Ok(root) => root,
+        // Commands that touch no state run without one.
+        Err(_)
+            if matches!(
+                cli.command,
+                Command::Parse(_)
+                    | Command::Logout(_)
+                    | Command::Info(
+                        cmd::info::InfoCommand::Version | cmd::info::InfoCommand::Completion { .. }
+                    )
+            ) =>
+        {
+            PathBuf::new()
+        }
+        Err(e) => {
+            eprintln!("Error: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
     if !matches!(
         cli.command,
         Command::Parse(_) | Command::Login(_) | Command::Logout(_) | Command::Info(_)

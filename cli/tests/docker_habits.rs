@@ -994,3 +994,42 @@ fn a_failed_builds_hint_works_as_printed_and_its_state_stays_out_of_images() {
     let o = env.run(&["run", id, "true"]);
     assert!(!o.status.success());
 }
+
+#[test]
+fn without_home_a_non_root_user_is_told_to_set_rbuild_root() {
+    assert!(
+        common::have("setpriv"),
+        "setpriv is missing: install util-linux"
+    );
+    let dir = tempfile::tempdir().unwrap();
+    let as_nobody = |args: &[&str], home: Option<&str>| {
+        let mut c = std::process::Command::new("setpriv");
+        c.args([
+            "--reuid=65534",
+            "--regid=65534",
+            "--clear-groups",
+            common::BIN,
+        ])
+        .args(args)
+        .current_dir(dir.path())
+        .env_remove("RBUILD_ROOT")
+        .env_remove("XDG_DATA_HOME")
+        .env_remove("HOME");
+        if let Some(h) = home {
+            c.env("HOME", h);
+        }
+        c.output().unwrap()
+    };
+    for home in [None, Some(""), Some("relative/home")] {
+        let o = as_nobody(&["images"], home);
+        let err = String::from_utf8_lossy(&o.stderr);
+        assert_eq!(o.status.code(), Some(1), "HOME={home:?}: {err}");
+        assert_eq!(err.trim_end().lines().count(), 1, "{err}");
+        assert!(err.contains("set RBUILD_ROOT"), "HOME={home:?}: {err}");
+    }
+    // Nothing was made where it ran.
+    assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 0);
+    // Commands without state still run.
+    let o = as_nobody(&["version"], None);
+    assert!(o.status.success(), "{o:?}");
+}
