@@ -1033,3 +1033,63 @@ fn without_home_a_non_root_user_is_told_to_set_rbuild_root() {
     let o = as_nobody(&["version"], None);
     assert!(o.status.success(), "{o:?}");
 }
+
+#[test]
+fn annotations_are_on_the_saved_manifest() {
+    let env = common::build_env();
+    let ctx = small_context(&env, "ctx", "annotated");
+    let meta = env.path("meta.json");
+    env.ok(&[
+        "build",
+        "--annotation",
+        "org.opencontainers.image.source=https://example.com/src",
+        "--annotation",
+        "manifest:com.example.k=v=w",
+        "--metadata-file",
+        meta.to_str().unwrap(),
+        "-t",
+        "ann:1",
+        ctx.to_str().unwrap(),
+    ]);
+    let saved = env.path("ann.tar");
+    env.ok(&["save", "-o", saved.to_str().unwrap(), "ann:1"]);
+    let mut files = std::collections::BTreeMap::new();
+    let mut ar = tar::Archive::new(std::fs::File::open(&saved).unwrap());
+    for e in ar.entries().unwrap() {
+        let mut e = e.unwrap();
+        let p = e.path().unwrap().to_string_lossy().into_owned();
+        let mut data = Vec::new();
+        std::io::Read::read_to_end(&mut e, &mut data).unwrap();
+        files.insert(p, data);
+    }
+    let index: serde_json::Value = serde_json::from_slice(&files["index.json"]).unwrap();
+    let digest = index["manifests"][0]["digest"].as_str().unwrap().to_owned();
+    let manifest: serde_json::Value = serde_json::from_slice(
+        &files[&format!("blobs/sha256/{}", digest.trim_start_matches("sha256:"))],
+    )
+    .unwrap();
+    assert_eq!(
+        manifest["annotations"],
+        serde_json::json!({
+            "org.opencontainers.image.source": "https://example.com/src",
+            "com.example.k": "v=w",
+        }),
+        "{manifest}"
+    );
+    let m: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&meta).unwrap()).unwrap();
+    assert_eq!(m["containerimage.digest"], digest.as_str());
+    for (spec, what) in [("novalue", "KEY=VALUE"), ("index:k=v", "only manifest")] {
+        let err = env.fails(&["build", "--annotation", spec, ctx.to_str().unwrap()]);
+        assert!(err.contains(what), "{spec}: {err}");
+    }
+    let err = env.fails(&[
+        "build",
+        "--annotation",
+        "k=v",
+        "-o",
+        &format!("type=tar,dest={}", env.path("x.tar").display()),
+        ctx.to_str().unwrap(),
+    ]);
+    assert!(err.contains("--annotation"), "{err}");
+}

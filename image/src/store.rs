@@ -56,6 +56,10 @@ pub struct ImageRecord {
     /// listed only with `images -a` while it has no tag.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub last_good: bool,
+    /// Annotations of the image's manifest (`build --annotation`), in the
+    /// manifests `save` and `push` write.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub annotations: BTreeMap<String, String>,
 }
 
 /// How a layer travelled to or from a registry: its compressed form there.
@@ -812,7 +816,7 @@ impl Store {
                 img.raw_config.len() as u64,
             ),
             layers,
-            annotations: None,
+            annotations: Some(img.record.annotations.clone()).filter(|a| !a.is_empty()),
             extra: BTreeMap::new(),
         };
         let bytes = crate::json::canonical(&m)?;
@@ -841,6 +845,20 @@ impl Store {
         let mut idx = self.read_index()?;
         if let Some(rec) = idx.images.get_mut(id) {
             rec.last_good = true;
+        }
+        self.write_index(&idx, &lock)
+    }
+
+    /// Sets the annotations of image `id`'s manifest (replacing any).
+    pub fn set_annotations(
+        &self,
+        id: &Digest,
+        annotations: BTreeMap<String, String>,
+    ) -> Result<()> {
+        let lock = self.lock()?;
+        let mut idx = self.read_index()?;
+        if let Some(rec) = idx.images.get_mut(id) {
+            rec.annotations = annotations;
         }
         self.write_index(&idx, &lock)
     }
@@ -1443,6 +1461,7 @@ impl Txn<'_> {
                 last_tag_time: None,
                 repo_digests: Vec::new(),
                 last_good: false,
+                annotations: BTreeMap::new(),
             });
             if !tags.is_empty() {
                 rec.last_tag_time = Some(now.clone());

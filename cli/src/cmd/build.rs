@@ -715,7 +715,7 @@ impl rbuild_engine::Reporter for Renderer {
 }
 
 pub fn run(args: &BuildArgs, root: &Path) -> anyhow::Result<ExitCode> {
-    args.habits.check()?;
+    args.habits.check(args.output.is_none() && !args.push)?;
     let (req, _tmp) = match prepare(args, root)? {
         Prepared::Ready(req, tmp) => (req, tmp),
         Prepared::ParseError(rendered) => {

@@ -38,6 +38,35 @@ pub struct HabitArgs {
     /// or `docker-image://REF` for an image
     #[arg(long = "build-context", value_name = "NAME=DIR|docker-image://REF")]
     pub build_context: Vec<String>,
+    /// An annotation of the image's manifest (`KEY=VALUE`, `manifest:KEY=VALUE`),
+    /// written by `save` and `push`
+    #[arg(long, value_name = "KEY=VALUE")]
+    pub annotation: Vec<String>,
+}
+
+/// `--annotation`s: `KEY=VALUE`, or `manifest:KEY=VALUE` (other targets,
+/// `index:` and the like, need multi-platform images).
+fn parse_annotations(
+    specs: &[String],
+) -> anyhow::Result<std::collections::BTreeMap<String, String>> {
+    let mut out = std::collections::BTreeMap::new();
+    for spec in specs {
+        let (k, v) = spec
+            .split_once('=')
+            .ok_or_else(|| anyhow!("--annotation {spec:?}: want KEY=VALUE"))?;
+        let k = match k.split_once(':') {
+            Some(("manifest", k)) => k,
+            Some((t, _)) if !t.contains('.') && !t.contains('/') => {
+                bail!("--annotation {spec:?}: only manifest annotations are supported (not {t}:)")
+            }
+            _ => k,
+        };
+        if k.is_empty() {
+            bail!("--annotation {spec:?}: the key is empty");
+        }
+        out.insert(k.to_owned(), v.to_owned());
+    }
+    Ok(out)
 }
 
 /// Parses one `--build-context NAME=VALUE`.
@@ -185,7 +214,13 @@ impl HabitArgs {
 
     /// Refuses what cannot be done before the build starts: a platform other
     /// than the host's.
-    pub fn check(&self) -> anyhow::Result<()> {
+    pub fn check(&self, in_store: bool) -> anyhow::Result<()> {
+        parse_annotations(&self.annotation)?;
+        if !self.annotation.is_empty() && !in_store {
+            bail!(
+                "--annotation is for images built into the store (their save and push carry it), not --output or --push"
+            );
+        }
         let host = Platform::host();
         for p in &self.platform {
             let parsed = Platform::parse(p).ok_or_else(|| {
@@ -210,6 +245,9 @@ impl HabitArgs {
         tags: &[Reference],
         in_store: bool,
     ) -> anyhow::Result<()> {
+        if in_store && !self.annotation.is_empty() {
+            Store::open(root)?.set_annotations(id, parse_annotations(&self.annotation)?)?;
+        }
         if let Some(path) = &self.metadata_file {
             let json = metadata(root, id, tags, in_store);
             let text = serde_json::to_string_pretty(&json)?;
@@ -441,7 +479,7 @@ mod tests {
             platform: vec![host.clone()],
             ..HabitArgs::default()
         };
-        assert!(ok.check().is_ok());
+        assert!(ok.check(true).is_ok());
         let other = if host.contains("amd64") {
             "linux/arm64"
         } else {
@@ -451,7 +489,7 @@ mod tests {
             platform: vec![host, other.into()],
             ..HabitArgs::default()
         };
-        let e = bad.check().unwrap_err().to_string();
+        let e = bad.check(true).unwrap_err().to_string();
         assert!(e.contains("multi-platform") && e.contains(other), "{e}");
     }
 }

@@ -14,7 +14,6 @@ pub const FLAG_ERROR: u8 = 125;
 /// Why a flag of `docker build`/`docker buildx build` is not taken by `rbuild
 /// build` (flags rbuild implements are not listed: clap takes them).
 const BUILD: &[(&str, &str)] = &[
-    ("--annotation", "not supported yet"),
     (
         "--attest",
         "not supported: rbuild makes no attestations (SBOM, provenance)",
