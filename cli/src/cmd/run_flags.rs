@@ -97,7 +97,7 @@ impl RunFlags {
         if !valid {
             bail!("--name {name:?}: invalid name (want [a-zA-Z0-9][a-zA-Z0-9_.-]*)");
         }
-        let dir = root.join("run-names");
+        let dir = rbuild_engine::StateLayout::new(root).run_names();
         fs_err::create_dir_all(&dir)?;
         let file = std::fs::OpenOptions::new()
             .create(true)
