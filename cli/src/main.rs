@@ -6,13 +6,14 @@ mod progress;
 use std::path::PathBuf;
 use std::process::ExitCode;
 
-use clap::Parser;
+use clap::{CommandFactory, Parser};
 
 #[derive(Parser)]
 #[command(
     name = "rbuild",
     version,
-    about = "Build container images from Dockerfiles, without a daemon"
+    about = "Build container images from Dockerfiles, without a daemon",
+    override_usage = "rbuild [OPTIONS] <COMMAND>\n       rbuild [BUILD OPTIONS] CONTEXT   (as `rbuild build`, when the first word is not a command)"
 )]
 struct Cli {
     /// State root (default: /var/lib/rbuild as root, $`XDG_DATA_HOME/rbuild` otherwise)
@@ -23,6 +24,7 @@ struct Cli {
 }
 
 #[derive(clap::Subcommand)]
+#[allow(clippy::large_enum_variant)] // parsed once per process
 enum Command {
     /// Build an image from a Dockerfile.
     Build(cmd::build::BuildArgs),
@@ -44,14 +46,41 @@ enum Command {
     System(cmd::system::SystemCommand),
     #[command(flatten)]
     Builder(cmd::builder::BuilderCommand),
+    #[command(flatten)]
+    Info(cmd::info::InfoCommand),
 }
 
 fn main() -> ExitCode {
-    let cli = Cli::parse();
-    let root = cmd::state_root(cli.root.as_deref());
+    // `rbuild -f Dockerfile -t name .` is `rbuild build …`; flag errors are
+    // one line and exit 125, as docker's.
+    let argv = cmd::refuse::default_to_build(std::env::args_os().collect(), &Cli::command());
+    let cli = match Cli::try_parse_from(&argv) {
+        Ok(cli) => cli,
+        Err(e) => return cmd::refuse::clap_error(&e, &argv),
+    };
+    let root = match cmd::state_root(cli.root.as_deref()) {
+        Ok(root) => root,
+        // Commands that touch no state run without one.
+        Err(_)
+            if matches!(
+                cli.command,
+                Command::Parse(_)
+                    | Command::Logout(_)
+                    | Command::Info(
+                        cmd::info::InfoCommand::Version | cmd::info::InfoCommand::Completion { .. }
+                    )
+            ) =>
+        {
+            PathBuf::new()
+        }
+        Err(e) => {
+            eprintln!("Error: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
     if !matches!(
         cli.command,
-        Command::Parse(_) | Command::Login(_) | Command::Logout(_)
+        Command::Parse(_) | Command::Login(_) | Command::Logout(_) | Command::Info(_)
     ) {
         cmd::sweep_state_root(&root);
     }
@@ -66,6 +95,7 @@ fn main() -> ExitCode {
         Command::Image(c) => cmd::image::run(c, &root),
         Command::System(c) => cmd::system::run(&c, &root).map(|()| ExitCode::SUCCESS),
         Command::Builder(c) => cmd::builder::run(&c, &root).map(|()| ExitCode::SUCCESS),
+        Command::Info(c) => cmd::info::run(&c, &root, Cli::command()).map(|()| ExitCode::SUCCESS),
     };
     // What this process held is released with it; its lease files go now
     // rather than at the next command's sweep.

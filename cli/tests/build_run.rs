@@ -119,7 +119,7 @@ fn a_failing_step_reports_and_leaves_a_runnable_last_good_state() {
     assert!(err.contains("exit code: 3"), "{err}");
     assert!(err.contains("before-fail"), "{err}");
     let id = err
-        .split("rbuild run ")
+        .split("rbuild run -it ")
         .nth(1)
         .and_then(|s| s.split_whitespace().next())
         .unwrap_or_else(|| panic!("no last good state in:\n{err}"));

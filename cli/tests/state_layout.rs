@@ -61,7 +61,7 @@ fn a_used_root_holds_only_entries_the_layout_names() {
         &format!("type=docker,dest={}", out.display()),
         ctx_s,
     ]);
-    env.ok(&["run", "--rm", "app", "true"]);
+    env.ok(&["run", "--rm", "--name", "layout", "app", "true"]);
     env.ok(&["save", "app", "-o", env.path("s.tar").to_str().unwrap()]);
     let names = entry_names();
     let found = top_level(&env);
@@ -81,6 +81,7 @@ fn a_used_root_holds_only_entries_the_layout_names() {
         "leases",
         "tmp",
         "rootfs-cache",
+        "run-names",
     ] {
         assert!(found.contains(must), "{must} missing from {found:?}");
     }

@@ -80,6 +80,10 @@ pub struct BuildRequest {
     pub explain_cache: bool,
     /// `--squash` / `--squash-all`: the exported image is squashed.
     pub squash: Option<crate::squash::SquashMode>,
+    /// `--add-host`, `--shm-size`, `--ulimit` of every RUN step.
+    pub run_extras: rbuild_frontend::RunExtras,
+    /// `--build-context NAME=DIR|docker-image://REF`.
+    pub named_contexts: BTreeMap<String, rbuild_frontend::NamedContext>,
 }
 
 /// What a successful build made.
@@ -524,6 +528,8 @@ fn plan(
             .map(|(_, p)| p.clone())
             .unwrap_or_default(),
         source_date_epoch: req.source_date_epoch,
+        run_extras: req.run_extras.clone(),
+        named_contexts: req.named_contexts.clone(),
         ..BuildOptions::default()
     };
     let resolver = StoreResolver {
@@ -550,7 +556,12 @@ fn start_worker(req: &BuildRequest, store: &Arc<Store>) -> Result<LocalWorker, B
         Arc::clone(store),
         WorkerOptions {
             state_root: req.state_root.clone(),
-            contexts: HashMap::from([("context".to_owned(), req.context.clone())]),
+            contexts: std::iter::once(("context".to_owned(), req.context.clone()))
+                .chain(req.named_contexts.iter().filter_map(|(n, c)| match c {
+                    rbuild_frontend::NamedContext::Dir(d) => Some((n.clone(), d.clone())),
+                    rbuild_frontend::NamedContext::Image(_) => None,
+                }))
+                .collect(),
             ignore,
             secrets: req.secrets.clone(),
             source_date_epoch: req.source_date_epoch.and_then(|e| u64::try_from(e).ok()),
@@ -701,7 +712,7 @@ fn export(
 }
 
 /// The state before the failing step as a dangling image (the final stage's
-/// config), so `rbuild run ID sh` opens a shell there. Returns its short ID.
+/// config), so `rbuild run -it ID sh` opens a shell there. Returns its short ID.
 fn save_last_good(
     worker: &LocalWorker,
     store: &Store,
@@ -721,5 +732,7 @@ fn save_last_good(
             },
         )
         .ok()?;
+    // Not listed by `images` (only with -a); best effort: the state is there.
+    let _ = store.mark_last_good(&id);
     Some(id.hex().chars().take(12).collect())
 }

@@ -1177,7 +1177,9 @@ async fn push_async(
         media_type: Some(mt.into()),
         config: Descriptor::new(config_mt, img.id.clone(), img.raw_config.len() as u64),
         layers,
-        annotations: None,
+        // Annotations belong to OCI manifests (Docker's schema 2 has none).
+        annotations: Some(img.record.annotations.clone())
+            .filter(|a| !a.is_empty() && mt == manifest::OCI_MANIFEST),
         extra: std::collections::BTreeMap::new(),
     };
     let bytes = rbuild_oci::json::canonical(&m).map_err(|e| TransferError::Image {

@@ -37,8 +37,8 @@ mod util;
 pub use error::{FrontendError, ResolveError};
 // The image config model and platforms are `rbuild_oci`'s.
 pub use plan::{
-    BuildOptions, BuildPlan, Entitlements, HISTORY_COMMENT, ImageResolver, ResolvedImage,
-    build_plan, plan_source,
+    BuildOptions, BuildPlan, Entitlements, HISTORY_COMMENT, ImageResolver, NamedContext,
+    ResolvedImage, RunExtras, build_plan, plan_source,
 };
 pub use rbuild_oci::{
     ContainerConfig, DEFAULT_PATH, Empty, Healthcheck, History, ImageConfig, Platform, RootFs,

@@ -69,6 +69,31 @@ pub struct BuildOptions {
     pub dockerignore: Vec<String>,
     /// `SOURCE_DATE_EPOCH`: clamps created files' mtimes (seconds).
     pub source_date_epoch: Option<i64>,
+    /// `--add-host`, `--shm-size`, `--ulimit`: given to every RUN step.
+    pub run_extras: RunExtras,
+    /// `--build-context NAME=…`: what `FROM NAME` and `COPY --from=NAME` mean
+    /// when NAME is no stage.
+    pub named_contexts: BTreeMap<String, NamedContext>,
+}
+
+/// A `--build-context`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum NamedContext {
+    /// A local directory, read as a context source of that name.
+    Dir(std::path::PathBuf),
+    /// `docker-image://REF`: that image instead.
+    Image(String),
+}
+
+/// What `--add-host`, `--shm-size` and `--ulimit` give every RUN step (part
+/// of its definition, as in `BuildKit`'s exec meta).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct RunExtras {
+    /// `(name, ip)` lines of `/etc/hosts`.
+    pub extra_hosts: Vec<(String, String)>,
+    /// Bytes of `/dev/shm`.
+    pub shm_size: Option<u64>,
+    pub ulimits: Vec<rbuild_ops::Ulimit>,
 }
 
 impl Default for BuildOptions {
@@ -87,6 +112,8 @@ impl Default for BuildOptions {
             context_name: "context".to_owned(),
             dockerignore: Vec::new(),
             source_date_epoch: None,
+            run_extras: RunExtras::default(),
+            named_contexts: BTreeMap::new(),
         }
     }
 }
@@ -217,6 +244,8 @@ enum BaseRef {
     Scratch,
     Image(String),
     Stage(usize),
+    /// A `--build-context NAME=DIR`.
+    Context(String),
 }
 
 struct Stage {
@@ -322,6 +351,17 @@ fn config_env_set(env: &mut Vec<String>, k: &str, v: &str) {
         }
     }
     env.push(entry);
+}
+
+/// What `FROM name` (or `COPY --from=name`, name no stage) builds on: a
+/// `--build-context` of that name, else `scratch` or the image.
+fn named_base(named: &BTreeMap<String, NamedContext>, name: &str) -> BaseRef {
+    match named.get(name) {
+        Some(NamedContext::Dir(_)) => BaseRef::Context(name.to_owned()),
+        Some(NamedContext::Image(r)) => BaseRef::Image(r.clone()),
+        None if name == "scratch" => BaseRef::Scratch,
+        None => BaseRef::Image(name.to_owned()),
+    }
 }
 
 fn env_from_config(cfg: &ImageConfig) -> Vec<(String, String)> {
@@ -720,10 +760,8 @@ impl Planner<'_> {
                     .position(|s| s.name.as_deref() == Some(image.as_str()))
                 {
                     BaseRef::Stage(j)
-                } else if image == "scratch" {
-                    BaseRef::Scratch
                 } else {
-                    BaseRef::Image(image)
+                    named_base(&self.opts.named_contexts, &image)
                 };
                 self.stages.push(Stage {
                     name: from.alias.clone(),
@@ -827,7 +865,7 @@ impl Planner<'_> {
                             _ => None,
                         })
                         .collect(),
-                    BaseRef::Scratch => Vec::new(),
+                    BaseRef::Scratch | BaseRef::Context(_) => Vec::new(),
                 };
                 if triggers.is_empty() {
                     continue;
@@ -882,7 +920,7 @@ impl Planner<'_> {
             self.stages[0].display = String::new();
         }
         for s in &mut self.stages {
-            let mut total = usize::from(matches!(s.base, BaseRef::Image(_)));
+            let mut total = usize::from(matches!(s.base, BaseRef::Image(_) | BaseRef::Context(_)));
             for (c, onbuild) in &s.commands {
                 if *onbuild
                     || matches!(
@@ -936,19 +974,13 @@ impl Planner<'_> {
         {
             return Ok(i);
         }
-        if let Some(i) = self
-            .stages
-            .iter()
-            .position(|s| s.synthetic && matches!(&s.base, BaseRef::Image(r) if r == from))
-        {
+        if let Some(i) = self.stages.iter().position(|s| {
+            s.synthetic && matches!(&s.base, BaseRef::Image(r) | BaseRef::Context(r) if r == from)
+        }) {
             return Ok(i);
         }
         let index = self.stages.len();
-        let base = if from == "scratch" {
-            BaseRef::Scratch
-        } else {
-            BaseRef::Image(from.to_owned())
-        };
+        let base = named_base(&self.opts.named_contexts, from);
         let mut from_ins = self.stages[0].from.clone();
         from_ins.span = *span;
         self.stages.push(Stage {
@@ -1112,6 +1144,17 @@ impl Planner<'_> {
             }
             BaseRef::Scratch => {
                 run.st.image = ImageConfig::empty(&stage_platform);
+            }
+            BaseRef::Context(name) => {
+                run.st.image = ImageConfig::empty(&stage_platform);
+                let op = SourceOp::Context {
+                    name: name.clone(),
+                    include_patterns: Vec::new(),
+                    exclude_patterns: Vec::new(),
+                    follow_paths: Vec::new(),
+                };
+                let label = run.prefix(&format!("FROM {name} (build context)"));
+                run.st.state = Some(self.push(op, Vec::new(), label, Some(&from_span), false));
             }
             BaseRef::Image(_) => {
                 let resolved = self.stages[i]
@@ -1430,7 +1473,7 @@ impl Planner<'_> {
         let Some(res) = &self.stages[s].result else {
             let name = if self.stages[s].synthetic {
                 match &self.stages[s].base {
-                    BaseRef::Image(r) => r.clone(),
+                    BaseRef::Image(r) | BaseRef::Context(r) => r.clone(),
                     _ => "scratch".to_owned(),
                 }
             } else {
@@ -1941,6 +1984,9 @@ impl Planner<'_> {
         }
         op.cwd = cwd;
         op.user.clone_from(&run.st.image.config.user);
+        op.extra_hosts.clone_from(&self.opts.run_extras.extra_hosts);
+        op.shm_size = self.opts.run_extras.shm_size;
+        op.ulimits.clone_from(&self.opts.run_extras.ulimits);
         op.mounts = mounts;
         op.network = match r.network {
             None => self.opts.network,

@@ -52,6 +52,14 @@ pub struct ImageRecord {
     /// as (docker's `RepoDigests`), one per repository, familiar repo names.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub repo_digests: Vec<String>,
+    /// A failed build's last good state (see [`Store::mark_last_good`]):
+    /// listed only with `images -a` while it has no tag.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub last_good: bool,
+    /// Annotations of the image's manifest (`build --annotation`), in the
+    /// manifests `save` and `push` write.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub annotations: BTreeMap<String, String>,
 }
 
 /// How a layer travelled to or from a registry: its compressed form there.
@@ -808,7 +816,7 @@ impl Store {
                 img.raw_config.len() as u64,
             ),
             layers,
-            annotations: None,
+            annotations: Some(img.record.annotations.clone()).filter(|a| !a.is_empty()),
             extra: BTreeMap::new(),
         };
         let bytes = crate::json::canonical(&m)?;
@@ -827,6 +835,32 @@ impl Store {
             )?;
         }
         Ok(())
+    }
+
+    /// Marks image `id` as a failed build's last good state: kept for `rbuild
+    /// run` like any dangling image (and removed by `image prune` like one),
+    /// but not listed by `images` without `-a`.
+    pub fn mark_last_good(&self, id: &Digest) -> Result<()> {
+        let lock = self.lock()?;
+        let mut idx = self.read_index()?;
+        if let Some(rec) = idx.images.get_mut(id) {
+            rec.last_good = true;
+        }
+        self.write_index(&idx, &lock)
+    }
+
+    /// Sets the annotations of image `id`'s manifest (replacing any).
+    pub fn set_annotations(
+        &self,
+        id: &Digest,
+        annotations: BTreeMap<String, String>,
+    ) -> Result<()> {
+        let lock = self.lock()?;
+        let mut idx = self.read_index()?;
+        if let Some(rec) = idx.images.get_mut(id) {
+            rec.annotations = annotations;
+        }
+        self.write_index(&idx, &lock)
     }
 
     /// Points `target` at the image `source` resolves to. Returns the image the tag
@@ -1449,6 +1483,8 @@ impl Txn<'_> {
                 parent: parent.clone(),
                 last_tag_time: None,
                 repo_digests: Vec::new(),
+                last_good: false,
+                annotations: BTreeMap::new(),
             });
             if !tags.is_empty() {
                 rec.last_tag_time = Some(now.clone());

@@ -193,6 +193,22 @@ pub struct ExecOp {
     /// proxy does not re-run anything.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub proxy_env: Vec<String>,
+    /// `--shm-size`: bytes of the step's `/dev/shm` (default 64 MiB).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub shm_size: Option<u64>,
+    /// `--ulimit`s of the process.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub ulimits: Vec<Ulimit>,
+}
+
+/// A resource limit of a RUN step (`--ulimit nofile=1024:2048`): the limit's
+/// name as docker spells it (`nofile`, `nproc`, `stack`, ...), its soft and
+/// hard values, `-1` for unlimited.
+#[derive(Clone, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub struct Ulimit {
+    pub name: String,
+    pub soft: i64,
+    pub hard: i64,
 }
 
 impl ExecOp {
@@ -210,6 +226,8 @@ impl ExecOp {
             hostname: None,
             extra_hosts: Vec::new(),
             proxy_env: Vec::new(),
+            shm_size: None,
+            ulimits: Vec::new(),
         }
     }
 }

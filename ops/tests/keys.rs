@@ -60,7 +60,7 @@ fn exec_strategy() -> impl Strategy<Value = ExecOp> {
 /// Change exactly one field of the op, in a way that always differs.
 fn mutate_exec(op: &ExecOp, which: usize) -> ExecOp {
     let mut m = op.clone();
-    match which % 12 {
+    match which % 14 {
         0 => m.args[0].push('x'),
         1 => m.args.push("extra".into()),
         2 => m.env.push("NEW=1".into()),
@@ -76,6 +76,12 @@ fn mutate_exec(op: &ExecOp, which: usize) -> ExecOp {
         6 => m.security = SecurityMode::Insecure,
         7 => m.hostname = Some("h".into()),
         8 => m.extra_hosts.push(("a".into(), "1.2.3.4".into())),
+        12 => m.shm_size = Some(m.shm_size.unwrap_or(0) + 1),
+        13 => m.ulimits.push(rbuild_ops::Ulimit {
+            name: "nofile".into(),
+            soft: 1,
+            hard: 2,
+        }),
         9 => {
             if let MountKind::Cache { mode, .. } = &mut m.mounts[0].kind {
                 *mode ^= 0o1;
@@ -175,7 +181,7 @@ fn inputs() -> Vec<InputKey> {
 
 proptest! {
     #[test]
-    fn exec_key_is_stable_and_sensitive(op in exec_strategy(), which in 0usize..12) {
+    fn exec_key_is_stable_and_sensitive(op in exec_strategy(), which in 0usize..14) {
         let key = cache_key(&Op::Exec(op.clone()), &inputs());
         prop_assert_eq!(key, cache_key(&Op::Exec(op.clone()), &inputs()));
         let mutated = mutate_exec(&op, which);

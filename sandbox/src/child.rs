@@ -128,6 +128,8 @@ pub(crate) struct Plan {
     pub caps: Option<u64>,
     pub last_cap: u32,
     pub no_new_privs: bool,
+    /// `setrlimit`s before the credentials change: (resource, soft, hard).
+    pub rlimits: Vec<(libc::__rlimit_resource_t, u64, u64)>,
     /// The seccomp program to install just before exec (see `crate::seccomp`).
     pub seccomp: Option<std::sync::Arc<Vec<libc::sock_filter>>>,
     pub stdio: [RawFd; 3],
@@ -493,6 +495,11 @@ fn exec_main(plan: &Plan) -> ! {
     // installed while the process still has every capability.
     if !plan.no_new_privs {
         install_seccomp(plan);
+    }
+    for &(resource, soft, hard) in &plan.rlimits {
+        if let Err(e) = sys::setrlimit(resource, soft, hard) {
+            fail(plan, "setrlimit (--ulimit)", c"", e);
+        }
     }
     if plan.set_groups
         && let Err(e) = sys::setgroups(&plan.groups)

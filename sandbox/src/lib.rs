@@ -206,6 +206,7 @@ impl CancelToken {
 
 /// What to run and how.
 #[derive(Debug)]
+#[allow(clippy::struct_excessive_bools)] // independent switches of one run, not a state machine
 pub struct ProcessSpec {
     /// argv; `args[0]` is looked up in the `PATH` of `env` when it has no `/`.
     pub args: Vec<String>,
@@ -247,6 +248,47 @@ pub struct ProcessSpec {
     /// without syncing (a seccomp rule, in every security mode), for a caller
     /// that makes the result durable itself (one `syncfs` when it commits).
     pub skip_sync: bool,
+    /// `(name, ip)` lines added to the generated `/etc/hosts` (`--add-host`).
+    pub extra_hosts: Vec<(String, String)>,
+    /// Bytes of the `/dev/shm` tmpfs (default 64 MiB, as docker's).
+    pub shm_size: Option<u64>,
+    /// Resource limits set on the process before exec (`--ulimit`).
+    pub rlimits: Vec<Rlimit>,
+    /// Mount the root filesystem read-only (`rbuild run --read-only`).
+    pub readonly_rootfs: bool,
+}
+
+/// A resource limit (`setrlimit`) by docker's name of it, `None` for
+/// unlimited.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Rlimit {
+    pub name: String,
+    pub soft: Option<u64>,
+    pub hard: Option<u64>,
+}
+
+/// The `--ulimit` names docker knows and their `RLIMIT_*` resources.
+const RLIMITS: &[(&str, libc::__rlimit_resource_t)] = &[
+    ("core", libc::RLIMIT_CORE),
+    ("cpu", libc::RLIMIT_CPU),
+    ("data", libc::RLIMIT_DATA),
+    ("fsize", libc::RLIMIT_FSIZE),
+    ("locks", libc::RLIMIT_LOCKS),
+    ("memlock", libc::RLIMIT_MEMLOCK),
+    ("msgqueue", libc::RLIMIT_MSGQUEUE),
+    ("nice", libc::RLIMIT_NICE),
+    ("nofile", libc::RLIMIT_NOFILE),
+    ("nproc", libc::RLIMIT_NPROC),
+    ("rss", libc::RLIMIT_RSS),
+    ("rtprio", libc::RLIMIT_RTPRIO),
+    ("rttime", libc::RLIMIT_RTTIME),
+    ("sigpending", libc::RLIMIT_SIGPENDING),
+    ("stack", libc::RLIMIT_STACK),
+];
+
+/// Whether `name` is a resource limit `--ulimit` takes.
+pub fn is_rlimit_name(name: &str) -> bool {
+    RLIMITS.iter().any(|(n, _)| *n == name)
 }
 
 impl ProcessSpec {
@@ -274,6 +316,10 @@ impl ProcessSpec {
             scratch_dir: None,
             seccomp: true,
             skip_sync: false,
+            extra_hosts: Vec::new(),
+            shm_size: None,
+            rlimits: Vec::new(),
+            readonly_rootfs: false,
         }
     }
 }
@@ -682,8 +728,13 @@ impl OpList {
     }
 }
 
-fn hosts_file(hostname: &str) -> String {
-    format!("127.0.0.1\tlocalhost {hostname}\n::1\tlocalhost ip6-localhost ip6-loopback\n")
+fn hosts_file(hostname: &str, extra: &[(String, String)]) -> String {
+    let mut out =
+        format!("127.0.0.1\tlocalhost {hostname}\n::1\tlocalhost ip6-localhost ip6-loopback\n");
+    for (name, ip) in extra {
+        out.extend([ip.as_str(), "\t", name.as_str(), "\n"]);
+    }
+    out
 }
 
 fn resolv_conf(helper: Option<&net::Helper>) -> Vec<u8> {
@@ -1039,7 +1090,10 @@ pub fn run(rootfs: &Rootfs, mut spec: ProcessSpec) -> Result<ExitStatus, Sandbox
         "/dev/shm",
         Some(c"tmpfs"),
         nosuid_nodev_noexec,
-        Some("mode=1777,size=65536k"),
+        Some(&format!(
+            "mode=1777,size={}",
+            spec.shm_size.unwrap_or(64 << 20)
+        )),
         false,
     )?;
     mkdir_pre(&mut ops, "/dev/mqueue", 0o755, false)?;
@@ -1079,7 +1133,10 @@ pub fn run(rootfs: &Rootfs, mut spec: ProcessSpec) -> Result<ExitStatus, Sandbox
     // with the run), bound read-only like BuildKit does, and unlinked there.
     ops.mkdir_all(Path::new("/etc"), 0o755, true, None);
     for (file, data) in [
-        ("hosts", hosts_file(&spec.hostname).into_bytes()),
+        (
+            "hosts",
+            hosts_file(&spec.hostname, &spec.extra_hosts).into_bytes(),
+        ),
         ("hostname", format!("{}\n", spec.hostname).into_bytes()),
         ("resolv.conf", resolv_conf(net_helper.as_ref())),
     ] {
@@ -1198,6 +1255,17 @@ pub fn run(rootfs: &Rootfs, mut spec: ProcessSpec) -> Result<ExitStatus, Sandbox
         false,
         Some((user.uid, user.gid)),
     );
+    // Last, once every mount point is made: the root itself read-only (its
+    // submounts keep their own flags).
+    if spec.readonly_rootfs {
+        ops.push(
+            Op::RemountRo {
+                target: c"/".into(),
+                optional: false,
+            },
+            0,
+        );
+    }
     // Bind sources are cloned inside the sandbox's mount namespace before the pivot
     // (see `Op::OpenTree`).
     for (fd, path) in keep.iter().zip(&keep_paths).rev() {
@@ -1378,6 +1446,25 @@ pub fn run(rootfs: &Rootfs, mut spec: ProcessSpec) -> Result<ExitStatus, Sandbox
         caps,
         last_cap: last_cap(),
         no_new_privs: spec.security == SecurityMode::Sandbox,
+        rlimits: spec
+            .rlimits
+            .iter()
+            .map(|r| {
+                RLIMITS
+                    .iter()
+                    .find(|(n, _)| *n == r.name)
+                    .map(|(_, res)| {
+                        (
+                            *res,
+                            r.soft.unwrap_or(libc::RLIM_INFINITY),
+                            r.hard.unwrap_or(libc::RLIM_INFINITY),
+                        )
+                    })
+                    .ok_or_else(|| {
+                        SandboxError::InvalidSpec(format!("unknown resource limit {:?}", r.name))
+                    })
+            })
+            .collect::<Result<_, _>>()?,
         seccomp: seccomp::filter(seccomp::FilterKind {
             profile: spec.seccomp && spec.security == SecurityMode::Sandbox,
             skip_sync: spec.skip_sync,

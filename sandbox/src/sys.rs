@@ -270,6 +270,15 @@ pub fn setresuid(uid: u32) -> SysResult<()> {
     check_long(unsafe { libc::syscall(libc::SYS_setresuid, uid, uid, uid) }).map(drop)
 }
 
+pub fn setrlimit(resource: libc::__rlimit_resource_t, soft: u64, hard: u64) -> SysResult<()> {
+    let limit = libc::rlimit {
+        rlim_cur: soft,
+        rlim_max: hard,
+    };
+    // SAFETY: `limit` is a valid rlimit that outlives the call, which only reads it.
+    check(unsafe { libc::setrlimit(resource, &raw const limit) }).map(drop)
+}
+
 pub fn setsid() {
     // SAFETY: no arguments; failure (already a group leader) is harmless.
     unsafe { libc::setsid() };

@@ -66,6 +66,7 @@ pub const ENTRIES: &[(&str, &str)] = &[
     ),
     ("rootfs-cache/", "unpacked root filesystems of rbuild run"),
     ("leases/", "one locked file per running rbuild process"),
+    ("run-names/", "one locked file per rbuild run --name"),
     ("tmp/", "scratch"),
     ("config.toml", "optional configuration"),
 ];
@@ -167,6 +168,9 @@ impl StateLayout {
     }
     pub fn rootfs_cache(&self) -> PathBuf {
         self.at("rootfs-cache")
+    }
+    pub fn run_names(&self) -> PathBuf {
+        self.at("run-names")
     }
     pub fn leases(&self) -> PathBuf {
         self.at("leases")
@@ -326,6 +330,7 @@ mod tests {
             l.layer_sources(),
             l.rootfs_cache(),
             l.leases(),
+            l.run_names(),
             l.tmp(),
             l.config_toml(),
         ] {

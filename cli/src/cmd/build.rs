@@ -63,7 +63,7 @@ pub struct BuildArgs {
     #[arg(long = "secret", value_name = "SPEC")]
     secrets: Vec<String>,
     /// How to show progress
-    #[arg(long, value_enum, default_value_t = ProgressMode::Auto)]
+    #[arg(long, value_enum, env = "BUILDKIT_PROGRESS", default_value_t = ProgressMode::Auto)]
     progress: ProgressMode,
     /// Print only the image ID
     #[arg(short = 'q', long)]
@@ -121,6 +121,8 @@ pub struct BuildArgs {
     /// --output type=image,name=REF,push=true names others
     #[arg(long)]
     push: bool,
+    #[command(flatten)]
+    habits: crate::cmd::habits::HabitArgs,
     /// The build context: a directory, or `-` for a tar[.gz] on stdin
     #[arg(value_name = "CONTEXT")]
     context: String,
@@ -713,6 +715,7 @@ impl rbuild_engine::Reporter for Renderer {
 }
 
 pub fn run(args: &BuildArgs, root: &Path) -> anyhow::Result<ExitCode> {
+    args.habits.check(args.output.is_none() && !args.push)?;
     let (req, _tmp) = match prepare(args, root)? {
         Prepared::Ready(req, tmp) => (req, tmp),
         Prepared::ParseError(rendered) => {
@@ -742,6 +745,8 @@ pub fn run(args: &BuildArgs, root: &Path) -> anyhow::Result<ExitCode> {
             if let Some(f) = &args.iidfile {
                 fs_err::write(f, id.to_string())?;
             }
+            args.habits
+                .after_build(root, &id, &req.tags, req.output == OutputSpec::Store)?;
             if args.quiet {
                 println!("{id}");
             } else {
@@ -872,6 +877,7 @@ fn prepare(args: &BuildArgs, root: &Path) -> anyhow::Result<Prepared> {
         Ok(d) => d,
         Err(e) => return Ok(Prepared::ParseError(e.render(&dockerfile_name, &src))),
     };
+    crate::cmd::habits::check_syntax(dockerfile.directives.syntax.as_deref(), &dockerfile_name)?;
     let ignore = rbuild_frontend::dockerignore::load(&context, dockerfile_path.as_deref())
         .context("reading the .dockerignore file")?;
 
@@ -985,6 +991,8 @@ fn prepare(args: &BuildArgs, root: &Path) -> anyhow::Result<Prepared> {
                 cache_to_registry,
                 cache_inline,
                 explain_cache: args.explain_cache,
+                run_extras: args.habits.run_extras()?,
+                named_contexts: args.habits.named_contexts()?,
                 squash: if args.squash_all {
                     Some(rbuild_engine::squash::SquashMode::All)
                 } else if args.squash {
@@ -1083,7 +1091,7 @@ pub fn failure_report(f: &StepFailure, dockerfile_src: &str) -> String {
     if let Some(id) = &f.last_good {
         let _ = writeln!(
             out,
-            "The last good step's state is {id}; to open a shell there: rbuild run {id} sh"
+            "The last good step's state is {id}; to open a shell there: rbuild run -it {id} sh"
         );
     }
     out

@@ -446,8 +446,8 @@ fn images(store: &Store, a: &ImagesArgs) -> Result<std::process::ExitCode> {
         .collect();
     let mut rows: Vec<Row<'_>> = Vec::new();
     for img in &all {
-        if !a.all && img.dangling() && parents.contains(&img.id) {
-            continue; // intermediate image
+        if !a.all && img.dangling() && (parents.contains(&img.id) || img.record.last_good) {
+            continue; // intermediate image, or a failed build's last good state
         }
         if dangling.is_some_and(|d| d != img.dangling()) {
             continue;
@@ -556,6 +556,12 @@ fn images(store: &Store, a: &ImagesArgs) -> Result<std::process::ExitCode> {
 
 /// Renders `values` with a template; a `table` template gets a header and aligned columns.
 fn print_templated(format: &str, header: &Value, values: &[Value]) -> Result<()> {
+    // docker's `--format json`: one JSON object a line.
+    let format = if format.trim() == "json" {
+        "{{json .}}"
+    } else {
+        format
+    };
     let t = Template::parse(format).map_err(|e| anyhow!(e))?;
     let mut out = String::new();
     if t.table {

@@ -4,10 +4,14 @@ pub mod build;
 pub mod builder;
 pub mod change;
 pub mod fmt;
+pub mod habits;
 pub mod image;
+pub mod info;
 pub mod limits;
 pub mod parse;
+pub mod refuse;
 pub mod run;
+pub mod run_flags;
 pub mod squash;
 pub mod system;
 pub mod transfer;
@@ -15,21 +19,33 @@ pub mod transfer;
 use std::path::{Path, PathBuf};
 
 /// The state root: `--root`/`RBUILD_ROOT`, else `/var/lib/rbuild` as root, else
-/// `$XDG_DATA_HOME/rbuild` (`~/.local/share/rbuild`).
-pub fn state_root(given: Option<&Path>) -> PathBuf {
+/// `$XDG_DATA_HOME/rbuild`, else `$HOME/.local/share/rbuild`; with none of
+/// them (or only relative ones) an error saying to set `RBUILD_ROOT`, never a
+/// directory relative to the current one.
+pub fn state_root(given: Option<&Path>) -> anyhow::Result<PathBuf> {
     if let Some(p) = given {
-        return p.to_path_buf();
+        return Ok(p.to_path_buf());
     }
     let is_root =
         std::fs::metadata("/proc/self").is_ok_and(|m| std::os::unix::fs::MetadataExt::uid(&m) == 0);
     if is_root {
-        return PathBuf::from("/var/lib/rbuild");
+        return Ok(PathBuf::from("/var/lib/rbuild"));
     }
-    if let Some(x) = std::env::var_os("XDG_DATA_HOME").filter(|x| !x.is_empty()) {
-        return PathBuf::from(x).join("rbuild");
+    let absolute = |var: &str| {
+        std::env::var_os(var)
+            .map(PathBuf::from)
+            .filter(|p| p.is_absolute())
+    };
+    if let Some(x) = absolute("XDG_DATA_HOME") {
+        return Ok(x.join("rbuild"));
     }
-    let home = std::env::var_os("HOME").map_or_else(|| PathBuf::from("/tmp"), PathBuf::from);
-    home.join(".local/share/rbuild")
+    if let Some(home) = absolute("HOME") {
+        return Ok(home.join(".local/share/rbuild"));
+    }
+    anyhow::bail!(
+        "no state root: HOME and XDG_DATA_HOME are unset (or not absolute paths); set RBUILD_ROOT \
+         (or --root) to a directory rbuild may write"
+    )
 }
 
 /// Takes down the mounts and removes the temporary state that dead rbuild

@@ -60,6 +60,8 @@ pub struct RunArgs {
     rootfs: Option<PathBuf>,
     #[command(flatten)]
     limits: crate::cmd::limits::LimitArgs,
+    #[command(flatten)]
+    more: crate::cmd::run_flags::RunFlags,
     /// IMAGE then CMD... (or, with --rootfs, CMD...)
     #[arg(
         trailing_var_arg = true,
@@ -95,6 +97,12 @@ enum Network {
 /// Runs the command; returns the exit code for rbuild (the command's own, or
 /// 125/126/127 like `docker run` when it could not be started).
 pub fn main(args: &RunArgs, root: &Path) -> i32 {
+    // IMAGE takes hyphen values (so does the command after it): a flag clap
+    // did not know lands there.
+    if let Some(flag) = args.args.first().filter(|a| a.starts_with('-')) {
+        eprintln!("{}", crate::cmd::refuse::flag_message("run", flag));
+        return i32::from(crate::cmd::refuse::FLAG_ERROR);
+    }
     match run_cmd(args, root) {
         Ok(code) => code,
         Err(e) => {
@@ -145,7 +153,8 @@ fn merge_env(base: &[String], over: Vec<String>) -> Vec<String> {
 }
 
 fn target(args: &RunArgs, root: &Path) -> anyhow::Result<Target> {
-    let env = env_entries(&args.env);
+    let mut env = args.more.env_file_entries()?;
+    env = merge_env(&env, env_entries(&args.env));
     if let Some(dir) = &args.rootfs {
         if args.args.is_empty() {
             bail!("no command specified");
@@ -177,9 +186,18 @@ fn target(args: &RunArgs, root: &Path) -> anyhow::Result<Target> {
     };
     let lower = unpacked_rootfs(&store, &image)?;
     let config = image.config.config.clone();
-    let mut argv = config.entrypoint.clone().unwrap_or_default();
+    // --entrypoint replaces the ENTRYPOINT and drops the image's CMD (docker's
+    // rule); `--entrypoint ""` leaves none.
+    let (mut argv, image_cmd) = match &args.more.entrypoint {
+        Some(e) if e.is_empty() => (Vec::new(), Vec::new()),
+        Some(e) => (vec![e.clone()], Vec::new()),
+        None => (
+            config.entrypoint.clone().unwrap_or_default(),
+            config.cmd.clone().unwrap_or_default(),
+        ),
+    };
     if cmd.is_empty() {
-        argv.extend(config.cmd.clone().unwrap_or_default());
+        argv.extend(image_cmd);
     } else {
         argv.extend(cmd.iter().cloned());
     }
@@ -243,6 +261,9 @@ fn unpacked_rootfs(
 
 fn run_cmd(args: &RunArgs, root: &Path) -> anyhow::Result<i32> {
     let limits = args.limits.limits(None)?;
+    let mounts = args.more.mounts()?;
+    // Held for the whole run; released when this process ends.
+    let _name = args.more.hold_name(root)?;
     let Target {
         lower,
         argv,
@@ -301,6 +322,8 @@ fn run_cmd(args: &RunArgs, root: &Path) -> anyhow::Result<i32> {
         spec.cancel = Some(cancel.clone());
         spec.scratch_dir = Some(scratch_path.clone());
         spec.limits = limits.clone();
+        spec.mounts.clone_from(&mounts);
+        spec.readonly_rootfs = args.more.read_only;
         spec
     };
 

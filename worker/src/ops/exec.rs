@@ -633,6 +633,17 @@ pub(crate) fn run(
         if let Some(h) = &op.hostname {
             spec.hostname.clone_from(h);
         }
+        spec.extra_hosts.clone_from(&op.extra_hosts);
+        spec.shm_size = op.shm_size;
+        spec.rlimits = op
+            .ulimits
+            .iter()
+            .map(|u| rbuild_sandbox::Rlimit {
+                name: u.name.clone(),
+                soft: u64::try_from(u.soft).ok(),
+                hard: u64::try_from(u.hard).ok(),
+            })
+            .collect();
         spec.network = match op.network {
             // A network namespace of the step's own (Docker's default bridge).
             NetworkMode::Sandbox => rbuild_sandbox::NetworkMode::Private,
