@@ -50,7 +50,42 @@ enum Command {
     Info(cmd::info::InfoCommand),
 }
 
+/// A reader that stops reading (`rbuild images | head -1`) ends rbuild as
+/// SIGPIPE would end a C program (exit 141, nothing printed), not with
+/// `println!`'s panic. Rust ignores SIGPIPE so that the sandbox's and the
+/// registry client's pipes and sockets get EPIPE errors they handle; only a
+/// failed print to stdout is taken for the reader having gone.
+fn quiet_on_closed_stdout() {
+    let default_hook = std::panic::take_hook();
+    std::panic::set_hook(Box::new(move |info| {
+        let p = info.payload();
+        let msg = p
+            .downcast_ref::<String>()
+            .map(String::as_str)
+            .or_else(|| p.downcast_ref::<&str>().copied())
+            .unwrap_or("");
+        if msg.starts_with("failed printing to stdout") && msg.contains("Broken pipe") {
+            std::process::exit(141);
+        }
+        default_hook(info);
+    }));
+}
+
+/// Whether stdout is a pipe whose reader has closed it (poll reports an
+/// error on its write end).
+fn stdout_reader_gone() -> bool {
+    use nix::poll::{PollFd, PollFlags, PollTimeout, poll};
+    use std::os::fd::AsFd;
+    let stdout = std::io::stdout();
+    let mut fds = [PollFd::new(stdout.as_fd(), PollFlags::POLLOUT)];
+    poll(&mut fds, PollTimeout::ZERO).is_ok()
+        && fds[0]
+            .revents()
+            .is_some_and(|r| r.contains(PollFlags::POLLERR))
+}
+
 fn main() -> ExitCode {
+    quiet_on_closed_stdout();
     // `rbuild -f Dockerfile -t name .` is `rbuild build …`; flag errors are
     // one line and exit 125, as docker's.
     let argv = cmd::refuse::default_to_build(std::env::args_os().collect(), &Cli::command());
@@ -102,6 +137,15 @@ fn main() -> ExitCode {
     rbuild_snapshotter::lease::Lease::release_all();
     match result {
         Ok(code) => code,
+        // The reader of stdout went away (see `quiet_on_closed_stdout`).
+        Err(e)
+            if e.chain().any(|c| {
+                c.downcast_ref::<std::io::Error>()
+                    .is_some_and(|io| io.kind() == std::io::ErrorKind::BrokenPipe)
+            }) && stdout_reader_gone() =>
+        {
+            ExitCode::from(141)
+        }
         Err(e) => {
             eprintln!("Error: {}", error_line(&e));
             ExitCode::FAILURE

@@ -1093,3 +1093,52 @@ fn annotations_are_on_the_saved_manifest() {
     ]);
     assert!(err.contains("--annotation"), "{err}");
 }
+
+#[test]
+fn rm_and_force_rm_are_accepted_and_ignored_as_buildx_does() {
+    let env = Env::new();
+    let ctx = env.path("ctx");
+    fs_err::create_dir_all(&ctx).unwrap();
+    fs_err::write(ctx.join("Dockerfile"), "FROM scratch\nENV A=1\n").unwrap();
+    let ctx = ctx.to_str().unwrap();
+    for args in [
+        &["build", "--rm", "-q", "-t", "rm:1", ctx][..],
+        &["--rm=false", "--force-rm", "-q", "-t", "rm:2", ctx][..],
+        &["build", "--force-rm=true", "--rm=true", "-q", ctx][..],
+    ] {
+        let id = env.ok(args);
+        assert!(id.trim().starts_with("sha256:"), "rbuild {args:?}: {id}");
+    }
+    let o = env.run(&["build", "--rm=maybe", ctx]);
+    assert_eq!(o.status.code(), Some(125));
+}
+
+#[test]
+fn a_reader_that_went_away_ends_output_quietly_not_with_a_panic() {
+    use std::os::fd::OwnedFd;
+    let env = Env::new();
+    for args in [
+        &["version"][..],
+        &["completion", "bash"][..],
+        &["images"][..],
+    ] {
+        // A pipe whose read end is closed: every write fails with EPIPE.
+        let (read, write): (OwnedFd, OwnedFd) = nix::unistd::pipe().unwrap();
+        drop(read);
+        let o = env
+            .cmd(args)
+            .stdout(std::process::Stdio::from(write))
+            .stderr(std::process::Stdio::piped())
+            .output()
+            .unwrap();
+        let err = String::from_utf8_lossy(&o.stderr);
+        assert!(!err.contains("panicked"), "rbuild {args:?}: {err}");
+        assert!(err.trim().is_empty(), "rbuild {args:?}: {err}");
+        // 141 as a C program killed by SIGPIPE (completion stops at 0).
+        assert!(
+            matches!(o.status.code(), Some(0 | 141)),
+            "rbuild {args:?}: {:?} {err}",
+            o.status
+        );
+    }
+}

@@ -432,7 +432,9 @@ pub fn export_local(
     mounts: Option<&crate::cache_mounts::ImportedMounts>,
     opts: &CacheExport,
 ) -> Result<ExportReport, CacheError> {
-    export_layout(worker, graph, outputs, target, imported, mounts, opts, None, None)
+    export_layout(
+        worker, graph, outputs, target, imported, mounts, opts, None, None,
+    )
 }
 
 /// Blobs of an export left in a registry source rather than copied into

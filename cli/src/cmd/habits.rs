@@ -42,6 +42,13 @@ pub struct HabitArgs {
     /// written by `save` and `push`
     #[arg(long, value_name = "KEY=VALUE")]
     pub annotation: Vec<String>,
+    /// Accepted and ignored, as buildx does: rbuild leaves no intermediate
+    /// containers (`--rm=false` keeps none either)
+    #[arg(long = "rm", value_name = "BOOL", num_args = 0..=1, default_missing_value = "true", require_equals = true)]
+    pub rm: Option<bool>,
+    /// Accepted and ignored, as buildx does (see `--rm`)
+    #[arg(long = "force-rm", value_name = "BOOL", num_args = 0..=1, default_missing_value = "true", require_equals = true)]
+    pub force_rm: Option<bool>,
 }
 
 /// `--annotation`s: `KEY=VALUE`, or `manifest:KEY=VALUE` (other targets,

@@ -61,10 +61,6 @@ const BUILD: &[(&str, &str)] = &[
         "not supported: rbuild does not verify content trust signatures",
     ),
     (
-        "--force-rm",
-        "not supported: rbuild leaves no intermediate containers; drop the flag",
-    ),
-    (
         "--isolation",
         "not supported: rbuild isolates RUN steps with Linux namespaces only",
     ),
@@ -72,10 +68,6 @@ const BUILD: &[(&str, &str)] = &[
     (
         "--provenance",
         "not supported: rbuild makes no attestations (provenance)",
-    ),
-    (
-        "--rm",
-        "not supported: rbuild leaves no intermediate containers; drop the flag",
     ),
     (
         "--sbom",
