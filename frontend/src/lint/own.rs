@@ -11,6 +11,8 @@ pub struct ContextFacts {
     pub size: Option<u64>,
     /// Whether the context has a `.dockerignore` (or `<Dockerfile>.dockerignore`).
     pub has_dockerignore: bool,
+    /// The size past which a context without `.dockerignore` is large.
+    pub large: u64,
 }
 
 pub(super) fn run(
