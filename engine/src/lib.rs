@@ -8,6 +8,7 @@
 //! implements, and returns typed errors ([`BuildError`]).
 
 pub mod cache;
+pub mod checks;
 mod error;
 pub mod exporter;
 pub mod pending;

@@ -52,6 +52,7 @@ fn run_case(dir: &Path, all_stages: bool) -> Result<LintReport, String> {
         build_platform: &platform,
         base_env: &|_| None,
         context: rbuild_frontend::lint::own::ContextFacts::default(),
+        rbuild_rules: false,
     };
     Ok(lint(&src, &df, &opts))
 }

@@ -116,6 +116,7 @@ pub fn static_report(i: &Inputs<'_>) -> LintReport {
             has_dockerignore: has_ignore,
             large: LARGE_CONTEXT,
         },
+        rbuild_rules: true,
     };
     lint::lint(i.src, i.dockerfile, &opts)
 }
@@ -402,10 +403,86 @@ pub fn after_build(
         .write_all(build_summary(&warnings, mode).as_bytes());
 }
 
+/// The final stage's base image reference (`None` for scratch), following
+/// `FROM <stage>` and expanding the meta ARGs.
+fn final_base(req: &super::build::Request) -> Option<String> {
+    use rbuild_parser::InstructionKind;
+    let b = &req.build;
+    let lexer = rbuild_parser::shell::Lexer::new(b.dockerfile.directives.escape);
+    let mut meta: Vec<(String, String)> = Vec::new();
+    let mut stages: Vec<(Option<String>, String)> = Vec::new();
+    for ins in &b.dockerfile.instructions {
+        match &ins.kind {
+            InstructionKind::From(f) => stages.push((f.alias.clone(), f.image.clone())),
+            InstructionKind::Arg(a) if stages.is_empty() => {
+                for d in &a.args {
+                    if let Some(v) = b.build_args.get(&d.name).or(d.default.as_ref()) {
+                        let v = lexer.expand(v, &meta).unwrap_or_else(|_| v.clone());
+                        meta.push((d.name.clone(), v));
+                    }
+                }
+            }
+            _ => {}
+        }
+    }
+    let mut i = match &b.target {
+        Some(t) => stages
+            .iter()
+            .position(|(a, _)| a.as_deref() == Some(t.to_lowercase().as_str()))?,
+        None => stages.len().checked_sub(1)?,
+    };
+    for _ in 0..stages.len() {
+        let image = lexer.expand(&stages[i].1, &meta).ok()?;
+        match stages[..i]
+            .iter()
+            .position(|(a, _)| a.as_deref() == Some(image.to_lowercase().as_str()))
+        {
+            Some(j) => i = j,
+            None => return (image != "scratch").then_some(image),
+        }
+    }
+    None
+}
+
 fn image_checks(
-    _report: &LintReport,
-    _req: &super::build::Request,
-    _id: &rbuild_image::Digest,
+    report: &LintReport,
+    req: &super::build::Request,
+    id: &rbuild_image::Digest,
 ) -> Vec<LintWarning> {
-    Vec::new()
+    let Ok(store) = rbuild_image::Store::open(&req.build.state_root) else {
+        return Vec::new();
+    };
+    let Ok(img) = store.image(id) else {
+        return Vec::new();
+    };
+    let base_layers = final_base(req)
+        .and_then(|r| store.find(&r).ok())
+        .map_or(0, |base| {
+            base.diff_ids()
+                .iter()
+                .zip(img.diff_ids())
+                .take_while(|(a, b)| a == b)
+                .count()
+        });
+    let stages = req
+        .build
+        .dockerfile
+        .instructions
+        .iter()
+        .filter(|i| matches!(i.kind, rbuild_parser::InstructionKind::From(_)))
+        .count();
+    let input = rbuild_engine::checks::ImageCheckInput {
+        image: id,
+        base_layers,
+        secrets: req.build.secrets.values().map(Vec::as_slice).collect(),
+        multi_stage: stages > 1,
+        config: &report.config,
+    };
+    match rbuild_engine::checks::image_checks(&store, &input) {
+        Ok(w) => w,
+        Err(e) => {
+            eprintln!("WARNING: the image checks could not read the image: {e}");
+            Vec::new()
+        }
+    }
 }

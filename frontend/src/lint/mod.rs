@@ -411,12 +411,17 @@ pub struct LintOptions<'a> {
     pub base_env: &'a dyn Fn(&str) -> Option<Vec<String>>,
     /// Facts about the context for rbuild's own rules.
     pub context: own::ContextFacts,
+    /// Run rbuild's own rules too (off: `BuildKit`'s rules alone, as `BuildKit` reports).
+    pub rbuild_rules: bool,
 }
 
 /// Runs every static check on `df` (parsed from `src`).
 pub fn lint(src: &str, df: &rbuild_parser::Dockerfile, opts: &LintOptions<'_>) -> LintReport {
     let mut report = buildkit::run(src, df, opts);
-    if report.error.is_none() || matches!(report.error, Some(LintFailure::LintViolation { .. })) {
+    if opts.rbuild_rules
+        && (report.error.is_none()
+            || matches!(report.error, Some(LintFailure::LintViolation { .. })))
+    {
         let mut sink = Sink::default();
         own::run(src, df, opts, &report.config, &mut sink);
         if !sink.warnings.is_empty() {
