@@ -182,14 +182,27 @@ fn check_directive_build_arg_target_and_error() {
     let dir = context(
         &env,
         "ctx-bad",
-        &[("Dockerfile", "FROM busybox\nFROBNICATE x\n")],
+        &[("Dockerfile", "FROM busybox:1.36 AS Bad\nFROBNICATE x\n")],
     );
     let out = check(&env, &dir, &[]);
     assert_eq!(out.status.code(), Some(1));
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(
-        err.contains("Dockerfile") && !err.contains("panicked"),
+        err.contains("Dockerfile:2") && !err.contains("panicked"),
         "{err}"
+    );
+    // The warnings BuildKit gives before its parse error.
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        text.contains("Stage name 'Bad' should be lowercase"),
+        "{text}"
+    );
+    let out = check(&env, &dir, &["--format", "json"]);
+    let v: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(v["error"]["kind"], "parse", "{v}");
+    assert_eq!(
+        v["error"]["message"],
+        "dockerfile parse error on line 2: unknown instruction: FROBNICATE"
     );
 }
 

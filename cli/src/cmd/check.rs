@@ -48,7 +48,8 @@ pub struct CheckArgs {
 /// What the static checks need.
 pub struct Inputs<'a> {
     pub src: &'a str,
-    pub dockerfile: &'a rbuild_parser::Dockerfile,
+    /// The parsed Dockerfile, or why it does not parse.
+    pub dockerfile: Result<&'a rbuild_parser::Dockerfile, &'a rbuild_parser::ParseError>,
     pub context: &'a Path,
     pub ignore: Option<&'a [String]>,
     pub build_args: &'a BTreeMap<String, String>,
@@ -118,7 +119,10 @@ pub fn static_report(i: &Inputs<'_>) -> LintReport {
         },
         rbuild_rules: true,
     };
-    lint::lint(i.src, i.dockerfile, &opts)
+    match i.dockerfile {
+        Ok(df) => lint::lint(i.src, df, &opts),
+        Err(e) => lint::lint_parse_error(i.src, e, &opts),
+    }
 }
 
 pub fn run(args: &CheckArgs, root: &Path) -> anyhow::Result<ExitCode> {
@@ -140,19 +144,13 @@ pub fn run(args: &CheckArgs, root: &Path) -> anyhow::Result<ExitCode> {
             e.to_string().lines().next().unwrap_or_default()
         )
     })?;
-    let df = match rbuild_parser::parse(&src) {
-        Ok(d) => d,
-        Err(e) => {
-            eprint!("{}", e.render(&name, &src));
-            return Ok(ExitCode::FAILURE);
-        }
-    };
+    let parsed = rbuild_parser::parse(&src);
     let ignore = rbuild_frontend::dockerignore::load(context, Some(&path))
         .context("reading the .dockerignore file")?;
     let build_args = super::build::build_arg_map(&args.build_args);
     let report = static_report(&Inputs {
         src: &src,
-        dockerfile: &df,
+        dockerfile: parsed.as_ref(),
         context,
         ignore: ignore.as_ref().map(|(_, p)| p.as_slice()),
         build_args: &build_args,
@@ -160,6 +158,18 @@ pub fn run(args: &CheckArgs, root: &Path) -> anyhow::Result<ExitCode> {
         all_stages: true,
         root,
     });
+    if let Err(e) = &parsed {
+        // The warnings BuildKit gives before the error, then the error as rbuild shows it.
+        if args.format == Format::Text {
+            if !report.warnings.is_empty() {
+                let mut r = report.clone();
+                r.error = None;
+                print!("{}", render_text(&r, &name, &src));
+            }
+            eprint!("{}", e.render(&name, &src));
+            return Ok(ExitCode::FAILURE);
+        }
+    }
     let out = match args.format {
         Format::Text => render_text(&report, &name, &src),
         Format::Json => serde_json::to_string_pretty(&json_report(&report))? + "\n",
@@ -219,7 +229,7 @@ pub fn render_text(report: &LintReport, name: &str, src: &str) -> String {
     }
     if let Some(e) = &report.error {
         let _ = writeln!(s, "\nERROR: {}", e.message());
-        if let LintFailure::Build { line, .. } = e
+        if let LintFailure::Build { line, .. } | LintFailure::Parse { line, .. } = e
             && *line > 0
         {
             let _ = writeln!(s, "{name}:{line}");
@@ -248,6 +258,8 @@ pub fn json_report(report: &LintReport) -> serde_json::Value {
                 json!({"kind": "lint_violation", "message": message, "line": line}),
             LintFailure::Build { message, line } =>
                 json!({"kind": "build", "message": message, "line": line}),
+            LintFailure::Parse { message, line } =>
+                json!({"kind": "parse", "message": message, "line": line}),
         }),
     })
 }
@@ -359,7 +371,7 @@ pub fn for_build(req: &super::build::Request, check_mode: bool, root: &Path) -> 
     let b = &req.build;
     let mut report = static_report(&Inputs {
         src: &req.dockerfile_src,
-        dockerfile: &b.dockerfile,
+        dockerfile: Ok(&b.dockerfile),
         context: &b.context,
         ignore: b.ignore.as_ref().map(|(_, p)| p.as_slice()),
         build_args: &b.build_args,

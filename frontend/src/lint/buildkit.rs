@@ -189,78 +189,8 @@ impl Ctx<'_> {
 
     #[allow(clippy::too_many_lines)]
     fn walk(&mut self, df: &Dockerfile) -> Result<(), LintFailure> {
-        // Parser warnings: empty continuation lines, at the instruction's last line.
-        for w in &df.warnings {
-            let mut span = w.span;
-            span.start_line = w.span.end_line;
-            span.start_column = 1;
-            let cfg = self.cfg.clone();
-            self.warn(
-                &cfg,
-                "NoEmptyContinuation",
-                &span,
-                "Empty continuation line".into(),
-            );
-        }
-        // instructions.Parse: every instruction with its comments.
-        for ins in &df.instructions {
-            let cfg = self.cfg_for(ins);
-            let comments = self.comments_of(ins).to_vec();
-            match &ins.kind {
-                InstructionKind::Maintainer(_) => self.warn(
-                    &cfg,
-                    "MaintainerDeprecated",
-                    &ins.span,
-                    "Maintainer instruction is deprecated in favor of using label".into(),
-                ),
-                InstructionKind::From(f) => {
-                    let args = &ins.node.args;
-                    if args.len() == 3 && args[2] != args[2].to_lowercase() {
-                        self.warn(
-                            &cfg,
-                            "StageNameCasing",
-                            &ins.span,
-                            format!("Stage name '{}' should be lowercase", args[2]),
-                        );
-                    }
-                    if args.len() >= 3 {
-                        let kw = &ins.keyword;
-                        let lower = *kw == kw.to_lowercase();
-                        let upper = *kw == kw.to_uppercase();
-                        let ok = if lower {
-                            args[1] == args[1].to_lowercase()
-                        } else if upper {
-                            args[1] == args[1].to_uppercase()
-                        } else {
-                            true
-                        };
-                        if !ok {
-                            self.warn(
-                                &cfg,
-                                "FromAsCasing",
-                                &ins.span,
-                                format!("'{}' and '{}' keywords' casing do not match", args[1], kw),
-                            );
-                        }
-                    }
-                    if let Some(name) = &f.alias {
-                        self.definition_description(
-                            &cfg,
-                            "FROM",
-                            std::slice::from_ref(name),
-                            &comments,
-                            ins,
-                        );
-                    }
-                }
-                InstructionKind::Arg(a) => {
-                    let keys: Vec<String> = a.args.iter().map(|d| d.name.clone()).collect();
-                    self.definition_description(&cfg, "ARG", &keys, &comments, ins);
-                }
-                _ => {}
-            }
-        }
-
+        self.empty_continuations(&df.warnings);
+        self.parse_level(&df.instructions);
         // Stages and the meta ARGs before the first FROM.
         let mut meta_args = Vec::new();
         let mut stages: Vec<Stage<'_>> = Vec::new();
@@ -488,11 +418,17 @@ impl Ctx<'_> {
                     first_err.get_or_insert(build_err(msg, &span));
                     break;
                 }
-                if rbuild_oci::Platform::parse(&pm.result).is_none() {
-                    first_err.get_or_insert(build_err(
-                        format!("failed to parse platform {p}: {}", go_quote(&pm.result)),
-                        &span,
-                    ));
+                if let Some(e) = platform_error(&pm.result) {
+                    let mut msg = format!("failed to parse platform {p}: {e}");
+                    let keys: Vec<&str> = global.keys().collect();
+                    if let Some(s) = pm
+                        .unmatched
+                        .iter()
+                        .find_map(|u| suggest_search(u, keys.iter().copied()))
+                    {
+                        let _ = write!(msg, " (did you mean {s}?)");
+                    }
+                    first_err.get_or_insert(build_err(msg, &span));
                     break;
                 }
             }
@@ -557,6 +493,83 @@ impl Ctx<'_> {
             finals[i] = Some(st);
         }
         Ok(())
+    }
+
+    fn empty_continuations(&mut self, warnings: &[rbuild_parser::Warning]) {
+        // Parser warnings: empty continuation lines, at the instruction's last line.
+        for w in warnings {
+            let mut span = w.span;
+            span.start_line = w.span.end_line;
+            span.start_column = 1;
+            let cfg = self.cfg.clone();
+            self.warn(
+                &cfg,
+                "NoEmptyContinuation",
+                &span,
+                "Empty continuation line".into(),
+            );
+        }
+    }
+
+    fn parse_level(&mut self, instructions: &[Instruction]) {
+        // instructions.Parse: every instruction with its comments.
+        for ins in instructions {
+            let cfg = self.cfg_for(ins);
+            let comments = self.comments_of(ins).to_vec();
+            match &ins.kind {
+                InstructionKind::Maintainer(_) => self.warn(
+                    &cfg,
+                    "MaintainerDeprecated",
+                    &ins.span,
+                    "Maintainer instruction is deprecated in favor of using label".into(),
+                ),
+                InstructionKind::From(f) => {
+                    let args = &ins.node.args;
+                    if args.len() == 3 && args[2] != args[2].to_lowercase() {
+                        self.warn(
+                            &cfg,
+                            "StageNameCasing",
+                            &ins.span,
+                            format!("Stage name '{}' should be lowercase", args[2]),
+                        );
+                    }
+                    if args.len() >= 3 {
+                        let kw = &ins.keyword;
+                        let lower = *kw == kw.to_lowercase();
+                        let upper = *kw == kw.to_uppercase();
+                        let ok = if lower {
+                            args[1] == args[1].to_lowercase()
+                        } else if upper {
+                            args[1] == args[1].to_uppercase()
+                        } else {
+                            true
+                        };
+                        if !ok {
+                            self.warn(
+                                &cfg,
+                                "FromAsCasing",
+                                &ins.span,
+                                format!("'{}' and '{}' keywords' casing do not match", args[1], kw),
+                            );
+                        }
+                    }
+                    if let Some(name) = &f.alias {
+                        self.definition_description(
+                            &cfg,
+                            "FROM",
+                            std::slice::from_ref(name),
+                            &comments,
+                            ins,
+                        );
+                    }
+                }
+                InstructionKind::Arg(a) => {
+                    let keys: Vec<String> = a.args.iter().map(|d| d.name.clone()).collect();
+                    self.definition_description(&cfg, "ARG", &keys, &comments, ins);
+                }
+                _ => {}
+            }
+        }
     }
 
     fn definition_description(
@@ -975,6 +988,111 @@ impl Ctx<'_> {
             );
         }
     }
+}
+
+/// containerd's `platforms.Parse` errors (the part of them rbuild can tell).
+fn platform_error(s: &str) -> Option<String> {
+    let ok = |c: &str| {
+        !c.is_empty()
+            && c.chars()
+                .all(|ch| ch.is_ascii_alphanumeric() || matches!(ch, '_' | '.' | '-'))
+    };
+    if let Some(bad) = s.split('/').find(|c| !ok(c)) {
+        return Some(format!(
+            "{} is an invalid component of {}: platform specifier component must match \"^[A-Za-z0-9_.-]+$\": invalid argument",
+            go_quote(bad),
+            go_quote(s)
+        ));
+    }
+    if s.split('/').count() > 3 {
+        return Some(format!(
+            "{}: cannot parse platform specifier: invalid argument",
+            go_quote(s)
+        ));
+    }
+    rbuild_oci::Platform::parse(s).is_none().then(|| {
+        format!(
+            "{}: unknown operating system or architecture: invalid argument",
+            go_quote(s)
+        )
+    })
+}
+
+/// The checks of a file that does not parse, as far as `BuildKit` gets: with the
+/// parser's AST, its empty-continuation warnings, and the per-instruction rules of
+/// the instructions before the one that fails; then the error.
+pub(super) fn run_parse_error(
+    src: &str,
+    err: &rbuild_parser::ParseError,
+    opts: &LintOptions<'_>,
+) -> LintReport {
+    let mut report = LintReport::default();
+    let message = if err.message.starts_with("unknown instruction: ") {
+        let mut m = format!(
+            "dockerfile parse error on line {}: {}",
+            err.line, err.message
+        );
+        if let Some(h) = err
+            .help
+            .as_deref()
+            .filter(|h| h.starts_with("did you mean "))
+        {
+            let _ = write!(m, " ({h})");
+        }
+        m
+    } else {
+        err.message.clone()
+    };
+    let failure = LintFailure::Parse {
+        message,
+        line: err.line,
+    };
+    let raw = opts
+        .build_args
+        .get("BUILDKIT_DOCKERFILE_CHECK")
+        .cloned()
+        .or_else(|| check_directive(src));
+    let cfg = match raw.as_deref().map(CheckConfig::parse) {
+        None => CheckConfig::default(),
+        Some(Ok(c)) => c,
+        Some(Err(e)) => {
+            report.error = Some(LintFailure::Build {
+                message: format!("failed to parse check options: {e}"),
+                line: 0,
+            });
+            return report;
+        }
+    };
+    report.error = Some(failure);
+    report.config = cfg.clone();
+    let Ok(ast) = rbuild_parser::parse_ast(src) else {
+        return report;
+    };
+    // The instructions before the failing one.
+    let cut = ast
+        .nodes
+        .iter()
+        .find(|n| n.span.end >= err.span.start)
+        .map_or(src.len(), |n| n.span.start);
+    let prefix = rbuild_parser::parse(&src[..cut]).ok();
+    let empty = Dockerfile {
+        directives: ast.directives.clone(),
+        instructions: Vec::new(),
+        warnings: Vec::new(),
+    };
+    let df = prefix.as_ref().unwrap_or(&empty);
+    let mut ctx = Ctx {
+        opts,
+        cfg,
+        comments: prev_comments(src, df),
+        lexer: Lexer::new(ast.directives.escape),
+        sink: Sink::default(),
+        ignore: None,
+    };
+    ctx.empty_continuations(&ast.warnings);
+    ctx.parse_level(&df.instructions);
+    report.warnings = ctx.sink.warnings;
+    report
 }
 
 fn is_remote(src: &str) -> bool {

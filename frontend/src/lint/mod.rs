@@ -373,12 +373,16 @@ pub enum LintFailure {
     /// What `BuildKit`'s conversion refuses while it runs the checks (an empty
     /// platform, a bad `# check=` value, an unknown target, ...).
     Build { message: String, line: usize },
+    /// The Dockerfile does not parse (`BuildKit`'s words where they differ from the parser's).
+    Parse { message: String, line: usize },
 }
 
 impl LintFailure {
     pub fn message(&self) -> &str {
         match self {
-            Self::LintViolation { message, .. } | Self::Build { message, .. } => message,
+            Self::LintViolation { message, .. }
+            | Self::Build { message, .. }
+            | Self::Parse { message, .. } => message,
         }
     }
 }
@@ -445,6 +449,18 @@ pub fn lint(src: &str, df: &rbuild_parser::Dockerfile, opts: &LintOptions<'_>) -
     }
     sort_warnings(&mut report.warnings);
     report
+}
+
+/// The checks of a Dockerfile that does not parse: the warnings `BuildKit` gives
+/// before its error (see [`LintFailure::Parse`]).
+pub fn lint_parse_error(
+    src: &str,
+    err: &rbuild_parser::ParseError,
+    opts: &LintOptions<'_>,
+) -> LintReport {
+    let mut r = buildkit::run_parse_error(src, err, opts);
+    sort_warnings(&mut r.warnings);
+    r
 }
 
 /// Sorts by (line, message), as `BuildKit`'s test harness does.
