@@ -30,6 +30,8 @@ enum Command {
     Build(cmd::build::BuildArgs),
     /// Parse a Dockerfile and print its syntax tree.
     Parse(cmd::parse::ParseArgs),
+    /// Run the build checks on a Dockerfile without building.
+    Check(cmd::check::CheckArgs),
     /// Run a command in a throwaway container of an image.
     Run(cmd::run::RunArgs),
     /// Download an image from a registry
@@ -115,13 +117,18 @@ fn main() -> ExitCode {
     };
     if !matches!(
         cli.command,
-        Command::Parse(_) | Command::Login(_) | Command::Logout(_) | Command::Info(_)
+        Command::Parse(_)
+            | Command::Check(_)
+            | Command::Login(_)
+            | Command::Logout(_)
+            | Command::Info(_)
     ) {
         cmd::sweep_state_root(&root);
     }
     let result = match cli.command {
         Command::Build(args) => cmd::build::run(&args, &root),
         Command::Parse(args) => cmd::parse::run(&args),
+        Command::Check(args) => cmd::check::run(&args, &root),
         Command::Run(args) => Ok(exit_code(cmd::run::main(&args, &root))),
         Command::Pull(args) => cmd::transfer::pull(&args, &root),
         Command::Push(args) => cmd::transfer::push(&args, &root),

@@ -11,6 +11,7 @@ pub mod cache;
 pub mod cache_files;
 pub mod cache_mounts;
 pub mod cache_registry;
+pub mod checks;
 mod error;
 pub mod exporter;
 pub mod pending;

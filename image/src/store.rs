@@ -390,6 +390,16 @@ impl Store {
         self.blob_path(d).is_file() || self.snap_layer(d).is_some()
     }
 
+    /// The directory a layer kept as a snapshot lives in (its upper dir, with
+    /// overlay whiteouts), when it is kept so (the build checks walk it instead
+    /// of writing its tar).
+    pub fn layer_dir(&self, d: &Digest) -> Option<PathBuf> {
+        if self.blob_path(d).is_file() {
+            return None;
+        }
+        self.snap_layer(d).map(|(_, upper)| upper)
+    }
+
     /// Size of a stored blob.
     pub fn blob_size(&self, d: &Digest) -> Result<u64> {
         match std::fs::metadata(self.blob_path(d)) {

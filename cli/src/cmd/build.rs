@@ -121,6 +121,9 @@ pub struct BuildArgs {
     /// --output type=image,name=REF,push=true names others
     #[arg(long)]
     push: bool,
+    /// Run the build checks only, without building (like `rbuild check`)
+    #[arg(long)]
+    pub check: bool,
     #[command(flatten)]
     habits: crate::cmd::habits::HabitArgs,
     /// The build context: a directory, or `-` for a tar[.gz] on stdin
@@ -728,6 +731,10 @@ pub fn run(args: &BuildArgs, root: &Path) -> anyhow::Result<ExitCode> {
     } else {
         args.progress.resolve(std::io::stderr().is_terminal())
     };
+    let checks = super::check::for_build(&req, args.check, root);
+    if args.check || checks.error.is_some() {
+        return super::check::finish_check_only(&checks, &req, args.check, mode);
+    }
     let mut progress = Renderer::new(mode, Box::new(std::io::stderr()));
     let result = rbuild_engine::build(&req.build, req.exporter().as_ref(), &mut progress);
     let result = result.map_err(|e| match e {
@@ -737,6 +744,12 @@ pub fn run(args: &BuildArgs, root: &Path) -> anyhow::Result<ExitCode> {
         other => Failed::Engine(other),
     });
     progress.finish();
+    super::check::after_build(
+        &checks,
+        &req,
+        result.as_ref().ok().and_then(|b| b.id.as_ref()),
+        mode,
+    );
     match result {
         Ok(built) => {
             let Some(id) = built.id else {

@@ -3,6 +3,7 @@
 pub mod build;
 pub mod builder;
 pub mod change;
+pub mod check;
 pub mod fmt;
 pub mod habits;
 pub mod image;

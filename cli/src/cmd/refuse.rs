@@ -30,7 +30,6 @@ const BUILD: &[(&str, &str)] = &[
         "--cgroup-parent",
         "not supported: RUN steps are in cgroups of rbuild's own",
     ),
-    ("--check", "not supported yet"),
     (
         "--compress",
         "not supported: rbuild reads the context directly, nothing is sent to compress",

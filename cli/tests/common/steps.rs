@@ -35,6 +35,9 @@ impl Steps {
         for line in log.lines().filter(|l| l.starts_with('{')) {
             let v: serde_json::Value = serde_json::from_str(line)
                 .unwrap_or_else(|e| panic!("bad progress line {line:?}: {e}"));
+            if v["event"] == "check_warning" {
+                continue; // a build check's warning (issue 17), about no step
+            }
             let id = v["id"].as_u64().unwrap_or_else(|| panic!("no id: {line}"));
             let event = v["event"].as_str();
             if let (Some("vertex_started" | "vertex_cached"), Some(name)) =

@@ -1,0 +1,623 @@
+//! Build checks through the binary: `rbuild check` (text, JSON, SARIF), exit
+//! codes, `check=error=true`, rbuild's own rules (each triggers and does not),
+//! the summary a build ends with, and no crash on any Dockerfile we have.
+
+mod common;
+
+use std::path::{Path, PathBuf};
+use std::process::Output;
+
+use common::Env;
+use serde_json::Value;
+
+/// A context directory `name` with these files.
+fn context(env: &Env, name: &str, files: &[(&str, &str)]) -> PathBuf {
+    let dir = env.path(name);
+    for (f, content) in files {
+        let p = dir.join(f);
+        fs_err::create_dir_all(p.parent().unwrap()).unwrap();
+        fs_err::write(p, content).unwrap();
+    }
+    dir
+}
+
+fn check(env: &Env, dir: &Path, extra: &[&str]) -> Output {
+    let mut args = vec!["check"];
+    args.extend_from_slice(extra);
+    args.push(dir.to_str().unwrap());
+    env.run(&args)
+}
+
+fn check_json(env: &Env, dockerfile: &str) -> (i32, Value) {
+    let dir = context(env, "ctx-json", &[("Dockerfile", dockerfile)]);
+    let out = check(env, &dir, &["--format", "json"]);
+    let v: Value = serde_json::from_slice(&out.stdout).unwrap_or_else(|e| {
+        panic!(
+            "invalid JSON ({e}): {}\n{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        )
+    });
+    (out.status.code().unwrap(), v)
+}
+
+fn rules(v: &Value) -> Vec<(String, u64)> {
+    v["warnings"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|w| {
+            (
+                w["rule"].as_str().unwrap().to_owned(),
+                w["line"].as_u64().unwrap(),
+            )
+        })
+        .collect()
+}
+
+const SMELLY: &str = "FROM busybox:1.36 as base\nMAINTAINER me@example.org\nENV FOO bar\nCMD echo one\nCMD [\"echo\", \"two\"]\n";
+
+#[test]
+fn check_reports_buildkits_words_and_exits_1() {
+    let env = Env::new();
+    let (code, v) = check_json(&env, SMELLY);
+    assert_eq!(code, 1, "{v}");
+    let w = v["warnings"].as_array().unwrap();
+    let find = |rule: &str| {
+        w.iter()
+            .find(|x| x["rule"] == rule)
+            .unwrap_or_else(|| panic!("{rule} missing in {v}"))
+    };
+    assert_eq!(
+        find("FromAsCasing")["message"],
+        "'as' and 'FROM' keywords' casing do not match"
+    );
+    assert_eq!(find("FromAsCasing")["line"], 1);
+    assert_eq!(
+        find("MaintainerDeprecated")["message"],
+        "Maintainer instruction is deprecated in favor of using label"
+    );
+    assert_eq!(
+        find("LegacyKeyValueFormat")["message"],
+        "\"ENV key=value\" should be used instead of legacy \"ENV key value\" format"
+    );
+    let multi = find("MultipleInstructionsDisallowed");
+    assert_eq!(multi["line"], 4, "the CMD that is ignored");
+    assert_eq!(
+        multi["url"],
+        "https://docs.docker.com/go/dockerfile/rule/multiple-instructions-disallowed/"
+    );
+    assert_eq!(find("JSONArgsRecommended")["line"], 4);
+
+    // Text: docker build --check's report, exit 1.
+    let dir = context(&env, "ctx-text", &[("Dockerfile", SMELLY)]);
+    let out = check(&env, &dir, &[]);
+    assert_eq!(out.status.code(), Some(1));
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        text.contains("Check complete, 5 warnings have been found!"),
+        "{text}"
+    );
+    assert!(
+        text.contains(
+            "WARNING: FromAsCasing - https://docs.docker.com/go/dockerfile/rule/from-as-casing/"
+        ),
+        "{text}"
+    );
+    assert!(text.contains("Dockerfile:1\n"), "{text}");
+
+    // Clean: exit 0.
+    let clean = context(
+        &env,
+        "ctx-clean",
+        &[("Dockerfile", "FROM busybox:1.36\nCMD [\"true\"]\n")],
+    );
+    let out = check(&env, &clean, &[]);
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&out.stdout)
+    );
+    assert!(String::from_utf8_lossy(&out.stdout).contains("no warnings found"));
+}
+
+#[test]
+fn check_directive_build_arg_target_and_error() {
+    let env = Env::new();
+    // skip in the directive, per instruction, and replaced by the build arg.
+    let df = "# check=skip=FromAsCasing\nFROM busybox:1.36 as base\n# check=skip=LegacyKeyValueFormat\nENV A b\nENV C d\n";
+    let (_, v) = check_json(&env, df);
+    assert_eq!(
+        rules(&v),
+        vec![("LegacyKeyValueFormat".to_owned(), 5)],
+        "{v}"
+    );
+    let dir = context(&env, "ctx-arg", &[("Dockerfile", df)]);
+    let out = check(
+        &env,
+        &dir,
+        &[
+            "--format",
+            "json",
+            "--build-arg",
+            "BUILDKIT_DOCKERFILE_CHECK=skip=LegacyKeyValueFormat",
+        ],
+    );
+    let v: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(rules(&v), vec![("FromAsCasing".to_owned(), 2)], "{v}");
+
+    // error=true: the lint violation, as BuildKit words it.
+    let dir = context(
+        &env,
+        "ctx-err",
+        &[(
+            "Dockerfile",
+            "# check=error=true\nFROM busybox:1.36 as base\nCMD [\"true\"]\n",
+        )],
+    );
+    let out = check(&env, &dir, &[]);
+    assert_eq!(out.status.code(), Some(1));
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        text.contains("ERROR: lint violation found for rules: FromAsCasing"),
+        "{text}"
+    );
+
+    // --target: only the stages the target needs.
+    let df = "FROM busybox:1.36 AS a\nCMD echo a\nFROM busybox:1.36 AS b\nCMD [\"b\"]\n";
+    let dir = context(&env, "ctx-target", &[("Dockerfile", df)]);
+    let all: Value =
+        serde_json::from_slice(&check(&env, &dir, &["--format", "json"]).stdout).unwrap();
+    assert!(
+        rules(&all).contains(&("JSONArgsRecommended".to_owned(), 2)),
+        "{all}"
+    );
+    let b: Value =
+        serde_json::from_slice(&check(&env, &dir, &["--format", "json", "--target", "b"]).stdout)
+            .unwrap();
+    assert!(rules(&b).is_empty(), "{b}");
+
+    // A bad Dockerfile: a one-line error naming the file, exit 1, no panic.
+    let dir = context(
+        &env,
+        "ctx-bad",
+        &[("Dockerfile", "FROM busybox:1.36 AS Bad\nFROBNICATE x\n")],
+    );
+    let out = check(&env, &dir, &[]);
+    assert_eq!(out.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("Dockerfile:2") && !err.contains("panicked"),
+        "{err}"
+    );
+    // The warnings BuildKit gives before its parse error.
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        text.contains("Stage name 'Bad' should be lowercase"),
+        "{text}"
+    );
+    let out = check(&env, &dir, &["--format", "json"]);
+    let v: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(v["error"]["kind"], "parse", "{v}");
+    assert_eq!(
+        v["error"]["message"],
+        "dockerfile parse error on line 2: unknown instruction: FROBNICATE"
+    );
+}
+
+#[test]
+fn sarif_validates_against_the_2_1_0_schema() {
+    let env = Env::new();
+    let dir = context(&env, "ctx", &[("Dockerfile", SMELLY)]);
+    let out = check(&env, &dir, &["--format", "sarif"]);
+    assert_eq!(out.status.code(), Some(1));
+    let log: Value = serde_json::from_slice(&out.stdout).unwrap();
+    let schema_path = concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../testdata/sarif-schema-2.1.0.json"
+    );
+    let schema: Value = serde_json::from_str(
+        &fs_err::read_to_string(schema_path)
+            .unwrap_or_else(|e| panic!("{schema_path} is missing: {e}")),
+    )
+    .unwrap();
+    let validator = jsonschema::draft4::new(&schema).unwrap();
+    let errors: Vec<String> = validator
+        .iter_errors(&log)
+        .map(|e| format!("{e} at {}", e.instance_path()))
+        .collect();
+    assert!(errors.is_empty(), "SARIF invalid: {errors:?}");
+    // What GitHub code scanning reads.
+    let run = &log["runs"][0];
+    let results = run["results"].as_array().unwrap();
+    let r = results
+        .iter()
+        .find(|r| r["ruleId"] == "FromAsCasing")
+        .unwrap();
+    assert_eq!(
+        r["message"]["text"],
+        "'as' and 'FROM' keywords' casing do not match"
+    );
+    let region = &r["locations"][0]["physicalLocation"]["region"];
+    assert_eq!(region["startLine"], 1);
+    assert_eq!(region["startColumn"], 1);
+    let rules = run["tool"]["driver"]["rules"].as_array().unwrap();
+    let rule = &rules[usize::try_from(r["ruleIndex"].as_u64().unwrap()).unwrap()];
+    assert_eq!(rule["id"], "FromAsCasing");
+    assert_eq!(
+        rule["helpUri"],
+        "https://docs.docker.com/go/dockerfile/rule/from-as-casing/"
+    );
+    // A broken log does not validate (the validator is not a no-op).
+    let mut broken = log.clone();
+    broken["runs"][0]["results"][0]["locations"][0]["physicalLocation"]["region"]["startLine"] =
+        Value::from(0);
+    assert!(!validator.is_valid(&broken));
+}
+
+/// rbuild's own rules: (rule, a Dockerfile that triggers it, one that does not).
+const OWN: &[(&str, &str, &str)] = &[
+    (
+        "AptUpdateAlone",
+        "FROM debian:12\nRUN apt-get update\n",
+        "FROM debian:12\nRUN apt-get update && apt-get install -y --no-install-recommends curl && rm -rf /var/lib/apt/lists/*\n",
+    ),
+    (
+        "AptListsNotCleaned",
+        "FROM debian:12\nRUN apt-get update && apt-get install -y --no-install-recommends curl\n",
+        "FROM debian:12\nRUN apt-get update && apt-get install -y --no-install-recommends curl && rm -rf /var/lib/apt/lists/*\n",
+    ),
+    (
+        "AptListsNotCleaned",
+        "FROM alpine:3.20\nRUN apk add git\n",
+        "FROM alpine:3.20\nRUN apk add --no-cache git\n",
+    ),
+    (
+        "AptListsNotCleaned",
+        "FROM fedora:40\nRUN dnf install -y --setopt=install_weak_deps=False make\n",
+        "FROM fedora:40\nRUN dnf install -y --setopt=install_weak_deps=False make && dnf clean all\n",
+    ),
+    (
+        "AptListsNotCleaned",
+        "FROM python:3.12\nRUN pip install flask\n",
+        "FROM python:3.12\nRUN pip install --no-cache-dir flask\n",
+    ),
+    (
+        "AptNoRecommends",
+        "FROM debian:12\nRUN apt-get update && apt-get install -y curl && rm -rf /var/lib/apt/lists/*\n",
+        "FROM debian:12\nRUN apt-get update && apt-get install -y --no-install-recommends curl && rm -rf /var/lib/apt/lists/*\n",
+    ),
+    (
+        "AptNoRecommends",
+        "FROM fedora:40\nRUN dnf install -y make && dnf clean all\n",
+        "FROM fedora:40\nRUN dnf install -y --setopt=install_weak_deps=False make && dnf clean all\n",
+    ),
+    (
+        "AddForLocalFile",
+        "FROM busybox:1.36\nADD app.sh /app/\n",
+        "FROM busybox:1.36\nCOPY app.sh /app/\nADD rootfs.tar.gz /\n",
+    ),
+    (
+        "LatestOrUntaggedBase",
+        "FROM busybox\n",
+        "FROM busybox:1.36 AS b\nFROM b\nFROM scratch\n",
+    ),
+    (
+        "LatestOrUntaggedBase",
+        "FROM busybox:latest\n",
+        "FROM busybox@sha256:0000000000000000000000000000000000000000000000000000000000000000\n",
+    ),
+    (
+        "CdInRun",
+        "FROM busybox:1.36\nRUN cd /tmp && ls\n",
+        "FROM busybox:1.36\nWORKDIR /tmp\nRUN ls\n",
+    ),
+    (
+        "CopyAllBeforeDependencies",
+        "FROM node:20\nWORKDIR /app\nCOPY . .\nRUN npm ci\n",
+        "FROM node:20\nWORKDIR /app\nCOPY package.json package-lock.json ./\nRUN npm ci\nCOPY . .\n",
+    ),
+    (
+        "TooManyLayers",
+        "FROM busybox:1.36\nRUN echo a > /a\nRUN echo b > /b\n",
+        "FROM busybox:1.36\nRUN echo a > /a && echo b > /b\n",
+    ),
+];
+
+#[test]
+fn own_rules_trigger_and_do_not() {
+    let env = Env::new();
+    for (rule, bad, good) in OWN {
+        let (code, v) = check_json(&env, bad);
+        assert!(
+            rules(&v).iter().any(|(r, _)| r == rule),
+            "{rule} did not trigger on:\n{bad}\n{v}"
+        );
+        assert_eq!(code, 1);
+        let (_, v) = check_json(&env, good);
+        assert!(
+            !rules(&v).iter().any(|(r, _)| r == rule),
+            "{rule} triggered on:\n{good}\n{v}"
+        );
+        // Every rule has its page.
+        let doc = Path::new(env!("CARGO_MANIFEST_DIR")).join(format!("../docs/checks/{rule}.md"));
+        assert!(doc.is_file(), "{} is missing", doc.display());
+    }
+    // Skipped like BuildKit's rules.
+    let (_, v) = check_json(
+        &env,
+        "# check=skip=CdInRun,LatestOrUntaggedBase\nFROM busybox\nRUN cd /tmp && ls\n",
+    );
+    assert!(rules(&v).is_empty(), "{v}");
+}
+
+#[test]
+fn large_context_without_dockerignore() {
+    let env = Env::new();
+    let df = "FROM busybox:1.36\nCOPY . /src\n";
+    let dir = context(&env, "big", &[("Dockerfile", df)]);
+    // A sparse 70 MiB file: large by size, no disk used.
+    let f = fs_err::File::create(dir.join("blob")).unwrap();
+    f.set_len(70 << 20).unwrap();
+    let v: Value =
+        serde_json::from_slice(&check(&env, &dir, &["--format", "json"]).stdout).unwrap();
+    assert!(
+        rules(&v)
+            .iter()
+            .any(|(r, _)| r == "LargeContextWithoutDockerignore"),
+        "{v}"
+    );
+    fs_err::write(dir.join(".dockerignore"), "blob\n").unwrap();
+    let v: Value =
+        serde_json::from_slice(&check(&env, &dir, &["--format", "json"]).stdout).unwrap();
+    assert!(
+        !rules(&v)
+            .iter()
+            .any(|(r, _)| r == "LargeContextWithoutDockerignore"),
+        "{v}"
+    );
+}
+
+#[test]
+fn check_runs_on_every_dockerfile_we_have_without_crashing() {
+    let env = Env::new();
+    let testdata = Path::new(env!("CARGO_MANIFEST_DIR")).join("../testdata");
+    let conformance = Path::new("/work/shared/conformance/cases");
+    assert!(
+        conformance.is_dir(),
+        "{} is missing: the shared conformance cases are needed",
+        conformance.display()
+    );
+    let mut files = Vec::new();
+    let mut todo = vec![testdata, conformance.to_path_buf()];
+    while let Some(d) = todo.pop() {
+        for e in fs_err::read_dir(&d).unwrap() {
+            let p = e.unwrap().path();
+            if p.is_dir() {
+                todo.push(p);
+            } else if p
+                .file_name()
+                .and_then(|n| n.to_str())
+                .is_some_and(|n| n == "Dockerfile" || n.ends_with(".Dockerfile"))
+            {
+                files.push(p);
+            }
+        }
+    }
+    assert!(files.len() > 40, "only {} Dockerfiles found", files.len());
+    for f in &files {
+        let ctx = f.parent().unwrap();
+        for format in ["text", "json", "sarif"] {
+            let out = env.run(&[
+                "check",
+                "-f",
+                f.to_str().unwrap(),
+                "--format",
+                format,
+                ctx.to_str().unwrap(),
+            ]);
+            let code = out.status.code();
+            let err = String::from_utf8_lossy(&out.stderr);
+            assert!(
+                matches!(code, Some(0 | 1)) && !err.contains("panicked"),
+                "{} ({format}): exit {code:?}\n{err}",
+                f.display()
+            );
+            if format != "text" && code == Some(0) {
+                serde_json::from_slice::<Value>(&out.stdout).unwrap();
+            }
+        }
+    }
+}
+
+#[test]
+fn a_build_runs_the_checks_and_ends_with_the_summary() {
+    let env = common::build_env();
+    let df = "FROM busybox as base\nENV FOO bar\nCMD [\"true\"]\n";
+    let dir = context(&env, "b", &[("Dockerfile", df)]);
+    let out = env.run(&[
+        "build",
+        "--progress",
+        "plain",
+        "-t",
+        "chk",
+        dir.to_str().unwrap(),
+    ]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{err}");
+    assert!(err.contains("warnings found:\n"), "{err}");
+    assert!(
+        err.contains(" - FromAsCasing: 'as' and 'FROM' keywords' casing do not match (line 1)\n   https://docs.docker.com/go/dockerfile/rule/from-as-casing/"),
+        "{err}"
+    );
+    assert!(err.contains(" - LegacyKeyValueFormat: \"ENV key=value\" should be used instead of legacy \"ENV key value\" format (line 2)"), "{err}");
+
+    // JSON progress: one check_warning event per warning.
+    let out = env.run(&[
+        "build",
+        "--progress",
+        "json",
+        "-t",
+        "chk",
+        dir.to_str().unwrap(),
+    ]);
+    assert!(out.status.success());
+    let events: Vec<Value> = String::from_utf8_lossy(&out.stderr)
+        .lines()
+        .filter_map(|l| serde_json::from_str(l).ok())
+        .filter(|v: &Value| v["event"] == "check_warning")
+        .collect();
+    assert!(
+        events
+            .iter()
+            .any(|e| e["rule"] == "FromAsCasing" && e["line"] == 1),
+        "{events:?}"
+    );
+
+    // A build lints only the stages its target reaches.
+    let df2 = "FROM busybox AS unused\nCMD echo x\nFROM busybox\nCMD [\"true\"]\n";
+    let dir2 = context(&env, "b2", &[("Dockerfile", df2)]);
+    let out = env.run(&["build", "--progress", "plain", dir2.to_str().unwrap()]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{err}");
+    assert!(!err.contains("JSONArgsRecommended"), "{err}");
+    let out = env.run(&["build", "--check", dir2.to_str().unwrap()]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&out.stdout).contains("JSONArgsRecommended"));
+
+    // check=error=true fails the build, with BuildKit's message; --check builds nothing.
+    let df3 = "# check=error=true\nFROM busybox as base\nCMD [\"true\"]\n";
+    let dir3 = context(&env, "b3", &[("Dockerfile", df3)]);
+    let out = env.run(&[
+        "build",
+        "--progress",
+        "plain",
+        "-t",
+        "never",
+        dir3.to_str().unwrap(),
+    ]);
+    assert_eq!(out.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("lint violation found for rules: FromAsCasing, LatestOrUntaggedBase"),
+        "{err}"
+    );
+    let images = env.ok(&["images"]);
+    assert!(!images.contains("never"), "{images}");
+}
+
+/// The summary lines of a build's stderr that name `rule`.
+fn summary_lines<'a>(err: &'a str, rule: &str) -> Vec<&'a str> {
+    let prefix = format!(" - {rule}: ");
+    err.lines().filter(|l| l.starts_with(&prefix)).collect()
+}
+
+fn build(env: &Env, name: &str, df: &str, extra: &[&str]) -> String {
+    let dir = context(env, name, &[("Dockerfile", df)]);
+    let mut args = vec!["build", "--progress", "plain", "-t", name];
+    args.extend_from_slice(extra);
+    args.push(dir.to_str().unwrap());
+    let out = env.run(&args);
+    let err = String::from_utf8_lossy(&out.stderr).into_owned();
+    assert!(out.status.success(), "{df}\n{err}");
+    err
+}
+
+#[test]
+fn wasted_space_names_the_instructions_and_the_size() {
+    let env = common::build_env();
+    let err = build(
+        &env,
+        "waste",
+        "FROM busybox\nRUN dd if=/dev/zero of=/big bs=1048576 count=50\nRUN rm /big\n",
+        &[],
+    );
+    let lines = summary_lines(&err, "WastedSpace");
+    assert_eq!(lines.len(), 1, "{err}");
+    assert!(
+        lines[0].contains("52428800 bytes (52.4 MB) added by `RUN dd if=/dev/zero of=/big bs=1048576 count=50` are deleted or overwritten by `RUN rm /big`"),
+        "{err}"
+    );
+    let err = build(
+        &env,
+        "nowaste",
+        "FROM busybox\nRUN dd if=/dev/zero of=/big bs=1048576 count=50 && rm /big\n",
+        &[],
+    );
+    assert!(summary_lines(&err, "WastedSpace").is_empty(), "{err}");
+}
+
+#[test]
+fn image_rules_secrets_modes_and_build_tools() {
+    let env = common::build_env();
+    let secret = env.path("token");
+    fs_err::write(&secret, "s3cr3t-t0ken-value").unwrap();
+    let spec = format!("id=tok,src={}", secret.display());
+    let bad = "FROM busybox\n\
+        RUN --mount=type=secret,id=tok cat /run/secrets/tok > /leaked && printf -- '-----BEGIN OPENSSH PRIVATE KEY-----\\nabc\\n-----END OPENSSH PRIVATE KEY-----\\n' > /id_key && touch /w /s && chmod 666 /w && chmod 4755 /s\n";
+    let err = build(&env, "imgbad", bad, &["--secret", &spec]);
+    let secrets = summary_lines(&err, "SecretInLayer");
+    assert!(
+        secrets
+            .iter()
+            .any(|l| l.contains("/leaked holds the value of a --secret")),
+        "{err}"
+    );
+    assert!(
+        secrets
+            .iter()
+            .any(|l| l.contains("/id_key holds a private key")),
+        "{err}"
+    );
+    assert!(
+        summary_lines(&err, "WorldWritableFile")
+            .iter()
+            .any(|l| l.contains("/w")),
+        "{err}"
+    );
+    assert!(
+        summary_lines(&err, "SetuidFileAdded")
+            .iter()
+            .any(|l| l.contains("/s")),
+        "{err}"
+    );
+    assert!(
+        summary_lines(&err, "BuildToolsInFinalImage").is_empty(),
+        "{err}"
+    );
+
+    let good = "FROM busybox\n\
+        RUN --mount=type=secret,id=tok wc -c /run/secrets/tok > /size && touch /w /s && chmod 644 /w && chmod 755 /s\n";
+    let err = build(&env, "imggood", good, &["--secret", &spec]);
+    for rule in ["SecretInLayer", "WorldWritableFile", "SetuidFileAdded"] {
+        assert!(summary_lines(&err, rule).is_empty(), "{rule}: {err}");
+    }
+
+    // Build tools in the final stage of a multi-stage build (not of a single-stage one).
+    let tools =
+        "RUN mkdir -p /usr/bin && printf '#!/bin/sh\\n' > /usr/bin/gcc && chmod 755 /usr/bin/gcc\n";
+    let multi = format!(
+        "FROM busybox AS build\nRUN echo built > /out\nFROM busybox\nCOPY --from=build /out /out\n{tools}"
+    );
+    let err = build(&env, "tools", &multi, &[]);
+    assert!(
+        summary_lines(&err, "BuildToolsInFinalImage")
+            .iter()
+            .any(|l| l.contains("/usr/bin/gcc")),
+        "{err}"
+    );
+    let clean =
+        "FROM busybox AS build\nRUN echo built > /out\nFROM busybox\nCOPY --from=build /out /out\n";
+    let err = build(&env, "notools", clean, &[]);
+    assert!(
+        summary_lines(&err, "BuildToolsInFinalImage").is_empty(),
+        "{err}"
+    );
+    let single = format!("FROM busybox\n{tools}");
+    let err = build(&env, "single", &single, &[]);
+    assert!(
+        summary_lines(&err, "BuildToolsInFinalImage").is_empty(),
+        "{err}"
+    );
+}
