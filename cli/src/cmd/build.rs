@@ -744,12 +744,11 @@ pub fn run(args: &BuildArgs, root: &Path) -> anyhow::Result<ExitCode> {
         other => Failed::Engine(other),
     });
     progress.finish();
-    super::check::after_build(
-        &checks,
-        &req,
-        result.as_ref().ok().and_then(|b| b.id.as_ref()),
-        mode,
-    );
+    // The checks' summary follows a build that succeeded; a failed build
+    // ends with its error alone (`rbuild check` lists the warnings).
+    if let Ok(built) = &result {
+        super::check::after_build(&checks, &req, built.id.as_ref(), mode);
+    }
     match result {
         Ok(built) => {
             let Some(id) = built.id else {
