@@ -774,20 +774,7 @@ fn add_layer(
                     ),
                 );
             }
-            config.layers.push(CacheLayer {
-                blob: digest,
-                diff_id,
-                parent,
-                base: link.base_layer.is_some(),
-                created_at: if link.base_layer.is_some() {
-                    None
-                } else {
-                    rfc3339(link.created)
-                },
-            });
-            let i = config.layers.len() - 1;
-            layer_of.insert(link.snapshot.clone(), i);
-            return Ok(i);
+            return Ok(push_layer(config, layer_of, link, digest, diff_id, parent));
         }
     }
     if digest_only {
@@ -797,20 +784,14 @@ fn add_layer(
                 snapshot: link.snapshot.to_string(),
                 source,
             })?;
-        config.layers.push(CacheLayer {
-            blob: diff_id.clone(),
+        return Ok(push_layer(
+            config,
+            layer_of,
+            link,
+            diff_id.clone(),
             diff_id,
             parent,
-            base: link.base_layer.is_some(),
-            created_at: if link.base_layer.is_some() {
-                None
-            } else {
-                rfc3339(link.created)
-            },
-        });
-        let i = config.layers.len() - 1;
-        layer_of.insert(link.snapshot.clone(), i);
-        return Ok(i);
+        ));
     }
     let blobs_dir = dir.join("blobs").join("sha256");
     let tmp = tempfile::Builder::new()
@@ -837,23 +818,39 @@ fn add_layer(
         }
         tmp.persist(&path).map_err(|e| io(&path)(e.error))?;
     }
-    config.layers.push(CacheLayer {
-        blob: digests.digest,
-        diff_id: digests.diff_id,
+    Ok(push_layer(
+        config,
+        layer_of,
+        link,
+        digests.digest,
+        digests.diff_id,
         parent,
-        base: link.base_layer.is_some(),
-        // A base image's layer is unpacked as the image's own: when this
-        // machine unpacked it is not part of the cache (it would make the
-        // description differ from machine to machine).
-        created_at: if link.base_layer.is_some() {
-            None
-        } else {
-            rfc3339(link.created)
-        },
+    ))
+}
+
+/// Adds the layer of `link` to the description and remembers its index.
+/// A base image's layer is unpacked as the image's own: when this machine
+/// unpacked it is not part of the cache (it would make the description
+/// differ from machine to machine).
+fn push_layer(
+    config: &mut CacheConfig,
+    layer_of: &mut HashMap<SnapshotId, usize>,
+    link: &ChainLink,
+    blob: Digest,
+    diff_id: Digest,
+    parent: Option<usize>,
+) -> usize {
+    let base = link.base_layer.is_some();
+    config.layers.push(CacheLayer {
+        blob,
+        diff_id,
+        parent,
+        base,
+        created_at: if base { None } else { rfc3339(link.created) },
     });
     let i = config.layers.len() - 1;
     layer_of.insert(link.snapshot.clone(), i);
-    Ok(i)
+    i
 }
 
 /// Reads the cache description of the OCI layout `dir`.
