@@ -33,46 +33,12 @@ use rbuild_solver::{ImportedCache, Outputs, ResultRef};
 use rbuild_worker::LocalWorker;
 use rbuild_worker::cachelayers::ChainLink;
 
+use crate::cache_types::io;
+pub use crate::cache_types::{CacheError, RemoteBlobs};
+
 /// The media type of rbuild's cache description (rbuild's keys are not
 /// `BuildKit`'s, so it is not `BuildKit`'s cache config).
 pub const CACHE_CONFIG_MEDIA_TYPE: &str = "application/vnd.rbuild.cache.config.v1+json";
-
-/// Errors exporting or importing a build cache.
-#[derive(Debug, thiserror::Error)]
-pub enum CacheError {
-    #[error("{}: {source}", .path.display())]
-    Io {
-        path: PathBuf,
-        #[source]
-        source: std::io::Error,
-    },
-    #[error("{}: not a build cache: {reason}", .path.display())]
-    Invalid { path: PathBuf, reason: String },
-    #[error("cannot lock {}: {errno}", .path.display())]
-    Lock { path: PathBuf, errno: nix::Error },
-    #[error("writing a layer of {}: {source}", .snapshot)]
-    Layer {
-        snapshot: String,
-        #[source]
-        source: rbuild_solver::ExecError,
-    },
-    /// A registry's cache (`type=registry`, an image's inline cache).
-    #[error("{reference}: {source}")]
-    Registry {
-        reference: String,
-        #[source]
-        source: Box<rbuild_registry::Error>,
-    },
-    #[error("{reference}: {reason}")]
-    Remote { reference: String, reason: String },
-}
-
-fn io(path: &Path) -> impl FnOnce(std::io::Error) -> CacheError + '_ {
-    move |source| CacheError::Io {
-        path: path.to_path_buf(),
-        source,
-    }
-}
 
 /// `mode=` of `--cache-to`.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -108,10 +74,10 @@ pub struct CacheImport {
 }
 
 /// Where an imported cache's blobs come from: an OCI layout directory or a
-/// registry (see [`crate::cache_registry`]).
+/// registry (`crate::cache_registry`'s `RemoteCache`).
 pub enum CacheSource {
     Local(PathBuf),
-    Registry(std::sync::Arc<crate::cache_registry::RemoteCache>),
+    Registry(std::sync::Arc<dyn RemoteBlobs>),
 }
 
 /// A blob of a source as a file: the layout's own, or a verified download
@@ -1000,9 +966,9 @@ impl ImportedRecords {
     }
 
     /// The registry source at `index` (of a [`Foreign`] blob).
-    pub(crate) fn remote(&self, index: usize) -> Option<&crate::cache_registry::RemoteCache> {
+    pub(crate) fn remote(&self, index: usize) -> Option<&dyn RemoteBlobs> {
         match self.sources.get(index) {
-            Some((CacheSource::Registry(r), _)) => Some(r),
+            Some((CacheSource::Registry(r), _)) => Some(&**r),
             _ => None,
         }
     }
@@ -1017,7 +983,7 @@ impl ImportedRecords {
     }
 
     /// The registry sources.
-    pub(crate) fn remotes(&self) -> impl Iterator<Item = &crate::cache_registry::RemoteCache> {
+    pub(crate) fn remotes(&self) -> impl Iterator<Item = &dyn RemoteBlobs> {
         self.sources.iter().filter_map(|(s, _)| match s {
             CacheSource::Registry(r) => Some(&**r),
             CacheSource::Local(_) => None,

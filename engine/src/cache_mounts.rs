@@ -39,7 +39,7 @@ use rbuild_snapshotter::{Compression, Decoder, HashingReader};
 use rbuild_worker::LocalWorker;
 use rbuild_worker::cachemounts::CacheMountSeeds;
 
-use crate::cache::CacheError;
+use crate::cache_types::{CacheError, io};
 
 /// One cache mount in the cache description.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -91,13 +91,6 @@ impl LayoutBlobs {
 
     fn path(&self, d: &Digest) -> PathBuf {
         self.dir.join("blobs").join("sha256").join(d.hex())
-    }
-}
-
-fn io(path: &Path) -> impl FnOnce(std::io::Error) -> CacheError + '_ {
-    move |source| CacheError::Io {
-        path: path.to_path_buf(),
-        source,
     }
 }
 

@@ -207,6 +207,32 @@ impl RemoteCache {
     }
 }
 
+/// A registry cache as a source of an import's layers.
+impl crate::cache_types::RemoteBlobs for RemoteCache {
+    fn name(&self) -> &str {
+        RemoteCache::name(self)
+    }
+
+    fn descriptor(&self, d: &Digest) -> Option<&Descriptor> {
+        RemoteCache::descriptor(self, d)
+    }
+
+    fn fetch_blob(&self, d: &Digest) -> Result<tempfile::TempPath, CacheError> {
+        RemoteCache::fetch_blob(self, d)
+    }
+
+    fn as_any(&self) -> &dyn std::any::Any {
+        self
+    }
+}
+
+/// The registry sources of `imported`.
+fn registry_sources(imported: &ImportedRecords) -> impl Iterator<Item = &RemoteCache> {
+    imported
+        .remotes()
+        .filter_map(|r| r.as_any().downcast_ref::<RemoteCache>())
+}
+
 /// A downloaded blob, removed when the reader is dropped.
 struct TempReader {
     file: std::fs::File,
@@ -267,13 +293,8 @@ pub fn import(
     store: &Store,
     reference: &str,
     opts: &RegistryOptions,
-) -> Result<(crate::cache::CacheSource, CacheConfig), CacheError> {
-    RemoteCache::open(store, reference, opts).map(|(r, c)| {
-        (
-            crate::cache::CacheSource::Registry(std::sync::Arc::new(r)),
-            c,
-        )
-    })
+) -> Result<(Arc<RemoteCache>, CacheConfig), CacheError> {
+    RemoteCache::open(store, reference, opts).map(|(r, c)| (Arc::new(r), c))
 }
 
 /// A scratch directory of the state root (removed when dropped, swept if
@@ -377,7 +398,7 @@ pub fn export(
             // pushed to.
             let mut mounts: Vec<String> = imported
                 .into_iter()
-                .flat_map(ImportedRecords::remotes)
+                .flat_map(registry_sources)
                 .filter(|r| r.descriptor(&desc.digest).is_some())
                 .map(|r| (r.remote.registry.clone(), r.remote.repository.clone()))
                 .chain(
@@ -413,6 +434,7 @@ pub fn export(
             let Some(source) = source else { continue };
             let from = imported
                 .and_then(|i| i.remote(*source))
+                .and_then(|r| r.as_any().downcast_ref::<RemoteCache>())
                 .ok_or_else(|| remote_err(reference, format!("no source for blob {digest}")))?;
             copy_foreign(&client, &remote, from, desc).await?;
         }

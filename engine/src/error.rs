@@ -1,11 +1,11 @@
-//! The engine's errors.
-
-use std::path::PathBuf;
+//! What the engine's errors share: a failed step ([`StepFailure`]) and the
+//! one-line rendering of an error and its causes ([`one_line`]). A leaf: the
+//! errors of a build and of an export, which wrap the errors of the other
+//! modules, are the session's ([`crate::BuildError`]) and the exporter's
+//! ([`crate::ExportError`]).
 
 use rbuild_ops::{SourceLocation, VertexId};
-use rbuild_solver::{CacheIndexError, ExecError, SolveError};
-
-use crate::pending::PendingError;
+use rbuild_solver::ExecError;
 
 /// A failed step, with what the failure report needs.
 #[derive(Debug)]
@@ -21,104 +21,6 @@ pub struct StepFailure {
     /// The state before the failing step saved as a dangling image: the short
     /// ID `rbuild run ID sh` takes to open a shell there.
     pub last_good: Option<String>,
-}
-
-/// Why a build failed.
-#[derive(Debug, thiserror::Error)]
-pub enum BuildError {
-    /// A step failed.
-    #[error("{}: {}", .0.name, .0.source)]
-    Step(Box<StepFailure>),
-    /// Planning failed: an error in the Dockerfile or a base image not found.
-    #[error(transparent)]
-    Plan(Box<rbuild_frontend::FrontendError>),
-    #[error("opening the image store {}", .root.display())]
-    Store {
-        root: PathBuf,
-        #[source]
-        source: rbuild_image::Error,
-    },
-    #[error("{}", .file.display())]
-    Ignore {
-        file: PathBuf,
-        #[source]
-        source: rbuild_frontend::dockerignore::PatternError,
-    },
-    /// The worker could not start (or the kernel lacks what it needs).
-    #[error(transparent)]
-    Worker(ExecError),
-    #[error(transparent)]
-    CacheIndex(#[from] CacheIndexError),
-    #[error("starting the runtime")]
-    Runtime(#[source] std::io::Error),
-    /// The garbage collection after the build failed.
-    #[error("collecting the build cache")]
-    Gc(#[source] crate::gc::GcError),
-    /// SIGINT or SIGTERM: the solve was cancelled and cleaned up.
-    #[error("interrupted")]
-    Interrupted,
-    #[error(transparent)]
-    Solve(Box<SolveError>),
-    #[error("internal error: the target was not solved")]
-    TargetNotSolved,
-    #[error(transparent)]
-    Export(#[from] ExportError),
-    /// `--cache-to` could not be written.
-    #[error("exporting cache to {}", .dest.display())]
-    CacheExport {
-        dest: PathBuf,
-        #[source]
-        source: crate::cache::CacheError,
-    },
-    /// `--cache-to type=registry` could not be written.
-    #[error("exporting cache to {reference}")]
-    CacheExportRegistry {
-        reference: String,
-        #[source]
-        source: crate::cache::CacheError,
-    },
-    /// `--cache-to type=inline`: the cache description could not be made.
-    #[error("preparing the inline cache")]
-    CacheInline(#[source] crate::cache::CacheError),
-}
-
-/// Why an export failed.
-#[derive(Debug, thiserror::Error)]
-pub enum ExportError {
-    #[error("exporting the image: {0}")]
-    Image(#[source] ExecError),
-    #[error("exporting to {}: {source}", .dest.display())]
-    Dir {
-        dest: PathBuf,
-        #[source]
-        source: ExecError,
-    },
-    #[error("exporting the root filesystem: {0}")]
-    RootFs(#[source] ExecError),
-    /// Writing the output file `dest` (through its temporary name) failed.
-    #[error("writing {}", .dest.display())]
-    Write {
-        dest: PathBuf,
-        #[source]
-        source: Box<ExportError>,
-    },
-    #[error(transparent)]
-    Pending(#[from] PendingError),
-    #[error(transparent)]
-    Store(#[from] rbuild_image::Error),
-    #[error("creating a temporary directory")]
-    TempDir(#[source] std::io::Error),
-    /// Pushing the image to a registry failed.
-    #[error("pushing {name}")]
-    Push {
-        name: String,
-        #[source]
-        source: Box<crate::transfer::TransferError>,
-    },
-    #[error(transparent)]
-    Io(#[from] std::io::Error),
-    #[error(transparent)]
-    Squash(#[from] crate::squash::SquashError),
 }
 
 /// An error and its causes on one line (`a: b: c`), as `anyhow`'s `{:#}`
@@ -141,6 +43,7 @@ pub fn one_line(e: &(dyn std::error::Error + 'static)) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::exporter::ExportError;
 
     #[test]
     fn one_line_keeps_each_cause_once() {

@@ -9,13 +9,52 @@ use std::path::{Path, PathBuf};
 use rbuild_frontend::BuildPlan;
 use rbuild_image::{Digest, Reference, Store};
 use rbuild_ops::{ImagePin, VertexId};
-use rbuild_solver::ResultRef;
 use rbuild_solver::progress::Event;
+use rbuild_solver::{ExecError, ResultRef};
 use rbuild_worker::{ExportOptions, LocalWorker};
 
-use crate::error::ExportError;
-use crate::pending::PendingOutput;
+use crate::pending::{PendingError, PendingOutput};
 use crate::report::Reporter;
+use crate::squash::SquashMode;
+
+/// Why an export failed.
+#[derive(Debug, thiserror::Error)]
+pub enum ExportError {
+    #[error("exporting the image: {0}")]
+    Image(#[source] ExecError),
+    #[error("exporting to {}: {source}", .dest.display())]
+    Dir {
+        dest: PathBuf,
+        #[source]
+        source: ExecError,
+    },
+    #[error("exporting the root filesystem: {0}")]
+    RootFs(#[source] ExecError),
+    /// Writing the output file `dest` (through its temporary name) failed.
+    #[error("writing {}", .dest.display())]
+    Write {
+        dest: PathBuf,
+        #[source]
+        source: Box<ExportError>,
+    },
+    #[error(transparent)]
+    Pending(#[from] PendingError),
+    #[error(transparent)]
+    Store(#[from] rbuild_image::Error),
+    #[error("creating a temporary directory")]
+    TempDir(#[source] std::io::Error),
+    /// Pushing the image to a registry failed.
+    #[error("pushing {name}")]
+    Push {
+        name: String,
+        #[source]
+        source: Box<crate::transfer::TransferError>,
+    },
+    #[error(transparent)]
+    Io(#[from] std::io::Error),
+    #[error(transparent)]
+    Squash(#[from] crate::squash::SquashError),
+}
 
 /// What an exporter gets: the solved target and what made it.
 pub struct ExportContext<'a> {
@@ -28,7 +67,7 @@ pub struct ExportContext<'a> {
     /// The result of the plan's target.
     pub target: &'a ResultRef,
     /// `--squash` / `--squash-all`: the image is squashed before it is tagged.
-    pub squash: Option<crate::squash::SquashMode>,
+    pub squash: Option<SquashMode>,
 }
 
 impl ExportContext<'_> {
@@ -41,12 +80,55 @@ impl ExportContext<'_> {
     ) -> Result<Digest, ExportError> {
         match self.squash {
             None => self.commit_unsquashed(tags, phases),
-            Some(mode) => crate::squash::commit_squashed(self, mode, tags, phases),
+            Some(mode) => self.commit_squashed(mode, tags, phases),
         }
     }
 
+    /// The export of a build with `--squash`/`--squash-all`: the image is
+    /// committed as usual (dangling), squashed, and the squashed image tagged;
+    /// the unsquashed one is removed again when this export made it. The saving
+    /// is reported as a note, a squash that saves nothing with a warning.
+    fn commit_squashed(
+        &self,
+        mode: SquashMode,
+        tags: Vec<Reference>,
+        phases: &mut Phases<'_>,
+    ) -> Result<Digest, ExportError> {
+        let store = self.store;
+        let existing: std::collections::HashSet<Digest> =
+            store.images()?.into_iter().map(|i| i.id).collect();
+        let unsquashed = self.commit_unsquashed(Vec::new(), phases)?;
+        let img = store.image(&unsquashed)?;
+        let keep = match mode {
+            SquashMode::All => 0,
+            SquashMode::New => self
+                .plan
+                .base
+                .as_ref()
+                .map_or(0, |b| b.config.rootfs.diff_ids.len()),
+        };
+        let done = phases.phase("squashing layers", || {
+            crate::squash::squash_image(store, &img, keep, tags)
+        })?;
+        phases.note(&done.summary());
+        if let Some(w) = done.warning() {
+            phases.warning(&w);
+        }
+        if done.id() != &unsquashed && !existing.contains(&unsquashed) {
+            // Best effort: another process may hold it too.
+            if let Ok(lease) = store.lease() {
+                let _ = lease.release(
+                    rbuild_snapshotter::lease::Hold::Image,
+                    &unsquashed.to_string(),
+                );
+            }
+            let _ = store.remove(&[unsquashed.to_string()], false);
+        }
+        Ok(done.id().clone())
+    }
+
     /// [`Self::commit_image`] without squashing.
-    pub(crate) fn commit_unsquashed(
+    fn commit_unsquashed(
         &self,
         tags: Vec<Reference>,
         phases: &mut Phases<'_>,

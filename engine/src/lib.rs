@@ -11,6 +11,7 @@ pub mod cache;
 pub mod cache_files;
 pub mod cache_mounts;
 pub mod cache_registry;
+pub mod cache_types;
 pub mod checks;
 mod error;
 pub mod exporter;
@@ -20,10 +21,10 @@ mod session;
 pub mod squash;
 pub mod transfer;
 
-pub use error::{BuildError, ExportError, StepFailure, one_line};
+pub use error::{StepFailure, one_line};
 pub use exporter::{
-    DockerArchiveExporter, ExportContext, Exporter, LocalExporter, OciLayoutExporter, Phases,
-    RegistryExporter, StoreExporter, TarExporter,
+    DockerArchiveExporter, ExportContext, ExportError, Exporter, LocalExporter, OciLayoutExporter,
+    Phases, RegistryExporter, StoreExporter, TarExporter,
 };
 pub use pending::{PendingError, PendingOutput};
 pub use rbuild_snapshotter::layout::{self, StateLayout};
@@ -33,4 +34,4 @@ pub use rbuild_snapshotter::layout::{self, StateLayout};
 pub mod gc;
 /// Unpacks an image of the store as its first `FROM` would (`import`, `load`).
 pub use rbuild_worker::unpack_image;
-pub use session::{BuildRequest, Built, Reporter, build};
+pub use session::{BuildError, BuildRequest, Built, Reporter, build};

@@ -15,13 +15,72 @@ use rbuild_image::{Digest, Reference, Store};
 use rbuild_ops::{ImagePin, NetworkMode, VertexId};
 use rbuild_snapshotter::layout::StateLayout;
 use rbuild_solver::progress::Event;
-use rbuild_solver::{CacheIndex, ResultRef, SolveError, Solver};
+use rbuild_solver::{CacheIndex, CacheIndexError, ExecError, ResultRef, SolveError, Solver};
 use rbuild_worker::{ExportOptions, LocalWorker, WorkerOptions};
 
-use crate::error::{BuildError, StepFailure};
-use crate::exporter::{ExportContext, Exporter, Phases};
+use crate::error::StepFailure;
+use crate::exporter::{ExportContext, ExportError, Exporter, Phases};
 pub use crate::report::Reporter;
 use crate::transfer::{RegistryOptions, TransferEvent};
+
+/// Why a build failed.
+#[derive(Debug, thiserror::Error)]
+pub enum BuildError {
+    /// A step failed.
+    #[error("{}: {}", .0.name, .0.source)]
+    Step(Box<StepFailure>),
+    /// Planning failed: an error in the Dockerfile or a base image not found.
+    #[error(transparent)]
+    Plan(Box<rbuild_frontend::FrontendError>),
+    #[error("opening the image store {}", .root.display())]
+    Store {
+        root: PathBuf,
+        #[source]
+        source: rbuild_image::Error,
+    },
+    #[error("{}", .file.display())]
+    Ignore {
+        file: PathBuf,
+        #[source]
+        source: rbuild_frontend::dockerignore::PatternError,
+    },
+    /// The worker could not start (or the kernel lacks what it needs).
+    #[error(transparent)]
+    Worker(ExecError),
+    #[error(transparent)]
+    CacheIndex(#[from] CacheIndexError),
+    #[error("starting the runtime")]
+    Runtime(#[source] std::io::Error),
+    /// The garbage collection after the build failed.
+    #[error("collecting the build cache")]
+    Gc(#[source] crate::gc::GcError),
+    /// SIGINT or SIGTERM: the solve was cancelled and cleaned up.
+    #[error("interrupted")]
+    Interrupted,
+    #[error(transparent)]
+    Solve(Box<SolveError>),
+    #[error("internal error: the target was not solved")]
+    TargetNotSolved,
+    #[error(transparent)]
+    Export(#[from] ExportError),
+    /// `--cache-to` could not be written.
+    #[error("exporting cache to {}", .dest.display())]
+    CacheExport {
+        dest: PathBuf,
+        #[source]
+        source: crate::cache::CacheError,
+    },
+    /// `--cache-to type=registry` could not be written.
+    #[error("exporting cache to {reference}")]
+    CacheExportRegistry {
+        reference: String,
+        #[source]
+        source: crate::cache::CacheError,
+    },
+    /// `--cache-to type=inline`: the cache description could not be made.
+    #[error("preparing the inline cache")]
+    CacheInline(#[source] crate::cache::CacheError),
+}
 
 /// Everything a build needs, read and checked by the caller.
 // Independent yes/no options of `rbuild build` (--no-cache, --sync=full,
@@ -396,16 +455,14 @@ fn import_caches(
             crate::cache_registry::import(store, reference, &req.registry)
         });
         match read {
-            Ok((source, config)) => {
+            Ok((remote, config)) => {
                 if from.cache_mounts && !config.cache_mounts.is_empty() {
-                    if let crate::cache::CacheSource::Registry(remote) = &source {
-                        mount_sources.push((
-                            Arc::clone(remote) as Arc<dyn crate::cache_mounts::BlobSource>,
-                            config.cache_mounts.clone(),
-                        ));
-                    }
+                    mount_sources.push((
+                        Arc::clone(&remote) as Arc<dyn crate::cache_mounts::BlobSource>,
+                        config.cache_mounts.clone(),
+                    ));
                 }
-                sources.push((source, config));
+                sources.push((crate::cache::CacheSource::Registry(remote), config));
             }
             Err(e) => reporter.warning(&format!(
                 "cache import from {reference} failed, building without it: {}",

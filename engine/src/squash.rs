@@ -27,44 +27,6 @@ pub enum SquashMode {
     All,
 }
 
-/// The export of a build with `--squash`/`--squash-all`: the image is
-/// committed as usual (dangling), squashed, and the squashed image tagged;
-/// the unsquashed one is removed again when this export made it. The saving
-/// is reported as a note, a squash that saves nothing with a warning.
-pub(crate) fn commit_squashed(
-    cx: &crate::exporter::ExportContext<'_>,
-    mode: SquashMode,
-    tags: Vec<Reference>,
-    phases: &mut crate::exporter::Phases<'_>,
-) -> Result<Digest, crate::ExportError> {
-    let store = cx.store;
-    let existing: std::collections::HashSet<Digest> =
-        store.images()?.into_iter().map(|i| i.id).collect();
-    let unsquashed = cx.commit_unsquashed(Vec::new(), phases)?;
-    let img = store.image(&unsquashed)?;
-    let keep = match mode {
-        SquashMode::All => 0,
-        SquashMode::New => cx
-            .plan
-            .base
-            .as_ref()
-            .map_or(0, |b| b.config.rootfs.diff_ids.len()),
-    };
-    let done = phases.phase("squashing layers", || squash_image(store, &img, keep, tags))?;
-    phases.note(&done.summary());
-    if let Some(w) = done.warning() {
-        phases.warning(&w);
-    }
-    if done.id() != &unsquashed && !existing.contains(&unsquashed) {
-        // Best effort: another process may hold it too.
-        if let Ok(lease) = store.lease() {
-            let _ = lease.release(Hold::Image, &unsquashed.to_string());
-        }
-        let _ = store.remove(&[unsquashed.to_string()], false);
-    }
-    Ok(done.id().clone())
-}
-
 /// Why a squash or a waste report failed.
 #[derive(Debug, thiserror::Error)]
 pub enum SquashError {

@@ -13,25 +13,18 @@
 //! that is running mounts a cache that does not exist here; an existing
 //! local cache mount is always kept as it is (never merged with a seed).
 
-use std::io::{Read, Write};
+use std::io::Write;
+use std::path::Path;
 
 use rbuild_ops::CacheSharing;
 use rbuild_snapshotter::{Compression, DiffOptions, LayerDigests};
 use rbuild_solver::ExecError;
 
 use crate::LocalWorker;
-use crate::state::{Inner, err};
+use crate::error::err;
+use crate::state::Inner;
 
-/// Content for cache mounts that do not exist yet on this machine.
-pub trait CacheMountSeeds: Send + Sync {
-    /// The content of cache mount `id` (an uncompressed layer tar, checked
-    /// already), or `None` when there is none. Called while a step that
-    /// mounts it is starting; any problem is the seeder's to report.
-    fn seed(&self, id: &str) -> Option<Box<dyn Read + Send>>;
-
-    /// Applying the seed of `id` failed: the cache mount starts empty.
-    fn failed(&self, id: &str, error: String);
-}
+pub use crate::seeds::CacheMountSeeds;
 
 impl LocalWorker {
     /// Seeds for cache mounts that steps create from now on (once per
@@ -59,7 +52,7 @@ impl LocalWorker {
         let _lock = match sharing {
             CacheSharing::Shared => None,
             CacheSharing::Locked | CacheSharing::Private => {
-                crate::ops::exec::try_lock(&base.join(format!("{name}.lock")), true)?
+                try_lock(&base.join(format!("{name}.lock")), true)?
             }
         };
         let opts = DiffOptions {
@@ -78,7 +71,7 @@ impl LocalWorker {
 /// The cache mounts' directory and the name of mount `id` in it.
 fn mount_name(inner: &Inner, id: &str) -> (std::path::PathBuf, String) {
     let base = rbuild_snapshotter::layout::StateLayout::new(&inner.state_root).cache_mounts();
-    (base, crate::ops::exec::sanitize(id))
+    (base, sanitize(id))
 }
 
 /// Fills `made` (which does not exist yet) with the seed of cache mount
@@ -109,5 +102,46 @@ pub(crate) fn seed(inner: &Inner, id: &str, made: &std::path::Path) -> bool {
             seeds.failed(id, e);
             false
         }
+    }
+}
+
+/// The directory name of cache mount `id`: its id made safe for a file name,
+/// then a digest of it (so two ids never share a name).
+pub(crate) fn sanitize(id: &str) -> String {
+    let h = blake3::hash(id.as_bytes()).to_hex();
+    let clean: String = id
+        .chars()
+        .map(|c| if c.is_ascii_alphanumeric() { c } else { '_' })
+        .take(40)
+        .collect();
+    format!("{clean}-{}", &h[..16])
+}
+
+/// An exclusive lock on the lock file `path` (made when missing); `None`
+/// when it is taken and `blocking` is false.
+pub(crate) fn try_lock(
+    path: &Path,
+    blocking: bool,
+) -> Result<Option<nix::fcntl::Flock<std::fs::File>>, ExecError> {
+    let f = fs_err::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(path)
+        .map_err(err)?
+        .into_parts()
+        .0;
+    let arg = if blocking {
+        nix::fcntl::FlockArg::LockExclusive
+    } else {
+        nix::fcntl::FlockArg::LockExclusiveNonblock
+    };
+    match nix::fcntl::Flock::lock(f, arg) {
+        Ok(l) => Ok(Some(l)),
+        Err((_, nix::errno::Errno::EWOULDBLOCK)) if !blocking => Ok(None),
+        Err((_, e)) => Err(crate::error::context(
+            format!("locking {}", path.display()),
+            e,
+        )),
     }
 }

@@ -44,3 +44,8 @@ pub(crate) fn context(
     }
     .into()
 }
+
+/// Any error as an [`ExecError`], as its source.
+pub(crate) fn err(e: impl StdError + Send + Sync + 'static) -> ExecError {
+    ExecError::Other(Box::new(e))
+}

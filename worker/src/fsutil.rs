@@ -6,7 +6,7 @@ use std::path::{Component, Path, PathBuf};
 
 use rbuild_solver::ExecError;
 
-use crate::state::err;
+use crate::error::err;
 
 pub(crate) fn io_msg(
     what: &str,

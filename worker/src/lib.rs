@@ -79,6 +79,7 @@ mod export;
 mod filter;
 mod fsutil;
 mod ops;
+mod seeds;
 mod state;
 
 use std::collections::HashMap;

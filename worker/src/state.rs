@@ -1,5 +1,6 @@
 //! What every op of the worker shares: the stores and options ([`Inner`]),
-//! what a [`ResultRef`] names ([`Res`]), and error helpers.
+//! what a [`ResultRef`] names ([`Res`]). It names no op, only `context`,
+//! `error` and `seeds`, which name no other module but `context`.
 
 use std::collections::HashMap;
 use std::path::PathBuf;
@@ -10,6 +11,9 @@ use rbuild_snapshotter::snapshots::{SnapshotId, SnapshotStore};
 use rbuild_solver::{ExecError, ResultRef};
 
 use crate::context::{ContextChecksummer, PathFilter};
+// The ops import `err` from here with the state they work on.
+pub(crate) use crate::error::err;
+use crate::seeds::CacheMountSeeds;
 
 /// A `.dockerignore` matcher (or any filter), shared by all context reads.
 /// `is_excluded(rel, is_dir)`, `rel` relative to the context root.
@@ -34,7 +38,7 @@ pub(crate) struct Inner {
     pub(crate) checksummers: Mutex<HashMap<PathBuf, Arc<ContextChecksummer>>>,
     /// Seeds of cache mounts imported with a build cache (see
     /// `crate::cachemounts`).
-    pub(crate) cache_seeds: std::sync::OnceLock<Arc<dyn crate::cachemounts::CacheMountSeeds>>,
+    pub(crate) cache_seeds: std::sync::OnceLock<Arc<dyn CacheMountSeeds>>,
 }
 
 /// What a [`ResultRef`] names.
@@ -42,10 +46,6 @@ pub(crate) struct Inner {
 pub(crate) enum Res {
     Snap(SnapshotId),
     Context(PathBuf),
-}
-
-pub(crate) fn err(e: impl std::error::Error + Send + Sync + 'static) -> ExecError {
-    ExecError::Other(Box::new(e))
 }
 
 pub(crate) fn snap_ref(id: &SnapshotId) -> ResultRef {

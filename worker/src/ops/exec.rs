@@ -13,6 +13,7 @@ use rbuild_ops::{CacheSharing, ExecOp, MountKind, NetworkMode, SecurityMode};
 use rbuild_solver::progress::{Stream, VertexLogger};
 use rbuild_solver::{ExecContext, ExecError, ResultRef, StepLimit};
 
+use crate::cachemounts::{sanitize, try_lock};
 use crate::fsutil::{clean_rel, mkdir_all};
 use crate::state::{Inner, Res, err, snap_ref};
 
@@ -104,43 +105,6 @@ fn input_path(
             keep.guards.push(g);
             Ok(p)
         }
-    }
-}
-
-pub(crate) fn sanitize(id: &str) -> String {
-    let h = blake3::hash(id.as_bytes()).to_hex();
-    let clean: String = id
-        .chars()
-        .map(|c| if c.is_ascii_alphanumeric() { c } else { '_' })
-        .take(40)
-        .collect();
-    format!("{clean}-{}", &h[..16])
-}
-
-pub(crate) fn try_lock(
-    path: &Path,
-    blocking: bool,
-) -> Result<Option<nix::fcntl::Flock<std::fs::File>>, ExecError> {
-    let f = fs_err::OpenOptions::new()
-        .create(true)
-        .truncate(false)
-        .write(true)
-        .open(path)
-        .map_err(err)?
-        .into_parts()
-        .0;
-    let arg = if blocking {
-        nix::fcntl::FlockArg::LockExclusive
-    } else {
-        nix::fcntl::FlockArg::LockExclusiveNonblock
-    };
-    match nix::fcntl::Flock::lock(f, arg) {
-        Ok(l) => Ok(Some(l)),
-        Err((_, nix::errno::Errno::EWOULDBLOCK)) if !blocking => Ok(None),
-        Err((_, e)) => Err(crate::error::context(
-            format!("locking {}", path.display()),
-            e,
-        )),
     }
 }
 
