@@ -103,6 +103,8 @@ pub struct BuildRequest {
     pub network: NetworkMode,
     pub allow: Entitlements,
     pub secrets: HashMap<String, Vec<u8>>,
+    /// `--ssh` agents by id, for `RUN --mount=type=ssh`.
+    pub ssh: HashMap<String, Arc<rbuild_sshforward::AgentSource>>,
     /// `SOURCE_DATE_EPOCH`: the created times and the clamp of file times.
     pub source_date_epoch: Option<i64>,
     /// Steps run at once.
@@ -621,6 +623,7 @@ fn start_worker(req: &BuildRequest, store: &Arc<Store>) -> Result<LocalWorker, B
                 .collect(),
             ignore,
             secrets: req.secrets.clone(),
+            ssh: req.ssh.clone(),
             source_date_epoch: req.source_date_epoch.and_then(|e| u64::try_from(e).ok()),
             full_sync: req.full_sync,
             limits: req.limits.clone(),

@@ -285,7 +285,6 @@ struct Run {
     cmd_set: bool,
     ignore_cache: bool,
     on_build: bool,
-    ssh_count: usize,
 }
 
 impl Run {
@@ -1121,7 +1120,6 @@ impl Planner<'_> {
             cmd_set: false,
             ignore_cache,
             on_build: false,
-            ssh_count: 0,
         };
         let from_span = self.stages[i].from.span;
         let charged_before = self.charged.get();
@@ -1715,6 +1713,8 @@ impl Planner<'_> {
             None => self.scratch(),
         }];
         let mut mounts: Vec<OpMount> = Vec::new();
+        // Default ssh targets count within one RUN (BuildKit's exec).
+        let mut ssh_index = 0;
         let (mut args, prepend) = match &r.command {
             Command::Shell(s) => (vec![s.clone()], true),
             Command::Exec(v) => (v.clone(), false),
@@ -1937,9 +1937,9 @@ impl Planner<'_> {
                 Mount::Ssh(s) => {
                     let target = match ex(self, &s.target)? {
                         Some(t) => abs_target(&t),
-                        None => format!("/run/buildkit/ssh_agent.{}", run.ssh_count),
+                        None => format!("/run/buildkit/ssh_agent.{ssh_index}"),
                     };
-                    run.ssh_count += 1;
+                    ssh_index += 1;
                     OpMount {
                         target,
                         kind: MountKind::Ssh {
@@ -1957,7 +1957,15 @@ impl Planner<'_> {
             }
             mounts.push(mount);
         }
-        let exec_env: Vec<String> = env.iter().map(|(k, v)| format!("{k}={v}")).collect();
+        let mut exec_env: Vec<String> = env.iter().map(|(k, v)| format!("{k}={v}")).collect();
+        // `SSH_AUTH_SOCK` names the first ssh mount unless the step's
+        // environment has it (BuildKit's llb exec).
+        let first_ssh = mounts
+            .iter()
+            .find(|m| matches!(m.kind, MountKind::Ssh { .. }));
+        if let (Some(m), None) = (first_ssh, env_get(&env, "SSH_AUTH_SOCK")) {
+            exec_env.push(format!("SSH_AUTH_SOCK={}", m.target));
+        }
         // Every RUN step carries the whole environment.
         let carried: usize = exec_env.iter().map(String::len).sum();
         self.charge(carried, ins, || "RUN".to_owned())?;

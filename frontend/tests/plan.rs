@@ -585,6 +585,48 @@ fn run_heredocs() {
 }
 
 #[test]
+fn ssh_mounts_set_ssh_auth_sock_and_count_targets_per_run() {
+    let p = plan(
+        "FROM busybox\n\
+         RUN --mount=type=ssh,id=a,target=/a.sock --mount=type=ssh true\n\
+         RUN --mount=type=ssh --mount=type=ssh,id=b true\n\
+         ENV SSH_AUTH_SOCK=/mine\n\
+         RUN --mount=type=ssh true\n\
+         RUN true\n",
+    );
+    let e = execs(&p);
+    let sock = |e: &ExecOp| {
+        e.env
+            .iter()
+            .filter_map(|v| v.strip_prefix("SSH_AUTH_SOCK="))
+            .map(str::to_owned)
+            .collect::<Vec<_>>()
+    };
+    let targets = |e: &ExecOp| {
+        e.mounts
+            .iter()
+            .map(|m| m.target.clone())
+            .collect::<Vec<_>>()
+    };
+    assert_eq!(targets(&e[0]), ["/a.sock", "/run/buildkit/ssh_agent.1"]);
+    assert_eq!(sock(&e[0]), ["/a.sock"]);
+    // Each RUN counts its own default targets (BuildKit's exec).
+    assert_eq!(
+        targets(&e[1]),
+        ["/run/buildkit/ssh_agent.0", "/run/buildkit/ssh_agent.1"]
+    );
+    assert_eq!(sock(&e[1]), ["/run/buildkit/ssh_agent.0"]);
+    assert!(
+        matches!(&e[1].mounts[1].kind, MountKind::Ssh { id, required: false, mode: 0o600, .. } if id == "b")
+    );
+    // The step's own SSH_AUTH_SOCK stays; no ssh mount, no SSH_AUTH_SOCK.
+    assert_eq!(sock(&e[2]), ["/mine"]);
+    assert_eq!(sock(&e[3]), ["/mine"]);
+    let p = plan("FROM busybox\nRUN true\n");
+    assert!(sock(&execs(&p)[0]).is_empty());
+}
+
+#[test]
 fn run_mounts() {
     let p = plan(
         "FROM busybox AS dep\nRUN mk\nFROM busybox\nWORKDIR /src\n\

@@ -110,6 +110,8 @@ pub struct WorkerOptions {
     pub ignore: Option<IgnoreFilter>,
     /// `--secret` data by id.
     pub secrets: HashMap<String, Vec<u8>>,
+    /// `--ssh` agents by id, forwarded into steps that mount them.
+    pub ssh: HashMap<String, Arc<rbuild_sshforward::AgentSource>>,
     /// `SOURCE_DATE_EPOCH`: clamp mtimes in written layers.
     pub source_date_epoch: Option<u64>,
     /// `--sync=full`: RUN steps keep their programs' own syncs. By default
@@ -152,6 +154,7 @@ impl LocalWorker {
                 contexts,
                 ignore: opts.ignore,
                 secrets: opts.secrets,
+                ssh: opts.ssh,
                 epoch: opts.source_date_epoch,
                 full_sync: opts.full_sync,
                 limits: opts.limits,

@@ -27,6 +27,7 @@ pub(crate) struct Inner {
     pub(crate) contexts: HashMap<String, PathBuf>,
     pub(crate) ignore: Option<IgnoreFilter>,
     pub(crate) secrets: HashMap<String, Vec<u8>>,
+    pub(crate) ssh: HashMap<String, Arc<rbuild_sshforward::AgentSource>>,
     pub(crate) epoch: Option<u64>,
     /// `--sync=full` (see `WorkerOptions::full_sync`).
     pub(crate) full_sync: bool,

@@ -62,6 +62,10 @@ pub struct BuildArgs {
     /// A secret for `RUN --mount=type=secret` (`id=ID,src=PATH` or `id=ID,env=VAR`)
     #[arg(long = "secret", value_name = "SPEC")]
     secrets: Vec<String>,
+    /// An SSH agent for `RUN --mount=type=ssh` (`default`, `ID=SOCKET` or
+    /// `ID=KEYFILE[,KEYFILE...]`; no path: `$SSH_AUTH_SOCK`)
+    #[arg(long = "ssh", value_name = "ID[=SOCKET|KEY[,KEY...]]")]
+    ssh: Vec<String>,
     /// How to show progress
     #[arg(long, value_enum, env = "BUILDKIT_PROGRESS", default_value_t = ProgressMode::Auto)]
     progress: ProgressMode,
@@ -906,6 +910,16 @@ fn prepare(args: &BuildArgs, root: &Path) -> anyhow::Result<Prepared> {
         .iter()
         .map(|s| parse_secret(s))
         .collect::<anyhow::Result<_>>()?;
+    let ssh = {
+        use rbuild_sshforward::{AgentSource, SshSpec};
+        let specs = args
+            .ssh
+            .iter()
+            .map(|s| SshSpec::parse(s))
+            .collect::<Result<Vec<_>, _>>()?;
+        let auth_sock = std::env::var_os("SSH_AUTH_SOCK").map(std::path::PathBuf::from);
+        AgentSource::open_all(&specs, auth_sock.as_deref())?
+    };
     let tags: Vec<rbuild_image::Reference> = args
         .tags
         .iter()
@@ -988,6 +1002,7 @@ fn prepare(args: &BuildArgs, root: &Path) -> anyhow::Result<Prepared> {
                     security_insecure: args.allow.contains(&Entitlement::SecurityInsecure),
                 },
                 secrets,
+                ssh,
                 source_date_epoch,
                 jobs,
                 full_sync: args.sync == SyncMode::Full,

@@ -76,7 +76,6 @@ const BUILD: &[(&str, &str)] = &[
         "--security-opt",
         "not supported for builds: use RUN --security=insecure with --allow security.insecure",
     ),
-    ("--ssh", "not supported yet"),
 ];
 
 /// Why a flag of `docker run` is not taken by `rbuild run`.
@@ -371,8 +370,8 @@ mod tests {
     #[test]
     fn flag_messages_name_the_flag() {
         assert_eq!(
-            flag_message("build", "--ssh=default"),
-            "rbuild build: --ssh is not supported yet"
+            flag_message("build", "--sbom=true"),
+            "rbuild build: --sbom is not supported: rbuild makes no attestations (SBOM)"
         );
         assert_eq!(
             flag_message("run", "-p80:80"),

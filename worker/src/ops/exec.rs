@@ -77,6 +77,8 @@ struct Keep {
     guards: Vec<ReadGuard>,
     locks: Vec<nix::fcntl::Flock<std::fs::File>>,
     temps: Vec<tempfile::TempDir>,
+    /// Agent sockets of ssh mounts, served for the run.
+    ssh: Vec<rbuild_sshforward::Forwarder>,
 }
 
 fn join_selector(root: &Path, selector: &str) -> PathBuf {
@@ -308,13 +310,40 @@ fn mounts(
                 }
                 None => {}
             },
-            MountKind::Ssh { id, required, .. } => {
-                if *required {
+            MountKind::Ssh {
+                id,
+                required,
+                mode,
+                uid,
+                gid,
+            } => match inner.ssh.get(id) {
+                Some(source) => {
+                    // A socket of the step's own, outside its root; as a
+                    // user (a user namespace maps only this user, as root)
+                    // it stays this user's.
+                    let owner = nix::unistd::geteuid().is_root().then_some((*uid, *gid));
+                    let fw = rbuild_sshforward::Forwarder::start(
+                        &inner.snapshots.mounts_dir(),
+                        &inner.snapshots.temp_prefix("ssh"),
+                        Arc::clone(source),
+                        owner,
+                        *mode,
+                    )
+                    .map_err(err)?;
+                    out.push(SbMount::Bind {
+                        source: fw.socket().to_path_buf(),
+                        target,
+                        readonly: false,
+                    });
+                    keep.ssh.push(fw);
+                }
+                None if *required => {
                     return Err(ExecError::msg(format!(
-                        "ssh mount {id}: ssh agent forwarding is not supported"
+                        "no SSH key {id:?} forwarded from the client (pass --ssh {id}=SOCKET_OR_KEYFILE, or --ssh {id} for $SSH_AUTH_SOCK)"
                     )));
                 }
-            }
+                None => {}
+            },
         }
     }
     Ok(out)
