@@ -12,25 +12,11 @@ mod common;
 use std::collections::BTreeSet;
 use std::path::Path;
 
+use common::cache::{
+    F2, F3, F4, FROM, MULTI, T2, T3, build_one_mount, multi_context, one_mount_machine,
+    only_f4_runs_again,
+};
 use common::steps::{Machine, Steps, set};
-
-/// A multi-stage build with RUN, COPY and a cache mount; the final stage
-/// copies from the other.
-const MULTI: &str = "FROM busybox AS tools\n\
-COPY tool.txt /src/tool.txt\n\
-RUN --mount=type=cache,target=/cache cp /src/tool.txt /cache/t && tr a-z A-Z < /src/tool.txt > /tool.out\n\
-FROM busybox\n\
-COPY app/ /app/\n\
-RUN cat /app/*.txt > /app.out\n\
-COPY --from=tools /tool.out /tool.out\n";
-
-fn multi_context(m: &Machine, dir: &str) {
-    m.write(&format!("{dir}/Dockerfile"), MULTI);
-    m.write(&format!("{dir}/tool.txt"), "tool one\n");
-    m.write(&format!("{dir}/app/a.txt"), "a1\n");
-    m.write(&format!("{dir}/app/b.txt"), "b1\n");
-    m.write(&format!("{dir}/unused.txt"), "u\n");
-}
 
 /// `chown -R uid:gid dir`.
 fn chown_tree(dir: &Path, uid: u32, gid: u32) {
@@ -117,14 +103,6 @@ fn keys_are_the_same_on_another_machine() {
         sb2.log
     );
 }
-
-/// The steps of `MULTI` (the FROM of both stages is one vertex).
-const FROM: &str = "[tools 1/3] FROM docker.io/library/busybox:latest";
-const T2: &str = "[tools 2/3] COPY tool.txt /src/tool.txt";
-const T3: &str = "[tools 3/3] RUN --mount=type=cache,target=/cache cp /src/tool.txt /cache/t && tr a-z A-Z < /src/tool.txt > /tool.out";
-const F2: &str = "[stage-1 2/4] COPY app/ /app/";
-const F3: &str = "[stage-1 3/4] RUN cat /app/*.txt > /app.out";
-const F4: &str = "[stage-1 4/4] COPY --from=tools /tool.out /tool.out";
 
 /// The blobs of an OCI layout directory and the ones its index reaches.
 fn blobs(dir: &Path) -> (BTreeSet<String>, BTreeSet<String>) {
@@ -335,22 +313,7 @@ fn a_missing_blob_makes_the_step_run() {
         .unwrap()[7..]
         .to_owned();
     fs_err::remove_file(Path::new(&cache).join("blobs/sha256").join(blob)).unwrap();
-
-    let b = Machine::with_base_of(&a);
-    multi_context(&b, "ctx");
-    let (s, id) = b.build(&[
-        "--cache-from",
-        &format!("type=local,src={cache}"),
-        &b.p("ctx"),
-    ]);
-    // F4 was answered by its record, then ran when its layer could not be had.
-    assert_eq!(Steps::steps(&s.ran), set(&[F4]), "{}", s.log);
-    assert!(
-        Steps::steps(&s.cached).is_superset(&set(&[FROM, T2, T3, F2, F3])),
-        "{}",
-        s.log
-    );
-    assert_eq!(b.cat(&id, "/tool.out"), "TOOL ONE\n");
+    only_f4_runs_again(&a, &format!("type=local,src={cache}"));
 }
 
 /// The cache config of an OCI layout written by `--cache-to type=local`.
@@ -575,12 +538,6 @@ echo $N > /var/cache/pkgs/from-$N && mkdir -p /var/cache/pkgs/sub && echo deep >
 && ls /var/cache/pkgs > /pkgs && ls /root/.cache > /home-cache \
 && stat -c %u:%g /var/cache/pkgs/sub/f > /owner\n";
 
-/// The same, mounting only `pkgs`.
-const ONE_MOUNT: &str = "FROM busybox\n\
-ARG N\n\
-RUN --mount=type=cache,id=pkgs,target=/var/cache/pkgs \
-echo $N > /var/cache/pkgs/from-$N && ls /var/cache/pkgs > /pkgs\n";
-
 /// The cache mounts of machine `m` (directory names under its state root).
 fn cache_mount_dirs(m: &Machine) -> BTreeSet<String> {
     let dir = m.env.root().join("cache-mounts");
@@ -644,15 +601,8 @@ fn cache_mounts_travel_only_with_cache_mounts_true() {
     assert_eq!(mb.cat(&id, "/owner"), "1234:1234\n");
 
     // Lazily: only the mounts of steps that run are seeded.
-    let mc = Machine::with_base_of(&ma);
-    mc.write("one/Dockerfile", ONE_MOUNT);
-    let (_, id) = mc.build(&[
-        "--build-arg",
-        "N=c",
-        "--cache-from",
-        &from_mounts,
-        &mc.p("one"),
-    ]);
+    let mc = one_mount_machine(Some(&ma));
+    let (_, id) = build_one_mount(&mc, "c", &["--cache-from", &from_mounts]);
     assert_eq!(mc.cat(&id, "/pkgs"), "from-a\nfrom-c\nsub\n");
     let dirs = cache_mount_dirs(&mc);
     assert_eq!(dirs.len(), 1, "only pkgs was seeded: {dirs:?}");
@@ -660,24 +610,11 @@ fn cache_mounts_travel_only_with_cache_mounts_true() {
 
     // A cache mount that exists here is kept as it is: C's pkgs (seeded,
     // then written by C) does not take A's content again.
-    let (_, id) = mc.build(&[
-        "--build-arg",
-        "N=c2",
-        "--cache-from",
-        &from_mounts,
-        &mc.p("one"),
-    ]);
+    let (_, id) = build_one_mount(&mc, "c2", &["--cache-from", &from_mounts]);
     assert_eq!(mc.cat(&id, "/pkgs"), "from-a\nfrom-c\nfrom-c2\nsub\n");
-    let md = Machine::with_base_of(&ma);
-    md.write("one/Dockerfile", ONE_MOUNT);
-    md.build(&["--build-arg", "N=d", &md.p("one")]);
-    let (_, id) = md.build(&[
-        "--build-arg",
-        "N=d2",
-        "--cache-from",
-        &from_mounts,
-        &md.p("one"),
-    ]);
+    let md = one_mount_machine(Some(&ma));
+    build_one_mount(&md, "d", &[]);
+    let (_, id) = build_one_mount(&md, "d2", &["--cache-from", &from_mounts]);
     assert_eq!(
         md.cat(&id, "/pkgs"),
         "from-d\nfrom-d2\n",
@@ -717,29 +654,23 @@ fn cache_mounts_travel_only_with_cache_mounts_true() {
 
 #[test]
 fn cache_mounts_are_carried_over_by_a_machine_that_ran_nothing() {
-    let a = Machine::new();
-    a.write("one/Dockerfile", ONE_MOUNT);
+    let a = one_mount_machine(None);
     let first = a.p("first");
-    a.build(&[
-        "--build-arg",
-        "N=a",
-        "--cache-to",
-        &format!("type=local,dest={first},mode=max,cache-mounts=true"),
-        &a.p("one"),
-    ]);
+    let to = format!("type=local,dest={first},mode=max,cache-mounts=true");
+    build_one_mount(&a, "a", &["--cache-to", &to]);
     // B: everything cached, no mount made here; its export carries A's.
-    let b = Machine::with_base_of(&a);
-    b.write("one/Dockerfile", ONE_MOUNT);
+    let b = one_mount_machine(Some(&a));
     let second = b.p("second");
-    let (s, _) = b.build(&[
-        "--build-arg",
-        "N=a",
-        "--cache-from",
-        &format!("type=local,src={first},cache-mounts=true"),
-        "--cache-to",
-        &format!("type=local,dest={second},mode=max,cache-mounts=true"),
-        &b.p("one"),
-    ]);
+    let (s, _) = build_one_mount(
+        &b,
+        "a",
+        &[
+            "--cache-from",
+            &format!("type=local,src={first},cache-mounts=true"),
+            "--cache-to",
+            &format!("type=local,dest={second},mode=max,cache-mounts=true"),
+        ],
+    );
     assert_eq!(Steps::steps(&s.ran), set(&[]), "{}", s.log);
     assert!(cache_mount_dirs(&b).is_empty(), "nothing was seeded on B");
     assert_eq!(
@@ -747,30 +678,18 @@ fn cache_mounts_are_carried_over_by_a_machine_that_ran_nothing() {
         read_config(Path::new(&second))["cache_mounts"]
     );
     // C from B's cache sees A's mount.
-    let c = Machine::with_base_of(&a);
-    c.write("one/Dockerfile", ONE_MOUNT);
-    let (_, id) = c.build(&[
-        "--build-arg",
-        "N=c",
-        "--cache-from",
-        &format!("type=local,src={second},cache-mounts=true"),
-        &c.p("one"),
-    ]);
+    let c = one_mount_machine(Some(&a));
+    let from = format!("type=local,src={second},cache-mounts=true");
+    let (_, id) = build_one_mount(&c, "c", &["--cache-from", &from]);
     assert_eq!(c.cat(&id, "/pkgs"), "from-a\nfrom-c\n");
 }
 
 #[test]
 fn a_corrupt_cache_mount_blob_warns_and_the_mount_starts_empty() {
-    let a = Machine::new();
-    a.write("one/Dockerfile", ONE_MOUNT);
+    let a = one_mount_machine(None);
     let cache = a.p("cache");
-    a.build(&[
-        "--build-arg",
-        "N=a",
-        "--cache-to",
-        &format!("type=local,dest={cache},mode=max,cache-mounts=true"),
-        &a.p("one"),
-    ]);
+    let to = format!("type=local,dest={cache},mode=max,cache-mounts=true");
+    build_one_mount(&a, "a", &["--cache-to", &to]);
     let config = read_config(Path::new(&cache));
     let blob = &config["cache_mounts"][0]["blob"].as_str().unwrap()[7..];
     fs_err::write(
@@ -778,8 +697,7 @@ fn a_corrupt_cache_mount_blob_warns_and_the_mount_starts_empty() {
         b"garbage",
     )
     .unwrap();
-    let b = Machine::with_base_of(&a);
-    b.write("one/Dockerfile", ONE_MOUNT);
+    let b = one_mount_machine(Some(&a));
     let iid = b.p("iid");
     let o = b.env.run(&[
         "build",

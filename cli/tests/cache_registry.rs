@@ -12,32 +12,11 @@ mod common;
 
 use std::collections::BTreeSet;
 
+use common::cache::{
+    F2, F3, F4, FROM, T2, T3, build_one_mount, multi_context, one_mount_machine, only_f4_runs_again,
+};
 use common::registry::Registry;
 use common::steps::{Machine, Steps, set};
-
-/// A multi-stage build with RUN, COPY and a cache mount; the final stage
-/// copies from the other.
-const MULTI: &str = "FROM busybox AS tools\n\
-COPY tool.txt /src/tool.txt\n\
-RUN --mount=type=cache,target=/cache cp /src/tool.txt /cache/t && tr a-z A-Z < /src/tool.txt > /tool.out\n\
-FROM busybox\n\
-COPY app/ /app/\n\
-RUN cat /app/*.txt > /app.out\n\
-COPY --from=tools /tool.out /tool.out\n";
-
-const FROM: &str = "[tools 1/3] FROM docker.io/library/busybox:latest";
-const T2: &str = "[tools 2/3] COPY tool.txt /src/tool.txt";
-const T3: &str = "[tools 3/3] RUN --mount=type=cache,target=/cache cp /src/tool.txt /cache/t && tr a-z A-Z < /src/tool.txt > /tool.out";
-const F2: &str = "[stage-1 2/4] COPY app/ /app/";
-const F3: &str = "[stage-1 3/4] RUN cat /app/*.txt > /app.out";
-const F4: &str = "[stage-1 4/4] COPY --from=tools /tool.out /tool.out";
-
-fn multi_context(m: &Machine, dir: &str) {
-    m.write(&format!("{dir}/Dockerfile"), MULTI);
-    m.write(&format!("{dir}/tool.txt"), "tool one\n");
-    m.write(&format!("{dir}/app/a.txt"), "a1\n");
-    m.write(&format!("{dir}/app/b.txt"), "b1\n");
-}
 
 /// A blob of the registry's storage as JSON.
 fn blob_json(reg: &Registry, digest: &str) -> serde_json::Value {
@@ -535,21 +514,7 @@ fn a_blob_missing_from_the_registry_makes_its_step_run() {
     // The top layer of the final step: gone from the registry's storage.
     let (top, _) = record_chain(&config, F4).pop().unwrap();
     fs_err::remove_file(reg.blob_data(&top)).unwrap();
-
-    let b = Machine::with_base_of(&a);
-    multi_context(&b, "ctx");
-    let (s, id) = b.build(&[
-        "--cache-from",
-        &format!("type=registry,ref={cache}"),
-        &b.p("ctx"),
-    ]);
-    assert_eq!(Steps::steps(&s.ran), set(&[F4]), "{}", s.log);
-    assert!(
-        Steps::steps(&s.cached).is_superset(&set(&[FROM, T2, T3, F2, F3])),
-        "{}",
-        s.log
-    );
-    assert_eq!(b.cat(&id, "/tool.out"), "TOOL ONE\n");
+    let (b, id) = only_f4_runs_again(&a, &format!("type=registry,ref={cache}"));
     assert_eq!(b.cat(&id, "/app.out"), "a1\nb1\n");
 }
 
@@ -684,52 +649,28 @@ fn two_machines_exporting_to_one_ref_at_once_leave_a_cache_that_imports() {
     assert!(err.contains("CACHED"), "{err}");
 }
 
-/// A RUN that adds a file named after `$N` to a cache mount and lists it.
-const MOUNT: &str = "FROM busybox\n\
-ARG N\n\
-RUN --mount=type=cache,id=pkgs,target=/var/cache/pkgs \
-echo $N > /var/cache/pkgs/from-$N && ls /var/cache/pkgs > /pkgs\n";
-
 #[test]
 fn cache_mounts_travel_through_a_registry_with_cache_mounts_true() {
     let reg = Registry::start();
-    let a = Machine::new();
-    a.write("m/Dockerfile", MOUNT);
+    let a = one_mount_machine(None);
     let cache = format!("{}/cache/mounts:1", reg.host());
-    a.build(&[
-        "--build-arg",
-        "N=a",
-        "--cache-to",
-        &format!("type=registry,ref={cache},mode=max,cache-mounts=true"),
-        &a.p("m"),
-    ]);
+    let to = format!("type=registry,ref={cache},mode=max,cache-mounts=true");
+    build_one_mount(&a, "a", &["--cache-to", &to]);
     let (_, config) = cache_of(&reg, "cache/mounts", "1");
     let mounts = config["cache_mounts"].as_array().expect("cache_mounts");
     assert_eq!(mounts.len(), 1, "{config}");
     assert_eq!(mounts[0]["id"], "pkgs", "{config}");
 
     // B's RUN (another N: it runs) sees A's file in the mount.
-    let b = Machine::with_base_of(&a);
-    b.write("m/Dockerfile", MOUNT);
-    let (s, id) = b.build(&[
-        "--build-arg",
-        "N=b",
-        "--cache-from",
-        &format!("type=registry,ref={cache},cache-mounts=true"),
-        &b.p("m"),
-    ]);
+    let b = one_mount_machine(Some(&a));
+    let from = format!("type=registry,ref={cache},cache-mounts=true");
+    let (s, id) = build_one_mount(&b, "b", &["--cache-from", &from]);
     assert!(s.ran.iter().any(|n| n.contains("RUN --mount")), "{}", s.log);
     assert_eq!(b.cat(&id, "/pkgs"), "from-a\nfrom-b\n");
 
     // Without the option, nothing of the mounts travels.
-    let c = Machine::with_base_of(&a);
-    c.write("m/Dockerfile", MOUNT);
-    let (_, id) = c.build(&[
-        "--build-arg",
-        "N=c",
-        "--cache-from",
-        &format!("type=registry,ref={cache}"),
-        &c.p("m"),
-    ]);
+    let c = one_mount_machine(Some(&a));
+    let from = format!("type=registry,ref={cache}");
+    let (_, id) = build_one_mount(&c, "c", &["--cache-from", &from]);
     assert_eq!(c.cat(&id, "/pkgs"), "from-c\n");
 }

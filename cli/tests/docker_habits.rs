@@ -486,25 +486,9 @@ fn buildkit_progress_sets_the_progress_mode() {
     assert!(err.lines().next().unwrap_or("").starts_with('#'), "{err}");
 }
 
-/// The docker CLI, and its daemon answering.
-fn docker_ready() {
-    assert!(
-        common::have("docker"),
-        "docker is missing: install docker.io"
-    );
-    let ok = std::process::Command::new("docker")
-        .args(["version", "--format", "{{.Server.Version}}"])
-        .output()
-        .is_ok_and(|o| o.status.success());
-    assert!(
-        ok,
-        "the docker daemon is missing: start dockerd (nohup dockerd --bridge=none --iptables=false &)"
-    );
-}
-
 #[test]
 fn load_puts_the_image_into_the_docker_daemon() {
-    docker_ready();
+    common::docker::require();
     let env = common::build_env();
     let marker = format!("loaded-{}", std::process::id());
     let ctx = small_context(&env, "ctx", &marker);
@@ -685,7 +669,7 @@ fn syntax_directive_of_the_dockerfile_frontend_is_accepted_others_refused() {
 
 #[test]
 fn images_format_json_prints_dockers_json() {
-    docker_ready();
+    common::docker::require();
     let env = common::build_env();
     let tag = format!("rbuild-json-test:{}", std::process::id());
     let ctx = small_context(&env, "ctx", "json");

@@ -4,19 +4,9 @@
 
 mod common;
 
-use std::process::{Command, Stdio};
+use std::process::Command;
 
-use common::{Env, base_sh, have};
-
-fn docker_available() -> bool {
-    have("docker")
-        && Command::new("docker")
-            .arg("info")
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .status()
-            .is_ok_and(|s| s.success())
-}
+use common::{Env, base_sh, docker, have};
 
 /// Imports the busybox rootfs from the conformance base script as `name`.
 fn import_busybox(env: &Env, name: &str) -> String {
@@ -46,21 +36,15 @@ fn sh(cmd: &mut Command) -> (bool, String) {
 
 #[test]
 fn docker_loads_and_runs_what_rbuild_saves_and_rbuild_loads_docker_save() {
-    assert!(
-        docker_available(),
-        "cannot run: dockerd is not reachable (docker info failed)"
-    );
+    docker::require();
     let env = Env::new();
     let name = format!("rbuild-peer-test-{}:latest", std::process::id());
-    let _cleanup = RemoveOnDrop(name.clone());
+    let _cleanup = docker::RemoveOnDrop::one(&name);
     let id = import_busybox(&env, &name);
     let archive = env.path("rb.tar");
     env.ok(&["save", "-o", archive.to_str().unwrap(), &name]);
-    let (ok, out) = sh(Command::new("docker").args(["load", "-i"]).arg(&archive));
-    assert!(
-        ok && out.contains(&format!("Loaded image: {name}")),
-        "docker load: {out}"
-    );
+    let out = docker::load(&archive);
+    assert!(out.contains(&format!("Loaded image: {name}")), "{out}");
     let (ok, out) = sh(Command::new("docker").args([
         "run",
         "--rm",
@@ -99,15 +83,6 @@ fn docker_loads_and_runs_what_rbuild_saves_and_rbuild_loads_docker_save() {
     let out = other.ok(&["load", "-i", dsave.to_str().unwrap()]);
     assert_eq!(out, format!("Loaded image: {name}\n"));
     assert_eq!(other.ok(&["images", "-q", "--no-trunc"]), format!("{id}\n"));
-}
-
-/// Removes the test's image from dockerd even when an assertion fails.
-struct RemoveOnDrop(String);
-
-impl Drop for RemoveOnDrop {
-    fn drop(&mut self) {
-        let _ = Command::new("docker").args(["rmi", "-f", &self.0]).output();
-    }
 }
 
 #[test]

@@ -854,32 +854,16 @@ fn transient_failures_are_retried_and_a_corrupt_blob_leaves_the_store_unchanged(
     assert_eq!(common::snapshot(&env.root().join("blobs")), before);
 }
 
-/// Removes an image from dockerd even when an assertion fails.
-struct DockerRmi(String);
-
-impl Drop for DockerRmi {
-    fn drop(&mut self) {
-        let _ = Command::new("docker").args(["rmi", "-f", &self.0]).output();
-    }
-}
-
 #[test]
 fn docker_pulls_and_runs_what_rbuild_pushed_with_the_same_digest() {
-    assert!(
-        have("docker")
-            && Command::new("docker")
-                .arg("info")
-                .output()
-                .is_ok_and(|o| o.status.success()),
-        "cannot run: dockerd is not reachable (docker info failed)"
-    );
+    common::docker::require();
     let reg = Registry::start();
     let env = build_env();
     build_app(&env, "app", "for-docker");
     let image = format!("{}/dockerpeer:1", reg.host());
     env.ok(&["tag", "app", &image]);
     let digest = pushed_digest(&env.ok(&["push", &image]));
-    let _rmi = DockerRmi(image.clone());
+    let _rmi = common::docker::RemoveOnDrop::one(&image);
     let o = Command::new("docker")
         .args(["pull", &image])
         .output()

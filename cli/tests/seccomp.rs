@@ -7,9 +7,9 @@ mod common;
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
+use std::process::Command;
 
-use common::{Env, build_env, have};
+use common::{Env, build_env, docker, have};
 
 /// Builds the probe into `dir`; panics saying what is missing.
 fn build_probe(dir: &Path) -> PathBuf {
@@ -59,16 +59,6 @@ fn parse(out: &str) -> BTreeMap<String, String> {
         .collect()
 }
 
-fn docker_available() -> bool {
-    have("docker")
-        && Command::new("docker")
-            .arg("info")
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .status()
-            .is_ok_and(|s| s.success())
-}
-
 /// dockerd's version as (major, minor, patch).
 fn docker_version() -> (u32, u32, u32) {
     let o = Command::new("docker")
@@ -84,15 +74,6 @@ fn docker_version() -> (u32, u32, u32) {
         n.next().unwrap_or(0),
         n.next().unwrap_or(0),
     )
-}
-
-/// Removes the test's image from dockerd even when an assertion fails.
-struct RemoveOnDrop(String);
-
-impl Drop for RemoveOnDrop {
-    fn drop(&mut self) {
-        let _ = Command::new("docker").args(["rmi", "-f", &self.0]).output();
-    }
 }
 
 fn docker_run(image: &str, extra: &[&str]) -> BTreeMap<String, String> {
@@ -139,26 +120,13 @@ fn assert_profile(r: &BTreeMap<String, String>, who: &str) {
 
 #[test]
 fn rbuild_run_gives_what_docker_run_gives_probe_by_probe() {
-    assert!(
-        docker_available(),
-        "cannot run: dockerd is not reachable (docker info failed; start it with \
-         `dockerd --bridge=none --iptables=false`)"
-    );
+    docker::require();
     let tag = format!("rbuild-seccomp-probe-{}:test", std::process::id());
-    let _cleanup = RemoveOnDrop(tag.clone());
+    let _cleanup = docker::RemoveOnDrop::one(&tag);
     let env = probe_image(&tag);
     let archive = env.path("probe.tar");
     env.ok(&["save", "-o", archive.to_str().unwrap(), &tag]);
-    let o = Command::new("docker")
-        .args(["load", "-i"])
-        .arg(&archive)
-        .output()
-        .unwrap();
-    assert!(
-        o.status.success(),
-        "docker load: {}",
-        String::from_utf8_lossy(&o.stderr)
-    );
+    docker::load(&archive);
     // 20.10.23 and .24 let socket(AF_VSOCK) through (20.10.22 and docker >= 23
     // refuse it, as rbuild does): the one probe compared only there.
     let v = docker_version();

@@ -21,7 +21,7 @@ use std::io::Read;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 
-use common::{Env, build_env, have};
+use common::{Env, build_env, docker, have};
 use rbuild_snapshotter::tarwrite::{EntryKind, EntryMeta, TarWriter};
 use sha2::Digest as _;
 
@@ -340,31 +340,6 @@ fn imgview(archive: &Path) -> serde_json::Value {
     serde_json::from_slice(&o.stdout).unwrap()
 }
 
-fn docker_available() -> bool {
-    have("docker")
-        && Command::new("docker")
-            .arg("info")
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .status()
-            .is_ok_and(|s| s.success())
-}
-
-/// Removes the docker images of this test at the end.
-struct DockerImages(Vec<String>);
-
-impl Drop for DockerImages {
-    fn drop(&mut self) {
-        for i in &self.0 {
-            let _ = Command::new("docker")
-                .args(["rmi", "-f", i])
-                .stdout(Stdio::null())
-                .stderr(Stdio::null())
-                .status();
-        }
-    }
-}
-
 /// What `docker run` of the image shows: every path (but docker's own files),
 /// type, mode, owner, size of non-directories, device numbers, content hash,
 /// and hard-link groups (by inode, named by the smallest path).
@@ -661,30 +636,17 @@ fn squashed_images_show_the_same_file_system_three_ways() {
     );
 
     // docker runs each with the same file tree.
-    assert!(
-        docker_available(),
-        "dockerd is missing: docker info failed (install docker.io and start dockerd)"
-    );
+    docker::require();
     let mut tags = Vec::new();
     // Loaded under names of this test only: a shared dockerd's `full:latest`
     // is not touched.
-    let mut cleanup = DockerImages(Vec::new());
+    let mut cleanup = docker::RemoveOnDrop::default();
     for (tag, _) in &archives {
         let name = format!("rbuild-squash-test-{stamp}-{tag}:latest");
         env.ok(&["tag", tag, &name]);
         let archive = save(&env, &name);
         cleanup.0.push(name.clone());
-        let o = Command::new("docker")
-            .args(["load", "-i"])
-            .arg(&archive)
-            .output()
-            .unwrap();
-        assert!(
-            o.status.success(),
-            "docker load: {}",
-            String::from_utf8_lossy(&o.stderr)
-        );
-        let loaded = String::from_utf8_lossy(&o.stdout).into_owned();
+        let loaded = docker::load(&archive);
         assert!(loaded.contains(&name), "{loaded}");
         tags.push(name);
     }

@@ -14,7 +14,7 @@
 //! FIFOs and device nodes are created with `mknodat` and never opened: their
 //! owner, mode and times are set with `fchownat`/`fchmodat`/`utimensat`.
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::ffi::OsString;
 use std::io::{self, Read};
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd};
@@ -272,6 +272,42 @@ fn io_at(what: &str, op: &str, e: Errno) -> Error {
     Error::Io(io::Error::new(e.kind(), format!("{op} {what}: {e}")))
 }
 
+/// What the layer applied so far wrote, by the directory holding it (its
+/// device and inode) and name: an opaque marker hides only what lower layers
+/// had. What the apply removes again leaves it (a name whited out or
+/// replaced, a directory with all it held), so neither a later entry of that
+/// name made only as a parent, nor a directory made later that gets a removed
+/// one's inode number back, counts as written.
+#[derive(Default)]
+struct Written(HashMap<(u64, u64), HashSet<Vec<u8>>>);
+
+impl Written {
+    fn insert(&mut self, dir: &Dir, name: &[u8]) {
+        self.0
+            .entry((dir.dev, dir.ino))
+            .or_default()
+            .insert(name.to_vec());
+    }
+
+    fn contains(&self, dir: &Dir, name: &[u8]) -> bool {
+        self.0
+            .get(&(dir.dev, dir.ino))
+            .is_some_and(|names| names.contains(name))
+    }
+
+    /// `name` in `dir` is removed.
+    fn remove(&mut self, dir: &Dir, name: &[u8]) {
+        if let Some(names) = self.0.get_mut(&(dir.dev, dir.ino)) {
+            names.remove(name);
+        }
+    }
+
+    /// The directory `(dev, ino)` is removed: what was written in it goes.
+    fn remove_dir(&mut self, dev: u64, ino: u64) {
+        self.0.remove(&(dev, ino));
+    }
+}
+
 /// A layer entry's place: the resolved parent and the last component.
 struct Place<'a> {
     dir: &'a Dir,
@@ -293,8 +329,14 @@ impl Place<'_> {
         }
     }
 
-    fn remove(&self) -> Result<()> {
-        remove_at(self.dir.fd.as_fd(), self.name).map_err(|e| self.err("removing", e))
+    /// Removes the entry (a whole tree for a directory), and what the layer
+    /// wrote there from `written`.
+    fn remove(&self, written: &mut Written) -> Result<()> {
+        written.remove(self.dir, self.name);
+        remove_at(self.dir.fd.as_fd(), self.name, &mut |dev, ino| {
+            written.remove_dir(dev, ino);
+        })
+        .map_err(|e| self.err("removing", e))
     }
 
     /// `/proc/self/fd/N/NAME`: the entry without following it, for the calls that
@@ -407,9 +449,7 @@ fn apply<R: Read>(
 ) -> Result<ApplyStats> {
     let mut root = Root::open(target)?;
     let mut stats = ApplyStats::default();
-    // What this layer wrote, by (parent dev, parent inode, name): an opaque marker
-    // hides only what lower layers had.
-    let mut written: HashSet<(u64, u64, Vec<u8>)> = HashSet::new();
+    let mut written = Written::default();
     let mut dirs: Vec<(Vec<Vec<u8>>, u32, i64)> = Vec::new();
     let mut archive = tar::Archive::new(layer);
     let entries = archive
@@ -436,7 +476,7 @@ fn apply<R: Read>(
         if base.as_slice() == b".wh..wh..opq" {
             stats.whiteouts += 1;
             let dir = root.resolve(parents, true)?;
-            opaque(&dir, &name, whiteouts, &written)?;
+            opaque(&dir, &name, whiteouts, &mut written)?;
             root.forget();
             continue;
         }
@@ -457,7 +497,7 @@ fn apply<R: Read>(
                 name: victim,
                 shown: &name,
             };
-            place.remove()?;
+            place.remove(&mut written)?;
             root.forget();
             if whiteouts == Whiteouts::Overlay {
                 rustix::fs::mknodat(&dir.fd, victim, FileType::CharacterDevice, Mode::empty(), 0)
@@ -477,7 +517,7 @@ fn apply<R: Read>(
         let existing = place.kind()?;
         if ty.is_dir() {
             if existing.is_some_and(|k| k != FileType::Directory) {
-                place.remove()?;
+                place.remove(&mut written)?;
                 root.forget();
             }
             if existing != Some(FileType::Directory) {
@@ -487,11 +527,11 @@ fn apply<R: Read>(
             place.chown(owner)?;
             place.set_xattrs(&xattrs)?;
             dirs.push((comps.clone(), mode, mtime(&h)));
-            written.insert((dir.dev, dir.ino, base.clone()));
+            written.insert(&dir, base);
             continue;
         }
         if existing.is_some() {
-            place.remove()?;
+            place.remove(&mut written)?;
             root.forget();
         }
         match ty {
@@ -617,7 +657,7 @@ fn apply<R: Read>(
             }
             other => return Err(bad(&name, &format!("unsupported entry type {other:?}"))),
         }
-        written.insert((dir.dev, dir.ino, base.clone()));
+        written.insert(&dir, base);
     }
     // Directory modes and mtimes last, deepest first: filling a directory changes
     // its mtime. Each is found again inside the root; one that is gone or no longer
@@ -651,12 +691,7 @@ fn apply<R: Read>(
 
 /// An opaque marker in `dir`: removes what lower layers had there, or marks the
 /// overlay upper dir opaque.
-fn opaque(
-    dir: &Dir,
-    name: &str,
-    whiteouts: Whiteouts,
-    written: &HashSet<(u64, u64, Vec<u8>)>,
-) -> Result<()> {
+fn opaque(dir: &Dir, name: &str, whiteouts: Whiteouts, written: &mut Written) -> Result<()> {
     let err = |op: &str, e: Errno| io_at(&format!("{name:?}"), op, e);
     let fd = rustix::fs::openat(
         &dir.fd,
@@ -678,12 +713,15 @@ fn opaque(
     for e in rustix::fs::Dir::read_from(&fd).map_err(|e| err("listing", e))? {
         let e = e.map_err(|e| err("listing", e))?;
         let n = e.file_name().to_bytes();
-        if n != b"." && n != b".." && !written.contains(&(dir.dev, dir.ino, n.to_vec())) {
+        if n != b"." && n != b".." && !written.contains(dir, n) {
             victims.push(n.to_vec());
         }
     }
     for v in victims {
-        remove_at(dir.fd.as_fd(), &v).map_err(|e| err("removing what lies under", e))?;
+        remove_at(dir.fd.as_fd(), &v, &mut |dev, ino| {
+            written.remove_dir(dev, ino);
+        })
+        .map_err(|e| err("removing what lies under", e))?;
     }
     Ok(())
 }
@@ -693,6 +731,8 @@ fn opaque(
 struct Level {
     fd: OwnedFd,
     name: Vec<u8>,
+    /// The directory's device and inode.
+    id: (u64, u64),
     subdirs: Vec<Vec<u8>>,
 }
 fn open_level(parent: BorrowedFd<'_>, name: Vec<u8>) -> rustix::io::Result<Level> {
@@ -727,12 +767,23 @@ fn open_level(parent: BorrowedFd<'_>, name: Vec<u8>) -> rustix::io::Result<Level
     for n in others {
         rustix::fs::unlinkat(&fd, &n[..], AtFlags::empty())?;
     }
-    Ok(Level { fd, name, subdirs })
+    let st = rustix::fs::fstat(&fd)?;
+    Ok(Level {
+        fd,
+        name,
+        id: (st.st_dev, st.st_ino),
+        subdirs,
+    })
 }
 
 /// Removes `name` in `dir` (a whole tree for a directory), never following a
-/// symlink: a tree is walked by descriptors opened with `O_NOFOLLOW`.
-fn remove_at(dir: BorrowedFd<'_>, name: &[u8]) -> rustix::io::Result<()> {
+/// symlink: a tree is walked by descriptors opened with `O_NOFOLLOW`. Each
+/// directory removed is told to `gone` (device, inode).
+fn remove_at(
+    dir: BorrowedFd<'_>,
+    name: &[u8],
+    gone: &mut dyn FnMut(u64, u64),
+) -> rustix::io::Result<()> {
     match rustix::fs::statat(dir, name, AtFlags::SYMLINK_NOFOLLOW) {
         Err(Errno::NOENT) => return Ok(()),
         Err(e) => return Err(e),
@@ -750,6 +801,7 @@ fn remove_at(dir: BorrowedFd<'_>, name: &[u8]) -> rustix::io::Result<()> {
             let done = stack.pop().expect("a level is on the stack");
             let parent = stack.last().map_or(dir, |l| l.fd.as_fd());
             rustix::fs::unlinkat(parent, &done.name[..], AtFlags::REMOVEDIR)?;
+            gone(done.id.0, done.id.1);
         }
     }
     Ok(())
@@ -856,6 +908,88 @@ mod tests {
             root.join("b/new").exists(),
             "entries of the same layer survive the opaque marker"
         );
+    }
+
+    /// The tree `entries` (a layer in the order given) makes in an empty
+    /// directory, as `(path, content)` sorted (`/` after a directory).
+    fn applied(entries: &[(&str, Option<&str>)]) -> Vec<(String, String)> {
+        let t = tempfile::tempdir().unwrap();
+        let mut w = TarWriter::new(Vec::new(), None);
+        for (path, what) in entries {
+            match (path.strip_prefix("-"), path.strip_suffix("/.opq"), what) {
+                (Some(victim), _, _) => w.append_whiteout(victim.as_bytes()).unwrap(),
+                (_, Some(dir), _) => w.append_opaque(dir.as_bytes()).unwrap(),
+                (_, _, None) => w.append(&m(path, EntryKind::Dir, 0), None).unwrap(),
+                (_, _, Some(data)) => w
+                    .append(
+                        &m(path, EntryKind::File, data.len() as u64),
+                        Some(&mut data.as_bytes()),
+                    )
+                    .unwrap(),
+            }
+        }
+        let opts = ApplyOptions {
+            chown: false,
+            owner: None,
+        };
+        apply_layer(t.path(), &w.finish().unwrap()[..], &opts).unwrap();
+        let mut out = Vec::new();
+        let mut todo = vec![t.path().to_path_buf()];
+        while let Some(d) = todo.pop() {
+            for e in fs_err::read_dir(&d).unwrap() {
+                let p = e.unwrap().path();
+                let rel = p.strip_prefix(t.path()).unwrap().display().to_string();
+                if p.is_dir() {
+                    out.push((format!("{rel}/"), String::new()));
+                    todo.push(p);
+                } else {
+                    out.push((rel, fs_err::read_to_string(&p).unwrap()));
+                }
+            }
+        }
+        out.sort();
+        out
+    }
+
+    /// A whiteout takes what it removes out of what the layer wrote: a
+    /// directory made later under that name only as a parent (not an entry
+    /// of the layer) goes with an opaque marker of its directory, as it does
+    /// when the name was never written.
+    #[test]
+    fn a_name_whited_out_in_its_own_layer_is_no_longer_the_layers() {
+        let never_written = applied(&[("y", None), ("y/s/f", Some("f")), ("y/.opq", None)]);
+        assert_eq!(never_written, [("y/".to_owned(), String::new())]);
+        let whited_out = applied(&[
+            ("y", None),
+            ("y/s", Some("s")),
+            ("-y/s", None),
+            ("y/s/f", Some("f")),
+            ("y/.opq", None),
+        ]);
+        assert_eq!(whited_out, never_written);
+    }
+
+    /// A directory removed during an apply takes what the layer wrote in it
+    /// along: a directory made after it, which may get its inode number back
+    /// (ext4 hands a freed inode out again at once), inherits none of it.
+    #[test]
+    fn a_directory_made_after_one_was_removed_inherits_nothing_of_it() {
+        for removed_by in ["-y", "y"] {
+            // Removed by a whiteout, or replaced by a file.
+            let what = (removed_by == "y").then_some("now a file");
+            let got = applied(&[
+                ("y", None),
+                ("y/s", Some("s")),
+                (removed_by, what),
+                ("z/s/f", Some("f")),
+                ("z/.opq", None),
+            ]);
+            let mut want = vec![("z/".to_owned(), String::new())];
+            if let Some(w) = what {
+                want.insert(0, ("y".to_owned(), w.to_owned()));
+            }
+            assert_eq!(got, want, "y removed by {removed_by:?}");
+        }
     }
 
     #[test]

@@ -994,6 +994,25 @@ mod tests {
         out
     }
 
+    /// For each number of kept layers: the layers above squashed (written
+    /// in `dir`), applied over the kept ones; `check` gets the number, the
+    /// squashed tar and the file system.
+    fn each_squash(
+        dir: &Path,
+        layers: &[LayerIndex],
+        mut check: impl FnMut(usize, &Path, BTreeMap<String, String>),
+    ) {
+        let tars: Vec<&Path> = layers.iter().map(tar_path).collect();
+        for keep in 0..layers.len() {
+            let s = squashed(dir, layers, keep, &format!("sq{keep}.tar"));
+            let mut stack: Vec<&Path> = tars[..keep].to_vec();
+            stack.push(&s);
+            let out = dir.join(format!("out{keep}"));
+            apply_all(&out, &stack);
+            check(keep, &s, view(&out));
+        }
+    }
+
     fn names(tar: &Path) -> Vec<String> {
         let mut a = tar::Archive::new(fs_err::File::open(tar).unwrap());
         a.entries()
@@ -1093,14 +1112,9 @@ mod tests {
             reference["link-to-base"].split(" group=").nth(1).unwrap(),
             reference["h2"].split(" group=").nth(1).unwrap()
         );
-        for keep in 0..layers.len() {
-            let s = squashed(t.path(), &layers, keep, &format!("sq{keep}.tar"));
-            let mut stack: Vec<&Path> = tars[..keep].to_vec();
-            stack.push(&s);
-            let out = t.path().join(format!("out{keep}"));
-            apply_all(&out, &stack);
-            assert_eq!(view(&out), reference, "keep {keep}");
-        }
+        each_squash(t.path(), &layers, |keep, _, got| {
+            assert_eq!(got, reference, "keep {keep}");
+        });
         // Whiteouts only for what the kept layer has; no opaque marker on
         // a directory the kept layers do not have.
         let n1 = names(&t.path().join("sq1.tar"));
@@ -1291,22 +1305,53 @@ mod tests {
             }
             valid += 1;
             let reference = view(&reference_dir);
-            for keep in 0..layers.len() {
-                let s = squashed(t.path(), &layers, keep, &format!("sq{keep}.tar"));
-                let mut stack: Vec<&Path> = tars[..keep].to_vec();
-                stack.push(&s);
-                let out = t.path().join(format!("out{keep}"));
-                apply_all(&out, &stack);
-                let shown_layers: Vec<Vec<String>> = tars.iter().map(|t| names(t)).collect();
+            let shown_layers: Vec<Vec<String>> = tars.iter().map(|t| names(t)).collect();
+            each_squash(t.path(), &layers, |keep, s, got| {
                 assert_eq!(
-                    view(&out),
+                    got,
                     reference,
                     "case {case}, keep {keep}: {shown_layers:?}, squashed {:?}",
-                    names(&s)
+                    names(s)
                 );
-            }
+            });
         }
         assert!(valid >= 100, "only {valid} stacks were valid");
+    }
+
+    /// Names removed and made again within one layer (a name whited out,
+    /// then made again only as a parent; a directory removed, then another
+    /// made, which may get its inode number): squashed as applying gives.
+    #[test]
+    fn names_removed_and_made_again_in_one_layer_squash_as_they_apply() {
+        need_root();
+        let tops = [
+            [
+                file("y/s", "s"),
+                wh("y/.wh.s"),
+                file("y/s/f", "f"),
+                wh("y/.wh..wh..opq"),
+            ],
+            [
+                file("y/s", "s"),
+                wh(".wh.y"),
+                file("z/s/f", "f"),
+                wh("z/.wh..wh..opq"),
+            ],
+        ];
+        for top in tops {
+            let t = tempfile::tempdir().unwrap();
+            let layers = vec![
+                layer(t.path(), 0, &[dir("y"), file("y/lower", "l")]),
+                layer(t.path(), 1, &top),
+            ];
+            let tars: Vec<&Path> = layers.iter().map(tar_path).collect();
+            let reference = t.path().join("ref");
+            apply_all(&reference, &tars);
+            let reference = view(&reference);
+            each_squash(t.path(), &layers, |keep, _, got| {
+                assert_eq!(got, reference, "keep {keep}: {:?}", names(tars[1]));
+            });
+        }
     }
 
     #[test]

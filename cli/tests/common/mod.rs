@@ -1,6 +1,8 @@
 //! Helpers for tests that run the real `rbuild` binary.
 #![allow(dead_code)]
 
+pub mod cache;
+pub mod docker;
 pub mod steps;
 
 use std::io::Write;
