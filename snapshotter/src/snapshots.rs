@@ -51,8 +51,8 @@ pub enum SnapshotError {
     #[error(transparent)]
     Layer(#[from] crate::Error),
     #[error(
-        "overlay mounts are not available ({0}); rbuild build needs root (or a user namespace \
-         where the kernel allows overlayfs)"
+        "overlay mounts are not available ({0}); rbuild build needs root, or a kernel that \
+         allows overlayfs in a user namespace (Linux 5.11+) for builds as an ordinary user"
     )]
     NoOverlay(String),
 }
