@@ -379,6 +379,13 @@ fn nobody_builds_multi_stage_with_the_owners_a_root_build_records() {
     let o = as_nobody(&env, &["save", "-o", tar.to_str().unwrap(), "rl:1"]);
     assert!(o.status.success(), "save as nobody: {}", text(&o));
 
+    let o = as_nobody(&env, &["info"]);
+    assert!(
+        o.status.success() && text(&o).contains("subordinate ids of /etc/subuid"),
+        "info as nobody: {}",
+        text(&o)
+    );
+
     let (ours, theirs) = (headers(&tar), headers(&root_tar));
     assert_eq!(ours, theirs, "the tar headers differ from a root build's");
     let owned = owners(&ours);
@@ -491,6 +498,12 @@ fn nobody_without_subordinate_ids_builds_with_every_file_root_s() {
     let o = as_nobody(&env, &["save", "-o", tar.to_str().unwrap(), "one:1"]);
     assert!(o.status.success(), "save: {}", text(&o));
     let owned = owners(&headers(&tar));
+    let o = as_nobody(&env, &["info"]);
+    assert!(
+        o.status.success() && text(&o).contains("your id only"),
+        "info as nobody: {}",
+        text(&o)
+    );
     assert_eq!(
         owned["a"], "0:0",
         "the RUN's chown to an unmapped id fails there"

@@ -136,17 +136,12 @@ fn read_or_empty(p: &Path) -> String {
     std::fs::read_to_string(p).unwrap_or_default()
 }
 
-/// Enters a new user and mount namespace when not running as root (see the
-/// module doc); `Ok(None)` as root, where nothing changes. The process must be
-/// single-threaded.
-pub fn enter() -> Result<Option<&'static Rootless>, SandboxError> {
+/// What [`enter`] would do for this user: `None` as root; else the maps, and
+/// where subordinate ids are mapped the `newuidmap` and `newgidmap` to use.
+pub fn plan() -> Option<(Rootless, Option<(PathBuf, PathBuf)>)> {
     if nix::unistd::geteuid().is_root() {
-        return Ok(None);
+        return None;
     }
-    if let Some(r) = ENTERED.get() {
-        return Ok(Some(r));
-    }
-    crate::check_support()?;
     let uid = nix::unistd::geteuid().as_raw();
     let gid = nix::unistd::getegid().as_raw();
     let name = nix::unistd::User::from_uid(nix::unistd::Uid::from_raw(uid))
@@ -177,32 +172,49 @@ pub fn enter() -> Result<Option<&'static Rootless>, SandboxError> {
         );
     }
     let tools = find_tool("newuidmap").zip(find_tool("newgidmap"));
-    let rootless = match tools {
-        Some((newuidmap, newgidmap)) if !sub_u.is_empty() && !sub_g.is_empty() => {
-            let r = Rootless {
+    Some(match tools {
+        Some(tools) if !sub_u.is_empty() && !sub_g.is_empty() => (
+            Rootless {
                 uid_map: id_map(uid, &sub_u),
                 gid_map: id_map(gid, &sub_g),
                 subordinate: true,
-            };
-            enter_with_helpers(&r, &newuidmap, &newgidmap)?;
-            r
-        }
-        _ => {
-            let r = Rootless {
+            },
+            Some(tools),
+        ),
+        _ => (
+            Rootless {
                 uid_map: id_map(uid, &[]),
                 gid_map: id_map(gid, &[]),
                 subordinate: false,
-            };
-            unshare()?;
-            let w = |file: &str, data: String| {
-                fs_err::write(format!("/proc/self/{file}"), data).map_err(SandboxError::Io)
-            };
-            w("setgroups", "deny".into())?;
-            w("uid_map", format!("0 {uid} 1\n"))?;
-            w("gid_map", format!("0 {gid} 1\n"))?;
-            r
-        }
+            },
+            None,
+        ),
+    })
+}
+
+/// Enters a new user and mount namespace when not running as root (see the
+/// module doc); `Ok(None)` as root, where nothing changes. The process must be
+/// single-threaded.
+pub fn enter() -> Result<Option<&'static Rootless>, SandboxError> {
+    if let Some(r) = ENTERED.get() {
+        return Ok(Some(r));
+    }
+    let Some((rootless, tools)) = plan() else {
+        return Ok(None);
     };
+    crate::check_support()?;
+    if let Some((newuidmap, newgidmap)) = tools {
+        enter_with_helpers(&rootless, &newuidmap, &newgidmap)?;
+    } else {
+        unshare()?;
+        let w = |file: &str, data: String| {
+            fs_err::write(format!("/proc/self/{file}"), data).map_err(SandboxError::Io)
+        };
+        let (uid, gid) = (rootless.uid_map[0].outside, rootless.gid_map[0].outside);
+        w("setgroups", "deny".into())?;
+        w("uid_map", format!("0 {uid} 1\n"))?;
+        w("gid_map", format!("0 {gid} 1\n"))?;
+    }
     become_root(rootless.subordinate)?;
     Ok(Some(ENTERED.get_or_init(|| rootless)))
 }
