@@ -123,6 +123,13 @@ fn main() -> ExitCode {
             | Command::Logout(_)
             | Command::Info(_)
     ) {
+        // As non-root, the rest of the command runs in a user namespace of
+        // its own (the state root was chosen above, as the real user). Still
+        // one thread here, as `unshare` needs.
+        if let Err(e) = rbuild_sandbox::rootless::enter() {
+            eprintln!("Error: {e}");
+            return ExitCode::FAILURE;
+        }
         cmd::sweep_state_root(&root);
     }
     let result = match cli.command {

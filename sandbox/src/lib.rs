@@ -34,6 +34,7 @@
 mod cgroup;
 mod child;
 mod net;
+pub mod rootless;
 mod seccomp;
 mod sys;
 pub mod user;
@@ -831,6 +832,21 @@ pub fn run(rootfs: &Rootfs, mut spec: ProcessSpec) -> Result<ExitStatus, Sandbox
             spec.user, user.uid
         )));
     }
+    // Already in a user namespace (rootless rbuild, see `rootless`): only the
+    // ids it maps exist; `setgroups` may be denied; gid 5 (tty) may be unmapped.
+    let nested = !userns && rootless::in_user_namespace();
+    if nested
+        && !(rootless::uid_mapped(user.uid)
+            && rootless::gid_mapped(user.gid)
+            && user.groups.iter().all(|g| rootless::gid_mapped(*g)))
+    {
+        return Err(SandboxError::UserNamespace(format!(
+            "running as user {:?} (uid {}, gid {}) needs that id mapped in rbuild's user \
+             namespace: as non-root, give this user subordinate ids in /etc/subuid and \
+             /etc/subgid (and install newuidmap/newgidmap, package uidmap), or run as root",
+            spec.user, user.uid, user.gid
+        )));
+    }
 
     // A mount point for an overlay the sandbox mounts itself.
     let state = match rootfs {
@@ -942,7 +958,7 @@ pub fn run(rootfs: &Rootfs, mut spec: ProcessSpec) -> Result<ExitStatus, Sandbox
             data.extend(upper.as_os_str().as_bytes());
             data.extend(b",workdir=");
             data.extend(work.as_os_str().as_bytes());
-            if userns {
+            if userns || nested {
                 data.extend(b",userxattr");
             }
             // `volatile` (Linux 5.10): overlayfs skips its own syncs of the upper
@@ -1053,7 +1069,7 @@ pub fn run(rootfs: &Rootfs, mut spec: ProcessSpec) -> Result<ExitStatus, Sandbox
         mount_pre(&mut ops, &src, &p, None, libc::MS_BIND, None, dev == "tty")?;
     }
     mkdir_pre(&mut ops, "/dev/pts", 0o755, false)?;
-    let pts_opts = if userns {
+    let pts_opts = if userns || (nested && !rootless::gid_mapped(5)) {
         "newinstance,ptmxmode=0666,mode=0620"
     } else {
         "newinstance,ptmxmode=0666,mode=0620,gid=5"
@@ -1442,7 +1458,7 @@ pub fn run(rootfs: &Rootfs, mut spec: ProcessSpec) -> Result<ExitStatus, Sandbox
         uid: user.uid,
         gid: user.gid,
         groups: user.groups.clone(),
-        set_groups: !userns,
+        set_groups: !userns && (!nested || rootless::setgroups_allowed()),
         caps,
         last_cap: last_cap(),
         no_new_privs: spec.security == SecurityMode::Sandbox,

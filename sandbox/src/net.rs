@@ -86,7 +86,8 @@ pub(crate) fn find_helper(path: Option<&std::ffi::OsStr>) -> Result<Helper, Sand
 /// sandbox's user namespace): an error saying so when it may not.
 pub(crate) fn check_tun_access() -> Result<(), SandboxError> {
     use nix::unistd::{AccessFlags, access};
-    if nix::unistd::geteuid().is_root()
+    // Root of a user namespace (rootless rbuild) is still the user on the host.
+    if (nix::unistd::geteuid().is_root() && !crate::rootless::in_user_namespace())
         || access("/dev/net/tun", AccessFlags::R_OK | AccessFlags::W_OK).is_ok()
     {
         return Ok(());

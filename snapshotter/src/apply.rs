@@ -356,6 +356,7 @@ impl Place<'_> {
                 Some(rustix::fs::Gid::from_raw(g)),
                 AtFlags::SYMLINK_NOFOLLOW,
             )
+            .or_else(unmapped_ok)
             .map_err(|e| self.err("changing the owner of", e))?;
         }
         Ok(())
@@ -557,6 +558,7 @@ fn apply<R: Read>(
                         Some(rustix::fs::Uid::from_raw(u)),
                         Some(rustix::fs::Gid::from_raw(g)),
                     )
+                    .or_else(unmapped_ok)
                     .map_err(|e| place.err("changing the owner of", e))?;
                 }
                 for (k, v) in &xattrs {
@@ -689,6 +691,16 @@ fn apply<R: Read>(
     Ok(stats)
 }
 
+/// A chown to an id the user namespace does not map (rootless without
+/// subordinate ids) leaves the owner as it is (see `overlay::unmapped_id`).
+fn unmapped_ok(e: Errno) -> std::result::Result<(), Errno> {
+    if crate::overlay::unmapped_id(e.raw_os_error()) {
+        Ok(())
+    } else {
+        Err(e)
+    }
+}
+
 /// An opaque marker in `dir`: removes what lower layers had there, or marks the
 /// overlay upper dir opaque.
 fn opaque(dir: &Dir, name: &str, whiteouts: Whiteouts, written: &mut Written) -> Result<()> {
@@ -703,7 +715,7 @@ fn opaque(dir: &Dir, name: &str, whiteouts: Whiteouts, written: &mut Written) ->
     if whiteouts == Whiteouts::Overlay {
         return rustix::fs::fsetxattr(
             &fd,
-            "trusted.overlay.opaque",
+            crate::overlay::opaque_xattr(),
             b"y",
             rustix::fs::XattrFlags::empty(),
         )

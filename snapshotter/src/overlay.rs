@@ -87,6 +87,11 @@ impl OverlayLayout {
             .collect::<Result<Vec<_>>>()?
             .join(":");
         let mut opts = format!("lowerdir={lower}");
+        if in_user_namespace() {
+            // overlayfs keeps its markers in `user.overlay.*` xattrs: a user
+            // namespace may not set `trusted.*` ones.
+            opts.push_str(",userxattr");
+        }
         if !self.upper.as_os_str().is_empty() {
             opts = format!(
                 "{opts},upperdir={},workdir={}",
@@ -102,6 +107,42 @@ impl OverlayLayout {
         }
         Ok(opts)
     }
+}
+
+/// Whether this process is in a user namespace other than the initial one
+/// (rootless rbuild): overlays are then mounted with `userxattr` and opaque
+/// directories are marked with [`opaque_xattr`]'s `user.overlay.opaque`.
+pub fn in_user_namespace() -> bool {
+    static IN: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    *IN.get_or_init(|| {
+        std::fs::read_to_string("/proc/self/uid_map")
+            .is_ok_and(|m| m.split_whitespace().collect::<Vec<_>>() != ["0", "0", "4294967295"])
+    })
+}
+
+/// Whether a chown that failed with `errno` (raw) asked for an id this user
+/// namespace does not map (`EINVAL`): rootless rbuild without subordinate ids
+/// leaves such files owned by the namespace's root (the README says so).
+pub fn unmapped_id(errno: i32) -> bool {
+    errno == nix::errno::Errno::EINVAL as i32 && in_user_namespace()
+}
+
+/// The xattr that marks an upper directory opaque for the overlays this
+/// process mounts: `trusted.overlay.opaque`, or `user.overlay.opaque` in a
+/// user namespace (`userxattr`).
+pub fn opaque_xattr() -> &'static str {
+    if in_user_namespace() {
+        "user.overlay.opaque"
+    } else {
+        "trusted.overlay.opaque"
+    }
+}
+
+/// Whether `name` is an xattr the overlays this process mounts keep for
+/// themselves: `trusted.overlay.*`, and `user.overlay.*` in a user namespace.
+pub fn is_own_xattr(name: &str) -> bool {
+    name.starts_with("trusted.overlay.")
+        || (in_user_namespace() && name.starts_with("user.overlay."))
 }
 
 /// An overlay mounted at a target; unmounted (lazily) when dropped.

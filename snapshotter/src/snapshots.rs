@@ -51,8 +51,8 @@ pub enum SnapshotError {
     #[error(transparent)]
     Layer(#[from] crate::Error),
     #[error(
-        "overlay mounts are not available ({0}); rbuild build needs root (or a user namespace \
-         where the kernel allows overlayfs)"
+        "overlay mounts are not available ({0}); rbuild build needs root, or a kernel that \
+         allows overlayfs in a user namespace (Linux 5.11+) for builds as an ordinary user"
     )]
     NoOverlay(String),
 }
@@ -473,7 +473,7 @@ impl SnapshotStore {
         Ok(fs_err::read_dir(self.upper(id))?.next().is_none()
             && !crate::diff::read_xattrs(&self.upper(id))?
                 .iter()
-                .any(|(k, _)| k == "trusted.overlay.opaque"))
+                .any(|(k, _)| k == crate::overlay::opaque_xattr()))
     }
 
     /// Writes the snapshot's changes as a deterministic OCI layer tar
@@ -691,10 +691,10 @@ fn layer_xattrs(path: &Path) -> io::Result<(Xattrs, bool)> {
     })?;
     let opaque = all
         .iter()
-        .any(|(k, v)| k == "trusted.overlay.opaque" && v == b"y");
+        .any(|(k, v)| k == crate::overlay::opaque_xattr() && v == b"y");
     let kept = all
         .into_iter()
-        .filter(|(k, _)| !k.starts_with("trusted.overlay."))
+        .filter(|(k, _)| !crate::overlay::is_own_xattr(k))
         .collect();
     Ok((kept, opaque))
 }

@@ -100,10 +100,21 @@ pub(crate) fn mkdir_all(
                     .map_err(err)?;
                 if let Some((u, g)) = owner {
                     nix::unistd::chown(&cur, Some(u.into()), Some(g.into()))
+                        .or_else(unmapped_ok)
                         .map_err(|e| io_msg("chown", &cur, e))?;
                 }
             }
         }
     }
     Ok(full)
+}
+
+/// A chown to an id that rootless rbuild's user namespace does not map (no
+/// subordinate ids) leaves the owner as it is: the file stays root's there.
+pub(crate) fn unmapped_ok(e: nix::errno::Errno) -> Result<(), nix::errno::Errno> {
+    if rbuild_snapshotter::overlay::unmapped_id(e as i32) {
+        Ok(())
+    } else {
+        Err(e)
+    }
 }

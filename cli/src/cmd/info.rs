@@ -86,6 +86,28 @@ fn disk_use(dir: &Path) -> u64 {
     total
 }
 
+/// How rbuild maps ids when run as this user (see README, "What needs root").
+fn rootless() -> String {
+    match rbuild_sandbox::rootless::plan() {
+        None => "no (running as root)".to_owned(),
+        Some((r, _)) if r.subordinate => {
+            let n = |m: &[rbuild_sandbox::rootless::IdRange]| {
+                m.iter().map(|r| u64::from(r.count)).sum::<u64>()
+            };
+            format!(
+                "yes: a user namespace with {} uids and {} gids (your id and the \
+                 subordinate ids of /etc/subuid and /etc/subgid)",
+                n(&r.uid_map),
+                n(&r.gid_map)
+            )
+        }
+        Some(_) => "yes: a user namespace with your id only (no subordinate ids in \
+                    /etc/subuid and /etc/subgid, or no newuidmap/newgidmap): files of \
+                    other owners become root's"
+            .to_owned(),
+    }
+}
+
 /// The kernel features rbuild uses, as found on this machine.
 fn kernel_features() -> Vec<(&'static str, String)> {
     let read = |p: &str| std::fs::read_to_string(p).unwrap_or_default();
@@ -133,6 +155,7 @@ fn kernel_features() -> Vec<(&'static str, String)> {
             .to_owned(),
         ),
         ("User namespaces", userns),
+        ("Rootless", rootless()),
         ("Cgroups", cgroups),
         (
             "Network helper",

@@ -239,6 +239,7 @@ impl CopyCtx<'_> {
             Some(gid.into()),
             nix::fcntl::AtFlags::AT_SYMLINK_NOFOLLOW,
         )
+        .or_else(crate::fsutil::unmapped_ok)
         .map_err(|e| io_msg("chown", dst, e))?;
         if let Some(mode) = mode {
             fs_err::set_permissions(dst, std::fs::Permissions::from_mode(mode)).map_err(err)?;
@@ -710,7 +711,9 @@ fn set_meta(
 ) -> Result<(), ExecError> {
     fs_err::set_permissions(p, std::fs::Permissions::from_mode(mode & 0o7777)).map_err(err)?;
     if let Some((u, g)) = owner {
-        nix::unistd::chown(p, Some(u.into()), Some(g.into())).map_err(|e| io_msg("chown", p, e))?;
+        nix::unistd::chown(p, Some(u.into()), Some(g.into()))
+            .or_else(crate::fsutil::unmapped_ok)
+            .map_err(|e| io_msg("chown", p, e))?;
     }
     if let Some(ts) = ts {
         let t = filetime::FileTime::from_unix_time(ts, 0);
