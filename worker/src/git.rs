@@ -12,7 +12,10 @@ use std::process::{Command, Stdio};
 
 use rbuild_solver::ExecError;
 
-use crate::state::err;
+/// An I/O error as an [`ExecError`] (fs-err's messages name the path).
+fn err(e: impl std::error::Error + Send + Sync + 'static) -> ExecError {
+    ExecError::Other(Box::new(e))
+}
 
 /// What `git ls-remote` says a ref is.
 #[derive(Debug, Clone, PartialEq, Eq)]
