@@ -50,9 +50,13 @@ fn git() -> Command {
     c.env("GIT_TERMINAL_PROMPT", "0")
         .env("GIT_CONFIG_NOSYSTEM", "1")
         .env("GIT_PROTOCOL_FROM_USER", "0")
-        .env("GIT_SSH_COMMAND", "ssh -o BatchMode=yes")
         .env("LC_ALL", "C")
         .args([
+            // A stalled server fails the fetch instead of hanging the build.
+            "-c",
+            "http.lowSpeedLimit=1",
+            "-c",
+            "http.lowSpeedTime=300",
             "-c",
             "protocol.file.allow=never",
             "-c",
@@ -63,6 +67,12 @@ fn git() -> Command {
             "init.defaultBranch=master",
         ])
         .stdin(Stdio::null());
+    if std::env::var_os("GIT_SSH_COMMAND").is_none() && std::env::var_os("GIT_SSH").is_none() {
+        c.env(
+            "GIT_SSH_COMMAND",
+            "ssh -o BatchMode=yes -o ServerAliveInterval=30 -o ServerAliveCountMax=10",
+        );
+    }
     c
 }
 
