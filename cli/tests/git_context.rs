@@ -507,6 +507,20 @@ fn url_contexts_tarballs_and_dockerfiles() {
     assert!(!env.root().join("escaped.txt").exists());
     assert!(!env.dir.path().join("escaped.txt").exists());
 
+    // Nothing listening: one line with the reason.
+    let o = build(
+        &env,
+        &[&format!("http://127.0.0.1:{}/ctx.tar", free_port())],
+    );
+    assert!(!o.status.success());
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert_eq!(
+        err.lines().filter(|l| !l.trim().is_empty()).count(),
+        1,
+        "{err}"
+    );
+    assert!(err.contains("Connection refused"), "{err}");
+
     // Limits: a small download that unpacks big is stopped at the limit.
     let zeros = vec![0u8; 256 * 1024];
     let bomb = targz(&[

@@ -84,7 +84,7 @@ pub fn fetch(
             dir.path(),
             scratch.path(),
         )
-        .map_err(|e| anyhow!("git context: {e}"))?;
+        .map_err(|e| anyhow!("git context: {}", rbuild_engine::one_line(&e)))?;
         if let Some(c) = &g.checksum {
             if !commit.starts_with(&c.to_ascii_lowercase()) {
                 bail!("git context {spec}: expected checksum to match {c}, got {commit}");
@@ -102,7 +102,7 @@ pub fn fetch(
     let dir = temp_dir(root, "context")?;
     let scratch = temp_dir(root, "download")?;
     let got = rbuild_engine::remote::fetch_url(spec, dir.path(), scratch.path(), max)
-        .map_err(|e| anyhow!("context: {e}"))?;
+        .map_err(|e| anyhow!("context: {}", rbuild_engine::one_line(&e)))?;
     let dockerfile = match got {
         rbuild_engine::remote::UrlContext::Dockerfile(text) => Some(text),
         rbuild_engine::remote::UrlContext::Archive { skipped_special } => {
