@@ -32,6 +32,8 @@ pub use rbuild_snapshotter::layout::{self, StateLayout};
 /// `system df`, the automatic collection after a build); implemented over the
 /// worker's state.
 pub mod gc;
+/// Remote build contexts (a git repository, a tarball or Dockerfile URL).
+pub use rbuild_worker::remote;
 /// Unpacks an image of the store as its first `FROM` would (`import`, `load`).
 pub use rbuild_worker::unpack_image;
 pub use session::{BuildError, BuildRequest, Built, Reporter, build};

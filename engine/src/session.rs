@@ -227,6 +227,18 @@ impl ImageResolver for StoreResolver<'_, '_> {
             config: img.config,
         })
     }
+
+    /// `git ls-remote`, every build (a branch moves; the commit is the key).
+    fn resolve_git(
+        &self,
+        remote: &str,
+        reference: &str,
+        keep_git_dir: bool,
+    ) -> Result<String, ResolveError> {
+        rbuild_worker::git::resolve(remote, reference)
+            .map(|r| r.key_commit(keep_git_dir).to_owned())
+            .map_err(|e| ResolveError(e.to_string()))
+    }
 }
 
 /// `.dockerignore` for the context reader, with moby's re-inclusion rules.

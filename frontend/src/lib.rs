@@ -31,6 +31,7 @@
 
 pub mod dockerignore;
 mod error;
+pub mod gitref;
 pub mod lint;
 mod plan;
 mod util;

@@ -157,6 +157,24 @@ pub struct ResolvedImage {
 pub trait ImageResolver {
     /// `reference` is the name as written in the Dockerfile, variables expanded.
     fn resolve(&self, reference: &str, platform: &Platform) -> Result<ResolvedImage, ResolveError>;
+
+    /// Resolves `reference` (a branch, tag, full commit or `refs/...`; empty
+    /// for the default branch) of the git repository at `remote` to the full
+    /// commit it names (`BuildKit`'s git source resolves by `ls-remote`
+    /// before keying): an `ADD <git ref>` is keyed by that commit. Annotated
+    /// tags give their commit, or the tag object itself with `keep_git_dir`
+    /// (as `BuildKit`). Resolvers that reach no repositories refuse.
+    fn resolve_git(
+        &self,
+        remote: &str,
+        reference: &str,
+        keep_git_dir: bool,
+    ) -> Result<String, ResolveError> {
+        let _ = (reference, keep_git_dir);
+        Err(ResolveError(format!(
+            "{remote}: git sources are not available here"
+        )))
+    }
 }
 
 /// The result: what to solve and what the image's config is.
@@ -528,6 +546,61 @@ impl Planner<'_> {
             ignore_cache,
         });
         self.vertices.len() - 1
+    }
+
+    /// The source op of `ADD <git ref>` (`BuildKit`'s dispatchCopy): the ref
+    /// resolved to its commit, checked against `--checksum` / `?checksum=`.
+    fn git_source(
+        &self,
+        src: &str,
+        keep_flag: bool,
+        checksum: Option<&str>,
+        span: &Span,
+    ) -> Result<SourceOp, FrontendError> {
+        let g = match crate::gitref::parse(src) {
+            Some(Ok(g)) => g,
+            Some(Err(e)) => return Err(self.err(span, format!("{src}: {e}"))),
+            None => return Err(self.err(span, format!("{src}: not a git reference"))),
+        };
+        // `--keep-git-dir` (false unless given) and `?keep-git-dir=`.
+        if keep_flag && g.keep_git_dir == Some(false) {
+            return Err(self.err(span, "inconsistent keep-git-dir configuration"));
+        }
+        let keep_git_dir = g.keep_git_dir.unwrap_or(keep_flag);
+        let checksum = match (checksum, g.checksum.as_deref()) {
+            (Some(a), Some(b)) if a != b => {
+                return Err(self.err(span, format!("checksum mismatch {a:?} != {b:?}")));
+            }
+            (Some(c), _) | (None, Some(c)) => Some(c),
+            (None, None) => None,
+        };
+        if let Some(c) = checksum {
+            if c.is_empty() || !c.bytes().all(|b| b.is_ascii_hexdigit()) {
+                return Err(self.err(
+                    span,
+                    format!("invalid checksum {c} for Git URL, expected hex commit hash"),
+                ));
+            }
+        }
+        let commit = self
+            .resolver
+            .resolve_git(&g.remote, &g.reference, keep_git_dir)
+            .map_err(|e| self.err(span, e.0))?;
+        if let Some(c) = checksum {
+            if !commit.starts_with(&c.to_ascii_lowercase()) {
+                return Err(self.err(
+                    span,
+                    format!("{src}: expected checksum to match {c}, got {commit}"),
+                ));
+            }
+        }
+        Ok(SourceOp::Git {
+            remote: g.remote,
+            reference: g.reference,
+            commit,
+            subdir: g.subdir,
+            keep_git_dir,
+        })
     }
 
     fn scratch(&mut self) -> Local {
@@ -1443,6 +1516,7 @@ impl Planner<'_> {
                     checksum: None,
                     unpack: None,
                     link: c.link,
+                    keep_git_dir: false,
                 };
                 self.dispatch_copy(run, ins, &spec)?;
             }
@@ -1460,6 +1534,7 @@ impl Planner<'_> {
                     checksum: a.checksum.as_deref(),
                     unpack: a.unpack,
                     link: a.link,
+                    keep_git_dir: a.keep_git_dir,
                 };
                 self.dispatch_copy(run, ins, &spec)?;
             }
@@ -1528,12 +1603,12 @@ impl Planner<'_> {
             if sources.len() != 1 {
                 return Err(self.err(span, "checksum can't be specified for multiple sources"));
             }
-            if !is_http(&sources[0]) {
+            if !is_http(&sources[0]) && !is_git(&sources[0]) {
                 return Err(self.err(span, "checksum requires HTTP(S) or Git sources"));
             }
         }
         if let Some(c) = &checksum {
-            if !valid_digest(c) {
+            if !is_git(&sources[0]) && !valid_digest(c) {
                 return Err(self.err(span, format!("invalid checksum digest format: {c:?}")));
             }
         }
@@ -1577,10 +1652,22 @@ impl Planner<'_> {
             msg.push(' ');
             msg.push_str(src);
             if is_git(src) {
-                return Err(self.err(
-                    span,
-                    format!("{kw} of a git source ({src}) is not supported"),
-                ));
+                if !spec.add {
+                    return Err(self.err(span, "source can't be a git ref for COPY"));
+                }
+                let g = self.git_source(src, spec.keep_git_dir, checksum.as_deref(), span)?;
+                let h = self.push(g, Vec::new(), name.clone(), Some(span), run.ignore_cache);
+                let idx = input_of(&mut inputs, h);
+                let mut c = Copy::new(idx, vec!["/".to_owned()], dest.clone());
+                c.follow_symlinks = false;
+                c.allow_wildcard = false;
+                c.allow_empty_wildcard = false;
+                c.owner.clone_from(&owner);
+                c.mode.clone_from(&mode);
+                c.exclude_patterns.clone_from(&excludes);
+                c.timestamp = self.epoch_secs;
+                actions.push(FileAction::Copy(c));
+                continue;
             }
             if is_http(src) {
                 if !spec.add {
@@ -2126,6 +2213,8 @@ impl Planner<'_> {
                 !self.declared.contains(*k)
                     && !PROXY_ARGS.iter().any(|p| p.eq_ignore_ascii_case(k))
                     && !PLATFORM_ARGS.contains(&k.as_str())
+                    // Read by the command for a git context.
+                    && k.as_str() != "BUILDKIT_CONTEXT_KEEP_GIT_DIR"
             })
             .map(String::as_str)
             .collect();
@@ -2147,6 +2236,7 @@ impl Planner<'_> {
     }
 }
 
+#[allow(clippy::struct_excessive_bools)] // one per COPY/ADD flag
 struct CopySpec<'a> {
     add: bool,
     sources: &'a [String],
@@ -2161,6 +2251,8 @@ struct CopySpec<'a> {
     unpack: Option<bool>,
     /// `--link`: copy onto an empty tree, then merge that onto the stage.
     link: bool,
+    /// `ADD --keep-git-dir`.
+    keep_git_dir: bool,
 }
 
 /// The instruction's keyword in the Dockerfile, or the whole instruction when its
@@ -2269,15 +2361,9 @@ fn is_http(s: &str) -> bool {
     (s.starts_with("http://") || s.starts_with("https://")) && !is_git(s)
 }
 
-/// Git sources (`BuildKit`'s `isGitSource`, roughly): not supported by rbuild.
+/// Git sources (`BuildKit`'s `isGitSource`).
 fn is_git(s: &str) -> bool {
-    s.starts_with("git@")
-        || s.starts_with("git://")
-        || s.starts_with("ssh://")
-        || ((s.starts_with("http://") || s.starts_with("https://"))
-            && s.split(['#', '?'])
-                .next()
-                .is_some_and(|u| u.to_ascii_lowercase().ends_with(".git")))
+    crate::gitref::is_git(s)
 }
 
 /// `algorithm:hex` with the hex length the algorithm needs (go-digest's `Parse`).

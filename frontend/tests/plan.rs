@@ -537,7 +537,88 @@ fn add_archives_urls_and_checksum() {
         err("FROM busybox\nADD --checksum=sha256:ab https://e.com/a /x/\n")
             .contains("invalid checksum")
     );
-    assert!(err("FROM busybox\nADD https://github.com/o/r.git /src\n").contains("git source"));
+    // A resolver that reaches no repositories refuses git sources.
+    assert!(err("FROM busybox\nADD https://github.com/o/r.git /src\n").contains("git sources"));
+}
+
+/// Resolves every git ref to one commit, recording what it was asked.
+struct GitResolver(FakeResolver, std::cell::RefCell<Vec<String>>);
+
+impl rbuild_frontend::ImageResolver for GitResolver {
+    fn resolve(
+        &self,
+        reference: &str,
+        platform: &rbuild_frontend::Platform,
+    ) -> Result<rbuild_frontend::ResolvedImage, rbuild_frontend::ResolveError> {
+        self.0.resolve(reference, platform)
+    }
+
+    fn resolve_git(
+        &self,
+        remote: &str,
+        reference: &str,
+        keep_git_dir: bool,
+    ) -> Result<String, rbuild_frontend::ResolveError> {
+        self.1
+            .borrow_mut()
+            .push(format!("{remote} {reference} {keep_git_dir}"));
+        Ok("abcdef".repeat(7)[..40].to_owned())
+    }
+}
+
+#[test]
+fn add_of_a_git_ref_is_pinned_to_the_resolved_commit() {
+    let r = GitResolver(FakeResolver::new(), std::cell::RefCell::default());
+    let commit = "abcdef".repeat(7)[..40].to_owned();
+    let p = plan_source(
+        "FROM busybox\nADD --keep-git-dir --checksum=abcdef https://h/o/r.git#v1:sub/dir /src\n\
+         ADD git@h:o/r.git /r2\n",
+        &opts(),
+        &r,
+    )
+    .unwrap();
+    let gits: Vec<SourceOp> = vertices(&p)
+        .into_iter()
+        .filter_map(|(_, v)| match v.op {
+            Op::Source(s @ SourceOp::Git { .. }) => Some(s),
+            _ => None,
+        })
+        .collect();
+    assert!(gits.contains(&SourceOp::Git {
+        remote: "https://h/o/r.git".into(),
+        reference: "v1".into(),
+        commit: commit.clone(),
+        subdir: "sub/dir".into(),
+        keep_git_dir: true,
+    }));
+    assert!(gits.contains(&SourceOp::Git {
+        remote: "git@h:o/r.git".into(),
+        reference: String::new(),
+        commit,
+        subdir: String::new(),
+        keep_git_dir: false,
+    }));
+    assert_eq!(
+        *r.1.borrow(),
+        vec!["https://h/o/r.git v1 true", "git@h:o/r.git  false"]
+    );
+    let fails = |src: &str| {
+        let r = GitResolver(FakeResolver::new(), std::cell::RefCell::default());
+        plan_source(src, &opts(), &r).unwrap_err().to_string()
+    };
+    assert!(
+        fails("FROM busybox\nADD --checksum=0123 https://h/r.git /s\n")
+            .contains("expected checksum to match 0123")
+    );
+    assert!(
+        fails("FROM busybox\nADD --checksum=xyz https://h/r.git /s\n")
+            .contains("expected hex commit hash")
+    );
+    assert!(fails("FROM busybox\nCOPY https://h/r.git /s\n").contains("git ref for COPY"));
+    assert!(
+        fails("FROM busybox\nADD --keep-git-dir https://h/r.git?keep-git-dir=0 /s\n")
+            .contains("inconsistent keep-git-dir")
+    );
 }
 
 #[test]

@@ -137,6 +137,21 @@ fn image_definition(
     .expect("image definitions serialise to JSON")
 }
 
+/// What keys a git source: its commit, subdirectory and whether `.git` is
+/// kept (with the ref then, which `.git` names), never the remote it came
+/// from (`BuildKit`'s `shaToCacheKey`).
+fn git_definition(commit: &str, reference: &str, subdir: &str, keep_git_dir: bool) -> Vec<u8> {
+    serde_json::to_vec(&serde_json::json!({
+        "type": "source",
+        "source": "git",
+        "commit": commit,
+        "reference": if keep_git_dir { reference } else { "" },
+        "subdir": subdir,
+        "keep_git_dir": keep_git_dir,
+    }))
+    .expect("git definitions serialise to JSON")
+}
+
 fn put_len(h: &mut blake3::Hasher, n: usize) {
     h.update(&(n as u64).to_le_bytes());
 }
@@ -159,6 +174,13 @@ pub fn cache_key(op: &Op, inputs: &[InputKey]) -> CacheKey {
             chain_id,
             ..
         }) => image_definition(pin, platform.as_deref(), chain_id.as_deref()),
+        Op::Source(SourceOp::Git {
+            commit,
+            reference,
+            subdir,
+            keep_git_dir,
+            ..
+        }) => git_definition(commit, reference, subdir, *keep_git_dir),
         _ => canonical_op(op),
     };
     put_len(&mut h, def.len());

@@ -160,6 +160,26 @@ pub enum SourceOp {
         /// Mode of the downloaded file.
         chmod: Option<u32>,
     },
+    /// A git repository at one commit (`ADD https://host/repo.git#ref:dir`,
+    /// `BuildKit`'s git source): the tree of `commit` (or of `subdir` in it),
+    /// without `.git` unless `keep_git_dir`.
+    Git {
+        /// The remote as git takes it (`https://host/repo.git`,
+        /// `git@host:repo.git`), without `#ref:subdir`.
+        remote: String,
+        /// The ref as written (branch, tag, commit, empty for the default
+        /// branch); for progress and for `.git`'s branch, not the content.
+        reference: String,
+        /// The full commit (or annotated tag object, with `keep_git_dir`) the
+        /// frontend resolved `reference` to: the worker checks out exactly
+        /// this; with `subdir` and `keep_git_dir` it is the key, not the
+        /// remote (`BuildKit` keys a git source by its commit).
+        commit: String,
+        /// A directory inside the repository whose contents are the result.
+        subdir: String,
+        /// Keep the `.git` directory (`--keep-git-dir`).
+        keep_git_dir: bool,
+    },
     /// An empty filesystem (`FROM scratch`).
     Scratch,
 }

@@ -485,3 +485,39 @@ fn a_base_image_is_keyed_by_its_layers_not_its_name_or_config() {
     assert_ne!(key(image_op("a", "sha256:c2", None, None)), pinned);
     assert_ne!(pinned, base);
 }
+
+fn git_op(remote: &str, reference: &str, commit: &str, subdir: &str, keep: bool) -> Op {
+    SourceOp::Git {
+        remote: remote.into(),
+        reference: reference.into(),
+        commit: commit.into(),
+        subdir: subdir.into(),
+        keep_git_dir: keep,
+    }
+    .into()
+}
+
+#[test]
+fn a_git_source_is_keyed_by_its_commit_not_its_remote() {
+    let a = "a".repeat(40);
+    let b = "b".repeat(40);
+    let key = |op: Op| cache_key(&op, &[]);
+    let base = key(git_op("https://h/r.git", "main", &a, "", false));
+    // The same commit from a mirror, or under another ref name: the same key.
+    assert_eq!(
+        base,
+        key(git_op("git://mirror/r.git", "main", &a, "", false))
+    );
+    assert_eq!(base, key(git_op("https://h/r.git", "v1", &a, "", false)));
+    // Another commit, subdir or .git: another key.
+    assert_ne!(base, key(git_op("https://h/r.git", "main", &b, "", false)));
+    assert_ne!(
+        base,
+        key(git_op("https://h/r.git", "main", &a, "sub", false))
+    );
+    let kept = key(git_op("https://h/r.git", "main", &a, "", true));
+    assert_ne!(base, kept);
+    // With .git the ref is part of what is checked out (its branch).
+    assert_ne!(kept, key(git_op("https://h/r.git", "dev", &a, "", true)));
+    assert!(!git_op("https://h/r.git", "main", &a, "", false).is_volatile());
+}

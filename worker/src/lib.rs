@@ -14,7 +14,9 @@
 //!   `checksum`: content checksums for cache keys;
 //! - `fsutil` (paths inside a root), `filter` (`.dockerignore` plus a copy's
 //!   patterns), `state` (the shared `Inner` state and what a result names);
-//! - [`context`] (the context checksummer), `atomic` (atomic file writes).
+//! - [`context`] (the context checksummer), `atomic` (atomic file writes);
+//! - [`git`] (resolving and checking out git refs with the system `git`),
+//!   [`remote`] (remote build contexts: git or a URL).
 //!
 //! Results ([`ResultRef`]) are `snap:<snapshot id>` for everything that has a
 //! filesystem in the snapshot store, and `ctx:<name>` for a build context (the
@@ -78,8 +80,10 @@ pub mod error;
 mod export;
 mod filter;
 mod fsutil;
+pub mod git;
 mod ops;
 mod seeds;
+pub mod remote;
 mod state;
 
 use std::collections::HashMap;

@@ -130,7 +130,9 @@ pub struct BuildArgs {
     pub check: bool,
     #[command(flatten)]
     habits: crate::cmd::habits::HabitArgs,
-    /// The build context: a directory, or `-` for a tar[.gz] on stdin
+    /// The build context: a directory, `-` for a tar[.gz] on stdin, a git URL
+    /// (`https://host/repo.git#REF:DIR`, `git@host:repo.git`), or the URL of a
+    /// tar archive or a Dockerfile
     #[arg(value_name = "CONTEXT")]
     context: String,
 }
@@ -813,7 +815,16 @@ fn prepare(args: &BuildArgs, root: &Path) -> anyhow::Result<Prepared> {
     let df_stdin = args.file.as_deref() == Some("-");
     let mut stdin_dockerfile = None;
     let mut tmp = None;
-    let context = if args.context == "-" {
+    // A git or URL context, fetched into a directory of the state root.
+    let remote =
+        crate::cmd::remote_context::fetch(&args.context, root, &build_arg_map(&args.build_args))?;
+    let is_remote = remote.is_some();
+    let context = if let Some(r) = remote {
+        stdin_dockerfile = r.dockerfile;
+        let p = r.dir.path().to_path_buf();
+        tmp = Some(r.dir);
+        p
+    } else if args.context == "-" {
         if df_stdin {
             bail!("cannot read both the Dockerfile (-f -) and the context (-) from stdin");
         }
@@ -863,6 +874,7 @@ fn prepare(args: &BuildArgs, root: &Path) -> anyhow::Result<Prepared> {
         ("Dockerfile".to_owned(), None, s)
     } else {
         let path = match &args.file {
+            Some(f) if is_remote => crate::cmd::remote_context::dockerfile_path(&context, f)?,
             Some(f) => PathBuf::from(f),
             None => context.join("Dockerfile"),
         };

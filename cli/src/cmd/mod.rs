@@ -11,6 +11,7 @@ pub mod info;
 pub mod limits;
 pub mod parse;
 pub mod refuse;
+pub mod remote_context;
 pub mod run;
 pub mod run_flags;
 pub mod squash;

@@ -471,7 +471,7 @@ fn expand(
 }
 
 /// Whether the file starts like a tar archive (maybe compressed).
-fn is_archive(p: &Path) -> bool {
+pub(crate) fn is_archive(p: &Path) -> bool {
     let Ok(f) = std::fs::File::open(p) else {
         return false;
     };

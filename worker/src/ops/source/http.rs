@@ -86,7 +86,7 @@ fn parse_url(url: &str) -> Result<Url, ExecError> {
 }
 
 /// A connection, plain or TLS.
-enum Conn {
+pub(crate) enum Conn {
     Plain(TcpStream),
     Tls(Box<rustls::StreamOwned<rustls::ClientConnection, TcpStream>>),
 }
@@ -198,7 +198,7 @@ fn connect(
 }
 
 /// The body of a response, de-chunked.
-enum Body<R> {
+pub(crate) enum Body<R> {
     Length(std::io::Take<R>),
     Eof(R),
     Chunked { r: R, left: u64, done: bool },
@@ -256,14 +256,14 @@ fn parse_http_date(s: &str) -> Option<i64> {
     Some(days * 86_400 + h * 3600 + m * 60 + sec)
 }
 
-struct Response {
-    body: Body<BufReader<Conn>>,
+pub(crate) struct Response {
+    pub(crate) body: Body<BufReader<Conn>>,
     name: String,
     mtime: i64,
-    length: Option<u64>,
+    pub(crate) length: Option<u64>,
 }
 
-fn get(url: &str) -> Result<Response, ExecError> {
+pub(crate) fn get(url: &str) -> Result<Response, ExecError> {
     let mut url = url.to_owned();
     let mut tls = None;
     for _ in 0..10 {

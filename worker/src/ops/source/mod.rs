@@ -1,7 +1,8 @@
 //! `SourceOp`: scratch, a build context, an image from the local store
-//! ([`image`]), a download ([`http`]), as `BuildKit`'s source op hands each
+//! ([`image`]), a download ([`http`]), a git checkout ([`git`]), as `BuildKit`'s source op hands each
 //! kind of identifier to its source.
 
+pub(crate) mod git;
 pub(crate) mod http;
 pub(crate) mod image;
 
@@ -37,6 +38,23 @@ pub(crate) fn run(
             checksum.as_deref(),
             filename.as_deref(),
             *chmod,
+            logger,
+        ),
+        SourceOp::Git {
+            remote,
+            reference,
+            commit,
+            subdir,
+            keep_git_dir,
+        } => git::fetch(
+            inner,
+            &crate::git::Checkout {
+                remote,
+                reference,
+                commit,
+                subdir,
+                keep_git_dir: *keep_git_dir,
+            },
             logger,
         ),
     }
