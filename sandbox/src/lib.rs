@@ -257,6 +257,9 @@ pub struct ProcessSpec {
     pub rlimits: Vec<Rlimit>,
     /// Mount the root filesystem read-only (`rbuild run --read-only`).
     pub readonly_rootfs: bool,
+    /// Supplementary groups as `BuildKit` gives a build step
+    /// ([`ResolvedUser::step_groups`]) instead of as `docker run` does.
+    pub step_groups: bool,
 }
 
 /// A resource limit (`setrlimit`) by docker's name of it, `None` for
@@ -321,6 +324,7 @@ impl ProcessSpec {
             shm_size: None,
             rlimits: Vec::new(),
             readonly_rootfs: false,
+            step_groups: false,
         }
     }
 }
@@ -1457,7 +1461,11 @@ pub fn run(rootfs: &Rootfs, mut spec: ProcessSpec) -> Result<ExitStatus, Sandbox
         envp,
         uid: user.uid,
         gid: user.gid,
-        groups: user.groups.clone(),
+        groups: if spec.step_groups {
+            user.step_groups.clone()
+        } else {
+            user.groups.clone()
+        },
         set_groups: !userns && (!nested || rootless::setgroups_allowed()),
         caps,
         last_cap: last_cap(),

@@ -15,8 +15,13 @@ use crate::SandboxError;
 pub struct ResolvedUser {
     pub uid: u32,
     pub gid: u32,
-    /// Supplementary groups (the primary gid first).
+    /// Supplementary groups as `docker run` sets them (the primary gid first).
     pub groups: Vec<u32>,
+    /// Supplementary groups as `BuildKit`'s executor sets them for a build
+    /// step (`GetUser`: none when the `USER` is empty or a numeric `uid:gid`,
+    /// else only the groups listing a user named without a group; the primary
+    /// gid is not added).
+    pub step_groups: Vec<u32>,
     /// Home directory from passwd, `/` when the user has no entry.
     pub home: String,
 }
@@ -77,6 +82,24 @@ fn parse_group(text: &str) -> Vec<GroupEntry> {
             })
         })
         .collect()
+}
+
+/// The uid and gid of the user `name` in the text of a passwd file (the first
+/// entry of that name).
+pub fn passwd_ids(passwd: &str, name: &str) -> Option<(u32, u32)> {
+    parse_passwd(passwd)
+        .into_iter()
+        .find(|e| e.name == name)
+        .map(|e| (e.uid, e.gid))
+}
+
+/// The gid of the group `name` in the text of a group file (the first entry of
+/// that name).
+pub fn group_id(group: &str, name: &str) -> Option<u32> {
+    parse_group(group)
+        .into_iter()
+        .find(|e| e.name == name)
+        .map(|e| e.gid)
 }
 
 /// Resolves `spec` (the `USER` string; empty means root) against the given file
@@ -144,6 +167,15 @@ pub fn resolve_user_in(
             }
         }
     }
+    let both_numeric = spec.is_empty()
+        || spec
+            .split_once(':')
+            .is_some_and(|(u, g)| u.parse::<u32>().is_ok() && g.parse::<u32>().is_ok());
+    let step_groups = if both_numeric {
+        Vec::new()
+    } else {
+        groups.clone()
+    };
     let mut all = vec![gid];
     for g in groups {
         if !all.contains(&g) {
@@ -154,6 +186,7 @@ pub fn resolve_user_in(
         uid,
         gid,
         groups: all,
+        step_groups,
         home,
     })
 }
@@ -236,6 +269,28 @@ mod tests {
         let u = r("").unwrap();
         assert_eq!((u.uid, u.gid, u.home.as_str()), (0, 0, "/root"));
         assert_eq!(u.groups, vec![0]);
+        assert_eq!(u.step_groups, Vec::<u32>::new());
+    }
+
+    #[test]
+    fn step_groups_follow_buildkit_get_user() {
+        const G: &str = "root:x:0:\nwheel:x:10:root,app\napp:x:1000:\n";
+        let s = |spec: &str| {
+            resolve_user_in(spec, Some(PASSWD), Some(G))
+                .unwrap()
+                .step_groups
+        };
+        // The empty USER and numeric pairs take BuildKit's fast path: no groups.
+        assert_eq!(s(""), Vec::<u32>::new());
+        assert_eq!(s("0:0"), Vec::<u32>::new());
+        assert_eq!(s("1000:1000"), Vec::<u32>::new());
+        // Named (or a lone uid) users get the groups listing them, not their own.
+        assert_eq!(s("root"), vec![10]);
+        assert_eq!(s("0"), vec![10]);
+        assert_eq!(s("1000"), vec![10]);
+        assert_eq!(s("app"), vec![10]);
+        assert_eq!(s("app:app"), Vec::<u32>::new());
+        assert_eq!(s("4000"), Vec::<u32>::new());
     }
 
     #[test]
@@ -243,6 +298,7 @@ mod tests {
         let u = r("app").unwrap();
         assert_eq!((u.uid, u.gid), (1000, 1000));
         assert_eq!(u.groups, vec![1000, 10, 29]);
+        assert_eq!(u.step_groups, vec![10, 29]);
         assert_eq!(u.home, "/home/app");
     }
 
@@ -251,10 +307,21 @@ mod tests {
         let u = r("app:wheel").unwrap();
         assert_eq!((u.uid, u.gid), (1000, 10));
         assert_eq!(u.groups, vec![10]);
+        assert_eq!(u.step_groups, Vec::<u32>::new());
         let u = r("1000:29").unwrap();
         assert_eq!((u.uid, u.gid), (1000, 29));
+        assert_eq!(u.step_groups, Vec::<u32>::new());
         let u = r("app:4242").unwrap();
         assert_eq!(u.gid, 4242);
+    }
+
+    #[test]
+    fn names_to_ids_by_name_only() {
+        assert_eq!(passwd_ids(PASSWD, "app"), Some((1000, 1000)));
+        assert_eq!(passwd_ids(PASSWD, "1000"), None);
+        assert_eq!(passwd_ids(PASSWD, "ghost"), None);
+        assert_eq!(group_id(GROUP, "wheel"), Some(10));
+        assert_eq!(group_id(GROUP, "10"), None);
     }
 
     #[test]

@@ -401,6 +401,26 @@ fn user_from_the_image_passwd_and_group() {
     let c = run_captured(&root.rootfs(), spec);
     assert_eq!(c.out, ["uid=1234 gid=4321 groups=4321"]);
 
+    // A build step's groups are BuildKit's: member groups only, none for a
+    // numeric uid:gid or the default user.
+    let mut spec = ProcessSpec::new(["id"]);
+    spec.user = "app".into();
+    spec.step_groups = true;
+    let c = run_captured(&root.rootfs(), spec);
+    assert_eq!(
+        c.out,
+        ["uid=1000(app) gid=1000(app) groups=10(wheel),50(staff)"]
+    );
+    let mut spec = ProcessSpec::new(["id"]);
+    spec.user = "1234:4321".into();
+    spec.step_groups = true;
+    let c = run_captured(&root.rootfs(), spec);
+    assert_eq!(c.out, ["uid=1234 gid=4321"]);
+    let mut spec = ProcessSpec::new(["id"]);
+    spec.step_groups = true;
+    let c = run_captured(&root.rootfs(), spec);
+    assert_eq!(c.out, ["uid=0(root) gid=0(root)"]);
+
     let mut spec = ProcessSpec::new(["id"]);
     spec.user = "nobody".into();
     let c = run_captured(&root.rootfs(), spec);

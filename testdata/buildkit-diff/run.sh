@@ -5,7 +5,13 @@
 # and with rbuild, and compares the two images as the conformance harness does
 # (shared/conformance/imgview.py: config and every path's type, mode, owner, size
 # and content, against the base). Each case is a `make.sh` that writes a context
-# (with its Dockerfile) into the folder given as $1.
+# (with its Dockerfile) into the current folder. A case may have a `case.conf`
+# (sourced by bash) setting any of:
+#   expect=failure     BuildKit must reject the build, and then rbuild must fail too
+#   files=(NAME ...)   with expect=failure: Dockerfile.NAME each, instead of Dockerfile
+#   args=(K=V ...)     --build-arg for both builders
+#   target=STAGE       --target for both builders
+#   pre=(FILE:TAG ...) Dockerfiles in the context built and tagged first (bases)
 #
 #   testdata/buildkit-diff/run.sh RBUILD [CASE...]
 # Exit status 0 when every case matches; 77 when no BuildKit is reachable.
@@ -18,7 +24,8 @@ docker=${DOCKER:-/usr/bin/docker}
 [ -x "$docker" ] && "$docker" info >/dev/null 2>&1 || { echo "buildkit-diff: no dockerd reachable, skipped"; exit 77; }
 [ -f "$shared/conformance/imgview.py" ] || { echo "buildkit-diff: $shared/conformance not found, skipped"; exit 77; }
 work=$(mktemp -d /tmp/rbuild-buildkit-diff.XXXXXX)
-trap 'rm -rf "$work"' EXIT
+# RBUILD_DIFF_KEEP=1 keeps the work folder (logs, images, views) for a look.
+[ -n "${RBUILD_DIFF_KEEP:-}" ] && echo "buildkit-diff: keeping $work" || trap 'rm -rf "$work"' EXIT
 "$shared/conformance/base.sh" "$work/base.tar" >/dev/null
 # Both builders start from the same base: (re)tag it as busybox:latest in docker.
 "$docker" import "$work/base.tar" busybox:latest >/dev/null
@@ -37,12 +44,41 @@ for c in "${cases[@]}"; do
     mkdir -p "$ctx"
     (cd "$ctx" && sh "$here/$c/make.sh")
     tag=rbuild-buildkit-diff-$c
-    if ! DOCKER_BUILDKIT=1 "$docker" build -q --network none -t "$tag" "$ctx" >"$work/bk-$c.log" 2>&1; then
+    expect=success args=() target= pre=() files=()
+    [ ! -f "$here/$c/case.conf" ] || . "$here/$c/case.conf"
+    flags=(--network none)
+    for a in ${args[@]+"${args[@]}"}; do flags+=(--build-arg "$a"); done
+    [ -z "$target" ] || flags+=(--target "$target")
+    for p in ${pre[@]+"${pre[@]}"}; do
+        DOCKER_BUILDKIT=1 "$docker" build -q --network none -f "$ctx/${p%%:*}" -t "${p#*:}" "$ctx" >/dev/null 2>&1 &&
+            "$rbuild" --root "$work/root" build --network none -f "$ctx/${p%%:*}" -t "${p#*:}" "$ctx" >/dev/null 2>&1 ||
+            { echo "FAIL $c: the base ${p#*:} could not be built"; failed=1; continue 2; }
+    done
+    if [ "$expect" = failure ]; then
+        [ ${#files[@]} -gt 0 ] || files=("")
+        for f in "${files[@]}"; do
+            df=$ctx/Dockerfile${f:+.$f} name=$c${f:+/$f}
+            bk=0; DOCKER_BUILDKIT=1 "$docker" build -q "${flags[@]}" -f "$df" -t "$tag" "$ctx" >"$work/bk-$c.log" 2>&1 || bk=$?
+            rb=0; "$rbuild" --root "$work/root" build --progress plain "${flags[@]}" -f "$df" -t "$tag" "$ctx" >"$work/rb-$c.log" 2>&1 || rb=$?
+            "$docker" rmi -f "$tag" >/dev/null 2>&1 || true
+            if [ $bk = 0 ]; then
+                echo "FAIL $name: BuildKit built it, but the case expects a failure"; failed=1
+            elif [ $rb = 0 ]; then
+                echo "FAIL $name: BuildKit rejected it but rbuild built it:"; grep -v '^ *$' "$work/bk-$c.log" | tail -1; failed=1
+            else
+                echo "ok   $name (both fail; rbuild: $(grep -v '^ *$' "$work/rb-$c.log" | tail -1 | cut -c1-110))"
+            fi
+        done
+        continue
+    fi
+    bk=0; DOCKER_BUILDKIT=1 "$docker" build -q "${flags[@]}" -t "$tag" "$ctx" >"$work/bk-$c.log" 2>&1 || bk=$?
+    if [ $bk != 0 ]; then
         echo "FAIL $c: BuildKit could not build it:"; tail -5 "$work/bk-$c.log"; failed=1; continue
     fi
     "$docker" save "$tag" -o "$work/bk-$c.tar"
     "$docker" rmi -f "$tag" >/dev/null
-    if ! "$rbuild" --root "$work/root" build --progress plain --network none -t "$tag" "$ctx" >"$work/rb-$c.log" 2>&1; then
+    for p in ${pre[@]+"${pre[@]}"}; do "$docker" rmi -f "${p#*:}" >/dev/null 2>&1 || true; done
+    if ! "$rbuild" --root "$work/root" build --progress plain "${flags[@]}" -t "$tag" "$ctx" >"$work/rb-$c.log" 2>&1; then
         echo "FAIL $c: rbuild could not build it:"; tail -5 "$work/rb-$c.log"; failed=1; continue
     fi
     "$rbuild" --root "$work/root" save "$tag" -o "$work/rb-$c.tar"

@@ -623,6 +623,7 @@ pub(crate) fn run(
         spec.env.extend(secret_env);
         spec.cwd.clone_from(&op.cwd);
         spec.user.clone_from(&op.user);
+        spec.step_groups = true;
         if let Some(h) = &op.hostname {
             spec.hostname.clone_from(h);
         }

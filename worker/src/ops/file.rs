@@ -24,34 +24,29 @@ fn has_meta(s: &str) -> bool {
     s.contains(['*', '?', '['])
 }
 
-fn resolve_owner(dest_root: &Path, c: &Chown) -> Result<(u32, u32), ExecError> {
+/// The owner `--chown` (or WORKDIR's `USER`) gives, as `BuildKit`'s `readUser`:
+/// an id is the uid (and the gid when no group follows); a user name takes uid
+/// and gid from the destination's `/etc/passwd`, a group name the gid from its
+/// `/etc/group`. A name that is not there leaves root's id (0) for the user and
+/// the user's gid for the group, silently, as `BuildKit` does.
+fn resolve_owner(dest_root: &Path, c: &Chown) -> (u32, u32) {
     let read = |p: &str| std::fs::read_to_string(resolve(dest_root, Path::new(p))).ok();
-    let passwd = read("etc/passwd");
-    let group = read("etc/group");
-    let part = |u: &UserRef| match u {
-        UserRef::Id(i) => i.to_string(),
-        UserRef::Name(n) => n.clone(),
+    let (uid, mut gid) = match &c.user {
+        UserRef::Id(i) => (*i, *i),
+        UserRef::Name(n) => read("etc/passwd")
+            .and_then(|t| rbuild_sandbox::user::passwd_ids(&t, n))
+            .unwrap_or((0, 0)),
     };
-    let spec = part(&c.user);
-    let user = rbuild_sandbox::user::resolve_user_in(&spec, passwd.as_deref(), group.as_deref())
-        .map_err(|e| crate::error::context(format!("--chown {spec}"), e))?;
-    let gid = match &c.group {
-        // A name alone takes the user's group from /etc/passwd; an ID alone
-        // is also the group ID (BuildKit's readUser).
-        None if matches!(c.user, UserRef::Name(_)) => user.gid,
-        None => user.uid,
-        Some(g) => {
-            let gs = part(g);
-            rbuild_sandbox::user::resolve_user_in(
-                &format!("{}:{gs}", user.uid),
-                passwd.as_deref(),
-                group.as_deref(),
-            )
-            .map_err(|e| crate::error::context(format!("--chown {spec}:{gs}"), e))?
-            .gid
+    match &c.group {
+        None => {}
+        Some(UserRef::Id(g)) => gid = *g,
+        Some(UserRef::Name(n)) => {
+            if let Some(g) = read("etc/group").and_then(|t| rbuild_sandbox::user::group_id(&t, n)) {
+                gid = g;
+            }
         }
-    };
-    Ok((user.uid, gid))
+    }
+    (uid, gid)
 }
 
 /// Applies `u+x,g-w,o=r,a+X`-style changes to `mode`.
@@ -579,7 +574,7 @@ fn copy_action(
     let ignore = inp.ignore;
     let dest_root = &tgt.root()?;
     let owner = match &c.owner {
-        Some(o) => Some(resolve_owner(dest_root, o)?),
+        Some(o) => Some(resolve_owner(dest_root, o)),
         None if from_context => Some((0, 0)),
         None => None,
     };
@@ -604,6 +599,11 @@ fn copy_action(
         {
             return Err(ExecError::msg(format!("\"/{}\": not found", rel.display())));
         }
+    }
+    // Wildcards that matched nothing (allowed): BuildKit's copy is a no-op,
+    // not even the destination directory is made.
+    if sources.is_empty() && c.allow_wildcard && c.required_paths.is_empty() {
+        return Ok(());
     }
     let dest_rel = clean_rel(&c.dest)?;
     let dest_path = resolve(dest_root, &dest_rel);
@@ -767,11 +767,7 @@ fn apply_action(
         FileAction::Copy(_) => unreachable!("handled above"),
         FileAction::Mkdir(m) => {
             let rel = clean_rel(&m.path)?;
-            let owner = m
-                .owner
-                .as_ref()
-                .map(|o| resolve_owner(dest_root, o))
-                .transpose()?;
+            let owner = m.owner.as_ref().map(|o| resolve_owner(dest_root, o));
             // An existing directory is left as it is (BuildKit's mkdir -p):
             // a WORKDIR does not take over a directory the image has.
             if fs_err::metadata(resolve(dest_root, &rel)).is_ok_and(|d| d.is_dir()) {
@@ -788,11 +784,7 @@ fn apply_action(
         }
         FileAction::Mkfile(f) => {
             let rel = clean_rel(&f.path)?;
-            let owner = f
-                .owner
-                .as_ref()
-                .map(|o| resolve_owner(dest_root, o))
-                .transpose()?;
+            let owner = f.owner.as_ref().map(|o| resolve_owner(dest_root, o));
             let p = resolve_nofollow(dest_root, &rel);
             fs_err::write(&p, &f.data).map_err(err)?;
             set_meta(&p, f.mode, owner, f.timestamp)
@@ -903,5 +895,44 @@ pub(crate) fn run(
             let _ = inner.snapshots.abort(active);
             Err(e)
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn chown(user: UserRef, group: Option<UserRef>) -> Chown {
+        Chown { user, group }
+    }
+
+    #[test]
+    fn owner_names_resolve_as_buildkit_read_user() {
+        let d = tempfile::tempdir().unwrap();
+        let root = d.path();
+        std::fs::create_dir(root.join("etc")).unwrap();
+        std::fs::write(
+            root.join("etc/passwd"),
+            "root:x:0:0::/root:/bin/sh\napp:x:1000:1001::/home/app:/bin/sh\n",
+        )
+        .unwrap();
+        std::fs::write(root.join("etc/group"), "root:x:0:\nother:x:1002:\n").unwrap();
+        let name = |s: &str| UserRef::Name(s.into());
+        let o = |c: Chown| resolve_owner(root, &c);
+        assert_eq!(o(chown(name("app"), None)), (1000, 1001));
+        assert_eq!(o(chown(name("app"), Some(name("other")))), (1000, 1002));
+        assert_eq!(o(chown(UserRef::Id(7), None)), (7, 7));
+        assert_eq!(o(chown(UserRef::Id(7), Some(UserRef::Id(8)))), (7, 8));
+        // Names the image lacks: root for the user, the user's gid for the group.
+        assert_eq!(o(chown(name("ghost"), None)), (0, 0));
+        assert_eq!(o(chown(name("app"), Some(name("nogroup")))), (1000, 1001));
+        assert_eq!(o(chown(UserRef::Id(7), Some(name("nogroup")))), (7, 7));
+        assert_eq!(o(chown(name("ghost"), Some(name("other")))), (0, 1002));
+        // No passwd at all: names are root.
+        let empty = tempfile::tempdir().unwrap();
+        assert_eq!(
+            resolve_owner(empty.path(), &chown(name("app"), None)),
+            (0, 0)
+        );
     }
 }
