@@ -671,7 +671,7 @@ type PushFailure = (
 );
 
 /// The compression a layer media type names.
-fn compression_of(media_type: &str) -> Compression {
+pub(crate) fn compression_of(media_type: &str) -> Compression {
     if media_type.contains("zstd") {
         Compression::Zstd
     } else if media_type.contains("gzip") {
