@@ -699,6 +699,9 @@ struct LayerPush {
     compression: PushCompression,
     scratch: PathBuf,
     tx: mpsc::UnboundedSender<TransferEvent>,
+    /// Layers compressed at once: a permit is held while the layer is
+    /// compressed and sent, not for the requests before and after.
+    sem: Arc<Semaphore>,
 }
 
 /// Pushes one layer; returns its descriptor in the manifest.
@@ -711,6 +714,7 @@ async fn push_layer(job: LayerPush) -> Result<Descriptor, PushFailure> {
         compression,
         scratch,
         tx,
+        sem,
     } = job;
     let reg = |e| (None, Some(e), None);
     let sid = short(&diff_id);
@@ -771,6 +775,10 @@ async fn push_layer(job: LayerPush) -> Result<Descriptor, PushFailure> {
     }
     // Compressed while it is sent, as docker does; a registry that does not
     // take it so gets it from a file (with retries).
+    let permit = Arc::clone(&sem)
+        .acquire_owned()
+        .await
+        .map_err(|e| (Some(io::Error::other(e.to_string())), None, None))?;
     status("Pushing".into());
     let progress = layer_progress(&tx, &sid, store.blob_size(&diff_id).unwrap_or(0));
     match push_streamed(
@@ -781,6 +789,7 @@ async fn push_layer(job: LayerPush) -> Result<Descriptor, PushFailure> {
         compression,
         upload_at.take(),
         progress,
+        permit,
     )
     .await
     {
@@ -803,10 +812,15 @@ async fn push_layer(job: LayerPush) -> Result<Descriptor, PushFailure> {
     let p2 = path.clone();
     let s2 = store.clone();
     let d2 = diff_id.clone();
+    let permit = sem
+        .acquire_owned()
+        .await
+        .map_err(|e| (Some(io::Error::other(e.to_string())), None, None))?;
     let digests = tokio::task::spawn_blocking(move || compress(&s2, &d2, compression, &p2))
         .await
         .map_err(|e| (Some(io::Error::other(e.to_string())), None, None))?
         .map_err(|e| (None, None, Some(e)))?;
+    drop(permit);
     let desc = Descriptor::new(
         layer_media_type(compression.compression),
         digests.0.clone(),
@@ -839,7 +853,9 @@ async fn push_layer(job: LayerPush) -> Result<Descriptor, PushFailure> {
 }
 
 /// Compresses the layer `diff_id` on a blocking thread while uploading the
-/// bytes; returns the layer's descriptor.
+/// bytes; returns the layer's descriptor. `permit` goes once the last byte
+/// is compressed (the upload's PUT does not hold back the next layer).
+#[allow(clippy::too_many_arguments)]
 async fn push_streamed(
     client: &Client,
     store: &Store,
@@ -848,6 +864,7 @@ async fn push_streamed(
     compression: PushCompression,
     started: Option<String>,
     progress: Progress,
+    permit: tokio::sync::OwnedSemaphorePermit,
 ) -> Result<Descriptor, PushFailure> {
     // Two 1 MiB pieces queued for the upload: memory stays small with
     // several layers in flight.
@@ -861,8 +878,9 @@ async fn push_streamed(
     let size = Arc::new(std::sync::atomic::AtomicU64::new(0));
     let size2 = Arc::clone(&size);
     let done = async move {
-        let (d, n) = producer
-            .await
+        let produced = producer.await;
+        drop(permit);
+        let (d, n) = produced
             .map_err(|e| io::Error::other(e.to_string()))?
             .map_err(|e| io::Error::other(e.to_string()))?;
         size2.store(n, std::sync::atomic::Ordering::Relaxed);
@@ -1053,14 +1071,18 @@ async fn push_async(
             unique.push(d.clone());
         }
     }
+    // PARALLEL layers are compressed and sent at once; twice as many are
+    // under way, so the HEAD, POST and PUT of the others overlap with that
+    // work (docker-registry took 6-250 ms per PUT, committing the blob).
     let sem = Arc::new(Semaphore::new(PARALLEL));
+    let requests = Arc::new(Semaphore::new(2 * PARALLEL));
     let mut tasks = tokio::task::JoinSet::new();
     for (i, d) in unique.iter().enumerate() {
         let _ = tx.send(TransferEvent::Layer {
             id: short(d),
             status: "Preparing".into(),
         });
-        let (client, store, remote, d, scratch, tx, sem) = (
+        let (client, store, remote, d, scratch, tx, sem, requests) = (
             Arc::clone(&client),
             store.clone(),
             remote.clone(),
@@ -1068,9 +1090,10 @@ async fn push_async(
             scratch.path().to_owned(),
             tx.clone(),
             Arc::clone(&sem),
+            Arc::clone(&requests),
         );
         tasks.spawn(async move {
-            let _permit = sem.acquire_owned().await;
+            let _under_way = requests.acquire_owned().await;
             let job = LayerPush {
                 client,
                 store,
@@ -1079,6 +1102,7 @@ async fn push_async(
                 compression,
                 scratch,
                 tx,
+                sem,
             };
             (i, push_layer(job).await)
         });
