@@ -913,15 +913,48 @@ fn compress_into(
             tx.blocking_send(Ok(bytes::Bytes::from(c)))
                 .map_err(|_| io::Error::new(io::ErrorKind::BrokenPipe, "the upload stopped"))
         });
+        // A layer kept as a snapshot is written out as a tar on this
+        // thread, straight into the encoder (no thread and no copies between
+        // the tar and the compression), its diff ID checked at the end: a
+        // mismatch ends the upload's stream with an error, so no PUT names
+        // the bytes.
+        if let rbuild_snapshotter::squash::LayerInput::Upper { dir, epoch } =
+            store.layer_input(diff_id)?
+        {
+            let (mut out, d) = rbuild_snapshotter::compress::write_layer_at(
+                out,
+                compression.compression,
+                compression.level,
+                threads,
+                |w| {
+                    let counted = CountedWriter {
+                        inner: w,
+                        n: 0,
+                        progress,
+                    };
+                    rbuild_snapshotter::snapshots::SnapshotStore::write_upper_layer(
+                        &dir, counted, epoch,
+                    )
+                    .map(drop)
+                    .map_err(io::Error::other)
+                },
+            )?;
+            if d.diff_id != *diff_id {
+                return Err(rbuild_image::Error::DigestMismatch {
+                    expected: diff_id.clone(),
+                    actual: d.diff_id,
+                });
+            }
+            out.flush()?;
+            return Ok((d.digest, d.size));
+        }
         let mut blob = Counted {
             inner: store.open_blob(diff_id)?,
             n: 0,
             progress,
         };
         // The uncompressed bytes are not hashed again: the store verified
-        // the blob when it was written, and a layer kept as a snapshot
-        // checks its diff ID while it is written out (a mismatch is a read
-        // error here).
+        // the blob when it was written.
         let (mut out, digest, size) = rbuild_snapshotter::compress::compress_known(
             out,
             compression.compression,
@@ -988,6 +1021,26 @@ impl<R: io::Read> io::Read for Counted<'_, R> {
         self.n += k as u64;
         (self.progress)(self.n);
         Ok(k)
+    }
+}
+
+/// A writer that reports the bytes written through it.
+struct CountedWriter<'a, 'w> {
+    inner: &'w mut dyn io::Write,
+    n: u64,
+    progress: &'a (dyn Fn(u64) + Send + Sync),
+}
+
+impl io::Write for CountedWriter<'_, '_> {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        let k = self.inner.write(buf)?;
+        self.n += k as u64;
+        (self.progress)(self.n);
+        Ok(k)
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        self.inner.flush()
     }
 }
 
