@@ -83,7 +83,10 @@ t() { # t LABEL CMD... : run with /usr/bin/time -v, print wall time and peak RSS
   rss=$(grep "Maximum resident set size" "$work/time.log" | awk '{print $NF}')
   cpu=$(grep "Percent of CPU" "$work/time.log" | awk '{print $NF}')
   printf '%-48s wall %-9s CPU %5s  peak RSS %5d MiB\n' "$label" "$wall" "$cpu" "$((rss / 1024))"
+  # wall as seconds ([h:]m:ss.ss), for the ratios of the summary
+  last_s=$(echo "$wall" | awk -F: '{s=0; for (i=1;i<=NF;i++) s=s*60+$i; print s}')
 }
+ratio() { awk -v a="$1" -v b="$2" 'BEGIN { printf "%.2f", a / b }'; }
 
 "$rb" import "$work/rootfs.tar" bench-big:1 >/dev/null
 many_layers=0
@@ -109,9 +112,11 @@ for img in big many; do
   "$rb" tag "bench-$img:1" "$reg/$img:1"
   rm -rf "$RBUILD_ROOT/layer-sources"
   t "rbuild push (compresses)" "$rb" push "$reg/$img:1"
+  rb_push=$last_s
   t "rbuild push again (unchanged)" "$rb" push "$reg/$img:1"
   t "skopeo copy docker-archive: -> docker://" skopeo copy -q --dest-tls-verify=false \
     "docker-archive:$work/$img.tar" "docker://$reg/sk-$img:1"
+  sk_push=$last_s
   if docker info >/dev/null 2>&1; then
     docker load -i "$work/$img.tar" >/dev/null
     docker tag "bench-$img:1" "$reg/dk-$img:1"
@@ -126,5 +131,6 @@ for img in big many; do
     docker rmi -f "$reg/$img:1" >/dev/null 2>&1 || true
   fi
   rm -f "$work/$img.tar"
+  echo "   bench-$img: rbuild push / skopeo copy = $(ratio "$rb_push" "$sk_push") (goal <= 0.7; load $(cut -d' ' -f1 /proc/loadavg))"
 done
 echo "(docker figures: client RSS only; dockerd does the work)"

@@ -270,6 +270,97 @@ fn an_unchanged_re_export_compresses_and_uploads_nothing() {
     assert_eq!(first["layers"], second["layers"]);
 }
 
+/// The layers the cache export compressed itself: the compressed-blob
+/// records it leaves beside each snapshot's layer record (`.gzip`).
+fn compressed_by_cache_export(m: &Machine) -> usize {
+    let dir = m.env.root().join("layer-cache");
+    fs_err::read_dir(&dir)
+        .unwrap()
+        .filter(|e| {
+            e.as_ref()
+                .is_ok_and(|e| e.file_name().to_string_lossy().ends_with(".gzip"))
+        })
+        .count()
+}
+
+#[test]
+fn a_push_with_a_max_mode_registry_cache_compresses_each_layer_once() {
+    let reg = Registry::start();
+    let a = Machine::new();
+    multi_context(&a, "ctx");
+    let image = format!("{}/app:once", reg.host());
+    let cache = format!("{}/cache/app:once", reg.host());
+    let pushed = a.env.run(&[
+        "build",
+        "--progress",
+        "plain",
+        "--push",
+        "-t",
+        &image,
+        "--cache-to",
+        &format!("type=registry,ref={cache},mode=max"),
+        &a.p("ctx"),
+    ]);
+    let err = String::from_utf8_lossy(&pushed.stderr);
+    assert!(pushed.status.success(), "{err}");
+    // The push compressed the image's four layers (the base and F2-F4) and
+    // uploaded them; the cache export compressed only the two layers of
+    // the tools stage, which the image does not have (T2, T3), and mounted
+    // the image's from its repository.
+    assert_eq!(compressed_by_cache_export(&a), 2);
+    let manifest = blob_json(&reg, &tag_digest(&reg, "app", "once"));
+    let image_layers: BTreeSet<String> = manifest["layers"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|l| l["digest"].as_str().unwrap().to_owned())
+        .collect();
+    assert_eq!(image_layers.len(), 4, "{manifest}");
+    let (cache_manifest, _) = cache_of(&reg, "cache/app", "once");
+    let cache_layers: BTreeSet<String> = cache_manifest["layers"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|l| l["digest"].as_str().unwrap().to_owned())
+        .collect();
+    assert_eq!(cache_layers.len(), 6, "{cache_manifest}");
+    assert!(
+        image_layers.is_subset(&cache_layers),
+        "{image_layers:?} {cache_layers:?}"
+    );
+    let reqs = reg.requests();
+    let mounted: BTreeSet<String> = reqs
+        .iter()
+        .filter(|r| r.starts_with("POST /v2/cache/app/blobs/uploads/?mount="))
+        .filter_map(|r| {
+            r.split("mount=")
+                .nth(1)?
+                .split('&')
+                .next()
+                .map(str::to_owned)
+        })
+        .collect();
+    assert_eq!(mounted, image_layers, "{reqs:?}");
+    // Uploads into the cache: the two tools layers and the cache config.
+    let uploads = reqs
+        .iter()
+        .filter(|r| r.starts_with("PUT /v2/cache/app/blobs/uploads/"))
+        .count();
+    assert_eq!(uploads, 3, "{reqs:?}");
+
+    // The cache serves a fresh machine: every step cached.
+    let b = Machine::with_base_of(&a);
+    multi_context(&b, "ctx");
+    let (steps, id_b) = b.build(&[
+        "--cache-from",
+        &format!("type=registry,ref={cache}"),
+        &b.p("ctx"),
+    ]);
+    assert_eq!(Steps::steps(&steps.ran), set(&[]), "{}", steps.log);
+    assert_eq!(b.cat(&id_b, "/app.out"), "a1\nb1\n");
+    assert_eq!(b.cat(&id_b, "/tool.out"), "TOOL ONE\n");
+}
+
 #[test]
 fn a_min_mode_registry_cache_makes_an_unchanged_build_fetch_only_the_final_layers() {
     let reg = Registry::start();

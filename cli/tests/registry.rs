@@ -1858,6 +1858,61 @@ fn build_push_and_registry_outputs_push_what_was_built() {
     assert!(err.contains("pushing needs a name"), "{err}");
 }
 
+#[test]
+fn a_built_layer_whose_snapshot_changed_since_is_not_pushed() {
+    let reg = Registry::start();
+    let env = build_env();
+    let ctx = env.path("ctx-changed");
+    fs_err::create_dir_all(&ctx).unwrap();
+    fs_err::write(
+        ctx.join("Dockerfile"),
+        "FROM busybox\nRUN echo one > /one\n",
+    )
+    .unwrap();
+    let tagged = format!("{}/changed:1", reg.host());
+    env.ok(&["build", "-q", "-t", &tagged, ctx.to_str().unwrap()]);
+    // The step's layer is kept as its snapshot; a file added there makes
+    // the tar written out for the push differ from the diff ID the image
+    // names. The push is compressed while it is written out and uploaded
+    // at once: the check at the end must fail it, with no blob committed
+    // under that layer and no manifest.
+    let mut changed = 0;
+    for e in fs_err::read_dir(env.root().join("snapshots")).unwrap() {
+        let dir = e.unwrap().path();
+        let Ok(meta) = fs_err::read_to_string(dir.join("meta.json")) else {
+            continue;
+        };
+        if dir.join("fs").is_dir() && !meta.contains(r#""kind":"layer""#) {
+            fs_err::write(dir.join("fs/changed.txt"), "x").unwrap();
+            changed += 1;
+        }
+    }
+    assert!(changed >= 1, "no step snapshot found");
+    let err = env.fails(&["push", &tagged]);
+    let diff_ids = env.ok(&["inspect", "--format", "{{json .RootFS.Layers}}", &tagged]);
+    let step: Vec<String> = serde_json::from_str(diff_ids.trim()).unwrap();
+    let step = step.last().unwrap();
+    assert!(
+        err.contains(step.as_str()),
+        "the error names the layer {step}: {err}"
+    );
+    assert!(!err.contains("panicked"), "{err}");
+    let reqs = reg.requests();
+    assert!(
+        !reqs
+            .iter()
+            .any(|r| r.starts_with("PUT /v2/changed/manifests/")),
+        "{reqs:?}"
+    );
+    // Each upload of the step's layer was started and never committed: the
+    // layers committed (PUT with a digest) are the base's only.
+    let committed = reqs
+        .iter()
+        .filter(|r| r.starts_with("PUT /v2/changed/blobs/uploads/"))
+        .count();
+    assert!(committed <= 1, "{reqs:?}");
+}
+
 /// The layers (digest, size) in `image`'s manifest (`skopeo inspect --raw`).
 fn manifest_layers(image: &str) -> Vec<(String, u64)> {
     skopeo();

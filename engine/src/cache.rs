@@ -409,10 +409,22 @@ pub fn export_local(
 /// machine compressed before, by its remembered digest).
 pub(crate) type Foreign = HashMap<Digest, (Option<usize>, Descriptor)>;
 
-/// Whether the destination registry has a blob (a HEAD), for a registry
-/// export: a layer compressed before whose blob is there is not compressed
-/// again.
-pub(crate) type HasBlob<'a> = &'a dyn Fn(&Digest) -> bool;
+/// The destination registry of a registry export, as [`add_layer`] asks it
+/// before it compresses a layer.
+pub(crate) trait RegistryDest {
+    /// Whether it has a blob (a HEAD): a layer compressed before whose blob
+    /// is there is not compressed again.
+    fn has_blob(&self, d: &Digest) -> bool;
+
+    /// A blob of the layer `diff_id` in `compression` that the destination
+    /// repository has now (there already, or mounted from a repository of
+    /// the same registry an image push put it in), named instead of
+    /// compressing the layer a second time.
+    fn known_layer(&self, diff_id: &Digest, compression: Compression) -> Option<Descriptor>;
+}
+
+/// The destination of a registry export.
+pub(crate) type HasBlob<'a> = &'a dyn RegistryDest;
 
 /// [`export_local`]; with `foreign`, the layers of records a registry
 /// source holds and this build never unpacked are not downloaded: they are
@@ -729,7 +741,7 @@ fn add_layer(
         .flatten();
     if let Some((digest, size, diff_id)) = remembered {
         let here = blob_path(dir, &digest).is_file();
-        let there = !here && foreign.is_some() && has_blob.is_some_and(|has| has(&digest));
+        let there = !here && foreign.is_some() && has_blob.is_some_and(|has| has.has_blob(&digest));
         if here || there {
             if let (true, Some(f)) = (there, foreign) {
                 f.insert(
@@ -758,6 +770,19 @@ fn add_layer(
             diff_id,
             parent,
         ));
+    }
+    // A layer an image push of this build (or an earlier one) compressed
+    // and sent to the same registry is mounted from there, not compressed
+    // again.
+    if let (Some(f), Some(dest)) = (foreign, has_blob) {
+        let known = worker
+            .remembered_chain_diff_id(link)
+            .and_then(|diff_id| Some((dest.known_layer(&diff_id, compression)?, diff_id)));
+        if let Some((desc, diff_id)) = known {
+            let digest = desc.digest.clone();
+            f.insert(digest.clone(), (None, desc));
+            return Ok(push_layer(config, layer_of, link, digest, diff_id, parent));
+        }
     }
     let blobs_dir = dir.join("blobs").join("sha256");
     let tmp = tempfile::Builder::new()

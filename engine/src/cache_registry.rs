@@ -355,11 +355,11 @@ pub fn export(
         registry.credentials.clone(),
     ));
     let rt = Rt::new(reference)?;
-    let has_blob = |d: &Digest| {
-        rt.block_on(client.blob_exists(&remote, d))
-            .ok()
-            .flatten()
-            .is_some()
+    let has_blob = Dest {
+        rt: &rt,
+        client: &client,
+        remote: &remote,
+        store,
     };
     let report = crate::cache::export_layout(
         worker,
@@ -473,6 +473,54 @@ pub fn export(
             .map_err(reg_err(reference))
     })?;
     Ok(report)
+}
+
+/// The destination of an export: HEADs, and the layers an image push
+/// left in its registry (mounted rather than compressed again).
+struct Dest<'a> {
+    rt: &'a Rt,
+    client: &'a Client,
+    remote: &'a RemoteRef,
+    store: &'a Store,
+}
+
+impl crate::cache::RegistryDest for Dest<'_> {
+    fn has_blob(&self, d: &Digest) -> bool {
+        self.rt
+            .block_on(self.client.blob_exists(self.remote, d))
+            .ok()
+            .flatten()
+            .is_some()
+    }
+
+    fn known_layer(&self, diff_id: &Digest, compression: Compression) -> Option<Descriptor> {
+        let sources = self.store.layer_sources(diff_id);
+        let same = sources.iter().rev().filter(|s| {
+            s.registry == self.remote.registry
+                && crate::transfer::compression_of(&s.media_type) == compression
+        });
+        for s in same {
+            let desc =
+                Descriptor::new(compression.oci_layer_media_type(), s.digest.clone(), s.size);
+            if s.repository == self.remote.repository {
+                if self.has_blob(&s.digest) {
+                    return Some(desc);
+                }
+                continue;
+            }
+            let mounted = self.rt.block_on(self.client.mount_blob(
+                self.remote,
+                &s.repository,
+                &s.digest,
+            ));
+            // A registry that cannot mount answers with an upload: the
+            // layer is compressed and uploaded as any other then.
+            if matches!(mounted, Ok(Mount::Mounted)) {
+                return Some(desc);
+            }
+        }
+        None
+    }
 }
 
 /// A blob of the registry source `from` into `remote`'s repository: nothing

@@ -671,7 +671,7 @@ type PushFailure = (
 );
 
 /// The compression a layer media type names.
-fn compression_of(media_type: &str) -> Compression {
+pub(crate) fn compression_of(media_type: &str) -> Compression {
     if media_type.contains("zstd") {
         Compression::Zstd
     } else if media_type.contains("gzip") {
@@ -699,6 +699,9 @@ struct LayerPush {
     compression: PushCompression,
     scratch: PathBuf,
     tx: mpsc::UnboundedSender<TransferEvent>,
+    /// Layers compressed at once: a permit is held while the layer is
+    /// compressed and sent, not for the requests before and after.
+    sem: Arc<Semaphore>,
 }
 
 /// Pushes one layer; returns its descriptor in the manifest.
@@ -711,6 +714,7 @@ async fn push_layer(job: LayerPush) -> Result<Descriptor, PushFailure> {
         compression,
         scratch,
         tx,
+        sem,
     } = job;
     let reg = |e| (None, Some(e), None);
     let sid = short(&diff_id);
@@ -771,6 +775,10 @@ async fn push_layer(job: LayerPush) -> Result<Descriptor, PushFailure> {
     }
     // Compressed while it is sent, as docker does; a registry that does not
     // take it so gets it from a file (with retries).
+    let permit = Arc::clone(&sem)
+        .acquire_owned()
+        .await
+        .map_err(|e| (Some(io::Error::other(e.to_string())), None, None))?;
     status("Pushing".into());
     let progress = layer_progress(&tx, &sid, store.blob_size(&diff_id).unwrap_or(0));
     match push_streamed(
@@ -781,6 +789,7 @@ async fn push_layer(job: LayerPush) -> Result<Descriptor, PushFailure> {
         compression,
         upload_at.take(),
         progress,
+        permit,
     )
     .await
     {
@@ -803,10 +812,15 @@ async fn push_layer(job: LayerPush) -> Result<Descriptor, PushFailure> {
     let p2 = path.clone();
     let s2 = store.clone();
     let d2 = diff_id.clone();
+    let permit = sem
+        .acquire_owned()
+        .await
+        .map_err(|e| (Some(io::Error::other(e.to_string())), None, None))?;
     let digests = tokio::task::spawn_blocking(move || compress(&s2, &d2, compression, &p2))
         .await
         .map_err(|e| (Some(io::Error::other(e.to_string())), None, None))?
         .map_err(|e| (None, None, Some(e)))?;
+    drop(permit);
     let desc = Descriptor::new(
         layer_media_type(compression.compression),
         digests.0.clone(),
@@ -839,7 +853,9 @@ async fn push_layer(job: LayerPush) -> Result<Descriptor, PushFailure> {
 }
 
 /// Compresses the layer `diff_id` on a blocking thread while uploading the
-/// bytes; returns the layer's descriptor.
+/// bytes; returns the layer's descriptor. `permit` goes once the last byte
+/// is compressed (the upload's PUT does not hold back the next layer).
+#[allow(clippy::too_many_arguments)]
 async fn push_streamed(
     client: &Client,
     store: &Store,
@@ -848,6 +864,7 @@ async fn push_streamed(
     compression: PushCompression,
     started: Option<String>,
     progress: Progress,
+    permit: tokio::sync::OwnedSemaphorePermit,
 ) -> Result<Descriptor, PushFailure> {
     // Two 1 MiB pieces queued for the upload: memory stays small with
     // several layers in flight.
@@ -861,8 +878,9 @@ async fn push_streamed(
     let size = Arc::new(std::sync::atomic::AtomicU64::new(0));
     let size2 = Arc::clone(&size);
     let done = async move {
-        let (d, n) = producer
-            .await
+        let produced = producer.await;
+        drop(permit);
+        let (d, n) = produced
             .map_err(|e| io::Error::other(e.to_string()))?
             .map_err(|e| io::Error::other(e.to_string()))?;
         size2.store(n, std::sync::atomic::Ordering::Relaxed);
@@ -895,15 +913,48 @@ fn compress_into(
             tx.blocking_send(Ok(bytes::Bytes::from(c)))
                 .map_err(|_| io::Error::new(io::ErrorKind::BrokenPipe, "the upload stopped"))
         });
+        // A layer kept as a snapshot is written out as a tar on this
+        // thread, straight into the encoder (no thread and no copies between
+        // the tar and the compression), its diff ID checked at the end: a
+        // mismatch ends the upload's stream with an error, so no PUT names
+        // the bytes.
+        if let rbuild_snapshotter::squash::LayerInput::Upper { dir, epoch } =
+            store.layer_input(diff_id)?
+        {
+            let (mut out, d) = rbuild_snapshotter::compress::write_layer_at(
+                out,
+                compression.compression,
+                compression.level,
+                threads,
+                |w| {
+                    let counted = CountedWriter {
+                        inner: w,
+                        n: 0,
+                        progress,
+                    };
+                    rbuild_snapshotter::snapshots::SnapshotStore::write_upper_layer(
+                        &dir, counted, epoch,
+                    )
+                    .map(drop)
+                    .map_err(io::Error::other)
+                },
+            )?;
+            if d.diff_id != *diff_id {
+                return Err(rbuild_image::Error::DigestMismatch {
+                    expected: diff_id.clone(),
+                    actual: d.diff_id,
+                });
+            }
+            out.flush()?;
+            return Ok((d.digest, d.size));
+        }
         let mut blob = Counted {
             inner: store.open_blob(diff_id)?,
             n: 0,
             progress,
         };
         // The uncompressed bytes are not hashed again: the store verified
-        // the blob when it was written, and a layer kept as a snapshot
-        // checks its diff ID while it is written out (a mismatch is a read
-        // error here).
+        // the blob when it was written.
         let (mut out, digest, size) = rbuild_snapshotter::compress::compress_known(
             out,
             compression.compression,
@@ -970,6 +1021,26 @@ impl<R: io::Read> io::Read for Counted<'_, R> {
         self.n += k as u64;
         (self.progress)(self.n);
         Ok(k)
+    }
+}
+
+/// A writer that reports the bytes written through it.
+struct CountedWriter<'a, 'w> {
+    inner: &'w mut dyn io::Write,
+    n: u64,
+    progress: &'a (dyn Fn(u64) + Send + Sync),
+}
+
+impl io::Write for CountedWriter<'_, '_> {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        let k = self.inner.write(buf)?;
+        self.n += k as u64;
+        (self.progress)(self.n);
+        Ok(k)
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        self.inner.flush()
     }
 }
 
@@ -1053,14 +1124,18 @@ async fn push_async(
             unique.push(d.clone());
         }
     }
+    // PARALLEL layers are compressed and sent at once; twice as many are
+    // under way, so the HEAD, POST and PUT of the others overlap with that
+    // work (docker-registry took 6-250 ms per PUT, committing the blob).
     let sem = Arc::new(Semaphore::new(PARALLEL));
+    let requests = Arc::new(Semaphore::new(2 * PARALLEL));
     let mut tasks = tokio::task::JoinSet::new();
     for (i, d) in unique.iter().enumerate() {
         let _ = tx.send(TransferEvent::Layer {
             id: short(d),
             status: "Preparing".into(),
         });
-        let (client, store, remote, d, scratch, tx, sem) = (
+        let (client, store, remote, d, scratch, tx, sem, requests) = (
             Arc::clone(&client),
             store.clone(),
             remote.clone(),
@@ -1068,9 +1143,10 @@ async fn push_async(
             scratch.path().to_owned(),
             tx.clone(),
             Arc::clone(&sem),
+            Arc::clone(&requests),
         );
         tasks.spawn(async move {
-            let _permit = sem.acquire_owned().await;
+            let _under_way = requests.acquire_owned().await;
             let job = LayerPush {
                 client,
                 store,
@@ -1079,6 +1155,7 @@ async fn push_async(
                 compression,
                 scratch,
                 tx,
+                sem,
             };
             (i, push_layer(job).await)
         });

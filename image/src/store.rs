@@ -202,7 +202,9 @@ struct Generated {
 
 impl Generated {
     fn start(upper: PathBuf, epoch: Option<u64>, diff_id: Digest) -> Self {
-        let (tx, rx) = std::sync::mpsc::sync_channel(4);
+        // Two 1 MiB pieces ahead of the reader: enough to keep both sides
+        // busy, little memory with several layers read at once (a push).
+        let (tx, rx) = std::sync::mpsc::sync_channel(2);
         std::thread::spawn(move || {
             let chunks = tx.clone();
             let sender = rbuild_snapshotter::ChunkWriter::new(1 << 20, move |c| {

@@ -93,6 +93,15 @@ impl LocalWorker {
         }
     }
 
+    /// The diff ID of one link's layer when it is known without reading the
+    /// layer: a base layer's own, or a step's the image export remembered.
+    pub fn remembered_chain_diff_id(&self, link: &ChainLink) -> Option<Digest> {
+        match &link.base_layer {
+            Some(d) => Some(d.clone()),
+            None => crate::export::cached_layer(&self.inner, &link.snapshot).map(|(d, _, _)| d),
+        }
+    }
+
     /// Where the compressed form of a link's layer an export wrote is
     /// remembered (beside the diff ID the image export remembers, swept with
     /// it when the snapshot goes).

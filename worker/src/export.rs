@@ -130,7 +130,7 @@ pub(crate) fn layer_cache_path(inner: &Inner, id: &SnapshotId) -> std::path::Pat
 
 /// The diff ID, tar size and content size of a snapshot's layer, if an
 /// earlier export remembered them.
-fn cached_layer(inner: &Inner, id: &SnapshotId) -> Option<(Digest, u64, u64)> {
+pub(crate) fn cached_layer(inner: &Inner, id: &SnapshotId) -> Option<(Digest, u64, u64)> {
     let text = fs_err::read_to_string(layer_cache_path(inner, id)).ok()?;
     let mut parts = text.split_whitespace();
     let d = Digest::parse(parts.next()?).ok()?;
