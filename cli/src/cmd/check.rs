@@ -85,17 +85,15 @@ fn context_size(dir: &Path, limit: u64) -> u64 {
     total
 }
 
-/// The `Env` of `reference`'s config when the local store has it (no pull).
-fn store_env(root: &Path) -> impl Fn(&str) -> Option<Vec<String>> {
+/// `reference`'s config when the local store has it (no pull: `rbuild check`
+/// reads what is there; a build pulls first, see [`after_build`]).
+fn store_config(root: &Path) -> impl Fn(&str) -> Option<rbuild_oci::ImageConfig> {
     let store = rbuild_engine::StateLayout::new(root)
         .index_json()
         .exists()
         .then(|| rbuild_image::Store::open(root).ok())
         .flatten();
-    move |reference: &str| {
-        let img = store.as_ref()?.find(reference).ok()?;
-        Some(img.config.config.env.clone())
-    }
+    move |reference: &str| Some(store.as_ref()?.find(reference).ok()?.config)
 }
 
 /// Runs the static checks.
@@ -103,7 +101,7 @@ pub fn static_report(i: &Inputs<'_>) -> LintReport {
     let platform = rbuild_frontend::Platform::host();
     let has_ignore = i.ignore.is_some();
     let size = (!has_ignore).then(|| context_size(i.context, LARGE_CONTEXT));
-    let env = store_env(i.root);
+    let base_image = store_config(i.root);
     let opts = lint::LintOptions {
         build_args: i.build_args,
         target: i.target,
@@ -111,7 +109,7 @@ pub fn static_report(i: &Inputs<'_>) -> LintReport {
         dockerignore: i.ignore,
         platform: &platform,
         build_platform: &platform,
-        base_env: &env,
+        base_image: &base_image,
         context: ContextFacts {
             size,
             has_dockerignore: has_ignore,
@@ -415,6 +413,17 @@ pub fn after_build(
     let mut warnings = report.warnings.clone();
     if checks_off() {
         return;
+    }
+    if report.unresolved_bases > 0 {
+        // Base images the build pulled: now in the store, their platform is checked.
+        let after = for_build(req, false, &req.build.state_root);
+        let pulled: Vec<LintWarning> = after
+            .warnings
+            .into_iter()
+            .filter(|w| w.rule == "InvalidBaseImagePlatform" && !warnings.contains(w))
+            .collect();
+        warnings.extend(pulled);
+        lint::sort_warnings(&mut warnings);
     }
     if let Some(id) = image
         && req.output == super::build::OutputSpec::Store

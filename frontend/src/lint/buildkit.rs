@@ -99,6 +99,10 @@ struct Stage<'a> {
     comments: Vec<String>,
     /// The earlier stage this one is based on (after FROM's expansion).
     base: Option<usize>,
+    /// FROM's image name after the meta ARGs' expansion.
+    base_name: Option<String>,
+    /// FROM's `--platform` after the meta ARGs' expansion.
+    platform_value: Option<String>,
 }
 
 #[derive(Clone, Default)]
@@ -119,6 +123,8 @@ struct Ctx<'a> {
     lexer: Lexer,
     sink: Sink,
     ignore: Option<PatternMatcher>,
+    /// Base images [`LintOptions::base_image`] did not know.
+    unresolved_bases: usize,
 }
 
 fn build_err(message: String, span: &Span) -> LintFailure {
@@ -158,6 +164,7 @@ pub(super) fn run(src: &str, df: &Dockerfile, opts: &LintOptions<'_>) -> LintRep
         lexer: Lexer::new(df.directives.escape),
         sink: Sink::default(),
         ignore,
+        unresolved_bases: 0,
     };
     let result = ctx.walk(df);
     report.warnings = std::mem::take(&mut ctx.sink.warnings);
@@ -169,6 +176,7 @@ pub(super) fn run(src: &str, df: &Dockerfile, opts: &LintOptions<'_>) -> LintRep
         Ok(()) => None,
     };
     report.config = cfg;
+    report.unresolved_bases = ctx.unresolved_bases;
     report
 }
 
@@ -204,6 +212,8 @@ impl Ctx<'_> {
                     commands: Vec::new(),
                     comments: self.comments_of(ins).to_vec(),
                     base: None,
+                    base_name: None,
+                    platform_value: None,
                 }),
                 _ => match stages.last_mut() {
                     Some(st) => st.commands.push(ins),
@@ -365,6 +375,7 @@ impl Ctx<'_> {
             stages[i].base = stages[..i]
                 .iter()
                 .position(|s| s.name.as_deref() == Some(base_name.as_str()));
+            stages[i].base_name = Some(m.result.clone());
             if let Some(p) = stages[i].platform {
                 let pm = match self.lexer.process_word(p, &global.0) {
                     Ok(pm) => pm,
@@ -374,6 +385,7 @@ impl Ctx<'_> {
                     }
                 };
                 self.unused_from_args(&cfg, &arg_keys, &pm.unmatched, &span);
+                stages[i].platform_value = Some(pm.result.clone());
                 if pm.matched.len() == 1
                     && pm.unmatched.is_empty()
                     && pm.matched.contains("TARGETPLATFORM")
@@ -453,6 +465,32 @@ impl Ctx<'_> {
         };
         let reachable = reachable_stages(&stages, target);
 
+        // resolveBaseImage: the base images' configs, and their platforms checked.
+        let mut bases: Vec<Option<rbuild_oci::ImageConfig>> = vec![None; stages.len()];
+        for (i, st) in stages.iter().enumerate() {
+            if !self.opts.all_stages && !reachable.contains(&i) {
+                continue;
+            }
+            let Some(name) = st.base_name.as_deref() else {
+                continue;
+            };
+            if st.base.is_some() || name == "scratch" {
+                continue;
+            }
+            bases[i] = (self.opts.base_image)(name);
+            match &bases[i] {
+                Some(img) => {
+                    let expected = st
+                        .platform_value
+                        .as_deref()
+                        .and_then(rbuild_oci::Platform::parse)
+                        .unwrap_or_else(|| self.opts.platform.clone());
+                    self.base_platform(&file_cfg, name, &expected, img, &st.from.span);
+                }
+                None => self.unresolved_bases += 1,
+            }
+        }
+
         // dispatch
         let mut finals: Vec<Option<StageState>> = vec![None; stages.len()];
         for i in 0..stages.len() {
@@ -469,14 +507,8 @@ impl Ctx<'_> {
             } else {
                 {
                     let mut s = StageState::default();
-                    let image = self
-                        .lexer
-                        .expand(stages[i].image, &global.0)
-                        .unwrap_or_default();
-                    if image != "scratch"
-                        && let Some(env) = (self.opts.base_env)(&image)
-                    {
-                        for e in env {
+                    if let Some(img) = &bases[i] {
+                        for e in &img.config.env {
                             let (k, v) = e.split_once('=').unwrap_or((e.as_str(), ""));
                             s.env.set(k, v);
                         }
@@ -493,6 +525,36 @@ impl Ctx<'_> {
             finals[i] = Some(st);
         }
         Ok(())
+    }
+
+    /// `validateBaseImagePlatform`: the base image's OS or architecture is not
+    /// the one the stage is built for (`FROM --platform`, else the target's).
+    fn base_platform(
+        &mut self,
+        cfg: &CheckConfig,
+        name: &str,
+        expected: &rbuild_oci::Platform,
+        img: &rbuild_oci::ImageConfig,
+        span: &Span,
+    ) {
+        if img.os == expected.os && img.architecture == expected.architecture {
+            return;
+        }
+        let actual = rbuild_oci::Platform {
+            os: img.os.clone(),
+            architecture: img.architecture.clone(),
+            variant: img.variant.clone(),
+        };
+        self.warn(
+            cfg,
+            "InvalidBaseImagePlatform",
+            span,
+            format!(
+                "Base image {name} was pulled with platform {}, expected {} for current build",
+                go_quote(&format_all(&actual, img.os_version.as_deref())),
+                go_quote(&format_all(expected, None))
+            ),
+        );
     }
 
     fn empty_continuations(&mut self, warnings: &[rbuild_parser::Warning]) {
@@ -991,6 +1053,26 @@ impl Ctx<'_> {
 }
 
 /// containerd's `platforms.Parse` errors (the part of them rbuild can tell).
+/// containerd's `platforms.FormatAll(platforms.Normalize(p))`:
+/// `os[(os.version)]/arch[/variant]`, `arm64/v8` as `arm64`, `arm` as `arm/v7`.
+fn format_all(p: &rbuild_oci::Platform, os_version: Option<&str>) -> String {
+    let mut raw = format!("{}/{}", p.os, p.architecture);
+    if let Some(v) = p.variant.as_deref().filter(|v| !v.is_empty()) {
+        raw.push('/');
+        raw.push_str(v);
+    }
+    let n = rbuild_oci::Platform::parse(&raw).unwrap_or_else(|| p.clone());
+    let mut out = n.os.clone();
+    if let Some(v) = os_version.filter(|v| !v.is_empty()) {
+        let _ = write!(out, "({v})");
+    }
+    let _ = write!(out, "/{}", n.architecture);
+    if let Some(v) = &n.variant {
+        let _ = write!(out, "/{v}");
+    }
+    out
+}
+
 fn platform_error(s: &str) -> Option<String> {
     let ok = |c: &str| {
         !c.is_empty()
@@ -1088,6 +1170,7 @@ pub(super) fn run_parse_error(
         lexer: Lexer::new(ast.directives.escape),
         sink: Sink::default(),
         ignore: None,
+        unresolved_bases: 0,
     };
     ctx.empty_continuations(&ast.warnings);
     ctx.parse_level(&df.instructions);

@@ -156,6 +156,7 @@ pub static RULES: &[RuleInfo] = &[
     bk(
         "InvalidBaseImagePlatform",
         "Base image platform does not match expected target platform",
+        // BuildKit's rule has no documentation page.
         "",
     ),
     bk(
@@ -396,6 +397,10 @@ pub struct LintReport {
     /// The effective configuration (for the image rules the engine runs later).
     #[serde(skip)]
     pub config: CheckConfig,
+    /// How many base images of the linted stages [`LintOptions::base_image`] did
+    /// not know (their platform is unchecked).
+    #[serde(skip)]
+    pub unresolved_bases: usize,
 }
 
 /// What [`lint`] needs besides the Dockerfile.
@@ -411,8 +416,10 @@ pub struct LintOptions<'a> {
     /// `TARGETPLATFORM` and `BUILDPLATFORM`.
     pub platform: &'a rbuild_oci::Platform,
     pub build_platform: &'a rbuild_oci::Platform,
-    /// The `Env` of a base image's config, when the caller knows it (no lookup: `PATH` only).
-    pub base_env: &'a dyn Fn(&str) -> Option<Vec<String>>,
+    /// A base image's config (`FROM` name after the meta ARGs), when the caller
+    /// knows it: its `Env` starts the stage's (unknown: `PATH` only), and its
+    /// platform is checked (`InvalidBaseImagePlatform`).
+    pub base_image: &'a dyn Fn(&str) -> Option<rbuild_oci::ImageConfig>,
     /// Facts about the context for rbuild's own rules.
     pub context: own::ContextFacts,
     /// Run rbuild's own rules too (off: `BuildKit`'s rules alone, as `BuildKit` reports).
