@@ -249,6 +249,16 @@ fn sarif_validates_against_the_2_1_0_schema() {
         rule["helpUri"],
         "https://docs.docker.com/go/dockerfile/rule/from-as-casing/"
     );
+    // rbuild's rules carry their page as markdown help.
+    let own = rules.iter().find(|r| r["id"] == "CdInRun").unwrap();
+    assert!(
+        own["help"]["markdown"]
+            .as_str()
+            .unwrap()
+            .starts_with("# CdInRun\n"),
+        "{own}"
+    );
+    assert!(own.get("helpUri").is_none(), "{own}");
     // A broken log does not validate (the validator is not a no-op).
     let mut broken = log.clone();
     broken["runs"][0]["results"][0]["locations"][0]["physicalLocation"]["region"]["startLine"] =
@@ -335,15 +345,41 @@ fn own_rules_trigger_and_do_not() {
             "{rule} did not trigger on:\n{bad}\n{v}"
         );
         assert_eq!(code, 1);
+        let url = v["warnings"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|w| w["rule"] == *rule)
+            .unwrap()["url"]
+            .clone();
         let (_, v) = check_json(&env, good);
         assert!(
             !rules(&v).iter().any(|(r, _)| r == rule),
             "{rule} triggered on:\n{good}\n{v}"
         );
-        // Every rule has its page.
+        // Every rule has its page: the warning's url is its path in the
+        // repository, and --explain prints the same page from the binary.
+        assert_eq!(url, format!("docs/checks/{rule}.md"));
         let doc = Path::new(env!("CARGO_MANIFEST_DIR")).join(format!("../docs/checks/{rule}.md"));
-        assert!(doc.is_file(), "{} is missing", doc.display());
+        let page = fs_err::read_to_string(&doc).unwrap();
+        assert_eq!(env.ok(&["check", "--explain", rule]), page);
     }
+    for rule in ["WastedSpace", "SecretInLayer"] {
+        let doc = Path::new(env!("CARGO_MANIFEST_DIR")).join(format!("../docs/checks/{rule}.md"));
+        let page = fs_err::read_to_string(&doc).unwrap();
+        assert_eq!(env.ok(&["check", "--explain", rule]), page);
+    }
+    // BuildKit's rules: description and URL; an unknown name is an error.
+    let out = env.ok(&["check", "--explain", "FromAsCasing"]);
+    assert!(
+        out.contains("https://docs.docker.com/go/dockerfile/rule/from-as-casing/"),
+        "{out}"
+    );
+    let err = env.fails(&["check", "--explain", "cdinrun"]);
+    assert!(
+        err.contains("no check is called \"cdinrun\" (did you mean CdInRun?)"),
+        "{err}"
+    );
     // Skipped like BuildKit's rules.
     let (_, v) = check_json(
         &env,

@@ -40,6 +40,9 @@ pub struct CheckArgs {
     /// Output format
     #[arg(long, value_enum, default_value_t = Format::Text)]
     format: Format,
+    /// Print what a rule checks and why (rbuild's rules: their page, built in)
+    #[arg(long, value_name = "RULE")]
+    explain: Option<String>,
     /// The build context (a directory)
     #[arg(value_name = "CONTEXT", default_value = ".")]
     context: PathBuf,
@@ -123,7 +126,39 @@ pub fn static_report(i: &Inputs<'_>) -> LintReport {
     }
 }
 
+/// `rbuild check --explain RULE`: an rbuild rule's page (`docs/checks/RULE.md`,
+/// built in), or a `BuildKit` rule's description and documentation URL.
+fn explain(name: &str) -> anyhow::Result<String> {
+    let Some(rule) = lint::rule(name) else {
+        let names = lint::RULES.iter().map(|r| r.name);
+        let hint = names
+            .clone()
+            .find(|n| n.eq_ignore_ascii_case(name))
+            .map(|n| format!(" (did you mean {n}?)"))
+            .unwrap_or_default();
+        return Err(anyhow!("no check is called {name:?}{hint}"));
+    };
+    if let Some(page) = lint::doc_page(rule.name) {
+        return Ok(page.to_owned());
+    }
+    let url = if rule.url.is_empty() {
+        String::new()
+    } else {
+        format!("\n{}\n", rule.url)
+    };
+    Ok(format!(
+        "# {}\n\nBuildKit's check: {}\n{url}",
+        rule.name, rule.description
+    ))
+}
+
 pub fn run(args: &CheckArgs, root: &Path) -> anyhow::Result<ExitCode> {
+    if let Some(name) = &args.explain {
+        std::io::stdout()
+            .lock()
+            .write_all(explain(name)?.as_bytes())?;
+        return Ok(ExitCode::SUCCESS);
+    }
     let context = &args.context;
     if !context.is_dir() {
         return Err(anyhow!("context {} is not a directory", context.display()));
@@ -277,7 +312,14 @@ pub fn sarif(warnings: &[LintWarning], artifact: &str) -> serde_json::Value {
                 "defaultConfiguration": {"level": "warning"},
                 "properties": {"origin": r.origin, "experimental": r.experimental},
             });
-            if r.url.is_empty() {
+            if let Some(page) = lint::doc_page(r.name) {
+                // rbuild's rules: the page itself (their `url` is its path in
+                // the repository, which has no public address to link to).
+                rule["help"] = json!({
+                    "text": format!("{} ({})", r.description, r.url),
+                    "markdown": page,
+                });
+            } else if r.url.is_empty() {
                 rule["help"] = json!({"text": r.description});
             } else {
                 rule["helpUri"] = json!(r.url);
@@ -313,7 +355,6 @@ pub fn sarif(warnings: &[LintWarning], artifact: &str) -> serde_json::Value {
         "runs": [{
             "tool": {"driver": {
                 "name": "rbuild",
-                "informationUri": "https://example.invalid/rbuild",
                 "version": env!("CARGO_PKG_VERSION"),
                 "rules": rules,
             }},
