@@ -623,6 +623,23 @@ fn image_rules_secrets_modes_and_build_tools() {
         "{err}"
     );
 
+    // What the base image brings is not the build's: a stage chain down to
+    // that image (through a meta ARG) adds nothing to report.
+    let err = build(
+        &env,
+        "wwbase",
+        "FROM busybox\nRUN touch /ww && chmod 666 /ww\n",
+        &[],
+    );
+    assert_eq!(summary_lines(&err, "WorldWritableFile").len(), 1, "{err}");
+    let err = build(
+        &env,
+        "onww",
+        "ARG BASE=wwbase\nFROM ${BASE} AS base\nFROM base\nENV a=b\n",
+        &[],
+    );
+    assert!(summary_lines(&err, "WorldWritableFile").is_empty(), "{err}");
+
     let good = "FROM busybox\n\
         RUN --mount=type=secret,id=tok wc -c /run/secrets/tok > /size && touch /w /s && chmod 644 /w && chmod 755 /s\n";
     let err = build(&env, "imggood", good, &["--secret", &spec]);

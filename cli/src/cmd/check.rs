@@ -476,47 +476,6 @@ pub fn after_build(
         .write_all(build_summary(&warnings, mode).as_bytes());
 }
 
-/// The final stage's base image reference (`None` for scratch), following
-/// `FROM <stage>` and expanding the meta ARGs.
-fn final_base(req: &super::build::Request) -> Option<String> {
-    use rbuild_parser::InstructionKind;
-    let b = &req.build;
-    let lexer = rbuild_parser::shell::Lexer::new(b.dockerfile.directives.escape);
-    let mut meta: Vec<(String, String)> = Vec::new();
-    let mut stages: Vec<(Option<String>, String)> = Vec::new();
-    for ins in &b.dockerfile.instructions {
-        match &ins.kind {
-            InstructionKind::From(f) => stages.push((f.alias.clone(), f.image.clone())),
-            InstructionKind::Arg(a) if stages.is_empty() => {
-                for d in &a.args {
-                    if let Some(v) = b.build_args.get(&d.name).or(d.default.as_ref()) {
-                        let v = lexer.expand(v, &meta).unwrap_or_else(|_| v.clone());
-                        meta.push((d.name.clone(), v));
-                    }
-                }
-            }
-            _ => {}
-        }
-    }
-    let mut i = match &b.target {
-        Some(t) => stages
-            .iter()
-            .position(|(a, _)| a.as_deref() == Some(t.to_lowercase().as_str()))?,
-        None => stages.len().checked_sub(1)?,
-    };
-    for _ in 0..stages.len() {
-        let image = lexer.expand(&stages[i].1, &meta).ok()?;
-        match stages[..i]
-            .iter()
-            .position(|(a, _)| a.as_deref() == Some(image.to_lowercase().as_str()))
-        {
-            Some(j) => i = j,
-            None => return (image != "scratch").then_some(image),
-        }
-    }
-    None
-}
-
 fn image_checks(
     report: &LintReport,
     req: &super::build::Request,
@@ -528,8 +487,10 @@ fn image_checks(
     let Ok(img) = store.image(id) else {
         return Vec::new();
     };
-    let base_layers = final_base(req)
-        .and_then(|r| store.find(&r).ok())
+    let base_layers = report
+        .final_base
+        .as_ref()
+        .and_then(|r| store.find(r).ok())
         .map_or(0, |base| {
             base.diff_ids()
                 .iter()

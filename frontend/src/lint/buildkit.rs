@@ -125,6 +125,8 @@ struct Ctx<'a> {
     ignore: Option<PatternMatcher>,
     /// Base images [`LintOptions::base_image`] did not know.
     unresolved_bases: usize,
+    /// The image at the bottom of the target's stage chain.
+    final_base: Option<String>,
 }
 
 fn build_err(message: String, span: &Span) -> LintFailure {
@@ -165,6 +167,7 @@ pub(super) fn run(src: &str, df: &Dockerfile, opts: &LintOptions<'_>) -> LintRep
         sink: Sink::default(),
         ignore,
         unresolved_bases: 0,
+        final_base: None,
     };
     let result = ctx.walk(df);
     report.warnings = std::mem::take(&mut ctx.sink.warnings);
@@ -177,6 +180,7 @@ pub(super) fn run(src: &str, df: &Dockerfile, opts: &LintOptions<'_>) -> LintRep
     };
     report.config = cfg;
     report.unresolved_bases = ctx.unresolved_bases;
+    report.final_base = ctx.final_base;
     report
 }
 
@@ -464,6 +468,14 @@ impl Ctx<'_> {
             }
         };
         let reachable = reachable_stages(&stages, target);
+        let mut bottom = target;
+        for _ in 0..stages.len() {
+            match stages[bottom].base {
+                Some(b) => bottom = b,
+                None => break,
+            }
+        }
+        self.final_base = stages[bottom].base_name.clone().filter(|n| n != "scratch");
 
         // resolveBaseImage: the base images' configs, and their platforms checked.
         let mut bases: Vec<Option<rbuild_oci::ImageConfig>> = vec![None; stages.len()];
@@ -1171,6 +1183,7 @@ pub(super) fn run_parse_error(
         sink: Sink::default(),
         ignore: None,
         unresolved_bases: 0,
+        final_base: None,
     };
     ctx.empty_continuations(&ast.warnings);
     ctx.parse_level(&df.instructions);

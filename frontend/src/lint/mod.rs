@@ -391,6 +391,11 @@ pub struct LintReport {
     /// not know (their platform is unchecked).
     #[serde(skip)]
     pub unresolved_bases: usize,
+    /// The image at the bottom of the target stage's chain of `FROM`s (its
+    /// name after the meta ARGs; `None` for `scratch`, or when the checks
+    /// stopped before the stages were read): the layers below the build's own.
+    #[serde(skip)]
+    pub final_base: Option<String>,
 }
 
 /// What [`lint`] needs besides the Dockerfile.
@@ -539,6 +544,46 @@ fn levenshtein(a: &str, b: &str) -> usize {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn final_base(src: &str, target: Option<&str>, args: &[(&str, &str)]) -> Option<String> {
+        let df = rbuild_parser::parse(src).unwrap();
+        let build_args: BTreeMap<String, String> = args
+            .iter()
+            .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+            .collect();
+        let p = rbuild_oci::Platform::host();
+        let opts = LintOptions {
+            build_args: &build_args,
+            target,
+            all_stages: false,
+            dockerignore: None,
+            platform: &p,
+            build_platform: &p,
+            base_image: &|_| None,
+            context: own::ContextFacts::default(),
+            rbuild_rules: true,
+        };
+        lint(src, &df, &opts).final_base
+    }
+
+    #[test]
+    fn final_base_follows_the_targets_stages_and_the_meta_args() {
+        let src = "ARG B=busybox:1.36\nFROM ${B} AS a\nFROM a AS b\nFROM scratch AS c\nFROM c\n";
+        assert_eq!(
+            final_base(src, Some("b"), &[]).as_deref(),
+            Some("busybox:1.36")
+        );
+        assert_eq!(
+            final_base(src, Some("B"), &[("B", "alpine:3")]).as_deref(),
+            Some("alpine:3")
+        );
+        assert_eq!(final_base(src, Some("c"), &[]), None);
+        assert_eq!(final_base(src, None, &[]), None);
+        assert_eq!(
+            final_base("FROM debian:12 AS x\nFROM x\n", None, &[]).as_deref(),
+            Some("debian:12")
+        );
+    }
 
     #[test]
     fn every_own_rule_has_its_page_at_its_url() {
