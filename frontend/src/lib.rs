@@ -33,6 +33,7 @@ pub mod dockerignore;
 mod error;
 pub mod lint;
 mod plan;
+mod scope;
 mod util;
 
 pub use error::{FrontendError, ResolveError};

@@ -15,6 +15,7 @@ use rbuild_patterns::PatternMatcher;
 
 use super::config::{CheckConfig, check_directive, is_directive_line};
 use super::{LintFailure, LintOptions, LintReport, Sink, suggest_search, violation};
+use crate::scope::{self, ArgValue, arg_value};
 
 /// Args that never reach the environment (`nonEnvArgs`).
 const NON_ENV_ARGS: &[&str] = &["BUILDKIT_SBOM_SCAN_CONTEXT", "BUILDKIT_SBOM_SCAN_STAGE"];
@@ -23,21 +24,14 @@ const DEFAULT_PATH: &str = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/s
 
 /// An ordered environment (`llb.EnvList`): a later set replaces in place.
 #[derive(Debug, Clone, Default)]
-struct EnvList(Vec<(String, String)>);
+struct EnvList(scope::Vars);
 
 impl EnvList {
     fn set(&mut self, k: &str, v: &str) {
-        if let Some(e) = self.0.iter_mut().find(|(ek, _)| ek == k) {
-            v.clone_into(&mut e.1);
-        } else {
-            self.0.push((k.to_owned(), v.to_owned()));
-        }
+        scope::set_in_place(&mut self.0, k, v);
     }
     fn get(&self, k: &str) -> Option<&str> {
-        self.0
-            .iter()
-            .find(|(ek, _)| ek == k)
-            .map(|(_, v)| v.as_str())
+        scope::get(&self.0, k)
     }
     fn keys(&self) -> impl Iterator<Item = &str> {
         self.0.iter().map(|(k, _)| k.as_str())
@@ -310,19 +304,9 @@ impl Ctx<'_> {
         let bp = self.opts.build_platform;
         let tp = self.opts.platform;
         let mut defaults = EnvList::default();
-        for (k, v) in [
-            ("BUILDPLATFORM", bp.to_string()),
-            ("BUILDOS", bp.os.clone()),
-            ("BUILDOSVERSION", String::new()),
-            ("BUILDARCH", bp.architecture.clone()),
-            ("BUILDVARIANT", bp.variant.clone().unwrap_or_default()),
-            ("TARGETPLATFORM", tp.to_string()),
-            ("TARGETOS", tp.os.clone()),
-            ("TARGETOSVERSION", String::new()),
-            ("TARGETARCH", tp.architecture.clone()),
-            ("TARGETVARIANT", tp.variant.clone().unwrap_or_default()),
-            ("TARGETSTAGE", target_name),
-        ] {
+        let mut predefined = scope::platform_args(bp, tp, true);
+        predefined.push(("TARGETSTAGE", target_name));
+        for (k, v) in predefined {
             let v = self.opts.build_args.get(k).cloned().unwrap_or(v);
             defaults.set(k, &v);
         }
@@ -707,21 +691,22 @@ impl Ctx<'_> {
     ) -> Result<(EnvList, BTreeSet<String>), LintFailure> {
         let mut env = defaults.clone();
         let mut all = BTreeSet::new();
+        let none = BTreeMap::new();
         for (ins, arg) in meta {
             for def in &arg.args {
-                let value = match build_args.and_then(|b| b.get(&def.name)) {
-                    Some(v) => Some(v.clone()),
-                    None => match &def.default {
-                        Some(d) => Some(
-                            self.lexer
-                                .expand(d, &env.0)
-                                .map_err(|e| build_err(e.to_string(), &ins.span))?,
-                        ),
-                        None => None,
+                let value = arg_value(
+                    &def.name,
+                    def.default.as_deref(),
+                    build_args.unwrap_or(&none),
+                    None,
+                    |d| {
+                        self.lexer
+                            .expand(d, &env.0)
+                            .map_err(|e| build_err(e.to_string(), &ins.span))
                     },
-                };
+                )?;
                 if let Some(v) = value {
-                    env.set(&def.name, &v);
+                    env.set(&def.name, &v.into_string());
                 }
                 all.insert(def.name.clone());
             }
@@ -936,14 +921,14 @@ impl Ctx<'_> {
             InstructionKind::Arg(a) => {
                 for def in &a.args {
                     self.secret_key(&cfg, "ARG", &def.name, ins);
-                    let mut value = None;
-                    if let Some(v) = self.opts.build_args.get(&def.name) {
-                        value = Some(v.clone());
-                    } else if let Some(d) = &def.default {
-                        value = Some(self.expand(&cfg, st, ins, d, lx)?);
-                    } else if let Some(v) = global.get(&def.name) {
-                        value = Some(v.to_owned());
-                    }
+                    let value = arg_value(
+                        &def.name,
+                        def.default.as_deref(),
+                        self.opts.build_args,
+                        Some(&global.0),
+                        |d| self.expand(&cfg, st, ins, d, lx),
+                    )?
+                    .map(ArgValue::into_string);
                     if let Some(v) = value
                         && !NON_ENV_ARGS.contains(&def.name.as_str())
                     {
