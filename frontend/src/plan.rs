@@ -1024,14 +1024,7 @@ impl Planner<'_> {
     }
 
     fn reachable(&self, target: usize) -> BTreeSet<usize> {
-        let mut seen = BTreeSet::new();
-        let mut stack = vec![target];
-        while let Some(s) = stack.pop() {
-            if seen.insert(s) {
-                stack.extend(self.edges(s));
-            }
-        }
-        seen
+        crate::util::reachable(target, |s| self.edges(s))
     }
 
     fn check_cycles(&self) -> Result<(), FrontendError> {

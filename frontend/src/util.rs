@@ -310,3 +310,19 @@ mod tests {
         );
     }
 }
+
+/// The stages `target` needs: itself and, transitively, every stage `edges`
+/// names (its `FROM` stage, `COPY --from`, `RUN --mount=from`).
+pub(crate) fn reachable(
+    target: usize,
+    edges: impl Fn(usize) -> Vec<usize>,
+) -> std::collections::BTreeSet<usize> {
+    let mut seen = std::collections::BTreeSet::new();
+    let mut stack = vec![target];
+    while let Some(s) = stack.pop() {
+        if seen.insert(s) {
+            stack.extend(edges(s));
+        }
+    }
+    seen
+}

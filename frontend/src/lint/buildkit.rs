@@ -1217,15 +1217,8 @@ fn reachable_stages(stages: &[Stage<'_>], target: usize) -> BTreeSet<usize> {
             .iter()
             .position(|s| s.name.as_deref() == Some(r.as_str()))
     };
-    let mut out = BTreeSet::new();
-    let mut todo = vec![target];
-    while let Some(i) = todo.pop() {
-        if !out.insert(i) {
-            continue;
-        }
-        if let Some(b) = stages[i].base {
-            todo.push(b);
-        }
+    crate::util::reachable(target, |i| {
+        let mut edges: Vec<usize> = stages[i].base.into_iter().collect();
         for ins in &stages[i].commands {
             let froms: Vec<&str> = match &ins.kind {
                 InstructionKind::Copy(c) => c.from.iter().map(String::as_str).collect(),
@@ -1241,10 +1234,10 @@ fn reachable_stages(stages: &[Stage<'_>], target: usize) -> BTreeSet<usize> {
                     .collect(),
                 _ => Vec::new(),
             };
-            todo.extend(froms.into_iter().filter_map(find));
+            edges.extend(froms.into_iter().filter_map(find));
         }
-    }
-    out
+        edges
+    })
 }
 
 #[cfg(test)]
