@@ -95,7 +95,8 @@ for w in ["steps", "biglayer"]:
         on, off = med(t, ("on", w, p)), med(t, ("off", w, p))
         if on is None or off is None:
             continue
-        print(f"| {w} | {p} | {on:.3f} s | {off:.3f} s | {on-off:+.3f} s ({(on-off)/off*100:+.1f} %) "
+        pct = f"{(on-off)/off*100:+.1f} %" if off > 0 else "n/a"
+        print(f"| {w} | {p} | {on:.3f} s | {off:.3f} s | {on-off:+.3f} s ({pct}) "
               f"| {med(cpu, ('on', w, p)):.2f} s | {med(cpu, ('off', w, p)):.2f} s |")
 PY
 }

@@ -249,6 +249,16 @@ fn sarif_validates_against_the_2_1_0_schema() {
         rule["helpUri"],
         "https://docs.docker.com/go/dockerfile/rule/from-as-casing/"
     );
+    // rbuild's rules carry their page as markdown help.
+    let own = rules.iter().find(|r| r["id"] == "CdInRun").unwrap();
+    assert!(
+        own["help"]["markdown"]
+            .as_str()
+            .unwrap()
+            .starts_with("# CdInRun\n"),
+        "{own}"
+    );
+    assert!(own.get("helpUri").is_none(), "{own}");
     // A broken log does not validate (the validator is not a no-op).
     let mut broken = log.clone();
     broken["runs"][0]["results"][0]["locations"][0]["physicalLocation"]["region"]["startLine"] =
@@ -335,15 +345,41 @@ fn own_rules_trigger_and_do_not() {
             "{rule} did not trigger on:\n{bad}\n{v}"
         );
         assert_eq!(code, 1);
+        let url = v["warnings"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|w| w["rule"] == *rule)
+            .unwrap()["url"]
+            .clone();
         let (_, v) = check_json(&env, good);
         assert!(
             !rules(&v).iter().any(|(r, _)| r == rule),
             "{rule} triggered on:\n{good}\n{v}"
         );
-        // Every rule has its page.
+        // Every rule has its page: the warning's url is its path in the
+        // repository, and --explain prints the same page from the binary.
+        assert_eq!(url, format!("docs/checks/{rule}.md"));
         let doc = Path::new(env!("CARGO_MANIFEST_DIR")).join(format!("../docs/checks/{rule}.md"));
-        assert!(doc.is_file(), "{} is missing", doc.display());
+        let page = fs_err::read_to_string(&doc).unwrap();
+        assert_eq!(env.ok(&["check", "--explain", rule]), page);
     }
+    for rule in ["WastedSpace", "SecretInLayer"] {
+        let doc = Path::new(env!("CARGO_MANIFEST_DIR")).join(format!("../docs/checks/{rule}.md"));
+        let page = fs_err::read_to_string(&doc).unwrap();
+        assert_eq!(env.ok(&["check", "--explain", rule]), page);
+    }
+    // BuildKit's rules: description and URL; an unknown name is an error.
+    let out = env.ok(&["check", "--explain", "FromAsCasing"]);
+    assert!(
+        out.contains("https://docs.docker.com/go/dockerfile/rule/from-as-casing/"),
+        "{out}"
+    );
+    let err = env.fails(&["check", "--explain", "cdinrun"]);
+    assert!(
+        err.contains("no check is called \"cdinrun\" (did you mean CdInRun?)"),
+        "{err}"
+    );
     // Skipped like BuildKit's rules.
     let (_, v) = check_json(
         &env,
@@ -587,6 +623,23 @@ fn image_rules_secrets_modes_and_build_tools() {
         "{err}"
     );
 
+    // What the base image brings is not the build's: a stage chain down to
+    // that image (through a meta ARG) adds nothing to report.
+    let err = build(
+        &env,
+        "wwbase",
+        "FROM busybox\nRUN touch /ww && chmod 666 /ww\n",
+        &[],
+    );
+    assert_eq!(summary_lines(&err, "WorldWritableFile").len(), 1, "{err}");
+    let err = build(
+        &env,
+        "onww",
+        "ARG BASE=wwbase\nFROM ${BASE} AS base\nFROM base\nENV a=b\n",
+        &[],
+    );
+    assert!(summary_lines(&err, "WorldWritableFile").is_empty(), "{err}");
+
     let good = "FROM busybox\n\
         RUN --mount=type=secret,id=tok wc -c /run/secrets/tok > /size && touch /w /s && chmod 644 /w && chmod 755 /s\n";
     let err = build(&env, "imggood", good, &["--secret", &spec]);
@@ -620,4 +673,156 @@ fn image_rules_secrets_modes_and_build_tools() {
         summary_lines(&err, "BuildToolsInFinalImage").is_empty(),
         "{err}"
     );
+}
+
+/// A docker-archive holding one image `tag` whose config says `os/arch`
+/// (a one-layer rootfs; nothing in it needs to run).
+fn foreign_archive(env: &Env, tag: &str, arch: &str) -> PathBuf {
+    use sha2::Digest as _;
+    let mut l = tar::Builder::new(Vec::new());
+    let mut h = tar::Header::new_ustar();
+    h.set_entry_type(tar::EntryType::Directory);
+    h.set_mode(0o755);
+    h.set_size(0);
+    l.append_data(&mut h, "etc/", &[][..]).unwrap();
+    let mut h = tar::Header::new_ustar();
+    h.set_mode(0o644);
+    h.set_size(arch.len() as u64);
+    l.append_data(&mut h, "etc/seed", arch.as_bytes()).unwrap();
+    let layer = l.into_inner().unwrap();
+    let diff_id = format!("{:x}", sha2::Sha256::digest(&layer));
+    let config = serde_json::json!({
+        "architecture": arch,
+        "os": "linux",
+        "config": {"Env": ["PATH=/bin"]},
+        "rootfs": {"type": "layers", "diff_ids": [format!("sha256:{diff_id}")]},
+        "history": [{"created_by": "test layer"}],
+    })
+    .to_string();
+    let config_hex = format!("{:x}", sha2::Sha256::digest(config.as_bytes()));
+    let manifest = serde_json::json!([{
+        "Config": format!("{config_hex}.json"),
+        "RepoTags": [tag],
+        "Layers": [format!("{diff_id}/layer.tar")],
+    }])
+    .to_string();
+    let mut b = tar::Builder::new(Vec::new());
+    for (name, data) in [
+        (format!("{config_hex}.json"), config.as_bytes()),
+        (format!("{diff_id}/layer.tar"), layer.as_slice()),
+        ("manifest.json".to_owned(), manifest.as_bytes()),
+    ] {
+        let mut h = tar::Header::new_ustar();
+        h.set_mode(0o644);
+        h.set_size(data.len() as u64);
+        b.append_data(&mut h, name, data).unwrap();
+    }
+    let path = env.path(&format!("{arch}.tar"));
+    fs_err::write(&path, b.into_inner().unwrap()).unwrap();
+    path
+}
+
+#[test]
+fn invalid_base_image_platform_from_the_base_images_config() {
+    let env = common::build_env();
+    let host = rbuild_host_arch();
+    let other = if host == "arm64" { "amd64" } else { "arm64" };
+    let archive = foreign_archive(&env, "foreign:1", other);
+    env.ok(&["load", "-i", archive.to_str().unwrap()]);
+    let want = format!(
+        "Base image foreign:1 was pulled with platform \"linux/{other}\", expected \"linux/{host}\" for current build"
+    );
+
+    // A build (no RUN: it succeeds whatever the architecture) warns at FROM's line.
+    let err = build(&env, "foreign", "FROM foreign:1\nENV foo=bar\n", &[]);
+    let lines = summary_lines(&err, "InvalidBaseImagePlatform");
+    assert_eq!(
+        lines,
+        [format!(" - InvalidBaseImagePlatform: {want} (line 1)")],
+        "{err}"
+    );
+
+    // rbuild check reads the store too: rule, line and message in JSON.
+    let (code, v) = check_json(&env, "ARG BASE=foreign:1\nFROM ${BASE}\nENV foo=bar\n");
+    assert_eq!(code, 1);
+    let w: Vec<&Value> = v["warnings"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|w| w["rule"] == "InvalidBaseImagePlatform")
+        .collect();
+    assert_eq!(w.len(), 1, "{v}");
+    assert_eq!(w[0]["line"], 2);
+    assert_eq!(w[0]["message"], want);
+
+    // FROM --platform sets what is expected: the foreign image matches it, the
+    // host's busybox does not.
+    let df = format!(
+        "FROM --platform=linux/{other} foreign:1 AS {other}\nFROM --platform=linux/{other} busybox AS b{other}\nFROM busybox\nCOPY --from={other} /etc/seed /seed\n"
+    );
+    let (_, v) = check_json(&env, &df);
+    let w: Vec<(String, u64)> = rules(&v)
+        .into_iter()
+        .filter(|(r, _)| r == "InvalidBaseImagePlatform")
+        .collect();
+    assert_eq!(w, [("InvalidBaseImagePlatform".to_owned(), 2)], "{v}");
+    let msg = v["warnings"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|w| w["rule"] == "InvalidBaseImagePlatform")
+        .unwrap()["message"]
+        .clone();
+    assert_eq!(
+        msg,
+        format!(
+            "Base image busybox was pulled with platform \"linux/{host}\", expected \"linux/{other}\" for current build"
+        )
+    );
+
+    // A base the build pulls from a registry (not in the store before the build).
+    let reg = common::registry::Registry::start();
+    let remote = format!("{}/foreign:1", reg.host());
+    env.ok(&["tag", "foreign:1", &remote]);
+    env.ok(&["push", &remote]);
+    let fresh = Env::new();
+    let err = build(
+        &fresh,
+        "pulled",
+        &format!("FROM {remote}\nENV foo=bar\n"),
+        &[],
+    );
+    assert_eq!(
+        summary_lines(&err, "InvalidBaseImagePlatform"),
+        [format!(
+            " - InvalidBaseImagePlatform: Base image {remote} was pulled with platform \"linux/{other}\", expected \"linux/{host}\" for current build (line 1)"
+        )],
+        "{err}"
+    );
+
+    // The host's own image does not fire it; skip= silences it.
+    let err = build(&env, "native", "FROM busybox\nENV foo=bar\n", &[]);
+    assert!(
+        summary_lines(&err, "InvalidBaseImagePlatform").is_empty(),
+        "{err}"
+    );
+    let err = build(
+        &env,
+        "skipped",
+        "# check=skip=InvalidBaseImagePlatform\nFROM foreign:1\nENV foo=bar\n",
+        &[],
+    );
+    assert!(
+        summary_lines(&err, "InvalidBaseImagePlatform").is_empty(),
+        "{err}"
+    );
+}
+
+/// The host's architecture in GOARCH terms.
+fn rbuild_host_arch() -> &'static str {
+    match std::env::consts::ARCH {
+        "x86_64" => "amd64",
+        "aarch64" => "arm64",
+        other => panic!("this test knows amd64 and arm64 hosts, not {other}"),
+    }
 }

@@ -2,20 +2,20 @@
 //! store: `WastedSpace`, `BuildToolsInFinalImage`, `SecretInLayer`,
 //! `WorldWritableFile`, `SetuidFileAdded` (see `docs/checks/`).
 //!
-//! One walk over the layers the build added (those above the base image's): a
-//! layer kept as a snapshot is read from its upper directory (metadata only;
-//! overlay whiteouts are 0/0 character devices), another from its tar (headers;
-//! contents skipped). Only small files (up to [`SCAN_LIMIT`]) are read, for
-//! secrets and private keys. (A minimal walk of its own; the squash work's layer
-//! analysis may replace it.)
+//! The layers are read once, as the squasher reads them
+//! ([`crate::squash::index_layers`]: every entry's metadata, no contents); its
+//! merge of the stack ([`Squash::waste`]) gives the files a later layer deletes
+//! or overwrites (`WastedSpace`), the entries of the layers the build added
+//! (those above the base image's) give the modes and build tools, and only
+//! their small regular files (up to [`SCAN_LIMIT`]) are read, for secrets and
+//! private keys.
 
 use std::collections::BTreeMap;
-use std::io::Read as _;
-use std::os::unix::fs::{FileTypeExt as _, MetadataExt as _};
-use std::path::Path;
 
 use rbuild_frontend::lint::{CheckConfig, LintWarning, rule};
 use rbuild_image::{Digest, Store};
+use rbuild_snapshotter::squash::Squash;
+use rbuild_snapshotter::tarwrite::EntryKind;
 
 /// Files up to this size are read for secrets and private keys.
 pub const SCAN_LIMIT: u64 = 256 << 10;
@@ -32,23 +32,6 @@ pub struct ImageCheckInput<'a> {
     /// The Dockerfile has more than one stage.
     pub multi_stage: bool,
     pub config: &'a CheckConfig,
-}
-
-#[derive(Debug, Clone)]
-enum Kind {
-    File(u64),
-    Dir,
-    Other,
-    /// A whiteout of this path (and everything below it).
-    Whiteout,
-    /// Everything below this directory in lower layers is gone.
-    Opaque,
-}
-
-struct Entry {
-    path: String,
-    kind: Kind,
-    mode: u32,
 }
 
 const PRIVATE_KEY: &[u8] = b"PRIVATE KEY-----";
@@ -83,111 +66,6 @@ fn human(n: u64) -> String {
     format!("{mb:.1} MB")
 }
 
-/// Reads a layer's entries, and runs `content` on small regular files.
-fn layer_entries(
-    store: &Store,
-    d: &Digest,
-    content: &mut dyn FnMut(&str, &[u8]),
-) -> Result<Vec<Entry>, String> {
-    if let Some(upper) = store.layer_dir(d) {
-        return Ok(walk_upper(&upper, content));
-    }
-    let blob = store.open_blob(d).map_err(|e| e.to_string())?;
-    let mut ar = tar::Archive::new(blob);
-    let mut out = Vec::new();
-    for e in ar.entries().map_err(|e| e.to_string())? {
-        let mut e = e.map_err(|e| e.to_string())?;
-        let path = e
-            .path()
-            .map_err(|e| e.to_string())?
-            .to_string_lossy()
-            .into_owned();
-        let path = path
-            .trim_start_matches("./")
-            .trim_end_matches('/')
-            .to_owned();
-        let mode = e.header().mode().unwrap_or(0);
-        let (dir, name) = path.rsplit_once('/').unwrap_or(("", path.as_str()));
-        let kind = if name == ".wh..wh..opq" {
-            out.push(Entry {
-                path: dir.to_owned(),
-                kind: Kind::Opaque,
-                mode,
-            });
-            continue;
-        } else if let Some(real) = name.strip_prefix(".wh.") {
-            let p = if dir.is_empty() {
-                real.to_owned()
-            } else {
-                format!("{dir}/{real}")
-            };
-            out.push(Entry {
-                path: p,
-                kind: Kind::Whiteout,
-                mode,
-            });
-            continue;
-        } else if e.header().entry_type().is_file() {
-            let size = e.size();
-            if size <= SCAN_LIMIT {
-                let mut buf = Vec::new();
-                if e.read_to_end(&mut buf).is_ok() {
-                    content(&path, &buf);
-                }
-            }
-            Kind::File(size)
-        } else if e.header().entry_type().is_dir() {
-            Kind::Dir
-        } else {
-            Kind::Other
-        };
-        out.push(Entry { path, kind, mode });
-    }
-    Ok(out)
-}
-
-fn walk_upper(upper: &Path, content: &mut dyn FnMut(&str, &[u8])) -> Vec<Entry> {
-    let mut out = Vec::new();
-    let mut todo = vec![upper.to_path_buf()];
-    while let Some(d) = todo.pop() {
-        let Ok(rd) = std::fs::read_dir(&d) else {
-            continue;
-        };
-        for e in rd.flatten() {
-            let p = e.path();
-            let Ok(m) = std::fs::symlink_metadata(&p) else {
-                continue;
-            };
-            let rel = p
-                .strip_prefix(upper)
-                .map(|r| r.to_string_lossy().into_owned())
-                .unwrap_or_default();
-            let ft = m.file_type();
-            let kind = if ft.is_char_device() && m.rdev() == 0 {
-                Kind::Whiteout
-            } else if ft.is_dir() {
-                todo.push(p.clone());
-                Kind::Dir
-            } else if ft.is_file() {
-                if m.len() <= SCAN_LIMIT
-                    && let Ok(buf) = std::fs::read(&p)
-                {
-                    content(&rel, &buf);
-                }
-                Kind::File(m.len())
-            } else {
-                Kind::Other
-            };
-            out.push(Entry {
-                path: rel,
-                kind,
-                mode: m.mode() & 0o7777,
-            });
-        }
-    }
-    out
-}
-
 fn contains(hay: &[u8], needle: &[u8]) -> bool {
     !needle.is_empty() && hay.windows(needle.len()).any(|w| w == needle)
 }
@@ -199,7 +77,6 @@ pub fn image_checks(
     input: &ImageCheckInput<'_>,
 ) -> Result<Vec<LintWarning>, String> {
     let img = store.image(input.image).map_err(|e| e.to_string())?;
-    let diff_ids = img.diff_ids().to_vec();
     // The instruction behind each layer: the history entries that made one.
     let created: Vec<String> = img
         .config
@@ -228,100 +105,62 @@ pub fn image_checks(
         }
     };
 
-    // path -> (size, layer) of the files alive so far.
-    let mut alive: BTreeMap<String, (u64, usize)> = BTreeMap::new();
-    // (adding layer, removing layer) -> bytes
-    let mut wasted: BTreeMap<(usize, usize), u64> = BTreeMap::new();
+    let layers = crate::squash::index_layers(store, &img).map_err(|e| e.to_string())?;
     let mut secrets_found: Vec<(String, usize, &str)> = Vec::new();
     let mut tools: Vec<String> = Vec::new();
     let mut writable: Vec<String> = Vec::new();
     let mut setuid: Vec<String> = Vec::new();
-    let scan_secrets = enabled("SecretInLayer");
-    for (i, d) in diff_ids.iter().enumerate() {
-        let added = i >= input.base_layers;
-        let mut found: Vec<(String, &str)> = Vec::new();
-        let mut content = |path: &str, buf: &[u8]| {
-            if !added || !scan_secrets {
-                return;
-            }
-            if contains(buf, PRIVATE_KEY) && contains(buf, b"-----BEGIN ") {
-                found.push((path.to_owned(), "a private key"));
-            } else if input
-                .secrets
-                .iter()
-                .any(|s| s.len() >= 4 && contains(buf, s))
-            {
-                found.push((path.to_owned(), "the value of a --secret"));
-            }
-        };
-        let entries = layer_entries(store, d, &mut content)?;
-        secrets_found.extend(found.into_iter().map(|(p, w)| (p, i, w)));
-        for e in &entries {
-            let remove_below = |alive: &mut BTreeMap<String, (u64, usize)>,
-                                wasted: &mut BTreeMap<(usize, usize), u64>,
-                                prefix: &str,
-                                include_self: bool| {
-                let keys: Vec<String> = alive
-                    .range(prefix.to_owned()..)
-                    .take_while(|(k, _)| k.starts_with(prefix))
-                    .filter(|(k, _)| {
-                        (include_self && k.as_str() == prefix)
-                            || k[prefix.len()..].starts_with('/')
-                            || prefix.is_empty()
-                    })
-                    .map(|(k, _)| k.clone())
-                    .collect();
-                for k in keys {
-                    if let Some((size, layer)) = alive.remove(&k)
-                        && layer < i
+    for (i, layer) in layers.iter().enumerate().skip(input.base_layers) {
+        if enabled("SecretInLayer") {
+            layer
+                .read_small_files(SCAN_LIMIT, &mut |meta, buf| {
+                    let what = if contains(buf, PRIVATE_KEY) && contains(buf, b"-----BEGIN ") {
+                        "a private key"
+                    } else if input
+                        .secrets
+                        .iter()
+                        .any(|s| s.len() >= 4 && contains(buf, s))
                     {
-                        *wasted.entry((layer, i)).or_default() += size;
-                    }
-                }
-            };
-            match e.kind {
-                Kind::Whiteout => remove_below(&mut alive, &mut wasted, &e.path, true),
-                Kind::Opaque => remove_below(&mut alive, &mut wasted, &e.path, false),
-                Kind::File(size) => {
-                    if let Some((old, layer)) = alive.insert(e.path.clone(), (size, i))
-                        && layer < i
-                    {
-                        *wasted.entry((layer, i)).or_default() += old;
-                    }
-                }
-                Kind::Dir | Kind::Other => {
-                    if let Some((old, layer)) = alive.remove(&e.path)
-                        && layer < i
-                    {
-                        *wasted.entry((layer, i)).or_default() += old;
-                    }
-                }
+                        "the value of a --secret"
+                    } else {
+                        return;
+                    };
+                    let path = String::from_utf8_lossy(&meta.path).into_owned();
+                    secrets_found.push((path, i, what));
+                })
+                .map_err(|e| e.to_string())?;
+        }
+        for e in layer.entries() {
+            let path = String::from_utf8_lossy(&e.path);
+            let is_file = e.kind == EntryKind::File;
+            let is_dir = e.kind == EntryKind::Dir;
+            if input.multi_stage && is_file && is_build_tool(&path) {
+                tools.push(path.clone().into_owned());
             }
-            if !added {
-                continue;
-            }
-            let is_file = matches!(e.kind, Kind::File(_));
-            if input.multi_stage && is_file && is_build_tool(&e.path) {
-                tools.push(e.path.clone());
-            }
-            let sticky_dir = matches!(e.kind, Kind::Dir) && e.mode & 0o1000 != 0;
-            if (is_file || matches!(e.kind, Kind::Dir)) && e.mode & 0o002 != 0 && !sticky_dir {
-                writable.push(e.path.clone());
+            let sticky_dir = is_dir && e.mode & 0o1000 != 0;
+            if (is_file || is_dir) && e.mode & 0o002 != 0 && !sticky_dir {
+                writable.push(path.clone().into_owned());
             }
             if is_file && e.mode & 0o6000 != 0 {
-                setuid.push(e.path.clone());
+                setuid.push(path.into_owned());
             }
         }
     }
 
-    let total: u64 = wasted
-        .iter()
-        .filter(|((_, by), _)| *by >= input.base_layers)
-        .map(|(_, b)| b)
-        .sum();
-    if enabled("WastedSpace") && total >= WASTE_THRESHOLD {
+    // (adding layer, removing layer) -> bytes, for removals by the build's layers.
+    let mut wasted: BTreeMap<(usize, usize), u64> = BTreeMap::new();
+    if enabled("WastedSpace") && layers.len() > input.base_layers {
+        let merged = Squash::new(&layers, 0).map_err(|e| e.to_string())?;
+        for w in merged.waste() {
+            if w.by_layer >= input.base_layers {
+                *wasted.entry((w.layer, w.by_layer)).or_default() += w.size;
+            }
+        }
+    }
+    let total: u64 = wasted.values().sum();
+    if total >= WASTE_THRESHOLD {
         for ((from, by), bytes) in &wasted {
-            if *by < input.base_layers || *bytes == 0 {
+            if *bytes == 0 {
                 continue;
             }
             warn(
@@ -353,7 +192,7 @@ pub fn image_checks(
             ),
         );
     }
-    if scan_secrets {
+    if enabled("SecretInLayer") {
         for (p, layer, what) in &secrets_found {
             warn(
                 &mut warnings,

@@ -201,7 +201,7 @@ fn percent(before: u64, after: u64) -> String {
 }
 
 /// Reads the entries of every layer of `img` (not their contents).
-fn index_layers(store: &Store, img: &Image) -> Result<Vec<LayerIndex>, SquashError> {
+pub(crate) fn index_layers(store: &Store, img: &Image) -> Result<Vec<LayerIndex>, SquashError> {
     let inputs = img
         .diff_ids()
         .iter()

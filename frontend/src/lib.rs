@@ -34,6 +34,7 @@ mod error;
 pub mod gitref;
 pub mod lint;
 mod plan;
+mod scope;
 mod util;
 
 pub use error::{FrontendError, ResolveError};

@@ -20,6 +20,10 @@ use rbuild_parser::shell::{Lexer, ShellError, ShellErrorKind, human_size_exact};
 use rbuild_parser::{Command, Dockerfile, Heredoc, Instruction, InstructionKind, Mount, Span};
 
 use crate::error::{FrontendError, ResolveError};
+use crate::scope::{
+    ArgValue, add_or_replace as env_set, arg_value, get as env_get,
+    set_in_place as env_set_in_place,
+};
 use crate::util::{
     clean, dest_path, go_duration, go_quote_list, join, parse_chmod, parse_chown, parse_port_spec,
     ram_in_bytes, valid_signal,
@@ -337,25 +341,6 @@ impl Run {
             self.st.state = Some(l);
         }
     }
-}
-
-/// `llb.EnvList.AddOrReplace`: a name set again moves to the end.
-fn env_set(env: &mut Vec<(String, String)>, k: &str, v: &str) {
-    env.retain(|(ek, _)| ek != k);
-    env.push((k.to_owned(), v.to_owned()));
-}
-
-/// Sets in place, keeping the first position (`runCommandString`'s list).
-fn env_set_in_place(env: &mut Vec<(String, String)>, k: &str, v: &str) {
-    if let Some(e) = env.iter_mut().find(|(ek, _)| ek == k) {
-        v.clone_into(&mut e.1);
-    } else {
-        env.push((k.to_owned(), v.to_owned()));
-    }
-}
-
-fn env_get<'a>(env: &'a [(String, String)], k: &str) -> Option<&'a str> {
-    env.iter().find(|(ek, _)| ek == k).map(|(_, v)| v.as_str())
 }
 
 fn config_env_set(env: &mut Vec<String>, k: &str, v: &str) {
@@ -767,17 +752,8 @@ impl Planner<'_> {
             .or_else(|| opts.target.clone().filter(|t| !t.is_empty()))
             .or(last_name)
             .unwrap_or_else(|| "default".to_owned());
-        for (k, v) in [
-            ("TARGETSTAGE", target_stage),
-            ("BUILDPLATFORM", bp.to_string()),
-            ("BUILDOS", bp.os.clone()),
-            ("BUILDARCH", bp.architecture.clone()),
-            ("BUILDVARIANT", bp.variant.clone().unwrap_or_default()),
-            ("TARGETPLATFORM", tp.to_string()),
-            ("TARGETOS", tp.os.clone()),
-            ("TARGETARCH", tp.architecture.clone()),
-            ("TARGETVARIANT", tp.variant.clone().unwrap_or_default()),
-        ] {
+        env_set(&mut self.global, "TARGETSTAGE", &target_stage);
+        for (k, v) in crate::scope::platform_args(bp, tp, false) {
             env_set(&mut self.global, k, &v);
         }
         let mut iter = df.instructions.iter().peekable();
@@ -787,17 +763,19 @@ impl Planner<'_> {
             };
             for def in &arg.args {
                 self.declared.insert(def.name.clone());
-                let value = if let Some(v) = opts.build_args.get(&def.name) {
+                let global = self.global.clone();
+                let value = arg_value(
+                    &def.name,
+                    def.default.as_deref(),
+                    &opts.build_args,
+                    None,
+                    |d| self.expand(d, &global, ins),
+                )?;
+                if let Some(ArgValue::BuildArg(v)) = &value {
                     self.charge(v.len(), ins, || format!("ARG {}", def.name))?;
-                    Some(v.clone())
-                } else if let Some(d) = &def.default {
-                    let global = self.global.clone();
-                    Some(self.expand(d, &global, ins)?)
-                } else {
-                    None
-                };
+                }
                 if let Some(v) = value {
-                    env_set(&mut self.global, &def.name, &v);
+                    env_set(&mut self.global, &def.name, &v.into_string());
                 }
             }
         }
@@ -1118,14 +1096,7 @@ impl Planner<'_> {
     }
 
     fn reachable(&self, target: usize) -> BTreeSet<usize> {
-        let mut seen = BTreeSet::new();
-        let mut stack = vec![target];
-        while let Some(s) = stack.pop() {
-            if seen.insert(s) {
-                stack.extend(self.edges(s));
-            }
-        }
-        seen
+        crate::util::reachable(target, |s| self.edges(s))
     }
 
     fn check_cycles(&self) -> Result<(), FrontendError> {
@@ -1330,17 +1301,18 @@ impl Planner<'_> {
                 let mut parts = Vec::new();
                 for def in &a.args {
                     self.declared.insert(def.name.clone());
-                    let mut value = None;
                     let what = || format!("ARG {}", def.name);
-                    if let Some(v) = self.opts.build_args.get(&def.name) {
+                    let value = arg_value(
+                        &def.name,
+                        def.default.as_deref(),
+                        &self.opts.build_args,
+                        Some(&self.global),
+                        |d| self.expand(d, &run.st.env, ins),
+                    )?;
+                    if let Some(ArgValue::BuildArg(v) | ArgValue::Global(v)) = &value {
                         self.charge(v.len(), ins, what)?;
-                        value = Some(v.clone());
-                    } else if let Some(d) = &def.default {
-                        value = Some(self.expand(d, &run.st.env, ins)?);
-                    } else if let Some(g) = env_get(&self.global, &def.name) {
-                        self.charge(g.len(), ins, what)?;
-                        value = Some(g.to_owned());
                     }
+                    let value = value.map(ArgValue::into_string);
                     if let Some(v) = &value {
                         env_set(&mut run.st.env, &def.name, v);
                         parts.push(format!("{}={v}", def.name));

@@ -50,7 +50,7 @@ fn run_case(dir: &Path, all_stages: bool) -> LintReport {
         dockerignore: ignore.as_deref(),
         platform: &platform,
         build_platform: &platform,
-        base_env: &|_| None,
+        base_image: &|_| None,
         context: rbuild_frontend::lint::own::ContextFacts::default(),
         rbuild_rules: false,
     };

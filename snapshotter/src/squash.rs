@@ -80,6 +80,46 @@ impl LayerIndex {
     pub fn is_empty(&self) -> bool {
         self.items.is_empty()
     }
+
+    /// The layer's entries in order (whiteouts and opaque markers left out).
+    pub fn entries(&self) -> impl Iterator<Item = &EntryMeta> {
+        self.items.iter().filter_map(|i| match i {
+            Item::Entry { meta, .. } => Some(meta),
+            Item::Whiteout(_) | Item::Opaque(_) => None,
+        })
+    }
+
+    /// Calls `f` with the bytes of every regular file of the layer up to
+    /// `limit` bytes, in order (one open of a tar input, a seek per file).
+    pub fn read_small_files(&self, limit: u64, f: &mut dyn FnMut(&EntryMeta, &[u8])) -> Result<()> {
+        let mut tar = None;
+        let mut buf = Vec::new();
+        for item in &self.items {
+            let Item::Entry { meta, data } = item else {
+                continue;
+            };
+            if meta.kind != EntryKind::File || meta.size > limit {
+                continue;
+            }
+            buf.clear();
+            match &self.input {
+                LayerInput::Tar(path) => {
+                    if tar.is_none() {
+                        tar = Some(fs_err::File::open(path)?);
+                    }
+                    let file = tar.as_mut().expect("opened");
+                    file.seek(SeekFrom::Start(*data))?;
+                    file.take(meta.size).read_to_end(&mut buf)?;
+                }
+                LayerInput::Upper { dir, .. } => {
+                    let path = dir.join(std::ffi::OsStr::from_bytes(&meta.path));
+                    fs_err::File::open(path)?.read_to_end(&mut buf)?;
+                }
+            }
+            f(meta, &buf);
+        }
+        Ok(())
+    }
 }
 
 fn shown(path: &[u8]) -> String {

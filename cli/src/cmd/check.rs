@@ -40,6 +40,9 @@ pub struct CheckArgs {
     /// Output format
     #[arg(long, value_enum, default_value_t = Format::Text)]
     format: Format,
+    /// Print what a rule checks and why (rbuild's rules: their page, built in)
+    #[arg(long, value_name = "RULE")]
+    explain: Option<String>,
     /// The build context (a directory)
     #[arg(value_name = "CONTEXT", default_value = ".")]
     context: PathBuf,
@@ -85,17 +88,15 @@ fn context_size(dir: &Path, limit: u64) -> u64 {
     total
 }
 
-/// The `Env` of `reference`'s config when the local store has it (no pull).
-fn store_env(root: &Path) -> impl Fn(&str) -> Option<Vec<String>> {
+/// `reference`'s config when the local store has it (no pull: `rbuild check`
+/// reads what is there; a build pulls first, see [`after_build`]).
+fn store_config(root: &Path) -> impl Fn(&str) -> Option<rbuild_oci::ImageConfig> {
     let store = rbuild_engine::StateLayout::new(root)
         .index_json()
         .exists()
         .then(|| rbuild_image::Store::open(root).ok())
         .flatten();
-    move |reference: &str| {
-        let img = store.as_ref()?.find(reference).ok()?;
-        Some(img.config.config.env.clone())
-    }
+    move |reference: &str| Some(store.as_ref()?.find(reference).ok()?.config)
 }
 
 /// Runs the static checks.
@@ -103,7 +104,7 @@ pub fn static_report(i: &Inputs<'_>) -> LintReport {
     let platform = rbuild_frontend::Platform::host();
     let has_ignore = i.ignore.is_some();
     let size = (!has_ignore).then(|| context_size(i.context, LARGE_CONTEXT));
-    let env = store_env(i.root);
+    let base_image = store_config(i.root);
     let opts = lint::LintOptions {
         build_args: i.build_args,
         target: i.target,
@@ -111,7 +112,7 @@ pub fn static_report(i: &Inputs<'_>) -> LintReport {
         dockerignore: i.ignore,
         platform: &platform,
         build_platform: &platform,
-        base_env: &env,
+        base_image: &base_image,
         context: ContextFacts {
             size,
             has_dockerignore: has_ignore,
@@ -125,7 +126,39 @@ pub fn static_report(i: &Inputs<'_>) -> LintReport {
     }
 }
 
+/// `rbuild check --explain RULE`: an rbuild rule's page (`docs/checks/RULE.md`,
+/// built in), or a `BuildKit` rule's description and documentation URL.
+fn explain(name: &str) -> anyhow::Result<String> {
+    let Some(rule) = lint::rule(name) else {
+        let names = lint::RULES.iter().map(|r| r.name);
+        let hint = names
+            .clone()
+            .find(|n| n.eq_ignore_ascii_case(name))
+            .map(|n| format!(" (did you mean {n}?)"))
+            .unwrap_or_default();
+        return Err(anyhow!("no check is called {name:?}{hint}"));
+    };
+    if let Some(page) = lint::doc_page(rule.name) {
+        return Ok(page.to_owned());
+    }
+    let url = if rule.url.is_empty() {
+        String::new()
+    } else {
+        format!("\n{}\n", rule.url)
+    };
+    Ok(format!(
+        "# {}\n\nBuildKit's check: {}\n{url}",
+        rule.name, rule.description
+    ))
+}
+
 pub fn run(args: &CheckArgs, root: &Path) -> anyhow::Result<ExitCode> {
+    if let Some(name) = &args.explain {
+        std::io::stdout()
+            .lock()
+            .write_all(explain(name)?.as_bytes())?;
+        return Ok(ExitCode::SUCCESS);
+    }
     let context = &args.context;
     if !context.is_dir() {
         return Err(anyhow!("context {} is not a directory", context.display()));
@@ -279,7 +312,14 @@ pub fn sarif(warnings: &[LintWarning], artifact: &str) -> serde_json::Value {
                 "defaultConfiguration": {"level": "warning"},
                 "properties": {"origin": r.origin, "experimental": r.experimental},
             });
-            if r.url.is_empty() {
+            if let Some(page) = lint::doc_page(r.name) {
+                // rbuild's rules: the page itself (their `url` is its path in
+                // the repository, which has no public address to link to).
+                rule["help"] = json!({
+                    "text": format!("{} ({})", r.description, r.url),
+                    "markdown": page,
+                });
+            } else if r.url.is_empty() {
                 rule["help"] = json!({"text": r.description});
             } else {
                 rule["helpUri"] = json!(r.url);
@@ -315,7 +355,6 @@ pub fn sarif(warnings: &[LintWarning], artifact: &str) -> serde_json::Value {
         "runs": [{
             "tool": {"driver": {
                 "name": "rbuild",
-                "informationUri": "https://example.invalid/rbuild",
                 "version": env!("CARGO_PKG_VERSION"),
                 "rules": rules,
             }},
@@ -416,6 +455,17 @@ pub fn after_build(
     if checks_off() {
         return;
     }
+    if report.unresolved_bases > 0 {
+        // Base images the build pulled: now in the store, their platform is checked.
+        let after = for_build(req, false, &req.build.state_root);
+        let pulled: Vec<LintWarning> = after
+            .warnings
+            .into_iter()
+            .filter(|w| w.rule == "InvalidBaseImagePlatform" && !warnings.contains(w))
+            .collect();
+        warnings.extend(pulled);
+        lint::sort_warnings(&mut warnings);
+    }
     if let Some(id) = image
         && req.output == super::build::OutputSpec::Store
     {
@@ -424,47 +474,6 @@ pub fn after_build(
     let _ = std::io::stderr()
         .lock()
         .write_all(build_summary(&warnings, mode).as_bytes());
-}
-
-/// The final stage's base image reference (`None` for scratch), following
-/// `FROM <stage>` and expanding the meta ARGs.
-fn final_base(req: &super::build::Request) -> Option<String> {
-    use rbuild_parser::InstructionKind;
-    let b = &req.build;
-    let lexer = rbuild_parser::shell::Lexer::new(b.dockerfile.directives.escape);
-    let mut meta: Vec<(String, String)> = Vec::new();
-    let mut stages: Vec<(Option<String>, String)> = Vec::new();
-    for ins in &b.dockerfile.instructions {
-        match &ins.kind {
-            InstructionKind::From(f) => stages.push((f.alias.clone(), f.image.clone())),
-            InstructionKind::Arg(a) if stages.is_empty() => {
-                for d in &a.args {
-                    if let Some(v) = b.build_args.get(&d.name).or(d.default.as_ref()) {
-                        let v = lexer.expand(v, &meta).unwrap_or_else(|_| v.clone());
-                        meta.push((d.name.clone(), v));
-                    }
-                }
-            }
-            _ => {}
-        }
-    }
-    let mut i = match &b.target {
-        Some(t) => stages
-            .iter()
-            .position(|(a, _)| a.as_deref() == Some(t.to_lowercase().as_str()))?,
-        None => stages.len().checked_sub(1)?,
-    };
-    for _ in 0..stages.len() {
-        let image = lexer.expand(&stages[i].1, &meta).ok()?;
-        match stages[..i]
-            .iter()
-            .position(|(a, _)| a.as_deref() == Some(image.to_lowercase().as_str()))
-        {
-            Some(j) => i = j,
-            None => return (image != "scratch").then_some(image),
-        }
-    }
-    None
 }
 
 fn image_checks(
@@ -478,8 +487,10 @@ fn image_checks(
     let Ok(img) = store.image(id) else {
         return Vec::new();
     };
-    let base_layers = final_base(req)
-        .and_then(|r| store.find(&r).ok())
+    let base_layers = report
+        .final_base
+        .as_ref()
+        .and_then(|r| store.find(r).ok())
         .map_or(0, |base| {
             base.diff_ids()
                 .iter()

@@ -15,6 +15,7 @@ use rbuild_patterns::PatternMatcher;
 
 use super::config::{CheckConfig, check_directive, is_directive_line};
 use super::{LintFailure, LintOptions, LintReport, Sink, suggest_search, violation};
+use crate::scope::{self, ArgValue, arg_value};
 
 /// Args that never reach the environment (`nonEnvArgs`).
 const NON_ENV_ARGS: &[&str] = &["BUILDKIT_SBOM_SCAN_CONTEXT", "BUILDKIT_SBOM_SCAN_STAGE"];
@@ -23,21 +24,14 @@ const DEFAULT_PATH: &str = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/s
 
 /// An ordered environment (`llb.EnvList`): a later set replaces in place.
 #[derive(Debug, Clone, Default)]
-struct EnvList(Vec<(String, String)>);
+struct EnvList(scope::Vars);
 
 impl EnvList {
     fn set(&mut self, k: &str, v: &str) {
-        if let Some(e) = self.0.iter_mut().find(|(ek, _)| ek == k) {
-            v.clone_into(&mut e.1);
-        } else {
-            self.0.push((k.to_owned(), v.to_owned()));
-        }
+        scope::set_in_place(&mut self.0, k, v);
     }
     fn get(&self, k: &str) -> Option<&str> {
-        self.0
-            .iter()
-            .find(|(ek, _)| ek == k)
-            .map(|(_, v)| v.as_str())
+        scope::get(&self.0, k)
     }
     fn keys(&self) -> impl Iterator<Item = &str> {
         self.0.iter().map(|(k, _)| k.as_str())
@@ -99,6 +93,10 @@ struct Stage<'a> {
     comments: Vec<String>,
     /// The earlier stage this one is based on (after FROM's expansion).
     base: Option<usize>,
+    /// FROM's image name after the meta ARGs' expansion.
+    base_name: Option<String>,
+    /// FROM's `--platform` after the meta ARGs' expansion.
+    platform_value: Option<String>,
 }
 
 #[derive(Clone, Default)]
@@ -119,6 +117,10 @@ struct Ctx<'a> {
     lexer: Lexer,
     sink: Sink,
     ignore: Option<PatternMatcher>,
+    /// Base images [`LintOptions::base_image`] did not know.
+    unresolved_bases: usize,
+    /// The image at the bottom of the target's stage chain.
+    final_base: Option<String>,
 }
 
 fn build_err(message: String, span: &Span) -> LintFailure {
@@ -158,6 +160,8 @@ pub(super) fn run(src: &str, df: &Dockerfile, opts: &LintOptions<'_>) -> LintRep
         lexer: Lexer::new(df.directives.escape),
         sink: Sink::default(),
         ignore,
+        unresolved_bases: 0,
+        final_base: None,
     };
     let result = ctx.walk(df);
     report.warnings = std::mem::take(&mut ctx.sink.warnings);
@@ -169,6 +173,8 @@ pub(super) fn run(src: &str, df: &Dockerfile, opts: &LintOptions<'_>) -> LintRep
         Ok(()) => None,
     };
     report.config = cfg;
+    report.unresolved_bases = ctx.unresolved_bases;
+    report.final_base = ctx.final_base;
     report
 }
 
@@ -204,6 +210,8 @@ impl Ctx<'_> {
                     commands: Vec::new(),
                     comments: self.comments_of(ins).to_vec(),
                     base: None,
+                    base_name: None,
+                    platform_value: None,
                 }),
                 _ => match stages.last_mut() {
                     Some(st) => st.commands.push(ins),
@@ -296,19 +304,9 @@ impl Ctx<'_> {
         let bp = self.opts.build_platform;
         let tp = self.opts.platform;
         let mut defaults = EnvList::default();
-        for (k, v) in [
-            ("BUILDPLATFORM", bp.to_string()),
-            ("BUILDOS", bp.os.clone()),
-            ("BUILDOSVERSION", String::new()),
-            ("BUILDARCH", bp.architecture.clone()),
-            ("BUILDVARIANT", bp.variant.clone().unwrap_or_default()),
-            ("TARGETPLATFORM", tp.to_string()),
-            ("TARGETOS", tp.os.clone()),
-            ("TARGETOSVERSION", String::new()),
-            ("TARGETARCH", tp.architecture.clone()),
-            ("TARGETVARIANT", tp.variant.clone().unwrap_or_default()),
-            ("TARGETSTAGE", target_name),
-        ] {
+        let mut predefined = scope::platform_args(bp, tp, true);
+        predefined.push(("TARGETSTAGE", target_name));
+        for (k, v) in predefined {
             let v = self.opts.build_args.get(k).cloned().unwrap_or(v);
             defaults.set(k, &v);
         }
@@ -365,6 +363,7 @@ impl Ctx<'_> {
             stages[i].base = stages[..i]
                 .iter()
                 .position(|s| s.name.as_deref() == Some(base_name.as_str()));
+            stages[i].base_name = Some(m.result.clone());
             if let Some(p) = stages[i].platform {
                 let pm = match self.lexer.process_word(p, &global.0) {
                     Ok(pm) => pm,
@@ -374,6 +373,7 @@ impl Ctx<'_> {
                     }
                 };
                 self.unused_from_args(&cfg, &arg_keys, &pm.unmatched, &span);
+                stages[i].platform_value = Some(pm.result.clone());
                 if pm.matched.len() == 1
                     && pm.unmatched.is_empty()
                     && pm.matched.contains("TARGETPLATFORM")
@@ -452,6 +452,40 @@ impl Ctx<'_> {
             }
         };
         let reachable = reachable_stages(&stages, target);
+        let mut bottom = target;
+        for _ in 0..stages.len() {
+            match stages[bottom].base {
+                Some(b) => bottom = b,
+                None => break,
+            }
+        }
+        self.final_base = stages[bottom].base_name.clone().filter(|n| n != "scratch");
+
+        // resolveBaseImage: the base images' configs, and their platforms checked.
+        let mut bases: Vec<Option<rbuild_oci::ImageConfig>> = vec![None; stages.len()];
+        for (i, st) in stages.iter().enumerate() {
+            if !self.opts.all_stages && !reachable.contains(&i) {
+                continue;
+            }
+            let Some(name) = st.base_name.as_deref() else {
+                continue;
+            };
+            if st.base.is_some() || name == "scratch" {
+                continue;
+            }
+            bases[i] = (self.opts.base_image)(name);
+            match &bases[i] {
+                Some(img) => {
+                    let expected = st
+                        .platform_value
+                        .as_deref()
+                        .and_then(rbuild_oci::Platform::parse)
+                        .unwrap_or_else(|| self.opts.platform.clone());
+                    self.base_platform(&file_cfg, name, &expected, img, &st.from.span);
+                }
+                None => self.unresolved_bases += 1,
+            }
+        }
 
         // dispatch
         let mut finals: Vec<Option<StageState>> = vec![None; stages.len()];
@@ -469,14 +503,8 @@ impl Ctx<'_> {
             } else {
                 {
                     let mut s = StageState::default();
-                    let image = self
-                        .lexer
-                        .expand(stages[i].image, &global.0)
-                        .unwrap_or_default();
-                    if image != "scratch"
-                        && let Some(env) = (self.opts.base_env)(&image)
-                    {
-                        for e in env {
+                    if let Some(img) = &bases[i] {
+                        for e in &img.config.env {
                             let (k, v) = e.split_once('=').unwrap_or((e.as_str(), ""));
                             s.env.set(k, v);
                         }
@@ -493,6 +521,36 @@ impl Ctx<'_> {
             finals[i] = Some(st);
         }
         Ok(())
+    }
+
+    /// `validateBaseImagePlatform`: the base image's OS or architecture is not
+    /// the one the stage is built for (`FROM --platform`, else the target's).
+    fn base_platform(
+        &mut self,
+        cfg: &CheckConfig,
+        name: &str,
+        expected: &rbuild_oci::Platform,
+        img: &rbuild_oci::ImageConfig,
+        span: &Span,
+    ) {
+        if img.os == expected.os && img.architecture == expected.architecture {
+            return;
+        }
+        let actual = rbuild_oci::Platform {
+            os: img.os.clone(),
+            architecture: img.architecture.clone(),
+            variant: img.variant.clone(),
+        };
+        self.warn(
+            cfg,
+            "InvalidBaseImagePlatform",
+            span,
+            format!(
+                "Base image {name} was pulled with platform {}, expected {} for current build",
+                go_quote(&format_all(&actual, img.os_version.as_deref())),
+                go_quote(&format_all(expected, None))
+            ),
+        );
     }
 
     fn empty_continuations(&mut self, warnings: &[rbuild_parser::Warning]) {
@@ -633,21 +691,22 @@ impl Ctx<'_> {
     ) -> Result<(EnvList, BTreeSet<String>), LintFailure> {
         let mut env = defaults.clone();
         let mut all = BTreeSet::new();
+        let none = BTreeMap::new();
         for (ins, arg) in meta {
             for def in &arg.args {
-                let value = match build_args.and_then(|b| b.get(&def.name)) {
-                    Some(v) => Some(v.clone()),
-                    None => match &def.default {
-                        Some(d) => Some(
-                            self.lexer
-                                .expand(d, &env.0)
-                                .map_err(|e| build_err(e.to_string(), &ins.span))?,
-                        ),
-                        None => None,
+                let value = arg_value(
+                    &def.name,
+                    def.default.as_deref(),
+                    build_args.unwrap_or(&none),
+                    None,
+                    |d| {
+                        self.lexer
+                            .expand(d, &env.0)
+                            .map_err(|e| build_err(e.to_string(), &ins.span))
                     },
-                };
+                )?;
                 if let Some(v) = value {
-                    env.set(&def.name, &v);
+                    env.set(&def.name, &v.into_string());
                 }
                 all.insert(def.name.clone());
             }
@@ -862,14 +921,14 @@ impl Ctx<'_> {
             InstructionKind::Arg(a) => {
                 for def in &a.args {
                     self.secret_key(&cfg, "ARG", &def.name, ins);
-                    let mut value = None;
-                    if let Some(v) = self.opts.build_args.get(&def.name) {
-                        value = Some(v.clone());
-                    } else if let Some(d) = &def.default {
-                        value = Some(self.expand(&cfg, st, ins, d, lx)?);
-                    } else if let Some(v) = global.get(&def.name) {
-                        value = Some(v.to_owned());
-                    }
+                    let value = arg_value(
+                        &def.name,
+                        def.default.as_deref(),
+                        self.opts.build_args,
+                        Some(&global.0),
+                        |d| self.expand(&cfg, st, ins, d, lx),
+                    )?
+                    .map(ArgValue::into_string);
                     if let Some(v) = value
                         && !NON_ENV_ARGS.contains(&def.name.as_str())
                     {
@@ -991,6 +1050,26 @@ impl Ctx<'_> {
 }
 
 /// containerd's `platforms.Parse` errors (the part of them rbuild can tell).
+/// containerd's `platforms.FormatAll(platforms.Normalize(p))`:
+/// `os[(os.version)]/arch[/variant]`, `arm64/v8` as `arm64`, `arm` as `arm/v7`.
+fn format_all(p: &rbuild_oci::Platform, os_version: Option<&str>) -> String {
+    let mut raw = format!("{}/{}", p.os, p.architecture);
+    if let Some(v) = p.variant.as_deref().filter(|v| !v.is_empty()) {
+        raw.push('/');
+        raw.push_str(v);
+    }
+    let n = rbuild_oci::Platform::parse(&raw).unwrap_or_else(|| p.clone());
+    let mut out = n.os.clone();
+    if let Some(v) = os_version.filter(|v| !v.is_empty()) {
+        let _ = write!(out, "({v})");
+    }
+    let _ = write!(out, "/{}", n.architecture);
+    if let Some(v) = &n.variant {
+        let _ = write!(out, "/{v}");
+    }
+    out
+}
+
 fn platform_error(s: &str) -> Option<String> {
     let ok = |c: &str| {
         !c.is_empty()
@@ -1088,6 +1167,8 @@ pub(super) fn run_parse_error(
         lexer: Lexer::new(ast.directives.escape),
         sink: Sink::default(),
         ignore: None,
+        unresolved_bases: 0,
+        final_base: None,
     };
     ctx.empty_continuations(&ast.warnings);
     ctx.parse_level(&df.instructions);
@@ -1136,15 +1217,8 @@ fn reachable_stages(stages: &[Stage<'_>], target: usize) -> BTreeSet<usize> {
             .iter()
             .position(|s| s.name.as_deref() == Some(r.as_str()))
     };
-    let mut out = BTreeSet::new();
-    let mut todo = vec![target];
-    while let Some(i) = todo.pop() {
-        if !out.insert(i) {
-            continue;
-        }
-        if let Some(b) = stages[i].base {
-            todo.push(b);
-        }
+    crate::util::reachable(target, |i| {
+        let mut edges: Vec<usize> = stages[i].base.into_iter().collect();
         for ins in &stages[i].commands {
             let froms: Vec<&str> = match &ins.kind {
                 InstructionKind::Copy(c) => c.from.iter().map(String::as_str).collect(),
@@ -1160,10 +1234,10 @@ fn reachable_stages(stages: &[Stage<'_>], target: usize) -> BTreeSet<usize> {
                     .collect(),
                 _ => Vec::new(),
             };
-            todo.extend(froms.into_iter().filter_map(find));
+            edges.extend(froms.into_iter().filter_map(find));
         }
-    }
-    out
+        edges
+    })
 }
 
 #[cfg(test)]

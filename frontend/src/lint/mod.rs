@@ -60,8 +60,40 @@ const fn bk(name: &'static str, description: &'static str, url: &'static str) ->
     }
 }
 
-/// Where rbuild's own rule documentation lives (`docs/checks/NAME.md` in the repository).
-pub const OWN_DOCS: &str = "https://example.invalid/rbuild/blob/main/docs/checks/";
+/// Where rbuild's own rule documentation lives: `docs/checks/NAME.md` in the
+/// repository, the `url` of those rules (a path relative to the repository:
+/// the project has no public address yet). The same pages are built into the
+/// binary ([`doc_page`], `rbuild check --explain NAME`).
+pub const OWN_DOCS: &str = "docs/checks/";
+
+/// The documentation page of one of rbuild's own rules (`docs/checks/NAME.md`,
+/// embedded at build time).
+pub fn doc_page(name: &str) -> Option<&'static str> {
+    macro_rules! pages {
+        ($($rule:literal),* $(,)?) => {
+            match name {
+                $($rule => Some(include_str!(concat!("../../../docs/checks/", $rule, ".md"))),)*
+                _ => None,
+            }
+        };
+    }
+    pages!(
+        "AptUpdateAlone",
+        "AptListsNotCleaned",
+        "AptNoRecommends",
+        "AddForLocalFile",
+        "LatestOrUntaggedBase",
+        "CdInRun",
+        "CopyAllBeforeDependencies",
+        "TooManyLayers",
+        "LargeContextWithoutDockerignore",
+        "WastedSpace",
+        "BuildToolsInFinalImage",
+        "SecretInLayer",
+        "WorldWritableFile",
+        "SetuidFileAdded",
+    )
+}
 
 const fn own(name: &'static str, description: &'static str, url: &'static str) -> RuleInfo {
     RuleInfo {
@@ -156,6 +188,7 @@ pub static RULES: &[RuleInfo] = &[
     bk(
         "InvalidBaseImagePlatform",
         "Base image platform does not match expected target platform",
+        // BuildKit's rule has no documentation page.
         "",
     ),
     bk(
@@ -204,114 +237,72 @@ pub static RULES: &[RuleInfo] = &[
     own(
         "AptUpdateAlone",
         "apt-get update (or apk update, dnf/yum makecache) should be in the same RUN as the install it prepares",
-        concat!(
-            "https://example.invalid/rbuild/blob/main/docs/checks/",
-            "AptUpdateAlone.md"
-        ),
+        "docs/checks/AptUpdateAlone.md",
     ),
     own(
         "AptListsNotCleaned",
         "Package manager caches should be removed in the RUN that created them",
-        concat!(
-            "https://example.invalid/rbuild/blob/main/docs/checks/",
-            "AptListsNotCleaned.md"
-        ),
+        "docs/checks/AptListsNotCleaned.md",
     ),
     own(
         "AptNoRecommends",
         "Package installs should not pull optional extras (recommends, pip's cache)",
-        concat!(
-            "https://example.invalid/rbuild/blob/main/docs/checks/",
-            "AptNoRecommends.md"
-        ),
+        "docs/checks/AptNoRecommends.md",
     ),
     own(
         "AddForLocalFile",
         "COPY should be used instead of ADD for local files and directories",
-        concat!(
-            "https://example.invalid/rbuild/blob/main/docs/checks/",
-            "AddForLocalFile.md"
-        ),
+        "docs/checks/AddForLocalFile.md",
     ),
     own(
         "LatestOrUntaggedBase",
         "Base images should be pinned to a tag other than latest, or a digest",
-        concat!(
-            "https://example.invalid/rbuild/blob/main/docs/checks/",
-            "LatestOrUntaggedBase.md"
-        ),
+        "docs/checks/LatestOrUntaggedBase.md",
     ),
     own(
         "CdInRun",
         "WORKDIR should be used instead of cd in RUN",
-        concat!(
-            "https://example.invalid/rbuild/blob/main/docs/checks/",
-            "CdInRun.md"
-        ),
+        "docs/checks/CdInRun.md",
     ),
     own(
         "CopyAllBeforeDependencies",
         "Copying the whole context before installing dependencies defeats the layer cache",
-        concat!(
-            "https://example.invalid/rbuild/blob/main/docs/checks/",
-            "CopyAllBeforeDependencies.md"
-        ),
+        "docs/checks/CopyAllBeforeDependencies.md",
     ),
     own(
         "TooManyLayers",
         "Consecutive RUN instructions could be one",
-        concat!(
-            "https://example.invalid/rbuild/blob/main/docs/checks/",
-            "TooManyLayers.md"
-        ),
+        "docs/checks/TooManyLayers.md",
     ),
     own(
         "LargeContextWithoutDockerignore",
         "A large build context should have a .dockerignore",
-        concat!(
-            "https://example.invalid/rbuild/blob/main/docs/checks/",
-            "LargeContextWithoutDockerignore.md"
-        ),
+        "docs/checks/LargeContextWithoutDockerignore.md",
     ),
     image(
         "WastedSpace",
         "Bytes a layer adds that a later layer deletes or overwrites",
-        concat!(
-            "https://example.invalid/rbuild/blob/main/docs/checks/",
-            "WastedSpace.md"
-        ),
+        "docs/checks/WastedSpace.md",
     ),
     image(
         "BuildToolsInFinalImage",
         "Compilers and package caches should not be in the final stage of a multi-stage build",
-        concat!(
-            "https://example.invalid/rbuild/blob/main/docs/checks/",
-            "BuildToolsInFinalImage.md"
-        ),
+        "docs/checks/BuildToolsInFinalImage.md",
     ),
     image(
         "SecretInLayer",
         "A secret or private key ended up in a layer",
-        concat!(
-            "https://example.invalid/rbuild/blob/main/docs/checks/",
-            "SecretInLayer.md"
-        ),
+        "docs/checks/SecretInLayer.md",
     ),
     image(
         "WorldWritableFile",
         "Files added by the build should not be world-writable",
-        concat!(
-            "https://example.invalid/rbuild/blob/main/docs/checks/",
-            "WorldWritableFile.md"
-        ),
+        "docs/checks/WorldWritableFile.md",
     ),
     image(
         "SetuidFileAdded",
         "The build added a setuid or setgid file",
-        concat!(
-            "https://example.invalid/rbuild/blob/main/docs/checks/",
-            "SetuidFileAdded.md"
-        ),
+        "docs/checks/SetuidFileAdded.md",
     ),
 ];
 
@@ -396,6 +387,15 @@ pub struct LintReport {
     /// The effective configuration (for the image rules the engine runs later).
     #[serde(skip)]
     pub config: CheckConfig,
+    /// How many base images of the linted stages [`LintOptions::base_image`] did
+    /// not know (their platform is unchecked).
+    #[serde(skip)]
+    pub unresolved_bases: usize,
+    /// The image at the bottom of the target stage's chain of `FROM`s (its
+    /// name after the meta ARGs; `None` for `scratch`, or when the checks
+    /// stopped before the stages were read): the layers below the build's own.
+    #[serde(skip)]
+    pub final_base: Option<String>,
 }
 
 /// What [`lint`] needs besides the Dockerfile.
@@ -411,8 +411,10 @@ pub struct LintOptions<'a> {
     /// `TARGETPLATFORM` and `BUILDPLATFORM`.
     pub platform: &'a rbuild_oci::Platform,
     pub build_platform: &'a rbuild_oci::Platform,
-    /// The `Env` of a base image's config, when the caller knows it (no lookup: `PATH` only).
-    pub base_env: &'a dyn Fn(&str) -> Option<Vec<String>>,
+    /// A base image's config (`FROM` name after the meta ARGs), when the caller
+    /// knows it: its `Env` starts the stage's (unknown: `PATH` only), and its
+    /// platform is checked (`InvalidBaseImagePlatform`).
+    pub base_image: &'a dyn Fn(&str) -> Option<rbuild_oci::ImageConfig>,
     /// Facts about the context for rbuild's own rules.
     pub context: own::ContextFacts,
     /// Run rbuild's own rules too (off: `BuildKit`'s rules alone, as `BuildKit` reports).
@@ -537,4 +539,70 @@ fn levenshtein(a: &str, b: &str) -> usize {
         std::mem::swap(&mut prev, &mut cur);
     }
     prev[b.len()]
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn final_base(src: &str, target: Option<&str>, args: &[(&str, &str)]) -> Option<String> {
+        let df = rbuild_parser::parse(src).unwrap();
+        let build_args: BTreeMap<String, String> = args
+            .iter()
+            .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+            .collect();
+        let p = rbuild_oci::Platform::host();
+        let opts = LintOptions {
+            build_args: &build_args,
+            target,
+            all_stages: false,
+            dockerignore: None,
+            platform: &p,
+            build_platform: &p,
+            base_image: &|_| None,
+            context: own::ContextFacts::default(),
+            rbuild_rules: true,
+        };
+        lint(src, &df, &opts).final_base
+    }
+
+    #[test]
+    fn final_base_follows_the_targets_stages_and_the_meta_args() {
+        let src = "ARG B=busybox:1.36\nFROM ${B} AS a\nFROM a AS b\nFROM scratch AS c\nFROM c\n";
+        assert_eq!(
+            final_base(src, Some("b"), &[]).as_deref(),
+            Some("busybox:1.36")
+        );
+        assert_eq!(
+            final_base(src, Some("B"), &[("B", "alpine:3")]).as_deref(),
+            Some("alpine:3")
+        );
+        assert_eq!(final_base(src, Some("c"), &[]), None);
+        assert_eq!(final_base(src, None, &[]), None);
+        assert_eq!(
+            final_base("FROM debian:12 AS x\nFROM x\n", None, &[]).as_deref(),
+            Some("debian:12")
+        );
+    }
+
+    #[test]
+    fn every_own_rule_has_its_page_at_its_url() {
+        for r in RULES {
+            match r.origin {
+                Origin::Buildkit => {
+                    assert!(doc_page(r.name).is_none(), "{}", r.name);
+                    assert!(
+                        r.url.is_empty() || r.url.starts_with("https://docs.docker.com/"),
+                        "{}",
+                        r.url
+                    );
+                }
+                Origin::Rbuild | Origin::Image => {
+                    assert_eq!(r.url, format!("{OWN_DOCS}{}.md", r.name));
+                    let page = doc_page(r.name).unwrap_or_else(|| panic!("{} has no page", r.name));
+                    assert!(page.starts_with(&format!("# {}\n", r.name)), "{}", r.name);
+                }
+            }
+        }
+    }
 }
