@@ -82,8 +82,8 @@ mod filter;
 mod fsutil;
 pub mod git;
 mod ops;
-mod seeds;
 pub mod remote;
+mod seeds;
 mod state;
 
 use std::collections::HashMap;
