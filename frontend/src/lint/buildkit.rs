@@ -130,22 +130,30 @@ fn build_err(message: String, span: &Span) -> LintFailure {
     }
 }
 
-pub(super) fn run(src: &str, df: &Dockerfile, opts: &LintOptions<'_>) -> LintReport {
-    let mut report = LintReport::default();
-    // The configuration: BUILDKIT_DOCKERFILE_CHECK replaces the directive.
+/// The check configuration: the `BUILDKIT_DOCKERFILE_CHECK` build arg replaces the
+/// `# check=` directive.
+fn check_config(src: &str, opts: &LintOptions<'_>) -> Result<CheckConfig, LintFailure> {
     let raw = opts
         .build_args
         .get("BUILDKIT_DOCKERFILE_CHECK")
         .cloned()
         .or_else(|| check_directive(src));
-    let cfg = match raw.as_deref().map(CheckConfig::parse) {
-        None => CheckConfig::default(),
-        Some(Ok(c)) => c,
-        Some(Err(e)) => {
-            report.error = Some(LintFailure::Build {
-                message: format!("failed to parse check options: {e}"),
-                line: 0,
-            });
+    match raw.as_deref().map(CheckConfig::parse) {
+        None => Ok(CheckConfig::default()),
+        Some(Ok(c)) => Ok(c),
+        Some(Err(e)) => Err(LintFailure::Build {
+            message: format!("failed to parse check options: {e}"),
+            line: 0,
+        }),
+    }
+}
+
+pub(super) fn run(src: &str, df: &Dockerfile, opts: &LintOptions<'_>) -> LintReport {
+    let mut report = LintReport::default();
+    let cfg = match check_config(src, opts) {
+        Ok(c) => c,
+        Err(e) => {
+            report.error = Some(e);
             return report;
         }
     };
@@ -1126,19 +1134,10 @@ pub(super) fn run_parse_error(
         message,
         line: err.line,
     };
-    let raw = opts
-        .build_args
-        .get("BUILDKIT_DOCKERFILE_CHECK")
-        .cloned()
-        .or_else(|| check_directive(src));
-    let cfg = match raw.as_deref().map(CheckConfig::parse) {
-        None => CheckConfig::default(),
-        Some(Ok(c)) => c,
-        Some(Err(e)) => {
-            report.error = Some(LintFailure::Build {
-                message: format!("failed to parse check options: {e}"),
-                line: 0,
-            });
+    let cfg = match check_config(src, opts) {
+        Ok(c) => c,
+        Err(e) => {
+            report.error = Some(e);
             return report;
         }
     };
