@@ -193,6 +193,20 @@ fn differs(
     upper: &Path,
     um: &std::fs::Metadata,
 ) -> Result<bool> {
+    entry_differs(lower, lm, upper, um, read_xattrs)
+}
+
+/// Extended attributes: (name, value), sorted by name.
+pub type Xattrs = Vec<(String, Vec<u8>)>;
+
+/// [`differs`] with the xattrs that count read by `xattrs`.
+pub(crate) fn entry_differs(
+    lower: &Path,
+    lm: &std::fs::Metadata,
+    upper: &Path,
+    um: &std::fs::Metadata,
+    xattrs: fn(&Path) -> Result<Xattrs>,
+) -> Result<bool> {
     let (lt, ut) = (lm.file_type(), um.file_type());
     if lt.is_dir() != ut.is_dir()
         || lt.is_file() != ut.is_file()
@@ -207,7 +221,7 @@ fn differs(
     {
         return Ok(true);
     }
-    if read_xattrs(lower)? != read_xattrs(upper)? {
+    if xattrs(lower)? != xattrs(upper)? {
         return Ok(true);
     }
     if ut.is_dir() {

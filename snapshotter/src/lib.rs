@@ -4,6 +4,7 @@
 //! Overlay snapshots (mounting) live in `overlay`.
 
 pub mod apply;
+pub mod capture;
 pub mod compress;
 pub mod diff;
 pub mod digest;

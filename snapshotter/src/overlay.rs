@@ -315,13 +315,26 @@ pub fn prepare_rootfs(
 
 /// Copies the merged view of `lower` (top-most first, as for overlayfs) into
 /// `target`: bottom layer first, each layer over the last, overlay whiteouts (a
-/// 0:0 character device) removing what is below. Owners (when root), modes,
-/// mtimes, symlinks, hard links within a layer, devices and fifos are kept.
+/// 0:0 character device) removing what is below and opaque directories hiding
+/// it. Owners (when root), modes, mtimes, xattrs (overlayfs's own left out),
+/// symlinks, hard links within a layer, devices and fifos are kept.
 pub fn copy_lower_stack(lower: &[PathBuf], target: &Path) -> Result<()> {
+    copy_stack(lower, target, true)
+}
+
+/// [`copy_lower_stack`] with every name a file of its own: the root a step
+/// of the copying snapshotter runs in. A write through one name of a file
+/// that has several then changes that name only, as overlayfs's copy-up
+/// does, so both snapshotters make the same layers.
+pub fn copy_lower_stack_unlinked(lower: &[PathBuf], target: &Path) -> Result<()> {
+    copy_stack(lower, target, false)
+}
+
+fn copy_stack(lower: &[PathBuf], target: &Path, keep_links: bool) -> Result<()> {
     fs_err::create_dir_all(target)?;
     let chown = nix::unistd::geteuid().is_root();
     for layer in lower.iter().rev() {
-        let mut links = HashMap::new();
+        let mut links = keep_links.then(HashMap::new);
         copy_dir(layer, target, chown, &mut links)?;
         copy_meta(layer, target, chown)?;
     }
@@ -348,6 +361,41 @@ fn sys(what: &'static str, path: &Path) -> impl FnOnce(nix::errno::Errno) -> Ove
 
 fn copy_meta(src: &Path, dst: &Path, chown: bool) -> Result<()> {
     let m = fs_err::symlink_metadata(src)?;
+    let x = content_xattrs(src)?;
+    set_meta_as(dst, &m, &x, chown)
+}
+
+/// The xattrs of `p` that are content: overlayfs's own markers left out.
+fn content_xattrs(p: &Path) -> Result<Vec<(String, Vec<u8>)>> {
+    Ok(crate::diff::read_xattrs(p)
+        .map_err(|e| match e {
+            crate::Error::Io(e) => e,
+            e => std::io::Error::other(e.to_string()),
+        })?
+        .into_iter()
+        .filter(|(k, _)| !(k.starts_with("trusted.overlay.") || k.starts_with("user.overlay.")))
+        .collect())
+}
+
+/// Gives `dst` the owner (when root, in or out of a user namespace), mode,
+/// xattrs and times of `m` / `xattrs`.
+pub(crate) fn set_meta(
+    dst: &Path,
+    m: &std::fs::Metadata,
+    xattrs: &[(String, Vec<u8>)],
+) -> crate::error::Result<()> {
+    set_meta_as(dst, m, xattrs, nix::unistd::geteuid().is_root()).map_err(|e| match e {
+        OverlayError::Io(e) => crate::Error::Io(e),
+        e => crate::Error::Io(std::io::Error::other(e.to_string())),
+    })
+}
+
+fn set_meta_as(
+    dst: &Path,
+    m: &std::fs::Metadata,
+    xattrs: &[(String, Vec<u8>)],
+    chown: bool,
+) -> Result<()> {
     if chown {
         nix::unistd::fchownat(
             nix::fcntl::AT_FDCWD,
@@ -356,7 +404,31 @@ fn copy_meta(src: &Path, dst: &Path, chown: bool) -> Result<()> {
             Some(Gid::from_raw(m.gid())),
             nix::fcntl::AtFlags::AT_SYMLINK_NOFOLLOW,
         )
+        .or_else(|e| {
+            // An owner this user namespace does not map (rootless without
+            // subordinate ids): left to the namespace's root, as the
+            // applier leaves it.
+            if unmapped_id(e as i32) {
+                Ok(())
+            } else {
+                Err(e)
+            }
+        })
         .map_err(sys("chown", dst))?;
+    }
+    for (k, v) in xattrs {
+        match rustix::fs::lsetxattr(dst, k.as_str(), v, rustix::fs::XattrFlags::empty()) {
+            Ok(()) => {}
+            // A file system that holds no xattrs (an export directory).
+            Err(e) if e == rustix::io::Errno::NOTSUP => {}
+            Err(e) => {
+                return Err(OverlayError::Sys {
+                    what: "set the xattr of",
+                    path: dst.to_path_buf(),
+                    source: nix::errno::Errno::from_raw(e.raw_os_error()),
+                });
+            }
+        }
     }
     if !m.file_type().is_symlink() {
         fs_err::set_permissions(dst, std::fs::Permissions::from_mode(m.mode() & 0o7777))?;
@@ -377,7 +449,7 @@ fn copy_dir(
     src: &Path,
     dst: &Path,
     chown: bool,
-    links: &mut HashMap<(u64, u64), PathBuf>,
+    links: &mut Option<HashMap<(u64, u64), PathBuf>>,
 ) -> Result<()> {
     for entry in fs_err::read_dir(src)? {
         let entry = entry?;
@@ -390,7 +462,10 @@ fn copy_dir(
         }
         let existing = std::fs::symlink_metadata(&d).ok();
         if m.is_dir() {
-            if !existing.as_ref().is_some_and(std::fs::Metadata::is_dir) {
+            // An opaque directory hides what the layers below hold there.
+            if !existing.as_ref().is_some_and(std::fs::Metadata::is_dir)
+                || crate::lookup::is_opaque(&s)
+            {
                 remove_any(&d)?;
                 fs_err::create_dir(&d)?;
             }
@@ -401,7 +476,7 @@ fn copy_dir(
         if existing.is_some() {
             remove_any(&d)?;
         }
-        if m.nlink() > 1 {
+        if let (true, Some(links)) = (m.nlink() > 1, links.as_mut()) {
             if let Some(first) = links.get(&(m.dev(), m.ino())) {
                 fs_err::hard_link(first, &d)?;
                 continue;

@@ -15,9 +15,14 @@
 //! [`SnapshotStore::open`] unmounts and removes those of dead processes only,
 //! never those of a build running beside it.
 //!
-//! Overlay mounts need root (or a user namespace where the kernel allows
-//! overlay): builds that run steps need it; [`SnapshotStore::check_overlay`]
-//! gives a clear error otherwise.
+//! Steps get a writable root one of two ways ([`Backend`], chosen once per
+//! process by [`SnapshotStore::backend`]): an overlay of the parent chain
+//! with the step's upper dir (root, or a user namespace where the kernel
+//! allows overlayfs: Linux 5.11+), or, where overlayfs cannot be mounted, a
+//! full copy of the parent chain ([`SnapshotStore::materialize`]) whose
+//! changes are moved into the upper dir afterwards
+//! ([`SnapshotStore::capture`], see [`crate::capture`]). Snapshots look the
+//! same either way, so a store may be used by both.
 
 use std::collections::HashMap;
 use std::ffi::OsString;
@@ -55,9 +60,26 @@ pub enum SnapshotError {
          allows overlayfs in a user namespace (Linux 5.11+) for builds as an ordinary user"
     )]
     NoOverlay(String),
+    #[error("{0}")]
+    Backend(String),
 }
 
 pub type Result<T, E = SnapshotError> = std::result::Result<T, E>;
+
+/// How steps get a writable root filesystem.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Backend {
+    /// overlayfs: the parent chain as lower dirs, the step's upper dir.
+    Overlay,
+    /// The copying snapshotter: a full copy of the parent chain, diffed
+    /// against it after the step. `reason` says why (overlayfs unavailable,
+    /// or `RBUILD_SNAPSHOTTER=copy`).
+    Copy { reason: String },
+}
+
+/// The environment variable that chooses the backend: `overlay`, `copy`, or
+/// `auto` (the default: overlay where it can be mounted, else copy).
+pub const BACKEND_ENV: &str = "RBUILD_SNAPSHOTTER";
 
 /// A snapshot's name: a short hex string (keeps overlay option strings short).
 #[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
@@ -138,7 +160,11 @@ pub struct SnapshotStore {
     counter: AtomicU64,
     state_root: PathBuf,
     lease: std::sync::Arc<Lease>,
+    backend: std::sync::OnceLock<std::result::Result<Backend, String>>,
 }
+
+/// The file beside a [`SnapshotStore::materialize`] copy made when it is complete.
+const COPIED: &str = "copied";
 
 /// Longest lowerdir option string we build before flattening a chain.
 const MAX_LOWER_CHARS: usize = 3000;
@@ -158,6 +184,7 @@ impl SnapshotStore {
             counter: AtomicU64::new(0),
             state_root: state_root.to_path_buf(),
             lease,
+            backend: std::sync::OnceLock::new(),
         })
     }
 
@@ -192,26 +219,112 @@ impl SnapshotStore {
         Ok(())
     }
 
+    /// The backend of this process (see [`Backend`]): what `RBUILD_SNAPSHOTTER`
+    /// asks for, else overlay when a test mount in the store works, else the
+    /// copying snapshotter. Decided once. Fails when overlay is asked for and
+    /// cannot be mounted, or the variable holds something else.
+    pub fn backend(&self) -> Result<&Backend> {
+        self.backend
+            .get_or_init(|| {
+                let want = std::env::var(BACKEND_ENV).unwrap_or_default();
+                match want.as_str() {
+                    "copy" => Ok(Backend::Copy {
+                        reason: format!("{BACKEND_ENV}=copy"),
+                    }),
+                    "overlay" => self
+                        .check_overlay()
+                        .map(|()| Backend::Overlay)
+                        .map_err(|e| e.to_string()),
+                    "" | "auto" => Ok(match self.check_overlay() {
+                        Ok(()) => Backend::Overlay,
+                        Err(e) => Backend::Copy {
+                            reason: e.to_string(),
+                        },
+                    }),
+                    other => Err(format!(
+                        "{BACKEND_ENV}={other:?}: the snapshotter is one of overlay, copy, auto"
+                    )),
+                }
+            })
+            .as_ref()
+            .map_err(|e| SnapshotError::Backend(e.clone()))
+    }
+
+    /// Whether steps run over a copy of their parent (see [`Backend::Copy`]).
+    pub fn copies(&self) -> Result<bool> {
+        Ok(matches!(self.backend()?, Backend::Copy { .. }))
+    }
+
     /// Fails with a clear message when overlay cannot be mounted here.
     pub fn check_overlay(&self) -> Result<()> {
         let t = tempfile::Builder::new()
             .prefix(&self.temp_prefix("ovl-check"))
             .tempdir_in(self.mounts_dir())?;
-        for d in ["l1", "l2", "m"] {
+        for d in ["l1", "l2", "u", "w", "m"] {
             fs_err::create_dir(t.path().join(d))?;
         }
+        fs_err::write(t.path().join("l2/f"), b"x")?;
         let layout = OverlayLayout {
             lower: vec![t.path().join("l1"), t.path().join("l2")],
-            upper: PathBuf::new(),
-            work: PathBuf::new(),
+            upper: t.path().join("u"),
+            work: t.path().join("w"),
         };
-        match mount_overlay(&layout, &t.path().join("m")) {
+        let merged = t.path().join("m");
+        match mount_overlay(&layout, &merged) {
             Ok(m) => {
+                // A write through it must land in the upper dir (an upper
+                // dir on a file system overlayfs cannot use fails here).
+                let works =
+                    fs_err::write(merged.join("g"), b"y").is_ok() && t.path().join("u/g").is_file();
                 m.unmount()?;
-                Ok(())
+                if works {
+                    Ok(())
+                } else {
+                    Err(SnapshotError::NoOverlay(format!(
+                        "a write through an overlay in {} did not reach its upper dir",
+                        self.mounts_dir().display()
+                    )))
+                }
             }
             Err(e) => Err(SnapshotError::NoOverlay(e.to_string())),
         }
+    }
+
+    /// A full copy of what `active`'s step starts from (its parent chain and
+    /// what its upper dir already holds), for the copying snapshotter: made
+    /// under the mounts dir with this process's owner token (swept if the
+    /// process dies), removed when the returned directory is dropped.
+    pub fn materialize(&self, active: &Active) -> Result<tempfile::TempDir> {
+        let t = tempfile::Builder::new()
+            .prefix(&self.temp_prefix("copy"))
+            .tempdir_in(self.mounts_dir())?;
+        let mut stack = vec![active.upper.clone()];
+        stack.extend(active.lowers.iter().cloned());
+        let root = t.path().join("root");
+        crate::overlay::copy_lower_stack_unlinked(&stack, &root)?;
+        // Its birth time marks the end of the copy (see `capture`).
+        fs_err::write(t.path().join(COPIED), b"")?;
+        Ok(t)
+    }
+
+    /// Replaces what `active`'s upper dir holds by the changes that turn its
+    /// parent chain into `tree` (the `root` of a [`SnapshotStore::materialize`]
+    /// copy after the step; consumed).
+    pub fn capture(&self, active: &Active, tree: &Path) -> Result<()> {
+        for entry in fs_err::read_dir(&active.upper)? {
+            let p = entry?.path();
+            if fs_err::symlink_metadata(&p)?.is_dir() {
+                remove_tree(&p)?;
+            } else {
+                fs_err::remove_file(&p)?;
+            }
+        }
+        let made_after = tree
+            .parent()
+            .and_then(|d| std::fs::metadata(d.join(COPIED)).ok())
+            .and_then(|m| m.created().ok());
+        crate::capture::capture(&active.lowers, tree, &active.upper, made_after)?;
+        Ok(())
     }
 
     fn new_id(&self) -> SnapshotId {
@@ -375,6 +488,15 @@ impl SnapshotStore {
         let t = tempfile::Builder::new()
             .prefix(&self.temp_prefix("ro"))
             .tempdir_in(self.mounts_dir())?;
+        if self.copies()? {
+            let root = t.path().join("root");
+            copy_lower_stack(&lowers, &root)?;
+            return Ok(ReadGuard {
+                path: root,
+                _mount: None,
+                _dir: Some(t),
+            });
+        }
         let layout = OverlayLayout {
             lower: lowers,
             upper: PathBuf::new(),

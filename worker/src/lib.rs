@@ -22,8 +22,11 @@
 //! filesystem in the snapshot store, and `ctx:<name>` for a build context (the
 //! directory on disk; volatile).
 //!
-//! Running steps needs overlay mounts: root, or a user namespace where the
-//! kernel allows overlayfs. [`LocalWorker::check_support`] says so clearly.
+//! Steps run over an overlay of their parent (root, or a user namespace
+//! where the kernel allows overlayfs), or where overlayfs cannot be mounted
+//! over a copy of it (the snapshot store's `Backend::Copy`);
+//! [`LocalWorker::check_support`] decides which, and fails clearly when
+//! `RBUILD_SNAPSHOTTER` asks for what cannot be had.
 //!
 //! State under the state root: `snapshots/` (the snapshot store),
 //! `cache-mounts/` (`RUN --mount=type=cache`), `context-checksums/` (the
@@ -170,10 +173,11 @@ impl LocalWorker {
         })
     }
 
-    /// Fails with a clear message when this process cannot mount overlays
-    /// (not root and no user namespace allowing it).
+    /// Chooses how steps get their root filesystem (overlay, or the copying
+    /// snapshotter where overlayfs cannot be mounted) and fails with a clear
+    /// message when `RBUILD_SNAPSHOTTER` asks for what cannot be had.
     pub fn check_support(&self) -> Result<(), ExecError> {
-        self.inner.snapshots.check_overlay().map_err(err)?;
+        self.inner.snapshots.backend().map_err(err)?;
         // Resource limits that cannot be applied here fail the build before
         // any step runs.
         rbuild_sandbox::check_limits(&self.inner.limits).map_err(|e| ExecError::msg(e.to_string()))

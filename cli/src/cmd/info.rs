@@ -86,6 +86,23 @@ fn disk_use(dir: &Path) -> u64 {
     total
 }
 
+/// How build steps get their root filesystem here (a test mount in the
+/// state root decides, unless `RBUILD_SNAPSHOTTER` does).
+fn snapshotter(root: &Path) -> String {
+    use rbuild_snapshotter::snapshots::{Backend, SnapshotStore};
+    if !root.is_dir() {
+        return "not known yet (no state root)".to_owned();
+    }
+    match SnapshotStore::open(root)
+        .map_err(|e| e.to_string())
+        .and_then(|s| s.backend().cloned().map_err(|e| e.to_string()))
+    {
+        Ok(Backend::Overlay) => "overlay".to_owned(),
+        Ok(Backend::Copy { reason }) => format!("copy ({reason})"),
+        Err(e) => format!("error: {e}"),
+    }
+}
+
 /// How rbuild maps ids when run as this user (see README, "What needs root").
 fn rootless() -> String {
     match rbuild_sandbox::rootless::plan() {
@@ -183,6 +200,7 @@ fn info(root: &Path, format: Option<&str>) -> Result<()> {
         }
     }
     rows.extend(kernel_features());
+    rows.push(("Snapshotter", snapshotter(root)));
     match format {
         Some("json" | "{{json .}}") => {
             let mut m = serde_json::Map::new();

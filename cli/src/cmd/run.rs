@@ -336,19 +336,28 @@ fn run_cmd(args: &RunArgs, root: &Path) -> anyhow::Result<i32> {
         upper,
         work,
     };
-    let result = match run(&overlay, spec()) {
-        // The overlay could not be mounted (no overlayfs here, or not in a user
-        // namespace): nothing ran yet, so run again over a copy.
-        Err(SandboxError::Setup { message })
-            if message.contains("mount: ")
-                && message.contains(scratch.path().to_str().unwrap_or("\0")) =>
-        {
-            let copy = scratch.path().join("copy");
-            rbuild_snapshotter::overlay::copy_lower_stack(std::slice::from_ref(&lower), &copy)
-                .context("copying the root filesystem (overlayfs is not available)")
-                .and_then(|()| Ok(run(&Rootfs::Dir(copy), spec())?))
+    let over_copy = || {
+        let copy = scratch.path().join("copy");
+        rbuild_snapshotter::overlay::copy_lower_stack(std::slice::from_ref(&lower), &copy)
+            .context("copying the root filesystem (overlayfs is not available)")
+            .and_then(|()| Ok(run(&Rootfs::Dir(copy), spec())?))
+    };
+    let copying =
+        std::env::var(rbuild_snapshotter::snapshots::BACKEND_ENV).is_ok_and(|v| v == "copy");
+    let result = if copying {
+        over_copy()
+    } else {
+        match run(&overlay, spec()) {
+            // The overlay could not be mounted (no overlayfs here, or not in a user
+            // namespace): nothing ran yet, so run again over a copy.
+            Err(SandboxError::Setup { message })
+                if message.contains("mount: ")
+                    && message.contains(scratch.path().to_str().unwrap_or("\0")) =>
+            {
+                over_copy()
+            }
+            other => other.map_err(anyhow::Error::from),
         }
-        other => other.map_err(anyhow::Error::from),
     };
     // overlayfs leaves work/work with mode 000: as non-root the scratch dir could
     // not be removed without opening it up first.

@@ -356,6 +356,7 @@ fn mounts(
 fn stub_mount_dirs(
     inner: &Inner,
     active: &rbuild_snapshotter::snapshots::Active,
+    copy: Option<&Path>,
     mounts: &[SbMount],
 ) -> Result<(), ExecError> {
     let mut dirs = Vec::new();
@@ -379,6 +380,14 @@ fn stub_mount_dirs(
         }
     }
     if dirs.is_empty() {
+        return Ok(());
+    }
+    if let Some(root) = copy {
+        // The copying snapshotter: the step's root is a plain directory.
+        for d in dirs {
+            let rel = clean_rel(&d.to_string_lossy())?;
+            mkdir_all(root, &rel, None, 0o755)?;
+        }
         return Ok(());
     }
     let t = tempfile::Builder::new()
@@ -614,7 +623,17 @@ pub(crate) fn run(
         let mut secret_env = Vec::new();
         let mounts = mounts(inner, op, inputs, &mut keep, &mut secret_env)?;
         let stubs = file_stubs(&active.lowers, &mounts)?;
-        stub_mount_dirs(inner, &active, &mounts)?;
+        // The copying snapshotter: the step runs in a full copy of its
+        // parent, whose changes are moved into the upper dir after it.
+        let copy = if inner.snapshots.copies().map_err(err)? {
+            let t = inner.snapshots.materialize(&active).map_err(err)?;
+            let root = t.path().join("root");
+            keep.temps.push(t);
+            Some(root)
+        } else {
+            None
+        };
+        stub_mount_dirs(inner, &active, copy.as_deref(), &mounts)?;
         nested_cache_mount_points(inner, &mounts)?;
         let last = Arc::new(Mutex::new(VecDeque::new()));
         let mut spec = ProcessSpec::new(op.args.clone());
@@ -690,10 +709,13 @@ pub(crate) fn run(
         );
         let last_lines =
             || -> Vec<String> { last.lock().expect("last lines").iter().cloned().collect() };
-        let rootfs = Rootfs::Overlay {
-            lower: active.lowers.clone(),
-            upper: active.upper.clone(),
-            work: active.work.clone(),
+        let rootfs = match &copy {
+            Some(root) => Rootfs::Dir(root.clone()),
+            None => Rootfs::Overlay {
+                lower: active.lowers.clone(),
+                upper: active.upper.clone(),
+                work: active.work.clone(),
+            },
         };
         let limit_exceeded = |limit| ExecError::LimitExceeded {
             command: op.args.clone(),
@@ -704,6 +726,9 @@ pub(crate) fn run(
             rbuild_sandbox::SandboxError::TimedOut(d) => limit_exceeded(StepLimit::Timeout(d)),
             e => WorkerError::Sandbox(e).into(),
         })?;
+        if let (Some(root), true) = (&copy, status.success()) {
+            inner.snapshots.capture(&active, root).map_err(err)?;
+        }
         remove_file_stubs(&active.upper, &active.lowers, &stubs)?;
         if !inner.full_sync {
             // The cache mounts keep what even a failed step wrote.

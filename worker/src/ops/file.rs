@@ -7,7 +7,7 @@ use std::os::unix::fs::{FileTypeExt, MetadataExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 
 use rbuild_snapshotter::overlay::{OverlayLayout, mount_overlay};
-use rbuild_snapshotter::snapshots::ReadGuard;
+use rbuild_snapshotter::snapshots::{Active, ReadGuard, SnapshotStore};
 
 use rbuild_ops::{Chmod, Chown, Copy, FileAction, FileOp, UserRef};
 use rbuild_patterns::go_match;
@@ -265,7 +265,7 @@ impl CopyCtx<'_> {
     /// directories, filled straight in the upper directory with the overlay
     /// unmounted. With `go_on`, the overlay is mounted again for the next
     /// source.
-    fn finish_source(&mut self, tgt: &mut Target, go_on: bool) -> Result<(), ExecError> {
+    fn finish_source(&mut self, tgt: &mut Target<'_>, go_on: bool) -> Result<(), ExecError> {
         self.flush()?;
         if self.deferred.is_empty() {
             return Ok(());
@@ -506,8 +506,10 @@ fn tar_checksum_ok(h: &[u8]) -> bool {
 
 /// Where a file op writes: the new snapshot's upper directory, through an
 /// overlay of the base while mounted (mounted lazily, unmounted to write in
-/// the upper directory directly).
-pub(super) struct Target {
+/// the upper directory directly); with the copying snapshotter, through a
+/// copy of the base whose changes are moved into the upper directory when it
+/// is "unmounted".
+pub(super) struct Target<'a> {
     upper: PathBuf,
     layout: Option<OverlayLayout>,
     mounts: PathBuf,
@@ -515,15 +517,28 @@ pub(super) struct Target {
     prefix: String,
     mnt_dir: Option<tempfile::TempDir>,
     mount: Option<rbuild_snapshotter::overlay::OverlayMount>,
+    /// The copying snapshotter's store and snapshot, and the copy while
+    /// there is one.
+    copying: Option<(&'a SnapshotStore, &'a Active)>,
+    copy: Option<tempfile::TempDir>,
 }
 
-impl Target {
-    /// The root to write under: the overlay (mounted now if needed), or the
-    /// upper directory when there is no base.
+impl Target<'_> {
+    /// The root to write under: the overlay (mounted now if needed), the
+    /// copy of the base, or the upper directory when there is no base.
     fn root(&mut self) -> Result<PathBuf, ExecError> {
         let Some(layout) = &self.layout else {
             return Ok(self.upper.clone());
         };
+        if let Some((store, active)) = self.copying {
+            if self.copy.is_none() {
+                self.copy = Some(store.materialize(active).map_err(err)?);
+            }
+            return Ok(self
+                .copy
+                .as_ref()
+                .map_or_else(PathBuf::new, |t| t.path().join("root")));
+        }
         if let Some(m) = &self.mount {
             return Ok(m.target().to_path_buf());
         }
@@ -545,10 +560,13 @@ impl Target {
     }
 
     fn overlaid(&self) -> bool {
-        self.layout.is_some()
+        self.layout.is_some() && self.copying.is_none()
     }
 
     fn unmount(&mut self) -> Result<(), ExecError> {
+        if let (Some(t), Some((store, active))) = (self.copy.take(), self.copying) {
+            return store.capture(active, &t.path().join("root")).map_err(err);
+        }
         match self.mount.take() {
             Some(m) => m.unmount().map_err(err),
             None => Ok(()),
@@ -566,7 +584,7 @@ struct CopyInputs<'a> {
 
 fn copy_action(
     src_root: &Path,
-    tgt: &mut Target,
+    tgt: &mut Target<'_>,
     c: &Copy,
     inp: CopyInputs<'_>,
 ) -> Result<(), ExecError> {
@@ -724,7 +742,7 @@ fn set_meta(
 
 fn apply_action(
     inner: &Inner,
-    tgt: &mut Target,
+    tgt: &mut Target<'_>,
     action: &FileAction,
     inputs: &[ResultRef],
     guards: &mut HashMap<usize, ReadGuard>,
@@ -854,6 +872,13 @@ pub(crate) fn run(
     let key = reuse::key(op, base.as_ref(), &contexts);
     let mut reuse_base = key.as_deref().and_then(|k| reuse::lookup(inner, k));
     let mut manifest = reuse::Manifest::default();
+    let copies = match inner.snapshots.copies() {
+        Ok(c) => c,
+        Err(e) => {
+            let _ = inner.snapshots.abort(active);
+            return Err(err(e));
+        }
+    };
     let mut tgt = Target {
         upper: active.upper.clone(),
         layout: (!active.lowers.is_empty()).then(|| OverlayLayout {
@@ -865,6 +890,8 @@ pub(crate) fn run(
         prefix: inner.snapshots.temp_prefix("rw"),
         mnt_dir: None,
         mount: None,
+        copying: copies.then_some((&inner.snapshots, &active)),
+        copy: None,
     };
     let result = (|| {
         let mut guards = HashMap::new();
