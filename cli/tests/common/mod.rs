@@ -3,6 +3,7 @@
 
 pub mod cache;
 pub mod docker;
+pub mod http;
 pub mod steps;
 
 use std::io::Write;
