@@ -19,7 +19,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
 use std::sync::Mutex;
 
-use common::{BIN, Env, base_sh, build_env, have};
+use common::{BIN, Env, build_env, have, make_base_tar};
 
 const NOBODY: u32 = 65534;
 const OUR_LINE: &str = "nobody:1000000000:65536";
@@ -140,19 +140,8 @@ fn nobody_env() -> Env {
     let top = env.dir.path();
     fs_err::set_permissions(top, std::fs::Permissions::from_mode(0o755)).unwrap();
     nix::unistd::chown(top, Some(NOBODY.into()), Some(NOBODY.into())).unwrap();
-    let Some(base) = base_sh() else {
-        panic!("cannot run: testdata/examples/busybox-base.sh is absent");
-    };
     let tar = env.path("base.tar");
-    let ok = Command::new("sh")
-        .arg(&base)
-        .arg(&tar)
-        .status()
-        .is_ok_and(|s| s.success());
-    assert!(
-        ok,
-        "cannot run: base.sh failed (is busybox-static installed?)"
-    );
+    make_base_tar(&tar);
     let o = as_nobody(&env, &["import", tar.to_str().unwrap(), "busybox:latest"]);
     assert!(o.status.success(), "import as nobody: {}", text(&o));
     env

@@ -205,20 +205,27 @@ pub fn build_env() -> Env {
         nix::unistd::geteuid().is_root(),
         "cannot run: building needs root"
     );
+    let env = Env::new();
+    let tar = env.path("base.tar");
+    make_base_tar(&tar);
+    env.ok(&["import", tar.to_str().unwrap(), "busybox:latest"]);
+    env
+}
+
+/// Writes the busybox base root filesystem tarball (made by `busybox-base.sh`,
+/// for `rbuild import`) to `tar`. Panics saying why when the script is absent
+/// or fails.
+pub fn make_base_tar(tar: &Path) {
     let Some(base) = base_sh() else {
         panic!("cannot run: testdata/examples/busybox-base.sh is absent");
     };
-    let env = Env::new();
-    let tar = env.path("base.tar");
     let ok = Command::new("sh")
         .arg(&base)
-        .arg(&tar)
+        .arg(tar)
         .status()
         .is_ok_and(|s| s.success());
     assert!(
         ok,
         "cannot run: base.sh failed (is busybox-static installed?)"
     );
-    env.ok(&["import", tar.to_str().unwrap(), "busybox:latest"]);
-    env
 }
