@@ -229,3 +229,36 @@ pub fn make_base_tar(tar: &Path) {
         "cannot run: base.sh failed (is busybox-static installed?)"
     );
 }
+
+/// Compiles `src` into a static executable at `out`: C with `gcc -static -O2`,
+/// Rust with `rustc --edition 2021 -C target-feature=+crt-static` (chosen by
+/// the file's extension). Panics saying what is missing or what failed.
+pub fn compile_static(src: &Path, out: &Path) {
+    let (compiler, flags, install): (&str, &[&str], &str) =
+        match src.extension().and_then(|e| e.to_str()) {
+            Some("c") => ("gcc", &["-static", "-O2"], "gcc and libc6-dev"),
+            Some("rs") => (
+                "rustc",
+                &["--edition", "2021", "-C", "target-feature=+crt-static"],
+                "rustc",
+            ),
+            _ => panic!("compile_static: {} is neither C nor Rust", src.display()),
+        };
+    assert!(
+        have(compiler),
+        "cannot run: {compiler} is missing: install {install}"
+    );
+    let o = Command::new(compiler)
+        .args(flags)
+        .arg("-o")
+        .arg(out)
+        .arg(src)
+        .output()
+        .unwrap();
+    assert!(
+        o.status.success(),
+        "cannot run: {compiler} could not build {} statically (is {install} installed?): {}",
+        src.display(),
+        String::from_utf8_lossy(&o.stderr)
+    );
+}
