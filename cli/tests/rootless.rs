@@ -188,6 +188,31 @@ fn as_nobody(env: &Env, args: &[&str]) -> Output {
         .unwrap()
 }
 
+/// `rbuild build -q --network none -t TAG CTX` as `nobody`, whatever its status.
+fn build_as_nobody(env: &Env, ctx: &Path, tag: &str) -> Output {
+    as_nobody(
+        env,
+        &[
+            "build",
+            "-q",
+            "--network",
+            "none",
+            "-t",
+            tag,
+            ctx.to_str().unwrap(),
+        ],
+    )
+}
+
+/// Builds `ctx` as `nobody` tagged `tag` and saves the image to `out`
+/// (`rbuild save`), asserting that both succeed.
+fn build_and_save_as_nobody(env: &Env, ctx: &Path, tag: &str, out: &Path) {
+    let o = build_as_nobody(env, ctx, tag);
+    assert!(o.status.success(), "build as nobody: {}", text(&o));
+    let o = as_nobody(env, &["save", "-o", out.to_str().unwrap(), tag]);
+    assert!(o.status.success(), "save as nobody: {}", text(&o));
+}
+
 fn text(o: &Output) -> String {
     format!(
         "{}{}",
@@ -351,22 +376,8 @@ fn nobody_builds_multi_stage_with_the_owners_a_root_build_records() {
     let _ids = SubIds::present();
     let env = nobody_env();
     let ctx = context(&env);
-    let o = as_nobody(
-        &env,
-        &[
-            "build",
-            "-q",
-            "--network",
-            "none",
-            "-t",
-            "rl:1",
-            ctx.to_str().unwrap(),
-        ],
-    );
-    assert!(o.status.success(), "build as nobody: {}", text(&o));
     let tar = env.path("nobody.tar");
-    let o = as_nobody(&env, &["save", "-o", tar.to_str().unwrap(), "rl:1"]);
-    assert!(o.status.success(), "save as nobody: {}", text(&o));
+    build_and_save_as_nobody(&env, &ctx, "rl:1", &tar);
 
     let o = as_nobody(&env, &["info"]);
     assert!(
@@ -470,22 +481,8 @@ fn nobody_without_subordinate_ids_builds_with_every_file_root_s() {
          COPY --chown=1000:1000 Dockerfile /df\n",
     )
     .unwrap();
-    let o = as_nobody(
-        &env,
-        &[
-            "build",
-            "-q",
-            "--network",
-            "none",
-            "-t",
-            "one:1",
-            ctx.to_str().unwrap(),
-        ],
-    );
-    assert!(o.status.success(), "build as nobody: {}", text(&o));
     let tar = env.path("one.tar");
-    let o = as_nobody(&env, &["save", "-o", tar.to_str().unwrap(), "one:1"]);
-    assert!(o.status.success(), "save: {}", text(&o));
+    build_and_save_as_nobody(&env, &ctx, "one:1", &tar);
     let owned = owners(&headers(&tar));
     let o = as_nobody(&env, &["info"]);
     assert!(
@@ -508,18 +505,7 @@ fn nobody_without_subordinate_ids_builds_with_every_file_root_s() {
         "FROM busybox:latest\nUSER 1001\nRUN id\n",
     )
     .unwrap();
-    let o = as_nobody(
-        &env,
-        &[
-            "build",
-            "-q",
-            "--network",
-            "none",
-            "-t",
-            "two:1",
-            ctx.to_str().unwrap(),
-        ],
-    );
+    let o = build_as_nobody(&env, &ctx, "two:1");
     assert!(
         !o.status.success(),
         "USER 1001 without subordinate ids must fail"
