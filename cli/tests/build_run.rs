@@ -175,32 +175,12 @@ fn json_progress_is_one_event_per_line() {
     assert!(saw_log, "{err}");
 }
 
-/// Serves `body` over HTTP/1.1 on 127.0.0.1 to every connection, in a thread.
-fn serve(body: &'static str) -> u16 {
-    use std::io::{Read, Write};
-    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-    let port = listener.local_addr().unwrap().port();
-    std::thread::spawn(move || {
-        for stream in listener.incoming() {
-            let Ok(mut s) = stream else { continue };
-            let mut buf = [0u8; 4096];
-            let _ = s.read(&mut buf);
-            let _ = write!(
-                s,
-                "HTTP/1.1 200 OK\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
-                body.len()
-            );
-        }
-    });
-    port
-}
-
 #[test]
 fn add_of_an_http_url_checks_its_checksum() {
     use sha2::Digest as _;
     let b = B::new();
     let body = "remote content\n";
-    let port = serve(body);
+    let port = common::http::serve(body);
     let sum = format!("{:x}", sha2::Sha256::digest(body.as_bytes()));
     let url = format!("http://127.0.0.1:{port}/file.txt");
     b.write(
@@ -307,25 +287,6 @@ fn tls_server(dir: &std::path::Path) -> TlsServer {
     server
 }
 
-/// A plain-http server that redirects every request to `to`.
-fn redirect(to: String) -> u16 {
-    use std::io::{Read, Write};
-    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-    let port = listener.local_addr().unwrap().port();
-    std::thread::spawn(move || {
-        for stream in listener.incoming() {
-            let Ok(mut s) = stream else { continue };
-            let mut buf = [0u8; 4096];
-            let _ = s.read(&mut buf);
-            let _ = write!(
-                s,
-                "HTTP/1.1 302 Found\r\nLocation: {to}\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
-            );
-        }
-    });
-    port
-}
-
 #[test]
 fn add_of_an_https_url_verifies_the_certificate() {
     use sha2::Digest as _;
@@ -369,7 +330,7 @@ fn add_of_an_https_url_verifies_the_certificate() {
 
     // Trusted through SSL_CERT_FILE: downloaded, checksum checked, also after a
     // redirect from plain http to https.
-    let via = redirect(url.clone());
+    let via = common::http::redirect(&url);
     b.write(
         "ctx/Dockerfile",
         &format!(

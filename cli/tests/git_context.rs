@@ -4,10 +4,11 @@
 
 mod common;
 
-use std::io::{Read, Write};
+use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
 
+use common::http::serve;
 use common::{Env, build_env, have};
 
 /// A child process killed when dropped.
@@ -396,26 +397,6 @@ fn add_of_a_git_ref_is_keyed_by_its_commit() {
     assert!(!o.status.success());
     let err = String::from_utf8_lossy(&o.stderr);
     assert!(err.contains("can't be a git ref for COPY"), "{err}");
-}
-
-/// Serves `body` to every request on 127.0.0.1, in a thread.
-fn serve(body: Vec<u8>) -> u16 {
-    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-    let port = listener.local_addr().unwrap().port();
-    std::thread::spawn(move || {
-        for stream in listener.incoming() {
-            let Ok(mut s) = stream else { continue };
-            let mut buf = [0u8; 4096];
-            let _ = s.read(&mut buf);
-            let _ = write!(
-                s,
-                "HTTP/1.1 200 OK\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
-                body.len()
-            );
-            let _ = s.write_all(&body);
-        }
-    });
-    port
 }
 
 /// A tar entry with a raw name (so `..` can be written), gzip-compressed

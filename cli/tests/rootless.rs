@@ -19,7 +19,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
 use std::sync::Mutex;
 
-use common::{BIN, Env, base_sh, build_env, have};
+use common::{BIN, Env, build_env, have, make_base_tar};
 
 const NOBODY: u32 = 65534;
 const OUR_LINE: &str = "nobody:1000000000:65536";
@@ -140,19 +140,8 @@ fn nobody_env() -> Env {
     let top = env.dir.path();
     fs_err::set_permissions(top, std::fs::Permissions::from_mode(0o755)).unwrap();
     nix::unistd::chown(top, Some(NOBODY.into()), Some(NOBODY.into())).unwrap();
-    let Some(base) = base_sh() else {
-        panic!("cannot run: testdata/examples/busybox-base.sh is absent");
-    };
     let tar = env.path("base.tar");
-    let ok = Command::new("sh")
-        .arg(&base)
-        .arg(&tar)
-        .status()
-        .is_ok_and(|s| s.success());
-    assert!(
-        ok,
-        "cannot run: base.sh failed (is busybox-static installed?)"
-    );
+    make_base_tar(&tar);
     let o = as_nobody(&env, &["import", tar.to_str().unwrap(), "busybox:latest"]);
     assert!(o.status.success(), "import as nobody: {}", text(&o));
     env
@@ -197,6 +186,31 @@ fn as_nobody(env: &Env, args: &[&str]) -> Output {
         .stdin(Stdio::null())
         .output()
         .unwrap()
+}
+
+/// `rbuild build -q --network none -t TAG CTX` as `nobody`, whatever its status.
+fn build_as_nobody(env: &Env, ctx: &Path, tag: &str) -> Output {
+    as_nobody(
+        env,
+        &[
+            "build",
+            "-q",
+            "--network",
+            "none",
+            "-t",
+            tag,
+            ctx.to_str().unwrap(),
+        ],
+    )
+}
+
+/// Builds `ctx` as `nobody` tagged `tag` and saves the image to `out`
+/// (`rbuild save`), asserting that both succeed.
+fn build_and_save_as_nobody(env: &Env, ctx: &Path, tag: &str, out: &Path) {
+    let o = build_as_nobody(env, ctx, tag);
+    assert!(o.status.success(), "build as nobody: {}", text(&o));
+    let o = as_nobody(env, &["save", "-o", out.to_str().unwrap(), tag]);
+    assert!(o.status.success(), "save as nobody: {}", text(&o));
 }
 
 fn text(o: &Output) -> String {
@@ -362,22 +376,8 @@ fn nobody_builds_multi_stage_with_the_owners_a_root_build_records() {
     let _ids = SubIds::present();
     let env = nobody_env();
     let ctx = context(&env);
-    let o = as_nobody(
-        &env,
-        &[
-            "build",
-            "-q",
-            "--network",
-            "none",
-            "-t",
-            "rl:1",
-            ctx.to_str().unwrap(),
-        ],
-    );
-    assert!(o.status.success(), "build as nobody: {}", text(&o));
     let tar = env.path("nobody.tar");
-    let o = as_nobody(&env, &["save", "-o", tar.to_str().unwrap(), "rl:1"]);
-    assert!(o.status.success(), "save as nobody: {}", text(&o));
+    build_and_save_as_nobody(&env, &ctx, "rl:1", &tar);
 
     let o = as_nobody(&env, &["info"]);
     assert!(
@@ -481,22 +481,8 @@ fn nobody_without_subordinate_ids_builds_with_every_file_root_s() {
          COPY --chown=1000:1000 Dockerfile /df\n",
     )
     .unwrap();
-    let o = as_nobody(
-        &env,
-        &[
-            "build",
-            "-q",
-            "--network",
-            "none",
-            "-t",
-            "one:1",
-            ctx.to_str().unwrap(),
-        ],
-    );
-    assert!(o.status.success(), "build as nobody: {}", text(&o));
     let tar = env.path("one.tar");
-    let o = as_nobody(&env, &["save", "-o", tar.to_str().unwrap(), "one:1"]);
-    assert!(o.status.success(), "save: {}", text(&o));
+    build_and_save_as_nobody(&env, &ctx, "one:1", &tar);
     let owned = owners(&headers(&tar));
     let o = as_nobody(&env, &["info"]);
     assert!(
@@ -519,18 +505,7 @@ fn nobody_without_subordinate_ids_builds_with_every_file_root_s() {
         "FROM busybox:latest\nUSER 1001\nRUN id\n",
     )
     .unwrap();
-    let o = as_nobody(
-        &env,
-        &[
-            "build",
-            "-q",
-            "--network",
-            "none",
-            "-t",
-            "two:1",
-            ctx.to_str().unwrap(),
-        ],
-    );
+    let o = build_as_nobody(&env, &ctx, "two:1");
     assert!(
         !o.status.success(),
         "USER 1001 without subordinate ids must fail"

@@ -9,30 +9,16 @@ use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-use common::{Env, build_env, docker, have};
+use common::{Env, build_env, compile_static, docker};
 
 /// Builds the probe into `dir`; panics saying what is missing.
 fn build_probe(dir: &Path) -> PathBuf {
-    assert!(
-        have("gcc"),
-        "cannot run: gcc is missing (install gcc and libc6-dev)"
-    );
     let src = PathBuf::from(concat!(
         env!("CARGO_MANIFEST_DIR"),
         "/../testdata/seccomp-probe.c"
     ));
     let out = dir.join("seccomp-probe");
-    let o = Command::new("gcc")
-        .args(["-static", "-O2", "-o"])
-        .arg(&out)
-        .arg(&src)
-        .output()
-        .unwrap();
-    assert!(
-        o.status.success(),
-        "cannot run: gcc -static failed (is libc6-dev installed?): {}",
-        String::from_utf8_lossy(&o.stderr)
-    );
+    compile_static(&src, &out);
     out
 }
 

@@ -85,7 +85,7 @@ fn main() {
 fn tool(name: &str) -> Command {
     assert!(
         common::have(name),
-        "{name} is missing: install openssh-client (and rustc for the client)"
+        "{name} is missing: install openssh-client"
     );
     Command::new(name)
 }
@@ -95,23 +95,7 @@ fn client(dir: &Path) -> PathBuf {
     let src = dir.join("client.rs");
     fs_err::write(&src, CLIENT).unwrap();
     let out = dir.join("client");
-    let o = tool("rustc")
-        .args([
-            "--edition",
-            "2021",
-            "-C",
-            "target-feature=+crt-static",
-            "-o",
-        ])
-        .arg(&out)
-        .arg(&src)
-        .output()
-        .unwrap();
-    assert!(
-        o.status.success(),
-        "building the static client failed: {}",
-        String::from_utf8_lossy(&o.stderr)
-    );
+    common::compile_static(&src, &out);
     out
 }
 

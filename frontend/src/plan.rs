@@ -17,7 +17,9 @@ use rbuild_ops::{
     Mount as OpMount, MountKind, NetworkMode, SecurityMode, SourceLocation, SourceOp,
 };
 use rbuild_parser::shell::{Lexer, ShellError, ShellErrorKind, human_size_exact};
-use rbuild_parser::{Command, Dockerfile, Heredoc, Instruction, InstructionKind, Mount, Span};
+use rbuild_parser::{
+    Command, Dockerfile, Heredoc, Instruction, InstructionKind, Mount, Span, edit_distance,
+};
 
 use crate::error::{FrontendError, ResolveError};
 use crate::scope::{
@@ -2409,23 +2411,8 @@ fn with_shell(img: &ImageConfig, cmd: &Command) -> Vec<String> {
 fn closest(word: &str, names: &[&str]) -> Option<String> {
     names
         .iter()
-        .map(|n| (levenshtein(word, n), *n))
+        .map(|n| (edit_distance(word, n), *n))
         .filter(|(d, n)| *d <= 2.max(n.len() / 3))
         .min()
         .map(|(_, n)| n.to_owned())
-}
-
-fn levenshtein(a: &str, b: &str) -> usize {
-    let a: Vec<char> = a.chars().collect();
-    let b: Vec<char> = b.chars().collect();
-    let mut prev: Vec<usize> = (0..=b.len()).collect();
-    for (i, ca) in a.iter().enumerate() {
-        let mut cur = vec![i + 1];
-        for (j, cb) in b.iter().enumerate() {
-            let cost = usize::from(ca != cb);
-            cur.push((prev[j] + cost).min(prev[j + 1] + 1).min(cur[j] + 1));
-        }
-        prev = cur;
-    }
-    prev[b.len()]
 }

@@ -338,6 +338,21 @@ fn target_selects_a_stage_and_unknown_target_fails() {
 }
 
 #[test]
+fn unknown_target_suggests_the_closest_stage_name() {
+    let src = "FROM busybox AS build\nFROM busybox AS final\n";
+    let mut o = opts();
+    o.target = Some("BUILT".into());
+    let e = try_plan(src, &o).unwrap_err().to_string();
+    assert!(e.contains("(did you mean build?)"), "{e}");
+    o.target = Some("fnial".into());
+    let e = try_plan(src, &o).unwrap_err().to_string();
+    assert!(e.contains("(did you mean final?)"), "{e}");
+    o.target = Some("unrelated".into());
+    let e = try_plan(src, &o).unwrap_err().to_string();
+    assert!(!e.contains("did you mean"), "{e}");
+}
+
+#[test]
 fn copy_from_index_stage_and_image() {
     let mut r = FakeResolver::new();
     r.add("busybox:1", busybox_config());

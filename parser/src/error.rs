@@ -123,10 +123,11 @@ pub(crate) fn render_at(
     out
 }
 
-/// Levenshtein distance between two ASCII-case-insensitive strings.
-pub(crate) fn edit_distance(a: &str, b: &str) -> usize {
-    let a: Vec<char> = a.to_lowercase().chars().collect();
-    let b: Vec<char> = b.to_lowercase().chars().collect();
+/// Levenshtein distance between `a` and `b`, counted in `char`s and case-sensitive
+/// (lowercase both first for a case-insensitive distance, as [`suggest`] does).
+pub fn edit_distance(a: &str, b: &str) -> usize {
+    let a: Vec<char> = a.chars().collect();
+    let b: Vec<char> = b.chars().collect();
     let mut prev: Vec<usize> = (0..=b.len()).collect();
     let mut cur = vec![0; b.len() + 1];
     for i in 1..=a.len() {
@@ -140,12 +141,35 @@ pub(crate) fn edit_distance(a: &str, b: &str) -> usize {
     prev[b.len()]
 }
 
-/// The candidate closest to `word`, if it is close enough to be a plausible typo.
+/// The candidate closest to `word` ignoring case, if it is close enough to be a
+/// plausible typo.
 pub(crate) fn suggest<'a>(word: &str, candidates: &[&'a str]) -> Option<&'a str> {
+    let word_lower = word.to_lowercase();
     let best = candidates
         .iter()
-        .map(|c| (edit_distance(word, c), *c))
+        .map(|c| (edit_distance(&word_lower, &c.to_lowercase()), *c))
         .min_by_key(|(d, _)| *d)?;
     let limit = (word.chars().count().max(best.1.len()) / 3).max(2);
     (best.0 <= limit).then_some(best.1)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::{edit_distance, suggest};
+
+    #[test]
+    fn edit_distance_counts_chars_and_is_case_sensitive() {
+        assert_eq!(edit_distance("", ""), 0);
+        assert_eq!(edit_distance("kitten", "sitting"), 3);
+        assert_eq!(edit_distance("run", "RUN"), 3);
+        assert_eq!(edit_distance("aé", "ae"), 1);
+        assert_eq!(edit_distance("abc", ""), 3);
+    }
+
+    #[test]
+    fn suggest_ignores_case() {
+        assert_eq!(suggest("CPOY", &["COPY", "RUN"]), Some("COPY"));
+        assert_eq!(suggest("run", &["COPY", "RUN"]), Some("RUN"));
+        assert_eq!(suggest("xyzzy", &["COPY", "RUN"]), None);
+    }
 }

@@ -19,7 +19,7 @@ pub mod shell;
 mod span;
 
 pub use ast::{Ast, Directives, Heredoc, Node, Warning, parse_ast};
-pub use error::ParseError;
+pub use error::{ParseError, edit_distance};
 pub use instructions::{
     Add, Arg, ArgDef, BindMount, CacheMount, Cmd, Command, Copy, Dockerfile, Duration, Entrypoint,
     Env, Expose, From, Healthcheck, Instruction, InstructionKind, KeyValue, Label, Maintainer,

@@ -3,6 +3,7 @@
 
 pub mod cache;
 pub mod docker;
+pub mod http;
 pub mod steps;
 
 use std::io::Write;
@@ -204,20 +205,60 @@ pub fn build_env() -> Env {
         nix::unistd::geteuid().is_root(),
         "cannot run: building needs root"
     );
+    let env = Env::new();
+    let tar = env.path("base.tar");
+    make_base_tar(&tar);
+    env.ok(&["import", tar.to_str().unwrap(), "busybox:latest"]);
+    env
+}
+
+/// Writes the busybox base root filesystem tarball (made by `busybox-base.sh`,
+/// for `rbuild import`) to `tar`. Panics saying why when the script is absent
+/// or fails.
+pub fn make_base_tar(tar: &Path) {
     let Some(base) = base_sh() else {
         panic!("cannot run: testdata/examples/busybox-base.sh is absent");
     };
-    let env = Env::new();
-    let tar = env.path("base.tar");
     let ok = Command::new("sh")
         .arg(&base)
-        .arg(&tar)
+        .arg(tar)
         .status()
         .is_ok_and(|s| s.success());
     assert!(
         ok,
         "cannot run: base.sh failed (is busybox-static installed?)"
     );
-    env.ok(&["import", tar.to_str().unwrap(), "busybox:latest"]);
-    env
+}
+
+/// Compiles `src` into a static executable at `out`: C with `gcc -static -O2`,
+/// Rust with `rustc --edition 2021 -C target-feature=+crt-static` (chosen by
+/// the file's extension). Panics saying what is missing or what failed.
+pub fn compile_static(src: &Path, out: &Path) {
+    let (compiler, flags, install): (&str, &[&str], &str) =
+        match src.extension().and_then(|e| e.to_str()) {
+            Some("c") => ("gcc", &["-static", "-O2"], "gcc and libc6-dev"),
+            Some("rs") => (
+                "rustc",
+                &["--edition", "2021", "-C", "target-feature=+crt-static"],
+                "rustc",
+            ),
+            _ => panic!("compile_static: {} is neither C nor Rust", src.display()),
+        };
+    assert!(
+        have(compiler),
+        "cannot run: {compiler} is missing: install {install}"
+    );
+    let o = Command::new(compiler)
+        .args(flags)
+        .arg("-o")
+        .arg(out)
+        .arg(src)
+        .output()
+        .unwrap();
+    assert!(
+        o.status.success(),
+        "cannot run: {compiler} could not build {} statically (is {install} installed?): {}",
+        src.display(),
+        String::from_utf8_lossy(&o.stderr)
+    );
 }

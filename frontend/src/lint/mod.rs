@@ -17,7 +17,7 @@ pub mod own;
 
 use std::collections::BTreeMap;
 
-use rbuild_parser::Span;
+use rbuild_parser::{Span, edit_distance};
 use serde::Serialize;
 
 pub use config::{CheckConfig, check_directive};
@@ -516,29 +516,13 @@ pub(crate) fn suggest_search<'a>(
         if opt == val {
             return None;
         }
-        let d = levenshtein(val, opt);
+        let d = edit_distance(val, opt);
         if d < min {
             min = d;
             best = Some(opt);
         }
     }
     best
-}
-
-fn levenshtein(a: &str, b: &str) -> usize {
-    let a: Vec<char> = a.chars().collect();
-    let b: Vec<char> = b.chars().collect();
-    let mut prev: Vec<usize> = (0..=b.len()).collect();
-    let mut cur = vec![0; b.len() + 1];
-    for i in 1..=a.len() {
-        cur[0] = i;
-        for j in 1..=b.len() {
-            let cost = usize::from(a[i - 1] != b[j - 1]);
-            cur[j] = (prev[j] + 1).min(cur[j - 1] + 1).min(prev[j - 1] + cost);
-        }
-        std::mem::swap(&mut prev, &mut cur);
-    }
-    prev[b.len()]
 }
 
 #[cfg(test)]
