@@ -173,6 +173,11 @@ fn nobody_bin(env: &Env) -> PathBuf {
 }
 
 fn as_nobody(env: &Env, args: &[&str]) -> Output {
+    as_nobody_with(env, &[], args)
+}
+
+/// [`as_nobody`] with environment variables `vars` set too.
+fn as_nobody_with(env: &Env, vars: &[(&str, &str)], args: &[&str]) -> Output {
     Command::new("setpriv")
         .args(["--reuid=65534", "--regid=65534", "--clear-groups", "--"])
         .arg(nobody_bin(env))
@@ -182,6 +187,7 @@ fn as_nobody(env: &Env, args: &[&str]) -> Output {
         .env("HOME", env.dir.path())
         .env("RBUILD_ROOT", env.root())
         .env("DOCKER_CONFIG", env.path("docker-config"))
+        .envs(vars.iter().copied())
         .current_dir(env.dir.path())
         .stdin(Stdio::null())
         .output()
@@ -514,5 +520,70 @@ fn nobody_without_subordinate_ids_builds_with_every_file_root_s() {
     assert!(
         err.contains("/etc/subuid") && !err.contains("panicked"),
         "the error says to configure subordinate ids: {err}"
+    );
+}
+
+/// Where the kernel refuses overlayfs in a user namespace (before 5.11),
+/// rbuild uses the copying snapshotter; forced here with
+/// `RBUILD_SNAPSHOTTER=copy`, a build as `nobody` gives the tar headers a
+/// root build gives with overlay.
+#[test]
+fn nobody_with_the_copying_snapshotter_builds_the_layers_root_builds_with_overlay() {
+    let root_env = build_env();
+    let ctx = context(&root_env);
+    root_env.ok(&[
+        "build",
+        "-q",
+        "--network",
+        "none",
+        "-t",
+        "rl:1",
+        ctx.to_str().unwrap(),
+    ]);
+    let root_tar = root_env.path("root.tar");
+    root_env.ok(&["save", "-o", root_tar.to_str().unwrap(), "rl:1"]);
+
+    let _ids = SubIds::present();
+    let env = nobody_env();
+    let ctx = context(&env);
+    let copy = [("RBUILD_SNAPSHOTTER", "copy")];
+    let o = as_nobody_with(&env, &copy, &["info"]);
+    assert!(
+        o.status.success() && text(&o).contains("Snapshotter: copy"),
+        "info as nobody: {}",
+        text(&o)
+    );
+    let o = as_nobody_with(
+        &env,
+        &copy,
+        &[
+            "build",
+            "-q",
+            "--network",
+            "none",
+            "-t",
+            "rl:1",
+            ctx.to_str().unwrap(),
+        ],
+    );
+    assert!(
+        o.status.success(),
+        "build as nobody over copies: {}",
+        text(&o)
+    );
+    let tar = env.path("nobody.tar");
+    let o = as_nobody(&env, &["save", "-o", tar.to_str().unwrap(), "rl:1"]);
+    assert!(o.status.success(), "save as nobody: {}", text(&o));
+    assert_eq!(
+        headers(&tar),
+        headers(&root_tar),
+        "the tar headers differ from a root build's"
+    );
+    let mounts = env.root().join("snapshots/mounts");
+    assert_eq!(
+        fs_err::read_dir(&mounts).unwrap().count(),
+        0,
+        "copies left in {}",
+        mounts.display()
     );
 }

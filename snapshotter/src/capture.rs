@@ -193,8 +193,14 @@ impl Capture<'_> {
             self.parents(tree, &child)?;
             let dst = self.upper.join(&child);
             nix::sys::stat::mknod(&dst, SFlag::S_IFCHR, Mode::empty(), 0).map_err(|e| {
+                let why = if crate::overlay::in_user_namespace() {
+                    "a user namespace may make them from Linux 5.8"
+                } else {
+                    "the file system of the state root cannot hold them: put it on a local \
+                     file system such as ext4, xfs or btrfs (a volume, in a container)"
+                };
                 io::Error::other(format!(
-                    "make the whiteout {}: {e} (a user namespace may make whiteouts from Linux 5.8)",
+                    "make the overlay whiteout {}: {e} ({why})",
                     dst.display()
                 ))
             })?;

@@ -251,3 +251,37 @@ fn prune_keeps_what_a_live_process_holds() {
         assert!(store.exists(id), "{id} was pruned while held");
     }
 }
+
+#[test]
+fn auto_chooses_the_copying_snapshotter_where_an_overlay_cannot_be_mounted() {
+    use rbuild_snapshotter::overlay::{OverlayLayout, mount_overlay};
+    use rbuild_snapshotter::snapshots::{BACKEND_ENV, Backend};
+    assert!(root(), "cannot run: overlay mounts need root");
+    assert!(
+        std::env::var_os(BACKEND_ENV).is_none(),
+        "cannot run: {BACKEND_ENV} is set (unset it: this test checks the automatic choice)"
+    );
+    let d = tempfile::tempdir().unwrap();
+    // A plain directory: overlay.
+    let plain = SnapshotStore::open(&d.path().join("plain")).unwrap();
+    assert_eq!(plain.backend().unwrap(), &Backend::Overlay);
+    // A state root on an overlay mount, which overlayfs refuses as an upper
+    // dir (as in a container whose root is overlayfs): copies.
+    let layout = OverlayLayout {
+        lower: vec![d.path().join("l")],
+        upper: d.path().join("u"),
+        work: d.path().join("w"),
+    };
+    for p in ["l", "u", "w", "m"] {
+        std::fs::create_dir(d.path().join(p)).unwrap();
+    }
+    let m = mount_overlay(&layout, &d.path().join("m")).unwrap();
+    let store = SnapshotStore::open(&d.path().join("m/state")).unwrap();
+    match store.backend().unwrap() {
+        Backend::Copy { reason } => assert!(reason.contains("overlay"), "{reason}"),
+        Backend::Overlay => panic!("overlay chosen on an overlay upper dir"),
+    }
+    assert!(store.copies().unwrap());
+    drop(store);
+    m.unmount().unwrap();
+}
