@@ -3,8 +3,12 @@
 # instructions FROM busybox, --network none) built
 #   - by rbuild as root,
 #   - by rbuild as `nobody` (setpriv), in the user namespace rbuild enters itself,
+#   - by rbuild as `nobody` with the copying snapshotter (RBUILD_SNAPSHOTTER=copy:
+#     what kernels without overlayfs in a user namespace get),
 #   - by rootless buildah as `nobody` (`buildah bud --layers`, overlay storage in a
 #     temp dir), and by buildah as root, for the same ratio on buildah's side,
+#   - by rootless buildah as `nobody` with the vfs driver (buildah's copying
+#     storage, the peer of rbuild's copying snapshotter),
 # cold (a fresh state root / storage each run, the busybox base imported first and
 # not timed) and as a no-op rebuild (everything cached). Prints the medians and
 # the ratios nobody/root. Run as root (it becomes nobody with setpriv).
@@ -106,6 +110,10 @@ read -r rn_cold rn_re < <(run_side rbuild-nobody nobody "$rb_setup" "$rb_build")
 echo "rbuild as nobody:      cold $rn_cold  no-op rebuild $rn_re"
 ratio() { awk -v a="$1" -v b="$2" 'BEGIN {printf "%.2f", a / b}'; }
 echo "rbuild nobody/root:    cold $(ratio "$rn_cold" "$rr_cold")  no-op rebuild $(ratio "$rn_re" "$rr_re")"
+rb_copy_build="RBUILD_SNAPSHOTTER=copy $rb_build"
+read -r rc_cold rc_re < <(run_side rbuild-nobody-copy nobody "$rb_setup" "$rb_copy_build")
+echo "rbuild as nobody, copying snapshotter: cold $rc_cold  no-op rebuild $rc_re"
+echo "rbuild copy/overlay, nobody: cold $(ratio "$rc_cold" "$rn_cold")  no-op rebuild $(ratio "$rc_re" "$rn_re")"
 if command -v buildah >/dev/null; then
   read -r bn_cold bn_re < <(run_side buildah-nobody nobody "$bh_setup" "$bh_build")
   echo "buildah as nobody:     cold $bn_cold  no-op rebuild $bn_re"
@@ -113,6 +121,10 @@ if command -v buildah >/dev/null; then
   echo "buildah as root:       cold $br_cold  no-op rebuild $br_re"
   echo "buildah nobody/root:   cold $(ratio "$bn_cold" "$br_cold")  no-op rebuild $(ratio "$bn_re" "$br_re")"
   echo "rbuild/buildah, nobody: cold $(ratio "$rn_cold" "$bn_cold")  no-op rebuild $(ratio "$rn_re" "$bn_re")"
+  bhv="buildah --root \$dir/root --runroot \$dir/run --storage-driver vfs"
+  read -r bv_cold bv_re < <(run_side buildah-nobody-vfs nobody "$bhv pull -q docker-archive:$work/bb.tar" "cd '$work/steps' && $bhv bud --layers --network none -q -t steps .")
+  echo "buildah as nobody, vfs: cold $bv_cold  no-op rebuild $bv_re"
+  echo "rbuild copy / buildah vfs, nobody: cold $(ratio "$rc_cold" "$bv_cold")  no-op rebuild $(ratio "$rc_re" "$bv_re")"
 else
   echo "buildah: not installed"
 fi
