@@ -56,8 +56,8 @@ pub enum SnapshotError {
     #[error(transparent)]
     Layer(#[from] crate::Error),
     #[error(
-        "overlay mounts are not available ({0}); rbuild build needs root, or a kernel that \
-         allows overlayfs in a user namespace (Linux 5.11+) for builds as an ordinary user"
+        "overlay mounts are not available ({0}); RBUILD_SNAPSHOTTER=copy (or auto, the \
+         default) builds over copies instead"
     )]
     NoOverlay(String),
     #[error("{0}")]
