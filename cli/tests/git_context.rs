@@ -149,13 +149,26 @@ impl Repo {
 
     /// `git http-backend` as a CGI of python3's `http.server`
     /// (`http://127.0.0.1:PORT/cgi-bin/git/repo.git`), run as this user
-    /// (not `nobody`, which cannot read the test's directories).
+    /// (not `nobody`, which cannot read the test's directories). Every
+    /// request is logged to `www/requests.log` (see [`requests`]) as
+    /// `METHOD /repo.git/PATH[?QUERY]`. The server speaks protocol v0
+    /// (python's CGI passes no `Git-Protocol` header, and the script unsets
+    /// it anyway), so `git ls-remote` is one GET of `info/refs` and only a
+    /// fetch POSTs to `git-upload-pack`.
     fn http_backend(&self, env: &Env) -> Server {
         need("python3", "python3");
         let www = env.path("www");
+        let log = www.join("requests.log");
+        write(&log, "");
         write(
             &www.join("cgi-bin/git"),
-            "#!/bin/sh\nexec git http-backend\n",
+            &format!(
+                "#!/bin/sh\n\
+                 echo \"$REQUEST_METHOD $PATH_INFO${{QUERY_STRING:+?$QUERY_STRING}}\" >> '{}'\n\
+                 unset GIT_PROTOCOL HTTP_GIT_PROTOCOL\n\
+                 exec git http-backend\n",
+                log.display()
+            ),
         );
         let script = www.join("cgi-bin/git");
         fs_err::set_permissions(&script, std::os::unix::fs::PermissionsExt::from_mode(0o755))
@@ -178,6 +191,25 @@ impl Repo {
         wait_for(port, "python3 http.server");
         s
     }
+}
+
+/// The requests the http backend of `env` got so far, as
+/// `METHOD /repo.git/PATH[?QUERY]`.
+fn requests(env: &Env) -> Vec<String> {
+    fs_err::read_to_string(env.path("www/requests.log"))
+        .unwrap()
+        .lines()
+        .map(str::to_owned)
+        .collect()
+}
+
+/// How many requests of `env`'s http backend so far are `METHOD` for
+/// `path` of repository `repo` (`git-upload-pack`: a fetch;
+/// `info/refs?service=git-upload-pack`: resolving refs, or the start of a
+/// fetch).
+fn count(env: &Env, method: &str, repo: &str, path: &str) -> usize {
+    let want = format!("{method} /{repo}/{path}");
+    requests(env).iter().filter(|l| **l == want).count()
 }
 
 fn build(env: &Env, args: &[&str]) -> Output {
@@ -396,6 +428,129 @@ fn add_of_a_git_ref_is_keyed_by_its_commit() {
     assert!(!o.status.success());
     let err = String::from_utf8_lossy(&o.stderr);
     assert!(err.contains("can't be a git ref for COPY"), "{err}");
+}
+
+/// The records of the stored git checkouts (`git-checkouts/` of the root).
+fn checkout_records(env: &Env) -> Vec<String> {
+    let dir = env.root().join("git-checkouts");
+    let mut out: Vec<String> = fs_err::read_dir(&dir)
+        .map(|d| {
+            d.map(|e| fs_err::read_to_string(e.unwrap().path()).unwrap())
+                .collect()
+        })
+        .unwrap_or_default();
+    out.sort();
+    out
+}
+
+#[test]
+fn a_git_context_is_kept_by_commit_and_shared_with_add() {
+    const UPLOAD: &str = "git-upload-pack";
+    const REFS: &str = "info/refs?service=git-upload-pack";
+    let env = build_env();
+    let repo = Repo::new(&env);
+    let s = repo.http_backend(&env);
+    let url = format!("http://127.0.0.1:{}/cgi-bin/git/repo.git#main", s.port);
+    // A local Dockerfile (an absolute -f) that also ADDs the same ref.
+    let df = env.path("Dockerfile.local");
+    write(
+        &df,
+        &format!(
+            "FROM busybox\nCOPY . /ctx\nADD {url} /added\n\
+             RUN find /ctx /added | sort > /list\n"
+        ),
+    );
+    let df = df.to_str().unwrap();
+
+    // The first build resolves the ref and fetches the commit (a fetch is
+    // one or more POSTs, a shallow one two): the ADD of the same commit
+    // takes the checkout the context stored instead of fetching.
+    let o = build(&env, &["-t", "one", "-f", df, &url]);
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(o.status.success(), "{err}");
+    let posts1 = count(&env, "POST", "repo.git", UPLOAD);
+    assert!(posts1 >= 1, "{:?}", requests(&env));
+    let refs1 = count(&env, "GET", "repo.git", REFS);
+    assert!(
+        refs1 >= 2,
+        "the context and ADD resolve the ref: {:?}",
+        requests(&env)
+    );
+    assert!(err.contains("using the stored checkout of"), "{err}");
+    assert!(!err.contains("fetching "), "ADD fetches nothing: {err}");
+    let list = cat(&env, "one", "/list");
+    assert!(list.contains("/ctx/sub/a.txt\n"), "{list}");
+    assert!(list.contains("/added/sub/a.txt\n"), "{list}");
+    assert!(!list.contains("new.txt"), "{list}");
+    let records = checkout_records(&env);
+    assert_eq!(records.len(), 1, "{records:?}");
+    assert!(records[0].contains(&repo.head()), "{records:?}");
+
+    // Again: the ref is resolved again, nothing is fetched.
+    build_ok(&env, &["-t", "two", "-f", df, &url]);
+    assert!(
+        count(&env, "GET", "repo.git", REFS) > refs1,
+        "{:?}",
+        requests(&env)
+    );
+    assert_eq!(
+        count(&env, "POST", "repo.git", UPLOAD),
+        posts1,
+        "{:?}",
+        requests(&env)
+    );
+    assert_eq!(cat(&env, "two", "/list"), list);
+
+    // A checksum the commit does not match fails before any fetch.
+    let bad = format!(
+        "http://127.0.0.1:{}/cgi-bin/git/repo.git?checksum=0123abcd#main",
+        s.port
+    );
+    let o = build(&env, &[&bad]);
+    assert!(!o.status.success());
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(err.contains("expected checksum to match 0123abcd"), "{err}");
+    assert_eq!(
+        count(&env, "POST", "repo.git", UPLOAD),
+        posts1,
+        "{:?}",
+        requests(&env)
+    );
+
+    // `system df -v` counts the checkout as build cache.
+    let df_out = env.ok(&["system", "df", "-v"]);
+    assert!(
+        df_out.contains("git checkout http://127.0.0.1:"),
+        "{df_out}"
+    );
+
+    // A new commit on the branch: fetched once more (by the context only),
+    // its content seen.
+    let second = repo.commit_new_file();
+    let o = build(&env, &["-t", "three", "-f", df, &url]);
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(o.status.success(), "{err}");
+    assert!(!err.contains("fetching "), "ADD fetches nothing: {err}");
+    let posts3 = count(&env, "POST", "repo.git", UPLOAD);
+    assert!(posts3 > posts1, "{:?}", requests(&env));
+    let list = cat(&env, "three", "/list");
+    assert!(list.contains("/ctx/new.txt\n"), "{list}");
+    assert!(list.contains("/added/new.txt\n"), "{list}");
+    let records = checkout_records(&env);
+    assert_eq!(records.len(), 2, "{records:?}");
+    assert!(records.iter().any(|r| r.contains(&second)), "{records:?}");
+
+    // `builder prune -a -f` removes the stored checkouts; the next build
+    // fetches again.
+    env.ok(&["builder", "prune", "-a", "-f"]);
+    assert_eq!(checkout_records(&env), Vec::<String>::new());
+    build_ok(&env, &["-t", "four", "-f", df, &url]);
+    assert!(
+        count(&env, "POST", "repo.git", UPLOAD) > posts3,
+        "{:?}",
+        requests(&env)
+    );
+    assert_eq!(cat(&env, "four", "/list"), list);
 }
 
 /// Serves `body` to every request on 127.0.0.1, in a thread.
