@@ -553,6 +553,160 @@ fn a_git_context_is_kept_by_commit_and_shared_with_add() {
     assert_eq!(cat(&env, "four", "/list"), list);
 }
 
+/// Adds to `repo` (committed on `main` and pushed) a submodule `mod` of a
+/// second repository `srv/sub.git` holding `subfile.txt`, with the relative
+/// URL `../sub.git`. Returns the commit.
+fn add_submodule(env: &Env, repo: &Repo) -> String {
+    let sub = env.path("subsrc");
+    fs_err::create_dir_all(&sub).unwrap();
+    git(&sub, &["init", "-q"]);
+    write(&sub.join("subfile.txt"), "from-sub\n");
+    git(&sub, &["add", "-A"]);
+    git(&sub, &["commit", "-qm", "sub"]);
+    git(
+        &repo.srv,
+        &["clone", "-q", "--bare", sub.to_str().unwrap(), "sub.git"],
+    );
+    let bare_sub = repo.srv.join("sub.git");
+    git(
+        &repo.work,
+        &[
+            "-c",
+            "protocol.file.allow=always",
+            "submodule",
+            "add",
+            "-q",
+            bare_sub.to_str().unwrap(),
+            "mod",
+        ],
+    );
+    git(
+        &repo.work,
+        &[
+            "config",
+            "-f",
+            ".gitmodules",
+            "submodule.mod.url",
+            "../sub.git",
+        ],
+    );
+    git(&repo.work, &["add", "-A"]);
+    git(&repo.work, &["commit", "-qm", "submodule"]);
+    let bare = repo.srv.join("repo.git");
+    git(&repo.work, &["push", "-q", bare.to_str().unwrap(), "main"]);
+    repo.head()
+}
+
+#[test]
+fn submodules_are_checked_out_unless_submodules_false() {
+    let env = build_env();
+    let repo = Repo::new(&env);
+    let head = add_submodule(&env, &repo);
+    let s = repo.http_backend(&env);
+    let base = format!("http://127.0.0.1:{}/cgi-bin/git/repo.git", s.port);
+    let nosub = format!("{base}?submodules=false");
+    let df = env.path("Dockerfile.local");
+    write(
+        &df,
+        &format!(
+            "FROM busybox\nCOPY . /ctx\nADD {base}#main /added\nADD {nosub}#main /nosub\n\
+             RUN find /ctx /added /nosub | sort > /list\n"
+        ),
+    );
+    let df = df.to_str().unwrap();
+
+    // By default the context and ADD have the submodule's files (fetched
+    // from the same server: `../sub.git` is resolved against the remote),
+    // and no `.git` of it; with `submodules=false` its directory is empty.
+    build_ok(&env, &["-t", "withsub", "-f", df, &format!("{base}#main")]);
+    assert!(
+        count(&env, "POST", "sub.git", "git-upload-pack") >= 1,
+        "{:?}",
+        requests(&env)
+    );
+    let list = cat(&env, "withsub", "/list");
+    for want in [
+        "/ctx/mod/subfile.txt\n",
+        "/added/mod/subfile.txt\n",
+        "/nosub/mod\n",
+        "/nosub/Dockerfile\n",
+    ] {
+        assert!(list.contains(want), "{want}: {list}");
+    }
+    assert!(!list.contains("/nosub/mod/"), "{list}");
+    assert!(!list.contains(".git\n"), "{list}");
+    assert!(!list.contains(".git/"), "{list}");
+    assert_eq!(cat(&env, "withsub", "/ctx/mod/subfile.txt"), "from-sub\n");
+
+    build_ok(&env, &["-t", "nosub", "-f", df, &format!("{nosub}#main")]);
+    let list = cat(&env, "nosub", "/list");
+    assert!(list.contains("/ctx/mod\n"), "{list}");
+    assert!(!list.contains("/ctx/mod/"), "{list}");
+    assert!(list.contains("/added/mod/subfile.txt\n"), "{list}");
+
+    // One commit, two checkouts: the key of a stored checkout says whether
+    // it has the submodules.
+    let records = checkout_records(&env);
+    assert_eq!(records.len(), 2, "{records:?}");
+    for r in &records {
+        assert!(r.contains(&format!("\"commit\":\"{head}\"")), "{r}");
+    }
+    assert!(
+        records.iter().any(|r| r.contains("\"submodules\":true")),
+        "{records:?}"
+    );
+    assert!(
+        records.iter().any(|r| r.contains("\"submodules\":false")),
+        "{records:?}"
+    );
+
+    // With .git kept: HEAD is the same commit, and the submodule's .git
+    // points into it.
+    let ctx_df = env.path("Dockerfile.kept");
+    write(&ctx_df, "FROM busybox\nCOPY . /ctx\n");
+    build_ok(
+        &env,
+        &[
+            "-t",
+            "kept",
+            "-f",
+            ctx_df.to_str().unwrap(),
+            "--build-arg",
+            "BUILDKIT_CONTEXT_KEEP_GIT_DIR=1",
+            &format!("{base}#main"),
+        ],
+    );
+    assert_eq!(cat(&env, "kept", "/ctx/.git/HEAD").trim(), head);
+    assert_eq!(cat(&env, "kept", "/ctx/mod/subfile.txt"), "from-sub\n");
+    assert_eq!(
+        cat(&env, "kept", "/ctx/mod/.git"),
+        "gitdir: ../.git/modules/mod\n"
+    );
+
+    // A submodule URL that is a local path is refused (the file transport
+    // is off for submodules too), in one line.
+    git(
+        &repo.work,
+        &[
+            "config",
+            "-f",
+            ".gitmodules",
+            "submodule.mod.url",
+            repo.srv.join("sub.git").to_str().unwrap(),
+        ],
+    );
+    git(&repo.work, &["commit", "-qam", "local path"]);
+    let bare = repo.srv.join("repo.git");
+    git(&repo.work, &["push", "-q", bare.to_str().unwrap(), "main"]);
+    let o = build(&env, &["-f", df, &format!("{base}#main")]);
+    assert!(!o.status.success());
+    let err = String::from_utf8_lossy(&o.stderr);
+    let lines: Vec<&str> = err.lines().filter(|l| !l.trim().is_empty()).collect();
+    assert_eq!(lines.len(), 1, "{err}");
+    assert!(lines[0].contains("failed to update submodules"), "{err}");
+    assert!(lines[0].contains("transport 'file' not allowed"), "{err}");
+}
+
 /// Serves `body` to every request on 127.0.0.1, in a thread.
 fn serve(body: Vec<u8>) -> u16 {
     let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();

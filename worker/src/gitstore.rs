@@ -11,7 +11,7 @@
 //! name carrying the owner token and renamed into place; its mtime is the
 //! checkout's last use. `key` is the blake3 hash of the normalised remote,
 //! the commit, the subdirectory, whether `.git` is kept (with the ref it
-//! names then). A record whose
+//! names then) and whether submodules are checked out. A record whose
 //! snapshot is gone is a miss (and `builder prune` removes it).
 
 use std::path::{Path, PathBuf};
@@ -115,6 +115,7 @@ pub fn key(c: &Checkout<'_>) -> String {
         c.subdir,
         if c.keep_git_dir { "git-dir" } else { "" },
         reference,
+        if c.submodules { "submodules" } else { "" },
     ] {
         h.update(&(part.len() as u64).to_le_bytes());
         h.update(part.as_bytes());
@@ -218,6 +219,7 @@ pub fn checkout(
         "commit": c.commit,
         "subdir": c.subdir,
         "keep_git_dir": c.keep_git_dir,
+        "submodules": c.submodules,
         "created": now_unix(),
     });
     write_record(snapshots, &dir, &path, record.to_string().as_bytes()).map_err(err)?;
@@ -296,6 +298,7 @@ mod tests {
             commit: "0123456789012345678901234567890123456789",
             subdir: "",
             keep_git_dir: false,
+            submodules: true,
         };
         let k = key(&base);
         assert_eq!(
@@ -328,6 +331,10 @@ mod tests {
             },
             Checkout {
                 keep_git_dir: true,
+                ..base.clone()
+            },
+            Checkout {
+                submodules: false,
                 ..base.clone()
             },
         ] {

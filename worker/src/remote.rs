@@ -35,7 +35,8 @@ pub struct GitContext {
 /// A git context: resolves `reference` of `remote` with `git ls-remote`
 /// (every time: a branch moves), checks the commit against `checksum` (a hex
 /// prefix), then takes the checkout of that commit (or `subdir` of it; `.git`
-/// only with `keep_git_dir`) from the store of checkouts, fetching it when
+/// only with `keep_git_dir`; with its submodules when `submodules`) from the
+/// store of checkouts, fetching it when
 /// the store has none ([`crate::gitstore`]).
 pub fn fetch_git(
     state_root: &Path,
@@ -43,6 +44,7 @@ pub fn fetch_git(
     reference: &str,
     subdir: &str,
     keep_git_dir: bool,
+    submodules: bool,
     checksum: Option<&str>,
 ) -> Result<GitContext, ExecError> {
     let resolved = crate::git::resolve(remote, reference)?;
@@ -66,6 +68,7 @@ pub fn fetch_git(
             commit: &key_commit,
             subdir,
             keep_git_dir,
+            submodules,
         },
         || {},
     )?;

@@ -71,9 +71,6 @@ pub fn fetch(
 ) -> anyhow::Result<Option<Remote>> {
     if let Some(g) = rbuild_frontend::gitref::parse(spec) {
         let g = g.map_err(|e| anyhow!("git context {spec}: {e}"))?;
-        if g.submodules == Some(true) {
-            bail!("git context {spec}: submodules are not supported by rbuild");
-        }
         let keep = g.keep_git_dir.unwrap_or(false)
             || build_args
                 .get("BUILDKIT_CONTEXT_KEEP_GIT_DIR")
@@ -85,6 +82,7 @@ pub fn fetch(
             &g.reference,
             &g.subdir,
             keep,
+            g.submodules.unwrap_or(true),
             g.checksum.as_deref(),
         )
         .map_err(|e| anyhow!("git context: {}", rbuild_engine::one_line(&e)))?;
