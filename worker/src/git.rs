@@ -49,6 +49,23 @@ fn is_commit_sha(s: &str) -> bool {
     (s.len() == 40 || s.len() == 64) && s.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f'))
 }
 
+/// `remote` with the password of a `scheme://user:password@host` URL
+/// replaced by `xxxxx` (`BuildKit`'s `RedactCredentials`).
+pub fn redact(remote: &str) -> String {
+    let Some(i) = remote.find("://") else {
+        return remote.to_owned();
+    };
+    let rest = &remote[i + 3..];
+    let authority = &rest[..rest.find('/').unwrap_or(rest.len())];
+    let Some(at) = authority.rfind('@') else {
+        return remote.to_owned();
+    };
+    match authority[..at].split_once(':') {
+        Some((user, _)) => format!("{}{user}:xxxxx{}", &remote[..i + 3], &remote[i + 3 + at..]),
+        None => remote.to_owned(),
+    }
+}
+
 /// A `git` command with prompts, system configuration and local transports off.
 fn git() -> Command {
     let mut c = Command::new("git");
@@ -331,7 +348,7 @@ pub fn checkout(c: &Checkout<'_>, dest: &Path, scratch: &Path) -> Result<(), Exe
             &format!("{what}: git reflog"),
         )?;
         // `.git` keeps no password (`BuildKit` sets the redacted URL too).
-        let redacted = crate::gitstore::redact(c.remote);
+        let redacted = redact(c.remote);
         if redacted != c.remote {
             run(
                 g(&["remote", "set-url", "origin", &redacted]),

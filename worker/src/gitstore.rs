@@ -86,23 +86,6 @@ pub fn normalise_remote(remote: &str) -> String {
     }
 }
 
-/// `remote` with the password of a `scheme://user:password@host` URL
-/// replaced by `xxxxx` (`BuildKit`'s `RedactCredentials`).
-pub fn redact(remote: &str) -> String {
-    let Some(i) = remote.find("://") else {
-        return remote.to_owned();
-    };
-    let rest = &remote[i + 3..];
-    let authority = &rest[..rest.find('/').unwrap_or(rest.len())];
-    let Some(at) = authority.rfind('@') else {
-        return remote.to_owned();
-    };
-    match authority[..at].split_once(':') {
-        Some((user, _)) => format!("{}{user}:xxxxx{}", &remote[..i + 3], &remote[i + 3 + at..]),
-        None => remote.to_owned(),
-    }
-}
-
 /// The key of a checkout (64 hex digits).
 pub fn key(c: &Checkout<'_>) -> String {
     let mut h = blake3::Hasher::new_derive_key("rbuild git checkout key v1");
@@ -215,7 +198,7 @@ pub fn checkout(
     drop(scratch);
     let record = serde_json::json!({
         "snapshot": id.as_str(),
-        "remote": redact(c.remote),
+        "remote": crate::git::redact(c.remote),
         "commit": c.commit,
         "subdir": c.subdir,
         "keep_git_dir": c.keep_git_dir,
@@ -282,6 +265,7 @@ mod tests {
             normalise_remote("git@GitHub.com:o/r.git"),
             "git@github.com:o/r.git"
         );
+        let redact = crate::git::redact;
         assert_eq!(
             redact("https://u:secret@h/r.git"),
             "https://u:xxxxx@h/r.git"

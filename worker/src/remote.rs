@@ -54,7 +54,7 @@ pub fn fetch_git(
         if !commit.starts_with(&c.to_ascii_lowercase()) {
             return Err(ExecError::msg(format!(
                 "{}: expected checksum to match {c}, got {commit}",
-                crate::gitstore::redact(remote)
+                crate::git::redact(remote)
             )));
         }
     }

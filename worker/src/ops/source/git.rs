@@ -12,7 +12,7 @@ pub(crate) fn fetch(
     c: &crate::git::Checkout<'_>,
     logger: &VertexLogger,
 ) -> Result<ResultRef, ExecError> {
-    let remote = crate::gitstore::redact(c.remote);
+    let remote = crate::git::redact(c.remote);
     let stored = crate::gitstore::checkout(&inner.snapshots, &inner.state_root, c, || {
         logger.log(Stream::Stdout, format!("fetching {remote} at {}", c.commit));
     })?;
