@@ -540,6 +540,16 @@ fn a_git_context_is_kept_by_commit_and_shared_with_add() {
     assert_eq!(records.len(), 2, "{records:?}");
     assert!(records.iter().any(|r| r.contains(&second)), "{records:?}");
 
+    // A record a killed writer left under its temporary name is swept by
+    // the next command (its owner is dead); the records stay.
+    let dead = env
+        .root()
+        .join("git-checkouts/tmp-4000000000.0badc0de-half");
+    write(&dead, "{\"snap");
+    env.ok(&["images"]);
+    assert!(!dead.exists(), "a dead writer's temporary record is swept");
+    assert_eq!(checkout_records(&env).len(), 2);
+
     // `builder prune -a -f` removes the stored checkouts; the next build
     // fetches again.
     env.ok(&["builder", "prune", "-a", "-f"]);

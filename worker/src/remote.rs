@@ -36,8 +36,8 @@ pub struct GitContext {
 /// (every time: a branch moves), checks the commit against `checksum` (a hex
 /// prefix), then takes the checkout of that commit (or `subdir` of it; `.git`
 /// only with `keep_git_dir`; with its submodules when `submodules`) from the
-/// store of checkouts, fetching it when
-/// the store has none ([`crate::gitstore`]).
+/// store of checkouts, fetching it when the store has none
+/// ([`crate::gitstore`]).
 pub fn fetch_git(
     state_root: &Path,
     remote: &str,
