@@ -150,13 +150,26 @@ impl Repo {
 
     /// `git http-backend` as a CGI of python3's `http.server`
     /// (`http://127.0.0.1:PORT/cgi-bin/git/repo.git`), run as this user
-    /// (not `nobody`, which cannot read the test's directories).
+    /// (not `nobody`, which cannot read the test's directories). Every
+    /// request is logged to `www/requests.log` (see [`requests`]) as
+    /// `METHOD /repo.git/PATH[?QUERY]`. The server speaks protocol v0
+    /// (python's CGI passes no `Git-Protocol` header, and the script unsets
+    /// it anyway), so `git ls-remote` is one GET of `info/refs` and only a
+    /// fetch POSTs to `git-upload-pack`.
     fn http_backend(&self, env: &Env) -> Server {
         need("python3", "python3");
         let www = env.path("www");
+        let log = www.join("requests.log");
+        write(&log, "");
         write(
             &www.join("cgi-bin/git"),
-            "#!/bin/sh\nexec git http-backend\n",
+            &format!(
+                "#!/bin/sh\n\
+                 echo \"$REQUEST_METHOD $PATH_INFO${{QUERY_STRING:+?$QUERY_STRING}}\" >> '{}'\n\
+                 unset GIT_PROTOCOL HTTP_GIT_PROTOCOL\n\
+                 exec git http-backend\n",
+                log.display()
+            ),
         );
         let script = www.join("cgi-bin/git");
         fs_err::set_permissions(&script, std::os::unix::fs::PermissionsExt::from_mode(0o755))
@@ -179,6 +192,25 @@ impl Repo {
         wait_for(port, "python3 http.server");
         s
     }
+}
+
+/// The requests the http backend of `env` got so far, as
+/// `METHOD /repo.git/PATH[?QUERY]`.
+fn requests(env: &Env) -> Vec<String> {
+    fs_err::read_to_string(env.path("www/requests.log"))
+        .unwrap()
+        .lines()
+        .map(str::to_owned)
+        .collect()
+}
+
+/// How many requests of `env`'s http backend so far are `METHOD` for
+/// `path` of repository `repo` (`git-upload-pack`: a fetch;
+/// `info/refs?service=git-upload-pack`: resolving refs, or the start of a
+/// fetch).
+fn count(env: &Env, method: &str, repo: &str, path: &str) -> usize {
+    let want = format!("{method} /{repo}/{path}");
+    requests(env).iter().filter(|l| **l == want).count()
 }
 
 fn build(env: &Env, args: &[&str]) -> Output {
@@ -397,6 +429,293 @@ fn add_of_a_git_ref_is_keyed_by_its_commit() {
     assert!(!o.status.success());
     let err = String::from_utf8_lossy(&o.stderr);
     assert!(err.contains("can't be a git ref for COPY"), "{err}");
+}
+
+/// The records of the stored git checkouts (`git-checkouts/` of the root).
+fn checkout_records(env: &Env) -> Vec<String> {
+    let dir = env.root().join("git-checkouts");
+    let mut out: Vec<String> = fs_err::read_dir(&dir)
+        .map(|d| {
+            d.map(|e| fs_err::read_to_string(e.unwrap().path()).unwrap())
+                .collect()
+        })
+        .unwrap_or_default();
+    out.sort();
+    out
+}
+
+#[test]
+fn a_git_context_is_kept_by_commit_and_shared_with_add() {
+    const UPLOAD: &str = "git-upload-pack";
+    const REFS: &str = "info/refs?service=git-upload-pack";
+    let env = build_env();
+    let repo = Repo::new(&env);
+    let s = repo.http_backend(&env);
+    let url = format!("http://127.0.0.1:{}/cgi-bin/git/repo.git#main", s.port);
+    // A local Dockerfile (an absolute -f) that also ADDs the same ref.
+    let df = env.path("Dockerfile.local");
+    write(
+        &df,
+        &format!(
+            "FROM busybox\nCOPY . /ctx\nADD {url} /added\n\
+             RUN find /ctx /added | sort > /list\n"
+        ),
+    );
+    let df = df.to_str().unwrap();
+
+    // The first build resolves the ref and fetches the commit (a fetch is
+    // one or more POSTs, a shallow one two): the ADD of the same commit
+    // takes the checkout the context stored instead of fetching.
+    let o = build(&env, &["-t", "one", "-f", df, &url]);
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(o.status.success(), "{err}");
+    let posts1 = count(&env, "POST", "repo.git", UPLOAD);
+    assert!(posts1 >= 1, "{:?}", requests(&env));
+    let refs1 = count(&env, "GET", "repo.git", REFS);
+    assert!(
+        refs1 >= 2,
+        "the context and ADD resolve the ref: {:?}",
+        requests(&env)
+    );
+    assert!(err.contains("using the stored checkout of"), "{err}");
+    assert!(!err.contains("fetching "), "ADD fetches nothing: {err}");
+    let list = cat(&env, "one", "/list");
+    assert!(list.contains("/ctx/sub/a.txt\n"), "{list}");
+    assert!(list.contains("/added/sub/a.txt\n"), "{list}");
+    assert!(!list.contains("new.txt"), "{list}");
+    let records = checkout_records(&env);
+    assert_eq!(records.len(), 1, "{records:?}");
+    assert!(records[0].contains(&repo.head()), "{records:?}");
+
+    // Again: the ref is resolved again, nothing is fetched.
+    build_ok(&env, &["-t", "two", "-f", df, &url]);
+    assert!(
+        count(&env, "GET", "repo.git", REFS) > refs1,
+        "{:?}",
+        requests(&env)
+    );
+    assert_eq!(
+        count(&env, "POST", "repo.git", UPLOAD),
+        posts1,
+        "{:?}",
+        requests(&env)
+    );
+    assert_eq!(cat(&env, "two", "/list"), list);
+
+    // A checksum the commit does not match fails before any fetch.
+    let bad = format!(
+        "http://127.0.0.1:{}/cgi-bin/git/repo.git?checksum=0123abcd#main",
+        s.port
+    );
+    let o = build(&env, &[&bad]);
+    assert!(!o.status.success());
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(err.contains("expected checksum to match 0123abcd"), "{err}");
+    assert_eq!(
+        count(&env, "POST", "repo.git", UPLOAD),
+        posts1,
+        "{:?}",
+        requests(&env)
+    );
+
+    // `system df -v` counts the checkout as build cache.
+    let df_out = env.ok(&["system", "df", "-v"]);
+    assert!(
+        df_out.contains("git checkout http://127.0.0.1:"),
+        "{df_out}"
+    );
+
+    // A new commit on the branch: fetched once more (by the context only),
+    // its content seen.
+    let second = repo.commit_new_file();
+    let o = build(&env, &["-t", "three", "-f", df, &url]);
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(o.status.success(), "{err}");
+    assert!(!err.contains("fetching "), "ADD fetches nothing: {err}");
+    let posts3 = count(&env, "POST", "repo.git", UPLOAD);
+    assert!(posts3 > posts1, "{:?}", requests(&env));
+    let list = cat(&env, "three", "/list");
+    assert!(list.contains("/ctx/new.txt\n"), "{list}");
+    assert!(list.contains("/added/new.txt\n"), "{list}");
+    let records = checkout_records(&env);
+    assert_eq!(records.len(), 2, "{records:?}");
+    assert!(records.iter().any(|r| r.contains(&second)), "{records:?}");
+
+    // A record a killed writer left under its temporary name is swept by
+    // the next command (its owner is dead); the records stay.
+    let dead = env
+        .root()
+        .join("git-checkouts/tmp-4000000000.0badc0de-half");
+    write(&dead, "{\"snap");
+    env.ok(&["images"]);
+    assert!(!dead.exists(), "a dead writer's temporary record is swept");
+    assert_eq!(checkout_records(&env).len(), 2);
+
+    // `builder prune -a -f` removes the stored checkouts; the next build
+    // fetches again.
+    env.ok(&["builder", "prune", "-a", "-f"]);
+    assert_eq!(checkout_records(&env), Vec::<String>::new());
+    build_ok(&env, &["-t", "four", "-f", df, &url]);
+    assert!(
+        count(&env, "POST", "repo.git", UPLOAD) > posts3,
+        "{:?}",
+        requests(&env)
+    );
+    assert_eq!(cat(&env, "four", "/list"), list);
+}
+
+/// Adds to `repo` (committed on `main` and pushed) a submodule `mod` of a
+/// second repository `srv/sub.git` holding `subfile.txt`, with the relative
+/// URL `../sub.git`. Returns the commit.
+fn add_submodule(env: &Env, repo: &Repo) -> String {
+    let sub = env.path("subsrc");
+    fs_err::create_dir_all(&sub).unwrap();
+    git(&sub, &["init", "-q"]);
+    write(&sub.join("subfile.txt"), "from-sub\n");
+    git(&sub, &["add", "-A"]);
+    git(&sub, &["commit", "-qm", "sub"]);
+    git(
+        &repo.srv,
+        &["clone", "-q", "--bare", sub.to_str().unwrap(), "sub.git"],
+    );
+    let bare_sub = repo.srv.join("sub.git");
+    git(
+        &repo.work,
+        &[
+            "-c",
+            "protocol.file.allow=always",
+            "submodule",
+            "add",
+            "-q",
+            bare_sub.to_str().unwrap(),
+            "mod",
+        ],
+    );
+    git(
+        &repo.work,
+        &[
+            "config",
+            "-f",
+            ".gitmodules",
+            "submodule.mod.url",
+            "../sub.git",
+        ],
+    );
+    git(&repo.work, &["add", "-A"]);
+    git(&repo.work, &["commit", "-qm", "submodule"]);
+    let bare = repo.srv.join("repo.git");
+    git(&repo.work, &["push", "-q", bare.to_str().unwrap(), "main"]);
+    repo.head()
+}
+
+#[test]
+fn submodules_are_checked_out_unless_submodules_false() {
+    let env = build_env();
+    let repo = Repo::new(&env);
+    let head = add_submodule(&env, &repo);
+    let s = repo.http_backend(&env);
+    let base = format!("http://127.0.0.1:{}/cgi-bin/git/repo.git", s.port);
+    let nosub = format!("{base}?submodules=false");
+    let df = env.path("Dockerfile.local");
+    write(
+        &df,
+        &format!(
+            "FROM busybox\nCOPY . /ctx\nADD {base}#main /added\nADD {nosub}#main /nosub\n\
+             RUN find /ctx /added /nosub | sort > /list\n"
+        ),
+    );
+    let df = df.to_str().unwrap();
+
+    // By default the context and ADD have the submodule's files (fetched
+    // from the same server: `../sub.git` is resolved against the remote),
+    // and no `.git` of it; with `submodules=false` its directory is empty.
+    build_ok(&env, &["-t", "withsub", "-f", df, &format!("{base}#main")]);
+    assert!(
+        count(&env, "POST", "sub.git", "git-upload-pack") >= 1,
+        "{:?}",
+        requests(&env)
+    );
+    let list = cat(&env, "withsub", "/list");
+    for want in [
+        "/ctx/mod/subfile.txt\n",
+        "/added/mod/subfile.txt\n",
+        "/nosub/mod\n",
+        "/nosub/Dockerfile\n",
+    ] {
+        assert!(list.contains(want), "{want}: {list}");
+    }
+    assert!(!list.contains("/nosub/mod/"), "{list}");
+    assert!(!list.contains(".git\n"), "{list}");
+    assert!(!list.contains(".git/"), "{list}");
+    assert_eq!(cat(&env, "withsub", "/ctx/mod/subfile.txt"), "from-sub\n");
+
+    build_ok(&env, &["-t", "nosub", "-f", df, &format!("{nosub}#main")]);
+    let list = cat(&env, "nosub", "/list");
+    assert!(list.contains("/ctx/mod\n"), "{list}");
+    assert!(!list.contains("/ctx/mod/"), "{list}");
+    assert!(list.contains("/added/mod/subfile.txt\n"), "{list}");
+
+    // One commit, two checkouts: the key of a stored checkout says whether
+    // it has the submodules.
+    let records = checkout_records(&env);
+    assert_eq!(records.len(), 2, "{records:?}");
+    for r in &records {
+        assert!(r.contains(&format!("\"commit\":\"{head}\"")), "{r}");
+    }
+    assert!(
+        records.iter().any(|r| r.contains("\"submodules\":true")),
+        "{records:?}"
+    );
+    assert!(
+        records.iter().any(|r| r.contains("\"submodules\":false")),
+        "{records:?}"
+    );
+
+    // With .git kept: HEAD is the same commit, and the submodule's .git
+    // points into it.
+    let ctx_df = env.path("Dockerfile.kept");
+    write(&ctx_df, "FROM busybox\nCOPY . /ctx\n");
+    build_ok(
+        &env,
+        &[
+            "-t",
+            "kept",
+            "-f",
+            ctx_df.to_str().unwrap(),
+            "--build-arg",
+            "BUILDKIT_CONTEXT_KEEP_GIT_DIR=1",
+            &format!("{base}#main"),
+        ],
+    );
+    assert_eq!(cat(&env, "kept", "/ctx/.git/HEAD").trim(), head);
+    assert_eq!(cat(&env, "kept", "/ctx/mod/subfile.txt"), "from-sub\n");
+    assert_eq!(
+        cat(&env, "kept", "/ctx/mod/.git"),
+        "gitdir: ../.git/modules/mod\n"
+    );
+
+    // A submodule URL that is a local path is refused (the file transport
+    // is off for submodules too), in one line.
+    git(
+        &repo.work,
+        &[
+            "config",
+            "-f",
+            ".gitmodules",
+            "submodule.mod.url",
+            repo.srv.join("sub.git").to_str().unwrap(),
+        ],
+    );
+    git(&repo.work, &["commit", "-qam", "local path"]);
+    let bare = repo.srv.join("repo.git");
+    git(&repo.work, &["push", "-q", bare.to_str().unwrap(), "main"]);
+    let o = build(&env, &["-f", df, &format!("{base}#main")]);
+    assert!(!o.status.success());
+    let err = String::from_utf8_lossy(&o.stderr);
+    let lines: Vec<&str> = err.lines().filter(|l| !l.trim().is_empty()).collect();
+    assert_eq!(lines.len(), 1, "{err}");
+    assert!(lines[0].contains("failed to update submodules"), "{err}");
+    assert!(lines[0].contains("transport 'file' not allowed"), "{err}");
 }
 
 /// A tar entry with a raw name (so `..` can be written), gzip-compressed

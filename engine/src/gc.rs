@@ -4,6 +4,7 @@
 //! The build cache is everything under the state root that a build made and
 //! that no image needs: snapshots (with the cache-index records naming them),
 //! snapshot and context checksums, copy-reuse and layer-cache records, the
+//! records of the git checkouts kept as snapshots (`git-checkouts/`), the
 //! unpacked roots of `rbuild run` (`rootfs-cache/`) and, with `all`, the
 //! cache mounts. As `BuildKit`'s image-ref checker, a snapshot that an image
 //! of the store keeps a layer as (`snaplayers/`), or whose chain ID is one of
@@ -234,6 +235,17 @@ fn survey(state_root: &Path, images: &Store, mut du: Option<&mut Du>) -> Result<
             }
         }
     }
+    // A git checkout (a context or `ADD <git ref>`): its record's last use, and
+    // what it is (also when a cache record names it as an ADD step's source).
+    for r in rbuild_worker::gitstore::records(state_root)
+        .into_iter()
+        .filter_map(|(_, r)| r)
+    {
+        if let Some(t) = last_used.get_mut(&r.snapshot) {
+            *t = (*t).max(r.last_used);
+            description.insert(r.snapshot.clone(), r.description());
+        }
+    }
     // In use: kept as an image's layer, an unpacked layer chain of an image,
     // or held by a live process; and everything below those.
     let mut roots: Vec<SnapshotId> = Vec::new();
@@ -311,17 +323,18 @@ fn remembered_size(dir: &Path) -> u64 {
 }
 
 /// The directories of records that only speed builds up.
-fn record_dirs(l: &StateLayout) -> [PathBuf; 4] {
+fn record_dirs(l: &StateLayout) -> [PathBuf; 5] {
     [
         l.snapshot_checksums(),
         l.context_checksums(),
         l.copy_reuse(),
         l.layer_cache(),
+        l.git_checkouts(),
     ]
 }
 
 /// The entries of the root that are not counted as images.
-fn not_images(l: &StateLayout) -> [PathBuf; 9] {
+fn not_images(l: &StateLayout) -> [PathBuf; 10] {
     [
         l.blobs()
             .parent()
@@ -333,6 +346,7 @@ fn not_images(l: &StateLayout) -> [PathBuf; 9] {
         l.context_checksums(),
         l.copy_reuse(),
         l.layer_cache(),
+        l.git_checkouts(),
         l.rootfs_cache(),
         l.cache_mounts(),
     ]
@@ -555,6 +569,7 @@ pub fn prune(state_root: &Path, images: &Store, opts: &PruneOptions) -> Result<P
     let layout = StateLayout::new(state_root);
     let index = CacheIndex::open(&layout.cache_index())?;
     index.retain(|r| rbuild_worker::snapshot_of(&r.result).is_none_or(|id| exists(&id)))?;
+    report.reclaimed += rbuild_worker::gitstore::remove_dangling(state_root, &snaps);
     let sweep = |dir: &Path, report: &mut PruneReport, gone: &dyn Fn(&Path) -> bool| {
         for p in entries(dir) {
             if gone(&p) {

@@ -587,6 +587,7 @@ impl Planner<'_> {
             commit,
             subdir: g.subdir,
             keep_git_dir,
+            submodules: g.submodules.unwrap_or(true),
         })
     }
 

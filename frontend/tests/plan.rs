@@ -587,7 +587,7 @@ fn add_of_a_git_ref_is_pinned_to_the_resolved_commit() {
     let commit = "abcdef".repeat(7)[..40].to_owned();
     let p = plan_source(
         "FROM busybox\nADD --keep-git-dir --checksum=abcdef https://h/o/r.git#v1:sub/dir /src\n\
-         ADD git@h:o/r.git /r2\n",
+         ADD git@h:o/r.git?submodules=false /r2\n",
         &opts(),
         &r,
     )
@@ -605,6 +605,7 @@ fn add_of_a_git_ref_is_pinned_to_the_resolved_commit() {
         commit: commit.clone(),
         subdir: "sub/dir".into(),
         keep_git_dir: true,
+        submodules: true,
     }));
     assert!(gits.contains(&SourceOp::Git {
         remote: "git@h:o/r.git".into(),
@@ -612,6 +613,7 @@ fn add_of_a_git_ref_is_pinned_to_the_resolved_commit() {
         commit,
         subdir: String::new(),
         keep_git_dir: false,
+        submodules: false,
     }));
     assert_eq!(
         *r.1.borrow(),

@@ -140,7 +140,13 @@ fn image_definition(
 /// What keys a git source: its commit, subdirectory and whether `.git` is
 /// kept (with the ref then, which `.git` names), never the remote it came
 /// from (`BuildKit`'s `shaToCacheKey`).
-fn git_definition(commit: &str, reference: &str, subdir: &str, keep_git_dir: bool) -> Vec<u8> {
+fn git_definition(
+    commit: &str,
+    reference: &str,
+    subdir: &str,
+    keep_git_dir: bool,
+    submodules: bool,
+) -> Vec<u8> {
     serde_json::to_vec(&serde_json::json!({
         "type": "source",
         "source": "git",
@@ -148,6 +154,7 @@ fn git_definition(commit: &str, reference: &str, subdir: &str, keep_git_dir: boo
         "reference": if keep_git_dir { reference } else { "" },
         "subdir": subdir,
         "keep_git_dir": keep_git_dir,
+        "submodules": submodules,
     }))
     .expect("git definitions serialise to JSON")
 }
@@ -179,8 +186,9 @@ pub fn cache_key(op: &Op, inputs: &[InputKey]) -> CacheKey {
             reference,
             subdir,
             keep_git_dir,
+            submodules,
             ..
-        }) => git_definition(commit, reference, subdir, *keep_git_dir),
+        }) => git_definition(commit, reference, subdir, *keep_git_dir, *submodules),
         _ => canonical_op(op),
     };
     put_len(&mut h, def.len());

@@ -179,9 +179,18 @@ pub enum SourceOp {
         subdir: String,
         /// Keep the `.git` directory (`--keep-git-dir`).
         keep_git_dir: bool,
+        /// Check out the submodules (`git submodule update --init
+        /// --recursive --depth=1`, `BuildKit`'s default); `?submodules=false`
+        /// leaves their directories empty.
+        #[serde(default = "yes")]
+        submodules: bool,
     },
     /// An empty filesystem (`FROM scratch`).
     Scratch,
+}
+
+fn yes() -> bool {
+    true
 }
 
 // ---------------------------------------------------------------- exec

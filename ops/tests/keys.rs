@@ -493,6 +493,7 @@ fn git_op(remote: &str, reference: &str, commit: &str, subdir: &str, keep: bool)
         commit: commit.into(),
         subdir: subdir.into(),
         keep_git_dir: keep,
+        submodules: true,
     }
     .into()
 }
@@ -517,6 +518,27 @@ fn a_git_source_is_keyed_by_its_commit_not_its_remote() {
     );
     let kept = key(git_op("https://h/r.git", "main", &a, "", true));
     assert_ne!(base, kept);
+    // Without submodules: another tree, another key.
+    let Op::Source(SourceOp::Git {
+        remote,
+        reference,
+        commit,
+        subdir,
+        keep_git_dir,
+        ..
+    }) = git_op("https://h/r.git", "main", &a, "", false)
+    else {
+        unreachable!()
+    };
+    let no_sub = SourceOp::Git {
+        remote,
+        reference,
+        commit,
+        subdir,
+        keep_git_dir,
+        submodules: false,
+    };
+    assert_ne!(base, key(no_sub.into()));
     // With .git the ref is part of what is checked out (its branch).
     assert_ne!(kept, key(git_op("https://h/r.git", "dev", &a, "", true)));
     assert!(!git_op("https://h/r.git", "main", &a, "", false).is_volatile());

@@ -5,7 +5,7 @@
 //! store (`blobs/`, `index.json`, `snaplayers/`, `lock`, `tmp/`), the
 //! snapshotter (`snapshots/`, `leases/`), the solver's cache index
 //! (`cache-index/`), the worker's records (`cache-mounts/`, `copy-reuse/`,
-//! `snapshot-checksums/`, `context-checksums/`, `layer-cache/`), the registry records of layers (`layer-sources/`), `rbuild run`
+//! `snapshot-checksums/`, `context-checksums/`, `layer-cache/`, `git-checkouts/`), the registry records of layers (`layer-sources/`), `rbuild run`
 //! (`rootfs-cache/`), the configuration (`config.toml`) and the format stamp
 //! (`rbuild-format`). [`ENTRIES`] lists them with what each holds; the README's
 //! list is checked against it by a test, and so is a real root after a build.
@@ -58,6 +58,10 @@ pub const ENTRIES: &[(&str, &str)] = &[
         "content checksums of build-context selections",
     ),
     ("copy-reuse/", "what each context COPY wrote"),
+    (
+        "git-checkouts/",
+        "git checkout key (remote, commit, subdir, .git, submodules) -> snapshot",
+    ),
     ("cache-mounts/", "RUN --mount=type=cache directories"),
     ("layer-cache/", "compressed-layer records of exports"),
     (
@@ -160,6 +164,11 @@ impl StateLayout {
     pub fn cache_mounts(&self) -> PathBuf {
         self.at("cache-mounts")
     }
+    /// Records of the git checkouts kept as snapshots (git contexts and
+    /// `ADD <git ref>`), one file per checkout key.
+    pub fn git_checkouts(&self) -> PathBuf {
+        self.at("git-checkouts")
+    }
     pub fn layer_cache(&self) -> PathBuf {
         self.at("layer-cache")
     }
@@ -191,6 +200,7 @@ impl StateLayout {
             self.tmp(),
             self.rootfs_cache(),
             self.cache_mounts(),
+            self.git_checkouts(),
         ]
     }
 

@@ -1,11 +1,16 @@
 //! Git sources through the system `git`, as `BuildKit`'s `source/git`: a ref
 //! is resolved to its commit with `git ls-remote` (which is what keys an
 //! `ADD <git ref>`), then that commit alone is fetched (`--depth=1`) into a
-//! scratch repository and checked out, without `.git` unless asked for.
+//! scratch repository and checked out, with its submodules (`git submodule
+//! update --init --recursive --depth=1`, unless `?submodules=false`), without
+//! `.git` unless asked for.
 //!
 //! Only the remotes the frontend's `gitref` accepts reach here (`http(s)`,
 //! `git`, `ssh`, scp-style); git runs with no terminal prompt, no system
-//! configuration, and the `file` and `ext` transports refused.
+//! configuration, and the `file` and `ext` transports refused. Submodules are
+//! fetched under the same rules (git hands `-c` settings down to the git
+//! processes `git submodule` runs); a relative submodule URL (`../sub.git`)
+//! is resolved against the remote, as git does.
 
 use std::path::Path;
 use std::process::{Command, Stdio};
@@ -44,6 +49,23 @@ fn is_commit_sha(s: &str) -> bool {
     (s.len() == 40 || s.len() == 64) && s.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f'))
 }
 
+/// `remote` with the password of a `scheme://user:password@host` URL
+/// replaced by `xxxxx` (`BuildKit`'s `RedactCredentials`).
+pub fn redact(remote: &str) -> String {
+    let Some(i) = remote.find("://") else {
+        return remote.to_owned();
+    };
+    let rest = &remote[i + 3..];
+    let authority = &rest[..rest.find('/').unwrap_or(rest.len())];
+    let Some(at) = authority.rfind('@') else {
+        return remote.to_owned();
+    };
+    match authority[..at].split_once(':') {
+        Some((user, _)) => format!("{}{user}:xxxxx{}", &remote[..i + 3], &remote[i + 3 + at..]),
+        None => remote.to_owned(),
+    }
+}
+
 /// A `git` command with prompts, system configuration and local transports off.
 fn git() -> Command {
     let mut c = Command::new("git");
@@ -78,7 +100,14 @@ fn git() -> Command {
 
 /// Runs `cmd`, returning its stdout; a failure is one line: `what` and the
 /// last line git printed on stderr.
-fn run(mut cmd: Command, what: &str) -> Result<String, ExecError> {
+fn run(cmd: Command, what: &str) -> Result<String, ExecError> {
+    run_as(cmd, what, false)
+}
+
+/// [`run`]; with `first_fatal`, the failure names the first `fatal:` line
+/// (the cause, where `git submodule` repeats a retry and its summary after
+/// it) when there is one.
+fn run_as(mut cmd: Command, what: &str, first_fatal: bool) -> Result<String, ExecError> {
     let out = cmd.output().map_err(|e| {
         if e.kind() == std::io::ErrorKind::NotFound {
             ExecError::msg(format!("{what}: git is not installed (install git)"))
@@ -90,10 +119,11 @@ fn run(mut cmd: Command, what: &str) -> Result<String, ExecError> {
         return Ok(String::from_utf8_lossy(&out.stdout).into_owned());
     }
     let stderr = String::from_utf8_lossy(&out.stderr);
-    let why = stderr
-        .lines()
-        .map(str::trim)
-        .rfind(|l| !l.is_empty() && !l.starts_with("hint:"))
+    let mut lines = stderr.lines().map(str::trim);
+    let why = first_fatal
+        .then(|| lines.clone().find(|l| l.starts_with("fatal:")))
+        .flatten()
+        .or_else(|| lines.rfind(|l| !l.is_empty() && !l.starts_with("hint:")))
         .unwrap_or("no output")
         .to_owned();
     Err(ExecError::msg(format!("{what}: {why}")))
@@ -196,12 +226,16 @@ pub struct Checkout<'a> {
     pub commit: &'a str,
     pub subdir: &'a str,
     pub keep_git_dir: bool,
+    /// Check the submodules out too (`BuildKit`'s default).
+    pub submodules: bool,
 }
 
 /// Fetches `c.commit` of `c.remote` and writes its tree (or `c.subdir`'s) into
-/// `dest`, an empty directory, with `.git` when `c.keep_git_dir` and no
-/// subdirectory. `scratch` is an empty directory for the fetch, removed by
-/// the caller.
+/// `dest`, an empty directory, with the submodules when `c.submodules`, and
+/// with `.git` when `c.keep_git_dir` and no subdirectory (otherwise no `.git`
+/// at all, not even the submodules' `.git` files, which would point into the
+/// scratch repository). `scratch` is an empty directory for the fetch,
+/// removed by the caller.
 pub fn checkout(c: &Checkout<'_>, dest: &Path, scratch: &Path) -> Result<(), ExecError> {
     let what = format!("{}#{}", c.remote, c.reference);
     if !is_commit_sha(c.commit) {
@@ -313,14 +347,60 @@ pub fn checkout(c: &Checkout<'_>, dest: &Path, scratch: &Path) -> Result<(), Exe
             g(&["reflog", "expire", "--all", "--expire=now"]),
             &format!("{what}: git reflog"),
         )?;
+        // `.git` keeps no password (`BuildKit` sets the redacted URL too).
+        let redacted = redact(c.remote);
+        if redacted != c.remote {
+            run(
+                g(&["remote", "set-url", "origin", &redacted]),
+                &format!("{what}: git remote set-url"),
+            )?;
+        }
     } else {
         run(
             g(&["checkout", "-q", "--no-overlay", &tree, "--", "."]),
             &format!("{what}: failed to checkout"),
         )?;
     }
+    if c.submodules {
+        let mut update = g(&[
+            "submodule",
+            "--quiet",
+            "update",
+            "--init",
+            "--recursive",
+            "--depth=1",
+        ]);
+        update.current_dir(&work_tree);
+        run_as(
+            update,
+            &format!("{what}: failed to update submodules"),
+            true,
+        )?;
+        if !keep_here && work_tree.join(".gitmodules").exists() {
+            remove_git_entries(&work_tree).map_err(err)?;
+        }
+    }
     if !c.subdir.is_empty() {
         move_subdir(&work_tree, c.subdir, dest, &what)?;
+    }
+    Ok(())
+}
+
+/// Removes every `.git` under `dir` (the submodules' `.git` files: git
+/// itself never checks a `.git` path out), not following symlinks.
+fn remove_git_entries(dir: &Path) -> std::io::Result<()> {
+    for entry in fs_err::read_dir(dir)? {
+        let entry = entry?;
+        let kind = entry.file_type()?;
+        if entry.file_name() == ".git" {
+            if kind.is_dir() {
+                fs_err::remove_dir_all(entry.path())?;
+            } else {
+                fs_err::remove_file(entry.path())?;
+            }
+        } else if kind.is_dir() {
+            remove_git_entries(&entry.path())?;
+        }
     }
     Ok(())
 }

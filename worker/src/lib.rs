@@ -16,7 +16,8 @@
 //!   patterns), `state` (the shared `Inner` state and what a result names);
 //! - [`context`] (the context checksummer), `atomic` (atomic file writes);
 //! - [`git`] (resolving and checking out git refs with the system `git`),
-//!   [`remote`] (remote build contexts: git or a URL).
+//!   [`gitstore`] (checkouts kept by commit as snapshots, for git contexts
+//!   and `ADD <git ref>`), [`remote`] (remote build contexts: git or a URL).
 //!
 //! Results ([`ResultRef`]) are `snap:<snapshot id>` for everything that has a
 //! filesystem in the snapshot store, and `ctx:<name>` for a build context (the
@@ -30,7 +31,8 @@
 //!
 //! State under the state root: `snapshots/` (the snapshot store),
 //! `cache-mounts/` (`RUN --mount=type=cache`), `context-checksums/` (the
-//! context checksum cache); the solver's `CacheIndex` lives there too.
+//! context checksum cache), `git-checkouts/` (which snapshot is which git
+//! checkout); the solver's `CacheIndex` lives there too.
 //!
 //! # Use
 //!
@@ -84,6 +86,7 @@ mod export;
 mod filter;
 mod fsutil;
 pub mod git;
+pub mod gitstore;
 mod ops;
 pub mod remote;
 mod seeds;

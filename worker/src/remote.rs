@@ -11,7 +11,7 @@
 //! whatever names and links the archive holds.
 
 use std::io::{Read, Write};
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 use rbuild_solver::ExecError;
 
@@ -20,32 +20,63 @@ use crate::state::err;
 /// At most this many entries in a context archive.
 pub const MAX_ENTRIES: u64 = 1_000_000;
 
-/// A git context: resolves `reference` of `remote`, checks out its commit
-/// (or `subdir` of it) into `dest`, an empty directory; `.git` only with
-/// `keep_git_dir`. Returns the commit. `scratch` is an empty directory
-/// the caller removes.
+/// A git context in the store of checkouts.
+#[derive(Debug, Clone)]
+pub struct GitContext {
+    /// The checkout (a snapshot's directory, held by this process's lease:
+    /// read it, never write it).
+    pub dir: PathBuf,
+    /// The commit checked out.
+    pub commit: String,
+    /// `false` when a stored checkout of the commit was reused.
+    pub fetched: bool,
+}
+
+/// A git context: resolves `reference` of `remote` with `git ls-remote`
+/// (every time: a branch moves), checks the commit against `checksum` (a hex
+/// prefix), then takes the checkout of that commit (or `subdir` of it; `.git`
+/// only with `keep_git_dir`; with its submodules when `submodules`) from the
+/// store of checkouts, fetching it when the store has none
+/// ([`crate::gitstore`]).
 pub fn fetch_git(
+    state_root: &Path,
     remote: &str,
     reference: &str,
     subdir: &str,
     keep_git_dir: bool,
-    dest: &Path,
-    scratch: &Path,
-) -> Result<String, ExecError> {
+    submodules: bool,
+    checksum: Option<&str>,
+) -> Result<GitContext, ExecError> {
     let resolved = crate::git::resolve(remote, reference)?;
-    let commit = resolved.key_commit(keep_git_dir).to_owned();
-    crate::git::checkout(
+    let key_commit = resolved.key_commit(keep_git_dir).to_owned();
+    let commit = resolved.tag_commit.unwrap_or(resolved.object);
+    if let Some(c) = checksum {
+        if !commit.starts_with(&c.to_ascii_lowercase()) {
+            return Err(ExecError::msg(format!(
+                "{}: expected checksum to match {c}, got {commit}",
+                crate::git::redact(remote)
+            )));
+        }
+    }
+    let snapshots = rbuild_snapshotter::snapshots::SnapshotStore::open(state_root).map_err(err)?;
+    let stored = crate::gitstore::checkout(
+        &snapshots,
+        state_root,
         &crate::git::Checkout {
             remote,
             reference,
-            commit: &commit,
+            commit: &key_commit,
             subdir,
             keep_git_dir,
+            submodules,
         },
-        dest,
-        scratch,
+        || {},
     )?;
-    Ok(resolved.tag_commit.unwrap_or(resolved.object))
+    Ok(GitContext {
+        dir: snapshots.upper(&stored.snapshot),
+        commit,
+        fetched: stored.fetched,
+    })
 }
 
 /// What a URL context turned out to be.

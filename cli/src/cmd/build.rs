@@ -815,15 +815,15 @@ fn prepare(args: &BuildArgs, root: &Path) -> anyhow::Result<Prepared> {
     let df_stdin = args.file.as_deref() == Some("-");
     let mut stdin_dockerfile = None;
     let mut tmp = None;
-    // A git or URL context, fetched into a directory of the state root.
+    // A git or URL context, fetched into a directory of the state root (a
+    // git checkout is kept there by commit).
     let remote =
         crate::cmd::remote_context::fetch(&args.context, root, &build_arg_map(&args.build_args))?;
     let is_remote = remote.is_some();
     let context = if let Some(r) = remote {
         stdin_dockerfile = r.dockerfile;
-        let p = r.dir.path().to_path_buf();
-        tmp = Some(r.dir);
-        p
+        tmp = r.temp;
+        r.dir
     } else if args.context == "-" {
         if df_stdin {
             bail!("cannot read both the Dockerfile (-f -) and the context (-) from stdin");

@@ -2,11 +2,13 @@
 //! takes one. A git reference (`https://host/repo.git#ref:subdir`,
 //! `git@host:repo.git`, `git://…`, `ssh://…`) is checked out at its commit,
 //! without `.git` unless `--build-arg BUILDKIT_CONTEXT_KEEP_GIT_DIR=1` or
-//! `?keep-git-dir=1`; any other `http(s)://` URL is downloaded, and is the
-//! context when it is a tar archive, the Dockerfile when it is text. Either
-//! lands in a temporary directory under the state root (swept if rbuild is
-//! killed), which the build then reads as a local context. The fetching
-//! itself is the worker's (`rbuild_engine::remote`).
+//! `?keep-git-dir=1`, and kept in the state root's store of checkouts (a
+//! later build of the same commit resolves the ref and reuses it); any other
+//! `http(s)://` URL is downloaded, and is the context when it is a tar
+//! archive, the Dockerfile when it is text, in a temporary directory under
+//! the state root (swept if rbuild is killed). The build then reads either
+//! as a local context. The fetching itself is the worker's
+//! (`rbuild_engine::remote`).
 
 use std::collections::BTreeMap;
 use std::path::{Component, Path, PathBuf};
@@ -19,8 +21,11 @@ const DEFAULT_MAX_SIZE: u64 = 2 << 30;
 
 /// A fetched remote context.
 pub struct Remote {
-    /// The context directory (kept until the build ends).
-    pub dir: tempfile::TempDir,
+    /// The context directory.
+    pub dir: PathBuf,
+    /// The temporary directory to keep until the build ends (a URL
+    /// context; a git checkout is in the store, held by the lease).
+    pub temp: Option<tempfile::TempDir>,
     /// The Dockerfile, when the URL was one (the context is then empty).
     pub dockerfile: Option<String>,
 }
@@ -66,32 +71,24 @@ pub fn fetch(
 ) -> anyhow::Result<Option<Remote>> {
     if let Some(g) = rbuild_frontend::gitref::parse(spec) {
         let g = g.map_err(|e| anyhow!("git context {spec}: {e}"))?;
-        if g.submodules == Some(true) {
-            bail!("git context {spec}: submodules are not supported by rbuild");
-        }
         let keep = g.keep_git_dir.unwrap_or(false)
             || build_args
                 .get("BUILDKIT_CONTEXT_KEEP_GIT_DIR")
                 .and_then(|v| parse_bool(v))
                 .unwrap_or(false);
-        let dir = temp_dir(root, "context")?;
-        let scratch = temp_dir(root, "git")?;
-        let commit = rbuild_engine::remote::fetch_git(
+        let got = rbuild_engine::remote::fetch_git(
+            root,
             &g.remote,
             &g.reference,
             &g.subdir,
             keep,
-            dir.path(),
-            scratch.path(),
+            g.submodules.unwrap_or(true),
+            g.checksum.as_deref(),
         )
         .map_err(|e| anyhow!("git context: {}", rbuild_engine::one_line(&e)))?;
-        if let Some(c) = &g.checksum {
-            if !commit.starts_with(&c.to_ascii_lowercase()) {
-                bail!("git context {spec}: expected checksum to match {c}, got {commit}");
-            }
-        }
         return Ok(Some(Remote {
-            dir,
+            dir: got.dir,
+            temp: None,
             dockerfile: None,
         }));
     }
@@ -114,7 +111,11 @@ pub fn fetch(
             None
         }
     };
-    Ok(Some(Remote { dir, dockerfile }))
+    Ok(Some(Remote {
+        dir: dir.path().to_path_buf(),
+        temp: Some(dir),
+        dockerfile,
+    }))
 }
 
 /// `-f FILE` with a remote context: a relative name is read inside the

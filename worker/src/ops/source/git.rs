@@ -1,33 +1,26 @@
 //! `SourceOp::Git`: the commit the frontend resolved, checked out by
-//! [`crate::git::checkout`] into a new snapshot.
+//! [`crate::git::checkout`] into a snapshot, or the checkout of the same
+//! commit kept by [`crate::gitstore`] (shared with git build contexts).
 
-use rbuild_snapshotter::layout::StateLayout;
 use rbuild_solver::progress::{Stream, VertexLogger};
 use rbuild_solver::{ExecError, ResultRef};
 
-use crate::state::{Inner, err, snap_ref};
+use crate::state::{Inner, snap_ref};
 
 pub(crate) fn fetch(
     inner: &Inner,
     c: &crate::git::Checkout<'_>,
     logger: &VertexLogger,
 ) -> Result<ResultRef, ExecError> {
-    logger.log(
-        Stream::Stdout,
-        format!("fetching {} at {}", c.remote, c.commit),
-    );
-    let tmp = StateLayout::new(&inner.state_root).tmp();
-    fs_err::create_dir_all(&tmp).map_err(err)?;
-    let scratch = tempfile::Builder::new()
-        .prefix(&inner.snapshots.temp_prefix("git"))
-        .tempdir_in(&tmp)
-        .map_err(err)?;
-    let active = inner.snapshots.prepare(None, "git").map_err(err)?;
-    match crate::git::checkout(c, &active.upper, scratch.path()) {
-        Ok(()) => Ok(snap_ref(&inner.snapshots.commit(active).map_err(err)?)),
-        Err(e) => {
-            let _ = inner.snapshots.abort(active);
-            Err(e)
-        }
+    let remote = crate::git::redact(c.remote);
+    let stored = crate::gitstore::checkout(&inner.snapshots, &inner.state_root, c, || {
+        logger.log(Stream::Stdout, format!("fetching {remote} at {}", c.commit));
+    })?;
+    if !stored.fetched {
+        logger.log(
+            Stream::Stdout,
+            format!("using the stored checkout of {remote} at {}", c.commit),
+        );
     }
+    Ok(snap_ref(&stored.snapshot))
 }

@@ -46,6 +46,7 @@ pub(crate) fn run(
             commit,
             subdir,
             keep_git_dir,
+            submodules,
         } => git::fetch(
             inner,
             &crate::git::Checkout {
@@ -54,6 +55,7 @@ pub(crate) fn run(
                 commit,
                 subdir,
                 keep_git_dir: *keep_git_dir,
+                submodules: *submodules,
             },
             logger,
         ),
