@@ -17,7 +17,8 @@ use common::{Env, build_env};
 /// Every change overlayfs records in its own way: files changed, removed and
 /// replaced by other types, a directory removed and made again (an opaque
 /// directory), a hard link written through one name (overlayfs's copy-up
-/// breaks it: the other name keeps the old content), a symlink replaced by a
+/// breaks it: the other name keeps the old content), a new link to a file of
+/// the base (overlayfs copies the file up with it), a symlink replaced by a
 /// directory, file ops (COPY) over a base, and a COPY --from a stage of
 /// several layers.
 const DOCKERFILE: &str = "\
@@ -30,7 +31,8 @@ RUN rm -rf /d/sub && rm /bin/wget && echo 3 >> /d/g && chmod 600 /d/g \\
 RUN rm /e/k && rmdir /e && echo file > /e && ln -s /e /elink
 COPY --from=base /d /copied
 COPY ctx.txt /copied/sub/
-RUN rm -rf /copied && mkdir /copied && echo again > /copied/x && touch /etc/passwd
+RUN rm -rf /copied && mkdir /copied && echo again > /copied/x && touch /etc/passwd \
+ && ln /etc/group /etc/group-link
 ";
 
 fn context(env: &Env) -> std::path::PathBuf {
@@ -107,13 +109,13 @@ fn the_copying_snapshotter_makes_the_image_overlay_makes() {
             "sh",
             "-c",
             "cat /d/g /d/h /copied/x /e; ls -A /copied; test -d /d/s && test ! -e /bin/wget \
-             && test ! -e /d/sub && stat -c %a /d/g",
+             && test ! -e /d/sub && stat -c %a /d/g && stat -c %h /etc/group-link",
         ],
     );
     assert!(o.status.success(), "run: {}", text(&o));
     assert_eq!(
         String::from_utf8_lossy(&o.stdout),
-        "2\n3\n2\nagain\nfile\nx\n600\n",
+        "2\n3\n2\nagain\nfile\nx\n600\n2\n",
         "/d/h keeps the old content, as after overlayfs's copy-up"
     );
     // No copy is left behind.

@@ -23,12 +23,13 @@
 //! A directory made where the merged view had another type, or where a
 //! lower layer's whiteout hid a name, or removed and made again (its birth
 //! time is after the copy), is moved up whole and marked opaque, as
-//! overlayfs marks it. Two names of one inode that both changed stay hard
-//! links in `upper`. What differs from an overlay step: a new hard link to an
-//! unchanged file is a new file (overlayfs copies the old name up too), and
-//! on a file system without birth times a directory removed and made again
-//! is recorded as whiteouts of what it held. The files the merged views show
-//! are the same either way.
+//! overlayfs marks it. A file with several names (every file of the copy
+//! has one, see `overlay::copy_lower_stack_unlinked`: the step linked it) is
+//! moved up under each, so they stay hard links in `upper`, as overlayfs
+//! copies a linked file up. What differs from an overlay step: on a file
+//! system without birth times a directory removed and made again is recorded
+//! as whiteouts of what it held. The files the merged views show are the same
+//! either way.
 
 use std::collections::{BTreeMap, HashSet};
 use std::ffi::OsString;
@@ -180,7 +181,11 @@ impl Capture<'_> {
                 let sub = self.child_layers(layers, &child)?;
                 self.walk(tree, &child, &sub)?;
                 self.finish_dir(&child)?;
-            } else if crate::diff::entry_differs(&lower_path, &lm, &path, &m, content_xattrs)? {
+            } else if (m.is_file() && m.nlink() > 1)
+                || crate::diff::entry_differs(&lower_path, &lm, &path, &m, content_xattrs)?
+            {
+                // Every file of the copy has one name (`copy_lower_stack_unlinked`):
+                // one with more was linked by the step, which overlayfs copies up.
                 self.move_up(tree, &child)?;
                 if m.is_dir() {
                     self.opaque(&child)?;
