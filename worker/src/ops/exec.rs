@@ -168,41 +168,40 @@ fn cache_dir(
             .tempdir_in(&base)
             .map_err(err)?;
         let made = tmp.path().join("d");
-        let perms = match from {
-            // The input's `source` as it is (owner and mode kept); a missing
-            // one is made with the perms (BuildKit's `llb.Mkdir` of `/cache`
-            // on the stage, which leaves an existing one alone).
-            Some(input) => {
-                let src = join_selector(&input_path(inner, inputs, input, keep)?, source);
-                match std::fs::symlink_metadata(&src) {
-                    Ok(m) if m.is_dir() => {
-                        rbuild_snapshotter::overlay::copy_lower_stack(&[src], &made)
-                            .map_err(err)?;
-                        None
-                    }
-                    Ok(_) => {
-                        return Err(ExecError::msg(format!(
-                            "cache mount source \"{source}\": not a directory"
-                        )));
-                    }
-                    Err(_) if key.perms.is_some() => {
-                        fs_err::create_dir(&made).map_err(err)?;
-                        key.perms
-                    }
-                    Err(_) => {
-                        return Err(ExecError::msg(format!(
-                            "cache mount source \"{source}\": not found"
-                        )));
-                    }
+        // With `from`, the input's `source` as it is (owner and mode kept);
+        // a missing one is made with the perms (BuildKit's `llb.Mkdir` of
+        // `/cache` on the stage, which leaves an existing one alone).
+        // Without, an imported cache mount (`--cache-from
+        // ...,cache-mounts=true`) as it was exported, else a new directory;
+        // either way its top has the owner and mode of its key (a layer has
+        // no entry for its top).
+        let perms = if let Some(input) = from {
+            let src = join_selector(&input_path(inner, inputs, input, keep)?, source);
+            match std::fs::symlink_metadata(&src) {
+                Ok(m) if m.is_dir() => {
+                    rbuild_snapshotter::overlay::copy_lower_stack(&[src], &made).map_err(err)?;
+                    None
+                }
+                Ok(_) => {
+                    return Err(ExecError::msg(format!(
+                        "cache mount source \"{source}\": not a directory"
+                    )));
+                }
+                Err(_) if key.perms.is_some() => {
+                    fs_err::create_dir(&made).map_err(err)?;
+                    key.perms
+                }
+                Err(_) => {
+                    return Err(ExecError::msg(format!(
+                        "cache mount source \"{source}\": not found"
+                    )));
                 }
             }
-            // An imported cache mount (`--cache-from ...,cache-mounts=true`)
-            // as it was exported, else a new directory.
-            None if crate::cachemounts::seed(inner, key, &made) => None,
-            None => {
+        } else {
+            if !crate::cachemounts::seed(inner, key, &made) {
                 fs_err::create_dir(&made).map_err(err)?;
-                Some(key.perms.unwrap_or(CachePerms::new(0, 0, 0o755)))
             }
+            Some(key.perms.unwrap_or(CachePerms::new(0, 0, 0o755)))
         };
         if let Some(p) = perms {
             fs_err::set_permissions(&made, std::fs::Permissions::from_mode(p.mode)).map_err(err)?;
