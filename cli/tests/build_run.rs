@@ -741,6 +741,9 @@ fn a_cache_mount_with_another_uid_gid_or_mode_is_another_cache() {
     assert_eq!(f["l-0700-b"], "by-0700\nby-0700-b\n");
     assert_eq!(f["l-1000-b"], "by-1000\nby-1000-again\nby-1000-b\n");
     assert_eq!(cache_dirs(&b, "x-").len(), 5, "no new cache of x");
+    // Pruning everything removes every one of them.
+    b.env.ok(&["builder", "prune", "-a", "-f"]);
+    assert_eq!(cache_dirs(&b, ""), [], "cache mounts left after prune -a");
 }
 
 #[test]
