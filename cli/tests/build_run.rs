@@ -572,6 +572,217 @@ fn run_leaves_no_mount_stubs_in_the_snapshot() {
     );
 }
 
+/// The files of `dir` (one level), each with its content.
+fn files_in(dir: &std::path::Path) -> std::collections::BTreeMap<String, String> {
+    std::fs::read_dir(dir)
+        .unwrap_or_else(|e| panic!("{}: {e}", dir.display()))
+        .map(|e| {
+            let e = e.unwrap();
+            (
+                e.file_name().to_string_lossy().into_owned(),
+                std::fs::read_to_string(e.path()).unwrap_or_default(),
+            )
+        })
+        .collect()
+}
+
+/// The cache mount directories of the state root whose name starts with
+/// `prefix`: (owner uid, gid, mode) of each.
+fn cache_dirs(b: &B, prefix: &str) -> Vec<(u32, u32, u32)> {
+    let mut out: Vec<(u32, u32, u32)> = std::fs::read_dir(b.env.root().join("cache-mounts"))
+        .unwrap()
+        .map(|e| e.unwrap())
+        .filter(|e| {
+            let n = e.file_name().to_string_lossy().into_owned();
+            n.starts_with(prefix) && e.path().is_dir()
+        })
+        .map(|e| {
+            let m = e.metadata().unwrap();
+            (m.uid(), m.gid(), m.mode() & 0o7777)
+        })
+        .collect();
+    out.sort_unstable();
+    out
+}
+
+#[test]
+fn a_cache_mount_with_another_uid_gid_or_mode_is_another_cache() {
+    // BuildKit keys a cache mount by its id and, when uid/gid/mode are given,
+    // by the directory made with them (the mount's base): uid=1000 and
+    // uid=2000 of one id are two caches, and neither is the id's plain one.
+    let b = B::new();
+    let run = |opts: &str, n: &str| {
+        format!(
+            "RUN --mount=type=cache,id=x,target=/c{opts} touch /c/by-{n} && ls /c > /l-{n} \
+             && stat -c %u:%g:%a /c > /s-{n}\n"
+        )
+    };
+    let dockerfile = |runs: &[(&str, &str)]| {
+        let mut d = String::from("FROM busybox\nARG B\nRUN echo $B > /b\n");
+        for (opts, n) in runs {
+            d.push_str(&run(opts, n));
+        }
+        d.push_str("FROM scratch\nCOPY --from=0 /l-* /s-* /\n");
+        d
+    };
+    b.write(
+        "one/Dockerfile",
+        &dockerfile(&[
+            (",uid=1000", "1000"),
+            (",uid=2000", "2000"),
+            (",mode=0700", "0700"),
+            ("", "plain"),
+            (",uid=0", "uid0"),
+            (",gid=0,uid=1000,mode=0755,sharing=locked", "1000-again"),
+        ]),
+    );
+    b.build_ok(&[
+        "--output",
+        &format!("type=local,dest={}", b.p("out1")),
+        &b.p("one"),
+    ]);
+    let f = files_in(&b.env.path("out1"));
+    let want = |pairs: &[(&str, &str)]| -> std::collections::BTreeMap<String, String> {
+        pairs
+            .iter()
+            .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+            .collect()
+    };
+    assert_eq!(
+        f,
+        want(&[
+            ("l-1000", "by-1000\n"),
+            ("s-1000", "1000:0:755\n"),
+            // What the uid=1000 one wrote is not in the uid=2000 one.
+            ("l-2000", "by-2000\n"),
+            ("s-2000", "2000:0:755\n"),
+            ("l-0700", "by-0700\n"),
+            ("s-0700", "0:0:700\n"),
+            ("l-plain", "by-plain\n"),
+            ("s-plain", "0:0:755\n"),
+            // uid=0 given is a base too: not the plain cache.
+            ("l-uid0", "by-uid0\n"),
+            ("s-uid0", "0:0:755\n"),
+            // The same owner and mode spelled otherwise, another sharing: one cache.
+            ("l-1000-again", "by-1000\nby-1000-again\n"),
+            ("s-1000-again", "1000:0:755\n"),
+        ])
+    );
+    // Five caches of id x on disk, each with its owner and mode.
+    assert_eq!(
+        cache_dirs(&b, "x-"),
+        [
+            (0, 0, 0o700),
+            (0, 0, 0o755),
+            (0, 0, 0o755),
+            (1000, 0, 0o755),
+            (2000, 0, 0o755)
+        ]
+    );
+
+    // Another build (its steps run again): the same options find the same
+    // caches.
+    b.write(
+        "two/Dockerfile",
+        &dockerfile(&[
+            (",uid=2000", "2000-b"),
+            (",mode=700", "0700-b"),
+            (",uid=1000", "1000-b"),
+        ]),
+    );
+    b.build_ok(&[
+        "--build-arg",
+        "B=2",
+        "--output",
+        &format!("type=local,dest={}", b.p("out2")),
+        &b.p("two"),
+    ]);
+    let f = files_in(&b.env.path("out2"));
+    assert_eq!(f["l-2000-b"], "by-2000\nby-2000-b\n");
+    assert_eq!(f["l-0700-b"], "by-0700\nby-0700-b\n");
+    assert_eq!(f["l-1000-b"], "by-1000\nby-1000-again\nby-1000-b\n");
+    assert_eq!(cache_dirs(&b, "x-").len(), 5, "no new cache of x");
+    // Pruning everything removes every one of them.
+    b.env.ok(&["builder", "prune", "-a", "-f"]);
+    assert_eq!(cache_dirs(&b, ""), [], "cache mounts left after prune -a");
+}
+
+#[test]
+fn cache_mount_from_source_and_default_id_follow_buildkit() {
+    let b = B::new();
+    b.write(
+        "ctx/Dockerfile",
+        "FROM busybox AS st\n\
+         RUN mkdir -p /x/y && echo seed > /x/y/f && chown 7:8 /x/y && chmod 711 /x/y\n\
+         FROM busybox\n\
+         RUN --mount=type=cache,id=b,from=st,source=/x/y,target=/m,uid=1000,mode=0777 \
+             stat -c %u:%g:%a /m > /s1 && touch /m/new && ls /m > /l1\n\
+         RUN --mount=type=cache,id=b,from=st,source=/x/y,target=/m ls /m > /l2\n\
+         RUN --mount=type=cache,id=b,target=/m ls /m > /l3\n\
+         RUN --mount=type=cache,id=b,from=st,target=/m,gid=5,mode=0700 \
+             stat -c %u:%g:%a /m > /s4 && ls /m > /l4\n\
+         WORKDIR /w1\n\
+         RUN --mount=type=cache,target=rel touch rel/r\n\
+         WORKDIR /w2\n\
+         RUN --mount=type=cache,target=rel/ ls rel > /l5\n\
+         RUN --mount=type=cache,target=/w1/rel ls /w1/rel > /l6\n\
+         RUN --mount=type=cache,id=s,target=/c mkdir -p /c/sub && touch /c/sub/in\n\
+         RUN --mount=type=cache,id=s,source=sub,target=/m,uid=9 ls /m > /l7 && touch /m/more\n\
+         RUN --mount=type=cache,id=s,target=/c ls /c/sub > /l8\n\
+         FROM scratch\n\
+         COPY --from=1 /l* /s* /\n",
+    );
+    b.build_ok(&[
+        "--output",
+        &format!("type=local,dest={}", b.p("out")),
+        &b.p("ctx"),
+    ]);
+    let f = files_in(&b.env.path("out"));
+    let get = |k: &str| f.get(k).map_or("<missing>", String::as_str);
+    // With source=, uid/gid/mode do nothing: the source's own owner and mode.
+    assert_eq!(get("s1"), "7:8:711\n");
+    assert_eq!(get("l1"), "f\nnew\n");
+    // The same stage and source: the same cache.
+    assert_eq!(get("l2"), "f\nnew\n");
+    // The id without from= is another cache.
+    assert_eq!(get("l3"), "");
+    // from= with perms: the stage's /cache, made with them (it has none).
+    assert_eq!(get("s4"), "0:5:700\n");
+    assert_eq!(get("l4"), "");
+    // The default id is the target as written: `rel` in /w1 and in /w2 is one
+    // cache, /w1/rel another.
+    assert_eq!(get("l5"), "r\n");
+    assert_eq!(get("l6"), "");
+    // Without from=, source= mounts a directory of the id's cache.
+    assert_eq!(get("l7"), "in\n");
+    assert_eq!(get("l8"), "in\nmore\n");
+
+    // A source that is not there: a one-line error naming it.
+    b.write(
+        "bad/Dockerfile",
+        "FROM busybox AS st\nFROM busybox\n\
+         RUN --mount=type=cache,id=b,from=st,source=/nope,target=/m true\n",
+    );
+    let o = b.build(&[&b.p("bad")]);
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(!o.status.success(), "{err}");
+    assert!(
+        err.contains("cache mount source \"/nope\": not found"),
+        "{err}"
+    );
+    b.write(
+        "bad2/Dockerfile",
+        "FROM busybox\nRUN --mount=type=cache,id=fresh,source=sub,target=/m true\n",
+    );
+    let o = b.build(&[&b.p("bad2")]);
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(!o.status.success(), "{err}");
+    assert!(
+        err.contains("cache mount source \"/sub\": not found in cache fresh"),
+        "{err}"
+    );
+}
+
 /// The image config blob of a build, with every `created` time and every digest
 /// replaced (they depend on the clock and on the host's busybox).
 fn normalised_config(archive: &str) -> String {

@@ -722,6 +722,66 @@ fn a_corrupt_cache_mount_blob_warns_and_the_mount_starts_empty() {
     assert_eq!(b.cat(&id, "/pkgs"), "from-b\n");
 }
 
+/// Three cache mounts of one id: with uid=1000, plain, and from a stage.
+const KEYED_MOUNTS: &str = "FROM busybox AS st\n\
+RUN mkdir /seed && echo s > /seed/s\n\
+FROM busybox\n\
+ARG N\n\
+RUN --mount=type=cache,id=pkgs,target=/p,uid=1000 touch /p/u-$N && ls /p > /owned \
+&& stat -c %u /p > /owned-uid\n\
+RUN --mount=type=cache,id=pkgs,target=/p touch /p/plain-$N && ls /p > /plain\n\
+RUN --mount=type=cache,id=pkgs,target=/p,from=st,source=/seed touch /p/f-$N && ls /p > /from\n";
+
+#[test]
+fn cache_mounts_travel_keyed_by_id_and_owner() {
+    let a = Machine::new();
+    a.write("k/Dockerfile", KEYED_MOUNTS);
+    let cache = a.p("cache");
+    a.build(&[
+        "--build-arg",
+        "N=a",
+        "--cache-to",
+        &format!("type=local,dest={cache},mode=max,cache-mounts=true"),
+        &a.p("k"),
+    ]);
+    let config = read_config(Path::new(&cache));
+    let mounts = config["cache_mounts"].as_array().expect("cache_mounts");
+    // The uid=1000 cache and the plain one; the from= one is this machine's.
+    let keys: BTreeSet<String> = mounts
+        .iter()
+        .map(|m| {
+            format!(
+                "{} {}",
+                m["id"],
+                m.get("perms").unwrap_or(&serde_json::Value::Null)
+            )
+        })
+        .collect();
+    assert_eq!(
+        keys,
+        BTreeSet::from([
+            r#""pkgs" null"#.to_owned(),
+            r#""pkgs" {"uid":1000,"gid":0,"mode":493}"#.to_owned()
+        ]),
+        "{config}"
+    );
+
+    let b = Machine::with_base_of(&a);
+    b.write("k/Dockerfile", KEYED_MOUNTS);
+    let (_, id) = b.build(&[
+        "--build-arg",
+        "N=b",
+        "--cache-from",
+        &format!("type=local,src={cache},cache-mounts=true"),
+        &b.p("k"),
+    ]);
+    // Each seeded from its own: the uid=1000 one with its owner.
+    assert_eq!(b.cat(&id, "/owned"), "u-a\nu-b\n");
+    assert_eq!(b.cat(&id, "/owned-uid"), "1000\n");
+    assert_eq!(b.cat(&id, "/plain"), "plain-a\nplain-b\n");
+    assert_eq!(b.cat(&id, "/from"), "f-b\ns\n");
+}
+
 #[test]
 fn a_bad_cache_mounts_value_is_a_one_line_error() {
     let env = common::Env::new();

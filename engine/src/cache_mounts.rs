@@ -18,9 +18,14 @@
 //! Merge rule: a cache mount that exists on this machine is kept as it is
 //! (its content is never merged with or replaced by an imported one); of
 //! several `--cache-from` sources holding the same id, the first given wins.
-//! The identity of a cache mount is its id (the `id=` of the mount, else its
-//! target), as the worker stores it; `sharing`, `uid`, `gid` and `mode` are
-//! not part of it (owner and mode apply when a step creates the mount).
+//! The identity of a cache mount is its [`CacheMountKey`], as the worker
+//! keys it (and `BuildKit`): its id (the `id=` of the mount, else its
+//! target), and the owner and mode it starts with when the mount gave
+//! `uid=`/`gid=`/`mode=` (so `id=go,uid=1000` is another cache than
+//! `id=go`); `sharing` is not part of it. A mount with `from=` is keyed by
+//! the result it starts from too, which is this machine's own: it is
+//! neither exported nor seeded. A description written before the owner was
+//! part of the key names plain ids only, and is read as such.
 //!
 //! The code works on blobs through [`BlobSink`] and [`BlobSource`], so any
 //! transport of the cache (a layout directory, a registry) carries mounts
@@ -34,10 +39,10 @@ use std::sync::{Arc, Mutex};
 use serde::{Deserialize, Serialize};
 
 use rbuild_image::Digest;
-use rbuild_ops::{BuildGraph, CacheSharing, MountKind, Op};
+use rbuild_ops::{BuildGraph, CachePerms, CacheSharing, Op};
 use rbuild_snapshotter::{Compression, Decoder, HashingReader};
 use rbuild_worker::LocalWorker;
-use rbuild_worker::cachemounts::CacheMountSeeds;
+use rbuild_worker::cachemounts::{CacheMountKey, CacheMountSeeds};
 
 use crate::cache_types::{CacheError, io};
 
@@ -46,6 +51,10 @@ use crate::cache_types::{CacheError, io};
 pub struct CacheMountDesc {
     /// The mount's id (`id=`, else its target), as the worker keys it.
     pub id: String,
+    /// The owner and mode it started with, when the mount gave any of
+    /// `uid=`/`gid=`/`mode=`: part of its identity ([`CacheMountKey`]).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub perms: Option<CachePerms>,
     /// Its `sharing=` in the build that exported it (for people reading the
     /// cache; not part of its identity).
     pub sharing: CacheSharing,
@@ -122,18 +131,29 @@ impl BlobSource for LayoutBlobs {
     }
 }
 
-/// The cache mounts that `RUN` steps of `graph` mount: id → sharing (the
-/// first step's), by id.
-pub fn mounts_of(graph: &BuildGraph) -> BTreeMap<String, CacheSharing> {
+impl CacheMountDesc {
+    /// The cache mount it describes.
+    pub fn key(&self) -> CacheMountKey {
+        CacheMountKey {
+            id: self.id.clone(),
+            perms: self.perms,
+        }
+    }
+}
+
+/// The cache mounts without `from=` that `RUN` steps of `graph` mount: key →
+/// sharing (the first step's).
+pub fn mounts_of(graph: &BuildGraph) -> BTreeMap<CacheMountKey, CacheSharing> {
     let mut out = BTreeMap::new();
     for id in graph.ids() {
         let Some(Op::Exec(exec)) = graph.get(id).map(|v| &v.op) else {
             continue;
         };
         for m in &exec.mounts {
-            if let MountKind::Cache { id, sharing, .. } = &m.kind {
-                let id = if id.is_empty() { &m.target } else { id };
-                out.entry(id.clone()).or_insert(*sharing);
+            if let (Some(key), rbuild_ops::MountKind::Cache { sharing, .. }) =
+                (CacheMountKey::of(&m.kind, &m.target), &m.kind)
+            {
+                out.entry(key).or_insert(*sharing);
             }
         }
     }
@@ -150,7 +170,7 @@ pub fn export_mounts(
     sink: &mut dyn BlobSink,
 ) -> Result<Vec<CacheMountDesc>, CacheError> {
     let mut out = Vec::new();
-    for (id, sharing) in mounts_of(graph) {
+    for (key, sharing) in mounts_of(graph) {
         let tmp_dir = sink.temp_dir();
         let tmp = tempfile::Builder::new()
             .prefix(".tmp-mount-")
@@ -158,16 +178,17 @@ pub fn export_mounts(
             .map_err(io(&tmp_dir))?;
         let w = std::io::BufWriter::with_capacity(1 << 20, tmp);
         let written = worker
-            .write_cache_mount(&id, sharing, w, Compression::Gzip)
+            .write_cache_mount(&key, sharing, w, Compression::Gzip)
             .map_err(|source| CacheError::Layer {
-                snapshot: format!("cache mount {id}"),
+                snapshot: format!("cache mount {key}"),
                 source,
             })?;
         if let Some((w, digests)) = written {
             let tmp = w.into_inner().map_err(|e| io(&tmp_dir)(e.into_error()))?;
             sink.put(&digests.digest, tmp)?;
             out.push(CacheMountDesc {
-                id,
+                id: key.id,
+                perms: key.perms,
                 sharing,
                 blob: digests.digest,
                 diff_id: digests.diff_id,
@@ -175,7 +196,7 @@ pub fn export_mounts(
             });
             continue;
         }
-        let Some((source, desc)) = imported.and_then(|i| i.get(&id)) else {
+        let Some((source, desc)) = imported.and_then(|i| i.get(&key)) else {
             continue;
         };
         // Carried over from the imported cache, checked on the way.
@@ -188,7 +209,7 @@ pub fn export_mounts(
             Err(e) => {
                 if let Some(i) = imported {
                     i.warn(format!(
-                        "cache mount {id} not carried over from {}: {e}",
+                        "cache mount {key} not carried over from {}: {e}",
                         source.name()
                     ));
                 }
@@ -223,28 +244,28 @@ fn fetch_checked<W: Write>(
 /// module's merge rule).
 pub struct ImportedMounts {
     sources: Vec<(Arc<dyn BlobSource>, Vec<CacheMountDesc>)>,
-    /// Id → (source, entry), the first source that has it.
-    by_id: HashMap<String, (usize, usize)>,
+    /// Key → (source, entry), the first source that has it.
+    by_key: HashMap<CacheMountKey, (usize, usize)>,
     /// Where fetched blobs are kept while they are checked and unpacked.
     tmp: PathBuf,
     /// Problems met while seeding (warnings of the build).
     warnings: Mutex<Vec<String>>,
-    /// The ids seeded, in order.
-    seeded: Mutex<Vec<String>>,
+    /// The mounts seeded, in order.
+    seeded: Mutex<Vec<CacheMountKey>>,
 }
 
 impl ImportedMounts {
     /// `tmp`: a directory for fetched blobs (on the state root's file system).
     pub fn new(sources: Vec<(Arc<dyn BlobSource>, Vec<CacheMountDesc>)>, tmp: PathBuf) -> Self {
-        let mut by_id = HashMap::new();
+        let mut by_key = HashMap::new();
         for (s, (_, mounts)) in sources.iter().enumerate() {
             for (m, desc) in mounts.iter().enumerate() {
-                by_id.entry(desc.id.clone()).or_insert((s, m));
+                by_key.entry(desc.key()).or_insert((s, m));
             }
         }
         Self {
             sources,
-            by_id,
+            by_key,
             tmp,
             warnings: Mutex::new(Vec::new()),
             seeded: Mutex::new(Vec::new()),
@@ -253,15 +274,15 @@ impl ImportedMounts {
 
     /// How many cache mounts the sources hold.
     pub fn len(&self) -> usize {
-        self.by_id.len()
+        self.by_key.len()
     }
 
     pub fn is_empty(&self) -> bool {
-        self.by_id.is_empty()
+        self.by_key.is_empty()
     }
 
-    fn get(&self, id: &str) -> Option<(&Arc<dyn BlobSource>, &CacheMountDesc)> {
-        let &(s, m) = self.by_id.get(id)?;
+    fn get(&self, key: &CacheMountKey) -> Option<(&Arc<dyn BlobSource>, &CacheMountDesc)> {
+        let &(s, m) = self.by_key.get(key)?;
         let (source, mounts) = &self.sources[s];
         Some((source, &mounts[m]))
     }
@@ -275,15 +296,15 @@ impl ImportedMounts {
         std::mem::take(&mut *self.warnings.lock().expect("warnings"))
     }
 
-    /// The ids of the cache mounts seeded so far.
-    pub fn seeded(&self) -> Vec<String> {
+    /// The cache mounts seeded so far.
+    pub fn seeded(&self) -> Vec<CacheMountKey> {
         self.seeded.lock().expect("seeded").clone()
     }
 }
 
 impl CacheMountSeeds for ImportedMounts {
-    fn seed(&self, id: &str) -> Option<Box<dyn Read + Send>> {
-        let (source, desc) = self.get(id)?;
+    fn seed(&self, key: &CacheMountKey) -> Option<Box<dyn Read + Send>> {
+        let (source, desc) = self.get(key)?;
         // Fetched whole and checked before any of it is unpacked.
         let fetched = tempfile::tempfile_in(&self.tmp)
             .map_err(|e| format!("{}: {e}", self.tmp.display()))
@@ -295,12 +316,12 @@ impl CacheMountSeeds for ImportedMounts {
             });
         match fetched {
             Ok(d) => {
-                self.seeded.lock().expect("seeded").push(id.to_owned());
+                self.seeded.lock().expect("seeded").push(key.clone());
                 Some(Box::new(d))
             }
             Err(e) => {
                 self.warn(format!(
-                    "cache mount {id} from {} not usable, it starts empty: {e}",
+                    "cache mount {key} from {} not usable, it starts empty: {e}",
                     source.name()
                 ));
                 None
@@ -308,10 +329,10 @@ impl CacheMountSeeds for ImportedMounts {
         }
     }
 
-    fn failed(&self, id: &str, error: String) {
-        self.seeded.lock().expect("seeded").retain(|s| s != id);
+    fn failed(&self, key: &CacheMountKey, error: String) {
+        self.seeded.lock().expect("seeded").retain(|s| s != key);
         self.warn(format!(
-            "cache mount {id}: its imported content could not be unpacked, it starts empty: {error}"
+            "cache mount {key}: its imported content could not be unpacked, it starts empty: {error}"
         ));
     }
 }
@@ -320,8 +341,8 @@ impl CacheMountSeeds for ImportedMounts {
 mod tests {
     use super::*;
 
-    /// A layout directory holding one mount `id` whose tar has one file.
-    fn layout_with(dir: &Path, id: &str, content: &[u8]) -> CacheMountDesc {
+    /// A layout directory holding one mount `key` whose tar has one file.
+    fn layout_with(dir: &Path, key: &CacheMountKey, content: &[u8]) -> CacheMountDesc {
         let mut tar = tar::Builder::new(Vec::new());
         let mut h = tar::Header::new_ustar();
         h.set_mode(0o644);
@@ -339,7 +360,8 @@ mod tests {
         tmp.write_all(&gz).unwrap();
         blobs.put(&digests.digest, tmp).unwrap();
         CacheMountDesc {
-            id: id.to_owned(),
+            id: key.id.clone(),
+            perms: key.perms,
             sharing: CacheSharing::Shared,
             blob: digests.digest,
             diff_id: digests.diff_id,
@@ -347,8 +369,8 @@ mod tests {
         }
     }
 
-    fn seeded_content(m: &ImportedMounts, id: &str) -> Option<Vec<u8>> {
-        let mut tar = tar::Archive::new(m.seed(id)?);
+    fn seeded_content(m: &ImportedMounts, key: &CacheMountKey) -> Option<Vec<u8>> {
+        let mut tar = tar::Archive::new(m.seed(key)?);
         let mut entry = tar.entries().unwrap().next().unwrap().unwrap();
         let mut out = Vec::new();
         entry.read_to_end(&mut out).unwrap();
@@ -356,33 +378,68 @@ mod tests {
     }
 
     #[test]
-    fn the_first_source_with_an_id_wins_and_a_corrupt_blob_is_a_warning() {
+    fn the_first_source_with_a_key_wins_and_a_corrupt_blob_is_a_warning() {
         let tmp = tempfile::tempdir().unwrap();
         let (one, two) = (tmp.path().join("one"), tmp.path().join("two"));
-        let a1 = layout_with(&one, "apt", b"from one");
-        let a2 = layout_with(&two, "apt", b"from two");
-        let g2 = layout_with(&two, "go", b"go from two");
+        let apt = CacheMountKey::id("apt");
+        let go = CacheMountKey::id("go");
+        let go_1000 = CacheMountKey {
+            id: "go".into(),
+            perms: Some(CachePerms::new(1000, 0, 0o755)),
+        };
+        let a1 = layout_with(&one, &apt, b"from one");
+        let a2 = layout_with(&two, &apt, b"from two");
+        let g2 = layout_with(&two, &go, b"go from two");
+        let g1000 = layout_with(&one, &go_1000, b"go of 1000 from one");
         let sources: Vec<(Arc<dyn BlobSource>, Vec<CacheMountDesc>)> = vec![
-            (Arc::new(LayoutBlobs::new(&one)), vec![a1]),
+            (Arc::new(LayoutBlobs::new(&one)), vec![a1, g1000]),
             (Arc::new(LayoutBlobs::new(&two)), vec![a2, g2.clone()]),
         ];
         let m = ImportedMounts::new(sources, tmp.path().to_path_buf());
-        assert_eq!(m.len(), 2);
-        assert_eq!(seeded_content(&m, "apt").unwrap(), b"from one");
-        assert_eq!(seeded_content(&m, "go").unwrap(), b"go from two");
-        assert!(m.seed("none").is_none());
-        assert_eq!(m.seeded(), ["apt", "go"]);
+        assert_eq!(m.len(), 3);
+        assert_eq!(seeded_content(&m, &apt).unwrap(), b"from one");
+        // The id with an owner is another mount than the id alone.
+        assert_eq!(seeded_content(&m, &go).unwrap(), b"go from two");
+        assert_eq!(
+            seeded_content(&m, &go_1000).unwrap(),
+            b"go of 1000 from one"
+        );
+        let go_2000 = CacheMountKey {
+            id: "go".into(),
+            perms: Some(CachePerms::new(2000, 0, 0o755)),
+        };
+        assert!(m.seed(&go_2000).is_none());
+        assert!(m.seed(&CacheMountKey::id("none")).is_none());
+        assert_eq!(m.seeded(), [apt, go.clone(), go_1000]);
         assert!(m.take_warnings().is_empty());
 
         fs_err::write(LayoutBlobs::new(&two).path(&g2.blob), b"not it").unwrap();
         assert!(
-            m.seed("go").is_none(),
+            m.seed(&go).is_none(),
             "a blob that does not match is not used"
         );
         let w = m.take_warnings();
         assert!(
-            w.len() == 1 && w[0].contains("cache mount go") && w[0].contains("does not match"),
+            w.len() == 1 && w[0].contains("cache mount go ") && w[0].contains("does not match"),
             "{w:?}"
         );
+    }
+
+    #[test]
+    fn a_description_without_perms_reads_as_plain_ids() {
+        let old = r#"{"id":"pkgs","sharing":"locked","blob":"sha256:0000000000000000000000000000000000000000000000000000000000000000","diff_id":"sha256:0000000000000000000000000000000000000000000000000000000000000000","size":1}"#;
+        let d: CacheMountDesc = serde_json::from_str(old).unwrap();
+        assert_eq!(d.key(), CacheMountKey::id("pkgs"));
+        assert_eq!(serde_json::to_string(&d).unwrap(), old, "written as before");
+        let with = CacheMountDesc {
+            perms: Some(CachePerms::new(5, 6, 0o700)),
+            ..d
+        };
+        let json = serde_json::to_string(&with).unwrap();
+        assert!(
+            json.contains(r#""perms":{"uid":5,"gid":6,"mode":448}"#),
+            "{json}"
+        );
+        assert_eq!(serde_json::from_str::<CacheMountDesc>(&json).unwrap(), with);
     }
 }

@@ -13,8 +13,9 @@ use std::fmt::Write as _;
 
 use rbuild_ops::{BuildGraph, Op, Vertex, VertexId};
 use rbuild_ops::{
-    CacheSharing, Copy, Description, ExecOp, FileAction, FileOp, ImagePin, MergeOp, Mkdir, Mkfile,
-    Mount as OpMount, MountKind, NetworkMode, SecurityMode, SourceLocation, SourceOp,
+    CachePerms, CacheSharing, Copy, Description, ExecOp, FileAction, FileOp, ImagePin, MergeOp,
+    Mkdir, Mkfile, Mount as OpMount, MountKind, NetworkMode, SecurityMode, SourceLocation,
+    SourceOp,
 };
 use rbuild_parser::shell::{Lexer, ShellError, ShellErrorKind, human_size_exact};
 use rbuild_parser::{
@@ -1909,12 +1910,14 @@ impl Planner<'_> {
                     }
                 }
                 Mount::Cache(c) => {
-                    let target = ex(self, &c.target)?
+                    let raw_target = ex(self, &c.target)?
                         .ok_or_else(|| self.err(span, "mount target is required"))?;
-                    let target = abs_target(&target);
+                    let target = abs_target(&raw_target);
+                    // BuildKit's default id is the target as written, cleaned
+                    // (a relative one is not joined to the working directory).
                     let id = ex(self, &c.id)?
                         .filter(|s| !s.is_empty())
-                        .unwrap_or_else(|| target.clone());
+                        .unwrap_or_else(|| clean(&raw_target));
                     let sharing = match ex(self, &c.sharing)?.as_deref() {
                         None | Some("shared") => CacheSharing::Shared,
                         Some("private") => CacheSharing::Private,
@@ -1928,12 +1931,28 @@ impl Planner<'_> {
                             let s = self.find_stage(f, span, false)?;
                             let l = self.stage_state(s, span, run)?;
                             inputs.push(l);
-                            Some((
-                                inputs.len() - 1,
-                                join("/", &ex(self, &c.source)?.unwrap_or_default()),
-                            ))
+                            Some(inputs.len() - 1)
                         }
                         None => None,
+                    };
+                    let source = join("/", &ex(self, &c.source)?.unwrap_or_default());
+                    let (uid, gid, mode) =
+                        (ex(self, &c.uid)?, ex(self, &c.gid)?, ex(self, &c.mode)?);
+                    let given = uid.is_some() || gid.is_some() || mode.is_some();
+                    let perms = CachePerms::new(
+                        num(self, uid, "uid")?,
+                        num(self, gid, "gid")?,
+                        octal(self, mode, 0o755, "mode")?,
+                    );
+                    // As BuildKit: `uid`/`gid`/`mode` make the cache start as
+                    // `/cache` made with them on the base (scratch, or the
+                    // `from=` stage, whose own `/cache` wins), unless a
+                    // `source=` is given, beside which they do nothing.
+                    let perms = (given && source == "/").then_some(perms);
+                    let source = if perms.is_some() && from.is_some() {
+                        "/cache".to_owned()
+                    } else {
+                        source
                     };
                     OpMount {
                         target,
@@ -1941,10 +1960,9 @@ impl Planner<'_> {
                             id,
                             sharing,
                             from,
+                            source,
                             readonly: c.readonly,
-                            uid: num(self, ex(self, &c.uid)?, "uid")?,
-                            gid: num(self, ex(self, &c.gid)?, "gid")?,
-                            mode: octal(self, ex(self, &c.mode)?, 0o755, "mode")?,
+                            perms,
                         },
                     }
                 }

@@ -8,8 +8,8 @@ use std::fmt::Write as _;
 use common::{FakeResolver, busybox_config, opts, plan, plan_with, try_plan};
 use rbuild_frontend::{BuildPlan, Entitlements, FrontendError, plan_source};
 use rbuild_ops::{
-    CacheSharing, Chmod, Chown, ExecOp, FileAction, FileOp, MountKind, NetworkMode, SecurityMode,
-    SourceOp, UserRef,
+    CachePerms, CacheSharing, Chmod, Chown, ExecOp, FileAction, FileOp, MountKind, NetworkMode,
+    SecurityMode, SourceOp, UserRef,
 };
 use rbuild_ops::{Op, Vertex, VertexId};
 
@@ -745,10 +745,9 @@ fn run_mounts() {
             id: "/cache".into(),
             sharing: CacheSharing::Locked,
             from: None,
+            source: "/".into(),
             readonly: false,
-            uid: 5,
-            gid: 0,
-            mode: 0o700
+            perms: Some(CachePerms::new(5, 0, 0o700)),
         }
     );
     assert_eq!(m[1].target, "/src/a");
@@ -779,6 +778,64 @@ fn run_mounts() {
         panic!()
     };
     assert_eq!(include_patterns, vec!["a.txt"]);
+}
+
+/// What each cache mount of the last RUN of `src` is keyed by: id, `from=`,
+/// source and perms.
+fn cache_keys(src: &str) -> Vec<(String, bool, String, Option<CachePerms>)> {
+    execs(&plan(src))
+        .pop()
+        .unwrap()
+        .mounts
+        .into_iter()
+        .filter_map(|m| match m.kind {
+            MountKind::Cache {
+                id,
+                from,
+                source,
+                perms,
+                ..
+            } => Some((id, from.is_some(), source, perms)),
+            _ => None,
+        })
+        .collect()
+}
+
+#[test]
+fn cache_mounts_carry_what_buildkit_keys_them_by() {
+    let k = cache_keys(
+        "FROM busybox AS st\nFROM busybox\nWORKDIR /w\n\
+         RUN --mount=type=cache,target=rel/ \
+             --mount=type=cache,id=x,target=/a \
+             --mount=type=cache,id=x,target=/b,uid=1000 \
+             --mount=type=cache,id=x,target=/c,uid=1000,gid=0,mode=0755 \
+             --mount=type=cache,id=x,target=/d,mode=01777 \
+             --mount=type=cache,id=x,target=/e,source=sub,uid=7 \
+             --mount=type=cache,id=x,target=/f,from=st,source=/opt,mode=0700 \
+             --mount=type=cache,id=x,target=/g,from=st,gid=3 \
+             --mount=type=cache,id=x,target=/h,from=st true\n",
+    );
+    let p = |uid, gid, mode| Some(CachePerms::new(uid, gid, mode));
+    let want =
+        |id: &str, from, source: &str, perms| (id.to_owned(), from, source.to_owned(), perms);
+    assert_eq!(
+        k,
+        [
+            // The default id is the target as written, not made absolute.
+            want("rel", false, "/", None),
+            want("x", false, "/", None),
+            want("x", false, "/", p(1000, 0, 0o755)),
+            want("x", false, "/", p(1000, 0, 0o755)),
+            // Only the permission bits (llb.Mkdir's mode & 0777).
+            want("x", false, "/", p(0, 0, 0o777)),
+            // Beside source=, uid/gid/mode do nothing.
+            want("x", false, "/sub", None),
+            want("x", true, "/opt", None),
+            // From a stage, the perms make its /cache (BuildKit's mkdir).
+            want("x", true, "/cache", p(0, 3, 0o755)),
+            want("x", true, "/", None),
+        ]
+    );
 }
 
 #[test]

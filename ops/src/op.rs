@@ -9,6 +9,8 @@
 //! Inputs are referred to by [`InputIndex`]: a position in [`Vertex::inputs`],
 //! as LLB does with `Input` indexes.
 
+use std::fmt;
+
 use serde::{Deserialize, Serialize};
 
 use crate::id::VertexId;
@@ -300,16 +302,28 @@ pub enum MountKind {
         selector: String,
         readonly: bool,
     },
-    /// `type=cache`: a persistent directory shared between builds.
+    /// `type=cache`: a persistent directory shared between builds. Which
+    /// cache it is follows `BuildKit`: its `id`, and with `from=` or
+    /// [`CachePerms`] also the base it starts as (never `sharing`).
     Cache {
+        /// `id=`, else the target as written (cleaned, not made absolute).
         id: String,
         sharing: CacheSharing,
-        /// Seed content (`from=`, `source=`).
-        from: Option<(InputIndex, String)>,
+        /// `from=`: the cache starts as a copy of `source` in this input
+        /// (and is another cache than the id's own for each input result
+        /// and `source`).
+        from: Option<InputIndex>,
+        /// `source=` as an absolute path, `/` for all: with `from`, the
+        /// path of the input the cache starts as; without, the directory of
+        /// the cache that is mounted.
+        source: String,
         readonly: bool,
-        uid: u32,
-        gid: u32,
-        mode: u32,
+        /// `uid=`/`gid=`/`mode=`, when any was given and `source=` was not
+        /// (`BuildKit` ignores them beside `source=`): the cache starts as a
+        /// directory with this owner and mode, and is another cache than
+        /// the id's own (one per owner and mode). `None`: a new cache is a
+        /// `0755` `0:0` directory.
+        perms: Option<CachePerms>,
     },
     /// `type=tmpfs`.
     Tmpfs {
@@ -337,6 +351,39 @@ pub enum MountKind {
         uid: u32,
         gid: u32,
     },
+}
+
+/// The owner and mode a cache mount starts with (`uid=`, `gid=`, `mode=`;
+/// those not given are `0`, `0` and `0755`, so `uid=5` and
+/// `uid=5,gid=0,mode=0755` are one cache, as in `BuildKit`, which makes the
+/// directory with `llb.Mkdir` and so keeps only the permission bits).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+pub struct CachePerms {
+    pub uid: u32,
+    pub gid: u32,
+    /// Permission bits only (`mode & 0o777`).
+    pub mode: u32,
+}
+
+impl CachePerms {
+    /// `mode` keeps its permission bits only.
+    pub fn new(uid: u32, gid: u32, mode: u32) -> Self {
+        Self {
+            uid,
+            gid,
+            mode: mode & 0o777,
+        }
+    }
+}
+
+impl fmt::Display for CachePerms {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "uid={},gid={},mode={:04o}",
+            self.uid, self.gid, self.mode
+        )
+    }
 }
 
 /// `RUN --mount=type=cache,sharing=...`.
@@ -620,8 +667,7 @@ impl Op {
                 for m in &e.mounts {
                     if let MountKind::Bind { input, .. }
                     | MountKind::Cache {
-                        from: Some((input, _)),
-                        ..
+                        from: Some(input), ..
                     } = &m.kind
                     {
                         all.push(*input);

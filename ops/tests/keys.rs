@@ -6,8 +6,8 @@ use proptest::prelude::*;
 use rbuild_ops::{BuildGraph, GraphError, ImagePin, Op, Vertex, VertexId};
 use rbuild_ops::{CacheKey, Checksum, InputKey, cache_key};
 use rbuild_ops::{
-    CacheSharing, Chmod, Chown, Copy, ExecOp, FileAction, FileOp, Mkdir, Mkfile, Mount, MountKind,
-    NetworkMode, Rm, SecurityMode, SourceOp, UserRef,
+    CachePerms, CacheSharing, Chmod, Chown, Copy, ExecOp, FileAction, FileOp, Mkdir, Mkfile, Mount,
+    MountKind, NetworkMode, Rm, SecurityMode, SourceOp, UserRef,
 };
 
 fn exec_strategy() -> impl Strategy<Value = ExecOp> {
@@ -34,10 +34,9 @@ fn exec_strategy() -> impl Strategy<Value = ExecOp> {
                     id: "c".into(),
                     sharing: CacheSharing::Shared,
                     from: None,
+                    source: "/".into(),
                     readonly: false,
-                    uid: 0,
-                    gid: 0,
-                    mode,
+                    perms: Some(CachePerms::new(0, 0, mode)),
                 },
             });
             if let Some(id) = secret {
@@ -83,8 +82,8 @@ fn mutate_exec(op: &ExecOp, which: usize) -> ExecOp {
             hard: 2,
         }),
         9 => {
-            if let MountKind::Cache { mode, .. } = &mut m.mounts[0].kind {
-                *mode ^= 0o1;
+            if let MountKind::Cache { perms: Some(p), .. } = &mut m.mounts[0].kind {
+                p.mode ^= 0o1;
             }
         }
         10 => {

@@ -537,10 +537,9 @@ async fn cache_mount_persists_between_runs() {
             id: "c1".into(),
             sharing: CacheSharing::Locked,
             from: None,
+            source: "/".into(),
             readonly: false,
-            uid: 0,
-            gid: 0,
-            mode: 0o755,
+            perms: None,
         },
     };
     for (i, want) in [(1, "1"), (2, "2")] {

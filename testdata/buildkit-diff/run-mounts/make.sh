@@ -1,8 +1,7 @@
 # RUN --mount: bind (default source, a file, a directory, read-write whose
 # writes vanish), tmpfs, cache with ids, uid/gid/mode, a bind from another stage;
 # what the mount points leave in the image (stubs) and what writes beside them keep.
-# (A cache id mounted with other uid/gid/mode options is another cache in
-# BuildKit, one cache in rbuild: see README.)
+# (How cache mounts are keyed: cache-mount-keys.)
 mkdir -p src/sub; echo s > src/s; echo u > src/sub/u; echo top > top.txt
 cat > Dockerfile <<'D'
 FROM busybox AS other

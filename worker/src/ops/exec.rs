@@ -9,11 +9,11 @@ use rbuild_sandbox::{CancelToken, Mount as SbMount, Output, ProcessSpec, Rootfs}
 use rbuild_snapshotter::snapshots::ReadGuard;
 
 use crate::error::WorkerError;
-use rbuild_ops::{CacheSharing, ExecOp, MountKind, NetworkMode, SecurityMode};
+use rbuild_ops::{CachePerms, CacheSharing, ExecOp, MountKind, NetworkMode, SecurityMode};
 use rbuild_solver::progress::{Stream, VertexLogger};
 use rbuild_solver::{ExecContext, ExecError, ResultRef, StepLimit};
 
-use crate::cachemounts::{sanitize, try_lock};
+use crate::cachemounts::{CacheMountKey, dir_name, try_lock};
 use crate::fsutil::{clean_rel, mkdir_all};
 use crate::state::{Inner, Res, err, snap_ref};
 
@@ -110,21 +110,30 @@ fn input_path(
     }
 }
 
-#[allow(clippy::too_many_arguments)]
+/// The directory of cache mount `key` (made when missing), which with
+/// `from` starts as a copy of path `source` of that input (and is another
+/// cache for each input result and path, as `BuildKit` keys it by the ref of
+/// its base); see `crate::cachemounts`.
 fn cache_dir(
     inner: &Inner,
     inputs: &[ResultRef],
-    id: &str,
+    key: &CacheMountKey,
     sharing: CacheSharing,
-    from: Option<&(usize, String)>,
-    uid: u32,
-    gid: u32,
-    mode: u32,
+    from: Option<usize>,
+    source: &str,
     keep: &mut Keep,
 ) -> Result<PathBuf, ExecError> {
     let base = rbuild_snapshotter::layout::StateLayout::new(&inner.state_root).cache_mounts();
     fs_err::create_dir_all(&base).map_err(err)?;
-    let name = sanitize(id);
+    let from_ref = match from {
+        Some(i) => Some(
+            inputs
+                .get(i)
+                .ok_or_else(|| ExecError::msg(format!("mount input {i} does not exist")))?,
+        ),
+        None => None,
+    };
+    let name = dir_name(key, from_ref.map(|r| (r.as_str(), source)));
     let dir = match sharing {
         CacheSharing::Shared => base.join(&name),
         CacheSharing::Locked => {
@@ -159,22 +168,46 @@ fn cache_dir(
             .tempdir_in(&base)
             .map_err(err)?;
         let made = tmp.path().join("d");
-        // An imported cache mount (`--cache-from ...,cache-mounts=true`)
-        // seeds a new one before `from=` would.
-        let seeded = crate::cachemounts::seed(inner, id, &made);
-        match from {
-            _ if seeded => {}
-            Some((input, sel)) => {
-                let src = input_path(inner, inputs, *input, keep)?;
-                let src = join_selector(&src, sel);
-                rbuild_snapshotter::overlay::copy_lower_stack(&[src], &made).map_err(err)?;
+        // With `from`, the input's `source` as it is (owner and mode kept);
+        // a missing one is made with the perms (BuildKit's `llb.Mkdir` of
+        // `/cache` on the stage, which leaves an existing one alone).
+        // Without, an imported cache mount (`--cache-from
+        // ...,cache-mounts=true`) as it was exported, else a new directory;
+        // either way its top has the owner and mode of its key (a layer has
+        // no entry for its top).
+        let perms = if let Some(input) = from {
+            let src = join_selector(&input_path(inner, inputs, input, keep)?, source);
+            match std::fs::symlink_metadata(&src) {
+                Ok(m) if m.is_dir() => {
+                    rbuild_snapshotter::overlay::copy_lower_stack(&[src], &made).map_err(err)?;
+                    None
+                }
+                Ok(_) => {
+                    return Err(ExecError::msg(format!(
+                        "cache mount source \"{source}\": not a directory"
+                    )));
+                }
+                Err(_) if key.perms.is_some() => {
+                    fs_err::create_dir(&made).map_err(err)?;
+                    key.perms
+                }
+                Err(_) => {
+                    return Err(ExecError::msg(format!(
+                        "cache mount source \"{source}\": not found"
+                    )));
+                }
             }
-            None => fs_err::create_dir(&made).map_err(err)?,
+        } else {
+            if !crate::cachemounts::seed(inner, key, &made) {
+                fs_err::create_dir(&made).map_err(err)?;
+            }
+            Some(key.perms.unwrap_or(CachePerms::new(0, 0, 0o755)))
+        };
+        if let Some(p) = perms {
+            fs_err::set_permissions(&made, std::fs::Permissions::from_mode(p.mode)).map_err(err)?;
+            nix::unistd::chown(&made, Some(p.uid.into()), Some(p.gid.into()))
+                .map_err(|e| crate::error::context(format!("chown {}", made.display()), e))?;
         }
-        fs_err::set_permissions(&made, std::fs::Permissions::from_mode(mode & 0o7777))
-            .map_err(err)?;
-        nix::unistd::chown(&made, Some(uid.into()), Some(gid.into()))
-            .map_err(|e| crate::error::context(format!("chown {}", made.display()), e))?;
         match nix::fcntl::renameat2(
             nix::fcntl::AT_FDCWD,
             &made,
@@ -195,6 +228,17 @@ fn cache_dir(
                 ));
             }
         }
+    }
+    // Without `from`, `source` is a directory of the cache that is mounted
+    // (BuildKit mounts the selector of the cache's ref).
+    if from.is_none() && !matches!(source.trim_start_matches('/'), "" | ".") {
+        let sub = join_selector(&dir, source);
+        if !sub.is_dir() {
+            return Err(ExecError::msg(format!(
+                "cache mount source \"{source}\": not found in cache {key}"
+            )));
+        }
+        return Ok(sub);
     }
     Ok(dir)
 }
@@ -252,23 +296,15 @@ fn mounts(
                 id,
                 sharing,
                 from,
+                source,
                 readonly,
-                uid,
-                gid,
-                mode,
+                perms,
             } => {
-                let id = if id.is_empty() { &m.target } else { id };
-                let dir = cache_dir(
-                    inner,
-                    inputs,
-                    id,
-                    *sharing,
-                    from.as_ref(),
-                    *uid,
-                    *gid,
-                    *mode,
-                    keep,
-                )?;
+                let key = CacheMountKey {
+                    id: if id.is_empty() { &m.target } else { id }.clone(),
+                    perms: *perms,
+                };
+                let dir = cache_dir(inner, inputs, &key, *sharing, *from, source, keep)?;
                 if *readonly {
                     out.push(SbMount::bind(dir, target));
                 } else {
