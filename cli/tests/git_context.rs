@@ -841,3 +841,86 @@ fn url_contexts_tarballs_and_dockerfiles() {
         "{err}"
     );
 }
+
+/// `git@HOST:PATH` and `ssh://` contexts go through git's ssh transport: with
+/// `GIT_SSH_COMMAND` (which rbuild leaves to the user, as git does) naming a
+/// stand-in for ssh that records the host and user git asked for and runs
+/// the remote command (`git-upload-pack 'PATH'`) in the server's directory,
+/// there is no sshd to run. The parse, the ref resolution (`ls-remote`), the
+/// fetch and `ADD <git@…>` are all the real thing.
+#[test]
+fn scp_like_and_ssh_url_contexts_go_through_gits_ssh_transport() {
+    let env = build_env();
+    let repo = Repo::new(&env);
+    let log = env.path("ssh.log");
+    let stand_in = env.path("fake-ssh");
+    // git runs: $GIT_SSH_COMMAND [-o ...] [-p PORT] [USER@]HOST 'COMMAND'.
+    write(
+        &stand_in,
+        &format!(
+            "#!/bin/sh\nfor last; do :; done\nfor a; do case $a in *@*) echo \"host $a\" >> {log};; esac; done\n\
+             cd {srv} && exec sh -c \"$last\"\n",
+            log = log.display(),
+            srv = repo.srv.display()
+        ),
+    );
+    fs_err::set_permissions(
+        &stand_in,
+        std::os::unix::fs::PermissionsExt::from_mode(0o755),
+    )
+    .unwrap();
+    let with_ssh = |args: &[&str]| {
+        let mut all = vec!["build", "--progress=plain"];
+        all.extend_from_slice(args);
+        env.cmd(&all)
+            .env("GIT_SSH_COMMAND", &stand_in)
+            .stdin(Stdio::null())
+            .output()
+            .unwrap()
+    };
+    let ok = |o: Output, what: &str| {
+        assert!(
+            o.status.success(),
+            "{what}:\n{}",
+            String::from_utf8_lossy(&o.stderr)
+        );
+    };
+    ok(
+        with_ssh(&["-t", "scp", "git@127.0.0.1:repo.git#main"]),
+        "git@ context",
+    );
+    let list = cat(&env, "scp", "/list");
+    assert!(
+        list.contains("/ctx/sub/a.txt\n") && !list.contains(".git"),
+        "{list}"
+    );
+    let srv = repo.srv.join("repo.git");
+    ok(
+        with_ssh(&[
+            "-t",
+            "sshurl",
+            &format!("ssh://builder@127.0.0.1{}#v1:sub", srv.display()),
+            "-f",
+            "Dockerfile.sub",
+        ]),
+        "ssh:// context",
+    );
+    assert_eq!(
+        cat(&env, "sshurl", "/list"),
+        "/sub\n/sub/Dockerfile.sub\n/sub/a.txt\n"
+    );
+    // ADD of an scp-like ref, keyed by its commit.
+    let ctx = env.path("addctx");
+    write(
+        &ctx.join("Dockerfile"),
+        "FROM busybox\nADD git@127.0.0.1:repo.git#main /added\n",
+    );
+    ok(
+        with_ssh(&["-t", "added", ctx.to_str().unwrap()]),
+        "ADD git@",
+    );
+    assert_eq!(cat(&env, "added", "/added/sub/a.txt"), "a\n");
+    let seen = fs_err::read_to_string(&log).unwrap();
+    assert!(seen.contains("host git@127.0.0.1\n"), "{seen}");
+    assert!(seen.contains("host builder@127.0.0.1\n"), "{seen}");
+}
