@@ -196,8 +196,14 @@ fn as_nobody_with(env: &Env, vars: &[(&str, &str)], args: &[&str]) -> Output {
 
 /// `rbuild build -q --network none -t TAG CTX` as `nobody`, whatever its status.
 fn build_as_nobody(env: &Env, ctx: &Path, tag: &str) -> Output {
-    as_nobody(
+    build_as_nobody_with(env, &[], ctx, tag)
+}
+
+/// [`build_as_nobody`] with environment variables `vars` set too.
+fn build_as_nobody_with(env: &Env, vars: &[(&str, &str)], ctx: &Path, tag: &str) -> Output {
+    as_nobody_with(
         env,
+        vars,
         &[
             "build",
             "-q",
@@ -210,10 +216,40 @@ fn build_as_nobody(env: &Env, ctx: &Path, tag: &str) -> Output {
     )
 }
 
+/// The test's Dockerfile built as root (overlay) and saved: the reference
+/// the builds as `nobody` are compared with. The env holds the archive.
+fn root_reference() -> (Env, PathBuf) {
+    let env = build_env();
+    let ctx = context(&env);
+    env.ok(&[
+        "build",
+        "-q",
+        "--network",
+        "none",
+        "-t",
+        "rl:1",
+        ctx.to_str().unwrap(),
+    ]);
+    let tar = env.path("root.tar");
+    env.ok(&["save", "-o", tar.to_str().unwrap(), "rl:1"]);
+    (env, tar)
+}
+
 /// Builds `ctx` as `nobody` tagged `tag` and saves the image to `out`
 /// (`rbuild save`), asserting that both succeed.
 fn build_and_save_as_nobody(env: &Env, ctx: &Path, tag: &str, out: &Path) {
-    let o = build_as_nobody(env, ctx, tag);
+    build_and_save_as_nobody_with(env, &[], ctx, tag, out);
+}
+
+/// [`build_and_save_as_nobody`] with environment variables `vars` set for the build.
+fn build_and_save_as_nobody_with(
+    env: &Env,
+    vars: &[(&str, &str)],
+    ctx: &Path,
+    tag: &str,
+    out: &Path,
+) {
+    let o = build_as_nobody_with(env, vars, ctx, tag);
     assert!(o.status.success(), "build as nobody: {}", text(&o));
     let o = as_nobody(env, &["save", "-o", out.to_str().unwrap(), tag]);
     assert!(o.status.success(), "save as nobody: {}", text(&o));
@@ -365,19 +401,7 @@ impl Drop for RemoveImage {
 #[test]
 fn nobody_builds_multi_stage_with_the_owners_a_root_build_records() {
     // As root: the reference.
-    let root_env = build_env();
-    let ctx = context(&root_env);
-    root_env.ok(&[
-        "build",
-        "-q",
-        "--network",
-        "none",
-        "-t",
-        "rl:1",
-        ctx.to_str().unwrap(),
-    ]);
-    let root_tar = root_env.path("root.tar");
-    root_env.ok(&["save", "-o", root_tar.to_str().unwrap(), "rl:1"]);
+    let (_root_env, root_tar) = root_reference();
 
     let _ids = SubIds::present();
     let env = nobody_env();
@@ -529,19 +553,7 @@ fn nobody_without_subordinate_ids_builds_with_every_file_root_s() {
 /// root build gives with overlay.
 #[test]
 fn nobody_with_the_copying_snapshotter_builds_the_layers_root_builds_with_overlay() {
-    let root_env = build_env();
-    let ctx = context(&root_env);
-    root_env.ok(&[
-        "build",
-        "-q",
-        "--network",
-        "none",
-        "-t",
-        "rl:1",
-        ctx.to_str().unwrap(),
-    ]);
-    let root_tar = root_env.path("root.tar");
-    root_env.ok(&["save", "-o", root_tar.to_str().unwrap(), "rl:1"]);
+    let (_root_env, root_tar) = root_reference();
 
     let _ids = SubIds::present();
     let env = nobody_env();
@@ -553,27 +565,8 @@ fn nobody_with_the_copying_snapshotter_builds_the_layers_root_builds_with_overla
         "info as nobody: {}",
         text(&o)
     );
-    let o = as_nobody_with(
-        &env,
-        &copy,
-        &[
-            "build",
-            "-q",
-            "--network",
-            "none",
-            "-t",
-            "rl:1",
-            ctx.to_str().unwrap(),
-        ],
-    );
-    assert!(
-        o.status.success(),
-        "build as nobody over copies: {}",
-        text(&o)
-    );
     let tar = env.path("nobody.tar");
-    let o = as_nobody(&env, &["save", "-o", tar.to_str().unwrap(), "rl:1"]);
-    assert!(o.status.success(), "save as nobody: {}", text(&o));
+    build_and_save_as_nobody_with(&env, &copy, &ctx, "rl:1", &tar);
     assert_eq!(
         headers(&tar),
         headers(&root_tar),
