@@ -826,3 +826,84 @@ fn rbuild_host_arch() -> &'static str {
         other => panic!("this test knows amd64 and arm64 hosts, not {other}"),
     }
 }
+
+/// The image rules read an image's layers once: a rebuild that makes the
+/// same image reports what they found from `layer-scans/` (a record per
+/// image), and a new image over the same layers scans none of them again
+/// (a record per layer); builds with `--secret` values keep nothing.
+#[test]
+fn image_rules_keep_what_they_found_per_image_and_per_layer() {
+    let env = common::build_env();
+    let df = "FROM busybox\n\
+        RUN printf -- '-----BEGIN OPENSSH PRIVATE KEY-----\\nabc\\n-----END OPENSSH PRIVATE KEY-----\\n' > /id_key && chmod 666 /id_key\n";
+    let found = |err: &str| summary_lines(err, "SecretInLayer").join("\n");
+    let err = build(&env, "kept", df, &[]);
+    assert!(found(&err).contains("/id_key holds a private key"), "{err}");
+    assert_eq!(summary_lines(&err, "WorldWritableFile").len(), 1, "{err}");
+    let scans = env.root().join("layer-scans");
+    let records = || -> Vec<PathBuf> {
+        let mut v: Vec<PathBuf> = fs_err::read_dir(&scans)
+            .map(|d| d.map(|e| e.unwrap().path()).collect())
+            .unwrap_or_default();
+        v.sort();
+        v
+    };
+    let image_record = records()
+        .into_iter()
+        .find(|p| {
+            p.file_name()
+                .unwrap()
+                .to_string_lossy()
+                .starts_with("image-")
+        })
+        .expect("a record of the image's warnings");
+    // The same image again: the record is what is reported (written here
+    // by the test, to see it read), the layers are not read.
+    fs_err::write(
+        &image_record,
+        r#"[["SecretInLayer","/from-the-record holds a private key; it is in the layer of `RUN x`"]]"#,
+    )
+    .unwrap();
+    let err = build(&env, "kept", df, &[]);
+    assert!(found(&err).contains("/from-the-record"), "{err}");
+    assert!(summary_lines(&err, "WorldWritableFile").is_empty(), "{err}");
+    // Another image (a label) over the same layers: the warnings are made
+    // again, the private-key scan of the RUN's layer comes from its record.
+    let layer_record = records()
+        .into_iter()
+        .find(|p| {
+            p.to_string_lossy().contains("-keys-v1-")
+                && fs_err::read_to_string(p).unwrap().contains("id_key")
+        })
+        .expect("a record of the RUN layer's scan");
+    fs_err::write(&layer_record, r#"["from/the/layer/record"]"#).unwrap();
+    let err = build(&env, "kept2", &format!("{df}LABEL x=1\n"), &[]);
+    assert!(
+        found(&err).contains("/from/the/layer/record holds a private key"),
+        "{err}"
+    );
+    assert_eq!(summary_lines(&err, "WorldWritableFile").len(), 1, "{err}");
+    // With a --secret value nothing is kept or read: the real scan.
+    let before = records().len();
+    let secret = env.path("token");
+    fs_err::write(&secret, "s3cr3t-t0ken-value").unwrap();
+    let spec = format!("id=tok,src={}", secret.display());
+    let err = build(
+        &env,
+        "kept3",
+        &format!("{df}LABEL x=2\n"),
+        &["--secret", &spec],
+    );
+    assert!(found(&err).contains("/id_key holds a private key"), "{err}");
+    assert_eq!(
+        records().len(),
+        before,
+        "a record was written for a build with a secret"
+    );
+    env.ok(&["builder", "prune", "-a", "-f"]);
+    assert_eq!(
+        records(),
+        Vec::<PathBuf>::new(),
+        "builder prune -a leaves records"
+    );
+}

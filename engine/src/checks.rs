@@ -32,6 +32,48 @@ pub struct ImageCheckInput<'a> {
     /// The Dockerfile has more than one stage.
     pub multi_stage: bool,
     pub config: &'a CheckConfig,
+    /// The state root: where what `SecretInLayer` found in each layer, and
+    /// the warnings of each image, are kept (`layer-scans/`), so an
+    /// unchanged layer or image is not read again. Without `--secret` values
+    /// only: nothing derived from them is written down.
+    pub state_root: Option<&'a std::path::Path>,
+}
+
+/// What the private-key scan of one layer found, kept under its diff ID
+/// (and the scan's limit and version), with no secret value in it.
+fn scan_record(state_root: &std::path::Path, diff_id: &Digest) -> std::path::PathBuf {
+    rbuild_snapshotter::layout::StateLayout::new(state_root)
+        .layer_scans()
+        .join(format!("{}-keys-v1-{SCAN_LIMIT}", diff_id.hex()))
+}
+
+fn read_scan(path: &std::path::Path) -> Option<Vec<String>> {
+    let bytes = std::fs::read(path).ok()?;
+    serde_json::from_slice(&bytes).ok()
+}
+
+/// Writes a scan record (temp file named with this process's owner token,
+/// then renamed); a failure only costs a scan next time.
+fn write_scan(state_root: &std::path::Path, path: &std::path::Path, found: &[String]) {
+    if let Ok(bytes) = serde_json::to_vec(found) {
+        write_record(state_root, path, &bytes);
+    }
+}
+
+fn write_record(state_root: &std::path::Path, path: &std::path::Path, bytes: &[u8]) {
+    use std::io::Write as _;
+    let write = || -> std::io::Result<()> {
+        let dir = path.parent().unwrap_or(path);
+        fs_err::create_dir_all(dir)?;
+        let lease = rbuild_snapshotter::lease::Lease::current(state_root)?;
+        let mut tmp = tempfile::Builder::new()
+            .prefix(&lease.prefix("tmp"))
+            .tempfile_in(dir)?;
+        tmp.write_all(bytes)?;
+        tmp.persist(path).map_err(|e| e.error)?;
+        Ok(())
+    };
+    let _ = write();
 }
 
 const PRIVATE_KEY: &[u8] = b"PRIVATE KEY-----";
@@ -70,9 +112,75 @@ fn contains(hay: &[u8], needle: &[u8]) -> bool {
     !needle.is_empty() && hay.windows(needle.len()).any(|w| w == needle)
 }
 
-/// Runs the image rules on `input.image`.
-#[allow(clippy::too_many_lines)]
+/// The image rules' names, in the order they are reported.
+const IMAGE_RULES: [&str; 5] = [
+    "WastedSpace",
+    "BuildToolsInFinalImage",
+    "SecretInLayer",
+    "WorldWritableFile",
+    "SetuidFileAdded",
+];
+
+/// Where the warnings of one run of the image rules on an image are kept:
+/// named by the image ID and every other input (the enabled rules, the base
+/// layers, whether the build had stages), so a rebuild that makes the same
+/// image (a fully cached build) reports them without reading its layers.
+fn result_record(state_root: &std::path::Path, input: &ImageCheckInput<'_>) -> std::path::PathBuf {
+    let enabled: Vec<&str> = IMAGE_RULES
+        .iter()
+        .copied()
+        .filter(|n| rule(n).is_some_and(|r| input.config.enabled(r)))
+        .collect();
+    let key = format!(
+        "v1 {} {} {} {}",
+        input.image,
+        input.base_layers,
+        input.multi_stage,
+        enabled.join(",")
+    );
+    rbuild_snapshotter::layout::StateLayout::new(state_root)
+        .layer_scans()
+        .join(format!("image-{}", blake3::hash(key.as_bytes()).to_hex()))
+}
+
+/// Runs the image rules on `input.image` (or reads what they found on the
+/// same image with the same inputs before, see [`result_record`]).
 pub fn image_checks(
+    store: &Store,
+    input: &ImageCheckInput<'_>,
+) -> Result<Vec<LintWarning>, String> {
+    let record = input
+        .state_root
+        .filter(|_| input.secrets.is_empty())
+        .map(|root| (root, result_record(root, input)));
+    if let Some(found) = record
+        .as_ref()
+        .and_then(|(_, p)| std::fs::read(p).ok())
+        .and_then(|b| serde_json::from_slice::<Vec<(String, String)>>(&b).ok())
+    {
+        return Ok(found
+            .into_iter()
+            .filter_map(|(n, msg)| {
+                let r = rule(&n).filter(|_| IMAGE_RULES.contains(&n.as_str()))?;
+                Some(LintWarning::new(r, msg, None))
+            })
+            .collect());
+    }
+    let warnings = run_image_checks(store, input)?;
+    if let Some((root, path)) = &record {
+        let found: Vec<(&str, &str)> = warnings
+            .iter()
+            .map(|w| (w.rule, w.message.as_str()))
+            .collect();
+        if let Ok(bytes) = serde_json::to_vec(&found) {
+            write_record(root, path, &bytes);
+        }
+    }
+    Ok(warnings)
+}
+
+#[allow(clippy::too_many_lines)]
+fn run_image_checks(
     store: &Store,
     input: &ImageCheckInput<'_>,
 ) -> Result<Vec<LintWarning>, String> {
@@ -111,7 +219,18 @@ pub fn image_checks(
     let mut writable: Vec<String> = Vec::new();
     let mut setuid: Vec<String> = Vec::new();
     for (i, layer) in layers.iter().enumerate().skip(input.base_layers) {
-        if enabled("SecretInLayer") {
+        let record = input
+            .state_root
+            .filter(|_| input.secrets.is_empty())
+            .and_then(|root| Some((root, scan_record(root, img.diff_ids().get(i)?))));
+        if let Some(found) = enabled("SecretInLayer")
+            .then(|| record.as_ref().and_then(|(_, p)| read_scan(p)))
+            .flatten()
+        {
+            // Scanned before: the same layer holds the same files.
+            secrets_found.extend(found.into_iter().map(|p| (p, i, "a private key")));
+        } else if enabled("SecretInLayer") {
+            let before = secrets_found.len();
             layer
                 .read_small_files(SCAN_LIMIT, &mut |meta, buf| {
                     let what = if contains(buf, PRIVATE_KEY) && contains(buf, b"-----BEGIN ") {
@@ -129,6 +248,13 @@ pub fn image_checks(
                     secrets_found.push((path, i, what));
                 })
                 .map_err(|e| e.to_string())?;
+            if let Some((root, path)) = &record {
+                let found: Vec<String> = secrets_found[before..]
+                    .iter()
+                    .map(|(p, _, _)| p.clone())
+                    .collect();
+                write_scan(root, path, &found);
+            }
         }
         for e in layer.entries() {
             let path = String::from_utf8_lossy(&e.path);

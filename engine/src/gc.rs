@@ -323,18 +323,19 @@ fn remembered_size(dir: &Path) -> u64 {
 }
 
 /// The directories of records that only speed builds up.
-fn record_dirs(l: &StateLayout) -> [PathBuf; 5] {
+fn record_dirs(l: &StateLayout) -> [PathBuf; 6] {
     [
         l.snapshot_checksums(),
         l.context_checksums(),
         l.copy_reuse(),
         l.layer_cache(),
         l.git_checkouts(),
+        l.layer_scans(),
     ]
 }
 
 /// The entries of the root that are not counted as images.
-fn not_images(l: &StateLayout) -> [PathBuf; 10] {
+fn not_images(l: &StateLayout) -> [PathBuf; 11] {
     [
         l.blobs()
             .parent()
@@ -347,6 +348,7 @@ fn not_images(l: &StateLayout) -> [PathBuf; 10] {
         l.copy_reuse(),
         l.layer_cache(),
         l.git_checkouts(),
+        l.layer_scans(),
         l.rootfs_cache(),
         l.cache_mounts(),
     ]
@@ -603,10 +605,15 @@ pub fn prune(state_root: &Path, images: &Store, opts: &PruneOptions) -> Result<P
     sweep(&layout.copy_reuse(), &mut report, &|p| {
         p.is_file() && std::fs::read_to_string(p).is_ok_and(|s| snap_gone(&s))
     });
-    // Checksum caches are keyed by hashes: by age, all without filters.
+    // Checksum caches and the image checks' records are keyed by hashes:
+    // by age, all without filters.
     let keep_records = opts.keep_storage.is_some() && opts.until.is_none();
     if !keep_records {
-        for d in [layout.snapshot_checksums(), layout.context_checksums()] {
+        for d in [
+            layout.snapshot_checksums(),
+            layout.context_checksums(),
+            layout.layer_scans(),
+        ] {
             sweep(&d, &mut report, &|p| old_enough(mtime_unix(p)));
         }
     }

@@ -63,6 +63,10 @@ pub const ENTRIES: &[(&str, &str)] = &[
         "git checkout key (remote, commit, subdir, .git, submodules) -> snapshot",
     ),
     ("cache-mounts/", "RUN --mount=type=cache directories"),
+    (
+        "layer-scans/",
+        "the private keys the image checks found in each layer",
+    ),
     ("layer-cache/", "compressed-layer records of exports"),
     (
         "layer-sources/",
@@ -187,6 +191,10 @@ impl StateLayout {
     pub fn tmp(&self) -> PathBuf {
         self.at("tmp")
     }
+    /// What `SecretInLayer` found in each layer (one record per diff ID).
+    pub fn layer_scans(&self) -> PathBuf {
+        self.at("layer-scans")
+    }
     pub fn config_toml(&self) -> PathBuf {
         self.at("config.toml")
     }
@@ -201,6 +209,7 @@ impl StateLayout {
             self.rootfs_cache(),
             self.cache_mounts(),
             self.git_checkouts(),
+            self.layer_scans(),
         ]
     }
 

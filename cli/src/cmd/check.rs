@@ -511,6 +511,7 @@ fn image_checks(
         secrets: req.build.secrets.values().map(Vec::as_slice).collect(),
         multi_stage: stages > 1,
         config: &report.config,
+        state_root: Some(&req.build.state_root),
     };
     match rbuild_engine::checks::image_checks(&store, &input) {
         Ok(w) => w,
