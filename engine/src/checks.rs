@@ -61,19 +61,8 @@ fn write_scan(state_root: &std::path::Path, path: &std::path::Path, found: &[Str
 }
 
 fn write_record(state_root: &std::path::Path, path: &std::path::Path, bytes: &[u8]) {
-    use std::io::Write as _;
-    let write = || -> std::io::Result<()> {
-        let dir = path.parent().unwrap_or(path);
-        fs_err::create_dir_all(dir)?;
-        let lease = rbuild_snapshotter::lease::Lease::current(state_root)?;
-        let mut tmp = tempfile::Builder::new()
-            .prefix(&lease.prefix("tmp"))
-            .tempfile_in(dir)?;
-        tmp.write_all(bytes)?;
-        tmp.persist(path).map_err(|e| e.error)?;
-        Ok(())
-    };
-    let _ = write();
+    let _ = rbuild_snapshotter::lease::Lease::current(state_root)
+        .and_then(|lease| lease.write_file(path, bytes));
 }
 
 const PRIVATE_KEY: &[u8] = b"PRIVATE KEY-----";

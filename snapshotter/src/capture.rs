@@ -40,8 +40,9 @@ use std::path::{Path, PathBuf};
 
 use nix::sys::stat::{Mode, SFlag};
 
-use crate::diff::Xattrs;
+use crate::diff::{Xattrs, content_xattrs};
 use crate::error::Result;
+use crate::lookup::{is_whiteout, lstat};
 
 /// Writes into `upper` (an empty directory on the file system of `tree`) the
 /// changes that turn the merged view of `lowers` into `tree`. `tree` is
@@ -81,27 +82,6 @@ struct Capture<'a> {
 /// metadata) of the top-most layer that has it (whiteouts left out).
 type Merged = BTreeMap<OsString, (usize, std::fs::Metadata)>;
 
-fn lstat(p: &Path) -> io::Result<Option<std::fs::Metadata>> {
-    match std::fs::symlink_metadata(p) {
-        Ok(m) => Ok(Some(m)),
-        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(None),
-        Err(e) if e.raw_os_error() == Some(nix::errno::Errno::ENOTDIR as i32) => Ok(None),
-        Err(e) => Err(e),
-    }
-}
-
-fn is_whiteout(m: &std::fs::Metadata) -> bool {
-    m.file_type().is_char_device() && m.rdev() == 0
-}
-
-/// The xattrs that are image content: overlayfs's own markers left out.
-fn content_xattrs(p: &Path) -> Result<Xattrs> {
-    Ok(crate::diff::read_xattrs(p)?
-        .into_iter()
-        .filter(|(k, _)| !(k.starts_with("trusted.overlay.") || k.starts_with("user.overlay.")))
-        .collect())
-}
-
 impl Capture<'_> {
     /// The merged listing of directory `rel`, made of `layers` (those whose
     /// directory there contributes, top-most first).
@@ -124,26 +104,6 @@ impl Capture<'_> {
             }
         }
         Ok((out, hidden))
-    }
-
-    /// The layers whose directory `rel/name` contributes to the merged
-    /// directory there (the top-most has it as a directory).
-    fn child_layers(&self, parent: &[usize], rel: &Path) -> io::Result<Vec<usize>> {
-        let mut out = Vec::new();
-        for &i in parent {
-            let p = self.lowers[i].join(rel);
-            match lstat(&p)? {
-                None => {}
-                Some(m) if m.is_dir() => {
-                    out.push(i);
-                    if crate::lookup::is_opaque(&p) {
-                        break;
-                    }
-                }
-                Some(_) => break,
-            }
-        }
-        Ok(out)
     }
 
     fn walk(&mut self, tree: &Path, rel: &Path, layers: &[usize]) -> Result<()> {
@@ -178,7 +138,7 @@ impl Capture<'_> {
                 if crate::diff::entry_differs(&lower_path, &lm, &path, &m, content_xattrs)? {
                     self.make_dir(tree, &child)?;
                 }
-                let sub = self.child_layers(layers, &child)?;
+                let sub = crate::lookup::next_dir_layers(self.lowers, layers, &child)?;
                 self.walk(tree, &child, &sub)?;
                 self.finish_dir(&child)?;
             } else if (m.is_file() && m.nlink() > 1)

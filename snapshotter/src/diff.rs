@@ -305,6 +305,15 @@ pub fn read_xattrs(path: &Path) -> Result<Vec<(String, Vec<u8>)>> {
     Ok(out)
 }
 
+/// The xattrs of `path` that are image content: [`read_xattrs`] without
+/// overlayfs's own markers (`trusted.overlay.*`, `user.overlay.*`).
+pub(crate) fn content_xattrs(path: &Path) -> Result<Xattrs> {
+    Ok(read_xattrs(path)?
+        .into_iter()
+        .filter(|(k, _)| !(k.starts_with("trusted.overlay.") || k.starts_with("user.overlay.")))
+        .collect())
+}
+
 /// Sets extended attributes on `path` (not following symlinks).
 pub fn write_xattrs(path: &Path, xattrs: &[(String, Vec<u8>)]) -> Result<()> {
     for (k, v) in xattrs {

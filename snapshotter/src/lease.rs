@@ -300,6 +300,22 @@ impl Lease {
         format!("{kind}-{}-", self.token)
     }
 
+    /// Writes `data` to `path` (its directory made if missing) atomically:
+    /// a temp file beside it named with this process's owner token (swept
+    /// once the process is dead, in a directory [`sweep`] covers), synced,
+    /// then renamed.
+    pub fn write_file(&self, path: &Path, data: &[u8]) -> io::Result<()> {
+        let dir = path.parent().unwrap_or(Path::new("."));
+        fs_err::create_dir_all(dir)?;
+        let mut tmp = tempfile::Builder::new()
+            .prefix(&self.prefix("tmp"))
+            .tempfile_in(dir)?;
+        tmp.write_all(data)?;
+        tmp.as_file().sync_all()?;
+        tmp.persist(path).map_err(|e| e.error)?;
+        Ok(())
+    }
+
     fn path(&self) -> PathBuf {
         self.dir.join(format!("{}.json", self.token))
     }

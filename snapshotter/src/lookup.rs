@@ -31,7 +31,7 @@ pub struct Lookup {
     pub meta: Option<std::fs::Metadata>,
 }
 
-fn is_whiteout(m: &std::fs::Metadata) -> bool {
+pub(crate) fn is_whiteout(m: &std::fs::Metadata) -> bool {
     m.file_type().is_char_device() && m.rdev() == 0
 }
 
@@ -44,7 +44,7 @@ pub(crate) fn is_opaque(p: &Path) -> bool {
         })
 }
 
-fn lstat(p: &Path) -> io::Result<Option<std::fs::Metadata>> {
+pub(crate) fn lstat(p: &Path) -> io::Result<Option<std::fs::Metadata>> {
     match std::fs::symlink_metadata(p) {
         Ok(m) => Ok(Some(m)),
         Err(e)
@@ -72,7 +72,11 @@ fn dir_layers(layers: &[PathBuf], rel: &Path) -> io::Result<Vec<usize>> {
 /// From the layers of a directory, those whose `path` is a directory of the
 /// merged view: the top-most that has the name (a directory), then lower ones
 /// while they have a directory there and the one above is not opaque.
-fn next_dir_layers(layers: &[PathBuf], parent: &[usize], path: &Path) -> io::Result<Vec<usize>> {
+pub(crate) fn next_dir_layers(
+    layers: &[PathBuf],
+    parent: &[usize],
+    path: &Path,
+) -> io::Result<Vec<usize>> {
     let mut out = Vec::new();
     for &i in parent {
         let p = layers[i].join(path);

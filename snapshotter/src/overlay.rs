@@ -341,11 +341,11 @@ fn copy_stack(lower: &[PathBuf], target: &Path, keep_links: bool) -> Result<()> 
     Ok(())
 }
 
-fn is_whiteout(m: &std::fs::Metadata) -> bool {
-    m.file_type().is_char_device() && m.rdev() == 0
-}
+use crate::lookup::is_whiteout;
 
-fn remove_any(p: &Path) -> Result<()> {
+/// Removes `p`, a directory with all it holds or anything else; nothing
+/// when it is absent.
+pub(crate) fn remove_any(p: &Path) -> Result<()> {
     match std::fs::symlink_metadata(p) {
         Ok(m) if m.is_dir() => fs_err::remove_dir_all(p)?,
         Ok(_) => fs_err::remove_file(p)?,
@@ -365,16 +365,12 @@ fn copy_meta(src: &Path, dst: &Path, chown: bool) -> Result<()> {
     set_meta_as(dst, &m, &x, chown)
 }
 
-/// The xattrs of `p` that are content: overlayfs's own markers left out.
-fn content_xattrs(p: &Path) -> Result<Vec<(String, Vec<u8>)>> {
-    Ok(crate::diff::read_xattrs(p)
-        .map_err(|e| match e {
-            crate::Error::Io(e) => e,
-            e => std::io::Error::other(e.to_string()),
-        })?
-        .into_iter()
-        .filter(|(k, _)| !(k.starts_with("trusted.overlay.") || k.starts_with("user.overlay.")))
-        .collect())
+/// [`crate::diff::content_xattrs`] with this module's error.
+fn content_xattrs(p: &Path) -> Result<crate::diff::Xattrs> {
+    crate::diff::content_xattrs(p).map_err(|e| match e {
+        crate::Error::Io(e) => e.into(),
+        e => std::io::Error::other(e.to_string()).into(),
+    })
 }
 
 /// Gives `dst` the owner (when root, in or out of a user namespace), mode,

@@ -312,12 +312,7 @@ impl SnapshotStore {
     /// copy after the step; consumed).
     pub fn capture(&self, active: &Active, tree: &Path) -> Result<()> {
         for entry in fs_err::read_dir(&active.upper)? {
-            let p = entry?.path();
-            if fs_err::symlink_metadata(&p)?.is_dir() {
-                remove_tree(&p)?;
-            } else {
-                fs_err::remove_file(&p)?;
-            }
+            crate::overlay::remove_any(&entry?.path())?;
         }
         let made_after = tree
             .parent()

@@ -205,30 +205,14 @@ pub fn checkout(
         "submodules": c.submodules,
         "created": now_unix(),
     });
-    write_record(snapshots, &dir, &path, record.to_string().as_bytes()).map_err(err)?;
+    snapshots
+        .lease()
+        .write_file(&path, record.to_string().as_bytes())
+        .map_err(err)?;
     Ok(Stored {
         snapshot: id,
         fetched: true,
     })
-}
-
-/// Writes `data` to `path` through a temporary name of this process (swept
-/// if it dies before the rename).
-fn write_record(
-    snapshots: &SnapshotStore,
-    dir: &Path,
-    path: &Path,
-    data: &[u8],
-) -> std::io::Result<()> {
-    use std::io::Write as _;
-    fs_err::create_dir_all(dir)?;
-    let mut tmp = tempfile::Builder::new()
-        .prefix(&snapshots.temp_prefix("tmp"))
-        .tempfile_in(dir)?;
-    tmp.write_all(data)?;
-    tmp.as_file().sync_all()?;
-    tmp.persist(path).map_err(|e| e.error)?;
-    Ok(())
 }
 
 /// Removes the records whose snapshot is gone (and files that are no
